@@ -1,0 +1,171 @@
+//! Backend traits: what the dispatcher, the lock manager and the event log persist.
+//!
+//! Each method is one atomic step that a SQL backend implements as a single statement (or one
+//! short transaction). Every task method that changes a task appends the matching event in the
+//! same atomic step, so the log never misses a transition and never shows one that did not
+//! happen. Worker-side writes are conditioned on the lease token: a stale holder cannot write.
+//!
+//! [`MemoryBackend`](crate::MemoryBackend) implements all of them; `orch-storage` has SQLite and
+//! PostgreSQL. Every implementation must pass [`conformance`](crate::conformance) (feature
+//! `test-util`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::contracts::StorageProvider;
+use crate::error::Result;
+use crate::model::{
+    AttemptOutcome, Claimed, Created, Event, LeaseToken, LockAttempt, LockInfo, NewEvent, NewTask,
+    Resolution, Task, TaskFilter, TaskId,
+};
+
+/// Queue operations.
+///
+/// Claim order, which every backend must follow: among `queued` tasks of the core whose
+/// `run_at` has come, highest `priority` first, then earliest `run_at`, then lowest id.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Stores new tasks in order, each `queued` with a `task.queued` event. A task whose
+    /// idempotency key already exists is not stored: the existing task is returned with
+    /// `created: false` (also within one batch).
+    async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>>;
+
+    /// The task, if it exists.
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>>;
+
+    /// Tasks matching the filter, ordered by id.
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>>;
+
+    /// Atomically leases up to `limit` available tasks of `core_id` in claim order: each becomes
+    /// `running`, its attempt counter grows by one, it gets a fresh lease token expiring `lease`
+    /// from now, and a `task.started` event is appended. Two concurrent claims never return the
+    /// same task.
+    async fn claim_tasks(
+        &self,
+        core_id: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>>;
+
+    /// The earliest `run_at` among `queued` tasks of `core_id`, so an idle worker knows how long
+    /// it may sleep.
+    async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>>;
+
+    /// Extends each lease whose token still matches to `lease` from now. Returns, in input order,
+    /// the new expiry, or `None` for a lease that is no longer held.
+    async fn renew_leases(
+        &self,
+        leases: Vec<(TaskId, LeaseToken)>,
+        lease: Duration,
+    ) -> Result<Vec<Option<DateTime<Utc>>>>;
+
+    /// Ends the current attempt, only if `token` is the current lease of a `running` task:
+    /// otherwise [`Error::LeaseLost`](crate::Error::LeaseLost) (or
+    /// [`Error::TaskNotFound`](crate::Error::TaskNotFound)). Appends the matching event
+    /// (`task.succeeded`, `task.failed`, `task.retrying`, `task.timed_out`, `task.requeued`).
+    async fn finish_attempt(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        outcome: AttemptOutcome,
+    ) -> Result<Task>;
+
+    /// Cancels a `queued` or `running` task (dropping any lease) with a `task.cancelled` event;
+    /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a finished one.
+    async fn cancel_task(&self, id: TaskId) -> Result<Task>;
+
+    /// Finishes a `queued` or `running` task without a lease (an external system ran it);
+    /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a finished one.
+    async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task>;
+
+    /// Takes back up to `limit` `running` tasks whose lease expired: those with attempts left go
+    /// back to `queued` (runnable at once), the others become `failed`. Appends `task.rescued`
+    /// (and `task.failed` for the latter). Returns the tasks as they are now.
+    async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>>;
+
+    /// Deletes up to `limit` finished tasks that finished before `before`; returns how many.
+    async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
+
+    /// Counts of `queued` tasks per `(core_id, priority)`.
+    async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>>;
+
+    /// A hint that changes when tasks may have become available (created, requeued), across
+    /// every process sharing the backend when the backend can tell. `None`: callers poll.
+    fn task_wakeups(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// The append-only event log.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends one event, assigning the next sequence number and the time.
+    async fn append_event(&self, event: NewEvent) -> Result<Event>;
+
+    /// Up to `limit` events with `seq > after`, in sequence order.
+    async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+
+    /// The highest sequence number appended so far (0 when empty).
+    async fn last_event_seq(&self) -> Result<u64>;
+
+    /// Deletes events appended before `before`; returns how many.
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64>;
+
+    /// A hint that changes whenever an event is appended. `None`: callers poll.
+    fn event_wakeups(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// The lock table. Waiting and fairness live in [`LockManager`](crate::LockManager); the store
+/// only grants, extends and releases atomically.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait LockStore: Send + Sync {
+    /// Grants `resource` to `owner` for `ttl` if it is free or its lock has expired, with a
+    /// fencing token greater than any earlier grant of that resource. Locks are not re-entrant:
+    /// a holder asking again gets [`LockAttempt::Held`].
+    async fn try_acquire_lock(
+        &self,
+        resource: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<LockAttempt>;
+
+    /// Releases the lock if `owner` holds it with `token`; returns whether it did.
+    async fn release_lock(&self, resource: &str, owner: &str, token: u64) -> Result<bool>;
+
+    /// Extends the lock to `ttl` from now if `owner` holds it with `token` and it has not
+    /// expired; returns the new state, or `None` if not held.
+    async fn extend_lock(
+        &self,
+        resource: &str,
+        owner: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<Option<LockInfo>>;
+
+    /// The unexpired lock on `resource`, if any.
+    async fn lock_info(&self, resource: &str) -> Result<Option<LockInfo>>;
+
+    /// Every unexpired lock, ordered by resource.
+    async fn list_locks(&self) -> Result<Vec<LockInfo>>;
+
+    /// Deletes expired locks and returns them.
+    async fn reclaim_expired_locks(&self) -> Result<Vec<LockInfo>>;
+}
+
+/// Everything an orchestrator needs from one backend. Implemented for every type that
+/// implements the four parts.
+pub trait Backend: TaskStore + EventStore + LockStore + StorageProvider {}
+
+impl<T: TaskStore + EventStore + LockStore + StorageProvider + ?Sized> Backend for T {}
+
+/// A shared backend handle.
+pub type SharedBackend = Arc<dyn Backend>;

@@ -1,0 +1,127 @@
+//! What an engine gets besides its input: which task and attempt it runs, a cancellation token,
+//! the fencing tokens of the task's locks, and the shared key-value space.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::contracts::StorageProvider;
+use crate::model::{FencingToken, TaskId};
+
+/// The context of one attempt. Cheap to clone.
+#[derive(Clone)]
+pub struct TaskContext {
+    task_id: TaskId,
+    core_id: Arc<str>,
+    attempt: u32,
+    max_attempts: u32,
+    /// Fired when the attempt must stop: timeout, cancellation, lost lease or shutdown.
+    cancel: CancellationToken,
+    fencing_tokens: Arc<[(String, FencingToken)]>,
+    storage: Option<Arc<dyn StorageProvider>>,
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("task_id", &self.task_id)
+            .field("core_id", &self.core_id)
+            .field("attempt", &self.attempt)
+            .field("cancelled", &self.cancel.is_cancelled())
+            .field("fencing_tokens", &self.fencing_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskContext {
+    /// A context for tests and for callers that run an engine by hand.
+    pub fn new(task_id: TaskId, core_id: &str) -> Self {
+        TaskContext {
+            task_id,
+            core_id: core_id.into(),
+            attempt: 1,
+            max_attempts: 1,
+            cancel: CancellationToken::new(),
+            fencing_tokens: Arc::from(Vec::new()),
+            storage: None,
+        }
+    }
+
+    /// Sets the attempt numbers.
+    pub fn with_attempt(mut self, attempt: u32, max_attempts: u32) -> Self {
+        self.attempt = attempt;
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Sets the cancellation token.
+    pub fn with_cancellation(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Sets the fencing tokens of the task's locks.
+    pub fn with_fencing_tokens(mut self, tokens: Vec<(String, FencingToken)>) -> Self {
+        self.fencing_tokens = Arc::from(tokens);
+        self
+    }
+
+    /// Sets the key-value space.
+    pub fn with_storage(mut self, storage: Arc<dyn StorageProvider>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// The task being run.
+    pub fn task_id(&self) -> TaskId {
+        self.task_id
+    }
+
+    /// Its core.
+    pub fn core_id(&self) -> &str {
+        &self.core_id
+    }
+
+    /// This attempt's number, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Attempts allowed in all.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Whether the attempt has been told to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when the attempt is told to stop.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// The token itself, to hand to child futures.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// The fencing token of the task's lock on `resource`, to present to the protected resource.
+    pub fn fencing_token(&self, resource: &str) -> Option<FencingToken> {
+        self.fencing_tokens
+            .iter()
+            .find(|(name, _)| name == resource)
+            .map(|(_, token)| *token)
+    }
+
+    /// All fencing tokens of the task's locks.
+    pub fn fencing_tokens(&self) -> &[(String, FencingToken)] {
+        &self.fencing_tokens
+    }
+
+    /// The key-value space shared with the orchestrator's backend, if any.
+    pub fn storage(&self) -> Option<&Arc<dyn StorageProvider>> {
+        self.storage.as_ref()
+    }
+}

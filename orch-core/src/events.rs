@@ -1,0 +1,322 @@
+//! The live side of the event log: [`EventLog`] tails the backend's log in sequence order and
+//! fans events out to [`Subscription`]s, [`EventHandler`]s and callers waiting for a task.
+//!
+//! One tail loop per orchestrator reads the store after the last published sequence (woken by
+//! local appends, by the backend's hint, and by a poll floor for other processes) and publishes
+//! into a tokio broadcast channel. A subscriber that falls behind gets `Lagged` from the channel
+//! and catches up from the store; one that subscribed from an old sequence replays from the
+//! store first. So every subscriber sees every event in order, exactly once, however slow it is,
+//! and nobody slows the tail (events pruned from the store before a laggard reads them are the
+//! only loss, and show as a jump in `seq`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::EventStore;
+use crate::contracts::EventHandler;
+use crate::error::Result;
+use crate::model::{Event, TaskId};
+
+const READ_BATCH: usize = 1024;
+
+struct Inner {
+    store: Arc<dyn EventStore>,
+    sender: broadcast::Sender<Arc<Event>>,
+    /// Local appends poke the tail so it does not wait for the poll floor.
+    poke: Notify,
+    /// Highest sequence the tail has published (or skipped past with nobody listening).
+    published: AtomicU64,
+    /// Callers waiting for a task to reach a terminal state.
+    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
+    waiter_count: AtomicUsize,
+    /// Fired at shutdown: subscriptions end.
+    closed: CancellationToken,
+}
+
+/// Live event fan-out over an [`EventStore`]. Cheap to clone.
+#[derive(Clone)]
+pub struct EventLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("published", &self.published())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLog {
+    /// A log over `store` whose live channel buffers `capacity` events per subscriber before
+    /// it lags. Call [`EventLog::run_tail`] (the orchestrator does) to publish.
+    pub(crate) fn new(store: Arc<dyn EventStore>, capacity: usize) -> Self {
+        EventLog {
+            inner: Arc::new(Inner {
+                store,
+                sender: broadcast::channel(capacity.max(16)).0,
+                poke: Notify::new(),
+                published: AtomicU64::new(0),
+                waiters: Mutex::new(HashMap::new()),
+                waiter_count: AtomicUsize::new(0),
+                closed: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The highest sequence published so far.
+    pub fn published(&self) -> u64 {
+        self.inner.published.load(Ordering::Acquire)
+    }
+
+    /// Ends every subscription (after a last publish).
+    pub(crate) fn close(&self) {
+        self.inner.closed.cancel();
+    }
+
+    /// Tells the tail that events were appended in this process.
+    pub(crate) fn poke(&self) {
+        self.inner.poke.notify_one();
+    }
+
+    /// Live events from now on.
+    pub fn subscribe(&self) -> Subscription {
+        let receiver = self.inner.sender.subscribe();
+        Subscription {
+            cursor: self.published(),
+            receiver,
+            pending: VecDeque::new(),
+            log: self.inner.clone(),
+        }
+    }
+
+    /// Every event after `after_seq` (replayed from the store), then live ones.
+    pub fn subscribe_from(&self, after_seq: u64) -> Subscription {
+        let receiver = self.inner.sender.subscribe();
+        Subscription {
+            cursor: after_seq,
+            receiver,
+            pending: VecDeque::new(),
+            log: self.inner.clone(),
+        }
+    }
+
+    /// Up to `limit` stored events after `after_seq`, in order.
+    pub async fn replay(&self, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        self.inner.store.read_events(after_seq, limit).await
+    }
+
+    /// Resolves when a terminal event for `task_id` is published. The caller must check the
+    /// task's state after registering (the event may already have passed).
+    pub(crate) fn wait_terminal(&self, task_id: TaskId) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .waiters
+            .lock()
+            .entry(task_id)
+            .or_default()
+            .push(tx);
+        self.inner.waiter_count.fetch_add(1, Ordering::AcqRel);
+        rx
+    }
+
+    /// Drops the waiters of a task (after a wait timed out).
+    pub(crate) fn forget_waiters(&self, task_id: TaskId) {
+        if let Some(list) = self.inner.waiters.lock().remove(&task_id) {
+            self.inner
+                .waiter_count
+                .fetch_sub(list.len(), Ordering::AcqRel);
+        }
+    }
+
+    /// The tail loop: runs until `stop` fires.
+    pub(crate) async fn run_tail(self, poll: Duration, stop: CancellationToken) {
+        let inner = &*self.inner;
+        let mut wakeups = inner.store.event_wakeups();
+        match inner.store.last_event_seq().await {
+            Ok(seq) => inner.published.store(seq, Ordering::Release),
+            Err(error) => tracing::warn!(%error, "event tail: cannot read the last sequence"),
+        }
+        loop {
+            if let Err(error) = self.publish_pending().await {
+                tracing::warn!(%error, "event tail: reading the log failed; retrying");
+            }
+            let hint = async {
+                match wakeups.as_mut() {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = inner.poke.notified() => {}
+                _ = hint => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+        // One last pass so events of the final transitions reach subscribers.
+        let _ = self.publish_pending().await;
+    }
+
+    async fn publish_pending(&self) -> Result<()> {
+        let inner = &*self.inner;
+        loop {
+            let cursor = inner.published.load(Ordering::Acquire);
+            if inner.sender.receiver_count() == 0 && inner.waiter_count.load(Ordering::Acquire) == 0
+            {
+                // Nobody listens: skip ahead. New subscribers replay from the store.
+                let last = inner.store.last_event_seq().await?;
+                inner.published.fetch_max(last, Ordering::AcqRel);
+                return Ok(());
+            }
+            let batch = inner.store.read_events(cursor, READ_BATCH).await?;
+            let full = batch.len() == READ_BATCH;
+            let Some(last) = batch.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            for event in batch {
+                if event.kind.is_terminal_task_event()
+                    && inner.waiter_count.load(Ordering::Acquire) > 0
+                    && let Some(task_id) = event.task_id
+                    && let Some(list) = inner.waiters.lock().remove(&task_id)
+                {
+                    inner.waiter_count.fetch_sub(list.len(), Ordering::AcqRel);
+                    for waiter in list {
+                        let _ = waiter.send(());
+                    }
+                }
+                let _ = inner.sender.send(Arc::new(event));
+            }
+            inner.published.store(last, Ordering::Release);
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs `handler` on every matching event from now on until `stop` fires. A failing
+    /// handler is logged; a slow one lags and catches up.
+    pub(crate) fn run_handler(
+        self,
+        handler: Arc<dyn EventHandler>,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        // Subscribe now, not when the task first runs, so no event after registration is missed.
+        let patterns = handler.supported_events();
+        let mut subscription = self.subscribe();
+        async move {
+            loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    event = subscription.next() => event,
+                };
+                let event = match event {
+                    Some(Ok(event)) => event,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "event handler: catching up from the log failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    None => break,
+                };
+                if patterns.iter().any(|p| event.kind.matches(p))
+                    && let Err(error) = handler.handle_event(&event).await
+                {
+                    tracing::warn!(seq = event.seq, kind = %event.kind, %error, "event handler failed");
+                }
+            }
+        }
+    }
+}
+
+/// An ordered, gap-free stream of events (see the module docs).
+pub struct Subscription {
+    /// Sequence of the last event handed out.
+    cursor: u64,
+    receiver: broadcast::Receiver<Arc<Event>>,
+    /// Events read from the store during catch-up, not yet handed out.
+    pending: VecDeque<Event>,
+    log: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// Sequence of the last event returned (or the starting point).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    async fn catch_up(&mut self) -> Result<bool> {
+        let events = self.log.store.read_events(self.cursor, READ_BATCH).await?;
+        let any = !events.is_empty();
+        self.pending.extend(events);
+        Ok(any)
+    }
+
+    /// The next event; `None` once the log is closed (the orchestrator shut down). An error
+    /// means reading the store during catch-up failed; calling again retries.
+    pub async fn next(&mut self) -> Option<Result<Arc<Event>>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                if event.seq <= self.cursor {
+                    continue;
+                }
+                self.cursor = event.seq;
+                return Some(Ok(Arc::new(event)));
+            }
+            if self.cursor < self.log.published.load(Ordering::Acquire) {
+                match self.catch_up().await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(error) => return Some(Err(error)),
+                }
+            }
+            let received = tokio::select! {
+                biased;
+                received = self.receiver.recv() => received,
+                _ = self.log.closed.cancelled() => return None,
+            };
+            match received {
+                Ok(event) if event.seq <= self.cursor => continue,
+                Ok(event) if event.seq == self.cursor + 1 => {
+                    self.cursor = event.seq;
+                    return Some(Ok(event));
+                }
+                Ok(event) => {
+                    // A gap: fill it from the store, which holds `event` too.
+                    match self.catch_up().await {
+                        Ok(true) => continue,
+                        Ok(false) => {
+                            self.cursor = event.seq;
+                            return Some(Ok(event));
+                        }
+                        Err(error) => return Some(Err(error)),
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if let Err(error) = self.catch_up().await {
+                        return Some(Err(error));
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}

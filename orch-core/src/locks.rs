@@ -1,0 +1,572 @@
+//! [`LockManager`]: leases on named resources with fencing tokens, fair waiting, and guards that
+//! release on drop.
+//!
+//! The [`LockStore`] grants atomically; this module adds waiting. Waiters of a resource queue in
+//! this process ordered by `enqueued_at - priority * aging_step`: a higher priority jumps ahead by
+//! a bounded amount of time, so a low-priority waiter is overtaken for at most
+//! `(p_high - p_low) * aging_step` and never starves. Only the head of a queue asks the store;
+//! it retries when the holder releases (through this manager), when the holder's lease expires,
+//! and every `poll_interval` (for holders in other processes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::backend::LockStore;
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::model::{FencingToken, LockAttempt, LockInfo, check_name, limits};
+
+/// How a waiting acquisition behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockOptions {
+    /// How long the lock lasts unless extended. Default 30 s.
+    pub ttl: Duration,
+    /// Higher is served first among waiters. Default 1.
+    pub priority: i32,
+    /// How long to wait at most; `None` waits until granted. Default 30 s.
+    pub wait: Option<Duration>,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            ttl: Duration::from_secs(30),
+            priority: 1,
+            wait: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl LockOptions {
+    /// Sets the TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    /// Sets the priority.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+    /// Sets the wait deadline (`None` waits forever).
+    pub fn wait(mut self, wait: Option<Duration>) -> Self {
+        self.wait = wait;
+        self
+    }
+}
+
+/// Tuning of a [`LockManager`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockConfig {
+    /// How much earlier one priority point puts a waiter in line. Default 1 s.
+    pub aging_step: Duration,
+    /// How often a head waiter retries when nothing wakes it (holders in other processes).
+    /// Default 100 ms.
+    pub poll_interval: Duration,
+}
+
+impl Default for LockConfig {
+    fn default() -> Self {
+        LockConfig {
+            aging_step: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Counters of a [`LockManager`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LockStats {
+    /// Unexpired locks in the store.
+    pub active: usize,
+    /// Waiters queued in this process.
+    pub waiting: usize,
+    /// Grants (waiting or not).
+    pub acquired: u64,
+    /// Waits that hit their deadline.
+    pub timed_out: u64,
+    /// `try_acquire` calls refused because the lock was held.
+    pub contended: u64,
+    /// Releases.
+    pub released: u64,
+    /// Grants that had to wait.
+    pub waited: u64,
+    /// Total time spent waiting, in seconds.
+    pub total_wait_seconds: f64,
+    /// Longest single wait, in seconds.
+    pub max_wait_seconds: f64,
+}
+
+#[derive(Default)]
+struct Counters {
+    acquired: AtomicU64,
+    timed_out: AtomicU64,
+    contended: AtomicU64,
+    released: AtomicU64,
+    waited: AtomicU64,
+    total_wait_micros: AtomicU64,
+    max_wait_micros: AtomicU64,
+}
+
+struct Waiter {
+    id: u64,
+    /// Ordering key in microseconds: lower is served first.
+    key: i128,
+    notify: Arc<Notify>,
+}
+
+struct Inner {
+    store: Arc<dyn LockStore>,
+    config: LockConfig,
+    epoch: Instant,
+    queues: Mutex<HashMap<String, Vec<Waiter>>>,
+    next_waiter: AtomicU64,
+    counters: Counters,
+}
+
+impl Inner {
+    /// Wakes the head waiter of `resource`, if any.
+    fn wake_head(&self, resource: &str) {
+        let queues = self.queues.lock();
+        if let Some(head) = queues.get(resource).and_then(|q| head(q)) {
+            head.notify.notify_one();
+        }
+    }
+
+    fn is_head(&self, resource: &str, id: u64) -> bool {
+        let queues = self.queues.lock();
+        queues
+            .get(resource)
+            .and_then(|q| head(q))
+            .is_some_and(|w| w.id == id)
+    }
+
+    fn dequeue(&self, resource: &str, id: u64) {
+        let mut queues = self.queues.lock();
+        if let Some(queue) = queues.get_mut(resource) {
+            queue.retain(|w| w.id != id);
+            if queue.is_empty() {
+                queues.remove(resource);
+            } else if let Some(head) = head(queue) {
+                head.notify.notify_one();
+            }
+        }
+    }
+
+    fn record_wait(&self, waited: Duration) {
+        let micros = waited.as_micros().min(u64::MAX as u128) as u64;
+        self.counters.waited.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .total_wait_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        self.counters
+            .max_wait_micros
+            .fetch_max(micros, Ordering::Relaxed);
+    }
+}
+
+fn head(queue: &[Waiter]) -> Option<&Waiter> {
+    queue.iter().min_by_key(|w| (w.key, w.id))
+}
+
+/// Removes a waiter from its queue when the acquiring future ends, however it ends (granted,
+/// timed out, or dropped by the caller).
+struct QueueSlot<'a> {
+    inner: &'a Inner,
+    resource: &'a str,
+    id: u64,
+}
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.inner.dequeue(self.resource, self.id);
+    }
+}
+
+/// Grants, waits for and releases locks. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> orch_core::Result<()> {
+/// use std::sync::Arc;
+/// use orch_core::{LockManager, LockOptions, MemoryBackend};
+///
+/// let locks = LockManager::new(Arc::new(MemoryBackend::new()));
+/// let guard = locks.acquire("invoices", "worker-1", LockOptions::default()).await?;
+/// println!("fencing token {}", guard.fencing_token());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LockManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LockManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockManager")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockManager {
+    /// A manager over `store` with the default [`LockConfig`].
+    pub fn new(store: Arc<dyn LockStore>) -> Self {
+        Self::with_config(store, LockConfig::default())
+    }
+
+    /// A manager over `store`.
+    pub fn with_config(store: Arc<dyn LockStore>, config: LockConfig) -> Self {
+        LockManager {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                epoch: Instant::now(),
+                queues: Mutex::new(HashMap::new()),
+                next_waiter: AtomicU64::new(0),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    fn guard(&self, info: LockInfo) -> LockGuard {
+        self.inner.counters.acquired.fetch_add(1, Ordering::Relaxed);
+        LockGuard {
+            manager: Some(self.inner.clone()),
+            info,
+        }
+    }
+
+    fn check(resource: &str, owner: &str, ttl: Duration) -> Result<()> {
+        check_name("resource", resource, limits::MAX_RESOURCE_LEN)?;
+        check_name("owner", owner, limits::MAX_RESOURCE_LEN)?;
+        if ttl.is_zero() {
+            return Err(Error::invalid("ttl", "must be greater than zero"));
+        }
+        Ok(())
+    }
+
+    /// Takes the lock if it is free right now and nobody in this process is waiting for it;
+    /// otherwise [`Error::LockHeld`].
+    pub async fn try_acquire(
+        &self,
+        resource: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<LockGuard> {
+        Self::check(resource, owner, ttl)?;
+        let queued = self.inner.queues.lock().contains_key(resource);
+        if !queued {
+            match self
+                .inner
+                .store
+                .try_acquire_lock(resource, owner, ttl)
+                .await?
+            {
+                LockAttempt::Acquired(info) => return Ok(self.guard(info)),
+                LockAttempt::Held(holder) => {
+                    self.inner
+                        .counters
+                        .contended
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(Error::LockHeld {
+                        resource: resource.to_owned(),
+                        holder: holder.owner,
+                    });
+                }
+            }
+        }
+        self.inner
+            .counters
+            .contended
+            .fetch_add(1, Ordering::Relaxed);
+        Err(Error::LockHeld {
+            resource: resource.to_owned(),
+            holder: "(waiters queued)".to_owned(),
+        })
+    }
+
+    /// Takes the lock, waiting in line (by priority with aging) up to `options.wait`;
+    /// [`Error::LockTimeout`] if the deadline passes first.
+    pub async fn acquire(
+        &self,
+        resource: &str,
+        owner: &str,
+        options: LockOptions,
+    ) -> Result<LockGuard> {
+        Self::check(resource, owner, options.ttl)?;
+        let span =
+            tracing::debug_span!("lock.acquire", resource, owner, priority = options.priority);
+        self.acquire_inner(resource, owner, options)
+            .instrument(span)
+            .await
+    }
+
+    async fn acquire_inner(
+        &self,
+        resource: &str,
+        owner: &str,
+        options: LockOptions,
+    ) -> Result<LockGuard> {
+        let inner = &*self.inner;
+        let started = Instant::now();
+        // Fast path: nobody queued here, and the store grants.
+        if !inner.queues.lock().contains_key(resource) {
+            if let LockAttempt::Acquired(info) = inner
+                .store
+                .try_acquire_lock(resource, owner, options.ttl)
+                .await?
+            {
+                return Ok(self.guard(info));
+            }
+        }
+        let deadline = options.wait.map(|wait| started + wait);
+        let id = inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        let enqueued = started.duration_since(inner.epoch).as_micros() as i128;
+        let key = enqueued - options.priority as i128 * inner.config.aging_step.as_micros() as i128;
+        inner
+            .queues
+            .lock()
+            .entry(resource.to_owned())
+            .or_default()
+            .push(Waiter {
+                id,
+                key,
+                notify: notify.clone(),
+            });
+        let _slot = QueueSlot {
+            inner,
+            resource,
+            id,
+        };
+        loop {
+            let mut wake_at = Instant::now() + inner.config.poll_interval;
+            if inner.is_head(resource, id) {
+                match inner
+                    .store
+                    .try_acquire_lock(resource, owner, options.ttl)
+                    .await?
+                {
+                    LockAttempt::Acquired(info) => {
+                        inner.record_wait(started.elapsed());
+                        return Ok(self.guard(info));
+                    }
+                    LockAttempt::Held(holder) => {
+                        // Retry as soon as the holder's lease runs out.
+                        wake_at = wake_at.min(instant_at(holder.expires_at));
+                    }
+                }
+            }
+            if let Some(deadline) = deadline {
+                if Instant::now() >= deadline {
+                    inner.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    return Err(Error::LockTimeout(resource.to_owned()));
+                }
+                wake_at = wake_at.min(deadline);
+            }
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    /// Releases a lock by owner and token (for holders that kept the token, not the guard);
+    /// [`Error::NotLockHolder`] if they do not hold it.
+    pub async fn release(&self, resource: &str, owner: &str, token: FencingToken) -> Result<()> {
+        release(&self.inner, resource, owner, token).await
+    }
+
+    /// Extends a held lock to `ttl` from now; [`Error::NotLockHolder`] if not held (or expired).
+    pub async fn extend(
+        &self,
+        resource: &str,
+        owner: &str,
+        token: FencingToken,
+        ttl: Duration,
+    ) -> Result<LockInfo> {
+        Self::check(resource, owner, ttl)?;
+        self.inner
+            .store
+            .extend_lock(resource, owner, token.0, ttl)
+            .await?
+            .ok_or_else(|| Error::NotLockHolder {
+                resource: resource.to_owned(),
+                owner: owner.to_owned(),
+            })
+    }
+
+    /// The unexpired lock on `resource`, if any.
+    pub async fn info(&self, resource: &str) -> Result<Option<LockInfo>> {
+        self.inner.store.lock_info(resource).await
+    }
+
+    /// Every unexpired lock.
+    pub async fn list(&self) -> Result<Vec<LockInfo>> {
+        self.inner.store.list_locks().await
+    }
+
+    /// Deletes expired locks from the store, wakes their waiters, and returns them.
+    pub async fn reclaim_expired(&self) -> Result<Vec<LockInfo>> {
+        let expired = self.inner.store.reclaim_expired_locks().await?;
+        for info in &expired {
+            self.inner.wake_head(&info.resource);
+        }
+        Ok(expired)
+    }
+
+    /// Counters and current gauges.
+    pub async fn stats(&self) -> Result<LockStats> {
+        let active = self.inner.store.list_locks().await?.len();
+        let waiting = self.inner.queues.lock().values().map(Vec::len).sum();
+        let c = &self.inner.counters;
+        Ok(LockStats {
+            active,
+            waiting,
+            acquired: c.acquired.load(Ordering::Relaxed),
+            timed_out: c.timed_out.load(Ordering::Relaxed),
+            contended: c.contended.load(Ordering::Relaxed),
+            released: c.released.load(Ordering::Relaxed),
+            waited: c.waited.load(Ordering::Relaxed),
+            total_wait_seconds: c.total_wait_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            max_wait_seconds: c.max_wait_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        })
+    }
+}
+
+async fn release(inner: &Inner, resource: &str, owner: &str, token: FencingToken) -> Result<()> {
+    let released = inner.store.release_lock(resource, owner, token.0).await?;
+    inner.wake_head(resource);
+    if released {
+        inner.counters.released.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    } else {
+        Err(Error::NotLockHolder {
+            resource: resource.to_owned(),
+            owner: owner.to_owned(),
+        })
+    }
+}
+
+/// The tokio instant at which wall-clock time `at` arrives.
+fn instant_at(at: DateTime<Utc>) -> Instant {
+    Instant::now() + clock::until(at)
+}
+
+/// A held lock. Dropping it releases the lock in the background (inside a tokio runtime);
+/// [`LockGuard::release`] does it now and reports the outcome.
+#[must_use = "dropping the guard releases the lock"]
+pub struct LockGuard {
+    /// `None` once released (so drop does nothing).
+    manager: Option<Arc<Inner>>,
+    info: LockInfo,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl LockGuard {
+    /// The resource.
+    pub fn resource(&self) -> &str {
+        &self.info.resource
+    }
+    /// The owner.
+    pub fn owner(&self) -> &str {
+        &self.info.owner
+    }
+    /// The grant's fencing token.
+    pub fn fencing_token(&self) -> FencingToken {
+        self.info.fencing_token
+    }
+    /// When the lock expires unless extended.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.info.expires_at
+    }
+    /// The grant.
+    pub fn info(&self) -> &LockInfo {
+        &self.info
+    }
+
+    /// Extends the lock to `ttl` from now; [`Error::NotLockHolder`] if it was lost.
+    pub async fn extend(&mut self, ttl: Duration) -> Result<()> {
+        let Some(inner) = &self.manager else {
+            return Err(Error::NotLockHolder {
+                resource: self.info.resource.clone(),
+                owner: self.info.owner.clone(),
+            });
+        };
+        let info = inner
+            .store
+            .extend_lock(
+                &self.info.resource,
+                &self.info.owner,
+                self.info.fencing_token.0,
+                ttl,
+            )
+            .await?
+            .ok_or_else(|| Error::NotLockHolder {
+                resource: self.info.resource.clone(),
+                owner: self.info.owner.clone(),
+            })?;
+        self.info = info;
+        Ok(())
+    }
+
+    /// Releases the lock now; [`Error::NotLockHolder`] if it had expired and been taken.
+    pub async fn release(mut self) -> Result<()> {
+        match self.manager.take() {
+            Some(inner) => {
+                release(
+                    &inner,
+                    &self.info.resource,
+                    &self.info.owner,
+                    self.info.fencing_token,
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let Some(inner) = self.manager.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(resource = %self.info.resource, "lock guard dropped outside a tokio runtime; the lock will expire at its TTL");
+            return;
+        };
+        let info = std::mem::replace(
+            &mut self.info,
+            LockInfo {
+                resource: String::new(),
+                owner: String::new(),
+                fencing_token: FencingToken(0),
+                acquired_at: DateTime::<Utc>::MIN_UTC,
+                expires_at: DateTime::<Utc>::MIN_UTC,
+            },
+        );
+        runtime.spawn(async move {
+            if let Err(error) = release(&inner, &info.resource, &info.owner, info.fencing_token).await {
+                tracing::debug!(resource = %info.resource, %error, "background release of a dropped lock guard");
+            }
+        });
+    }
+}

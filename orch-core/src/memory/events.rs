@@ -1,0 +1,87 @@
+//! The in-memory event log.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::{EventLogState, MemoryBackend};
+use crate::backend::EventStore;
+use crate::clock;
+use crate::error::Result;
+use crate::model::{Event, NewEvent};
+
+impl EventLogState {
+    /// Appends under the caller's lock; sequence numbers are gapless.
+    pub(crate) fn append(&mut self, event: NewEvent, at: DateTime<Utc>) -> Event {
+        self.last_seq += 1;
+        let event = Event {
+            seq: self.last_seq,
+            kind: event.kind,
+            at,
+            task_id: event.task_id,
+            core_id: event.core_id,
+            data: event.data,
+        };
+        if self.log.len() >= self.retention {
+            self.log.pop_front();
+        }
+        self.log.push_back(event.clone());
+        event
+    }
+
+    /// Appends without returning a copy (the hot path of task transitions).
+    pub(crate) fn push(&mut self, event: NewEvent, at: DateTime<Utc>) {
+        self.last_seq += 1;
+        if self.log.len() >= self.retention {
+            self.log.pop_front();
+        }
+        self.log.push_back(Event {
+            seq: self.last_seq,
+            kind: event.kind,
+            at,
+            task_id: event.task_id,
+            core_id: event.core_id,
+            data: event.data,
+        });
+    }
+
+    fn read(&self, after: u64, limit: usize) -> Vec<Event> {
+        let Some(first) = self.log.front().map(|e| e.seq) else {
+            return Vec::new();
+        };
+        // Sequence numbers are contiguous in the deque, so the start is an index computation.
+        let start = after.saturating_add(1).saturating_sub(first) as usize;
+        self.log.iter().skip(start).take(limit).cloned().collect()
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryBackend {
+    async fn append_event(&self, event: NewEvent) -> Result<Event> {
+        let event = self.state.lock().events.append(event, clock::now());
+        self.wake_events();
+        Ok(event)
+    }
+
+    async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        Ok(self.state.lock().events.read(after, limit))
+    }
+
+    async fn last_event_seq(&self) -> Result<u64> {
+        Ok(self.state.lock().events.last_seq)
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut state = self.state.lock();
+        let mut pruned = 0;
+        while state.events.log.front().is_some_and(|e| e.at < before) {
+            state.events.log.pop_front();
+            pruned += 1;
+        }
+        Ok(pruned)
+    }
+
+    fn event_wakeups(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.event_wakeups.subscribe())
+    }
+}

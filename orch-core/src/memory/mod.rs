@@ -1,0 +1,95 @@
+//! [`MemoryBackend`]: every backend trait in process memory.
+//!
+//! For tests, examples and single-process use where losing the queue on exit is fine. It follows
+//! the same contract as the SQL backends (it runs the same conformance suite) and its time is
+//! [`clock::now`](crate::clock::now), so tokio's paused clock drives its leases and TTLs.
+//!
+//! Layout: one mutex over the task tables and the event log together (a task transition and its
+//! event are one atomic step, and sequence numbers are assigned in commit order, so the log has
+//! no gaps), one over the lock table, one over the key-value space.
+
+mod events;
+mod kv;
+mod locks;
+mod tasks;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use crate::model::Event;
+
+pub(crate) use locks::LockTable;
+use tasks::TaskTables;
+
+/// Default number of events the in-memory log keeps (older ones are dropped first).
+pub const DEFAULT_EVENT_RETENTION: usize = 100_000;
+
+/// The in-memory backend. Cheap to share behind an `Arc`; all methods take `&self`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use orch_core::{MemoryBackend, SharedBackend};
+///
+/// let backend: SharedBackend = Arc::new(MemoryBackend::new());
+/// ```
+pub struct MemoryBackend {
+    state: Mutex<State>,
+    locks: LockTable,
+    kv: RwLock<BTreeMap<String, Vec<u8>>>,
+    /// Bumped whenever a task becomes claimable, to wake idle claim loops.
+    task_wakeups: watch::Sender<u64>,
+    /// Bumped whenever events are appended, to wake the event tail.
+    event_wakeups: watch::Sender<u64>,
+}
+
+struct State {
+    tasks: TaskTables,
+    events: EventLogState,
+}
+
+pub(crate) struct EventLogState {
+    log: VecDeque<Event>,
+    last_seq: u64,
+    retention: usize,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    /// An empty backend keeping the last [`DEFAULT_EVENT_RETENTION`] events.
+    pub fn new() -> Self {
+        Self::with_event_retention(DEFAULT_EVENT_RETENTION)
+    }
+
+    /// An empty backend keeping the last `retention` events (at least 1).
+    pub fn with_event_retention(retention: usize) -> Self {
+        MemoryBackend {
+            state: Mutex::new(State {
+                tasks: TaskTables::default(),
+                events: EventLogState {
+                    log: VecDeque::new(),
+                    last_seq: 0,
+                    retention: retention.max(1),
+                },
+            }),
+            locks: LockTable::default(),
+            kv: RwLock::new(BTreeMap::new()),
+            task_wakeups: watch::channel(0).0,
+            event_wakeups: watch::channel(0).0,
+        }
+    }
+
+    fn wake_tasks(&self) {
+        self.task_wakeups.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn wake_events(&self) {
+        self.event_wakeups.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}

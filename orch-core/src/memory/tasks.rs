@@ -1,0 +1,593 @@
+//! The in-memory task queue.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::{EventLogState, MemoryBackend};
+use crate::backend::TaskStore;
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::model::{
+    AttemptOutcome, Claimed, Created, EventKind, LeaseToken, NewEvent, NewTask, Resolution, Task,
+    TaskFilter, TaskId, TaskStatus,
+};
+
+/// Claim order: priority descending, then `run_at`, then id.
+type ReadyKey = (Reverse<i32>, DateTime<Utc>, TaskId);
+
+struct Record {
+    task: Task,
+    lease: Option<LeaseToken>,
+}
+
+/// The task tables and their indexes. Invariants: a `queued` task is in exactly one of
+/// `ready[core]` (due) or `delayed[core]` (not yet due); a `running` task is in `leases`; a
+/// finished task is in `finished`.
+#[derive(Default)]
+pub(super) struct TaskTables {
+    records: HashMap<TaskId, Record>,
+    ready: HashMap<String, BTreeSet<ReadyKey>>,
+    delayed: HashMap<String, BTreeSet<(DateTime<Utc>, TaskId)>>,
+    leases: BTreeSet<(DateTime<Utc>, TaskId)>,
+    finished: BTreeSet<(DateTime<Utc>, TaskId)>,
+    idempotency: HashMap<String, TaskId>,
+}
+
+fn delta(duration: Duration) -> TimeDelta {
+    TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
+}
+
+impl TaskTables {
+    fn enqueue(&mut self, task: &Task, now: DateTime<Utc>) {
+        if task.run_at <= now {
+            self.ready.entry(task.core_id.clone()).or_default().insert((
+                Reverse(task.priority),
+                task.run_at,
+                task.id,
+            ));
+        } else {
+            self.delayed
+                .entry(task.core_id.clone())
+                .or_default()
+                .insert((task.run_at, task.id));
+        }
+    }
+
+    fn dequeue(&mut self, task: &Task) {
+        if let Some(ready) = self.ready.get_mut(&task.core_id) {
+            ready.remove(&(Reverse(task.priority), task.run_at, task.id));
+        }
+        if let Some(delayed) = self.delayed.get_mut(&task.core_id) {
+            delayed.remove(&(task.run_at, task.id));
+        }
+    }
+
+    /// Moves due delayed tasks of `core_id` into its ready set.
+    fn promote(&mut self, core_id: &str, now: DateTime<Utc>) {
+        let Some(delayed) = self.delayed.get_mut(core_id) else {
+            return;
+        };
+        while let Some(&(run_at, id)) = delayed.first() {
+            if run_at > now {
+                break;
+            }
+            delayed.pop_first();
+            if let Some(record) = self.records.get(&id) {
+                self.ready.entry(core_id.to_owned()).or_default().insert((
+                    Reverse(record.task.priority),
+                    run_at,
+                    id,
+                ));
+            }
+        }
+    }
+
+    fn get_mut(&mut self, id: TaskId) -> Result<&mut Record> {
+        self.records.get_mut(&id).ok_or(Error::TaskNotFound(id))
+    }
+}
+
+fn task_event(kind: EventKind, task: &Task, data: Value) -> NewEvent {
+    NewEvent::for_task(kind, task.id, &task.core_id, data)
+}
+
+/// Applies a finishing transition to a record and its indexes; returns the event to log.
+fn finish(
+    tables: &mut TaskTables,
+    id: TaskId,
+    to: TaskStatus,
+    now: DateTime<Utc>,
+    result: Option<Value>,
+    error: Option<String>,
+) -> Result<(Task, TaskStatus)> {
+    let record = tables.get_mut(id)?;
+    let from = record.task.status;
+    from.check(id, to)?;
+    let task = &mut record.task;
+    record.lease = None;
+    let old_lease = task.lease_expires_at.take();
+    task.status = to;
+    task.updated_at = now;
+    task.finished_at = Some(now);
+    if result.is_some() {
+        task.result = result;
+    }
+    if error.is_some() {
+        task.error = error;
+    }
+    let task = task.clone();
+    if let Some(expires) = old_lease {
+        tables.leases.remove(&(expires, id));
+    }
+    if from == TaskStatus::Queued {
+        tables.dequeue(&task);
+    }
+    tables.finished.insert((now, id));
+    Ok((task, from))
+}
+
+fn terminal_event_kind(status: TaskStatus) -> EventKind {
+    match status {
+        TaskStatus::Succeeded => EventKind::TaskSucceeded,
+        TaskStatus::Failed => EventKind::TaskFailed,
+        TaskStatus::TimedOut => EventKind::TaskTimedOut,
+        _ => EventKind::TaskCancelled,
+    }
+}
+
+impl MemoryBackend {
+    fn with_state<T>(&self, f: impl FnOnce(&mut TaskTables, &mut EventLogState) -> T) -> T {
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        f(&mut state.tasks, &mut state.events)
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryBackend {
+    async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
+        let now = clock::now();
+        let created = self.with_state(|tables, events| {
+            let mut out = Vec::with_capacity(tasks.len());
+            for new in tasks {
+                if let Some(key) = &new.idempotency_key
+                    && let Some(existing) = tables.idempotency.get(key)
+                    && let Some(record) = tables.records.get(existing)
+                {
+                    out.push(Created {
+                        task: record.task.clone(),
+                        created: false,
+                    });
+                    continue;
+                }
+                let mut run_at = now + delta(new.delay);
+                if let Some(not_before) = new.not_before {
+                    run_at = run_at.max(not_before);
+                }
+                let task = Task {
+                    id: new.id,
+                    core_id: new.core_id,
+                    status: TaskStatus::Queued,
+                    priority: new.priority,
+                    timeout: new.timeout,
+                    max_attempts: new.max_attempts,
+                    attempt: 0,
+                    run_at,
+                    created_at: now,
+                    updated_at: now,
+                    started_at: None,
+                    finished_at: None,
+                    lease_expires_at: None,
+                    payload: new.payload,
+                    metadata: new.metadata,
+                    result: None,
+                    error: None,
+                    idempotency_key: new.idempotency_key,
+                    locks: new.locks,
+                };
+                if let Some(key) = &task.idempotency_key {
+                    tables.idempotency.insert(key.clone(), task.id);
+                }
+                tables.enqueue(&task, now);
+                events.push(task_event(EventKind::TaskQueued, &task, Value::Null), now);
+                tables.records.insert(
+                    task.id,
+                    Record {
+                        task: task.clone(),
+                        lease: None,
+                    },
+                );
+                out.push(Created {
+                    task,
+                    created: true,
+                });
+            }
+            out
+        });
+        if created.iter().any(|c| c.created) {
+            self.wake_tasks();
+            self.wake_events();
+        }
+        Ok(created)
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
+        Ok(self
+            .state
+            .lock()
+            .tasks
+            .records
+            .get(&id)
+            .map(|r| r.task.clone()))
+    }
+
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
+        let limit = filter.effective_limit();
+        let state = self.state.lock();
+        let mut tasks: Vec<&Task> = state
+            .tasks
+            .records
+            .values()
+            .map(|r| &r.task)
+            .filter(|t| filter.status.is_none_or(|s| t.status == s))
+            .filter(|t| filter.core_id.as_deref().is_none_or(|c| t.core_id == c))
+            .filter(|t| filter.after.is_none_or(|after| t.id > after))
+            .collect();
+        tasks.sort_unstable_by_key(|t| t.id);
+        Ok(tasks.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn claim_tasks(
+        &self,
+        core_id: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = clock::now();
+        let expires = now + delta(lease);
+        let claimed = self.with_state(|tables, events| {
+            tables.promote(core_id, now);
+            let mut picked = Vec::new();
+            if let Some(ready) = tables.ready.get_mut(core_id) {
+                while picked.len() < limit {
+                    match ready.pop_first() {
+                        Some((_, _, id)) => picked.push(id),
+                        None => break,
+                    }
+                }
+            }
+            let mut claimed = Vec::with_capacity(picked.len());
+            for id in picked {
+                let Some(record) = tables.records.get_mut(&id) else {
+                    continue;
+                };
+                let token = LeaseToken::new();
+                record.lease = Some(token);
+                let task = &mut record.task;
+                task.status = TaskStatus::Running;
+                task.attempt += 1;
+                task.started_at = Some(now);
+                task.updated_at = now;
+                task.lease_expires_at = Some(expires);
+                tables.leases.insert((expires, id));
+                events.push(
+                    task_event(
+                        EventKind::TaskStarted,
+                        task,
+                        json!({ "attempt": task.attempt }),
+                    ),
+                    now,
+                );
+                claimed.push(Claimed {
+                    task: task.clone(),
+                    lease_token: token,
+                });
+            }
+            claimed
+        });
+        if !claimed.is_empty() {
+            self.wake_events();
+        }
+        Ok(claimed)
+    }
+
+    async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>> {
+        let state = self.state.lock();
+        let ready = state
+            .tasks
+            .ready
+            .get(core_id)
+            .and_then(|ready| ready.iter().map(|(_, run_at, _)| *run_at).min());
+        let delayed = state
+            .tasks
+            .delayed
+            .get(core_id)
+            .and_then(|delayed| delayed.first().map(|(run_at, _)| *run_at));
+        Ok(match (ready, delayed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    async fn renew_leases(
+        &self,
+        leases: Vec<(TaskId, LeaseToken)>,
+        lease: Duration,
+    ) -> Result<Vec<Option<DateTime<Utc>>>> {
+        let now = clock::now();
+        let expires = now + delta(lease);
+        let mut state = self.state.lock();
+        let tables = &mut state.tasks;
+        Ok(leases
+            .into_iter()
+            .map(|(id, token)| {
+                let record = tables.records.get_mut(&id)?;
+                if record.lease != Some(token) || record.task.status != TaskStatus::Running {
+                    return None;
+                }
+                let old = record.task.lease_expires_at.replace(expires);
+                if let Some(old) = old {
+                    tables.leases.remove(&(old, id));
+                }
+                tables.leases.insert((expires, id));
+                Some(expires)
+            })
+            .collect())
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        outcome: AttemptOutcome,
+    ) -> Result<Task> {
+        let now = clock::now();
+        let (task, requeued) = self.with_state(|tables, events| {
+            let record = tables.get_mut(id)?;
+            if record.lease != Some(token) || record.task.status != TaskStatus::Running {
+                return Err(Error::LeaseLost(id));
+            }
+            let attempt = record.task.attempt;
+            match outcome {
+                AttemptOutcome::Succeeded { result } => {
+                    let (task, _) =
+                        finish(tables, id, TaskStatus::Succeeded, now, Some(result), None)?;
+                    events.push(task_event(EventKind::TaskSucceeded, &task, json!({"attempt": attempt})), now);
+                    Ok((task, false))
+                }
+                AttemptOutcome::Failed {
+                    error,
+                    retry_in: None,
+                } => {
+                    let data = json!({"attempt": attempt, "error": error});
+                    let (task, _) = finish(tables, id, TaskStatus::Failed, now, None, Some(error))?;
+                    events.push(task_event(EventKind::TaskFailed, &task, data), now);
+                    Ok((task, false))
+                }
+                AttemptOutcome::TimedOut { retry_in: None } => {
+                    let error = format!("attempt {attempt} timed out");
+                    let data = json!({"attempt": attempt, "error": error});
+                    let (task, _) =
+                        finish(tables, id, TaskStatus::TimedOut, now, None, Some(error))?;
+                    events.push(task_event(EventKind::TaskTimedOut, &task, data), now);
+                    Ok((task, false))
+                }
+                AttemptOutcome::Failed {
+                    error,
+                    retry_in: Some(retry_in),
+                } => {
+                    let data = json!({"attempt": attempt, "error": error, "reason": "failed", "retry_in": retry_in.as_secs_f64()});
+                    let task = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
+                    events.push(task_event(EventKind::TaskRetrying, &task, data), now);
+                    Ok((task, true))
+                }
+                AttemptOutcome::TimedOut {
+                    retry_in: Some(retry_in),
+                } => {
+                    let error = format!("attempt {attempt} timed out");
+                    let data = json!({"attempt": attempt, "error": error, "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
+                    let task = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
+                    events.push(task_event(EventKind::TaskRetrying, &task, data), now);
+                    Ok((task, true))
+                }
+                AttemptOutcome::Abandoned => {
+                    let task = requeue(tables, id, now, now, None, true);
+                    events.push(task_event(EventKind::TaskRequeued, &task, Value::Null), now);
+                    Ok((task, true))
+                }
+            }
+        })?;
+        if requeued {
+            self.wake_tasks();
+        }
+        self.wake_events();
+        Ok(task)
+    }
+
+    async fn cancel_task(&self, id: TaskId) -> Result<Task> {
+        let now = clock::now();
+        let task = self.with_state(|tables, events| {
+            let (task, from) = finish(tables, id, TaskStatus::Cancelled, now, None, None)?;
+            events.push(
+                task_event(EventKind::TaskCancelled, &task, json!({"from": from})),
+                now,
+            );
+            Ok::<_, Error>(task)
+        })?;
+        self.wake_events();
+        Ok(task)
+    }
+
+    async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
+        let now = clock::now();
+        let task = self.with_state(|tables, events| {
+            let (to, result, error) = match resolution {
+                Resolution::Succeeded(result) => (TaskStatus::Succeeded, Some(result), None),
+                Resolution::Failed(error) => (TaskStatus::Failed, None, Some(error)),
+            };
+            let (task, from) = finish(tables, id, to, now, result, error)?;
+            events.push(
+                task_event(
+                    terminal_event_kind(to),
+                    &task,
+                    json!({"from": from, "external": true}),
+                ),
+                now,
+            );
+            Ok::<_, Error>(task)
+        })?;
+        self.wake_events();
+        Ok(task)
+    }
+
+    async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>> {
+        let now = clock::now();
+        let rescued = self.with_state(|tables, events| {
+            let mut expired = Vec::new();
+            for &(expires, id) in tables.leases.iter() {
+                if expires > now || expired.len() >= limit {
+                    break;
+                }
+                expired.push(id);
+            }
+            let mut rescued = Vec::with_capacity(expired.len());
+            for id in expired {
+                let Some(record) = tables.records.get(&id) else {
+                    continue;
+                };
+                let attempt = record.task.attempt;
+                if record.task.has_attempts_left() {
+                    let error = format!("lease expired during attempt {attempt}");
+                    let task = requeue(tables, id, now, now, Some(error), false);
+                    events.push(
+                        task_event(
+                            EventKind::TaskRescued,
+                            &task,
+                            json!({"attempt": attempt, "will_retry": true}),
+                        ),
+                        now,
+                    );
+                    rescued.push(task);
+                } else {
+                    let error = format!("lease expired during final attempt {attempt}");
+                    let Ok((task, _)) = finish(
+                        tables,
+                        id,
+                        TaskStatus::Failed,
+                        now,
+                        None,
+                        Some(error.clone()),
+                    ) else {
+                        continue;
+                    };
+                    events.push(
+                        task_event(
+                            EventKind::TaskRescued,
+                            &task,
+                            json!({"attempt": attempt, "will_retry": false}),
+                        ),
+                        now,
+                    );
+                    events.push(
+                        task_event(
+                            EventKind::TaskFailed,
+                            &task,
+                            json!({"attempt": attempt, "error": error}),
+                        ),
+                        now,
+                    );
+                    rescued.push(task);
+                }
+            }
+            rescued
+        });
+        if !rescued.is_empty() {
+            self.wake_tasks();
+            self.wake_events();
+        }
+        Ok(rescued)
+    }
+
+    async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        let mut state = self.state.lock();
+        let tables = &mut state.tasks;
+        let mut pruned = 0;
+        while pruned < limit as u64 {
+            match tables.finished.first() {
+                Some(&(at, id)) if at < before => {
+                    tables.finished.pop_first();
+                    if let Some(record) = tables.records.remove(&id)
+                        && let Some(key) = &record.task.idempotency_key
+                    {
+                        tables.idempotency.remove(key);
+                    }
+                    pruned += 1;
+                }
+                _ => break,
+            }
+        }
+        Ok(pruned)
+    }
+
+    async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>> {
+        let state = self.state.lock();
+        let mut counts: HashMap<(String, i32), u64> = HashMap::new();
+        for record in state.tasks.records.values() {
+            if record.task.status == TaskStatus::Queued {
+                *counts
+                    .entry((record.task.core_id.clone(), record.task.priority))
+                    .or_default() += 1;
+            }
+        }
+        let mut out: Vec<_> = counts.into_iter().map(|((c, p), n)| (c, p, n)).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn task_wakeups(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.task_wakeups.subscribe())
+    }
+}
+
+/// Puts a running task back in the queue to run at `run_at`. `undo_attempt` gives the attempt
+/// back (the holder never ran it).
+fn requeue(
+    tables: &mut TaskTables,
+    id: TaskId,
+    now: DateTime<Utc>,
+    run_at: DateTime<Utc>,
+    error: Option<String>,
+    undo_attempt: bool,
+) -> Task {
+    let record = tables
+        .records
+        .get_mut(&id)
+        .expect("caller checked the record exists");
+    record.lease = None;
+    let task = &mut record.task;
+    let old_lease = task.lease_expires_at.take();
+    task.status = TaskStatus::Queued;
+    task.run_at = run_at;
+    task.updated_at = now;
+    if undo_attempt {
+        task.attempt = task.attempt.saturating_sub(1);
+    }
+    if error.is_some() {
+        task.error = error;
+    }
+    let task = task.clone();
+    if let Some(expires) = old_lease {
+        tables.leases.remove(&(expires, id));
+    }
+    tables.enqueue(&task, now);
+    task
+}

@@ -1,0 +1,63 @@
+//! The data model: tasks, events and locks. Everything that crosses a wire is serde.
+
+mod event;
+mod lock;
+mod task;
+
+pub use event::{Event, EventKind, NewEvent};
+pub use lock::{FencingToken, LockAttempt, LockInfo};
+pub use task::{
+    AttemptOutcome, Claimed, Created, LeaseToken, NewTask, Resolution, RetryPolicy, Task,
+    TaskFilter, TaskId, TaskSpec, TaskStatus, limits,
+};
+
+pub(crate) use task::check_name;
+
+/// Serde for `Duration` as (fractional) seconds, the seed's unit for timeouts.
+pub(crate) mod serde_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub(crate) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        if value.subsec_nanos() == 0 {
+            s.serialize_u64(value.as_secs())
+        } else {
+            s.serialize_f64(value.as_secs_f64())
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs)
+            .map_err(|_| D::Error::custom(format!("{secs} is not a valid number of seconds")))
+    }
+}
+
+/// Like [`serde_secs`] for `Option<Duration>`.
+pub(crate) mod serde_opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub(crate) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => super::serde_secs::serialize(value, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        match Option::<f64>::deserialize(d)? {
+            None => Ok(None),
+            Some(secs) => Duration::try_from_secs_f64(secs)
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("{secs} is not a valid number of seconds"))),
+        }
+    }
+}

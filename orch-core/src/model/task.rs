@@ -1,0 +1,674 @@
+//! Tasks: ids, states and their checked transitions, the spec a caller dispatches, and the
+//! stored task.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// A task id: a UUIDv7, so ids sort by creation time.
+///
+/// Displays as the bare UUID; parsing also accepts the seed's `task-` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub Uuid);
+
+impl TaskId {
+    /// A new time-ordered id.
+    pub fn new() -> Self {
+        TaskId(Uuid::now_v7())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bare = s.strip_prefix("task-").unwrap_or(s);
+        Uuid::parse_str(bare)
+            .map(TaskId)
+            .map_err(|e| Error::invalid("task id", format!("{s:?} is not a UUID ({e})")))
+    }
+}
+
+/// Proof of holding a task's lease. Every worker-side write (heartbeat, report) must present the
+/// current token; a rescued task gets a new one, so its old holder's writes are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseToken(pub Uuid);
+
+impl LeaseToken {
+    /// A fresh random token.
+    pub fn new() -> Self {
+        LeaseToken(Uuid::new_v4())
+    }
+}
+
+impl Default for LeaseToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for LeaseToken {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Uuid::parse_str(s)
+            .map(LeaseToken)
+            .map_err(|e| Error::invalid("lease token", format!("{s:?} is not a UUID ({e})")))
+    }
+}
+
+/// The state of a task.
+///
+/// ```text
+/// queued ──claim──▶ running ──▶ succeeded | failed | timed_out | cancelled
+///   │  ▲               │
+///   │  └──retry/rescue─┘
+///   └──▶ cancelled | succeeded | failed   (cancel, or an external system reports the outcome)
+/// ```
+/// `succeeded`, `failed`, `cancelled` and `timed_out` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Waiting to run (possibly not before its `run_at`).
+    Queued,
+    /// Leased by a worker that is running an attempt.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished with an error, attempts exhausted or not retryable.
+    Failed,
+    /// Cancelled by a caller.
+    Cancelled,
+    /// The last attempt ran past the task's timeout.
+    TimedOut,
+}
+
+impl TaskStatus {
+    /// All states, in declaration order.
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Queued,
+        TaskStatus::Running,
+        TaskStatus::Succeeded,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+        TaskStatus::TimedOut,
+    ];
+
+    /// The wire name (`queued`, `timed_out`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+            TaskStatus::TimedOut => "timed_out",
+        }
+    }
+
+    /// Whether no further transition is possible.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TaskStatus::Queued | TaskStatus::Running)
+    }
+
+    /// Whether `self -> to` is a legal transition.
+    pub fn can_become(self, to: TaskStatus) -> bool {
+        use TaskStatus::*;
+        match (self, to) {
+            (Queued, Running | Cancelled | Succeeded | Failed) => true,
+            (Running, Queued | Succeeded | Failed | TimedOut | Cancelled) => true,
+            _ => false,
+        }
+    }
+
+    /// Checks `self -> to`, naming the task in the error.
+    pub fn check(self, task_id: TaskId, to: TaskStatus) -> Result<()> {
+        if self.can_become(to) {
+            Ok(())
+        } else {
+            Err(Error::IllegalTransition {
+                task_id,
+                from: self,
+                to,
+            })
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "status",
+                    format!(
+                        "{s:?} is not one of queued, running, succeeded, failed, cancelled, timed_out"
+                    ),
+                )
+            })
+    }
+}
+
+/// Limits a spec is checked against.
+pub mod limits {
+    use std::time::Duration;
+    /// Longest `core_id`, in bytes.
+    pub const MAX_CORE_ID_LEN: usize = 128;
+    /// Longest idempotency key, in bytes.
+    pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+    /// Longest lock resource name, in bytes.
+    pub const MAX_RESOURCE_LEN: usize = 256;
+    /// Most lock resources one task may name.
+    pub const MAX_TASK_LOCKS: usize = 16;
+    /// Most attempts a task may ask for.
+    pub const MAX_ATTEMPTS: u32 = 1000;
+    /// Longest task timeout.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+}
+
+/// Checks a name-like field: non-empty, bounded, no control characters.
+pub(crate) fn check_name(field: &'static str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes long, at most {max} allowed", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// What a caller dispatches: a builder with the seed's defaults (priority 1, timeout 300 s).
+///
+/// ```
+/// use std::time::Duration;
+/// use orch_core::TaskSpec;
+///
+/// let spec = TaskSpec::new("WORK_AI_01")
+///     .priority(2)
+///     .timeout(Duration::from_secs(60))
+///     .payload(serde_json::json!({"text": "hello"}))
+///     .idempotency_key("order-42");
+/// assert!(spec.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Which engine or worker pool runs it.
+    pub core_id: String,
+    /// Higher runs first; FIFO within a priority. Default 1.
+    #[serde(default = "default_priority")]
+    pub priority: i32,
+    /// Per-attempt timeout. Default 300 s.
+    #[serde(default = "default_timeout", with = "crate::model::serde_secs")]
+    pub timeout: Duration,
+    /// Attempts before the task fails for good. Default 3.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Do not run before this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Do not run before this long after dispatch (measured by the backend's clock).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::model::serde_opt_secs"
+    )]
+    pub delay: Option<Duration>,
+    /// Input for the engine.
+    #[serde(default)]
+    pub payload: Value,
+    /// Free-form metadata (source, tags, ...), stored and returned as is.
+    #[serde(default)]
+    pub metadata: Value,
+    /// A second dispatch with the same key returns the first task instead of a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Lock resources the task needs; the dispatcher holds them all while the engine runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<String>,
+}
+
+fn default_priority() -> i32 {
+    1
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+
+impl TaskSpec {
+    /// A spec for `core_id` with the defaults.
+    pub fn new(core_id: impl Into<String>) -> Self {
+        TaskSpec {
+            core_id: core_id.into(),
+            priority: default_priority(),
+            timeout: default_timeout(),
+            max_attempts: default_max_attempts(),
+            run_at: None,
+            delay: None,
+            payload: Value::Null,
+            metadata: Value::Null,
+            idempotency_key: None,
+            locks: Vec::new(),
+        }
+    }
+
+    /// Sets the priority (higher first).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the per-attempt timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the number of attempts (at least 1).
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Do not run before `at`.
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// Do not run before `delay` has passed.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Sets the engine's input.
+    pub fn payload(mut self, payload: Value) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn metadata(mut self, metadata: Value) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Adds a lock resource the task needs while it runs.
+    pub fn lock(mut self, resource: impl Into<String>) -> Self {
+        self.locks.push(resource.into());
+        self
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        check_name("core_id", &self.core_id, limits::MAX_CORE_ID_LEN)?;
+        if self.timeout.is_zero() {
+            return Err(Error::invalid("timeout", "must be greater than zero"));
+        }
+        if self.timeout > limits::MAX_TIMEOUT {
+            return Err(Error::invalid(
+                "timeout",
+                format!("must be at most {} s", limits::MAX_TIMEOUT.as_secs()),
+            ));
+        }
+        if self.max_attempts == 0 || self.max_attempts > limits::MAX_ATTEMPTS {
+            return Err(Error::invalid(
+                "max_attempts",
+                format!("must be between 1 and {}", limits::MAX_ATTEMPTS),
+            ));
+        }
+        if let Some(delay) = self.delay
+            && delay > Duration::from_secs(366 * 24 * 3600)
+        {
+            return Err(Error::invalid("delay", "must be at most a year"));
+        }
+        if let Some(key) = &self.idempotency_key {
+            check_name("idempotency_key", key, limits::MAX_IDEMPOTENCY_KEY_LEN)?;
+        }
+        if self.locks.len() > limits::MAX_TASK_LOCKS {
+            return Err(Error::invalid(
+                "locks",
+                format!("at most {} lock resources per task", limits::MAX_TASK_LOCKS),
+            ));
+        }
+        for resource in &self.locks {
+            check_name("locks", resource, limits::MAX_RESOURCE_LEN)?;
+        }
+        Ok(())
+    }
+
+    /// Validates and turns the spec into what a backend stores: an id is assigned, lock
+    /// resources are sorted and de-duplicated (so tasks take them in one global order and
+    /// cannot deadlock).
+    pub fn into_new_task(self) -> Result<NewTask> {
+        self.validate()?;
+        let mut locks = self.locks;
+        locks.sort();
+        locks.dedup();
+        Ok(NewTask {
+            id: TaskId::new(),
+            core_id: self.core_id,
+            priority: self.priority,
+            timeout: self.timeout,
+            max_attempts: self.max_attempts,
+            not_before: self.run_at,
+            delay: self.delay.unwrap_or_default(),
+            payload: self.payload,
+            metadata: self.metadata,
+            idempotency_key: self.idempotency_key,
+            locks,
+        })
+    }
+}
+
+/// A validated spec with its id, as handed to [`TaskStore::create_tasks`](crate::TaskStore).
+///
+/// The backend computes `run_at = max(now + delay, not_before)` with its own clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewTask {
+    /// The id the task will have (unless the idempotency key matches an existing task).
+    pub id: TaskId,
+    /// See [`TaskSpec::core_id`].
+    pub core_id: String,
+    /// See [`TaskSpec::priority`].
+    pub priority: i32,
+    /// See [`TaskSpec::timeout`].
+    #[serde(with = "crate::model::serde_secs")]
+    pub timeout: Duration,
+    /// See [`TaskSpec::max_attempts`].
+    pub max_attempts: u32,
+    /// Absolute earliest start.
+    pub not_before: Option<DateTime<Utc>>,
+    /// Relative earliest start.
+    #[serde(with = "crate::model::serde_secs")]
+    pub delay: Duration,
+    /// See [`TaskSpec::payload`].
+    pub payload: Value,
+    /// See [`TaskSpec::metadata`].
+    pub metadata: Value,
+    /// See [`TaskSpec::idempotency_key`].
+    pub idempotency_key: Option<String>,
+    /// Sorted, de-duplicated lock resources.
+    pub locks: Vec<String>,
+}
+
+/// A stored task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Time-ordered id.
+    pub id: TaskId,
+    /// Which engine or worker pool runs it.
+    pub core_id: String,
+    /// Current state.
+    pub status: TaskStatus,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Per-attempt timeout, in seconds on the wire.
+    #[serde(with = "crate::model::serde_secs")]
+    pub timeout: Duration,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Attempts started so far (1 during the first run).
+    pub attempt: u32,
+    /// Earliest start of the next attempt.
+    pub run_at: DateTime<Utc>,
+    /// When it was dispatched.
+    pub created_at: DateTime<Utc>,
+    /// Last state change.
+    pub updated_at: DateTime<Utc>,
+    /// When the current or last attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When the current lease runs out (only while `running`).
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Engine input.
+    pub payload: Value,
+    /// Caller metadata.
+    pub metadata: Value,
+    /// Engine output, once succeeded.
+    pub result: Option<Value>,
+    /// Last error, if an attempt failed.
+    pub error: Option<String>,
+    /// Idempotency key, if given.
+    pub idempotency_key: Option<String>,
+    /// Lock resources held while running.
+    pub locks: Vec<String>,
+}
+
+impl Task {
+    /// Whether another attempt is allowed after the current one.
+    pub fn has_attempts_left(&self) -> bool {
+        self.attempt < self.max_attempts
+    }
+}
+
+/// What [`TaskStore::create_tasks`](crate::TaskStore::create_tasks) returns per task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    /// The stored task (the earlier one when the idempotency key matched).
+    pub task: Task,
+    /// `false` when an existing task with the same idempotency key was returned.
+    pub created: bool,
+}
+
+/// A task leased to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claimed {
+    /// The task, now `running`.
+    pub task: Task,
+    /// The token the worker must present to heartbeat and report.
+    pub lease_token: LeaseToken,
+}
+
+/// How one attempt ended, as reported by the lease holder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptOutcome {
+    /// The engine returned a result: `succeeded`.
+    Succeeded {
+        /// The result.
+        result: Value,
+    },
+    /// The engine failed. With `retry_in`, back to `queued` to run again after that delay;
+    /// without, `failed`.
+    Failed {
+        /// The error message.
+        error: String,
+        /// Delay before the next attempt, if one is allowed.
+        retry_in: Option<Duration>,
+    },
+    /// The attempt ran past its timeout. With `retry_in` back to `queued`, else `timed_out`.
+    TimedOut {
+        /// Delay before the next attempt, if one is allowed.
+        retry_in: Option<Duration>,
+    },
+    /// The holder gives the task back unrun (graceful shutdown): `queued` again, and the
+    /// attempt does not count.
+    Abandoned,
+}
+
+impl AttemptOutcome {
+    /// The state the task moves to.
+    pub fn target_status(&self) -> TaskStatus {
+        match self {
+            AttemptOutcome::Succeeded { .. } => TaskStatus::Succeeded,
+            AttemptOutcome::Failed { retry_in: None, .. } => TaskStatus::Failed,
+            AttemptOutcome::TimedOut { retry_in: None } => TaskStatus::TimedOut,
+            _ => TaskStatus::Queued,
+        }
+    }
+}
+
+/// An outcome reported without a lease, by an external system (the seed's webhook) for a task
+/// that is `queued` or `running`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// Moves the task to `succeeded` with this result.
+    Succeeded(Value),
+    /// Moves the task to `failed` with this error.
+    Failed(String),
+}
+
+/// Filters for [`TaskStore::list_tasks`](crate::TaskStore::list_tasks). Results are ordered by
+/// id (creation time); page with `after`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TaskFilter {
+    /// Only tasks in this state.
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this core.
+    pub core_id: Option<String>,
+    /// Only tasks with an id greater than this (the last id of the previous page).
+    pub after: Option<TaskId>,
+    /// Page size; 0 means 100. Capped at 1000.
+    pub limit: usize,
+}
+
+impl TaskFilter {
+    /// The page size to use.
+    pub fn effective_limit(&self) -> usize {
+        match self.limit {
+            0 => 100,
+            n => n.min(1000),
+        }
+    }
+}
+
+/// The retry delay policy: exponential backoff with "equal jitter", so the delay before
+/// attempt `n + 1` lies in `[d/2, d]` with `d = min(base * 2^(n-1), max)`: it never shrinks from one
+/// attempt to the next, and concurrent failures spread out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delay scale after the first failed attempt.
+    pub base: Duration,
+    /// Upper bound of the delay.
+    pub max: Duration,
+    /// Whether to add jitter.
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after failed attempt number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        let full = self.base.saturating_mul(1u32 << exponent).min(self.max);
+        if !self.jitter || full.is_zero() {
+            return full;
+        }
+        let half = full / 2;
+        let spread = full - half;
+        half + spread.mul_f64(fastrand::f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_follow_the_state_diagram() {
+        use TaskStatus::*;
+        assert!(Queued.can_become(Running));
+        assert!(Running.can_become(Queued));
+        assert!(!Succeeded.can_become(Running));
+        assert!(!Queued.can_become(TimedOut));
+        for terminal in [Succeeded, Failed, Cancelled, TimedOut] {
+            for to in TaskStatus::ALL {
+                assert!(!terminal.can_become(to), "{terminal} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_never_shrinks() {
+        let policy = RetryPolicy::default();
+        for attempt in 1..12 {
+            let upper_of_this = policy
+                .base
+                .saturating_mul(1 << (attempt - 1))
+                .min(policy.max);
+            let next = policy.delay(attempt + 1);
+            assert!(next >= upper_of_this / 2);
+            assert!(policy.delay(attempt) <= upper_of_this);
+        }
+    }
+
+    #[test]
+    fn spec_validation_names_the_field() {
+        let err = TaskSpec::new("").validate().unwrap_err();
+        assert!(err.to_string().contains("core_id"), "{err}");
+        let err = TaskSpec::new("a").max_attempts(0).validate().unwrap_err();
+        assert!(err.to_string().contains("max_attempts"), "{err}");
+        let err = TaskSpec::new("a")
+            .timeout(Duration::ZERO)
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn task_id_parses_with_seed_prefix() {
+        let id = TaskId::new();
+        let parsed: TaskId = format!("task-{id}").parse().unwrap();
+        assert_eq!(parsed, id);
+        assert!("nope".parse::<TaskId>().is_err());
+    }
+}

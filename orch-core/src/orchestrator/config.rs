@@ -1,0 +1,164 @@
+//! [`OrchestratorConfig`]: limits, leases and intervals, validated once at build time.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::locks::LockConfig;
+use crate::model::RetryPolicy;
+
+/// How an orchestrator runs. `Default` suits most uses; `with_*` methods change one setting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrchestratorConfig {
+    /// Most attempts running at once across all cores. Default 64.
+    pub global_concurrency: usize,
+    /// Most attempts running at once per core unless set per engine. Default 64.
+    pub default_core_concurrency: usize,
+    /// Most claimed tasks waiting for their locks at once. Default 1024.
+    pub max_lock_waiters: usize,
+    /// Lease given to each attempt; renewed while it runs. Default 30 s.
+    pub lease: Duration,
+    /// How often running leases are renewed. Default lease / 3.
+    pub heartbeat_interval: Duration,
+    /// How often expired leases are looked for and rescued. Default 5 s.
+    pub rescue_interval: Duration,
+    /// Longest an idle claim loop or the event tail sleeps without a wake-up hint (the floor
+    /// for work created by other processes). Default 1 s.
+    pub poll_interval: Duration,
+    /// Most tasks claimed in one backend call. Default 64.
+    pub claim_batch: usize,
+    /// Delays between attempts.
+    pub retry: RetryPolicy,
+    /// Events buffered per live subscriber before it lags (and catches up from the log).
+    /// Default 4096.
+    pub event_buffer: usize,
+    /// Name of this orchestrator (lock owner prefix, logs). Default `orch-<uuid>`.
+    pub node_id: String,
+    /// Lock manager tuning.
+    pub locks: LockConfig,
+    /// How long a timed-out or cancelled engine may take to return after its cancellation
+    /// token fires before its future is dropped. Default 5 s.
+    pub cancel_grace: Duration,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            global_concurrency: 64,
+            default_core_concurrency: 64,
+            max_lock_waiters: 1024,
+            lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            rescue_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+            claim_batch: 64,
+            retry: RetryPolicy::default(),
+            event_buffer: 4096,
+            node_id: format!("orch-{}", uuid::Uuid::new_v4()),
+            locks: LockConfig::default(),
+            cancel_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl OrchestratorConfig {
+    /// Sets the global concurrency limit.
+    pub fn with_global_concurrency(mut self, limit: usize) -> Self {
+        self.global_concurrency = limit;
+        self
+    }
+
+    /// Sets the default per-core limit.
+    pub fn with_default_core_concurrency(mut self, limit: usize) -> Self {
+        self.default_core_concurrency = limit;
+        self
+    }
+
+    /// Sets the lease and a heartbeat of a third of it.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self.heartbeat_interval = lease / 3;
+        self
+    }
+
+    /// Sets how often expired leases are rescued.
+    pub fn with_rescue_interval(mut self, interval: Duration) -> Self {
+        self.rescue_interval = interval;
+        self
+    }
+
+    /// Sets the poll floor.
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the claim batch size.
+    pub fn with_claim_batch(mut self, batch: usize) -> Self {
+        self.claim_batch = batch;
+        self
+    }
+
+    /// Sets the node id.
+    pub fn with_node_id(mut self, node_id: impl Into<String>) -> Self {
+        self.node_id = node_id.into();
+        self
+    }
+
+    /// Sets the lock manager tuning.
+    pub fn with_locks(mut self, locks: LockConfig) -> Self {
+        self.locks = locks;
+        self
+    }
+
+    /// Sets the cancellation grace period.
+    pub fn with_cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// Sets the live event buffer.
+    pub fn with_event_buffer(mut self, buffer: usize) -> Self {
+        self.event_buffer = buffer;
+        self
+    }
+
+    /// Checks every setting; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        fn positive(field: &'static str, value: usize) -> Result<()> {
+            if value == 0 {
+                return Err(Error::invalid(field, "must be at least 1"));
+            }
+            Ok(())
+        }
+        fn nonzero(field: &'static str, value: Duration) -> Result<()> {
+            if value.is_zero() {
+                return Err(Error::invalid(field, "must be greater than zero"));
+            }
+            Ok(())
+        }
+        positive("global_concurrency", self.global_concurrency)?;
+        positive("default_core_concurrency", self.default_core_concurrency)?;
+        positive("max_lock_waiters", self.max_lock_waiters)?;
+        positive("claim_batch", self.claim_batch)?;
+        positive("event_buffer", self.event_buffer)?;
+        nonzero("lease", self.lease)?;
+        nonzero("heartbeat_interval", self.heartbeat_interval)?;
+        nonzero("rescue_interval", self.rescue_interval)?;
+        nonzero("poll_interval", self.poll_interval)?;
+        nonzero("locks.poll_interval", self.locks.poll_interval)?;
+        if self.heartbeat_interval >= self.lease {
+            return Err(Error::invalid(
+                "heartbeat_interval",
+                "must be shorter than the lease, or leases expire between heartbeats",
+            ));
+        }
+        crate::model::check_name("node_id", &self.node_id, 128)?;
+        Ok(())
+    }
+}

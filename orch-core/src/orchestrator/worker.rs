@@ -1,0 +1,383 @@
+//! The loops behind the dispatcher: claiming, running one attempt, renewing leases, rescuing.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Core, Inner, Running, StopCause};
+use crate::clock;
+use crate::context::TaskContext;
+use crate::contracts::StorageProvider;
+use crate::error::{Error, Result};
+use crate::locks::{LockGuard, LockOptions};
+use crate::model::{AttemptOutcome, Claimed, Task};
+
+/// A concurrency slot: one permit of the core's limit and one of the global limit.
+struct Permits {
+    _core: OwnedSemaphorePermit,
+    _global: OwnedSemaphorePermit,
+}
+
+/// Waits for one slot, or `None` when `stop` fires first.
+async fn acquire_slot(inner: &Inner, core: &Core, stop: &CancellationToken) -> Option<Permits> {
+    let core_permit = tokio::select! {
+        permit = core.slots.clone().acquire_owned() => permit.ok()?,
+        _ = stop.cancelled() => return None,
+    };
+    let global_permit = tokio::select! {
+        permit = inner.global.clone().acquire_owned() => permit.ok()?,
+        _ = stop.cancelled() => return None,
+    };
+    Some(Permits {
+        _core: core_permit,
+        _global: global_permit,
+    })
+}
+
+fn try_acquire_slot(inner: &Inner, core: &Core) -> Option<Permits> {
+    let core_permit = core.slots.clone().try_acquire_owned().ok()?;
+    let global_permit = inner.global.clone().try_acquire_owned().ok()?;
+    Some(Permits {
+        _core: core_permit,
+        _global: global_permit,
+    })
+}
+
+/// Claims and starts tasks of one core until shutdown.
+pub(super) async fn claim_loop(inner: Arc<Inner>, core: Arc<Core>) {
+    let stop = inner.stop_claiming.clone();
+    let mut wakeups = inner.backend.task_wakeups();
+    let core_id = core.core_id.clone();
+    loop {
+        let Some(first) = acquire_slot(&inner, &core, &stop).await else {
+            break;
+        };
+        let mut slots = vec![first];
+        while slots.len() < inner.config.claim_batch {
+            match try_acquire_slot(&inner, &core) {
+                Some(slot) => slots.push(slot),
+                None => break,
+            }
+        }
+        let claimed = async {
+            inner
+                .backend
+                .claim_tasks(&core_id, slots.len(), inner.config.lease)
+                .await
+        }
+        .instrument(tracing::debug_span!("claim", core_id = %core_id, want = slots.len()))
+        .await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(core_id = %core_id, %error, "claim failed; backing off");
+                drop(slots);
+                tokio::select! {
+                    _ = tokio::time::sleep(inner.config.poll_interval) => continue,
+                    _ = stop.cancelled() => break,
+                }
+            }
+        };
+        let got_any = !claimed.is_empty();
+        if got_any {
+            inner.events.poke();
+        }
+        let full = claimed.len() == slots.len();
+        for (task, slot) in claimed.into_iter().zip(slots.drain(..)) {
+            inner
+                .attempts
+                .spawn(run_attempt(inner.clone(), core.clone(), task, slot));
+        }
+        drop(slots);
+        if full {
+            // There may be more ready work: claim again as soon as slots free up.
+            continue;
+        }
+        // Idle: sleep until a wake-up hint, the next delayed task, or the poll floor.
+        let mut sleep_for = inner.config.poll_interval;
+        if !got_any && let Ok(Some(next)) = inner.backend.next_run_at(&core_id).await {
+            sleep_for = sleep_for.min(clock::until(next));
+        }
+        if got_any {
+            continue;
+        }
+        let hint = async {
+            match wakeups.as_mut() {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = core.wake.notified() => {}
+            _ = hint => {}
+            _ = tokio::time::sleep(sleep_for) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+}
+
+/// Runs one claimed attempt and reports its outcome with the lease token.
+async fn run_attempt(inner: Arc<Inner>, core: Arc<Core>, claimed: Claimed, slot: Permits) {
+    let Claimed { task, lease_token } = claimed;
+    let running = Arc::new(Running {
+        token: lease_token,
+        cancel: CancellationToken::new(),
+        cause: AtomicU8::new(StopCause::None as u8),
+    });
+    inner.running.insert(task.id, running.clone());
+    let span = tracing::debug_span!("execute", task_id = %task.id, core_id = %task.core_id, attempt = task.attempt);
+    let outcome = execute(&inner, &core, &task, &running, slot)
+        .instrument(span)
+        .await;
+    inner.running.remove(&task.id);
+    let Some(outcome) = outcome else {
+        return;
+    };
+    let requeued = outcome.target_status() == crate::model::TaskStatus::Queued;
+    match inner
+        .backend
+        .finish_attempt(task.id, lease_token, outcome)
+        .await
+    {
+        Ok(_) => {
+            inner.events.poke();
+            if requeued {
+                core.wake.notify_one();
+            }
+        }
+        Err(Error::LeaseLost(_)) => {
+            tracing::warn!(task_id = %task.id, "attempt finished after its lease was lost; outcome discarded");
+        }
+        Err(error) => {
+            tracing::error!(task_id = %task.id, %error, "could not record the attempt's outcome; the lease will expire and the task will be rescued");
+        }
+    }
+}
+
+fn retry_in(inner: &Inner, task: &Task, retryable: bool) -> Option<Duration> {
+    (retryable && task.has_attempts_left()).then(|| inner.config.retry.delay(task.attempt))
+}
+
+/// Takes the task's locks (in sorted order), waiting without holding a concurrency slot.
+/// `Ok(None)` when the attempt was stopped while waiting.
+async fn take_locks(
+    inner: &Inner,
+    task: &Task,
+    running: &Running,
+) -> Result<Option<Vec<LockGuard>>> {
+    let owner = format!("task:{}", task.id);
+    let options = LockOptions {
+        ttl: task.timeout + inner.config.lease,
+        priority: task.priority,
+        wait: Some(task.timeout),
+    };
+    let mut guards = Vec::with_capacity(task.locks.len());
+    for resource in &task.locks {
+        let guard = tokio::select! {
+            guard = inner.locks.acquire(resource, &owner, options) => guard?,
+            _ = running.cancel.cancelled() => return Ok(None),
+        };
+        guards.push(guard);
+    }
+    Ok(Some(guards))
+}
+
+/// Runs the engine. `None`: nothing to report (cancelled, or the lease is gone).
+async fn execute(
+    inner: &Inner,
+    core: &Core,
+    task: &Task,
+    running: &Running,
+    slot: Permits,
+) -> Option<AttemptOutcome> {
+    if let Err(error) = core.engine.validate(&task.payload) {
+        return Some(AttemptOutcome::Failed {
+            error: format!("invalid input: {}", error.message),
+            retry_in: None,
+        });
+    }
+    let stopped = |running: &Running| match running.cause() {
+        StopCause::Abandoned => Some(AttemptOutcome::Abandoned),
+        _ => None,
+    };
+    let mut guards = Vec::new();
+    let _slot = if task.locks.is_empty() {
+        slot
+    } else {
+        // Hold a lock-waiter permit instead of the concurrency slot while waiting.
+        let waiter = tokio::select! {
+            permit = inner.lock_waiters.clone().acquire_owned() => permit.ok()?,
+            _ = running.cancel.cancelled() => return stopped(running),
+        };
+        drop(slot);
+        match take_locks(inner, task, running).await {
+            Ok(Some(taken)) => guards = taken,
+            Ok(None) => return stopped(running),
+            Err(Error::LockTimeout(resource)) => {
+                tracing::debug!(task_id = %task.id, resource, "timed out waiting for the task's lock");
+                return Some(AttemptOutcome::TimedOut {
+                    retry_in: retry_in(inner, task, true),
+                });
+            }
+            Err(error) => {
+                return Some(AttemptOutcome::Failed {
+                    error: format!("could not take the task's locks: {error}"),
+                    retry_in: retry_in(inner, task, true),
+                });
+            }
+        }
+        drop(waiter);
+        let stop = running.cancel.clone();
+        let core_permit = tokio::select! {
+            permit = core.slots.clone().acquire_owned() => permit.ok()?,
+            _ = stop.cancelled() => return stopped(running),
+        };
+        let global_permit = tokio::select! {
+            permit = inner.global.clone().acquire_owned() => permit.ok()?,
+            _ = stop.cancelled() => return stopped(running),
+        };
+        Permits {
+            _core: core_permit,
+            _global: global_permit,
+        }
+    };
+
+    let storage: Arc<dyn StorageProvider> = inner.backend.clone();
+    let mut ctx = TaskContext::new(task.id, &core.core_id)
+        .with_attempt(task.attempt, task.max_attempts)
+        .with_cancellation(running.cancel.child_token())
+        .with_storage(storage);
+    if !guards.is_empty() {
+        ctx = ctx.with_fencing_tokens(
+            guards
+                .iter()
+                .map(|g| (g.resource().to_owned(), g.fencing_token()))
+                .collect(),
+        );
+    }
+    let engine = AssertUnwindSafe(core.engine.process(ctx, task.payload.clone())).catch_unwind();
+    tokio::pin!(engine);
+    // Once the attempt is stopped (cancelled, lease lost, abandoned), a result the engine
+    // returns in reaction is discarded: `biased` checks the stop first.
+    let result = tokio::select! {
+        biased;
+        _ = running.cancel.cancelled() => None,
+        result = &mut engine => Some(Ok(result)),
+        _ = tokio::time::sleep(task.timeout) => Some(Err(())),
+    };
+    if !matches!(result, Some(Ok(_))) {
+        // Timed out or stopped: tell the engine, and give it a moment to wind down.
+        running.cancel.cancel();
+        let _ = tokio::time::timeout(inner.config.cancel_grace, &mut engine).await;
+    }
+    for guard in guards {
+        if let Err(error) = guard.release().await {
+            tracing::warn!(task_id = %task.id, %error, "releasing a task lock failed; it will expire");
+        }
+    }
+    let result = match result {
+        Some(result) => result,
+        None => return stopped(running),
+    };
+    Some(match result {
+        Ok(Ok(Ok(value))) => AttemptOutcome::Succeeded { result: value },
+        Ok(Ok(Err(error))) => AttemptOutcome::Failed {
+            retry_in: retry_in(inner, task, error.retryable),
+            error: error.message,
+        },
+        Ok(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            tracing::error!(task_id = %task.id, message, "engine panicked");
+            AttemptOutcome::Failed {
+                error: format!("engine panicked: {message}"),
+                retry_in: retry_in(inner, task, true),
+            }
+        }
+        Err(()) => {
+            tracing::debug!(task_id = %task.id, timeout = ?task.timeout, "attempt timed out");
+            AttemptOutcome::TimedOut {
+                retry_in: retry_in(inner, task, true),
+            }
+        }
+    })
+}
+
+/// Renews the leases of every running attempt in one backend call per interval; stops attempts
+/// whose lease was lost.
+pub(super) async fn lease_keeper(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(inner.config.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let leases: Vec<_> = inner
+            .running
+            .iter()
+            .map(|entry| (*entry.key(), entry.value().token))
+            .collect();
+        if leases.is_empty() {
+            continue;
+        }
+        let ids: Vec<_> = leases.iter().map(|(id, _)| *id).collect();
+        match inner.backend.renew_leases(leases, inner.config.lease).await {
+            Ok(renewed) => {
+                for (id, expires) in ids.into_iter().zip(renewed) {
+                    if expires.is_none()
+                        && let Some(running) = inner.running.get(&id)
+                    {
+                        tracing::warn!(task_id = %id, "lease lost; stopping the attempt");
+                        running.stop(StopCause::LeaseLost);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "renewing leases failed; retrying next tick"),
+        }
+    }
+}
+
+/// One rescue pass.
+pub(super) async fn rescue_once(inner: &Inner) -> Result<Vec<Task>> {
+    let rescued = inner.backend.rescue_expired(1000).await?;
+    if !rescued.is_empty() {
+        tracing::info!(count = rescued.len(), "rescued tasks whose lease expired");
+        inner.events.poke();
+        let engines = inner.engines.read();
+        for task in &rescued {
+            if let Some(core) = engines.get(&task.core_id) {
+                core.wake.notify_one();
+            }
+        }
+    }
+    Ok(rescued)
+}
+
+/// Rescues expired leases every `rescue_interval`.
+pub(super) async fn rescuer(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(inner.config.rescue_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        if let Err(error) = rescue_once(&inner).await {
+            tracing::warn!(%error, "rescue pass failed; retrying next tick");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+use std::sync::Arc;
+
+use orch_core::{MemoryBackend, SharedBackend, conformance};
+
+#[tokio::test(start_paused = true)]
+async fn memory_backend_passes_the_conformance_suite() {
+    conformance::assert_conformance("memory", || async {
+        Arc::new(MemoryBackend::new()) as SharedBackend
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn conformance_suite_catches_a_broken_backend() {
+    // A backend that ignores priorities must fail the suite: the suite is not vacuous.
+    let report = conformance::run_conformance(|| async {
+        Arc::new(broken::FifoOnly(MemoryBackend::new())) as SharedBackend
+    })
+    .await;
+    assert!(
+        report
+            .failed
+            .iter()
+            .any(|(name, _)| *name == "claim_order_priority_then_fifo"),
+        "failures: {:?}",
+        report.failed
+    );
+}
+
+mod broken {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use chrono::{DateTime, Utc};
+    use orch_core::*;
+
+    /// Delegates everything, but claims the oldest task regardless of priority.
+    pub(super) struct FifoOnly(pub(super) MemoryBackend);
+
+    #[async_trait]
+    impl TaskStore for FifoOnly {
+        async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
+            let flattened = tasks
+                .into_iter()
+                .map(|mut t| {
+                    t.priority = 1;
+                    t
+                })
+                .collect();
+            self.0.create_tasks(flattened).await
+        }
+        async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
+            self.0.get_task(id).await
+        }
+        async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
+            self.0.list_tasks(filter).await
+        }
+        async fn claim_tasks(
+            &self,
+            core: &str,
+            limit: usize,
+            lease: Duration,
+        ) -> Result<Vec<Claimed>> {
+            self.0.claim_tasks(core, limit, lease).await
+        }
+        async fn next_run_at(&self, core: &str) -> Result<Option<DateTime<Utc>>> {
+            self.0.next_run_at(core).await
+        }
+        async fn renew_leases(
+            &self,
+            leases: Vec<(TaskId, LeaseToken)>,
+            lease: Duration,
+        ) -> Result<Vec<Option<DateTime<Utc>>>> {
+            self.0.renew_leases(leases, lease).await
+        }
+        async fn finish_attempt(
+            &self,
+            id: TaskId,
+            token: LeaseToken,
+            outcome: AttemptOutcome,
+        ) -> Result<Task> {
+            self.0.finish_attempt(id, token, outcome).await
+        }
+        async fn cancel_task(&self, id: TaskId) -> Result<Task> {
+            self.0.cancel_task(id).await
+        }
+        async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
+            self.0.resolve_task(id, resolution).await
+        }
+        async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>> {
+            self.0.rescue_expired(limit).await
+        }
+        async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+            self.0.prune_tasks(before, limit).await
+        }
+        async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>> {
+            self.0.queue_depth().await
+        }
+    }
+
+    #[async_trait]
+    impl EventStore for FifoOnly {
+        async fn append_event(&self, event: NewEvent) -> Result<Event> {
+            self.0.append_event(event).await
+        }
+        async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+            self.0.read_events(after, limit).await
+        }
+        async fn last_event_seq(&self) -> Result<u64> {
+            self.0.last_event_seq().await
+        }
+        async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
+            self.0.prune_events(before).await
+        }
+    }
+
+    #[async_trait]
+    impl LockStore for FifoOnly {
+        async fn try_acquire_lock(&self, r: &str, o: &str, ttl: Duration) -> Result<LockAttempt> {
+            self.0.try_acquire_lock(r, o, ttl).await
+        }
+        async fn release_lock(&self, r: &str, o: &str, t: u64) -> Result<bool> {
+            self.0.release_lock(r, o, t).await
+        }
+        async fn extend_lock(
+            &self,
+            r: &str,
+            o: &str,
+            t: u64,
+            ttl: Duration,
+        ) -> Result<Option<LockInfo>> {
+            self.0.extend_lock(r, o, t, ttl).await
+        }
+        async fn lock_info(&self, r: &str) -> Result<Option<LockInfo>> {
+            self.0.lock_info(r).await
+        }
+        async fn list_locks(&self) -> Result<Vec<LockInfo>> {
+            self.0.list_locks().await
+        }
+        async fn reclaim_expired_locks(&self) -> Result<Vec<LockInfo>> {
+            self.0.reclaim_expired_locks().await
+        }
+    }
+
+    #[async_trait]
+    impl StorageProvider for FifoOnly {
+        async fn store(&self, k: &str, v: Vec<u8>) -> Result<()> {
+            self.0.store(k, v).await
+        }
+        async fn retrieve(&self, k: &str) -> Result<Option<Vec<u8>>> {
+            self.0.retrieve(k).await
+        }
+        async fn delete(&self, k: &str) -> Result<bool> {
+            self.0.delete(k).await
+        }
+        async fn list(&self, p: &str) -> Result<Vec<String>> {
+            self.0.list(p).await
+        }
+    }
+}
