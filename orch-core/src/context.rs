@@ -47,6 +47,26 @@ impl TaskContext {
         }
     }
 
+    /// The context of a dispatcher attempt (shares the core's name instead of copying it).
+    pub(crate) fn for_attempt(
+        task_id: TaskId,
+        core_id: Arc<str>,
+        attempt: u32,
+        max_attempts: u32,
+        cancel: CancellationToken,
+        storage: Arc<dyn StorageProvider>,
+    ) -> Self {
+        TaskContext {
+            task_id,
+            core_id,
+            attempt,
+            max_attempts,
+            cancel,
+            fencing_tokens: Arc::from(Vec::new()),
+            storage: Some(storage),
+        }
+    }
+
     /// Sets the attempt numbers.
     pub fn with_attempt(mut self, attempt: u32, max_attempts: u32) -> Self {
         self.attempt = attempt;

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -37,6 +37,10 @@ struct Inner {
     waiter_count: AtomicUsize,
     /// Fired at shutdown: subscriptions end.
     closed: CancellationToken,
+    /// Poked when a listener (subscription, waiter) appears, to wake an idle tail.
+    listener_added: Notify,
+    /// The tail is idle (nobody listens) and `published` may be stale.
+    idle: AtomicBool,
 }
 
 /// Live event fan-out over an [`EventStore`]. Cheap to clone.
@@ -66,6 +70,8 @@ impl EventLog {
                 waiters: Mutex::new(HashMap::new()),
                 waiter_count: AtomicUsize::new(0),
                 closed: CancellationToken::new(),
+                listener_added: Notify::new(),
+                idle: AtomicBool::new(false),
             }),
         }
     }
@@ -85,20 +91,27 @@ impl EventLog {
         self.inner.poke.notify_one();
     }
 
-    /// Live events from now on.
-    pub fn subscribe(&self) -> Subscription {
+    /// Live events from now on (every event appended after this call returns).
+    pub async fn subscribe(&self) -> Result<Subscription> {
         let receiver = self.inner.sender.subscribe();
-        Subscription {
-            cursor: self.published(),
+        let last = self.inner.store.last_event_seq().await?;
+        if self.inner.idle.load(Ordering::Acquire) {
+            // The tail skipped publishing while nobody listened: start it from here.
+            self.inner.published.fetch_max(last, Ordering::AcqRel);
+        }
+        self.inner.listener_added.notify_one();
+        Ok(Subscription {
+            cursor: last,
             receiver,
             pending: VecDeque::new(),
             log: self.inner.clone(),
-        }
+        })
     }
 
     /// Every event after `after_seq` (replayed from the store), then live ones.
     pub fn subscribe_from(&self, after_seq: u64) -> Subscription {
         let receiver = self.inner.sender.subscribe();
+        self.inner.listener_added.notify_one();
         Subscription {
             cursor: after_seq,
             receiver,
@@ -123,6 +136,7 @@ impl EventLog {
             .or_default()
             .push(tx);
         self.inner.waiter_count.fetch_add(1, Ordering::AcqRel);
+        self.inner.listener_added.notify_one();
         rx
     }
 
@@ -135,15 +149,36 @@ impl EventLog {
         }
     }
 
-    /// The tail loop: runs until `stop` fires.
+    /// Sets the starting point of the tail to the log's current end.
+    pub(crate) async fn start_at_end(&self) -> Result<()> {
+        let seq = self.inner.store.last_event_seq().await?;
+        self.inner.published.store(seq, Ordering::Release);
+        Ok(())
+    }
+
+    fn has_listeners(&self) -> bool {
+        self.inner.sender.receiver_count() > 0
+            || self.inner.waiter_count.load(Ordering::Acquire) > 0
+    }
+
+    /// The tail loop: runs until `stop` fires. While nobody listens it sleeps without reading
+    /// the store, so an unobserved log costs nothing.
     pub(crate) async fn run_tail(self, poll: Duration, stop: CancellationToken) {
         let inner = &*self.inner;
         let mut wakeups = inner.store.event_wakeups();
-        match inner.store.last_event_seq().await {
-            Ok(seq) => inner.published.store(seq, Ordering::Release),
-            Err(error) => tracing::warn!(%error, "event tail: cannot read the last sequence"),
-        }
         loop {
+            if !self.has_listeners() {
+                inner.idle.store(true, Ordering::Release);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = inner.listener_added.notified() => {}
+                }
+                inner.idle.store(false, Ordering::Release);
+                if let Some(rx) = wakeups.as_mut() {
+                    rx.borrow_and_update();
+                }
+                continue;
+            }
             if let Err(error) = self.publish_pending().await {
                 tracing::warn!(%error, "event tail: reading the log failed; retrying");
             }
@@ -172,13 +207,6 @@ impl EventLog {
         let inner = &*self.inner;
         loop {
             let cursor = inner.published.load(Ordering::Acquire);
-            if inner.sender.receiver_count() == 0 && inner.waiter_count.load(Ordering::Acquire) == 0
-            {
-                // Nobody listens: skip ahead. New subscribers replay from the store.
-                let last = inner.store.last_event_seq().await?;
-                inner.published.fetch_max(last, Ordering::AcqRel);
-                return Ok(());
-            }
             let batch = inner.store.read_events(cursor, READ_BATCH).await?;
             let full = batch.len() == READ_BATCH;
             let Some(last) = batch.last().map(|e| e.seq) else {
@@ -206,15 +234,13 @@ impl EventLog {
 
     /// Runs `handler` on every matching event from now on until `stop` fires. A failing
     /// handler is logged; a slow one lags and catches up.
-    pub(crate) fn run_handler(
-        self,
+    pub(crate) async fn run_handler(
+        mut subscription: Subscription,
         handler: Arc<dyn EventHandler>,
         stop: CancellationToken,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        // Subscribe now, not when the task first runs, so no event after registration is missed.
+    ) {
         let patterns = handler.supported_events();
-        let mut subscription = self.subscribe();
-        async move {
+        {
             loop {
                 let event = tokio::select! {
                     _ = stop.cancelled() => break,

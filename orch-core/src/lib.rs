@@ -33,7 +33,7 @@
 //!     .engine("double", processor_fn("double", |_ctx, input| async move {
 //!         Ok(serde_json::json!(input.as_i64().unwrap_or(0) * 2))
 //!     }))
-//!     .build()?;
+//!     .build().await?;
 //! let task = orch.dispatch_and_wait(TaskSpec::new("double").payload(21.into())).await?;
 //! assert_eq!(task.result, Some(serde_json::json!(42)));
 //! # orch.shutdown(std::time::Duration::from_secs(1)).await;

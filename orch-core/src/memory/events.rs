@@ -20,6 +20,7 @@ impl EventLogState {
             at,
             task_id: event.task_id,
             core_id: event.core_id,
+            attempt: event.attempt,
             data: event.data,
         };
         if self.log.len() >= self.retention {
@@ -41,6 +42,7 @@ impl EventLogState {
             at,
             task_id: event.task_id,
             core_id: event.core_id,
+            attempt: event.attempt,
             data: event.data,
         });
     }

@@ -26,6 +26,10 @@ use tasks::TaskTables;
 /// Default number of events the in-memory log keeps (older ones are dropped first).
 pub const DEFAULT_EVENT_RETENTION: usize = 100_000;
 
+/// Default number of finished tasks the in-memory backend keeps (the oldest finished ones are
+/// dropped first, with their idempotency keys). Queued and running tasks are never dropped.
+pub const DEFAULT_FINISHED_TASK_RETENTION: usize = 100_000;
+
 /// The in-memory backend. Cheap to share behind an `Arc`; all methods take `&self`.
 ///
 /// ```
@@ -62,16 +66,20 @@ impl Default for MemoryBackend {
 }
 
 impl MemoryBackend {
-    /// An empty backend keeping the last [`DEFAULT_EVENT_RETENTION`] events.
+    /// An empty backend keeping the last [`DEFAULT_EVENT_RETENTION`] events and
+    /// [`DEFAULT_FINISHED_TASK_RETENTION`] finished tasks, so memory stays bounded however long
+    /// it runs.
     pub fn new() -> Self {
-        Self::with_event_retention(DEFAULT_EVENT_RETENTION)
+        Self::with_retention(DEFAULT_EVENT_RETENTION, DEFAULT_FINISHED_TASK_RETENTION)
     }
 
-    /// An empty backend keeping the last `retention` events (at least 1).
-    pub fn with_event_retention(retention: usize) -> Self {
+    /// An empty backend keeping the last `events` events and `finished_tasks` finished tasks
+    /// (each at least 1).
+    pub fn with_retention(events: usize, finished_tasks: usize) -> Self {
+        let retention = events;
         MemoryBackend {
             state: Mutex::new(State {
-                tasks: TaskTables::default(),
+                tasks: TaskTables::with_finished_retention(finished_tasks.max(1)),
                 events: EventLogState {
                     log: VecDeque::new(),
                     last_seq: 0,

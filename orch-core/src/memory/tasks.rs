@@ -29,14 +29,15 @@ struct Record {
 /// The task tables and their indexes. Invariants: a `queued` task is in exactly one of
 /// `ready[core]` (due) or `delayed[core]` (not yet due); a `running` task is in `leases`; a
 /// finished task is in `finished`.
-#[derive(Default)]
 pub(super) struct TaskTables {
-    records: HashMap<TaskId, Record>,
+    records: HashMap<TaskId, Box<Record>>,
     ready: HashMap<String, BTreeSet<ReadyKey>>,
     delayed: HashMap<String, BTreeSet<(DateTime<Utc>, TaskId)>>,
     leases: BTreeSet<(DateTime<Utc>, TaskId)>,
     finished: BTreeSet<(DateTime<Utc>, TaskId)>,
     idempotency: HashMap<String, TaskId>,
+    /// Most finished tasks kept; the oldest are dropped beyond it.
+    finished_retention: usize,
 }
 
 fn delta(duration: Duration) -> TimeDelta {
@@ -44,6 +45,36 @@ fn delta(duration: Duration) -> TimeDelta {
 }
 
 impl TaskTables {
+    pub(super) fn with_finished_retention(finished_retention: usize) -> Self {
+        TaskTables {
+            records: HashMap::new(),
+            ready: HashMap::new(),
+            delayed: HashMap::new(),
+            leases: BTreeSet::new(),
+            finished: BTreeSet::new(),
+            idempotency: HashMap::new(),
+            finished_retention,
+        }
+    }
+
+    /// Drops the oldest finished task while over the retention limit.
+    fn enforce_retention(&mut self) {
+        while self.finished.len() > self.finished_retention {
+            let Some((_, id)) = self.finished.pop_first() else {
+                break;
+            };
+            self.forget(id);
+        }
+    }
+
+    fn forget(&mut self, id: TaskId) {
+        if let Some(record) = self.records.remove(&id)
+            && let Some(key) = &record.task.idempotency_key
+        {
+            self.idempotency.remove(key);
+        }
+    }
+
     fn enqueue(&mut self, task: &Task, now: DateTime<Utc>) {
         if task.run_at <= now {
             self.ready.entry(task.core_id.clone()).or_default().insert((
@@ -89,12 +120,15 @@ impl TaskTables {
     }
 
     fn get_mut(&mut self, id: TaskId) -> Result<&mut Record> {
-        self.records.get_mut(&id).ok_or(Error::TaskNotFound(id))
+        self.records
+            .get_mut(&id)
+            .map(|r| &mut **r)
+            .ok_or(Error::TaskNotFound(id))
     }
 }
 
 fn task_event(kind: EventKind, task: &Task, data: Value) -> NewEvent {
-    NewEvent::for_task(kind, task.id, &task.core_id, data)
+    NewEvent::for_task(kind, task.id, &task.core_id, data).with_attempt(task.attempt)
 }
 
 /// Applies a finishing transition to a record and its indexes; returns the event to log.
@@ -129,6 +163,7 @@ fn finish(
         tables.dequeue(&task);
     }
     tables.finished.insert((now, id));
+    tables.enforce_retention();
     Ok((task, from))
 }
 
@@ -198,10 +233,10 @@ impl TaskStore for MemoryBackend {
                 events.push(task_event(EventKind::TaskQueued, &task, Value::Null), now);
                 tables.records.insert(
                     task.id,
-                    Record {
+                    Box::new(Record {
                         task: task.clone(),
                         lease: None,
-                    },
+                    }),
                 );
                 out.push(Created {
                     task,
@@ -279,14 +314,7 @@ impl TaskStore for MemoryBackend {
                 task.updated_at = now;
                 task.lease_expires_at = Some(expires);
                 tables.leases.insert((expires, id));
-                events.push(
-                    task_event(
-                        EventKind::TaskStarted,
-                        task,
-                        json!({ "attempt": task.attempt }),
-                    ),
-                    now,
-                );
+                events.push(task_event(EventKind::TaskStarted, task, Value::Null), now);
                 claimed.push(Claimed {
                     task: task.clone(),
                     lease_token: token,
@@ -361,21 +389,21 @@ impl TaskStore for MemoryBackend {
                 AttemptOutcome::Succeeded { result } => {
                     let (task, _) =
                         finish(tables, id, TaskStatus::Succeeded, now, Some(result), None)?;
-                    events.push(task_event(EventKind::TaskSucceeded, &task, json!({"attempt": attempt})), now);
+                    events.push(task_event(EventKind::TaskSucceeded, &task, Value::Null), now);
                     Ok((task, false))
                 }
                 AttemptOutcome::Failed {
                     error,
                     retry_in: None,
                 } => {
-                    let data = json!({"attempt": attempt, "error": error});
+                    let data = json!({"error": error});
                     let (task, _) = finish(tables, id, TaskStatus::Failed, now, None, Some(error))?;
                     events.push(task_event(EventKind::TaskFailed, &task, data), now);
                     Ok((task, false))
                 }
                 AttemptOutcome::TimedOut { retry_in: None } => {
                     let error = format!("attempt {attempt} timed out");
-                    let data = json!({"attempt": attempt, "error": error});
+                    let data = json!({"error": error});
                     let (task, _) =
                         finish(tables, id, TaskStatus::TimedOut, now, None, Some(error))?;
                     events.push(task_event(EventKind::TaskTimedOut, &task, data), now);
@@ -385,7 +413,7 @@ impl TaskStore for MemoryBackend {
                     error,
                     retry_in: Some(retry_in),
                 } => {
-                    let data = json!({"attempt": attempt, "error": error, "reason": "failed", "retry_in": retry_in.as_secs_f64()});
+                    let data = json!({"error": error, "reason": "failed", "retry_in": retry_in.as_secs_f64()});
                     let task = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
                     events.push(task_event(EventKind::TaskRetrying, &task, data), now);
                     Ok((task, true))
@@ -394,7 +422,7 @@ impl TaskStore for MemoryBackend {
                     retry_in: Some(retry_in),
                 } => {
                     let error = format!("attempt {attempt} timed out");
-                    let data = json!({"attempt": attempt, "error": error, "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
+                    let data = json!({"error": error, "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
                     let task = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
                     events.push(task_event(EventKind::TaskRetrying, &task, data), now);
                     Ok((task, true))
@@ -469,11 +497,7 @@ impl TaskStore for MemoryBackend {
                     let error = format!("lease expired during attempt {attempt}");
                     let task = requeue(tables, id, now, now, Some(error), false);
                     events.push(
-                        task_event(
-                            EventKind::TaskRescued,
-                            &task,
-                            json!({"attempt": attempt, "will_retry": true}),
-                        ),
+                        task_event(EventKind::TaskRescued, &task, json!({"will_retry": true})),
                         now,
                     );
                     rescued.push(task);
@@ -490,19 +514,11 @@ impl TaskStore for MemoryBackend {
                         continue;
                     };
                     events.push(
-                        task_event(
-                            EventKind::TaskRescued,
-                            &task,
-                            json!({"attempt": attempt, "will_retry": false}),
-                        ),
+                        task_event(EventKind::TaskRescued, &task, json!({"will_retry": false})),
                         now,
                     );
                     events.push(
-                        task_event(
-                            EventKind::TaskFailed,
-                            &task,
-                            json!({"attempt": attempt, "error": error}),
-                        ),
+                        task_event(EventKind::TaskFailed, &task, json!({"error": error})),
                         now,
                     );
                     rescued.push(task);
@@ -525,11 +541,7 @@ impl TaskStore for MemoryBackend {
             match tables.finished.first() {
                 Some(&(at, id)) if at < before => {
                     tables.finished.pop_first();
-                    if let Some(record) = tables.records.remove(&id)
-                        && let Some(key) = &record.task.idempotency_key
-                    {
-                        tables.idempotency.remove(key);
-                    }
+                    tables.forget(id);
                     pruned += 1;
                 }
                 _ => break,

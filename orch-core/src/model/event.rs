@@ -78,7 +78,7 @@ impl EventKind {
 
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -125,6 +125,9 @@ pub struct NewEvent {
     pub task_id: Option<TaskId>,
     /// The core concerned, if any.
     pub core_id: Option<String>,
+    /// The task's attempt number at the time, for task events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
     /// Details.
     pub data: Value,
 }
@@ -136,6 +139,7 @@ impl NewEvent {
             kind,
             task_id: None,
             core_id: None,
+            attempt: None,
             data: Value::Null,
         }
     }
@@ -146,8 +150,15 @@ impl NewEvent {
             kind,
             task_id: Some(task_id),
             core_id: Some(core_id.to_owned()),
+            attempt: None,
             data,
         }
+    }
+
+    /// Sets the attempt number.
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = Some(attempt);
+        self
     }
 
     /// Sets the data.
@@ -171,6 +182,9 @@ pub struct Event {
     pub task_id: Option<TaskId>,
     /// The core concerned, if any.
     pub core_id: Option<String>,
-    /// Details.
+    /// The task's attempt number at the time, for task events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Details (`error`, `reason`, `retry_in`, ...), `null` when there are none.
     pub data: Value,
 }

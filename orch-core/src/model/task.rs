@@ -91,7 +91,7 @@ impl FromStr for LeaseToken {
 ///   └──▶ cancelled | succeeded | failed   (cancel, or an external system reports the outcome)
 /// ```
 /// `succeeded`, `failed`, `cancelled` and `timed_out` are terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// Waiting to run (possibly not before its `run_at`).
@@ -162,7 +162,7 @@ impl TaskStatus {
 
 impl fmt::Display for TaskStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

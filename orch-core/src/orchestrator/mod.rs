@@ -133,7 +133,7 @@ impl Drop for DropGuard {
 ///
 /// let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))
 ///     .engine("echo", processor_fn("echo", |_ctx, input| async move { Ok(input) }))
-///     .build()?;
+///     .build().await?;
 /// let task = orch
 ///     .dispatch_and_wait(TaskSpec::new("echo").payload(serde_json::json!("hi")))
 ///     .await?;
@@ -204,8 +204,8 @@ impl OrchestratorBuilder {
     }
 
     /// Validates the configuration and starts the orchestrator's loops on the current tokio
-    /// runtime.
-    pub fn build(self) -> Result<Orchestrator> {
+    /// runtime. Event handlers see every event from the moment `build` returns.
+    pub async fn build(self) -> Result<Orchestrator> {
         self.config.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime);
@@ -234,12 +234,13 @@ impl OrchestratorBuilder {
             _drop_guard: Arc::new(DropGuard(inner.stop_background.clone())),
             inner,
         };
+        orch.inner.events.start_at_end().await?;
         orch.start_background();
         for (core_id, engine, limit) in self.engines {
             orch.register_engine_arc(core_id, engine, limit)?;
         }
         for handler in self.handlers {
-            orch.add_event_handler(handler);
+            orch.add_event_handler(handler).await?;
         }
         for schedule in self.schedules {
             orch.add_schedule(schedule)?;
@@ -393,14 +394,15 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Adds an event handler; it sees events from now on.
-    pub fn add_event_handler(&self, handler: Arc<dyn EventHandler>) {
-        self.inner.background.spawn(
-            self.inner
-                .events
-                .clone()
-                .run_handler(handler, self.inner.stop_background.clone()),
-        );
+    /// Adds an event handler; it sees every event appended after this call returns.
+    pub async fn add_event_handler(&self, handler: Arc<dyn EventHandler>) -> Result<()> {
+        let subscription = self.inner.events.subscribe().await?;
+        self.inner.background.spawn(EventLog::run_handler(
+            subscription,
+            handler,
+            self.inner.stop_background.clone(),
+        ));
+        Ok(())
     }
 
     /// Starts a periodic schedule.

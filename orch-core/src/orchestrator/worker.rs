@@ -90,9 +90,13 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, core: Arc<Core>) {
         }
         let full = claimed.len() == slots.len();
         for (task, slot) in claimed.into_iter().zip(slots.drain(..)) {
-            inner
-                .attempts
-                .spawn(run_attempt(inner.clone(), core.clone(), task, slot));
+            // Boxed so spawning moves a pointer, not the attempt's whole (large) state.
+            inner.attempts.spawn(Box::pin(run_attempt(
+                inner.clone(),
+                core.clone(),
+                task,
+                slot,
+            )));
         }
         drop(slots);
         if full {
@@ -253,10 +257,14 @@ async fn execute(
     };
 
     let storage: Arc<dyn StorageProvider> = inner.backend.clone();
-    let mut ctx = TaskContext::new(task.id, &core.core_id)
-        .with_attempt(task.attempt, task.max_attempts)
-        .with_cancellation(running.cancel.child_token())
-        .with_storage(storage);
+    let mut ctx = TaskContext::for_attempt(
+        task.id,
+        core.core_id.clone(),
+        task.attempt,
+        task.max_attempts,
+        running.cancel.child_token(),
+        storage,
+    );
     if !guards.is_empty() {
         ctx = ctx.with_fencing_tokens(
             guards

@@ -24,7 +24,7 @@ fn recorder(order: Arc<Mutex<Vec<Value>>>) -> impl orch_core::Processor {
 
 #[tokio::test(start_paused = true)]
 async fn priority_order_and_fifo_within_a_priority() {
-    let orch = orch(backend(), config().with_global_concurrency(1));
+    let orch = orch(backend(), config().with_global_concurrency(1)).await;
     let specs = [(1, "a"), (5, "b"), (3, "c"), (5, "d"), (1, "e"), (3, "f")]
         .into_iter()
         .map(|(p, name)| TaskSpec::new("work").priority(p).payload(json!(name)))
@@ -49,7 +49,7 @@ async fn priority_order_and_fifo_within_a_priority() {
 async fn delayed_tasks_do_not_start_early() {
     let started = Arc::new(Mutex::new(None));
     let seen = started.clone();
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     orch.register_engine(
         "later",
         processor_fn("later", move |_ctx, _input| {
@@ -112,6 +112,7 @@ async fn concurrency_limits_are_never_exceeded() {
         .engine_with_limit("a", both(&core_a), 2)
         .engine_with_limit("b", both(&core_b), 4)
         .build()
+        .await
         .unwrap();
     let mut specs: Vec<TaskSpec> = (0..40).map(|_| TaskSpec::new("a")).collect();
     specs.extend((0..40).map(|_| TaskSpec::new("b")));
@@ -135,7 +136,7 @@ async fn concurrency_limits_are_never_exceeded() {
 async fn a_timeout_cancels_the_engine_and_the_attempt_is_retried() {
     let saw_cancel = Arc::new(AtomicBool::new(false));
     let flag = saw_cancel.clone();
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     orch.register_engine(
         "slow",
         processor_fn("slow", move |ctx, _input| {
@@ -182,7 +183,7 @@ async fn a_timeout_cancels_the_engine_and_the_attempt_is_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn final_timeout_is_recorded_as_timed_out() {
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     orch.register_engine(
         "hang",
         processor_fn("hang", |_ctx, _input| async move {
@@ -214,7 +215,8 @@ async fn backoff_grows_and_exhausted_attempts_fail() {
             max: Duration::from_secs(600),
             jitter: true,
         }),
-    );
+    )
+    .await;
     orch.register_engine(
         "flaky",
         processor_fn("flaky", move |_ctx, _input| {
@@ -252,7 +254,7 @@ async fn backoff_grows_and_exhausted_attempts_fail() {
 
 #[tokio::test(start_paused = true)]
 async fn non_retryable_errors_and_panics() {
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     orch.register_engine(
         "fatal",
         processor_fn("fatal", |_ctx, _input| async move {
@@ -295,7 +297,7 @@ async fn cancellation_reaches_a_running_engine() {
     let started = Arc::new(tokio::sync::Notify::new());
     let stopped = Arc::new(AtomicBool::new(false));
     let (s, st) = (started.clone(), stopped.clone());
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     orch.register_engine(
         "long",
         processor_fn("long", move |ctx, _input| {
@@ -344,7 +346,7 @@ async fn cancellation_reaches_a_running_engine() {
 
 #[tokio::test(start_paused = true)]
 async fn idempotency_key_returns_the_first_task() {
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     let first = orch
         .dispatch(
             TaskSpec::new("x")
@@ -376,7 +378,8 @@ async fn expired_lease_is_rescued_and_old_holder_refused() {
     let orch = orch(
         backend(),
         config().with_rescue_interval(Duration::from_secs(1)),
-    );
+    )
+    .await;
     let task = orch
         .dispatch(TaskSpec::new("external").max_attempts(3))
         .await
@@ -435,7 +438,7 @@ async fn expired_lease_is_rescued_and_old_holder_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn external_worker_failure_retries_then_fails() {
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     let task = orch
         .dispatch(TaskSpec::new("ext").max_attempts(2))
         .await
@@ -466,7 +469,7 @@ async fn external_worker_failure_retries_then_fails() {
 
 #[tokio::test(start_paused = true)]
 async fn illegal_transitions_are_refused() {
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     orch.register_engine("ok", processor_fn("ok", |_c, i| async move { Ok(i) }))
         .unwrap();
     let done = orch.dispatch_and_wait(TaskSpec::new("ok")).await.unwrap();
@@ -502,7 +505,7 @@ async fn illegal_transitions_are_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn dispatch_and_wait_returns_the_final_task() {
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     orch.register_engine(
         "work",
         processor_fn("work", |_ctx, input| async move {
@@ -530,7 +533,7 @@ async fn dispatch_and_wait_returns_the_final_task() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_drains_within_its_deadline() {
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     orch.register_engine(
         "work",
         processor_fn("work", |_ctx, _input| async move {
@@ -560,7 +563,7 @@ async fn shutdown_drains_within_its_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_past_its_deadline_gives_tasks_back() {
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     orch.register_engine(
         "stuck",
         processor_fn("stuck", |ctx, _input| async move {
@@ -592,7 +595,7 @@ async fn shutdown_past_its_deadline_gives_tasks_back() {
 
 #[tokio::test(start_paused = true)]
 async fn bad_specs_are_refused_with_the_field_named() {
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     let err = orch.dispatch(TaskSpec::new("")).await.unwrap_err();
     assert!(err.to_string().contains("core_id"), "{err}");
     let err = orch

@@ -10,18 +10,19 @@ use orch_core::{Event, EventHandler, Orchestrator, TaskSpec, processor_fn};
 
 use crate::{backend, config};
 
-fn echo_orch() -> Orchestrator {
+async fn echo_orch() -> Orchestrator {
     Orchestrator::builder(backend())
         .config(config())
         .engine("echo", processor_fn("echo", |_c, i| async move { Ok(i) }))
         .build()
+        .await
         .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
 async fn events_arrive_in_sequence_order_and_replay_returns_exactly_the_rest() {
-    let orch = echo_orch();
-    let mut live = orch.events().subscribe();
+    let orch = echo_orch().await;
+    let mut live = orch.events().subscribe().await.unwrap();
     let created = orch
         .dispatch_many((0..20).map(|_| TaskSpec::new("echo")).collect())
         .await
@@ -72,8 +73,9 @@ async fn a_lagging_subscriber_catches_up_from_the_log() {
         .config(config().with_event_buffer(16))
         .engine("echo", processor_fn("echo", |_c, i| async move { Ok(i) }))
         .build()
+        .await
         .unwrap();
-    let mut slow = orch.events().subscribe();
+    let mut slow = orch.events().subscribe().await.unwrap();
     let start = slow.cursor();
     let created = orch
         .dispatch_many((0..200).map(|_| TaskSpec::new("echo")).collect())
@@ -146,6 +148,7 @@ async fn handlers_get_supported_events_and_a_slow_one_never_stalls_dispatch() {
             slow: true,
         })
         .build()
+        .await
         .unwrap();
     tokio::task::yield_now().await;
     let mut specs: Vec<_> = (0..50).map(|_| TaskSpec::new("echo")).collect();

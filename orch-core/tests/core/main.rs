@@ -32,9 +32,10 @@ pub fn config() -> OrchestratorConfig {
 }
 
 /// An orchestrator with no engines.
-pub fn orch(backend: SharedBackend, config: OrchestratorConfig) -> Orchestrator {
+pub async fn orch(backend: SharedBackend, config: OrchestratorConfig) -> Orchestrator {
     Orchestrator::builder(backend)
         .config(config)
         .build()
+        .await
         .expect("valid config")
 }

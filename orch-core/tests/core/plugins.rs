@@ -61,7 +61,7 @@ impl Plugin for Upper {
 
 #[tokio::test(start_paused = true)]
 async fn a_registered_plugin_serves_its_core_ids_and_uses_the_kv_space() {
-    let orch = orch(backend(), config());
+    let orch = orch(backend(), config()).await;
     let cleanups = Arc::new(AtomicUsize::new(0));
     orch.register_plugin(
         Arc::new(Upper {

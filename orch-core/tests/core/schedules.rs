@@ -19,11 +19,13 @@ async fn a_schedule_fires_once_per_tick_and_two_orchestrators_dispatch_each_tick
         .config(config())
         .schedule(schedule.clone())
         .build()
+        .await
         .unwrap();
     let b = Orchestrator::builder(shared.clone())
         .config(config())
         .schedule(schedule.clone())
         .build()
+        .await
         .unwrap();
     let start = clock::now();
     tokio::time::sleep(Duration::from_secs(65)).await;

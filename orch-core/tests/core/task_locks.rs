@@ -49,6 +49,7 @@ async fn tasks_naming_one_resource_never_overlap_and_different_ones_run_in_paral
         .config(config().with_global_concurrency(8))
         .engine("keyed", engine)
         .build()
+        .await
         .unwrap();
     let specs = (0..20)
         .map(|i| {
@@ -96,6 +97,7 @@ async fn a_task_waiting_for_its_lock_does_not_hold_a_concurrency_slot() {
             }),
         )
         .build()
+        .await
         .unwrap();
     // Someone outside the dispatcher holds the resource for a minute.
     let held = orch

@@ -1,0 +1,91 @@
+//! A fixed-size dispatch-to-completion run for profiling and quick figures:
+//! `cargo bench --bench dispatch_rate -- [concurrency] [tasks]` prints tasks per second of wall
+//! time and per second of CPU time (user + system, from /proc), which stays meaningful on a
+//! shared, noisy machine.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use orch::{MemoryBackend, Orchestrator, OrchestratorConfig, TaskSpec, processor_fn};
+use serde_json::Value;
+use tokio::sync::Notify;
+
+/// User + system CPU time of this process so far.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let concurrency: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(64);
+    let count: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(500_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let done = Arc::new(AtomicU64::new(0));
+        let all_done = Arc::new(Notify::new());
+        let (d, n) = (done.clone(), all_done.clone());
+        let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))
+            .config(
+                OrchestratorConfig::default()
+                    .with_global_concurrency(concurrency)
+                    .with_default_core_concurrency(concurrency)
+                    .with_claim_batch(concurrency.max(16)),
+            )
+            .engine(
+                "noop",
+                processor_fn("noop", move |_ctx, _input| {
+                    let (d, n) = (d.clone(), n.clone());
+                    async move {
+                        if d.fetch_add(1, Ordering::Relaxed) + 1 == count {
+                            n.notify_one();
+                        }
+                        Ok(Value::Null)
+                    }
+                }),
+            )
+            .build()
+            .await
+            .expect("orchestrator");
+        let cpu_before = cpu_time();
+        let started = Instant::now();
+        let mut left = count;
+        while left > 0 {
+            let batch = left.min(1000);
+            orch.dispatch_many((0..batch).map(|_| TaskSpec::new("noop")).collect())
+                .await
+                .expect("dispatch");
+            left -= batch;
+        }
+        all_done.notified().await;
+        while orch.running_count() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let wall = started.elapsed();
+        let cpu = cpu_time().saturating_sub(cpu_before);
+        println!(
+            "concurrency {concurrency}: {count} tasks in {:.2} s wall, {:.2} s CPU: {:.0} tasks/s, {:.0} tasks per CPU-second",
+            wall.as_secs_f64(),
+            cpu.as_secs_f64(),
+            count as f64 / wall.as_secs_f64(),
+            count as f64 / cpu.as_secs_f64().max(1e-9),
+        );
+        orch.shutdown(Duration::from_secs(5)).await;
+    });
+}
