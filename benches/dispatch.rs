@@ -11,11 +11,15 @@ use orch::{MemoryBackend, Orchestrator, OrchestratorConfig, TaskSpec, processor_
 use serde_json::Value;
 use tokio::sync::Notify;
 
+/// Most tasks dispatched but not yet finished at any time.
+const BACKLOG: u64 = 10_000;
+
 /// Dispatches `count` tasks in batches of 1,000 and returns when all have been reported.
 async fn run(concurrency: usize, count: u64) -> Duration {
     let done = Arc::new(AtomicU64::new(0));
     let all_done = Arc::new(Notify::new());
-    let (d, n) = (done.clone(), all_done.clone());
+    let progress = Arc::new(Notify::new());
+    let (d, n, p) = (done.clone(), all_done.clone(), progress.clone());
     let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))
         .config(
             OrchestratorConfig::default()
@@ -26,9 +30,13 @@ async fn run(concurrency: usize, count: u64) -> Duration {
         .engine(
             "noop",
             processor_fn("noop", move |_ctx, _input| {
-                let (d, n) = (d.clone(), n.clone());
+                let (d, n, p) = (d.clone(), n.clone(), p.clone());
                 async move {
-                    if d.fetch_add(1, Ordering::Relaxed) + 1 == count {
+                    let finished = d.fetch_add(1, Ordering::Relaxed) + 1;
+                    if finished % 1000 == 0 {
+                        p.notify_one();
+                    }
+                    if finished == count {
                         n.notify_one();
                     }
                     Ok(Value::Null)
@@ -39,13 +47,18 @@ async fn run(concurrency: usize, count: u64) -> Duration {
         .await
         .expect("orchestrator");
     let started = Instant::now();
-    let mut left = count;
-    while left > 0 {
-        let batch = left.min(1000);
+    // The producer keeps at most BACKLOG tasks outstanding: sustained throughput, not the
+    // cost of a queue of millions.
+    let mut dispatched = 0;
+    while dispatched < count {
+        let batch = (count - dispatched).min(1000);
+        while dispatched - done.load(Ordering::Relaxed) > BACKLOG {
+            progress.notified().await;
+        }
         orch.dispatch_many((0..batch).map(|_| TaskSpec::new("noop")).collect())
             .await
             .expect("dispatch");
-        left -= batch;
+        dispatched += batch;
     }
     all_done.notified().await;
     // Wait until every attempt has also recorded its outcome.

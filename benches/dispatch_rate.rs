@@ -11,6 +11,9 @@ use orch::{MemoryBackend, Orchestrator, OrchestratorConfig, TaskSpec, processor_
 use serde_json::Value;
 use tokio::sync::Notify;
 
+/// Most tasks dispatched but not yet finished at any time.
+const BACKLOG: u64 = 10_000;
+
 /// User + system CPU time of this process so far.
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -40,7 +43,8 @@ fn main() {
     runtime.block_on(async {
         let done = Arc::new(AtomicU64::new(0));
         let all_done = Arc::new(Notify::new());
-        let (d, n) = (done.clone(), all_done.clone());
+        let progress = Arc::new(Notify::new());
+    let (d, n, p) = (done.clone(), all_done.clone(), progress.clone());
         let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))
             .config(
                 OrchestratorConfig::default()
@@ -51,9 +55,13 @@ fn main() {
             .engine(
                 "noop",
                 processor_fn("noop", move |_ctx, _input| {
-                    let (d, n) = (d.clone(), n.clone());
+                    let (d, n, p) = (d.clone(), n.clone(), p.clone());
                     async move {
-                        if d.fetch_add(1, Ordering::Relaxed) + 1 == count {
+                        let finished = d.fetch_add(1, Ordering::Relaxed) + 1;
+                        if finished % 1000 == 0 {
+                            p.notify_one();
+                        }
+                        if finished == count {
                             n.notify_one();
                         }
                         Ok(Value::Null)
@@ -65,13 +73,18 @@ fn main() {
             .expect("orchestrator");
         let cpu_before = cpu_time();
         let started = Instant::now();
-        let mut left = count;
-        while left > 0 {
-            let batch = left.min(1000);
+        // The producer keeps at most BACKLOG tasks outstanding: sustained throughput, not the
+        // cost of a queue of millions.
+        let mut dispatched = 0;
+        while dispatched < count {
+            let batch = (count - dispatched).min(1000);
+            while dispatched - done.load(Ordering::Relaxed) > BACKLOG {
+                progress.notified().await;
+            }
             orch.dispatch_many((0..batch).map(|_| TaskSpec::new("noop")).collect())
                 .await
                 .expect("dispatch");
-            left -= batch;
+            dispatched += batch;
         }
         all_done.notified().await;
         while orch.running_count() > 0 {

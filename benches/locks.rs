@@ -32,7 +32,7 @@ fn locks(c: &mut Criterion) {
             })
         });
     });
-    for contenders in [8usize] {
+    for contenders in [2usize, 8] {
         group.bench_with_input(
             BenchmarkId::new("contended", contenders),
             &contenders,

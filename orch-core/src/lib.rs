@@ -91,7 +91,7 @@ pub use contracts::{
 pub use error::{Error, Result, TaskError};
 pub use events::{EventLog, Subscription};
 pub use locks::{LockConfig, LockGuard, LockManager, LockOptions, LockStats};
-pub use memory::{DEFAULT_EVENT_RETENTION, MemoryBackend};
+pub use memory::{DEFAULT_EVENT_RETENTION, DEFAULT_FINISHED_TASK_RETENTION, MemoryBackend};
 pub use model::{
     AttemptOutcome, Claimed, Created, Event, EventKind, FencingToken, LeaseToken, LockAttempt,
     LockInfo, NewEvent, NewTask, Resolution, RetryPolicy, Task, TaskFilter, TaskId, TaskSpec,

@@ -320,14 +320,14 @@ impl LockManager {
         let inner = &*self.inner;
         let started = Instant::now();
         // Fast path: nobody queued here, and the store grants.
-        if !inner.queues.lock().contains_key(resource) {
-            if let LockAttempt::Acquired(info) = inner
+        let queued = inner.queues.lock().contains_key(resource);
+        if !queued
+            && let LockAttempt::Acquired(info) = inner
                 .store
                 .try_acquire_lock(resource, owner, options.ttl)
                 .await?
-            {
-                return Ok(self.guard(info));
-            }
+        {
+            return Ok(self.guard(info));
         }
         let deadline = options.wait.map(|wait| started + wait);
         let id = inner.next_waiter.fetch_add(1, Ordering::Relaxed);

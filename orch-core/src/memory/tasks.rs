@@ -21,6 +21,49 @@ use crate::model::{
 /// Claim order: priority descending, then `run_at`, then id.
 type ReadyKey = (Reverse<i32>, DateTime<Utc>, TaskId);
 
+/// Hashes a [`TaskId`] by its random low half, mixed with a per-process key: ids are UUIDv7,
+/// whose last 8 bytes are random, so this is as good as SipHash here at a fraction of the cost.
+#[derive(Clone)]
+pub(super) struct IdHashBuilder(u64);
+
+impl Default for IdHashBuilder {
+    fn default() -> Self {
+        IdHashBuilder(fastrand::u64(..) | 1)
+    }
+}
+
+pub(super) struct IdHasher {
+    key: u64,
+    hash: u64,
+}
+
+impl std::hash::BuildHasher for IdHashBuilder {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher {
+            key: self.0,
+            hash: 0,
+        }
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.hash =
+                (self.hash.rotate_left(29) ^ u64::from_le_bytes(word)).wrapping_mul(self.key);
+        }
+    }
+    fn write_usize(&mut self, _length_prefix: usize) {}
+}
+
+type IdMap<V> = HashMap<TaskId, V, IdHashBuilder>;
+
 struct Record {
     task: Task,
     lease: Option<LeaseToken>,
@@ -30,7 +73,7 @@ struct Record {
 /// `ready[core]` (due) or `delayed[core]` (not yet due); a `running` task is in `leases`; a
 /// finished task is in `finished`.
 pub(super) struct TaskTables {
-    records: HashMap<TaskId, Box<Record>>,
+    records: IdMap<Box<Record>>,
     ready: HashMap<String, BTreeSet<ReadyKey>>,
     delayed: HashMap<String, BTreeSet<(DateTime<Utc>, TaskId)>>,
     leases: BTreeSet<(DateTime<Utc>, TaskId)>,
@@ -47,7 +90,7 @@ fn delta(duration: Duration) -> TimeDelta {
 impl TaskTables {
     pub(super) fn with_finished_retention(finished_retention: usize) -> Self {
         TaskTables {
-            records: HashMap::new(),
+            records: IdMap::default(),
             ready: HashMap::new(),
             delayed: HashMap::new(),
             leases: BTreeSet::new(),

@@ -139,11 +139,11 @@ impl TaskStatus {
     /// Whether `self -> to` is a legal transition.
     pub fn can_become(self, to: TaskStatus) -> bool {
         use TaskStatus::*;
-        match (self, to) {
-            (Queued, Running | Cancelled | Succeeded | Failed) => true,
-            (Running, Queued | Succeeded | Failed | TimedOut | Cancelled) => true,
-            _ => false,
-        }
+        matches!(
+            (self, to),
+            (Queued, Running | Cancelled | Succeeded | Failed)
+                | (Running, Queued | Succeeded | Failed | TimedOut | Cancelled)
+        )
     }
 
     /// Checks `self -> to`, naming the task in the error.

@@ -132,7 +132,7 @@ async fn handlers_get_supported_events_and_a_slow_one_never_stalls_dispatch() {
                 let r = r.clone();
                 async move {
                     r.fetch_add(1, Ordering::SeqCst);
-                    if i == Value::from("fail") {
+                    if i == "fail" {
                         return Err(orch_core::TaskError::fatal("asked to"));
                     }
                     Ok(i)
