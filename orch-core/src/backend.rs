@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 
 use crate::contracts::StorageProvider;
 use crate::error::Result;
+use crate::signal::ChangeSignal;
 use crate::model::{
     AttemptOutcome, Claimed, Created, Event, LeaseToken, LockAttempt, LockInfo, NewEvent, NewTask,
     Resolution, Task, TaskFilter, TaskId,
@@ -94,9 +94,9 @@ pub trait TaskStore: Send + Sync {
     /// Counts of `queued` tasks per `(core_id, priority)`.
     async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>>;
 
-    /// A hint that changes when tasks may have become available (created, requeued), across
-    /// every process sharing the backend when the backend can tell. `None`: callers poll.
-    fn task_wakeups(&self) -> Option<watch::Receiver<u64>> {
+    /// A hint raised when tasks may have become available (created, requeued), across every
+    /// process sharing the backend when the backend can tell. `None`: callers poll.
+    fn task_wakeups(&self) -> Option<ChangeSignal> {
         None
     }
 }
@@ -117,8 +117,8 @@ pub trait EventStore: Send + Sync {
     /// Deletes events appended before `before`; returns how many.
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64>;
 
-    /// A hint that changes whenever an event is appended. `None`: callers poll.
-    fn event_wakeups(&self) -> Option<watch::Receiver<u64>> {
+    /// A hint raised whenever events are appended. `None`: callers poll.
+    fn event_wakeups(&self) -> Option<ChangeSignal> {
         None
     }
 }

@@ -17,7 +17,8 @@ pub struct TaskContext {
     max_attempts: u32,
     /// Fired when the attempt must stop: timeout, cancellation, lost lease or shutdown.
     cancel: CancellationToken,
-    fencing_tokens: Arc<[(String, FencingToken)]>,
+    /// `None` when the task holds no locks (most tasks: saves an allocation per attempt).
+    fencing_tokens: Option<Arc<[(String, FencingToken)]>>,
     storage: Option<Arc<dyn StorageProvider>>,
 }
 
@@ -42,7 +43,7 @@ impl TaskContext {
             attempt: 1,
             max_attempts: 1,
             cancel: CancellationToken::new(),
-            fencing_tokens: Arc::from(Vec::new()),
+            fencing_tokens: None,
             storage: None,
         }
     }
@@ -62,7 +63,7 @@ impl TaskContext {
             attempt,
             max_attempts,
             cancel,
-            fencing_tokens: Arc::from(Vec::new()),
+            fencing_tokens: None,
             storage: Some(storage),
         }
     }
@@ -82,7 +83,7 @@ impl TaskContext {
 
     /// Sets the fencing tokens of the task's locks.
     pub fn with_fencing_tokens(mut self, tokens: Vec<(String, FencingToken)>) -> Self {
-        self.fencing_tokens = Arc::from(tokens);
+        self.fencing_tokens = (!tokens.is_empty()).then(|| Arc::from(tokens));
         self
     }
 
@@ -129,7 +130,7 @@ impl TaskContext {
 
     /// The fencing token of the task's lock on `resource`, to present to the protected resource.
     pub fn fencing_token(&self, resource: &str) -> Option<FencingToken> {
-        self.fencing_tokens
+        self.fencing_tokens()
             .iter()
             .find(|(name, _)| name == resource)
             .map(|(_, token)| *token)
@@ -137,7 +138,7 @@ impl TaskContext {
 
     /// All fencing tokens of the task's locks.
     pub fn fencing_tokens(&self) -> &[(String, FencingToken)] {
-        &self.fencing_tokens
+        self.fencing_tokens.as_deref().unwrap_or_default()
     }
 
     /// The key-value space shared with the orchestrator's backend, if any.

@@ -165,7 +165,7 @@ impl EventLog {
     /// the store, so an unobserved log costs nothing.
     pub(crate) async fn run_tail(self, poll: Duration, stop: CancellationToken) {
         let inner = &*self.inner;
-        let mut wakeups = inner.store.event_wakeups();
+        let wakeups = inner.store.event_wakeups();
         loop {
             if !self.has_listeners() {
                 inner.idle.store(true, Ordering::Release);
@@ -174,22 +174,16 @@ impl EventLog {
                     _ = inner.listener_added.notified() => {}
                 }
                 inner.idle.store(false, Ordering::Release);
-                if let Some(rx) = wakeups.as_mut() {
-                    rx.borrow_and_update();
-                }
                 continue;
             }
+            let seen = wakeups.as_ref().map(|w| w.version());
             if let Err(error) = self.publish_pending().await {
                 tracing::warn!(%error, "event tail: reading the log failed; retrying");
             }
             let hint = async {
-                match wakeups.as_mut() {
-                    Some(rx) => {
-                        if rx.changed().await.is_err() {
-                            std::future::pending::<()>().await
-                        }
-                    }
-                    None => std::future::pending::<()>().await,
+                match (&wakeups, seen) {
+                    (Some(signal), Some(seen)) => signal.changed_since(seen).await,
+                    _ => std::future::pending::<()>().await,
                 }
             };
             tokio::select! {
@@ -200,7 +194,9 @@ impl EventLog {
             }
         }
         // One last pass so events of the final transitions reach subscribers.
-        let _ = self.publish_pending().await;
+        if self.has_listeners() {
+            let _ = self.publish_pending().await;
+        }
     }
 
     async fn publish_pending(&self) -> Result<()> {

@@ -75,6 +75,7 @@ pub mod model;
 mod orchestrator;
 mod registry;
 mod schedule;
+mod signal;
 
 pub use backend::{Backend, EventStore, LockStore, SharedBackend, TaskStore};
 #[cfg(feature = "mocks")]
@@ -102,3 +103,4 @@ pub use orchestrator::{
 };
 pub use registry::DefaultPluginRegistry;
 pub use schedule::Schedule;
+pub use signal::ChangeSignal;

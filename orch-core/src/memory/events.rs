@@ -2,7 +2,6 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 
 use super::{EventLogState, MemoryBackend};
 use crate::backend::EventStore;
@@ -83,7 +82,7 @@ impl EventStore for MemoryBackend {
         Ok(pruned)
     }
 
-    fn event_wakeups(&self) -> Option<watch::Receiver<u64>> {
-        Some(self.event_wakeups.subscribe())
+    fn event_wakeups(&self) -> Option<crate::signal::ChangeSignal> {
+        Some(self.event_wakeups.clone())
     }
 }

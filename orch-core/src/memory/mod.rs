@@ -16,9 +16,9 @@ mod tasks;
 use std::collections::{BTreeMap, VecDeque};
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::watch;
 
 use crate::model::Event;
+use crate::signal::ChangeSignal;
 
 pub(crate) use locks::LockTable;
 use tasks::TaskTables;
@@ -43,9 +43,9 @@ pub struct MemoryBackend {
     locks: LockTable,
     kv: RwLock<BTreeMap<String, Vec<u8>>>,
     /// Bumped whenever a task becomes claimable, to wake idle claim loops.
-    task_wakeups: watch::Sender<u64>,
+    task_wakeups: ChangeSignal,
     /// Bumped whenever events are appended, to wake the event tail.
-    event_wakeups: watch::Sender<u64>,
+    event_wakeups: ChangeSignal,
 }
 
 struct State {
@@ -88,16 +88,16 @@ impl MemoryBackend {
             }),
             locks: LockTable::default(),
             kv: RwLock::new(BTreeMap::new()),
-            task_wakeups: watch::channel(0).0,
-            event_wakeups: watch::channel(0).0,
+            task_wakeups: ChangeSignal::new(),
+            event_wakeups: ChangeSignal::new(),
         }
     }
 
     fn wake_tasks(&self) {
-        self.task_wakeups.send_modify(|v| *v = v.wrapping_add(1));
+        self.task_wakeups.raise();
     }
 
     fn wake_events(&self) {
-        self.event_wakeups.send_modify(|v| *v = v.wrapping_add(1));
+        self.event_wakeups.raise();
     }
 }

@@ -1,13 +1,12 @@
 //! The in-memory task queue.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use super::{EventLogState, MemoryBackend};
 use crate::backend::TaskStore;
@@ -18,8 +17,21 @@ use crate::model::{
     TaskFilter, TaskId, TaskStatus,
 };
 
-/// Claim order: priority descending, then `run_at`, then id.
-type ReadyKey = (Reverse<i32>, DateTime<Utc>, TaskId);
+/// Claim order: priority descending, then `run_at` (µs), then id. Integer keys keep the
+/// B-tree comparisons cheap.
+type ReadyKey = (Reverse<i32>, i64, u128);
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn ready_key(task: &Task) -> ReadyKey {
+    (Reverse(task.priority), micros(task.run_at), task.id.0.as_u128())
+}
+
+fn id_of(raw: u128) -> TaskId {
+    TaskId(uuid::Uuid::from_u128(raw))
+}
 
 /// Hashes a [`TaskId`] by its random low half, mixed with a per-process key: ids are UUIDv7,
 /// whose last 8 bytes are random, so this is as good as SipHash here at a fraction of the cost.
@@ -70,14 +82,14 @@ struct Record {
 }
 
 /// The task tables and their indexes. Invariants: a `queued` task is in exactly one of
-/// `ready[core]` (due) or `delayed[core]` (not yet due); a `running` task is in `leases`; a
-/// finished task is in `finished`.
+/// `ready[core]` (due) or `delayed[core]` (not yet due); a `running` task is in `running`; a
+/// finished task is in `finished` (in the order they finished).
 pub(super) struct TaskTables {
     records: IdMap<Box<Record>>,
     ready: HashMap<String, BTreeSet<ReadyKey>>,
-    delayed: HashMap<String, BTreeSet<(DateTime<Utc>, TaskId)>>,
-    leases: BTreeSet<(DateTime<Utc>, TaskId)>,
-    finished: BTreeSet<(DateTime<Utc>, TaskId)>,
+    delayed: HashMap<String, BTreeSet<(i64, u128)>>,
+    running: HashSet<TaskId, IdHashBuilder>,
+    finished: VecDeque<(i64, TaskId)>,
     idempotency: HashMap<String, TaskId>,
     /// Most finished tasks kept; the oldest are dropped beyond it.
     finished_retention: usize,
@@ -93,8 +105,8 @@ impl TaskTables {
             records: IdMap::default(),
             ready: HashMap::new(),
             delayed: HashMap::new(),
-            leases: BTreeSet::new(),
-            finished: BTreeSet::new(),
+            running: HashSet::default(),
+            finished: VecDeque::new(),
             idempotency: HashMap::new(),
             finished_retention,
         }
@@ -103,7 +115,7 @@ impl TaskTables {
     /// Drops the oldest finished task while over the retention limit.
     fn enforce_retention(&mut self) {
         while self.finished.len() > self.finished_retention {
-            let Some((_, id)) = self.finished.pop_first() else {
+            let Some((_, id)) = self.finished.pop_front() else {
                 break;
             };
             self.forget(id);
@@ -119,26 +131,38 @@ impl TaskTables {
     }
 
     fn enqueue(&mut self, task: &Task, now: DateTime<Utc>) {
+        // Look up before inserting: `entry` would allocate the key on every call.
         if task.run_at <= now {
-            self.ready.entry(task.core_id.clone()).or_default().insert((
-                Reverse(task.priority),
-                task.run_at,
-                task.id,
-            ));
+            let key = ready_key(task);
+            match self.ready.get_mut(&task.core_id) {
+                Some(ready) => {
+                    ready.insert(key);
+                }
+                None => {
+                    self.ready
+                        .insert(task.core_id.clone(), BTreeSet::from([key]));
+                }
+            }
         } else {
-            self.delayed
-                .entry(task.core_id.clone())
-                .or_default()
-                .insert((task.run_at, task.id));
+            let key = (micros(task.run_at), task.id.0.as_u128());
+            match self.delayed.get_mut(&task.core_id) {
+                Some(delayed) => {
+                    delayed.insert(key);
+                }
+                None => {
+                    self.delayed
+                        .insert(task.core_id.clone(), BTreeSet::from([key]));
+                }
+            }
         }
     }
 
     fn dequeue(&mut self, task: &Task) {
         if let Some(ready) = self.ready.get_mut(&task.core_id) {
-            ready.remove(&(Reverse(task.priority), task.run_at, task.id));
+            ready.remove(&ready_key(task));
         }
         if let Some(delayed) = self.delayed.get_mut(&task.core_id) {
-            delayed.remove(&(task.run_at, task.id));
+            delayed.remove(&(micros(task.run_at), task.id.0.as_u128()));
         }
     }
 
@@ -147,17 +171,22 @@ impl TaskTables {
         let Some(delayed) = self.delayed.get_mut(core_id) else {
             return;
         };
-        while let Some(&(run_at, id)) = delayed.first() {
+        let now = micros(now);
+        while let Some(&(run_at, raw_id)) = delayed.first() {
             if run_at > now {
                 break;
             }
             delayed.pop_first();
-            if let Some(record) = self.records.get(&id) {
-                self.ready.entry(core_id.to_owned()).or_default().insert((
-                    Reverse(record.task.priority),
-                    run_at,
-                    id,
-                ));
+            if let Some(record) = self.records.get(&id_of(raw_id)) {
+                let key = (Reverse(record.task.priority), run_at, raw_id);
+                match self.ready.get_mut(core_id) {
+                    Some(ready) => {
+                        ready.insert(key);
+                    }
+                    None => {
+                        self.ready.insert(core_id.to_owned(), BTreeSet::from([key]));
+                    }
+                }
             }
         }
     }
@@ -188,7 +217,7 @@ fn finish(
     from.check(id, to)?;
     let task = &mut record.task;
     record.lease = None;
-    let old_lease = task.lease_expires_at.take();
+    task.lease_expires_at = None;
     task.status = to;
     task.updated_at = now;
     task.finished_at = Some(now);
@@ -199,13 +228,18 @@ fn finish(
         task.error = error;
     }
     let task = task.clone();
-    if let Some(expires) = old_lease {
-        tables.leases.remove(&(expires, id));
+    if from == TaskStatus::Running {
+        tables.running.remove(&id);
     }
     if from == TaskStatus::Queued {
         tables.dequeue(&task);
     }
-    tables.finished.insert((now, id));
+    // Kept in finishing order (clamped, so it never goes backwards) for retention and pruning.
+    let at = tables
+        .finished
+        .back()
+        .map_or(micros(now), |&(last, _)| last.max(micros(now)));
+    tables.finished.push_back((at, id));
     tables.enforce_retention();
     Ok((task, from))
 }
@@ -338,7 +372,7 @@ impl TaskStore for MemoryBackend {
             if let Some(ready) = tables.ready.get_mut(core_id) {
                 while picked.len() < limit {
                     match ready.pop_first() {
-                        Some((_, _, id)) => picked.push(id),
+                        Some((_, _, raw_id)) => picked.push(id_of(raw_id)),
                         None => break,
                     }
                 }
@@ -356,7 +390,7 @@ impl TaskStore for MemoryBackend {
                 task.started_at = Some(now);
                 task.updated_at = now;
                 task.lease_expires_at = Some(expires);
-                tables.leases.insert((expires, id));
+                tables.running.insert(id);
                 events.push(task_event(EventKind::TaskStarted, task, Value::Null), now);
                 claimed.push(Claimed {
                     task: task.clone(),
@@ -377,12 +411,14 @@ impl TaskStore for MemoryBackend {
             .tasks
             .ready
             .get(core_id)
-            .and_then(|ready| ready.iter().map(|(_, run_at, _)| *run_at).min());
+            .and_then(|ready| ready.iter().map(|(_, run_at, _)| *run_at).min())
+            .and_then(DateTime::from_timestamp_micros);
         let delayed = state
             .tasks
             .delayed
             .get(core_id)
-            .and_then(|delayed| delayed.first().map(|(run_at, _)| *run_at));
+            .and_then(|delayed| delayed.first().map(|(run_at, _)| *run_at))
+            .and_then(DateTime::from_timestamp_micros);
         Ok(match (ready, delayed) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -405,11 +441,7 @@ impl TaskStore for MemoryBackend {
                 if record.lease != Some(token) || record.task.status != TaskStatus::Running {
                     return None;
                 }
-                let old = record.task.lease_expires_at.replace(expires);
-                if let Some(old) = old {
-                    tables.leases.remove(&(old, id));
-                }
-                tables.leases.insert((expires, id));
+                record.task.lease_expires_at = Some(expires);
                 Some(expires)
             })
             .collect())
@@ -523,13 +555,17 @@ impl TaskStore for MemoryBackend {
     async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>> {
         let now = clock::now();
         let rescued = self.with_state(|tables, events| {
-            let mut expired = Vec::new();
-            for &(expires, id) in tables.leases.iter() {
-                if expires > now || expired.len() >= limit {
-                    break;
-                }
-                expired.push(id);
-            }
+            let mut expired: Vec<(DateTime<Utc>, TaskId)> = tables
+                .running
+                .iter()
+                .filter_map(|id| {
+                    let expires = tables.records.get(id)?.task.lease_expires_at?;
+                    (expires <= now).then_some((expires, *id))
+                })
+                .collect();
+            expired.sort_unstable();
+            expired.truncate(limit);
+            let expired: Vec<TaskId> = expired.into_iter().map(|(_, id)| id).collect();
             let mut rescued = Vec::with_capacity(expired.len());
             for id in expired {
                 let Some(record) = tables.records.get(&id) else {
@@ -581,9 +617,9 @@ impl TaskStore for MemoryBackend {
         let tables = &mut state.tasks;
         let mut pruned = 0;
         while pruned < limit as u64 {
-            match tables.finished.first() {
-                Some(&(at, id)) if at < before => {
-                    tables.finished.pop_first();
+            match tables.finished.front() {
+                Some(&(at, id)) if at < micros(before) => {
+                    tables.finished.pop_front();
                     tables.forget(id);
                     pruned += 1;
                 }
@@ -608,8 +644,8 @@ impl TaskStore for MemoryBackend {
         Ok(out)
     }
 
-    fn task_wakeups(&self) -> Option<watch::Receiver<u64>> {
-        Some(self.task_wakeups.subscribe())
+    fn task_wakeups(&self) -> Option<crate::signal::ChangeSignal> {
+        Some(self.task_wakeups.clone())
     }
 }
 
@@ -629,7 +665,7 @@ fn requeue(
         .expect("caller checked the record exists");
     record.lease = None;
     let task = &mut record.task;
-    let old_lease = task.lease_expires_at.take();
+    task.lease_expires_at = None;
     task.status = TaskStatus::Queued;
     task.run_at = run_at;
     task.updated_at = now;
@@ -640,9 +676,7 @@ fn requeue(
         task.error = error;
     }
     let task = task.clone();
-    if let Some(expires) = old_lease {
-        tables.leases.remove(&(expires, id));
-    }
+    tables.running.remove(&id);
     tables.enqueue(&task, now);
     task
 }

@@ -52,12 +52,14 @@ fn try_acquire_slot(inner: &Inner, core: &Core) -> Option<Permits> {
 /// Claims and starts tasks of one core until shutdown.
 pub(super) async fn claim_loop(inner: Arc<Inner>, core: Arc<Core>) {
     let stop = inner.stop_claiming.clone();
-    let mut wakeups = inner.backend.task_wakeups();
+    let wakeups = inner.backend.task_wakeups();
     let core_id = core.core_id.clone();
     loop {
         let Some(first) = acquire_slot(&inner, &core, &stop).await else {
             break;
         };
+        // Read before claiming, so a task created after the claim still wakes us.
+        let seen = wakeups.as_ref().map(|w| w.version());
         let mut slots = vec![first];
         while slots.len() < inner.config.claim_batch {
             match try_acquire_slot(&inner, &core) {
@@ -112,13 +114,9 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, core: Arc<Core>) {
             continue;
         }
         let hint = async {
-            match wakeups.as_mut() {
-                Some(rx) => {
-                    if rx.changed().await.is_err() {
-                        std::future::pending::<()>().await
-                    }
-                }
-                None => std::future::pending::<()>().await,
+            match (&wakeups, seen) {
+                (Some(signal), Some(seen)) => signal.changed_since(seen).await,
+                _ => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
@@ -140,9 +138,13 @@ async fn run_attempt(inner: Arc<Inner>, core: Arc<Core>, claimed: Claimed, slot:
     });
     inner.running.insert(task.id, running.clone());
     let span = tracing::debug_span!("execute", task_id = %task.id, core_id = %task.core_id, attempt = task.attempt);
-    let outcome = execute(&inner, &core, &task, &running, slot)
-        .instrument(span)
-        .await;
+    let attempt = execute(&inner, &core, &task, &running, slot);
+    // Entering a disabled span on every poll still costs: skip it when nobody records spans.
+    let outcome = if span.is_disabled() {
+        attempt.await
+    } else {
+        attempt.instrument(span).await
+    };
     inner.running.remove(&task.id);
     let Some(outcome) = outcome else {
         return;
@@ -196,6 +198,69 @@ async fn take_locks(
     Ok(Some(guards))
 }
 
+/// What to report for an attempt that was stopped: only an abandoned one goes back to the queue.
+fn stopped(running: &Running) -> Option<AttemptOutcome> {
+    match running.cause() {
+        StopCause::Abandoned => Some(AttemptOutcome::Abandoned),
+        _ => None,
+    }
+}
+
+enum LockWait {
+    /// Locks taken and a concurrency slot held again.
+    Ready(Permits, Vec<LockGuard>),
+    /// The attempt ends here with this outcome (or nothing to report).
+    Done(Option<AttemptOutcome>),
+}
+
+/// Takes a task's locks without holding a concurrency slot, then takes a slot again.
+async fn wait_for_locks(
+    inner: &Inner,
+    core: &Core,
+    task: &Task,
+    running: &Running,
+    slot: Permits,
+) -> LockWait {
+    // Hold a lock-waiter permit instead of the concurrency slot while waiting.
+    let waiter = tokio::select! {
+        permit = inner.lock_waiters.clone().acquire_owned() => match permit {
+            Ok(permit) => permit,
+            Err(_) => return LockWait::Done(None),
+        },
+        _ = running.cancel.cancelled() => return LockWait::Done(stopped(running)),
+    };
+    drop(slot);
+    let guards = match take_locks(inner, task, running).await {
+        Ok(Some(taken)) => taken,
+        Ok(None) => return LockWait::Done(stopped(running)),
+        Err(Error::LockTimeout(resource)) => {
+            tracing::debug!(task_id = %task.id, resource, "timed out waiting for the task's lock");
+            return LockWait::Done(Some(AttemptOutcome::TimedOut {
+                retry_in: retry_in(inner, task, true),
+            }));
+        }
+        Err(error) => {
+            return LockWait::Done(Some(AttemptOutcome::Failed {
+                error: format!("could not take the task's locks: {error}"),
+                retry_in: retry_in(inner, task, true),
+            }));
+        }
+    };
+    drop(waiter);
+    match acquire_slot(inner, core, &running.cancel).await {
+        Some(permits) => LockWait::Ready(permits, guards),
+        None => LockWait::Done(stopped(running)),
+    }
+}
+
+async fn release_all(task: &Task, guards: Vec<LockGuard>) {
+    for guard in guards {
+        if let Err(error) = guard.release().await {
+            tracing::warn!(task_id = %task.id, %error, "releasing a task lock failed; it will expire");
+        }
+    }
+}
+
 /// Runs the engine. `None`: nothing to report (cancelled, or the lease is gone).
 async fn execute(
     inner: &Inner,
@@ -210,49 +275,17 @@ async fn execute(
             retry_in: None,
         });
     }
-    let stopped = |running: &Running| match running.cause() {
-        StopCause::Abandoned => Some(AttemptOutcome::Abandoned),
-        _ => None,
-    };
     let mut guards = Vec::new();
     let _slot = if task.locks.is_empty() {
         slot
     } else {
-        // Hold a lock-waiter permit instead of the concurrency slot while waiting.
-        let waiter = tokio::select! {
-            permit = inner.lock_waiters.clone().acquire_owned() => permit.ok()?,
-            _ = running.cancel.cancelled() => return stopped(running),
-        };
-        drop(slot);
-        match take_locks(inner, task, running).await {
-            Ok(Some(taken)) => guards = taken,
-            Ok(None) => return stopped(running),
-            Err(Error::LockTimeout(resource)) => {
-                tracing::debug!(task_id = %task.id, resource, "timed out waiting for the task's lock");
-                return Some(AttemptOutcome::TimedOut {
-                    retry_in: retry_in(inner, task, true),
-                });
+        // Boxed: the lock path is rare and its state would bloat every attempt's future.
+        match Box::pin(wait_for_locks(inner, core, task, running, slot)).await {
+            LockWait::Ready(permits, taken) => {
+                guards = taken;
+                permits
             }
-            Err(error) => {
-                return Some(AttemptOutcome::Failed {
-                    error: format!("could not take the task's locks: {error}"),
-                    retry_in: retry_in(inner, task, true),
-                });
-            }
-        }
-        drop(waiter);
-        let stop = running.cancel.clone();
-        let core_permit = tokio::select! {
-            permit = core.slots.clone().acquire_owned() => permit.ok()?,
-            _ = stop.cancelled() => return stopped(running),
-        };
-        let global_permit = tokio::select! {
-            permit = inner.global.clone().acquire_owned() => permit.ok()?,
-            _ = stop.cancelled() => return stopped(running),
-        };
-        Permits {
-            _core: core_permit,
-            _global: global_permit,
+            LockWait::Done(outcome) => return outcome,
         }
     };
 
@@ -288,10 +321,8 @@ async fn execute(
         running.cancel.cancel();
         let _ = tokio::time::timeout(inner.config.cancel_grace, &mut engine).await;
     }
-    for guard in guards {
-        if let Err(error) = guard.release().await {
-            tracing::warn!(task_id = %task.id, %error, "releasing a task lock failed; it will expire");
-        }
+    if !guards.is_empty() {
+        Box::pin(release_all(task, guards)).await;
     }
     let result = match result {
         Some(result) => result,
