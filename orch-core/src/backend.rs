@@ -20,7 +20,7 @@ use crate::error::Result;
 use crate::signal::ChangeSignal;
 use crate::model::{
     AttemptOutcome, Claimed, Created, Event, LeaseToken, LockAttempt, LockInfo, NewEvent, NewTask,
-    Resolution, Task, TaskFilter, TaskId,
+    Resolution, Task, TaskFilter, TaskId, TaskStatus,
 };
 
 /// Queue operations.
@@ -74,6 +74,20 @@ pub trait TaskStore: Send + Sync {
         token: LeaseToken,
         outcome: AttemptOutcome,
     ) -> Result<Task>;
+
+    /// Ends several attempts, each exactly as [`TaskStore::finish_attempt`] would, in one call
+    /// (one lock or one round trip for all). Returns, in input order, each task's new state or
+    /// the error `finish_attempt` would have given. The default calls `finish_attempt` in turn.
+    async fn finish_attempts(
+        &self,
+        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+    ) -> Result<Vec<Result<TaskStatus>>> {
+        let mut statuses = Vec::with_capacity(reports.len());
+        for (id, token, outcome) in reports {
+            statuses.push(self.finish_attempt(id, token, outcome).await.map(|t| t.status));
+        }
+        Ok(statuses)
+    }
 
     /// Cancels a `queued` or `running` task (dropping any lease) with a `task.cancelled` event;
     /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a finished one.

@@ -131,38 +131,15 @@ impl TaskTables {
     }
 
     fn enqueue(&mut self, task: &Task, now: DateTime<Utc>) {
-        // Look up before inserting: `entry` would allocate the key on every call.
-        if task.run_at <= now {
-            let key = ready_key(task);
-            match self.ready.get_mut(&task.core_id) {
-                Some(ready) => {
-                    ready.insert(key);
-                }
-                None => {
-                    self.ready
-                        .insert(task.core_id.clone(), BTreeSet::from([key]));
-                }
-            }
-        } else {
-            let key = (micros(task.run_at), task.id.0.as_u128());
-            match self.delayed.get_mut(&task.core_id) {
-                Some(delayed) => {
-                    delayed.insert(key);
-                }
-                None => {
-                    self.delayed
-                        .insert(task.core_id.clone(), BTreeSet::from([key]));
-                }
-            }
-        }
+        enqueue_into(&mut self.ready, &mut self.delayed, task, now);
     }
 
-    fn dequeue(&mut self, task: &Task) {
-        if let Some(ready) = self.ready.get_mut(&task.core_id) {
-            ready.remove(&ready_key(task));
+    fn dequeue_keys(&mut self, core_id: &str, ready: &ReadyKey, delayed: &(i64, u128)) {
+        if let Some(set) = self.ready.get_mut(core_id) {
+            set.remove(ready);
         }
-        if let Some(delayed) = self.delayed.get_mut(&task.core_id) {
-            delayed.remove(&(micros(task.run_at), task.id.0.as_u128()));
+        if let Some(set) = self.delayed.get_mut(core_id) {
+            set.remove(delayed);
         }
     }
 
@@ -203,7 +180,33 @@ fn task_event(kind: EventKind, task: &Task, data: Value) -> NewEvent {
     NewEvent::for_task(kind, task.id, &task.core_id, data).with_attempt(task.attempt)
 }
 
-/// Applies a finishing transition to a record and its indexes; returns the event to log.
+/// What an event needs of a task that just moved, without cloning the whole task.
+struct Brief {
+    id: TaskId,
+    core_id: String,
+    attempt: u32,
+}
+
+impl Brief {
+    fn of(task: &Task) -> Self {
+        Brief {
+            id: task.id,
+            core_id: task.core_id.clone(),
+            attempt: task.attempt,
+        }
+    }
+
+    fn event(self, kind: EventKind, data: Value) -> NewEvent {
+        NewEvent {
+            kind,
+            task_id: Some(self.id),
+            core_id: Some(self.core_id),
+            attempt: Some(self.attempt),
+            data,
+        }
+    }
+}
+
 fn finish(
     tables: &mut TaskTables,
     id: TaskId,
@@ -211,7 +214,7 @@ fn finish(
     now: DateTime<Utc>,
     result: Option<Value>,
     error: Option<String>,
-) -> Result<(Task, TaskStatus)> {
+) -> Result<(Brief, TaskStatus)> {
     let record = tables.get_mut(id)?;
     let from = record.task.status;
     from.check(id, to)?;
@@ -227,12 +230,15 @@ fn finish(
     if error.is_some() {
         task.error = error;
     }
-    let task = task.clone();
+    let brief = Brief::of(task);
+    if from == TaskStatus::Queued {
+        let core_id = task.core_id.clone();
+        let ready = ready_key(task);
+        let delayed = (micros(task.run_at), id.0.as_u128());
+        tables.dequeue_keys(&core_id, &ready, &delayed);
+    }
     if from == TaskStatus::Running {
         tables.running.remove(&id);
-    }
-    if from == TaskStatus::Queued {
-        tables.dequeue(&task);
     }
     // Kept in finishing order (clamped, so it never goes backwards) for retention and pruning.
     let at = tables
@@ -241,7 +247,16 @@ fn finish(
         .map_or(micros(now), |&(last, _)| last.max(micros(now)));
     tables.finished.push_back((at, id));
     tables.enforce_retention();
-    Ok((task, from))
+    Ok((brief, from))
+}
+
+/// A copy of the task as stored now.
+fn snapshot(tables: &TaskTables, id: TaskId) -> Result<Task> {
+    tables
+        .records
+        .get(&id)
+        .map(|record| record.task.clone())
+        .ok_or(Error::TaskNotFound(id))
 }
 
 fn terminal_event_kind(status: TaskStatus) -> EventKind {
@@ -455,59 +470,9 @@ impl TaskStore for MemoryBackend {
     ) -> Result<Task> {
         let now = clock::now();
         let (task, requeued) = self.with_state(|tables, events| {
-            let record = tables.get_mut(id)?;
-            if record.lease != Some(token) || record.task.status != TaskStatus::Running {
-                return Err(Error::LeaseLost(id));
-            }
-            let attempt = record.task.attempt;
-            match outcome {
-                AttemptOutcome::Succeeded { result } => {
-                    let (task, _) =
-                        finish(tables, id, TaskStatus::Succeeded, now, Some(result), None)?;
-                    events.push(task_event(EventKind::TaskSucceeded, &task, Value::Null), now);
-                    Ok((task, false))
-                }
-                AttemptOutcome::Failed {
-                    error,
-                    retry_in: None,
-                } => {
-                    let data = json!({"error": error});
-                    let (task, _) = finish(tables, id, TaskStatus::Failed, now, None, Some(error))?;
-                    events.push(task_event(EventKind::TaskFailed, &task, data), now);
-                    Ok((task, false))
-                }
-                AttemptOutcome::TimedOut { retry_in: None } => {
-                    let error = format!("attempt {attempt} timed out");
-                    let data = json!({"error": error});
-                    let (task, _) =
-                        finish(tables, id, TaskStatus::TimedOut, now, None, Some(error))?;
-                    events.push(task_event(EventKind::TaskTimedOut, &task, data), now);
-                    Ok((task, false))
-                }
-                AttemptOutcome::Failed {
-                    error,
-                    retry_in: Some(retry_in),
-                } => {
-                    let data = json!({"error": error, "reason": "failed", "retry_in": retry_in.as_secs_f64()});
-                    let task = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
-                    events.push(task_event(EventKind::TaskRetrying, &task, data), now);
-                    Ok((task, true))
-                }
-                AttemptOutcome::TimedOut {
-                    retry_in: Some(retry_in),
-                } => {
-                    let error = format!("attempt {attempt} timed out");
-                    let data = json!({"error": error, "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
-                    let task = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
-                    events.push(task_event(EventKind::TaskRetrying, &task, data), now);
-                    Ok((task, true))
-                }
-                AttemptOutcome::Abandoned => {
-                    let task = requeue(tables, id, now, now, None, true);
-                    events.push(task_event(EventKind::TaskRequeued, &task, Value::Null), now);
-                    Ok((task, true))
-                }
-            }
+            let requeued = end_attempt(tables, events, now, id, token, outcome)?;
+            let task = tables.get_mut(id)?.task.clone();
+            Ok::<_, Error>((task, requeued))
         })?;
         if requeued {
             self.wake_tasks();
@@ -516,15 +481,39 @@ impl TaskStore for MemoryBackend {
         Ok(task)
     }
 
+    async fn finish_attempts(
+        &self,
+        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+    ) -> Result<Vec<Result<TaskStatus>>> {
+        let now = clock::now();
+        let mut any_requeued = false;
+        let statuses = self.with_state(|tables, events| {
+            reports
+                .into_iter()
+                .map(|(id, token, outcome)| {
+                    let target = outcome.target_status();
+                    let requeued = end_attempt(tables, events, now, id, token, outcome)?;
+                    any_requeued |= requeued;
+                    Ok(target)
+                })
+                .collect::<Vec<_>>()
+        });
+        if any_requeued {
+            self.wake_tasks();
+        }
+        self.wake_events();
+        Ok(statuses)
+    }
+
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
         let now = clock::now();
         let task = self.with_state(|tables, events| {
-            let (task, from) = finish(tables, id, TaskStatus::Cancelled, now, None, None)?;
+            let (brief, from) = finish(tables, id, TaskStatus::Cancelled, now, None, None)?;
             events.push(
-                task_event(EventKind::TaskCancelled, &task, json!({"from": from})),
+                brief.event(EventKind::TaskCancelled, json!({"from": from})),
                 now,
             );
-            Ok::<_, Error>(task)
+            snapshot(tables, id)
         })?;
         self.wake_events();
         Ok(task)
@@ -537,16 +526,15 @@ impl TaskStore for MemoryBackend {
                 Resolution::Succeeded(result) => (TaskStatus::Succeeded, Some(result), None),
                 Resolution::Failed(error) => (TaskStatus::Failed, None, Some(error)),
             };
-            let (task, from) = finish(tables, id, to, now, result, error)?;
+            let (brief, from) = finish(tables, id, to, now, result, error)?;
             events.push(
-                task_event(
+                brief.event(
                     terminal_event_kind(to),
-                    &task,
                     json!({"from": from, "external": true}),
                 ),
                 now,
             );
-            Ok::<_, Error>(task)
+            snapshot(tables, id)
         })?;
         self.wake_events();
         Ok(task)
@@ -574,15 +562,15 @@ impl TaskStore for MemoryBackend {
                 let attempt = record.task.attempt;
                 if record.task.has_attempts_left() {
                     let error = format!("lease expired during attempt {attempt}");
-                    let task = requeue(tables, id, now, now, Some(error), false);
+                    let brief = requeue(tables, id, now, now, Some(error), false);
                     events.push(
-                        task_event(EventKind::TaskRescued, &task, json!({"will_retry": true})),
+                        brief.event(EventKind::TaskRescued, json!({"will_retry": true})),
                         now,
                     );
-                    rescued.push(task);
+                    rescued.extend(snapshot(tables, id));
                 } else {
                     let error = format!("lease expired during final attempt {attempt}");
-                    let Ok((task, _)) = finish(
+                    let Ok((brief, _)) = finish(
                         tables,
                         id,
                         TaskStatus::Failed,
@@ -592,15 +580,17 @@ impl TaskStore for MemoryBackend {
                     ) else {
                         continue;
                     };
+                    let failed = Brief {
+                        id: brief.id,
+                        core_id: brief.core_id.clone(),
+                        attempt: brief.attempt,
+                    };
                     events.push(
-                        task_event(EventKind::TaskRescued, &task, json!({"will_retry": false})),
+                        brief.event(EventKind::TaskRescued, json!({"will_retry": false})),
                         now,
                     );
-                    events.push(
-                        task_event(EventKind::TaskFailed, &task, json!({"error": error})),
-                        now,
-                    );
-                    rescued.push(task);
+                    events.push(failed.event(EventKind::TaskFailed, json!({"error": error})), now);
+                    rescued.extend(snapshot(tables, id));
                 }
             }
             rescued
@@ -649,8 +639,105 @@ impl TaskStore for MemoryBackend {
     }
 }
 
+/// Ends the current attempt of `id` if `token` is its lease (see `finish_attempt`), appending
+/// the event. Returns whether the task went back to the queue.
+fn end_attempt(
+    tables: &mut TaskTables,
+    events: &mut EventLogState,
+    now: DateTime<Utc>,
+    id: TaskId,
+    token: LeaseToken,
+    outcome: AttemptOutcome,
+) -> Result<bool> {
+    let record = tables.get_mut(id)?;
+    if record.lease != Some(token) || record.task.status != TaskStatus::Running {
+        return Err(Error::LeaseLost(id));
+    }
+    let attempt = record.task.attempt;
+    match outcome {
+        AttemptOutcome::Succeeded { result } => {
+            let (brief, _) =
+                finish(tables, id, TaskStatus::Succeeded, now, Some(result), None)?;
+            events.push(brief.event(EventKind::TaskSucceeded, Value::Null), now);
+            Ok(false)
+        }
+        AttemptOutcome::Failed {
+            error,
+            retry_in: None,
+        } => {
+            let data = json!({"error": error});
+            let (brief, _) = finish(tables, id, TaskStatus::Failed, now, None, Some(error))?;
+            events.push(brief.event(EventKind::TaskFailed, data), now);
+            Ok(false)
+        }
+        AttemptOutcome::TimedOut { retry_in: None } => {
+            let error = format!("attempt {attempt} timed out");
+            let data = json!({"error": error});
+            let (brief, _) =
+                finish(tables, id, TaskStatus::TimedOut, now, None, Some(error))?;
+            events.push(brief.event(EventKind::TaskTimedOut, data), now);
+            Ok(false)
+        }
+        AttemptOutcome::Failed {
+            error,
+            retry_in: Some(retry_in),
+        } => {
+            let data = json!({"error": error, "reason": "failed", "retry_in": retry_in.as_secs_f64()});
+            let brief = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
+            events.push(brief.event(EventKind::TaskRetrying, data), now);
+            Ok(true)
+        }
+        AttemptOutcome::TimedOut {
+            retry_in: Some(retry_in),
+        } => {
+            let error = format!("attempt {attempt} timed out");
+            let data = json!({"error": error, "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
+            let brief = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
+            events.push(brief.event(EventKind::TaskRetrying, data), now);
+            Ok(true)
+        }
+        AttemptOutcome::Abandoned => {
+            let brief = requeue(tables, id, now, now, None, true);
+            events.push(brief.event(EventKind::TaskRequeued, Value::Null), now);
+            Ok(true)
+        }
+    }
+}
+
 /// Puts a running task back in the queue to run at `run_at`. `undo_attempt` gives the attempt
 /// back (the holder never ran it).
+/// Puts a queued task in its core's ready set (due) or delayed set. Takes the two maps rather
+/// than the tables so callers can pass a task borrowed from the records.
+fn enqueue_into(
+    ready: &mut HashMap<String, BTreeSet<ReadyKey>>,
+    delayed: &mut HashMap<String, BTreeSet<(i64, u128)>>,
+    task: &Task,
+    now: DateTime<Utc>,
+) {
+    // Look up before inserting: `entry` would allocate the key on every call.
+    if task.run_at <= now {
+        let key = ready_key(task);
+        match ready.get_mut(&task.core_id) {
+            Some(set) => {
+                set.insert(key);
+            }
+            None => {
+                ready.insert(task.core_id.clone(), BTreeSet::from([key]));
+            }
+        }
+    } else {
+        let key = (micros(task.run_at), task.id.0.as_u128());
+        match delayed.get_mut(&task.core_id) {
+            Some(set) => {
+                set.insert(key);
+            }
+            None => {
+                delayed.insert(task.core_id.clone(), BTreeSet::from([key]));
+            }
+        }
+    }
+}
+
 fn requeue(
     tables: &mut TaskTables,
     id: TaskId,
@@ -658,7 +745,7 @@ fn requeue(
     run_at: DateTime<Utc>,
     error: Option<String>,
     undo_attempt: bool,
-) -> Task {
+) -> Brief {
     let record = tables
         .records
         .get_mut(&id)
@@ -675,8 +762,10 @@ fn requeue(
     if error.is_some() {
         task.error = error;
     }
-    let task = task.clone();
+    let brief = Brief::of(task);
     tables.running.remove(&id);
-    tables.enqueue(&task, now);
-    task
+    if let Some(record) = tables.records.get(&id) {
+        enqueue_into(&mut tables.ready, &mut tables.delayed, &record.task, now);
+    }
+    brief
 }

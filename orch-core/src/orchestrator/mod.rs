@@ -111,6 +111,8 @@ struct Inner {
     attempts: TaskTracker,
     /// Background loops.
     background: TaskTracker,
+    /// Outcomes of finished attempts, recorded in batches by the reporter.
+    reports: tokio::sync::mpsc::UnboundedSender<worker::Report>,
 }
 
 /// Stops the background loops when the last [`Orchestrator`] handle is dropped without
@@ -214,6 +216,7 @@ impl OrchestratorBuilder {
         let events = EventLog::new(self.backend.clone(), config.event_buffer);
         // Stopping the background also stops claiming (a dropped orchestrator stops both).
         let stop_background = CancellationToken::new();
+        let (reports, report_queue) = tokio::sync::mpsc::unbounded_channel();
         let locks = LockManager::with_config(self.backend.clone(), config.locks);
         let inner = Arc::new(Inner {
             global: Arc::new(Semaphore::new(config.global_concurrency)),
@@ -228,6 +231,7 @@ impl OrchestratorBuilder {
             stop_background,
             attempts: TaskTracker::new(),
             background: TaskTracker::new(),
+            reports,
             config,
         });
         let orch = Orchestrator {
@@ -236,6 +240,11 @@ impl OrchestratorBuilder {
         };
         orch.inner.events.start_at_end().await?;
         orch.start_background();
+        orch.inner.background.spawn(worker::reporter(
+            orch.inner.clone(),
+            report_queue,
+            orch.inner.stop_background.clone(),
+        ));
         for (core_id, engine, limit) in self.engines {
             orch.register_engine_arc(core_id, engine, limit)?;
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -16,7 +16,7 @@ use crate::context::TaskContext;
 use crate::contracts::StorageProvider;
 use crate::error::{Error, Result};
 use crate::locks::{LockGuard, LockOptions};
-use crate::model::{AttemptOutcome, Claimed, Task};
+use crate::model::{AttemptOutcome, Claimed, LeaseToken, Task, TaskId};
 
 /// A concurrency slot: one permit of the core's limit and one of the global limit.
 struct Permits {
@@ -145,29 +145,94 @@ async fn run_attempt(inner: Arc<Inner>, core: Arc<Core>, claimed: Claimed, slot:
     } else {
         attempt.instrument(span).await
     };
-    inner.running.remove(&task.id);
     let Some(outcome) = outcome else {
+        inner.running.remove(&task.id);
         return;
     };
-    let requeued = outcome.target_status() == crate::model::TaskStatus::Queued;
-    match inner
-        .backend
-        .finish_attempt(task.id, lease_token, outcome)
-        .await
-    {
-        Ok(_) => {
-            inner.events.poke();
-            if requeued {
-                core.wake.notify_one();
+    // Outcomes are recorded in batches by the reporter (one backend call for many attempts);
+    // the attempt stays in `running` until its outcome is recorded.
+    let report = Report {
+        id: task.id,
+        token: lease_token,
+        outcome,
+        core,
+    };
+    if let Err(mpsc::error::SendError(report)) = inner.reports.send(report) {
+        // The reporter has stopped (the orchestrator was dropped): record directly.
+        record(&inner, vec![report]).await;
+    }
+}
+
+/// An attempt's outcome, waiting to be recorded.
+pub(super) struct Report {
+    id: TaskId,
+    token: LeaseToken,
+    outcome: AttemptOutcome,
+    core: Arc<Core>,
+}
+
+/// Records outcomes in batches until `stop` fires, then records what is left and ends.
+pub(super) async fn reporter(
+    inner: Arc<Inner>,
+    mut reports: mpsc::UnboundedReceiver<Report>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            received = reports.recv_many(&mut batch, 1024) => {
+                if received == 0 {
+                    break;
+                }
+            }
+            _ = stop.cancelled() => {
+                while let Ok(report) = reports.try_recv() {
+                    batch.push(report);
+                }
+                record(&inner, std::mem::take(&mut batch)).await;
+                break;
             }
         }
-        Err(Error::LeaseLost(_)) => {
-            tracing::warn!(task_id = %task.id, "attempt finished after its lease was lost; outcome discarded");
+        record(&inner, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Records a batch of outcomes with one backend call.
+async fn record(inner: &Inner, batch: Vec<Report>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut cores = Vec::with_capacity(batch.len());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for report in batch {
+        cores.push((report.id, report.core));
+        outcomes.push((report.id, report.token, report.outcome));
+    }
+    match inner.backend.finish_attempts(outcomes).await {
+        Ok(statuses) => {
+            for ((id, core), status) in cores.into_iter().zip(statuses) {
+                inner.running.remove(&id);
+                match status {
+                    Ok(crate::model::TaskStatus::Queued) => core.wake.notify_one(),
+                    Ok(_) => {}
+                    Err(Error::LeaseLost(_)) => {
+                        tracing::warn!(task_id = %id, "attempt finished after its lease was lost; outcome discarded");
+                    }
+                    Err(error) => {
+                        tracing::error!(task_id = %id, %error, "could not record the attempt's outcome; the lease will expire and the task will be rescued");
+                    }
+                }
+            }
         }
         Err(error) => {
-            tracing::error!(task_id = %task.id, %error, "could not record the attempt's outcome; the lease will expire and the task will be rescued");
+            tracing::error!(%error, count = cores.len(), "could not record attempt outcomes; their leases will expire and the tasks will be rescued");
+            for (id, _) in cores {
+                inner.running.remove(&id);
+            }
         }
     }
+    inner.events.poke();
 }
 
 fn retry_in(inner: &Inner, task: &Task, retryable: bool) -> Option<Duration> {
