@@ -17,11 +17,11 @@ use chrono::{DateTime, Utc};
 
 use crate::contracts::StorageProvider;
 use crate::error::Result;
-use crate::signal::ChangeSignal;
 use crate::model::{
     AttemptOutcome, Claimed, Created, Event, LeaseToken, LockAttempt, LockInfo, NewEvent, NewTask,
     Resolution, Task, TaskFilter, TaskId, TaskStatus,
 };
+use crate::signal::ChangeSignal;
 
 /// Queue operations.
 ///
@@ -84,7 +84,11 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<Vec<Result<TaskStatus>>> {
         let mut statuses = Vec::with_capacity(reports.len());
         for (id, token, outcome) in reports {
-            statuses.push(self.finish_attempt(id, token, outcome).await.map(|t| t.status));
+            statuses.push(
+                self.finish_attempt(id, token, outcome)
+                    .await
+                    .map(|t| t.status),
+            );
         }
         Ok(statuses)
     }

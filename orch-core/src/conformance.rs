@@ -432,26 +432,51 @@ async fn finish_attempts_in_one_call(b: SharedBackend) -> CheckResult {
     }
     let claimed = ok!(b.claim_tasks("c", 3, LEASE).await);
     ensure!(claimed.len() == 3, "claimed {}", claimed.len());
-    let statuses = ok!(
-        b.finish_attempts(vec![
-            (claimed[0].task.id, claimed[0].lease_token, AttemptOutcome::Succeeded { result: json!("a") }),
-            (claimed[1].task.id, LeaseToken::new(), AttemptOutcome::Succeeded { result: json!("b") }),
+    let statuses = ok!(b
+        .finish_attempts(vec![
+            (
+                claimed[0].task.id,
+                claimed[0].lease_token,
+                AttemptOutcome::Succeeded { result: json!("a") }
+            ),
+            (
+                claimed[1].task.id,
+                LeaseToken::new(),
+                AttemptOutcome::Succeeded { result: json!("b") }
+            ),
             (
                 claimed[2].task.id,
                 claimed[2].lease_token,
-                AttemptOutcome::Failed { error: "again".into(), retry_in: Some(Duration::ZERO) }
+                AttemptOutcome::Failed {
+                    error: "again".into(),
+                    retry_in: Some(Duration::ZERO)
+                }
             ),
         ])
-        .await
-    );
+        .await);
     ensure!(statuses.len() == 3, "one status per report expected");
-    ensure!(matches!(statuses[0], Ok(TaskStatus::Succeeded)), "first: {:?}", statuses[0]);
-    ensure!(matches!(statuses[1], Err(Error::LeaseLost(_))), "stale token: {:?}", statuses[1]);
-    ensure!(matches!(statuses[2], Ok(TaskStatus::Queued)), "retry: {:?}", statuses[2]);
+    ensure!(
+        matches!(statuses[0], Ok(TaskStatus::Succeeded)),
+        "first: {:?}",
+        statuses[0]
+    );
+    ensure!(
+        matches!(statuses[1], Err(Error::LeaseLost(_))),
+        "stale token: {:?}",
+        statuses[1]
+    );
+    ensure!(
+        matches!(statuses[2], Ok(TaskStatus::Queued)),
+        "retry: {:?}",
+        statuses[2]
+    );
     let first = ok!(b.get_task(claimed[0].task.id).await).ok_or("task vanished")?;
     ensure!(first.result == Some(json!("a")), "result not stored");
     let second = ok!(b.get_task(claimed[1].task.id).await).ok_or("task vanished")?;
-    ensure!(second.status == TaskStatus::Running, "a refused report in a batch changed its task");
+    ensure!(
+        second.status == TaskStatus::Running,
+        "a refused report in a batch changed its task"
+    );
     ensure!(
         events_of(&b, claimed[2].task.id).await?.last() == Some(&EventKind::TaskRetrying),
         "batched outcomes must log their events"

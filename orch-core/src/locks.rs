@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -129,13 +129,23 @@ struct Inner {
     config: LockConfig,
     epoch: Instant,
     queues: Mutex<HashMap<String, Vec<Waiter>>>,
+    /// Waiters queued across all resources: lets the uncontended path skip the queue lock.
+    waiting: AtomicUsize,
     next_waiter: AtomicU64,
     counters: Counters,
 }
 
 impl Inner {
+    /// Whether anyone in this process waits for `resource`.
+    fn is_queued(&self, resource: &str) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0 && self.queues.lock().contains_key(resource)
+    }
+
     /// Wakes the head waiter of `resource`, if any.
     fn wake_head(&self, resource: &str) {
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let queues = self.queues.lock();
         if let Some(head) = queues.get(resource).and_then(|q| head(q)) {
             head.notify.notify_one();
@@ -153,7 +163,10 @@ impl Inner {
     fn dequeue(&self, resource: &str, id: u64) {
         let mut queues = self.queues.lock();
         if let Some(queue) = queues.get_mut(resource) {
+            let before = queue.len();
             queue.retain(|w| w.id != id);
+            self.waiting
+                .fetch_sub(before - queue.len(), Ordering::AcqRel);
             if queue.is_empty() {
                 queues.remove(resource);
             } else if let Some(head) = head(queue) {
@@ -232,6 +245,7 @@ impl LockManager {
                 config,
                 epoch: Instant::now(),
                 queues: Mutex::new(HashMap::new()),
+                waiting: AtomicUsize::new(0),
                 next_waiter: AtomicU64::new(0),
                 counters: Counters::default(),
             }),
@@ -264,7 +278,7 @@ impl LockManager {
         ttl: Duration,
     ) -> Result<LockGuard> {
         Self::check(resource, owner, ttl)?;
-        let queued = self.inner.queues.lock().contains_key(resource);
+        let queued = self.inner.is_queued(resource);
         if !queued {
             match self
                 .inner
@@ -320,7 +334,7 @@ impl LockManager {
         let inner = &*self.inner;
         let started = Instant::now();
         // Fast path: nobody queued here, and the store grants.
-        let queued = inner.queues.lock().contains_key(resource);
+        let queued = inner.is_queued(resource);
         if !queued
             && let LockAttempt::Acquired(info) = inner
                 .store
@@ -344,6 +358,7 @@ impl LockManager {
                 key,
                 notify: notify.clone(),
             });
+        inner.waiting.fetch_add(1, Ordering::AcqRel);
         let _slot = QueueSlot {
             inner,
             resource,

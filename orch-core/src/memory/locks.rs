@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use parking_lot::Mutex;
 
 use super::MemoryBackend;
@@ -22,9 +22,15 @@ pub(crate) struct LockTable {
     last_token: AtomicU64,
 }
 
+/// `expires_at` of a released entry kept for reuse: always in the past.
+const FREE: DateTime<Utc> = DateTime::<Utc>::MIN_UTC;
+
 fn ttl_delta(ttl: Duration) -> TimeDelta {
     TimeDelta::from_std(ttl).unwrap_or(TimeDelta::MAX)
 }
+
+/// Free entries are kept (their strings reused by the next grant) up to this many resources.
+const KEEP_FREE_ENTRIES: usize = 4096;
 
 #[async_trait]
 impl LockStore for MemoryBackend {
@@ -42,7 +48,7 @@ impl LockStore for MemoryBackend {
             if current.expires_at > now {
                 return Ok(LockAttempt::Held(current.clone()));
             }
-            // Expired: take it over in place (keeps the key's allocation).
+            // Free (released) or expired: grant in place, reusing the entry's strings.
             current.owner.clear();
             current.owner.push_str(owner);
             current.fencing_token =
@@ -64,9 +70,19 @@ impl LockStore for MemoryBackend {
 
     async fn release_lock(&self, resource: &str, owner: &str, token: u64) -> Result<bool> {
         let mut held = self.locks.held.lock();
-        match held.get(resource) {
-            Some(current) if current.owner == owner && current.fencing_token.0 == token => {
-                held.remove(resource);
+        let many = held.len() > KEEP_FREE_ENTRIES;
+        match held.get_mut(resource) {
+            Some(current)
+                if current.owner == owner
+                    && current.fencing_token.0 == token
+                    && current.expires_at != FREE =>
+            {
+                if many {
+                    held.remove(resource);
+                } else {
+                    // Keep the entry as free: the next grant of this resource reuses it.
+                    current.expires_at = FREE;
+                }
                 Ok(true)
             }
             _ => Ok(false),
@@ -123,14 +139,17 @@ impl LockStore for MemoryBackend {
     async fn reclaim_expired_locks(&self) -> Result<Vec<LockInfo>> {
         let now = clock::now();
         let mut held = self.locks.held.lock();
-        let expired: Vec<String> = held
-            .iter()
-            .filter(|(_, info)| info.expires_at <= now)
-            .map(|(resource, _)| resource.clone())
-            .collect();
-        Ok(expired
-            .into_iter()
-            .filter_map(|resource| held.remove(&resource))
-            .collect())
+        let mut expired = Vec::new();
+        held.retain(|_, info| {
+            if info.expires_at == FREE {
+                return false;
+            }
+            if info.expires_at <= now {
+                expired.push(info.clone());
+                return false;
+            }
+            true
+        });
+        Ok(expired)
     }
 }

@@ -26,7 +26,11 @@ fn micros(at: DateTime<Utc>) -> i64 {
 }
 
 fn ready_key(task: &Task) -> ReadyKey {
-    (Reverse(task.priority), micros(task.run_at), task.id.0.as_u128())
+    (
+        Reverse(task.priority),
+        micros(task.run_at),
+        task.id.0.as_u128(),
+    )
 }
 
 fn id_of(raw: u128) -> TaskId {
@@ -589,7 +593,10 @@ impl TaskStore for MemoryBackend {
                         brief.event(EventKind::TaskRescued, json!({"will_retry": false})),
                         now,
                     );
-                    events.push(failed.event(EventKind::TaskFailed, json!({"error": error})), now);
+                    events.push(
+                        failed.event(EventKind::TaskFailed, json!({"error": error})),
+                        now,
+                    );
                     rescued.extend(snapshot(tables, id));
                 }
             }
@@ -656,8 +663,7 @@ fn end_attempt(
     let attempt = record.task.attempt;
     match outcome {
         AttemptOutcome::Succeeded { result } => {
-            let (brief, _) =
-                finish(tables, id, TaskStatus::Succeeded, now, Some(result), None)?;
+            let (brief, _) = finish(tables, id, TaskStatus::Succeeded, now, Some(result), None)?;
             events.push(brief.event(EventKind::TaskSucceeded, Value::Null), now);
             Ok(false)
         }
@@ -673,8 +679,7 @@ fn end_attempt(
         AttemptOutcome::TimedOut { retry_in: None } => {
             let error = format!("attempt {attempt} timed out");
             let data = json!({"error": error});
-            let (brief, _) =
-                finish(tables, id, TaskStatus::TimedOut, now, None, Some(error))?;
+            let (brief, _) = finish(tables, id, TaskStatus::TimedOut, now, None, Some(error))?;
             events.push(brief.event(EventKind::TaskTimedOut, data), now);
             Ok(false)
         }
@@ -682,7 +687,8 @@ fn end_attempt(
             error,
             retry_in: Some(retry_in),
         } => {
-            let data = json!({"error": error, "reason": "failed", "retry_in": retry_in.as_secs_f64()});
+            let data =
+                json!({"error": error, "reason": "failed", "retry_in": retry_in.as_secs_f64()});
             let brief = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
             events.push(brief.event(EventKind::TaskRetrying, data), now);
             Ok(true)
@@ -691,7 +697,8 @@ fn end_attempt(
             retry_in: Some(retry_in),
         } => {
             let error = format!("attempt {attempt} timed out");
-            let data = json!({"error": error, "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
+            let data =
+                json!({"error": error, "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
             let brief = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
             events.push(brief.event(EventKind::TaskRetrying, data), now);
             Ok(true)

@@ -1,0 +1,114 @@
+//! Helpers both backends share: error mapping at the edge, input checks that mirror
+//! orch-core's, time conversions and key-range arithmetic.
+
+use std::time::Duration;
+
+use orch_core::Error;
+
+/// The table where the migrator records applied migrations: not sqlx's default, so an
+/// application's own sqlx migrations in the same database do not collide with orch's.
+pub(crate) const MIGRATIONS_TABLE: &str = "orch_schema_migrations";
+
+/// Refuses a database whose schema is newer than this build knows (a newer orch migrated it):
+/// running on it could corrupt data the newer schema relies on.
+pub(crate) fn check_schema_version(
+    operation: &'static str,
+    applied: i64,
+    latest: i64,
+) -> orch_core::Result<()> {
+    if applied > latest {
+        return Err(Error::backend(
+            operation,
+            format!(
+                "the database schema is at version {applied}, newer than this build of \
+                 orch-storage supports ({latest}); upgrade orch-storage"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Maps a sqlx error into orch-core's backend error, naming the operation.
+pub(crate) fn db_err(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |e| Error::backend_source(operation, e)
+}
+
+/// A backend error for stored data that does not decode (a corrupt or foreign row).
+pub(crate) fn corrupt(operation: &'static str, what: impl std::fmt::Display) -> Error {
+    Error::backend(operation, format!("stored data does not decode: {what}"))
+}
+
+/// orch-core's name check (non-empty, bounded, no control characters), which it keeps
+/// crate-private; the messages are the same.
+pub(crate) fn check_name(field: &'static str, value: &str, max: usize) -> orch_core::Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes long, at most {max} allowed", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// The smallest string greater than every string starting with `prefix`, in code point (and so
+/// UTF-8 byte) order; `None` when there is none (empty prefix, or only `char::MAX`s).
+pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if (0xD800..=0xDFFF).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(next) = char::from_u32(next) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// A duration in whole microseconds, saturating (the unit both schemas store).
+pub(crate) fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A stored microsecond count back into a duration (negative values, which the schema never
+/// writes, become zero).
+pub(crate) fn from_micros(value: i64) -> Duration {
+    Duration::from_micros(u64::try_from(value).unwrap_or(0))
+}
+
+/// `at` truncated to whole microseconds, the precision both databases keep.
+#[cfg(feature = "sqlite")]
+pub(crate) fn truncate_micros(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
+}
+
+/// A `u32` column stored as a signed integer.
+pub(crate) fn to_u32(operation: &'static str, column: &str, value: i64) -> orch_core::Result<u32> {
+    u32::try_from(value).map_err(|_| corrupt(operation, format!("{column} = {value}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upper_bound_covers_exactly_the_prefix() {
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("ab").as_deref(), Some("ac"));
+        let bound = prefix_upper_bound("a\u{D7FF}").unwrap_or_default();
+        assert_eq!(bound, "a\u{E000}");
+        let max = format!("a{}", char::MAX);
+        assert_eq!(prefix_upper_bound(&max).as_deref(), Some("b"));
+        for key in ["ab", "ab\u{10FFFF}", "abzzz"] {
+            assert!(key.starts_with("ab") && key < "ac");
+        }
+    }
+}

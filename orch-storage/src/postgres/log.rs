@@ -1,0 +1,305 @@
+//! The PostgreSQL event log, lock table and key-value space.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use orch_core::{
+    ChangeSignal, Event, EventKind, EventStore, FencingToken, LockAttempt, LockInfo, LockStore,
+    NewEvent, Result, StorageProvider, TaskId, check_storage_key, model::limits,
+};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+
+use super::{PostgresBackend, count, db_micros};
+use crate::common::{check_name, corrupt, db_err, prefix_upper_bound};
+
+fn event_from_row(operation: &'static str, row: &PgRow) -> Result<Event> {
+    let get = |e: sqlx::Error| corrupt(operation, e);
+    let seq: i64 = row.try_get("seq").map_err(get)?;
+    let kind: String = row.try_get("kind").map_err(get)?;
+    let task_id: Option<Uuid> = row.try_get("task_id").map_err(get)?;
+    let attempt: Option<i32> = row.try_get("attempt").map_err(get)?;
+    Ok(Event {
+        seq: count(seq),
+        kind: EventKind::from_str(&kind).map_err(|e| corrupt(operation, e))?,
+        at: row.try_get("at").map_err(get)?,
+        task_id: task_id.map(TaskId),
+        core_id: row.try_get("core_id").map_err(get)?,
+        attempt: attempt
+            .map(|a| crate::common::to_u32(operation, "attempt", i64::from(a)))
+            .transpose()?,
+        data: row.try_get("data").map_err(get)?,
+    })
+}
+
+#[async_trait]
+impl EventStore for PostgresBackend {
+    async fn append_event(&self, event: NewEvent) -> Result<Event> {
+        const OP: &str = "append_event";
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data) \
+             VALUES ($1, now(), $2, $3, $4, $5::text::jsonb) RETURNING id",
+        )
+        .bind(event.kind.as_str())
+        .bind(event.task_id.map(|id| id.0))
+        .bind(event.core_id.as_deref())
+        .bind(event.attempt.map(|a| i32::try_from(a).unwrap_or(i32::MAX)))
+        .bind(event.data.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        self.wake_events();
+        // Committed: our numbering pass covers it, or one running elsewhere does, or (if that
+        // one started before our commit) the next pass does.
+        let deadline = tokio::time::Instant::now() + APPEND_NUMBERING_TIMEOUT;
+        loop {
+            let ran = self.number_events(OP).await?;
+            let row = sqlx::query("SELECT * FROM orch_events WHERE id = $1 AND seq IS NOT NULL")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err(OP))?;
+            if let Some(row) = row {
+                return event_from_row(OP, &row);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(orch_core::Error::backend(
+                    OP,
+                    "the event was stored but not numbered in time; it will appear in the log",
+                ));
+            }
+            if !ran {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+
+    async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        const OP: &str = "read_events";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.number_events(OP).await?;
+        let rows = sqlx::query("SELECT * FROM orch_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
+        rows.iter().map(|row| event_from_row(OP, row)).collect()
+    }
+
+    async fn last_event_seq(&self) -> Result<u64> {
+        const OP: &str = "last_event_seq";
+        self.number_events(OP).await?;
+        let last: i64 = sqlx::query_scalar("SELECT last FROM orch_event_counter WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
+        Ok(count(last))
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        // Unnumbered events stay until numbered, so no reader misses them.
+        let done = sqlx::query("DELETE FROM orch_events WHERE at < $1 AND seq IS NOT NULL")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("prune_events"))?;
+        Ok(done.rows_affected())
+    }
+
+    fn event_wakeups(&self) -> Option<ChangeSignal> {
+        Some(self.event_wakeups.clone())
+    }
+}
+
+fn lock_from_row(operation: &'static str, row: &PgRow) -> Result<LockInfo> {
+    let get = |e: sqlx::Error| corrupt(operation, e);
+    let token: i64 = row.try_get("fencing_token").map_err(get)?;
+    Ok(LockInfo {
+        resource: row.try_get("resource").map_err(get)?,
+        owner: row.try_get("owner").map_err(get)?,
+        fencing_token: FencingToken(count(token)),
+        acquired_at: row.try_get("acquired_at").map_err(get)?,
+        expires_at: row.try_get("expires_at").map_err(get)?,
+    })
+}
+
+/// How long `append_event` waits for its event to be numbered.
+const APPEND_NUMBERING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often an acquisition retries when the lock it saw held vanished before it could read
+/// the holder (released in between).
+const ACQUIRE_TRIES: usize = 5;
+
+#[async_trait]
+impl LockStore for PostgresBackend {
+    async fn try_acquire_lock(
+        &self,
+        resource: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<LockAttempt> {
+        const OP: &str = "try_acquire_lock";
+        check_name("resource", resource, limits::MAX_RESOURCE_LEN)?;
+        check_name("owner", owner, limits::MAX_RESOURCE_LEN)?;
+        for _ in 0..ACQUIRE_TRIES {
+            let granted = sqlx::query(
+                "INSERT INTO orch_locks (resource, owner, fencing_token, acquired_at, expires_at) \
+                 VALUES ($1, $2, nextval('orch_lock_tokens'), now(), \
+                         now() + $3::int8 * interval '1 microsecond') \
+                 ON CONFLICT (resource) DO UPDATE SET owner = EXCLUDED.owner, \
+                     fencing_token = EXCLUDED.fencing_token, acquired_at = EXCLUDED.acquired_at, \
+                     expires_at = EXCLUDED.expires_at \
+                 WHERE orch_locks.expires_at <= now() \
+                 RETURNING *",
+            )
+            .bind(resource)
+            .bind(owner)
+            .bind(db_micros(ttl))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
+            if let Some(row) = granted {
+                return Ok(LockAttempt::Acquired(lock_from_row(OP, &row)?));
+            }
+            let held =
+                sqlx::query("SELECT * FROM orch_locks WHERE resource = $1 AND expires_at > now()")
+                    .bind(resource)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err(OP))?;
+            if let Some(row) = held {
+                return Ok(LockAttempt::Held(lock_from_row(OP, &row)?));
+            }
+        }
+        Err(orch_core::Error::backend(
+            OP,
+            format!("lock {resource:?} changed hands {ACQUIRE_TRIES} times during one attempt"),
+        ))
+    }
+
+    async fn release_lock(&self, resource: &str, owner: &str, token: u64) -> Result<bool> {
+        let Ok(token) = i64::try_from(token) else {
+            return Ok(false);
+        };
+        let done = sqlx::query(
+            "DELETE FROM orch_locks WHERE resource = $1 AND owner = $2 AND fencing_token = $3",
+        )
+        .bind(resource)
+        .bind(owner)
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("release_lock"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn extend_lock(
+        &self,
+        resource: &str,
+        owner: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<Option<LockInfo>> {
+        const OP: &str = "extend_lock";
+        let Ok(token) = i64::try_from(token) else {
+            return Ok(None);
+        };
+        let row = sqlx::query(
+            "UPDATE orch_locks SET expires_at = now() + $4::int8 * interval '1 microsecond' \
+             WHERE resource = $1 AND owner = $2 AND fencing_token = $3 AND expires_at > now() \
+             RETURNING *",
+        )
+        .bind(resource)
+        .bind(owner)
+        .bind(token)
+        .bind(db_micros(ttl))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        row.map(|row| lock_from_row(OP, &row)).transpose()
+    }
+
+    async fn lock_info(&self, resource: &str) -> Result<Option<LockInfo>> {
+        const OP: &str = "lock_info";
+        let row =
+            sqlx::query("SELECT * FROM orch_locks WHERE resource = $1 AND expires_at > now()")
+                .bind(resource)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err(OP))?;
+        row.map(|row| lock_from_row(OP, &row)).transpose()
+    }
+
+    async fn list_locks(&self) -> Result<Vec<LockInfo>> {
+        const OP: &str = "list_locks";
+        let rows =
+            sqlx::query("SELECT * FROM orch_locks WHERE expires_at > now() ORDER BY resource")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err(OP))?;
+        rows.iter().map(|row| lock_from_row(OP, row)).collect()
+    }
+
+    async fn reclaim_expired_locks(&self) -> Result<Vec<LockInfo>> {
+        const OP: &str = "reclaim_expired_locks";
+        let rows = sqlx::query("DELETE FROM orch_locks WHERE expires_at <= now() RETURNING *")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
+        rows.iter().map(|row| lock_from_row(OP, row)).collect()
+    }
+}
+
+#[async_trait]
+impl StorageProvider for PostgresBackend {
+    async fn store(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        check_storage_key(key)?;
+        sqlx::query(
+            "INSERT INTO orch_kv (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("store"))?;
+        Ok(())
+    }
+
+    async fn retrieve(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        check_storage_key(key)?;
+        sqlx::query_scalar("SELECT value FROM orch_kv WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("retrieve"))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        check_storage_key(key)?;
+        let done = sqlx::query("DELETE FROM orch_kv WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("delete"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT key FROM orch_kv WHERE key >= $1 AND ($2::text IS NULL OR key < $2) \
+             ORDER BY key",
+        )
+        .bind(prefix)
+        .bind(prefix_upper_bound(prefix))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("list"))
+    }
+}

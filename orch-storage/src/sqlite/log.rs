@@ -1,0 +1,310 @@
+//! The SQLite event log, lock table and key-value space.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use orch_core::{
+    ChangeSignal, Event, EventKind, EventStore, FencingToken, LockAttempt, LockInfo, LockStore,
+    NewEvent, Result, StorageProvider, TaskId, check_storage_key, model::limits,
+};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use uuid::Uuid;
+
+use super::tasks::insert_event;
+use super::{SqliteBackend, json_from_db, now, time_from_db, time_to_db};
+use crate::common::{check_name, corrupt, db_err, prefix_upper_bound};
+
+fn event_from_row(operation: &'static str, row: &SqliteRow) -> Result<Event> {
+    let get = |e: sqlx::Error| corrupt(operation, e);
+    let seq: i64 = row.try_get("seq").map_err(get)?;
+    let kind: String = row.try_get("kind").map_err(get)?;
+    let task_id: Option<Uuid> = row.try_get("task_id").map_err(get)?;
+    let data: String = row.try_get("data").map_err(get)?;
+    let attempt: Option<i64> = row.try_get("attempt").map_err(get)?;
+    Ok(Event {
+        seq: u64::try_from(seq).map_err(|_| corrupt(operation, "negative sequence number"))?,
+        kind: EventKind::from_str(&kind).map_err(|e| corrupt(operation, e))?,
+        at: time_from_db(operation, row.try_get("at").map_err(get)?)?,
+        task_id: task_id.map(TaskId),
+        core_id: row.try_get("core_id").map_err(get)?,
+        attempt: attempt
+            .map(|a| crate::common::to_u32(operation, "attempt", a))
+            .transpose()?,
+        data: json_from_db(operation, &data)?,
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteBackend {
+    async fn append_event(&self, event: NewEvent) -> Result<Event> {
+        const OP: &str = "append_event";
+        let at = now();
+        let mut tx = self.begin(OP).await?;
+        let seq = insert_event(&mut tx, OP, &event, at).await?;
+        tx.commit().await.map_err(db_err(OP))?;
+        self.wake_events();
+        Ok(Event {
+            seq: u64::try_from(seq).map_err(|_| corrupt(OP, "negative sequence number"))?,
+            kind: event.kind,
+            at,
+            task_id: event.task_id,
+            core_id: event.core_id,
+            attempt: event.attempt,
+            data: event.data,
+        })
+    }
+
+    async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        const OP: &str = "read_events";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query("SELECT * FROM orch_events WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db_err(OP))?;
+        rows.iter().map(|row| event_from_row(OP, row)).collect()
+    }
+
+    async fn last_event_seq(&self) -> Result<u64> {
+        const OP: &str = "last_event_seq";
+        // sqlite_sequence keeps the highest number ever handed out, even once pruned.
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'orch_events'")
+                .fetch_optional(&self.readers)
+                .await
+                .map_err(db_err(OP))?;
+        Ok(seq.map_or(0, |seq| u64::try_from(seq).unwrap_or(0)))
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        const OP: &str = "prune_events";
+        let mut tx = self.begin(OP).await?;
+        let done = sqlx::query("DELETE FROM orch_events WHERE at < ?")
+            .bind(time_to_db(before))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(done.rows_affected())
+    }
+
+    fn event_wakeups(&self) -> Option<ChangeSignal> {
+        Some(self.event_wakeups.clone())
+    }
+}
+
+fn lock_from_row(operation: &'static str, row: &SqliteRow) -> Result<LockInfo> {
+    let get = |e: sqlx::Error| corrupt(operation, e);
+    let token: i64 = row.try_get("fencing_token").map_err(get)?;
+    Ok(LockInfo {
+        resource: row.try_get("resource").map_err(get)?,
+        owner: row.try_get("owner").map_err(get)?,
+        fencing_token: FencingToken(
+            u64::try_from(token).map_err(|_| corrupt(operation, "negative fencing token"))?,
+        ),
+        acquired_at: time_from_db(operation, row.try_get("acquired_at").map_err(get)?)?,
+        expires_at: time_from_db(operation, row.try_get("expires_at").map_err(get)?)?,
+    })
+}
+
+fn expiry(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(ttl)
+        .ok()
+        .and_then(|delta| now.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[async_trait]
+impl LockStore for SqliteBackend {
+    async fn try_acquire_lock(
+        &self,
+        resource: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<LockAttempt> {
+        const OP: &str = "try_acquire_lock";
+        check_name("resource", resource, limits::MAX_RESOURCE_LEN)?;
+        check_name("owner", owner, limits::MAX_RESOURCE_LEN)?;
+        let now = now();
+        let mut tx = self.begin(OP).await?;
+        let current = sqlx::query("SELECT * FROM orch_locks WHERE resource = ?")
+            .bind(resource)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        if let Some(row) = current {
+            let current = lock_from_row(OP, &row)?;
+            if current.expires_at > now {
+                return Ok(LockAttempt::Held(current));
+            }
+        }
+        let token: i64 =
+            sqlx::query_scalar("UPDATE orch_lock_tokens SET last = last + 1 RETURNING last")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err(OP))?;
+        let row = sqlx::query(
+            "INSERT INTO orch_locks (resource, owner, fencing_token, acquired_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (resource) DO UPDATE SET owner = ?2, \
+             fencing_token = ?3, acquired_at = ?4, expires_at = ?5 RETURNING *",
+        )
+        .bind(resource)
+        .bind(owner)
+        .bind(token)
+        .bind(time_to_db(now))
+        .bind(time_to_db(expiry(now, ttl)))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+        let info = lock_from_row(OP, &row)?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(LockAttempt::Acquired(info))
+    }
+
+    async fn release_lock(&self, resource: &str, owner: &str, token: u64) -> Result<bool> {
+        const OP: &str = "release_lock";
+        let Ok(token) = i64::try_from(token) else {
+            return Ok(false);
+        };
+        let mut tx = self.begin(OP).await?;
+        let done = sqlx::query(
+            "DELETE FROM orch_locks WHERE resource = ? AND owner = ? AND fencing_token = ?",
+        )
+        .bind(resource)
+        .bind(owner)
+        .bind(token)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn extend_lock(
+        &self,
+        resource: &str,
+        owner: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<Option<LockInfo>> {
+        const OP: &str = "extend_lock";
+        let Ok(token) = i64::try_from(token) else {
+            return Ok(None);
+        };
+        let now = now();
+        let mut tx = self.begin(OP).await?;
+        let row = sqlx::query(
+            "UPDATE orch_locks SET expires_at = ? WHERE resource = ? AND owner = ? \
+             AND fencing_token = ? AND expires_at > ? RETURNING *",
+        )
+        .bind(time_to_db(expiry(now, ttl)))
+        .bind(resource)
+        .bind(owner)
+        .bind(token)
+        .bind(time_to_db(now))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+        let info = row.map(|row| lock_from_row(OP, &row)).transpose()?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(info)
+    }
+
+    async fn lock_info(&self, resource: &str) -> Result<Option<LockInfo>> {
+        const OP: &str = "lock_info";
+        let row = sqlx::query("SELECT * FROM orch_locks WHERE resource = ? AND expires_at > ?")
+            .bind(resource)
+            .bind(time_to_db(now()))
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(db_err(OP))?;
+        row.map(|row| lock_from_row(OP, &row)).transpose()
+    }
+
+    async fn list_locks(&self) -> Result<Vec<LockInfo>> {
+        const OP: &str = "list_locks";
+        let rows = sqlx::query("SELECT * FROM orch_locks WHERE expires_at > ? ORDER BY resource")
+            .bind(time_to_db(now()))
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db_err(OP))?;
+        rows.iter().map(|row| lock_from_row(OP, row)).collect()
+    }
+
+    async fn reclaim_expired_locks(&self) -> Result<Vec<LockInfo>> {
+        const OP: &str = "reclaim_expired_locks";
+        let mut tx = self.begin(OP).await?;
+        let rows = sqlx::query("DELETE FROM orch_locks WHERE expires_at <= ? RETURNING *")
+            .bind(time_to_db(now()))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        let locks = rows
+            .iter()
+            .map(|row| lock_from_row(OP, row))
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(locks)
+    }
+}
+
+#[async_trait]
+impl StorageProvider for SqliteBackend {
+    async fn store(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        const OP: &str = "store";
+        check_storage_key(key)?;
+        let mut tx = self.begin(OP).await?;
+        sqlx::query(
+            "INSERT INTO orch_kv (key, value) VALUES (?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(())
+    }
+
+    async fn retrieve(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        const OP: &str = "retrieve";
+        check_storage_key(key)?;
+        sqlx::query_scalar("SELECT value FROM orch_kv WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(db_err(OP))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        const OP: &str = "delete";
+        check_storage_key(key)?;
+        let mut tx = self.begin(OP).await?;
+        let done = sqlx::query("DELETE FROM orch_kv WHERE key = ?")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        const OP: &str = "list";
+        sqlx::query_scalar(
+            "SELECT key FROM orch_kv WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) ORDER BY key",
+        )
+        .bind(prefix)
+        .bind(prefix_upper_bound(prefix))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_err(OP))
+    }
+}

@@ -1,0 +1,331 @@
+//! [`SqliteBackend`]: every orch-core backend trait in one SQLite file.
+//!
+//! Layout: this module opens the database and holds the row mapping; `tasks` implements
+//! [`TaskStore`](orch_core::TaskStore) by porting the in-memory backend's transitions onto rows;
+//! `log` implements the event log, the lock table and the key-value space.
+//!
+//! Concurrency: exactly one writer connection (a pool of size 1). Every write is one
+//! `BEGIN IMMEDIATE` transaction on it, which takes SQLite's write lock up front, so a write never
+//! fails half way with "database is locked" and writers never need retry loops. Reads go to a
+//! separate pool of read-only connections, which WAL lets run beside the writer. Time is the
+//! process clock ([`orch_core::clock::now`]), kept as integer microseconds.
+
+mod log;
+mod tasks;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use orch_core::{ChangeSignal, Error, LeaseToken, Result, Task, TaskId, TaskStatus};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{ConnectOptions as _, Connection as _, Row, SqlSafeStr, Sqlite, Transaction};
+use uuid::Uuid;
+
+use crate::common::{corrupt, db_err, from_micros, to_u32, truncate_micros};
+
+/// The database file used when none is named: `data/orch.db`, relative to the working
+/// directory.
+pub const DEFAULT_SQLITE_PATH: &str = "data/orch.db";
+
+/// How long a write waits for SQLite's write lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Read-only connections kept beside the writer.
+const READERS: u32 = 4;
+
+fn migrator() -> Migrator {
+    let mut migrator = Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
+        false,
+    )]);
+    migrator.dangerous_set_table_name(crate::common::MIGRATIONS_TABLE);
+    migrator
+}
+
+/// Refuses, before anything is written, an existing file that is not a SQLite database, a
+/// SQLite database that orch did not create, or one whose schema is newer than this build.
+async fn inspect_existing(options: &SqliteConnectOptions, path: &Path) -> Result<()> {
+    const OP: &str = "open sqlite database";
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if metadata.len() == 0 {
+        return Ok(());
+    }
+    let shown = path.display();
+    let mut conn = options
+        .clone()
+        .read_only(true)
+        .connect()
+        .await
+        .map_err(|e| {
+            Error::backend(OP, format!("cannot open {shown} as a SQLite database: {e}"))
+        })?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+         ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .map_err(|e| Error::backend(OP, format!("cannot open {shown} as a SQLite database: {e}")))?;
+    let outcome = if tables.is_empty() {
+        Ok(())
+    } else if !tables.iter().any(|t| t == crate::common::MIGRATIONS_TABLE) {
+        Err(Error::backend(
+            OP,
+            format!(
+                "{shown} is a SQLite database that orch did not create (tables: {}); \
+                 refusing to change it",
+                tables.join(", ")
+            ),
+        ))
+    } else {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM orch_schema_migrations WHERE success")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(db_err(OP))?;
+        crate::common::check_schema_version(OP, version.unwrap_or_default(), latest_version())
+    };
+    conn.close().await.ok();
+    outcome
+}
+
+/// The schema version this build migrates to.
+fn latest_version() -> i64 {
+    migrator()
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or_default()
+}
+
+/// A durable backend in one SQLite file (WAL mode).
+///
+/// ```no_run
+/// # async fn demo() -> orch_core::Result<()> {
+/// use std::sync::Arc;
+/// use orch_core::SharedBackend;
+/// use orch_storage::SqliteBackend;
+///
+/// let backend: SharedBackend = Arc::new(SqliteBackend::open("data/orch.db").await?);
+/// # Ok(()) }
+/// ```
+pub struct SqliteBackend {
+    /// The only connection that writes: every write is `BEGIN IMMEDIATE` on it.
+    writer: SqlitePool,
+    /// Read-only connections (the writer itself for an in-memory database, which other
+    /// connections cannot see).
+    readers: SqlitePool,
+    /// The database file, `None` in memory.
+    path: Option<PathBuf>,
+    /// Bumped after a commit that made tasks claimable (this process only; other processes
+    /// sharing the file are found by polling).
+    task_wakeups: ChangeSignal,
+    /// Bumped after a commit that appended events.
+    event_wakeups: ChangeSignal,
+}
+
+impl SqliteBackend {
+    /// Opens (creating it and its folder if needed) the database at `url_or_path`: a
+    /// `sqlite://` URL (`sqlite://data/orch.db`, `sqlite::memory:`) or a plain file path. Sets
+    /// WAL, `synchronous=NORMAL` and a busy timeout, then applies pending migrations.
+    pub async fn open(url_or_path: &str) -> Result<Self> {
+        const OP: &str = "open sqlite database";
+        let options = if url_or_path.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(url_or_path).map_err(db_err(OP))?
+        } else {
+            SqliteConnectOptions::new().filename(url_or_path)
+        };
+        let in_memory = url_or_path.contains(":memory:") || url_or_path.contains("mode=memory");
+        let path = (!in_memory).then(|| options.get_filename().to_path_buf());
+        if let Some(parent) = path.as_deref().and_then(Path::parent)
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| Error::backend_source(OP, e))?;
+        }
+        let options = options
+            .busy_timeout(BUSY_TIMEOUT)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true);
+        if let Some(path) = &path {
+            inspect_existing(&options, path).await?;
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                options
+                    .clone()
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal),
+            )
+            .await
+            .map_err(db_err(OP))?;
+        migrator()
+            .run(&writer)
+            .await
+            .map_err(|e| Error::backend_source("migrate sqlite database", e))?;
+        let readers = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(READERS)
+                .connect_with(options.read_only(true))
+                .await
+                .map_err(db_err(OP))?
+        };
+        Ok(SqliteBackend {
+            writer,
+            readers,
+            path,
+            task_wakeups: ChangeSignal::new(),
+            event_wakeups: ChangeSignal::new(),
+        })
+    }
+
+    /// Opens [`DEFAULT_SQLITE_PATH`].
+    pub async fn open_default() -> Result<Self> {
+        Self::open(DEFAULT_SQLITE_PATH).await
+    }
+
+    /// The database file, `None` for an in-memory database.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The highest schema migration applied (the schema version).
+    pub async fn schema_version(&self) -> Result<i64> {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT max(version) FROM orch_schema_migrations WHERE success",
+        )
+        .fetch_one(&self.readers)
+        .await
+        .map(Option::unwrap_or_default)
+        .map_err(db_err("schema_version"))
+    }
+
+    /// Writes a consistent copy of the live database to `path` (`VACUUM INTO`), while reads
+    /// and writes go on. `path` must not exist yet; its folder is created.
+    pub async fn backup(&self, path: impl AsRef<Path>) -> Result<()> {
+        const OP: &str = "backup";
+        let path = path.as_ref();
+        if path.exists() {
+            return Err(Error::invalid(
+                "backup path",
+                format!("{} already exists", path.display()),
+            ));
+        }
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| Error::backend_source(OP, e))?;
+        }
+        let target = path
+            .to_str()
+            .ok_or_else(|| Error::invalid("backup path", "must be valid UTF-8"))?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(target)
+            .execute(&self.readers)
+            .await
+            .map_err(db_err(OP))?;
+        Ok(())
+    }
+
+    /// Closes every connection (checkpointing the WAL). Later calls fail.
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    /// Starts a write transaction on the writer with `BEGIN IMMEDIATE`.
+    async fn begin(&self, operation: &'static str) -> Result<Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err(operation))
+    }
+
+    fn wake_tasks(&self) {
+        self.task_wakeups.raise();
+    }
+
+    fn wake_events(&self) {
+        self.event_wakeups.raise();
+    }
+}
+
+/// The backend's clock: the process clock at the precision the file keeps.
+fn now() -> DateTime<Utc> {
+    truncate_micros(orch_core::clock::now())
+}
+
+fn time_to_db(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn time_from_db(operation: &'static str, micros: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(micros).ok_or_else(|| corrupt(operation, "time out of range"))
+}
+
+fn opt_time_from_db(operation: &'static str, micros: Option<i64>) -> Result<Option<DateTime<Utc>>> {
+    micros.map(|m| time_from_db(operation, m)).transpose()
+}
+
+fn json_to_db(value: &serde_json::Value) -> String {
+    value.to_string()
+}
+
+fn json_from_db(operation: &'static str, text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| corrupt(operation, e))
+}
+
+/// A task row and its lease token.
+fn task_from_row(operation: &'static str, row: &SqliteRow) -> Result<(Task, Option<LeaseToken>)> {
+    let get = |e: sqlx::Error| corrupt(operation, e);
+    let status: String = row.try_get("status").map_err(get)?;
+    let status = TaskStatus::from_str(&status).map_err(|e| corrupt(operation, e))?;
+    let locks: String = row.try_get("locks").map_err(get)?;
+    let locks: Vec<String> = serde_json::from_str(&locks).map_err(|e| corrupt(operation, e))?;
+    let result: Option<String> = row.try_get("result").map_err(get)?;
+    let lease: Option<Uuid> = row.try_get("lease_token").map_err(get)?;
+    let task = Task {
+        id: TaskId(row.try_get("id").map_err(get)?),
+        core_id: row.try_get("core_id").map_err(get)?,
+        status,
+        priority: row.try_get("priority").map_err(get)?,
+        timeout: from_micros(row.try_get("timeout_us").map_err(get)?),
+        max_attempts: to_u32(
+            operation,
+            "max_attempts",
+            row.try_get("max_attempts").map_err(get)?,
+        )?,
+        attempt: to_u32(operation, "attempt", row.try_get("attempt").map_err(get)?)?,
+        run_at: time_from_db(operation, row.try_get("run_at").map_err(get)?)?,
+        created_at: time_from_db(operation, row.try_get("created_at").map_err(get)?)?,
+        updated_at: time_from_db(operation, row.try_get("updated_at").map_err(get)?)?,
+        started_at: opt_time_from_db(operation, row.try_get("started_at").map_err(get)?)?,
+        finished_at: opt_time_from_db(operation, row.try_get("finished_at").map_err(get)?)?,
+        lease_expires_at: opt_time_from_db(
+            operation,
+            row.try_get("lease_expires_at").map_err(get)?,
+        )?,
+        payload: json_from_db(operation, row.try_get("payload").map_err(get)?)?,
+        metadata: json_from_db(operation, row.try_get("metadata").map_err(get)?)?,
+        result: result
+            .map(|text| json_from_db(operation, &text))
+            .transpose()?,
+        error: row.try_get("error").map_err(get)?,
+        idempotency_key: row.try_get("idempotency_key").map_err(get)?,
+        locks,
+    };
+    Ok((task, lease.map(LeaseToken)))
+}

@@ -1,0 +1,584 @@
+//! The SQLite task queue: the in-memory backend's transitions, applied to rows inside one
+//! `BEGIN IMMEDIATE` transaction together with their events.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use orch_core::{
+    AttemptOutcome, ChangeSignal, Claimed, Created, Error, EventKind, LeaseToken, NewEvent,
+    NewTask, Resolution, Result, Task, TaskFilter, TaskId, TaskStatus, TaskStore,
+};
+use serde_json::{Value, json};
+use sqlx::{Row, SqliteConnection};
+
+use super::{SqliteBackend, json_to_db, now, task_from_row, time_from_db, time_to_db};
+use crate::common::{corrupt, db_err, micros, truncate_micros};
+
+/// `now + duration`, saturating at the latest representable time.
+fn after(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(duration)
+        .ok()
+        .and_then(|delta| now.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn task_event(kind: EventKind, task: &Task, data: Value) -> NewEvent {
+    NewEvent::for_task(kind, task.id, &task.core_id, data).with_attempt(task.attempt)
+}
+
+fn terminal_event_kind(status: TaskStatus) -> EventKind {
+    match status {
+        TaskStatus::Succeeded => EventKind::TaskSucceeded,
+        TaskStatus::Failed => EventKind::TaskFailed,
+        TaskStatus::TimedOut => EventKind::TaskTimedOut,
+        _ => EventKind::TaskCancelled,
+    }
+}
+
+/// Moves a task to a terminal state (checked), dropping any lease; returns the old state.
+fn finish(
+    task: &mut Task,
+    lease: &mut Option<LeaseToken>,
+    to: TaskStatus,
+    now: DateTime<Utc>,
+    result: Option<Value>,
+    error: Option<String>,
+) -> Result<TaskStatus> {
+    let from = task.status;
+    from.check(task.id, to)?;
+    *lease = None;
+    task.lease_expires_at = None;
+    task.status = to;
+    task.updated_at = now;
+    task.finished_at = Some(now);
+    if result.is_some() {
+        task.result = result;
+    }
+    if error.is_some() {
+        task.error = error;
+    }
+    Ok(from)
+}
+
+/// Puts a running task back in the queue to run at `run_at`; `undo_attempt` gives the attempt
+/// back (the holder never ran it).
+fn requeue(
+    task: &mut Task,
+    lease: &mut Option<LeaseToken>,
+    now: DateTime<Utc>,
+    run_at: DateTime<Utc>,
+    error: Option<String>,
+    undo_attempt: bool,
+) {
+    *lease = None;
+    task.lease_expires_at = None;
+    task.status = TaskStatus::Queued;
+    task.run_at = run_at;
+    task.updated_at = now;
+    if undo_attempt {
+        task.attempt = task.attempt.saturating_sub(1);
+    }
+    if error.is_some() {
+        task.error = error;
+    }
+}
+
+/// The task and its lease, read inside the write transaction.
+async fn load(
+    conn: &mut SqliteConnection,
+    operation: &'static str,
+    id: TaskId,
+) -> Result<(Task, Option<LeaseToken>)> {
+    let row = sqlx::query("SELECT * FROM orch_tasks WHERE id = ?")
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err(operation))?
+        .ok_or(Error::TaskNotFound(id))?;
+    task_from_row(operation, &row)
+}
+
+/// Writes back every column a transition may change.
+async fn save(
+    conn: &mut SqliteConnection,
+    operation: &'static str,
+    task: &Task,
+    lease: Option<LeaseToken>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE orch_tasks SET status = ?, attempt = ?, run_at = ?, updated_at = ?, \
+         started_at = ?, finished_at = ?, lease_token = ?, lease_expires_at = ?, result = ?, \
+         error = ? WHERE id = ?",
+    )
+    .bind(task.status.as_str())
+    .bind(i64::from(task.attempt))
+    .bind(time_to_db(task.run_at))
+    .bind(time_to_db(task.updated_at))
+    .bind(task.started_at.map(time_to_db))
+    .bind(task.finished_at.map(time_to_db))
+    .bind(lease.map(|l| l.0))
+    .bind(task.lease_expires_at.map(time_to_db))
+    .bind(task.result.as_ref().map(json_to_db))
+    .bind(task.error.as_deref())
+    .bind(task.id.0)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err(operation))?;
+    Ok(())
+}
+
+/// Appends one event in the caller's transaction; returns its sequence number.
+pub(super) async fn insert_event(
+    conn: &mut SqliteConnection,
+    operation: &'static str,
+    event: &NewEvent,
+    at: DateTime<Utc>,
+) -> Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data) \
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(event.kind.as_str())
+    .bind(time_to_db(at))
+    .bind(event.task_id.map(|id| id.0))
+    .bind(event.core_id.as_deref())
+    .bind(event.attempt.map(i64::from))
+    .bind(json_to_db(&event.data))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_err(operation))
+}
+
+impl SqliteBackend {
+    /// One finishing transition on a task, with its events, in one write transaction.
+    async fn transition<T>(
+        &self,
+        operation: &'static str,
+        id: TaskId,
+        apply: impl FnOnce(
+            &mut Task,
+            &mut Option<LeaseToken>,
+            DateTime<Utc>,
+        ) -> Result<(T, Vec<NewEvent>)>,
+    ) -> Result<(Task, T)> {
+        let now = now();
+        let mut tx = self.begin(operation).await?;
+        let (mut task, mut lease) = load(&mut tx, operation, id).await?;
+        let (out, events) = apply(&mut task, &mut lease, now)?;
+        save(&mut tx, operation, &task, lease).await?;
+        for event in &events {
+            insert_event(&mut tx, operation, event, now).await?;
+        }
+        tx.commit().await.map_err(db_err(operation))?;
+        self.wake_events();
+        Ok((task, out))
+    }
+}
+
+#[async_trait]
+impl TaskStore for SqliteBackend {
+    async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
+        const OP: &str = "create_tasks";
+        let now = now();
+        let mut tx = self.begin(OP).await?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for new in tasks {
+            if let Some(key) = &new.idempotency_key {
+                let existing = sqlx::query("SELECT * FROM orch_tasks WHERE idempotency_key = ?")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
+                if let Some(row) = existing {
+                    let (task, _) = task_from_row(OP, &row)?;
+                    out.push(Created {
+                        task,
+                        created: false,
+                    });
+                    continue;
+                }
+            }
+            let mut run_at = after(now, new.delay);
+            if let Some(not_before) = new.not_before {
+                run_at = run_at.max(truncate_micros(not_before));
+            }
+            let task = Task {
+                id: new.id,
+                core_id: new.core_id,
+                status: TaskStatus::Queued,
+                priority: new.priority,
+                timeout: new.timeout,
+                max_attempts: new.max_attempts,
+                attempt: 0,
+                run_at,
+                created_at: now,
+                updated_at: now,
+                started_at: None,
+                finished_at: None,
+                lease_expires_at: None,
+                payload: new.payload,
+                metadata: new.metadata,
+                result: None,
+                error: None,
+                idempotency_key: new.idempotency_key,
+                locks: new.locks,
+            };
+            let locks = serde_json::to_string(&task.locks)?;
+            sqlx::query(
+                "INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, \
+                 attempt, run_at, created_at, updated_at, payload, metadata, idempotency_key, \
+                 locks) VALUES (?, ?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(task.id.0)
+            .bind(&task.core_id)
+            .bind(task.priority)
+            .bind(micros(task.timeout))
+            .bind(i64::from(task.max_attempts))
+            .bind(time_to_db(task.run_at))
+            .bind(time_to_db(now))
+            .bind(time_to_db(now))
+            .bind(json_to_db(&task.payload))
+            .bind(json_to_db(&task.metadata))
+            .bind(task.idempotency_key.as_deref())
+            .bind(locks)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+            insert_event(
+                &mut tx,
+                OP,
+                &task_event(EventKind::TaskQueued, &task, Value::Null),
+                now,
+            )
+            .await?;
+            out.push(Created {
+                task,
+                created: true,
+            });
+        }
+        tx.commit().await.map_err(db_err(OP))?;
+        if out.iter().any(|c| c.created) {
+            self.wake_tasks();
+            self.wake_events();
+        }
+        Ok(out)
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
+        const OP: &str = "get_task";
+        let row = sqlx::query("SELECT * FROM orch_tasks WHERE id = ?")
+            .bind(id.0)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(db_err(OP))?;
+        row.map(|row| task_from_row(OP, &row).map(|(task, _)| task))
+            .transpose()
+    }
+
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
+        const OP: &str = "list_tasks";
+        let limit = i64::try_from(filter.effective_limit()).unwrap_or(1000);
+        let rows = sqlx::query(
+            "SELECT * FROM orch_tasks WHERE (?1 IS NULL OR status = ?1) \
+             AND (?2 IS NULL OR core_id = ?2) AND (?3 IS NULL OR id > ?3) ORDER BY id LIMIT ?4",
+        )
+        .bind(filter.status.map(TaskStatus::as_str))
+        .bind(filter.core_id.as_deref())
+        .bind(filter.after.map(|id| id.0))
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_err(OP))?;
+        rows.iter()
+            .map(|row| task_from_row(OP, row).map(|(task, _)| task))
+            .collect()
+    }
+
+    async fn claim_tasks(
+        &self,
+        core_id: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>> {
+        const OP: &str = "claim_tasks";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now();
+        let expires = after(now, lease);
+        let mut tx = self.begin(OP).await?;
+        let rows = sqlx::query(
+            "UPDATE orch_tasks SET status = 'running', attempt = attempt + 1, started_at = ?1, \
+             updated_at = ?1, lease_token = randomblob(16), lease_expires_at = ?2 \
+             WHERE id IN (SELECT id FROM orch_tasks WHERE status = 'queued' AND core_id = ?3 \
+             AND run_at <= ?1 ORDER BY priority DESC, run_at, id LIMIT ?4) RETURNING *",
+        )
+        .bind(time_to_db(now))
+        .bind(time_to_db(expires))
+        .bind(core_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (task, token) = task_from_row(OP, row)?;
+            let lease_token = token.ok_or_else(|| corrupt(OP, "claimed task has no lease"))?;
+            claimed.push(Claimed { task, lease_token });
+        }
+        claimed.sort_by(|a, b| {
+            (std::cmp::Reverse(a.task.priority), a.task.run_at, a.task.id).cmp(&(
+                std::cmp::Reverse(b.task.priority),
+                b.task.run_at,
+                b.task.id,
+            ))
+        });
+        for c in &claimed {
+            let event = task_event(EventKind::TaskStarted, &c.task, Value::Null);
+            insert_event(&mut tx, OP, &event, now).await?;
+        }
+        tx.commit().await.map_err(db_err(OP))?;
+        if !claimed.is_empty() {
+            self.wake_events();
+        }
+        Ok(claimed)
+    }
+
+    async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>> {
+        const OP: &str = "next_run_at";
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT min(run_at) FROM orch_tasks WHERE status = 'queued' AND core_id = ?",
+        )
+        .bind(core_id)
+        .fetch_one(&self.readers)
+        .await
+        .map_err(db_err(OP))?;
+        at.map(|at| time_from_db(OP, at)).transpose()
+    }
+
+    async fn renew_leases(
+        &self,
+        leases: Vec<(TaskId, LeaseToken)>,
+        lease: Duration,
+    ) -> Result<Vec<Option<DateTime<Utc>>>> {
+        const OP: &str = "renew_leases";
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expires = after(now(), lease);
+        let mut tx = self.begin(OP).await?;
+        let mut out = Vec::with_capacity(leases.len());
+        for (id, token) in leases {
+            let done = sqlx::query(
+                "UPDATE orch_tasks SET lease_expires_at = ? \
+                 WHERE id = ? AND lease_token = ? AND status = 'running'",
+            )
+            .bind(time_to_db(expires))
+            .bind(id.0)
+            .bind(token.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+            out.push((done.rows_affected() > 0).then_some(expires));
+        }
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(out)
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        outcome: AttemptOutcome,
+    ) -> Result<Task> {
+        let (task, requeued) = self
+            .transition("finish_attempt", id, |task, lease, now| {
+                if *lease != Some(token) || task.status != TaskStatus::Running {
+                    return Err(Error::LeaseLost(id));
+                }
+                let attempt = task.attempt;
+                Ok(match outcome {
+                    AttemptOutcome::Succeeded { result } => {
+                        finish(task, lease, TaskStatus::Succeeded, now, Some(result), None)?;
+                        let data = Value::Null;
+                        (
+                            false,
+                            vec![task_event(EventKind::TaskSucceeded, task, data)],
+                        )
+                    }
+                    AttemptOutcome::Failed {
+                        error,
+                        retry_in: None,
+                    } => {
+                        let data = json!({"error": error});
+                        finish(task, lease, TaskStatus::Failed, now, None, Some(error))?;
+                        (false, vec![task_event(EventKind::TaskFailed, task, data)])
+                    }
+                    AttemptOutcome::TimedOut { retry_in: None } => {
+                        let error = format!("attempt {attempt} timed out");
+                        let data = json!({"error": error});
+                        finish(task, lease, TaskStatus::TimedOut, now, None, Some(error))?;
+                        (false, vec![task_event(EventKind::TaskTimedOut, task, data)])
+                    }
+                    AttemptOutcome::Failed {
+                        error,
+                        retry_in: Some(retry_in),
+                    } => {
+                        let data = json!({"error": error, "reason": "failed",
+                            "retry_in": retry_in.as_secs_f64()});
+                        requeue(task, lease, now, after(now, retry_in), Some(error), false);
+                        (true, vec![task_event(EventKind::TaskRetrying, task, data)])
+                    }
+                    AttemptOutcome::TimedOut {
+                        retry_in: Some(retry_in),
+                    } => {
+                        let error = format!("attempt {attempt} timed out");
+                        let data = json!({"error": error,
+                            "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
+                        requeue(task, lease, now, after(now, retry_in), Some(error), false);
+                        (true, vec![task_event(EventKind::TaskRetrying, task, data)])
+                    }
+                    AttemptOutcome::Abandoned => {
+                        requeue(task, lease, now, now, None, true);
+                        (
+                            true,
+                            vec![task_event(EventKind::TaskRequeued, task, Value::Null)],
+                        )
+                    }
+                })
+            })
+            .await?;
+        if requeued {
+            self.wake_tasks();
+        }
+        Ok(task)
+    }
+
+    async fn cancel_task(&self, id: TaskId) -> Result<Task> {
+        let (task, ()) = self
+            .transition("cancel_task", id, |task, lease, now| {
+                let from = finish(task, lease, TaskStatus::Cancelled, now, None, None)?;
+                let data = json!({"from": from});
+                Ok(((), vec![task_event(EventKind::TaskCancelled, task, data)]))
+            })
+            .await?;
+        Ok(task)
+    }
+
+    async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
+        let (task, ()) = self
+            .transition("resolve_task", id, |task, lease, now| {
+                let (to, result, error) = match resolution {
+                    Resolution::Succeeded(result) => (TaskStatus::Succeeded, Some(result), None),
+                    Resolution::Failed(error) => (TaskStatus::Failed, None, Some(error)),
+                };
+                let from = finish(task, lease, to, now, result, error)?;
+                let data = json!({"from": from, "external": true});
+                Ok(((), vec![task_event(terminal_event_kind(to), task, data)]))
+            })
+            .await?;
+        Ok(task)
+    }
+
+    async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>> {
+        const OP: &str = "rescue_expired";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now();
+        let mut tx = self.begin(OP).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM orch_tasks WHERE status = 'running' AND lease_expires_at <= ? \
+             ORDER BY lease_expires_at, id LIMIT ?",
+        )
+        .bind(time_to_db(now))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+        let mut rescued = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (mut task, mut lease) = task_from_row(OP, row)?;
+            let attempt = task.attempt;
+            let mut events = Vec::with_capacity(2);
+            if task.has_attempts_left() {
+                let error = format!("lease expired during attempt {attempt}");
+                requeue(&mut task, &mut lease, now, now, Some(error), false);
+                let data = json!({"will_retry": true});
+                events.push(task_event(EventKind::TaskRescued, &task, data));
+            } else {
+                let error = format!("lease expired during final attempt {attempt}");
+                let failed = json!({"error": error});
+                finish(
+                    &mut task,
+                    &mut lease,
+                    TaskStatus::Failed,
+                    now,
+                    None,
+                    Some(error),
+                )?;
+                let data = json!({"will_retry": false});
+                events.push(task_event(EventKind::TaskRescued, &task, data));
+                events.push(task_event(EventKind::TaskFailed, &task, failed));
+            }
+            save(&mut tx, OP, &task, lease).await?;
+            for event in &events {
+                insert_event(&mut tx, OP, event, now).await?;
+            }
+            rescued.push(task);
+        }
+        tx.commit().await.map_err(db_err(OP))?;
+        if !rescued.is_empty() {
+            self.wake_tasks();
+            self.wake_events();
+        }
+        Ok(rescued)
+    }
+
+    async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        const OP: &str = "prune_tasks";
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut tx = self.begin(OP).await?;
+        let done = sqlx::query(
+            "DELETE FROM orch_tasks WHERE id IN (SELECT id FROM orch_tasks \
+             WHERE finished_at IS NOT NULL AND finished_at < ? \
+             AND status IN ('succeeded', 'failed', 'cancelled', 'timed_out') \
+             ORDER BY finished_at, id LIMIT ?)",
+        )
+        .bind(time_to_db(before))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>> {
+        const OP: &str = "queue_depth";
+        let rows = sqlx::query(
+            "SELECT core_id, priority, count(*) AS n FROM orch_tasks WHERE status = 'queued' \
+             GROUP BY core_id, priority ORDER BY core_id, priority",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_err(OP))?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.try_get("n").map_err(|e| corrupt(OP, e))?;
+                Ok((
+                    row.try_get("core_id").map_err(|e| corrupt(OP, e))?,
+                    row.try_get("priority").map_err(|e| corrupt(OP, e))?,
+                    u64::try_from(n).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    fn task_wakeups(&self) -> Option<ChangeSignal> {
+        Some(self.task_wakeups.clone())
+    }
+}

@@ -1,0 +1,1131 @@
+//! orch-storage's tests: the same checks against a real SQLite file and a real PostgreSQL
+//! (see `support`), orch-core's conformance suite on both, and what only one backend has
+//! (SQLite's file handling and backup; several PostgreSQL clients sharing one database).
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use orch_core::{
+    AttemptOutcome, Error, EventKind, LeaseToken, LockAttempt, NewEvent, NewTask, Resolution,
+    SharedBackend, Task, TaskFilter, TaskId, TaskSpec, TaskStatus,
+};
+use serde_json::json;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Runs each named check once per enabled backend, as `sqlite::<check>` and
+/// `postgres::<check>`.
+macro_rules! for_each_backend {
+    ($($check:ident),* $(,)?) => {
+        #[cfg(feature = "sqlite")]
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() -> anyhow::Result<()> {
+                    let fixture = crate::support::sqlite().await?;
+                    crate::$check(fixture.backend.clone()).await
+                }
+            )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() -> anyhow::Result<()> {
+                    let Some(fixture) = crate::support::postgres().await? else {
+                        return Ok(());
+                    };
+                    crate::$check(fixture.backend.clone()).await
+                }
+            )*
+        }
+    };
+}
+
+for_each_backend!(
+    claim_order,
+    idempotency_key,
+    stale_token_loses_the_lease,
+    expired_lease_is_rescued,
+    illegal_transitions_are_refused,
+    events_follow_each_transition,
+    lock_fencing_and_expiry,
+    key_value_store,
+    concurrent_claims_never_share_a_task,
+    behaves_like_the_memory_backend,
+    an_error_message_with_nul_is_recorded,
+);
+
+fn spec(core: &str) -> TaskSpec {
+    TaskSpec::new(core)
+}
+
+fn new_task(spec: TaskSpec) -> anyhow::Result<NewTask> {
+    Ok(spec.into_new_task()?)
+}
+
+async fn create(backend: &SharedBackend, specs: Vec<TaskSpec>) -> anyhow::Result<Vec<Task>> {
+    let tasks = specs
+        .into_iter()
+        .map(new_task)
+        .collect::<anyhow::Result<_>>()?;
+    Ok(backend
+        .create_tasks(tasks)
+        .await?
+        .into_iter()
+        .map(|c| c.task)
+        .collect())
+}
+
+/// Polls `probe` every 25 ms for up to 10 s (real time: database clocks cannot be paused).
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = probe().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn claim_order(backend: SharedBackend) -> anyhow::Result<()> {
+    let created = create(
+        &backend,
+        vec![
+            spec("work").priority(1),
+            spec("work").priority(5),
+            spec("work").priority(5),
+            spec("work").priority(3),
+            spec("work").priority(1),
+            spec("work").priority(9).delay(Duration::from_secs(3600)),
+            spec("other").priority(100),
+        ],
+    )
+    .await?;
+    let mut expected: Vec<&Task> = created[..5].iter().collect();
+    expected.sort_by_key(|t| (std::cmp::Reverse(t.priority), t.run_at, t.id));
+    let expected: Vec<TaskId> = expected.into_iter().map(|t| t.id).collect();
+
+    let first = backend.claim_tasks("work", 2, MINUTE).await?;
+    let rest = backend.claim_tasks("work", 10, MINUTE).await?;
+    let got: Vec<TaskId> = first.iter().chain(&rest).map(|c| c.task.id).collect();
+    ensure!(
+        got == expected,
+        "claim order {got:?}, expected {expected:?}"
+    );
+    ensure!(first.len() == 2 && rest.len() == 3, "limit not respected");
+    for claimed in first.iter().chain(&rest) {
+        ensure!(claimed.task.status == TaskStatus::Running && claimed.task.attempt == 1);
+        ensure!(claimed.task.lease_expires_at.is_some());
+    }
+    let tokens: HashSet<LeaseToken> = first.iter().chain(&rest).map(|c| c.lease_token).collect();
+    ensure!(tokens.len() == 5, "lease tokens are not unique");
+    ensure!(
+        backend.claim_tasks("work", 10, MINUTE).await?.is_empty(),
+        "a task not yet due was claimed"
+    );
+    let next = backend.next_run_at("work").await?;
+    ensure!(next == Some(created[5].run_at), "next_run_at {next:?}");
+    let other = backend.claim_tasks("other", 10, MINUTE).await?;
+    ensure!(other.len() == 1 && other[0].task.id == created[6].id);
+    Ok(())
+}
+
+async fn idempotency_key(backend: SharedBackend) -> anyhow::Result<()> {
+    let first = backend
+        .create_tasks(vec![new_task(
+            spec("work").idempotency_key("order-42").payload(json!(1)),
+        )?])
+        .await?;
+    ensure!(first.len() == 1 && first[0].created);
+    let again = backend
+        .create_tasks(vec![
+            new_task(spec("work").idempotency_key("order-42").payload(json!(2)))?,
+            new_task(spec("work").idempotency_key("order-43").payload(json!(3)))?,
+            new_task(spec("work").idempotency_key("order-43").payload(json!(4)))?,
+            new_task(spec("work").payload(json!(5)))?,
+        ])
+        .await?;
+    ensure!(again.len() == 4);
+    ensure!(!again[0].created && again[0].task.id == first[0].task.id);
+    ensure!(
+        again[0].task.payload == json!(1),
+        "the first task's payload must win"
+    );
+    ensure!(again[1].created && again[1].task.payload == json!(3));
+    ensure!(!again[2].created && again[2].task.id == again[1].task.id);
+    ensure!(again[3].created);
+    let all = backend.list_tasks(TaskFilter::default()).await?;
+    ensure!(all.len() == 3, "{} tasks stored, expected 3", all.len());
+    Ok(())
+}
+
+async fn stale_token_loses_the_lease(backend: SharedBackend) -> anyhow::Result<()> {
+    create(&backend, vec![spec("work")]).await?;
+    let claimed = backend.claim_tasks("work", 1, MINUTE).await?;
+    let claimed = claimed.first().context("nothing claimed")?;
+    let id = claimed.task.id;
+    let stale = LeaseToken::new();
+    let err = backend
+        .finish_attempt(id, stale, AttemptOutcome::Succeeded { result: json!(0) })
+        .await;
+    ensure!(
+        matches!(err, Err(Error::LeaseLost(e)) if e == id),
+        "{err:?}"
+    );
+    let renewed = backend
+        .renew_leases(vec![(id, stale), (id, claimed.lease_token)], MINUTE)
+        .await?;
+    ensure!(renewed[0].is_none() && renewed[1].is_some(), "{renewed:?}");
+    let done = backend
+        .finish_attempt(
+            id,
+            claimed.lease_token,
+            AttemptOutcome::Succeeded {
+                result: json!({"ok": true}),
+            },
+        )
+        .await?;
+    ensure!(done.status == TaskStatus::Succeeded && done.result == Some(json!({"ok": true})));
+    ensure!(done.lease_expires_at.is_none() && done.finished_at.is_some());
+    let twice = backend
+        .finish_attempt(id, claimed.lease_token, AttemptOutcome::Abandoned)
+        .await;
+    ensure!(matches!(twice, Err(Error::LeaseLost(_))), "{twice:?}");
+    let unknown = TaskId::new();
+    let missing = backend
+        .finish_attempt(unknown, claimed.lease_token, AttemptOutcome::Abandoned)
+        .await;
+    ensure!(
+        matches!(missing, Err(Error::TaskNotFound(e)) if e == unknown),
+        "{missing:?}"
+    );
+    Ok(())
+}
+
+async fn expired_lease_is_rescued(backend: SharedBackend) -> anyhow::Result<()> {
+    let lease = Duration::from_millis(200);
+    let task = create(&backend, vec![spec("work").max_attempts(2)]).await?;
+    let id = task.first().context("not created")?.id;
+    let first = backend.claim_tasks("work", 1, lease).await?;
+    let first = first.first().context("nothing claimed")?.clone();
+    ensure!(
+        backend.rescue_expired(10).await?.is_empty(),
+        "rescued a live lease"
+    );
+    let rescued = eventually("the first lease is rescued", || {
+        let backend = backend.clone();
+        async move {
+            let rescued = backend.rescue_expired(10).await?;
+            Ok((!rescued.is_empty()).then_some(rescued))
+        }
+    })
+    .await?;
+    ensure!(rescued.len() == 1 && rescued[0].id == id);
+    ensure!(rescued[0].status == TaskStatus::Queued && rescued[0].attempt == 1);
+    ensure!(rescued[0].error.as_deref() == Some("lease expired during attempt 1"));
+    let late = backend
+        .finish_attempt(
+            id,
+            first.lease_token,
+            AttemptOutcome::Succeeded { result: json!(1) },
+        )
+        .await;
+    ensure!(
+        matches!(late, Err(Error::LeaseLost(_))),
+        "old holder wrote: {late:?}"
+    );
+
+    let second = backend.claim_tasks("work", 1, lease).await?;
+    ensure!(second.len() == 1 && second[0].task.attempt == 2);
+    ensure!(second[0].lease_token != first.lease_token);
+    let rescued = eventually("the final lease is rescued", || {
+        let backend = backend.clone();
+        async move {
+            let rescued = backend.rescue_expired(10).await?;
+            Ok((!rescued.is_empty()).then_some(rescued))
+        }
+    })
+    .await?;
+    ensure!(rescued[0].status == TaskStatus::Failed && rescued[0].finished_at.is_some());
+    let kinds = task_event_kinds(&backend, id).await?;
+    ensure!(
+        kinds.ends_with(&[EventKind::TaskRescued, EventKind::TaskFailed]),
+        "{kinds:?}"
+    );
+    Ok(())
+}
+
+async fn illegal_transitions_are_refused(backend: SharedBackend) -> anyhow::Result<()> {
+    let tasks = create(&backend, vec![spec("work"), spec("work")]).await?;
+    let done = backend
+        .resolve_task(tasks[0].id, Resolution::Succeeded(json!("external")))
+        .await?;
+    ensure!(done.status == TaskStatus::Succeeded && done.result == Some(json!("external")));
+    let cancel = backend.cancel_task(tasks[0].id).await;
+    ensure!(
+        matches!(
+            cancel,
+            Err(Error::IllegalTransition {
+                from: TaskStatus::Succeeded,
+                to: TaskStatus::Cancelled,
+                ..
+            })
+        ),
+        "{cancel:?}"
+    );
+    let resolve = backend
+        .resolve_task(tasks[0].id, Resolution::Failed("late".into()))
+        .await;
+    ensure!(
+        matches!(
+            resolve,
+            Err(Error::IllegalTransition {
+                from: TaskStatus::Succeeded,
+                to: TaskStatus::Failed,
+                ..
+            })
+        ),
+        "{resolve:?}"
+    );
+    let claimed = backend.claim_tasks("work", 1, MINUTE).await?;
+    ensure!(claimed.len() == 1 && claimed[0].task.id == tasks[1].id);
+    let cancelled = backend.cancel_task(tasks[1].id).await?;
+    ensure!(cancelled.status == TaskStatus::Cancelled && cancelled.lease_expires_at.is_none());
+    let report = backend
+        .finish_attempt(
+            tasks[1].id,
+            claimed[0].lease_token,
+            AttemptOutcome::Abandoned,
+        )
+        .await;
+    ensure!(matches!(report, Err(Error::LeaseLost(_))), "{report:?}");
+    let again = backend.cancel_task(tasks[1].id).await;
+    ensure!(
+        matches!(
+            again,
+            Err(Error::IllegalTransition {
+                from: TaskStatus::Cancelled,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    let missing = backend.cancel_task(TaskId::new()).await;
+    ensure!(
+        matches!(missing, Err(Error::TaskNotFound(_))),
+        "{missing:?}"
+    );
+    let stored = backend.get_task(tasks[0].id).await?.context("vanished")?;
+    ensure!(stored == done, "stored task differs from the returned one");
+    Ok(())
+}
+
+async fn task_event_kinds(backend: &SharedBackend, id: TaskId) -> anyhow::Result<Vec<EventKind>> {
+    Ok(backend
+        .read_events(0, 1000)
+        .await?
+        .into_iter()
+        .filter(|e| e.task_id == Some(id))
+        .map(|e| e.kind)
+        .collect())
+}
+
+async fn events_follow_each_transition(backend: SharedBackend) -> anyhow::Result<()> {
+    let task = create(&backend, vec![spec("work").max_attempts(3)]).await?;
+    let id = task[0].id;
+    let claimed = backend.claim_tasks("work", 1, MINUTE).await?;
+    let retried = backend
+        .finish_attempt(
+            id,
+            claimed[0].lease_token,
+            AttemptOutcome::Failed {
+                error: "boom".into(),
+                retry_in: Some(Duration::ZERO),
+            },
+        )
+        .await?;
+    ensure!(retried.status == TaskStatus::Queued && retried.error.as_deref() == Some("boom"));
+    let claimed = backend.claim_tasks("work", 1, MINUTE).await?;
+    ensure!(claimed.len() == 1 && claimed[0].task.attempt == 2);
+    backend
+        .finish_attempt(
+            id,
+            claimed[0].lease_token,
+            AttemptOutcome::Succeeded { result: json!(7) },
+        )
+        .await?;
+
+    let events = backend.read_events(0, 100).await?;
+    let kinds: Vec<&EventKind> = events.iter().map(|e| &e.kind).collect();
+    ensure!(
+        kinds
+            == [
+                &EventKind::TaskQueued,
+                &EventKind::TaskStarted,
+                &EventKind::TaskRetrying,
+                &EventKind::TaskStarted,
+                &EventKind::TaskSucceeded,
+            ],
+        "{kinds:?}"
+    );
+    ensure!(
+        events
+            .iter()
+            .all(|e| e.task_id == Some(id) && e.core_id.as_deref() == Some("work"))
+    );
+    ensure!(
+        events
+            .windows(2)
+            .all(|w| w[0].seq < w[1].seq && w[0].at <= w[1].at)
+    );
+    let attempts: Vec<Option<u32>> = events.iter().map(|e| e.attempt).collect();
+    ensure!(
+        attempts == [Some(0), Some(1), Some(1), Some(2), Some(2)],
+        "{attempts:?}"
+    );
+    let retry = json!({"error": "boom", "reason": "failed", "retry_in": 0.0});
+    ensure!(events[2].data == retry, "{}", events[2].data);
+    ensure!(events[4].data.is_null(), "{}", events[4].data);
+    let last = events.last().context("no events")?.seq;
+    ensure!(backend.last_event_seq().await? == last);
+    let tail = backend.read_events(events[1].seq, 2).await?;
+    ensure!(tail.len() == 2 && tail[0].seq == events[2].seq && tail[1].seq == events[3].seq);
+
+    let custom = backend
+        .append_event(
+            NewEvent::new(EventKind::Custom("auth.login_failed".into())).with_data(json!({"u": 1})),
+        )
+        .await?;
+    ensure!(custom.seq > last && backend.last_event_seq().await? == custom.seq);
+    let read = backend.read_events(last, 10).await?;
+    ensure!(read == vec![custom.clone()], "{read:?} != {custom:?}");
+    Ok(())
+}
+
+async fn lock_fencing_and_expiry(backend: SharedBackend) -> anyhow::Result<()> {
+    let long = MINUTE;
+    let LockAttempt::Acquired(a) = backend.try_acquire_lock("r1", "alice", long).await? else {
+        bail!("a free lock was not granted");
+    };
+    match backend.try_acquire_lock("r1", "bob", long).await? {
+        LockAttempt::Held(info) => {
+            ensure!(info.owner == "alice" && info.fencing_token == a.fencing_token)
+        }
+        other => bail!("a held lock was granted again: {other:?}"),
+    }
+    ensure!(matches!(
+        backend.try_acquire_lock("r1", "alice", long).await?,
+        LockAttempt::Held(_)
+    ));
+    ensure!(
+        !backend
+            .release_lock("r1", "alice", a.fencing_token.0 + 1)
+            .await?
+    );
+    ensure!(!backend.release_lock("r1", "bob", a.fencing_token.0).await?);
+    ensure!(
+        backend
+            .release_lock("r1", "alice", a.fencing_token.0)
+            .await?
+    );
+    let LockAttempt::Acquired(b) = backend.try_acquire_lock("r1", "bob", long).await? else {
+        bail!("a released lock was not granted");
+    };
+    ensure!(
+        b.fencing_token > a.fencing_token,
+        "{} !> {}",
+        b.fencing_token,
+        a.fencing_token
+    );
+
+    let short = Duration::from_millis(200);
+    let LockAttempt::Acquired(c) = backend.try_acquire_lock("r2", "carol", short).await? else {
+        bail!("r2 not granted");
+    };
+    ensure!(c.fencing_token > b.fencing_token);
+    let d = eventually("the expired lock is granted to dave", || {
+        let backend = backend.clone();
+        async move {
+            Ok(match backend.try_acquire_lock("r2", "dave", long).await? {
+                LockAttempt::Acquired(info) => Some(info),
+                LockAttempt::Held(_) => None,
+            })
+        }
+    })
+    .await?;
+    ensure!(d.fencing_token > c.fencing_token && d.owner == "dave");
+    ensure!(
+        backend
+            .extend_lock("r2", "carol", c.fencing_token.0, long)
+            .await?
+            .is_none(),
+        "an expired holder extended"
+    );
+    let extended = backend
+        .extend_lock("r2", "dave", d.fencing_token.0, long)
+        .await?;
+    ensure!(extended.is_some_and(|e| e.expires_at >= d.expires_at));
+    let listed: Vec<String> = backend
+        .list_locks()
+        .await?
+        .into_iter()
+        .map(|l| l.resource)
+        .collect();
+    ensure!(listed == ["r1", "r2"], "{listed:?}");
+
+    backend
+        .try_acquire_lock("r3", "erin", Duration::from_millis(100))
+        .await?;
+    eventually("r3 expires", || {
+        let backend = backend.clone();
+        async move { Ok(backend.lock_info("r3").await?.is_none().then_some(())) }
+    })
+    .await?;
+    let reclaimed = backend.reclaim_expired_locks().await?;
+    ensure!(
+        reclaimed.len() == 1 && reclaimed[0].resource == "r3",
+        "{reclaimed:?}"
+    );
+    let invalid = backend.try_acquire_lock("", "x", long).await;
+    ensure!(matches!(invalid, Err(Error::Invalid { .. })), "{invalid:?}");
+    Ok(())
+}
+
+async fn key_value_store(backend: SharedBackend) -> anyhow::Result<()> {
+    for key in ["a/2", "a/1", "b/1", "a", "a0", "é/x", "é/y"] {
+        backend.store(key, key.as_bytes().to_vec()).await?;
+    }
+    backend.store("a/1", b"new".to_vec()).await?;
+    ensure!(backend.retrieve("a/1").await?.as_deref() == Some(&b"new"[..]));
+    ensure!(backend.retrieve("zzz").await?.is_none());
+    ensure!(backend.list("a/").await? == ["a/1", "a/2"]);
+    ensure!(backend.list("é/").await? == ["é/x", "é/y"]);
+    ensure!(backend.list("").await? == ["a", "a/1", "a/2", "a0", "b/1", "é/x", "é/y"]);
+    ensure!(backend.list("c").await?.is_empty());
+    ensure!(backend.delete("a/2").await?);
+    ensure!(!backend.delete("a/2").await?);
+    ensure!(backend.list("a/").await? == ["a/1"]);
+    let empty = backend.store("", vec![]).await;
+    ensure!(matches!(empty, Err(Error::Invalid { .. })), "{empty:?}");
+    let long = "k".repeat(1025);
+    ensure!(matches!(
+        backend.retrieve(&long).await,
+        Err(Error::Invalid { .. })
+    ));
+    Ok(())
+}
+
+async fn concurrent_claims_never_share_a_task(backend: SharedBackend) -> anyhow::Result<()> {
+    const TASKS: usize = 200;
+    let specs = (0..TASKS)
+        .map(|i| spec("work").priority((i % 4) as i32))
+        .collect();
+    create(&backend, specs).await?;
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let backend = backend.clone();
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = backend.claim_tasks("work", 3, MINUTE).await?;
+                if claimed.is_empty() {
+                    return anyhow::Ok(mine);
+                }
+                mine.extend(claimed.into_iter().map(|c| c.task.id));
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await??);
+    }
+    let unique: HashSet<TaskId> = all.iter().copied().collect();
+    ensure!(all.len() == TASKS, "claimed {} of {TASKS}", all.len());
+    ensure!(
+        unique.len() == TASKS,
+        "{} tasks were claimed twice",
+        TASKS - unique.len()
+    );
+    Ok(())
+}
+
+async fn an_error_message_with_nul_is_recorded(backend: SharedBackend) -> anyhow::Result<()> {
+    create(&backend, vec![spec("work").max_attempts(1)]).await?;
+    let claimed = backend.claim_tasks("work", 1, MINUTE).await?;
+    let claimed = claimed.first().context("nothing claimed")?;
+    let failed = backend
+        .finish_attempt(
+            claimed.task.id,
+            claimed.lease_token,
+            AttemptOutcome::Failed {
+                error: "bad\0byte".into(),
+                retry_in: None,
+            },
+        )
+        .await?;
+    ensure!(failed.status == TaskStatus::Failed);
+    let error = failed.error.unwrap_or_default();
+    ensure!(
+        error.starts_with("bad") && error.ends_with("byte"),
+        "{error:?}"
+    );
+    Ok(())
+}
+
+/// An event without its sequence number and time: kind, task (by creation order), core,
+/// attempt, data.
+type EventTrace = (
+    String,
+    Option<usize>,
+    Option<String>,
+    Option<u32>,
+    serde_json::Value,
+);
+
+/// A task without ids and times: status, attempt, error, result, finished?, leased?
+type TaskTrace = (
+    TaskStatus,
+    u32,
+    Option<String>,
+    Option<serde_json::Value>,
+    bool,
+    bool,
+);
+
+/// What a scripted run leaves behind, with ids replaced by the order tasks were created in and
+/// times left out, so runs on different backends compare equal when they behave the same.
+#[derive(Debug, PartialEq)]
+struct Trace {
+    events: Vec<EventTrace>,
+    tasks: Vec<TaskTrace>,
+}
+
+/// Drives every kind of transition through `backend` and records the outcome.
+async fn scripted_run(backend: &SharedBackend) -> anyhow::Result<Trace> {
+    let lease = Duration::from_millis(150);
+    let tasks = create(
+        backend,
+        vec![
+            spec("w").priority(3).max_attempts(2),
+            spec("w").priority(2).max_attempts(1),
+            spec("w").priority(1).idempotency_key("k"),
+            spec("w").idempotency_key("k"),
+            spec("other"),
+        ],
+    )
+    .await?;
+    let [a, b, c, _, d] = &tasks[..] else {
+        bail!("expected 5 results");
+    };
+    let claimed = backend.claim_tasks("w", 2, MINUTE).await?;
+    ensure!(claimed.len() == 2, "claimed {}", claimed.len());
+    let (ca, cb) = (&claimed[0], &claimed[1]);
+    backend
+        .finish_attempt(
+            a.id,
+            ca.lease_token,
+            AttemptOutcome::Failed {
+                error: "flaky".into(),
+                retry_in: Some(Duration::ZERO),
+            },
+        )
+        .await?;
+    backend
+        .finish_attempt(b.id, cb.lease_token, AttemptOutcome::Abandoned)
+        .await?;
+    let again = backend.claim_tasks("w", 1, MINUTE).await?;
+    ensure!(again.first().is_some_and(|x| x.task.id == a.id), "A first");
+    backend
+        .finish_attempt(
+            a.id,
+            again[0].lease_token,
+            AttemptOutcome::TimedOut { retry_in: None },
+        )
+        .await?;
+    let short = backend.claim_tasks("w", 1, lease).await?;
+    ensure!(short.first().is_some_and(|x| x.task.id == b.id), "B next");
+    eventually("B's lease is rescued", || async {
+        Ok((!backend.rescue_expired(5).await?.is_empty()).then_some(()))
+    })
+    .await?;
+    backend
+        .resolve_task(c.id, Resolution::Succeeded(json!({"by": "webhook"})))
+        .await?;
+    let other = backend.claim_tasks("other", 1, MINUTE).await?;
+    ensure!(other.len() == 1);
+    backend.cancel_task(d.id).await?;
+    backend
+        .append_event(NewEvent::new(EventKind::Custom("app.note".into())).with_data(json!([1])))
+        .await?;
+
+    let label = |id: Option<TaskId>| id.and_then(|id| tasks.iter().position(|t| t.id == id));
+    let events = backend
+        .read_events(0, 100)
+        .await?
+        .into_iter()
+        .map(|e| {
+            (
+                e.kind.to_string(),
+                label(e.task_id),
+                e.core_id,
+                e.attempt,
+                e.data,
+            )
+        })
+        .collect();
+    let mut stored = Vec::new();
+    for task in [a, b, c, d] {
+        let t = backend.get_task(task.id).await?.context("task vanished")?;
+        stored.push((
+            t.status,
+            t.attempt,
+            t.error,
+            t.result,
+            t.finished_at.is_some(),
+            t.lease_expires_at.is_some(),
+        ));
+    }
+    Ok(Trace {
+        events,
+        tasks: stored,
+    })
+}
+
+async fn behaves_like_the_memory_backend(backend: SharedBackend) -> anyhow::Result<()> {
+    let memory: SharedBackend = Arc::new(orch_core::MemoryBackend::new());
+    let expected = scripted_run(&memory).await?;
+    let got = scripted_run(&backend).await?;
+    ensure!(
+        expected.tasks == got.tasks,
+        "tasks differ:\n{:?}\n{:?}",
+        expected.tasks,
+        got.tasks
+    );
+    for (i, (want, have)) in expected.events.iter().zip(&got.events).enumerate() {
+        ensure!(
+            want == have,
+            "event {i} differs: memory {want:?}, this backend {have:?}"
+        );
+    }
+    ensure!(
+        expected.events.len() == got.events.len(),
+        "event counts differ"
+    );
+    Ok(())
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite_only {
+    use orch_storage::SqliteBackend;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let root = dir.path().to_path_buf();
+        orch_core::conformance::assert_conformance("sqlite", || {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = root.join(format!("c{n}.db"));
+            async move {
+                let path = path.to_str().map(str::to_owned).unwrap_or_default();
+                match SqliteBackend::open(&path).await {
+                    Ok(backend) => Arc::new(backend) as SharedBackend,
+                    Err(e) => panic!("cannot open {path}: {e}"),
+                }
+            }
+        })
+        .await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn memory_conformance_for_comparison() {
+        orch_core::conformance::assert_conformance("memory", || async {
+            Arc::new(orch_core::MemoryBackend::new()) as SharedBackend
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn opens_creates_folder_migrates_and_backs_up() -> anyhow::Result<()> {
+        let (backend, dir) = crate::support::sqlite_backend().await?;
+        let path = backend
+            .path()
+            .context("file backend has no path")?
+            .to_path_buf();
+        ensure!(path.is_file(), "{} not created", path.display());
+        ensure!(backend.schema_version().await? == 1);
+        let wal = path.with_extension("db-wal");
+        let backend: SharedBackend = Arc::new(backend);
+        let task = create(&backend, vec![spec("work").payload(json!({"n": 1}))]).await?;
+        ensure!(wal.is_file(), "not in WAL mode: {} missing", wal.display());
+
+        let sqlite = SqliteBackend::open(path.to_str().context("utf-8")?).await?;
+        let copy = dir.path().join("backups").join("copy.db");
+        sqlite.backup(&copy).await?;
+        ensure!(
+            sqlite.backup(&copy).await.is_err(),
+            "backup overwrote a file"
+        );
+        let restored = SqliteBackend::open(copy.to_str().context("utf-8")?).await?;
+        let found = orch_core::TaskStore::get_task(&restored, task[0].id).await?;
+        ensure!(
+            found.as_ref() == Some(&task[0]),
+            "backup lacks the task: {found:?}"
+        );
+        ensure!(restored.schema_version().await? == 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/orch.db", dir.path().display());
+        let backend = SqliteBackend::open(&url).await?;
+        let shared: SharedBackend = Arc::new(backend);
+        let task = create(&shared, vec![spec("work")]).await?;
+        let claimed = shared.claim_tasks("work", 1, MINUTE).await?;
+        shared
+            .finish_attempt(
+                task[0].id,
+                claimed[0].lease_token,
+                AttemptOutcome::Succeeded {
+                    result: json!("kept"),
+                },
+            )
+            .await?;
+        let before = shared.get_task(task[0].id).await?;
+        let events_before = shared.read_events(0, 100).await?;
+        drop(shared);
+        let reopened: SharedBackend = Arc::new(SqliteBackend::open(&url).await?);
+        ensure!(reopened.get_task(task[0].id).await? == before);
+        ensure!(reopened.read_events(0, 100).await? == events_before);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn in_memory_database_works() -> anyhow::Result<()> {
+        let backend: SharedBackend = Arc::new(SqliteBackend::open("sqlite::memory:").await?);
+        let task = create(&backend, vec![spec("work")]).await?;
+        ensure!(backend.get_task(task[0].id).await?.is_some());
+        ensure!(backend.claim_tasks("work", 5, MINUTE).await?.len() == 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_refused() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("notes.txt");
+        std::fs::write(
+            &path,
+            "these are not the pages you are looking for".repeat(100),
+        )?;
+        let opened = SqliteBackend::open(path.to_str().context("utf-8")?).await;
+        let Err(err) = opened else {
+            bail!("a text file opened as a database");
+        };
+        ensure!(err.to_string().contains("as a SQLite database: "), "{err}");
+        let after = std::fs::read(&path)?;
+        ensure!(
+            after
+                == "these are not the pages you are looking for"
+                    .repeat(100)
+                    .as_bytes()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_foreign_database_is_refused_unchanged() -> anyhow::Result<()> {
+        use sqlx::{ConnectOptions as _, Connection as _};
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("app.db");
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .connect()
+            .await?;
+        sqlx::query("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        let before = std::fs::read(&path)?;
+        let err = SqliteBackend::open(path.to_str().context("utf-8")?).await;
+        let Err(err) = err else {
+            bail!("a foreign database was opened")
+        };
+        ensure!(
+            err.to_string()
+                .contains("orch did not create (tables: invoices)"),
+            "{err}"
+        );
+        ensure!(
+            std::fs::read(&path)? == before,
+            "the foreign file was changed"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() -> anyhow::Result<()> {
+        use sqlx::{ConnectOptions as _, Connection as _};
+        let (backend, dir) = crate::support::sqlite_backend().await?;
+        let path = backend.path().context("no path")?.to_path_buf();
+        backend.close().await;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await?;
+        sqlx::query(
+            "INSERT INTO orch_schema_migrations (version, description, success, checksum, \
+             execution_time) VALUES (99, 'future', TRUE, x'00', 0)",
+        )
+        .execute(&mut conn)
+        .await?;
+        conn.close().await?;
+        let err = SqliteBackend::open(path.to_str().context("utf-8")?).await;
+        let Err(err) = err else {
+            bail!("a newer schema was opened")
+        };
+        ensure!(
+            err.to_string().contains("schema is at version 99, newer"),
+            "{err}"
+        );
+        drop(dir);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn connect_picks_the_backend_from_the_url() -> anyhow::Result<()> {
+        let backend = orch_storage::connect("sqlite::memory:").await?;
+        ensure!(backend.list_tasks(TaskFilter::default()).await?.is_empty());
+        let err = orch_storage::connect("mysql://localhost/x").await;
+        ensure!(matches!(err, Err(Error::Invalid { .. })));
+        Ok(())
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_only {
+    use orch_storage::PostgresBackend;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() -> anyhow::Result<()> {
+        if crate::support::postgres::fresh_database().await?.is_none() {
+            return Ok(());
+        }
+        orch_core::conformance::assert_conformance("postgres", || async {
+            let url = match crate::support::postgres::fresh_database().await {
+                Ok(Some(url)) => url,
+                other => panic!("no database for a conformance check: {other:?}"),
+            };
+            match PostgresBackend::connect(&url).await {
+                Ok(backend) => Arc::new(backend) as SharedBackend,
+                Err(e) => panic!("cannot connect: {e}"),
+            }
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Two clients of one database (as two processes would be) share the queue and the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_clients_share_queue_and_event_log() -> anyhow::Result<()> {
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        let a: SharedBackend = Arc::new(PostgresBackend::connect(&url).await?);
+        let b: SharedBackend = Arc::new(PostgresBackend::connect(&url).await?);
+        ensure!(a.list_tasks(TaskFilter::default()).await?.is_empty());
+        create(&a, (0..100).map(|_| spec("work")).collect()).await?;
+        let mut workers = Vec::new();
+        for backend in [a.clone(), b.clone(), a.clone(), b.clone()] {
+            workers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let claimed = backend.claim_tasks("work", 4, MINUTE).await?;
+                    if claimed.is_empty() {
+                        return anyhow::Ok(mine);
+                    }
+                    for c in claimed {
+                        backend
+                            .finish_attempt(
+                                c.task.id,
+                                c.lease_token,
+                                AttemptOutcome::Succeeded {
+                                    result: json!(null),
+                                },
+                            )
+                            .await?;
+                        mine.push(c.task.id);
+                    }
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for worker in workers {
+            all.extend(worker.await??);
+        }
+        let unique: HashSet<TaskId> = all.iter().copied().collect();
+        ensure!(
+            all.len() == 100 && unique.len() == 100,
+            "{} claims, {} tasks",
+            all.len(),
+            unique.len()
+        );
+        let from_b = b.read_events(0, 1000).await?;
+        ensure!(
+            from_b.len() == 300,
+            "b sees {} events, expected 300",
+            from_b.len()
+        );
+        let seqs: Vec<u64> = from_b.iter().map(|e| e.seq).collect();
+        ensure!(
+            seqs == (1..=300).collect::<Vec<u64>>(),
+            "sequence has gaps or repeats"
+        );
+        ensure!(a.last_event_seq().await? == 300);
+        Ok(())
+    }
+
+    /// A reader tailing the log while several clients write concurrently sees every event once,
+    /// in sequence order: an event that commits late is never numbered behind the cursor.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_never_make_a_tail_skip() -> anyhow::Result<()> {
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        const WRITERS: usize = 4;
+        const EACH: usize = 50;
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let backend: SharedBackend = Arc::new(PostgresBackend::connect(&url).await?);
+            writers.push(tokio::spawn(async move {
+                for i in 0..EACH {
+                    if i % 2 == 0 {
+                        backend
+                            .append_event(
+                                NewEvent::new(EventKind::Custom("test.tick".into()))
+                                    .with_data(json!({"w": w, "i": i})),
+                            )
+                            .await?;
+                    } else {
+                        create(&backend, vec![spec(&format!("core{w}"))]).await?;
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        let reader: SharedBackend = Arc::new(PostgresBackend::connect(&url).await?);
+        let mut seen = Vec::new();
+        let mut cursor = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < WRITERS * EACH {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "tail stalled at {}",
+                seen.len()
+            );
+            let batch = reader.read_events(cursor, 7).await?;
+            for event in &batch {
+                ensure!(event.seq > cursor, "after {cursor} came {}", event.seq);
+                cursor = event.seq;
+            }
+            seen.extend(batch);
+            tokio::task::yield_now().await;
+        }
+        for writer in writers {
+            writer.await??;
+        }
+        ensure!(
+            reader.read_events(cursor, 10).await?.is_empty(),
+            "more events than written"
+        );
+        let all = reader.read_events(0, 10_000).await?;
+        ensure!(all == seen, "an event appeared behind the tail's cursor");
+        Ok(())
+    }
+
+    /// An event whose transaction commits after later events were read is numbered after them,
+    /// so a reader that already moved past them still gets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_commit_lands_after_the_cursor() -> anyhow::Result<()> {
+        use sqlx::Connection as _;
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        let backend: SharedBackend = Arc::new(PostgresBackend::connect(&url).await?);
+        let mut slow = sqlx::PgConnection::connect(&url).await?;
+        let mut tx = slow.begin().await?;
+        sqlx::query(
+            "INSERT INTO orch_events (kind, at, data) VALUES ('test.slow', now(), 'null'::jsonb)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let fast = backend
+            .append_event(NewEvent::new(EventKind::Custom("test.fast".into())))
+            .await?;
+        let read = backend.read_events(0, 10).await?;
+        ensure!(read.len() == 1 && read[0].seq == fast.seq, "{read:?}");
+        tx.commit().await?;
+        let late = backend.read_events(fast.seq, 10).await?;
+        ensure!(
+            late.len() == 1 && late[0].kind.as_str() == "test.slow" && late[0].seq > fast.seq,
+            "{late:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once_and_refuse_a_newer_schema() -> anyhow::Result<()> {
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        let first = PostgresBackend::connect(&url).await?;
+        let second = PostgresBackend::connect(&url).await?;
+        ensure!(first.schema_version().await? == 1 && second.schema_version().await? == 1);
+        {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            sqlx::query(
+                "INSERT INTO orch_schema_migrations (version, description, success, checksum, \
+                 execution_time) VALUES (99, 'future', TRUE, '\\x00', 0)",
+            )
+            .execute(&mut conn)
+            .await?;
+            conn.close().await?;
+        }
+        let err = PostgresBackend::connect(&url).await;
+        let Err(err) = err else {
+            bail!("a newer schema was accepted")
+        };
+        ensure!(
+            err.to_string().contains("schema is at version 99, newer"),
+            "{err}"
+        );
+        let missing = url.replace("/t_", "/missing_");
+        let err = PostgresBackend::connect(&missing).await;
+        let Err(err) = err else {
+            bail!("a missing database was accepted")
+        };
+        ensure!(err.to_string().contains("does not exist"), "{err}");
+        Ok(())
+    }
+}
