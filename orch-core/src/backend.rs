@@ -6,8 +6,11 @@
 //! happen. Worker-side writes are conditioned on the lease token: a stale holder cannot write.
 //!
 //! [`MemoryBackend`](crate::MemoryBackend) implements all of them; `orch-storage` has SQLite and
-//! PostgreSQL. Every implementation must pass [`conformance`](crate::conformance) (feature
-//! `test-util`).
+//! PostgreSQL. Every implementation must pass the conformance suite (`orch_core::conformance`,
+//! feature `test-util`).
+//!
+//! Backends may store times at microsecond precision, and SQL backends' event sequence numbers
+//! may skip values (never repeat or go backwards); the memory backend's have no gaps.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -99,7 +99,7 @@ pub use model::{
     TaskStatus,
 };
 pub use orchestrator::{
-    Orchestrator, OrchestratorBuilder, OrchestratorConfig, ShutdownReport, WorkerReport,
+    Orchestrator, OrchestratorBuilder, OrchestratorConfig, Retention, ShutdownReport, WorkerReport,
 };
 pub use registry::DefaultPluginRegistry;
 pub use schedule::Schedule;

@@ -11,7 +11,7 @@ pub use task::{
     TaskFilter, TaskId, TaskSpec, TaskStatus, limits,
 };
 
-pub(crate) use task::check_name;
+pub use task::check_name;
 
 /// Serde for `Duration` as (fractional) seconds, the seed's unit for timeouts.
 pub(crate) mod serde_secs {

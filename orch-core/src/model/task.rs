@@ -200,8 +200,9 @@ pub mod limits {
     pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
-/// Checks a name-like field: non-empty, bounded, no control characters.
-pub(crate) fn check_name(field: &'static str, value: &str, max: usize) -> Result<()> {
+/// Checks a name-like field (core id, resource, key): non-empty, at most `max` bytes, no control
+/// characters. The error names `field`. Backends use it to refuse bad input like the memory backend.
+pub fn check_name(field: &'static str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }

@@ -6,6 +6,27 @@ use crate::error::{Error, Result};
 use crate::locks::LockConfig;
 use crate::model::RetryPolicy;
 
+/// How long finished tasks and events are kept before the pruner deletes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Finished tasks older than this (by finish time) are deleted. Default 7 days.
+    pub finished_tasks: Duration,
+    /// Events older than this are deleted. Default 7 days.
+    pub events: Duration,
+    /// How often the pruner runs. Default 5 minutes.
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            finished_tasks: Duration::from_secs(7 * 24 * 3600),
+            events: Duration::from_secs(7 * 24 * 3600),
+            interval: Duration::from_secs(300),
+        }
+    }
+}
+
 /// How an orchestrator runs. `Default` suits most uses; `with_*` methods change one setting.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrchestratorConfig {
@@ -35,6 +56,9 @@ pub struct OrchestratorConfig {
     pub node_id: String,
     /// Lock manager tuning.
     pub locks: LockConfig,
+    /// Pruning of finished tasks and old events; `None` keeps everything. Default: on, with
+    /// [`Retention::default`].
+    pub retention: Option<Retention>,
     /// How long a timed-out or cancelled engine may take to return after its cancellation
     /// token fires before its future is dropped. Default 5 s.
     pub cancel_grace: Duration,
@@ -56,6 +80,7 @@ impl Default for OrchestratorConfig {
             node_id: format!("orch-{}", uuid::Uuid::new_v4()),
             locks: LockConfig::default(),
             cancel_grace: Duration::from_secs(5),
+            retention: Some(Retention::default()),
         }
     }
 }
@@ -122,6 +147,12 @@ impl OrchestratorConfig {
         self
     }
 
+    /// Sets the retention (`None` keeps everything).
+    pub fn with_retention(mut self, retention: Option<Retention>) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// Sets the live event buffer.
     pub fn with_event_buffer(mut self, buffer: usize) -> Self {
         self.event_buffer = buffer;
@@ -157,6 +188,9 @@ impl OrchestratorConfig {
                 "heartbeat_interval",
                 "must be shorter than the lease, or leases expire between heartbeats",
             ));
+        }
+        if let Some(retention) = &self.retention {
+            nonzero("retention.interval", retention.interval)?;
         }
         crate::model::check_name("node_id", &self.node_id, 128)?;
         Ok(())

@@ -7,6 +7,8 @@
 //! - the lease keeper: renews the leases of every running attempt in one batch call, and stops
 //!   an attempt whose lease was lost;
 //! - the rescuer: takes back tasks whose lease expired (their holder died);
+//! - the reporter: records attempt outcomes in batches;
+//! - the pruner: deletes finished tasks and events past their retention;
 //! - the event tail (`events.rs`) and one runner per event handler;
 //! - one runner per schedule (`schedule.rs`).
 
@@ -27,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use config::OrchestratorConfig;
+pub use config::{OrchestratorConfig, Retention};
 
 use crate::backend::SharedBackend;
 use crate::contracts::{EventHandler, Plugin, PluginProcessor, PluginRegistry, Processor};
@@ -302,7 +304,14 @@ impl Orchestrator {
         inner
             .background
             .spawn(worker::lease_keeper(inner.clone(), stop.clone()));
-        inner.background.spawn(worker::rescuer(inner.clone(), stop));
+        inner
+            .background
+            .spawn(worker::rescuer(inner.clone(), stop.clone()));
+        if let Some(retention) = inner.config.retention {
+            inner
+                .background
+                .spawn(worker::pruner(inner.clone(), retention, stop));
+        }
     }
 
     /// The backend.
@@ -638,6 +647,12 @@ impl Orchestrator {
     /// lease expired are requeued or failed. Returns them.
     pub async fn rescue_expired(&self) -> Result<Vec<Task>> {
         worker::rescue_once(&self.inner).await
+    }
+
+    /// Runs one pruning pass now with `retention` (the pruner does this every
+    /// `retention.interval` when configured). Returns how many tasks and events were deleted.
+    pub async fn prune(&self, retention: Retention) -> Result<(u64, u64)> {
+        worker::prune_once(&self.inner, retention).await
     }
 
     /// Graceful shutdown (the seed's sequence): stop claiming and scheduling, let running

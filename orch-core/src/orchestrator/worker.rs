@@ -485,3 +485,46 @@ pub(super) async fn rescuer(inner: Arc<Inner>, stop: CancellationToken) {
         }
     }
 }
+
+/// Deletes finished tasks and events older than the retention, in bounded batches.
+pub(super) async fn prune_once(inner: &Inner, retention: super::Retention) -> Result<(u64, u64)> {
+    const BATCH: usize = 10_000;
+    let now = clock::now();
+    let task_cutoff = now
+        - chrono::TimeDelta::from_std(retention.finished_tasks).unwrap_or(chrono::TimeDelta::MAX);
+    let event_cutoff =
+        now - chrono::TimeDelta::from_std(retention.events).unwrap_or(chrono::TimeDelta::MAX);
+    let mut tasks = 0;
+    loop {
+        let pruned = inner.backend.prune_tasks(task_cutoff, BATCH).await?;
+        tasks += pruned;
+        if pruned < BATCH as u64 {
+            break;
+        }
+    }
+    let events = inner.backend.prune_events(event_cutoff).await?;
+    if tasks > 0 || events > 0 {
+        tracing::info!(tasks, events, "pruned finished tasks and old events");
+    }
+    Ok((tasks, events))
+}
+
+/// Prunes every `retention.interval`.
+pub(super) async fn pruner(
+    inner: Arc<Inner>,
+    retention: super::Retention,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(retention.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        if let Err(error) = prune_once(&inner, retention).await {
+            tracing::warn!(%error, "pruning failed; retrying next interval");
+        }
+    }
+}

@@ -617,3 +617,43 @@ async fn bad_specs_are_refused_with_the_field_named() {
     );
     orch.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_pruner_deletes_old_finished_tasks_and_events() {
+    let retention = orch_core::Retention {
+        finished_tasks: Duration::from_secs(3600),
+        events: Duration::from_secs(3600),
+        interval: Duration::from_secs(60),
+    };
+    let orch = orch(backend(), config().with_retention(Some(retention))).await;
+    orch.register_engine("ok", processor_fn("ok", |_c, i| async move { Ok(i) }))
+        .unwrap();
+    let old = orch.dispatch_and_wait(TaskSpec::new("ok")).await.unwrap();
+    let waiting = orch.dispatch(TaskSpec::new("nobody")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3000)).await;
+    let recent = orch.dispatch_and_wait(TaskSpec::new("ok")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(900)).await;
+    // The old task finished over an hour ago: pruned with its events. The recent one and the
+    // still-queued one stay.
+    assert!(matches!(
+        orch.get(old.id).await,
+        Err(Error::TaskNotFound(_))
+    ));
+    assert_eq!(
+        orch.get(recent.id).await.unwrap().status,
+        TaskStatus::Succeeded
+    );
+    assert_eq!(
+        orch.get(waiting.id).await.unwrap().status,
+        TaskStatus::Queued
+    );
+    let events = orch.events().replay(0, 100).await.unwrap();
+    assert!(
+        events.iter().all(|e| e.task_id != Some(old.id)),
+        "old events kept"
+    );
+    assert!(events.iter().any(|e| e.task_id == Some(recent.id)));
+    // Nothing left to prune by hand: the pruner already did it.
+    assert_eq!(orch.prune(retention).await.unwrap(), (0, 0));
+    orch.shutdown(Duration::from_secs(1)).await;
+}
