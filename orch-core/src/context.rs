@@ -123,9 +123,13 @@ impl TaskContext {
         self.cancel.cancelled().await
     }
 
-    /// The token itself, to hand to child futures.
-    pub fn cancellation(&self) -> &CancellationToken {
-        &self.cancel
+    /// A token that fires when the attempt must stop, to hand to child futures.
+    ///
+    /// It is a child of the attempt's own token: cancelling it (to stop work the engine
+    /// started) does not end the attempt. Created on request, so engines that only poll
+    /// [`TaskContext::is_cancelled`] or await [`TaskContext::cancelled`] pay nothing for it.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.child_token()
     }
 
     /// The fencing token of the task's lock on `resource`, to present to the protected resource.

@@ -17,9 +17,58 @@ use crate::model::{
     TaskFilter, TaskId, TaskStatus,
 };
 
-/// Claim order: priority descending, then `run_at` (µs), then id. Integer keys keep the
-/// B-tree comparisons cheap.
+/// Claim order: priority descending, then `run_at` (µs), then id.
 type ReadyKey = (Reverse<i32>, i64, u128);
+
+/// The due tasks of one core: per priority (highest first), a deque sorted by (`run_at`, id).
+/// New and requeued tasks almost always belong at the back, so inserting is O(1) in practice
+/// and claiming pops the front.
+#[derive(Default)]
+pub(super) struct ReadyQueue {
+    by_priority: std::collections::BTreeMap<Reverse<i32>, VecDeque<(i64, u128)>>,
+}
+
+impl ReadyQueue {
+    fn insert(&mut self, (priority, run_at, id): ReadyKey) {
+        let deque = self.by_priority.entry(priority).or_default();
+        let entry = (run_at, id);
+        if deque.back().is_none_or(|last| *last <= entry) {
+            deque.push_back(entry);
+        } else {
+            let at = deque.partition_point(|e| *e < entry);
+            deque.insert(at, entry);
+        }
+    }
+
+    fn remove(&mut self, (priority, run_at, id): &ReadyKey) {
+        if let Some(deque) = self.by_priority.get_mut(priority) {
+            let entry = (*run_at, *id);
+            let at = deque.partition_point(|e| *e < entry);
+            if deque.get(at) == Some(&entry) {
+                deque.remove(at);
+            }
+            if deque.is_empty() {
+                self.by_priority.remove(priority);
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<u128> {
+        let mut first = self.by_priority.first_entry()?;
+        let (_, id) = first.get_mut().pop_front()?;
+        if first.get().is_empty() {
+            first.remove();
+        }
+        Some(id)
+    }
+
+    fn earliest_run_at(&self) -> Option<i64> {
+        self.by_priority
+            .values()
+            .filter_map(|deque| deque.front().map(|(run_at, _)| *run_at))
+            .min()
+    }
+}
 
 fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
@@ -90,7 +139,7 @@ struct Record {
 /// finished task is in `finished` (in the order they finished).
 pub(super) struct TaskTables {
     records: IdMap<Box<Record>>,
-    ready: HashMap<String, BTreeSet<ReadyKey>>,
+    ready: HashMap<String, ReadyQueue>,
     delayed: HashMap<String, BTreeSet<(i64, u128)>>,
     running: HashSet<TaskId, IdHashBuilder>,
     finished: VecDeque<(i64, TaskId)>,
@@ -139,8 +188,8 @@ impl TaskTables {
     }
 
     fn dequeue_keys(&mut self, core_id: &str, ready: &ReadyKey, delayed: &(i64, u128)) {
-        if let Some(set) = self.ready.get_mut(core_id) {
-            set.remove(ready);
+        if let Some(queue) = self.ready.get_mut(core_id) {
+            queue.remove(ready);
         }
         if let Some(set) = self.delayed.get_mut(core_id) {
             set.remove(delayed);
@@ -161,11 +210,11 @@ impl TaskTables {
             if let Some(record) = self.records.get(&id_of(raw_id)) {
                 let key = (Reverse(record.task.priority), run_at, raw_id);
                 match self.ready.get_mut(core_id) {
-                    Some(ready) => {
-                        ready.insert(key);
-                    }
+                    Some(ready) => ready.insert(key),
                     None => {
-                        self.ready.insert(core_id.to_owned(), BTreeSet::from([key]));
+                        let mut queue = ReadyQueue::default();
+                        queue.insert(key);
+                        self.ready.insert(core_id.to_owned(), queue);
                     }
                 }
             }
@@ -390,8 +439,8 @@ impl TaskStore for MemoryBackend {
             let mut picked = Vec::new();
             if let Some(ready) = tables.ready.get_mut(core_id) {
                 while picked.len() < limit {
-                    match ready.pop_first() {
-                        Some((_, _, raw_id)) => picked.push(id_of(raw_id)),
+                    match ready.pop() {
+                        Some(raw_id) => picked.push(id_of(raw_id)),
                         None => break,
                     }
                 }
@@ -430,7 +479,7 @@ impl TaskStore for MemoryBackend {
             .tasks
             .ready
             .get(core_id)
-            .and_then(|ready| ready.iter().map(|(_, run_at, _)| *run_at).min())
+            .and_then(ReadyQueue::earliest_run_at)
             .and_then(DateTime::from_timestamp_micros);
         let delayed = state
             .tasks
@@ -716,7 +765,7 @@ fn end_attempt(
 /// Puts a queued task in its core's ready set (due) or delayed set. Takes the two maps rather
 /// than the tables so callers can pass a task borrowed from the records.
 fn enqueue_into(
-    ready: &mut HashMap<String, BTreeSet<ReadyKey>>,
+    ready: &mut HashMap<String, ReadyQueue>,
     delayed: &mut HashMap<String, BTreeSet<(i64, u128)>>,
     task: &Task,
     now: DateTime<Utc>,
@@ -725,11 +774,11 @@ fn enqueue_into(
     if task.run_at <= now {
         let key = ready_key(task);
         match ready.get_mut(&task.core_id) {
-            Some(set) => {
-                set.insert(key);
-            }
+            Some(queue) => queue.insert(key),
             None => {
-                ready.insert(task.core_id.clone(), BTreeSet::from([key]));
+                let mut queue = ReadyQueue::default();
+                queue.insert(key);
+                ready.insert(task.core_id.clone(), queue);
             }
         }
     } else {

@@ -360,7 +360,7 @@ async fn execute(
         core.core_id.clone(),
         task.attempt,
         task.max_attempts,
-        running.cancel.child_token(),
+        running.cancel.clone(),
         storage,
     );
     if !guards.is_empty() {
