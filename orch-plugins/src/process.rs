@@ -1,0 +1,418 @@
+//! A plugin run in a child process (`orch-plugin-host`), the host side.
+//!
+//! The child loads the plugin file and serves JSON-lines requests (see
+//! [`protocol`](crate::protocol)). One reader task per child routes replies to the waiting
+//! calls. When the child dies (segfault, abort, killed), every call in flight fails with a
+//! retryable error and the next call starts a new child, initialized with the same config.
+//! A call that is cancelled (timeout, cancel) is told so; if it is still running after
+//! [`kill_grace`](crate::PluginOptions::kill_grace), the child is killed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use orch_core::{TaskContext, TaskError};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{ChildStdin, ChildStdout, Command};
+use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::calls::{CallError, CallInfo, current_max_level, emit_log};
+use crate::error::LoadError;
+use crate::library::PluginMetadata;
+use crate::options::PluginOptions;
+use crate::protocol::{Outcome, Request, Response};
+
+/// One incarnation of the child process.
+struct Child {
+    plugin: String,
+    stdin: tokio::sync::Mutex<ChildStdin>,
+    /// Calls waiting for a reply, by request id. Drained (under this lock) when the child dies,
+    /// so a call registered afterwards sees `exited` instead of waiting forever.
+    pending: parking_lot::Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    next_id: AtomicU64,
+    /// Asks the reader task to kill the child.
+    kill: CancellationToken,
+    /// Fired once the child is gone.
+    exited: CancellationToken,
+}
+
+impl Child {
+    /// Whether new calls may go to this child (it has not died and is not being killed).
+    fn is_alive(&self) -> bool {
+        !self.exited.is_cancelled() && !self.kill.is_cancelled()
+    }
+
+    fn is_pending(&self, id: u64) -> bool {
+        self.pending.lock().contains_key(&id)
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn write(&self, request: &Request) -> Result<(), CallError> {
+        let mut line = serde_json::to_string(request)
+            .map_err(|error| CallError::host(format!("cannot encode request: {error}"), false))?;
+        line.push('\n');
+        let mut stdin = self.stdin.lock().await;
+        let written = match stdin.write_all(line.as_bytes()).await {
+            Ok(()) => stdin.flush().await,
+            Err(error) => Err(error),
+        };
+        written.map_err(|error| CallError::host(format!("plugin process is gone ({error})"), true))
+    }
+
+    /// Sends a request and returns the receiver of its reply.
+    async fn request(
+        &self,
+        id: u64,
+        request: &Request,
+    ) -> Result<oneshot::Receiver<Outcome>, CallError> {
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock();
+            if !self.is_alive() {
+                return Err(CallError::host("plugin process is gone", true));
+            }
+            pending.insert(id, sender);
+        }
+        if let Err(error) = self.write(request).await {
+            self.pending.lock().remove(&id);
+            return Err(error);
+        }
+        Ok(receiver)
+    }
+
+    async fn call(&self, request: Request, id: u64) -> Result<Value, CallError> {
+        let receiver = self.request(id, &request).await?;
+        receive(receiver).await
+    }
+
+    async fn init(&self, config: &Value) -> Result<(), CallError> {
+        let id = self.next_id();
+        let request = Request::Init {
+            id,
+            config: config.clone(),
+            max_log_level: current_max_level().as_str().to_owned(),
+        };
+        self.call(request, id).await.map(drop)
+    }
+
+    fn handle_line(&self, line: &str) {
+        match serde_json::from_str::<Response>(line) {
+            Ok(Response::Reply { id, outcome }) => {
+                if let Some(sender) = self.pending.lock().remove(&id) {
+                    let _ = sender.send(outcome);
+                }
+            }
+            Ok(Response::Log { level, message }) => {
+                let level = orch_plugin_abi::LogLevel::parse(&level)
+                    .unwrap_or(orch_plugin_abi::LogLevel::Info);
+                emit_log(&self.plugin, level, &message);
+            }
+            Ok(other) => tracing::debug!(plugin = %self.plugin, ?other, "unexpected message"),
+            Err(error) => {
+                tracing::warn!(plugin = %self.plugin, %error, "plugin process sent a bad line")
+            }
+        }
+    }
+
+    /// Marks the child gone and fails every call in flight.
+    fn fail_all(&self, reason: &str) {
+        let mut pending = self.pending.lock();
+        self.exited.cancel();
+        for (_, sender) in pending.drain() {
+            let _ = sender.send(Outcome::Err(CallError::host(
+                format!("plugin process crashed ({reason})"),
+                true,
+            )));
+        }
+    }
+}
+
+async fn receive(receiver: oneshot::Receiver<Outcome>) -> Result<Value, CallError> {
+    match receiver.await {
+        Ok(outcome) => outcome.into(),
+        Err(_) => Err(CallError::host("plugin process is gone", true)),
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            let name = match signal {
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGABRT => " (SIGABRT)",
+                libc::SIGKILL => " (SIGKILL)",
+                libc::SIGBUS => " (SIGBUS)",
+                libc::SIGILL => " (SIGILL)",
+                libc::SIGFPE => " (SIGFPE)",
+                _ => "",
+            };
+            return format!("killed by signal {signal}{name}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exited with status {code}"),
+        None => "exited".to_owned(),
+    }
+}
+
+/// Reads the child's stdout until it closes (or a kill is asked for), then reaps the child.
+async fn reader(
+    child: Arc<Child>,
+    mut lines: Lines<BufReader<ChildStdout>>,
+    mut process: tokio::process::Child,
+) {
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => child.handle_line(&line),
+                _ => break,
+            },
+            _ = child.kill.cancelled() => break,
+        }
+    }
+    let _ = process.start_kill();
+    let reason = match process.wait().await {
+        Ok(status) => describe(status),
+        Err(error) => format!("cannot be waited for: {error}"),
+    };
+    if child.kill.is_cancelled() {
+        tracing::debug!(plugin = %child.plugin, %reason, "plugin process stopped");
+    } else {
+        tracing::warn!(plugin = %child.plugin, %reason, "plugin process crashed");
+    }
+    child.fail_all(&reason);
+}
+
+/// Starts a child for `path` and waits for its hello (or refusal).
+async fn spawn_child(
+    path: &Path,
+    options: &PluginOptions,
+) -> Result<(Arc<Child>, PluginMetadata), LoadError> {
+    let program = options.program();
+    let failed = |reason: String| LoadError::Process {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut process = Command::new(&program)
+        .args(&options.host_args)
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| failed(format!("cannot run {}: {error}", program.display())))?;
+    let (Some(stdin), Some(stdout)) = (process.stdin.take(), process.stdout.take()) else {
+        return Err(failed("no stdio pipes".to_owned()));
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(options.startup_timeout, lines.next_line()).await;
+    let metadata = match first {
+        Ok(Ok(Some(line))) => match serde_json::from_str::<Response>(&line) {
+            Ok(Response::Hello { metadata }) => metadata,
+            Ok(Response::Refused { error }) => {
+                let error = LoadError::from_wire(path, error);
+                if let Some(report) = error.report() {
+                    tracing::debug!(path = %path.display(), %report, "plugin refused: full report");
+                }
+                return Err(error);
+            }
+            _ => return Err(failed(format!("unexpected first line {line:?}"))),
+        },
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            let status = process.wait().await.map(describe).unwrap_or_default();
+            return Err(failed(format!("exited before answering: {status}")));
+        }
+        Err(_) => {
+            let _ = process.start_kill();
+            return Err(failed(format!(
+                "no answer within {:?}",
+                options.startup_timeout
+            )));
+        }
+    };
+    let child = Arc::new(Child {
+        plugin: metadata.name.clone(),
+        stdin: tokio::sync::Mutex::new(stdin),
+        pending: parking_lot::Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        kill: CancellationToken::new(),
+        exited: CancellationToken::new(),
+    });
+    tokio::spawn(reader(child.clone(), lines, process));
+    Ok((child, metadata))
+}
+
+/// A plugin running in a child process.
+pub(crate) struct ProcessPlugin {
+    metadata: PluginMetadata,
+    path: PathBuf,
+    options: PluginOptions,
+    /// The config of the last `initialize`, replayed into a restarted child.
+    config: parking_lot::Mutex<Option<Value>>,
+    /// The current child; replaced when it has died.
+    child: tokio::sync::Mutex<Option<Arc<Child>>>,
+    slots: Arc<Semaphore>,
+    restarts: AtomicU64,
+}
+
+impl ProcessPlugin {
+    pub(crate) async fn start(path: &Path, options: &PluginOptions) -> Result<Self, LoadError> {
+        let (child, metadata) = spawn_child(path, options).await?;
+        Ok(ProcessPlugin {
+            metadata,
+            path: path.to_owned(),
+            options: options.clone(),
+            config: parking_lot::Mutex::new(None),
+            child: tokio::sync::Mutex::new(Some(child)),
+            slots: Arc::new(Semaphore::new(options.slots())),
+            restarts: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn metadata(&self) -> &PluginMetadata {
+        &self.metadata
+    }
+
+    pub(crate) fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// The live child, starting a new one (with the last config) if the previous one died.
+    async fn connection(&self) -> Result<Arc<Child>, CallError> {
+        let mut slot = self.child.lock().await;
+        if let Some(child) = slot.as_ref().filter(|child| child.is_alive()) {
+            return Ok(child.clone());
+        }
+        let restarting = slot.is_some();
+        let (child, _) = spawn_child(&self.path, &self.options)
+            .await
+            .map_err(|error| CallError::host(error.to_string(), true))?;
+        let config = self.config.lock().clone();
+        if let Some(config) = config {
+            child.init(&config).await?;
+        }
+        if restarting {
+            let restarts = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(plugin = %self.metadata.name, restarts, "plugin process restarted");
+        }
+        *slot = Some(child.clone());
+        Ok(child)
+    }
+
+    fn plugin_error(&self, message: String) -> orch_core::Error {
+        orch_core::Error::Plugin {
+            name: self.metadata.name.clone(),
+            message,
+        }
+    }
+
+    pub(crate) async fn initialize(&self, config: Value) -> orch_core::Result<()> {
+        let child = self
+            .connection()
+            .await
+            .map_err(|error| self.plugin_error(error.message))?;
+        child
+            .init(&config)
+            .await
+            .map_err(|error| self.plugin_error(error.message))?;
+        *self.config.lock() = Some(config);
+        Ok(())
+    }
+
+    pub(crate) async fn execute(&self, ctx: TaskContext, input: Value) -> Result<Value, TaskError> {
+        let name = self.metadata.name.as_str();
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| TaskError::retryable(format!("plugin {name} is shut down")))?;
+        let child = self
+            .connection()
+            .await
+            .map_err(|error| error.into_task_error(name))?;
+        let id = child.next_id();
+        let call = CallInfo {
+            task_id: ctx.task_id().to_string(),
+            core_id: ctx.core_id().to_owned(),
+            attempt: ctx.attempt(),
+            max_attempts: ctx.max_attempts(),
+        };
+        let mut receiver = child
+            .request(id, &Request::Execute { id, call, input })
+            .await
+            .map_err(|error| error.into_task_error(name))?;
+        let cancel = ctx.cancellation().clone();
+        let early = tokio::select! {
+            biased;
+            outcome = &mut receiver => Some(outcome),
+            _ = cancel.cancelled() => None,
+        };
+        let result = match early {
+            Some(Ok(outcome)) => outcome.into(),
+            Some(Err(_)) => Err(CallError::host("plugin process is gone", true)),
+            None => {
+                // Cancelled or timed out: tell the plugin, and kill the child if the call is
+                // still running after the grace period. The watchdog keeps the slot meanwhile.
+                let _ = child.write(&Request::Cancel { id }).await;
+                tokio::spawn(watchdog(child, id, self.options.kill_grace, permit));
+                receive(receiver).await
+            }
+        };
+        result.map_err(|error| error.into_task_error(name))
+    }
+
+    pub(crate) async fn cleanup(&self) -> orch_core::Result<()> {
+        let child = self.child.lock().await.take();
+        *self.config.lock() = None;
+        let Some(child) = child.filter(|child| child.is_alive()) else {
+            return Ok(());
+        };
+        let id = child.next_id();
+        let result = child.call(Request::Cleanup { id }, id).await;
+        child.kill.cancel();
+        result
+            .map(drop)
+            .map_err(|error| self.plugin_error(error.message))
+    }
+}
+
+impl Drop for ProcessPlugin {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.get_mut().take() {
+            child.kill.cancel();
+        }
+    }
+}
+
+async fn watchdog(
+    child: Arc<Child>,
+    id: u64,
+    grace: Duration,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while child.is_pending(id) && child.is_alive() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                plugin = %child.plugin,
+                grace = ?grace,
+                "a cancelled call is still running: killing the plugin process"
+            );
+            child.kill.cancel();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20).min(grace)).await;
+    }
+}

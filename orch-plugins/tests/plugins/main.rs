@@ -1,0 +1,9 @@
+//! orch-plugins' integration tests, one binary. The fixture plugins (examples/echo-engine and
+//! orch-plugins/fixtures/*) are built once per run by [`support::fixtures`], into one shared
+//! target directory.
+
+mod in_process;
+#[cfg(unix)]
+mod process;
+mod refusals;
+mod support;
