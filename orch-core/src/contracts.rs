@@ -228,6 +228,11 @@ pub trait Plugin: Send + Sync {
     fn description(&self) -> &str;
     /// Prepares the plugin with its configuration.
     async fn initialize(&self, config: Value) -> Result<()>;
+    /// Checks a task's input before any attempt runs (a refusal fails the task without
+    /// retry). The default accepts everything.
+    fn validate(&self, _input: &Value) -> Result<(), TaskError> {
+        Ok(())
+    }
     /// Runs one attempt of a task.
     async fn execute(&self, ctx: TaskContext, input: Value) -> Result<Value, TaskError>;
     /// Releases what `initialize` took.
@@ -247,8 +252,8 @@ impl Processor for PluginProcessor {
     fn version(&self) -> &str {
         self.0.version()
     }
-    fn validate(&self, _input: &Value) -> Result<(), TaskError> {
-        Ok(())
+    fn validate(&self, input: &Value) -> Result<(), TaskError> {
+        self.0.validate(input)
     }
     async fn process(&self, ctx: TaskContext, input: Value) -> Result<Value, TaskError> {
         self.0.execute(ctx, input).await

@@ -36,6 +36,12 @@ impl Plugin for Upper {
         }
         Ok(())
     }
+    fn validate(&self, input: &Value) -> Result<(), TaskError> {
+        if input.is_null() {
+            return Err(TaskError::fatal("input must not be null"));
+        }
+        Ok(())
+    }
     async fn execute(&self, ctx: TaskContext, input: Value) -> Result<Value, TaskError> {
         let text = input
             .as_str()
@@ -89,6 +95,15 @@ async fn a_registered_plugin_serves_its_core_ids_and_uses_the_kv_space() {
         .await
         .unwrap();
     assert_eq!((bad.status, bad.attempt), (TaskStatus::Failed, 1));
+    let refused = orch
+        .dispatch_and_wait(TaskSpec::new("text").max_attempts(3))
+        .await
+        .unwrap();
+    assert_eq!((refused.status, refused.attempt), (TaskStatus::Failed, 1));
+    assert_eq!(
+        refused.error.as_deref(),
+        Some("invalid input: input must not be null")
+    );
     let removed = orch.plugins().unregister("upper").await.unwrap();
     assert_eq!(removed.name(), "upper");
     assert_eq!(cleanups.load(Ordering::SeqCst), 1);
