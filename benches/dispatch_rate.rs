@@ -35,8 +35,14 @@ fn main() {
         .collect();
     let concurrency: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(64);
     let count: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(500_000);
+    // Worker threads of the runtime (default 2, the machine's cores); the producer runs on the
+    // main thread.
+    let workers: usize = std::env::var("ORCH_BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("runtime");

@@ -1,0 +1,318 @@
+//! Authentication and authorization: roles, JWT access tokens (HS256 only; `exp`, `iat`,
+//! `iss`, `aud`, `sub` required), the [`Authed`] extractor that checks a token, the caller's
+//! role against the endpoint's [`RoleSet`], and the per-user rate limit.
+
+pub mod users;
+
+use std::marker::PhantomData;
+
+use axum::extract::{FromRequestParts, MatchedPath};
+use axum::http::{header, request::Parts};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::config::JwtConfig;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// What a user may do (seed 002 "Security Manager").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including users.
+    Admin,
+    /// Dispatches and manages tasks and locks.
+    Operator,
+    /// Reads.
+    Viewer,
+    /// Internal systems and external workers: dispatch, claim, heartbeat, report, locks.
+    System,
+}
+
+impl Role {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::System => "system",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Self, ApiError> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
+            "viewer" => Ok(Role::Viewer),
+            "system" => Ok(Role::System),
+            _ => Err(ApiError::unprocessable(
+                "role",
+                format!("{s:?} is not one of admin, operator, viewer, system"),
+            )),
+        }
+    }
+}
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The username.
+    pub sub: String,
+    /// The user's role when the token was issued.
+    pub role: Role,
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Issued at (Unix seconds).
+    pub iat: u64,
+    /// Expires at (Unix seconds).
+    pub exp: u64,
+    /// Token id.
+    pub jti: String,
+}
+
+/// Issues and verifies access tokens with one pinned algorithm (HS256).
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    config: JwtConfig,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("issuer", &self.config.issuer)
+            .field("audience", &self.config.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// Bad signature, algorithm, shape or claim.
+    Invalid(String),
+    /// Past its `exp`.
+    Expired,
+    /// `iat` in the future.
+    NotYetValid,
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::Invalid(reason) => write!(f, "invalid token: {reason}"),
+            TokenError::Expired => f.write_str("token expired"),
+            TokenError::NotYetValid => f.write_str("token issued in the future"),
+        }
+    }
+}
+
+impl TokenKeys {
+    /// Keys for `config`.
+    pub fn new(config: &JwtConfig) -> Self {
+        let secret = config.secret.expose().as_bytes();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        validation.set_issuer(&[config.issuer.as_str()]);
+        validation.set_audience(&[config.audience.as_str()]);
+        // Time claims are checked against the injected clock below, with no leeway.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        TokenKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            config: config.clone(),
+        }
+    }
+
+    /// The token lifetime in seconds.
+    pub fn expires_in(&self) -> u64 {
+        self.config.expiry.as_secs().max(1)
+    }
+
+    /// Issues a token for `sub` with `role`, valid from now for the configured lifetime.
+    pub fn issue(&self, sub: &str, role: Role, clock: &Clock) -> Result<String, ApiError> {
+        let now = clock.unix_now();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            role,
+            iss: self.config.issuer.clone(),
+            aud: self.config.audience.clone(),
+            iat: now,
+            exp: now + self.expires_in(),
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| ApiError::internal("signing a token", e))
+    }
+
+    /// Verifies a token: HS256 signature, required claims, issuer, audience, and time against
+    /// `clock` (expired when `now >= exp`; refused when issued more than 60 s ahead).
+    pub fn verify(&self, token: &str, clock: &Clock) -> Result<Claims, TokenError> {
+        if token.len() > 8192 {
+            return Err(TokenError::Invalid("token too long".to_owned()));
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let claims = data.claims;
+        let now = clock.unix_now();
+        if now >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        if claims.iat > now + 60 {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.exp.saturating_sub(claims.iat) > 24 * 3600 {
+            return Err(TokenError::Invalid("lifetime too long".to_owned()));
+        }
+        Ok(claims)
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Username.
+    pub username: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// A set of roles allowed on an endpoint, as a type (see [`Authed`]).
+pub trait RoleSet: Send + Sync + 'static {
+    /// The roles.
+    const ROLES: &'static [Role];
+}
+
+/// Every role.
+#[derive(Debug)]
+pub struct AnyRole;
+impl RoleSet for AnyRole {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Operator, Role::Viewer, Role::System];
+}
+
+/// Admin, operator and system: dispatch and locks.
+#[derive(Debug)]
+pub struct Dispatchers;
+impl RoleSet for Dispatchers {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Operator, Role::System];
+}
+
+/// Admin and operator: cancel.
+#[derive(Debug)]
+pub struct Operators;
+impl RoleSet for Operators {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Operator];
+}
+
+/// Admin and system: external workers (claim, heartbeat, report).
+#[derive(Debug)]
+pub struct Workers;
+impl RoleSet for Workers {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::System];
+}
+
+/// Admin only: users.
+#[derive(Debug)]
+pub struct Admins;
+impl RoleSet for Admins {
+    const ROLES: &'static [Role] = &[Role::Admin];
+}
+
+/// Extracts the caller from `Authorization: Bearer <token>`: 401 without a valid token, 403 if
+/// the role is not in `R`, 429 over the per-user, per-endpoint rate limit.
+#[derive(Debug)]
+pub struct Authed<R: RoleSet>(pub Principal, PhantomData<R>);
+
+impl<R: RoleSet> Authed<R> {
+    /// The caller.
+    pub fn principal(&self) -> &Principal {
+        &self.0
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::unauthorized("missing Authorization: Bearer token")
+                .with_field("Authorization")
+        })?
+        .to_str()
+        .map_err(|_| {
+            ApiError::unauthorized("Authorization header is not ASCII").with_field("Authorization")
+        })?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(|| {
+        ApiError::unauthorized("Authorization must be \"Bearer <token>\"")
+            .with_field("Authorization")
+    })?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(
+            ApiError::unauthorized("Authorization must be \"Bearer <token>\"")
+                .with_field("Authorization"),
+        );
+    }
+    Ok(token.trim())
+}
+
+impl<R: RoleSet> FromRequestParts<AppState> for Authed<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        let claims = match state.tokens().verify(token, state.clock()) {
+            Ok(claims) => claims,
+            Err(error) => {
+                state
+                    .security_event(
+                        "auth.token_refused",
+                        serde_json::json!({
+                            "reason": error.to_string(),
+                            "path": parts.uri.path(),
+                            "ip": crate::ratelimit::client_ip_string(parts, state),
+                        }),
+                    )
+                    .await;
+                return Err(ApiError::unauthorized(error.to_string()).with_field("Authorization"));
+            }
+        };
+        if !R::ROLES.contains(&claims.role) {
+            return Err(ApiError::forbidden(format!(
+                "role {} may not call this endpoint (allowed: {})",
+                claims.role.as_str(),
+                R::ROLES
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let endpoint = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(|p| p.as_str())
+            .unwrap_or("unmatched");
+        state
+            .limits()
+            .check_user(&claims.sub, parts.method.as_str(), endpoint)?;
+        Ok(Authed(
+            Principal {
+                username: claims.sub,
+                role: claims.role,
+            },
+            PhantomData,
+        ))
+    }
+}

@@ -1,0 +1,97 @@
+//! Opening the database `orchd` runs on: SQLite at `<data dir>/orch.db` by default,
+//! `database.path`, or `database.url` / `DATABASE_URL` (`sqlite://...`, `postgres://...`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use orch_core::SharedBackend;
+use orch_http::settings::Settings;
+use orch_storage::SqliteBackend;
+
+use crate::GlobalArgs;
+
+/// An open database.
+pub(crate) enum Db {
+    /// The embedded SQLite file (backups supported).
+    Sqlite(Arc<SqliteBackend>, Option<PathBuf>),
+    /// Another backend (PostgreSQL): backups are the database's own tools.
+    Other(SharedBackend, String),
+}
+
+impl Db {
+    /// The backend as orch-core sees it.
+    pub(crate) fn backend(&self) -> SharedBackend {
+        match self {
+            Db::Sqlite(db, _) => db.clone(),
+            Db::Other(db, _) => db.clone(),
+        }
+    }
+
+    /// A human description.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Db::Sqlite(_, Some(path)) => format!("SQLite {}", path.display()),
+            Db::Sqlite(_, None) => "SQLite in memory".to_owned(),
+            Db::Other(_, url) => {
+                let scheme = url.split(':').next().unwrap_or("database");
+                format!("{scheme} database")
+            }
+        }
+    }
+
+    /// Closes connections.
+    pub(crate) async fn close(&self) {
+        if let Db::Sqlite(db, _) = self {
+            db.close().await;
+        }
+    }
+}
+
+/// The database URL or SQLite path in force.
+pub(crate) fn location(global: &GlobalArgs, settings: &Settings) -> String {
+    if let Some(url) = &settings.database.url {
+        return url.clone();
+    }
+    match &settings.database.path {
+        Some(path) => path.clone(),
+        None => global.data_dir.join("orch.db").display().to_string(),
+    }
+}
+
+/// Opens (and migrates) the database.
+pub(crate) async fn open(global: &GlobalArgs, settings: &Settings) -> Result<Db> {
+    let location = location(global, settings);
+    let is_url = location.contains("://") || location.starts_with("sqlite:");
+    if !is_url || location.starts_with("sqlite:") {
+        let db = SqliteBackend::open(&location)
+            .await
+            .with_context(|| format!("cannot open SQLite database {location}"))?;
+        let path = db.path().map(|p| p.to_path_buf());
+        return Ok(Db::Sqlite(Arc::new(db), path));
+    }
+    let db = orch_storage::connect(&location)
+        .await
+        .context("cannot open the database named by DATABASE_URL / database.url")?;
+    Ok(Db::Other(db, location))
+}
+
+/// `orchd migrate`.
+pub(crate) async fn migrate(global: GlobalArgs) -> Result<ExitCode> {
+    let settings = crate::setup::settings(&global)?;
+    crate::setup::ensure_data_dir(&global.data_dir)?;
+    let db = open(&global, &settings).await?;
+    match &db {
+        Db::Sqlite(sqlite, _) => {
+            let version = sqlite.schema_version().await?;
+            println!(
+                "{}: migrations applied, schema version {version}",
+                db.describe()
+            );
+        }
+        Db::Other(..) => println!("{}: migrations applied", db.describe()),
+    }
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,269 @@
+//! `orchd serve`: the seed's start-up sequence (config, database, background services,
+//! security and users, HTTP server) and its shutdown sequence (stop accepting, drain in-flight
+//! requests and tasks for up to `server.shutdown_grace`, stop background services, close the
+//! database).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use orch_core::{Orchestrator, Plugin};
+use orch_http::settings::PluginSettings;
+use orch_http::{AppState, Secret};
+use orch_plugins::{Isolation, PluginOptions};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Db;
+use crate::{GlobalArgs, ServeArgs};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+
+// === Plugins (orch-plugins) ==============================================================
+// Every plugin file in `dir` is loaded, checked, initialised with `plugins.config.<name>` and
+// registered: its engine capabilities then serve their core_ids. A bad file is refused with a
+// one-line warning and does not stop the daemon.
+async fn load_plugins(orch: &Orchestrator, dir: &Path, settings: &PluginSettings) -> usize {
+    if !dir.is_dir() {
+        tracing::debug!(dir = %dir.display(), "no plugin directory");
+        return 0;
+    }
+    let options = PluginOptions {
+        isolation: match settings.isolation.as_deref() {
+            Some("process") => Isolation::Process,
+            _ => Isolation::InProcess,
+        },
+        ..PluginOptions::default()
+    };
+    let found = match orch_plugins::load_plugin_dir(dir, &options).await {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::warn!("{error}");
+            return 0;
+        }
+    };
+    let mut registered = 0;
+    for plugin in found.plugins {
+        let name = plugin.name().to_owned();
+        let config = settings.config.get(&name).cloned().unwrap_or(Value::Null);
+        match orch.register_plugin(Arc::new(plugin), config).await {
+            Ok(()) => {
+                tracing::info!(plugin = %name, "plugin registered");
+                registered += 1;
+            }
+            Err(error) => tracing::warn!(plugin = %name, %error, "plugin refused"),
+        }
+    }
+    registered
+}
+// ==========================================================================================
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// `orchd serve`.
+pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
+    // 1. Configuration from the file and the environment.
+    let settings = crate::setup::settings(&global)?;
+    crate::setup::init_logging(&settings);
+    let data_dir = global.data_dir.clone();
+    crate::setup::ensure_data_dir(&data_dir)?;
+    let listen = args
+        .listen
+        .or_else(|| settings.server.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen: SocketAddr = listen.parse().map_err(|e| {
+        anyhow::anyhow!("invalid config server.listen / ORCH_LISTEN {listen:?}: {e}")
+    })?;
+    let (jwt_secret, jwt_generated) = crate::setup::secret(
+        &data_dir,
+        "jwt_secret",
+        settings.security.jwt_secret.as_deref(),
+    )?;
+    let mut webhook_secrets: Vec<Secret> = settings
+        .webhook_secrets()
+        .into_iter()
+        .map(Secret::new)
+        .collect();
+    let mut webhook_generated = false;
+    if webhook_secrets.is_empty() {
+        let (secret, generated) = crate::setup::secret(&data_dir, "webhook_secret", None)?;
+        webhook_secrets.push(secret);
+        webhook_generated = generated;
+    }
+    let config = settings
+        .http_config(jwt_secret, webhook_secrets, &data_dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(pid) = crate::setup::running_pid(&data_dir) {
+        anyhow::bail!("another orchd (pid {pid}) runs on {}", data_dir.display());
+    }
+
+    // 2. Database (migrations are applied on open).
+    let db = crate::db::open(&global, &settings).await?;
+    tracing::info!(database = %db.describe(), "database open");
+
+    // 3. Orchestrator, engines, plugins, background services.
+    let orch = Orchestrator::builder(db.backend())
+        .build()
+        .await
+        .context("cannot start the orchestrator")?;
+    let builtin = !args.no_builtin_engines && settings.engines.builtin.unwrap_or(true);
+    if builtin {
+        orch.register_engine("echo", orch_http::engines::Echo)?;
+        orch.register_engine("sleep", orch_http::engines::Sleep)?;
+    }
+    let plugin_dir = settings
+        .plugins
+        .directory
+        .clone()
+        .unwrap_or_else(|| data_dir.join("plugins"));
+    let plugins = load_plugins(&orch, &plugin_dir, &settings.plugins).await;
+    let background = CancellationToken::new();
+    let mut backup_task = None;
+    if let Db::Sqlite(sqlite, Some(_)) = &db
+        && settings.backup.enabled.unwrap_or(true)
+    {
+        let interval =
+            Duration::from_secs(settings.backup.interval_hours.unwrap_or(24).max(1) * 3600);
+        backup_task = Some(tokio::spawn(crate::backup::scheduled(
+            sqlite.clone(),
+            crate::backup::backup_dir(&global, &settings),
+            interval,
+            settings.backup.retention.unwrap_or(7),
+            background.clone(),
+        )));
+    }
+
+    // 4. Security and users.
+    let state = AppState::new(orch.clone(), config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut admin_password_generated = None;
+    if state
+        .users()
+        .is_empty()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?
+    {
+        let (password, generated) = match std::env::var("ORCH_ADMIN_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty())
+        {
+            Some(password) => (password, false),
+            None => (crate::setup::random_password()?, true),
+        };
+        let now = state.clock().unix_now();
+        state
+            .users()
+            .create("admin", &password, orch_http::Role::Admin, now)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the admin user: {}", e.message))?;
+        tracing::info!("created user admin");
+        if generated {
+            admin_password_generated = Some(password);
+        }
+    }
+
+    // 5. HTTP server.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    std::fs::write(
+        crate::setup::pid_file(&data_dir),
+        std::process::id().to_string(),
+    )?;
+    let app = orch_http::router(state.clone());
+    let stop_accepting = CancellationToken::new();
+    let server = {
+        let stop = stop_accepting.clone();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+        })
+    };
+
+    // 6. Tell the person how to use it.
+    println!(
+        "orchd {} listening on http://{local}",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("  database:  {}", db.describe());
+    println!("  engines:   {}", orch.engines().join(", "));
+    if jwt_generated || webhook_generated {
+        println!(
+            "  secrets:   generated and kept in {} (mode 0600)",
+            data_dir.display()
+        );
+    }
+    println!(
+        "  plugins:   {plugins} loaded from {}",
+        plugin_dir.display()
+    );
+    match &admin_password_generated {
+        Some(password) => {
+            println!("  admin password (shown once, keep it): {password}");
+        }
+        None => println!("  log in with an existing user"),
+    }
+    println!("log in:");
+    println!(
+        "  curl -s -X POST http://{local}/auth/login -H 'Content-Type: application/json' \\\n       -d '{{\"username\":\"admin\",\"password\":\"<password>\"}}'"
+    );
+    println!(
+        "then send Authorization: Bearer <access_token>; API description at http://{local}/openapi.json"
+    );
+    tracing::info!(%local, "listening");
+
+    // 7. Run until SIGTERM/SIGINT, then the shutdown sequence.
+    shutdown_signal().await;
+    let grace = Duration::from_secs(settings.server.shutdown_grace.unwrap_or(30));
+    state.begin_shutdown();
+    stop_accepting.cancel();
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("in-flight requests completed"),
+        Ok(Ok(Err(error))) => tracing::error!(%error, "server error"),
+        Ok(Err(error)) => tracing::error!(%error, "server task failed"),
+        Err(_) => tracing::warn!("in-flight requests still running after the grace period"),
+    }
+    let report = orch.shutdown(grace).await;
+    tracing::info!(
+        drained = report.drained,
+        abandoned = report.abandoned,
+        "tasks stopped"
+    );
+    background.cancel();
+    if let Some(task) = backup_task {
+        let _ = task.await;
+    }
+    db.close().await;
+    let _ = std::fs::remove_file(crate::setup::pid_file(&data_dir));
+    tracing::info!("orchd stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,425 @@
+//! [`HttpConfig`]: what the router needs to know (secrets, token lifetime, limits, CORS),
+//! validated once by [`AppState::new`](crate::AppState::new).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors in an [`HttpConfig`] or a config file; the message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config {key}: {reason}")]
+pub struct ConfigError {
+    /// The key at fault, dotted as in the YAML file (`security.jwt_secret`).
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// An error about `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret string.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A fresh random secret: 32 bytes from the system's secure RNG, as 64 hex digits.
+    pub fn generate() -> Result<Self, ConfigError> {
+        Ok(Secret(random_hex(32)?))
+    }
+}
+
+/// `bytes` random bytes from the system's secure RNG, as hex.
+pub fn random_hex(bytes: usize) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(bytes * 2);
+    while out.len() < bytes * 2 {
+        let chunk = argon2::password_hash::try_generate_salt()
+            .map_err(|e| ConfigError::new("random", format!("system RNG failed: {e}")))?;
+        out.push_str(&hex::encode(chunk));
+    }
+    out.truncate(bytes * 2);
+    Ok(out)
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Access tokens: HS256 only, with issuer, audience and lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// The HMAC key (at least 32 bytes).
+    pub secret: Secret,
+    /// `iss` of issued tokens, required on incoming ones. Default `orch`.
+    pub issuer: String,
+    /// `aud` of issued tokens, required on incoming ones. Default `orch-api`.
+    pub audience: String,
+    /// Token lifetime. Default 15 minutes (the seed's `jwt_expiry` sets it).
+    pub expiry: Duration,
+}
+
+/// One token bucket: a sustained rate and a burst. `requests_per_minute == 0` disables it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Sustained rate.
+    pub requests_per_minute: u32,
+    /// Requests allowed at once above the sustained rate.
+    pub burst_size: u32,
+}
+
+impl Limit {
+    /// A limit of `requests_per_minute` with `burst_size`.
+    pub const fn new(requests_per_minute: u32, burst_size: u32) -> Self {
+        Limit {
+            requests_per_minute,
+            burst_size,
+        }
+    }
+}
+
+/// Rate limits (seed 002 `security.rate_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Per authenticated user and endpoint (the seed's `requests_per_minute`/`burst_size`).
+    /// Default 100/min, burst 20.
+    pub per_user: Limit,
+    /// Per client IP over every route except `/health`, `/metrics` and `/openapi.json`.
+    /// Default 1200/min, burst 200.
+    pub per_ip: Limit,
+    /// Per client IP on `POST /auth/login`. Default 30/min, burst 10.
+    pub login_per_ip: Limit,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_user: Limit::new(100, 20),
+            per_ip: Limit::new(1200, 200),
+            login_per_ip: Limit::new(30, 10),
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// Every limit off (benchmarks, trusted networks).
+    pub fn disabled() -> Self {
+        RateLimitConfig {
+            per_user: Limit::new(0, 0),
+            per_ip: Limit::new(0, 0),
+            login_per_ip: Limit::new(0, 0),
+        }
+    }
+}
+
+/// Account lockout after failed logins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockoutConfig {
+    /// Failures within `window` that lock the account. Default 5.
+    pub max_failures: u32,
+    /// The window failures are counted in. Default 15 minutes.
+    pub window: Duration,
+    /// How long the account stays locked (an admin may unlock sooner). Default 15 minutes.
+    pub duration: Duration,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        LockoutConfig {
+            max_failures: 5,
+            window: Duration::from_secs(15 * 60),
+            duration: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Argon2id cost. The default is OWASP's minimum (19 MiB, 2 passes, 1 lane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordHashing {
+    /// Memory per hash, in KiB. Default 19456.
+    pub memory_kib: u32,
+    /// Passes. Default 2.
+    pub iterations: u32,
+    /// Lanes. Default 1.
+    pub parallelism: u32,
+    /// Hashes computed at once (each takes `memory_kib`). Default 2.
+    pub max_concurrent: usize,
+}
+
+impl Default for PasswordHashing {
+    fn default() -> Self {
+        PasswordHashing {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+            max_concurrent: 2,
+        }
+    }
+}
+
+impl PasswordHashing {
+    /// The cheapest legal cost: for tests only.
+    pub fn insecure_fast_for_tests() -> Self {
+        PasswordHashing {
+            memory_kib: 8,
+            iterations: 1,
+            parallelism: 1,
+            max_concurrent: 4,
+        }
+    }
+}
+
+/// Server-sent events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SseConfig {
+    /// Streams open at once; more get 503. Default 20000.
+    pub max_connections: usize,
+    /// Comment sent on an idle stream so proxies keep it open. Default 15 s.
+    pub keep_alive: Duration,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            max_connections: 20_000,
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Everything the router is configured with.
+///
+/// ```
+/// use orch_http::{HttpConfig, Secret};
+///
+/// let config = HttpConfig::new(Secret::new("a-jwt-secret-of-at-least-32-bytes!!"))
+///     .with_webhook_secret(Secret::new("whsec_test"))
+///     .with_cors_origins(vec!["https://ops.example.com".into()]);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Access tokens.
+    pub jwt: JwtConfig,
+    /// Webhook secrets; a signature made with any of them is accepted (rotation: put the new
+    /// one first, keep the old one until senders have switched). Empty: `/webhook` answers 503.
+    pub webhook_secrets: Vec<Secret>,
+    /// How far a webhook timestamp may be in the past or the future. Default 300 s.
+    pub webhook_tolerance: Duration,
+    /// Rate limits.
+    pub rate_limit: RateLimitConfig,
+    /// Account lockout.
+    pub lockout: LockoutConfig,
+    /// Password hashing cost.
+    pub password_hashing: PasswordHashing,
+    /// Origins allowed by CORS; empty (the default) sends no CORS headers at all.
+    pub cors_origins: Vec<String>,
+    /// Server-sent events.
+    pub sse: SseConfig,
+    /// Largest request body. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Longest a `stay: true` dispatch waits before answering 202 with the task as it is.
+    /// Default 300 s.
+    pub stay_max_wait: Duration,
+    /// How long a `/health` result is reused. Default 1 s.
+    pub health_cache: Duration,
+    /// Paths whose size `/metrics` reports as `orch_system_disk_usage_bytes{path}`.
+    pub disk_paths: Vec<PathBuf>,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    /// Default `false`.
+    pub trust_forwarded_for: bool,
+    /// Version reported by `/health`. Default this crate's.
+    pub version: String,
+}
+
+impl HttpConfig {
+    /// Defaults around a JWT secret, with no webhook secret.
+    pub fn new(jwt_secret: Secret) -> Self {
+        HttpConfig {
+            jwt: JwtConfig {
+                secret: jwt_secret,
+                issuer: "orch".to_owned(),
+                audience: "orch-api".to_owned(),
+                expiry: Duration::from_secs(15 * 60),
+            },
+            webhook_secrets: Vec::new(),
+            webhook_tolerance: Duration::from_secs(300),
+            rate_limit: RateLimitConfig::default(),
+            lockout: LockoutConfig::default(),
+            password_hashing: PasswordHashing::default(),
+            cors_origins: Vec::new(),
+            sse: SseConfig::default(),
+            max_body_bytes: 1024 * 1024,
+            stay_max_wait: Duration::from_secs(300),
+            health_cache: Duration::from_secs(1),
+            disk_paths: Vec::new(),
+            trust_forwarded_for: false,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// Adds a webhook secret (the first one added signs nothing; all verify).
+    pub fn with_webhook_secret(mut self, secret: Secret) -> Self {
+        self.webhook_secrets.push(secret);
+        self
+    }
+
+    /// Sets the rate limits.
+    pub fn with_rate_limit(mut self, rate_limit: RateLimitConfig) -> Self {
+        self.rate_limit = rate_limit;
+        self
+    }
+
+    /// Sets the lockout policy.
+    pub fn with_lockout(mut self, lockout: LockoutConfig) -> Self {
+        self.lockout = lockout;
+        self
+    }
+
+    /// Sets the password hashing cost.
+    pub fn with_password_hashing(mut self, hashing: PasswordHashing) -> Self {
+        self.password_hashing = hashing;
+        self
+    }
+
+    /// Sets the CORS origins.
+    pub fn with_cors_origins(mut self, origins: Vec<String>) -> Self {
+        self.cors_origins = origins;
+        self
+    }
+
+    /// Sets the token lifetime.
+    pub fn with_jwt_expiry(mut self, expiry: Duration) -> Self {
+        self.jwt.expiry = expiry;
+        self
+    }
+
+    /// Sets the SSE settings.
+    pub fn with_sse(mut self, sse: SseConfig) -> Self {
+        self.sse = sse;
+        self
+    }
+
+    /// Checks every setting; the error names the key as written in the config file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt.secret.expose().len() < 32 {
+            return Err(ConfigError::new(
+                "security.jwt_secret",
+                "must be at least 32 bytes long",
+            ));
+        }
+        if self.jwt.expiry.is_zero() || self.jwt.expiry > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::new(
+                "security.jwt_expiry",
+                "must be between 1 and 86400 seconds",
+            ));
+        }
+        if self.jwt.issuer.is_empty() {
+            return Err(ConfigError::new("security.jwt_issuer", "must not be empty"));
+        }
+        if self.jwt.audience.is_empty() {
+            return Err(ConfigError::new(
+                "security.jwt_audience",
+                "must not be empty",
+            ));
+        }
+        for secret in &self.webhook_secrets {
+            if secret.expose().len() < 8 {
+                return Err(ConfigError::new(
+                    "security.webhook_secret",
+                    "must be at least 8 bytes long",
+                ));
+            }
+        }
+        if self.webhook_tolerance.is_zero() {
+            return Err(ConfigError::new(
+                "security.webhook_tolerance",
+                "must be greater than zero",
+            ));
+        }
+        for (key, limit) in [
+            ("security.rate_limit", self.rate_limit.per_user),
+            ("security.rate_limit.per_ip", self.rate_limit.per_ip),
+            (
+                "security.rate_limit.login_per_ip",
+                self.rate_limit.login_per_ip,
+            ),
+        ] {
+            if limit.requests_per_minute > 0 && limit.burst_size == 0 {
+                return Err(ConfigError::new(
+                    format!("{key}.burst_size"),
+                    "must be at least 1 when the limit is on",
+                ));
+            }
+        }
+        if self.lockout.max_failures == 0 {
+            return Err(ConfigError::new(
+                "security.lockout.max_failures",
+                "must be at least 1",
+            ));
+        }
+        let hashing = &self.password_hashing;
+        if argon2::Params::new(
+            hashing.memory_kib,
+            hashing.iterations,
+            hashing.parallelism,
+            None,
+        )
+        .is_err()
+        {
+            return Err(ConfigError::new(
+                "security.password_hashing",
+                "not a valid Argon2 cost (memory_kib >= 8 * parallelism, iterations >= 1)",
+            ));
+        }
+        if hashing.max_concurrent == 0 {
+            return Err(ConfigError::new(
+                "security.password_hashing.max_concurrent",
+                "must be at least 1",
+            ));
+        }
+        for origin in &self.cors_origins {
+            if origin.parse::<axum::http::HeaderValue>().is_err() || !origin.contains("://") {
+                return Err(ConfigError::new(
+                    "security.cors.origins",
+                    format!("{origin:?} is not an origin like https://host:port"),
+                ));
+            }
+        }
+        if self.sse.max_connections == 0 {
+            return Err(ConfigError::new(
+                "sse.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.sse.keep_alive.is_zero() {
+            return Err(ConfigError::new(
+                "sse.keep_alive",
+                "must be greater than zero",
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
+    }
+}

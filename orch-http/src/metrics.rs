@@ -1,0 +1,437 @@
+//! [`Metrics`]: the seed's Prometheus metrics, written in the classic text format (0.0.4) that
+//! Prometheus and promtool parse. Task metrics follow the event log (one subscriber); queue
+//! depth, active locks and system gauges are read at scrape time.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use orch_core::{EventKind, Orchestrator};
+use parking_lot::Mutex;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::state::AppState;
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const TASK_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// The metric families of one router.
+pub struct Metrics {
+    registry: Registry,
+    /// `orch_http_requests_total{method,status,endpoint}`.
+    pub http_requests: IntCounterVec,
+    /// `orch_http_request_duration_seconds{method,endpoint}`.
+    pub http_duration: HistogramVec,
+    /// `orch_task_duration_seconds{core_id,status}`.
+    pub task_duration: HistogramVec,
+    /// `orch_tasks_total{core_id,status}`: task state changes seen in the event log.
+    pub tasks_total: IntCounterVec,
+    /// `orch_task_queue_depth{priority}`.
+    pub queue_depth: IntGaugeVec,
+    /// `orch_sse_connections_active`.
+    pub sse_active: IntGauge,
+    /// `orch_sse_messages_sent_total`.
+    pub sse_sent: IntCounter,
+    /// `orch_webhook_signatures_verified_total{status}`.
+    pub webhook_signatures: IntCounterVec,
+    /// `orch_webhook_processing_duration_seconds`.
+    pub webhook_duration: Histogram,
+    /// `orch_locks_active{resource_type}`.
+    pub locks_active: IntGaugeVec,
+    /// `orch_lock_wait_duration_seconds{resource_type}`.
+    pub lock_wait: HistogramVec,
+    /// `orch_lock_acquisition_total{resource_type,status}`.
+    pub lock_acquisitions: IntCounterVec,
+    /// `orch_system_cpu_percent`.
+    pub cpu_percent: Gauge,
+    /// `orch_system_memory_percent`.
+    pub memory_percent: Gauge,
+    /// `orch_system_disk_usage_bytes{path}`.
+    pub disk_usage: GaugeVec,
+    /// Requests served (for `/health`).
+    pub total_requests: AtomicU64,
+    /// Last `/proc/stat` totals, for CPU deltas.
+    cpu_last: Mutex<Option<(u64, u64)>>,
+    /// When each running task started (from `task.started`), for task durations.
+    started: Mutex<HashMap<orch_core::TaskId, chrono::DateTime<chrono::Utc>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    // Names are static and distinct, so registration cannot collide.
+    if let Err(error) = registry.register(Box::new(metric.clone())) {
+        tracing::error!(%error, "metric registration failed");
+    }
+    metric
+}
+
+macro_rules! build {
+    ($ctor:expr) => {
+        match $ctor {
+            Ok(metric) => metric,
+            Err(error) => panic!("static metric definition is invalid: {error}"),
+        }
+    };
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        let hist = |name: &str, help: &str, buckets: &[f64]| {
+            HistogramOpts::new(name, help).buckets(buckets.to_vec())
+        };
+        Arc::new(Metrics {
+            http_requests: register(
+                &r,
+                build!(IntCounterVec::new(
+                    Opts::new("orch_http_requests_total", "Total HTTP requests"),
+                    &["method", "status", "endpoint"]
+                )),
+            ),
+            http_duration: register(
+                &r,
+                build!(HistogramVec::new(
+                    hist(
+                        "orch_http_request_duration_seconds",
+                        "HTTP request duration",
+                        DURATION_BUCKETS
+                    ),
+                    &["method", "endpoint"]
+                )),
+            ),
+            task_duration: register(
+                &r,
+                build!(HistogramVec::new(
+                    hist(
+                        "orch_task_duration_seconds",
+                        "Task execution duration",
+                        TASK_BUCKETS
+                    ),
+                    &["core_id", "status"]
+                )),
+            ),
+            tasks_total: register(
+                &r,
+                build!(IntCounterVec::new(
+                    Opts::new("orch_tasks_total", "Task state changes by core and status"),
+                    &["core_id", "status"]
+                )),
+            ),
+            queue_depth: register(
+                &r,
+                build!(IntGaugeVec::new(
+                    Opts::new("orch_task_queue_depth", "Queued tasks by priority"),
+                    &["priority"]
+                )),
+            ),
+            sse_active: register(
+                &r,
+                build!(IntGauge::new(
+                    "orch_sse_connections_active",
+                    "Open server-sent event streams"
+                )),
+            ),
+            sse_sent: register(
+                &r,
+                build!(IntCounter::new(
+                    "orch_sse_messages_sent_total",
+                    "Server-sent events delivered"
+                )),
+            ),
+            webhook_signatures: register(
+                &r,
+                build!(IntCounterVec::new(
+                    Opts::new(
+                        "orch_webhook_signatures_verified_total",
+                        "Webhook signature checks by outcome"
+                    ),
+                    &["status"]
+                )),
+            ),
+            webhook_duration: register(
+                &r,
+                build!(Histogram::with_opts(hist(
+                    "orch_webhook_processing_duration_seconds",
+                    "Webhook processing duration",
+                    DURATION_BUCKETS
+                ))),
+            ),
+            locks_active: register(
+                &r,
+                build!(IntGaugeVec::new(
+                    Opts::new("orch_locks_active", "Held locks by resource type"),
+                    &["resource_type"]
+                )),
+            ),
+            lock_wait: register(
+                &r,
+                build!(HistogramVec::new(
+                    hist(
+                        "orch_lock_wait_duration_seconds",
+                        "Time spent waiting for a lock",
+                        DURATION_BUCKETS
+                    ),
+                    &["resource_type"]
+                )),
+            ),
+            lock_acquisitions: register(
+                &r,
+                build!(IntCounterVec::new(
+                    Opts::new(
+                        "orch_lock_acquisition_total",
+                        "Lock acquisitions by outcome"
+                    ),
+                    &["resource_type", "status"]
+                )),
+            ),
+            cpu_percent: register(
+                &r,
+                build!(Gauge::new(
+                    "orch_system_cpu_percent",
+                    "System CPU use in percent since the previous scrape"
+                )),
+            ),
+            memory_percent: register(
+                &r,
+                build!(Gauge::new(
+                    "orch_system_memory_percent",
+                    "System memory in use, percent"
+                )),
+            ),
+            disk_usage: register(
+                &r,
+                build!(GaugeVec::new(
+                    Opts::new(
+                        "orch_system_disk_usage_bytes",
+                        "Bytes used under a data path"
+                    ),
+                    &["path"]
+                )),
+            ),
+            registry: r,
+            total_requests: AtomicU64::new(0),
+            cpu_last: Mutex::new(None),
+            started: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts one event from the log.
+    pub fn observe_event(&self, event: &orch_core::Event) {
+        let core = event.core_id.as_deref().unwrap_or("");
+        let status = match &event.kind {
+            EventKind::TaskQueued => "queued",
+            EventKind::TaskStarted => "running",
+            EventKind::TaskSucceeded => "succeeded",
+            EventKind::TaskFailed => "failed",
+            EventKind::TaskRetrying => "retrying",
+            EventKind::TaskTimedOut => "timed_out",
+            EventKind::TaskCancelled => "cancelled",
+            EventKind::TaskRescued => "rescued",
+            EventKind::TaskRequeued => "requeued",
+            _ => return,
+        };
+        self.tasks_total.with_label_values(&[core, status]).inc();
+        let Some(task_id) = event.task_id else {
+            return;
+        };
+        if event.kind == EventKind::TaskStarted {
+            let mut started = self.started.lock();
+            if started.len() < 100_000 {
+                started.insert(task_id, event.at);
+            }
+        } else if matches!(
+            event.kind,
+            EventKind::TaskSucceeded
+                | EventKind::TaskFailed
+                | EventKind::TaskTimedOut
+                | EventKind::TaskCancelled
+                | EventKind::TaskRetrying
+                | EventKind::TaskRescued
+                | EventKind::TaskRequeued
+        ) && let Some(at) = self.started.lock().remove(&task_id)
+        {
+            let seconds = (event.at - at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+            self.task_duration
+                .with_label_values(&[core, status])
+                .observe(seconds);
+        }
+    }
+
+    /// Refreshes the gauges read at scrape time and writes every family in the classic text
+    /// format.
+    pub async fn render(&self, orch: &Orchestrator, disk_paths: &[PathBuf]) -> String {
+        match orch.backend().queue_depth().await {
+            Ok(depths) => {
+                let mut by_priority: HashMap<i32, u64> = HashMap::new();
+                for (_, priority, count) in depths {
+                    *by_priority.entry(priority).or_default() += count;
+                }
+                self.queue_depth.reset();
+                for (priority, count) in by_priority {
+                    self.queue_depth
+                        .with_label_values(&[&priority.to_string()])
+                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+            }
+            Err(error) => tracing::warn!(%error, "metrics: queue depth unavailable"),
+        }
+        match orch.locks().list().await {
+            Ok(locks) => {
+                self.locks_active.reset();
+                for lock in locks {
+                    self.locks_active
+                        .with_label_values(&[resource_type(&lock.resource)])
+                        .inc();
+                }
+            }
+            Err(error) => tracing::warn!(%error, "metrics: locks unavailable"),
+        }
+        self.refresh_system(disk_paths);
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "metrics: encoding failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    fn refresh_system(&self, disk_paths: &[PathBuf]) {
+        if let Some((total, idle)) = read_cpu_totals() {
+            let mut last = self.cpu_last.lock();
+            if let Some((last_total, last_idle)) = *last
+                && total > last_total
+            {
+                let busy = (total - last_total).saturating_sub(idle.saturating_sub(last_idle));
+                self.cpu_percent
+                    .set(100.0 * busy as f64 / (total - last_total) as f64);
+            }
+            *last = Some((total, idle));
+        }
+        if let Some(percent) = read_memory_percent() {
+            self.memory_percent.set(percent);
+        }
+        for path in disk_paths {
+            self.disk_usage
+                .with_label_values(&[&path.display().to_string()])
+                .set(disk_usage(path, 3) as f64);
+        }
+    }
+}
+
+/// The part of a lock resource before the first `:` or `/` (`invoices:42` -> `invoices`),
+/// bounded so label values stay few.
+pub fn resource_type(resource: &str) -> &str {
+    let end = resource.find([':', '/']).unwrap_or(resource.len()).min(32);
+    resource.get(..end).unwrap_or("other")
+}
+
+fn read_cpu_totals() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
+    Some((values.iter().sum(), idle))
+}
+
+fn read_memory_percent() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<f64> {
+        info.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let total = field("MemTotal:")?;
+    let available = field("MemAvailable:")?;
+    (total > 0.0).then(|| 100.0 * (total - available) / total)
+}
+
+fn disk_usage(path: &Path, depth: u32) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_file() {
+        return meta.len();
+    }
+    if !meta.is_dir() || depth == 0 {
+        return 0;
+    }
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| disk_usage(&e.path(), depth - 1))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Middleware: counts and times every request by method, status and matched route.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let metrics = state.metrics();
+    metrics.total_requests.fetch_add(1, Ordering::Relaxed);
+    metrics
+        .http_requests
+        .with_label_values(&[&method, response.status().as_str(), &endpoint])
+        .inc();
+    metrics
+        .http_duration
+        .with_label_values(&[&method, &endpoint])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Follows the event log into the task metrics until the log closes.
+///
+/// It holds the event log, not the orchestrator, so it never keeps a dropped orchestrator
+/// alive.
+pub(crate) async fn follow_events(events: orch_core::EventLog, metrics: Arc<Metrics>) {
+    let mut subscription = loop {
+        match events.subscribe().await {
+            Ok(subscription) => break subscription,
+            Err(error) => {
+                tracing::warn!(%error, "metrics: cannot subscribe to the event log; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
+    while let Some(event) = subscription.next().await {
+        match event {
+            Ok(event) => metrics.observe_event(&event),
+            Err(error) => {
+                tracing::warn!(%error, "metrics: reading the event log failed");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}

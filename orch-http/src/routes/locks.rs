@@ -1,0 +1,252 @@
+//! Locks: `GET /locks`, `GET /locks/{resource}`, `POST /locks/{resource}/acquire`,
+//! `POST /locks/{resource}/extend`, `POST /locks/{resource}/release`. A lock taken over HTTP
+//! stays held until released or until its TTL runs out; the holder presents its owner name and
+//! fencing token to extend or release it.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use orch_core::{FencingToken, LockInfo, LockOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{AnyRole, Authed, Dispatchers, Principal, Role};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath};
+use crate::metrics::resource_type;
+use crate::state::AppState;
+
+/// A held lock.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LockView {
+    /// Resource name.
+    pub resource: String,
+    /// Holder.
+    pub owner: String,
+    /// Strictly increases with every grant of the resource.
+    pub fencing_token: u64,
+    /// Granted at.
+    pub acquired_at: DateTime<Utc>,
+    /// Expires at unless extended.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl From<LockInfo> for LockView {
+    fn from(info: LockInfo) -> Self {
+        LockView {
+            resource: info.resource,
+            owner: info.owner,
+            fencing_token: info.fencing_token.0,
+            acquired_at: info.acquired_at,
+            expires_at: info.expires_at,
+        }
+    }
+}
+
+/// Acquire body.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireRequest {
+    /// Owner name (default: the caller's username; non-admins may only use their username or
+    /// `<username>/<suffix>`).
+    pub owner: Option<String>,
+    /// Seconds the lock lasts (default 30, at most 86400).
+    pub ttl: Option<f64>,
+    /// Higher waits less (default 1).
+    pub priority: Option<i32>,
+    /// Seconds to wait for it (default 0: fail at once if held; at most 30).
+    pub wait: Option<f64>,
+}
+
+/// Extend body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// Owner name (default: the caller's username).
+    pub owner: Option<String>,
+    /// The grant's fencing token.
+    pub fencing_token: u64,
+    /// New TTL in seconds from now (default 30).
+    pub ttl: Option<f64>,
+}
+
+/// Release body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// Owner name (default: the caller's username).
+    pub owner: Option<String>,
+    /// The grant's fencing token.
+    pub fencing_token: u64,
+}
+
+fn owner_for(principal: &Principal, requested: Option<String>) -> ApiResult<String> {
+    let owner = requested.unwrap_or_else(|| principal.username.clone());
+    let own = owner == principal.username
+        || owner
+            .strip_prefix(principal.username.as_str())
+            .is_some_and(|rest| rest.starts_with('/'));
+    if principal.role != Role::Admin && !own {
+        return Err(ApiError::forbidden(format!(
+            "owner must be {:?} or start with \"{}/\"",
+            principal.username, principal.username
+        ))
+        .with_field("owner"));
+    }
+    Ok(owner)
+}
+
+fn secs(field: &'static str, value: Option<f64>, default: f64, max: f64) -> ApiResult<Duration> {
+    let value = value.unwrap_or(default);
+    if !(value.is_finite() && value >= 0.0 && value <= max) {
+        return Err(ApiError::unprocessable(
+            field,
+            format!("must be between 0 and {max} seconds"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// `GET /locks`.
+#[utoipa::path(get, path = "/locks", tag = "locks", security(("bearer" = [])),
+    responses((status = 200, body = Vec<LockView>)))]
+pub async fn list_locks(
+    State(state): State<AppState>,
+    _caller: Authed<AnyRole>,
+) -> ApiResult<Json<Vec<LockView>>> {
+    let locks = state.orch().locks().list().await?;
+    Ok(Json(locks.into_iter().map(LockView::from).collect()))
+}
+
+/// `GET /locks/{resource}`: 404 when free.
+#[utoipa::path(get, path = "/locks/{resource}", tag = "locks", security(("bearer" = [])),
+    params(("resource" = String, Path)),
+    responses((status = 200, body = LockView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_lock(
+    State(state): State<AppState>,
+    _caller: Authed<AnyRole>,
+    ApiPath(resource): ApiPath<String>,
+) -> ApiResult<Json<LockView>> {
+    match state.orch().locks().info(&resource).await? {
+        Some(info) => Ok(Json(info.into())),
+        None => Err(
+            ApiError::not_found(format!("lock {resource:?} is not held")).with_field("resource"),
+        ),
+    }
+}
+
+/// `POST /locks/{resource}/acquire`: 200 with the grant; 409 if held (or the wait ran out).
+#[utoipa::path(post, path = "/locks/{resource}/acquire", tag = "locks",
+    request_body = AcquireRequest, security(("bearer" = [])), params(("resource" = String, Path)),
+    responses((status = 200, body = LockView), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn acquire(
+    State(state): State<AppState>,
+    caller: Authed<Dispatchers>,
+    ApiPath(resource): ApiPath<String>,
+    ApiJson(body): ApiJson<AcquireRequest>,
+) -> ApiResult<Json<LockView>> {
+    let owner = owner_for(caller.principal(), body.owner)?;
+    let ttl = secs("ttl", body.ttl, 30.0, 86_400.0)?;
+    if ttl.is_zero() {
+        return Err(ApiError::unprocessable("ttl", "must be greater than zero"));
+    }
+    let wait = secs("wait", body.wait, 0.0, 30.0)?;
+    let kind = resource_type(&resource).to_owned();
+    let metrics = state.metrics();
+    let started = Instant::now();
+    let locks = state.orch().locks();
+    let result = if wait.is_zero() {
+        locks.try_acquire(&resource, &owner, ttl).await
+    } else {
+        let options = LockOptions::default()
+            .ttl(ttl)
+            .priority(body.priority.unwrap_or(1))
+            .wait(Some(wait));
+        locks.acquire(&resource, &owner, options).await
+    };
+    let outcome = match &result {
+        Ok(_) => "acquired",
+        Err(orch_core::Error::LockHeld { .. }) => "held",
+        Err(orch_core::Error::LockTimeout(_)) => "timeout",
+        Err(_) => "error",
+    };
+    metrics
+        .lock_acquisitions
+        .with_label_values(&[&kind, outcome])
+        .inc();
+    let guard = result?;
+    metrics
+        .lock_wait
+        .with_label_values(&[&kind])
+        .observe(started.elapsed().as_secs_f64());
+    let info = guard.info().clone();
+    let held = &state.inner.held_locks;
+    held.sweep(orch_core::clock::now());
+    held.guards.lock().insert(
+        (info.resource.clone(), info.fencing_token.0),
+        (guard, info.expires_at),
+    );
+    Ok(Json(info.into()))
+}
+
+/// `POST /locks/{resource}/extend`: 409 if not held by this owner and token.
+#[utoipa::path(post, path = "/locks/{resource}/extend", tag = "locks",
+    request_body = ExtendRequest, security(("bearer" = [])), params(("resource" = String, Path)),
+    responses((status = 200, body = LockView), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn extend(
+    State(state): State<AppState>,
+    caller: Authed<Dispatchers>,
+    ApiPath(resource): ApiPath<String>,
+    ApiJson(body): ApiJson<ExtendRequest>,
+) -> ApiResult<Json<LockView>> {
+    let owner = owner_for(caller.principal(), body.owner)?;
+    let ttl = secs("ttl", body.ttl, 30.0, 86_400.0)?;
+    if ttl.is_zero() {
+        return Err(ApiError::unprocessable("ttl", "must be greater than zero"));
+    }
+    let info = state
+        .orch()
+        .locks()
+        .extend(&resource, &owner, FencingToken(body.fencing_token), ttl)
+        .await?;
+    if let Some(entry) = state
+        .inner
+        .held_locks
+        .guards
+        .lock()
+        .get_mut(&(resource.clone(), body.fencing_token))
+    {
+        entry.1 = info.expires_at;
+    }
+    Ok(Json(info.into()))
+}
+
+/// `POST /locks/{resource}/release`: 409 if not held by this owner and token.
+#[utoipa::path(post, path = "/locks/{resource}/release", tag = "locks",
+    request_body = ReleaseRequest, security(("bearer" = [])), params(("resource" = String, Path)),
+    responses((status = 200), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn release(
+    State(state): State<AppState>,
+    caller: Authed<Dispatchers>,
+    ApiPath(resource): ApiPath<String>,
+    ApiJson(body): ApiJson<ReleaseRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let owner = owner_for(caller.principal(), body.owner)?;
+    state
+        .orch()
+        .locks()
+        .release(&resource, &owner, FencingToken(body.fencing_token))
+        .await?;
+    // Its guard, if this process holds one, now releases nothing (the token no longer matches).
+    let guard = state
+        .inner
+        .held_locks
+        .guards
+        .lock()
+        .remove(&(resource.clone(), body.fencing_token));
+    drop(guard);
+    Ok(Json(
+        serde_json::json!({"resource": resource, "released": true}),
+    ))
+}

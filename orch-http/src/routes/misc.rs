@@ -1,0 +1,101 @@
+//! `GET /plugins`, `GET /metrics`, `GET /openapi.json`, and the JSON 404/405 fallbacks.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use orch_core::PluginRegistry;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{AnyRole, Authed};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A registered plugin.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginView {
+    /// Unique name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// What it does.
+    pub description: String,
+    /// Capabilities (`engine` with the `core_id` it serves, ...).
+    #[schema(value_type = Vec<Object>)]
+    pub capabilities: Vec<orch_core::Capability>,
+}
+
+/// Plugins and engines.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginsResponse {
+    /// Registered plugins, by name.
+    pub plugins: Vec<PluginView>,
+    /// `core_id`s with an in-process engine (built-in or plugin).
+    pub engines: Vec<String>,
+}
+
+/// `GET /plugins`.
+#[utoipa::path(get, path = "/plugins", tag = "system", security(("bearer" = [])),
+    responses((status = 200, body = PluginsResponse)))]
+pub async fn plugins(
+    State(state): State<AppState>,
+    _caller: Authed<AnyRole>,
+) -> Json<PluginsResponse> {
+    let plugins = state
+        .orch()
+        .plugins()
+        .list()
+        .into_iter()
+        .map(|p| PluginView {
+            name: p.name().to_owned(),
+            version: p.version().to_owned(),
+            description: p.description().to_owned(),
+            capabilities: p.capabilities(),
+        })
+        .collect();
+    Json(PluginsResponse {
+        plugins,
+        engines: state.orch().engines(),
+    })
+}
+
+/// `GET /metrics`: Prometheus classic text format (0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, content_type = "text/plain; version=0.0.4")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state
+        .metrics()
+        .render(state.orch(), &state.config().disk_paths)
+        .await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Response {
+    Json(crate::openapi::document()).into_response()
+}
+
+/// JSON 404 for unknown routes.
+pub async fn not_found(State(state): State<AppState>, method: Method, uri: Uri) -> ApiError {
+    state
+        .metrics()
+        .http_requests
+        .with_label_values(&[method.as_str(), "404", "unmatched"])
+        .inc();
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+/// JSON 405 for a known route with the wrong method.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,167 @@
+//! `POST /webhook`: an external system reports the outcome of a task it ran, signed with the
+//! webhook secret (see [`crate::webhook`]).
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use orch_core::{EventKind, NewEvent, Resolution};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{RawBody, parse_json, parse_task_id};
+use crate::ratelimit::ClientIp;
+use crate::routes::jobs::TaskView;
+use crate::state::AppState;
+use crate::webhook::{SignatureError, WebhookPayload, verify};
+
+fn refusal(error: &SignatureError) -> ApiError {
+    let status = match error {
+        SignatureError::Malformed(_) => StatusCode::BAD_REQUEST,
+        SignatureError::Replayed => StatusCode::CONFLICT,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    ApiError::new(status, error.to_string()).with_field("X-Signature")
+}
+
+fn failure_message(payload: &WebhookPayload) -> String {
+    payload
+        .error
+        .clone()
+        .or_else(|| {
+            let data = payload.data.as_ref()?;
+            data.get("error")
+                .or_else(|| data.get("message"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "reported as failed by webhook".to_owned())
+}
+
+/// `POST /webhook`: `task.completed` with `status` `success`/`failure` (or `task.succeeded`,
+/// `task.failed`) finishes a queued or running task with `data` as its result; `task.cancelled`
+/// cancels it; other events are recorded (202). 401 bad/stale/future signature, 409 replayed
+/// signature or finished task.
+#[utoipa::path(post, path = "/webhook", tag = "webhook", request_body = WebhookPayload,
+    params(("X-Signature" = String, Header, description = "t=<unix>,v1=<hex>")),
+    responses((status = 200, body = TaskView), (status = 202), (status = 401, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+pub async fn webhook(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let started = Instant::now();
+    let result = handle(&state, ip, &headers, &body).await;
+    state
+        .metrics()
+        .webhook_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn handle(
+    state: &AppState,
+    ip: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let config = state.config();
+    if config.webhook_secrets.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks are not configured (no webhook secret)",
+        ));
+    }
+    let header = match headers.get("x-signature") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| refusal(&SignatureError::Malformed("header is not ASCII")))?,
+        ),
+        None => None,
+    };
+    let now = state.clock().unix_now();
+    let verified = verify(
+        header,
+        body,
+        &config.webhook_secrets,
+        now,
+        config.webhook_tolerance,
+    )
+    .and_then(|signature| {
+        let timestamp = header
+            .and_then(|h| crate::webhook::parse_header(h).ok())
+            .map_or(now, |h| h.timestamp);
+        state
+            .inner
+            .replays
+            .check_and_insert(signature, timestamp, now, config.webhook_tolerance)
+    });
+    let signatures = &state.metrics().webhook_signatures;
+    if let Err(error) = verified {
+        signatures.with_label_values(&[error.label()]).inc();
+        state
+            .security_event(
+                "webhook.signature_refused",
+                json!({
+                    "reason": error.label(),
+                    "ip": ip.map(|ip| ip.to_string()),
+                }),
+            )
+            .await;
+        return Err(refusal(&error));
+    }
+    signatures.with_label_values(&["valid"]).inc();
+    let payload: WebhookPayload = parse_json(body)?;
+    let task_id = parse_task_id(&payload.task_id)?;
+    let task = state.orch().get(task_id).await?;
+    if let Some(core_id) = &payload.core_id
+        && core_id != &task.core_id
+    {
+        return Err(ApiError::unprocessable(
+            "core_id",
+            format!("task {task_id} belongs to core {:?}", task.core_id),
+        ));
+    }
+    let data = payload.data.clone().unwrap_or(Value::Null);
+    let resolution = match payload.event.as_str() {
+        "task.completed" => match payload.status.as_deref() {
+            Some("success" | "succeeded" | "ok") => Resolution::Succeeded(data),
+            Some("failure" | "failed" | "error") => Resolution::Failed(failure_message(&payload)),
+            Some(other) => {
+                return Err(ApiError::unprocessable(
+                    "status",
+                    format!("{other:?} is not success or failure"),
+                ));
+            }
+            None => {
+                return Err(ApiError::unprocessable(
+                    "status",
+                    "missing for task.completed",
+                ));
+            }
+        },
+        "task.succeeded" => Resolution::Succeeded(data),
+        "task.failed" => Resolution::Failed(failure_message(&payload)),
+        "task.cancelled" => {
+            let task = state.orch().cancel(task_id).await?;
+            return Ok((StatusCode::OK, Json(json!(TaskView::from(task)))));
+        }
+        other => {
+            let kind: EventKind = format!("webhook.{other}")
+                .parse()
+                .map_err(|e: orch_core::Error| ApiError::unprocessable("event", e.to_string()))?;
+            let event = NewEvent::for_task(kind, task_id, &task.core_id, data);
+            let event = state.orch().backend().append_event(event).await?;
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"accepted": true, "task_id": task_id.to_string(), "seq": event.seq})),
+            ));
+        }
+    };
+    let task = state.orch().resolve(task_id, resolution).await?;
+    Ok((StatusCode::OK, Json(json!(TaskView::from(task)))))
+}

@@ -1,0 +1,474 @@
+//! [`Settings`]: the YAML config file `orchd` reads (shaped like seed 002's
+//! `config/production.yaml`), with `${VAR}` expansion and the seed's environment variables on
+//! top. Unknown keys and bad values stop start-up with a message naming the key.
+//!
+//! ```
+//! use orch_http::settings::Settings;
+//!
+//! let yaml = "security:\n  jwt_expiry: 600\n  rate_limit:\n    requests_per_minute: 100\n    burst_size: 20\n";
+//! let settings = Settings::from_yaml(yaml, &|_| None).unwrap();
+//! assert_eq!(settings.security.jwt_expiry, Some(600));
+//!
+//! let err = Settings::from_yaml("security:\n  jwt_expiry: soon\n", &|_| None).unwrap_err();
+//! assert_eq!(err.key, "security.jwt_expiry");
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, HttpConfig, Limit, Secret};
+
+/// `server:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on (`127.0.0.1:8000`); `ORCH_LISTEN` wins.
+    pub listen: Option<String>,
+    /// Largest request body in bytes.
+    pub max_body_bytes: Option<usize>,
+    /// Trust `X-Forwarded-For` (behind a proxy only).
+    pub trust_forwarded_for: Option<bool>,
+    /// Seconds in-flight requests get at shutdown (default 30).
+    pub shutdown_grace: Option<u64>,
+    /// Longest wait of a `stay: true` dispatch, in seconds.
+    pub stay_max_wait: Option<u64>,
+}
+
+/// `database:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// SQLite file (relative to the working directory), e.g. `data/orch.db`.
+    pub path: Option<String>,
+    /// A `DATABASE_URL`-style URL (`sqlite://...`, `postgres://...`); `DATABASE_URL` wins.
+    pub url: Option<String>,
+    /// Accepted for seed compatibility (the backend sizes its own pool).
+    pub pool_size: Option<u32>,
+    /// Accepted for seed compatibility.
+    pub timeout: Option<u64>,
+}
+
+/// A rate limit.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Sustained rate; 0 turns the limit off.
+    pub requests_per_minute: Option<u32>,
+    /// Burst.
+    pub burst_size: Option<u32>,
+}
+
+/// `security.rate_limit:` (the seed's keys are the per-user limit).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Per user and endpoint, per minute.
+    pub requests_per_minute: Option<u32>,
+    /// Per user and endpoint, burst.
+    pub burst_size: Option<u32>,
+    /// Per client IP.
+    pub per_ip: Option<LimitSettings>,
+    /// Per client IP on login.
+    pub login_per_ip: Option<LimitSettings>,
+}
+
+/// `security.lockout:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LockoutSettings {
+    /// Failures that lock an account.
+    pub max_failures: Option<u32>,
+    /// Window failures are counted in, seconds.
+    pub window: Option<u64>,
+    /// Lock duration, seconds.
+    pub duration: Option<u64>,
+}
+
+/// `security.cors:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Allowed origins; empty: CORS off.
+    pub origins: Vec<String>,
+}
+
+/// `security.password_hashing:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HashingSettings {
+    /// Argon2 memory in KiB.
+    pub memory_kib: Option<u32>,
+    /// Argon2 passes.
+    pub iterations: Option<u32>,
+    /// Argon2 lanes.
+    pub parallelism: Option<u32>,
+    /// Hashes at once.
+    pub max_concurrent: Option<usize>,
+}
+
+/// `security:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// JWT HMAC key (`JWT_SECRET` wins); generated and kept in the data directory if absent.
+    pub jwt_secret: Option<String>,
+    /// Token lifetime in seconds.
+    pub jwt_expiry: Option<u64>,
+    /// Token issuer.
+    pub jwt_issuer: Option<String>,
+    /// Token audience.
+    pub jwt_audience: Option<String>,
+    /// Webhook secret (`WEBHOOK_SECRET` wins, comma-separated for rotation).
+    pub webhook_secret: Option<String>,
+    /// Further accepted webhook secrets (rotation).
+    pub webhook_secrets: Vec<String>,
+    /// Webhook timestamp tolerance in seconds (default 300).
+    pub webhook_tolerance: Option<u64>,
+    /// Rate limits.
+    pub rate_limit: RateLimitSettings,
+    /// Lockout.
+    pub lockout: LockoutSettings,
+    /// CORS.
+    pub cors: CorsSettings,
+    /// Argon2 cost.
+    pub password_hashing: HashingSettings,
+}
+
+/// `monitoring:` (seed keys accepted; `enabled` / `ENABLE_MONITORING` turns `/metrics` system
+/// gauges on).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringSettings {
+    /// Collect system gauges.
+    pub enabled: Option<bool>,
+    /// Seed key, accepted.
+    pub interval: Option<u64>,
+    /// Seed key, accepted.
+    pub metrics_retention: Option<u64>,
+    /// Seed key, accepted.
+    pub alert_thresholds: Option<serde_json::Value>,
+}
+
+/// `sse:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseSettings {
+    /// Open streams at most.
+    pub max_connections: Option<usize>,
+    /// Keep-alive interval in seconds.
+    pub keep_alive: Option<u64>,
+}
+
+/// `plugins:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Directory of plugin libraries (default `<data dir>/plugins`).
+    pub directory: Option<PathBuf>,
+    /// `in_process` (default) or `process` (each plugin in a child process).
+    pub isolation: Option<String>,
+    /// Configuration handed to each plugin's `initialize`, by plugin name.
+    pub config: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// `engines:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSettings {
+    /// Register the built-in `echo` and `sleep` engines (default true).
+    pub builtin: Option<bool>,
+}
+
+/// `backup:` (seed "Backup Procedures").
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSettings {
+    /// Scheduled backups (default true for SQLite).
+    pub enabled: Option<bool>,
+    /// Hours between backups (default 24).
+    pub interval_hours: Option<u64>,
+    /// Backups kept (default 7).
+    pub retention: Option<usize>,
+    /// Where (default `<data dir>/backups`).
+    pub directory: Option<PathBuf>,
+}
+
+/// `logging:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingSettings {
+    /// `tracing` filter (`info`, `orch_http=debug`); `ORCH_LOG` wins.
+    pub level: Option<String>,
+    /// `json` (default) or `text`.
+    pub format: Option<String>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `server:`.
+    pub server: ServerSettings,
+    /// `database:`.
+    pub database: DatabaseSettings,
+    /// `security:`.
+    pub security: SecuritySettings,
+    /// `monitoring:`.
+    pub monitoring: MonitoringSettings,
+    /// `notifications:` (seed key, accepted and unused).
+    pub notifications: Option<serde_json::Value>,
+    /// `sse:`.
+    pub sse: SseSettings,
+    /// `plugins:`.
+    pub plugins: PluginSettings,
+    /// `engines:`.
+    pub engines: EngineSettings,
+    /// `backup:`.
+    pub backup: BackupSettings,
+    /// `logging:`.
+    pub logging: LoggingSettings,
+}
+
+/// Replaces `${VAR}` in every string with the variable's value (empty when unset).
+fn expand(value: &mut serde_json::Value, env: &dyn Fn(&str) -> Option<String>) {
+    match value {
+        serde_json::Value::String(s) if s.contains("${") => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                match after.find('}') {
+                    Some(end) => {
+                        out.push_str(&env(&after[..end]).unwrap_or_default());
+                        rest = &after[end + 1..];
+                    }
+                    None => {
+                        out.push_str(&rest[start..]);
+                        rest = "";
+                    }
+                }
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| expand(v, env)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| expand(v, env)),
+        _ => {}
+    }
+}
+
+fn truthy(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(ConfigError::new(
+            key,
+            format!("{other:?} is not true or false"),
+        )),
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+impl Settings {
+    /// Parses YAML text, expands `${VAR}`, then applies the environment variables
+    /// (`JWT_SECRET`, `WEBHOOK_SECRET`, `DATABASE_URL`, `ENABLE_MONITORING`, `ORCH_LISTEN`,
+    /// `ORCH_LOG`, `DEBUG_MODE`). `env` looks a variable up.
+    pub fn from_yaml(
+        yaml: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut value: serde_json::Value = if yaml.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_norway::from_str(yaml).map_err(|e| {
+                ConfigError::new(
+                    e.location()
+                        .map_or_else(|| "file".to_owned(), |l| format!("line {}", l.line())),
+                    e.to_string(),
+                )
+            })?
+        };
+        if value.is_null() {
+            value = serde_json::Value::Object(Default::default());
+        }
+        expand(&mut value, env);
+        let mut settings: Settings = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let key = if path == "." {
+                message
+                    .split('`')
+                    .nth(1)
+                    .map_or_else(|| "file".to_owned(), str::to_owned)
+            } else {
+                path
+            };
+            ConfigError::new(key, message)
+        })?;
+        settings.apply_env(env)?;
+        Ok(settings)
+    }
+
+    /// Reads `path` if given (a missing file is an error), else defaults; then
+    /// [`Settings::from_yaml`]'s expansion and environment.
+    pub fn load(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+            })?,
+            None => String::new(),
+        };
+        Self::from_yaml(&text, env)
+    }
+
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(secret) = non_empty(env("JWT_SECRET")) {
+            self.security.jwt_secret = Some(secret);
+        }
+        if let Some(secrets) = non_empty(env("WEBHOOK_SECRET")) {
+            let mut list = secrets.split(',').map(|s| s.trim().to_owned());
+            self.security.webhook_secret = list.next();
+            self.security.webhook_secrets = list.filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(url) = non_empty(env("DATABASE_URL")) {
+            self.database.url = Some(url);
+        }
+        if let Some(flag) = env("ENABLE_MONITORING") {
+            self.monitoring.enabled = Some(truthy("ENABLE_MONITORING", &flag)?);
+        }
+        if let Some(listen) = non_empty(env("ORCH_LISTEN")) {
+            self.server.listen = Some(listen);
+        }
+        if let Some(level) = non_empty(env("ORCH_LOG")) {
+            self.logging.level = Some(level);
+        }
+        if let Some(flag) = env("DEBUG_MODE")
+            && truthy("DEBUG_MODE", &flag)?
+            && self.logging.level.is_none()
+        {
+            self.logging.level = Some("debug".to_owned());
+        }
+        if let Some(isolation) = &self.plugins.isolation
+            && isolation != "in_process"
+            && isolation != "process"
+        {
+            return Err(ConfigError::new(
+                "plugins.isolation",
+                "must be in_process or process",
+            ));
+        }
+        if let Some(format) = &self.logging.format
+            && format != "json"
+            && format != "text"
+        {
+            return Err(ConfigError::new("logging.format", "must be json or text"));
+        }
+        Ok(())
+    }
+
+    /// The webhook secrets in force (primary first).
+    pub fn webhook_secrets(&self) -> Vec<String> {
+        self.security
+            .webhook_secret
+            .iter()
+            .chain(self.security.webhook_secrets.iter())
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect()
+    }
+
+    /// The router configuration: `jwt_secret` and `webhook_secrets` are the ones in force
+    /// (given or generated), `data_dir` is reported by the disk gauge when monitoring is on.
+    pub fn http_config(
+        &self,
+        jwt_secret: Secret,
+        webhook_secrets: Vec<Secret>,
+        data_dir: &Path,
+    ) -> Result<HttpConfig, ConfigError> {
+        let mut config = HttpConfig::new(jwt_secret);
+        let security = &self.security;
+        config.webhook_secrets = webhook_secrets;
+        if let Some(expiry) = security.jwt_expiry {
+            config.jwt.expiry = Duration::from_secs(expiry);
+        }
+        if let Some(issuer) = &security.jwt_issuer {
+            config.jwt.issuer = issuer.clone();
+        }
+        if let Some(audience) = &security.jwt_audience {
+            config.jwt.audience = audience.clone();
+        }
+        if let Some(tolerance) = security.webhook_tolerance {
+            config.webhook_tolerance = Duration::from_secs(tolerance);
+        }
+        let rl = &security.rate_limit;
+        let merge = |limit: Limit, settings: Option<&LimitSettings>| match settings {
+            None => limit,
+            Some(s) => Limit::new(
+                s.requests_per_minute.unwrap_or(limit.requests_per_minute),
+                s.burst_size.unwrap_or(limit.burst_size),
+            ),
+        };
+        config.rate_limit.per_user = Limit::new(
+            rl.requests_per_minute
+                .unwrap_or(config.rate_limit.per_user.requests_per_minute),
+            rl.burst_size
+                .unwrap_or(config.rate_limit.per_user.burst_size),
+        );
+        config.rate_limit.per_ip = merge(config.rate_limit.per_ip, rl.per_ip.as_ref());
+        config.rate_limit.login_per_ip =
+            merge(config.rate_limit.login_per_ip, rl.login_per_ip.as_ref());
+        let lockout = &security.lockout;
+        if let Some(n) = lockout.max_failures {
+            config.lockout.max_failures = n;
+        }
+        if let Some(s) = lockout.window {
+            config.lockout.window = Duration::from_secs(s);
+        }
+        if let Some(s) = lockout.duration {
+            config.lockout.duration = Duration::from_secs(s);
+        }
+        config.cors_origins = security.cors.origins.clone();
+        let hashing = &security.password_hashing;
+        if let Some(v) = hashing.memory_kib {
+            config.password_hashing.memory_kib = v;
+        }
+        if let Some(v) = hashing.iterations {
+            config.password_hashing.iterations = v;
+        }
+        if let Some(v) = hashing.parallelism {
+            config.password_hashing.parallelism = v;
+        }
+        if let Some(v) = hashing.max_concurrent {
+            config.password_hashing.max_concurrent = v;
+        }
+        if let Some(v) = self.sse.max_connections {
+            config.sse.max_connections = v;
+        }
+        if let Some(v) = self.sse.keep_alive {
+            config.sse.keep_alive = Duration::from_secs(v);
+        }
+        if let Some(v) = self.server.max_body_bytes {
+            config.max_body_bytes = v;
+        }
+        if let Some(v) = self.server.trust_forwarded_for {
+            config.trust_forwarded_for = v;
+        }
+        if let Some(v) = self.server.stay_max_wait {
+            config.stay_max_wait = Duration::from_secs(v);
+        }
+        if self.monitoring.enabled.unwrap_or(true) {
+            config.disk_paths = vec![data_dir.to_path_buf()];
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,245 @@
+//! The `orchd` binary itself: first start on a fresh data directory, the printed password,
+//! secrets kept with mode 0600, the subcommands, SIGTERM, and a bad config naming its key.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_orchd");
+
+const CONFIG: &str = "security:\n  password_hashing:\n    memory_kib: 1024\n    iterations: 1\nlogging:\n  level: warn\n";
+
+struct Daemon {
+    child: Child,
+    url: String,
+    password: Option<String>,
+}
+
+fn workdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("orchd-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("orchd.yaml"), CONFIG).unwrap();
+    dir
+}
+
+fn orchd(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(dir)
+        .env_remove("ORCH_ADMIN_PASSWORD")
+        .env_remove("JWT_SECRET")
+        .env_remove("WEBHOOK_SECRET")
+        .env_remove("DATABASE_URL")
+        .env("ORCH_CONFIG", dir.join("orchd.yaml"));
+    command
+}
+
+fn start(dir: &Path) -> Daemon {
+    let mut child = orchd(dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut url = None;
+    let mut password = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            url = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.split("admin password (shown once, keep it): ").nth(1) {
+            password = Some(rest.trim().to_owned());
+        }
+        if line.starts_with("then send Authorization") {
+            break;
+        }
+    }
+    Daemon {
+        child,
+        url: url.expect("orchd prints where it listens"),
+        password,
+    }
+}
+
+fn stop(mut daemon: Daemon) {
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for _ in 0..200 {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            assert!(status.success(), "orchd exits cleanly on SIGTERM: {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = daemon.child.kill();
+    panic!("orchd did not stop within 10 s of SIGTERM");
+}
+
+async fn login(http: &reqwest::Client, url: &str, password: &str) -> String {
+    let reply: Value = http
+        .post(format!("{url}/auth/login"))
+        .json(&json!({"username": "admin", "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reply["access_token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_start_serves_and_the_subcommands_work() {
+    let dir = workdir();
+    let daemon = start(&dir);
+    let data = dir.join("data");
+    for secret in ["jwt_secret", "webhook_secret"] {
+        let mode = std::fs::metadata(data.join(secret))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{secret}");
+    }
+    assert!(data.join("orch.db").exists());
+    let password = daemon
+        .password
+        .clone()
+        .expect("a generated admin password is printed");
+    let http = reqwest::Client::new();
+    let token = login(&http, &daemon.url, &password).await;
+    let task: Value = http
+        .post(format!("{}/dispatch", daemon.url))
+        .bearer_auth(&token)
+        .json(&json!({"coreId": "echo", "stay": true, "payload": {"hi": 1}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["status"], "succeeded");
+    assert_eq!(task["result"], json!({"hi": 1}));
+    // `orchd dispatch --core-id sleep --stay` against the running daemon.
+    let output = orchd(&dir)
+        .args([
+            "dispatch",
+            "--core-id",
+            "sleep",
+            "--stay",
+            "--payload",
+            "{\"ms\": 300}",
+            "--url",
+            &daemon.url,
+        ])
+        .env("ORCH_PASSWORD", &password)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["result"], json!({"slept_ms": 300}));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("succeeded"));
+    // A user added from the command line can log in at once.
+    let added = orchd(&dir)
+        .args(["user", "add", "--username", "ops", "--role", "operator"])
+        .env("ORCH_NEW_PASSWORD", "another long password")
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let reply = http
+        .post(format!("{}/auth/login", daemon.url))
+        .json(&json!({"username": "ops", "password": "another long password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    // Restore refuses while the daemon runs.
+    let backup = orchd(&dir).args(["backup"]).output().unwrap();
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    let backup_path = String::from_utf8_lossy(&backup.stdout)
+        .trim()
+        .trim_start_matches("backup written to ")
+        .to_owned();
+    assert!(Path::new(&dir.join(&backup_path)).exists() || Path::new(&backup_path).exists());
+    let refused = orchd(&dir)
+        .args(["restore", &backup_path])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("running"));
+    stop(daemon);
+    assert!(!data.join("orchd.pid").exists());
+
+    // Second start: same secrets, no new password; the restored backup has the first task.
+    let migrate = orchd(&dir).args(["migrate"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&migrate.stdout).contains("schema version"));
+    let restored = orchd(&dir)
+        .args(["restore", &backup_path])
+        .output()
+        .unwrap();
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let daemon = start(&dir);
+    assert!(daemon.password.is_none(), "the password is printed once");
+    let token = login(&http, &daemon.url, &password).await;
+    let jobs: Value = http
+        .get(format!("{}/jobs?core_id=echo", daemon.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jobs["jobs"][0]["result"], json!({"hi": 1}));
+    stop(daemon);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_invalid_config_stops_start_up_naming_the_key() {
+    let dir = workdir();
+    std::fs::write(
+        dir.join("orchd.yaml"),
+        "security:\n  jwt_expiry: tomorrow\n",
+    )
+    .unwrap();
+    let output = orchd(&dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("security.jwt_expiry"), "{stderr}");
+    let output = orchd(&dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("ORCH_CONFIG", "/nonexistent/orchd.yaml")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let _ = std::fs::remove_dir_all(dir);
+}

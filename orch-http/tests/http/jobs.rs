@@ -1,0 +1,406 @@
+//! Dispatch, stay, idempotency, jobs, cancel, events, and external workers.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::common::{self, assert_error};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_takes_the_seed_body_and_stay_waits_for_the_result() {
+    let server = common::start().await;
+    let token = server.token("operator").await;
+    let seed_body = json!({
+        "coreId": "echo", "stay": true, "priority": 2, "timeout": 300,
+        "metadata": {"source": "api", "user_id": "user-123", "tags": ["urgent", "production"]},
+        "payload": {"text": "hello"}
+    });
+    let reply = server
+        .call(Method::POST, "/dispatch", Some(&token), Some(seed_body))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let body = &reply.body;
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["core_id"], "echo");
+    assert_eq!(body["priority"], 2);
+    assert_eq!(body["result"], json!({"text": "hello"}));
+    assert_eq!(body["metadata"]["tags"][0], "urgent");
+    for field in ["task_id", "created_at", "estimated_start"] {
+        assert!(body[field].is_string(), "{field} in {body}");
+    }
+    // Without stay: 201 and queued (or already further along).
+    let queued = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&token),
+            Some(json!({"core_id": "nobody-runs-this"})),
+        )
+        .await;
+    assert_eq!(queued.status, StatusCode::CREATED);
+    assert_eq!(queued.body["status"], "queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleep_engine_and_stay_with_a_failing_task() {
+    let server = common::start().await;
+    let token = server.token("operator").await;
+    let slept = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&token),
+            Some(json!({"core_id": "sleep", "stay": true, "payload": {"ms": 20}})),
+        )
+        .await;
+    assert_eq!(slept.body["status"], "succeeded", "{}", slept.body);
+    assert_eq!(slept.body["result"], json!({"slept_ms": 20}));
+    let invalid = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&token),
+            Some(json!({"core_id": "sleep", "stay": true, "payload": {"ms": "long"}})),
+        )
+        .await;
+    assert_eq!(invalid.body["status"], "failed", "{}", invalid.body);
+    assert!(
+        invalid.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("payload.ms")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_header_returns_the_first_task() {
+    let server = common::start().await;
+    let token = server.token("system").await;
+    let send = || async {
+        let response = server
+            .http
+            .post(server.url("/dispatch"))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "order-42")
+            .json(&json!({"core_id": "external"}))
+            .send()
+            .await
+            .unwrap();
+        common::reply(response).await
+    };
+    let first = send().await;
+    let second = send().await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(first.body["task_id"], second.body["task_id"]);
+    assert_eq!(second.body["idempotency_key"], "order-42");
+    let jobs = server
+        .call(Method::GET, "/jobs?core_id=external", Some(&token), None)
+        .await;
+    assert_eq!(jobs.body["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_list_filters_and_pages() {
+    let server = common::start().await;
+    let token = server.token("admin").await;
+    for i in 0..5 {
+        server
+            .call(
+                Method::POST,
+                "/dispatch",
+                Some(&token),
+                Some(json!({"core_id": "pool-a", "payload": i})),
+            )
+            .await;
+    }
+    server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&token),
+            Some(json!({"core_id": "echo", "stay": true})),
+        )
+        .await;
+    let page1 = server
+        .call(
+            Method::GET,
+            "/jobs?core_id=pool-a&limit=3",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(page1.body["jobs"].as_array().unwrap().len(), 3);
+    let after = page1.body["next_after"].as_str().unwrap().to_owned();
+    let page2 = server
+        .call(
+            Method::GET,
+            &format!("/jobs?core=pool-a&limit=3&after={after}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(page2.body["jobs"].as_array().unwrap().len(), 2);
+    assert!(page2.body["next_after"].is_null());
+    let succeeded = server
+        .call(Method::GET, "/jobs?status=succeeded", Some(&token), None)
+        .await;
+    let jobs = succeeded.body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["core_id"], "echo");
+    for bad in [
+        "/jobs?status=done",
+        "/jobs?limit=0",
+        "/jobs?limit=x",
+        "/jobs?after=nope",
+        "/jobs?color=red",
+    ] {
+        let reply = server.call(Method::GET, bad, Some(&token), None).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_cancel_and_events_of_a_job() {
+    let server = common::start().await;
+    let token = server.token("operator").await;
+    let task = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&token),
+            Some(json!({"core_id": "sleep", "payload": {"ms": 60000}})),
+        )
+        .await;
+    let id = task.body["task_id"].as_str().unwrap().to_owned();
+    // Wait until the sleep engine runs it.
+    for _ in 0..200 {
+        let job = server
+            .call(Method::GET, &format!("/jobs/{id}"), Some(&token), None)
+            .await;
+        if job.body["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let with_prefix = server
+        .call(Method::GET, &format!("/jobs/task-{id}"), Some(&token), None)
+        .await;
+    assert_eq!(with_prefix.body["task_id"], id.as_str());
+    let cancelled = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{id}/cancel"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    assert_eq!(cancelled.body["status"], "cancelled");
+    let again = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{id}/cancel"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_error(&again, StatusCode::CONFLICT);
+    let events = server
+        .call(
+            Method::GET,
+            &format!("/jobs/{id}/events"),
+            Some(&token),
+            None,
+        )
+        .await;
+    let kinds: Vec<&str> = events.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["task.queued", "task.started", "task.cancelled"]);
+    let missing = "01a20147-076b-70a1-a038-3f381c7edce7";
+    for path in [
+        format!("/jobs/{missing}"),
+        format!("/jobs/{missing}/events"),
+    ] {
+        assert_error(
+            &server.call(Method::GET, &path, Some(&token), None).await,
+            StatusCode::NOT_FOUND,
+        );
+    }
+    let bad = server
+        .call(Method::GET, "/jobs/not-a-uuid", Some(&token), None)
+        .await;
+    assert_error(&bad, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.body["field"], "task_id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_workers_claim_heartbeat_and_report() {
+    let server = common::start().await;
+    let operator = server.token("operator").await;
+    let worker = server.token("system").await;
+    let task = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&operator),
+            Some(json!({"coreId": "gpu", "payload": {"n": 1}})),
+        )
+        .await;
+    let id = task.body["task_id"].as_str().unwrap().to_owned();
+    let claim = server
+        .call(
+            Method::POST,
+            "/jobs/claim",
+            Some(&worker),
+            Some(json!({"coreId": "gpu", "limit": 5, "lease": 30})),
+        )
+        .await;
+    assert_eq!(claim.status, StatusCode::OK, "{}", claim.body);
+    let tasks = claim.body["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["task"]["status"], "running");
+    let lease = tasks[0]["lease_token"].as_str().unwrap().to_owned();
+    let beat = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{id}/heartbeat"),
+            Some(&worker),
+            Some(json!({"lease_token": lease})),
+        )
+        .await;
+    assert_eq!(beat.status, StatusCode::OK, "{}", beat.body);
+    assert!(beat.body["lease_expires_at"].is_string());
+    // An illegal target state is a 409, as is a stale lease.
+    let illegal = server
+        .call(
+            Method::PUT,
+            &format!("/jobs/{id}/status"),
+            Some(&worker),
+            Some(json!({"lease_token": lease, "status": "queued"})),
+        )
+        .await;
+    assert_error(&illegal, StatusCode::CONFLICT);
+    let stale = server
+        .call(Method::PUT, &format!("/jobs/{id}/status"), Some(&worker),
+            Some(json!({"lease_token": "00000000-0000-0000-0000-000000000000", "status": "succeeded"})))
+        .await;
+    assert_error(&stale, StatusCode::CONFLICT);
+    assert_eq!(stale.body["field"], "lease_token");
+    let done = server
+        .call(
+            Method::PUT,
+            &format!("/jobs/{id}/status"),
+            Some(&worker),
+            Some(json!({"lease_token": lease, "status": "succeeded", "result": {"answer": 42}})),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(done.body["status"], "succeeded");
+    assert_eq!(done.body["result"]["answer"], 42);
+    // Finished: any further report is an illegal transition.
+    let after = server
+        .call(
+            Method::PUT,
+            &format!("/jobs/{id}/status"),
+            Some(&worker),
+            Some(json!({"lease_token": lease, "status": "failed", "error": "late"})),
+        )
+        .await;
+    assert_error(&after, StatusCode::CONFLICT);
+    let late_beat = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{id}/heartbeat"),
+            Some(&worker),
+            Some(json!({"lease_token": lease})),
+        )
+        .await;
+    assert_error(&late_beat, StatusCode::CONFLICT);
+    let bad_status = server
+        .call(
+            Method::PUT,
+            &format!("/jobs/{id}/status"),
+            Some(&worker),
+            Some(json!({"lease_token": lease, "status": "exploded"})),
+        )
+        .await;
+    assert_error(&bad_status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad_status.body["field"], "status");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_report_on_the_last_attempt_fails_the_task() {
+    let server = common::start().await;
+    let worker = server.token("system").await;
+    let task = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&worker),
+            Some(json!({"core_id": "ext", "max_attempts": 1})),
+        )
+        .await;
+    let id = task.body["task_id"].as_str().unwrap().to_owned();
+    let claim = server
+        .call(
+            Method::POST,
+            "/jobs/claim",
+            Some(&worker),
+            Some(json!({"core_id": "ext"})),
+        )
+        .await;
+    let lease = claim.body["tasks"][0]["lease_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let failed = server
+        .call(
+            Method::PUT,
+            &format!("/jobs/{id}/status"),
+            Some(&worker),
+            Some(json!({"lease_token": lease, "status": "failed", "error": "disk full"})),
+        )
+        .await;
+    assert_eq!(failed.body["status"], "failed", "{}", failed.body);
+    assert_eq!(failed.body["error"], "disk full");
+}
+
+#[cfg(feature = "orchd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stay_dispatch_on_sqlite() {
+    let dir = std::env::temp_dir().join(format!("orch-http-test-{}", uuid::Uuid::new_v4()));
+    let path = dir.join("orch.db");
+    let backend = orch_storage::SqliteBackend::open(path.to_str().unwrap())
+        .await
+        .unwrap();
+    let server = common::start_on(std::sync::Arc::new(backend), common::config()).await;
+    let token = server.token("operator").await;
+    let reply = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&token),
+            Some(json!({"coreId": "echo", "stay": true, "payload": [1, 2, 3]})),
+        )
+        .await;
+    assert_eq!(reply.body["status"], "succeeded", "{}", reply.body);
+    assert_eq!(reply.body["result"], json!([1, 2, 3]));
+    // Users live in the same database.
+    assert!(
+        server
+            .state
+            .users()
+            .get("operator")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

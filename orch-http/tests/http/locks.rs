@@ -1,0 +1,151 @@
+//! Lock endpoints: acquire, extend, release, list, info, conflicts.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::common::{self, assert_error};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_extend_release_and_conflicts() {
+    let server = common::start().await;
+    let operator = server.token("operator").await;
+    let system = server.token("system").await;
+    let viewer = server.token("viewer").await;
+    let granted = server
+        .call(
+            Method::POST,
+            "/locks/invoices:42/acquire",
+            Some(&operator),
+            Some(json!({"ttl": 60})),
+        )
+        .await;
+    assert_eq!(granted.status, StatusCode::OK, "{}", granted.body);
+    assert_eq!(granted.body["owner"], "operator");
+    let token = granted.body["fencing_token"].as_u64().unwrap();
+    // Held: someone else is refused at once, or after a short wait.
+    let held = server
+        .call(
+            Method::POST,
+            "/locks/invoices:42/acquire",
+            Some(&system),
+            Some(json!({})),
+        )
+        .await;
+    assert_error(&held, StatusCode::CONFLICT);
+    let waited = server
+        .call(
+            Method::POST,
+            "/locks/invoices:42/acquire",
+            Some(&system),
+            Some(json!({"wait": 0.05})),
+        )
+        .await;
+    assert_error(&waited, StatusCode::CONFLICT);
+    // Visible to readers.
+    let list = server
+        .call(Method::GET, "/locks", Some(&viewer), None)
+        .await;
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+    let info = server
+        .call(Method::GET, "/locks/invoices:42", Some(&viewer), None)
+        .await;
+    assert_eq!(info.body["fencing_token"], token);
+    // Extend and release need owner and token.
+    let extended = server
+        .call(
+            Method::POST,
+            "/locks/invoices:42/extend",
+            Some(&operator),
+            Some(json!({"fencing_token": token, "ttl": 120})),
+        )
+        .await;
+    assert_eq!(extended.status, StatusCode::OK, "{}", extended.body);
+    let wrong_owner = server
+        .call(
+            Method::POST,
+            "/locks/invoices:42/release",
+            Some(&system),
+            Some(json!({"fencing_token": token})),
+        )
+        .await;
+    assert_error(&wrong_owner, StatusCode::CONFLICT);
+    let not_yours = server
+        .call(
+            Method::POST,
+            "/locks/invoices:42/release",
+            Some(&system),
+            Some(json!({"fencing_token": token, "owner": "operator"})),
+        )
+        .await;
+    assert_error(&not_yours, StatusCode::FORBIDDEN);
+    assert_eq!(not_yours.body["field"], "owner");
+    let released = server
+        .call(
+            Method::POST,
+            "/locks/invoices:42/release",
+            Some(&operator),
+            Some(json!({"fencing_token": token})),
+        )
+        .await;
+    assert_eq!(released.status, StatusCode::OK, "{}", released.body);
+    let again = server
+        .call(
+            Method::POST,
+            "/locks/invoices:42/release",
+            Some(&operator),
+            Some(json!({"fencing_token": token})),
+        )
+        .await;
+    assert_error(&again, StatusCode::CONFLICT);
+    assert_error(
+        &server
+            .call(Method::GET, "/locks/invoices:42", Some(&viewer), None)
+            .await,
+        StatusCode::NOT_FOUND,
+    );
+    // The next grant has a larger fencing token; sub-owners are allowed.
+    let next = server
+        .call(
+            Method::POST,
+            "/locks/invoices:42/acquire",
+            Some(&system),
+            Some(json!({"owner": "system/worker-1"})),
+        )
+        .await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.body);
+    assert!(next.body["fencing_token"].as_u64().unwrap() > token);
+    for (body, field) in [
+        (json!({"ttl": -1}), "ttl"),
+        (json!({"ttl": 0}), "ttl"),
+        (json!({"wait": 99}), "wait"),
+        (json!({"ttl": "x"}), "ttl"),
+    ] {
+        let reply = server
+            .call(
+                Method::POST,
+                "/locks/other/acquire",
+                Some(&operator),
+                Some(body.clone()),
+            )
+            .await;
+        assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(reply.body["field"], field, "{body}");
+    }
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("orch_locks_active{resource_type=\"invoices\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("orch_lock_acquisition_total{resource_type=\"invoices\",status=\"held\"} 1")
+    );
+}

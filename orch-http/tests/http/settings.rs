@@ -1,0 +1,123 @@
+//! The YAML config and environment variables: seed shape, `${VAR}`, keys named in errors.
+
+use std::path::Path;
+
+use orch_http::settings::Settings;
+use orch_http::{HttpConfig, Secret};
+
+const SEED_YAML: &str = r##"
+database:
+  path: "data/orch.db"
+  pool_size: 10
+  timeout: 30
+
+security:
+  jwt_secret: "${JWT_SECRET}"
+  jwt_expiry: 3600
+  webhook_secret: "${WEBHOOK_SECRET}"
+  rate_limit:
+    requests_per_minute: 100
+    burst_size: 20
+
+monitoring:
+  interval: 60
+  metrics_retention: 2592000  # 30 days
+  alert_thresholds:
+    cpu_percent: 80
+    memory_percent: 85
+    disk_usage_percent: 90
+
+notifications:
+  slack:
+    webhook_url: "${SLACK_WEBHOOK_URL}"
+    channel: "#orch-alerts"
+  email:
+    smtp_server: "${SMTP_SERVER}"
+    from_address: "orch@company.com"
+"##;
+
+fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    move |name| {
+        pairs
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+#[test]
+fn the_seed_production_yaml_loads_with_its_environment() {
+    let env = env(&[
+        ("JWT_SECRET", "a-production-jwt-secret-of-32-bytes-or-more"),
+        ("WEBHOOK_SECRET", "whsec_new,whsec_old"),
+        ("ENABLE_MONITORING", "true"),
+    ]);
+    let settings = Settings::from_yaml(SEED_YAML, &env).unwrap();
+    assert_eq!(
+        settings.security.jwt_secret.as_deref(),
+        Some("a-production-jwt-secret-of-32-bytes-or-more")
+    );
+    assert_eq!(settings.webhook_secrets(), ["whsec_new", "whsec_old"]);
+    assert_eq!(settings.database.path.as_deref(), Some("data/orch.db"));
+    let config: HttpConfig = settings
+        .http_config(
+            Secret::new(settings.security.jwt_secret.clone().unwrap()),
+            settings
+                .webhook_secrets()
+                .into_iter()
+                .map(Secret::new)
+                .collect(),
+            Path::new("data"),
+        )
+        .unwrap();
+    assert_eq!(config.jwt.expiry.as_secs(), 3600);
+    assert_eq!(config.rate_limit.per_user.requests_per_minute, 100);
+    assert_eq!(config.rate_limit.per_user.burst_size, 20);
+    assert_eq!(config.webhook_secrets.len(), 2);
+    assert!(config.cors_origins.is_empty(), "CORS is off by default");
+}
+
+#[test]
+fn invalid_config_names_the_key() {
+    let none = |_: &str| None;
+    let cases = [
+        ("security:\n  jwt_expiry: soon\n", "security.jwt_expiry"),
+        (
+            "security:\n  rate_limit:\n    burst_size: -1\n",
+            "security.rate_limit.burst_size",
+        ),
+        ("security:\n  jwt_exipry: 10\n", "jwt_exipry"),
+        ("serverr:\n  listen: x\n", "serverr"),
+        ("sse:\n  max_connections: many\n", "sse.max_connections"),
+        ("logging:\n  format: xml\n", "logging.format"),
+    ];
+    for (yaml, key) in cases {
+        let err = Settings::from_yaml(yaml, &none).unwrap_err();
+        assert!(err.key.contains(key), "{yaml:?}: {err}");
+        assert!(err.to_string().contains(key), "{err}");
+    }
+    let bad_env = env(&[("ENABLE_MONITORING", "perhaps")]);
+    assert_eq!(
+        Settings::from_yaml("", &bad_env).unwrap_err().key,
+        "ENABLE_MONITORING"
+    );
+    // Semantic checks name the key too.
+    let settings = Settings::from_yaml("security:\n  jwt_expiry: 0\n", &none).unwrap();
+    let err = settings
+        .http_config(Secret::new("x".repeat(40)), vec![], Path::new("data"))
+        .unwrap_err();
+    assert_eq!(err.key, "security.jwt_expiry");
+    let err = settings
+        .http_config(Secret::new("short"), vec![], Path::new("data"))
+        .unwrap_err();
+    assert_eq!(err.key, "security.jwt_secret");
+    let cors = Settings::from_yaml(
+        "security:\n  cors:\n    origins: [\"not an origin\"]\n",
+        &none,
+    )
+    .unwrap();
+    let err = cors
+        .http_config(Secret::new("x".repeat(40)), vec![], Path::new("data"))
+        .unwrap_err();
+    assert_eq!(err.key, "security.cors.origins");
+}
