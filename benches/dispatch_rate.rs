@@ -35,17 +35,25 @@ fn main() {
         .collect();
     let concurrency: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(64);
     let count: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(500_000);
-    // Worker threads of the runtime (default 2, the machine's cores); the producer runs on the
-    // main thread.
+    // Worker threads of the runtime (default 2, the machine's cores; 0 for a current-thread
+    // runtime); the producer runs on the main thread.
     let workers: usize = std::env::var("ORCH_BENCH_WORKERS")
         .ok()
         .and_then(|w| w.parse().ok())
         .unwrap_or(2);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // 0 workers: a current-thread runtime (producer and orchestrator on one thread).
+    let runtime = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
     runtime.block_on(async {
         let done = Arc::new(AtomicU64::new(0));
         let all_done = Arc::new(Notify::new());
