@@ -333,19 +333,11 @@ impl MemoryBackend {
 impl TaskStore for MemoryBackend {
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
         let now = clock::now();
-        let created = self.with_state(|tables, events| {
-            let mut out = Vec::with_capacity(tasks.len());
-            for new in tasks {
-                if let Some(key) = &new.idempotency_key
-                    && let Some(existing) = tables.idempotency.get(key)
-                    && let Some(record) = tables.records.get(existing)
-                {
-                    out.push(Created {
-                        task: record.task.clone(),
-                        created: false,
-                    });
-                    continue;
-                }
+        // Build records, copies and events before taking the lock, so it is held only for the
+        // index updates.
+        let prepared: Vec<(Box<Record>, Task, NewEvent)> = tasks
+            .into_iter()
+            .map(|new| {
                 let mut run_at = now + delta(new.delay);
                 if let Some(not_before) = new.not_before {
                     run_at = run_at.max(not_before);
@@ -371,20 +363,31 @@ impl TaskStore for MemoryBackend {
                     idempotency_key: new.idempotency_key,
                     locks: new.locks,
                 };
-                if let Some(key) = &task.idempotency_key {
-                    tables.idempotency.insert(key.clone(), task.id);
+                let event = task_event(EventKind::TaskQueued, &task, Value::Null);
+                let copy = task.clone();
+                (Box::new(Record { task, lease: None }), copy, event)
+            })
+            .collect();
+        let created = self.with_state(|tables, events| {
+            let mut out = Vec::with_capacity(prepared.len());
+            for (record, copy, event) in prepared {
+                if let Some(key) = &record.task.idempotency_key {
+                    if let Some(existing) = tables.idempotency.get(key)
+                        && let Some(earlier) = tables.records.get(existing)
+                    {
+                        out.push(Created {
+                            task: earlier.task.clone(),
+                            created: false,
+                        });
+                        continue;
+                    }
+                    tables.idempotency.insert(key.clone(), record.task.id);
                 }
-                tables.enqueue(&task, now);
-                events.push(task_event(EventKind::TaskQueued, &task, Value::Null), now);
-                tables.records.insert(
-                    task.id,
-                    Box::new(Record {
-                        task: task.clone(),
-                        lease: None,
-                    }),
-                );
+                tables.enqueue(&record.task, now);
+                events.push(event, now);
+                tables.records.insert(record.task.id, record);
                 out.push(Created {
-                    task,
+                    task: copy,
                     created: true,
                 });
             }

@@ -399,14 +399,28 @@ impl Orchestrator {
     /// engine of every `core_id` in its [`Capability::engine`](crate::Capability::engine)
     /// capabilities.
     pub async fn register_plugin(&self, plugin: Arc<dyn Plugin>, config: Value) -> Result<()> {
+        let core_ids: Vec<String> = plugin
+            .capabilities()
+            .iter()
+            .filter_map(|c| c.engine_core_id().map(str::to_owned))
+            .collect();
+        // Refuse before initializing when a core is taken, so a refused plugin leaves no trace.
+        {
+            let engines = self.inner.engines.read();
+            if let Some(taken) = core_ids.iter().find(|core| engines.contains_key(*core)) {
+                return Err(Error::EngineExists(taken.clone()));
+            }
+        }
         self.inner.plugins.register(plugin.clone(), config).await?;
-        for capability in plugin.capabilities() {
-            if let Some(core_id) = capability.engine_core_id() {
-                self.register_engine_arc(
-                    core_id.to_owned(),
-                    Arc::new(PluginProcessor(plugin.clone())),
-                    None,
-                )?;
+        for (index, core_id) in core_ids.iter().enumerate() {
+            let engine = Arc::new(PluginProcessor(plugin.clone()));
+            if let Err(error) = self.register_engine_arc(core_id.clone(), engine, None) {
+                // Lost a race for the core: undo this plugin's engines and registration.
+                for registered in &core_ids[..index] {
+                    self.inner.engines.write().remove(registered);
+                }
+                self.inner.plugins.unregister(plugin.name()).await?;
+                return Err(error);
             }
         }
         Ok(())

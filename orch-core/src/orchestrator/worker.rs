@@ -163,6 +163,10 @@ async fn run_attempt(inner: Arc<Inner>, core: Arc<Core>, claimed: Claimed, slot:
     }
 }
 
+/// Most outcomes recorded in one backend call: large enough to share a round trip, small enough
+/// that an in-memory backend's lock is never held for long.
+const REPORT_BATCH: usize = 128;
+
 /// An attempt's outcome, waiting to be recorded.
 pub(super) struct Report {
     id: TaskId,
@@ -181,7 +185,7 @@ pub(super) async fn reporter(
     loop {
         tokio::select! {
             biased;
-            received = reports.recv_many(&mut batch, 1024) => {
+            received = reports.recv_many(&mut batch, REPORT_BATCH) => {
                 if received == 0 {
                     break;
                 }

@@ -162,3 +162,38 @@ async fn registry_contract() {
         "a plugin whose initialize failed must not be registered"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_plugin_whose_core_is_taken_is_refused_without_a_trace() {
+    let orch = orch(backend(), config()).await;
+    orch.register_engine(
+        "text",
+        orch_core::processor_fn("builtin", |_c, i| async move { Ok(i) }),
+    )
+    .unwrap();
+    let cleanups = Arc::new(AtomicUsize::new(0));
+    let err = orch
+        .register_plugin(
+            Arc::new(Upper {
+                cleanups: cleanups.clone(),
+            }),
+            Value::Null,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::EngineExists(core) if core == "text"),
+        "{err}"
+    );
+    assert!(
+        orch.plugins().list().is_empty(),
+        "a refused plugin stayed registered"
+    );
+    // The built-in engine still serves the core.
+    let task = orch
+        .dispatch_and_wait(TaskSpec::new("text").payload(json!("x")))
+        .await
+        .unwrap();
+    assert_eq!(task.result, Some(json!("x")));
+    orch.shutdown(Duration::from_secs(1)).await;
+}
