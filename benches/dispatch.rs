@@ -1,6 +1,11 @@
 //! Dispatch-to-completion throughput on the in-memory backend with a no-op engine.
 //!
 //! `cargo bench --bench dispatch`
+//!
+//! Runs with mimalloc as the global allocator, as `orchd` does (see BENCHMARKS.md).
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,11 @@
 //! Event fan-out: events appended to the log reach 100 live subscribers.
 //!
 //! `cargo bench --bench events`
+//!
+//! Runs with mimalloc as the global allocator, as `orchd` does (see BENCHMARKS.md).
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

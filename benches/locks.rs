@@ -1,6 +1,11 @@
 //! Lock acquire+release on the in-memory backend: uncontended, and with 8 contenders.
 //!
 //! `cargo bench --bench locks`
+//!
+//! Runs with mimalloc as the global allocator, as `orchd` does (see BENCHMARKS.md).
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
