@@ -10,26 +10,17 @@ use crate::error::Result;
 use crate::model::{Event, NewEvent};
 
 impl EventLogState {
-    /// Appends under the caller's lock; sequence numbers are gapless.
+    /// Appends under the caller's lock and returns a copy of the stored event.
     pub(crate) fn append(&mut self, event: NewEvent, at: DateTime<Utc>) -> Event {
-        self.last_seq += 1;
-        let event = Event {
-            seq: self.last_seq,
-            kind: event.kind,
-            at,
-            task_id: event.task_id,
-            core_id: event.core_id,
-            attempt: event.attempt,
-            data: event.data,
-        };
-        if self.log.len() >= self.retention {
-            self.log.pop_front();
-        }
-        self.log.push_back(event.clone());
-        event
+        self.push(event, at);
+        self.log
+            .back()
+            .cloned()
+            .expect("push leaves at least one event in the log")
     }
 
-    /// Appends without returning a copy (the hot path of task transitions).
+    /// Appends under the caller's lock; sequence numbers are gapless. The hot path of task
+    /// transitions, which need no copy back.
     pub(crate) fn push(&mut self, event: NewEvent, at: DateTime<Utc>) {
         self.last_seq += 1;
         if self.log.len() >= self.retention {
