@@ -9,6 +9,9 @@ use orch_core::Error;
 /// application's own sqlx migrations in the same database do not collide with orch's.
 pub(crate) const MIGRATIONS_TABLE: &str = "orch_schema_migrations";
 
+/// Most events deleted by one pruning statement (`prune_events` loops until done).
+pub(crate) const PRUNE_BATCH: i64 = 5_000;
+
 /// Refuses a database whose schema is newer than this build knows (a newer orch migrated it):
 /// running on it could corrupt data the newer schema relies on.
 pub(crate) fn check_schema_version(

@@ -4,10 +4,26 @@
 //! How the crate is laid out:
 //! - [`SqliteBackend`] (feature `sqlite`, default): `src/sqlite/`. One writer connection whose
 //!   writes are all `BEGIN IMMEDIATE`, a pool of readers, WAL, `synchronous=NORMAL`; the process
-//!   clock decides leases.
+//!   clock decides leases. A batch of outcomes (`finish_attempts`) is one transaction.
 //! - [`PostgresBackend`] (feature `postgres`): `src/postgres/`. Every transition is one
-//!   statement (claim is a CTE with `FOR UPDATE SKIP LOCKED`) that also writes its event; the
-//!   database clock decides leases and lock expiry, so every process shares one clock.
+//!   statement (claim is a CTE with `FOR UPDATE SKIP LOCKED`; a batch of outcomes is one
+//!   `unnest` statement) that also writes its events; the database clock decides leases and
+//!   lock expiry, so every process shares one clock. [`PostgresOptions`] tunes the pool and
+//!   whether worker-side commits wait for the disk.
+//! - Wake-ups across processes (PostgreSQL, `src/postgres/notify.rs`): statements that create
+//!   or requeue tasks or append events send one `pg_notify` each (event-only ones rate-limited);
+//!   a `LISTEN` task per backend turns them into the `ChangeSignal`s the orchestrator waits on.
+//!   Only a hint: the orchestrator still polls every `poll_interval`, so a lost notification
+//!   costs latency, never a task.
+//! - Transactional dispatch: [`SqliteBackend::dispatch_in`] and [`PostgresBackend::dispatch_in`]
+//!   store tasks inside the application's own sqlx transaction, so a task exists if and only if
+//!   the application's data commits. This is the one place sqlx types appear in this crate's API
+//!   (re-exported as [`sqlx`] so versions match).
+//! - Pruning: both backends implement `prune_tasks`/`prune_events` in bounded batches; the
+//!   orchestrator runs them on a schedule with the retention of
+//!   [`OrchestratorConfig::with_retention`](orch_core::OrchestratorConfig::with_retention)
+//!   (default: finished tasks and events kept 7 days, checked every 5 minutes), or on demand
+//!   with [`Orchestrator::prune`](orch_core::Orchestrator::prune).
 //! - [`connect`]: picks the backend from a `DATABASE_URL`-style string.
 //! - Migrations live in `migrations/{sqlite,postgres}/`, are compiled in, and are applied when a
 //!   backend opens; `schema_version()` tells which one the database is at. They are recorded in
@@ -18,7 +34,12 @@
 //! [`EventStore`](orch_core::EventStore), [`LockStore`](orch_core::LockStore),
 //! [`StorageProvider`](orch_core::StorageProvider)) with the in-memory backend's behaviour, and
 //! run orch-core's conformance suite in this crate's tests. sqlx errors are mapped at the edge
-//! into [`orch_core::Error::Backend`]; no sqlx type appears in this crate's API.
+//! into [`orch_core::Error::Backend`].
+//!
+//! Running several processes on one PostgreSQL: point each at the same URL
+//! (`DATABASE_URL=postgres://...`); they share the queue, the lock table and the event log. A
+//! process that dies loses its leases when they expire (`OrchestratorConfig::with_lease`), and
+//! any live process rescues and reruns those tasks.
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod common;
@@ -29,9 +50,13 @@ mod sqlite;
 
 pub use orch_core;
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresBackend;
+pub use postgres::{PostgresBackend, PostgresOptions};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{DEFAULT_SQLITE_PATH, SqliteBackend};
+/// The sqlx this crate is built on, for naming the transactions of
+/// [`SqliteBackend::dispatch_in`] and [`PostgresBackend::dispatch_in`] with matching types.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sqlx;
 
 /// The default `DATABASE_URL`: the SQLite file `data/orch.db`.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/orch.db";

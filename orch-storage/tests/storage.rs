@@ -2,6 +2,7 @@
 //! (see `support`), orch-core's conformance suite on both, and what only one backend has
 //! (SQLite's file handling and backup; several PostgreSQL clients sharing one database).
 
+mod cases;
 mod support;
 
 use std::collections::HashSet;
@@ -58,7 +59,10 @@ for_each_backend!(
     concurrent_claims_never_share_a_task,
     behaves_like_the_memory_backend,
     an_error_message_with_nul_is_recorded,
+    finish_attempts_matches_finish_attempt,
 );
+
+use cases::batch::finish_attempts_matches_finish_attempt;
 
 fn spec(core: &str) -> TaskSpec {
     TaskSpec::new(core)

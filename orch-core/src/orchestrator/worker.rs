@@ -92,11 +92,20 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, core: Arc<Core>) {
         }
         let full = claimed.len() == slots.len();
         for (task, slot) in claimed.into_iter().zip(slots.drain(..)) {
+            // Registered before the attempt is spawned, so the lease keeper renews its lease
+            // from the moment it was claimed, however long the attempt waits to be polled.
+            let running = Arc::new(Running {
+                token: task.lease_token,
+                cancel: CancellationToken::new(),
+                cause: AtomicU8::new(StopCause::None as u8),
+            });
+            inner.running.insert(task.task.id, running.clone());
             // Boxed so spawning moves a pointer, not the attempt's whole (large) state.
             inner.attempts.spawn(Box::pin(run_attempt(
                 inner.clone(),
                 core.clone(),
                 task,
+                running,
                 slot,
             )));
         }
@@ -129,14 +138,14 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, core: Arc<Core>) {
 }
 
 /// Runs one claimed attempt and reports its outcome with the lease token.
-async fn run_attempt(inner: Arc<Inner>, core: Arc<Core>, claimed: Claimed, slot: Permits) {
+async fn run_attempt(
+    inner: Arc<Inner>,
+    core: Arc<Core>,
+    claimed: Claimed,
+    running: Arc<Running>,
+    slot: Permits,
+) {
     let Claimed { task, lease_token } = claimed;
-    let running = Arc::new(Running {
-        token: lease_token,
-        cancel: CancellationToken::new(),
-        cause: AtomicU8::new(StopCause::None as u8),
-    });
-    inner.running.insert(task.id, running.clone());
     let span = tracing::debug_span!("execute", task_id = %task.id, core_id = %task.core_id, attempt = task.attempt);
     let attempt = execute(&inner, &core, &task, &running, slot);
     // Entering a disabled span on every poll still costs: skip it when nobody records spans.

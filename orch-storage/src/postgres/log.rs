@@ -39,18 +39,23 @@ fn event_from_row(operation: &'static str, row: &PgRow) -> Result<Event> {
 impl EventStore for PostgresBackend {
     async fn append_event(&self, event: NewEvent) -> Result<Event> {
         const OP: &str = "append_event";
+        let hint = self.event_hint();
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data) \
-             VALUES ($1, now(), $2, $3, $4, $5::text::jsonb) RETURNING id",
+            "WITH ins AS (INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data) \
+             VALUES ($1, now(), $2, $3, $4, $5::text::jsonb) RETURNING id) \
+             SELECT id, (SELECT 1 FROM pg_notify('orch_changes', $6) WHERE $6::text IS NOT NULL) \
+             AS notified FROM ins",
         )
         .bind(event.kind.as_str())
         .bind(event.task_id.map(|id| id.0))
         .bind(event.core_id.as_deref())
         .bind(event.attempt.map(|a| i32::try_from(a).unwrap_or(i32::MAX)))
         .bind(event.data.to_string())
+        .bind(&hint)
         .fetch_one(&self.pool)
         .await
         .map_err(db_err(OP))?;
+        self.deferred(&hint);
         self.wake_events();
         // Committed: our numbering pass covers it, or one running elsewhere does, or (if that
         // one started before our commit) the next pass does.
@@ -103,13 +108,25 @@ impl EventStore for PostgresBackend {
     }
 
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        // In batches of one statement each, so no single statement locks or writes much.
         // Unnumbered events stay until numbered, so no reader misses them.
-        let done = sqlx::query("DELETE FROM orch_events WHERE at < $1 AND seq IS NOT NULL")
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(
+                "WITH picked AS (SELECT id FROM orch_events WHERE at < $1 AND seq IS NOT NULL \
+                 ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 DELETE FROM orch_events USING picked WHERE orch_events.id = picked.id",
+            )
             .bind(before)
+            .bind(crate::common::PRUNE_BATCH)
             .execute(&self.pool)
             .await
             .map_err(db_err("prune_events"))?;
-        Ok(done.rows_affected())
+            total += done.rows_affected();
+            if done.rows_affected() < crate::common::PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     fn event_wakeups(&self) -> Option<ChangeSignal> {

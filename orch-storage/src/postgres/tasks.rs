@@ -10,425 +10,46 @@ use orch_core::{
     Resolution, Result, Task, TaskFilter, TaskId, TaskStatus, TaskStore,
 };
 use serde_json::{Value, json};
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use super::statements::{
+    CLAIM_TASKS, CREATE_TASKS, FINISH_ATTEMPT, FINISH_ATTEMPTS, FINISH_TASK, RESCUE_EXPIRED,
+};
 use super::{PostgresBackend, count, db_micros, task_from_row, tasks_from_rows};
 use crate::common::{corrupt, db_err, micros};
 
-/// Inserts a batch in input order, skipping tasks whose idempotency key exists, and appends a
-/// `task.queued` event per inserted task.
-const CREATE_TASKS: &str = "\
-WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::int4[],
-                         $6::timestamptz[], $7::int8[], $8::text[], $9::text[], $10::text[],
-                         $11::text[])
-        WITH ORDINALITY AS u(id, core_id, priority, timeout_us, max_attempts, not_before,
-                             delay_us, payload, metadata, idempotency_key, locks, ord)
-), ins AS (
-    INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
-                            run_at, created_at, updated_at, payload, metadata, idempotency_key,
-                            locks)
-    SELECT id, core_id, 'queued', priority, timeout_us, max_attempts, 0,
-           greatest(now() + delay_us * interval '1 microsecond', not_before), now(), now(),
-           payload::jsonb, metadata::jsonb, idempotency_key,
-           ARRAY(SELECT jsonb_array_elements_text(locks::jsonb))
-    FROM input ORDER BY ord
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING *
-), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT 'task.queued', now(), ins.id, ins.core_id, ins.attempt, 'null'::jsonb
-    FROM ins JOIN input ON input.id = ins.id ORDER BY input.ord
-)
-SELECT * FROM ins";
-
-/// Leases up to `$2` available tasks of core `$1` in claim order for `$3` microseconds.
-const CLAIM_TASKS: &str = "\
-WITH picked AS (
-    SELECT id FROM orch_tasks
-    WHERE status = 'queued' AND core_id = $1 AND run_at <= now()
-    ORDER BY priority DESC, run_at, id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE orch_tasks t SET status = 'running', attempt = t.attempt + 1, started_at = now(),
-        updated_at = now(), lease_token = gen_random_uuid(),
-        lease_expires_at = now() + $3::int8 * interval '1 microsecond'
-    FROM picked WHERE t.id = picked.id
-    RETURNING t.*
-), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT 'task.started', now(), id, core_id, attempt, 'null'::jsonb
-    FROM claimed ORDER BY priority DESC, run_at, id
-)
-SELECT * FROM claimed ORDER BY priority DESC, run_at, id";
-
-/// Ends the attempt held with lease `$2` on task `$1`. `$3` target state; `$4` retry delay;
-/// `$5` 1 to give the attempt back; `$6` result; `$7` error; `$8` whether the error is the
-/// timeout message; `$9` event kind; `$10` whether the event data holds the error (else it is
-/// null); `$11` extra event data fields.
-const FINISH_ATTEMPT: &str = "\
-WITH t AS (
-    UPDATE orch_tasks SET
-        status = $3::text,
-        updated_at = now(),
-        finished_at = CASE WHEN $3::text = 'queued' THEN finished_at ELSE now() END,
-        run_at = CASE WHEN $3::text = 'queued'
-                      THEN now() + $4::int8 * interval '1 microsecond' ELSE run_at END,
-        attempt = greatest(attempt - $5::int4, 0),
-        result = coalesce($6::text::jsonb, result),
-        error = CASE WHEN $8::bool THEN 'attempt ' || attempt || ' timed out'
-                     ELSE coalesce($7::text, error) END,
-        lease_token = NULL,
-        lease_expires_at = NULL
-    WHERE id = $1 AND status = 'running' AND lease_token = $2
-    RETURNING *
-), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT $9::text, now(), t.id, t.core_id, t.attempt,
-           CASE WHEN $10::bool THEN jsonb_build_object('error', t.error) || $11::text::jsonb
-                ELSE 'null'::jsonb END
-    FROM t
-)
-SELECT * FROM t";
-
-/// Finishes task `$1` (queued or running) as `$2` with result `$3` / error `$4`, appending an
-/// event of kind `$5` with `from` and the extra fields `$6`. Returns the old state, and the
-/// task when the transition was legal.
-const FINISH_TASK: &str = "\
-WITH old AS (
-    SELECT id, status FROM orch_tasks WHERE id = $1 FOR UPDATE
-), t AS (
-    UPDATE orch_tasks SET status = $2::text, updated_at = now(), finished_at = now(),
-        result = coalesce($3::text::jsonb, orch_tasks.result),
-        error = coalesce($4::text, orch_tasks.error),
-        lease_token = NULL, lease_expires_at = NULL
-    FROM old WHERE orch_tasks.id = old.id AND old.status IN ('queued', 'running')
-    RETURNING orch_tasks.*
-), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT $5::text, now(), t.id, t.core_id, t.attempt,
-           jsonb_build_object('from', old.status) || $6::text::jsonb
-    FROM t CROSS JOIN old
-)
-SELECT old.status AS from_status, t.* FROM old LEFT JOIN t ON true";
-
-/// Takes back up to `$1` running tasks whose lease expired by the database clock.
-const RESCUE_EXPIRED: &str = "\
-WITH picked AS (
-    SELECT id, lease_expires_at AS old_expiry FROM orch_tasks
-    WHERE status = 'running' AND lease_expires_at <= now()
-    ORDER BY lease_expires_at, id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), t AS (
-    UPDATE orch_tasks SET
-        status = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
-        run_at = CASE WHEN attempt < max_attempts THEN now() ELSE run_at END,
-        finished_at = CASE WHEN attempt < max_attempts THEN finished_at ELSE now() END,
-        updated_at = now(),
-        error = CASE WHEN attempt < max_attempts
-                     THEN 'lease expired during attempt ' || attempt
-                     ELSE 'lease expired during final attempt ' || attempt END,
-        lease_token = NULL,
-        lease_expires_at = NULL
-    FROM picked WHERE orch_tasks.id = picked.id
-    RETURNING orch_tasks.*, picked.old_expiry
-), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT e.kind, now(), t.id, t.core_id, t.attempt, e.data
-    FROM t CROSS JOIN LATERAL (VALUES
-        (1, 'task.rescued', jsonb_build_object('will_retry', t.status = 'queued')),
-        (2, 'task.failed', jsonb_build_object('error', t.error))
-    ) AS e(n, kind, data)
-    WHERE e.n = 1 OR t.status = 'failed'
-    ORDER BY t.old_expiry, t.id, e.n
-)
-SELECT * FROM t ORDER BY old_expiry, id";
-
-/// An error message PostgreSQL can store: text columns refuse NUL characters, which an engine's
-/// message may contain, and refusing the report would leave the task running until its lease
-/// expired. NUL becomes U+FFFD.
-fn storable(error: String) -> String {
-    if error.contains('\0') {
-        error.replace('\0', "\u{FFFD}")
-    } else {
-        error
-    }
+/// The parameters of [`FINISH_ATTEMPT`] (one row of [`FINISH_ATTEMPTS`]) for one outcome.
+struct OutcomeParams {
+    /// The state the task moves to.
+    to: TaskStatus,
+    /// Retry delay when requeued.
+    delay: Duration,
+    /// 1 when the attempt is given back (abandoned), else 0.
+    undo: i32,
+    /// The result as JSON text.
+    result: Option<String>,
+    /// The error message.
+    error: Option<String>,
+    /// Whether the error is the timeout message (built from the attempt number in SQL).
+    timed_out: bool,
+    /// The event to append.
+    kind: EventKind,
+    /// Whether the event data holds the error.
+    with_error: bool,
+    /// Extra event data fields.
+    extra: Value,
 }
 
-fn terminal_event_kind(status: TaskStatus) -> EventKind {
-    match status {
-        TaskStatus::Succeeded => EventKind::TaskSucceeded,
-        TaskStatus::Failed => EventKind::TaskFailed,
-        TaskStatus::TimedOut => EventKind::TaskTimedOut,
-        _ => EventKind::TaskCancelled,
-    }
-}
-
-impl PostgresBackend {
-    /// Runs [`FINISH_TASK`]: cancel or resolve.
-    async fn finish_task(
-        &self,
-        operation: &'static str,
-        id: TaskId,
-        to: TaskStatus,
-        result: Option<Value>,
-        error: Option<String>,
-        extra: Value,
-    ) -> Result<Task> {
-        let row = sqlx::query(FINISH_TASK)
-            .bind(id.0)
-            .bind(to.as_str())
-            .bind(result.map(|r| r.to_string()))
-            .bind(error)
-            .bind(terminal_event_kind(to).as_str())
-            .bind(extra.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err(operation))?
-            .ok_or(Error::TaskNotFound(id))?;
-        let changed: Option<Uuid> = row.try_get("id").map_err(|e| corrupt(operation, e))?;
-        if changed.is_none() {
-            let from: String = row
-                .try_get("from_status")
-                .map_err(|e| corrupt(operation, e))?;
-            let from: TaskStatus = from.parse().map_err(|e| corrupt(operation, e))?;
-            return Err(Error::IllegalTransition {
-                task_id: id,
-                from,
-                to,
-            });
-        }
-        self.wake_events();
-        task_from_row(operation, &row).map(|(task, _)| task)
-    }
-}
-
-#[async_trait]
-impl TaskStore for PostgresBackend {
-    async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
-        const OP: &str = "create_tasks";
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let n = tasks.len();
-        let (mut ids, mut core_ids, mut priorities, mut timeouts, mut max_attempts) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut not_before, mut delays, mut payloads, mut metadata, mut keys, mut locks) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for task in &tasks {
-            ids.push(task.id.0);
-            core_ids.push(task.core_id.as_str());
-            priorities.push(task.priority);
-            timeouts.push(micros(task.timeout));
-            max_attempts.push(i32::try_from(task.max_attempts).unwrap_or(i32::MAX));
-            not_before.push(task.not_before);
-            delays.push(db_micros(task.delay));
-            payloads.push(task.payload.to_string());
-            metadata.push(task.metadata.to_string());
-            keys.push(task.idempotency_key.as_deref());
-            locks.push(serde_json::to_string(&task.locks)?);
-        }
-        let rows = sqlx::query(CREATE_TASKS)
-            .bind(&ids)
-            .bind(&core_ids)
-            .bind(&priorities)
-            .bind(&timeouts)
-            .bind(&max_attempts)
-            .bind(&not_before)
-            .bind(&delays)
-            .bind(&payloads)
-            .bind(&metadata)
-            .bind(&keys)
-            .bind(&locks)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err(OP))?;
-        let mut inserted: HashMap<Uuid, Task> = HashMap::with_capacity(rows.len());
-        for task in tasks_from_rows(OP, &rows)? {
-            inserted.insert(task.id.0, task);
-        }
-        let mut existing: HashMap<String, Task> = HashMap::new();
-        let missing: Vec<&str> = tasks
-            .iter()
-            .filter(|t| !inserted.contains_key(&t.id.0))
-            .filter_map(|t| t.idempotency_key.as_deref())
-            .collect();
-        if !missing.is_empty() {
-            let rows = sqlx::query("SELECT * FROM orch_tasks WHERE idempotency_key = ANY($1)")
-                .bind(&missing)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err(OP))?;
-            for task in tasks_from_rows(OP, &rows)? {
-                if let Some(key) = task.idempotency_key.clone() {
-                    existing.insert(key, task);
-                }
-            }
-        }
-        let mut out = Vec::with_capacity(n);
-        for new in &tasks {
-            if let Some(task) = inserted.get(&new.id.0) {
-                out.push(Created {
-                    task: task.clone(),
-                    created: true,
-                });
-                continue;
-            }
-            let task = new
-                .idempotency_key
-                .as_ref()
-                .and_then(|key| existing.get(key))
-                .ok_or_else(|| {
-                    Error::backend(OP, format!("task {} was neither stored nor found", new.id))
-                })?;
-            out.push(Created {
-                task: task.clone(),
-                created: false,
-            });
-        }
-        if !inserted.is_empty() {
-            self.wake_tasks();
-            self.wake_events();
-        }
-        Ok(out)
-    }
-
-    async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
-        const OP: &str = "get_task";
-        let row = sqlx::query("SELECT * FROM orch_tasks WHERE id = $1")
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err(OP))?;
-        row.map(|row| task_from_row(OP, &row).map(|(task, _)| task))
-            .transpose()
-    }
-
-    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
-        const OP: &str = "list_tasks";
-        let limit = i64::try_from(filter.effective_limit()).unwrap_or(1000);
-        let rows = sqlx::query(
-            "SELECT * FROM orch_tasks WHERE ($1::text IS NULL OR status = $1) \
-             AND ($2::text IS NULL OR core_id = $2) AND ($3::uuid IS NULL OR id > $3) \
-             ORDER BY id LIMIT $4",
-        )
-        .bind(filter.status.map(TaskStatus::as_str))
-        .bind(filter.core_id.as_deref())
-        .bind(filter.after.map(|id| id.0))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err(OP))?;
-        tasks_from_rows(OP, &rows)
-    }
-
-    async fn claim_tasks(
-        &self,
-        core_id: &str,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<Claimed>> {
-        const OP: &str = "claim_tasks";
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(CLAIM_TASKS)
-            .bind(core_id)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(db_micros(lease))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err(OP))?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let (task, token) = task_from_row(OP, row)?;
-            let lease_token = token.ok_or_else(|| corrupt(OP, "claimed task has no lease"))?;
-            claimed.push(Claimed { task, lease_token });
-        }
-        if !claimed.is_empty() {
-            self.wake_events();
-        }
-        Ok(claimed)
-    }
-
-    async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>> {
-        sqlx::query_scalar(
-            "SELECT min(run_at) FROM orch_tasks WHERE status = 'queued' AND core_id = $1",
-        )
-        .bind(core_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_err("next_run_at"))
-    }
-
-    async fn renew_leases(
-        &self,
-        leases: Vec<(TaskId, LeaseToken)>,
-        lease: Duration,
-    ) -> Result<Vec<Option<DateTime<Utc>>>> {
-        const OP: &str = "renew_leases";
-        if leases.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<Uuid> = leases.iter().map(|(id, _)| id.0).collect();
-        let tokens: Vec<Uuid> = leases.iter().map(|(_, token)| token.0).collect();
-        let rows = sqlx::query(
-            "UPDATE orch_tasks t SET lease_expires_at = now() + $3::int8 * interval '1 microsecond' \
-             FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token) \
-             WHERE t.id = u.id AND t.lease_token = u.token AND t.status = 'running' \
-             RETURNING t.id, t.lease_token, t.lease_expires_at",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(db_micros(lease))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err(OP))?;
-        let mut renewed: HashMap<(Uuid, Uuid), DateTime<Utc>> = HashMap::new();
-        for row in &rows {
-            let get = |e: sqlx::Error| corrupt(OP, e);
-            renewed.insert(
-                (
-                    row.try_get("id").map_err(get)?,
-                    row.try_get("lease_token").map_err(get)?,
-                ),
-                row.try_get("lease_expires_at").map_err(get)?,
-            );
-        }
-        Ok(leases
-            .iter()
-            .map(|(id, token)| renewed.get(&(id.0, token.0)).copied())
-            .collect())
-    }
-
-    async fn finish_attempt(
-        &self,
-        id: TaskId,
-        token: LeaseToken,
-        outcome: AttemptOutcome,
-    ) -> Result<Task> {
-        const OP: &str = "finish_attempt";
+impl OutcomeParams {
+    fn new(outcome: AttemptOutcome) -> Self {
         let to = outcome.target_status();
         // (retry delay, undo, result, error, timeout message, kind, data has error, extra data)
         let (delay, undo, result, error, timed_out, kind, with_error, extra) = match outcome {
             AttemptOutcome::Succeeded { result } => (
                 Duration::ZERO,
                 0,
-                Some(result.to_string()),
+                Some(storable_json(result)),
                 None,
                 false,
                 EventKind::TaskSucceeded,
@@ -494,21 +115,378 @@ impl TaskStore for PostgresBackend {
                 json!({}),
             ),
         };
-        let row = sqlx::query(FINISH_ATTEMPT)
+        OutcomeParams {
+            to,
+            delay,
+            undo,
+            result,
+            error,
+            timed_out,
+            kind,
+            with_error,
+            extra,
+        }
+    }
+}
+
+/// An error message PostgreSQL can store: text columns refuse NUL characters, which an engine's
+/// message may contain, and refusing the report would leave the task running until its lease
+/// expired. NUL becomes U+FFFD.
+fn storable(error: String) -> String {
+    if error.contains('\0') {
+        error.replace('\0', "\u{FFFD}")
+    } else {
+        error
+    }
+}
+
+/// A result as JSON text PostgreSQL's `jsonb` accepts: it refuses the NUL character in strings
+/// (and a refused statement would fail a whole batch of reports). NUL becomes U+FFFD, in keys
+/// and values, as in error messages.
+fn storable_json(value: Value) -> String {
+    fn clean(value: Value) -> Value {
+        match value {
+            Value::String(s) => Value::String(storable(s)),
+            Value::Array(items) => Value::Array(items.into_iter().map(clean).collect()),
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(key, value)| (storable(key), clean(value)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+    let text = value.to_string();
+    // serde_json writes NUL as `\u0000`; anything else needs no cleaning.
+    if text.contains("\\u0000") {
+        clean(value).to_string()
+    } else {
+        text
+    }
+}
+
+fn terminal_event_kind(status: TaskStatus) -> EventKind {
+    match status {
+        TaskStatus::Succeeded => EventKind::TaskSucceeded,
+        TaskStatus::Failed => EventKind::TaskFailed,
+        TaskStatus::TimedOut => EventKind::TaskTimedOut,
+        _ => EventKind::TaskCancelled,
+    }
+}
+
+/// Inserts `tasks` in order on `conn` (alone, or inside the caller's transaction), each with
+/// its `task.queued` event, and sends `notify_payload` on the wake-up channel if any was
+/// stored; a task whose idempotency key exists is returned instead, not stored. Also returns
+/// whether any task was stored.
+pub(super) async fn insert_tasks(
+    conn: &mut PgConnection,
+    tasks: Vec<NewTask>,
+    notify_payload: String,
+) -> Result<(Vec<Created>, bool)> {
+    const OP: &str = "create_tasks";
+    if tasks.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let n = tasks.len();
+    let (mut ids, mut core_ids, mut priorities, mut timeouts, mut max_attempts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut not_before, mut delays, mut payloads, mut metadata, mut keys, mut locks) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for task in &tasks {
+        ids.push(task.id.0);
+        core_ids.push(task.core_id.as_str());
+        priorities.push(task.priority);
+        timeouts.push(micros(task.timeout));
+        max_attempts.push(i32::try_from(task.max_attempts).unwrap_or(i32::MAX));
+        not_before.push(task.not_before);
+        delays.push(db_micros(task.delay));
+        payloads.push(task.payload.to_string());
+        metadata.push(task.metadata.to_string());
+        keys.push(task.idempotency_key.as_deref());
+        locks.push(serde_json::to_string(&task.locks)?);
+    }
+    let rows = sqlx::query(CREATE_TASKS)
+        .bind(&ids)
+        .bind(&core_ids)
+        .bind(&priorities)
+        .bind(&timeouts)
+        .bind(&max_attempts)
+        .bind(&not_before)
+        .bind(&delays)
+        .bind(&payloads)
+        .bind(&metadata)
+        .bind(&keys)
+        .bind(&locks)
+        .bind(notify_payload)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err(OP))?;
+    let mut inserted: HashMap<Uuid, Task> = HashMap::with_capacity(rows.len());
+    for task in tasks_from_rows(OP, &rows)? {
+        inserted.insert(task.id.0, task);
+    }
+    let mut existing: HashMap<String, Task> = HashMap::new();
+    let missing: Vec<&str> = tasks
+        .iter()
+        .filter(|t| !inserted.contains_key(&t.id.0))
+        .filter_map(|t| t.idempotency_key.as_deref())
+        .collect();
+    if !missing.is_empty() {
+        let rows = sqlx::query("SELECT * FROM orch_tasks WHERE idempotency_key = ANY($1)")
+            .bind(&missing)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err(OP))?;
+        for task in tasks_from_rows(OP, &rows)? {
+            if let Some(key) = task.idempotency_key.clone() {
+                existing.insert(key, task);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    for new in &tasks {
+        if let Some(task) = inserted.get(&new.id.0) {
+            out.push(Created {
+                task: task.clone(),
+                created: true,
+            });
+            continue;
+        }
+        let task = new
+            .idempotency_key
+            .as_ref()
+            .and_then(|key| existing.get(key))
+            .ok_or_else(|| {
+                Error::backend(OP, format!("task {} was neither stored nor found", new.id))
+            })?;
+        out.push(Created {
+            task: task.clone(),
+            created: false,
+        });
+    }
+    let stored = !inserted.is_empty();
+    Ok((out, stored))
+}
+
+impl PostgresBackend {
+    /// The notification of a statement ending attempts: always sent when it may requeue a
+    /// task, rate-limited when it only appends events.
+    fn finish_hint(&self, may_requeue: bool) -> Option<String> {
+        if may_requeue {
+            Some(self.notify_payload(true))
+        } else {
+            self.event_hint()
+        }
+    }
+
+    /// Runs [`FINISH_TASK`]: cancel or resolve.
+    async fn finish_task(
+        &self,
+        operation: &'static str,
+        id: TaskId,
+        to: TaskStatus,
+        result: Option<Value>,
+        error: Option<String>,
+        extra: Value,
+    ) -> Result<Task> {
+        let hint = self.event_hint();
+        let row = sqlx::query(FINISH_TASK)
             .bind(id.0)
-            .bind(token.0)
             .bind(to.as_str())
-            .bind(db_micros(delay))
-            .bind(undo)
-            .bind(result)
+            .bind(result.map(|r| r.to_string()))
             .bind(error)
-            .bind(timed_out)
-            .bind(kind.as_str())
-            .bind(with_error)
+            .bind(terminal_event_kind(to).as_str())
             .bind(extra.to_string())
+            .bind(&hint)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err(operation))?
+            .ok_or(Error::TaskNotFound(id))?;
+        self.deferred(&hint);
+        let changed: Option<Uuid> = row.try_get("id").map_err(|e| corrupt(operation, e))?;
+        if changed.is_none() {
+            let from: String = row
+                .try_get("from_status")
+                .map_err(|e| corrupt(operation, e))?;
+            let from: TaskStatus = from.parse().map_err(|e| corrupt(operation, e))?;
+            return Err(Error::IllegalTransition {
+                task_id: id,
+                from,
+                to,
+            });
+        }
+        self.wake_events();
+        task_from_row(operation, &row).map(|(task, _)| task)
+    }
+}
+
+#[async_trait]
+impl TaskStore for PostgresBackend {
+    async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.acquire().await.map_err(db_err("create_tasks"))?;
+        let (out, stored) = insert_tasks(&mut conn, tasks, self.notify_payload(true)).await?;
+        if stored {
+            self.wake_tasks();
+            self.wake_events();
+        }
+        Ok(out)
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
+        const OP: &str = "get_task";
+        let row = sqlx::query("SELECT * FROM orch_tasks WHERE id = $1")
+            .bind(id.0)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err(OP))?;
+        row.map(|row| task_from_row(OP, &row).map(|(task, _)| task))
+            .transpose()
+    }
+
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
+        const OP: &str = "list_tasks";
+        let limit = i64::try_from(filter.effective_limit()).unwrap_or(1000);
+        let rows = sqlx::query(
+            "SELECT * FROM orch_tasks WHERE ($1::text IS NULL OR status = $1) \
+             AND ($2::text IS NULL OR core_id = $2) AND ($3::uuid IS NULL OR id > $3) \
+             ORDER BY id LIMIT $4",
+        )
+        .bind(filter.status.map(TaskStatus::as_str))
+        .bind(filter.core_id.as_deref())
+        .bind(filter.after.map(|id| id.0))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        tasks_from_rows(OP, &rows)
+    }
+
+    async fn claim_tasks(
+        &self,
+        core_id: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>> {
+        const OP: &str = "claim_tasks";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let hint = self.event_hint();
+        let rows = sqlx::query(CLAIM_TASKS)
+            .bind(core_id)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(db_micros(lease))
+            .bind(&hint)
+            .fetch_all(&self.worker_pool)
+            .await
+            .map_err(db_err(OP))?;
+        if !rows.is_empty() {
+            self.deferred(&hint);
+        }
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (task, token) = task_from_row(OP, row)?;
+            let lease_token = token.ok_or_else(|| corrupt(OP, "claimed task has no lease"))?;
+            claimed.push(Claimed { task, lease_token });
+        }
+        if !claimed.is_empty() {
+            self.wake_events();
+        }
+        Ok(claimed)
+    }
+
+    async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar(
+            "SELECT min(run_at) FROM orch_tasks WHERE status = 'queued' AND core_id = $1",
+        )
+        .bind(core_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err("next_run_at"))
+    }
+
+    async fn renew_leases(
+        &self,
+        leases: Vec<(TaskId, LeaseToken)>,
+        lease: Duration,
+    ) -> Result<Vec<Option<DateTime<Utc>>>> {
+        const OP: &str = "renew_leases";
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = leases.iter().map(|(id, _)| id.0).collect();
+        let tokens: Vec<Uuid> = leases.iter().map(|(_, token)| token.0).collect();
+        let rows = sqlx::query(
+            "UPDATE orch_tasks t SET lease_expires_at = now() + $3::int8 * interval '1 microsecond' \
+             FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token) \
+             WHERE t.id = u.id AND t.lease_token = u.token AND t.status = 'running' \
+             RETURNING t.id, t.lease_token, t.lease_expires_at",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(db_micros(lease))
+        .fetch_all(&self.worker_pool)
+        .await
+        .map_err(db_err(OP))?;
+        let mut renewed: HashMap<(Uuid, Uuid), DateTime<Utc>> = HashMap::new();
+        for row in &rows {
+            let get = |e: sqlx::Error| corrupt(OP, e);
+            renewed.insert(
+                (
+                    row.try_get("id").map_err(get)?,
+                    row.try_get("lease_token").map_err(get)?,
+                ),
+                row.try_get("lease_expires_at").map_err(get)?,
+            );
+        }
+        Ok(leases
+            .iter()
+            .map(|(id, token)| renewed.get(&(id.0, token.0)).copied())
+            .collect())
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        outcome: AttemptOutcome,
+    ) -> Result<Task> {
+        const OP: &str = "finish_attempt";
+        let p = OutcomeParams::new(outcome);
+        let hint = self.finish_hint(p.to == TaskStatus::Queued);
+        let row = sqlx::query(FINISH_ATTEMPT)
+            .bind(id.0)
+            .bind(token.0)
+            .bind(p.to.as_str())
+            .bind(db_micros(p.delay))
+            .bind(p.undo)
+            .bind(p.result)
+            .bind(p.error)
+            .bind(p.timed_out)
+            .bind(p.kind.as_str())
+            .bind(p.with_error)
+            .bind(p.extra.to_string())
+            .bind(&hint)
+            .fetch_optional(&self.worker_pool)
+            .await
+            .map_err(db_err(OP))?;
+        if row.is_some() {
+            self.deferred(&hint);
+        }
         let Some(row) = row else {
             let exists: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orch_tasks WHERE id = $1)")
@@ -522,11 +500,97 @@ impl TaskStore for PostgresBackend {
                 Error::TaskNotFound(id)
             });
         };
-        if to == TaskStatus::Queued {
+        if p.to == TaskStatus::Queued {
             self.wake_tasks();
         }
         self.wake_events();
         task_from_row(OP, &row).map(|(task, _)| task)
+    }
+
+    async fn finish_attempts(
+        &self,
+        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+    ) -> Result<Vec<Result<TaskStatus>>> {
+        const OP: &str = "finish_attempts";
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = reports.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut targets = Vec::with_capacity(n);
+        let mut delays = Vec::with_capacity(n);
+        let mut undos = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut timeouts = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut with_errors = Vec::with_capacity(n);
+        let mut extras = Vec::with_capacity(n);
+        let mut any_requeue = false;
+        for (id, token, outcome) in reports {
+            let p = OutcomeParams::new(outcome);
+            any_requeue |= p.to == TaskStatus::Queued;
+            ids.push(id.0);
+            tokens.push(token.0);
+            targets.push(p.to.as_str());
+            delays.push(db_micros(p.delay));
+            undos.push(p.undo);
+            results.push(p.result);
+            errors.push(p.error);
+            timeouts.push(p.timed_out);
+            kinds.push(p.kind.as_str().to_owned());
+            with_errors.push(p.with_error);
+            extras.push(p.extra.to_string());
+        }
+        let hint = self.finish_hint(any_requeue);
+        let rows = sqlx::query(FINISH_ATTEMPTS)
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&targets)
+            .bind(&delays)
+            .bind(&undos)
+            .bind(&results)
+            .bind(&errors)
+            .bind(&timeouts)
+            .bind(&kinds)
+            .bind(&with_errors)
+            .bind(&extras)
+            .bind(&hint)
+            .fetch_all(&self.worker_pool)
+            .await
+            .map_err(db_err(OP))?;
+        if rows.len() != n {
+            return Err(Error::backend(
+                OP,
+                format!("{} results for {n} reports", rows.len()),
+            ));
+        }
+        let (mut requeued, mut changed) = (false, false);
+        let mut out = Vec::with_capacity(n);
+        for (row, id) in rows.iter().zip(&ids) {
+            let get = |e: sqlx::Error| corrupt(OP, e);
+            let status: Option<String> = row.try_get("new_status").map_err(get)?;
+            let found: bool = row.try_get("found").map_err(get)?;
+            out.push(match status {
+                Some(status) => {
+                    let status: TaskStatus = status.parse().map_err(|e| corrupt(OP, e))?;
+                    requeued |= status == TaskStatus::Queued;
+                    changed = true;
+                    Ok(status)
+                }
+                None if found => Err(Error::LeaseLost(TaskId(*id))),
+                None => Err(Error::TaskNotFound(TaskId(*id))),
+            });
+        }
+        if requeued {
+            self.wake_tasks();
+        }
+        if changed {
+            self.deferred(&hint);
+            self.wake_events();
+        }
+        Ok(out)
     }
 
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
@@ -564,7 +628,8 @@ impl TaskStore for PostgresBackend {
         }
         let rows = sqlx::query(RESCUE_EXPIRED)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .bind(self.notify_payload(true))
+            .fetch_all(&self.worker_pool)
             .await
             .map_err(db_err(OP))?;
         let rescued = tasks_from_rows(OP, &rows)?;

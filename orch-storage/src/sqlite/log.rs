@@ -84,14 +84,26 @@ impl EventStore for SqliteBackend {
 
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
         const OP: &str = "prune_events";
-        let mut tx = self.begin(OP).await?;
-        let done = sqlx::query("DELETE FROM orch_events WHERE at < ?")
+        // In batches, each its own write transaction, so a large backlog never holds the one
+        // writer (and so every claim and report) for long.
+        let mut total = 0;
+        loop {
+            let mut tx = self.begin(OP).await?;
+            let done = sqlx::query(
+                "DELETE FROM orch_events WHERE seq IN \
+                 (SELECT seq FROM orch_events WHERE at < ? ORDER BY seq LIMIT ?)",
+            )
             .bind(time_to_db(before))
+            .bind(crate::common::PRUNE_BATCH)
             .execute(&mut *tx)
             .await
             .map_err(db_err(OP))?;
-        tx.commit().await.map_err(db_err(OP))?;
-        Ok(done.rows_affected())
+            tx.commit().await.map_err(db_err(OP))?;
+            total += done.rows_affected();
+            if done.rows_affected() < crate::common::PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     fn event_wakeups(&self) -> Option<ChangeSignal> {

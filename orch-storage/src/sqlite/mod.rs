@@ -2,7 +2,8 @@
 //!
 //! Layout: this module opens the database and holds the row mapping; `tasks` implements
 //! [`TaskStore`](orch_core::TaskStore) by porting the in-memory backend's transitions onto rows;
-//! `log` implements the event log, the lock table and the key-value space.
+//! `log` implements the event log, the lock table and the key-value space; `transactional`
+//! dispatch inside a caller's transaction.
 //!
 //! Concurrency: exactly one writer connection (a pool of size 1). Every write is one
 //! `BEGIN IMMEDIATE` transaction on it, which takes SQLite's write lock up front, so a write never
@@ -12,6 +13,7 @@
 
 mod log;
 mod tasks;
+mod transactional;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

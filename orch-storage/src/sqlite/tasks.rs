@@ -84,6 +84,70 @@ fn requeue(
     }
 }
 
+/// Ends the attempt held with `token` (the in-memory backend's rules): the new state is written
+/// into `task`/`lease`; returns whether the task went back to the queue and the events to append.
+fn end_attempt(
+    task: &mut Task,
+    lease: &mut Option<LeaseToken>,
+    now: DateTime<Utc>,
+    token: LeaseToken,
+    outcome: AttemptOutcome,
+) -> Result<(bool, Vec<NewEvent>)> {
+    if *lease != Some(token) || task.status != TaskStatus::Running {
+        return Err(Error::LeaseLost(task.id));
+    }
+    let attempt = task.attempt;
+    Ok(match outcome {
+        AttemptOutcome::Succeeded { result } => {
+            finish(task, lease, TaskStatus::Succeeded, now, Some(result), None)?;
+            let data = Value::Null;
+            (
+                false,
+                vec![task_event(EventKind::TaskSucceeded, task, data)],
+            )
+        }
+        AttemptOutcome::Failed {
+            error,
+            retry_in: None,
+        } => {
+            let data = json!({"error": error});
+            finish(task, lease, TaskStatus::Failed, now, None, Some(error))?;
+            (false, vec![task_event(EventKind::TaskFailed, task, data)])
+        }
+        AttemptOutcome::TimedOut { retry_in: None } => {
+            let error = format!("attempt {attempt} timed out");
+            let data = json!({"error": error});
+            finish(task, lease, TaskStatus::TimedOut, now, None, Some(error))?;
+            (false, vec![task_event(EventKind::TaskTimedOut, task, data)])
+        }
+        AttemptOutcome::Failed {
+            error,
+            retry_in: Some(retry_in),
+        } => {
+            let data = json!({"error": error, "reason": "failed",
+                "retry_in": retry_in.as_secs_f64()});
+            requeue(task, lease, now, after(now, retry_in), Some(error), false);
+            (true, vec![task_event(EventKind::TaskRetrying, task, data)])
+        }
+        AttemptOutcome::TimedOut {
+            retry_in: Some(retry_in),
+        } => {
+            let error = format!("attempt {attempt} timed out");
+            let data = json!({"error": error,
+                "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
+            requeue(task, lease, now, after(now, retry_in), Some(error), false);
+            (true, vec![task_event(EventKind::TaskRetrying, task, data)])
+        }
+        AttemptOutcome::Abandoned => {
+            requeue(task, lease, now, now, None, true);
+            (
+                true,
+                vec![task_event(EventKind::TaskRequeued, task, Value::Null)],
+            )
+        }
+    })
+}
+
 /// The task and its lease, read inside the write transaction.
 async fn load(
     conn: &mut SqliteConnection,
@@ -150,6 +214,154 @@ pub(super) async fn insert_event(
     .map_err(db_err(operation))
 }
 
+/// Inserts `tasks` in order on `conn` (inside the caller's write transaction), each with its
+/// `task.queued` event; a task whose idempotency key exists is returned instead, not stored.
+pub(super) async fn insert_tasks(
+    conn: &mut SqliteConnection,
+    tasks: Vec<NewTask>,
+) -> Result<Vec<Created>> {
+    const OP: &str = "create_tasks";
+    let now = now();
+    let mut events = Vec::with_capacity(tasks.len());
+    let mut out = Vec::with_capacity(tasks.len());
+    // Without idempotency keys nothing needs looking up: rows go in several per statement.
+    let keyed = tasks.iter().any(|t| t.idempotency_key.is_some());
+    let mut pending = Vec::new();
+    for new in tasks {
+        if let Some(key) = &new.idempotency_key {
+            let existing = sqlx::query("SELECT * FROM orch_tasks WHERE idempotency_key = ?")
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_err(OP))?;
+            if let Some(row) = existing {
+                let (task, _) = task_from_row(OP, &row)?;
+                out.push(Created {
+                    task,
+                    created: false,
+                });
+                continue;
+            }
+        }
+        let mut run_at = after(now, new.delay);
+        if let Some(not_before) = new.not_before {
+            run_at = run_at.max(truncate_micros(not_before));
+        }
+        let task = Task {
+            id: new.id,
+            core_id: new.core_id,
+            status: TaskStatus::Queued,
+            priority: new.priority,
+            timeout: new.timeout,
+            max_attempts: new.max_attempts,
+            attempt: 0,
+            run_at,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            lease_expires_at: None,
+            payload: new.payload,
+            metadata: new.metadata,
+            result: None,
+            error: None,
+            idempotency_key: new.idempotency_key,
+            locks: new.locks,
+        };
+        if keyed {
+            // Stored now, so a later task of the batch with the same key finds it.
+            insert_rows(conn, std::slice::from_ref(&task)).await?;
+        } else {
+            pending.push(task.clone());
+        }
+        events.push(task_event(EventKind::TaskQueued, &task, Value::Null));
+        out.push(Created {
+            task,
+            created: true,
+        });
+    }
+    insert_rows(conn, &pending).await?;
+    insert_events(conn, OP, &events, now).await?;
+    Ok(out)
+}
+
+/// Most tasks per multi-row insert (12 parameters each, under SQLite's 32,766).
+const TASKS_PER_INSERT: usize = 500;
+
+/// Inserts new `queued` task rows, several per statement.
+async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> {
+    const OP: &str = "create_tasks";
+    for chunk in tasks.chunks(TASKS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, \
+             attempt, run_at, created_at, updated_at, payload, metadata, idempotency_key, \
+             locks) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str("(?, ?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)");
+        }
+        // Built only from the fixed fragments above: nothing from the caller is spliced in.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for task in chunk {
+            query = query
+                .bind(task.id.0)
+                .bind(task.core_id.clone())
+                .bind(task.priority)
+                .bind(micros(task.timeout))
+                .bind(i64::from(task.max_attempts))
+                .bind(time_to_db(task.run_at))
+                .bind(time_to_db(task.created_at))
+                .bind(time_to_db(task.updated_at))
+                .bind(json_to_db(&task.payload))
+                .bind(json_to_db(&task.metadata))
+                .bind(task.idempotency_key.clone())
+                .bind(serde_json::to_string(&task.locks)?);
+        }
+        query.execute(&mut *conn).await.map_err(db_err(OP))?;
+    }
+    Ok(())
+}
+
+/// Most events per multi-row insert (6 parameters each, under SQLite's 32,766).
+const EVENTS_PER_INSERT: usize = 500;
+
+/// Appends events in order in the caller's transaction, several rows per statement.
+pub(super) async fn insert_events(
+    conn: &mut SqliteConnection,
+    operation: &'static str,
+    events: &[NewEvent],
+    at: DateTime<Utc>,
+) -> Result<()> {
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?, ?, ?)"
+            });
+        }
+        // Built only from the fixed fragments above: nothing from the caller is spliced in.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for event in chunk {
+            query = query
+                .bind(event.kind.as_str().to_owned())
+                .bind(time_to_db(at))
+                .bind(event.task_id.map(|id| id.0))
+                .bind(event.core_id.clone())
+                .bind(event.attempt.map(i64::from))
+                .bind(json_to_db(&event.data));
+        }
+        query.execute(&mut *conn).await.map_err(db_err(operation))?;
+    }
+    Ok(())
+}
+
 impl SqliteBackend {
     /// One finishing transition on a task, with its events, in one write transaction.
     async fn transition<T>(
@@ -167,9 +379,7 @@ impl SqliteBackend {
         let (mut task, mut lease) = load(&mut tx, operation, id).await?;
         let (out, events) = apply(&mut task, &mut lease, now)?;
         save(&mut tx, operation, &task, lease).await?;
-        for event in &events {
-            insert_event(&mut tx, operation, event, now).await?;
-        }
+        insert_events(&mut tx, operation, &events, now).await?;
         tx.commit().await.map_err(db_err(operation))?;
         self.wake_events();
         Ok((task, out))
@@ -180,83 +390,8 @@ impl SqliteBackend {
 impl TaskStore for SqliteBackend {
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
         const OP: &str = "create_tasks";
-        let now = now();
         let mut tx = self.begin(OP).await?;
-        let mut out = Vec::with_capacity(tasks.len());
-        for new in tasks {
-            if let Some(key) = &new.idempotency_key {
-                let existing = sqlx::query("SELECT * FROM orch_tasks WHERE idempotency_key = ?")
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err(OP))?;
-                if let Some(row) = existing {
-                    let (task, _) = task_from_row(OP, &row)?;
-                    out.push(Created {
-                        task,
-                        created: false,
-                    });
-                    continue;
-                }
-            }
-            let mut run_at = after(now, new.delay);
-            if let Some(not_before) = new.not_before {
-                run_at = run_at.max(truncate_micros(not_before));
-            }
-            let task = Task {
-                id: new.id,
-                core_id: new.core_id,
-                status: TaskStatus::Queued,
-                priority: new.priority,
-                timeout: new.timeout,
-                max_attempts: new.max_attempts,
-                attempt: 0,
-                run_at,
-                created_at: now,
-                updated_at: now,
-                started_at: None,
-                finished_at: None,
-                lease_expires_at: None,
-                payload: new.payload,
-                metadata: new.metadata,
-                result: None,
-                error: None,
-                idempotency_key: new.idempotency_key,
-                locks: new.locks,
-            };
-            let locks = serde_json::to_string(&task.locks)?;
-            sqlx::query(
-                "INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, \
-                 attempt, run_at, created_at, updated_at, payload, metadata, idempotency_key, \
-                 locks) VALUES (?, ?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(task.id.0)
-            .bind(&task.core_id)
-            .bind(task.priority)
-            .bind(micros(task.timeout))
-            .bind(i64::from(task.max_attempts))
-            .bind(time_to_db(task.run_at))
-            .bind(time_to_db(now))
-            .bind(time_to_db(now))
-            .bind(json_to_db(&task.payload))
-            .bind(json_to_db(&task.metadata))
-            .bind(task.idempotency_key.as_deref())
-            .bind(locks)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(OP))?;
-            insert_event(
-                &mut tx,
-                OP,
-                &task_event(EventKind::TaskQueued, &task, Value::Null),
-                now,
-            )
-            .await?;
-            out.push(Created {
-                task,
-                created: true,
-            });
-        }
+        let out = insert_tasks(&mut tx, tasks).await?;
         tx.commit().await.map_err(db_err(OP))?;
         if out.iter().any(|c| c.created) {
             self.wake_tasks();
@@ -334,10 +469,11 @@ impl TaskStore for SqliteBackend {
                 b.task.id,
             ))
         });
-        for c in &claimed {
-            let event = task_event(EventKind::TaskStarted, &c.task, Value::Null);
-            insert_event(&mut tx, OP, &event, now).await?;
-        }
+        let events: Vec<NewEvent> = claimed
+            .iter()
+            .map(|c| task_event(EventKind::TaskStarted, &c.task, Value::Null))
+            .collect();
+        insert_events(&mut tx, OP, &events, now).await?;
         tx.commit().await.map_err(db_err(OP))?;
         if !claimed.is_empty() {
             self.wake_events();
@@ -394,65 +530,90 @@ impl TaskStore for SqliteBackend {
     ) -> Result<Task> {
         let (task, requeued) = self
             .transition("finish_attempt", id, |task, lease, now| {
-                if *lease != Some(token) || task.status != TaskStatus::Running {
-                    return Err(Error::LeaseLost(id));
-                }
-                let attempt = task.attempt;
-                Ok(match outcome {
-                    AttemptOutcome::Succeeded { result } => {
-                        finish(task, lease, TaskStatus::Succeeded, now, Some(result), None)?;
-                        let data = Value::Null;
-                        (
-                            false,
-                            vec![task_event(EventKind::TaskSucceeded, task, data)],
-                        )
-                    }
-                    AttemptOutcome::Failed {
-                        error,
-                        retry_in: None,
-                    } => {
-                        let data = json!({"error": error});
-                        finish(task, lease, TaskStatus::Failed, now, None, Some(error))?;
-                        (false, vec![task_event(EventKind::TaskFailed, task, data)])
-                    }
-                    AttemptOutcome::TimedOut { retry_in: None } => {
-                        let error = format!("attempt {attempt} timed out");
-                        let data = json!({"error": error});
-                        finish(task, lease, TaskStatus::TimedOut, now, None, Some(error))?;
-                        (false, vec![task_event(EventKind::TaskTimedOut, task, data)])
-                    }
-                    AttemptOutcome::Failed {
-                        error,
-                        retry_in: Some(retry_in),
-                    } => {
-                        let data = json!({"error": error, "reason": "failed",
-                            "retry_in": retry_in.as_secs_f64()});
-                        requeue(task, lease, now, after(now, retry_in), Some(error), false);
-                        (true, vec![task_event(EventKind::TaskRetrying, task, data)])
-                    }
-                    AttemptOutcome::TimedOut {
-                        retry_in: Some(retry_in),
-                    } => {
-                        let error = format!("attempt {attempt} timed out");
-                        let data = json!({"error": error,
-                            "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
-                        requeue(task, lease, now, after(now, retry_in), Some(error), false);
-                        (true, vec![task_event(EventKind::TaskRetrying, task, data)])
-                    }
-                    AttemptOutcome::Abandoned => {
-                        requeue(task, lease, now, now, None, true);
-                        (
-                            true,
-                            vec![task_event(EventKind::TaskRequeued, task, Value::Null)],
-                        )
-                    }
-                })
+                end_attempt(task, lease, now, token, outcome)
             })
             .await?;
         if requeued {
             self.wake_tasks();
         }
         Ok(task)
+    }
+
+    async fn finish_attempts(
+        &self,
+        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+    ) -> Result<Vec<Result<TaskStatus>>> {
+        const OP: &str = "finish_attempts";
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now();
+        let mut tx = self.begin(OP).await?;
+        let mut out = Vec::with_capacity(reports.len());
+        let (mut requeued, mut changed) = (false, false);
+        let mut events = Vec::with_capacity(reports.len());
+        for (id, token, outcome) in reports {
+            // The common case in one statement: a success with the current lease.
+            let outcome = match outcome {
+                AttemptOutcome::Succeeded { result } => {
+                    let row = sqlx::query(
+                        "UPDATE orch_tasks SET status = 'succeeded', updated_at = ?1, \
+                         finished_at = ?1, result = ?2, lease_token = NULL, \
+                         lease_expires_at = NULL \
+                         WHERE id = ?3 AND lease_token = ?4 AND status = 'running' RETURNING *",
+                    )
+                    .bind(time_to_db(now))
+                    .bind(json_to_db(&result))
+                    .bind(id.0)
+                    .bind(token.0)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err(OP))?;
+                    if let Some(row) = row {
+                        let (task, _) = task_from_row(OP, &row)?;
+                        events.push(task_event(EventKind::TaskSucceeded, &task, Value::Null));
+                        changed = true;
+                        out.push(Ok(task.status));
+                        continue;
+                    }
+                    // Lost or unknown: the general path below tells which.
+                    AttemptOutcome::Succeeded { result }
+                }
+                other => other,
+            };
+            // A missing task or a lost lease fails only its own item, as `finish_attempt`
+            // would; a database error fails the batch (and rolls all of it back).
+            let (mut task, mut lease) = match load(&mut tx, OP, id).await {
+                Ok(loaded) => loaded,
+                Err(error @ Error::TaskNotFound(_)) => {
+                    out.push(Err(error));
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let (back, task_events) = match end_attempt(&mut task, &mut lease, now, token, outcome)
+            {
+                Ok(applied) => applied,
+                Err(error) => {
+                    out.push(Err(error));
+                    continue;
+                }
+            };
+            save(&mut tx, OP, &task, lease).await?;
+            events.extend(task_events);
+            requeued |= back;
+            changed = true;
+            out.push(Ok(task.status));
+        }
+        insert_events(&mut tx, OP, &events, now).await?;
+        tx.commit().await.map_err(db_err(OP))?;
+        if changed {
+            self.wake_events();
+        }
+        if requeued {
+            self.wake_tasks();
+        }
+        Ok(out)
     }
 
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
@@ -523,9 +684,7 @@ impl TaskStore for SqliteBackend {
                 events.push(task_event(EventKind::TaskFailed, &task, failed));
             }
             save(&mut tx, OP, &task, lease).await?;
-            for event in &events {
-                insert_event(&mut tx, OP, event, now).await?;
-            }
+            insert_events(&mut tx, OP, &events, now).await?;
             rescued.push(task);
         }
         tx.commit().await.map_err(db_err(OP))?;

@@ -1,0 +1,361 @@
+//! Throughput and latency of the durable backends, through a real `Orchestrator`.
+//!
+//! ```sh
+//! cargo run --release -p orch-storage --all-features --example storage-bench -- \
+//!     [--backend sqlite|postgres|all] [--tasks 50000] [--concurrency 64] [--batch 1000] \
+//!     [--samples 500]
+//! ```
+//!
+//! For each backend (a fresh SQLite file in a temporary folder; a fresh database on the
+//! PostgreSQL of `ORCH_BENCH_DATABASE_URL`, or else on a throwaway server started here from
+//! `initdb`/`pg_ctl` on PATH with default durability settings) it measures:
+//! - dispatch, single: `Orchestrator::dispatch`, one task per call, one caller;
+//! - dispatch, batched: `dispatch_many` with `--batch` tasks per call;
+//! - end to end: a producer dispatches `--tasks` tasks in batches (at most 10,000 outstanding)
+//!   while the orchestrator claims them and runs a no-op engine with `--concurrency` attempts at
+//!   once; the clock stops when the last outcome is recorded (event log on, as always). On
+//!   PostgreSQL twice: with durable commits throughout (the default), and with
+//!   `PostgresOptions::with_durable_worker_commits(false)`;
+//! - pickup latency on an idle queue: from just before `dispatch` to the engine's start, one
+//!   task at a time, p50/p95/p99 over `--samples` tasks.
+
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "the tests' PostgreSQL helper, of which the bench uses only the private server"
+)]
+#[path = "../tests/support/postgres.rs"]
+mod pg;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use orch_core::{Orchestrator, OrchestratorConfig, SharedBackend, TaskSpec, processor_fn};
+use tokio::sync::mpsc;
+
+/// Command-line settings.
+struct Settings {
+    backends: Vec<&'static str>,
+    tasks: usize,
+    concurrency: usize,
+    batch: usize,
+    samples: usize,
+}
+
+fn parse_args() -> anyhow::Result<Settings> {
+    let mut settings = Settings {
+        backends: vec!["sqlite", "postgres"],
+        tasks: 50_000,
+        concurrency: 64,
+        batch: 1_000,
+        samples: 500,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--backend" => {
+                settings.backends = match value()?.as_str() {
+                    "sqlite" => vec!["sqlite"],
+                    "postgres" => vec!["postgres"],
+                    "all" => vec!["sqlite", "postgres"],
+                    other => bail!("unknown backend {other:?} (sqlite, postgres, all)"),
+                }
+            }
+            "--tasks" => settings.tasks = value()?.parse()?,
+            "--concurrency" => settings.concurrency = value()?.parse()?,
+            "--batch" => settings.batch = value()?.parse()?,
+            "--samples" => settings.samples = value()?.parse()?,
+            "--help" | "-h" => {
+                println!(
+                    "storage-bench [--backend sqlite|postgres|all] [--tasks N] \
+                     [--concurrency N] [--batch N] [--samples N]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (see --help)"),
+        }
+    }
+    if settings.tasks == 0 || settings.concurrency == 0 || settings.batch == 0 {
+        bail!("--tasks, --concurrency and --batch must be positive");
+    }
+    Ok(settings)
+}
+
+/// Makes fresh, empty backends of one kind.
+enum Source {
+    Sqlite(tempfile::TempDir),
+    Postgres {
+        admin_url: String,
+        /// Keeps the throwaway server alive (stopped on drop).
+        _server: Option<pg::PrivateServer>,
+    },
+}
+
+impl Source {
+    /// A fresh backend (`durable`: see `PostgresOptions::durable_worker_commits`).
+    async fn fresh(&self, n: usize, durable: bool) -> anyhow::Result<SharedBackend> {
+        Ok(match self {
+            Source::Sqlite(dir) => {
+                let path = dir.path().join(format!("bench-{n}.db"));
+                let path = path.to_str().context("temp path is not UTF-8")?;
+                Arc::new(orch_storage::SqliteBackend::open(path).await?)
+            }
+            Source::Postgres { admin_url, .. } => {
+                let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(admin_url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await?;
+                let (base, _) = admin_url.rsplit_once('/').context("url without database")?;
+                let options = orch_storage::PostgresOptions::default()
+                    .with_pool_size(16)
+                    .with_durable_worker_commits(durable);
+                Arc::new(
+                    orch_storage::PostgresBackend::connect_with(&format!("{base}/{name}"), options)
+                        .await?,
+                )
+            }
+        })
+    }
+}
+
+fn config(concurrency: usize) -> OrchestratorConfig {
+    OrchestratorConfig::default()
+        .with_global_concurrency(concurrency)
+        .with_default_core_concurrency(concurrency)
+        .with_retention(None)
+}
+
+/// User + system CPU time of this process, from /proc (0 where unavailable).
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Fields 14 and 15 of the stat line (utime, stime), counted after the name: 11 and 12.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+async fn dispatch_single(source: &Source, n: usize) -> anyhow::Result<f64> {
+    let orch = Orchestrator::builder(source.fresh(1, true).await?)
+        .config(config(1))
+        .build()
+        .await?;
+    let start = Instant::now();
+    for _ in 0..n {
+        orch.dispatch(TaskSpec::new("nobody")).await?;
+    }
+    let elapsed = start.elapsed();
+    orch.shutdown(Duration::from_secs(5)).await;
+    Ok(rate(n, elapsed))
+}
+
+async fn dispatch_batched(source: &Source, n: usize, batch: usize) -> anyhow::Result<f64> {
+    let orch = Orchestrator::builder(source.fresh(2, true).await?)
+        .config(config(1))
+        .build()
+        .await?;
+    let start = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let size = left.min(batch);
+        let specs = (0..size).map(|_| TaskSpec::new("nobody")).collect();
+        orch.dispatch_many(specs).await?;
+        left -= size;
+    }
+    let elapsed = start.elapsed();
+    orch.shutdown(Duration::from_secs(5)).await;
+    Ok(rate(n, elapsed))
+}
+
+/// End to end; returns tasks/s and bench-process CPU microseconds per task.
+async fn end_to_end(
+    source: &Source,
+    n: usize,
+    concurrency: usize,
+    batch: usize,
+    durable: bool,
+) -> anyhow::Result<(f64, f64)> {
+    let started = Arc::new(AtomicUsize::new(0));
+    let counter = started.clone();
+    let orch = Orchestrator::builder(source.fresh(concurrency, durable).await?)
+        .config(config(concurrency))
+        .engine(
+            "noop",
+            processor_fn("noop", move |_, _| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                async { Ok(serde_json::Value::Null) }
+            }),
+        )
+        .build()
+        .await?;
+    let cpu = cpu_time();
+    let start = Instant::now();
+    let mut dispatched = 0;
+    while dispatched < n {
+        if dispatched - started.load(Ordering::Relaxed).min(dispatched) >= 10_000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let size = (n - dispatched).min(batch);
+        let specs = (0..size).map(|_| TaskSpec::new("noop")).collect();
+        orch.dispatch_many(specs).await?;
+        dispatched += size;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while started.load(Ordering::Relaxed) < n || orch.running_count() > 0 {
+        if Instant::now() > deadline {
+            bail!("end to end did not finish in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu);
+    orch.shutdown(Duration::from_secs(5)).await;
+    Ok((rate(n, elapsed), cpu.as_secs_f64() * 1e6 / n as f64))
+}
+
+/// Pickup latencies in milliseconds, sorted.
+async fn pickup_latency(source: &Source, samples: usize) -> anyhow::Result<Vec<f64>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
+    let orch = Orchestrator::builder(source.fresh(3, true).await?)
+        .config(config(8))
+        .engine(
+            "probe",
+            processor_fn("probe", move |_, _| {
+                tx.send(Instant::now()).ok();
+                async { Ok(serde_json::Value::Null) }
+            }),
+        )
+        .build()
+        .await?;
+    // Warm up the connections.
+    for _ in 0..20 {
+        let task = orch.dispatch(TaskSpec::new("probe")).await?;
+        orch.wait_for(task.id, Duration::from_secs(30)).await?;
+        rx.recv().await;
+    }
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let before = Instant::now();
+        orch.dispatch(TaskSpec::new("probe")).await?;
+        let at = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .context("a task was not picked up within 30 s")?
+            .context("engine gone")?;
+        latencies.push(at.duration_since(before).as_secs_f64() * 1e3);
+    }
+    orch.shutdown(Duration::from_secs(5)).await;
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+async fn source(kind: &str) -> anyhow::Result<Source> {
+    if kind == "sqlite" {
+        return Ok(Source::Sqlite(tempfile::tempdir()?));
+    }
+    if let Ok(url) = std::env::var("ORCH_BENCH_DATABASE_URL") {
+        return Ok(Source::Postgres {
+            admin_url: url,
+            _server: None,
+        });
+    }
+    let server = tokio::task::spawn_blocking(|| pg::private_server(&[]))
+        .await??
+        .context("no PostgreSQL: put initdb/pg_ctl on PATH or set ORCH_BENCH_DATABASE_URL")?;
+    Ok(Source::Postgres {
+        admin_url: server.admin_url.clone(),
+        _server: Some(server),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = parse_args()?;
+    println!(
+        "storage-bench: {} tasks end to end, concurrency {}, batches of {}, {} latency samples, \
+         {} CPUs",
+        settings.tasks,
+        settings.concurrency,
+        settings.batch,
+        settings.samples,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    for kind in &settings.backends {
+        let source = source(kind).await?;
+        let single = dispatch_single(&source, settings.tasks.min(5_000)).await?;
+        let batched = dispatch_batched(&source, settings.tasks, settings.batch).await?;
+        let (e2e, cpu_us) = end_to_end(
+            &source,
+            settings.tasks,
+            settings.concurrency,
+            settings.batch,
+            true,
+        )
+        .await?;
+        let relaxed = if *kind == "postgres" {
+            Some(
+                end_to_end(
+                    &source,
+                    settings.tasks,
+                    settings.concurrency,
+                    settings.batch,
+                    false,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let latencies = pickup_latency(&source, settings.samples).await?;
+        println!("{kind}:");
+        println!("  dispatch, single (1 task per call)    {single:>10.0} tasks/s");
+        println!(
+            "  dispatch, batched ({} per call)     {batched:>10.0} tasks/s",
+            settings.batch
+        );
+        println!(
+            "  end to end ({} attempts at once)      {e2e:>10.0} tasks/s  \
+             ({cpu_us:.0} us CPU/task in this process)",
+            settings.concurrency
+        );
+        if let Some((e2e, cpu_us)) = relaxed {
+            println!(
+                "  end to end, worker commits not durable {e2e:>8.0} tasks/s  \
+                 ({cpu_us:.0} us CPU/task in this process)"
+            );
+        }
+        println!(
+            "  pickup latency, idle queue            p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms",
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.95),
+            percentile(&latencies, 0.99)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The SQL of the PostgreSQL task queue: one statement per transition (or per batch), each
+//! writing its own events and, where other processes should hear of it, sending one
+//! `pg_notify` (its payload parameter NULL when the statement must not notify).
+
+/// Inserts a batch in input order, skipping tasks whose idempotency key exists, and appends a
+/// `task.queued` event per inserted task.
+pub(super) const CREATE_TASKS: &str = "\
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::int4[],
+                         $6::timestamptz[], $7::int8[], $8::text[], $9::text[], $10::text[],
+                         $11::text[])
+        WITH ORDINALITY AS u(id, core_id, priority, timeout_us, max_attempts, not_before,
+                             delay_us, payload, metadata, idempotency_key, locks, ord)
+), ins AS (
+    INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
+                            run_at, created_at, updated_at, payload, metadata, idempotency_key,
+                            locks)
+    SELECT id, core_id, 'queued', priority, timeout_us, max_attempts, 0,
+           greatest(now() + delay_us * interval '1 microsecond', not_before), now(), now(),
+           payload::jsonb, metadata::jsonb, idempotency_key,
+           ARRAY(SELECT jsonb_array_elements_text(locks::jsonb))
+    FROM input ORDER BY ord
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING *
+), ev AS (
+    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
+    SELECT 'task.queued', now(), ins.id, ins.core_id, ins.attempt, 'null'::jsonb
+    FROM ins JOIN input ON input.id = ins.id ORDER BY input.ord
+)
+SELECT ins.*, (SELECT 1 FROM pg_notify('orch_changes', $12)) AS notified FROM ins";
+
+/// Leases up to `$2` available tasks of core `$1` in claim order for `$3` microseconds.
+pub(super) const CLAIM_TASKS: &str = "\
+WITH picked AS (
+    SELECT id FROM orch_tasks
+    WHERE status = 'queued' AND core_id = $1 AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE orch_tasks t SET status = 'running', attempt = t.attempt + 1, started_at = now(),
+        updated_at = now(), lease_token = gen_random_uuid(),
+        lease_expires_at = now() + $3::int8 * interval '1 microsecond'
+    FROM picked WHERE t.id = picked.id
+    RETURNING t.*
+), ev AS (
+    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
+    SELECT 'task.started', now(), id, core_id, attempt, 'null'::jsonb
+    FROM claimed ORDER BY priority DESC, run_at, id
+)
+SELECT claimed.*,
+       (SELECT 1 FROM pg_notify('orch_changes', $4) WHERE $4::text IS NOT NULL) AS notified
+FROM claimed ORDER BY priority DESC, run_at, id";
+
+/// Ends the attempt held with lease `$2` on task `$1`. `$3` target state; `$4` retry delay;
+/// `$5` 1 to give the attempt back; `$6` result; `$7` error; `$8` whether the error is the
+/// timeout message; `$9` event kind; `$10` whether the event data holds the error (else it is
+/// null); `$11` extra event data fields.
+pub(super) const FINISH_ATTEMPT: &str = "\
+WITH t AS (
+    UPDATE orch_tasks SET
+        status = $3::text,
+        updated_at = now(),
+        finished_at = CASE WHEN $3::text = 'queued' THEN finished_at ELSE now() END,
+        run_at = CASE WHEN $3::text = 'queued'
+                      THEN now() + $4::int8 * interval '1 microsecond' ELSE run_at END,
+        attempt = greatest(attempt - $5::int4, 0),
+        result = coalesce($6::text::jsonb, result),
+        error = CASE WHEN $8::bool THEN 'attempt ' || attempt || ' timed out'
+                     ELSE coalesce($7::text, error) END,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    WHERE id = $1 AND status = 'running' AND lease_token = $2
+    RETURNING *
+), ev AS (
+    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
+    SELECT $9::text, now(), t.id, t.core_id, t.attempt,
+           CASE WHEN $10::bool THEN jsonb_build_object('error', t.error) || $11::text::jsonb
+                ELSE 'null'::jsonb END
+    FROM t
+)
+SELECT t.*,
+       (SELECT 1 FROM pg_notify('orch_changes', $12) WHERE $12::text IS NOT NULL) AS notified
+FROM t";
+
+/// [`FINISH_ATTEMPT`] for a batch, in one statement: the arrays `$1`..`$11` hold one report
+/// each (the same parameters as `FINISH_ATTEMPT`, in input order). Returns one row per report,
+/// in input order: the task's new state, or NULL and whether the task exists. A task reported
+/// twice is finished by the first report holding its current lease, as calling
+/// `FINISH_ATTEMPT` in turn would; the others lose.
+pub(super) const FINISH_ATTEMPTS: &str = "\
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int4[],
+                         $6::text[], $7::text[], $8::bool[], $9::text[], $10::bool[],
+                         $11::text[])
+        WITH ORDINALITY AS u(id, token, target, delay_us, undo, result, error, timed_out,
+                             kind, with_error, extra, ord)
+), picked AS (
+    SELECT DISTINCT ON (input.id) input.*
+    FROM input JOIN orch_tasks t
+        ON t.id = input.id AND t.status = 'running' AND t.lease_token = input.token
+    ORDER BY input.id, input.ord
+), t AS (
+    UPDATE orch_tasks SET
+        status = p.target,
+        updated_at = now(),
+        finished_at = CASE WHEN p.target = 'queued' THEN finished_at ELSE now() END,
+        run_at = CASE WHEN p.target = 'queued'
+                      THEN now() + p.delay_us * interval '1 microsecond' ELSE run_at END,
+        attempt = greatest(attempt - p.undo, 0),
+        result = coalesce(p.result::jsonb, orch_tasks.result),
+        error = CASE WHEN p.timed_out THEN 'attempt ' || attempt || ' timed out'
+                     ELSE coalesce(p.error, orch_tasks.error) END,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    FROM picked p
+    WHERE orch_tasks.id = p.id AND orch_tasks.status = 'running'
+        AND orch_tasks.lease_token = p.token
+    RETURNING orch_tasks.id, orch_tasks.core_id, orch_tasks.attempt, orch_tasks.status,
+              orch_tasks.error, p.ord, p.kind, p.with_error, p.extra
+), ev AS (
+    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
+    SELECT t.kind, now(), t.id, t.core_id, t.attempt,
+           CASE WHEN t.with_error THEN jsonb_build_object('error', t.error) || t.extra::jsonb
+                ELSE 'null'::jsonb END
+    FROM t ORDER BY t.ord
+)
+SELECT t.status AS new_status,
+       t.id IS NOT NULL OR EXISTS (SELECT 1 FROM orch_tasks x WHERE x.id = input.id) AS found,
+       (SELECT 1 FROM pg_notify('orch_changes', $12)
+        WHERE $12::text IS NOT NULL AND EXISTS (SELECT 1 FROM t))
+           AS notified
+FROM input LEFT JOIN t ON t.ord = input.ord
+ORDER BY input.ord";
+
+/// Finishes task `$1` (queued or running) as `$2` with result `$3` / error `$4`, appending an
+/// event of kind `$5` with `from` and the extra fields `$6`. Returns the old state, and the
+/// task when the transition was legal.
+pub(super) const FINISH_TASK: &str = "\
+WITH old AS (
+    SELECT id, status FROM orch_tasks WHERE id = $1 FOR UPDATE
+), t AS (
+    UPDATE orch_tasks SET status = $2::text, updated_at = now(), finished_at = now(),
+        result = coalesce($3::text::jsonb, orch_tasks.result),
+        error = coalesce($4::text, orch_tasks.error),
+        lease_token = NULL, lease_expires_at = NULL
+    FROM old WHERE orch_tasks.id = old.id AND old.status IN ('queued', 'running')
+    RETURNING orch_tasks.*
+), ev AS (
+    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
+    SELECT $5::text, now(), t.id, t.core_id, t.attempt,
+           jsonb_build_object('from', old.status) || $6::text::jsonb
+    FROM t CROSS JOIN old
+)
+SELECT old.status AS from_status, t.*,
+       (SELECT 1 FROM pg_notify('orch_changes', $7)
+        WHERE $7::text IS NOT NULL AND EXISTS (SELECT 1 FROM t)) AS notified
+FROM old LEFT JOIN t ON true";
+
+/// Takes back up to `$1` running tasks whose lease expired by the database clock.
+pub(super) const RESCUE_EXPIRED: &str = "\
+WITH picked AS (
+    SELECT id, lease_expires_at AS old_expiry FROM orch_tasks
+    WHERE status = 'running' AND lease_expires_at <= now()
+    ORDER BY lease_expires_at, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), t AS (
+    UPDATE orch_tasks SET
+        status = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
+        run_at = CASE WHEN attempt < max_attempts THEN now() ELSE run_at END,
+        finished_at = CASE WHEN attempt < max_attempts THEN finished_at ELSE now() END,
+        updated_at = now(),
+        error = CASE WHEN attempt < max_attempts
+                     THEN 'lease expired during attempt ' || attempt
+                     ELSE 'lease expired during final attempt ' || attempt END,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    FROM picked WHERE orch_tasks.id = picked.id
+    RETURNING orch_tasks.*, picked.old_expiry
+), ev AS (
+    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
+    SELECT e.kind, now(), t.id, t.core_id, t.attempt, e.data
+    FROM t CROSS JOIN LATERAL (VALUES
+        (1, 'task.rescued', jsonb_build_object('will_retry', t.status = 'queued')),
+        (2, 'task.failed', jsonb_build_object('error', t.error))
+    ) AS e(n, kind, data)
+    WHERE e.n = 1 OR t.status = 'failed'
+    ORDER BY t.old_expiry, t.id, e.n
+)
+SELECT t.*, (SELECT 1 FROM pg_notify('orch_changes', $2)) AS notified
+FROM t ORDER BY old_expiry, id";

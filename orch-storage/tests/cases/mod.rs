@@ -1,0 +1,39 @@
+//! Tests added for issue 3's acceptance, one file per concern: batch completion, transactional
+//! dispatch, cross-process wake-ups, processes that share one PostgreSQL (and one of them
+//! killed), a SQLite writer killed mid-run, a PostgreSQL restart under load, and pruning.
+//! Tests that need child processes re-run this test binary (see `child`).
+
+pub(crate) mod batch;
+pub(crate) mod child;
+#[cfg(feature = "sqlite")]
+mod crash;
+#[cfg(feature = "postgres")]
+mod multiprocess;
+#[cfg(feature = "postgres")]
+mod notify;
+mod prune;
+#[cfg(feature = "postgres")]
+mod restart;
+mod transactional;
+
+use std::sync::Arc;
+
+use orch_core::{TaskId, processor_fn};
+use parking_lot::Mutex;
+
+/// The ids of the tasks an engine ran, in order.
+pub(crate) type Ran = Arc<Mutex<Vec<TaskId>>>;
+
+/// An engine that records each task it runs and succeeds.
+pub(crate) fn recording_engine() -> (Ran, impl orch_core::Processor + 'static) {
+    let ran: Ran = Arc::default();
+    let seen = ran.clone();
+    let engine = processor_fn("record", move |ctx, _input| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().push(ctx.task_id());
+            Ok(serde_json::Value::Null)
+        }
+    });
+    (ran, engine)
+}
