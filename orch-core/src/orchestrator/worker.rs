@@ -222,7 +222,18 @@ async fn record(inner: &Inner, batch: Vec<Report>) {
         cores.push((report.id, report.core));
         outcomes.push((report.id, report.token, report.outcome));
     }
-    match inner.backend.finish_attempts(outcomes).await {
+    // A failed call (a dropped connection, a deadlock victim) is retried a few times: the
+    // attempts stay in `running` meanwhile, so their leases keep being renewed.
+    let mut result = inner.backend.finish_attempts(outcomes.clone()).await;
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..6 {
+        let Err(error) = &result else { break };
+        tracing::warn!(%error, count = outcomes.len(), "recording attempt outcomes failed; retrying");
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+        result = inner.backend.finish_attempts(outcomes.clone()).await;
+    }
+    match result {
         Ok(statuses) => {
             for ((id, core), status) in cores.into_iter().zip(statuses) {
                 inner.running.remove(&id);
