@@ -342,27 +342,7 @@ impl TaskStore for MemoryBackend {
                 if let Some(not_before) = new.not_before {
                     run_at = run_at.max(not_before);
                 }
-                let task = Task {
-                    id: new.id,
-                    core_id: new.core_id,
-                    status: TaskStatus::Queued,
-                    priority: new.priority,
-                    timeout: new.timeout,
-                    max_attempts: new.max_attempts,
-                    attempt: 0,
-                    run_at,
-                    created_at: now,
-                    updated_at: now,
-                    started_at: None,
-                    finished_at: None,
-                    lease_expires_at: None,
-                    payload: new.payload,
-                    metadata: new.metadata,
-                    result: None,
-                    error: None,
-                    idempotency_key: new.idempotency_key,
-                    locks: new.locks,
-                };
+                let task = new.into_queued(now, run_at);
                 let event = task_event(EventKind::TaskQueued, &task, Value::Null);
                 let copy = task.clone();
                 (Box::new(Record { task, lease: None }), copy, event)

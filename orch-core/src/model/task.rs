@@ -442,6 +442,35 @@ pub struct NewTask {
     pub locks: Vec<String>,
 }
 
+impl NewTask {
+    /// The task as stored on creation: `queued`, no attempt yet, created at `now`, runnable from
+    /// `run_at` (which the backend computes from `delay` and `not_before` with its own clock and
+    /// precision).
+    pub fn into_queued(self, now: DateTime<Utc>, run_at: DateTime<Utc>) -> Task {
+        Task {
+            id: self.id,
+            core_id: self.core_id,
+            status: TaskStatus::Queued,
+            priority: self.priority,
+            timeout: self.timeout,
+            max_attempts: self.max_attempts,
+            attempt: 0,
+            run_at,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            lease_expires_at: None,
+            payload: self.payload,
+            metadata: self.metadata,
+            result: None,
+            error: None,
+            idempotency_key: self.idempotency_key,
+            locks: self.locks,
+        }
+    }
+}
+
 /// A stored task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
