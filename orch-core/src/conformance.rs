@@ -69,6 +69,7 @@ checks!(
     claim_leases_and_logs,
     finish_succeeded,
     finish_attempts_in_one_call,
+    finish_attempts_duplicates_and_unknowns,
     stale_token_is_refused,
     retry_requeues_with_delay,
     final_failure_and_timeout,
@@ -480,6 +481,90 @@ async fn finish_attempts_in_one_call(b: SharedBackend) -> CheckResult {
     ensure!(
         events_of(&b, claimed[2].task.id).await?.last() == Some(&EventKind::TaskRetrying),
         "batched outcomes must log their events"
+    );
+    Ok(())
+}
+
+/// A batch answers as calling `finish_attempt` once per report, in order, would: of two reports
+/// of one task the first that holds the lease wins; an unknown task fails only its own item.
+async fn finish_attempts_duplicates_and_unknowns(b: SharedBackend) -> CheckResult {
+    for _ in 0..7 {
+        create(&b, TaskSpec::new("c")).await?;
+    }
+    let claimed = ok!(b.claim_tasks("c", 7, LEASE).await);
+    ensure!(claimed.len() == 7, "claimed {}", claimed.len());
+    let success = |n: i64| AttemptOutcome::Succeeded { result: json!(n) };
+    let (x, y) = (&claimed[0], &claimed[1]);
+    let mut reports = vec![
+        // x: a stale report first, then the one holding the lease.
+        (x.task.id, LeaseToken::new(), success(1)),
+        (x.task.id, x.lease_token, success(2)),
+        // y: the same report twice.
+        (y.task.id, y.lease_token, success(3)),
+        (y.task.id, y.lease_token, success(4)),
+        // A task that does not exist.
+        (TaskId::new(), LeaseToken::new(), success(5)),
+    ];
+    for (n, c) in (6..).zip(&claimed[2..]) {
+        reports.push((c.task.id, c.lease_token, success(n)));
+    }
+    let statuses = ok!(b.finish_attempts(reports).await);
+    ensure!(statuses.len() == 10, "one status per report expected");
+    ensure!(
+        matches!(statuses[0], Err(Error::LeaseLost(_))),
+        "stale first report: {:?}",
+        statuses[0]
+    );
+    ensure!(
+        matches!(statuses[1], Ok(TaskStatus::Succeeded)),
+        "holder after a stale report: {:?}",
+        statuses[1]
+    );
+    ensure!(
+        matches!(statuses[2], Ok(TaskStatus::Succeeded)),
+        "first of two: {:?}",
+        statuses[2]
+    );
+    ensure!(
+        matches!(statuses[3], Err(Error::LeaseLost(_))),
+        "second of two: {:?}",
+        statuses[3]
+    );
+    ensure!(
+        matches!(statuses[4], Err(Error::TaskNotFound(_))),
+        "unknown task: {:?}",
+        statuses[4]
+    );
+    for (i, status) in statuses.iter().enumerate().skip(5) {
+        ensure!(
+            matches!(status, Ok(TaskStatus::Succeeded)),
+            "report {i}: {status:?}"
+        );
+    }
+    let x_now = ok!(b.get_task(x.task.id).await).ok_or("task vanished")?;
+    ensure!(
+        x_now.result == Some(json!(2)),
+        "x result {:?}",
+        x_now.result
+    );
+    let y_now = ok!(b.get_task(y.task.id).await).ok_or("task vanished")?;
+    ensure!(
+        y_now.result == Some(json!(3)),
+        "y result {:?}",
+        y_now.result
+    );
+    for (n, c) in (6..).zip(&claimed[2..]) {
+        let task = ok!(b.get_task(c.task.id).await).ok_or("task vanished")?;
+        ensure!(task.result == Some(json!(n)), "result {:?}", task.result);
+    }
+    let y_events = events_of(&b, y.task.id).await?;
+    ensure!(
+        y_events
+            .iter()
+            .filter(|k| **k == EventKind::TaskSucceeded)
+            .count()
+            == 1,
+        "one success event per task: {y_events:?}"
     );
     Ok(())
 }

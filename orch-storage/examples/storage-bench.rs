@@ -8,7 +8,8 @@
 //!
 //! For each backend (a fresh SQLite file in a temporary folder; a fresh database on the
 //! PostgreSQL of `ORCH_BENCH_DATABASE_URL`, or else on a throwaway server started here from
-//! `initdb`/`pg_ctl` on PATH with default durability settings) it measures:
+//! `initdb`/`pg_ctl` on PATH with default durability settings, plus any `name=value` settings
+//! in `ORCH_BENCH_PG_SETTINGS`, separated by spaces) it measures:
 //! - dispatch, single: `Orchestrator::dispatch`, one task per call, one caller;
 //! - dispatch, batched: `dispatch_many` with `--batch` tasks per call;
 //! - end to end: a producer dispatches `--tasks` tasks in batches (at most 10,000 outstanding)
@@ -42,6 +43,19 @@ struct Settings {
     concurrency: usize,
     batch: usize,
     samples: usize,
+    /// `OrchestratorConfig::claims_in_flight` and `reports_in_flight` (defaults when `None`).
+    claims_in_flight: Option<usize>,
+    reports_in_flight: Option<usize>,
+    /// Which measurements to run (all by default).
+    only: Option<String>,
+}
+
+impl Settings {
+    fn runs(&self, part: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|p| p == part))
+    }
 }
 
 fn parse_args() -> anyhow::Result<Settings> {
@@ -51,6 +65,9 @@ fn parse_args() -> anyhow::Result<Settings> {
         concurrency: 64,
         batch: 1_000,
         samples: 500,
+        only: None,
+        claims_in_flight: None,
+        reports_in_flight: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -68,10 +85,24 @@ fn parse_args() -> anyhow::Result<Settings> {
             "--concurrency" => settings.concurrency = value()?.parse()?,
             "--batch" => settings.batch = value()?.parse()?,
             "--samples" => settings.samples = value()?.parse()?,
+            "--claims-in-flight" => settings.claims_in_flight = Some(value()?.parse()?),
+            "--reports-in-flight" => settings.reports_in_flight = Some(value()?.parse()?),
+            "--only" => {
+                let only = value()?;
+                if let Some(bad) = only
+                    .split(',')
+                    .find(|p| !["single", "batched", "e2e", "relaxed", "pickup"].contains(p))
+                {
+                    bail!("unknown measurement {bad:?} (single, batched, e2e, relaxed, pickup)");
+                }
+                settings.only = Some(only);
+            }
             "--help" | "-h" => {
                 println!(
                     "storage-bench [--backend sqlite|postgres|all] [--tasks N] \
-                     [--concurrency N] [--batch N] [--samples N]"
+                     [--concurrency N] [--batch N] [--samples N] \
+                     [--only single,batched,e2e,relaxed,pickup] \
+                     [--claims-in-flight N] [--reports-in-flight N]"
                 );
                 std::process::exit(0);
             }
@@ -124,8 +155,20 @@ impl Source {
     }
 }
 
+/// `--claims-in-flight` and `--reports-in-flight`, set once by `main`.
+static IN_FLIGHT: std::sync::OnceLock<(Option<usize>, Option<usize>)> = std::sync::OnceLock::new();
+
 fn config(concurrency: usize) -> OrchestratorConfig {
-    OrchestratorConfig::default()
+    let mut config = OrchestratorConfig::default();
+    if let Some(&(claims, reports)) = IN_FLIGHT.get() {
+        if let Some(claims) = claims {
+            config = config.with_claims_in_flight(claims);
+        }
+        if let Some(reports) = reports {
+            config = config.with_reports_in_flight(reports);
+        }
+    }
+    config
         .with_global_concurrency(concurrency)
         .with_default_core_concurrency(concurrency)
         .with_retention(None)
@@ -146,6 +189,33 @@ fn cpu_time() -> Duration {
     };
     // Fields 14 and 15 of the stat line (utime, stime), counted after the name: 11 and 12.
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// User + system CPU time of every process named `postgres` on this machine, from /proc.
+fn server_cpu_time() -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    let mut ticks = 0;
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !name.ends_with("(postgres") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        for i in [11, 12] {
+            ticks += fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_millis(ticks * 10)
 }
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
@@ -184,14 +254,15 @@ async fn dispatch_batched(source: &Source, n: usize, batch: usize) -> anyhow::Re
     Ok(rate(n, elapsed))
 }
 
-/// End to end; returns tasks/s and bench-process CPU microseconds per task.
+/// End to end; returns tasks/s, and CPU microseconds per task in this process and in the
+/// PostgreSQL server (processes that exit during the run are not counted).
 async fn end_to_end(
     source: &Source,
     n: usize,
     concurrency: usize,
     batch: usize,
     durable: bool,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64)> {
     let started = Arc::new(AtomicUsize::new(0));
     let counter = started.clone();
     let orch = Orchestrator::builder(source.fresh(concurrency, durable).await?)
@@ -206,6 +277,7 @@ async fn end_to_end(
         .build()
         .await?;
     let cpu = cpu_time();
+    let server_cpu = server_cpu_time();
     let start = Instant::now();
     let mut dispatched = 0;
     while dispatched < n {
@@ -227,8 +299,11 @@ async fn end_to_end(
     }
     let elapsed = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu);
+    // Before shutdown: the pool's server processes are still alive to be counted.
+    let server_cpu = server_cpu_time().saturating_sub(server_cpu);
     orch.shutdown(Duration::from_secs(5)).await;
-    Ok((rate(n, elapsed), cpu.as_secs_f64() * 1e6 / n as f64))
+    let per_task = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    Ok((rate(n, elapsed), per_task(cpu), per_task(server_cpu)))
 }
 
 /// Pickup latencies in milliseconds, sorted.
@@ -285,9 +360,14 @@ async fn source(kind: &str) -> anyhow::Result<Source> {
             _server: None,
         });
     }
-    let server = tokio::task::spawn_blocking(|| pg::private_server(&[]))
-        .await??
-        .context("no PostgreSQL: put initdb/pg_ctl on PATH or set ORCH_BENCH_DATABASE_URL")?;
+    // Extra server settings for experiments, e.g. `shared_preload_libraries=auto_explain`.
+    let settings = std::env::var("ORCH_BENCH_PG_SETTINGS").unwrap_or_default();
+    let server = tokio::task::spawn_blocking(move || {
+        let settings: Vec<&str> = settings.split_whitespace().collect();
+        pg::private_server(&settings)
+    })
+    .await??
+    .context("no PostgreSQL: put initdb/pg_ctl on PATH or set ORCH_BENCH_DATABASE_URL")?;
     Ok(Source::Postgres {
         admin_url: server.admin_url.clone(),
         _server: Some(server),
@@ -297,6 +377,9 @@ async fn source(kind: &str) -> anyhow::Result<Source> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = parse_args()?;
+    IN_FLIGHT
+        .set((settings.claims_in_flight, settings.reports_in_flight))
+        .ok();
     println!(
         "storage-bench: {} tasks end to end, concurrency {}, batches of {}, {} latency samples, \
          {} CPUs",
@@ -308,54 +391,57 @@ async fn main() -> anyhow::Result<()> {
     );
     for kind in &settings.backends {
         let source = source(kind).await?;
-        let single = dispatch_single(&source, settings.tasks.min(5_000)).await?;
-        let batched = dispatch_batched(&source, settings.tasks, settings.batch).await?;
-        let (e2e, cpu_us) = end_to_end(
-            &source,
-            settings.tasks,
-            settings.concurrency,
-            settings.batch,
-            true,
-        )
-        .await?;
-        let relaxed = if *kind == "postgres" {
-            Some(
-                end_to_end(
-                    &source,
-                    settings.tasks,
-                    settings.concurrency,
-                    settings.batch,
-                    false,
-                )
-                .await?,
-            )
-        } else {
-            None
-        };
-        let latencies = pickup_latency(&source, settings.samples).await?;
         println!("{kind}:");
-        println!("  dispatch, single (1 task per call)    {single:>10.0} tasks/s");
-        println!(
-            "  dispatch, batched ({} per call)     {batched:>10.0} tasks/s",
-            settings.batch
-        );
-        println!(
-            "  end to end ({} attempts at once)      {e2e:>10.0} tasks/s  \
-             ({cpu_us:.0} us CPU/task in this process)",
-            settings.concurrency
-        );
-        if let Some((e2e, cpu_us)) = relaxed {
+        if settings.runs("single") {
+            let single = dispatch_single(&source, settings.tasks.min(5_000)).await?;
+            println!("  dispatch, single (1 task per call)    {single:>10.0} tasks/s");
+        }
+        if settings.runs("batched") {
+            let batched = dispatch_batched(&source, settings.tasks, settings.batch).await?;
             println!(
-                "  end to end, worker commits not durable {e2e:>8.0} tasks/s  \
-                 ({cpu_us:.0} us CPU/task in this process)"
+                "  dispatch, batched ({} per call)     {batched:>10.0} tasks/s",
+                settings.batch
             );
         }
-        println!(
-            "  pickup latency, idle queue            p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms",
-            percentile(&latencies, 0.50),
-            percentile(&latencies, 0.95),
-            percentile(&latencies, 0.99)
-        );
+        let mut e2e_runs = Vec::new();
+        if settings.runs("e2e") {
+            e2e_runs.push(true);
+        }
+        if *kind == "postgres" && settings.runs("relaxed") {
+            e2e_runs.push(false);
+        }
+        for durable in e2e_runs {
+            let (e2e, cpu_us, server_us) = end_to_end(
+                &source,
+                settings.tasks,
+                settings.concurrency,
+                settings.batch,
+                durable,
+            )
+            .await?;
+            let label = if durable {
+                format!("end to end ({} attempts at once)", settings.concurrency)
+            } else {
+                "end to end, worker commits not durable".to_owned()
+            };
+            let server = if *kind == "postgres" {
+                format!(", {server_us:.0} us in postgres")
+            } else {
+                String::new()
+            };
+            println!(
+                "  {label:<38}{e2e:>10.0} tasks/s  (CPU/task: {cpu_us:.0} us in this process{server})"
+            );
+        }
+        if settings.runs("pickup") {
+            let latencies = pickup_latency(&source, settings.samples).await?;
+            println!(
+                "  pickup latency, idle queue            p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms",
+                percentile(&latencies, 0.50),
+                percentile(&latencies, 0.95),
+                percentile(&latencies, 0.99)
+            );
+        }
     }
     Ok(())
 }

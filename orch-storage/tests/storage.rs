@@ -773,7 +773,7 @@ mod sqlite_only {
             .context("file backend has no path")?
             .to_path_buf();
         ensure!(path.is_file(), "{} not created", path.display());
-        ensure!(backend.schema_version().await? == 1);
+        ensure!(backend.schema_version().await? == 2);
         let wal = path.with_extension("db-wal");
         let backend: SharedBackend = Arc::new(backend);
         let task = create(&backend, vec![spec("work").payload(json!({"n": 1}))]).await?;
@@ -792,7 +792,7 @@ mod sqlite_only {
             found.as_ref() == Some(&task[0]),
             "backup lacks the task: {found:?}"
         );
-        ensure!(restored.schema_version().await? == 1);
+        ensure!(restored.schema_version().await? == 2);
         Ok(())
     }
 
@@ -1104,7 +1104,7 @@ mod postgres_only {
         };
         let first = PostgresBackend::connect(&url).await?;
         let second = PostgresBackend::connect(&url).await?;
-        ensure!(first.schema_version().await? == 1 && second.schema_version().await? == 1);
+        ensure!(first.schema_version().await? == 2 && second.schema_version().await? == 2);
         {
             use sqlx::Connection as _;
             let mut conn = sqlx::PgConnection::connect(&url).await?;

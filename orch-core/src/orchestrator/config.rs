@@ -47,6 +47,13 @@ pub struct OrchestratorConfig {
     pub poll_interval: Duration,
     /// Most tasks claimed in one backend call. Default 64.
     pub claim_batch: usize,
+    /// Most claim calls of one core under way at once. While one call waits for its commit,
+    /// another can claim for the slots freed meanwhile: with a backend whose commits take a
+    /// millisecond or more (PostgreSQL), this keeps the engines fed. Default 2.
+    pub claims_in_flight: usize,
+    /// Most outcome batches being recorded at once (each one backend call of up to 128
+    /// outcomes). Default 4.
+    pub reports_in_flight: usize,
     /// Delays between attempts.
     pub retry: RetryPolicy,
     /// Events buffered per live subscriber before it lags (and catches up from the log).
@@ -75,6 +82,8 @@ impl Default for OrchestratorConfig {
             rescue_interval: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
             claim_batch: 64,
+            claims_in_flight: 2,
+            reports_in_flight: 4,
             retry: RetryPolicy::default(),
             event_buffer: 4096,
             node_id: format!("orch-{}", uuid::Uuid::new_v4()),
@@ -129,6 +138,18 @@ impl OrchestratorConfig {
         self
     }
 
+    /// Sets how many claim calls of one core may be under way at once.
+    pub fn with_claims_in_flight(mut self, calls: usize) -> Self {
+        self.claims_in_flight = calls;
+        self
+    }
+
+    /// Sets how many outcome batches may be recorded at once.
+    pub fn with_reports_in_flight(mut self, batches: usize) -> Self {
+        self.reports_in_flight = batches;
+        self
+    }
+
     /// Sets the node id.
     pub fn with_node_id(mut self, node_id: impl Into<String>) -> Self {
         self.node_id = node_id.into();
@@ -177,6 +198,8 @@ impl OrchestratorConfig {
         positive("default_core_concurrency", self.default_core_concurrency)?;
         positive("max_lock_waiters", self.max_lock_waiters)?;
         positive("claim_batch", self.claim_batch)?;
+        positive("claims_in_flight", self.claims_in_flight)?;
+        positive("reports_in_flight", self.reports_in_flight)?;
         positive("event_buffer", self.event_buffer)?;
         nonzero("lease", self.lease)?;
         nonzero("heartbeat_interval", self.heartbeat_interval)?;

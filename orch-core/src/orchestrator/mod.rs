@@ -89,6 +89,8 @@ struct Core {
     engine: Arc<dyn Processor>,
     /// Per-core concurrency limit.
     slots: Arc<Semaphore>,
+    /// The number of permits of `slots`.
+    limit: usize,
     /// Local dispatches wake the claim loop at once.
     wake: Notify,
 }
@@ -380,6 +382,7 @@ impl Orchestrator {
             core_id: Arc::from(core_id.as_str()),
             engine,
             slots: Arc::new(Semaphore::new(limit)),
+            limit,
             wake: Notify::new(),
         });
         {

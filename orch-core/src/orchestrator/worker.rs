@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -40,6 +41,40 @@ async fn acquire_slot(inner: &Inner, core: &Core, stop: &CancellationToken) -> O
     })
 }
 
+/// Waits until `count` slots are free at once and takes them, or `None` when `stop` fires
+/// first.
+async fn acquire_slots(
+    inner: &Inner,
+    core: &Core,
+    count: usize,
+    stop: &CancellationToken,
+) -> Option<Vec<Permits>> {
+    let wanted = u32::try_from(count).ok()?;
+    let mut core_permit = tokio::select! {
+        permit = core.slots.clone().acquire_many_owned(wanted) => permit.ok()?,
+        _ = stop.cancelled() => return None,
+    };
+    let mut global_permit = tokio::select! {
+        permit = inner.global.clone().acquire_many_owned(wanted) => permit.ok()?,
+        _ = stop.cancelled() => return None,
+    };
+    let mut slots = Vec::with_capacity(count);
+    for _ in 1..count {
+        let (Some(core), Some(global)) = (core_permit.split(1), global_permit.split(1)) else {
+            break;
+        };
+        slots.push(Permits {
+            _core: core,
+            _global: global,
+        });
+    }
+    slots.push(Permits {
+        _core: core_permit,
+        _global: global_permit,
+    });
+    Some(slots)
+}
+
 fn try_acquire_slot(inner: &Inner, core: &Core) -> Option<Permits> {
     let core_permit = core.slots.clone().try_acquire_owned().ok()?;
     let global_permit = inner.global.clone().try_acquire_owned().ok()?;
@@ -49,90 +84,168 @@ fn try_acquire_slot(inner: &Inner, core: &Core) -> Option<Permits> {
     })
 }
 
+/// Slots taken for one claim call, and the wake-up version read before it.
+struct ClaimRequest {
+    slots: Vec<Permits>,
+    seen: Option<u64>,
+}
+
+/// Adds to `slots` as many free slots as one claim call may fill.
+fn gather_slots(inner: &Inner, core: &Core, mut slots: Vec<Permits>) -> Vec<Permits> {
+    while slots.len() < inner.config.claim_batch {
+        match try_acquire_slot(inner, core) {
+            Some(slot) => slots.push(slot),
+            None => break,
+        }
+    }
+    slots
+}
+
+/// One claim call for the slots of `request`.
+async fn claim(
+    inner: Arc<Inner>,
+    core_id: Arc<str>,
+    request: ClaimRequest,
+) -> (Result<Vec<Claimed>>, ClaimRequest) {
+    let want = request.slots.len();
+    let claimed = async {
+        inner
+            .backend
+            .claim_tasks(&core_id, want, inner.config.lease)
+            .await
+    }
+    .instrument(tracing::debug_span!("claim", core_id = %core_id, want))
+    .await;
+    (claimed, request)
+}
+
+/// Registers and spawns the attempts of a claim, each with one of the request's slots; the
+/// slots left over are released.
+fn start_attempts(
+    inner: &Arc<Inner>,
+    core: &Arc<Core>,
+    claimed: Vec<Claimed>,
+    slots: Vec<Permits>,
+) {
+    for (task, slot) in claimed.into_iter().zip(slots) {
+        // Registered before the attempt is spawned, so the lease keeper renews its lease
+        // from the moment it was claimed, however long the attempt waits to be polled.
+        let running = Arc::new(Running {
+            token: task.lease_token,
+            cancel: CancellationToken::new(),
+            cause: AtomicU8::new(StopCause::None as u8),
+        });
+        inner.running.insert(task.task.id, running.clone());
+        // Boxed so spawning moves a pointer, not the attempt's whole (large) state.
+        inner.attempts.spawn(Box::pin(run_attempt(
+            inner.clone(),
+            core.clone(),
+            task,
+            running,
+            slot,
+        )));
+    }
+}
+
 /// Claims and starts tasks of one core until shutdown.
+///
+/// Up to `claims_in_flight` claim calls run at once, each for the slots free when it started.
+/// A call that finds nothing makes the loop idle: no new call starts until the ones under way
+/// are back, and then it sleeps until a wake-up hint (raised since the empty call began), the
+/// next delayed task, or the poll floor. On shutdown no new call starts; the ones under way
+/// are awaited and their tasks started (they are leased to us either way).
 pub(super) async fn claim_loop(inner: Arc<Inner>, core: Arc<Core>) {
     let stop = inner.stop_claiming.clone();
     let wakeups = inner.backend.task_wakeups();
     let core_id = core.core_id.clone();
+    let max_in_flight = inner.config.claims_in_flight.max(1);
+    // Slots a call beside one under way waits for: half a batch.
+    let beside = (inner.config.claim_batch)
+        .min(core.limit)
+        .min(inner.config.global_concurrency)
+        .div_ceil(2)
+        .max(1);
+    let mut in_flight: FuturesUnordered<_> = FuturesUnordered::new();
+    // The wake-up version seen before a claim that came back empty.
+    let mut empty: Option<Option<u64>> = None;
+    // After a failed claim: no new call starts before this instant.
+    let mut backoff: Option<tokio::time::Instant> = None;
+    let mut stopping = false;
     loop {
-        let Some(first) = acquire_slot(&inner, &core, &stop).await else {
-            break;
-        };
-        // Read before claiming, so a task created after the claim still wakes us.
-        let seen = wakeups.as_ref().map(|w| w.version());
-        let mut slots = vec![first];
-        while slots.len() < inner.config.claim_batch {
-            match try_acquire_slot(&inner, &core) {
-                Some(slot) => slots.push(slot),
-                None => break,
+        if in_flight.is_empty() {
+            if stopping {
+                break;
             }
-        }
-        let claimed = async {
-            inner
-                .backend
-                .claim_tasks(&core_id, slots.len(), inner.config.lease)
-                .await
-        }
-        .instrument(tracing::debug_span!("claim", core_id = %core_id, want = slots.len()))
-        .await;
-        let claimed = match claimed {
-            Ok(claimed) => claimed,
-            Err(error) => {
-                tracing::warn!(core_id = %core_id, %error, "claim failed; backing off");
-                drop(slots);
+            if let Some(until) = backoff.take() {
                 tokio::select! {
-                    _ = tokio::time::sleep(inner.config.poll_interval) => continue,
+                    _ = tokio::time::sleep_until(until) => {}
                     _ = stop.cancelled() => break,
                 }
+                continue;
             }
-        };
-        let got_any = !claimed.is_empty();
-        if got_any {
-            inner.events.poke();
-        }
-        let full = claimed.len() == slots.len();
-        for (task, slot) in claimed.into_iter().zip(slots.drain(..)) {
-            // Registered before the attempt is spawned, so the lease keeper renews its lease
-            // from the moment it was claimed, however long the attempt waits to be polled.
-            let running = Arc::new(Running {
-                token: task.lease_token,
-                cancel: CancellationToken::new(),
-                cause: AtomicU8::new(StopCause::None as u8),
-            });
-            inner.running.insert(task.task.id, running.clone());
-            // Boxed so spawning moves a pointer, not the attempt's whole (large) state.
-            inner.attempts.spawn(Box::pin(run_attempt(
-                inner.clone(),
-                core.clone(),
-                task,
-                running,
-                slot,
-            )));
-        }
-        drop(slots);
-        if full {
-            // There may be more ready work: claim again as soon as slots free up.
-            continue;
-        }
-        // Idle: sleep until a wake-up hint, the next delayed task, or the poll floor.
-        let mut sleep_for = inner.config.poll_interval;
-        if !got_any && let Ok(Some(next)) = inner.backend.next_run_at(&core_id).await {
-            sleep_for = sleep_for.min(clock::until(next));
-        }
-        if got_any {
-            continue;
-        }
-        let hint = async {
-            match (&wakeups, seen) {
-                (Some(signal), Some(seen)) => signal.changed_since(seen).await,
-                _ => std::future::pending::<()>().await,
+            if let Some(seen) = empty.take() {
+                // Idle: sleep until a wake-up hint, the next delayed task, or the poll floor.
+                let mut sleep_for = inner.config.poll_interval;
+                if let Ok(Some(next)) = inner.backend.next_run_at(&core_id).await {
+                    sleep_for = sleep_for.min(clock::until(next));
+                }
+                let hint = async {
+                    match (&wakeups, seen) {
+                        (Some(signal), Some(seen)) => signal.changed_since(seen).await,
+                        _ => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = core.wake.notified() => {}
+                    _ = hint => {}
+                    _ = tokio::time::sleep(sleep_for) => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
             }
-        };
+        }
+        let may_start =
+            !stopping && empty.is_none() && backoff.is_none() && in_flight.len() < max_in_flight;
+        // The first call starts as soon as one slot is free; another one, beside it, only once
+        // it can claim a good batch (else calls would split the work into crumbs).
+        let wanted = if in_flight.is_empty() { 1 } else { beside };
         tokio::select! {
-            _ = core.wake.notified() => {}
-            _ = hint => {}
-            _ = tokio::time::sleep(sleep_for) => {}
-            _ = stop.cancelled() => break,
+            biased;
+            _ = stop.cancelled(), if !stopping => stopping = true,
+            Some((claimed, request)) = in_flight.next(), if !in_flight.is_empty() => {
+                // (Names the types, which inference cannot see through the macro.)
+                let (claimed, request): (Result<Vec<Claimed>>, ClaimRequest) = (claimed, request);
+                let ClaimRequest { slots, seen } = request;
+                match claimed {
+                    Ok(claimed) if claimed.is_empty() => {
+                        // Keep the earliest version: a hint raised since any empty call counts.
+                        empty.get_or_insert(seen);
+                    }
+                    Ok(claimed) => {
+                        // Work was found: whatever an earlier call saw, there may be more.
+                        empty = None;
+                        inner.events.poke();
+                        start_attempts(&inner, &core, claimed, slots);
+                        // Let the attempts just spawned start (and quick ones finish, freeing
+                        // their slots) before the next call gathers slots.
+                        tokio::task::yield_now().await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(core_id = %core_id, %error, "claim failed; backing off");
+                        backoff = Some(tokio::time::Instant::now() + inner.config.poll_interval);
+                    }
+                }
+            }
+            slots = acquire_slots(&inner, &core, wanted, &stop), if may_start => {
+                let Some(slots) = slots else {
+                    stopping = true;
+                    continue;
+                };
+                // Read before claiming, so a task created after the claim still wakes us.
+                let seen = wakeups.as_ref().map(|w| w.version());
+                let slots = gather_slots(&inner, &core, slots);
+                in_flight.push(claim(inner.clone(), core_id.clone(), ClaimRequest { slots, seen }));
+            }
         }
     }
 }
@@ -185,29 +298,48 @@ pub(super) struct Report {
 }
 
 /// Records outcomes in batches until `stop` fires, then records what is left and ends.
+///
+/// A batch starts as soon as there is an outcome and no batch is being recorded; while some
+/// are, outcomes gather, and another batch starts beside them only once a full one
+/// ([`REPORT_BATCH`]) is waiting, up to `reports_in_flight` at once. Light load gets prompt
+/// single calls; heavy load gets full batches in parallel.
 pub(super) async fn reporter(
     inner: Arc<Inner>,
     mut reports: mpsc::UnboundedReceiver<Report>,
     stop: CancellationToken,
 ) {
-    let mut batch = Vec::new();
-    loop {
+    let max_in_flight = inner.config.reports_in_flight.max(1);
+    let mut in_flight = FuturesUnordered::new();
+    let mut pending: Vec<Report> = Vec::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() || !pending.is_empty() {
+        while !pending.is_empty()
+            && (in_flight.is_empty()
+                || (pending.len() >= REPORT_BATCH && in_flight.len() < max_in_flight))
+        {
+            let rest = pending.split_off(pending.len().min(REPORT_BATCH));
+            let batch = std::mem::replace(&mut pending, rest);
+            in_flight.push(record(&inner, batch));
+        }
+        // Enough gathered to fill every batch that could start: leave the rest in the channel.
+        let room = (REPORT_BATCH * max_in_flight).saturating_sub(pending.len());
         tokio::select! {
             biased;
-            received = reports.recv_many(&mut batch, REPORT_BATCH) => {
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            received = reports.recv_many(&mut pending, room), if open && room > 0 => {
                 if received == 0 {
-                    break;
+                    open = false;
                 }
             }
-            _ = stop.cancelled() => {
+            _ = stop.cancelled(), if open => {
+                // Closed first: a report sent from now on is recorded by its sender.
+                reports.close();
                 while let Ok(report) = reports.try_recv() {
-                    batch.push(report);
+                    pending.push(report);
                 }
-                record(&inner, std::mem::take(&mut batch)).await;
-                break;
+                open = false;
             }
         }
-        record(&inner, std::mem::take(&mut batch)).await;
     }
 }
 

@@ -108,13 +108,14 @@ impl EventStore for PostgresBackend {
     }
 
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
-        // In batches of one statement each, so no single statement locks or writes much.
+        // In batches of one statement each, so no single statement locks or writes much (in no
+        // particular order: every event older than `before` is gone when the loop ends).
         // Unnumbered events stay until numbered, so no reader misses them.
         let mut total = 0;
         loop {
             let done = sqlx::query(
                 "WITH picked AS (SELECT id FROM orch_events WHERE at < $1 AND seq IS NOT NULL \
-                 ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  DELETE FROM orch_events USING picked WHERE orch_events.id = picked.id",
             )
             .bind(before)

@@ -97,13 +97,27 @@ impl PostgresOptions {
 }
 
 fn migrator() -> Migrator {
-    let mut migrator = Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        include_str!("../../migrations/postgres/0001_init.sql").into_sql_str(),
-        false,
-    )]);
+    let migration = |version, description: &str, sql: &'static str| {
+        Migration::new(
+            version,
+            description.to_owned().into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    let mut migrator = Migrator::with_migrations(vec![
+        migration(
+            1,
+            "init",
+            include_str!("../../migrations/postgres/0001_init.sql"),
+        ),
+        migration(
+            2,
+            "transition indexes",
+            include_str!("../../migrations/postgres/0002_transition_indexes.sql"),
+        ),
+    ]);
     migrator.dangerous_set_table_name(crate::common::MIGRATIONS_TABLE);
     migrator
 }

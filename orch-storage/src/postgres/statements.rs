@@ -3,7 +3,8 @@
 //! `pg_notify` (its payload parameter NULL when the statement must not notify).
 
 /// Inserts a batch in input order, skipping tasks whose idempotency key exists, and appends a
-/// `task.queued` event per inserted task.
+/// `task.queued` event per inserted task. Tasks without a key take a plain insert (`ON
+/// CONFLICT` costs a speculative insertion per row), and an empty lock list skips its subquery.
 pub(super) const CREATE_TASKS: &str = "\
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::int4[],
@@ -11,17 +12,34 @@ WITH input AS (
                          $11::text[])
         WITH ORDINALITY AS u(id, core_id, priority, timeout_us, max_attempts, not_before,
                              delay_us, payload, metadata, idempotency_key, locks, ord)
-), ins AS (
+), rows AS (
+    SELECT id, core_id, 'queued' AS status, priority, timeout_us, max_attempts, 0 AS attempt,
+           greatest(now() + delay_us * interval '1 microsecond', not_before) AS run_at,
+           now() AS created_at, now() AS updated_at, payload::jsonb AS payload,
+           metadata::jsonb AS metadata, idempotency_key,
+           CASE WHEN locks = '[]' THEN '{}'::text[]
+                ELSE ARRAY(SELECT jsonb_array_elements_text(locks::jsonb)) END AS locks,
+           ord
+    FROM input
+), keyed AS (
     INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
                             run_at, created_at, updated_at, payload, metadata, idempotency_key,
                             locks)
-    SELECT id, core_id, 'queued', priority, timeout_us, max_attempts, 0,
-           greatest(now() + delay_us * interval '1 microsecond', not_before), now(), now(),
-           payload::jsonb, metadata::jsonb, idempotency_key,
-           ARRAY(SELECT jsonb_array_elements_text(locks::jsonb))
-    FROM input ORDER BY ord
-    ON CONFLICT (idempotency_key) DO NOTHING
+    SELECT id, core_id, status, priority, timeout_us, max_attempts, attempt, run_at,
+           created_at, updated_at, payload, metadata, idempotency_key, locks
+    FROM rows WHERE idempotency_key IS NOT NULL ORDER BY ord
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
+), plain AS (
+    INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
+                            run_at, created_at, updated_at, payload, metadata, idempotency_key,
+                            locks)
+    SELECT id, core_id, status, priority, timeout_us, max_attempts, attempt, run_at,
+           created_at, updated_at, payload, metadata, idempotency_key, locks
+    FROM rows WHERE idempotency_key IS NULL ORDER BY ord
+    RETURNING *
+), ins AS (
+    SELECT * FROM keyed UNION ALL SELECT * FROM plain
 ), ev AS (
     INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
     SELECT 'task.queued', now(), ins.id, ins.core_id, ins.attempt, 'null'::jsonb
@@ -96,9 +114,14 @@ WITH input AS (
         WITH ORDINALITY AS u(id, token, target, delay_us, undo, result, error, timed_out,
                              kind, with_error, extra, ord)
 ), picked AS (
+    -- LATERAL with LIMIT: one primary-key probe per report. (A join let the planner hash the
+    -- reports against every `running` entry of the status index, dead versions included.)
     SELECT DISTINCT ON (input.id) input.*
-    FROM input JOIN orch_tasks t
-        ON t.id = input.id AND t.status = 'running' AND t.lease_token = input.token
+    FROM input CROSS JOIN LATERAL (
+        SELECT 1 FROM orch_tasks t
+        WHERE t.id = input.id AND t.status = 'running' AND t.lease_token = input.token
+        LIMIT 1
+    ) AS held
     ORDER BY input.id, input.ord
 ), t AS (
     UPDATE orch_tasks SET

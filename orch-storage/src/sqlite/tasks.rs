@@ -308,6 +308,60 @@ async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> 
 /// Most events per multi-row insert (6 parameters each, under SQLite's 32,766).
 const EVENTS_PER_INSERT: usize = 500;
 
+/// Most successes finished by one statement.
+const SUCCESSES_PER_STATEMENT: usize = 128;
+
+/// Finishes, in one statement, the successes of `chunk` whose task is running under the given
+/// lease; returns those tasks' core and attempt. The rows are padded to a power of two (by
+/// repeating the last one, which changes nothing) so that few statement shapes are prepared.
+async fn finish_successes(
+    conn: &mut SqliteConnection,
+    chunk: &[(usize, TaskId, LeaseToken, Value)],
+    now: DateTime<Utc>,
+) -> Result<std::collections::HashMap<TaskId, (String, u32)>> {
+    const OP: &str = "finish_attempts";
+    let Some(last) = chunk.last() else {
+        return Ok(std::collections::HashMap::new());
+    };
+    let rows = chunk.len().next_power_of_two();
+    let mut sql = String::from("WITH v(id, token, result) AS (VALUES ");
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(?, ?, ?)" } else { ", (?, ?, ?)" });
+    }
+    sql.push_str(
+        ") UPDATE orch_tasks SET status = 'succeeded', updated_at = ?, finished_at = ?, \
+         result = v.result, lease_token = NULL, lease_expires_at = NULL \
+         FROM v WHERE orch_tasks.id = v.id AND orch_tasks.lease_token = v.token \
+         AND orch_tasks.status = 'running' \
+         RETURNING orch_tasks.id, orch_tasks.core_id, orch_tasks.attempt",
+    );
+    // Built only from the fixed fragments above: nothing from the caller is spliced in.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (_, id, token, result) in chunk
+        .iter()
+        .chain(std::iter::repeat_n(last, rows - chunk.len()))
+    {
+        query = query.bind(id.0).bind(token.0).bind(json_to_db(result));
+    }
+    let at = time_to_db(now);
+    let found = query
+        .bind(at)
+        .bind(at)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err(OP))?;
+    let mut done = std::collections::HashMap::with_capacity(found.len());
+    for row in &found {
+        let get = |e: sqlx::Error| corrupt(OP, e);
+        let id: uuid::Uuid = row.try_get("id").map_err(get)?;
+        let core_id: String = row.try_get("core_id").map_err(get)?;
+        let attempt: i64 = row.try_get("attempt").map_err(get)?;
+        let attempt = u32::try_from(attempt).map_err(|_| corrupt(OP, "attempt out of range"))?;
+        done.insert(TaskId(id), (core_id, attempt));
+    }
+    Ok(done)
+}
+
 /// Appends events in order in the caller's transaction, several rows per statement.
 pub(super) async fn insert_events(
     conn: &mut SqliteConnection,
@@ -528,45 +582,57 @@ impl TaskStore for SqliteBackend {
             return Ok(Vec::new());
         }
         let now = now();
-        let mut tx = self.begin(OP).await?;
-        let mut out = Vec::with_capacity(reports.len());
-        let (mut requeued, mut changed) = (false, false);
-        let mut events = Vec::with_capacity(reports.len());
-        for (id, token, outcome) in reports {
-            // The common case in one statement: a success with the current lease.
-            let outcome = match outcome {
-                AttemptOutcome::Succeeded { result } => {
-                    let row = sqlx::query(
-                        "UPDATE orch_tasks SET status = 'succeeded', updated_at = ?1, \
-                         finished_at = ?1, result = ?2, lease_token = NULL, \
-                         lease_expires_at = NULL \
-                         WHERE id = ?3 AND lease_token = ?4 AND status = 'running' RETURNING *",
-                    )
-                    .bind(time_to_db(now))
-                    .bind(json_to_db(&result))
-                    .bind(id.0)
-                    .bind(token.0)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err(OP))?;
-                    if let Some(row) = row {
-                        let (task, _) = task_from_row(OP, &row)?;
-                        events.push(task_event(EventKind::TaskSucceeded, &task, Value::Null));
-                        changed = true;
-                        out.push(Ok(task.status));
-                        continue;
-                    }
-                    // Lost or unknown: the general path below tells which.
-                    AttemptOutcome::Succeeded { result }
+        let count = reports.len();
+        // The common case first, in one statement per chunk: successes, each the first report
+        // of its task in the batch. The rest (and any success that did not hold its lease)
+        // then go through the general path one by one, in input order, as `finish_attempt`
+        // calls in turn would.
+        let mut firsts = std::collections::HashSet::with_capacity(count);
+        let mut successes = Vec::new();
+        let mut rest = Vec::new();
+        for (index, (id, token, outcome)) in reports.into_iter().enumerate() {
+            let first = firsts.insert(id);
+            match outcome {
+                AttemptOutcome::Succeeded { result } if first => {
+                    successes.push((index, id, token, result));
                 }
-                other => other,
-            };
+                other => rest.push((index, id, token, other)),
+            }
+        }
+        let mut out: Vec<Option<Result<TaskStatus>>> = (0..count).map(|_| None).collect();
+        let mut events = Vec::with_capacity(count);
+        let mut tx = self.begin(OP).await?;
+        for chunk in successes.chunks(SUCCESSES_PER_STATEMENT) {
+            let done = finish_successes(&mut tx, chunk, now).await?;
+            for (index, id, token, result) in chunk {
+                match done.get(id) {
+                    Some((core_id, attempt)) => {
+                        let event =
+                            NewEvent::for_task(EventKind::TaskSucceeded, *id, core_id, Value::Null)
+                                .with_attempt(*attempt);
+                        events.push((*index, event));
+                        out[*index] = Some(Ok(TaskStatus::Succeeded));
+                    }
+                    None => rest.push((
+                        *index,
+                        *id,
+                        *token,
+                        AttemptOutcome::Succeeded {
+                            result: result.clone(),
+                        },
+                    )),
+                }
+            }
+        }
+        rest.sort_by_key(|(index, ..)| *index);
+        let mut requeued = false;
+        for (index, id, token, outcome) in rest {
             // A missing task or a lost lease fails only its own item, as `finish_attempt`
             // would; a database error fails the batch (and rolls all of it back).
             let (mut task, mut lease) = match load(&mut tx, OP, id).await {
                 Ok(loaded) => loaded,
                 Err(error @ Error::TaskNotFound(_)) => {
-                    out.push(Err(error));
+                    out[index] = Some(Err(error));
                     continue;
                 }
                 Err(error) => return Err(error),
@@ -575,25 +641,29 @@ impl TaskStore for SqliteBackend {
             {
                 Ok(applied) => applied,
                 Err(error) => {
-                    out.push(Err(error));
+                    out[index] = Some(Err(error));
                     continue;
                 }
             };
             save(&mut tx, OP, &task, lease).await?;
-            events.extend(task_events);
+            events.extend(task_events.into_iter().map(|event| (index, event)));
             requeued |= back;
-            changed = true;
-            out.push(Ok(task.status));
+            out[index] = Some(Ok(task.status));
         }
+        // In input order (stable: one item's own events keep theirs).
+        events.sort_by_key(|(index, _)| *index);
+        let events: Vec<NewEvent> = events.into_iter().map(|(_, event)| event).collect();
         insert_events(&mut tx, OP, &events, now).await?;
         tx.commit().await.map_err(db_err(OP))?;
-        if changed {
+        if !events.is_empty() {
             self.wake_events();
         }
         if requeued {
             self.wake_tasks();
         }
-        Ok(out)
+        out.into_iter()
+            .map(|item| item.ok_or_else(|| corrupt(OP, "a report got no answer")))
+            .collect()
     }
 
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
