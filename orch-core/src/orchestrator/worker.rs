@@ -289,6 +289,9 @@ async fn run_attempt(
 /// that an in-memory backend's lock is never held for long.
 const REPORT_BATCH: usize = 128;
 
+/// Outcomes that must be waiting before a batch starts beside one under way.
+const REPORT_BESIDE: usize = 32;
+
 /// An attempt's outcome, waiting to be recorded.
 pub(super) struct Report {
     id: TaskId,
@@ -300,9 +303,9 @@ pub(super) struct Report {
 /// Records outcomes in batches until `stop` fires, then records what is left and ends.
 ///
 /// A batch starts as soon as there is an outcome and no batch is being recorded; while some
-/// are, outcomes gather, and another batch starts beside them only once a full one
-/// ([`REPORT_BATCH`]) is waiting, up to `reports_in_flight` at once. Light load gets prompt
-/// single calls; heavy load gets full batches in parallel.
+/// are, outcomes gather, and another batch starts beside them only once [`REPORT_BESIDE`] are
+/// waiting, up to `reports_in_flight` at once. Light load gets prompt single calls; heavy load
+/// gets good batches in parallel.
 pub(super) async fn reporter(
     inner: Arc<Inner>,
     mut reports: mpsc::UnboundedReceiver<Report>,
@@ -315,7 +318,7 @@ pub(super) async fn reporter(
     while open || !in_flight.is_empty() || !pending.is_empty() {
         while !pending.is_empty()
             && (in_flight.is_empty()
-                || (pending.len() >= REPORT_BATCH && in_flight.len() < max_in_flight))
+                || (pending.len() >= REPORT_BESIDE && in_flight.len() < max_in_flight))
         {
             let rest = pending.split_off(pending.len().min(REPORT_BATCH));
             let batch = std::mem::replace(&mut pending, rest);

@@ -6,6 +6,7 @@ mod dispatcher;
 mod events;
 mod locks;
 mod model_based;
+mod pipelining;
 mod plugins;
 mod schedules;
 mod task_locks;

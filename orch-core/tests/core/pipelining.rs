@@ -1,0 +1,238 @@
+//! Claim calls and outcome batches under way at once: the limits hold, and heavy load uses
+//! them. A backend whose claims and outcome batches each take 5 ms (tokio's paused clock)
+//! counts how many run at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use orch_core::*;
+use serde_json::Value;
+
+/// Calls of one kind under way now, and the most seen at once.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Gauge {
+    async fn time<T>(&self, call: impl Future<Output = T>) -> T {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let out = call.await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+
+    fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+/// The memory backend, with slow, counted claims and outcome batches.
+#[derive(Default)]
+struct Slow {
+    inner: MemoryBackend,
+    claims: Gauge,
+    batches: Gauge,
+    /// Outcomes recorded through batches.
+    batched: AtomicUsize,
+}
+
+async fn run(claims_in_flight: usize, reports_in_flight: usize) -> Arc<Slow> {
+    let backend = Arc::new(Slow::default());
+    let orch = Orchestrator::builder(backend.clone() as SharedBackend)
+        .config(
+            crate::config()
+                .with_claims_in_flight(claims_in_flight)
+                .with_reports_in_flight(reports_in_flight),
+        )
+        .engine(
+            "work",
+            // 1 to 8 ms: slots free up one by one while a claim call is under way.
+            processor_fn("work", |_ctx, input: Value| async move {
+                let ms = input["ms"].as_u64().unwrap_or(1);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(Value::Null)
+            }),
+        )
+        .build()
+        .await
+        .expect("valid config");
+    let specs = (0..2_000u64)
+        .map(|n| TaskSpec::new("work").payload(serde_json::json!({"ms": n % 8 + 1})))
+        .collect();
+    let tasks = orch.dispatch_many(specs).await.expect("dispatched");
+    for task in &tasks {
+        let done = orch
+            .wait_for(task.task.id, Duration::from_secs(600))
+            .await
+            .expect("finished");
+        assert_eq!(done.status, TaskStatus::Succeeded);
+    }
+    orch.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(backend.batched.load(Ordering::SeqCst), 2_000);
+    backend
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_claims_and_outcome_batches_run_at_once_under_load() {
+    let backend = run(2, 3).await;
+    assert_eq!(backend.claims.max(), 2, "claim calls at once");
+    let batches = backend.batches.max();
+    assert!(
+        (2..=3).contains(&batches),
+        "outcome batches at once: {batches}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_at_a_time_when_so_configured() {
+    let backend = run(1, 1).await;
+    assert_eq!(backend.claims.max(), 1, "claim calls at once");
+    assert_eq!(backend.batches.max(), 1, "outcome batches at once");
+}
+
+#[tokio::test]
+async fn zero_in_flight_is_refused() {
+    for config in [
+        crate::config().with_claims_in_flight(0),
+        crate::config().with_reports_in_flight(0),
+    ] {
+        let error = Orchestrator::builder(crate::backend())
+            .config(config)
+            .build()
+            .await
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("in_flight"), "{error}");
+    }
+}
+
+#[async_trait]
+impl TaskStore for Slow {
+    async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
+        self.inner.create_tasks(tasks).await
+    }
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
+        self.inner.get_task(id).await
+    }
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
+        self.inner.list_tasks(filter).await
+    }
+    async fn claim_tasks(&self, core: &str, limit: usize, lease: Duration) -> Result<Vec<Claimed>> {
+        self.claims
+            .time(self.inner.claim_tasks(core, limit, lease))
+            .await
+    }
+    async fn next_run_at(&self, core: &str) -> Result<Option<DateTime<Utc>>> {
+        self.inner.next_run_at(core).await
+    }
+    async fn renew_leases(
+        &self,
+        leases: Vec<(TaskId, LeaseToken)>,
+        lease: Duration,
+    ) -> Result<Vec<Option<DateTime<Utc>>>> {
+        self.inner.renew_leases(leases, lease).await
+    }
+    async fn finish_attempt(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        outcome: AttemptOutcome,
+    ) -> Result<Task> {
+        self.inner.finish_attempt(id, token, outcome).await
+    }
+    async fn finish_attempts(
+        &self,
+        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+    ) -> Result<Vec<Result<TaskStatus>>> {
+        self.batched.fetch_add(reports.len(), Ordering::SeqCst);
+        self.batches.time(self.inner.finish_attempts(reports)).await
+    }
+    async fn cancel_task(&self, id: TaskId) -> Result<Task> {
+        self.inner.cancel_task(id).await
+    }
+    async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
+        self.inner.resolve_task(id, resolution).await
+    }
+    async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>> {
+        self.inner.rescue_expired(limit).await
+    }
+    async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        self.inner.prune_tasks(before, limit).await
+    }
+    async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>> {
+        self.inner.queue_depth().await
+    }
+    fn task_wakeups(&self) -> Option<ChangeSignal> {
+        self.inner.task_wakeups()
+    }
+}
+
+#[async_trait]
+impl EventStore for Slow {
+    async fn append_event(&self, event: NewEvent) -> Result<Event> {
+        self.inner.append_event(event).await
+    }
+    async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.inner.read_events(after, limit).await
+    }
+    async fn last_event_seq(&self) -> Result<u64> {
+        self.inner.last_event_seq().await
+    }
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        self.inner.prune_events(before).await
+    }
+    fn event_wakeups(&self) -> Option<ChangeSignal> {
+        self.inner.event_wakeups()
+    }
+}
+
+#[async_trait]
+impl LockStore for Slow {
+    async fn try_acquire_lock(&self, r: &str, o: &str, ttl: Duration) -> Result<LockAttempt> {
+        self.inner.try_acquire_lock(r, o, ttl).await
+    }
+    async fn release_lock(&self, r: &str, o: &str, t: u64) -> Result<bool> {
+        self.inner.release_lock(r, o, t).await
+    }
+    async fn extend_lock(
+        &self,
+        r: &str,
+        o: &str,
+        t: u64,
+        ttl: Duration,
+    ) -> Result<Option<LockInfo>> {
+        self.inner.extend_lock(r, o, t, ttl).await
+    }
+    async fn lock_info(&self, r: &str) -> Result<Option<LockInfo>> {
+        self.inner.lock_info(r).await
+    }
+    async fn list_locks(&self) -> Result<Vec<LockInfo>> {
+        self.inner.list_locks().await
+    }
+    async fn reclaim_expired_locks(&self) -> Result<Vec<LockInfo>> {
+        self.inner.reclaim_expired_locks().await
+    }
+}
+
+#[async_trait]
+impl StorageProvider for Slow {
+    async fn store(&self, k: &str, v: Vec<u8>) -> Result<()> {
+        self.inner.store(k, v).await
+    }
+    async fn retrieve(&self, k: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.retrieve(k).await
+    }
+    async fn delete(&self, k: &str) -> Result<bool> {
+        self.inner.delete(k).await
+    }
+    async fn list(&self, p: &str) -> Result<Vec<String>> {
+        self.inner.list(p).await
+    }
+}
