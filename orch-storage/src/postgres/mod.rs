@@ -191,8 +191,12 @@ impl PostgresBackend {
             // A connection given back inside a transaction (a cancelled `begin`) must not hold
             // row locks for ever.
             .options([("idle_in_transaction_session_timeout", "60s")]);
+        // No ping before each use (a round trip on every operation): a connection that died
+        // (a server restart) fails its next statement instead, the caller's retry gets a fresh
+        // one, and sqlx drops the broken one.
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(db_err(OP))?;
@@ -206,10 +210,12 @@ impl PostgresBackend {
         } else {
             PgPoolOptions::new()
                 .max_connections(pool_size)
+                .test_before_acquire(false)
                 .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]))
         };
         let hint_pool = PgPoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let listener_pool = PgPoolOptions::new()
             .max_connections(1)

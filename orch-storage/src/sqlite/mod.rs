@@ -176,8 +176,11 @@ impl SqliteBackend {
         if let Some(path) = &path {
             inspect_existing(&options, path).await?;
         }
+        // No ping before each use: it costs a round trip to the connection's thread on every
+        // operation, and a SQLite connection does not drop.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(
                 options
                     .clone()
@@ -195,6 +198,7 @@ impl SqliteBackend {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(READERS)
+                .test_before_acquire(false)
                 .connect_with(options.read_only(true))
                 .await
                 .map_err(db_err(OP))?
