@@ -3,7 +3,8 @@
 //! `pg_notify` (its payload parameter NULL when the statement must not notify).
 
 /// Inserts a batch in input order, skipping tasks whose idempotency key exists, and appends a
-/// `task.queued` event per inserted task. Tasks without a key take a plain insert (`ON
+/// `task.queued` event per inserted task; returns the id and database times of each inserted
+/// task (the caller has the rest). Tasks without a key take a plain insert (`ON
 /// CONFLICT` costs a speculative insertion per row), and an empty lock list skips its subquery.
 pub(super) const CREATE_TASKS: &str = "\
 WITH input AS (
@@ -45,7 +46,9 @@ WITH input AS (
     SELECT 'task.queued', now(), ins.id, ins.core_id, ins.attempt, 'null'::jsonb
     FROM ins JOIN input ON input.id = ins.id ORDER BY input.ord
 )
-SELECT ins.*, (SELECT 1 FROM pg_notify('orch_changes', $12)) AS notified FROM ins";
+SELECT ins.id, ins.run_at, ins.created_at,
+       (SELECT 1 FROM pg_notify('orch_changes', $12)) AS notified
+FROM ins";
 
 /// Leases up to `$2` available tasks of core `$1` in claim order for `$3` microseconds.
 pub(super) const CLAIM_TASKS: &str = "\

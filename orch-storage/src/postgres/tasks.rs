@@ -17,7 +17,7 @@ use super::statements::{
     CLAIM_TASKS, CREATE_TASKS, FINISH_ATTEMPT, FINISH_ATTEMPTS, FINISH_TASK, RESCUE_EXPIRED,
 };
 use super::{PostgresBackend, count, db_micros, task_from_row, tasks_from_rows};
-use crate::common::{corrupt, db_err, micros};
+use crate::common::{corrupt, db_err, from_micros, micros};
 
 /// The parameters of [`FINISH_ATTEMPT`] (one row of [`FINISH_ATTEMPTS`]) for one outcome.
 struct OutcomeParams {
@@ -232,9 +232,15 @@ pub(super) async fn insert_tasks(
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err(OP))?;
-    let mut inserted: HashMap<Uuid, Task> = HashMap::with_capacity(rows.len());
-    for task in tasks_from_rows(OP, &rows)? {
-        inserted.insert(task.id.0, task);
+    // The database gave each inserted task its times; the rest is what was sent.
+    let mut inserted: HashMap<Uuid, (DateTime<Utc>, DateTime<Utc>)> =
+        HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let get = |e: sqlx::Error| corrupt(OP, e);
+        let id: Uuid = row.try_get("id").map_err(get)?;
+        let run_at: DateTime<Utc> = row.try_get("run_at").map_err(get)?;
+        let created_at: DateTime<Utc> = row.try_get("created_at").map_err(get)?;
+        inserted.insert(id, (run_at, created_at));
     }
     let mut existing: HashMap<String, Task> = HashMap::new();
     let missing: Vec<&str> = tasks
@@ -255,10 +261,12 @@ pub(super) async fn insert_tasks(
         }
     }
     let mut out = Vec::with_capacity(n);
-    for new in &tasks {
-        if let Some(task) = inserted.get(&new.id.0) {
+    for mut new in tasks {
+        if let Some(&(run_at, created_at)) = inserted.get(&new.id.0) {
+            // As stored: the timeout in whole microseconds.
+            new.timeout = from_micros(micros(new.timeout));
             out.push(Created {
-                task: task.clone(),
+                task: new.into_queued(created_at, run_at),
                 created: true,
             });
             continue;
