@@ -306,8 +306,8 @@ async fn end_to_end(
     Ok((rate(n, elapsed), per_task(cpu), per_task(server_cpu)))
 }
 
-/// Pickup latencies in milliseconds, sorted.
-async fn pickup_latency(source: &Source, samples: usize) -> anyhow::Result<Vec<f64>> {
+/// Pickup latencies in milliseconds, sorted; and the latencies of the `dispatch` calls alone.
+async fn pickup_latency(source: &Source, samples: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
     let orch = Orchestrator::builder(source.fresh(3, true).await?)
         .config(config(8))
@@ -327,19 +327,23 @@ async fn pickup_latency(source: &Source, samples: usize) -> anyhow::Result<Vec<f
         rx.recv().await;
     }
     let mut latencies = Vec::with_capacity(samples);
+    let mut dispatch_latencies = Vec::with_capacity(samples);
     for _ in 0..samples {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let before = Instant::now();
         orch.dispatch(TaskSpec::new("probe")).await?;
+        let dispatched = before.elapsed();
         let at = tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
             .context("a task was not picked up within 30 s")?
             .context("engine gone")?;
         latencies.push(at.duration_since(before).as_secs_f64() * 1e3);
+        dispatch_latencies.push(dispatched.as_secs_f64() * 1e3);
     }
     orch.shutdown(Duration::from_secs(5)).await;
     latencies.sort_by(f64::total_cmp);
-    Ok(latencies)
+    dispatch_latencies.sort_by(f64::total_cmp);
+    Ok((latencies, dispatch_latencies))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -434,12 +438,14 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         if settings.runs("pickup") {
-            let latencies = pickup_latency(&source, settings.samples).await?;
+            let (latencies, dispatch) = pickup_latency(&source, settings.samples).await?;
             println!(
-                "  pickup latency, idle queue            p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms",
+                "  pickup latency, idle queue            p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  \
+                 (the dispatch call alone: p50 {:.2} ms)",
                 percentile(&latencies, 0.50),
                 percentile(&latencies, 0.95),
-                percentile(&latencies, 0.99)
+                percentile(&latencies, 0.99),
+                percentile(&dispatch, 0.50),
             );
         }
     }
