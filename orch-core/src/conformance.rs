@@ -70,6 +70,7 @@ checks!(
     finish_succeeded,
     finish_attempts_in_one_call,
     finish_attempts_duplicates_and_unknowns,
+    finish_attempts_successes_with_stale_and_unknown,
     stale_token_is_refused,
     retry_requeues_with_delay,
     final_failure_and_timeout,
@@ -565,6 +566,53 @@ async fn finish_attempts_duplicates_and_unknowns(b: SharedBackend) -> CheckResul
             .count()
             == 1,
         "one success event per task: {y_events:?}"
+    );
+    Ok(())
+}
+
+/// Successes only, of distinct tasks (a backend's likely fast path), one of them stale and one
+/// of a task that does not exist.
+async fn finish_attempts_successes_with_stale_and_unknown(b: SharedBackend) -> CheckResult {
+    for _ in 0..3 {
+        create(&b, TaskSpec::new("c")).await?;
+    }
+    let claimed = ok!(b.claim_tasks("c", 3, LEASE).await);
+    ensure!(claimed.len() == 3, "claimed {}", claimed.len());
+    let success = |n: i64| AttemptOutcome::Succeeded { result: json!(n) };
+    let statuses = ok!(b
+        .finish_attempts(vec![
+            (claimed[0].task.id, claimed[0].lease_token, success(0)),
+            (claimed[1].task.id, LeaseToken::new(), success(1)),
+            (TaskId::new(), LeaseToken::new(), success(2)),
+            (claimed[2].task.id, claimed[2].lease_token, success(3)),
+        ])
+        .await);
+    ensure!(statuses.len() == 4, "one status per report expected");
+    ensure!(
+        matches!(statuses[0], Ok(TaskStatus::Succeeded))
+            && matches!(statuses[3], Ok(TaskStatus::Succeeded)),
+        "holders: {statuses:?}"
+    );
+    ensure!(
+        matches!(statuses[1], Err(Error::LeaseLost(_))),
+        "stale: {:?}",
+        statuses[1]
+    );
+    ensure!(
+        matches!(statuses[2], Err(Error::TaskNotFound(_))),
+        "unknown: {:?}",
+        statuses[2]
+    );
+    let stale = ok!(b.get_task(claimed[1].task.id).await).ok_or("task vanished")?;
+    ensure!(
+        stale.status == TaskStatus::Running && stale.result.is_none(),
+        "a stale report changed its task: {stale:?}"
+    );
+    let last = ok!(b.get_task(claimed[2].task.id).await).ok_or("task vanished")?;
+    ensure!(last.result == Some(json!(3)), "result {:?}", last.result);
+    ensure!(
+        events_of(&b, claimed[2].task.id).await?.last() == Some(&EventKind::TaskSucceeded),
+        "success event"
     );
     Ok(())
 }

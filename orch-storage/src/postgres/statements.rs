@@ -159,6 +159,28 @@ SELECT t.status AS new_status,
 FROM input LEFT JOIN t ON t.ord = input.ord
 ORDER BY input.ord";
 
+/// The common case of [`FINISH_ATTEMPTS`], a batch of successes of distinct tasks (`$1` ids,
+/// `$2` lease tokens, `$3` results), with a quarter less work. Returns the tasks it finished;
+/// a report that did not hold its task's lease finished nothing.
+pub(super) const FINISH_SUCCESSES: &str = "\
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[])
+        WITH ORDINALITY AS u(id, token, result, ord)
+), t AS (
+    UPDATE orch_tasks SET status = 'succeeded', updated_at = now(), finished_at = now(),
+        result = input.result::jsonb, lease_token = NULL, lease_expires_at = NULL
+    FROM input
+    WHERE orch_tasks.id = input.id AND orch_tasks.status = 'running'
+        AND orch_tasks.lease_token = input.token
+    RETURNING orch_tasks.id, orch_tasks.core_id, orch_tasks.attempt, input.ord
+), ev AS (
+    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
+    SELECT 'task.succeeded', now(), id, core_id, attempt, 'null'::jsonb FROM t ORDER BY ord
+)
+SELECT t.id,
+       (SELECT 1 FROM pg_notify('orch_changes', $4) WHERE $4::text IS NOT NULL) AS notified
+FROM t";
+
 /// Finishes task `$1` (queued or running) as `$2` with result `$3` / error `$4`, appending an
 /// event of kind `$5` with `from` and the extra fields `$6`. Returns the old state, and the
 /// task when the transition was legal.

@@ -14,7 +14,8 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::statements::{
-    CLAIM_TASKS, CREATE_TASKS, FINISH_ATTEMPT, FINISH_ATTEMPTS, FINISH_TASK, RESCUE_EXPIRED,
+    CLAIM_TASKS, CREATE_TASKS, FINISH_ATTEMPT, FINISH_ATTEMPTS, FINISH_SUCCESSES, FINISH_TASK,
+    RESCUE_EXPIRED,
 };
 use super::{PostgresBackend, count, db_micros, task_from_row, tasks_from_rows};
 use crate::common::{corrupt, db_err, from_micros, micros};
@@ -519,86 +520,18 @@ impl TaskStore for PostgresBackend {
         &self,
         reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
     ) -> Result<Vec<Result<TaskStatus>>> {
-        const OP: &str = "finish_attempts";
         if reports.is_empty() {
             return Ok(Vec::new());
         }
-        let n = reports.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut tokens = Vec::with_capacity(n);
-        let mut targets = Vec::with_capacity(n);
-        let mut delays = Vec::with_capacity(n);
-        let mut undos = Vec::with_capacity(n);
-        let mut results = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut timeouts = Vec::with_capacity(n);
-        let mut kinds = Vec::with_capacity(n);
-        let mut with_errors = Vec::with_capacity(n);
-        let mut extras = Vec::with_capacity(n);
-        let mut any_requeue = false;
-        for (id, token, outcome) in reports {
-            let p = OutcomeParams::new(outcome);
-            any_requeue |= p.to == TaskStatus::Queued;
-            ids.push(id.0);
-            tokens.push(token.0);
-            targets.push(p.to.as_str());
-            delays.push(db_micros(p.delay));
-            undos.push(p.undo);
-            results.push(p.result);
-            errors.push(p.error);
-            timeouts.push(p.timed_out);
-            kinds.push(p.kind.as_str().to_owned());
-            with_errors.push(p.with_error);
-            extras.push(p.extra.to_string());
+        let mut ids = std::collections::HashSet::with_capacity(reports.len());
+        let simple = reports.iter().all(|(id, _, outcome)| {
+            matches!(outcome, AttemptOutcome::Succeeded { .. }) && ids.insert(*id)
+        });
+        if simple {
+            self.finish_successes(reports).await
+        } else {
+            self.finish_batch(reports).await
         }
-        let hint = self.finish_hint(any_requeue);
-        let rows = sqlx::query(FINISH_ATTEMPTS)
-            .bind(&ids)
-            .bind(&tokens)
-            .bind(&targets)
-            .bind(&delays)
-            .bind(&undos)
-            .bind(&results)
-            .bind(&errors)
-            .bind(&timeouts)
-            .bind(&kinds)
-            .bind(&with_errors)
-            .bind(&extras)
-            .bind(&hint)
-            .fetch_all(&self.worker_pool)
-            .await
-            .map_err(db_err(OP))?;
-        if rows.len() != n {
-            return Err(Error::backend(
-                OP,
-                format!("{} results for {n} reports", rows.len()),
-            ));
-        }
-        let (mut requeued, mut changed) = (false, false);
-        let mut out = Vec::with_capacity(n);
-        for (row, id) in rows.iter().zip(&ids) {
-            let get = |e: sqlx::Error| corrupt(OP, e);
-            let status: Option<String> = row.try_get("new_status").map_err(get)?;
-            let found: bool = row.try_get("found").map_err(get)?;
-            out.push(match status {
-                Some(status) => {
-                    let status: TaskStatus = status.parse().map_err(|e| corrupt(OP, e))?;
-                    requeued |= status == TaskStatus::Queued;
-                    changed = true;
-                    Ok(status)
-                }
-                None if found => Err(Error::LeaseLost(TaskId(*id))),
-                None => Err(Error::TaskNotFound(TaskId(*id))),
-            });
-        }
-        if requeued {
-            self.wake_tasks();
-        }
-        if changed {
-            self.deferred(&hint);
-            self.wake_events();
-        }
-        Ok(out)
     }
 
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
@@ -689,5 +622,157 @@ impl TaskStore for PostgresBackend {
 
     fn task_wakeups(&self) -> Option<ChangeSignal> {
         Some(self.task_wakeups.clone())
+    }
+}
+
+impl PostgresBackend {
+    /// [`TaskStore::finish_attempts`] in general: one [`FINISH_ATTEMPTS`] statement.
+    async fn finish_batch(
+        &self,
+        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+    ) -> Result<Vec<Result<TaskStatus>>> {
+        const OP: &str = "finish_attempts";
+        let n = reports.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut targets = Vec::with_capacity(n);
+        let mut delays = Vec::with_capacity(n);
+        let mut undos = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut timeouts = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut with_errors = Vec::with_capacity(n);
+        let mut extras = Vec::with_capacity(n);
+        let mut any_requeue = false;
+        for (id, token, outcome) in reports {
+            let p = OutcomeParams::new(outcome);
+            any_requeue |= p.to == TaskStatus::Queued;
+            ids.push(id.0);
+            tokens.push(token.0);
+            targets.push(p.to.as_str());
+            delays.push(db_micros(p.delay));
+            undos.push(p.undo);
+            results.push(p.result);
+            errors.push(p.error);
+            timeouts.push(p.timed_out);
+            kinds.push(p.kind.as_str().to_owned());
+            with_errors.push(p.with_error);
+            extras.push(p.extra.to_string());
+        }
+        let hint = self.finish_hint(any_requeue);
+        let rows = sqlx::query(FINISH_ATTEMPTS)
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&targets)
+            .bind(&delays)
+            .bind(&undos)
+            .bind(&results)
+            .bind(&errors)
+            .bind(&timeouts)
+            .bind(&kinds)
+            .bind(&with_errors)
+            .bind(&extras)
+            .bind(&hint)
+            .fetch_all(&self.worker_pool)
+            .await
+            .map_err(db_err(OP))?;
+        if rows.len() != n {
+            return Err(Error::backend(
+                OP,
+                format!("{} results for {n} reports", rows.len()),
+            ));
+        }
+        let (mut requeued, mut changed) = (false, false);
+        let mut out = Vec::with_capacity(n);
+        for (row, id) in rows.iter().zip(&ids) {
+            let get = |e: sqlx::Error| corrupt(OP, e);
+            let status: Option<String> = row.try_get("new_status").map_err(get)?;
+            let found: bool = row.try_get("found").map_err(get)?;
+            out.push(match status {
+                Some(status) => {
+                    let status: TaskStatus = status.parse().map_err(|e| corrupt(OP, e))?;
+                    requeued |= status == TaskStatus::Queued;
+                    changed = true;
+                    Ok(status)
+                }
+                None if found => Err(Error::LeaseLost(TaskId(*id))),
+                None => Err(Error::TaskNotFound(TaskId(*id))),
+            });
+        }
+        if requeued {
+            self.wake_tasks();
+        }
+        if changed {
+            self.deferred(&hint);
+            self.wake_events();
+        }
+        Ok(out)
+    }
+
+    /// [`TaskStore::finish_attempts`] for successes of distinct tasks: one [`FINISH_SUCCESSES`]
+    /// statement; the reports it did not finish (lease lost, task unknown) then go through
+    /// [`finish_batch`](Self::finish_batch), which tells which.
+    async fn finish_successes(
+        &self,
+        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+    ) -> Result<Vec<Result<TaskStatus>>> {
+        const OP: &str = "finish_attempts";
+        let n = reports.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        for (id, token, outcome) in reports {
+            ids.push(id.0);
+            tokens.push(token.0);
+            results.push(match outcome {
+                AttemptOutcome::Succeeded { result } => storable_json(result),
+                _ => Value::Null.to_string(),
+            });
+        }
+        let hint = self.finish_hint(false);
+        let rows = sqlx::query(FINISH_SUCCESSES)
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&results)
+            .bind(&hint)
+            .fetch_all(&self.worker_pool)
+            .await
+            .map_err(db_err(OP))?;
+        let mut done = std::collections::HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let id: Uuid = row.try_get("id").map_err(|e| corrupt(OP, e))?;
+            done.insert(id);
+        }
+        if !done.is_empty() {
+            self.deferred(&hint);
+            self.wake_events();
+        }
+        let mut out: Vec<Result<TaskStatus>> = Vec::with_capacity(n);
+        let mut left = Vec::new();
+        for (index, ((id, token), result)) in ids.into_iter().zip(tokens).zip(results).enumerate() {
+            if done.contains(&id) {
+                out.push(Ok(TaskStatus::Succeeded));
+            } else {
+                // Rare (a lost lease, an unknown task): the report again, for the general path.
+                out.push(Err(Error::LeaseLost(TaskId(id))));
+                let result = serde_json::from_str(&result).map_err(|e| corrupt(OP, e))?;
+                left.push((
+                    index,
+                    (
+                        TaskId(id),
+                        LeaseToken(token),
+                        AttemptOutcome::Succeeded { result },
+                    ),
+                ));
+            }
+        }
+        if !left.is_empty() {
+            let (indexes, reports): (Vec<usize>, Vec<_>) = left.into_iter().unzip();
+            for (index, answer) in indexes.into_iter().zip(self.finish_batch(reports).await?) {
+                out[index] = answer;
+            }
+        }
+        Ok(out)
     }
 }
