@@ -103,12 +103,13 @@ async fn zero_in_flight_is_refused() {
         crate::config().with_claims_in_flight(0),
         crate::config().with_reports_in_flight(0),
     ] {
-        let error = Orchestrator::builder(crate::backend())
+        let Err(error) = Orchestrator::builder(crate::backend())
             .config(config)
             .build()
             .await
-            .err()
-            .expect("refused");
+        else {
+            panic!("a zero in-flight limit was accepted");
+        };
         assert!(error.to_string().contains("in_flight"), "{error}");
     }
 }
