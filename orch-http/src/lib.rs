@@ -17,6 +17,7 @@
 //! - [`routes`]: one module per area (`jobs`, `locks`, `sse`, `auth`, `webhook`, `health`,
 //!   `misc`); [`openapi`]: the generated document at `/openapi.json`.
 //! - [`engines`]: the built-in `echo` and `sleep` engines `orchd` registers.
+//! - [`serve`] (`server.rs`): the lean HTTP/1.1 server `orchd` runs the router on.
 //! - [`Clock`]: injectable time for token expiry, lockout, limits and webhook tolerance.
 //!
 //! The router depends on orch-core alone: with `default-features = false` this crate pulls in
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
+pub mod server;
 pub mod settings;
 mod state;
 pub mod webhook;
@@ -46,4 +48,5 @@ pub use config::{ConfigError, HttpConfig, Secret};
 pub use error::ApiError;
 pub use orch_core;
 pub use routes::router;
+pub use server::serve;
 pub use state::AppState;

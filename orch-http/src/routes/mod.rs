@@ -24,7 +24,8 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The API as an axum [`Router`] over `state`: mount it, nest it, or serve it. Serve it with
-/// `into_make_service_with_connect_info::<SocketAddr>()` so per-IP limits and security events
+/// [`crate::serve`] (what `orchd` runs), or with
+/// `into_make_service_with_connect_info::<SocketAddr>()`, so per-IP limits and security events
 /// see the client address.
 pub fn router(state: AppState) -> Router {
     let config = state.config().clone();

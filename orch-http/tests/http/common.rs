@@ -1,6 +1,5 @@
 //! The harness: a server on 127.0.0.1:0 with users of every role, and a small client.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +8,7 @@ use orch_http::config::{PasswordHashing, RateLimitConfig};
 use orch_http::{AppState, Clock, HttpConfig, Role, Secret};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 pub(crate) const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
 pub(crate) const WEBHOOK_SECRET: &str = "whsec_test";
@@ -32,7 +32,9 @@ pub(crate) struct Server {
     pub(crate) orch: Orchestrator,
     pub(crate) clock: Clock,
     pub(crate) http: reqwest::Client,
-    server: tokio::task::JoinHandle<()>,
+    /// Stops the server gracefully (no new connections; open ones finish their request).
+    pub(crate) stop: CancellationToken,
+    pub(crate) server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Drop for Server {
@@ -100,13 +102,9 @@ pub(crate) async fn start_full(
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let app = orch_http::router(state.clone());
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await;
-    });
+    // The server orchd runs (HTTP/1.1, `ConnectInfo` on every request); aborted on drop.
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(orch_http::serve(listener, app, stop.clone()));
     Server {
         base: format!("http://{addr}"),
         state,
@@ -116,6 +114,7 @@ pub(crate) async fn start_full(
             .timeout(Duration::from_secs(20))
             .build()
             .expect("client"),
+        stop,
         server,
     }
 }

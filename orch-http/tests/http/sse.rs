@@ -304,3 +304,30 @@ async fn a_slow_client_lags_and_catches_up_from_the_log() {
         assert_eq!(frame.id, Some(expected), "no gap, no duplicate");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams_and_the_server_returns() {
+    let mut server = common::start().await;
+    let token = server.token("viewer").await;
+    let mut stream = Stream::open(&server, &token, "", None).await;
+    // orchd's order: the application's shutdown (streams end), then stop accepting.
+    server.state.begin_shutdown();
+    server.stop.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.response.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "an open stream ends at shutdown");
+    let served = tokio::time::timeout(Duration::from_secs(10), &mut server.server)
+        .await
+        .expect("the server returns once its connections closed")
+        .expect("server task");
+    assert!(served.is_ok());
+    let refused = server
+        .http
+        .get(server.url("/health"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(refused.is_err(), "no connection is accepted after shutdown");
+}

@@ -199,14 +199,7 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
     let stop_accepting = CancellationToken::new();
     let server = {
         let stop = stop_accepting.clone();
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-        })
+        tokio::spawn(orch_http::serve(listener, app, stop))
     };
 
     // 6. Tell the person how to use it.
