@@ -98,6 +98,31 @@ pub(crate) fn to_u32(operation: &'static str, column: &str, value: i64) -> orch_
     u32::try_from(value).map_err(|_| corrupt(operation, format!("{column} = {value}")))
 }
 
+/// The migrator of one backend: `(version, description, SQL)` in order, recorded in
+/// [`MIGRATIONS_TABLE`].
+pub(crate) fn migrator(
+    migrations: &[(i64, &'static str, &'static str)],
+) -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr as _;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let mut migrator = Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    );
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,9 +34,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use orch_core::{ChangeSignal, Error, LeaseToken, Result, Task, TaskId, TaskStatus};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::Row;
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Row, SqlSafeStr};
 use uuid::Uuid;
 
 use crate::common::{corrupt, db_err, from_micros, to_u32};
@@ -97,29 +97,18 @@ impl PostgresOptions {
 }
 
 fn migrator() -> Migrator {
-    let migration = |version, description: &str, sql: &'static str| {
-        Migration::new(
-            version,
-            description.to_owned().into(),
-            MigrationType::Simple,
-            sql.into_sql_str(),
-            false,
-        )
-    };
-    let mut migrator = Migrator::with_migrations(vec![
-        migration(
+    crate::common::migrator(&[
+        (
             1,
             "init",
             include_str!("../../migrations/postgres/0001_init.sql"),
         ),
-        migration(
+        (
             2,
             "transition indexes",
             include_str!("../../migrations/postgres/0002_transition_indexes.sql"),
         ),
-    ]);
-    migrator.dangerous_set_table_name(crate::common::MIGRATIONS_TABLE);
-    migrator
+    ])
 }
 
 /// A backend in PostgreSQL: several orch processes pointed at one database share its queue,

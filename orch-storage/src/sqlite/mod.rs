@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use orch_core::{ChangeSignal, Error, LeaseToken, Result, Task, TaskId, TaskStatus};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{ConnectOptions as _, Connection as _, Row, SqlSafeStr, Sqlite, Transaction};
+use sqlx::{ConnectOptions as _, Connection as _, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use crate::common::{corrupt, db_err, from_micros, to_u32, truncate_micros};
@@ -42,29 +42,18 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: u32 = 4;
 
 fn migrator() -> Migrator {
-    let migration = |version, description: &str, sql: &'static str| {
-        Migration::new(
-            version,
-            description.to_owned().into(),
-            MigrationType::Simple,
-            sql.into_sql_str(),
-            false,
-        )
-    };
-    let mut migrator = Migrator::with_migrations(vec![
-        migration(
+    crate::common::migrator(&[
+        (
             1,
             "init",
             include_str!("../../migrations/sqlite/0001_init.sql"),
         ),
-        migration(
+        (
             2,
             "transition indexes",
             include_str!("../../migrations/sqlite/0002_transition_indexes.sql"),
         ),
-    ]);
-    migrator.dangerous_set_table_name(crate::common::MIGRATIONS_TABLE);
-    migrator
+    ])
 }
 
 /// Refuses, before anything is written, an existing file that is not a SQLite database, a
