@@ -25,22 +25,6 @@ struct Permits {
     _global: OwnedSemaphorePermit,
 }
 
-/// Waits for one slot, or `None` when `stop` fires first.
-async fn acquire_slot(inner: &Inner, core: &Core, stop: &CancellationToken) -> Option<Permits> {
-    let core_permit = tokio::select! {
-        permit = core.slots.clone().acquire_owned() => permit.ok()?,
-        _ = stop.cancelled() => return None,
-    };
-    let global_permit = tokio::select! {
-        permit = inner.global.clone().acquire_owned() => permit.ok()?,
-        _ = stop.cancelled() => return None,
-    };
-    Some(Permits {
-        _core: core_permit,
-        _global: global_permit,
-    })
-}
-
 /// Waits until `count` slots are free at once and takes them, or `None` when `stop` fires
 /// first.
 async fn acquire_slots(
@@ -471,7 +455,10 @@ async fn wait_for_locks(
         }
     };
     drop(waiter);
-    match acquire_slot(inner, core, &running.cancel).await {
+    match acquire_slots(inner, core, 1, &running.cancel)
+        .await
+        .and_then(|mut slots| slots.pop())
+    {
         Some(permits) => LockWait::Ready(permits, guards),
         None => LockWait::Done(stopped(running)),
     }
