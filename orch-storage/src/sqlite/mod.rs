@@ -263,6 +263,46 @@ impl SqliteBackend {
             .map_err(db_err(operation))
     }
 
+    /// Runs `query`, a write script, on the writer as one command to its connection thread
+    /// (instead of one per statement and one per returned row): statements run in turn, the
+    /// first `BEGIN IMMEDIATE` and the last `COMMIT`. Returns the rows its statements return.
+    ///
+    /// The script runs in a task of its own, so a caller that gives up does not stop it half
+    /// way, which would leave its transaction open on the writer. If a statement fails, the
+    /// script stops there and what it began is rolled back.
+    async fn write_script(
+        &self,
+        operation: &'static str,
+        query: sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<Vec<SqliteRow>> {
+        let writer = self.writer.clone();
+        let in_memory = self.path.is_none();
+        let run = async move {
+            let mut conn = writer.acquire().await?;
+            match query.fetch_all(&mut *conn).await {
+                Ok(rows) => Ok(rows),
+                Err(error) => {
+                    if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await
+                        && !rollback.to_string().contains("no transaction is active")
+                        && !in_memory
+                    {
+                        // The transaction's state is unknown: closing the connection ends
+                        // it (an in-memory database would go with its only connection).
+                        conn.close_on_drop();
+                    }
+                    Err(error)
+                }
+            }
+        };
+        match tokio::spawn(run).await {
+            Ok(result) => result.map_err(db_err(operation)),
+            Err(join) => Err(Error::backend(
+                operation,
+                format!("write task failed: {join}"),
+            )),
+        }
+    }
+
     fn wake_tasks(&self) {
         self.task_wakeups.raise();
     }
@@ -295,6 +335,104 @@ fn json_to_db(value: &serde_json::Value) -> String {
 
 fn json_from_db(operation: &'static str, text: &str) -> Result<serde_json::Value> {
     serde_json::from_str(text).map_err(|e| corrupt(operation, e))
+}
+
+/// A task row as one JSON array (`hex(id)`, core, status, priority, timeout, max attempts,
+/// attempt, run at, created, updated, started, finished, lease expiry, payload, metadata,
+/// `[result]` or null, error, idempotency key, locks, `hex(lease_token)`), so that a statement
+/// can hand back many tasks in one value with `json_group_array`. Decoded by [`TaskJson`].
+macro_rules! task_json {
+    () => {
+        "json_array(hex(id), core_id, status, priority, timeout_us, max_attempts, attempt, \
+         run_at, created_at, updated_at, started_at, finished_at, lease_expires_at, \
+         json(payload), json(metadata), \
+         CASE WHEN result IS NULL THEN NULL ELSE json_array(json(result)) END, \
+         error, idempotency_key, json(locks), hex(lease_token))"
+    };
+}
+pub(crate) use task_json;
+
+/// A task row in the shape of [`task_json!`].
+#[derive(serde::Deserialize)]
+struct TaskJson(
+    String,
+    String,
+    String,
+    i32,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    serde_json::Value,
+    serde_json::Value,
+    Option<[serde_json::Value; 1]>,
+    Option<String>,
+    Option<String>,
+    Vec<String>,
+    Option<String>,
+);
+
+/// Decodes a JSON array of [`task_json!`] rows, with their lease tokens.
+fn tasks_from_json(operation: &'static str, text: &str) -> Result<Vec<(Task, Option<LeaseToken>)>> {
+    let rows: Vec<TaskJson> = serde_json::from_str(text).map_err(|e| corrupt(operation, e))?;
+    let uuid = |hex: &str| Uuid::try_parse(hex).map_err(|e| corrupt(operation, e));
+    rows.into_iter()
+        .map(|row| {
+            let TaskJson(
+                id,
+                core_id,
+                status,
+                priority,
+                timeout_us,
+                max_attempts,
+                attempt,
+                run_at,
+                created_at,
+                updated_at,
+                started_at,
+                finished_at,
+                lease_expires_at,
+                payload,
+                metadata,
+                result,
+                error,
+                idempotency_key,
+                locks,
+                lease,
+            ) = row;
+            let task = Task {
+                id: TaskId(uuid(&id)?),
+                core_id,
+                status: TaskStatus::from_str(&status).map_err(|e| corrupt(operation, e))?,
+                priority,
+                timeout: from_micros(timeout_us),
+                max_attempts: to_u32(operation, "max_attempts", max_attempts)?,
+                attempt: to_u32(operation, "attempt", attempt)?,
+                run_at: time_from_db(operation, run_at)?,
+                created_at: time_from_db(operation, created_at)?,
+                updated_at: time_from_db(operation, updated_at)?,
+                started_at: opt_time_from_db(operation, started_at)?,
+                finished_at: opt_time_from_db(operation, finished_at)?,
+                lease_expires_at: opt_time_from_db(operation, lease_expires_at)?,
+                payload,
+                metadata,
+                result: result.map(|[value]| value),
+                error,
+                idempotency_key,
+                locks,
+            };
+            let lease = match lease.as_deref() {
+                None | Some("") => None,
+                Some(hex) => Some(LeaseToken(uuid(hex)?)),
+            };
+            Ok((task, lease))
+        })
+        .collect()
 }
 
 /// A task row and its lease token.

@@ -12,7 +12,12 @@ use orch_core::{
 use serde_json::{Value, json};
 use sqlx::{Row, SqliteConnection};
 
-use super::{SqliteBackend, json_to_db, now, task_from_row, time_from_db, time_to_db};
+use uuid::Uuid;
+
+use super::{
+    SqliteBackend, json_to_db, now, task_from_row, task_json, tasks_from_json, time_from_db,
+    time_to_db,
+};
 use crate::common::{corrupt, db_err, micros, truncate_micros};
 
 /// `now + duration`, saturating at the latest representable time.
@@ -305,6 +310,46 @@ async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> 
     Ok(())
 }
 
+/// Claims up to `?4` available tasks of core `?3` at time `?1` with lease expiry `?2`, gives
+/// each a lease token starting with the batch's bytes `?5`, appends their `task.started`
+/// events and returns them as one JSON array, all in claim order.
+const CLAIM_SCRIPT: &str = concat!(
+    "BEGIN IMMEDIATE;
+UPDATE orch_tasks SET status = 'running', attempt = attempt + 1, started_at = ?1,
+    updated_at = ?1, lease_token = unhex(hex(?5) || hex(randomblob(8))), lease_expires_at = ?2
+WHERE id IN (SELECT id FROM orch_tasks WHERE status = 'queued' AND core_id = ?3
+             AND run_at <= ?1 ORDER BY priority DESC, run_at, id LIMIT ?4);
+INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
+SELECT 'task.started', ?1, id, core_id, attempt, 'null' FROM orch_tasks
+WHERE lease_expires_at = ?2 AND substr(lease_token, 1, 8) = ?5
+ORDER BY priority DESC, run_at, id;
+SELECT json_group_array(",
+    task_json!(),
+    " ORDER BY priority DESC, run_at, id) AS tasks FROM orch_tasks
+WHERE lease_expires_at = ?2 AND substr(lease_token, 1, 8) = ?5;
+COMMIT"
+);
+
+/// Finishes, as successes, the reports `?1` (a JSON array of `[hex id, hex lease token,
+/// result]`, distinct tasks) that hold their task's lease, at time `?2`, with their
+/// `task.succeeded` events in input order; returns the positions of the reports it finished
+/// as one JSON array.
+const FINISH_SUCCESSES_SCRIPT: &str = "BEGIN IMMEDIATE;
+SELECT json_group_array(v.key) AS finished
+FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
+WHERE t.status = 'running' AND t.lease_token = unhex(v.value ->> 1);
+INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
+SELECT 'task.succeeded', ?2, t.id, t.core_id, t.attempt, 'null'
+FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
+WHERE t.status = 'running' AND t.lease_token = unhex(v.value ->> 1)
+ORDER BY v.key;
+UPDATE orch_tasks SET status = 'succeeded', updated_at = ?2, finished_at = ?2,
+    result = v.value -> 2, lease_token = NULL, lease_expires_at = NULL
+FROM json_each(?1) AS v
+WHERE orch_tasks.id = unhex(v.value ->> 0) AND orch_tasks.lease_token = unhex(v.value ->> 1)
+    AND orch_tasks.status = 'running';
+COMMIT";
+
 /// Most events per multi-row insert (6 parameters each, under SQLite's 32,766).
 const EVENTS_PER_INSERT: usize = 500;
 
@@ -397,183 +442,8 @@ pub(super) async fn insert_events(
 }
 
 impl SqliteBackend {
-    /// One finishing transition on a task, with its events, in one write transaction.
-    async fn transition<T>(
-        &self,
-        operation: &'static str,
-        id: TaskId,
-        apply: impl FnOnce(
-            &mut Task,
-            &mut Option<LeaseToken>,
-            DateTime<Utc>,
-        ) -> Result<(T, Vec<NewEvent>)>,
-    ) -> Result<(Task, T)> {
-        let now = now();
-        let mut tx = self.begin(operation).await?;
-        let (mut task, mut lease) = load(&mut tx, operation, id).await?;
-        let (out, events) = apply(&mut task, &mut lease, now)?;
-        save(&mut tx, operation, &task, lease).await?;
-        insert_events(&mut tx, operation, &events, now).await?;
-        tx.commit().await.map_err(db_err(operation))?;
-        self.wake_events();
-        Ok((task, out))
-    }
-}
-
-#[async_trait]
-impl TaskStore for SqliteBackend {
-    async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
-        const OP: &str = "create_tasks";
-        let mut tx = self.begin(OP).await?;
-        let out = insert_tasks(&mut tx, tasks).await?;
-        tx.commit().await.map_err(db_err(OP))?;
-        if out.iter().any(|c| c.created) {
-            self.wake_tasks();
-            self.wake_events();
-        }
-        Ok(out)
-    }
-
-    async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
-        const OP: &str = "get_task";
-        let row = sqlx::query("SELECT * FROM orch_tasks WHERE id = ?")
-            .bind(id.0)
-            .fetch_optional(&self.readers)
-            .await
-            .map_err(db_err(OP))?;
-        row.map(|row| task_from_row(OP, &row).map(|(task, _)| task))
-            .transpose()
-    }
-
-    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
-        const OP: &str = "list_tasks";
-        let limit = i64::try_from(filter.effective_limit()).unwrap_or(1000);
-        let rows = sqlx::query(
-            "SELECT * FROM orch_tasks WHERE (?1 IS NULL OR status = ?1) \
-             AND (?2 IS NULL OR core_id = ?2) AND (?3 IS NULL OR id > ?3) ORDER BY id LIMIT ?4",
-        )
-        .bind(filter.status.map(TaskStatus::as_str))
-        .bind(filter.core_id.as_deref())
-        .bind(filter.after.map(|id| id.0))
-        .bind(limit)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db_err(OP))?;
-        rows.iter()
-            .map(|row| task_from_row(OP, row).map(|(task, _)| task))
-            .collect()
-    }
-
-    async fn claim_tasks(
-        &self,
-        core_id: &str,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<Claimed>> {
-        const OP: &str = "claim_tasks";
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let now = now();
-        let expires = after(now, lease);
-        let mut tx = self.begin(OP).await?;
-        let rows = sqlx::query(
-            "UPDATE orch_tasks SET status = 'running', attempt = attempt + 1, started_at = ?1, \
-             updated_at = ?1, lease_token = randomblob(16), lease_expires_at = ?2 \
-             WHERE id IN (SELECT id FROM orch_tasks WHERE status = 'queued' AND core_id = ?3 \
-             AND run_at <= ?1 ORDER BY priority DESC, run_at, id LIMIT ?4) RETURNING *",
-        )
-        .bind(time_to_db(now))
-        .bind(time_to_db(expires))
-        .bind(core_id)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err(OP))?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let (task, token) = task_from_row(OP, row)?;
-            let lease_token = token.ok_or_else(|| corrupt(OP, "claimed task has no lease"))?;
-            claimed.push(Claimed { task, lease_token });
-        }
-        claimed.sort_by(|a, b| {
-            (std::cmp::Reverse(a.task.priority), a.task.run_at, a.task.id).cmp(&(
-                std::cmp::Reverse(b.task.priority),
-                b.task.run_at,
-                b.task.id,
-            ))
-        });
-        let events: Vec<NewEvent> = claimed
-            .iter()
-            .map(|c| task_event(EventKind::TaskStarted, &c.task, Value::Null))
-            .collect();
-        insert_events(&mut tx, OP, &events, now).await?;
-        tx.commit().await.map_err(db_err(OP))?;
-        if !claimed.is_empty() {
-            self.wake_events();
-        }
-        Ok(claimed)
-    }
-
-    async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>> {
-        const OP: &str = "next_run_at";
-        let at: Option<i64> = sqlx::query_scalar(
-            "SELECT min(run_at) FROM orch_tasks WHERE status = 'queued' AND core_id = ?",
-        )
-        .bind(core_id)
-        .fetch_one(&self.readers)
-        .await
-        .map_err(db_err(OP))?;
-        at.map(|at| time_from_db(OP, at)).transpose()
-    }
-
-    async fn renew_leases(
-        &self,
-        leases: Vec<(TaskId, LeaseToken)>,
-        lease: Duration,
-    ) -> Result<Vec<Option<DateTime<Utc>>>> {
-        const OP: &str = "renew_leases";
-        if leases.is_empty() {
-            return Ok(Vec::new());
-        }
-        let expires = after(now(), lease);
-        let mut tx = self.begin(OP).await?;
-        let mut out = Vec::with_capacity(leases.len());
-        for (id, token) in leases {
-            let done = sqlx::query(
-                "UPDATE orch_tasks SET lease_expires_at = ? \
-                 WHERE id = ? AND lease_token = ? AND status = 'running'",
-            )
-            .bind(time_to_db(expires))
-            .bind(id.0)
-            .bind(token.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(OP))?;
-            out.push((done.rows_affected() > 0).then_some(expires));
-        }
-        tx.commit().await.map_err(db_err(OP))?;
-        Ok(out)
-    }
-
-    async fn finish_attempt(
-        &self,
-        id: TaskId,
-        token: LeaseToken,
-        outcome: AttemptOutcome,
-    ) -> Result<Task> {
-        let (task, requeued) = self
-            .transition("finish_attempt", id, |task, lease, now| {
-                end_attempt(task, lease, now, token, outcome)
-            })
-            .await?;
-        if requeued {
-            self.wake_tasks();
-        }
-        Ok(task)
-    }
-
-    async fn finish_attempts(
+    /// [`TaskStore::finish_attempts`] for any batch, in one transaction.
+    async fn finish_attempts_general(
         &self,
         reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
     ) -> Result<Vec<Result<TaskStatus>>> {
@@ -660,6 +530,250 @@ impl TaskStore for SqliteBackend {
         }
         if requeued {
             self.wake_tasks();
+        }
+        out.into_iter()
+            .map(|item| item.ok_or_else(|| corrupt(OP, "a report got no answer")))
+            .collect()
+    }
+
+    /// One finishing transition on a task, with its events, in one write transaction.
+    async fn transition<T>(
+        &self,
+        operation: &'static str,
+        id: TaskId,
+        apply: impl FnOnce(
+            &mut Task,
+            &mut Option<LeaseToken>,
+            DateTime<Utc>,
+        ) -> Result<(T, Vec<NewEvent>)>,
+    ) -> Result<(Task, T)> {
+        let now = now();
+        let mut tx = self.begin(operation).await?;
+        let (mut task, mut lease) = load(&mut tx, operation, id).await?;
+        let (out, events) = apply(&mut task, &mut lease, now)?;
+        save(&mut tx, operation, &task, lease).await?;
+        insert_events(&mut tx, operation, &events, now).await?;
+        tx.commit().await.map_err(db_err(operation))?;
+        self.wake_events();
+        Ok((task, out))
+    }
+}
+
+#[async_trait]
+impl TaskStore for SqliteBackend {
+    async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
+        const OP: &str = "create_tasks";
+        let mut tx = self.begin(OP).await?;
+        let out = insert_tasks(&mut tx, tasks).await?;
+        tx.commit().await.map_err(db_err(OP))?;
+        if out.iter().any(|c| c.created) {
+            self.wake_tasks();
+            self.wake_events();
+        }
+        Ok(out)
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
+        const OP: &str = "get_task";
+        let row = sqlx::query("SELECT * FROM orch_tasks WHERE id = ?")
+            .bind(id.0)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(db_err(OP))?;
+        row.map(|row| task_from_row(OP, &row).map(|(task, _)| task))
+            .transpose()
+    }
+
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
+        const OP: &str = "list_tasks";
+        let limit = i64::try_from(filter.effective_limit()).unwrap_or(1000);
+        let rows = sqlx::query(
+            "SELECT * FROM orch_tasks WHERE (?1 IS NULL OR status = ?1) \
+             AND (?2 IS NULL OR core_id = ?2) AND (?3 IS NULL OR id > ?3) ORDER BY id LIMIT ?4",
+        )
+        .bind(filter.status.map(TaskStatus::as_str))
+        .bind(filter.core_id.as_deref())
+        .bind(filter.after.map(|id| id.0))
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_err(OP))?;
+        rows.iter()
+            .map(|row| task_from_row(OP, row).map(|(task, _)| task))
+            .collect()
+    }
+
+    async fn claim_tasks(
+        &self,
+        core_id: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>> {
+        const OP: &str = "claim_tasks";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now();
+        let expires = after(now, lease);
+        // Eight random bytes shared by this batch's lease tokens (each ends in eight of its
+        // own): with the lease expiry, they find the batch again in the script's later
+        // statements, through the lease index.
+        let batch = Uuid::new_v4().as_bytes()[8..].to_vec();
+        let rows = self
+            .write_script(
+                OP,
+                sqlx::query(CLAIM_SCRIPT)
+                    .bind(time_to_db(now))
+                    .bind(time_to_db(expires))
+                    .bind(core_id.to_owned())
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .bind(batch),
+            )
+            .await?;
+        let [row] = rows.as_slice() else {
+            return Err(corrupt(OP, "the claim returned no batch"));
+        };
+        let tasks: String = row.try_get("tasks").map_err(|e| corrupt(OP, e))?;
+        let claimed = tasks_from_json(OP, &tasks)?
+            .into_iter()
+            .map(|(task, token)| {
+                let lease_token = token.ok_or_else(|| corrupt(OP, "claimed task has no lease"))?;
+                Ok(Claimed { task, lease_token })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !claimed.is_empty() {
+            self.wake_events();
+        }
+        Ok(claimed)
+    }
+
+    async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>> {
+        const OP: &str = "next_run_at";
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT min(run_at) FROM orch_tasks WHERE status = 'queued' AND core_id = ?",
+        )
+        .bind(core_id)
+        .fetch_one(&self.readers)
+        .await
+        .map_err(db_err(OP))?;
+        at.map(|at| time_from_db(OP, at)).transpose()
+    }
+
+    async fn renew_leases(
+        &self,
+        leases: Vec<(TaskId, LeaseToken)>,
+        lease: Duration,
+    ) -> Result<Vec<Option<DateTime<Utc>>>> {
+        const OP: &str = "renew_leases";
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expires = after(now(), lease);
+        let mut tx = self.begin(OP).await?;
+        let mut out = Vec::with_capacity(leases.len());
+        for (id, token) in leases {
+            let done = sqlx::query(
+                "UPDATE orch_tasks SET lease_expires_at = ? \
+                 WHERE id = ? AND lease_token = ? AND status = 'running'",
+            )
+            .bind(time_to_db(expires))
+            .bind(id.0)
+            .bind(token.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+            out.push((done.rows_affected() > 0).then_some(expires));
+        }
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(out)
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: TaskId,
+        token: LeaseToken,
+        outcome: AttemptOutcome,
+    ) -> Result<Task> {
+        let (task, requeued) = self
+            .transition("finish_attempt", id, |task, lease, now| {
+                end_attempt(task, lease, now, token, outcome)
+            })
+            .await?;
+        if requeued {
+            self.wake_tasks();
+        }
+        Ok(task)
+    }
+
+    async fn finish_attempts(
+        &self,
+        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+    ) -> Result<Vec<Result<TaskStatus>>> {
+        const OP: &str = "finish_attempts";
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The common case, a batch of successes of distinct tasks, is one write script; a
+        // success that did not hold its lease then takes the general path, which tells why.
+        let mut ids = std::collections::HashSet::with_capacity(reports.len());
+        let all_successes = reports.iter().all(|(id, _, outcome)| {
+            matches!(outcome, AttemptOutcome::Succeeded { .. }) && ids.insert(*id)
+        });
+        if !all_successes {
+            return self.finish_attempts_general(reports).await;
+        }
+        let mut input = String::with_capacity(reports.len() * 96);
+        input.push('[');
+        for (i, (id, token, outcome)) in reports.iter().enumerate() {
+            let AttemptOutcome::Succeeded { result } = outcome else {
+                unreachable!("checked above");
+            };
+            if i > 0 {
+                input.push(',');
+            }
+            input.push_str(&format!(
+                "[\"{}\",\"{}\",{}]",
+                id.0.simple(),
+                token.0.simple(),
+                json_to_db(result)
+            ));
+        }
+        input.push(']');
+        let rows = self
+            .write_script(
+                OP,
+                sqlx::query(FINISH_SUCCESSES_SCRIPT)
+                    .bind(input)
+                    .bind(time_to_db(now())),
+            )
+            .await?;
+        let [row] = rows.as_slice() else {
+            return Err(corrupt(OP, "finishing returned no answer"));
+        };
+        let finished: String = row.try_get("finished").map_err(|e| corrupt(OP, e))?;
+        let finished: Vec<usize> = serde_json::from_str(&finished).map_err(|e| corrupt(OP, e))?;
+        let mut out: Vec<Option<Result<TaskStatus>>> = (0..reports.len()).map(|_| None).collect();
+        for index in finished {
+            let slot = out
+                .get_mut(index)
+                .ok_or_else(|| corrupt(OP, "finished a report that was not sent"))?;
+            *slot = Some(Ok(TaskStatus::Succeeded));
+        }
+        if out.iter().any(Option::is_some) {
+            self.wake_events();
+        }
+        let (rest_at, rest): (Vec<usize>, Vec<_>) = reports
+            .into_iter()
+            .enumerate()
+            .filter(|(index, _)| out[*index].is_none())
+            .unzip();
+        if !rest.is_empty() {
+            for (index, answer) in rest_at
+                .into_iter()
+                .zip(self.finish_attempts_general(rest).await?)
+            {
+                out[index] = Some(answer);
+            }
         }
         out.into_iter()
             .map(|item| item.ok_or_else(|| corrupt(OP, "a report got no answer")))
