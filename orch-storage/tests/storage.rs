@@ -796,6 +796,35 @@ mod sqlite_only {
         Ok(())
     }
 
+    /// The writer leaves checkpoints to a background connection (its own come only past 64
+    /// MiB of WAL), which copies what commits into the database file soon after.
+    #[tokio::test]
+    async fn a_background_checkpoint_copies_the_wal_into_the_file() -> anyhow::Result<()> {
+        let (backend, _dir) = crate::support::sqlite_backend().await?;
+        let path = backend
+            .path()
+            .context("file backend has no path")?
+            .to_path_buf();
+        let size = || std::fs::metadata(&path).map(|m| m.len());
+        let before = size()?;
+        let backend: SharedBackend = Arc::new(backend);
+        let padding = "x".repeat(2_000);
+        create(
+            &backend,
+            (0..200)
+                .map(|n| spec("work").payload(json!({ "n": n, "padding": padding })))
+                .collect(),
+        )
+        .await?;
+        let after = eventually("the database file holds the new tasks", || async {
+            let now = size()?;
+            Ok((now >= before + 400_000).then_some(now))
+        })
+        .await?;
+        ensure!(after > before);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn data_survives_reopen() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;

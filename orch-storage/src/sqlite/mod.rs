@@ -41,6 +41,49 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read-only connections kept beside the writer.
 const READERS: u32 = 4;
 
+/// How long the checkpointer lets commits gather before copying them into the database file.
+const CHECKPOINT_DELAY: Duration = Duration::from_millis(100);
+
+/// The WAL size (in pages) past which the writer checkpoints itself: a backstop for a write
+/// load so steady that the background checkpoints never catch up with the end of the WAL,
+/// which SQLite then cannot start over.
+const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
+
+/// Copies committed pages from the WAL into the database file in the background, on a
+/// connection of its own (a `PASSIVE` checkpoint, which never blocks the writer), so the
+/// writer does not stop for a checkpoint's copy and `fsync` every thousand pages.
+struct Checkpointer {
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(pool: SqlitePool) -> Self {
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let woken = wake.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                woken.notified().await;
+                tokio::time::sleep(CHECKPOINT_DELAY).await;
+                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&pool)
+                    .await
+                {
+                    // The writer's own checkpoints (past WRITER_CHECKPOINT_PAGES) still run.
+                    tracing::warn!(%error, "sqlite background checkpoint failed");
+                }
+            }
+        });
+        Checkpointer { wake, task }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 fn migrator() -> Migrator {
     crate::common::migrator(&[
         (
@@ -138,6 +181,8 @@ pub struct SqliteBackend {
     task_wakeups: ChangeSignal,
     /// Bumped after a commit that appended events.
     event_wakeups: ChangeSignal,
+    /// `None` in memory (no WAL).
+    checkpointer: Option<Checkpointer>,
 }
 
 impl SqliteBackend {
@@ -174,7 +219,15 @@ impl SqliteBackend {
                 options
                     .clone()
                     .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal),
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .pragma(
+                        "wal_autocheckpoint",
+                        if in_memory {
+                            "1000".to_owned()
+                        } else {
+                            WRITER_CHECKPOINT_PAGES.to_string()
+                        },
+                    ),
             )
             .await
             .map_err(db_err(OP))?;
@@ -182,6 +235,14 @@ impl SqliteBackend {
             .run(&writer)
             .await
             .map_err(|e| Error::backend_source("migrate sqlite database", e))?;
+        let checkpointer = (!in_memory).then(|| {
+            Checkpointer::start(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .test_before_acquire(false)
+                    .connect_lazy_with(options.clone()),
+            )
+        });
         let readers = if in_memory {
             writer.clone()
         } else {
@@ -198,6 +259,7 @@ impl SqliteBackend {
             path,
             task_wakeups: ChangeSignal::new(),
             event_wakeups: ChangeSignal::new(),
+            checkpointer,
         })
     }
 
@@ -251,12 +313,16 @@ impl SqliteBackend {
 
     /// Closes every connection (checkpointing the WAL). Later calls fail.
     pub async fn close(&self) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.task.abort();
+        }
         self.readers.close().await;
         self.writer.close().await;
     }
 
     /// Starts a write transaction on the writer with `BEGIN IMMEDIATE`.
     async fn begin(&self, operation: &'static str) -> Result<Transaction<'static, Sqlite>> {
+        self.wrote();
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -275,6 +341,7 @@ impl SqliteBackend {
         operation: &'static str,
         query: sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments>,
     ) -> Result<Vec<SqliteRow>> {
+        self.wrote();
         let writer = self.writer.clone();
         let in_memory = self.path.is_none();
         let run = async move {
@@ -300,6 +367,13 @@ impl SqliteBackend {
                 operation,
                 format!("write task failed: {join}"),
             )),
+        }
+    }
+
+    /// Tells the checkpointer that the WAL is growing.
+    fn wrote(&self) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.wake.notify_one();
         }
     }
 
@@ -475,4 +549,74 @@ fn task_from_row(operation: &'static str, row: &SqliteRow) -> Result<(Task, Opti
         locks,
     };
     Ok((task, lease.map(LeaseToken)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn keys(backend: &SqliteBackend) -> Vec<String> {
+        sqlx::query_scalar("SELECT key FROM orch_kv ORDER BY key")
+            .fetch_all(&backend.readers)
+            .await
+            .expect("read keys")
+    }
+
+    /// A script that fails half way leaves nothing of what it did, and the writer usable.
+    #[tokio::test]
+    async fn a_failed_write_script_is_rolled_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = SqliteBackend::open(dir.path().join("s.db").to_str().expect("utf-8"))
+            .await
+            .expect("open");
+        let failing = "BEGIN IMMEDIATE;
+INSERT INTO orch_kv (key, value) VALUES ('a', x'00');
+INSERT INTO orch_kv (key, value) VALUES ('a', x'01');
+COMMIT";
+        let error = backend
+            .write_script("test", sqlx::query(failing))
+            .await
+            .expect_err("a duplicate key fails the script");
+        assert!(error.to_string().contains("UNIQUE"), "{error}");
+        assert!(keys(&backend).await.is_empty(), "the first insert stayed");
+        let ok = "BEGIN IMMEDIATE; INSERT INTO orch_kv (key, value) VALUES ('b', x'00'); COMMIT";
+        backend
+            .write_script("test", sqlx::query(ok))
+            .await
+            .expect("the writer works after a failed script");
+        assert_eq!(keys(&backend).await, ["b"]);
+    }
+
+    /// A caller that gives up does not cut a script short: it runs to its end on its own.
+    #[tokio::test]
+    async fn a_dropped_write_script_still_completes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = SqliteBackend::open(dir.path().join("s.db").to_str().expect("utf-8"))
+            .await
+            .expect("open");
+        let script = "BEGIN IMMEDIATE;
+INSERT INTO orch_kv (key, value) VALUES ('a', x'00');
+INSERT INTO orch_kv (key, value) VALUES ('b', x'00');
+COMMIT";
+        let mut call = Box::pin(backend.write_script("test", sqlx::query(script)));
+        // Polled once (the script is handed over), then dropped.
+        assert!(futures_poll_once(call.as_mut()).await.is_none());
+        drop(call);
+        let ok = "BEGIN IMMEDIATE; INSERT INTO orch_kv (key, value) VALUES ('c', x'00'); COMMIT";
+        backend
+            .write_script("test", sqlx::query(ok))
+            .await
+            .expect("the writer works after a dropped script");
+        assert_eq!(keys(&backend).await, ["a", "b", "c"]);
+    }
+
+    async fn futures_poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
+                std::task::Poll::Ready(out) => Some(out),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
+    }
 }
