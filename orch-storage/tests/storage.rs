@@ -1108,7 +1108,9 @@ mod postgres_only {
         let mut slow = sqlx::PgConnection::connect(&url).await?;
         let mut tx = slow.begin().await?;
         sqlx::query(
-            "INSERT INTO orch_events (kind, at, data) VALUES ('test.slow', now(), 'null'::jsonb)",
+            "INSERT INTO orch_event_batches (n, at, kinds, task_ids, core_ids, attempts, data) \
+             VALUES (1, now(), ARRAY['test.slow'], ARRAY[NULL::uuid], ARRAY[NULL], \
+                     ARRAY[NULL::int4], '[null]')",
         )
         .execute(&mut *tx)
         .await?;
@@ -1126,6 +1128,155 @@ mod postgres_only {
         Ok(())
     }
 
+    /// Events live in rows of up to 256; reading them in any window gives the one log, and a
+    /// reader whose next events were pruned goes on past the gap.
+    #[tokio::test]
+    async fn event_rows_read_as_one_log_and_across_gaps() -> anyhow::Result<()> {
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        let backend: SharedBackend = Arc::new(PostgresBackend::connect(&url).await?);
+        let tasks = create(&backend, (0..600).map(|_| spec("rows")).collect()).await?;
+        let all = backend.read_events(0, 1_000).await?;
+        ensure!(all.len() == 600, "read {} events", all.len());
+        for (i, (event, task)) in all.iter().zip(&tasks).enumerate() {
+            ensure!(
+                event.seq == i as u64 + 1,
+                "event {i} numbered {}",
+                event.seq
+            );
+            ensure!(event.task_id == Some(task.id) && event.kind == EventKind::TaskQueued);
+        }
+        let mut paged = Vec::new();
+        loop {
+            let after = paged.last().map_or(0, |e: &orch_core::Event| e.seq);
+            let page = backend.read_events(after, 7).await?;
+            if page.is_empty() {
+                break;
+            }
+            ensure!(page.len() <= 7);
+            paged.extend(page);
+        }
+        ensure!(paged == all, "paging changed the log");
+        let middle = backend.read_events(300, 3).await?;
+        ensure!(middle.iter().map(|e| e.seq).eq([301, 302, 303]));
+
+        // 600 events took three rows (256, 256, 88): drop the middle one, as pruning would.
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&url).await?;
+        let rows: Vec<i32> = sqlx::query_scalar("SELECT n FROM orch_event_batches ORDER BY id")
+            .fetch_all(&mut conn)
+            .await?;
+        ensure!(rows == [256, 256, 88], "rows {rows:?}");
+        sqlx::query("DELETE FROM orch_event_batches WHERE seq = 257")
+            .execute(&mut conn)
+            .await?;
+        let after_gap = backend.read_events(256, 5).await?;
+        ensure!(
+            after_gap.iter().map(|e| e.seq).eq(513..518),
+            "{:?}",
+            after_gap.iter().map(|e| e.seq).collect::<Vec<_>>()
+        );
+        let across = backend.read_events(250, 10).await?;
+        ensure!(
+            across.iter().map(|e| e.seq).eq((251..=256).chain(513..517)),
+            "{:?}",
+            across.iter().map(|e| e.seq).collect::<Vec<_>>()
+        );
+        Ok(())
+    }
+
+    /// A database at schema version 2 (a row per event) keeps every event, numbered or not,
+    /// in order, when version 3 moves them to event rows.
+    #[tokio::test]
+    async fn upgrading_to_event_rows_keeps_every_event() -> anyhow::Result<()> {
+        use sqlx::Connection as _;
+        use sqlx::SqlSafeStr as _;
+        use sqlx::migrate::{Migration, MigrationType, Migrator};
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        let mut version_2 = Migrator::with_migrations(
+            [
+                (
+                    1,
+                    "init",
+                    include_str!("../migrations/postgres/0001_init.sql"),
+                ),
+                (
+                    2,
+                    "transition indexes",
+                    include_str!("../migrations/postgres/0002_transition_indexes.sql"),
+                ),
+            ]
+            .into_iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+        );
+        version_2.dangerous_set_table_name("orch_schema_migrations");
+        let mut conn = sqlx::PgConnection::connect(&url).await?;
+        version_2.run(&mut conn).await?;
+        let task = uuid::Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO orch_events (seq, kind, at, task_id, core_id, attempt, data) VALUES \
+             (1, 'task.queued', now(), $1, 'old', 0, 'null'), \
+             (2, 'custom.note', now(), NULL, NULL, NULL, '{\"n\": 2}'), \
+             (NULL, 'task.started', now(), $1, 'old', 1, 'null')",
+        )
+        .bind(task)
+        .execute(&mut conn)
+        .await?;
+        sqlx::query("UPDATE orch_event_counter SET last = 2")
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+
+        let upgraded = PostgresBackend::connect(&url).await?;
+        ensure!(upgraded.schema_version().await? == 3);
+        let backend: SharedBackend = Arc::new(upgraded);
+        let events = backend.read_events(0, 10).await?;
+        type Seen = (
+            u64,
+            String,
+            Option<uuid::Uuid>,
+            Option<u32>,
+            serde_json::Value,
+        );
+        let seen: Vec<Seen> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.seq,
+                    e.kind.as_str().to_owned(),
+                    e.task_id.map(|id| id.0),
+                    e.attempt,
+                    e.data.clone(),
+                )
+            })
+            .collect();
+        ensure!(
+            seen == [
+                (1, "task.queued".into(), Some(task), Some(0), json!(null)),
+                (2, "custom.note".into(), None, None, json!({"n": 2})),
+                (3, "task.started".into(), Some(task), Some(1), json!(null)),
+            ],
+            "{seen:?}"
+        );
+        let next = backend
+            .append_event(NewEvent::new(EventKind::Custom("custom.after".into())))
+            .await?;
+        ensure!(next.seq == 4, "numbered {}", next.seq);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn migrations_apply_once_and_refuse_a_newer_schema() -> anyhow::Result<()> {
         let Some(url) = crate::support::postgres::fresh_database().await? else {
@@ -1133,7 +1284,7 @@ mod postgres_only {
         };
         let first = PostgresBackend::connect(&url).await?;
         let second = PostgresBackend::connect(&url).await?;
-        ensure!(first.schema_version().await? == 2 && second.schema_version().await? == 2);
+        ensure!(first.schema_version().await? == 3 && second.schema_version().await? == 3);
         {
             use sqlx::Connection as _;
             let mut conn = sqlx::PgConnection::connect(&url).await?;

@@ -16,12 +16,14 @@ use uuid::Uuid;
 use super::{PostgresBackend, count, db_micros};
 use crate::common::{check_name, corrupt, db_err, prefix_upper_bound};
 
+/// The events of one row of [`READ_EVENTS`]: one event each.
 fn event_from_row(operation: &'static str, row: &PgRow) -> Result<Event> {
     let get = |e: sqlx::Error| corrupt(operation, e);
     let seq: i64 = row.try_get("seq").map_err(get)?;
     let kind: String = row.try_get("kind").map_err(get)?;
     let task_id: Option<Uuid> = row.try_get("task_id").map_err(get)?;
     let attempt: Option<i32> = row.try_get("attempt").map_err(get)?;
+    let data: Option<serde_json::Value> = row.try_get("data").map_err(get)?;
     Ok(Event {
         seq: count(seq),
         kind: EventKind::from_str(&kind).map_err(|e| corrupt(operation, e))?,
@@ -31,9 +33,30 @@ fn event_from_row(operation: &'static str, row: &PgRow) -> Result<Event> {
         attempt: attempt
             .map(|a| crate::common::to_u32(operation, "attempt", i64::from(a)))
             .transpose()?,
-        data: row.try_get("data").map_err(get)?,
+        data: data.ok_or_else(|| corrupt(operation, "an event row lacks data"))?,
     })
 }
+
+/// Up to `$2` numbered events after `$1`, in order, one per row. The rows holding them are
+/// those whose numbers meet the window `$1 + 1 ..= $1 + $2` (a row holds at most 256, so its
+/// last number is under `$1 + $2 + 256`: a bounded range of the `last_seq` index), and the
+/// first row past the window, in case the window holds none (pruned, or numbers lost to a
+/// race): no row between the two can hold an event.
+const READ_EVENTS: &str = "\
+SELECT b.seq + e.i - 1 AS seq, b.at, e.kind, e.task_id, e.core_id, e.attempt,
+       b.data -> (e.i::int - 1) AS data
+FROM (
+    (SELECT * FROM orch_event_batches
+     WHERE last_seq > $1 AND last_seq < $1 + $2 + 256 AND seq <= $1 + $2)
+    UNION ALL
+    (SELECT * FROM orch_event_batches WHERE last_seq > $1 AND seq > $1 + $2
+     ORDER BY last_seq LIMIT 1)
+) AS b
+CROSS JOIN LATERAL unnest(b.kinds, b.task_ids, b.core_ids, b.attempts)
+    WITH ORDINALITY AS e(kind, task_id, core_id, attempt, i)
+WHERE b.seq + e.i - 1 > $1
+ORDER BY 1
+LIMIT $2";
 
 #[async_trait]
 impl EventStore for PostgresBackend {
@@ -41,8 +64,10 @@ impl EventStore for PostgresBackend {
         const OP: &str = "append_event";
         let hint = self.event_hint();
         let id: i64 = sqlx::query_scalar(
-            "WITH ins AS (INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data) \
-             VALUES ($1, now(), $2, $3, $4, $5::text::jsonb) RETURNING id) \
+            "WITH ins AS (INSERT INTO orch_event_batches \
+             (n, at, kinds, task_ids, core_ids, attempts, data) \
+             VALUES (1, now(), ARRAY[$1], ARRAY[$2::uuid], ARRAY[$3], ARRAY[$4::int4], \
+                     jsonb_build_array($5::text::jsonb)) RETURNING id) \
              SELECT id, (SELECT 1 FROM pg_notify('orch_changes', $6) WHERE $6::text IS NOT NULL) \
              AS notified FROM ins",
         )
@@ -62,13 +87,25 @@ impl EventStore for PostgresBackend {
         let deadline = tokio::time::Instant::now() + APPEND_NUMBERING_TIMEOUT;
         loop {
             let ran = self.number_events(OP).await?;
-            let row = sqlx::query("SELECT * FROM orch_events WHERE id = $1 AND seq IS NOT NULL")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err(OP))?;
+            let row = sqlx::query(
+                "SELECT seq, at FROM orch_event_batches WHERE id = $1 AND seq IS NOT NULL",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
             if let Some(row) = row {
-                return event_from_row(OP, &row);
+                let get = |e: sqlx::Error| corrupt(OP, e);
+                let seq: i64 = row.try_get("seq").map_err(get)?;
+                return Ok(Event {
+                    seq: count(seq),
+                    kind: event.kind,
+                    at: row.try_get("at").map_err(get)?,
+                    task_id: event.task_id,
+                    core_id: event.core_id,
+                    attempt: event.attempt,
+                    data: event.data,
+                });
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(orch_core::Error::backend(
@@ -88,7 +125,7 @@ impl EventStore for PostgresBackend {
             return Ok(Vec::new());
         }
         self.number_events(OP).await?;
-        let rows = sqlx::query("SELECT * FROM orch_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+        let rows = sqlx::query(READ_EVENTS)
             .bind(i64::try_from(after).unwrap_or(i64::MAX))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
@@ -113,18 +150,20 @@ impl EventStore for PostgresBackend {
         // Unnumbered events stay until numbered, so no reader misses them.
         let mut total = 0;
         loop {
-            let done = sqlx::query(
-                "WITH picked AS (SELECT id FROM orch_events WHERE at < $1 AND seq IS NOT NULL \
-                 LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 DELETE FROM orch_events USING picked WHERE orch_events.id = picked.id",
+            let (rows, events): (i64, i64) = sqlx::query_as(
+                "WITH picked AS (SELECT id FROM orch_event_batches \
+                 WHERE at < $1 AND seq IS NOT NULL LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 gone AS (DELETE FROM orch_event_batches USING picked \
+                 WHERE orch_event_batches.id = picked.id RETURNING n) \
+                 SELECT count(*), coalesce(sum(n), 0)::int8 FROM gone",
             )
             .bind(before)
             .bind(crate::common::PRUNE_BATCH)
-            .execute(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(db_err("prune_events"))?;
-            total += done.rows_affected();
-            if done.rows_affected() < crate::common::PRUNE_BATCH as u64 {
+            total += count(events);
+            if rows < crate::common::PRUNE_BATCH {
                 return Ok(total);
             }
         }

@@ -108,6 +108,11 @@ fn migrator() -> Migrator {
             "transition indexes",
             include_str!("../../migrations/postgres/0002_transition_indexes.sql"),
         ),
+        (
+            3,
+            "event batches",
+            include_str!("../../migrations/postgres/0003_event_batches.sql"),
+        ),
     ])
 }
 
@@ -286,11 +291,12 @@ impl PostgresBackend {
     /// result becomes visible when it commits). Returns `false` when it found one running.
     async fn number_events(&self, operation: &'static str) -> Result<bool> {
         // The common case when idle: nothing to number, and nothing written.
-        let pending: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orch_events WHERE seq IS NULL)")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_err(operation))?;
+        let pending: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM orch_event_batches WHERE seq IS NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err(operation))?;
         if !pending {
             return Ok(true);
         }
@@ -309,24 +315,26 @@ impl PostgresBackend {
 
 /// One numbering pass, in one statement (so no transaction is ever left open by a cancelled
 /// caller). The row lock on the counter makes passes run one at a time; a pass that finds it
-/// taken does nothing. A pass numbers up to `$1` events that had committed when it started, in
-/// `id` order, above the counter's latest value; an event another pass numbered meanwhile is
-/// skipped by the `seq IS NULL` recheck (leaving a gap, never a repeat). Returns whether it ran
-/// and how many it numbered.
+/// taken does nothing. A pass numbers up to `$1` event rows that had committed when it
+/// started, in `id` order, each with as many numbers as it holds events, above the counter's
+/// latest value; a row another pass numbered meanwhile is skipped by the `seq IS NULL`
+/// recheck (leaving a gap, never a repeat). Returns whether it ran and how many rows it
+/// numbered.
 const NUMBER_EVENTS: &str = "\
 WITH counter AS (
     SELECT last FROM orch_event_counter WHERE id = 1 FOR UPDATE SKIP LOCKED
 ), pending AS (
-    SELECT id, row_number() OVER (ORDER BY id) AS n
-    FROM (SELECT id FROM orch_events WHERE seq IS NULL ORDER BY id LIMIT $1) p
+    SELECT id, n, sum(n) OVER (ORDER BY id) AS upto
+    FROM (SELECT id, n FROM orch_event_batches WHERE seq IS NULL ORDER BY id LIMIT $1) p
 ), numbered AS (
-    UPDATE orch_events e SET seq = counter.last + pending.n
+    UPDATE orch_event_batches e SET seq = counter.last + pending.upto - pending.n + 1,
+        last_seq = counter.last + pending.upto
     FROM pending, counter
     WHERE e.id = pending.id AND e.seq IS NULL
-    RETURNING e.seq
+    RETURNING e.last_seq
 ), bump AS (
     UPDATE orch_event_counter
-    SET last = greatest(last, (SELECT max(seq) FROM numbered))
+    SET last = greatest(last, (SELECT max(last_seq) FROM numbered))
     WHERE id = 1 AND EXISTS (SELECT 1 FROM counter)
     RETURNING last
 )

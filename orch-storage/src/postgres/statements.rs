@@ -2,12 +2,31 @@
 //! writing its own events and, where other processes should hear of it, sending one
 //! `pg_notify` (its payload parameter NULL when the statement must not notify).
 
+/// Appends the events a statement raises, in rows of up to 256 (`orch_event_batches`), from
+/// a query of their `kind`, `task_id`, `core_id`, `attempt`, `data` and order `o` (from 1).
+/// No events, no row.
+macro_rules! insert_events {
+    ($select:expr) => {
+        concat!(
+            "INSERT INTO orch_event_batches (n, at, kinds, task_ids, core_ids, attempts, data)
+    SELECT count(*), now(), array_agg(kind ORDER BY o), array_agg(task_id ORDER BY o),
+           array_agg(core_id ORDER BY o), array_agg(attempt ORDER BY o),
+           jsonb_agg(data ORDER BY o)
+    FROM (",
+            $select,
+            ") AS e
+    GROUP BY (o - 1) / 256
+    ORDER BY min(o)"
+        )
+    };
+}
+
 /// Inserts a batch in input order, skipping tasks whose idempotency key exists, and appends a
 /// `task.queued` event per inserted task; returns the id and database times of each inserted
 /// task (the caller has the rest). Tasks without a key take a plain insert (`ON
 /// CONFLICT` costs a speculative insertion per row), and an empty lock list skips its subquery.
-pub(super) const CREATE_TASKS: &str = "\
-WITH input AS (
+pub(super) const CREATE_TASKS: &str = concat!(
+    "WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::int4[],
                          $6::timestamptz[], $7::int8[], $8::text[], $9::text[], $10::text[],
                          $11::text[])
@@ -42,17 +61,22 @@ WITH input AS (
 ), ins AS (
     SELECT * FROM keyed UNION ALL SELECT * FROM plain
 ), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT 'task.queued', now(), ins.id, ins.core_id, ins.attempt, 'null'::jsonb
-    FROM ins JOIN input ON input.id = ins.id ORDER BY input.ord
+    ",
+    insert_events!(
+        "SELECT 'task.queued'::text AS kind, ins.id AS task_id, ins.core_id, ins.attempt,
+           'null'::jsonb AS data, row_number() OVER (ORDER BY input.ord) AS o
+    FROM ins JOIN input ON input.id = ins.id"
+    ),
+    "
 )
 SELECT ins.id, ins.run_at, ins.created_at,
        (SELECT 1 FROM pg_notify('orch_changes', $12)) AS notified
-FROM ins";
+FROM ins"
+);
 
 /// Leases up to `$2` available tasks of core `$1` in claim order for `$3` microseconds.
-pub(super) const CLAIM_TASKS: &str = "\
-WITH picked AS (
+pub(super) const CLAIM_TASKS: &str = concat!(
+    "WITH picked AS (
     SELECT id FROM orch_tasks
     WHERE status = 'queued' AND core_id = $1 AND run_at <= now()
     ORDER BY priority DESC, run_at, id
@@ -65,20 +89,23 @@ WITH picked AS (
     FROM picked WHERE t.id = picked.id
     RETURNING t.*
 ), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT 'task.started', now(), id, core_id, attempt, 'null'::jsonb
-    FROM claimed ORDER BY priority DESC, run_at, id
+    ",
+    insert_events!("SELECT 'task.started'::text AS kind, id AS task_id, core_id, attempt, 'null'::jsonb AS data,
+           row_number() OVER (ORDER BY priority DESC, run_at, id) AS o
+    FROM claimed"),
+    "
 )
 SELECT claimed.*,
        (SELECT 1 FROM pg_notify('orch_changes', $4) WHERE $4::text IS NOT NULL) AS notified
-FROM claimed ORDER BY priority DESC, run_at, id";
+FROM claimed ORDER BY priority DESC, run_at, id"
+);
 
 /// Ends the attempt held with lease `$2` on task `$1`. `$3` target state; `$4` retry delay;
 /// `$5` 1 to give the attempt back; `$6` result; `$7` error; `$8` whether the error is the
 /// timeout message; `$9` event kind; `$10` whether the event data holds the error (else it is
 /// null); `$11` extra event data fields.
-pub(super) const FINISH_ATTEMPT: &str = "\
-WITH t AS (
+pub(super) const FINISH_ATTEMPT: &str = concat!(
+    "WITH t AS (
     UPDATE orch_tasks SET
         status = $3::text,
         updated_at = now(),
@@ -94,23 +121,28 @@ WITH t AS (
     WHERE id = $1 AND status = 'running' AND lease_token = $2
     RETURNING *
 ), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT $9::text, now(), t.id, t.core_id, t.attempt,
+    ",
+    insert_events!(
+        "SELECT $9::text AS kind, t.id AS task_id, t.core_id, t.attempt,
            CASE WHEN $10::bool THEN jsonb_build_object('error', t.error) || $11::text::jsonb
-                ELSE 'null'::jsonb END
-    FROM t
+                ELSE 'null'::jsonb END AS data,
+           1 AS o
+    FROM t"
+    ),
+    "
 )
 SELECT t.*,
        (SELECT 1 FROM pg_notify('orch_changes', $12) WHERE $12::text IS NOT NULL) AS notified
-FROM t";
+FROM t"
+);
 
 /// [`FINISH_ATTEMPT`] for a batch, in one statement: the arrays `$1`..`$11` hold one report
 /// each (the same parameters as `FINISH_ATTEMPT`, in input order). Returns one row per report,
 /// in input order: the task's new state, or NULL and whether the task exists. A task reported
 /// twice is finished by the first report holding its current lease, as calling
 /// `FINISH_ATTEMPT` in turn would; the others lose.
-pub(super) const FINISH_ATTEMPTS: &str = "\
-WITH input AS (
+pub(super) const FINISH_ATTEMPTS: &str = concat!(
+    "WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int4[],
                          $6::text[], $7::text[], $8::bool[], $9::text[], $10::bool[],
                          $11::text[])
@@ -145,11 +177,15 @@ WITH input AS (
     RETURNING orch_tasks.id, orch_tasks.core_id, orch_tasks.attempt, orch_tasks.status,
               orch_tasks.error, p.ord, p.kind, p.with_error, p.extra
 ), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT t.kind, now(), t.id, t.core_id, t.attempt,
+    ",
+    insert_events!(
+        "SELECT t.kind, t.id AS task_id, t.core_id, t.attempt,
            CASE WHEN t.with_error THEN jsonb_build_object('error', t.error) || t.extra::jsonb
-                ELSE 'null'::jsonb END
-    FROM t ORDER BY t.ord
+                ELSE 'null'::jsonb END AS data,
+           row_number() OVER (ORDER BY t.ord) AS o
+    FROM t"
+    ),
+    "
 )
 SELECT t.status AS new_status,
        t.id IS NOT NULL OR EXISTS (SELECT 1 FROM orch_tasks x WHERE x.id = input.id) AS found,
@@ -157,13 +193,14 @@ SELECT t.status AS new_status,
         WHERE $12::text IS NOT NULL AND EXISTS (SELECT 1 FROM t))
            AS notified
 FROM input LEFT JOIN t ON t.ord = input.ord
-ORDER BY input.ord";
+ORDER BY input.ord"
+);
 
 /// The common case of [`FINISH_ATTEMPTS`], a batch of successes of distinct tasks (`$1` ids,
 /// `$2` lease tokens, `$3` results), with a quarter less work. Returns the tasks it finished;
 /// a report that did not hold its task's lease finished nothing.
-pub(super) const FINISH_SUCCESSES: &str = "\
-WITH input AS (
+pub(super) const FINISH_SUCCESSES: &str = concat!(
+    "WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[])
         WITH ORDINALITY AS u(id, token, result, ord)
 ), t AS (
@@ -174,18 +211,22 @@ WITH input AS (
         AND orch_tasks.lease_token = input.token
     RETURNING orch_tasks.id, orch_tasks.core_id, orch_tasks.attempt, input.ord
 ), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT 'task.succeeded', now(), id, core_id, attempt, 'null'::jsonb FROM t ORDER BY ord
+    ",
+    insert_events!("SELECT 'task.succeeded'::text AS kind, id AS task_id, core_id, attempt, 'null'::jsonb AS data,
+           row_number() OVER (ORDER BY ord) AS o
+    FROM t"),
+    "
 )
 SELECT t.id,
        (SELECT 1 FROM pg_notify('orch_changes', $4) WHERE $4::text IS NOT NULL) AS notified
-FROM t";
+FROM t"
+);
 
 /// Finishes task `$1` (queued or running) as `$2` with result `$3` / error `$4`, appending an
 /// event of kind `$5` with `from` and the extra fields `$6`. Returns the old state, and the
 /// task when the transition was legal.
-pub(super) const FINISH_TASK: &str = "\
-WITH old AS (
+pub(super) const FINISH_TASK: &str = concat!(
+    "WITH old AS (
     SELECT id, status FROM orch_tasks WHERE id = $1 FOR UPDATE
 ), t AS (
     UPDATE orch_tasks SET status = $2::text, updated_at = now(), finished_at = now(),
@@ -195,19 +236,23 @@ WITH old AS (
     FROM old WHERE orch_tasks.id = old.id AND old.status IN ('queued', 'running')
     RETURNING orch_tasks.*
 ), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT $5::text, now(), t.id, t.core_id, t.attempt,
-           jsonb_build_object('from', old.status) || $6::text::jsonb
-    FROM t CROSS JOIN old
+    ",
+    insert_events!(
+        "SELECT $5::text AS kind, t.id AS task_id, t.core_id, t.attempt,
+           jsonb_build_object('from', old.status) || $6::text::jsonb AS data, 1 AS o
+    FROM t CROSS JOIN old"
+    ),
+    "
 )
 SELECT old.status AS from_status, t.*,
        (SELECT 1 FROM pg_notify('orch_changes', $7)
         WHERE $7::text IS NOT NULL AND EXISTS (SELECT 1 FROM t)) AS notified
-FROM old LEFT JOIN t ON true";
+FROM old LEFT JOIN t ON true"
+);
 
 /// Takes back up to `$1` running tasks whose lease expired by the database clock.
-pub(super) const RESCUE_EXPIRED: &str = "\
-WITH picked AS (
+pub(super) const RESCUE_EXPIRED: &str = concat!(
+    "WITH picked AS (
     SELECT id, lease_expires_at AS old_expiry FROM orch_tasks
     WHERE status = 'running' AND lease_expires_at <= now()
     ORDER BY lease_expires_at, id
@@ -227,14 +272,18 @@ WITH picked AS (
     FROM picked WHERE orch_tasks.id = picked.id
     RETURNING orch_tasks.*, picked.old_expiry
 ), ev AS (
-    INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-    SELECT e.kind, now(), t.id, t.core_id, t.attempt, e.data
+    ",
+    insert_events!(
+        "SELECT e.kind, t.id AS task_id, t.core_id, t.attempt, e.data,
+           row_number() OVER (ORDER BY t.old_expiry, t.id, e.n) AS o
     FROM t CROSS JOIN LATERAL (VALUES
         (1, 'task.rescued', jsonb_build_object('will_retry', t.status = 'queued')),
         (2, 'task.failed', jsonb_build_object('error', t.error))
     ) AS e(n, kind, data)
-    WHERE e.n = 1 OR t.status = 'failed'
-    ORDER BY t.old_expiry, t.id, e.n
+    WHERE e.n = 1 OR t.status = 'failed'"
+    ),
+    "
 )
 SELECT t.*, (SELECT 1 FROM pg_notify('orch_changes', $2)) AS notified
-FROM t ORDER BY old_expiry, id";
+FROM t ORDER BY old_expiry, id"
+);

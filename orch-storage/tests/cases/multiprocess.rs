@@ -263,12 +263,14 @@ async fn verify(pool: &PgPool, killed_at: i64) -> anyhow::Result<()> {
 
     // Tasks that ran twice (were claimed more than once) are exactly the rescued ones, and
     // every superseded claim was the killed process's.
-    let rescued: HashSet<Uuid> =
-        sqlx::query_scalar("SELECT DISTINCT task_id FROM orch_events WHERE kind = 'task.rescued'")
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect();
+    let rescued: HashSet<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT e.task_id FROM orch_event_batches b, \
+             unnest(b.kinds, b.task_ids) AS e(kind, task_id) WHERE e.kind = 'task.rescued'",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
     let ran_twice: HashSet<Uuid> = claimed
         .iter()
         .filter(|(_, c)| c.len() > 1)
