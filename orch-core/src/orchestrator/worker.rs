@@ -168,6 +168,12 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, core: Arc<Core>) {
                 continue;
             }
             if let Some(seen) = empty.take() {
+                // A hint that came while the empty call was under way: claim again at once,
+                // without first asking for the next delayed task.
+                let hinted = matches!((&wakeups, seen), (Some(signal), Some(seen)) if signal.version() != seen);
+                if hinted || core.wake.notified().now_or_never().is_some() {
+                    continue;
+                }
                 // Idle: sleep until a wake-up hint, the next delayed task, or the poll floor.
                 let mut sleep_for = inner.config.poll_interval;
                 if let Ok(Some(next)) = inner.backend.next_run_at(&core_id).await {

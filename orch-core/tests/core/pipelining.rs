@@ -31,6 +31,16 @@ impl Gauge {
     fn max(&self) -> usize {
         self.max.load(Ordering::SeqCst)
     }
+
+    /// Like `time`, but the call runs first and the 5 ms come after it.
+    async fn time_after<T>(&self, call: impl Future<Output = T>) -> T {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        let out = call.await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
 }
 
 /// The memory backend, with slow, counted claims and outcome batches.
@@ -41,6 +51,10 @@ struct Slow {
     batches: Gauge,
     /// Outcomes recorded through batches.
     batched: AtomicUsize,
+    /// Claims take their tasks first and spend their 5 ms after.
+    claim_then_wait: bool,
+    /// Calls of `next_run_at`.
+    next_run_at_calls: AtomicUsize,
 }
 
 async fn run(claims_in_flight: usize, reports_in_flight: usize) -> Arc<Slow> {
@@ -97,6 +111,53 @@ async fn one_at_a_time_when_so_configured() {
     assert_eq!(backend.batches.max(), 1, "outcome batches at once");
 }
 
+/// A task dispatched while a claim that will come back empty is under way is claimed as soon
+/// as that call is back, without first asking the backend for the next delayed task.
+#[tokio::test(start_paused = true)]
+async fn a_dispatch_during_an_empty_claim_is_claimed_at_once() {
+    let backend = Arc::new(Slow {
+        claim_then_wait: true,
+        ..Slow::default()
+    });
+    let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
+    let orch = Orchestrator::builder(backend.clone() as SharedBackend)
+        .config(crate::config())
+        .engine(
+            "work",
+            processor_fn("work", move |_ctx, input: Value| {
+                started.send((input, tokio::time::Instant::now())).ok();
+                async { Ok(Value::Null) }
+            }),
+        )
+        .build()
+        .await
+        .expect("valid config");
+    // Idle: the first claims came back empty long ago.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    orch.dispatch(TaskSpec::new("work").payload(serde_json::json!("a")))
+        .await
+        .expect("dispatched");
+    let (first, _) = starts.recv().await.expect("a started");
+    assert_eq!(first, "a");
+    // The loop's next claim (empty) is under way for 5 ms from now; dispatch in its middle.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let asked = backend.next_run_at_calls.load(Ordering::SeqCst);
+    let dispatched = tokio::time::Instant::now();
+    orch.dispatch(TaskSpec::new("work").payload(serde_json::json!("b")))
+        .await
+        .expect("dispatched");
+    let (second, at) = starts.recv().await.expect("b started");
+    assert_eq!(second, "b");
+    // 3 ms left of the empty call, then 5 ms of the claim that takes b.
+    assert_eq!(at - dispatched, Duration::from_millis(8));
+    assert_eq!(
+        backend.next_run_at_calls.load(Ordering::SeqCst),
+        asked,
+        "the loop asked for the next delayed task before claiming"
+    );
+    orch.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn zero_in_flight_is_refused() {
     for config in [
@@ -126,11 +187,15 @@ impl TaskStore for Slow {
         self.inner.list_tasks(filter).await
     }
     async fn claim_tasks(&self, core: &str, limit: usize, lease: Duration) -> Result<Vec<Claimed>> {
-        self.claims
-            .time(self.inner.claim_tasks(core, limit, lease))
-            .await
+        let call = self.inner.claim_tasks(core, limit, lease);
+        if self.claim_then_wait {
+            self.claims.time_after(call).await
+        } else {
+            self.claims.time(call).await
+        }
     }
     async fn next_run_at(&self, core: &str) -> Result<Option<DateTime<Utc>>> {
+        self.next_run_at_calls.fetch_add(1, Ordering::SeqCst);
         self.inner.next_run_at(core).await
     }
     async fn renew_leases(
