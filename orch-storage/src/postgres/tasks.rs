@@ -14,8 +14,8 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::statements::{
-    CLAIM_TASKS, CREATE_TASKS, FINISH_ATTEMPT, FINISH_ATTEMPTS, FINISH_SUCCESSES, FINISH_TASK,
-    RESCUE_EXPIRED,
+    CLAIM_TASKS, CREATE_TASK, CREATE_TASKS, FINISH_ATTEMPT, FINISH_ATTEMPTS, FINISH_SUCCESSES,
+    FINISH_TASK, RESCUE_EXPIRED,
 };
 use super::{PostgresBackend, count, db_micros, task_from_row, tasks_from_rows};
 use crate::common::{corrupt, db_err, from_micros, micros};
@@ -217,22 +217,41 @@ pub(super) async fn insert_tasks(
         keys.push(task.idempotency_key.as_deref());
         locks.push(serde_json::to_string(&task.locks)?);
     }
-    let rows = sqlx::query(CREATE_TASKS)
-        .bind(&ids)
-        .bind(&core_ids)
-        .bind(&priorities)
-        .bind(&timeouts)
-        .bind(&max_attempts)
-        .bind(&not_before)
-        .bind(&delays)
-        .bind(&payloads)
-        .bind(&metadata)
-        .bind(&keys)
-        .bind(&locks)
-        .bind(notify_payload)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_err(OP))?;
+    let rows = if let [task] = tasks.as_slice() {
+        sqlx::query(CREATE_TASK)
+            .bind(task.id.0)
+            .bind(task.core_id.as_str())
+            .bind(task.priority)
+            .bind(micros(task.timeout))
+            .bind(i32::try_from(task.max_attempts).unwrap_or(i32::MAX))
+            .bind(task.not_before)
+            .bind(db_micros(task.delay))
+            .bind(task.payload.to_string())
+            .bind(task.metadata.to_string())
+            .bind(task.idempotency_key.as_deref())
+            .bind(&task.locks)
+            .bind(&notify_payload)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err(OP))?
+    } else {
+        sqlx::query(CREATE_TASKS)
+            .bind(&ids)
+            .bind(&core_ids)
+            .bind(&priorities)
+            .bind(&timeouts)
+            .bind(&max_attempts)
+            .bind(&not_before)
+            .bind(&delays)
+            .bind(&payloads)
+            .bind(&metadata)
+            .bind(&keys)
+            .bind(&locks)
+            .bind(&notify_payload)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err(OP))?
+    };
     // The database gave each inserted task its times; the rest is what was sent.
     let mut inserted: HashMap<Uuid, (DateTime<Utc>, DateTime<Utc>)> =
         HashMap::with_capacity(rows.len());
