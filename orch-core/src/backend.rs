@@ -55,6 +55,26 @@ pub trait TaskStore: Send + Sync {
         lease: Duration,
     ) -> Result<Vec<Claimed>>;
 
+    /// Creates `task` already claimed, in one atomic step: as if it were created and then
+    /// leased by [`claim_tasks`](Self::claim_tasks) (running, attempt 1, a fresh lease token
+    /// expiring `lease` from now, a `task.queued` then a `task.started` event). An orchestrator
+    /// calls it for a task it dispatches to one of its own cores while that core's claim loop
+    /// is idle, to start the task without a claim round trip.
+    ///
+    /// The orchestrator passes only tasks without idempotency key or delay whose `not_before`
+    /// (if any) has passed. A backend that does not offer this (the default), or that declines
+    /// the task, hands it back as `Err(task)` having stored nothing; the caller then creates
+    /// it the usual way. (With `MockTaskStore`, expect this call returning `Ok(Err(task))` to
+    /// keep the usual path.)
+    async fn create_claimed(
+        &self,
+        task: NewTask,
+        lease: Duration,
+    ) -> Result<std::result::Result<Claimed, NewTask>> {
+        let _ = lease;
+        Ok(Err(task))
+    }
+
     /// The earliest `run_at` among `queued` tasks of `core_id`, so an idle worker knows how long
     /// it may sleep.
     async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>>;

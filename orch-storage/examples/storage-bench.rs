@@ -18,7 +18,10 @@
 //!   PostgreSQL twice: with durable commits throughout (the default), and with
 //!   `PostgresOptions::with_durable_worker_commits(false)`;
 //! - pickup latency on an idle queue: from just before `dispatch` to the engine's start, one
-//!   task at a time, p50/p95/p99 over `--samples` tasks.
+//!   task at a time, p50/p95/p99 over `--samples` tasks. On PostgreSQL twice: dispatched by
+//!   the orchestrator that runs the engine (whose idle claim loop lets the dispatch store the
+//!   task already claimed), and by another client of the database (as another process would:
+//!   the orchestrator hears of it through LISTEN/NOTIFY and claims it).
 
 #[allow(
     dead_code,
@@ -128,11 +131,25 @@ enum Source {
 impl Source {
     /// A fresh backend (`durable`: see `PostgresOptions::durable_worker_commits`).
     async fn fresh(&self, n: usize, durable: bool) -> anyhow::Result<SharedBackend> {
+        Ok(self.fresh_pair(n, durable, false).await?.0)
+    }
+
+    /// A fresh backend and, with `second`, another one on the same database (PostgreSQL: a
+    /// client of its own, as another process would be; SQLite: none).
+    async fn fresh_pair(
+        &self,
+        n: usize,
+        durable: bool,
+        second: bool,
+    ) -> anyhow::Result<(SharedBackend, Option<SharedBackend>)> {
         Ok(match self {
             Source::Sqlite(dir) => {
                 let path = dir.path().join(format!("bench-{n}.db"));
                 let path = path.to_str().context("temp path is not UTF-8")?;
-                Arc::new(orch_storage::SqliteBackend::open(path).await?)
+                (
+                    Arc::new(orch_storage::SqliteBackend::open(path).await?),
+                    None,
+                )
             }
             Source::Postgres { admin_url, .. } => {
                 let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
@@ -146,10 +163,18 @@ impl Source {
                 let options = orch_storage::PostgresOptions::default()
                     .with_pool_size(16)
                     .with_durable_worker_commits(durable);
-                Arc::new(
-                    orch_storage::PostgresBackend::connect_with(&format!("{base}/{name}"), options)
-                        .await?,
-                )
+                let url = format!("{base}/{name}");
+                let first: SharedBackend = Arc::new(
+                    orch_storage::PostgresBackend::connect_with(&url, options.clone()).await?,
+                );
+                let other: Option<SharedBackend> = if second {
+                    Some(Arc::new(
+                        orch_storage::PostgresBackend::connect_with(&url, options).await?,
+                    ))
+                } else {
+                    None
+                };
+                (first, other)
             }
         })
     }
@@ -307,9 +332,16 @@ async fn end_to_end(
 }
 
 /// Pickup latencies in milliseconds, sorted; and the latencies of the `dispatch` calls alone.
-async fn pickup_latency(source: &Source, samples: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+/// With `remote`, tasks are dispatched by another client of the database (PostgreSQL only:
+/// the orchestrator hears of them through LISTEN/NOTIFY), not by the orchestrator itself.
+async fn pickup_latency(
+    source: &Source,
+    samples: usize,
+    remote: bool,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
-    let orch = Orchestrator::builder(source.fresh(3, true).await?)
+    let (backend, other) = source.fresh_pair(3, true, remote).await?;
+    let orch = Orchestrator::builder(backend)
         .config(config(8))
         .engine(
             "probe",
@@ -331,7 +363,16 @@ async fn pickup_latency(source: &Source, samples: usize) -> anyhow::Result<(Vec<
     for _ in 0..samples {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let before = Instant::now();
-        orch.dispatch(TaskSpec::new("probe")).await?;
+        match &other {
+            Some(client) => {
+                client
+                    .create_tasks(vec![TaskSpec::new("probe").into_new_task()?])
+                    .await?;
+            }
+            None => {
+                orch.dispatch(TaskSpec::new("probe")).await?;
+            }
+        }
         let dispatched = before.elapsed();
         let at = tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
@@ -438,15 +479,28 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         if settings.runs("pickup") {
-            let (latencies, dispatch) = pickup_latency(&source, settings.samples).await?;
-            println!(
-                "  pickup latency, idle queue            p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  \
-                 (the dispatch call alone: p50 {:.2} ms)",
-                percentile(&latencies, 0.50),
-                percentile(&latencies, 0.95),
-                percentile(&latencies, 0.99),
-                percentile(&dispatch, 0.50),
-            );
+            let remote = if *kind == "postgres" {
+                &[false, true][..]
+            } else {
+                &[false][..]
+            };
+            for &remote in remote {
+                let (latencies, dispatch) =
+                    pickup_latency(&source, settings.samples, remote).await?;
+                let label = if remote {
+                    "pickup, dispatched by another client"
+                } else {
+                    "pickup latency, idle queue"
+                };
+                println!(
+                    "  {label:<38}p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  \
+                     (the dispatch call alone: p50 {:.2} ms)",
+                    percentile(&latencies, 0.50),
+                    percentile(&latencies, 0.95),
+                    percentile(&latencies, 0.99),
+                    percentile(&dispatch, 0.50),
+                );
+            }
         }
     }
     Ok(())

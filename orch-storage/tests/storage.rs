@@ -1128,6 +1128,81 @@ mod postgres_only {
         Ok(())
     }
 
+    /// A task stored already claimed (an idle orchestrator's own dispatch) is what a create
+    /// and a claim would have left; one not yet runnable is handed back, nothing stored.
+    #[tokio::test]
+    async fn create_claimed_is_create_then_claim() -> anyhow::Result<()> {
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        let backend: SharedBackend = Arc::new(PostgresBackend::connect(&url).await?);
+        let task = new_task(spec("direct").payload(json!({"n": 1})).lock("r"))?;
+        let id = task.id;
+        let Ok(claimed) = backend.create_claimed(task, MINUTE).await? else {
+            bail!("the backend declined a runnable task");
+        };
+        ensure!(claimed.task.id == id && claimed.task.status == TaskStatus::Running);
+        ensure!(claimed.task.attempt == 1 && claimed.task.locks == ["r"]);
+        ensure!(claimed.task.started_at.is_some() && claimed.task.lease_expires_at.is_some());
+        ensure!(backend.get_task(id).await?.as_ref() == Some(&claimed.task));
+        ensure!(
+            task_event_kinds(&backend, id).await?
+                == [EventKind::TaskQueued, EventKind::TaskStarted]
+        );
+        ensure!(backend.claim_tasks("direct", 10, MINUTE).await?.is_empty());
+        let done = backend
+            .finish_attempt(
+                id,
+                claimed.lease_token,
+                AttemptOutcome::Succeeded { result: json!(1) },
+            )
+            .await?;
+        ensure!(done.status == TaskStatus::Succeeded);
+
+        let later =
+            new_task(spec("direct").run_at(chrono::Utc::now() + chrono::TimeDelta::hours(1)))?;
+        let later_id = later.id;
+        ensure!(backend.create_claimed(later, MINUTE).await?.is_err());
+        ensure!(
+            backend.get_task(later_id).await?.is_none(),
+            "a declined task was stored"
+        );
+        let keyed = new_task(spec("direct").idempotency_key("k"))?;
+        ensure!(backend.create_claimed(keyed, MINUTE).await?.is_err());
+        Ok(())
+    }
+
+    /// An orchestrator on PostgreSQL whose claim loop is idle starts a task it dispatches
+    /// itself: `dispatch` returns it running, and it finishes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_orchestrator_starts_its_own_dispatch() -> anyhow::Result<()> {
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        let backend: SharedBackend = Arc::new(PostgresBackend::connect(&url).await?);
+        let orch = orch_core::Orchestrator::builder(backend.clone())
+            .engine(
+                "direct",
+                orch_core::processor_fn("direct", |_ctx, input: serde_json::Value| async move {
+                    Ok(input)
+                }),
+            )
+            .build()
+            .await?;
+        let task = eventually("the claim loop is idle", || async {
+            // Until the loop has found the queue empty, a dispatch takes the usual path.
+            let task = orch.dispatch(spec("direct").payload(json!("x"))).await?;
+            orch.wait_for(task.id, Duration::from_secs(10)).await?;
+            Ok((task.status == TaskStatus::Running).then_some(task))
+        })
+        .await?;
+        ensure!(task.attempt == 1);
+        let done = orch.wait_for(task.id, Duration::from_secs(10)).await?;
+        ensure!(done.status == TaskStatus::Succeeded && done.result == Some(json!("x")));
+        orch.shutdown(Duration::from_secs(5)).await;
+        Ok(())
+    }
+
     /// Events live in rows of up to 256; reading them in any window gives the one log, and a
     /// reader whose next events were pruned goes on past the gap.
     #[tokio::test]

@@ -17,7 +17,7 @@ mod worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -32,12 +32,14 @@ use tracing::Instrument;
 pub use config::{OrchestratorConfig, Retention};
 
 use crate::backend::SharedBackend;
+use crate::clock;
 use crate::contracts::{EventHandler, Plugin, PluginProcessor, PluginRegistry, Processor};
 use crate::error::{Error, Result, TaskError};
 use crate::events::EventLog;
 use crate::locks::LockManager;
 use crate::model::{
-    AttemptOutcome, Claimed, Created, LeaseToken, Resolution, Task, TaskFilter, TaskId, TaskSpec,
+    AttemptOutcome, Claimed, Created, LeaseToken, NewTask, Resolution, Task, TaskFilter, TaskId,
+    TaskSpec,
 };
 use crate::registry::DefaultPluginRegistry;
 use crate::schedule::Schedule;
@@ -93,6 +95,9 @@ struct Core {
     limit: usize,
     /// Local dispatches wake the claim loop at once.
     wake: Notify,
+    /// Whether the claim loop is idle (its last call found nothing): a local dispatch may then
+    /// start its task itself ([`TaskStore::create_claimed`](crate::backend::TaskStore)).
+    idle: AtomicBool,
 }
 
 struct Inner {
@@ -384,6 +389,7 @@ impl Orchestrator {
             slots: Arc::new(Semaphore::new(limit)),
             limit,
             wake: Notify::new(),
+            idle: AtomicBool::new(false),
         });
         {
             let mut engines = self.inner.engines.write();
@@ -460,12 +466,64 @@ impl Orchestrator {
     }
 
     /// Dispatches one task. With an idempotency key already used, returns the earlier task.
+    ///
+    /// A task for a core of this orchestrator whose claim loop is idle, with a free slot, may
+    /// start here and now: the backend stores it already claimed (if it can, see
+    /// [`TaskStore::create_claimed`](crate::backend::TaskStore)), and the task returned is
+    /// then `running`.
     pub async fn dispatch(&self, spec: TaskSpec) -> Result<Task> {
-        let mut created = self.dispatch_many(vec![spec]).await?;
+        if self.inner.stop_claiming.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let task = match self.hand_off(spec.into_new_task()?).await? {
+            Ok(started) => return Ok(started),
+            Err(task) => task,
+        };
+        let mut created = self.create(vec![task]).await?;
         created
             .pop()
             .map(|c| c.task)
             .ok_or_else(|| Error::backend("create_tasks", "returned no task"))
+    }
+
+    /// Starts `task` at once if its core is served here, idle and has a free slot, and the
+    /// backend can store it already claimed; else hands it back.
+    async fn hand_off(&self, task: NewTask) -> Result<std::result::Result<Task, NewTask>> {
+        if task.idempotency_key.is_some()
+            || !task.delay.is_zero()
+            || task.not_before.is_some_and(|at| at > clock::now())
+        {
+            return Ok(Err(task));
+        }
+        let core = self
+            .inner
+            .engines
+            .read()
+            .get(task.core_id.as_str())
+            .cloned();
+        let Some(core) = core.filter(|core| core.idle.load(Ordering::Acquire)) else {
+            return Ok(Err(task));
+        };
+        let Some(slot) = worker::try_acquire_slot(&self.inner, &core) else {
+            return Ok(Err(task));
+        };
+        let span = tracing::debug_span!("dispatch", count = 1, handed_off = true);
+        match self
+            .inner
+            .backend
+            .create_claimed(task, self.inner.config.lease)
+            .instrument(span)
+            .await?
+        {
+            Ok(claimed) => {
+                self.inner.events.poke();
+                let started = claimed.task.clone();
+                worker::start_attempts(&self.inner, &core, vec![claimed], vec![slot]);
+                Ok(Ok(started))
+            }
+            // The slot goes back as it drops.
+            Err(task) => Ok(Err(task)),
+        }
     }
 
     /// Dispatches several tasks in one backend call, in order.
@@ -477,6 +535,11 @@ impl Orchestrator {
             .into_iter()
             .map(TaskSpec::into_new_task)
             .collect::<Result<Vec<_>>>()?;
+        self.create(tasks).await
+    }
+
+    /// Creates `tasks` in one backend call and wakes the claim loops of their cores.
+    async fn create(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
         let span = tracing::debug_span!("dispatch", count = tasks.len());
         let created = self
             .inner

@@ -20,7 +20,7 @@ use crate::locks::{LockGuard, LockOptions};
 use crate::model::{AttemptOutcome, Claimed, LeaseToken, Task, TaskId};
 
 /// A concurrency slot: one permit of the core's limit and one of the global limit.
-struct Permits {
+pub(super) struct Permits {
     _core: OwnedSemaphorePermit,
     _global: OwnedSemaphorePermit,
 }
@@ -59,7 +59,7 @@ async fn acquire_slots(
     Some(slots)
 }
 
-fn try_acquire_slot(inner: &Inner, core: &Core) -> Option<Permits> {
+pub(super) fn try_acquire_slot(inner: &Inner, core: &Core) -> Option<Permits> {
     let core_permit = core.slots.clone().try_acquire_owned().ok()?;
     let global_permit = inner.global.clone().try_acquire_owned().ok()?;
     Some(Permits {
@@ -105,7 +105,7 @@ async fn claim(
 
 /// Registers and spawns the attempts of a claim, each with one of the request's slots; the
 /// slots left over are released.
-fn start_attempts(
+pub(super) fn start_attempts(
     inner: &Arc<Inner>,
     core: &Arc<Core>,
     claimed: Vec<Claimed>,
@@ -185,12 +185,18 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, core: Arc<Core>) {
                         _ => std::future::pending::<()>().await,
                     }
                 };
+                // While idle, a local dispatch may start its task itself.
+                core.idle.store(true, std::sync::atomic::Ordering::Release);
                 tokio::select! {
                     _ = core.wake.notified() => {}
                     _ = hint => {}
                     _ = tokio::time::sleep(sleep_for) => {}
-                    _ = stop.cancelled() => break,
+                    _ = stop.cancelled() => {
+                        core.idle.store(false, std::sync::atomic::Ordering::Release);
+                        break;
+                    }
                 }
+                core.idle.store(false, std::sync::atomic::Ordering::Release);
                 continue;
             }
         }

@@ -55,6 +55,8 @@ struct Slow {
     claim_then_wait: bool,
     /// Calls of `next_run_at`.
     next_run_at_calls: AtomicUsize,
+    /// Offers `create_claimed` (create, then claim the core's only task).
+    hand_off: bool,
 }
 
 async fn run(claims_in_flight: usize, reports_in_flight: usize) -> Arc<Slow> {
@@ -158,6 +160,72 @@ async fn a_dispatch_during_an_empty_claim_is_claimed_at_once() {
     orch.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A task dispatched to an idle core of this orchestrator starts at once, stored already
+/// claimed, without a claim call; on a busy core it takes the usual path.
+#[tokio::test(start_paused = true)]
+async fn a_dispatch_to_an_idle_core_starts_without_a_claim() {
+    let backend = Arc::new(Slow {
+        hand_off: true,
+        ..Slow::default()
+    });
+    let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
+    let orch = Orchestrator::builder(backend.clone() as SharedBackend)
+        .config(crate::config())
+        .engine(
+            "work",
+            processor_fn("work", move |_ctx, input: Value| {
+                started.send((input, tokio::time::Instant::now())).ok();
+                async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(Value::Null)
+                }
+            }),
+        )
+        .build()
+        .await
+        .expect("valid config");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dispatched = tokio::time::Instant::now();
+    let task = orch
+        .dispatch(TaskSpec::new("work").payload(serde_json::json!("a")))
+        .await
+        .expect("dispatched");
+    assert_eq!((task.status, task.attempt), (TaskStatus::Running, 1));
+    let (input, at) = starts.recv().await.expect("a started");
+    assert_eq!(input, "a");
+    // A claim takes 5 ms here: the task started before any could have come back.
+    assert_eq!(at, dispatched, "the task waited for a claim");
+    let done = orch
+        .wait_for(task.id, Duration::from_secs(5))
+        .await
+        .expect("finished");
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    let kinds: Vec<EventKind> = backend
+        .inner
+        .read_events(0, 100)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.task_id == Some(task.id))
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::TaskQueued,
+            EventKind::TaskStarted,
+            EventKind::TaskSucceeded
+        ]
+    );
+    // A delayed task never starts this way.
+    let later = orch
+        .dispatch(TaskSpec::new("work").delay(Duration::from_millis(10)))
+        .await
+        .expect("dispatched");
+    assert_eq!(later.status, TaskStatus::Queued);
+    orch.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn zero_in_flight_is_refused() {
     for config in [
@@ -193,6 +261,19 @@ impl TaskStore for Slow {
         } else {
             self.claims.time(call).await
         }
+    }
+    async fn create_claimed(
+        &self,
+        task: NewTask,
+        lease: Duration,
+    ) -> Result<std::result::Result<Claimed, NewTask>> {
+        if !self.hand_off {
+            return Ok(Err(task));
+        }
+        let core = task.core_id.clone();
+        self.inner.create_tasks(vec![task]).await?;
+        let mut claimed = self.inner.claim_tasks(&core, 1, lease).await?;
+        Ok(Ok(claimed.pop().expect("the task just created")))
     }
     async fn next_run_at(&self, core: &str) -> Result<Option<DateTime<Utc>>> {
         self.next_run_at_calls.fetch_add(1, Ordering::SeqCst);

@@ -96,6 +96,30 @@ SELECT ins.id, ins.run_at, ins.created_at,
        (SELECT 1 FROM pg_notify('orch_changes', $12)) AS notified
 FROM ins";
 
+/// Creates one task already leased for `$9` microseconds (parameters `$1`..`$8` as in
+/// [`CREATE_TASK`], no delay or idempotency key), with its `task.queued` and `task.started`
+/// events; returns it. Stores nothing if `not_before` (`$6`) is still ahead by the database
+/// clock.
+pub(super) const CREATE_CLAIMED: &str = "\
+WITH ins AS (
+    INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
+                            run_at, created_at, updated_at, started_at, payload, metadata,
+                            locks, lease_token, lease_expires_at)
+    SELECT $1, $2, 'running', $3, $4, $5, 1, greatest(now(), $6::timestamptz), now(), now(),
+           now(), $7::text::jsonb, $8::text::jsonb, $9::text[], gen_random_uuid(),
+           now() + $10::int8 * interval '1 microsecond'
+    WHERE $6::timestamptz IS NULL OR $6::timestamptz <= now()
+    RETURNING *
+), ev AS (
+    INSERT INTO orch_event_batches (n, at, kinds, task_ids, core_ids, attempts, data)
+    SELECT 2, now(), ARRAY['task.queued', 'task.started'], ARRAY[id, id],
+           ARRAY[core_id, core_id], ARRAY[0, 1], '[null, null]'::jsonb
+    FROM ins
+)
+SELECT ins.*,
+       (SELECT 1 FROM pg_notify('orch_changes', $11) WHERE $11::text IS NOT NULL) AS notified
+FROM ins";
+
 /// Leases up to `$2` available tasks of core `$1` in claim order for `$3` microseconds.
 pub(super) const CLAIM_TASKS: &str = concat!(
     "WITH picked AS (

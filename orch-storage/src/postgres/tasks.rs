@@ -14,8 +14,8 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::statements::{
-    CLAIM_TASKS, CREATE_TASK, CREATE_TASKS, FINISH_ATTEMPT, FINISH_ATTEMPTS, FINISH_SUCCESSES,
-    FINISH_TASK, RESCUE_EXPIRED,
+    CLAIM_TASKS, CREATE_CLAIMED, CREATE_TASK, CREATE_TASKS, FINISH_ATTEMPT, FINISH_ATTEMPTS,
+    FINISH_SUCCESSES, FINISH_TASK, RESCUE_EXPIRED,
 };
 use super::{PostgresBackend, count, db_micros, task_from_row, tasks_from_rows};
 use crate::common::{corrupt, db_err, from_micros, micros};
@@ -372,6 +372,42 @@ impl TaskStore for PostgresBackend {
             self.wake_events();
         }
         Ok(out)
+    }
+
+    async fn create_claimed(
+        &self,
+        task: NewTask,
+        lease: Duration,
+    ) -> Result<std::result::Result<Claimed, NewTask>> {
+        const OP: &str = "create_claimed";
+        if task.idempotency_key.is_some() || !task.delay.is_zero() {
+            return Ok(Err(task));
+        }
+        // A dispatch: committed durably, whatever the worker commits do.
+        let hint = self.event_hint();
+        let row = sqlx::query(CREATE_CLAIMED)
+            .bind(task.id.0)
+            .bind(task.core_id.as_str())
+            .bind(task.priority)
+            .bind(micros(task.timeout))
+            .bind(i32::try_from(task.max_attempts).unwrap_or(i32::MAX))
+            .bind(task.not_before)
+            .bind(task.payload.to_string())
+            .bind(task.metadata.to_string())
+            .bind(&task.locks)
+            .bind(db_micros(lease))
+            .bind(&hint)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
+        self.deferred(&hint);
+        let Some(row) = row else {
+            return Ok(Err(task));
+        };
+        self.wake_events();
+        let (task, token) = task_from_row(OP, &row)?;
+        let lease_token = token.ok_or_else(|| corrupt(OP, "claimed task has no lease"))?;
+        Ok(Ok(Claimed { task, lease_token }))
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
