@@ -1233,6 +1233,8 @@ mod postgres_only {
             paged.extend(page);
         }
         ensure!(paged == all, "paging changed the log");
+        ensure!(backend.read_events(0, usize::MAX).await? == all);
+        ensure!(backend.read_events(u64::MAX, usize::MAX).await?.is_empty());
         let middle = backend.read_events(300, 3).await?;
         ensure!(middle.iter().map(|e| e.seq).eq([301, 302, 303]));
 

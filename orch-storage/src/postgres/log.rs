@@ -125,9 +125,11 @@ impl EventStore for PostgresBackend {
             return Ok(Vec::new());
         }
         self.number_events(OP).await?;
+        // Bounded so that `after + limit + 256` stays a bigint; no log holds 2^40 events, and
+        // none is numbered past 2^62.
         let rows = sqlx::query(READ_EVENTS)
-            .bind(i64::try_from(after).unwrap_or(i64::MAX))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(i64::try_from(after).unwrap_or(i64::MAX).min(1 << 62))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX).min(1 << 40))
             .fetch_all(&self.pool)
             .await
             .map_err(db_err(OP))?;
