@@ -507,23 +507,35 @@ impl Orchestrator {
         let Some(slot) = worker::try_acquire_slot(&self.inner, &core) else {
             return Ok(Err(task));
         };
-        let span = tracing::debug_span!("dispatch", count = 1, handed_off = true);
-        match self
-            .inner
-            .backend
-            .create_claimed(task, self.inner.config.lease)
-            .instrument(span)
-            .await?
-        {
-            Ok(claimed) => {
-                self.inner.events.poke();
-                let started = claimed.task.clone();
-                worker::start_attempts(&self.inner, &core, vec![claimed], vec![slot]);
-                Ok(Ok(started))
-            }
-            // The slot goes back as it drops.
-            Err(task) => Ok(Err(task)),
+        // Keeps a shutdown that begins from here on waiting for this attempt too.
+        let tracked = self.inner.attempts.token();
+        if self.inner.stop_claiming.is_cancelled() {
+            return Ok(Err(task));
         }
+        let span = tracing::debug_span!("dispatch", count = 1, handed_off = true);
+        // In a task of its own, so a caller that gives up cannot leave a task stored as
+        // claimed that nothing runs (its lease would expire and spend an attempt).
+        let inner = self.inner.clone();
+        let handed = tokio::spawn(
+            async move {
+                let _tracked = tracked;
+                let lease = inner.config.lease;
+                match inner.backend.create_claimed(task, lease).await? {
+                    Ok(claimed) => {
+                        inner.events.poke();
+                        let started = claimed.task.clone();
+                        worker::start_attempts(&inner, &core, vec![claimed], vec![slot]);
+                        Ok(Ok(started))
+                    }
+                    // The slot goes back as it drops.
+                    Err(task) => Ok(Err(task)),
+                }
+            }
+            .instrument(span),
+        );
+        handed
+            .await
+            .map_err(|e| Error::backend("create_claimed", format!("dispatch task failed: {e}")))?
     }
 
     /// Dispatches several tasks in one backend call, in order.

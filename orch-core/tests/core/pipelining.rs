@@ -193,8 +193,12 @@ async fn a_dispatch_to_an_idle_core_starts_without_a_claim() {
     assert_eq!((task.status, task.attempt), (TaskStatus::Running, 1));
     let (input, at) = starts.recv().await.expect("a started");
     assert_eq!(input, "a");
-    // A claim takes 5 ms here: the task started before any could have come back.
-    assert_eq!(at, dispatched, "the task waited for a claim");
+    // The backend's 5 ms, and no claim call after them (another 5 ms).
+    assert_eq!(
+        at - dispatched,
+        Duration::from_millis(5),
+        "the task waited for a claim"
+    );
     let done = orch
         .wait_for(task.id, Duration::from_secs(5))
         .await
@@ -216,6 +220,19 @@ async fn a_dispatch_to_an_idle_core_starts_without_a_claim() {
             EventKind::TaskStarted,
             EventKind::TaskSucceeded
         ]
+    );
+    // A dispatch given up on while the backend answers still starts its task at once.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(1),
+        orch.dispatch(TaskSpec::new("work").payload(serde_json::json!("c"))),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the dispatch should still be under way");
+    let (input, at) = starts.recv().await.expect("c started");
+    assert_eq!(input, "c");
+    assert!(
+        at - dispatched < Duration::from_secs(1),
+        "the task waited for its lease to expire"
     );
     // A delayed task never starts this way.
     let later = orch
@@ -273,6 +290,8 @@ impl TaskStore for Slow {
         let core = task.core_id.clone();
         self.inner.create_tasks(vec![task]).await?;
         let mut claimed = self.inner.claim_tasks(&core, 1, lease).await?;
+        // Stored; the answer takes 5 ms to come back.
+        tokio::time::sleep(Duration::from_millis(5)).await;
         Ok(Ok(claimed.pop().expect("the task just created")))
     }
     async fn next_run_at(&self, core: &str) -> Result<Option<DateTime<Utc>>> {

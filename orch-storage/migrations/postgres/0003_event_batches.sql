@@ -29,6 +29,9 @@ CREATE UNIQUE INDEX orch_event_batches_last ON orch_event_batches (last_seq)
 CREATE INDEX orch_event_batches_at ON orch_event_batches USING brin (at);
 
 -- Every stored event moves, in order, to a row of its own; unnumbered ones stay unnumbered.
+-- Processes of an older version still running wait here (and fail once the table is gone)
+-- instead of appending or numbering events the copy would miss.
+LOCK TABLE orch_event_counter, orch_events IN EXCLUSIVE MODE;
 INSERT INTO orch_event_batches (n, seq, last_seq, at, kinds, task_ids, core_ids, attempts, data)
 SELECT 1, seq, seq, at, ARRAY[kind], ARRAY[task_id], ARRAY[core_id], ARRAY[attempt],
        jsonb_build_array(data)

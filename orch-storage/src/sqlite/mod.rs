@@ -55,13 +55,16 @@ const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
 struct Checkpointer {
     wake: std::sync::Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
+    pool: SqlitePool,
 }
 
 impl Checkpointer {
     fn start(pool: SqlitePool) -> Self {
         let wake = std::sync::Arc::new(tokio::sync::Notify::new());
         let woken = wake.clone();
+        let checkpoints = pool.clone();
         let task = tokio::spawn(async move {
+            let pool = checkpoints;
             loop {
                 woken.notified().await;
                 tokio::time::sleep(CHECKPOINT_DELAY).await;
@@ -74,7 +77,7 @@ impl Checkpointer {
                 }
             }
         });
-        Checkpointer { wake, task }
+        Checkpointer { wake, task, pool }
     }
 }
 
@@ -315,6 +318,9 @@ impl SqliteBackend {
     pub async fn close(&self) {
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.task.abort();
+            // Closed before the writer, which is then the last connection: SQLite
+            // checkpoints the whole WAL into the file as it closes.
+            checkpointer.pool.close().await;
         }
         self.readers.close().await;
         self.writer.close().await;
