@@ -113,6 +113,30 @@ async fn one_at_a_time_when_so_configured() {
     assert_eq!(backend.batches.max(), 1, "outcome batches at once");
 }
 
+/// Each attempt's input and start instant, as the engine of [`probed`] reports them.
+type Starts = tokio::sync::mpsc::UnboundedReceiver<(Value, tokio::time::Instant)>;
+
+/// An orchestrator on `backend` whose engine `work` reports each start, then takes `runs`.
+async fn probed(backend: Arc<Slow>, runs: Duration) -> (Orchestrator, Starts) {
+    let (started, starts) = tokio::sync::mpsc::unbounded_channel();
+    let orch = Orchestrator::builder(backend as SharedBackend)
+        .config(crate::config())
+        .engine(
+            "work",
+            processor_fn("work", move |_ctx, input: Value| {
+                started.send((input, tokio::time::Instant::now())).ok();
+                async move {
+                    tokio::time::sleep(runs).await;
+                    Ok(Value::Null)
+                }
+            }),
+        )
+        .build()
+        .await
+        .expect("valid config");
+    (orch, starts)
+}
+
 /// A task dispatched while a claim that will come back empty is under way is claimed as soon
 /// as that call is back, without first asking the backend for the next delayed task.
 #[tokio::test(start_paused = true)]
@@ -121,19 +145,7 @@ async fn a_dispatch_during_an_empty_claim_is_claimed_at_once() {
         claim_then_wait: true,
         ..Slow::default()
     });
-    let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
-    let orch = Orchestrator::builder(backend.clone() as SharedBackend)
-        .config(crate::config())
-        .engine(
-            "work",
-            processor_fn("work", move |_ctx, input: Value| {
-                started.send((input, tokio::time::Instant::now())).ok();
-                async { Ok(Value::Null) }
-            }),
-        )
-        .build()
-        .await
-        .expect("valid config");
+    let (orch, mut starts) = probed(backend.clone(), Duration::ZERO).await;
     // Idle: the first claims came back empty long ago.
     tokio::time::sleep(Duration::from_secs(1)).await;
     orch.dispatch(TaskSpec::new("work").payload(serde_json::json!("a")))
@@ -168,22 +180,7 @@ async fn a_dispatch_to_an_idle_core_starts_without_a_claim() {
         hand_off: true,
         ..Slow::default()
     });
-    let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
-    let orch = Orchestrator::builder(backend.clone() as SharedBackend)
-        .config(crate::config())
-        .engine(
-            "work",
-            processor_fn("work", move |_ctx, input: Value| {
-                started.send((input, tokio::time::Instant::now())).ok();
-                async {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    Ok(Value::Null)
-                }
-            }),
-        )
-        .build()
-        .await
-        .expect("valid config");
+    let (orch, mut starts) = probed(backend.clone(), Duration::from_millis(50)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let dispatched = tokio::time::Instant::now();
     let task = orch

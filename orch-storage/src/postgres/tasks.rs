@@ -175,19 +175,38 @@ fn terminal_event_kind(status: TaskStatus) -> EventKind {
     }
 }
 
-/// Inserts `tasks` in order on `conn` (alone, or inside the caller's transaction), each with
-/// its `task.queued` event, and sends `notify_payload` on the wake-up channel if any was
-/// stored; a task whose idempotency key exists is returned instead, not stored. Also returns
-/// whether any task was stored.
-pub(super) async fn insert_tasks(
+/// [`CREATE_TASK`]: one task, scalar parameters.
+async fn create_one(
     conn: &mut PgConnection,
-    tasks: Vec<NewTask>,
-    notify_payload: String,
-) -> Result<(Vec<Created>, bool)> {
+    task: &NewTask,
+    notify_payload: &str,
+) -> Result<Vec<sqlx::postgres::PgRow>> {
     const OP: &str = "create_tasks";
-    if tasks.is_empty() {
-        return Ok((Vec::new(), false));
-    }
+    sqlx::query(CREATE_TASK)
+        .bind(task.id.0)
+        .bind(task.core_id.as_str())
+        .bind(task.priority)
+        .bind(micros(task.timeout))
+        .bind(i32::try_from(task.max_attempts).unwrap_or(i32::MAX))
+        .bind(task.not_before)
+        .bind(db_micros(task.delay))
+        .bind(task.payload.to_string())
+        .bind(task.metadata.to_string())
+        .bind(task.idempotency_key.as_deref())
+        .bind(&task.locks)
+        .bind(notify_payload)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err(OP))
+}
+
+/// [`CREATE_TASKS`]: a batch, one array per column.
+async fn create_batch(
+    conn: &mut PgConnection,
+    tasks: &[NewTask],
+    notify_payload: &str,
+) -> Result<Vec<sqlx::postgres::PgRow>> {
+    const OP: &str = "create_tasks";
     let n = tasks.len();
     let (mut ids, mut core_ids, mut priorities, mut timeouts, mut max_attempts) = (
         Vec::with_capacity(n),
@@ -204,7 +223,7 @@ pub(super) async fn insert_tasks(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for task in &tasks {
+    for task in tasks {
         ids.push(task.id.0);
         core_ids.push(task.core_id.as_str());
         priorities.push(task.priority);
@@ -217,40 +236,40 @@ pub(super) async fn insert_tasks(
         keys.push(task.idempotency_key.as_deref());
         locks.push(serde_json::to_string(&task.locks)?);
     }
-    let rows = if let [task] = tasks.as_slice() {
-        sqlx::query(CREATE_TASK)
-            .bind(task.id.0)
-            .bind(task.core_id.as_str())
-            .bind(task.priority)
-            .bind(micros(task.timeout))
-            .bind(i32::try_from(task.max_attempts).unwrap_or(i32::MAX))
-            .bind(task.not_before)
-            .bind(db_micros(task.delay))
-            .bind(task.payload.to_string())
-            .bind(task.metadata.to_string())
-            .bind(task.idempotency_key.as_deref())
-            .bind(&task.locks)
-            .bind(&notify_payload)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db_err(OP))?
-    } else {
-        sqlx::query(CREATE_TASKS)
-            .bind(&ids)
-            .bind(&core_ids)
-            .bind(&priorities)
-            .bind(&timeouts)
-            .bind(&max_attempts)
-            .bind(&not_before)
-            .bind(&delays)
-            .bind(&payloads)
-            .bind(&metadata)
-            .bind(&keys)
-            .bind(&locks)
-            .bind(&notify_payload)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db_err(OP))?
+    sqlx::query(CREATE_TASKS)
+        .bind(&ids)
+        .bind(&core_ids)
+        .bind(&priorities)
+        .bind(&timeouts)
+        .bind(&max_attempts)
+        .bind(&not_before)
+        .bind(&delays)
+        .bind(&payloads)
+        .bind(&metadata)
+        .bind(&keys)
+        .bind(&locks)
+        .bind(notify_payload)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err(OP))
+}
+
+/// Inserts `tasks` in order on `conn` (alone, or inside the caller's transaction), each with
+/// its `task.queued` event, and sends `notify_payload` on the wake-up channel if any was
+/// stored; a task whose idempotency key exists is returned instead, not stored. Also returns
+/// whether any task was stored.
+pub(super) async fn insert_tasks(
+    conn: &mut PgConnection,
+    tasks: Vec<NewTask>,
+    notify_payload: String,
+) -> Result<(Vec<Created>, bool)> {
+    const OP: &str = "create_tasks";
+    if tasks.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let rows = match tasks.as_slice() {
+        [task] => create_one(conn, task, &notify_payload).await?,
+        _ => create_batch(conn, &tasks, &notify_payload).await?,
     };
     // The database gave each inserted task its times; the rest is what was sent.
     let mut inserted: HashMap<Uuid, (DateTime<Utc>, DateTime<Utc>)> =
@@ -280,7 +299,7 @@ pub(super) async fn insert_tasks(
             }
         }
     }
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(tasks.len());
     for mut new in tasks {
         if let Some(&(run_at, created_at)) = inserted.get(&new.id.0) {
             // As stored: the timeout in whole microseconds.

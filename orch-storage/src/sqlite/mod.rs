@@ -561,6 +561,15 @@ fn task_from_row(operation: &'static str, row: &SqliteRow) -> Result<(Task, Opti
 mod tests {
     use super::*;
 
+    async fn open_temp() -> (SqliteBackend, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        let backend = SqliteBackend::open(path.to_str().expect("utf-8"))
+            .await
+            .expect("open");
+        (backend, dir)
+    }
+
     async fn keys(backend: &SqliteBackend) -> Vec<String> {
         sqlx::query_scalar("SELECT key FROM orch_kv ORDER BY key")
             .fetch_all(&backend.readers)
@@ -571,10 +580,7 @@ mod tests {
     /// A script that fails half way leaves nothing of what it did, and the writer usable.
     #[tokio::test]
     async fn a_failed_write_script_is_rolled_back() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let backend = SqliteBackend::open(dir.path().join("s.db").to_str().expect("utf-8"))
-            .await
-            .expect("open");
+        let (backend, _dir) = open_temp().await;
         let failing = "BEGIN IMMEDIATE;
 INSERT INTO orch_kv (key, value) VALUES ('a', x'00');
 INSERT INTO orch_kv (key, value) VALUES ('a', x'01');
@@ -596,10 +602,7 @@ COMMIT";
     /// A caller that gives up does not cut a script short: it runs to its end on its own.
     #[tokio::test]
     async fn a_dropped_write_script_still_completes() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let backend = SqliteBackend::open(dir.path().join("s.db").to_str().expect("utf-8"))
-            .await
-            .expect("open");
+        let (backend, _dir) = open_temp().await;
         let script = "BEGIN IMMEDIATE;
 INSERT INTO orch_kv (key, value) VALUES ('a', x'00');
 INSERT INTO orch_kv (key, value) VALUES ('b', x'00');
