@@ -609,7 +609,7 @@ INSERT INTO orch_kv (key, value) VALUES ('b', x'00');
 COMMIT";
         let mut call = Box::pin(backend.write_script("test", sqlx::query(script)));
         // Polled once (the script is handed over), then dropped.
-        assert!(futures_poll_once(call.as_mut()).await.is_none());
+        assert!(futures_util::FutureExt::now_or_never(call.as_mut()).is_none());
         drop(call);
         let ok = "BEGIN IMMEDIATE; INSERT INTO orch_kv (key, value) VALUES ('c', x'00'); COMMIT";
         backend
@@ -617,15 +617,5 @@ COMMIT";
             .await
             .expect("the writer works after a dropped script");
         assert_eq!(keys(&backend).await, ["a", "b", "c"]);
-    }
-
-    async fn futures_poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
-        std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
-                std::task::Poll::Ready(out) => Some(out),
-                std::task::Poll::Pending => None,
-            })
-        })
-        .await
     }
 }
