@@ -1,9 +1,11 @@
-//! Backend traits: what the dispatcher, the lock manager and the event log persist.
+//! For backend authors: the traits a backend implements, the types they exchange with the
+//! orchestrator, and the [`rules`] every backend applies.
 //!
-//! Each method is one atomic step that a SQL backend implements as a single statement (or one
-//! short transaction). Every task method that changes a task appends the matching event in the
-//! same atomic step, so the log never misses a transition and never shows one that did not
-//! happen. Worker-side writes are conditioned on the lease token: a stale holder cannot write.
+//! Each trait method is one atomic step that a SQL backend implements as a single statement
+//! (or one short transaction). Every task method that changes a task appends the events its
+//! [`rules`] change names in the same atomic step, so the log never misses a transition and
+//! never shows one that did not happen. Worker-side writes are conditioned on the lease token:
+//! a stale holder cannot write.
 //!
 //! [`MemoryBackend`](crate::MemoryBackend) implements all of them; `orch-storage` has SQLite and
 //! PostgreSQL. Every implementation must pass the conformance suite (`orch_core::conformance`,
@@ -18,24 +20,39 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+/// Wall-clock time that follows tokio's (pausable) clock: the memory backend's time, and
+/// what tests move with `tokio::time::advance`.
+pub mod clock {
+    pub use crate::clock::{now, until};
+}
 use crate::contracts::StorageProvider;
+pub use crate::contracts::check_storage_key;
 use crate::error::Result;
-use crate::model::{
-    AttemptOutcome, Claimed, Created, Event, LeaseToken, LockAttempt, LockInfo, NewEvent, NewTask,
-    Resolution, Task, TaskFilter, TaskId, TaskStatus,
+pub use crate::model::rules;
+pub use crate::model::{
+    AttemptOutcome, AttemptReport, Claimed, Created, HeldLease, LockAttempt, NewTask, QueueDepth,
+    check_name,
 };
-use crate::signal::ChangeSignal;
+use crate::model::{
+    EngineCounts, Event, LockInfo, NewEvent, Resolution, Task, TaskFilter, TaskId, TaskStatus,
+};
+pub use crate::signal::ChangeSignal;
 
 /// Queue operations.
 ///
-/// Claim order, which every backend must follow: among `queued` tasks of the core whose
+/// Claim order, which every backend must follow: among `queued` tasks of the engine whose
 /// `run_at` has come, highest `priority` first, then earliest `run_at`, then lowest id.
+///
+/// Every state change is one of the [`rules`]: a backend stores what the rule's
+/// [`Change`](rules::Change) says (the memory and SQLite backends through
+/// [`Change::apply`](rules::Change::apply)), and the rule's events with it.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait TaskStore: Send + Sync {
-    /// Stores new tasks in order, each `queued` with a `task.queued` event. A task whose
-    /// idempotency key already exists is not stored: the existing task is returned with
-    /// `created: false` (also within one batch).
+    /// Stores new tasks in order, each as [`rules::create`] makes it (`queued`, with a
+    /// `task.queued` event, runnable from [`rules::first_run_at`] by the backend's clock). A
+    /// task whose idempotency key already exists is not stored: the existing task is returned
+    /// with `created: false` (also within one batch).
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>>;
 
     /// The task, if it exists.
@@ -44,28 +61,34 @@ pub trait TaskStore: Send + Sync {
     /// Tasks matching the filter, ordered by id.
     async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>>;
 
-    /// Atomically leases up to `limit` available tasks of `core_id` in claim order: each becomes
-    /// `running`, its attempt counter grows by one, it gets a fresh lease token expiring `lease`
-    /// from now, and a `task.started` event is appended. Two concurrent claims never return the
-    /// same task.
+    /// Atomically leases up to `limit` due `queued` tasks of `engine` in claim order, each by
+    /// [`rules::claim`]: `running`, a new attempt, a fresh lease token expiring `lease` from
+    /// now, a `task.started` event. Two concurrent claims never return the same task.
     async fn claim_tasks(
         &self,
-        core_id: &str,
+        engine: &str,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>>;
 
-    /// Creates `task` already claimed, in one atomic step: as if it were created and then
-    /// leased by [`claim_tasks`](Self::claim_tasks) (running, attempt 1, a fresh lease token
-    /// expiring `lease` from now, a `task.queued` then a `task.started` event). An orchestrator
-    /// calls it for a task it dispatches to one of its own cores while that core's claim loop
-    /// is idle, to start the task without a claim round trip.
+    /// Whether this backend implements [`create_claimed`](Self::create_claimed). Read once,
+    /// when an orchestrator is built; `false` (the default) and the orchestrator never calls
+    /// it. (With `MockTaskStore`, expect this call.)
+    fn creates_claimed(&self) -> bool {
+        false
+    }
+
+    /// Creates `task` already claimed, in one atomic step: what [`create_tasks`](Self::create_tasks)
+    /// and then [`claim_tasks`](Self::claim_tasks) would leave (running, attempt 1, a fresh
+    /// lease token expiring `lease` from now, a `task.queued` then a `task.started` event). An
+    /// orchestrator calls it, when [`creates_claimed`](Self::creates_claimed) says so, for a
+    /// task it dispatches to one of its own engines while that engine's claim loop is idle,
+    /// to start the task without a claim round trip.
     ///
     /// The orchestrator passes only tasks without idempotency key or delay whose `not_before`
-    /// (if any) has passed. A backend that does not offer this (the default), or that declines
-    /// the task, hands it back as `Err(task)` having stored nothing; the caller then creates
-    /// it the usual way. (With `MockTaskStore`, expect this call returning `Ok(Err(task))` to
-    /// keep the usual path.)
+    /// (if any) has passed. A backend that declines the task (its own clock says it is not due
+    /// yet) hands it back as `Err(task)` having stored nothing; the caller then creates it the
+    /// usual way. The default declines every task.
     async fn create_claimed(
         &self,
         task: NewTask,
@@ -75,68 +98,55 @@ pub trait TaskStore: Send + Sync {
         Ok(Err(task))
     }
 
-    /// The earliest `run_at` among `queued` tasks of `core_id`, so an idle worker knows how long
+    /// The earliest `run_at` among `queued` tasks of `engine`, so an idle worker knows how long
     /// it may sleep.
-    async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>>;
+    async fn next_run_at(&self, engine: &str) -> Result<Option<DateTime<Utc>>>;
 
-    /// Extends each lease whose token still matches to `lease` from now. Returns, in input order,
-    /// the new expiry, or `None` for a lease that is no longer held.
+    /// Extends each lease whose token still matches a `running` task to `lease` from now.
+    /// Returns, in input order, the new expiry, or `None` for a lease that is no longer held.
     async fn renew_leases(
         &self,
-        leases: Vec<(TaskId, LeaseToken)>,
+        leases: Vec<HeldLease>,
         lease: Duration,
     ) -> Result<Vec<Option<DateTime<Utc>>>>;
 
-    /// Ends the current attempt, only if `token` is the current lease of a `running` task:
-    /// otherwise [`Error::LeaseLost`](crate::Error::LeaseLost) (or
-    /// [`Error::TaskNotFound`](crate::Error::TaskNotFound)). Appends the matching event
-    /// (`task.succeeded`, `task.failed`, `task.retrying`, `task.timed_out`, `task.requeued`).
-    async fn finish_attempt(
-        &self,
-        id: TaskId,
-        token: LeaseToken,
-        outcome: AttemptOutcome,
-    ) -> Result<Task>;
+    /// Ends attempts, each by [`rules::end_attempt`] with its report's attempt number and
+    /// outcome, only if the report's token is the current lease of the `running` task:
+    /// otherwise that report gets [`Error::LeaseLost`](crate::Error::LeaseLost) (or
+    /// [`Error::TaskNotFound`](crate::Error::TaskNotFound)) and changes nothing. Reports are
+    /// applied in input order (a task reported twice is ended by the first report holding its
+    /// lease), in one call: one lock or one round trip for all. Returns, in input order, each
+    /// task's new state or the error.
+    async fn finish_attempts(&self, reports: Vec<AttemptReport>)
+    -> Result<Vec<Result<TaskStatus>>>;
 
-    /// Ends several attempts, each exactly as [`TaskStore::finish_attempt`] would, in one call
-    /// (one lock or one round trip for all). Returns, in input order, each task's new state or
-    /// the error `finish_attempt` would have given. The default calls `finish_attempt` in turn.
-    async fn finish_attempts(
-        &self,
-        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
-    ) -> Result<Vec<Result<TaskStatus>>> {
-        let mut statuses = Vec::with_capacity(reports.len());
-        for (id, token, outcome) in reports {
-            statuses.push(
-                self.finish_attempt(id, token, outcome)
-                    .await
-                    .map(|t| t.status),
-            );
-        }
-        Ok(statuses)
-    }
-
-    /// Cancels a `queued` or `running` task (dropping any lease) with a `task.cancelled` event;
+    /// Cancels a `queued` or `running` task by [`rules::cancel`] (dropping any lease);
     /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a finished one.
     async fn cancel_task(&self, id: TaskId) -> Result<Task>;
 
-    /// Finishes a `queued` or `running` task without a lease (an external system ran it);
-    /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a finished one.
+    /// Finishes a `queued` or `running` task without a lease by [`rules::resolve`] (an
+    /// external system ran it); [`Error::IllegalTransition`](crate::Error::IllegalTransition)
+    /// for a finished one.
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task>;
 
-    /// Takes back up to `limit` `running` tasks whose lease expired: those with attempts left go
-    /// back to `queued` (runnable at once), the others become `failed`. Appends `task.rescued`
-    /// (and `task.failed` for the latter). Returns the tasks as they are now.
+    /// Takes back up to `limit` `running` tasks whose lease expired, oldest expiry first, each
+    /// by [`rules::rescue`]. Returns the tasks as they are now.
     async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>>;
 
-    /// Deletes up to `limit` finished tasks that finished before `before`; returns how many.
+    /// Deletes up to `limit` finished tasks that finished before `before`, oldest first;
+    /// returns how many.
     async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
 
-    /// Counts of `queued` tasks per `(core_id, priority)`.
-    async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>>;
+    /// Counts of `queued` tasks per engine and priority, ordered by engine, then priority.
+    async fn queue_depth(&self) -> Result<Vec<QueueDepth>>;
 
-    /// A hint raised when tasks may have become available (created, requeued), across every
-    /// process sharing the backend when the backend can tell. `None`: callers poll.
+    /// Counts of tasks per engine in each state (queued ones split into due and delayed by the
+    /// backend's clock), ordered by engine; engines without tasks are left out.
+    async fn count_tasks(&self) -> Result<Vec<EngineCounts>>;
+
+    /// A hint raised when tasks may have become claimable (created, requeued), across every
+    /// process sharing the backend when the backend can tell. `None`: the orchestrator raises
+    /// its own signal for the changes it makes and polls for the rest.
     fn task_wakeups(&self) -> Option<ChangeSignal> {
         None
     }
@@ -158,7 +168,9 @@ pub trait EventStore: Send + Sync {
     /// Deletes events appended before `before`; returns how many.
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64>;
 
-    /// A hint raised whenever events are appended. `None`: callers poll.
+    /// A hint raised whenever events are appended, across every process sharing the backend
+    /// when the backend can tell. `None`: the orchestrator raises its own signal for the
+    /// events it causes and polls for the rest.
     fn event_wakeups(&self) -> Option<ChangeSignal> {
         None
     }

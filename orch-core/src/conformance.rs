@@ -29,8 +29,8 @@ use crate::backend::SharedBackend;
 use crate::clock;
 use crate::error::Error;
 use crate::model::{
-    AttemptOutcome, EventKind, LeaseToken, LockAttempt, NewEvent, NewTask, Resolution, TaskFilter,
-    TaskId, TaskSpec, TaskStatus,
+    AttemptOutcome, AttemptReport, Claimed, EventKind, HeldLease, LeaseToken, LockAttempt,
+    NewEvent, NewTask, QueueDepth, Resolution, Task, TaskFilter, TaskId, TaskSpec, TaskStatus,
 };
 
 type CheckResult = Result<(), String>;
@@ -197,6 +197,39 @@ async fn events_of(b: &SharedBackend, id: TaskId) -> Result<Vec<EventKind>, Stri
 
 const LEASE: Duration = Duration::from_secs(30);
 
+/// The report of `c`'s attempt ending with `outcome`.
+fn report(c: &Claimed, outcome: AttemptOutcome) -> AttemptReport {
+    AttemptReport {
+        task_id: c.task.id,
+        lease_token: c.lease_token,
+        attempt: c.task.attempt,
+        outcome,
+    }
+}
+
+/// The lease `c` holds.
+fn held(c: &Claimed) -> HeldLease {
+    HeldLease {
+        task_id: c.task.id,
+        lease_token: c.lease_token,
+    }
+}
+
+/// Ends `c`'s attempt with `outcome` and returns the task as it is now.
+async fn finish(b: &SharedBackend, c: &Claimed, outcome: AttemptOutcome) -> crate::Result<Task> {
+    finish_report(b, report(c, outcome)).await
+}
+
+/// Records one report and returns the task as it is now.
+async fn finish_report(b: &SharedBackend, report: AttemptReport) -> crate::Result<Task> {
+    let id = report.task_id;
+    b.finish_attempts(vec![report])
+        .await?
+        .pop()
+        .ok_or_else(|| Error::backend("finish_attempts", "returned no answer"))??;
+    b.get_task(id).await?.ok_or(Error::TaskNotFound(id))
+}
+
 async fn create_and_get(b: SharedBackend) -> CheckResult {
     let spec = TaskSpec::new("core-a")
         .priority(7)
@@ -332,7 +365,7 @@ async fn claim_is_per_core_and_bounded(b: SharedBackend) -> CheckResult {
     let claimed = ok!(b.claim_tasks("a", 3, LEASE).await);
     ensure!(claimed.len() == 3, "limit 3 gave {}", claimed.len());
     ensure!(
-        claimed.iter().all(|c| c.task.core_id == "a"),
+        claimed.iter().all(|c| c.task.engine == "a"),
         "claimed another core's task"
     );
     let rest = ok!(b.claim_tasks("a", 10, LEASE).await);
@@ -387,15 +420,14 @@ async fn claim_leases_and_logs(b: SharedBackend) -> CheckResult {
 async fn finish_succeeded(b: SharedBackend) -> CheckResult {
     create(&b, TaskSpec::new("c")).await?;
     let c = claim_one(&b, "c", LEASE).await?;
-    let done = ok!(b
-        .finish_attempt(
-            c.task.id,
-            c.lease_token,
-            AttemptOutcome::Succeeded {
-                result: json!({"ok": true})
-            }
-        )
-        .await);
+    let done = ok!(finish(
+        &b,
+        &c,
+        AttemptOutcome::Succeeded {
+            result: json!({"ok": true})
+        }
+    )
+    .await);
     ensure!(
         done.status == TaskStatus::Succeeded,
         "status {}",
@@ -410,13 +442,7 @@ async fn finish_succeeded(b: SharedBackend) -> CheckResult {
         done.finished_at.is_some() && done.lease_expires_at.is_none(),
         "timestamps {done:?}"
     );
-    let again = b
-        .finish_attempt(
-            c.task.id,
-            c.lease_token,
-            AttemptOutcome::Succeeded { result: json!(1) },
-        )
-        .await;
+    let again = finish(&b, &c, AttemptOutcome::Succeeded { result: json!(1) }).await;
     ensure!(
         matches!(again, Err(Error::LeaseLost(_))),
         "second report must be refused, got {again:?}"
@@ -436,19 +462,19 @@ async fn finish_attempts_in_one_call(b: SharedBackend) -> CheckResult {
     ensure!(claimed.len() == 3, "claimed {}", claimed.len());
     let statuses = ok!(b
         .finish_attempts(vec![
-            (
-                claimed[0].task.id,
-                claimed[0].lease_token,
+            report(
+                &claimed[0],
                 AttemptOutcome::Succeeded { result: json!("a") }
             ),
-            (
-                claimed[1].task.id,
-                LeaseToken::new(),
-                AttemptOutcome::Succeeded { result: json!("b") }
-            ),
-            (
-                claimed[2].task.id,
-                claimed[2].lease_token,
+            AttemptReport {
+                lease_token: LeaseToken::new(),
+                ..report(
+                    &claimed[1],
+                    AttemptOutcome::Succeeded { result: json!("b") }
+                )
+            },
+            report(
+                &claimed[2],
                 AttemptOutcome::Failed {
                     error: "again".into(),
                     retry_in: Some(Duration::ZERO)
@@ -498,16 +524,24 @@ async fn finish_attempts_duplicates_and_unknowns(b: SharedBackend) -> CheckResul
     let (x, y) = (&claimed[0], &claimed[1]);
     let mut reports = vec![
         // x: a stale report first, then the one holding the lease.
-        (x.task.id, LeaseToken::new(), success(1)),
-        (x.task.id, x.lease_token, success(2)),
+        AttemptReport {
+            lease_token: LeaseToken::new(),
+            ..report(x, success(1))
+        },
+        report(x, success(2)),
         // y: the same report twice.
-        (y.task.id, y.lease_token, success(3)),
-        (y.task.id, y.lease_token, success(4)),
+        report(y, success(3)),
+        report(y, success(4)),
         // A task that does not exist.
-        (TaskId::new(), LeaseToken::new(), success(5)),
+        AttemptReport {
+            task_id: TaskId::new(),
+            lease_token: LeaseToken::new(),
+            attempt: 1,
+            outcome: success(5),
+        },
     ];
     for (n, c) in (6..).zip(&claimed[2..]) {
-        reports.push((c.task.id, c.lease_token, success(n)));
+        reports.push(report(c, success(n)));
     }
     let statuses = ok!(b.finish_attempts(reports).await);
     ensure!(statuses.len() == 10, "one status per report expected");
@@ -581,10 +615,18 @@ async fn finish_attempts_successes_with_stale_and_unknown(b: SharedBackend) -> C
     let success = |n: i64| AttemptOutcome::Succeeded { result: json!(n) };
     let statuses = ok!(b
         .finish_attempts(vec![
-            (claimed[0].task.id, claimed[0].lease_token, success(0)),
-            (claimed[1].task.id, LeaseToken::new(), success(1)),
-            (TaskId::new(), LeaseToken::new(), success(2)),
-            (claimed[2].task.id, claimed[2].lease_token, success(3)),
+            report(&claimed[0], success(0)),
+            AttemptReport {
+                lease_token: LeaseToken::new(),
+                ..report(&claimed[1], success(1))
+            },
+            AttemptReport {
+                task_id: TaskId::new(),
+                lease_token: LeaseToken::new(),
+                attempt: 1,
+                outcome: success(2),
+            },
+            report(&claimed[2], success(3)),
         ])
         .await);
     ensure!(statuses.len() == 4, "one status per report expected");
@@ -621,14 +663,14 @@ async fn stale_token_is_refused(b: SharedBackend) -> CheckResult {
     create(&b, TaskSpec::new("c")).await?;
     let c = claim_one(&b, "c", LEASE).await?;
     let wrong = b
-        .finish_attempt(
-            c.task.id,
-            LeaseToken::new(),
-            AttemptOutcome::Succeeded { result: json!(1) },
-        )
-        .await;
+        .finish_attempts(vec![AttemptReport {
+            lease_token: LeaseToken::new(),
+            ..report(&c, AttemptOutcome::Succeeded { result: json!(1) })
+        }])
+        .await
+        .map(|mut statuses| statuses.pop());
     ensure!(
-        matches!(wrong, Err(Error::LeaseLost(_))),
+        matches!(wrong, Ok(Some(Err(Error::LeaseLost(_))))),
         "wrong token must be LeaseLost, got {wrong:?}"
     );
     let stored = ok!(b.get_task(c.task.id).await).ok_or("task vanished")?;
@@ -643,16 +685,15 @@ async fn retry_requeues_with_delay(b: SharedBackend) -> CheckResult {
     create(&b, TaskSpec::new("c").max_attempts(3)).await?;
     let c = claim_one(&b, "c", LEASE).await?;
     let before = clock::now();
-    let t = ok!(b
-        .finish_attempt(
-            c.task.id,
-            c.lease_token,
-            AttemptOutcome::Failed {
-                error: "boom".into(),
-                retry_in: Some(Duration::from_secs(60))
-            }
-        )
-        .await);
+    let t = ok!(finish(
+        &b,
+        &c,
+        AttemptOutcome::Failed {
+            error: "boom".into(),
+            retry_in: Some(Duration::from_secs(60))
+        }
+    )
+    .await);
     ensure!(t.status == TaskStatus::Queued, "status {}", t.status);
     ensure!(t.error.as_deref() == Some("boom"), "error {:?}", t.error);
     ensure!(
@@ -667,15 +708,14 @@ async fn retry_requeues_with_delay(b: SharedBackend) -> CheckResult {
     let t2 = ok!(b.create_tasks(vec![new_task(TaskSpec::new("d"))]).await);
     let c2 = claim_one(&b, "d", LEASE).await?;
     ensure!(c2.task.id == t2[0].task.id, "other core unaffected");
-    let retried = ok!(b
-        .finish_attempt(
-            c2.task.id,
-            c2.lease_token,
-            AttemptOutcome::TimedOut {
-                retry_in: Some(Duration::ZERO)
-            }
-        )
-        .await);
+    let retried = ok!(finish(
+        &b,
+        &c2,
+        AttemptOutcome::TimedOut {
+            retry_in: Some(Duration::ZERO)
+        }
+    )
+    .await);
     ensure!(
         retried.status == TaskStatus::Queued,
         "timed-out attempt with retry should requeue"
@@ -703,27 +743,20 @@ async fn final_failure_and_timeout(b: SharedBackend) -> CheckResult {
     create(&b, TaskSpec::new("c")).await?;
     let a = claim_one(&b, "c", LEASE).await?;
     let z = claim_one(&b, "c", LEASE).await?;
-    let failed = ok!(b
-        .finish_attempt(
-            a.task.id,
-            a.lease_token,
-            AttemptOutcome::Failed {
-                error: "bad".into(),
-                retry_in: None
-            }
-        )
-        .await);
+    let failed = ok!(finish(
+        &b,
+        &a,
+        AttemptOutcome::Failed {
+            error: "bad".into(),
+            retry_in: None
+        }
+    )
+    .await);
     ensure!(
         failed.status == TaskStatus::Failed && failed.error.as_deref() == Some("bad"),
         "{failed:?}"
     );
-    let timed = ok!(b
-        .finish_attempt(
-            z.task.id,
-            z.lease_token,
-            AttemptOutcome::TimedOut { retry_in: None }
-        )
-        .await);
+    let timed = ok!(finish(&b, &z, AttemptOutcome::TimedOut { retry_in: None }).await);
     ensure!(
         timed.status == TaskStatus::TimedOut,
         "status {}",
@@ -743,9 +776,7 @@ async fn final_failure_and_timeout(b: SharedBackend) -> CheckResult {
 async fn abandon_gives_attempt_back(b: SharedBackend) -> CheckResult {
     create(&b, TaskSpec::new("c").max_attempts(1)).await?;
     let c = claim_one(&b, "c", LEASE).await?;
-    let t = ok!(b
-        .finish_attempt(c.task.id, c.lease_token, AttemptOutcome::Abandoned)
-        .await);
+    let t = ok!(finish(&b, &c, AttemptOutcome::Abandoned).await);
     ensure!(
         t.status == TaskStatus::Queued && t.attempt == 0,
         "abandoned task {t:?}"
@@ -781,20 +812,12 @@ async fn cancel_queued_and_running(b: SharedBackend) -> CheckResult {
     create(&b, TaskSpec::new("c")).await?;
     let c = claim_one(&b, "c", LEASE).await?;
     ok!(b.cancel_task(c.task.id).await);
-    let late = b
-        .finish_attempt(
-            c.task.id,
-            c.lease_token,
-            AttemptOutcome::Succeeded { result: json!(1) },
-        )
-        .await;
+    let late = finish(&b, &c, AttemptOutcome::Succeeded { result: json!(1) }).await;
     ensure!(
         matches!(late, Err(Error::LeaseLost(_))),
         "holder of a cancelled task must be refused, got {late:?}"
     );
-    let renewed = ok!(b
-        .renew_leases(vec![(c.task.id, c.lease_token)], LEASE)
-        .await);
+    let renewed = ok!(b.renew_leases(vec![held(&c)], LEASE).await);
     ensure!(renewed == [None], "heartbeat of a cancelled task must fail");
     ensure!(
         events_of(&b, c.task.id).await?.last() == Some(&EventKind::TaskCancelled),
@@ -828,13 +851,7 @@ async fn resolve_without_lease(b: SharedBackend) -> CheckResult {
         t.status == TaskStatus::Failed && t.error.as_deref() == Some("external"),
         "{t:?}"
     );
-    let late = b
-        .finish_attempt(
-            c.task.id,
-            c.lease_token,
-            AttemptOutcome::Succeeded { result: json!(1) },
-        )
-        .await;
+    let late = finish(&b, &c, AttemptOutcome::Succeeded { result: json!(1) }).await;
     ensure!(
         matches!(late, Err(Error::LeaseLost(_))),
         "holder of a resolved task must be refused"
@@ -848,9 +865,15 @@ async fn renew_leases_checks_token(b: SharedBackend) -> CheckResult {
     let renewed = ok!(b
         .renew_leases(
             vec![
-                (c.task.id, c.lease_token),
-                (c.task.id, LeaseToken::new()),
-                (TaskId::new(), LeaseToken::new())
+                held(&c),
+                HeldLease {
+                    task_id: c.task.id,
+                    lease_token: LeaseToken::new(),
+                },
+                HeldLease {
+                    task_id: TaskId::new(),
+                    lease_token: LeaseToken::new(),
+                }
             ],
             Duration::from_secs(120)
         )
@@ -907,13 +930,12 @@ async fn rescue_expired_leases(b: SharedBackend) -> CheckResult {
         "task without attempts left should fail, is {}",
         l.status
     );
-    let stale = b
-        .finish_attempt(
-            retryable.task.id,
-            retryable.lease_token,
-            AttemptOutcome::Succeeded { result: json!(1) },
-        )
-        .await;
+    let stale = finish(
+        &b,
+        &retryable,
+        AttemptOutcome::Succeeded { result: json!(1) },
+    )
+    .await;
     ensure!(
         matches!(stale, Err(Error::LeaseLost(_))),
         "old holder's report must be refused, got {stale:?}"
@@ -945,13 +967,16 @@ async fn unknown_task_errors(b: SharedBackend) -> CheckResult {
         matches!(r, Err(Error::TaskNotFound(_))),
         "resolve unknown: {r:?}"
     );
-    let r = b
-        .finish_attempt(
-            id,
-            LeaseToken::new(),
-            AttemptOutcome::Succeeded { result: json!(1) },
-        )
-        .await;
+    let r = finish_report(
+        &b,
+        AttemptReport {
+            task_id: id,
+            lease_token: LeaseToken::new(),
+            attempt: 1,
+            outcome: AttemptOutcome::Succeeded { result: json!(1) },
+        },
+    )
+    .await;
     ensure!(
         matches!(r, Err(Error::TaskNotFound(_) | Error::LeaseLost(_))),
         "finish unknown: {r:?}"
@@ -992,12 +1017,12 @@ async fn list_filters_and_pages(b: SharedBackend) -> CheckResult {
     );
     let even = ok!(b
         .list_tasks(TaskFilter {
-            core_id: Some("even".into()),
+            engine: Some("even".into()),
             ..Default::default()
         })
         .await);
     ensure!(
-        even.len() == 3 && even.iter().all(|t| t.core_id == "even"),
+        even.len() == 3 && even.iter().all(|t| t.engine == "even"),
         "core filter"
     );
     let running = ok!(b
@@ -1267,13 +1292,7 @@ async fn prune_finished_tasks(b: SharedBackend) -> CheckResult {
     create(&b, TaskSpec::new("c").idempotency_key("gone")).await?;
     let keep = create(&b, TaskSpec::new("c")).await?;
     let c = claim_one(&b, "c", LEASE).await?;
-    ok!(b
-        .finish_attempt(
-            c.task.id,
-            c.lease_token,
-            AttemptOutcome::Succeeded { result: json!(1) }
-        )
-        .await);
+    ok!(finish(&b, &c, AttemptOutcome::Succeeded { result: json!(1) }).await);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let pruned = ok!(b.prune_tasks(clock::now(), 100).await);
     ensure!(pruned == 1, "pruned {pruned}");
@@ -1301,13 +1320,13 @@ async fn queue_depth_counts_queued(b: SharedBackend) -> CheckResult {
     create(&b, TaskSpec::new("b")).await?;
     claim_one(&b, "b", LEASE).await?;
     let depth = ok!(b.queue_depth().await);
+    let row = |engine: &str, priority, queued| QueueDepth {
+        engine: engine.to_owned(),
+        priority,
+        queued,
+    };
     ensure!(
-        depth
-            == [
-                ("a".to_owned(), 1, 2),
-                ("a".to_owned(), 2, 1),
-                ("b".to_owned(), 1, 1)
-            ],
+        depth == [row("a", 1, 2), row("a", 2, 1), row("b", 1, 1)],
         "queue_depth {depth:?}"
     );
     Ok(())

@@ -6,19 +6,19 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::contracts::StorageProvider;
-use crate::model::{FencingToken, TaskId};
+use crate::model::{FencingToken, TaskId, TaskLock};
 
 /// The context of one attempt. Cheap to clone.
 #[derive(Clone)]
 pub struct TaskContext {
     task_id: TaskId,
-    core_id: Arc<str>,
+    engine: Arc<str>,
     attempt: u32,
     max_attempts: u32,
     /// Fired when the attempt must stop: timeout, cancellation, lost lease or shutdown.
     cancel: CancellationToken,
     /// `None` when the task holds no locks (most tasks: saves an allocation per attempt).
-    fencing_tokens: Option<Arc<[(String, FencingToken)]>>,
+    locks: Option<Arc<[TaskLock]>>,
     storage: Option<Arc<dyn StorageProvider>>,
 }
 
@@ -26,32 +26,32 @@ impl std::fmt::Debug for TaskContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskContext")
             .field("task_id", &self.task_id)
-            .field("core_id", &self.core_id)
+            .field("engine", &self.engine)
             .field("attempt", &self.attempt)
             .field("cancelled", &self.cancel.is_cancelled())
-            .field("fencing_tokens", &self.fencing_tokens)
+            .field("locks", &self.locks)
             .finish_non_exhaustive()
     }
 }
 
 impl TaskContext {
     /// A context for tests and for callers that run an engine by hand.
-    pub fn new(task_id: TaskId, core_id: &str) -> Self {
+    pub fn new(task_id: TaskId, engine: &str) -> Self {
         TaskContext {
             task_id,
-            core_id: core_id.into(),
+            engine: engine.into(),
             attempt: 1,
             max_attempts: 1,
             cancel: CancellationToken::new(),
-            fencing_tokens: None,
+            locks: None,
             storage: None,
         }
     }
 
-    /// The context of a dispatcher attempt (shares the core's name instead of copying it).
+    /// The context of a dispatcher attempt (shares the engine's name instead of copying it).
     pub(crate) fn for_attempt(
         task_id: TaskId,
-        core_id: Arc<str>,
+        engine: Arc<str>,
         attempt: u32,
         max_attempts: u32,
         cancel: CancellationToken,
@@ -59,11 +59,11 @@ impl TaskContext {
     ) -> Self {
         TaskContext {
             task_id,
-            core_id,
+            engine,
             attempt,
             max_attempts,
             cancel,
-            fencing_tokens: None,
+            locks: None,
             storage: Some(storage),
         }
     }
@@ -81,9 +81,9 @@ impl TaskContext {
         self
     }
 
-    /// Sets the fencing tokens of the task's locks.
-    pub fn with_fencing_tokens(mut self, tokens: Vec<(String, FencingToken)>) -> Self {
-        self.fencing_tokens = (!tokens.is_empty()).then(|| Arc::from(tokens));
+    /// Sets the task's locks and their fencing tokens.
+    pub fn with_locks(mut self, locks: Vec<TaskLock>) -> Self {
+        self.locks = (!locks.is_empty()).then(|| Arc::from(locks));
         self
     }
 
@@ -98,9 +98,9 @@ impl TaskContext {
         self.task_id
     }
 
-    /// Its core.
-    pub fn core_id(&self) -> &str {
-        &self.core_id
+    /// The engine it runs on.
+    pub fn engine(&self) -> &str {
+        &self.engine
     }
 
     /// This attempt's number, from 1.
@@ -134,15 +134,15 @@ impl TaskContext {
 
     /// The fencing token of the task's lock on `resource`, to present to the protected resource.
     pub fn fencing_token(&self, resource: &str) -> Option<FencingToken> {
-        self.fencing_tokens()
+        self.locks()
             .iter()
-            .find(|(name, _)| name == resource)
-            .map(|(_, token)| *token)
+            .find(|lock| lock.resource == resource)
+            .map(|lock| lock.fencing_token)
     }
 
-    /// All fencing tokens of the task's locks.
-    pub fn fencing_tokens(&self) -> &[(String, FencingToken)] {
-        self.fencing_tokens.as_deref().unwrap_or_default()
+    /// The task's locks (held while the attempt runs) with their fencing tokens.
+    pub fn locks(&self) -> &[TaskLock] {
+        self.locks.as_deref().unwrap_or_default()
     }
 
     /// The key-value space shared with the orchestrator's backend, if any.

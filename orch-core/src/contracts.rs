@@ -1,6 +1,6 @@
-//! The seed's contracts (seed 001 "Abstractions and Interfaces" and "Plugin System
-//! Architecture"): [`StorageProvider`], [`Processor`], [`EventHandler`], [`Plugin`] and
-//! [`PluginRegistry`], with closure adapters and blanket impls.
+//! The traits an application implements: [`StorageProvider`], [`Processor`] (an engine),
+//! [`EventHandler`], [`Plugin`] and [`PluginRegistry`], with a closure adapter and blanket
+//! impls.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,7 +46,9 @@ pub fn check_storage_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// An engine: turns a task's payload into a result.
+/// An engine: turns a task's payload into a result. Registered under a name
+/// ([`OrchestratorBuilder::engine`](crate::OrchestratorBuilder::engine)), it runs the tasks
+/// dispatched to that name.
 ///
 /// Contract for implementors: `process` may run concurrently for different tasks (up to the
 /// orchestrator's limits); it should return soon after `ctx.cancellation()` fires (timeout,
@@ -60,24 +62,18 @@ pub fn check_storage_key(key: &str) -> Result<()> {
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait Processor: Send + Sync {
-    /// A stable name.
-    fn name(&self) -> &str;
-    /// The processor's version.
-    fn version(&self) -> &str;
-    /// Checks the input before any attempt runs.
-    fn validate(&self, input: &Value) -> Result<(), TaskError>;
+    /// Checks the input before any attempt runs; a refusal fails the task without retry. The
+    /// default accepts everything.
+    fn validate(&self, input: &Value) -> Result<(), TaskError> {
+        let _ = input;
+        Ok(())
+    }
     /// Runs one attempt.
     async fn process(&self, ctx: TaskContext, input: Value) -> Result<Value, TaskError>;
 }
 
 #[async_trait]
 impl<P: Processor + ?Sized> Processor for Arc<P> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn version(&self) -> &str {
-        (**self).version()
-    }
     fn validate(&self, input: &Value) -> Result<(), TaskError> {
         (**self).validate(input)
     }
@@ -88,12 +84,6 @@ impl<P: Processor + ?Sized> Processor for Arc<P> {
 
 #[async_trait]
 impl<P: Processor + ?Sized> Processor for Box<P> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn version(&self) -> &str {
-        (**self).version()
-    }
     fn validate(&self, input: &Value) -> Result<(), TaskError> {
         (**self).validate(input)
     }
@@ -104,40 +94,30 @@ impl<P: Processor + ?Sized> Processor for Box<P> {
 
 /// A [`Processor`] made from a closure; see [`processor_fn`].
 pub struct ProcessorFn<F> {
-    name: String,
-    version: String,
     f: F,
 }
 
-/// Makes a processor from an async closure.
+/// Makes a processor from an async closure taking the attempt's context and the task's
+/// payload.
 ///
 /// ```
-/// use orch_core::{processor_fn, Processor, TaskError};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use orch_core::{processor_fn, Processor, TaskContext, TaskError, TaskId};
 ///
-/// let upper = processor_fn("upper", |_ctx, input: serde_json::Value| async move {
+/// let upper = processor_fn(|_ctx, input: serde_json::Value| async move {
 ///     let text = input.as_str().ok_or_else(|| TaskError::fatal("expected a string"))?;
 ///     Ok(serde_json::Value::from(text.to_uppercase()))
 /// });
-/// assert_eq!(upper.name(), "upper");
+/// let ctx = TaskContext::new(TaskId::new(), "upper");
+/// assert_eq!(upper.process(ctx, "hi".into()).await, Ok("HI".into()));
+/// # }
 /// ```
-pub fn processor_fn<F, Fut>(name: impl Into<String>, f: F) -> ProcessorFn<F>
+pub fn processor_fn<F, Fut>(f: F) -> ProcessorFn<F>
 where
     F: Fn(TaskContext, Value) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
 {
-    ProcessorFn {
-        name: name.into(),
-        version: "0.0.0".to_owned(),
-        f,
-    }
-}
-
-impl<F> ProcessorFn<F> {
-    /// Sets the reported version.
-    pub fn with_version(mut self, version: impl Into<String>) -> Self {
-        self.version = version.into();
-        self
-    }
+    ProcessorFn { f }
 }
 
 #[async_trait]
@@ -146,15 +126,6 @@ where
     F: Fn(TaskContext, Value) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
 {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn version(&self) -> &str {
-        &self.version
-    }
-    fn validate(&self, _input: &Value) -> Result<(), TaskError> {
-        Ok(())
-    }
     async fn process(&self, ctx: TaskContext, input: Value) -> Result<Value, TaskError> {
         (self.f)(ctx, input).await
     }
@@ -175,23 +146,23 @@ pub trait EventHandler: Send + Sync {
     fn supported_events(&self) -> Vec<String>;
 }
 
-/// Something a plugin can do. A plugin with [`Capability::engine`] entries serves those
-/// `core_id`s when registered with an orchestrator.
+/// Something a plugin can do. A plugin with [`Capability::engine`] entries serves as those
+/// engines when registered with an orchestrator.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Capability {
     /// The capability's name (`engine` for an engine).
     pub name: String,
-    /// Its argument (the `core_id` for an engine).
+    /// Its argument (the engine's name for an engine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
 impl Capability {
-    /// The plugin runs tasks of `core_id`.
-    pub fn engine(core_id: impl Into<String>) -> Self {
+    /// The plugin serves as the engine `name`.
+    pub fn engine(name: impl Into<String>) -> Self {
         Capability {
             name: "engine".to_owned(),
-            detail: Some(core_id.into()),
+            detail: Some(name.into()),
         }
     }
 
@@ -203,8 +174,8 @@ impl Capability {
         }
     }
 
-    /// The core id, if this is an engine capability.
-    pub fn engine_core_id(&self) -> Option<&str> {
+    /// The engine's name, if this is an engine capability.
+    pub fn engine_name(&self) -> Option<&str> {
         (self.name == "engine")
             .then_some(self.detail.as_deref())
             .flatten()
@@ -242,16 +213,10 @@ pub trait Plugin: Send + Sync {
 }
 
 /// A [`Processor`] over a [`Plugin`], so a plugin serves wherever an engine is expected.
-pub struct PluginProcessor(pub Arc<dyn Plugin>);
+pub(crate) struct PluginProcessor(pub(crate) Arc<dyn Plugin>);
 
 #[async_trait]
 impl Processor for PluginProcessor {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn version(&self) -> &str {
-        self.0.version()
-    }
     fn validate(&self, input: &Value) -> Result<(), TaskError> {
         self.0.validate(input)
     }

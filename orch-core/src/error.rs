@@ -34,13 +34,13 @@ pub enum Error {
     /// A task spec or request field is invalid; the message names the field.
     #[error("invalid {field}: {reason}")]
     Invalid {
-        /// The offending field, as a user would write it (`core_id`, `timeout`, ...).
+        /// The offending field, as a user would write it (`engine`, `timeout`, ...).
         field: &'static str,
         /// What is wrong with it.
         reason: String,
     },
-    /// An engine is already registered for this `core_id`.
-    #[error("an engine is already registered for core_id {0:?}")]
+    /// An engine is already registered under this name.
+    #[error("an engine named {0:?} is already registered")]
     EngineExists(String),
     /// The lock is not held by this owner with this fencing token.
     #[error("lock {resource:?} is not held by {owner:?}")]
@@ -84,16 +84,19 @@ pub enum Error {
         /// What it reported.
         message: String,
     },
-    /// The storage backend failed; the message says which operation.
+    /// The storage backend failed; the message says which operation and why.
+    ///
+    /// When the backend has an error of its own (a driver's), its text is the message and the
+    /// error itself is kept in `cause` ([`Error::backend_cause`]), not as this error's
+    /// `source()`, so that a report walking the chain prints it once.
     #[error("backend error during {operation}: {message}")]
     Backend {
         /// The operation that failed (`claim_tasks`, `append_event`, ...).
         operation: &'static str,
-        /// The backend's own message.
+        /// What went wrong.
         message: String,
-        /// The backend's error, when it has one.
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        /// The backend's own error, when it has one.
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// A value could not be (de)serialized.
     #[error("serialization failed: {0}")]
@@ -114,7 +117,7 @@ impl Error {
         Error::Backend {
             operation,
             message: message.into(),
-            source: None,
+            cause: None,
         }
     }
 
@@ -126,7 +129,17 @@ impl Error {
         Error::Backend {
             operation,
             message: source.to_string(),
-            source: Some(Box::new(source)),
+            cause: Some(Box::new(source)),
+        }
+    }
+
+    /// The backend's own error behind an [`Error::Backend`], to inspect or downcast.
+    pub fn backend_cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            Error::Backend {
+                cause: Some(cause), ..
+            } => Some(&**cause),
+            _ => None,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! fans events out to [`Subscription`]s, [`EventHandler`]s and callers waiting for a task.
 //!
 //! One tail loop per orchestrator reads the store after the last published sequence (woken by
-//! local appends, by the backend's hint, and by a poll floor for other processes) and publishes
+//! the event signal, see the orchestrator's `wake.rs`, and by a poll floor) and publishes
 //! into a tokio broadcast channel. A subscriber that falls behind gets `Lagged` from the channel
 //! and catches up from the store; one that subscribed from an old sequence replays from the
 //! store first. So every subscriber sees every event in order, exactly once, however slow it is,
@@ -18,18 +18,20 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::EventStore;
+use crate::backend::{ChangeSignal, EventStore};
 use crate::contracts::EventHandler;
 use crate::error::Result;
-use crate::model::{Event, TaskId};
+use crate::model::{Event, NewEvent, TaskId};
 
 const READ_BATCH: usize = 1024;
 
 struct Inner {
     store: Arc<dyn EventStore>,
     sender: broadcast::Sender<Arc<Event>>,
-    /// Local appends poke the tail so it does not wait for the poll floor.
-    poke: Notify,
+    /// Raised when events were appended: the tail reads the store then.
+    signal: ChangeSignal,
+    /// The store gives no signal of its own: `signal` is raised by this process's appends.
+    local_signal: bool,
     /// Highest sequence the tail has published (or skipped past with nobody listening).
     published: AtomicU64,
     /// Callers waiting for a task to reach a terminal state.
@@ -59,13 +61,20 @@ impl std::fmt::Debug for EventLog {
 
 impl EventLog {
     /// A log over `store` whose live channel buffers `capacity` events per subscriber before
-    /// it lags. Call [`EventLog::run_tail`] (the orchestrator does) to publish.
-    pub(crate) fn new(store: Arc<dyn EventStore>, capacity: usize) -> Self {
+    /// it lags, woken by `signal` (raised by [`EventLog::append`] too when `local_signal`).
+    /// Call [`EventLog::run_tail`] (the orchestrator does) to publish.
+    pub(crate) fn new(
+        store: Arc<dyn EventStore>,
+        capacity: usize,
+        signal: ChangeSignal,
+        local_signal: bool,
+    ) -> Self {
         EventLog {
             inner: Arc::new(Inner {
                 store,
                 sender: broadcast::channel(capacity.max(16)).0,
-                poke: Notify::new(),
+                signal,
+                local_signal,
                 published: AtomicU64::new(0),
                 waiters: Mutex::new(HashMap::new()),
                 waiter_count: AtomicUsize::new(0),
@@ -86,9 +95,14 @@ impl EventLog {
         self.inner.closed.cancel();
     }
 
-    /// Tells the tail that events were appended in this process.
-    pub(crate) fn poke(&self) {
-        self.inner.poke.notify_one();
+    /// Appends an event of the application's own (a security event, an audit entry) to the
+    /// log; subscribers see it like any other.
+    pub async fn append(&self, event: NewEvent) -> Result<Event> {
+        let event = self.inner.store.append_event(event).await?;
+        if self.inner.local_signal {
+            self.inner.signal.raise();
+        }
+        Ok(event)
     }
 
     /// Live events from now on (every event appended after this call returns).
@@ -165,7 +179,6 @@ impl EventLog {
     /// the store, so an unobserved log costs nothing.
     pub(crate) async fn run_tail(self, poll: Duration, stop: CancellationToken) {
         let inner = &*self.inner;
-        let wakeups = inner.store.event_wakeups();
         loop {
             if !self.has_listeners() {
                 inner.idle.store(true, Ordering::Release);
@@ -176,20 +189,13 @@ impl EventLog {
                 inner.idle.store(false, Ordering::Release);
                 continue;
             }
-            let seen = wakeups.as_ref().map(|w| w.version());
+            let seen = inner.signal.version();
             if let Err(error) = self.publish_pending().await {
                 tracing::warn!(%error, "event tail: reading the log failed; retrying");
             }
-            let hint = async {
-                match (&wakeups, seen) {
-                    (Some(signal), Some(seen)) => signal.changed_since(seen).await,
-                    _ => std::future::pending::<()>().await,
-                }
-            };
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = inner.poke.notified() => {}
-                _ = hint => {}
+                _ = inner.signal.changed_since(seen) => {}
                 _ = tokio::time::sleep(poll) => {}
             }
         }

@@ -542,6 +542,14 @@ impl LockGuard {
         Ok(())
     }
 
+    /// Keeps the lock held beyond this guard: dropping the guard no longer releases it. It
+    /// stays held until released by owner and token ([`LockManager::release`]) or until it
+    /// expires.
+    pub fn keep(mut self) -> LockInfo {
+        self.manager = None;
+        self.info.clone()
+    }
+
     /// Releases the lock now; [`Error::NotLockHolder`] if it had expired and been taken.
     pub async fn release(mut self) -> Result<()> {
         match self.manager.take() {

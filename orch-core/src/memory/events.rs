@@ -31,7 +31,7 @@ impl EventLogState {
             kind: event.kind,
             at,
             task_id: event.task_id,
-            core_id: event.core_id,
+            engine: event.engine,
             attempt: event.attempt,
             data: event.data,
         });

@@ -23,13 +23,6 @@ use crate::signal::ChangeSignal;
 pub(crate) use locks::LockTable;
 use tasks::TaskTables;
 
-/// Default number of events the in-memory log keeps (older ones are dropped first).
-pub const DEFAULT_EVENT_RETENTION: usize = 100_000;
-
-/// Default number of finished tasks the in-memory backend keeps (the oldest finished ones are
-/// dropped first, with their idempotency keys). Queued and running tasks are never dropped.
-pub const DEFAULT_FINISHED_TASK_RETENTION: usize = 100_000;
-
 /// The in-memory backend. Cheap to share behind an `Arc`; all methods take `&self`.
 ///
 /// ```
@@ -66,11 +59,22 @@ impl Default for MemoryBackend {
 }
 
 impl MemoryBackend {
-    /// An empty backend keeping the last [`DEFAULT_EVENT_RETENTION`] events and
-    /// [`DEFAULT_FINISHED_TASK_RETENTION`] finished tasks, so memory stays bounded however long
-    /// it runs.
+    /// Default number of events the in-memory log keeps (older ones are dropped first).
+    pub const DEFAULT_EVENT_RETENTION: usize = 100_000;
+
+    /// Default number of finished tasks the in-memory backend keeps (the oldest finished ones
+    /// are dropped first, with their idempotency keys). Queued and running tasks are never
+    /// dropped.
+    pub const DEFAULT_FINISHED_TASK_RETENTION: usize = 100_000;
+
+    /// An empty backend keeping the last [`Self::DEFAULT_EVENT_RETENTION`] events and
+    /// [`Self::DEFAULT_FINISHED_TASK_RETENTION`] finished tasks, so memory stays bounded
+    /// however long it runs.
     pub fn new() -> Self {
-        Self::with_retention(DEFAULT_EVENT_RETENTION, DEFAULT_FINISHED_TASK_RETENTION)
+        Self::with_retention(
+            Self::DEFAULT_EVENT_RETENTION,
+            Self::DEFAULT_FINISHED_TASK_RETENTION,
+        )
     }
 
     /// An empty backend keeping the last `events` events and `finished_tasks` finished tasks

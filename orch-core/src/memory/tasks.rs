@@ -5,16 +5,15 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
 
 use super::{EventLogState, MemoryBackend};
-use crate::backend::TaskStore;
+use crate::backend::{ChangeSignal, TaskStore, rules};
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::model::{
-    AttemptOutcome, Claimed, Created, EventKind, LeaseToken, NewEvent, NewTask, Resolution, Task,
-    TaskFilter, TaskId, TaskStatus,
+    AttemptReport, Claimed, Created, EngineCounts, HeldLease, LeaseToken, NewTask, QueueDepth,
+    Resolution, Task, TaskFilter, TaskId, TaskStatus,
 };
 
 /// Claim order: priority descending, then `run_at` (µs), then id.
@@ -134,9 +133,17 @@ struct Record {
     lease: Option<LeaseToken>,
 }
 
+/// Tasks per state, indexed like [`TaskStatus::ALL`].
+type StatusCounts = [u64; TaskStatus::ALL.len()];
+
+fn status_index(status: TaskStatus) -> usize {
+    status as usize
+}
+
 /// The task tables and their indexes. Invariants: a `queued` task is in exactly one of
-/// `ready[core]` (due) or `delayed[core]` (not yet due); a `running` task is in `running`; a
-/// finished task is in `finished` (in the order they finished).
+/// `ready[engine]` (due) or `delayed[engine]` (not yet due); a `running` task is in `running`
+/// and holds a lease; a finished task is in `finished` (in the order they finished);
+/// `counts[engine]` counts the stored tasks of each state.
 pub(super) struct TaskTables {
     records: IdMap<Box<Record>>,
     ready: HashMap<String, ReadyQueue>,
@@ -144,12 +151,9 @@ pub(super) struct TaskTables {
     running: HashSet<TaskId, IdHashBuilder>,
     finished: VecDeque<(i64, TaskId)>,
     idempotency: HashMap<String, TaskId>,
+    counts: HashMap<String, StatusCounts>,
     /// Most finished tasks kept; the oldest are dropped beyond it.
     finished_retention: usize,
-}
-
-fn delta(duration: Duration) -> TimeDelta {
-    TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
 }
 
 impl TaskTables {
@@ -161,8 +165,23 @@ impl TaskTables {
             running: HashSet::default(),
             finished: VecDeque::new(),
             idempotency: HashMap::new(),
+            counts: HashMap::new(),
             finished_retention,
         }
+    }
+
+    fn count(&mut self, engine: &str, status: TaskStatus, up: bool) {
+        // Look up before inserting: `entry` would allocate the key on every call.
+        let counts = match self.counts.get_mut(engine) {
+            Some(counts) => counts,
+            None => self.counts.entry(engine.to_owned()).or_default(),
+        };
+        let slot = &mut counts[status_index(status)];
+        *slot = if up {
+            *slot + 1
+        } else {
+            slot.saturating_sub(1)
+        };
     }
 
     /// Drops the oldest finished task while over the retention limit.
@@ -175,30 +194,19 @@ impl TaskTables {
         }
     }
 
+    /// Removes a finished task.
     fn forget(&mut self, id: TaskId) {
-        if let Some(record) = self.records.remove(&id)
-            && let Some(key) = &record.task.idempotency_key
-        {
-            self.idempotency.remove(key);
+        if let Some(record) = self.records.remove(&id) {
+            if let Some(key) = &record.task.idempotency_key {
+                self.idempotency.remove(key);
+            }
+            self.count(&record.task.engine, record.task.status, false);
         }
     }
 
-    fn enqueue(&mut self, task: &Task, now: DateTime<Utc>) {
-        enqueue_into(&mut self.ready, &mut self.delayed, task, now);
-    }
-
-    fn dequeue_keys(&mut self, core_id: &str, ready: &ReadyKey, delayed: &(i64, u128)) {
-        if let Some(queue) = self.ready.get_mut(core_id) {
-            queue.remove(ready);
-        }
-        if let Some(set) = self.delayed.get_mut(core_id) {
-            set.remove(delayed);
-        }
-    }
-
-    /// Moves due delayed tasks of `core_id` into its ready set.
-    fn promote(&mut self, core_id: &str, now: DateTime<Utc>) {
-        let Some(delayed) = self.delayed.get_mut(core_id) else {
+    /// Moves due delayed tasks of `engine` into its ready set.
+    fn promote(&mut self, engine: &str, now: DateTime<Utc>) {
+        let Some(delayed) = self.delayed.get_mut(engine) else {
             return;
         };
         let now = micros(now);
@@ -209,115 +217,161 @@ impl TaskTables {
             delayed.pop_first();
             if let Some(record) = self.records.get(&id_of(raw_id)) {
                 let key = (Reverse(record.task.priority), run_at, raw_id);
-                match self.ready.get_mut(core_id) {
+                match self.ready.get_mut(engine) {
                     Some(ready) => ready.insert(key),
                     None => {
                         let mut queue = ReadyQueue::default();
                         queue.insert(key);
-                        self.ready.insert(core_id.to_owned(), queue);
+                        self.ready.insert(engine.to_owned(), queue);
                     }
                 }
             }
         }
     }
 
-    fn get_mut(&mut self, id: TaskId) -> Result<&mut Record> {
+    /// Stores a new queued task and its event.
+    fn insert(
+        &mut self,
+        task: Task,
+        events: &mut EventLogState,
+        event: crate::model::NewEvent,
+        now: DateTime<Utc>,
+    ) {
+        enqueue_into(&mut self.ready, &mut self.delayed, &task, now);
+        self.count(&task.engine, task.status, true);
+        events.push(event, now);
         self.records
+            .insert(task.id, Box::new(Record { task, lease: None }));
+    }
+
+    /// Applies one change decided by the [`rules`] to task `id`, keeping every index, and
+    /// appends its events. A change into `running` grants `lease_token`.
+    fn change(
+        &mut self,
+        events: &mut EventLogState,
+        id: TaskId,
+        change: rules::Change,
+        lease_token: Option<LeaseToken>,
+        now: DateTime<Utc>,
+    ) -> Result<TaskStatus> {
+        let record = self
+            .records
             .get_mut(&id)
             .map(|r| &mut **r)
+            .ok_or(Error::TaskNotFound(id))?;
+        let from = record.task.status;
+        // The queue keys as they were, to find the task in the queue it leaves.
+        let ready = ready_key(&record.task);
+        let delayed = (micros(record.task.run_at), id.0.as_u128());
+        change.apply_with(&mut record.task, now, |event| events.push(event, now))?;
+        let to = record.task.status;
+        let engine = record.task.engine.clone();
+        record.lease = (to == TaskStatus::Running).then(|| lease_token.unwrap_or_default());
+        match from {
+            TaskStatus::Queued => {
+                if let Some(queue) = self.ready.get_mut(&engine) {
+                    queue.remove(&ready);
+                }
+                if let Some(set) = self.delayed.get_mut(&engine) {
+                    set.remove(&delayed);
+                }
+            }
+            TaskStatus::Running => {
+                self.running.remove(&id);
+            }
+            _ => {}
+        }
+        match to {
+            TaskStatus::Queued => {
+                let task = &self.records[&id].task;
+                enqueue_into(&mut self.ready, &mut self.delayed, task, now);
+            }
+            TaskStatus::Running => {
+                self.running.insert(id);
+            }
+            _ => {
+                // Kept in finishing order (clamped, so it never goes backwards) for retention
+                // and pruning.
+                let at = self
+                    .finished
+                    .back()
+                    .map_or(micros(now), |&(last, _)| last.max(micros(now)));
+                self.finished.push_back((at, id));
+            }
+        }
+        self.count(&engine, from, false);
+        self.count(&engine, to, true);
+        if to.is_terminal() {
+            self.enforce_retention();
+        }
+        Ok(to)
+    }
+
+    fn snapshot_ref(&self, id: TaskId) -> Result<&Record> {
+        self.records
+            .get(&id)
+            .map(|record| &**record)
             .ok_or(Error::TaskNotFound(id))
     }
-}
 
-fn task_event(kind: EventKind, task: &Task, data: Value) -> NewEvent {
-    NewEvent::for_task(kind, task.id, &task.core_id, data).with_attempt(task.attempt)
-}
-
-/// What an event needs of a task that just moved, without cloning the whole task.
-struct Brief {
-    id: TaskId,
-    core_id: String,
-    attempt: u32,
-}
-
-impl Brief {
-    fn of(task: &Task) -> Self {
-        Brief {
-            id: task.id,
-            core_id: task.core_id.clone(),
-            attempt: task.attempt,
-        }
+    /// A copy of the task as stored now.
+    fn snapshot(&self, id: TaskId) -> Result<Task> {
+        self.records
+            .get(&id)
+            .map(|record| record.task.clone())
+            .ok_or(Error::TaskNotFound(id))
     }
 
-    fn event(self, kind: EventKind, data: Value) -> NewEvent {
-        NewEvent {
-            kind,
-            task_id: Some(self.id),
-            core_id: Some(self.core_id),
-            attempt: Some(self.attempt),
-            data,
+    /// Ends the attempt of `report` if its token is the task's lease (see
+    /// [`TaskStore::finish_attempts`]).
+    fn end_attempt(
+        &mut self,
+        events: &mut EventLogState,
+        report: AttemptReport,
+        now: DateTime<Utc>,
+    ) -> Result<TaskStatus> {
+        let id = report.task_id;
+        let record = self.records.get(&id).ok_or(Error::TaskNotFound(id))?;
+        if record.lease != Some(report.lease_token)
+            || record.task.status != TaskStatus::Running
+            || record.task.attempt != report.attempt
+        {
+            return Err(Error::LeaseLost(id));
         }
+        let change = rules::end_attempt(report.attempt, report.outcome);
+        self.change(events, id, change, None, now)
     }
 }
 
-fn finish(
-    tables: &mut TaskTables,
-    id: TaskId,
-    to: TaskStatus,
+/// Puts a queued task in its engine's ready set (due) or delayed set. Takes the two maps rather
+/// than the tables so callers can pass a task borrowed from the records.
+fn enqueue_into(
+    ready: &mut HashMap<String, ReadyQueue>,
+    delayed: &mut HashMap<String, BTreeSet<(i64, u128)>>,
+    task: &Task,
     now: DateTime<Utc>,
-    result: Option<Value>,
-    error: Option<String>,
-) -> Result<(Brief, TaskStatus)> {
-    let record = tables.get_mut(id)?;
-    let from = record.task.status;
-    from.check(id, to)?;
-    let task = &mut record.task;
-    record.lease = None;
-    task.lease_expires_at = None;
-    task.status = to;
-    task.updated_at = now;
-    task.finished_at = Some(now);
-    if result.is_some() {
-        task.result = result;
-    }
-    if error.is_some() {
-        task.error = error;
-    }
-    let brief = Brief::of(task);
-    if from == TaskStatus::Queued {
-        let core_id = task.core_id.clone();
-        let ready = ready_key(task);
-        let delayed = (micros(task.run_at), id.0.as_u128());
-        tables.dequeue_keys(&core_id, &ready, &delayed);
-    }
-    if from == TaskStatus::Running {
-        tables.running.remove(&id);
-    }
-    // Kept in finishing order (clamped, so it never goes backwards) for retention and pruning.
-    let at = tables
-        .finished
-        .back()
-        .map_or(micros(now), |&(last, _)| last.max(micros(now)));
-    tables.finished.push_back((at, id));
-    tables.enforce_retention();
-    Ok((brief, from))
-}
-
-/// A copy of the task as stored now.
-fn snapshot(tables: &TaskTables, id: TaskId) -> Result<Task> {
-    tables
-        .records
-        .get(&id)
-        .map(|record| record.task.clone())
-        .ok_or(Error::TaskNotFound(id))
-}
-
-fn terminal_event_kind(status: TaskStatus) -> EventKind {
-    match status {
-        TaskStatus::Succeeded => EventKind::TaskSucceeded,
-        TaskStatus::Failed => EventKind::TaskFailed,
-        TaskStatus::TimedOut => EventKind::TaskTimedOut,
-        _ => EventKind::TaskCancelled,
+) {
+    // Look up before inserting: `entry` would allocate the key on every call.
+    if task.run_at <= now {
+        let key = ready_key(task);
+        match ready.get_mut(&task.engine) {
+            Some(queue) => queue.insert(key),
+            None => {
+                let mut queue = ReadyQueue::default();
+                queue.insert(key);
+                ready.insert(task.engine.clone(), queue);
+            }
+        }
+    } else {
+        let key = (micros(task.run_at), task.id.0.as_u128());
+        match delayed.get_mut(&task.engine) {
+            Some(set) => {
+                set.insert(key);
+            }
+            None => {
+                delayed.insert(task.engine.clone(), BTreeSet::from([key]));
+            }
+        }
     }
 }
 
@@ -327,31 +381,43 @@ impl MemoryBackend {
         let state = &mut *state;
         f(&mut state.tasks, &mut state.events)
     }
+
+    /// One change to one task by a rule that reads its state; returns the task as it is now.
+    fn transition(
+        &self,
+        id: TaskId,
+        rule: impl FnOnce(&Task) -> Result<rules::Change>,
+    ) -> Result<Task> {
+        let now = clock::now();
+        let task = self.with_state(|tables, events| {
+            let change = rule(&tables.snapshot_ref(id)?.task)?;
+            tables.change(events, id, change, None, now)?;
+            tables.snapshot(id)
+        })?;
+        self.wake_events();
+        Ok(task)
+    }
 }
 
 #[async_trait]
 impl TaskStore for MemoryBackend {
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
         let now = clock::now();
-        // Build records, copies and events before taking the lock, so it is held only for the
+        // Build tasks, copies and events before taking the lock, so it is held only for the
         // index updates.
-        let prepared: Vec<(Box<Record>, Task, NewEvent)> = tasks
+        let prepared: Vec<_> = tasks
             .into_iter()
             .map(|new| {
-                let mut run_at = now + delta(new.delay);
-                if let Some(not_before) = new.not_before {
-                    run_at = run_at.max(not_before);
-                }
-                let task = new.into_queued(now, run_at);
-                let event = task_event(EventKind::TaskQueued, &task, Value::Null);
+                let run_at = rules::first_run_at(&new, now);
+                let (task, event) = rules::create(new, now, run_at);
                 let copy = task.clone();
-                (Box::new(Record { task, lease: None }), copy, event)
+                (task, copy, event)
             })
             .collect();
         let created = self.with_state(|tables, events| {
             let mut out = Vec::with_capacity(prepared.len());
-            for (record, copy, event) in prepared {
-                if let Some(key) = &record.task.idempotency_key {
+            for (task, copy, event) in prepared {
+                if let Some(key) = &task.idempotency_key {
                     if let Some(existing) = tables.idempotency.get(key)
                         && let Some(earlier) = tables.records.get(existing)
                     {
@@ -361,11 +427,9 @@ impl TaskStore for MemoryBackend {
                         });
                         continue;
                     }
-                    tables.idempotency.insert(key.clone(), record.task.id);
+                    tables.idempotency.insert(key.clone(), task.id);
                 }
-                tables.enqueue(&record.task, now);
-                events.push(event, now);
-                tables.records.insert(record.task.id, record);
+                tables.insert(task, events, event, now);
                 out.push(Created {
                     task: copy,
                     created: true,
@@ -399,7 +463,7 @@ impl TaskStore for MemoryBackend {
             .values()
             .map(|r| &r.task)
             .filter(|t| filter.status.is_none_or(|s| t.status == s))
-            .filter(|t| filter.core_id.as_deref().is_none_or(|c| t.core_id == c))
+            .filter(|t| filter.engine.as_deref().is_none_or(|e| t.engine == e))
             .filter(|t| filter.after.is_none_or(|after| t.id > after))
             .collect();
         tasks.sort_unstable_by_key(|t| t.id);
@@ -408,7 +472,7 @@ impl TaskStore for MemoryBackend {
 
     async fn claim_tasks(
         &self,
-        core_id: &str,
+        engine: &str,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
@@ -416,11 +480,10 @@ impl TaskStore for MemoryBackend {
             return Ok(Vec::new());
         }
         let now = clock::now();
-        let expires = now + delta(lease);
         let claimed = self.with_state(|tables, events| {
-            tables.promote(core_id, now);
+            tables.promote(engine, now);
             let mut picked = Vec::new();
-            if let Some(ready) = tables.ready.get_mut(core_id) {
+            if let Some(ready) = tables.ready.get_mut(engine) {
                 while picked.len() < limit {
                     match ready.pop() {
                         Some(raw_id) => picked.push(id_of(raw_id)),
@@ -430,23 +493,17 @@ impl TaskStore for MemoryBackend {
             }
             let mut claimed = Vec::with_capacity(picked.len());
             for id in picked {
-                let Some(record) = tables.records.get_mut(&id) else {
-                    continue;
-                };
-                let token = LeaseToken::new();
-                record.lease = Some(token);
-                let task = &mut record.task;
-                task.status = TaskStatus::Running;
-                task.attempt += 1;
-                task.started_at = Some(now);
-                task.updated_at = now;
-                task.lease_expires_at = Some(expires);
-                tables.running.insert(id);
-                events.push(task_event(EventKind::TaskStarted, task, Value::Null), now);
-                claimed.push(Claimed {
-                    task: task.clone(),
-                    lease_token: token,
-                });
+                let lease_token = LeaseToken::new();
+                // Popped from the ready queue already: the change finds nothing to remove there.
+                if tables
+                    .change(events, id, rules::claim(lease), Some(lease_token), now)
+                    .is_ok()
+                {
+                    claimed.push(Claimed {
+                        task: tables.records[&id].task.clone(),
+                        lease_token,
+                    });
+                }
             }
             claimed
         });
@@ -456,18 +513,18 @@ impl TaskStore for MemoryBackend {
         Ok(claimed)
     }
 
-    async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>> {
+    async fn next_run_at(&self, engine: &str) -> Result<Option<DateTime<Utc>>> {
         let state = self.state.lock();
         let ready = state
             .tasks
             .ready
-            .get(core_id)
+            .get(engine)
             .and_then(ReadyQueue::earliest_run_at)
             .and_then(DateTime::from_timestamp_micros);
         let delayed = state
             .tasks
             .delayed
-            .get(core_id)
+            .get(engine)
             .and_then(|delayed| delayed.first().map(|(run_at, _)| *run_at))
             .and_then(DateTime::from_timestamp_micros);
         Ok(match (ready, delayed) {
@@ -478,18 +535,19 @@ impl TaskStore for MemoryBackend {
 
     async fn renew_leases(
         &self,
-        leases: Vec<(TaskId, LeaseToken)>,
+        leases: Vec<HeldLease>,
         lease: Duration,
     ) -> Result<Vec<Option<DateTime<Utc>>>> {
-        let now = clock::now();
-        let expires = now + delta(lease);
+        let expires = rules::after(clock::now(), lease);
         let mut state = self.state.lock();
         let tables = &mut state.tasks;
         Ok(leases
             .into_iter()
-            .map(|(id, token)| {
-                let record = tables.records.get_mut(&id)?;
-                if record.lease != Some(token) || record.task.status != TaskStatus::Running {
+            .map(|held| {
+                let record = tables.records.get_mut(&held.task_id)?;
+                if record.lease != Some(held.lease_token)
+                    || record.task.status != TaskStatus::Running
+                {
                     return None;
                 }
                 record.task.lease_expires_at = Some(expires);
@@ -498,82 +556,35 @@ impl TaskStore for MemoryBackend {
             .collect())
     }
 
-    async fn finish_attempt(
-        &self,
-        id: TaskId,
-        token: LeaseToken,
-        outcome: AttemptOutcome,
-    ) -> Result<Task> {
-        let now = clock::now();
-        let (task, requeued) = self.with_state(|tables, events| {
-            let requeued = end_attempt(tables, events, now, id, token, outcome)?;
-            let task = tables.get_mut(id)?.task.clone();
-            Ok::<_, Error>((task, requeued))
-        })?;
-        if requeued {
-            self.wake_tasks();
-        }
-        self.wake_events();
-        Ok(task)
-    }
-
     async fn finish_attempts(
         &self,
-        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+        reports: Vec<AttemptReport>,
     ) -> Result<Vec<Result<TaskStatus>>> {
         let now = clock::now();
-        let mut any_requeued = false;
         let statuses = self.with_state(|tables, events| {
             reports
                 .into_iter()
-                .map(|(id, token, outcome)| {
-                    let target = outcome.target_status();
-                    let requeued = end_attempt(tables, events, now, id, token, outcome)?;
-                    any_requeued |= requeued;
-                    Ok(target)
-                })
+                .map(|report| tables.end_attempt(events, report, now))
                 .collect::<Vec<_>>()
         });
-        if any_requeued {
+        if statuses
+            .iter()
+            .any(|status| matches!(status, Ok(TaskStatus::Queued)))
+        {
             self.wake_tasks();
         }
-        self.wake_events();
+        if statuses.iter().any(Result::is_ok) {
+            self.wake_events();
+        }
         Ok(statuses)
     }
 
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
-        let now = clock::now();
-        let task = self.with_state(|tables, events| {
-            let (brief, from) = finish(tables, id, TaskStatus::Cancelled, now, None, None)?;
-            events.push(
-                brief.event(EventKind::TaskCancelled, json!({"from": from})),
-                now,
-            );
-            snapshot(tables, id)
-        })?;
-        self.wake_events();
-        Ok(task)
+        self.transition(id, |task| rules::cancel(id, task.status))
     }
 
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
-        let now = clock::now();
-        let task = self.with_state(|tables, events| {
-            let (to, result, error) = match resolution {
-                Resolution::Succeeded(result) => (TaskStatus::Succeeded, Some(result), None),
-                Resolution::Failed(error) => (TaskStatus::Failed, None, Some(error)),
-            };
-            let (brief, from) = finish(tables, id, to, now, result, error)?;
-            events.push(
-                brief.event(
-                    terminal_event_kind(to),
-                    json!({"from": from, "external": true}),
-                ),
-                now,
-            );
-            snapshot(tables, id)
-        })?;
-        self.wake_events();
-        Ok(task)
+        self.transition(id, |task| rules::resolve(id, task.status, resolution))
     }
 
     async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>> {
@@ -589,47 +600,14 @@ impl TaskStore for MemoryBackend {
                 .collect();
             expired.sort_unstable();
             expired.truncate(limit);
-            let expired: Vec<TaskId> = expired.into_iter().map(|(_, id)| id).collect();
             let mut rescued = Vec::with_capacity(expired.len());
-            for id in expired {
-                let Some(record) = tables.records.get(&id) else {
+            for (_, id) in expired {
+                let Ok(record) = tables.snapshot_ref(id) else {
                     continue;
                 };
-                let attempt = record.task.attempt;
-                if record.task.has_attempts_left() {
-                    let error = format!("lease expired during attempt {attempt}");
-                    let brief = requeue(tables, id, now, now, Some(error), false);
-                    events.push(
-                        brief.event(EventKind::TaskRescued, json!({"will_retry": true})),
-                        now,
-                    );
-                    rescued.extend(snapshot(tables, id));
-                } else {
-                    let error = format!("lease expired during final attempt {attempt}");
-                    let Ok((brief, _)) = finish(
-                        tables,
-                        id,
-                        TaskStatus::Failed,
-                        now,
-                        None,
-                        Some(error.clone()),
-                    ) else {
-                        continue;
-                    };
-                    let failed = Brief {
-                        id: brief.id,
-                        core_id: brief.core_id.clone(),
-                        attempt: brief.attempt,
-                    };
-                    events.push(
-                        brief.event(EventKind::TaskRescued, json!({"will_retry": false})),
-                        now,
-                    );
-                    events.push(
-                        failed.event(EventKind::TaskFailed, json!({"error": error})),
-                        now,
-                    );
-                    rescued.extend(snapshot(tables, id));
+                let change = rules::rescue(record.task.attempt, record.task.max_attempts);
+                if tables.change(events, id, change, None, now).is_ok() {
+                    rescued.extend(tables.snapshot(id));
                 }
             }
             rescued
@@ -658,153 +636,57 @@ impl TaskStore for MemoryBackend {
         Ok(pruned)
     }
 
-    async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>> {
+    async fn queue_depth(&self) -> Result<Vec<QueueDepth>> {
         let state = self.state.lock();
-        let mut counts: HashMap<(String, i32), u64> = HashMap::new();
+        let mut counts: HashMap<(&str, i32), u64> = HashMap::new();
         for record in state.tasks.records.values() {
             if record.task.status == TaskStatus::Queued {
                 *counts
-                    .entry((record.task.core_id.clone(), record.task.priority))
+                    .entry((record.task.engine.as_str(), record.task.priority))
                     .or_default() += 1;
             }
         }
-        let mut out: Vec<_> = counts.into_iter().map(|((c, p), n)| (c, p, n)).collect();
-        out.sort();
+        let mut out: Vec<QueueDepth> = counts
+            .into_iter()
+            .map(|((engine, priority), queued)| QueueDepth {
+                engine: engine.to_owned(),
+                priority,
+                queued,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.engine, a.priority).cmp(&(&b.engine, b.priority)));
         Ok(out)
     }
 
-    fn task_wakeups(&self) -> Option<crate::signal::ChangeSignal> {
+    async fn count_tasks(&self) -> Result<Vec<EngineCounts>> {
+        let now = micros(clock::now());
+        let state = self.state.lock();
+        let tables = &state.tasks;
+        let mut out: Vec<EngineCounts> = tables
+            .counts
+            .iter()
+            .filter(|(_, counts)| counts.iter().any(|&n| n > 0))
+            .map(|(engine, counts)| {
+                let mut engine_counts = EngineCounts::new(engine.clone());
+                for status in TaskStatus::ALL {
+                    engine_counts.add(status, false, counts[status_index(status)]);
+                }
+                // Delayed: queued tasks whose run time is still ahead (the delayed set is
+                // promoted lazily, so some of its tasks may be due already).
+                let delayed = tables
+                    .delayed
+                    .get(engine)
+                    .map_or(0, |set| set.range((now + 1, 0)..).count() as u64);
+                engine_counts.queued -= delayed.min(engine_counts.queued);
+                engine_counts.delayed = delayed;
+                engine_counts
+            })
+            .collect();
+        out.sort_by(|a, b| a.engine.cmp(&b.engine));
+        Ok(out)
+    }
+
+    fn task_wakeups(&self) -> Option<ChangeSignal> {
         Some(self.task_wakeups.clone())
     }
-}
-
-/// Ends the current attempt of `id` if `token` is its lease (see `finish_attempt`), appending
-/// the event. Returns whether the task went back to the queue.
-fn end_attempt(
-    tables: &mut TaskTables,
-    events: &mut EventLogState,
-    now: DateTime<Utc>,
-    id: TaskId,
-    token: LeaseToken,
-    outcome: AttemptOutcome,
-) -> Result<bool> {
-    let record = tables.get_mut(id)?;
-    if record.lease != Some(token) || record.task.status != TaskStatus::Running {
-        return Err(Error::LeaseLost(id));
-    }
-    let attempt = record.task.attempt;
-    match outcome {
-        AttemptOutcome::Succeeded { result } => {
-            let (brief, _) = finish(tables, id, TaskStatus::Succeeded, now, Some(result), None)?;
-            events.push(brief.event(EventKind::TaskSucceeded, Value::Null), now);
-            Ok(false)
-        }
-        AttemptOutcome::Failed {
-            error,
-            retry_in: None,
-        } => {
-            let data = json!({"error": error});
-            let (brief, _) = finish(tables, id, TaskStatus::Failed, now, None, Some(error))?;
-            events.push(brief.event(EventKind::TaskFailed, data), now);
-            Ok(false)
-        }
-        AttemptOutcome::TimedOut { retry_in: None } => {
-            let error = format!("attempt {attempt} timed out");
-            let data = json!({"error": error});
-            let (brief, _) = finish(tables, id, TaskStatus::TimedOut, now, None, Some(error))?;
-            events.push(brief.event(EventKind::TaskTimedOut, data), now);
-            Ok(false)
-        }
-        AttemptOutcome::Failed {
-            error,
-            retry_in: Some(retry_in),
-        } => {
-            let data =
-                json!({"error": error, "reason": "failed", "retry_in": retry_in.as_secs_f64()});
-            let brief = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
-            events.push(brief.event(EventKind::TaskRetrying, data), now);
-            Ok(true)
-        }
-        AttemptOutcome::TimedOut {
-            retry_in: Some(retry_in),
-        } => {
-            let error = format!("attempt {attempt} timed out");
-            let data =
-                json!({"error": error, "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
-            let brief = requeue(tables, id, now, now + delta(retry_in), Some(error), false);
-            events.push(brief.event(EventKind::TaskRetrying, data), now);
-            Ok(true)
-        }
-        AttemptOutcome::Abandoned => {
-            let brief = requeue(tables, id, now, now, None, true);
-            events.push(brief.event(EventKind::TaskRequeued, Value::Null), now);
-            Ok(true)
-        }
-    }
-}
-
-/// Puts a running task back in the queue to run at `run_at`. `undo_attempt` gives the attempt
-/// back (the holder never ran it).
-/// Puts a queued task in its core's ready set (due) or delayed set. Takes the two maps rather
-/// than the tables so callers can pass a task borrowed from the records.
-fn enqueue_into(
-    ready: &mut HashMap<String, ReadyQueue>,
-    delayed: &mut HashMap<String, BTreeSet<(i64, u128)>>,
-    task: &Task,
-    now: DateTime<Utc>,
-) {
-    // Look up before inserting: `entry` would allocate the key on every call.
-    if task.run_at <= now {
-        let key = ready_key(task);
-        match ready.get_mut(&task.core_id) {
-            Some(queue) => queue.insert(key),
-            None => {
-                let mut queue = ReadyQueue::default();
-                queue.insert(key);
-                ready.insert(task.core_id.clone(), queue);
-            }
-        }
-    } else {
-        let key = (micros(task.run_at), task.id.0.as_u128());
-        match delayed.get_mut(&task.core_id) {
-            Some(set) => {
-                set.insert(key);
-            }
-            None => {
-                delayed.insert(task.core_id.clone(), BTreeSet::from([key]));
-            }
-        }
-    }
-}
-
-fn requeue(
-    tables: &mut TaskTables,
-    id: TaskId,
-    now: DateTime<Utc>,
-    run_at: DateTime<Utc>,
-    error: Option<String>,
-    undo_attempt: bool,
-) -> Brief {
-    let record = tables
-        .records
-        .get_mut(&id)
-        .expect("caller checked the record exists");
-    record.lease = None;
-    let task = &mut record.task;
-    task.lease_expires_at = None;
-    task.status = TaskStatus::Queued;
-    task.run_at = run_at;
-    task.updated_at = now;
-    if undo_attempt {
-        task.attempt = task.attempt.saturating_sub(1);
-    }
-    if error.is_some() {
-        task.error = error;
-    }
-    let brief = Brief::of(task);
-    tables.running.remove(&id);
-    if let Some(record) = tables.records.get(&id) {
-        enqueue_into(&mut tables.ready, &mut tables.delayed, &record.task, now);
-    }
-    brief
 }

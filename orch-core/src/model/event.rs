@@ -123,8 +123,9 @@ pub struct NewEvent {
     pub kind: EventKind,
     /// The task concerned, if any.
     pub task_id: Option<TaskId>,
-    /// The core concerned, if any.
-    pub core_id: Option<String>,
+    /// The engine concerned, if any. `core_id` on the wire.
+    #[serde(rename = "core_id", alias = "engine")]
+    pub engine: Option<String>,
     /// The task's attempt number at the time, for task events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
@@ -138,18 +139,18 @@ impl NewEvent {
         NewEvent {
             kind,
             task_id: None,
-            core_id: None,
+            engine: None,
             attempt: None,
             data: Value::Null,
         }
     }
 
     /// An event about a task.
-    pub fn for_task(kind: EventKind, task_id: TaskId, core_id: &str, data: Value) -> Self {
+    pub fn for_task(kind: EventKind, task_id: TaskId, engine: &str, data: Value) -> Self {
         NewEvent {
             kind,
             task_id: Some(task_id),
-            core_id: Some(core_id.to_owned()),
+            engine: Some(engine.to_owned()),
             attempt: None,
             data,
         }
@@ -180,8 +181,9 @@ pub struct Event {
     pub at: DateTime<Utc>,
     /// The task concerned, if any.
     pub task_id: Option<TaskId>,
-    /// The core concerned, if any.
-    pub core_id: Option<String>,
+    /// The engine concerned, if any. `core_id` on the wire.
+    #[serde(rename = "core_id", alias = "engine")]
+    pub engine: Option<String>,
     /// The task's attempt number at the time, for task events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,

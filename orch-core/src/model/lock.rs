@@ -41,3 +41,13 @@ pub enum LockAttempt {
     /// Someone holds it; this is their grant.
     Held(LockInfo),
 }
+
+/// A lock a task holds while it runs: the resource and the fencing token of the grant, to
+/// present to the protected resource.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskLock {
+    /// The resource.
+    pub resource: String,
+    /// The grant's fencing token.
+    pub fencing_token: FencingToken,
+}

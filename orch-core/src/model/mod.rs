@@ -1,17 +1,19 @@
-//! The data model: tasks, events and locks. Everything that crosses a wire is serde.
+//! The data model: tasks, events and locks, and [`rules`], the one place task transitions
+//! are decided. Everything that crosses a wire is serde.
 
 mod event;
 mod lock;
+pub mod rules;
+mod stats;
 mod task;
 
 pub use event::{Event, EventKind, NewEvent};
-pub use lock::{FencingToken, LockAttempt, LockInfo};
+pub use lock::{FencingToken, LockAttempt, LockInfo, TaskLock};
+pub use stats::{EngineCounts, QueueDepth};
 pub use task::{
-    AttemptOutcome, Claimed, Created, LeaseToken, NewTask, Resolution, RetryPolicy, Task,
-    TaskFilter, TaskId, TaskSpec, TaskStatus, limits,
+    AttemptOutcome, AttemptReport, Claimed, Created, HeldLease, LeaseToken, NewTask, Resolution,
+    RetryPolicy, Task, TaskFilter, TaskId, TaskSpec, TaskStatus, check_name, limits,
 };
-
-pub use task::check_name;
 
 /// Serde for `Duration` as (fractional) seconds, the seed's unit for timeouts.
 pub(crate) mod serde_secs {

@@ -82,15 +82,9 @@ impl FromStr for LeaseToken {
     }
 }
 
-/// The state of a task.
-///
-/// ```text
-/// queued ──claim──▶ running ──▶ succeeded | failed | timed_out | cancelled
-///   │  ▲               │
-///   │  └──retry/rescue─┘
-///   └──▶ cancelled | succeeded | failed   (cancel, or an external system reports the outcome)
-/// ```
-/// `succeeded`, `failed`, `cancelled` and `timed_out` are terminal.
+/// The state of a task. `succeeded`, `failed`, `cancelled` and `timed_out` are terminal.
+/// Which changes are legal is [`TaskStatus::can_become`]; which change happens when is
+/// decided by [`rules`](crate::backend::rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
@@ -186,8 +180,8 @@ impl FromStr for TaskStatus {
 /// Limits a spec is checked against.
 pub mod limits {
     use std::time::Duration;
-    /// Longest `core_id`, in bytes.
-    pub const MAX_CORE_ID_LEN: usize = 128;
+    /// Longest engine name, in bytes.
+    pub const MAX_ENGINE_LEN: usize = 128;
     /// Longest idempotency key, in bytes.
     pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
     /// Longest lock resource name, in bytes.
@@ -200,7 +194,7 @@ pub mod limits {
     pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
-/// Checks a name-like field (core id, resource, key): non-empty, at most `max` bytes, no control
+/// Checks a name-like field (engine, resource, key): non-empty, at most `max` bytes, no control
 /// characters. The error names `field`. Backends use it to refuse bad input like the memory backend.
 pub fn check_name(field: &'static str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() {
@@ -233,8 +227,10 @@ pub fn check_name(field: &'static str, value: &str, max: usize) -> Result<()> {
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
-    /// Which engine or worker pool runs it.
-    pub core_id: String,
+    /// The engine that runs it: an engine registered under this name with an orchestrator,
+    /// or external workers claiming tasks of this name. `core_id` on the wire.
+    #[serde(rename = "core_id", alias = "engine")]
+    pub engine: String,
     /// Higher runs first; FIFO within a priority. Default 1.
     #[serde(default = "default_priority")]
     pub priority: i32,
@@ -279,10 +275,10 @@ fn default_max_attempts() -> u32 {
 }
 
 impl TaskSpec {
-    /// A spec for `core_id` with the defaults.
-    pub fn new(core_id: impl Into<String>) -> Self {
+    /// A spec for `engine` with the defaults.
+    pub fn new(engine: impl Into<String>) -> Self {
         TaskSpec {
-            core_id: core_id.into(),
+            engine: engine.into(),
             priority: default_priority(),
             timeout: default_timeout(),
             max_attempts: default_max_attempts(),
@@ -351,7 +347,7 @@ impl TaskSpec {
 
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
-        check_name("core_id", &self.core_id, limits::MAX_CORE_ID_LEN)?;
+        check_name("engine", &self.engine, limits::MAX_ENGINE_LEN)?;
         if self.timeout.is_zero() {
             return Err(Error::invalid("timeout", "must be greater than zero"));
         }
@@ -397,7 +393,7 @@ impl TaskSpec {
         locks.dedup();
         Ok(NewTask {
             id: TaskId::new(),
-            core_id: self.core_id,
+            engine: self.engine,
             priority: self.priority,
             timeout: self.timeout,
             max_attempts: self.max_attempts,
@@ -418,8 +414,9 @@ impl TaskSpec {
 pub struct NewTask {
     /// The id the task will have (unless the idempotency key matches an existing task).
     pub id: TaskId,
-    /// See [`TaskSpec::core_id`].
-    pub core_id: String,
+    /// See [`TaskSpec::engine`].
+    #[serde(rename = "core_id", alias = "engine")]
+    pub engine: String,
     /// See [`TaskSpec::priority`].
     pub priority: i32,
     /// See [`TaskSpec::timeout`].
@@ -442,42 +439,14 @@ pub struct NewTask {
     pub locks: Vec<String>,
 }
 
-impl NewTask {
-    /// The task as stored on creation: `queued`, no attempt yet, created at `now`, runnable from
-    /// `run_at` (which the backend computes from `delay` and `not_before` with its own clock and
-    /// precision).
-    pub fn into_queued(self, now: DateTime<Utc>, run_at: DateTime<Utc>) -> Task {
-        Task {
-            id: self.id,
-            core_id: self.core_id,
-            status: TaskStatus::Queued,
-            priority: self.priority,
-            timeout: self.timeout,
-            max_attempts: self.max_attempts,
-            attempt: 0,
-            run_at,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
-            lease_expires_at: None,
-            payload: self.payload,
-            metadata: self.metadata,
-            result: None,
-            error: None,
-            idempotency_key: self.idempotency_key,
-            locks: self.locks,
-        }
-    }
-}
-
 /// A stored task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     /// Time-ordered id.
     pub id: TaskId,
-    /// Which engine or worker pool runs it.
-    pub core_id: String,
+    /// The engine that runs it (see [`TaskSpec::engine`]). `core_id` on the wire.
+    #[serde(rename = "core_id", alias = "engine")]
+    pub engine: String,
     /// Current state.
     pub status: TaskStatus,
     /// Higher runs first.
@@ -518,7 +487,7 @@ pub struct Task {
 impl Task {
     /// Whether another attempt is allowed after the current one.
     pub fn has_attempts_left(&self) -> bool {
-        self.attempt < self.max_attempts
+        super::rules::has_attempts_left(self.attempt, self.max_attempts)
     }
 }
 
@@ -578,6 +547,29 @@ impl AttemptOutcome {
     }
 }
 
+/// A lease a worker holds on a running task, as it presents it to renew the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HeldLease {
+    /// The task.
+    pub task_id: TaskId,
+    /// The lease token the worker was given when it claimed the task.
+    pub lease_token: LeaseToken,
+}
+
+/// The report of one attempt's end, as the holder of its lease hands it to
+/// [`TaskStore::finish_attempts`](crate::backend::TaskStore::finish_attempts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptReport {
+    /// The task.
+    pub task_id: TaskId,
+    /// The lease the attempt ran under; a report with any other token is refused.
+    pub lease_token: LeaseToken,
+    /// The attempt's number (the task's attempt counter while it ran).
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+}
+
 /// An outcome reported without a lease, by an external system (the seed's webhook) for a task
 /// that is `queued` or `running`.
 #[derive(Debug, Clone, PartialEq)]
@@ -594,8 +586,9 @@ pub enum Resolution {
 pub struct TaskFilter {
     /// Only tasks in this state.
     pub status: Option<TaskStatus>,
-    /// Only tasks of this core.
-    pub core_id: Option<String>,
+    /// Only tasks of this engine.
+    #[serde(rename = "core_id", alias = "engine")]
+    pub engine: Option<String>,
     /// Only tasks with an id greater than this (the last id of the previous page).
     pub after: Option<TaskId>,
     /// Page size; 0 means 100. Capped at 1000.
@@ -684,7 +677,7 @@ mod tests {
     #[test]
     fn spec_validation_names_the_field() {
         let err = TaskSpec::new("").validate().unwrap_err();
-        assert!(err.to_string().contains("core_id"), "{err}");
+        assert!(err.to_string().contains("engine"), "{err}");
         let err = TaskSpec::new("a").max_attempts(0).validate().unwrap_err();
         assert!(err.to_string().contains("max_attempts"), "{err}");
         let err = TaskSpec::new("a")

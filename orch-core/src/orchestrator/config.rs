@@ -1,4 +1,5 @@
-//! [`OrchestratorConfig`]: limits, leases and intervals, validated once at build time.
+//! [`OrchestratorConfig`]: limits, leases and intervals, validated once at build time, with
+//! the pipeline's [`Tuning`] knobs kept apart.
 
 use std::time::Duration;
 
@@ -7,6 +8,15 @@ use crate::locks::LockConfig;
 use crate::model::RetryPolicy;
 
 /// How long finished tasks and events are kept before the pruner deletes them.
+///
+/// ```
+/// use std::time::Duration;
+/// use orch_core::Retention;
+///
+/// let retention = Retention::default().with_finished_tasks(Duration::from_secs(24 * 3600));
+/// assert_eq!(retention.events, Duration::from_secs(7 * 24 * 3600));
+/// ```
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Finished tasks older than this (by finish time) are deleted. Default 7 days.
@@ -27,108 +37,75 @@ impl Default for Retention {
     }
 }
 
-/// How an orchestrator runs. `Default` suits most uses; `with_*` methods change one setting.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OrchestratorConfig {
-    /// Most attempts running at once across all cores. Default 64.
-    pub global_concurrency: usize,
-    /// Most attempts running at once per core unless set per engine. Default 64.
-    pub default_core_concurrency: usize,
-    /// Most claimed tasks waiting for their locks at once. Default 1024.
-    pub max_lock_waiters: usize,
-    /// Lease given to each attempt; renewed while it runs. Default 30 s.
-    pub lease: Duration,
-    /// How often running leases are renewed. Default lease / 3.
-    pub heartbeat_interval: Duration,
-    /// How often expired leases are looked for and rescued. Default 5 s.
-    pub rescue_interval: Duration,
+impl Retention {
+    /// Sets how long finished tasks are kept.
+    pub fn with_finished_tasks(mut self, keep: Duration) -> Self {
+        self.finished_tasks = keep;
+        self
+    }
+
+    /// Sets how long events are kept.
+    pub fn with_events(mut self, keep: Duration) -> Self {
+        self.events = keep;
+        self
+    }
+
+    /// Sets how often the pruner runs.
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+}
+
+/// How the dispatcher's pipeline moves tasks between the backend and the engines. The
+/// defaults suit most uses; these knobs trade database load for throughput.
+///
+/// ```
+/// use orch_core::{OrchestratorConfig, Tuning};
+///
+/// let config = OrchestratorConfig::default()
+///     .with_tuning(Tuning::default().with_claims_in_flight(3).with_reports_in_flight(6));
+/// assert!(config.validate().is_ok());
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
     /// Longest an idle claim loop or the event tail sleeps without a wake-up hint (the floor
-    /// for work created by other processes). Default 1 s.
+    /// for work created by other processes when the backend sends no hint). Default 1 s.
     pub poll_interval: Duration,
     /// Most tasks claimed in one backend call. Default 64.
     pub claim_batch: usize,
-    /// Most claim calls of one core under way at once. While one call waits for its commit,
+    /// Most claim calls of one engine under way at once. While one call waits for its commit,
     /// another can claim for the slots freed meanwhile: with a backend whose commits take a
     /// millisecond or more (PostgreSQL), this keeps the engines fed. Default 2.
     pub claims_in_flight: usize,
     /// Most outcome batches being recorded at once (each one backend call of up to 128
     /// outcomes). Default 4.
     pub reports_in_flight: usize,
-    /// Delays between attempts.
-    pub retry: RetryPolicy,
     /// Events buffered per live subscriber before it lags (and catches up from the log).
     /// Default 4096.
     pub event_buffer: usize,
-    /// Name of this orchestrator (lock owner prefix, logs). Default `orch-<uuid>`.
-    pub node_id: String,
-    /// Lock manager tuning.
-    pub locks: LockConfig,
-    /// Pruning of finished tasks and old events; `None` keeps everything. Default: on, with
-    /// [`Retention::default`].
-    pub retention: Option<Retention>,
-    /// How long a timed-out or cancelled engine may take to return after its cancellation
-    /// token fires before its future is dropped. Default 5 s.
-    pub cancel_grace: Duration,
+    /// Most claimed tasks waiting for their locks at once. Default 1024.
+    pub max_lock_waiters: usize,
 }
 
-impl Default for OrchestratorConfig {
+impl Default for Tuning {
     fn default() -> Self {
-        OrchestratorConfig {
-            global_concurrency: 64,
-            default_core_concurrency: 64,
-            max_lock_waiters: 1024,
-            lease: Duration::from_secs(30),
-            heartbeat_interval: Duration::from_secs(10),
-            rescue_interval: Duration::from_secs(5),
+        Tuning {
             poll_interval: Duration::from_secs(1),
             claim_batch: 64,
             claims_in_flight: 2,
             reports_in_flight: 4,
-            retry: RetryPolicy::default(),
             event_buffer: 4096,
-            node_id: format!("orch-{}", uuid::Uuid::new_v4()),
-            locks: LockConfig::default(),
-            cancel_grace: Duration::from_secs(5),
-            retention: Some(Retention::default()),
+            max_lock_waiters: 1024,
         }
     }
 }
 
-impl OrchestratorConfig {
-    /// Sets the global concurrency limit.
-    pub fn with_global_concurrency(mut self, limit: usize) -> Self {
-        self.global_concurrency = limit;
-        self
-    }
-
-    /// Sets the default per-core limit.
-    pub fn with_default_core_concurrency(mut self, limit: usize) -> Self {
-        self.default_core_concurrency = limit;
-        self
-    }
-
-    /// Sets the lease and a heartbeat of a third of it.
-    pub fn with_lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self.heartbeat_interval = lease / 3;
-        self
-    }
-
-    /// Sets how often expired leases are rescued.
-    pub fn with_rescue_interval(mut self, interval: Duration) -> Self {
-        self.rescue_interval = interval;
-        self
-    }
-
+impl Tuning {
     /// Sets the poll floor.
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
-        self
-    }
-
-    /// Sets the retry policy.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
         self
     }
 
@@ -138,7 +115,7 @@ impl OrchestratorConfig {
         self
     }
 
-    /// Sets how many claim calls of one core may be under way at once.
+    /// Sets how many claim calls of one engine may be under way at once.
     pub fn with_claims_in_flight(mut self, calls: usize) -> Self {
         self.claims_in_flight = calls;
         self
@@ -150,13 +127,124 @@ impl OrchestratorConfig {
         self
     }
 
+    /// Sets the live event buffer per subscriber.
+    pub fn with_event_buffer(mut self, buffer: usize) -> Self {
+        self.event_buffer = buffer;
+        self
+    }
+
+    /// Sets how many claimed tasks may wait for their locks at once.
+    pub fn with_max_lock_waiters(mut self, waiters: usize) -> Self {
+        self.max_lock_waiters = waiters;
+        self
+    }
+}
+
+/// How an orchestrator runs. `Default` suits most uses; `with_*` methods change one setting,
+/// and [`OrchestratorConfig::validate`] (called by the builder) names the first bad one.
+///
+/// ```
+/// use std::time::Duration;
+/// use orch_core::OrchestratorConfig;
+///
+/// let config = OrchestratorConfig::default()
+///     .with_global_concurrency(128)
+///     .with_lease(Duration::from_secs(60));
+/// assert!(config.validate().is_ok());
+/// assert!(config.with_global_concurrency(0).validate().is_err());
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrchestratorConfig {
+    /// Most attempts running at once across all engines. Default 64.
+    pub global_concurrency: usize,
+    /// Most attempts running at once per engine unless set when it is registered. Default 64.
+    pub default_engine_concurrency: usize,
+    /// Lease given to each attempt; renewed while it runs. Default 30 s.
+    pub lease: Duration,
+    /// How often running leases are renewed. Default a third of the lease.
+    pub heartbeat_interval: Duration,
+    /// How often expired leases are looked for and rescued. Default 5 s.
+    pub rescue_interval: Duration,
+    /// Delays between attempts.
+    pub retry: RetryPolicy,
+    /// Name of this orchestrator (lock owner prefix, logs). Default `orch-<uuid>`.
+    pub node_id: String,
+    /// Lock manager settings.
+    pub locks: LockConfig,
+    /// Pruning of finished tasks and old events; `None` keeps everything. Default: on, with
+    /// [`Retention::default`].
+    pub retention: Option<Retention>,
+    /// How long a timed-out or cancelled engine may take to return after its cancellation
+    /// token fires before its future is dropped. Default 5 s.
+    pub cancel_grace: Duration,
+    /// The pipeline's knobs.
+    pub tuning: Tuning,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            global_concurrency: 64,
+            default_engine_concurrency: 64,
+            lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            rescue_interval: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            node_id: format!("orch-{}", uuid::Uuid::new_v4()),
+            locks: LockConfig::default(),
+            retention: Some(Retention::default()),
+            cancel_grace: Duration::from_secs(5),
+            tuning: Tuning::default(),
+        }
+    }
+}
+
+impl OrchestratorConfig {
+    /// Sets the global concurrency limit.
+    pub fn with_global_concurrency(mut self, limit: usize) -> Self {
+        self.global_concurrency = limit;
+        self
+    }
+
+    /// Sets the default per-engine limit.
+    pub fn with_default_engine_concurrency(mut self, limit: usize) -> Self {
+        self.default_engine_concurrency = limit;
+        self
+    }
+
+    /// Sets the lease and a heartbeat of a third of it.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self.heartbeat_interval = lease / 3;
+        self
+    }
+
+    /// Sets how often leases are renewed (shorter than the lease).
+    pub fn with_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Sets how often expired leases are rescued.
+    pub fn with_rescue_interval(mut self, interval: Duration) -> Self {
+        self.rescue_interval = interval;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
     /// Sets the node id.
     pub fn with_node_id(mut self, node_id: impl Into<String>) -> Self {
         self.node_id = node_id.into();
         self
     }
 
-    /// Sets the lock manager tuning.
+    /// Sets the lock manager settings.
     pub fn with_locks(mut self, locks: LockConfig) -> Self {
         self.locks = locks;
         self
@@ -174,9 +262,15 @@ impl OrchestratorConfig {
         self
     }
 
-    /// Sets the live event buffer.
-    pub fn with_event_buffer(mut self, buffer: usize) -> Self {
-        self.event_buffer = buffer;
+    /// Sets the pipeline's knobs.
+    pub fn with_tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// Sets the poll floor (see [`Tuning::poll_interval`]).
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.tuning.poll_interval = interval;
         self
     }
 
@@ -195,16 +289,13 @@ impl OrchestratorConfig {
             Ok(())
         }
         positive("global_concurrency", self.global_concurrency)?;
-        positive("default_core_concurrency", self.default_core_concurrency)?;
-        positive("max_lock_waiters", self.max_lock_waiters)?;
-        positive("claim_batch", self.claim_batch)?;
-        positive("claims_in_flight", self.claims_in_flight)?;
-        positive("reports_in_flight", self.reports_in_flight)?;
-        positive("event_buffer", self.event_buffer)?;
+        positive(
+            "default_engine_concurrency",
+            self.default_engine_concurrency,
+        )?;
         nonzero("lease", self.lease)?;
         nonzero("heartbeat_interval", self.heartbeat_interval)?;
         nonzero("rescue_interval", self.rescue_interval)?;
-        nonzero("poll_interval", self.poll_interval)?;
         nonzero("locks.poll_interval", self.locks.poll_interval)?;
         if self.heartbeat_interval >= self.lease {
             return Err(Error::invalid(
@@ -216,6 +307,13 @@ impl OrchestratorConfig {
             nonzero("retention.interval", retention.interval)?;
         }
         crate::model::check_name("node_id", &self.node_id, 128)?;
+        let tuning = &self.tuning;
+        nonzero("tuning.poll_interval", tuning.poll_interval)?;
+        positive("tuning.claim_batch", tuning.claim_batch)?;
+        positive("tuning.claims_in_flight", tuning.claims_in_flight)?;
+        positive("tuning.reports_in_flight", tuning.reports_in_flight)?;
+        positive("tuning.event_buffer", tuning.event_buffer)?;
+        positive("tuning.max_lock_waiters", tuning.max_lock_waiters)?;
         Ok(())
     }
 }

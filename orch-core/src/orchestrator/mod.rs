@@ -1,127 +1,98 @@
-//! [`Orchestrator`]: the priority dispatcher, with engines per `core_id`, leases, retries,
-//! task locks, schedules, external workers and graceful shutdown.
+//! [`Orchestrator`]: the priority dispatcher, with engines, leases, retries, task locks,
+//! schedules, external workers and graceful shutdown.
 //!
-//! Moving parts (all tokio tasks owned by the orchestrator):
-//! - one claim loop per registered engine (`worker.rs`): takes concurrency permits, claims that
-//!   many tasks in one backend call, and spawns one attempt per task;
-//! - the lease keeper: renews the leases of every running attempt in one batch call, and stops
-//!   an attempt whose lease was lost;
-//! - the rescuer: takes back tasks whose lease expired (their holder died);
-//! - the reporter: records attempt outcomes in batches;
-//! - the pruner: deletes finished tasks and events past their retention;
-//! - the event tail (`events.rs`) and one runner per event handler;
-//! - one runner per schedule (`schedule.rs`).
+//! The pipeline runs in stages, data flowing one way, each in a file of its own:
+//! - `claim.rs`: concurrency slots, one claim loop per engine (claims as many tasks as there
+//!   are free slots, in one backend call), and the idle engine's direct start;
+//! - `attempt.rs`: one claimed task on its engine, under its locks, timeout and cancellation
+//!   token;
+//! - `report.rs`: attempts' outcomes recorded in batches;
+//! - `maintenance.rs`: the lease keeper, the rescuer and the pruner;
+//! - `external.rs`: external workers' claims, heartbeats and reports.
+//!
+//! `attempts.rs` owns the running attempts ([`Attempts`](attempts::Attempts)) and their
+//! invariant; `wake.rs` is the one path by which idle loops learn of changes; `builder.rs`
+//! assembles an orchestrator; `config.rs` holds its settings. The event tail (`events.rs`) and
+//! schedules (`schedule.rs`) run beside the pipeline.
 
+mod attempt;
+mod attempts;
+mod builder;
+mod claim;
 mod config;
-mod worker;
+mod external;
+mod maintenance;
+mod report;
+mod wake;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use dashmap::DashMap;
 use parking_lot::RwLock;
-use serde_json::Value;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use config::{OrchestratorConfig, Retention};
+pub use builder::OrchestratorBuilder;
+pub use config::{OrchestratorConfig, Retention, Tuning};
+pub use external::{ClaimedTask, WorkerReport};
+pub use maintenance::Pruned;
 
+use self::attempts::{Attempts, StopCause};
+use self::wake::Wakeups;
 use crate::backend::SharedBackend;
-use crate::clock;
 use crate::contracts::{EventHandler, Plugin, PluginProcessor, PluginRegistry, Processor};
-use crate::error::{Error, Result, TaskError};
+use crate::error::{Error, Result};
 use crate::events::EventLog;
 use crate::locks::LockManager;
 use crate::model::{
-    AttemptOutcome, Claimed, Created, LeaseToken, NewTask, Resolution, Task, TaskFilter, TaskId,
-    TaskSpec,
+    Created, EngineCounts, NewTask, Resolution, Task, TaskFilter, TaskId, TaskSpec, check_name,
+    limits,
 };
 use crate::registry::DefaultPluginRegistry;
 use crate::schedule::Schedule;
 
-/// Why a running attempt was told to stop.
-#[repr(u8)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopCause {
-    None = 0,
-    /// A caller cancelled the task (already recorded in the backend).
-    Cancelled = 1,
-    /// The lease was lost (rescued elsewhere, or cancelled by another process).
-    LeaseLost = 2,
-    /// Shutdown passed its deadline: give the task back.
-    Abandoned = 3,
-}
-
-/// A running attempt, as the lease keeper and `cancel` see it.
-struct Running {
-    token: LeaseToken,
-    cancel: CancellationToken,
-    cause: AtomicU8,
-}
-
-impl Running {
-    fn stop(&self, cause: StopCause) {
-        let _ = self.cause.compare_exchange(
-            StopCause::None as u8,
-            cause as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        self.cancel.cancel();
-    }
-
-    fn cause(&self) -> StopCause {
-        match self.cause.load(Ordering::Acquire) {
-            1 => StopCause::Cancelled,
-            2 => StopCause::LeaseLost,
-            3 => StopCause::Abandoned,
-            _ => StopCause::None,
-        }
-    }
-}
-
-/// An engine registered for one `core_id`.
-struct Core {
-    core_id: Arc<str>,
-    engine: Arc<dyn Processor>,
-    /// Per-core concurrency limit.
+/// An engine registered under one name.
+struct Engine {
+    name: Arc<str>,
+    processor: Arc<dyn Processor>,
+    /// Per-engine concurrency limit.
     slots: Arc<Semaphore>,
     /// The number of permits of `slots`.
     limit: usize,
-    /// Local dispatches wake the claim loop at once.
-    wake: Notify,
     /// Whether the claim loop is idle (its last call found nothing): a local dispatch may then
-    /// start its task itself ([`TaskStore::create_claimed`](crate::backend::TaskStore)).
+    /// start its task itself ([`claim::start_directly`]).
     idle: AtomicBool,
 }
 
 struct Inner {
     backend: SharedBackend,
     config: OrchestratorConfig,
-    engines: RwLock<HashMap<String, Arc<Core>>>,
+    engines: RwLock<HashMap<String, Arc<Engine>>>,
     /// Global concurrency limit.
     global: Arc<Semaphore>,
-    /// Bounds claimed tasks that wait for their locks (they hold no concurrency permit).
+    /// Bounds claimed tasks that wait for their locks (they hold no concurrency slot).
     lock_waiters: Arc<Semaphore>,
-    running: DashMap<TaskId, Arc<Running>>,
+    /// The attempts this process runs.
+    attempts: Attempts,
+    /// The signals idle loops wait on.
+    wakeups: Wakeups,
+    /// Whether the backend stores tasks already claimed (read once, at build).
+    direct_start: bool,
     events: EventLog,
     locks: LockManager,
     plugins: DefaultPluginRegistry,
     /// Phase 1 of shutdown: claim loops and schedules stop; new dispatches are refused.
     stop_claiming: CancellationToken,
-    /// Phase 2: the lease keeper, rescuer, tail and handlers stop.
+    /// Phase 2: the lease keeper, rescuer, reporter, tail and handlers stop.
     stop_background: CancellationToken,
-    /// Attempts in flight (awaited by shutdown).
-    attempts: TaskTracker,
     /// Background loops.
     background: TaskTracker,
     /// Outcomes of finished attempts, recorded in batches by the reporter.
-    reports: tokio::sync::mpsc::UnboundedSender<worker::Report>,
+    reports: tokio::sync::mpsc::UnboundedSender<report::Report>,
 }
 
 /// Stops the background loops when the last [`Orchestrator`] handle is dropped without
@@ -143,8 +114,9 @@ impl Drop for DropGuard {
 /// use orch_core::{processor_fn, MemoryBackend, Orchestrator, TaskSpec, TaskStatus};
 ///
 /// let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))
-///     .engine("echo", processor_fn("echo", |_ctx, input| async move { Ok(input) }))
-///     .build().await?;
+///     .engine("echo", processor_fn(|_ctx, input| async move { Ok(input) }))
+///     .build()
+///     .await?;
 /// let task = orch
 ///     .dispatch_and_wait(TaskSpec::new("echo").payload(serde_json::json!("hi")))
 ///     .await?;
@@ -163,111 +135,13 @@ impl std::fmt::Debug for Orchestrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Orchestrator")
             .field("node_id", &self.inner.config.node_id)
-            .field("running", &self.inner.running.len())
+            .field("running", &self.inner.attempts.count())
             .finish_non_exhaustive()
     }
 }
 
-/// Collects engines, handlers and schedules, then starts an [`Orchestrator`].
-pub struct OrchestratorBuilder {
-    backend: SharedBackend,
-    config: OrchestratorConfig,
-    engines: Vec<(String, Arc<dyn Processor>, Option<usize>)>,
-    handlers: Vec<Arc<dyn EventHandler>>,
-    schedules: Vec<Schedule>,
-}
-
-impl OrchestratorBuilder {
-    /// Replaces the configuration.
-    pub fn config(mut self, config: OrchestratorConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Registers `engine` for `core_id` with the default per-core limit.
-    pub fn engine(mut self, core_id: impl Into<String>, engine: impl Processor + 'static) -> Self {
-        self.engines.push((core_id.into(), Arc::new(engine), None));
-        self
-    }
-
-    /// Registers `engine` for `core_id` with its own concurrency limit.
-    pub fn engine_with_limit(
-        mut self,
-        core_id: impl Into<String>,
-        engine: impl Processor + 'static,
-        limit: usize,
-    ) -> Self {
-        self.engines
-            .push((core_id.into(), Arc::new(engine), Some(limit)));
-        self
-    }
-
-    /// Adds an event handler.
-    pub fn event_handler(mut self, handler: impl EventHandler + 'static) -> Self {
-        self.handlers.push(Arc::new(handler));
-        self
-    }
-
-    /// Adds a periodic schedule.
-    pub fn schedule(mut self, schedule: Schedule) -> Self {
-        self.schedules.push(schedule);
-        self
-    }
-
-    /// Validates the configuration and starts the orchestrator's loops on the current tokio
-    /// runtime. Event handlers see every event from the moment `build` returns.
-    pub async fn build(self) -> Result<Orchestrator> {
-        self.config.validate()?;
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::NoRuntime);
-        }
-        let config = self.config;
-        let events = EventLog::new(self.backend.clone(), config.event_buffer);
-        // Stopping the background also stops claiming (a dropped orchestrator stops both).
-        let stop_background = CancellationToken::new();
-        let (reports, report_queue) = tokio::sync::mpsc::unbounded_channel();
-        let locks = LockManager::with_config(self.backend.clone(), config.locks);
-        let inner = Arc::new(Inner {
-            global: Arc::new(Semaphore::new(config.global_concurrency)),
-            lock_waiters: Arc::new(Semaphore::new(config.max_lock_waiters)),
-            backend: self.backend,
-            engines: RwLock::new(HashMap::new()),
-            running: DashMap::new(),
-            events,
-            locks,
-            plugins: DefaultPluginRegistry::new(),
-            stop_claiming: stop_background.child_token(),
-            stop_background,
-            attempts: TaskTracker::new(),
-            background: TaskTracker::new(),
-            reports,
-            config,
-        });
-        let orch = Orchestrator {
-            _drop_guard: Arc::new(DropGuard(inner.stop_background.clone())),
-            inner,
-        };
-        orch.inner.events.start_at_end().await?;
-        orch.start_background();
-        orch.inner.background.spawn(worker::reporter(
-            orch.inner.clone(),
-            report_queue,
-            orch.inner.stop_background.clone(),
-        ));
-        for (core_id, engine, limit) in self.engines {
-            orch.register_engine_arc(core_id, engine, limit)?;
-        }
-        for handler in self.handlers {
-            orch.add_event_handler(handler).await?;
-        }
-        for schedule in self.schedules {
-            orch.add_schedule(schedule)?;
-        }
-        Ok(orch)
-    }
-}
-
 /// What [`Orchestrator::shutdown`] achieved.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Every attempt finished before the deadline.
@@ -276,49 +150,10 @@ pub struct ShutdownReport {
     pub abandoned: usize,
 }
 
-/// An external worker's report of an attempt (see [`Orchestrator::report`]).
-#[derive(Debug, Clone, PartialEq)]
-pub enum WorkerReport {
-    /// Finished with this result.
-    Succeeded(Value),
-    /// Failed; retried if `retryable` and attempts are left.
-    Failed(TaskError),
-    /// Ran past its timeout; retried if attempts are left.
-    TimedOut,
-}
-
 impl Orchestrator {
     /// Starts building an orchestrator over `backend`.
     pub fn builder(backend: SharedBackend) -> OrchestratorBuilder {
-        OrchestratorBuilder {
-            backend,
-            config: OrchestratorConfig::default(),
-            engines: Vec::new(),
-            handlers: Vec::new(),
-            schedules: Vec::new(),
-        }
-    }
-
-    fn start_background(&self) {
-        let inner = &self.inner;
-        let stop = inner.stop_background.clone();
-        inner.background.spawn(
-            inner
-                .events
-                .clone()
-                .run_tail(inner.config.poll_interval, stop.clone()),
-        );
-        inner
-            .background
-            .spawn(worker::lease_keeper(inner.clone(), stop.clone()));
-        inner
-            .background
-            .spawn(worker::rescuer(inner.clone(), stop.clone()));
-        if let Some(retention) = inner.config.retention {
-            inner
-                .background
-                .spawn(worker::pruner(inner.clone(), retention, stop));
-        }
+        OrchestratorBuilder::new(backend)
     }
 
     /// The backend.
@@ -346,86 +181,113 @@ impl Orchestrator {
         &self.inner.plugins
     }
 
-    /// `core_id`s with an in-process engine, sorted.
+    /// The names of the engines registered here, sorted.
     pub fn engines(&self) -> Vec<String> {
-        let mut cores: Vec<String> = self.inner.engines.read().keys().cloned().collect();
-        cores.sort();
-        cores
+        let mut names: Vec<String> = self.inner.engines.read().keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// Attempts running in this process right now.
     pub fn running_count(&self) -> usize {
-        self.inner.running.len()
+        self.inner.attempts.count()
     }
 
-    /// Registers an engine for `core_id` (default per-core limit) and starts claiming its
-    /// tasks; [`Error::EngineExists`] if the core already has one.
+    /// How many tasks each engine has queued (due and delayed), running and finished, in one
+    /// backend call. Every engine registered here is listed (with zeros when it has no
+    /// tasks), and every engine the backend has tasks for, sorted by name.
+    pub async fn task_counts(&self) -> Result<Vec<EngineCounts>> {
+        let mut counts: BTreeMap<String, EngineCounts> = self
+            .engines()
+            .into_iter()
+            .map(|name| (name.clone(), EngineCounts::new(name)))
+            .collect();
+        for engine in self.inner.backend.count_tasks().await? {
+            counts.insert(engine.engine.clone(), engine);
+        }
+        Ok(counts.into_values().collect())
+    }
+
+    /// Registers `processor` as the engine `name` (with the default concurrency limit) and
+    /// starts claiming its tasks; [`Error::EngineExists`] if the name is taken.
     pub fn register_engine(
         &self,
-        core_id: impl Into<String>,
-        engine: impl Processor + 'static,
+        name: impl Into<String>,
+        processor: impl Processor + 'static,
     ) -> Result<()> {
-        self.register_engine_arc(core_id.into(), Arc::new(engine), None)
+        self.add_engine(name.into(), Arc::new(processor), None)
     }
 
-    /// Registers a shared engine, optionally with its own concurrency limit.
-    pub fn register_engine_arc(
+    /// [`Orchestrator::register_engine`] with a concurrency limit of its own.
+    pub fn register_engine_with_concurrency(
         &self,
-        core_id: String,
-        engine: Arc<dyn Processor>,
-        limit: Option<usize>,
+        name: impl Into<String>,
+        processor: impl Processor + 'static,
+        concurrency: usize,
     ) -> Result<()> {
-        crate::model::check_name("core_id", &core_id, crate::model::limits::MAX_CORE_ID_LEN)?;
-        let limit = limit.unwrap_or(self.inner.config.default_core_concurrency);
+        self.add_engine(name.into(), Arc::new(processor), Some(concurrency))
+    }
+
+    fn add_engine(
+        &self,
+        name: String,
+        processor: Arc<dyn Processor>,
+        concurrency: Option<usize>,
+    ) -> Result<()> {
+        check_name("engine", &name, limits::MAX_ENGINE_LEN)?;
+        let limit = concurrency.unwrap_or(self.inner.config.default_engine_concurrency);
         if limit == 0 {
-            return Err(Error::invalid("concurrency limit", "must be at least 1"));
+            return Err(Error::invalid("concurrency", "must be at least 1"));
         }
         if self.inner.stop_claiming.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let core = Arc::new(Core {
-            core_id: Arc::from(core_id.as_str()),
-            engine,
+        let engine = Arc::new(Engine {
+            name: Arc::from(name.as_str()),
+            processor,
             slots: Arc::new(Semaphore::new(limit)),
             limit,
-            wake: Notify::new(),
             idle: AtomicBool::new(false),
         });
         {
             let mut engines = self.inner.engines.write();
-            if engines.contains_key(&core_id) {
-                return Err(Error::EngineExists(core_id));
+            if engines.contains_key(&name) {
+                return Err(Error::EngineExists(name));
             }
-            engines.insert(core_id, core.clone());
+            engines.insert(name, engine.clone());
         }
         self.inner
             .background
-            .spawn(worker::claim_loop(self.inner.clone(), core));
+            .spawn(claim::claim_loop(self.inner.clone(), engine));
         Ok(())
     }
 
     /// Initializes `plugin` with `config`, adds it to the registry, and registers it as the
-    /// engine of every `core_id` in its [`Capability::engine`](crate::Capability::engine)
+    /// engine of every name in its [`Capability::engine`](crate::Capability::engine)
     /// capabilities.
-    pub async fn register_plugin(&self, plugin: Arc<dyn Plugin>, config: Value) -> Result<()> {
-        let core_ids: Vec<String> = plugin
+    pub async fn register_plugin(
+        &self,
+        plugin: Arc<dyn Plugin>,
+        config: serde_json::Value,
+    ) -> Result<()> {
+        let names: Vec<String> = plugin
             .capabilities()
             .iter()
-            .filter_map(|c| c.engine_core_id().map(str::to_owned))
+            .filter_map(|c| c.engine_name().map(str::to_owned))
             .collect();
-        // Refuse before initializing when a core is taken, so a refused plugin leaves no trace.
+        // Refuse before initializing when a name is taken, so a refused plugin leaves no trace.
         {
             let engines = self.inner.engines.read();
-            if let Some(taken) = core_ids.iter().find(|core| engines.contains_key(*core)) {
+            if let Some(taken) = names.iter().find(|name| engines.contains_key(*name)) {
                 return Err(Error::EngineExists(taken.clone()));
             }
         }
         self.inner.plugins.register(plugin.clone(), config).await?;
-        for (index, core_id) in core_ids.iter().enumerate() {
-            let engine = Arc::new(PluginProcessor(plugin.clone()));
-            if let Err(error) = self.register_engine_arc(core_id.clone(), engine, None) {
-                // Lost a race for the core: undo this plugin's engines and registration.
-                for registered in &core_ids[..index] {
+        for (index, name) in names.iter().enumerate() {
+            let processor = Arc::new(PluginProcessor(plugin.clone()));
+            if let Err(error) = self.add_engine(name.clone(), processor, None) {
+                // Lost a race for the name: undo this plugin's engines and registration.
+                for registered in &names[..index] {
                     self.inner.engines.write().remove(registered);
                 }
                 self.inner.plugins.unregister(plugin.name()).await?;
@@ -459,23 +321,16 @@ impl Orchestrator {
         Ok(())
     }
 
-    fn wake(&self, core_id: &str) {
-        if let Some(core) = self.inner.engines.read().get(core_id) {
-            core.wake.notify_one();
-        }
-    }
-
     /// Dispatches one task. With an idempotency key already used, returns the earlier task.
     ///
-    /// A task for a core of this orchestrator whose claim loop is idle, with a free slot, may
-    /// start here and now: the backend stores it already claimed (if it can, see
-    /// [`TaskStore::create_claimed`](crate::backend::TaskStore)), and the task returned is
-    /// then `running`.
+    /// A task for an engine of this orchestrator whose claim loop is idle, with a free slot,
+    /// may start here and now: when the backend can store it already claimed, the task
+    /// returned is then `running`.
     pub async fn dispatch(&self, spec: TaskSpec) -> Result<Task> {
         if self.inner.stop_claiming.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let task = match self.hand_off(spec.into_new_task()?).await? {
+        let task = match claim::start_directly(&self.inner, spec.into_new_task()?).await? {
             Ok(started) => return Ok(started),
             Err(task) => task,
         };
@@ -484,58 +339,6 @@ impl Orchestrator {
             .pop()
             .map(|c| c.task)
             .ok_or_else(|| Error::backend("create_tasks", "returned no task"))
-    }
-
-    /// Starts `task` at once if its core is served here, idle and has a free slot, and the
-    /// backend can store it already claimed; else hands it back.
-    async fn hand_off(&self, task: NewTask) -> Result<std::result::Result<Task, NewTask>> {
-        if task.idempotency_key.is_some()
-            || !task.delay.is_zero()
-            || task.not_before.is_some_and(|at| at > clock::now())
-        {
-            return Ok(Err(task));
-        }
-        let core = self
-            .inner
-            .engines
-            .read()
-            .get(task.core_id.as_str())
-            .cloned();
-        let Some(core) = core.filter(|core| core.idle.load(Ordering::Acquire)) else {
-            return Ok(Err(task));
-        };
-        let Some(slot) = worker::try_acquire_slot(&self.inner, &core) else {
-            return Ok(Err(task));
-        };
-        // Keeps a shutdown that begins from here on waiting for this attempt too.
-        let tracked = self.inner.attempts.token();
-        if self.inner.stop_claiming.is_cancelled() {
-            return Ok(Err(task));
-        }
-        let span = tracing::debug_span!("dispatch", count = 1, handed_off = true);
-        // In a task of its own, so a caller that gives up cannot leave a task stored as
-        // claimed that nothing runs (its lease would expire and spend an attempt).
-        let inner = self.inner.clone();
-        let handed = tokio::spawn(
-            async move {
-                let _tracked = tracked;
-                let lease = inner.config.lease;
-                match inner.backend.create_claimed(task, lease).await? {
-                    Ok(claimed) => {
-                        inner.events.poke();
-                        let started = claimed.task.clone();
-                        worker::start_attempts(&inner, &core, vec![claimed], vec![slot]);
-                        Ok(Ok(started))
-                    }
-                    // The slot goes back as it drops.
-                    Err(task) => Ok(Err(task)),
-                }
-            }
-            .instrument(span),
-        );
-        handed
-            .await
-            .map_err(|e| Error::backend("create_claimed", format!("dispatch task failed: {e}")))?
     }
 
     /// Dispatches several tasks in one backend call, in order.
@@ -550,7 +353,7 @@ impl Orchestrator {
         self.create(tasks).await
     }
 
-    /// Creates `tasks` in one backend call and wakes the claim loops of their cores.
+    /// Creates `tasks` in one backend call.
     async fn create(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
         let span = tracing::debug_span!("dispatch", count = tasks.len());
         let created = self
@@ -559,19 +362,14 @@ impl Orchestrator {
             .create_tasks(tasks)
             .instrument(span)
             .await?;
-        self.inner.events.poke();
-        let mut last_core: Option<&str> = None;
-        for c in &created {
-            if c.created && last_core != Some(c.task.core_id.as_str()) {
-                self.wake(&c.task.core_id);
-                last_core = Some(&c.task.core_id);
-            }
+        if created.iter().any(|c| c.created) {
+            self.inner.wakeups.tasks_changed();
         }
         Ok(created)
     }
 
-    /// Dispatches a task and waits until it is finished (the seed's `stay: true`). The wait is
-    /// bounded by the task's timeout over all its attempts plus the largest retry delays.
+    /// Dispatches a task and waits until it is finished (ORCH-Next's `stay: true`). The wait
+    /// is bounded by the task's timeout over all its attempts plus the largest retry delays.
     pub async fn dispatch_and_wait(&self, spec: TaskSpec) -> Result<Task> {
         let retry_max = self.inner.config.retry.max;
         let attempts = spec.max_attempts.max(1);
@@ -627,144 +425,48 @@ impl Orchestrator {
     /// heartbeat. [`Error::IllegalTransition`] for a finished task.
     pub async fn cancel(&self, id: TaskId) -> Result<Task> {
         let task = self.inner.backend.cancel_task(id).await?;
-        if let Some(running) = self.inner.running.get(&id) {
-            running.stop(StopCause::Cancelled);
-        }
-        self.inner.events.poke();
+        self.inner.attempts.stop(id, StopCause::Cancelled);
+        self.inner.wakeups.events_appended();
         Ok(task)
     }
 
-    /// Finishes a queued or running task for an external system that ran it (the seed's
-    /// webhook). A running attempt in this process is stopped.
+    /// Finishes a queued or running task for an external system that ran it (a signed
+    /// webhook, say). A running attempt in this process is stopped.
     pub async fn resolve(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
         let task = self.inner.backend.resolve_task(id, resolution).await?;
-        if let Some(running) = self.inner.running.get(&id) {
-            running.stop(StopCause::LeaseLost);
-        }
-        self.inner.events.poke();
-        Ok(task)
-    }
-
-    /// For external workers: leases up to `limit` tasks of `core_id` for `lease` (default:
-    /// the configured lease). The worker must heartbeat before the lease runs out and report
-    /// with the token.
-    pub async fn claim(
-        &self,
-        core_id: &str,
-        limit: usize,
-        lease: Option<Duration>,
-    ) -> Result<Vec<Claimed>> {
-        crate::model::check_name("core_id", core_id, crate::model::limits::MAX_CORE_ID_LEN)?;
-        if self.inner.stop_claiming.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
-        let lease = lease.unwrap_or(self.inner.config.lease);
-        if lease.is_zero() {
-            return Err(Error::invalid("lease", "must be greater than zero"));
-        }
-        let limit = limit.clamp(1, 1000);
-        let span = tracing::debug_span!("claim", core_id, limit);
-        let claimed = self
-            .inner
-            .backend
-            .claim_tasks(core_id, limit, lease)
-            .instrument(span)
-            .await?;
-        self.inner.events.poke();
-        Ok(claimed)
-    }
-
-    /// For external workers: extends a lease; [`Error::LeaseLost`] if it is no longer held.
-    pub async fn heartbeat(
-        &self,
-        id: TaskId,
-        token: LeaseToken,
-        lease: Option<Duration>,
-    ) -> Result<DateTime<Utc>> {
-        let lease = lease.unwrap_or(self.inner.config.lease);
-        let renewed = self
-            .inner
-            .backend
-            .renew_leases(vec![(id, token)], lease)
-            .await?;
-        match renewed.first() {
-            Some(Some(expires)) => Ok(*expires),
-            _ => Err(self.lease_error(id).await),
-        }
-    }
-
-    async fn lease_error(&self, id: TaskId) -> Error {
-        match self.inner.backend.get_task(id).await {
-            Ok(None) => Error::TaskNotFound(id),
-            _ => Error::LeaseLost(id),
-        }
-    }
-
-    /// For external workers: reports the outcome of an attempt with its lease token.
-    /// A stale token is refused with [`Error::LeaseLost`].
-    pub async fn report(
-        &self,
-        id: TaskId,
-        token: LeaseToken,
-        report: WorkerReport,
-    ) -> Result<Task> {
-        let task = self.get(id).await?;
-        let retry_in = |retryable: bool| {
-            (retryable && task.has_attempts_left())
-                .then(|| self.inner.config.retry.delay(task.attempt))
-        };
-        let outcome = match report {
-            WorkerReport::Succeeded(result) => AttemptOutcome::Succeeded { result },
-            WorkerReport::Failed(error) => AttemptOutcome::Failed {
-                retry_in: retry_in(error.retryable),
-                error: error.message,
-            },
-            WorkerReport::TimedOut => AttemptOutcome::TimedOut {
-                retry_in: retry_in(true),
-            },
-        };
-        let task = self
-            .inner
-            .backend
-            .finish_attempt(id, token, outcome)
-            .await?;
-        self.inner.events.poke();
-        if task.status == crate::model::TaskStatus::Queued {
-            self.wake(&task.core_id);
-        }
+        self.inner.attempts.stop(id, StopCause::LeaseLost);
+        self.inner.wakeups.events_appended();
         Ok(task)
     }
 
     /// Runs one rescue pass now (the rescuer does this every `rescue_interval`): tasks whose
     /// lease expired are requeued or failed. Returns them.
     pub async fn rescue_expired(&self) -> Result<Vec<Task>> {
-        worker::rescue_once(&self.inner).await
+        maintenance::rescue_once(&self.inner).await
     }
 
     /// Runs one pruning pass now with `retention` (the pruner does this every
-    /// `retention.interval` when configured). Returns how many tasks and events were deleted.
-    pub async fn prune(&self, retention: Retention) -> Result<(u64, u64)> {
-        worker::prune_once(&self.inner, retention).await
+    /// `retention.interval` when configured). Returns how many tasks and events it deleted.
+    pub async fn prune(&self, retention: Retention) -> Result<Pruned> {
+        maintenance::prune_once(&self.inner, retention).await
     }
 
-    /// Graceful shutdown (the seed's sequence): stop claiming and scheduling, let running
-    /// attempts finish for up to `deadline`, then stop the rest and give their tasks back to the
-    /// queue, then stop the background loops. Safe to call more than once.
+    /// Graceful shutdown: stop claiming and scheduling, let running attempts finish for up to
+    /// `deadline`, then stop the rest and give their tasks back to the queue, then stop the
+    /// background loops. Safe to call more than once.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let inner = &self.inner;
         inner.stop_claiming.cancel();
-        inner.attempts.close();
-        let drained = tokio::time::timeout(deadline, inner.attempts.wait())
+        inner.attempts.tracker.close();
+        let drained = tokio::time::timeout(deadline, inner.attempts.tracker.wait())
             .await
             .is_ok();
         let mut abandoned = 0;
         if !drained {
-            for entry in inner.running.iter() {
-                entry.value().stop(StopCause::Abandoned);
-                abandoned += 1;
-            }
+            abandoned = inner.attempts.stop_all(StopCause::Abandoned);
             // Abandoned attempts report promptly; bound the wait anyway.
-            let _ = tokio::time::timeout(Duration::from_secs(5), inner.attempts.wait()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), inner.attempts.tracker.wait()).await;
         }
         inner.stop_background.cancel();
         inner.background.close();

@@ -32,6 +32,7 @@ mod broken {
 
     use async_trait::async_trait;
     use chrono::{DateTime, Utc};
+    use orch_core::backend::*;
     use orch_core::*;
 
     /// Delegates everything, but claims the oldest task regardless of priority.
@@ -68,18 +69,16 @@ mod broken {
         }
         async fn renew_leases(
             &self,
-            leases: Vec<(TaskId, LeaseToken)>,
+            leases: Vec<HeldLease>,
             lease: Duration,
         ) -> Result<Vec<Option<DateTime<Utc>>>> {
             self.0.renew_leases(leases, lease).await
         }
-        async fn finish_attempt(
+        async fn finish_attempts(
             &self,
-            id: TaskId,
-            token: LeaseToken,
-            outcome: AttemptOutcome,
-        ) -> Result<Task> {
-            self.0.finish_attempt(id, token, outcome).await
+            reports: Vec<AttemptReport>,
+        ) -> Result<Vec<Result<TaskStatus>>> {
+            self.0.finish_attempts(reports).await
         }
         async fn cancel_task(&self, id: TaskId) -> Result<Task> {
             self.0.cancel_task(id).await
@@ -93,8 +92,11 @@ mod broken {
         async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
             self.0.prune_tasks(before, limit).await
         }
-        async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>> {
+        async fn queue_depth(&self) -> Result<Vec<QueueDepth>> {
             self.0.queue_depth().await
+        }
+        async fn count_tasks(&self) -> Result<Vec<EngineCounts>> {
+            self.0.count_tasks().await
         }
     }
 

@@ -5,15 +5,16 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+use orch_core::backend::clock;
 use orch_core::{
-    Error, Orchestrator, TaskError, TaskId, TaskSpec, TaskStatus, WorkerReport, clock, processor_fn,
+    Error, Orchestrator, TaskError, TaskId, TaskSpec, TaskStatus, WorkerReport, processor_fn,
 };
 
 use crate::{backend, config, orch};
 
 /// An engine that records the order of the payloads it runs.
 fn recorder(order: Arc<Mutex<Vec<Value>>>) -> impl orch_core::Processor {
-    processor_fn("recorder", move |_ctx, input| {
+    processor_fn(move |_ctx, input| {
         let order = order.clone();
         async move {
             order.lock().push(input.clone());
@@ -52,7 +53,7 @@ async fn delayed_tasks_do_not_start_early() {
     let orch = orch(backend(), config()).await;
     orch.register_engine(
         "later",
-        processor_fn("later", move |_ctx, _input| {
+        processor_fn(move |_ctx, _input| {
             let seen = seen.clone();
             async move {
                 *seen.lock() = Some(clock::now());
@@ -88,7 +89,7 @@ async fn concurrency_limits_are_never_exceeded() {
     let both = |local: &(Arc<AtomicUsize>, Arc<AtomicUsize>)| {
         let (local_in, local_max) = local.clone();
         let (global_in, global_max) = global.clone();
-        processor_fn("both", move |_ctx, _input| {
+        processor_fn(move |_ctx, _input| {
             let (local_in, local_max, global_in, global_max) = (
                 local_in.clone(),
                 local_max.clone(),
@@ -109,8 +110,8 @@ async fn concurrency_limits_are_never_exceeded() {
     };
     let orch = Orchestrator::builder(backend())
         .config(config().with_global_concurrency(5))
-        .engine_with_limit("a", both(&core_a), 2)
-        .engine_with_limit("b", both(&core_b), 4)
+        .engine_with_concurrency("a", both(&core_a), 2)
+        .engine_with_concurrency("b", both(&core_b), 4)
         .build()
         .await
         .unwrap();
@@ -139,7 +140,7 @@ async fn a_timeout_cancels_the_engine_and_the_attempt_is_retried() {
     let orch = orch(backend(), config()).await;
     orch.register_engine(
         "slow",
-        processor_fn("slow", move |ctx, _input| {
+        processor_fn(move |ctx, _input| {
             let flag = flag.clone();
             async move {
                 if ctx.attempt() == 1 {
@@ -186,7 +187,7 @@ async fn final_timeout_is_recorded_as_timed_out() {
     let orch = orch(backend(), config()).await;
     orch.register_engine(
         "hang",
-        processor_fn("hang", |_ctx, _input| async move {
+        processor_fn(|_ctx, _input| async move {
             std::future::pending::<()>().await;
             Ok(Value::Null)
         }),
@@ -219,7 +220,7 @@ async fn backoff_grows_and_exhausted_attempts_fail() {
     .await;
     orch.register_engine(
         "flaky",
-        processor_fn("flaky", move |_ctx, _input| {
+        processor_fn(move |_ctx, _input| {
             let seen = seen.clone();
             async move {
                 seen.lock().push(clock::now());
@@ -257,14 +258,12 @@ async fn non_retryable_errors_and_panics() {
     let orch = orch(backend(), config()).await;
     orch.register_engine(
         "fatal",
-        processor_fn("fatal", |_ctx, _input| async move {
-            Err::<Value, _>(TaskError::fatal("bad input"))
-        }),
+        processor_fn(|_ctx, _input| async move { Err::<Value, _>(TaskError::fatal("bad input")) }),
     )
     .unwrap();
     orch.register_engine(
         "panics",
-        processor_fn("panics", |ctx, _input| async move {
+        processor_fn(|ctx, _input| async move {
             if ctx.attempt() == 1 {
                 panic!("engine bug");
             }
@@ -300,7 +299,7 @@ async fn cancellation_reaches_a_running_engine() {
     let orch = orch(backend(), config()).await;
     orch.register_engine(
         "long",
-        processor_fn("long", move |ctx, _input| {
+        processor_fn(move |ctx, _input| {
             let (s, st) = (s.clone(), st.clone());
             async move {
                 s.notify_one();
@@ -470,7 +469,7 @@ async fn external_worker_failure_retries_then_fails() {
 #[tokio::test(start_paused = true)]
 async fn illegal_transitions_are_refused() {
     let orch = orch(backend(), config()).await;
-    orch.register_engine("ok", processor_fn("ok", |_c, i| async move { Ok(i) }))
+    orch.register_engine("ok", processor_fn(|_c, i| async move { Ok(i) }))
         .unwrap();
     let done = orch.dispatch_and_wait(TaskSpec::new("ok")).await.unwrap();
     assert_eq!(done.status, TaskStatus::Succeeded);
@@ -508,7 +507,7 @@ async fn dispatch_and_wait_returns_the_final_task() {
     let orch = orch(backend(), config()).await;
     orch.register_engine(
         "work",
-        processor_fn("work", |_ctx, input| async move {
+        processor_fn(|_ctx, input| async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Ok(json!({"echo": input}))
         }),
@@ -536,7 +535,7 @@ async fn shutdown_drains_within_its_deadline() {
     let orch = orch(backend(), config()).await;
     orch.register_engine(
         "work",
-        processor_fn("work", |_ctx, _input| async move {
+        processor_fn(|_ctx, _input| async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
             Ok(Value::Null)
         }),
@@ -566,7 +565,7 @@ async fn shutdown_past_its_deadline_gives_tasks_back() {
     let orch = orch(backend(), config()).await;
     orch.register_engine(
         "stuck",
-        processor_fn("stuck", |ctx, _input| async move {
+        processor_fn(|ctx, _input| async move {
             ctx.cancelled().await;
             Ok(Value::Null)
         }),
@@ -597,7 +596,7 @@ async fn shutdown_past_its_deadline_gives_tasks_back() {
 async fn bad_specs_are_refused_with_the_field_named() {
     let orch = orch(backend(), config()).await;
     let err = orch.dispatch(TaskSpec::new("")).await.unwrap_err();
-    assert!(err.to_string().contains("core_id"), "{err}");
+    assert!(err.to_string().contains("engine"), "{err}");
     let err = orch
         .dispatch(TaskSpec::new("x").lock("").clone())
         .await
@@ -620,13 +619,12 @@ async fn bad_specs_are_refused_with_the_field_named() {
 
 #[tokio::test(start_paused = true)]
 async fn the_pruner_deletes_old_finished_tasks_and_events() {
-    let retention = orch_core::Retention {
-        finished_tasks: Duration::from_secs(3600),
-        events: Duration::from_secs(3600),
-        interval: Duration::from_secs(60),
-    };
+    let retention = orch_core::Retention::default()
+        .with_finished_tasks(Duration::from_secs(3600))
+        .with_events(Duration::from_secs(3600))
+        .with_interval(Duration::from_secs(60));
     let orch = orch(backend(), config().with_retention(Some(retention))).await;
-    orch.register_engine("ok", processor_fn("ok", |_c, i| async move { Ok(i) }))
+    orch.register_engine("ok", processor_fn(|_c, i| async move { Ok(i) }))
         .unwrap();
     let old = orch.dispatch_and_wait(TaskSpec::new("ok")).await.unwrap();
     let waiting = orch.dispatch(TaskSpec::new("nobody")).await.unwrap();
@@ -654,6 +652,9 @@ async fn the_pruner_deletes_old_finished_tasks_and_events() {
     );
     assert!(events.iter().any(|e| e.task_id == Some(recent.id)));
     // Nothing left to prune by hand: the pruner already did it.
-    assert_eq!(orch.prune(retention).await.unwrap(), (0, 0));
+    assert_eq!(
+        orch.prune(retention).await.unwrap(),
+        orch_core::Pruned::default()
+    );
     orch.shutdown(Duration::from_secs(1)).await;
 }

@@ -13,7 +13,7 @@ use crate::{backend, config};
 async fn echo_orch() -> Orchestrator {
     Orchestrator::builder(backend())
         .config(config())
-        .engine("echo", processor_fn("echo", |_c, i| async move { Ok(i) }))
+        .engine("echo", processor_fn(|_c, i| async move { Ok(i) }))
         .build()
         .await
         .unwrap()
@@ -70,8 +70,14 @@ async fn events_arrive_in_sequence_order_and_replay_returns_exactly_the_rest() {
 #[tokio::test(start_paused = true)]
 async fn a_lagging_subscriber_catches_up_from_the_log() {
     let orch = Orchestrator::builder(backend())
-        .config(config().with_event_buffer(16))
-        .engine("echo", processor_fn("echo", |_c, i| async move { Ok(i) }))
+        .config(
+            config().with_tuning(
+                orch_core::Tuning::default()
+                    .with_poll_interval(Duration::from_millis(200))
+                    .with_event_buffer(16),
+            ),
+        )
+        .engine("echo", processor_fn(|_c, i| async move { Ok(i) }))
         .build()
         .await
         .unwrap();
@@ -125,10 +131,16 @@ async fn handlers_get_supported_events_and_a_slow_one_never_stalls_dispatch() {
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
     let orch = Orchestrator::builder(backend())
-        .config(config().with_event_buffer(16))
+        .config(
+            config().with_tuning(
+                orch_core::Tuning::default()
+                    .with_poll_interval(Duration::from_millis(200))
+                    .with_event_buffer(16),
+            ),
+        )
         .engine(
             "echo",
-            processor_fn("echo", move |_c, i: Value| {
+            processor_fn(move |_c, i: Value| {
                 let r = r.clone();
                 async move {
                     r.fetch_add(1, Ordering::SeqCst);

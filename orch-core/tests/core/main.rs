@@ -6,7 +6,7 @@
 macro_rules! delegate_all_but_tasks {
     ($wrapper:ty, $inner:tt) => {
         #[async_trait::async_trait]
-        impl orch_core::EventStore for $wrapper {
+        impl orch_core::backend::EventStore for $wrapper {
             async fn append_event(
                 &self,
                 event: orch_core::NewEvent,
@@ -29,19 +29,19 @@ macro_rules! delegate_all_but_tasks {
             ) -> orch_core::Result<u64> {
                 self.$inner.prune_events(before).await
             }
-            fn event_wakeups(&self) -> Option<orch_core::ChangeSignal> {
+            fn event_wakeups(&self) -> Option<orch_core::backend::ChangeSignal> {
                 self.$inner.event_wakeups()
             }
         }
 
         #[async_trait::async_trait]
-        impl orch_core::LockStore for $wrapper {
+        impl orch_core::backend::LockStore for $wrapper {
             async fn try_acquire_lock(
                 &self,
                 r: &str,
                 o: &str,
                 ttl: std::time::Duration,
-            ) -> orch_core::Result<orch_core::LockAttempt> {
+            ) -> orch_core::Result<orch_core::backend::LockAttempt> {
                 self.$inner.try_acquire_lock(r, o, ttl).await
             }
             async fn release_lock(&self, r: &str, o: &str, t: u64) -> orch_core::Result<bool> {

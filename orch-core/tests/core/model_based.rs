@@ -1,16 +1,13 @@
-//! Model-based tests: random operation sequences run against the real implementation and a
-//! small reference model, which must agree at every step.
+//! Model-based tests of the lock manager: random operation sequences run against the real
+//! implementation and a small reference model, which must agree at every step. (The task
+//! queue's model-based property is in the public conformance suite, run on every backend.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use orch_core::{LockManager, MemoryBackend};
 use proptest::prelude::*;
-use serde_json::json;
-
-use orch_core::{
-    AttemptOutcome, Claimed, Error, LockManager, MemoryBackend, TaskId, TaskSpec, TaskStore,
-};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -18,114 +15,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .start_paused(true)
         .build()
         .unwrap()
-}
-
-#[derive(Debug, Clone)]
-enum QueueOp {
-    Create { core: u8, priority: i32 },
-    Claim { core: u8, limit: usize },
-    Succeed { pick: usize },
-    RetryNow { pick: usize },
-    Abandon { pick: usize },
-    Cancel { pick: usize },
-}
-
-fn queue_op() -> impl Strategy<Value = QueueOp> {
-    prop_oneof![
-        3 => (0u8..2, 0i32..4).prop_map(|(core, priority)| QueueOp::Create { core, priority }),
-        3 => (0u8..2, 1usize..4).prop_map(|(core, limit)| QueueOp::Claim { core, limit }),
-        1 => any::<usize>().prop_map(|pick| QueueOp::Succeed { pick }),
-        1 => any::<usize>().prop_map(|pick| QueueOp::RetryNow { pick }),
-        1 => any::<usize>().prop_map(|pick| QueueOp::Abandon { pick }),
-        1 => any::<usize>().prop_map(|pick| QueueOp::Cancel { pick }),
-    ]
-}
-
-/// The reference model of the queue: a list of queued tasks, claimed in
-/// (priority desc, run_at asc, creation asc) order.
-#[derive(Default)]
-struct QueueModel {
-    /// (core, priority, run_at tick, creation order, id)
-    queued: Vec<(u8, i32, u64, u64, TaskId)>,
-    running: Vec<(u8, i32, u64, Claimed)>,
-}
-
-impl QueueModel {
-    fn claim(&mut self, core: u8, limit: usize) -> Vec<TaskId> {
-        let mut candidates: Vec<_> = self
-            .queued
-            .iter()
-            .filter(|t| t.0 == core)
-            .cloned()
-            .collect();
-        candidates.sort_by_key(|t| (std::cmp::Reverse(t.1), t.2, t.3));
-        candidates.truncate(limit);
-        self.queued
-            .retain(|t| !candidates.iter().any(|c| c.4 == t.4));
-        candidates.iter().map(|t| t.4).collect()
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-    #[test]
-    fn dispatcher_claim_order_matches_the_model(ops in proptest::collection::vec(queue_op(), 1..60)) {
-        let rt = runtime();
-        rt.block_on(async move {
-            let backend = MemoryBackend::new();
-            let mut model = QueueModel::default();
-            let mut created_order = 0u64;
-            for (tick, op) in ops.into_iter().enumerate() {
-                let tick = tick as u64;
-                tokio::time::advance(Duration::from_millis(1)).await;
-                match op {
-                    QueueOp::Create { core, priority } => {
-                        let spec = TaskSpec::new(format!("core-{core}")).priority(priority).max_attempts(100);
-                        let task = backend.create_tasks(vec![spec.into_new_task().unwrap()]).await.unwrap().remove(0).task;
-                        created_order += 1;
-                        model.queued.push((core, priority, tick, created_order, task.id));
-                    }
-                    QueueOp::Claim { core, limit } => {
-                        let expected = model.claim(core, limit);
-                        let claimed = backend.claim_tasks(&format!("core-{core}"), limit, Duration::from_secs(60)).await.unwrap();
-                        let got: Vec<TaskId> = claimed.iter().map(|c| c.task.id).collect();
-                        prop_assert_eq!(&got, &expected);
-                        for c in claimed {
-                            model.running.push((core, c.task.priority, tick, c));
-                        }
-                    }
-                    QueueOp::Succeed { pick } | QueueOp::RetryNow { pick } | QueueOp::Abandon { pick } | QueueOp::Cancel { pick }
-                        if model.running.is_empty() => { let _ = pick; }
-                    QueueOp::Succeed { pick } => {
-                        let (_, _, _, c) = model.running.remove(pick % model.running.len());
-                        let t = backend.finish_attempt(c.task.id, c.lease_token, AttemptOutcome::Succeeded { result: json!(1) }).await.unwrap();
-                        prop_assert_eq!(t.status, orch_core::TaskStatus::Succeeded);
-                    }
-                    QueueOp::RetryNow { pick } | QueueOp::Abandon { pick } => {
-                        let abandon = matches!(op, QueueOp::Abandon { .. });
-                        let (core, priority, _, c) = model.running.remove(pick % model.running.len());
-                        let outcome = if abandon {
-                            AttemptOutcome::Abandoned
-                        } else {
-                            AttemptOutcome::Failed { error: "e".into(), retry_in: Some(Duration::ZERO) }
-                        };
-                        backend.finish_attempt(c.task.id, c.lease_token, outcome).await.unwrap();
-                        // Requeued with run_at = now (every op has its own instant, so run_at
-                        // alone orders it against tasks of the same priority).
-                        model.queued.push((core, priority, tick, 0, c.task.id));
-                    }
-                    QueueOp::Cancel { pick } => {
-                        let (_, _, _, c) = model.running.remove(pick % model.running.len());
-                        backend.cancel_task(c.task.id).await.unwrap();
-                        let late = backend.finish_attempt(c.task.id, c.lease_token, AttemptOutcome::Succeeded { result: json!(1) }).await;
-                        prop_assert!(matches!(late, Err(Error::LeaseLost(_))));
-                    }
-                }
-            }
-            Ok(())
-        })?;
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use orch_core::backend::*;
 use orch_core::*;
 use serde_json::Value;
 
@@ -63,14 +64,17 @@ async fn run(claims_in_flight: usize, reports_in_flight: usize) -> Arc<Slow> {
     let backend = Arc::new(Slow::default());
     let orch = Orchestrator::builder(backend.clone() as SharedBackend)
         .config(
-            crate::config()
-                .with_claims_in_flight(claims_in_flight)
-                .with_reports_in_flight(reports_in_flight),
+            crate::config().with_tuning(
+                Tuning::default()
+                    .with_poll_interval(Duration::from_millis(200))
+                    .with_claims_in_flight(claims_in_flight)
+                    .with_reports_in_flight(reports_in_flight),
+            ),
         )
         .engine(
             "work",
             // 1 to 8 ms: slots free up one by one while a claim call is under way.
-            processor_fn("work", |_ctx, input: Value| async move {
+            processor_fn(|_ctx, input: Value| async move {
                 let ms = input["ms"].as_u64().unwrap_or(1);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok(Value::Null)
@@ -123,7 +127,7 @@ async fn probed(backend: Arc<Slow>, runs: Duration) -> (Orchestrator, Starts) {
         .config(crate::config())
         .engine(
             "work",
-            processor_fn("work", move |_ctx, input: Value| {
+            processor_fn(move |_ctx, input: Value| {
                 started.send((input, tokio::time::Instant::now())).ok();
                 async move {
                     tokio::time::sleep(runs).await;
@@ -243,8 +247,8 @@ async fn a_dispatch_to_an_idle_core_starts_without_a_claim() {
 #[tokio::test]
 async fn zero_in_flight_is_refused() {
     for config in [
-        crate::config().with_claims_in_flight(0),
-        crate::config().with_reports_in_flight(0),
+        crate::config().with_tuning(Tuning::default().with_claims_in_flight(0)),
+        crate::config().with_tuning(Tuning::default().with_reports_in_flight(0)),
     ] {
         let Err(error) = Orchestrator::builder(crate::backend())
             .config(config)
@@ -276,15 +280,19 @@ impl TaskStore for Slow {
             self.claims.time(call).await
         }
     }
+    fn creates_claimed(&self) -> bool {
+        self.hand_off
+    }
     async fn create_claimed(
         &self,
         task: NewTask,
         lease: Duration,
     ) -> Result<std::result::Result<Claimed, NewTask>> {
-        if !self.hand_off {
-            return Ok(Err(task));
-        }
-        let core = task.core_id.clone();
+        assert!(
+            self.hand_off,
+            "create_claimed called on a backend that does not offer it"
+        );
+        let core = task.engine.clone();
         self.inner.create_tasks(vec![task]).await?;
         let mut claimed = self.inner.claim_tasks(&core, 1, lease).await?;
         // Stored; the answer takes 5 ms to come back.
@@ -297,22 +305,14 @@ impl TaskStore for Slow {
     }
     async fn renew_leases(
         &self,
-        leases: Vec<(TaskId, LeaseToken)>,
+        leases: Vec<HeldLease>,
         lease: Duration,
     ) -> Result<Vec<Option<DateTime<Utc>>>> {
         self.inner.renew_leases(leases, lease).await
     }
-    async fn finish_attempt(
-        &self,
-        id: TaskId,
-        token: LeaseToken,
-        outcome: AttemptOutcome,
-    ) -> Result<Task> {
-        self.inner.finish_attempt(id, token, outcome).await
-    }
     async fn finish_attempts(
         &self,
-        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+        reports: Vec<AttemptReport>,
     ) -> Result<Vec<Result<TaskStatus>>> {
         self.batched.fetch_add(reports.len(), Ordering::SeqCst);
         self.batches.time(self.inner.finish_attempts(reports)).await
@@ -329,8 +329,11 @@ impl TaskStore for Slow {
     async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         self.inner.prune_tasks(before, limit).await
     }
-    async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>> {
+    async fn queue_depth(&self) -> Result<Vec<QueueDepth>> {
         self.inner.queue_depth().await
+    }
+    async fn count_tasks(&self) -> Result<Vec<EngineCounts>> {
+        self.inner.count_tasks().await
     }
     fn task_wakeups(&self) -> Option<ChangeSignal> {
         self.inner.task_wakeups()

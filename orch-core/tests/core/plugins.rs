@@ -168,7 +168,7 @@ async fn a_plugin_whose_core_is_taken_is_refused_without_a_trace() {
     let orch = orch(backend(), config()).await;
     orch.register_engine(
         "text",
-        orch_core::processor_fn("builtin", |_c, i| async move { Ok(i) }),
+        orch_core::processor_fn(|_c, i| async move { Ok(i) }),
     )
     .unwrap();
     let cleanups = Arc::new(AtomicUsize::new(0));

@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use orch_core::{Orchestrator, Schedule, TaskFilter, TaskSpec, clock};
+use orch_core::backend::clock;
+use orch_core::{Orchestrator, Schedule, TaskFilter, TaskSpec};
 
 use crate::{backend, config};
 
@@ -32,7 +33,7 @@ async fn a_schedule_fires_once_per_tick_and_two_orchestrators_dispatch_each_tick
     let end = clock::now();
     let tasks = a
         .list(TaskFilter {
-            core_id: Some("nobody".into()),
+            engine: Some("nobody".into()),
             limit: 1000,
             ..Default::default()
         })

@@ -23,7 +23,7 @@ async fn tasks_naming_one_resource_never_overlap_and_different_ones_run_in_paral
             max_total.clone(),
             last_token.clone(),
         );
-        processor_fn("keyed", move |ctx, input: Value| {
+        processor_fn(move |ctx, input: Value| {
             let (ik, mk, it, mt, lt) = (ik.clone(), mk.clone(), it.clone(), mt.clone(), lt.clone());
             async move {
                 let key = input.as_u64().unwrap() as usize;
@@ -91,7 +91,7 @@ async fn a_task_waiting_for_its_lock_does_not_hold_a_concurrency_slot() {
         .config(config().with_global_concurrency(1))
         .engine(
             "work",
-            processor_fn("work", |_ctx, _input| async move {
+            processor_fn(|_ctx, _input| async move {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 Ok(Value::Null)
             }),

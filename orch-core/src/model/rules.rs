@@ -1,0 +1,601 @@
+//! The task rules: every change of a task's state, written once, as pure functions.
+//!
+//! A rule takes what a backend knows of a task (its state, its attempt counter) and what
+//! happened (a claim, an attempt's outcome, a cancel, an expired lease) and returns a
+//! [`Change`]: the state the task moves to, what happens to its attempt counter, run time,
+//! lease, result and error, and the events to append. No clock and no I/O: the backend
+//! supplies `now` when it applies the change, in the same atomic step as the events.
+//!
+//! Backends store what the rules decide and nothing else. The memory and SQLite backends call
+//! [`Change::apply`] on the task they hold; the PostgreSQL backend, which changes rows inside
+//! one statement, binds a change's fields as statement parameters (and takes the state and
+//! event names its statements need from the rules themselves).
+//!
+//! ```text
+//! dispatch ──▶ queued ──claim──▶ running ──succeeded──▶ succeeded
+//!                ▲ │               │ ├──failed, no retry──▶ failed
+//!                │ │               │ ├──timed out, no retry──▶ timed_out
+//!                │ │               │ └──lease expired, final attempt──▶ failed
+//!                │ │               │
+//!                └─┼───────────────┘  failed or timed out with a retry (after a delay),
+//!                  │                  abandoned by its holder (attempt given back),
+//!                  │                  lease expired with attempts left (rescued)
+//!                  └──▶ cancelled | succeeded | failed   (cancel, or an external system's
+//!                                                         resolution; also from running)
+//! ```
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+
+use super::{AttemptOutcome, EventKind, NewEvent, NewTask, Resolution, RetryPolicy, Task};
+use super::{TaskId, TaskStatus};
+use crate::error::{Error, Result, TaskError};
+
+/// What a change does to a task's attempt counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptChange {
+    /// Unchanged.
+    Keep,
+    /// A new attempt begins: the counter grows by one and `started_at` becomes now.
+    Begin,
+    /// The attempt is given back unrun (its holder abandoned it): the counter shrinks by one.
+    GiveBack,
+}
+
+impl AttemptChange {
+    /// The counter after the change.
+    pub fn applied_to(self, attempt: u32) -> u32 {
+        match self {
+            AttemptChange::Keep => attempt,
+            AttemptChange::Begin => attempt.saturating_add(1),
+            AttemptChange::GiveBack => attempt.saturating_sub(1),
+        }
+    }
+
+    /// The change as a signed step (+1, 0, -1), for backends that add it in SQL.
+    pub fn step(self) -> i32 {
+        match self {
+            AttemptChange::Keep => 0,
+            AttemptChange::Begin => 1,
+            AttemptChange::GiveBack => -1,
+        }
+    }
+}
+
+/// When the task may run next, after the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAt {
+    /// Unchanged.
+    Keep,
+    /// At once.
+    Now,
+    /// This long after now (a retry's backoff).
+    After(Duration),
+}
+
+impl RunAt {
+    /// The delay from now, or `None` to keep the current run time.
+    pub fn delay(self) -> Option<Duration> {
+        match self {
+            RunAt::Keep => None,
+            RunAt::Now => Some(Duration::ZERO),
+            RunAt::After(delay) => Some(delay),
+        }
+    }
+}
+
+/// An event a change appends; the backend fills in the task, its engine and its attempt
+/// counter (after the change), the sequence number and the time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventDraft {
+    /// What happened.
+    pub kind: EventKind,
+    /// Details (`null` when there are none).
+    pub data: Value,
+}
+
+impl EventDraft {
+    fn new(kind: EventKind, data: Value) -> Self {
+        EventDraft { kind, data }
+    }
+
+    /// The event about `task` (as it is after the change).
+    pub fn for_task(&self, task: &Task) -> NewEvent {
+        NewEvent::for_task(self.kind.clone(), task.id, &task.engine, self.data.clone())
+            .with_attempt(task.attempt)
+    }
+}
+
+/// What one transition does to a task: decided by a rule of this module, applied by a backend
+/// in one atomic step together with its events.
+///
+/// `started_at` becomes now exactly when an attempt begins; `finished_at` exactly when the
+/// task reaches a terminal state; `updated_at` always. A task holds a lease exactly while it
+/// is `running`: a change to any other state drops it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The state the task must be in; the backend refuses the change otherwise.
+    pub from: TaskStatus,
+    /// The state it moves to.
+    pub to: TaskStatus,
+    /// The attempt counter.
+    pub attempt: AttemptChange,
+    /// The next run time.
+    pub run_at: RunAt,
+    /// A new lease for this long (a fresh token, expiring this long after now); `None` when
+    /// the task holds no lease after the change.
+    pub lease: Option<Duration>,
+    /// The result to store, if any (kept otherwise).
+    pub result: Option<Value>,
+    /// The error to store, if any (kept otherwise).
+    pub error: Option<String>,
+    /// The events to append, in order.
+    pub events: Vec<EventDraft>,
+}
+
+impl Change {
+    /// Whether the change starts an attempt (`started_at` becomes now).
+    pub fn starts_attempt(&self) -> bool {
+        self.attempt == AttemptChange::Begin
+    }
+
+    /// Whether the change ends the task (`finished_at` becomes now).
+    pub fn finishes(&self) -> bool {
+        self.to.is_terminal()
+    }
+
+    /// Whether the task becomes claimable again (queued).
+    pub fn requeues(&self) -> bool {
+        self.from == TaskStatus::Running && self.to == TaskStatus::Queued
+    }
+
+    /// Applies the change to `task` at `now` and returns the events to append. Refuses it
+    /// ([`Error::IllegalTransition`]) and leaves `task` untouched when the task is not in
+    /// [`Change::from`]. The caller checks the lease token (and grants the new one) itself.
+    pub fn apply(self, task: &mut Task, now: DateTime<Utc>) -> Result<Vec<NewEvent>> {
+        let mut events = Vec::with_capacity(self.events.len());
+        self.apply_with(task, now, |event| events.push(event))?;
+        Ok(events)
+    }
+
+    /// [`Change::apply`], handing each event to `emit` instead of collecting them.
+    pub fn apply_with(
+        self,
+        task: &mut Task,
+        now: DateTime<Utc>,
+        mut emit: impl FnMut(NewEvent),
+    ) -> Result<()> {
+        if task.status != self.from {
+            return Err(Error::IllegalTransition {
+                task_id: task.id,
+                from: task.status,
+                to: self.to,
+            });
+        }
+        task.status = self.to;
+        task.attempt = self.attempt.applied_to(task.attempt);
+        task.updated_at = now;
+        if self.attempt == AttemptChange::Begin {
+            task.started_at = Some(now);
+        }
+        if self.to.is_terminal() {
+            task.finished_at = Some(now);
+        }
+        if let Some(delay) = self.run_at.delay() {
+            task.run_at = after(now, delay);
+        }
+        task.lease_expires_at = self.lease.map(|lease| after(now, lease));
+        if self.result.is_some() {
+            task.result = self.result;
+        }
+        if self.error.is_some() {
+            task.error = self.error;
+        }
+        for draft in self.events {
+            emit(
+                NewEvent::for_task(draft.kind, task.id, &task.engine, draft.data)
+                    .with_attempt(task.attempt),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `now + duration`, saturating at the latest time a backend can represent.
+pub fn after(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(duration)
+        .ok()
+        .and_then(|delta| now.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The state a new task is stored in.
+pub const CREATED: TaskStatus = TaskStatus::Queued;
+
+/// The event a new task is stored with.
+pub fn created_event() -> EventDraft {
+    EventDraft::new(EventKind::TaskQueued, Value::Null)
+}
+
+/// A new task as stored: `queued`, no attempt yet, created at `now`, runnable from `run_at`,
+/// with its `task.queued` event. `run_at` is [`first_run_at`] by the backend's clock (and
+/// precision).
+pub fn create(new: NewTask, now: DateTime<Utc>, run_at: DateTime<Utc>) -> (Task, NewEvent) {
+    let task = Task {
+        id: new.id,
+        engine: new.engine,
+        status: CREATED,
+        priority: new.priority,
+        timeout: new.timeout,
+        max_attempts: new.max_attempts,
+        attempt: 0,
+        run_at,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+        lease_expires_at: None,
+        payload: new.payload,
+        metadata: new.metadata,
+        result: None,
+        error: None,
+        idempotency_key: new.idempotency_key,
+        locks: new.locks,
+    };
+    let event = created_event().for_task(&task);
+    (task, event)
+}
+
+/// When a new task may first run: `delay` after `now`, and not before `not_before`.
+pub fn first_run_at(new: &NewTask, now: DateTime<Utc>) -> DateTime<Utc> {
+    let run_at = after(now, new.delay);
+    match new.not_before {
+        Some(not_before) => run_at.max(not_before),
+        None => run_at,
+    }
+}
+
+/// A worker leases a due `queued` task for `lease`: it becomes `running`, a new attempt
+/// begins, and `task.started` is appended.
+pub fn claim(lease: Duration) -> Change {
+    Change {
+        from: TaskStatus::Queued,
+        to: TaskStatus::Running,
+        attempt: AttemptChange::Begin,
+        run_at: RunAt::Keep,
+        lease: Some(lease),
+        result: None,
+        error: None,
+        events: vec![EventDraft::new(EventKind::TaskStarted, Value::Null)],
+    }
+}
+
+/// The error stored when attempt `attempt` ran past its timeout.
+pub fn timed_out_error(attempt: u32) -> String {
+    format!("attempt {attempt} timed out")
+}
+
+/// The holder of a `running` task's lease reports how attempt number `attempt` ended.
+///
+/// - succeeded: `succeeded` with the result, `task.succeeded`;
+/// - failed or timed out without a retry: `failed` (the engine's error) or `timed_out`,
+///   with `task.failed` / `task.timed_out` carrying `{"error"}`;
+/// - failed or timed out with a retry: `queued` again after the delay, with `task.retrying`
+///   carrying `{"error", "reason": "failed" | "timed_out", "retry_in": seconds}`;
+/// - abandoned (shutdown gave it back unrun): `queued` at once, the attempt given back,
+///   `task.requeued`.
+pub fn end_attempt(attempt: u32, outcome: AttemptOutcome) -> Change {
+    let mut change = Change {
+        from: TaskStatus::Running,
+        to: outcome.target_status(),
+        attempt: AttemptChange::Keep,
+        run_at: RunAt::Keep,
+        lease: None,
+        result: None,
+        error: None,
+        events: Vec::with_capacity(1),
+    };
+    let (kind, data) = match outcome {
+        AttemptOutcome::Succeeded { result } => {
+            change.result = Some(result);
+            (EventKind::TaskSucceeded, Value::Null)
+        }
+        AttemptOutcome::Failed {
+            error,
+            retry_in: None,
+        } => {
+            let data = json!({ "error": error });
+            change.error = Some(error);
+            (EventKind::TaskFailed, data)
+        }
+        AttemptOutcome::TimedOut { retry_in: None } => {
+            let error = timed_out_error(attempt);
+            let data = json!({ "error": error });
+            change.error = Some(error);
+            (EventKind::TaskTimedOut, data)
+        }
+        AttemptOutcome::Failed {
+            error,
+            retry_in: Some(retry_in),
+        } => {
+            let data = json!({
+                "error": error, "reason": "failed", "retry_in": retry_in.as_secs_f64()
+            });
+            change.error = Some(error);
+            change.run_at = RunAt::After(retry_in);
+            (EventKind::TaskRetrying, data)
+        }
+        AttemptOutcome::TimedOut {
+            retry_in: Some(retry_in),
+        } => {
+            let error = timed_out_error(attempt);
+            let data = json!({
+                "error": error, "reason": "timed_out", "retry_in": retry_in.as_secs_f64()
+            });
+            change.error = Some(error);
+            change.run_at = RunAt::After(retry_in);
+            (EventKind::TaskRetrying, data)
+        }
+        AttemptOutcome::Abandoned => {
+            change.attempt = AttemptChange::GiveBack;
+            change.run_at = RunAt::Now;
+            (EventKind::TaskRequeued, Value::Null)
+        }
+    };
+    change.events.push(EventDraft::new(kind, data));
+    change
+}
+
+/// A caller cancels a `queued` or `running` task: `cancelled`, any lease dropped,
+/// `task.cancelled` carrying `{"from"}`. Refused for a finished task.
+pub fn cancel(id: TaskId, from: TaskStatus) -> Result<Change> {
+    let to = TaskStatus::Cancelled;
+    from.check(id, to)?;
+    Ok(Change {
+        from,
+        to,
+        attempt: AttemptChange::Keep,
+        run_at: RunAt::Keep,
+        lease: None,
+        result: None,
+        error: None,
+        events: vec![EventDraft::new(
+            EventKind::TaskCancelled,
+            json!({ "from": from }),
+        )],
+    })
+}
+
+/// An external system that ran a `queued` or `running` task reports its outcome without a
+/// lease: `succeeded` with the result or `failed` with the error, any lease dropped, the
+/// terminal event carrying `{"from", "external": true}`. Refused for a finished task.
+pub fn resolve(id: TaskId, from: TaskStatus, resolution: Resolution) -> Result<Change> {
+    let (to, kind, result, error) = match resolution {
+        Resolution::Succeeded(result) => (
+            TaskStatus::Succeeded,
+            EventKind::TaskSucceeded,
+            Some(result),
+            None,
+        ),
+        Resolution::Failed(error) => (TaskStatus::Failed, EventKind::TaskFailed, None, Some(error)),
+    };
+    from.check(id, to)?;
+    Ok(Change {
+        from,
+        to,
+        attempt: AttemptChange::Keep,
+        run_at: RunAt::Keep,
+        lease: None,
+        result,
+        error,
+        events: vec![EventDraft::new(
+            kind,
+            json!({ "from": from, "external": true }),
+        )],
+    })
+}
+
+/// A `running` task's lease expired (its holder died or stalled) during attempt `attempt` of
+/// `max_attempts`. With attempts left it goes back to `queued`, runnable at once
+/// (`task.rescued` with `{"will_retry": true}`); after the final attempt it fails
+/// (`task.rescued` with `{"will_retry": false}`, then `task.failed`).
+pub fn rescue(attempt: u32, max_attempts: u32) -> Change {
+    let will_retry = attempt < max_attempts;
+    let rescued = EventDraft::new(EventKind::TaskRescued, json!({ "will_retry": will_retry }));
+    if will_retry {
+        Change {
+            from: TaskStatus::Running,
+            to: TaskStatus::Queued,
+            attempt: AttemptChange::Keep,
+            run_at: RunAt::Now,
+            lease: None,
+            result: None,
+            error: Some(format!("lease expired during attempt {attempt}")),
+            events: vec![rescued],
+        }
+    } else {
+        let error = format!("lease expired during final attempt {attempt}");
+        let failed = EventDraft::new(EventKind::TaskFailed, json!({ "error": error }));
+        Change {
+            from: TaskStatus::Running,
+            to: TaskStatus::Failed,
+            attempt: AttemptChange::Keep,
+            run_at: RunAt::Keep,
+            lease: None,
+            result: None,
+            error: Some(error),
+            events: vec![rescued, failed],
+        }
+    }
+}
+
+/// Whether a task that just ran attempt `attempt` of `max_attempts` may run again.
+pub fn has_attempts_left(attempt: u32, max_attempts: u32) -> bool {
+    attempt < max_attempts
+}
+
+/// How an attempt ended, from what its engine returned: a result succeeds; an error is
+/// retried after the policy's backoff when it is retryable and attempts are left, else it
+/// fails the task.
+pub fn engine_outcome(
+    returned: std::result::Result<Value, TaskError>,
+    attempt: u32,
+    max_attempts: u32,
+    retry: &RetryPolicy,
+) -> AttemptOutcome {
+    match returned {
+        Ok(result) => AttemptOutcome::Succeeded { result },
+        Err(error) => AttemptOutcome::Failed {
+            retry_in: retry_delay(error.retryable, attempt, max_attempts, retry),
+            error: error.message,
+        },
+    }
+}
+
+/// How an attempt that ran past its timeout ended: retried after the policy's backoff while
+/// attempts are left, else the task is `timed_out`.
+pub fn timed_out_outcome(attempt: u32, max_attempts: u32, retry: &RetryPolicy) -> AttemptOutcome {
+    AttemptOutcome::TimedOut {
+        retry_in: retry_delay(true, attempt, max_attempts, retry),
+    }
+}
+
+fn retry_delay(
+    retryable: bool,
+    attempt: u32,
+    max_attempts: u32,
+    retry: &RetryPolicy,
+) -> Option<Duration> {
+    (retryable && has_attempts_left(attempt, max_attempts)).then(|| retry.delay(attempt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(status: TaskStatus, attempt: u32) -> Task {
+        let new = crate::model::TaskSpec::new("e")
+            .max_attempts(3)
+            .into_new_task()
+            .unwrap();
+        let now = Utc::now();
+        let (mut task, _) = create(new, now, now);
+        task.status = status;
+        task.attempt = attempt;
+        task
+    }
+
+    #[test]
+    fn every_change_a_rule_makes_is_a_legal_transition() {
+        let outcomes = [
+            AttemptOutcome::Succeeded { result: json!(1) },
+            AttemptOutcome::Failed {
+                error: "x".into(),
+                retry_in: None,
+            },
+            AttemptOutcome::Failed {
+                error: "x".into(),
+                retry_in: Some(Duration::from_secs(1)),
+            },
+            AttemptOutcome::TimedOut { retry_in: None },
+            AttemptOutcome::TimedOut {
+                retry_in: Some(Duration::from_secs(1)),
+            },
+            AttemptOutcome::Abandoned,
+        ];
+        let mut changes = vec![claim(Duration::from_secs(1)), rescue(1, 3), rescue(3, 3)];
+        changes.extend(outcomes.into_iter().map(|o| end_attempt(1, o)));
+        let id = TaskId::new();
+        for from in [TaskStatus::Queued, TaskStatus::Running] {
+            changes.push(cancel(id, from).unwrap());
+            changes.push(resolve(id, from, Resolution::Failed("no".into())).unwrap());
+        }
+        for change in changes {
+            assert!(change.from.can_become(change.to), "{change:?}");
+            assert_eq!(change.lease.is_some(), change.to == TaskStatus::Running);
+            assert!(!change.events.is_empty());
+        }
+    }
+
+    #[test]
+    fn finished_tasks_refuse_cancel_and_resolve() {
+        for from in [TaskStatus::Succeeded, TaskStatus::Cancelled] {
+            assert!(cancel(TaskId::new(), from).is_err());
+            assert!(resolve(TaskId::new(), from, Resolution::Succeeded(json!(1))).is_err());
+        }
+    }
+
+    #[test]
+    fn apply_checks_the_state_and_fills_the_events() {
+        let now = Utc::now();
+        let mut queued = task(TaskStatus::Queued, 0);
+        let events = claim(Duration::from_secs(10))
+            .apply(&mut queued, now)
+            .unwrap();
+        assert_eq!(queued.status, TaskStatus::Running);
+        assert_eq!(queued.attempt, 1);
+        assert_eq!(queued.started_at, Some(now));
+        assert_eq!(
+            queued.lease_expires_at,
+            Some(after(now, Duration::from_secs(10)))
+        );
+        assert_eq!(events[0].kind, EventKind::TaskStarted);
+        assert_eq!(events[0].attempt, Some(1));
+        // The same claim again: the task is no longer queued.
+        let before = queued.clone();
+        assert!(
+            claim(Duration::from_secs(10))
+                .apply(&mut queued, now)
+                .is_err()
+        );
+        assert_eq!(queued, before);
+
+        let events = end_attempt(1, AttemptOutcome::Abandoned)
+            .apply(&mut queued, now)
+            .unwrap();
+        assert_eq!(queued.status, TaskStatus::Queued);
+        assert_eq!(queued.attempt, 0);
+        assert_eq!(queued.lease_expires_at, None);
+        assert_eq!(events[0].attempt, Some(0));
+    }
+
+    #[test]
+    fn rescue_of_the_final_attempt_fails_the_task() {
+        let now = Utc::now();
+        let mut running = task(TaskStatus::Running, 3);
+        let events = rescue(3, 3).apply(&mut running, now).unwrap();
+        assert_eq!(running.status, TaskStatus::Failed);
+        assert_eq!(running.finished_at, Some(now));
+        let kinds: Vec<_> = events.iter().map(|e| e.kind.clone()).collect();
+        assert_eq!(kinds, [EventKind::TaskRescued, EventKind::TaskFailed]);
+    }
+
+    #[test]
+    fn engine_outcomes_retry_only_while_attempts_are_left() {
+        let policy = RetryPolicy::default();
+        let retried = engine_outcome(Err(TaskError::retryable("x")), 1, 2, &policy);
+        assert!(matches!(
+            retried,
+            AttemptOutcome::Failed {
+                retry_in: Some(_),
+                ..
+            }
+        ));
+        let last = engine_outcome(Err(TaskError::retryable("x")), 2, 2, &policy);
+        assert!(matches!(
+            last,
+            AttemptOutcome::Failed { retry_in: None, .. }
+        ));
+        let fatal = engine_outcome(Err(TaskError::fatal("x")), 1, 2, &policy);
+        assert!(matches!(
+            fatal,
+            AttemptOutcome::Failed { retry_in: None, .. }
+        ));
+        assert!(matches!(
+            timed_out_outcome(2, 2, &policy),
+            AttemptOutcome::TimedOut { retry_in: None }
+        ));
+    }
+}

@@ -1,0 +1,142 @@
+//! [`Attempts`]: the attempts this process runs, from claim to recorded outcome.
+//!
+//! Invariant: an attempt is registered from the moment its task is claimed for this process
+//! (before its future is spawned) until its outcome is recorded or known lost. While it is
+//! registered the lease keeper renews its lease and `cancel`, `resolve` and shutdown can stop
+//! it; once it is gone nothing renews the lease, so a task never outlives its registration
+//! in this process by more than one lease.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::model::{HeldLease, LeaseToken, TaskId};
+
+/// Why a running attempt was told to stop.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StopCause {
+    None = 0,
+    /// A caller cancelled the task (already recorded in the backend).
+    Cancelled = 1,
+    /// The lease was lost (rescued elsewhere, resolved, or cancelled by another process).
+    LeaseLost = 2,
+    /// Shutdown passed its deadline: give the task back.
+    Abandoned = 3,
+}
+
+/// One running attempt, as the lease keeper, `cancel` and shutdown see it.
+pub(super) struct Running {
+    pub(super) lease_token: LeaseToken,
+    /// Fired when the attempt must stop; the engine sees it through its context.
+    pub(super) cancel: CancellationToken,
+    cause: AtomicU8,
+}
+
+impl Running {
+    /// Tells the attempt to stop; the first cause given wins.
+    pub(super) fn stop(&self, cause: StopCause) {
+        let _ = self.cause.compare_exchange(
+            StopCause::None as u8,
+            cause as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.cancel.cancel();
+    }
+
+    /// Why the attempt was stopped ([`StopCause::None`] while it runs).
+    pub(super) fn cause(&self) -> StopCause {
+        match self.cause.load(Ordering::Acquire) {
+            1 => StopCause::Cancelled,
+            2 => StopCause::LeaseLost,
+            3 => StopCause::Abandoned,
+            _ => StopCause::None,
+        }
+    }
+}
+
+/// The registered attempts and the tracker shutdown waits on.
+pub(super) struct Attempts {
+    running: Mutex<std::collections::HashMap<TaskId, Arc<Running>>>,
+    /// Every attempt's future, and the direct starts that are about to register one.
+    pub(super) tracker: TaskTracker,
+}
+
+impl Attempts {
+    pub(super) fn new() -> Self {
+        Attempts {
+            running: Mutex::new(std::collections::HashMap::new()),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Registers the attempt of a task just claimed under `lease_token`.
+    pub(super) fn register(&self, task_id: TaskId, lease_token: LeaseToken) -> Arc<Running> {
+        let running = Arc::new(Running {
+            lease_token,
+            cancel: CancellationToken::new(),
+            cause: AtomicU8::new(StopCause::None as u8),
+        });
+        self.running.lock().insert(task_id, running.clone());
+        running
+    }
+
+    /// Forgets an attempt whose outcome is recorded (or lost).
+    pub(super) fn finished(&self, task_id: TaskId) {
+        self.running.lock().remove(&task_id);
+    }
+
+    /// Forgets several attempts.
+    pub(super) fn finished_all(&self, task_ids: impl IntoIterator<Item = TaskId>) {
+        let mut running = self.running.lock();
+        for id in task_ids {
+            running.remove(&id);
+        }
+    }
+
+    /// Stops the attempt of `task_id`, if this process runs it.
+    pub(super) fn stop(&self, task_id: TaskId, cause: StopCause) {
+        if let Some(running) = self.running.lock().get(&task_id) {
+            running.stop(cause);
+        }
+    }
+
+    /// Stops the attempt holding `lease`, if it is still registered under that lease.
+    pub(super) fn stop_lease(&self, lease: HeldLease, cause: StopCause) {
+        if let Some(running) = self.running.lock().get(&lease.task_id)
+            && running.lease_token == lease.lease_token
+        {
+            running.stop(cause);
+        }
+    }
+
+    /// Stops every attempt; returns how many.
+    pub(super) fn stop_all(&self, cause: StopCause) -> usize {
+        let running = self.running.lock();
+        for attempt in running.values() {
+            attempt.stop(cause);
+        }
+        running.len()
+    }
+
+    /// The leases to renew.
+    pub(super) fn leases(&self) -> Vec<HeldLease> {
+        self.running
+            .lock()
+            .iter()
+            .map(|(task_id, running)| HeldLease {
+                task_id: *task_id,
+                lease_token: running.lease_token,
+            })
+            .collect()
+    }
+
+    /// How many attempts are registered.
+    pub(super) fn count(&self) -> usize {
+        self.running.lock().len()
+    }
+}

@@ -1,0 +1,180 @@
+//! [`OrchestratorBuilder`]: engines, handlers and schedules collected, then one orchestrator
+//! started with all its loops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::attempts::Attempts;
+use super::wake::Wakeups;
+use super::{DropGuard, Inner, Orchestrator, OrchestratorConfig, maintenance, report};
+use crate::backend::SharedBackend;
+use crate::contracts::{EventHandler, Processor};
+use crate::error::{Error, Result};
+use crate::events::EventLog;
+use crate::locks::LockManager;
+use crate::registry::DefaultPluginRegistry;
+use crate::schedule::Schedule;
+
+/// Collects engines, handlers and schedules, then starts an [`Orchestrator`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> orch_core::Result<()> {
+/// use std::sync::Arc;
+/// use orch_core::{processor_fn, MemoryBackend, Orchestrator, OrchestratorConfig};
+///
+/// let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))
+///     .config(OrchestratorConfig::default().with_global_concurrency(16))
+///     .engine("upper", processor_fn(|_ctx, input| async move {
+///         Ok(input.as_str().unwrap_or_default().to_uppercase().into())
+///     }))
+///     .engine_with_concurrency("slow", processor_fn(|_ctx, input| async move { Ok(input) }), 2)
+///     .build()
+///     .await?;
+/// assert_eq!(orch.engines(), ["slow", "upper"]);
+/// # Ok(()) }
+/// ```
+pub struct OrchestratorBuilder {
+    backend: SharedBackend,
+    config: OrchestratorConfig,
+    engines: Vec<(String, Arc<dyn Processor>, Option<usize>)>,
+    handlers: Vec<Arc<dyn EventHandler>>,
+    schedules: Vec<Schedule>,
+}
+
+impl OrchestratorBuilder {
+    pub(super) fn new(backend: SharedBackend) -> Self {
+        OrchestratorBuilder {
+            backend,
+            config: OrchestratorConfig::default(),
+            engines: Vec::new(),
+            handlers: Vec::new(),
+            schedules: Vec::new(),
+        }
+    }
+
+    /// Replaces the configuration.
+    pub fn config(mut self, config: OrchestratorConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Registers `processor` as the engine `name`, with the default concurrency limit. Tasks
+    /// dispatched with `TaskSpec::new(name)` run on it.
+    pub fn engine(mut self, name: impl Into<String>, processor: impl Processor + 'static) -> Self {
+        self.engines.push((name.into(), Arc::new(processor), None));
+        self
+    }
+
+    /// Registers `processor` as the engine `name` with a concurrency limit of its own.
+    pub fn engine_with_concurrency(
+        mut self,
+        name: impl Into<String>,
+        processor: impl Processor + 'static,
+        concurrency: usize,
+    ) -> Self {
+        self.engines
+            .push((name.into(), Arc::new(processor), Some(concurrency)));
+        self
+    }
+
+    /// Adds an event handler.
+    pub fn event_handler(mut self, handler: impl EventHandler + 'static) -> Self {
+        self.handlers.push(Arc::new(handler));
+        self
+    }
+
+    /// Adds a periodic schedule.
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedules.push(schedule);
+        self
+    }
+
+    /// Validates the configuration and starts the orchestrator's loops on the current tokio
+    /// runtime. Event handlers see every event from the moment `build` returns.
+    pub async fn build(self) -> Result<Orchestrator> {
+        self.config.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
+        let config = self.config;
+        let backend = self.backend;
+        let wakeups = Wakeups::of(&*backend);
+        let events = EventLog::new(
+            backend.clone(),
+            config.tuning.event_buffer,
+            wakeups.events.clone(),
+            wakeups.local_events,
+        );
+        // Stopping the background also stops claiming (a dropped orchestrator stops both).
+        let stop_background = CancellationToken::new();
+        let (reports, report_queue) = tokio::sync::mpsc::unbounded_channel();
+        let locks = LockManager::with_config(backend.clone(), config.locks);
+        let inner = Arc::new(Inner {
+            global: Arc::new(Semaphore::new(config.global_concurrency)),
+            lock_waiters: Arc::new(Semaphore::new(config.tuning.max_lock_waiters)),
+            direct_start: backend.creates_claimed(),
+            backend,
+            engines: RwLock::new(HashMap::new()),
+            attempts: Attempts::new(),
+            wakeups,
+            events,
+            locks,
+            plugins: DefaultPluginRegistry::new(),
+            stop_claiming: stop_background.child_token(),
+            stop_background,
+            background: TaskTracker::new(),
+            reports,
+            config,
+        });
+        let orch = Orchestrator {
+            _drop_guard: Arc::new(DropGuard(inner.stop_background.clone())),
+            inner,
+        };
+        orch.inner.events.start_at_end().await?;
+        start_background(&orch.inner, report_queue);
+        for (name, processor, concurrency) in self.engines {
+            orch.add_engine(name, processor, concurrency)?;
+        }
+        for handler in self.handlers {
+            orch.add_event_handler(handler).await?;
+        }
+        for schedule in self.schedules {
+            orch.add_schedule(schedule)?;
+        }
+        Ok(orch)
+    }
+}
+
+/// Starts the loops that run beside the engines: the event tail, the reporter, the lease
+/// keeper, the rescuer and (with a retention) the pruner.
+fn start_background(
+    inner: &Arc<Inner>,
+    report_queue: tokio::sync::mpsc::UnboundedReceiver<report::Report>,
+) {
+    let stop = inner.stop_background.clone();
+    inner.background.spawn(
+        inner
+            .events
+            .clone()
+            .run_tail(inner.config.tuning.poll_interval, stop.clone()),
+    );
+    inner
+        .background
+        .spawn(report::reporter(inner.clone(), report_queue, stop.clone()));
+    inner
+        .background
+        .spawn(maintenance::lease_keeper(inner.clone(), stop.clone()));
+    inner
+        .background
+        .spawn(maintenance::rescuer(inner.clone(), stop.clone()));
+    if let Some(retention) = inner.config.retention {
+        inner
+            .background
+            .spawn(maintenance::pruner(inner.clone(), retention, stop));
+    }
+}
