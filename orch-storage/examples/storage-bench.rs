@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use orch_core::{Orchestrator, OrchestratorConfig, SharedBackend, TaskSpec, processor_fn};
+use orch_core::{Orchestrator, OrchestratorConfig, SharedBackend, TaskSpec, Tuning, processor_fn};
 use tokio::sync::mpsc;
 
 /// Command-line settings.
@@ -184,18 +184,19 @@ impl Source {
 static IN_FLIGHT: std::sync::OnceLock<(Option<usize>, Option<usize>)> = std::sync::OnceLock::new();
 
 fn config(concurrency: usize) -> OrchestratorConfig {
-    let mut config = OrchestratorConfig::default();
+    let mut tuning = Tuning::default();
     if let Some(&(claims, reports)) = IN_FLIGHT.get() {
         if let Some(claims) = claims {
-            config = config.with_claims_in_flight(claims);
+            tuning = tuning.with_claims_in_flight(claims);
         }
         if let Some(reports) = reports {
-            config = config.with_reports_in_flight(reports);
+            tuning = tuning.with_reports_in_flight(reports);
         }
     }
-    config
+    OrchestratorConfig::default()
+        .with_tuning(tuning)
         .with_global_concurrency(concurrency)
-        .with_default_core_concurrency(concurrency)
+        .with_default_engine_concurrency(concurrency)
         .with_retention(None)
 }
 
@@ -294,7 +295,7 @@ async fn end_to_end(
         .config(config(concurrency))
         .engine(
             "noop",
-            processor_fn("noop", move |_, _| {
+            processor_fn(move |_, _| {
                 counter.fetch_add(1, Ordering::Relaxed);
                 async { Ok(serde_json::Value::Null) }
             }),
@@ -345,7 +346,7 @@ async fn pickup_latency(
         .config(config(8))
         .engine(
             "probe",
-            processor_fn("probe", move |_, _| {
+            processor_fn(move |_, _| {
                 tx.send(Instant::now()).ok();
                 async { Ok(serde_json::Value::Null) }
             }),

@@ -45,6 +45,8 @@
 mod common;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod rule_sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 

@@ -11,6 +11,14 @@ async fn memory_backend_passes_the_conformance_suite() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn memory_backend_agrees_with_the_model() {
+    conformance::assert_model_conformance("memory", 300, || async {
+        Arc::new(MemoryBackend::new()) as SharedBackend
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn conformance_suite_catches_a_broken_backend() {
     // A backend that ignores priorities must fail the suite: the suite is not vacuous.
     let report = conformance::run_conformance(|| async {

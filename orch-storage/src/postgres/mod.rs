@@ -33,7 +33,8 @@ mod transactional;
 use std::str::FromStr;
 use std::time::Duration;
 
-use orch_core::{ChangeSignal, Error, LeaseToken, Result, Task, TaskId, TaskStatus};
+use orch_core::backend::ChangeSignal;
+use orch_core::{Error, LeaseToken, Result, Task, TaskId, TaskStatus};
 use sqlx::Row;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -376,7 +377,7 @@ fn task_from_row(operation: &'static str, row: &PgRow) -> Result<(Task, Option<L
     let lease: Option<Uuid> = row.try_get("lease_token").map_err(get)?;
     let task = Task {
         id: TaskId(row.try_get("id").map_err(get)?),
-        core_id: row.try_get("core_id").map_err(get)?,
+        engine: row.try_get("core_id").map_err(get)?,
         status: TaskStatus::from_str(&status).map_err(|e| corrupt(operation, e))?,
         priority: row.try_get("priority").map_err(get)?,
         timeout: from_micros(row.try_get("timeout_us").map_err(get)?),

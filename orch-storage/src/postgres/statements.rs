@@ -1,6 +1,13 @@
 //! The SQL of the PostgreSQL task queue: one statement per transition (or per batch), each
 //! writing its own events and, where other processes should hear of it, sending one
 //! `pg_notify` (its payload parameter NULL when the statement must not notify).
+//!
+//! The statements apply orch-core's task rules: [`APPLY_CHANGES`] takes each change's fields
+//! as parameters (the caller computes them with the rules); the others, which apply one
+//! fixed rule inside the database (create, claim, a batch of successes), name states and event
+//! kinds through rule placeholders that [`Rendered`] fills in from the rules.
+
+use crate::rule_sql::Rendered;
 
 /// Appends the events a statement raises, in rows of up to 256 (`orch_event_batches`), from
 /// a query of their `kind`, `task_id`, `core_id`, `attempt`, `data` and order `o` (from 1).
@@ -25,7 +32,7 @@ macro_rules! insert_events {
 /// `task.queued` event per inserted task; returns the id and database times of each inserted
 /// task (the caller has the rest). Tasks without a key take a plain insert (`ON
 /// CONFLICT` costs a speculative insertion per row), and an empty lock list skips its subquery.
-pub(super) const CREATE_TASKS: &str = concat!(
+pub(super) static CREATE_TASKS: Rendered = Rendered::new(concat!(
     "WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::int4[],
                          $6::timestamptz[], $7::int8[], $8::text[], $9::text[], $10::text[],
@@ -33,7 +40,7 @@ pub(super) const CREATE_TASKS: &str = concat!(
         WITH ORDINALITY AS u(id, core_id, priority, timeout_us, max_attempts, not_before,
                              delay_us, payload, metadata, idempotency_key, locks, ord)
 ), rows AS (
-    SELECT id, core_id, 'queued' AS status, priority, timeout_us, max_attempts, 0 AS attempt,
+    SELECT id, core_id, {created} AS status, priority, timeout_us, max_attempts, 0 AS attempt,
            greatest(now() + delay_us * interval '1 microsecond', not_before) AS run_at,
            now() AS created_at, now() AS updated_at, payload::jsonb AS payload,
            metadata::jsonb AS metadata, idempotency_key,
@@ -63,7 +70,7 @@ pub(super) const CREATE_TASKS: &str = concat!(
 ), ev AS (
     ",
     insert_events!(
-        "SELECT 'task.queued'::text AS kind, ins.id AS task_id, ins.core_id, ins.attempt,
+        "SELECT {created.event}::text AS kind, ins.id AS task_id, ins.core_id, ins.attempt,
            'null'::jsonb AS data, row_number() OVER (ORDER BY input.ord) AS o
     FROM ins JOIN input ON input.id = ins.id"
     ),
@@ -72,71 +79,75 @@ pub(super) const CREATE_TASKS: &str = concat!(
 SELECT ins.id, ins.run_at, ins.created_at,
        (SELECT 1 FROM pg_notify('orch_changes', $12)) AS notified
 FROM ins"
-);
+));
 
 /// [`CREATE_TASKS`] for one task, with the same parameters as scalars (`$11` a text array):
 /// a plainer plan, for the latency of a single dispatch.
-pub(super) const CREATE_TASK: &str = "\
+pub(super) static CREATE_TASK: Rendered = Rendered::new(
+    "\
 WITH ins AS (
     INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
                             run_at, created_at, updated_at, payload, metadata, idempotency_key,
                             locks)
-    VALUES ($1, $2, 'queued', $3, $4, $5, 0,
+    VALUES ($1, $2, {created}, $3, $4, $5, 0,
             greatest(now() + $7::int8 * interval '1 microsecond', $6::timestamptz), now(),
             now(), $8::text::jsonb, $9::text::jsonb, $10, $11::text[])
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, core_id, attempt, run_at, created_at
 ), ev AS (
     INSERT INTO orch_event_batches (n, at, kinds, task_ids, core_ids, attempts, data)
-    SELECT 1, now(), ARRAY['task.queued'], ARRAY[id], ARRAY[core_id], ARRAY[attempt],
+    SELECT 1, now(), ARRAY[{created.event}], ARRAY[id], ARRAY[core_id], ARRAY[attempt],
            '[null]'::jsonb
     FROM ins
 )
 SELECT ins.id, ins.run_at, ins.created_at,
        (SELECT 1 FROM pg_notify('orch_changes', $12)) AS notified
-FROM ins";
+FROM ins",
+);
 
-/// Creates one task already leased for `$9` microseconds (parameters `$1`..`$8` as in
-/// [`CREATE_TASK`], no delay or idempotency key), with its `task.queued` and `task.started`
-/// events; returns it. Stores nothing if `not_before` (`$6`) is still ahead by the database
+/// Creates one task already leased for `$10` microseconds (as [`CREATE_TASK`] and then
+/// [`CLAIM_TASKS`] would leave it; no delay or idempotency key), with both their events;
+/// returns it. Stores nothing if `not_before` (`$6`) is still ahead by the database
 /// clock.
-pub(super) const CREATE_CLAIMED: &str = "\
+pub(super) static CREATE_CLAIMED: Rendered = Rendered::new(
+    "\
 WITH ins AS (
     INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
                             run_at, created_at, updated_at, started_at, payload, metadata,
                             locks, lease_token, lease_expires_at)
-    SELECT $1, $2, 'running', $3, $4, $5, 1, greatest(now(), $6::timestamptz), now(), now(),
+    SELECT $1, $2, {claim.to}, $3, $4, $5, 1, greatest(now(), $6::timestamptz), now(), now(),
            now(), $7::text::jsonb, $8::text::jsonb, $9::text[], gen_random_uuid(),
            now() + $10::int8 * interval '1 microsecond'
     WHERE $6::timestamptz IS NULL OR $6::timestamptz <= now()
     RETURNING *
 ), ev AS (
     INSERT INTO orch_event_batches (n, at, kinds, task_ids, core_ids, attempts, data)
-    SELECT 2, now(), ARRAY['task.queued', 'task.started'], ARRAY[id, id],
+    SELECT 2, now(), ARRAY[{created.event}, {claim.event}], ARRAY[id, id],
            ARRAY[core_id, core_id], ARRAY[0, 1], '[null, null]'::jsonb
     FROM ins
 )
 SELECT ins.*,
        (SELECT 1 FROM pg_notify('orch_changes', $11) WHERE $11::text IS NOT NULL) AS notified
-FROM ins";
+FROM ins",
+);
 
 /// Leases up to `$2` available tasks of core `$1` in claim order for `$3` microseconds.
-pub(super) const CLAIM_TASKS: &str = concat!(
+pub(super) static CLAIM_TASKS: Rendered = Rendered::new(concat!(
     "WITH picked AS (
     SELECT id FROM orch_tasks
-    WHERE status = 'queued' AND core_id = $1 AND run_at <= now()
+    WHERE status = {claim.from} AND core_id = $1 AND run_at <= now()
     ORDER BY priority DESC, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
-    UPDATE orch_tasks t SET status = 'running', attempt = t.attempt + 1, started_at = now(),
+    UPDATE orch_tasks t SET status = {claim.to}, attempt = t.attempt + 1, started_at = now(),
         updated_at = now(), lease_token = gen_random_uuid(),
         lease_expires_at = now() + $3::int8 * interval '1 microsecond'
     FROM picked WHERE t.id = picked.id
     RETURNING t.*
 ), ev AS (
     ",
-    insert_events!("SELECT 'task.started'::text AS kind, id AS task_id, core_id, attempt, 'null'::jsonb AS data,
+    insert_events!("SELECT {claim.event}::text AS kind, id AS task_id, core_id, attempt, 'null'::jsonb AS data,
            row_number() OVER (ORDER BY priority DESC, run_at, id) AS o
     FROM claimed"),
     "
@@ -144,121 +155,102 @@ pub(super) const CLAIM_TASKS: &str = concat!(
 SELECT claimed.*,
        (SELECT 1 FROM pg_notify('orch_changes', $4) WHERE $4::text IS NOT NULL) AS notified
 FROM claimed ORDER BY priority DESC, run_at, id"
-);
+));
 
-/// Ends the attempt held with lease `$2` on task `$1`. `$3` target state; `$4` retry delay;
-/// `$5` 1 to give the attempt back; `$6` result; `$7` error; `$8` whether the error is the
-/// timeout message; `$9` event kind; `$10` whether the event data holds the error (else it is
-/// null); `$11` extra event data fields.
-pub(super) const FINISH_ATTEMPT: &str = concat!(
-    "WITH t AS (
-    UPDATE orch_tasks SET
-        status = $3::text,
-        updated_at = now(),
-        finished_at = CASE WHEN $3::text = 'queued' THEN finished_at ELSE now() END,
-        run_at = CASE WHEN $3::text = 'queued'
-                      THEN now() + $4::int8 * interval '1 microsecond' ELSE run_at END,
-        attempt = greatest(attempt - $5::int4, 0),
-        result = coalesce($6::text::jsonb, result),
-        error = CASE WHEN $8::bool THEN 'attempt ' || attempt || ' timed out'
-                     ELSE coalesce($7::text, error) END,
-        lease_token = NULL,
-        lease_expires_at = NULL
-    WHERE id = $1 AND status = 'running' AND lease_token = $2
-    RETURNING *
-), ev AS (
-    ",
-    insert_events!(
-        "SELECT $9::text AS kind, t.id AS task_id, t.core_id, t.attempt,
-           CASE WHEN $10::bool THEN jsonb_build_object('error', t.error) || $11::text::jsonb
-                ELSE 'null'::jsonb END AS data,
-           1 AS o
-    FROM t"
-    ),
-    "
-)
-SELECT t.*,
-       (SELECT 1 FROM pg_notify('orch_changes', $12) WHERE $12::text IS NOT NULL) AS notified
-FROM t"
-);
-
-/// [`FINISH_ATTEMPT`] for a batch, in one statement: the arrays `$1`..`$11` hold one report
-/// each (the same parameters as `FINISH_ATTEMPT`, in input order). Returns one row per report,
-/// in input order: the task's new state, or NULL and whether the task exists. A task reported
-/// twice is finished by the first report holding its current lease, as calling
-/// `FINISH_ATTEMPT` in turn would; the others lose.
-pub(super) const FINISH_ATTEMPTS: &str = concat!(
+/// Applies changes decided by orch-core's rules, several tasks in one statement. The arrays
+/// hold one change each, in input order: the task `$1`; the guard it must still meet (state
+/// `$2`, lease token `$3` or none, attempt `$4` when not NULL, lease expired by the database
+/// clock when `$5`); the change (state `$6`, attempt step `$7`, run time `$8` microseconds
+/// from now or unchanged when NULL, `finished_at` set when `$9`, result `$10` and error `$11`
+/// when not NULL; the lease dropped), and its events `$12` (a JSON array of `{"kind",
+/// "data"}`). `$13` is the notification payload (NULL: none). A task named twice is changed
+/// by the first entry whose guard holds. Returns one row per entry, in input order: the task
+/// as changed (NULL columns when its guard did not hold) and whether the task exists.
+///
+/// Each task is first found through its primary key alone (a LATERAL probe with LIMIT 1: a
+/// join let the planner hash the entries against every `running` entry of an index, dead
+/// versions included).
+pub(super) const APPLY_CHANGES: &str = concat!(
     "WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int4[],
-                         $6::text[], $7::text[], $8::bool[], $9::text[], $10::bool[],
-                         $11::text[])
-        WITH ORDINALITY AS u(id, token, target, delay_us, undo, result, error, timed_out,
-                             kind, with_error, extra, ord)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int4[], $5::bool[],
+                         $6::text[], $7::int4[], $8::int8[], $9::bool[], $10::text[],
+                         $11::text[], $12::text[])
+        WITH ORDINALITY AS u(id, from_status, token, attempt, expired, to_status, step,
+                             run_in_us, finished, result, error, events, ord)
 ), picked AS (
-    -- LATERAL with LIMIT: one primary-key probe per report. (A join let the planner hash the
-    -- reports against every `running` entry of the status index, dead versions included.)
     SELECT DISTINCT ON (input.id) input.*
     FROM input CROSS JOIN LATERAL (
         SELECT 1 FROM orch_tasks t
-        WHERE t.id = input.id AND t.status = 'running' AND t.lease_token = input.token
+        WHERE t.id = input.id AND t.status = input.from_status
+            AND t.lease_token IS NOT DISTINCT FROM input.token
+            AND (input.attempt IS NULL OR t.attempt = input.attempt)
+            AND (NOT input.expired OR t.lease_expires_at <= now())
         LIMIT 1
     ) AS held
     ORDER BY input.id, input.ord
 ), t AS (
     UPDATE orch_tasks SET
-        status = p.target,
+        status = p.to_status,
         updated_at = now(),
-        finished_at = CASE WHEN p.target = 'queued' THEN finished_at ELSE now() END,
-        run_at = CASE WHEN p.target = 'queued'
-                      THEN now() + p.delay_us * interval '1 microsecond' ELSE run_at END,
-        attempt = greatest(attempt - p.undo, 0),
+        finished_at = CASE WHEN p.finished THEN now() ELSE orch_tasks.finished_at END,
+        run_at = CASE WHEN p.run_in_us IS NULL THEN orch_tasks.run_at
+                      ELSE now() + p.run_in_us * interval '1 microsecond' END,
+        attempt = greatest(orch_tasks.attempt + p.step, 0),
         result = coalesce(p.result::jsonb, orch_tasks.result),
-        error = CASE WHEN p.timed_out THEN 'attempt ' || attempt || ' timed out'
-                     ELSE coalesce(p.error, orch_tasks.error) END,
+        error = coalesce(p.error, orch_tasks.error),
         lease_token = NULL,
         lease_expires_at = NULL
     FROM picked p
-    WHERE orch_tasks.id = p.id AND orch_tasks.status = 'running'
-        AND orch_tasks.lease_token = p.token
-    RETURNING orch_tasks.id, orch_tasks.core_id, orch_tasks.attempt, orch_tasks.status,
-              orch_tasks.error, p.ord, p.kind, p.with_error, p.extra
+    WHERE orch_tasks.id = p.id AND orch_tasks.status = p.from_status
+        AND orch_tasks.lease_token IS NOT DISTINCT FROM p.token
+    RETURNING orch_tasks.*, p.ord, p.events
 ), ev AS (
     ",
     insert_events!(
-        "SELECT t.kind, t.id AS task_id, t.core_id, t.attempt,
-           CASE WHEN t.with_error THEN jsonb_build_object('error', t.error) || t.extra::jsonb
-                ELSE 'null'::jsonb END AS data,
-           row_number() OVER (ORDER BY t.ord) AS o
-    FROM t"
+        "SELECT e.value ->> 'kind' AS kind, t.id AS task_id, t.core_id, t.attempt,
+           e.value -> 'data' AS data, row_number() OVER (ORDER BY t.ord, e.n) AS o
+    FROM t CROSS JOIN LATERAL jsonb_array_elements(t.events::jsonb) WITH ORDINALITY AS e(value, n)"
     ),
     "
 )
-SELECT t.status AS new_status,
+SELECT t.id, t.core_id, t.status, t.priority, t.timeout_us, t.max_attempts, t.attempt,
+       t.run_at, t.created_at, t.updated_at, t.started_at, t.finished_at, t.lease_expires_at,
+       t.payload, t.metadata, t.result, t.error, t.idempotency_key, t.locks, t.lease_token,
        t.id IS NOT NULL OR EXISTS (SELECT 1 FROM orch_tasks x WHERE x.id = input.id) AS found,
-       (SELECT 1 FROM pg_notify('orch_changes', $12)
-        WHERE $12::text IS NOT NULL AND EXISTS (SELECT 1 FROM t))
+       (SELECT 1 FROM pg_notify('orch_changes', $13)
+        WHERE $13::text IS NOT NULL AND EXISTS (SELECT 1 FROM t))
            AS notified
 FROM input LEFT JOIN t ON t.ord = input.ord
 ORDER BY input.ord"
 );
 
-/// The common case of [`FINISH_ATTEMPTS`], a batch of successes of distinct tasks (`$1` ids,
-/// `$2` lease tokens, `$3` results), with a quarter less work. Returns the tasks it finished;
-/// a report that did not hold its task's lease finished nothing.
-pub(super) const FINISH_SUCCESSES: &str = concat!(
+/// The leases that expired by the database clock, oldest first, at most `$1`: what a rescue
+/// needs of each task to apply [`rules::rescue`](orch_core::backend::rules::rescue).
+pub(super) static EXPIRED_LEASES: Rendered = Rendered::new(
+    "SELECT id, lease_token, attempt, max_attempts FROM orch_tasks
+WHERE status = {running} AND lease_expires_at <= now()
+ORDER BY lease_expires_at, id
+LIMIT $1",
+);
+
+/// The common case of the end of attempts, a batch of successes of distinct tasks (`$1` ids,
+/// `$2` lease tokens, `$3` results, `$5` attempts), with a quarter less work than
+/// [`APPLY_CHANGES`]. Returns the tasks it finished; a report that did not hold its task's
+/// lease finished nothing.
+pub(super) static FINISH_SUCCESSES: Rendered = Rendered::new(concat!(
     "WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[])
-        WITH ORDINALITY AS u(id, token, result, ord)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $5::int4[])
+        WITH ORDINALITY AS u(id, token, result, attempt, ord)
 ), t AS (
-    UPDATE orch_tasks SET status = 'succeeded', updated_at = now(), finished_at = now(),
+    UPDATE orch_tasks SET status = {success.to}, updated_at = now(), finished_at = now(),
         result = input.result::jsonb, lease_token = NULL, lease_expires_at = NULL
     FROM input
-    WHERE orch_tasks.id = input.id AND orch_tasks.status = 'running'
-        AND orch_tasks.lease_token = input.token
+    WHERE orch_tasks.id = input.id AND orch_tasks.status = {success.from}
+        AND orch_tasks.lease_token = input.token AND orch_tasks.attempt = input.attempt
     RETURNING orch_tasks.id, orch_tasks.core_id, orch_tasks.attempt, input.ord
 ), ev AS (
     ",
-    insert_events!("SELECT 'task.succeeded'::text AS kind, id AS task_id, core_id, attempt, 'null'::jsonb AS data,
+    insert_events!("SELECT {success.event}::text AS kind, id AS task_id, core_id, attempt, 'null'::jsonb AS data,
            row_number() OVER (ORDER BY ord) AS o
     FROM t"),
     "
@@ -266,70 +258,4 @@ pub(super) const FINISH_SUCCESSES: &str = concat!(
 SELECT t.id,
        (SELECT 1 FROM pg_notify('orch_changes', $4) WHERE $4::text IS NOT NULL) AS notified
 FROM t"
-);
-
-/// Finishes task `$1` (queued or running) as `$2` with result `$3` / error `$4`, appending an
-/// event of kind `$5` with `from` and the extra fields `$6`. Returns the old state, and the
-/// task when the transition was legal.
-pub(super) const FINISH_TASK: &str = concat!(
-    "WITH old AS (
-    SELECT id, status FROM orch_tasks WHERE id = $1 FOR UPDATE
-), t AS (
-    UPDATE orch_tasks SET status = $2::text, updated_at = now(), finished_at = now(),
-        result = coalesce($3::text::jsonb, orch_tasks.result),
-        error = coalesce($4::text, orch_tasks.error),
-        lease_token = NULL, lease_expires_at = NULL
-    FROM old WHERE orch_tasks.id = old.id AND old.status IN ('queued', 'running')
-    RETURNING orch_tasks.*
-), ev AS (
-    ",
-    insert_events!(
-        "SELECT $5::text AS kind, t.id AS task_id, t.core_id, t.attempt,
-           jsonb_build_object('from', old.status) || $6::text::jsonb AS data, 1 AS o
-    FROM t CROSS JOIN old"
-    ),
-    "
-)
-SELECT old.status AS from_status, t.*,
-       (SELECT 1 FROM pg_notify('orch_changes', $7)
-        WHERE $7::text IS NOT NULL AND EXISTS (SELECT 1 FROM t)) AS notified
-FROM old LEFT JOIN t ON true"
-);
-
-/// Takes back up to `$1` running tasks whose lease expired by the database clock.
-pub(super) const RESCUE_EXPIRED: &str = concat!(
-    "WITH picked AS (
-    SELECT id, lease_expires_at AS old_expiry FROM orch_tasks
-    WHERE status = 'running' AND lease_expires_at <= now()
-    ORDER BY lease_expires_at, id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), t AS (
-    UPDATE orch_tasks SET
-        status = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
-        run_at = CASE WHEN attempt < max_attempts THEN now() ELSE run_at END,
-        finished_at = CASE WHEN attempt < max_attempts THEN finished_at ELSE now() END,
-        updated_at = now(),
-        error = CASE WHEN attempt < max_attempts
-                     THEN 'lease expired during attempt ' || attempt
-                     ELSE 'lease expired during final attempt ' || attempt END,
-        lease_token = NULL,
-        lease_expires_at = NULL
-    FROM picked WHERE orch_tasks.id = picked.id
-    RETURNING orch_tasks.*, picked.old_expiry
-), ev AS (
-    ",
-    insert_events!(
-        "SELECT e.kind, t.id AS task_id, t.core_id, t.attempt, e.data,
-           row_number() OVER (ORDER BY t.old_expiry, t.id, e.n) AS o
-    FROM t CROSS JOIN LATERAL (VALUES
-        (1, 'task.rescued', jsonb_build_object('will_retry', t.status = 'queued')),
-        (2, 'task.failed', jsonb_build_object('error', t.error))
-    ) AS e(n, kind, data)
-    WHERE e.n = 1 OR t.status = 'failed'"
-    ),
-    "
-)
-SELECT t.*, (SELECT 1 FROM pg_notify('orch_changes', $2)) AS notified
-FROM t ORDER BY old_expiry, id"
-);
+));

@@ -1,134 +1,38 @@
-//! The PostgreSQL task queue: one statement per transition, each writing its own events.
+//! The PostgreSQL task queue: every change is one of orch-core's [`rules`], applied by one
+//! statement that writes its events too. A claim, a new task and a batch of successes apply
+//! their rule inside the database ([`statements`](super::statements) names states and events
+//! through the rules); every other change is computed by its rule here and handed to
+//! [`APPLY_CHANGES`] as parameters, guarded by the state it was computed from.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use orch_core::{
-    AttemptOutcome, ChangeSignal, Claimed, Created, Error, EventKind, LeaseToken, NewTask,
-    Resolution, Result, Task, TaskFilter, TaskId, TaskStatus, TaskStore,
+use orch_core::backend::{
+    AttemptOutcome, AttemptReport, ChangeSignal, Claimed, HeldLease, NewTask, QueueDepth,
+    TaskStore, rules,
 };
-use serde_json::{Value, json};
-use sqlx::{PgConnection, Row};
+use orch_core::{
+    Created, EngineCounts, Error, LeaseToken, Resolution, Result, Task, TaskFilter, TaskId,
+    TaskStatus,
+};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::statements::{
-    CLAIM_TASKS, CREATE_CLAIMED, CREATE_TASK, CREATE_TASKS, FINISH_ATTEMPT, FINISH_ATTEMPTS,
-    FINISH_SUCCESSES, FINISH_TASK, RESCUE_EXPIRED,
+    APPLY_CHANGES, CLAIM_TASKS, CREATE_CLAIMED, CREATE_TASK, CREATE_TASKS, EXPIRED_LEASES,
+    FINISH_SUCCESSES,
 };
 use super::{PostgresBackend, count, db_micros, task_from_row, tasks_from_rows};
 use crate::common::{corrupt, db_err, from_micros, micros};
+use crate::rule_sql::Rendered;
 
-/// The parameters of [`FINISH_ATTEMPT`] (one row of [`FINISH_ATTEMPTS`]) for one outcome.
-struct OutcomeParams {
-    /// The state the task moves to.
-    to: TaskStatus,
-    /// Retry delay when requeued.
-    delay: Duration,
-    /// 1 when the attempt is given back (abandoned), else 0.
-    undo: i32,
-    /// The result as JSON text.
-    result: Option<String>,
-    /// The error message.
-    error: Option<String>,
-    /// Whether the error is the timeout message (built from the attempt number in SQL).
-    timed_out: bool,
-    /// The event to append.
-    kind: EventKind,
-    /// Whether the event data holds the error.
-    with_error: bool,
-    /// Extra event data fields.
-    extra: Value,
-}
-
-impl OutcomeParams {
-    fn new(outcome: AttemptOutcome) -> Self {
-        let to = outcome.target_status();
-        // (retry delay, undo, result, error, timeout message, kind, data has error, extra data)
-        let (delay, undo, result, error, timed_out, kind, with_error, extra) = match outcome {
-            AttemptOutcome::Succeeded { result } => (
-                Duration::ZERO,
-                0,
-                Some(storable_json(result)),
-                None,
-                false,
-                EventKind::TaskSucceeded,
-                false,
-                json!({}),
-            ),
-            AttemptOutcome::Failed {
-                error,
-                retry_in: None,
-            } => (
-                Duration::ZERO,
-                0,
-                None,
-                Some(storable(error)),
-                false,
-                EventKind::TaskFailed,
-                true,
-                json!({}),
-            ),
-            AttemptOutcome::TimedOut { retry_in: None } => (
-                Duration::ZERO,
-                0,
-                None,
-                None,
-                true,
-                EventKind::TaskTimedOut,
-                true,
-                json!({}),
-            ),
-            AttemptOutcome::Failed {
-                error,
-                retry_in: Some(retry_in),
-            } => (
-                retry_in,
-                0,
-                None,
-                Some(storable(error)),
-                false,
-                EventKind::TaskRetrying,
-                true,
-                json!({"reason": "failed", "retry_in": retry_in.as_secs_f64()}),
-            ),
-            AttemptOutcome::TimedOut {
-                retry_in: Some(retry_in),
-            } => (
-                retry_in,
-                0,
-                None,
-                None,
-                true,
-                EventKind::TaskRetrying,
-                true,
-                json!({"reason": "timed_out", "retry_in": retry_in.as_secs_f64()}),
-            ),
-            AttemptOutcome::Abandoned => (
-                Duration::ZERO,
-                1,
-                None,
-                None,
-                false,
-                EventKind::TaskRequeued,
-                false,
-                json!({}),
-            ),
-        };
-        OutcomeParams {
-            to,
-            delay,
-            undo,
-            result,
-            error,
-            timed_out,
-            kind,
-            with_error,
-            extra,
-        }
-    }
-}
+/// How many times a change computed from a task's state is tried again when the task changed
+/// in between (a cancel racing a claim, say).
+const CHANGE_TRIES: usize = 8;
 
 /// An error message PostgreSQL can store: text columns refuse NUL characters, which an engine's
 /// message may contain, and refusing the report would leave the task running until its lease
@@ -166,15 +70,6 @@ fn storable_json(value: Value) -> String {
     }
 }
 
-fn terminal_event_kind(status: TaskStatus) -> EventKind {
-    match status {
-        TaskStatus::Succeeded => EventKind::TaskSucceeded,
-        TaskStatus::Failed => EventKind::TaskFailed,
-        TaskStatus::TimedOut => EventKind::TaskTimedOut,
-        _ => EventKind::TaskCancelled,
-    }
-}
-
 /// [`CREATE_TASK`]: one task, scalar parameters.
 async fn create_one(
     conn: &mut PgConnection,
@@ -182,9 +77,9 @@ async fn create_one(
     notify_payload: &str,
 ) -> Result<Vec<sqlx::postgres::PgRow>> {
     const OP: &str = "create_tasks";
-    sqlx::query(CREATE_TASK)
+    sqlx::query(CREATE_TASK.sql())
         .bind(task.id.0)
-        .bind(task.core_id.as_str())
+        .bind(task.engine.as_str())
         .bind(task.priority)
         .bind(micros(task.timeout))
         .bind(i32::try_from(task.max_attempts).unwrap_or(i32::MAX))
@@ -225,7 +120,7 @@ async fn create_batch(
     );
     for task in tasks {
         ids.push(task.id.0);
-        core_ids.push(task.core_id.as_str());
+        core_ids.push(task.engine.as_str());
         priorities.push(task.priority);
         timeouts.push(micros(task.timeout));
         max_attempts.push(i32::try_from(task.max_attempts).unwrap_or(i32::MAX));
@@ -236,7 +131,7 @@ async fn create_batch(
         keys.push(task.idempotency_key.as_deref());
         locks.push(serde_json::to_string(&task.locks)?);
     }
-    sqlx::query(CREATE_TASKS)
+    sqlx::query(CREATE_TASKS.sql())
         .bind(&ids)
         .bind(&core_ids)
         .bind(&priorities)
@@ -304,8 +199,9 @@ pub(super) async fn insert_tasks(
         if let Some(&(run_at, created_at)) = inserted.get(&new.id.0) {
             // As stored: the timeout in whole microseconds.
             new.timeout = from_micros(micros(new.timeout));
+            let (task, _) = rules::create(new, created_at, run_at);
             out.push(Created {
-                task: new.into_queued(created_at, run_at),
+                task,
                 created: true,
             });
             continue;
@@ -326,6 +222,27 @@ pub(super) async fn insert_tasks(
     Ok((out, stored))
 }
 
+/// One change for [`APPLY_CHANGES`]: the task, the state the change was computed from (its
+/// guard) and the change.
+struct Entry {
+    id: TaskId,
+    /// The lease token the task must hold (`None`: it must hold none).
+    token: Option<LeaseToken>,
+    /// The attempt counter it must be at, if that matters.
+    attempt: Option<u32>,
+    /// Whether its lease must have expired by the database clock.
+    expired: bool,
+    change: rules::Change,
+}
+
+/// What [`APPLY_CHANGES`] did with one entry.
+enum Applied {
+    /// The task as changed.
+    Changed(Task),
+    /// The guard did not hold (or the task is gone: `exists` is false).
+    Refused { exists: bool },
+}
+
 impl PostgresBackend {
     /// The notification of a statement ending attempts: always sent when it may requeue a
     /// task, rate-limited when it only appends events.
@@ -337,44 +254,246 @@ impl PostgresBackend {
         }
     }
 
-    /// Runs [`FINISH_TASK`]: cancel or resolve.
-    async fn finish_task(
+    /// Runs [`APPLY_CHANGES`] on `pool`; answers in input order.
+    async fn apply_changes(
+        &self,
+        operation: &'static str,
+        pool: &PgPool,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Applied>> {
+        let n = entries.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(n);
+        let mut from = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut expired = Vec::with_capacity(n);
+        let mut to = Vec::with_capacity(n);
+        let mut steps = Vec::with_capacity(n);
+        let mut run_in = Vec::with_capacity(n);
+        let mut finished = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut events = Vec::with_capacity(n);
+        let mut may_requeue = false;
+        for entry in entries {
+            let change = entry.change;
+            if change.lease.is_some() || change.attempt == rules::AttemptChange::Begin {
+                return Err(Error::backend(
+                    operation,
+                    format!("a change that starts an attempt cannot be applied here: {change:?}"),
+                ));
+            }
+            may_requeue |= change.to == TaskStatus::Queued;
+            ids.push(entry.id.0);
+            from.push(change.from.as_str());
+            tokens.push(entry.token.map(|token| token.0));
+            attempts.push(entry.attempt.map(|a| i32::try_from(a).unwrap_or(i32::MAX)));
+            expired.push(entry.expired);
+            to.push(change.to.as_str());
+            steps.push(change.attempt.step());
+            run_in.push(change.run_at.delay().map(db_micros));
+            finished.push(change.to.is_terminal());
+            results.push(change.result.map(storable_json));
+            errors.push(change.error.map(storable));
+            let drafts: Vec<Value> = change
+                .events
+                .into_iter()
+                .map(|draft| serde_json::json!({"kind": draft.kind.as_str(), "data": draft.data}))
+                .collect();
+            events.push(storable_json(Value::Array(drafts)));
+        }
+        let hint = self.finish_hint(may_requeue);
+        let rows = sqlx::query(APPLY_CHANGES)
+            .bind(&ids)
+            .bind(&from)
+            .bind(&tokens)
+            .bind(&attempts)
+            .bind(&expired)
+            .bind(&to)
+            .bind(&steps)
+            .bind(&run_in)
+            .bind(&finished)
+            .bind(&results)
+            .bind(&errors)
+            .bind(&events)
+            .bind(&hint)
+            .fetch_all(pool)
+            .await
+            .map_err(db_err(operation))?;
+        if rows.len() != n {
+            return Err(Error::backend(
+                operation,
+                format!("{} answers for {n} changes", rows.len()),
+            ));
+        }
+        let mut out = Vec::with_capacity(n);
+        let (mut requeued, mut changed) = (false, false);
+        for row in &rows {
+            let get = |e: sqlx::Error| corrupt(operation, e);
+            let id: Option<Uuid> = row.try_get("id").map_err(get)?;
+            if id.is_some() {
+                let (task, _) = task_from_row(operation, row)?;
+                requeued |= task.status == TaskStatus::Queued;
+                changed = true;
+                out.push(Applied::Changed(task));
+            } else {
+                let exists: bool = row.try_get("found").map_err(get)?;
+                out.push(Applied::Refused { exists });
+            }
+        }
+        if changed {
+            self.deferred(&hint);
+            self.wake_events();
+        }
+        if requeued {
+            self.wake_tasks();
+        }
+        Ok(out)
+    }
+
+    /// One change by a rule that reads the task's state: read, decide, apply guarded by what
+    /// was read, and again if the task changed in between.
+    async fn transition(
         &self,
         operation: &'static str,
         id: TaskId,
-        to: TaskStatus,
-        result: Option<Value>,
-        error: Option<String>,
-        extra: Value,
+        rule: impl Fn(TaskStatus) -> Result<rules::Change>,
     ) -> Result<Task> {
-        let hint = self.event_hint();
-        let row = sqlx::query(FINISH_TASK)
-            .bind(id.0)
-            .bind(to.as_str())
-            .bind(result.map(|r| r.to_string()))
-            .bind(error)
-            .bind(terminal_event_kind(to).as_str())
-            .bind(extra.to_string())
-            .bind(&hint)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err(operation))?
-            .ok_or(Error::TaskNotFound(id))?;
-        self.deferred(&hint);
-        let changed: Option<Uuid> = row.try_get("id").map_err(|e| corrupt(operation, e))?;
-        if changed.is_none() {
-            let from: String = row
-                .try_get("from_status")
-                .map_err(|e| corrupt(operation, e))?;
-            let from: TaskStatus = from.parse().map_err(|e| corrupt(operation, e))?;
-            return Err(Error::IllegalTransition {
-                task_id: id,
-                from,
-                to,
+        for _ in 0..CHANGE_TRIES {
+            let row =
+                sqlx::query("SELECT status, lease_token, attempt FROM orch_tasks WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err(operation))?
+                    .ok_or(Error::TaskNotFound(id))?;
+            let get = |e: sqlx::Error| corrupt(operation, e);
+            let status: String = row.try_get("status").map_err(get)?;
+            let status: TaskStatus = status.parse().map_err(|e| corrupt(operation, e))?;
+            let token: Option<Uuid> = row.try_get("lease_token").map_err(get)?;
+            let attempt: i32 = row.try_get("attempt").map_err(get)?;
+            let entry = Entry {
+                id,
+                token: token.map(LeaseToken),
+                attempt: u32::try_from(attempt).ok(),
+                expired: false,
+                change: rule(status)?,
+            };
+            match self
+                .apply_changes(operation, &self.pool, vec![entry])
+                .await?
+                .pop()
+            {
+                Some(Applied::Changed(task)) => return Ok(task),
+                Some(Applied::Refused { exists: false }) => return Err(Error::TaskNotFound(id)),
+                // Changed since it was read: decide again on what it is now.
+                Some(Applied::Refused { exists: true }) => continue,
+                None => return Err(corrupt(operation, "no answer")),
+            }
+        }
+        Err(Error::backend(
+            operation,
+            format!("task {id} kept changing; gave up after {CHANGE_TRIES} tries"),
+        ))
+    }
+
+    /// [`TaskStore::finish_attempts`] for successes of distinct tasks: one [`FINISH_SUCCESSES`]
+    /// statement; the reports it did not finish (lease lost, task unknown) then go through
+    /// [`APPLY_CHANGES`], which tells which.
+    async fn finish_successes(
+        &self,
+        reports: Vec<AttemptReport>,
+    ) -> Result<Vec<Result<TaskStatus>>> {
+        const OP: &str = "finish_attempts";
+        let n = reports.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        for report in &reports {
+            ids.push(report.task_id.0);
+            tokens.push(report.lease_token.0);
+            attempts.push(i32::try_from(report.attempt).unwrap_or(i32::MAX));
+            results.push(match &report.outcome {
+                AttemptOutcome::Succeeded { result } => storable_json(result.clone()),
+                _ => Value::Null.to_string(),
             });
         }
-        self.wake_events();
-        task_from_row(operation, &row).map(|(task, _)| task)
+        let hint = self.finish_hint(false);
+        let rows = sqlx::query(FINISH_SUCCESSES.sql())
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&results)
+            .bind(&hint)
+            .bind(&attempts)
+            .fetch_all(&self.worker_pool)
+            .await
+            .map_err(db_err(OP))?;
+        let mut done = HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let id: Uuid = row.try_get("id").map_err(|e| corrupt(OP, e))?;
+            done.insert(id);
+        }
+        if !done.is_empty() {
+            self.deferred(&hint);
+            self.wake_events();
+        }
+        let succeeded = rules::end_attempt(
+            1,
+            AttemptOutcome::Succeeded {
+                result: Value::Null,
+            },
+        )
+        .to;
+        let mut out: Vec<Result<TaskStatus>> = Vec::with_capacity(n);
+        let mut left = Vec::new();
+        for (index, report) in reports.into_iter().enumerate() {
+            if done.contains(&report.task_id.0) {
+                out.push(Ok(succeeded));
+            } else {
+                // Rare (a lost lease, an unknown task): the general path tells which.
+                out.push(Err(Error::LeaseLost(report.task_id)));
+                left.push((index, report));
+            }
+        }
+        if !left.is_empty() {
+            let (indexes, reports): (Vec<usize>, Vec<_>) = left.into_iter().unzip();
+            for (index, answer) in indexes.into_iter().zip(self.finish_batch(reports).await?) {
+                out[index] = answer;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`TaskStore::finish_attempts`] in general: each report's [`rules::end_attempt`]
+    /// through [`APPLY_CHANGES`].
+    async fn finish_batch(&self, reports: Vec<AttemptReport>) -> Result<Vec<Result<TaskStatus>>> {
+        let ids: Vec<TaskId> = reports.iter().map(|report| report.task_id).collect();
+        let entries = reports
+            .into_iter()
+            .map(|report| Entry {
+                id: report.task_id,
+                token: Some(report.lease_token),
+                attempt: Some(report.attempt),
+                expired: false,
+                change: rules::end_attempt(report.attempt, report.outcome),
+            })
+            .collect();
+        let applied = self
+            .apply_changes("finish_attempts", &self.worker_pool, entries)
+            .await?;
+        Ok(ids
+            .into_iter()
+            .zip(applied)
+            .map(|(id, applied)| match applied {
+                Applied::Changed(task) => Ok(task.status),
+                Applied::Refused { exists: true } => Err(Error::LeaseLost(id)),
+                Applied::Refused { exists: false } => Err(Error::TaskNotFound(id)),
+            })
+            .collect())
     }
 }
 
@@ -393,6 +512,10 @@ impl TaskStore for PostgresBackend {
         Ok(out)
     }
 
+    fn creates_claimed(&self) -> bool {
+        true
+    }
+
     async fn create_claimed(
         &self,
         task: NewTask,
@@ -404,9 +527,9 @@ impl TaskStore for PostgresBackend {
         }
         // A dispatch: committed durably, whatever the worker commits do.
         let hint = self.event_hint();
-        let row = sqlx::query(CREATE_CLAIMED)
+        let row = sqlx::query(CREATE_CLAIMED.sql())
             .bind(task.id.0)
-            .bind(task.core_id.as_str())
+            .bind(task.engine.as_str())
             .bind(task.priority)
             .bind(micros(task.timeout))
             .bind(i32::try_from(task.max_attempts).unwrap_or(i32::MAX))
@@ -449,7 +572,7 @@ impl TaskStore for PostgresBackend {
              ORDER BY id LIMIT $4",
         )
         .bind(filter.status.map(TaskStatus::as_str))
-        .bind(filter.core_id.as_deref())
+        .bind(filter.engine.as_deref())
         .bind(filter.after.map(|id| id.0))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -460,7 +583,7 @@ impl TaskStore for PostgresBackend {
 
     async fn claim_tasks(
         &self,
-        core_id: &str,
+        engine: &str,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
@@ -469,8 +592,8 @@ impl TaskStore for PostgresBackend {
             return Ok(Vec::new());
         }
         let hint = self.event_hint();
-        let rows = sqlx::query(CLAIM_TASKS)
-            .bind(core_id)
+        let rows = sqlx::query(CLAIM_TASKS.sql())
+            .bind(engine)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(db_micros(lease))
             .bind(&hint)
@@ -492,39 +615,41 @@ impl TaskStore for PostgresBackend {
         Ok(claimed)
     }
 
-    async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>> {
-        sqlx::query_scalar(
-            "SELECT min(run_at) FROM orch_tasks WHERE status = 'queued' AND core_id = $1",
-        )
-        .bind(core_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_err("next_run_at"))
+    async fn next_run_at(&self, engine: &str) -> Result<Option<DateTime<Utc>>> {
+        static NEXT_RUN_AT: Rendered = Rendered::new(
+            "SELECT min(run_at) FROM orch_tasks WHERE status = {queued} AND core_id = $1",
+        );
+        sqlx::query_scalar(NEXT_RUN_AT.sql())
+            .bind(engine)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err("next_run_at"))
     }
 
     async fn renew_leases(
         &self,
-        leases: Vec<(TaskId, LeaseToken)>,
+        leases: Vec<HeldLease>,
         lease: Duration,
     ) -> Result<Vec<Option<DateTime<Utc>>>> {
         const OP: &str = "renew_leases";
+        static RENEW: Rendered = Rendered::new(
+            "UPDATE orch_tasks t SET lease_expires_at = now() + $3::int8 * interval '1 microsecond' \
+             FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token) \
+             WHERE t.id = u.id AND t.lease_token = u.token AND t.status = {running} \
+             RETURNING t.id, t.lease_token, t.lease_expires_at",
+        );
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = leases.iter().map(|(id, _)| id.0).collect();
-        let tokens: Vec<Uuid> = leases.iter().map(|(_, token)| token.0).collect();
-        let rows = sqlx::query(
-            "UPDATE orch_tasks t SET lease_expires_at = now() + $3::int8 * interval '1 microsecond' \
-             FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token) \
-             WHERE t.id = u.id AND t.lease_token = u.token AND t.status = 'running' \
-             RETURNING t.id, t.lease_token, t.lease_expires_at",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(db_micros(lease))
-        .fetch_all(&self.worker_pool)
-        .await
-        .map_err(db_err(OP))?;
+        let ids: Vec<Uuid> = leases.iter().map(|held| held.task_id.0).collect();
+        let tokens: Vec<Uuid> = leases.iter().map(|held| held.lease_token.0).collect();
+        let rows = sqlx::query(RENEW.sql())
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(db_micros(lease))
+            .fetch_all(&self.worker_pool)
+            .await
+            .map_err(db_err(OP))?;
         let mut renewed: HashMap<(Uuid, Uuid), DateTime<Utc>> = HashMap::new();
         for row in &rows {
             let get = |e: sqlx::Error| corrupt(OP, e);
@@ -538,68 +663,20 @@ impl TaskStore for PostgresBackend {
         }
         Ok(leases
             .iter()
-            .map(|(id, token)| renewed.get(&(id.0, token.0)).copied())
+            .map(|held| renewed.get(&(held.task_id.0, held.lease_token.0)).copied())
             .collect())
-    }
-
-    async fn finish_attempt(
-        &self,
-        id: TaskId,
-        token: LeaseToken,
-        outcome: AttemptOutcome,
-    ) -> Result<Task> {
-        const OP: &str = "finish_attempt";
-        let p = OutcomeParams::new(outcome);
-        let hint = self.finish_hint(p.to == TaskStatus::Queued);
-        let row = sqlx::query(FINISH_ATTEMPT)
-            .bind(id.0)
-            .bind(token.0)
-            .bind(p.to.as_str())
-            .bind(db_micros(p.delay))
-            .bind(p.undo)
-            .bind(p.result)
-            .bind(p.error)
-            .bind(p.timed_out)
-            .bind(p.kind.as_str())
-            .bind(p.with_error)
-            .bind(p.extra.to_string())
-            .bind(&hint)
-            .fetch_optional(&self.worker_pool)
-            .await
-            .map_err(db_err(OP))?;
-        if row.is_some() {
-            self.deferred(&hint);
-        }
-        let Some(row) = row else {
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orch_tasks WHERE id = $1)")
-                    .bind(id.0)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(db_err(OP))?;
-            return Err(if exists {
-                Error::LeaseLost(id)
-            } else {
-                Error::TaskNotFound(id)
-            });
-        };
-        if p.to == TaskStatus::Queued {
-            self.wake_tasks();
-        }
-        self.wake_events();
-        task_from_row(OP, &row).map(|(task, _)| task)
     }
 
     async fn finish_attempts(
         &self,
-        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+        reports: Vec<AttemptReport>,
     ) -> Result<Vec<Result<TaskStatus>>> {
         if reports.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids = std::collections::HashSet::with_capacity(reports.len());
-        let simple = reports.iter().all(|(id, _, outcome)| {
-            matches!(outcome, AttemptOutcome::Succeeded { .. }) && ids.insert(*id)
+        let mut ids = HashSet::with_capacity(reports.len());
+        let simple = reports.iter().all(|report| {
+            matches!(report.outcome, AttemptOutcome::Succeeded { .. }) && ids.insert(report.task_id)
         });
         if simple {
             self.finish_successes(reports).await
@@ -609,30 +686,14 @@ impl TaskStore for PostgresBackend {
     }
 
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
-        self.finish_task(
-            "cancel_task",
-            id,
-            TaskStatus::Cancelled,
-            None,
-            None,
-            json!({}),
-        )
-        .await
+        self.transition("cancel_task", id, |status| rules::cancel(id, status))
+            .await
     }
 
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
-        let (to, result, error) = match resolution {
-            Resolution::Succeeded(result) => (TaskStatus::Succeeded, Some(result), None),
-            Resolution::Failed(error) => (TaskStatus::Failed, None, Some(storable(error))),
-        };
-        self.finish_task(
-            "resolve_task",
-            id,
-            to,
-            result,
-            error,
-            json!({"external": true}),
-        )
+        self.transition("resolve_task", id, |status| {
+            rules::resolve(id, status, resolution.clone())
+        })
         .await
     }
 
@@ -641,57 +702,91 @@ impl TaskStore for PostgresBackend {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(RESCUE_EXPIRED)
+        let rows = sqlx::query(EXPIRED_LEASES.sql())
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(self.notify_payload(true))
             .fetch_all(&self.worker_pool)
             .await
             .map_err(db_err(OP))?;
-        let rescued = tasks_from_rows(OP, &rows)?;
-        if !rescued.is_empty() {
-            self.wake_tasks();
-            self.wake_events();
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let get = |e: sqlx::Error| corrupt(OP, e);
+            let attempt: i32 = row.try_get("attempt").map_err(get)?;
+            let max_attempts: i32 = row.try_get("max_attempts").map_err(get)?;
+            let attempt = u32::try_from(attempt).map_err(|_| corrupt(OP, "attempt"))?;
+            let max_attempts =
+                u32::try_from(max_attempts).map_err(|_| corrupt(OP, "max_attempts"))?;
+            let token: Uuid = row.try_get("lease_token").map_err(get)?;
+            entries.push(Entry {
+                id: TaskId(row.try_get("id").map_err(get)?),
+                token: Some(LeaseToken(token)),
+                attempt: Some(attempt),
+                expired: true,
+                change: rules::rescue(attempt, max_attempts),
+            });
         }
-        Ok(rescued)
+        // A lease renewed (or a task finished) since it was read is left alone.
+        Ok(self
+            .apply_changes(OP, &self.worker_pool, entries)
+            .await?
+            .into_iter()
+            .filter_map(|applied| match applied {
+                Applied::Changed(task) => Some(task),
+                Applied::Refused { .. } => None,
+            })
+            .collect())
     }
 
     async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        static PRUNE: Rendered = Rendered::new(
+            "WITH picked AS (SELECT id FROM orch_tasks WHERE finished_at < $1 \
+             AND status IN ({terminal}) \
+             ORDER BY finished_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             DELETE FROM orch_tasks USING picked WHERE orch_tasks.id = picked.id",
+        );
         if limit == 0 {
             return Ok(0);
         }
-        let done = sqlx::query(
-            "WITH picked AS (SELECT id FROM orch_tasks WHERE finished_at < $1 \
-             AND status IN ('succeeded', 'failed', 'cancelled', 'timed_out') \
-             ORDER BY finished_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             DELETE FROM orch_tasks USING picked WHERE orch_tasks.id = picked.id",
-        )
-        .bind(before)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("prune_tasks"))?;
+        let done = sqlx::query(PRUNE.sql())
+            .bind(before)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("prune_tasks"))?;
         Ok(done.rows_affected())
     }
 
-    async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>> {
+    async fn queue_depth(&self) -> Result<Vec<QueueDepth>> {
         const OP: &str = "queue_depth";
-        let rows = sqlx::query(
-            "SELECT core_id, priority, count(*) AS n FROM orch_tasks WHERE status = 'queued' \
+        static DEPTH: Rendered = Rendered::new(
+            "SELECT core_id, priority, count(*) AS n FROM orch_tasks WHERE status = {queued} \
              GROUP BY core_id, priority ORDER BY core_id, priority",
+        );
+        let rows = sqlx::query(DEPTH.sql())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
+        rows.iter()
+            .map(|row| {
+                let get = |e: sqlx::Error| corrupt(OP, e);
+                Ok(QueueDepth {
+                    engine: row.try_get("core_id").map_err(get)?,
+                    priority: row.try_get("priority").map_err(get)?,
+                    queued: count(row.try_get("n").map_err(get)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn count_tasks(&self) -> Result<Vec<EngineCounts>> {
+        const OP: &str = "count_tasks";
+        let rows = sqlx::query(
+            "SELECT core_id, status, run_at > now() AS delayed, count(*) AS n FROM orch_tasks \
+             GROUP BY core_id, status, delayed ORDER BY core_id",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(db_err(OP))?;
-        rows.iter()
-            .map(|row| {
-                let get = |e: sqlx::Error| corrupt(OP, e);
-                Ok((
-                    row.try_get("core_id").map_err(get)?,
-                    row.try_get("priority").map_err(get)?,
-                    count(row.try_get("n").map_err(get)?),
-                ))
-            })
-            .collect()
+        counts_from_rows(OP, &rows)
     }
 
     fn task_wakeups(&self) -> Option<ChangeSignal> {
@@ -699,154 +794,46 @@ impl TaskStore for PostgresBackend {
     }
 }
 
-impl PostgresBackend {
-    /// [`TaskStore::finish_attempts`] in general: one [`FINISH_ATTEMPTS`] statement.
-    async fn finish_batch(
-        &self,
-        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
-    ) -> Result<Vec<Result<TaskStatus>>> {
-        const OP: &str = "finish_attempts";
-        let n = reports.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut tokens = Vec::with_capacity(n);
-        let mut targets = Vec::with_capacity(n);
-        let mut delays = Vec::with_capacity(n);
-        let mut undos = Vec::with_capacity(n);
-        let mut results = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut timeouts = Vec::with_capacity(n);
-        let mut kinds = Vec::with_capacity(n);
-        let mut with_errors = Vec::with_capacity(n);
-        let mut extras = Vec::with_capacity(n);
-        let mut any_requeue = false;
-        for (id, token, outcome) in reports {
-            let p = OutcomeParams::new(outcome);
-            any_requeue |= p.to == TaskStatus::Queued;
-            ids.push(id.0);
-            tokens.push(token.0);
-            targets.push(p.to.as_str());
-            delays.push(db_micros(p.delay));
-            undos.push(p.undo);
-            results.push(p.result);
-            errors.push(p.error);
-            timeouts.push(p.timed_out);
-            kinds.push(p.kind.as_str().to_owned());
-            with_errors.push(p.with_error);
-            extras.push(p.extra.to_string());
+/// Rows of `(core_id, status, delayed, n)`, ordered by engine, as counts per engine.
+fn counts_from_rows(operation: &'static str, rows: &[PgRow]) -> Result<Vec<EngineCounts>> {
+    let mut out: Vec<EngineCounts> = Vec::new();
+    for row in rows {
+        let get = |e: sqlx::Error| corrupt(operation, e);
+        let engine: String = row.try_get("core_id").map_err(get)?;
+        let status: String = row.try_get("status").map_err(get)?;
+        let status: TaskStatus = status.parse().map_err(|e| corrupt(operation, e))?;
+        let delayed: bool = row.try_get("delayed").map_err(get)?;
+        if out.last().is_none_or(|last| last.engine != engine) {
+            out.push(EngineCounts::new(engine));
         }
-        let hint = self.finish_hint(any_requeue);
-        let rows = sqlx::query(FINISH_ATTEMPTS)
-            .bind(&ids)
-            .bind(&tokens)
-            .bind(&targets)
-            .bind(&delays)
-            .bind(&undos)
-            .bind(&results)
-            .bind(&errors)
-            .bind(&timeouts)
-            .bind(&kinds)
-            .bind(&with_errors)
-            .bind(&extras)
-            .bind(&hint)
-            .fetch_all(&self.worker_pool)
-            .await
-            .map_err(db_err(OP))?;
-        if rows.len() != n {
-            return Err(Error::backend(
-                OP,
-                format!("{} results for {n} reports", rows.len()),
-            ));
+        if let Some(counts) = out.last_mut() {
+            counts.add(status, delayed, count(row.try_get("n").map_err(get)?));
         }
-        let (mut requeued, mut changed) = (false, false);
-        let mut out = Vec::with_capacity(n);
-        for (row, id) in rows.iter().zip(&ids) {
-            let get = |e: sqlx::Error| corrupt(OP, e);
-            let status: Option<String> = row.try_get("new_status").map_err(get)?;
-            let found: bool = row.try_get("found").map_err(get)?;
-            out.push(match status {
-                Some(status) => {
-                    let status: TaskStatus = status.parse().map_err(|e| corrupt(OP, e))?;
-                    requeued |= status == TaskStatus::Queued;
-                    changed = true;
-                    Ok(status)
-                }
-                None if found => Err(Error::LeaseLost(TaskId(*id))),
-                None => Err(Error::TaskNotFound(TaskId(*id))),
-            });
-        }
-        if requeued {
-            self.wake_tasks();
-        }
-        if changed {
-            self.deferred(&hint);
-            self.wake_events();
-        }
-        Ok(out)
     }
+    Ok(out)
+}
 
-    /// [`TaskStore::finish_attempts`] for successes of distinct tasks: one [`FINISH_SUCCESSES`]
-    /// statement; the reports it did not finish (lease lost, task unknown) then go through
-    /// [`finish_batch`](Self::finish_batch), which tells which.
-    async fn finish_successes(
-        &self,
-        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
-    ) -> Result<Vec<Result<TaskStatus>>> {
-        const OP: &str = "finish_attempts";
-        let n = reports.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut tokens = Vec::with_capacity(n);
-        let mut results = Vec::with_capacity(n);
-        for (id, token, outcome) in reports {
-            ids.push(id.0);
-            tokens.push(token.0);
-            results.push(match outcome {
-                AttemptOutcome::Succeeded { result } => storable_json(result),
-                _ => Value::Null.to_string(),
-            });
+#[cfg(test)]
+mod tests {
+    use super::super::statements::*;
+
+    /// Every statement written with rule placeholders renders (a rule whose shape they cannot
+    /// follow, or a misspelt placeholder, fails here).
+    #[test]
+    fn every_statement_follows_the_rules() {
+        for statement in [
+            &CREATE_TASKS,
+            &CREATE_TASK,
+            &CREATE_CLAIMED,
+            &CLAIM_TASKS,
+            &EXPIRED_LEASES,
+            &FINISH_SUCCESSES,
+        ] {
+            let sql = statement.sql();
+            assert!(
+                !sql.contains("{claim") && !sql.contains("{created"),
+                "{sql}"
+            );
         }
-        let hint = self.finish_hint(false);
-        let rows = sqlx::query(FINISH_SUCCESSES)
-            .bind(&ids)
-            .bind(&tokens)
-            .bind(&results)
-            .bind(&hint)
-            .fetch_all(&self.worker_pool)
-            .await
-            .map_err(db_err(OP))?;
-        let mut done = std::collections::HashSet::with_capacity(rows.len());
-        for row in &rows {
-            let id: Uuid = row.try_get("id").map_err(|e| corrupt(OP, e))?;
-            done.insert(id);
-        }
-        if !done.is_empty() {
-            self.deferred(&hint);
-            self.wake_events();
-        }
-        let mut out: Vec<Result<TaskStatus>> = Vec::with_capacity(n);
-        let mut left = Vec::new();
-        for (index, ((id, token), result)) in ids.into_iter().zip(tokens).zip(results).enumerate() {
-            if done.contains(&id) {
-                out.push(Ok(TaskStatus::Succeeded));
-            } else {
-                // Rare (a lost lease, an unknown task): the report again, for the general path.
-                out.push(Err(Error::LeaseLost(TaskId(id))));
-                let result = serde_json::from_str(&result).map_err(|e| corrupt(OP, e))?;
-                left.push((
-                    index,
-                    (
-                        TaskId(id),
-                        LeaseToken(token),
-                        AttemptOutcome::Succeeded { result },
-                    ),
-                ));
-            }
-        }
-        if !left.is_empty() {
-            let (indexes, reports): (Vec<usize>, Vec<_>) = left.into_iter().unzip();
-            for (index, answer) in indexes.into_iter().zip(self.finish_batch(reports).await?) {
-                out[index] = answer;
-            }
-        }
-        Ok(out)
     }
 }

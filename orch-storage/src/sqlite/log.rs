@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
+use orch_core::backend::{ChangeSignal, EventStore, LockAttempt, LockStore, check_storage_key};
 use orch_core::{
-    ChangeSignal, Event, EventKind, EventStore, FencingToken, LockAttempt, LockInfo, LockStore,
-    NewEvent, Result, StorageProvider, TaskId, check_storage_key, model::limits,
+    Event, EventKind, FencingToken, LockInfo, NewEvent, Result, StorageProvider, TaskId, limits,
 };
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -29,7 +29,7 @@ fn event_from_row(operation: &'static str, row: &SqliteRow) -> Result<Event> {
         kind: EventKind::from_str(&kind).map_err(|e| corrupt(operation, e))?,
         at: time_from_db(operation, row.try_get("at").map_err(get)?)?,
         task_id: task_id.map(TaskId),
-        core_id: row.try_get("core_id").map_err(get)?,
+        engine: row.try_get("core_id").map_err(get)?,
         attempt: attempt
             .map(|a| crate::common::to_u32(operation, "attempt", a))
             .transpose()?,
@@ -51,7 +51,7 @@ impl EventStore for SqliteBackend {
             kind: event.kind,
             at,
             task_id: event.task_id,
-            core_id: event.core_id,
+            engine: event.engine,
             attempt: event.attempt,
             data: event.data,
         })

@@ -20,7 +20,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use orch_core::{ChangeSignal, Error, LeaseToken, Result, Task, TaskId, TaskStatus};
+use orch_core::backend::ChangeSignal;
+use orch_core::{Error, LeaseToken, Result, Task, TaskId, TaskStatus};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -394,7 +395,7 @@ impl SqliteBackend {
 
 /// The backend's clock: the process clock at the precision the file keeps.
 fn now() -> DateTime<Utc> {
-    truncate_micros(orch_core::clock::now())
+    truncate_micros(orch_core::backend::clock::now())
 }
 
 fn time_to_db(at: DateTime<Utc>) -> i64 {
@@ -465,7 +466,7 @@ fn tasks_from_json(operation: &'static str, text: &str) -> Result<Vec<(Task, Opt
         .map(|row| {
             let TaskJson(
                 id,
-                core_id,
+                engine,
                 status,
                 priority,
                 timeout_us,
@@ -487,7 +488,7 @@ fn tasks_from_json(operation: &'static str, text: &str) -> Result<Vec<(Task, Opt
             ) = row;
             let task = Task {
                 id: TaskId(uuid(&id)?),
-                core_id,
+                engine,
                 status: TaskStatus::from_str(&status).map_err(|e| corrupt(operation, e))?,
                 priority,
                 timeout: from_micros(timeout_us),
@@ -526,7 +527,7 @@ fn task_from_row(operation: &'static str, row: &SqliteRow) -> Result<(Task, Opti
     let lease: Option<Uuid> = row.try_get("lease_token").map_err(get)?;
     let task = Task {
         id: TaskId(row.try_get("id").map_err(get)?),
-        core_id: row.try_get("core_id").map_err(get)?,
+        engine: row.try_get("core_id").map_err(get)?,
         status,
         priority: row.try_get("priority").map_err(get)?,
         timeout: from_micros(row.try_get("timeout_us").map_err(get)?),

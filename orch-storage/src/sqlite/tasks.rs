@@ -1,17 +1,24 @@
-//! The SQLite task queue: the in-memory backend's transitions, applied to rows inside one
-//! `BEGIN IMMEDIATE` transaction together with their events.
+//! The SQLite task queue. Every change is one of orch-core's [`rules`]: the general path
+//! loads the task inside one `BEGIN IMMEDIATE` transaction, applies the rule's
+//! [`Change`](rules::Change) and writes the row back with its events; the claim and a batch of
+//! successes are write scripts whose state and event names come from the rules
+//! ([`rule_sql`](crate::rule_sql)).
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeDelta, Utc};
-use orch_core::{
-    AttemptOutcome, ChangeSignal, Claimed, Created, Error, EventKind, LeaseToken, NewEvent,
-    NewTask, Resolution, Result, Task, TaskFilter, TaskId, TaskStatus, TaskStore,
+use chrono::{DateTime, Utc};
+use orch_core::backend::{
+    AttemptOutcome, AttemptReport, ChangeSignal, Claimed, HeldLease, NewTask, QueueDepth,
+    TaskStore, rules,
 };
-use serde_json::{Value, json};
+use orch_core::{
+    Created, EngineCounts, Error, LeaseToken, NewEvent, Resolution, Result, Task, TaskFilter,
+    TaskId, TaskStatus,
+};
+use serde_json::Value;
 use sqlx::{Row, SqliteConnection};
-
 use uuid::Uuid;
 
 use super::{
@@ -19,139 +26,7 @@ use super::{
     time_to_db,
 };
 use crate::common::{corrupt, db_err, micros, truncate_micros};
-
-/// `now + duration`, saturating at the latest representable time.
-fn after(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
-    TimeDelta::from_std(duration)
-        .ok()
-        .and_then(|delta| now.checked_add_signed(delta))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-fn task_event(kind: EventKind, task: &Task, data: Value) -> NewEvent {
-    NewEvent::for_task(kind, task.id, &task.core_id, data).with_attempt(task.attempt)
-}
-
-fn terminal_event_kind(status: TaskStatus) -> EventKind {
-    match status {
-        TaskStatus::Succeeded => EventKind::TaskSucceeded,
-        TaskStatus::Failed => EventKind::TaskFailed,
-        TaskStatus::TimedOut => EventKind::TaskTimedOut,
-        _ => EventKind::TaskCancelled,
-    }
-}
-
-/// Moves a task to a terminal state (checked), dropping any lease; returns the old state.
-fn finish(
-    task: &mut Task,
-    lease: &mut Option<LeaseToken>,
-    to: TaskStatus,
-    now: DateTime<Utc>,
-    result: Option<Value>,
-    error: Option<String>,
-) -> Result<TaskStatus> {
-    let from = task.status;
-    from.check(task.id, to)?;
-    *lease = None;
-    task.lease_expires_at = None;
-    task.status = to;
-    task.updated_at = now;
-    task.finished_at = Some(now);
-    if result.is_some() {
-        task.result = result;
-    }
-    if error.is_some() {
-        task.error = error;
-    }
-    Ok(from)
-}
-
-/// Puts a running task back in the queue to run at `run_at`; `undo_attempt` gives the attempt
-/// back (the holder never ran it).
-fn requeue(
-    task: &mut Task,
-    lease: &mut Option<LeaseToken>,
-    now: DateTime<Utc>,
-    run_at: DateTime<Utc>,
-    error: Option<String>,
-    undo_attempt: bool,
-) {
-    *lease = None;
-    task.lease_expires_at = None;
-    task.status = TaskStatus::Queued;
-    task.run_at = run_at;
-    task.updated_at = now;
-    if undo_attempt {
-        task.attempt = task.attempt.saturating_sub(1);
-    }
-    if error.is_some() {
-        task.error = error;
-    }
-}
-
-/// Ends the attempt held with `token` (the in-memory backend's rules): the new state is written
-/// into `task`/`lease`; returns whether the task went back to the queue and the events to append.
-fn end_attempt(
-    task: &mut Task,
-    lease: &mut Option<LeaseToken>,
-    now: DateTime<Utc>,
-    token: LeaseToken,
-    outcome: AttemptOutcome,
-) -> Result<(bool, Vec<NewEvent>)> {
-    if *lease != Some(token) || task.status != TaskStatus::Running {
-        return Err(Error::LeaseLost(task.id));
-    }
-    let attempt = task.attempt;
-    Ok(match outcome {
-        AttemptOutcome::Succeeded { result } => {
-            finish(task, lease, TaskStatus::Succeeded, now, Some(result), None)?;
-            let data = Value::Null;
-            (
-                false,
-                vec![task_event(EventKind::TaskSucceeded, task, data)],
-            )
-        }
-        AttemptOutcome::Failed {
-            error,
-            retry_in: None,
-        } => {
-            let data = json!({"error": error});
-            finish(task, lease, TaskStatus::Failed, now, None, Some(error))?;
-            (false, vec![task_event(EventKind::TaskFailed, task, data)])
-        }
-        AttemptOutcome::TimedOut { retry_in: None } => {
-            let error = format!("attempt {attempt} timed out");
-            let data = json!({"error": error});
-            finish(task, lease, TaskStatus::TimedOut, now, None, Some(error))?;
-            (false, vec![task_event(EventKind::TaskTimedOut, task, data)])
-        }
-        AttemptOutcome::Failed {
-            error,
-            retry_in: Some(retry_in),
-        } => {
-            let data = json!({"error": error, "reason": "failed",
-                "retry_in": retry_in.as_secs_f64()});
-            requeue(task, lease, now, after(now, retry_in), Some(error), false);
-            (true, vec![task_event(EventKind::TaskRetrying, task, data)])
-        }
-        AttemptOutcome::TimedOut {
-            retry_in: Some(retry_in),
-        } => {
-            let error = format!("attempt {attempt} timed out");
-            let data = json!({"error": error,
-                "reason": "timed_out", "retry_in": retry_in.as_secs_f64()});
-            requeue(task, lease, now, after(now, retry_in), Some(error), false);
-            (true, vec![task_event(EventKind::TaskRetrying, task, data)])
-        }
-        AttemptOutcome::Abandoned => {
-            requeue(task, lease, now, now, None, true);
-            (
-                true,
-                vec![task_event(EventKind::TaskRequeued, task, Value::Null)],
-            )
-        }
-    })
-}
+use crate::rule_sql::{Rendered, render};
 
 /// The task and its lease, read inside the write transaction.
 async fn load(
@@ -197,6 +72,23 @@ async fn save(
     Ok(())
 }
 
+/// Applies one change decided by the rules to a loaded task: the new state into `task` and
+/// `lease` (a change into `running` grants a fresh token), the events into `events`.
+fn apply(
+    change: rules::Change,
+    task: &mut Task,
+    lease: &mut Option<LeaseToken>,
+    now: DateTime<Utc>,
+    events: &mut Vec<NewEvent>,
+) -> Result<TaskStatus> {
+    change.apply_with(task, now, |event| events.push(event))?;
+    // The backend keeps microseconds: what it returns is what it stored.
+    task.run_at = truncate_micros(task.run_at);
+    task.lease_expires_at = task.lease_expires_at.map(truncate_micros);
+    *lease = (task.status == TaskStatus::Running).then(LeaseToken::new);
+    Ok(task.status)
+}
+
 /// Appends one event in the caller's transaction; returns its sequence number.
 pub(super) async fn insert_event(
     conn: &mut SqliteConnection,
@@ -211,7 +103,7 @@ pub(super) async fn insert_event(
     .bind(event.kind.as_str())
     .bind(time_to_db(at))
     .bind(event.task_id.map(|id| id.0))
-    .bind(event.core_id.as_deref())
+    .bind(event.engine.as_deref())
     .bind(event.attempt.map(i64::from))
     .bind(json_to_db(&event.data))
     .fetch_one(&mut *conn)
@@ -219,8 +111,9 @@ pub(super) async fn insert_event(
     .map_err(db_err(operation))
 }
 
-/// Inserts `tasks` in order on `conn` (inside the caller's write transaction), each with its
-/// `task.queued` event; a task whose idempotency key exists is returned instead, not stored.
+/// Inserts `tasks` in order on `conn` (inside the caller's write transaction), each as
+/// [`rules::create`] makes it, with its event; a task whose idempotency key exists is returned
+/// instead, not stored.
 pub(super) async fn insert_tasks(
     conn: &mut SqliteConnection,
     tasks: Vec<NewTask>,
@@ -248,18 +141,15 @@ pub(super) async fn insert_tasks(
                 continue;
             }
         }
-        let mut run_at = after(now, new.delay);
-        if let Some(not_before) = new.not_before {
-            run_at = run_at.max(truncate_micros(not_before));
-        }
-        let task = new.into_queued(now, run_at);
+        let run_at = truncate_micros(rules::first_run_at(&new, now));
+        let (task, event) = rules::create(new, now, run_at);
         if keyed {
             // Stored now, so a later task of the batch with the same key finds it.
             insert_rows(conn, std::slice::from_ref(&task)).await?;
         } else {
             pending.push(task.clone());
         }
-        events.push(task_event(EventKind::TaskQueued, &task, Value::Null));
+        events.push(event);
         out.push(Created {
             task,
             created: true,
@@ -273,7 +163,7 @@ pub(super) async fn insert_tasks(
 /// Most tasks per multi-row insert (12 parameters each, under SQLite's 32,766).
 const TASKS_PER_INSERT: usize = 500;
 
-/// Inserts new `queued` task rows, several per statement.
+/// Inserts new task rows in [`rules::CREATED`]'s state, several per statement.
 async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> {
     const OP: &str = "create_tasks";
     for chunk in tasks.chunks(TASKS_PER_INSERT) {
@@ -286,14 +176,14 @@ async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> 
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str("(?, ?, 'queued', ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)");
+            sql.push_str("(?, ?, {created}, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)");
         }
         // Built only from the fixed fragments above: nothing from the caller is spliced in.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(render(&sql)));
         for task in chunk {
             query = query
                 .bind(task.id.0)
-                .bind(task.core_id.clone())
+                .bind(task.engine.clone())
                 .bind(task.priority)
                 .bind(micros(task.timeout))
                 .bind(i64::from(task.max_attempts))
@@ -310,17 +200,17 @@ async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> 
     Ok(())
 }
 
-/// Claims up to `?4` available tasks of core `?3` at time `?1` with lease expiry `?2`, gives
-/// each a lease token starting with the batch's bytes `?5`, appends their `task.started`
-/// events and returns them as one JSON array, all in claim order.
-const CLAIM_SCRIPT: &str = concat!(
+/// [`rules::claim`] as one write script: claims up to `?4` due tasks of engine `?3` at time
+/// `?1` with lease expiry `?2`, gives each a lease token starting with the batch's bytes
+/// `?5`, appends their events and returns them as one JSON array, all in claim order.
+static CLAIM_SCRIPT: Rendered = Rendered::new(concat!(
     "BEGIN IMMEDIATE;
-UPDATE orch_tasks SET status = 'running', attempt = attempt + 1, started_at = ?1,
+UPDATE orch_tasks SET status = {claim.to}, attempt = attempt + 1, started_at = ?1,
     updated_at = ?1, lease_token = unhex(hex(?5) || hex(randomblob(8))), lease_expires_at = ?2
-WHERE id IN (SELECT id FROM orch_tasks WHERE status = 'queued' AND core_id = ?3
+WHERE id IN (SELECT id FROM orch_tasks WHERE status = {claim.from} AND core_id = ?3
              AND run_at <= ?1 ORDER BY priority DESC, run_at, id LIMIT ?4);
 INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-SELECT 'task.started', ?1, id, core_id, attempt, 'null' FROM orch_tasks
+SELECT {claim.event}, ?1, id, core_id, attempt, 'null' FROM orch_tasks
 WHERE lease_expires_at = ?2 AND substr(lease_token, 1, 8) = ?5
 ORDER BY priority DESC, run_at, id;
 SELECT json_group_array(",
@@ -328,27 +218,31 @@ SELECT json_group_array(",
     " ORDER BY priority DESC, run_at, id) AS tasks FROM orch_tasks
 WHERE lease_expires_at = ?2 AND substr(lease_token, 1, 8) = ?5;
 COMMIT"
-);
+));
 
-/// Finishes, as successes, the reports `?1` (a JSON array of `[hex id, hex lease token,
-/// result]`, distinct tasks) that hold their task's lease, at time `?2`, with their
-/// `task.succeeded` events in input order; returns the positions of the reports it finished
-/// as one JSON array.
-const FINISH_SUCCESSES_SCRIPT: &str = "BEGIN IMMEDIATE;
+/// [`rules::end_attempt`] with a success, for the reports `?1` (a JSON array of `[hex id, hex
+/// lease token, result, attempt]`, distinct tasks) that hold their task's lease, at time `?2`,
+/// with their events in input order, as one write script; returns the positions of the
+/// reports it finished as one JSON array.
+static FINISH_SUCCESSES_SCRIPT: Rendered = Rendered::new(
+    "BEGIN IMMEDIATE;
 SELECT json_group_array(v.key) AS finished
 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
-WHERE t.status = 'running' AND t.lease_token = unhex(v.value ->> 1);
+WHERE t.status = {success.from} AND t.lease_token = unhex(v.value ->> 1)
+    AND t.attempt = v.value ->> 3;
 INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
-SELECT 'task.succeeded', ?2, t.id, t.core_id, t.attempt, 'null'
+SELECT {success.event}, ?2, t.id, t.core_id, t.attempt, 'null'
 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
-WHERE t.status = 'running' AND t.lease_token = unhex(v.value ->> 1)
+WHERE t.status = {success.from} AND t.lease_token = unhex(v.value ->> 1)
+    AND t.attempt = v.value ->> 3
 ORDER BY v.key;
-UPDATE orch_tasks SET status = 'succeeded', updated_at = ?2, finished_at = ?2,
+UPDATE orch_tasks SET status = {success.to}, updated_at = ?2, finished_at = ?2,
     result = v.value -> 2, lease_token = NULL, lease_expires_at = NULL
 FROM json_each(?1) AS v
 WHERE orch_tasks.id = unhex(v.value ->> 0) AND orch_tasks.lease_token = unhex(v.value ->> 1)
-    AND orch_tasks.status = 'running';
-COMMIT";
+    AND orch_tasks.status = {success.from} AND orch_tasks.attempt = v.value ->> 3;
+COMMIT",
+);
 
 /// Most events per multi-row insert (6 parameters each, under SQLite's 32,766).
 const EVENTS_PER_INSERT: usize = 500;
@@ -356,37 +250,51 @@ const EVENTS_PER_INSERT: usize = 500;
 /// Most successes finished by one statement.
 const SUCCESSES_PER_STATEMENT: usize = 128;
 
+/// A success to finish in the general path: (position in the batch, report).
+type Success = (usize, AttemptReport);
+
 /// Finishes, in one statement, the successes of `chunk` whose task is running under the given
-/// lease; returns those tasks' core and attempt. The rows are padded to a power of two (by
+/// lease and attempt; returns those tasks' engines. The rows are padded to a power of two (by
 /// repeating the last one, which changes nothing) so that few statement shapes are prepared.
 async fn finish_successes(
     conn: &mut SqliteConnection,
-    chunk: &[(usize, TaskId, LeaseToken, Value)],
+    chunk: &[Success],
     now: DateTime<Utc>,
-) -> Result<std::collections::HashMap<TaskId, (String, u32)>> {
+) -> Result<HashMap<TaskId, String>> {
     const OP: &str = "finish_attempts";
     let Some(last) = chunk.last() else {
-        return Ok(std::collections::HashMap::new());
+        return Ok(HashMap::new());
     };
     let rows = chunk.len().next_power_of_two();
-    let mut sql = String::from("WITH v(id, token, result) AS (VALUES ");
+    let mut sql = String::from("WITH v(id, token, attempt, result) AS (VALUES ");
     for i in 0..rows {
-        sql.push_str(if i == 0 { "(?, ?, ?)" } else { ", (?, ?, ?)" });
+        sql.push_str(if i == 0 {
+            "(?, ?, ?, ?)"
+        } else {
+            ", (?, ?, ?, ?)"
+        });
     }
     sql.push_str(
-        ") UPDATE orch_tasks SET status = 'succeeded', updated_at = ?, finished_at = ?, \
+        ") UPDATE orch_tasks SET status = {success.to}, updated_at = ?, finished_at = ?, \
          result = v.result, lease_token = NULL, lease_expires_at = NULL \
          FROM v WHERE orch_tasks.id = v.id AND orch_tasks.lease_token = v.token \
-         AND orch_tasks.status = 'running' \
-         RETURNING orch_tasks.id, orch_tasks.core_id, orch_tasks.attempt",
+         AND orch_tasks.attempt = v.attempt AND orch_tasks.status = {success.from} \
+         RETURNING orch_tasks.id, orch_tasks.core_id",
     );
     // Built only from the fixed fragments above: nothing from the caller is spliced in.
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (_, id, token, result) in chunk
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(render(&sql)));
+    for (_, report) in chunk
         .iter()
         .chain(std::iter::repeat_n(last, rows - chunk.len()))
     {
-        query = query.bind(id.0).bind(token.0).bind(json_to_db(result));
+        let AttemptOutcome::Succeeded { result } = &report.outcome else {
+            return Err(Error::backend(OP, "a success without a result"));
+        };
+        query = query
+            .bind(report.task_id.0)
+            .bind(report.lease_token.0)
+            .bind(i64::from(report.attempt))
+            .bind(json_to_db(result));
     }
     let at = time_to_db(now);
     let found = query
@@ -395,14 +303,11 @@ async fn finish_successes(
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err(OP))?;
-    let mut done = std::collections::HashMap::with_capacity(found.len());
+    let mut done = HashMap::with_capacity(found.len());
     for row in &found {
         let get = |e: sqlx::Error| corrupt(OP, e);
-        let id: uuid::Uuid = row.try_get("id").map_err(get)?;
-        let core_id: String = row.try_get("core_id").map_err(get)?;
-        let attempt: i64 = row.try_get("attempt").map_err(get)?;
-        let attempt = u32::try_from(attempt).map_err(|_| corrupt(OP, "attempt out of range"))?;
-        done.insert(TaskId(id), (core_id, attempt));
+        let id: Uuid = row.try_get("id").map_err(get)?;
+        done.insert(TaskId(id), row.try_get("core_id").map_err(get)?);
     }
     Ok(done)
 }
@@ -432,7 +337,7 @@ pub(super) async fn insert_events(
                 .bind(event.kind.as_str().to_owned())
                 .bind(time_to_db(at))
                 .bind(event.task_id.map(|id| id.0))
-                .bind(event.core_id.clone())
+                .bind(event.engine.clone())
                 .bind(event.attempt.map(i64::from))
                 .bind(json_to_db(&event.data));
         }
@@ -445,7 +350,7 @@ impl SqliteBackend {
     /// [`TaskStore::finish_attempts`] for any batch, in one transaction.
     async fn finish_attempts_general(
         &self,
-        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+        reports: Vec<AttemptReport>,
     ) -> Result<Vec<Result<TaskStatus>>> {
         const OP: &str = "finish_attempts";
         if reports.is_empty() {
@@ -455,51 +360,48 @@ impl SqliteBackend {
         let count = reports.len();
         // The common case first, in one statement per chunk: successes, each the first report
         // of its task in the batch. The rest (and any success that did not hold its lease)
-        // then go through the general path one by one, in input order, as `finish_attempt`
-        // calls in turn would.
-        let mut firsts = std::collections::HashSet::with_capacity(count);
+        // then go through the general path one by one, in input order.
+        let mut firsts = HashSet::with_capacity(count);
         let mut successes = Vec::new();
         let mut rest = Vec::new();
-        for (index, (id, token, outcome)) in reports.into_iter().enumerate() {
-            let first = firsts.insert(id);
-            match outcome {
-                AttemptOutcome::Succeeded { result } if first => {
-                    successes.push((index, id, token, result));
-                }
-                other => rest.push((index, id, token, other)),
+        for (index, report) in reports.into_iter().enumerate() {
+            let first = firsts.insert(report.task_id);
+            if first && matches!(report.outcome, AttemptOutcome::Succeeded { .. }) {
+                successes.push((index, report));
+            } else {
+                rest.push((index, report));
             }
         }
         let mut out: Vec<Option<Result<TaskStatus>>> = (0..count).map(|_| None).collect();
-        let mut events = Vec::with_capacity(count);
+        let mut events: Vec<(usize, NewEvent)> = Vec::with_capacity(count);
         let mut tx = self.begin(OP).await?;
         for chunk in successes.chunks(SUCCESSES_PER_STATEMENT) {
             let done = finish_successes(&mut tx, chunk, now).await?;
-            for (index, id, token, result) in chunk {
-                match done.get(id) {
-                    Some((core_id, attempt)) => {
-                        let event =
-                            NewEvent::for_task(EventKind::TaskSucceeded, *id, core_id, Value::Null)
-                                .with_attempt(*attempt);
-                        events.push((*index, event));
-                        out[*index] = Some(Ok(TaskStatus::Succeeded));
+            for (index, report) in chunk {
+                match done.get(&report.task_id) {
+                    Some(engine) => {
+                        // The rule's change, as the statement applied it: its events.
+                        let change = rules::end_attempt(report.attempt, report.outcome.clone());
+                        let to = change.to;
+                        for draft in change.events {
+                            events.push((
+                                *index,
+                                NewEvent::for_task(draft.kind, report.task_id, engine, draft.data)
+                                    .with_attempt(report.attempt),
+                            ));
+                        }
+                        out[*index] = Some(Ok(to));
                     }
-                    None => rest.push((
-                        *index,
-                        *id,
-                        *token,
-                        AttemptOutcome::Succeeded {
-                            result: result.clone(),
-                        },
-                    )),
+                    None => rest.push((*index, report.clone())),
                 }
             }
         }
-        rest.sort_by_key(|(index, ..)| *index);
+        rest.sort_by_key(|(index, _)| *index);
         let mut requeued = false;
-        for (index, id, token, outcome) in rest {
-            // A missing task or a lost lease fails only its own item, as `finish_attempt`
-            // would; a database error fails the batch (and rolls all of it back).
-            let (mut task, mut lease) = match load(&mut tx, OP, id).await {
+        for (index, report) in rest {
+            // A missing task or a lost lease fails only its own item; a database error fails
+            // the batch (and rolls all of it back).
+            let (mut task, mut lease) = match load(&mut tx, OP, report.task_id).await {
                 Ok(loaded) => loaded,
                 Err(error @ Error::TaskNotFound(_)) => {
                     out[index] = Some(Err(error));
@@ -507,18 +409,20 @@ impl SqliteBackend {
                 }
                 Err(error) => return Err(error),
             };
-            let (back, task_events) = match end_attempt(&mut task, &mut lease, now, token, outcome)
+            if lease != Some(report.lease_token)
+                || task.status != TaskStatus::Running
+                || task.attempt != report.attempt
             {
-                Ok(applied) => applied,
-                Err(error) => {
-                    out[index] = Some(Err(error));
-                    continue;
-                }
-            };
+                out[index] = Some(Err(Error::LeaseLost(report.task_id)));
+                continue;
+            }
+            let mut task_events = Vec::with_capacity(2);
+            let change = rules::end_attempt(report.attempt, report.outcome);
+            let status = apply(change, &mut task, &mut lease, now, &mut task_events)?;
             save(&mut tx, OP, &task, lease).await?;
             events.extend(task_events.into_iter().map(|event| (index, event)));
-            requeued |= back;
-            out[index] = Some(Ok(task.status));
+            requeued |= status == TaskStatus::Queued;
+            out[index] = Some(Ok(status));
         }
         // In input order (stable: one item's own events keep theirs).
         events.sort_by_key(|(index, _)| *index);
@@ -536,26 +440,24 @@ impl SqliteBackend {
             .collect()
     }
 
-    /// One finishing transition on a task, with its events, in one write transaction.
-    async fn transition<T>(
+    /// One change by a rule that reads the task, with its events, in one write transaction.
+    async fn transition(
         &self,
         operation: &'static str,
         id: TaskId,
-        apply: impl FnOnce(
-            &mut Task,
-            &mut Option<LeaseToken>,
-            DateTime<Utc>,
-        ) -> Result<(T, Vec<NewEvent>)>,
-    ) -> Result<(Task, T)> {
+        rule: impl FnOnce(&Task) -> Result<rules::Change>,
+    ) -> Result<Task> {
         let now = now();
         let mut tx = self.begin(operation).await?;
         let (mut task, mut lease) = load(&mut tx, operation, id).await?;
-        let (out, events) = apply(&mut task, &mut lease, now)?;
+        let change = rule(&task)?;
+        let mut events = Vec::with_capacity(1);
+        apply(change, &mut task, &mut lease, now, &mut events)?;
         save(&mut tx, operation, &task, lease).await?;
         insert_events(&mut tx, operation, &events, now).await?;
         tx.commit().await.map_err(db_err(operation))?;
         self.wake_events();
-        Ok((task, out))
+        Ok(task)
     }
 }
 
@@ -592,7 +494,7 @@ impl TaskStore for SqliteBackend {
              AND (?2 IS NULL OR core_id = ?2) AND (?3 IS NULL OR id > ?3) ORDER BY id LIMIT ?4",
         )
         .bind(filter.status.map(TaskStatus::as_str))
-        .bind(filter.core_id.as_deref())
+        .bind(filter.engine.as_deref())
         .bind(filter.after.map(|id| id.0))
         .bind(limit)
         .fetch_all(&self.readers)
@@ -605,7 +507,7 @@ impl TaskStore for SqliteBackend {
 
     async fn claim_tasks(
         &self,
-        core_id: &str,
+        engine: &str,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
@@ -614,7 +516,7 @@ impl TaskStore for SqliteBackend {
             return Ok(Vec::new());
         }
         let now = now();
-        let expires = after(now, lease);
+        let expires = truncate_micros(rules::after(now, lease));
         // Eight random bytes shared by this batch's lease tokens (each ends in eight of its
         // own): with the lease expiry, they find the batch again in the script's later
         // statements, through the lease index.
@@ -622,10 +524,10 @@ impl TaskStore for SqliteBackend {
         let rows = self
             .write_script(
                 OP,
-                sqlx::query(CLAIM_SCRIPT)
+                sqlx::query(CLAIM_SCRIPT.sql())
                     .bind(time_to_db(now))
                     .bind(time_to_db(expires))
-                    .bind(core_id.to_owned())
+                    .bind(engine.to_owned())
                     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                     .bind(batch),
             )
@@ -647,67 +549,52 @@ impl TaskStore for SqliteBackend {
         Ok(claimed)
     }
 
-    async fn next_run_at(&self, core_id: &str) -> Result<Option<DateTime<Utc>>> {
+    async fn next_run_at(&self, engine: &str) -> Result<Option<DateTime<Utc>>> {
         const OP: &str = "next_run_at";
-        let at: Option<i64> = sqlx::query_scalar(
-            "SELECT min(run_at) FROM orch_tasks WHERE status = 'queued' AND core_id = ?",
-        )
-        .bind(core_id)
-        .fetch_one(&self.readers)
-        .await
-        .map_err(db_err(OP))?;
+        static NEXT_RUN_AT: Rendered = Rendered::new(
+            "SELECT min(run_at) FROM orch_tasks WHERE status = {queued} AND core_id = ?",
+        );
+        let at: Option<i64> = sqlx::query_scalar(NEXT_RUN_AT.sql())
+            .bind(engine)
+            .fetch_one(&self.readers)
+            .await
+            .map_err(db_err(OP))?;
         at.map(|at| time_from_db(OP, at)).transpose()
     }
 
     async fn renew_leases(
         &self,
-        leases: Vec<(TaskId, LeaseToken)>,
+        leases: Vec<HeldLease>,
         lease: Duration,
     ) -> Result<Vec<Option<DateTime<Utc>>>> {
         const OP: &str = "renew_leases";
+        static RENEW: Rendered = Rendered::new(
+            "UPDATE orch_tasks SET lease_expires_at = ? \
+             WHERE id = ? AND lease_token = ? AND status = {running}",
+        );
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let expires = after(now(), lease);
+        let expires = truncate_micros(rules::after(now(), lease));
         let mut tx = self.begin(OP).await?;
         let mut out = Vec::with_capacity(leases.len());
-        for (id, token) in leases {
-            let done = sqlx::query(
-                "UPDATE orch_tasks SET lease_expires_at = ? \
-                 WHERE id = ? AND lease_token = ? AND status = 'running'",
-            )
-            .bind(time_to_db(expires))
-            .bind(id.0)
-            .bind(token.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(OP))?;
+        for held in leases {
+            let done = sqlx::query(RENEW.sql())
+                .bind(time_to_db(expires))
+                .bind(held.task_id.0)
+                .bind(held.lease_token.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(OP))?;
             out.push((done.rows_affected() > 0).then_some(expires));
         }
         tx.commit().await.map_err(db_err(OP))?;
         Ok(out)
     }
 
-    async fn finish_attempt(
-        &self,
-        id: TaskId,
-        token: LeaseToken,
-        outcome: AttemptOutcome,
-    ) -> Result<Task> {
-        let (task, requeued) = self
-            .transition("finish_attempt", id, |task, lease, now| {
-                end_attempt(task, lease, now, token, outcome)
-            })
-            .await?;
-        if requeued {
-            self.wake_tasks();
-        }
-        Ok(task)
-    }
-
     async fn finish_attempts(
         &self,
-        reports: Vec<(TaskId, LeaseToken, AttemptOutcome)>,
+        reports: Vec<AttemptReport>,
     ) -> Result<Vec<Result<TaskStatus>>> {
         const OP: &str = "finish_attempts";
         if reports.is_empty() {
@@ -715,34 +602,35 @@ impl TaskStore for SqliteBackend {
         }
         // The common case, a batch of successes of distinct tasks, is one write script; a
         // success that did not hold its lease then takes the general path, which tells why.
-        let mut ids = std::collections::HashSet::with_capacity(reports.len());
-        let all_successes = reports.iter().all(|(id, _, outcome)| {
-            matches!(outcome, AttemptOutcome::Succeeded { .. }) && ids.insert(*id)
+        let mut ids = HashSet::with_capacity(reports.len());
+        let all_successes = reports.iter().all(|report| {
+            matches!(report.outcome, AttemptOutcome::Succeeded { .. }) && ids.insert(report.task_id)
         });
         if !all_successes {
             return self.finish_attempts_general(reports).await;
         }
         let mut input = String::with_capacity(reports.len() * 96);
         input.push('[');
-        for (i, (id, token, outcome)) in reports.iter().enumerate() {
-            let AttemptOutcome::Succeeded { result } = outcome else {
+        for (i, report) in reports.iter().enumerate() {
+            let AttemptOutcome::Succeeded { result } = &report.outcome else {
                 unreachable!("checked above");
             };
             if i > 0 {
                 input.push(',');
             }
             input.push_str(&format!(
-                "[\"{}\",\"{}\",{}]",
-                id.0.simple(),
-                token.0.simple(),
-                json_to_db(result)
+                "[\"{}\",\"{}\",{},{}]",
+                report.task_id.0.simple(),
+                report.lease_token.0.simple(),
+                json_to_db(result),
+                report.attempt,
             ));
         }
         input.push(']');
         let rows = self
             .write_script(
                 OP,
-                sqlx::query(FINISH_SUCCESSES_SCRIPT)
+                sqlx::query(FINISH_SUCCESSES_SCRIPT.sql())
                     .bind(input)
                     .bind(time_to_db(now())),
             )
@@ -752,12 +640,19 @@ impl TaskStore for SqliteBackend {
         };
         let finished: String = row.try_get("finished").map_err(|e| corrupt(OP, e))?;
         let finished: Vec<usize> = serde_json::from_str(&finished).map_err(|e| corrupt(OP, e))?;
+        let succeeded = rules::end_attempt(
+            1,
+            AttemptOutcome::Succeeded {
+                result: Value::Null,
+            },
+        )
+        .to;
         let mut out: Vec<Option<Result<TaskStatus>>> = (0..reports.len()).map(|_| None).collect();
         for index in finished {
             let slot = out
                 .get_mut(index)
                 .ok_or_else(|| corrupt(OP, "finished a report that was not sent"))?;
-            *slot = Some(Ok(TaskStatus::Succeeded));
+            *slot = Some(Ok(succeeded));
         }
         if out.iter().any(Option::is_some) {
             self.wake_events();
@@ -781,76 +676,44 @@ impl TaskStore for SqliteBackend {
     }
 
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
-        let (task, ()) = self
-            .transition("cancel_task", id, |task, lease, now| {
-                let from = finish(task, lease, TaskStatus::Cancelled, now, None, None)?;
-                let data = json!({"from": from});
-                Ok(((), vec![task_event(EventKind::TaskCancelled, task, data)]))
-            })
-            .await?;
-        Ok(task)
+        self.transition("cancel_task", id, |task| rules::cancel(id, task.status))
+            .await
     }
 
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
-        let (task, ()) = self
-            .transition("resolve_task", id, |task, lease, now| {
-                let (to, result, error) = match resolution {
-                    Resolution::Succeeded(result) => (TaskStatus::Succeeded, Some(result), None),
-                    Resolution::Failed(error) => (TaskStatus::Failed, None, Some(error)),
-                };
-                let from = finish(task, lease, to, now, result, error)?;
-                let data = json!({"from": from, "external": true});
-                Ok(((), vec![task_event(terminal_event_kind(to), task, data)]))
-            })
-            .await?;
-        Ok(task)
+        self.transition("resolve_task", id, |task| {
+            rules::resolve(id, task.status, resolution)
+        })
+        .await
     }
 
     async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>> {
         const OP: &str = "rescue_expired";
+        static EXPIRED: Rendered = Rendered::new(
+            "SELECT * FROM orch_tasks WHERE status = {running} AND lease_expires_at <= ? \
+             ORDER BY lease_expires_at, id LIMIT ?",
+        );
         if limit == 0 {
             return Ok(Vec::new());
         }
         let now = now();
         let mut tx = self.begin(OP).await?;
-        let rows = sqlx::query(
-            "SELECT * FROM orch_tasks WHERE status = 'running' AND lease_expires_at <= ? \
-             ORDER BY lease_expires_at, id LIMIT ?",
-        )
-        .bind(time_to_db(now))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err(OP))?;
+        let rows = sqlx::query(EXPIRED.sql())
+            .bind(time_to_db(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
         let mut rescued = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             let (mut task, mut lease) = task_from_row(OP, row)?;
-            let attempt = task.attempt;
-            let mut events = Vec::with_capacity(2);
-            if task.has_attempts_left() {
-                let error = format!("lease expired during attempt {attempt}");
-                requeue(&mut task, &mut lease, now, now, Some(error), false);
-                let data = json!({"will_retry": true});
-                events.push(task_event(EventKind::TaskRescued, &task, data));
-            } else {
-                let error = format!("lease expired during final attempt {attempt}");
-                let failed = json!({"error": error});
-                finish(
-                    &mut task,
-                    &mut lease,
-                    TaskStatus::Failed,
-                    now,
-                    None,
-                    Some(error),
-                )?;
-                let data = json!({"will_retry": false});
-                events.push(task_event(EventKind::TaskRescued, &task, data));
-                events.push(task_event(EventKind::TaskFailed, &task, failed));
-            }
+            let change = rules::rescue(task.attempt, task.max_attempts);
+            apply(change, &mut task, &mut lease, now, &mut events)?;
             save(&mut tx, OP, &task, lease).await?;
-            insert_events(&mut tx, OP, &events, now).await?;
             rescued.push(task);
         }
+        insert_events(&mut tx, OP, &events, now).await?;
         tx.commit().await.map_err(db_err(OP))?;
         if !rescued.is_empty() {
             self.wake_tasks();
@@ -861,47 +724,91 @@ impl TaskStore for SqliteBackend {
 
     async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         const OP: &str = "prune_tasks";
+        static PRUNE: Rendered = Rendered::new(
+            "DELETE FROM orch_tasks WHERE id IN (SELECT id FROM orch_tasks \
+             WHERE finished_at IS NOT NULL AND finished_at < ? \
+             AND status IN ({terminal}) ORDER BY finished_at, id LIMIT ?)",
+        );
         if limit == 0 {
             return Ok(0);
         }
         let mut tx = self.begin(OP).await?;
-        let done = sqlx::query(
-            "DELETE FROM orch_tasks WHERE id IN (SELECT id FROM orch_tasks \
-             WHERE finished_at IS NOT NULL AND finished_at < ? \
-             AND status IN ('succeeded', 'failed', 'cancelled', 'timed_out') \
-             ORDER BY finished_at, id LIMIT ?)",
-        )
-        .bind(time_to_db(before))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err(OP))?;
+        let done = sqlx::query(PRUNE.sql())
+            .bind(time_to_db(before))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
         tx.commit().await.map_err(db_err(OP))?;
         Ok(done.rows_affected())
     }
 
-    async fn queue_depth(&self) -> Result<Vec<(String, i32, u64)>> {
+    async fn queue_depth(&self) -> Result<Vec<QueueDepth>> {
         const OP: &str = "queue_depth";
-        let rows = sqlx::query(
-            "SELECT core_id, priority, count(*) AS n FROM orch_tasks WHERE status = 'queued' \
+        static DEPTH: Rendered = Rendered::new(
+            "SELECT core_id, priority, count(*) AS n FROM orch_tasks WHERE status = {queued} \
              GROUP BY core_id, priority ORDER BY core_id, priority",
-        )
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db_err(OP))?;
+        );
+        let rows = sqlx::query(DEPTH.sql())
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db_err(OP))?;
         rows.iter()
             .map(|row| {
-                let n: i64 = row.try_get("n").map_err(|e| corrupt(OP, e))?;
-                Ok((
-                    row.try_get("core_id").map_err(|e| corrupt(OP, e))?,
-                    row.try_get("priority").map_err(|e| corrupt(OP, e))?,
-                    u64::try_from(n).unwrap_or(0),
-                ))
+                let get = |e: sqlx::Error| corrupt(OP, e);
+                let n: i64 = row.try_get("n").map_err(get)?;
+                Ok(QueueDepth {
+                    engine: row.try_get("core_id").map_err(get)?,
+                    priority: row.try_get("priority").map_err(get)?,
+                    queued: u64::try_from(n).unwrap_or(0),
+                })
             })
             .collect()
     }
 
+    async fn count_tasks(&self) -> Result<Vec<EngineCounts>> {
+        const OP: &str = "count_tasks";
+        let rows = sqlx::query(
+            "SELECT core_id, status, run_at > ? AS delayed, count(*) AS n FROM orch_tasks \
+             GROUP BY core_id, status, delayed ORDER BY core_id",
+        )
+        .bind(time_to_db(now()))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_err(OP))?;
+        let mut out: Vec<EngineCounts> = Vec::new();
+        for row in &rows {
+            let get = |e: sqlx::Error| corrupt(OP, e);
+            let engine: String = row.try_get("core_id").map_err(get)?;
+            let status: String = row.try_get("status").map_err(get)?;
+            let status: TaskStatus = status.parse().map_err(|e| corrupt(OP, e))?;
+            let delayed: bool = row.try_get("delayed").map_err(get)?;
+            let n: i64 = row.try_get("n").map_err(get)?;
+            if out.last().is_none_or(|last| last.engine != engine) {
+                out.push(EngineCounts::new(engine));
+            }
+            if let Some(counts) = out.last_mut() {
+                counts.add(status, delayed, u64::try_from(n).unwrap_or(0));
+            }
+        }
+        Ok(out)
+    }
+
     fn task_wakeups(&self) -> Option<ChangeSignal> {
         Some(self.task_wakeups.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every statement written with rule placeholders renders (a rule whose shape they cannot
+    /// follow, or a misspelt placeholder, fails here).
+    #[test]
+    fn every_statement_follows_the_rules() {
+        for statement in [&CLAIM_SCRIPT, &FINISH_SUCCESSES_SCRIPT] {
+            assert!(!statement.sql().contains('{'));
+        }
     }
 }

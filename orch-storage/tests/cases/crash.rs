@@ -94,7 +94,7 @@ async fn a_killed_writer_leaves_a_sound_file_with_every_acknowledged_task() -> a
         .config(OrchestratorConfig::default().with_poll_interval(Duration::from_millis(100)))
         .engine(
             "crash",
-            processor_fn("crash", |_, _| async { Ok(serde_json::Value::Null) }),
+            processor_fn(|_, _| async { Ok(serde_json::Value::Null) }),
         )
         .build()
         .await?;
@@ -119,10 +119,7 @@ pub(crate) async fn child() -> anyhow::Result<()> {
     let backend: SharedBackend = Arc::new(SqliteBackend::open(&path).await?);
     let orch = Orchestrator::builder(backend)
         .config(OrchestratorConfig::default().with_poll_interval(Duration::from_millis(100)))
-        .engine(
-            "crash",
-            processor_fn("crash", |_, input| async move { Ok(input) }),
-        )
+        .engine("crash", processor_fn(|_, input| async move { Ok(input) }))
         .build()
         .await?;
     let mut events = orch.events().subscribe().await?;

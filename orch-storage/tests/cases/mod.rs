@@ -28,7 +28,7 @@ pub(crate) type Ran = Arc<Mutex<Vec<TaskId>>>;
 pub(crate) fn recording_engine() -> (Ran, impl orch_core::Processor + 'static) {
     let ran: Ran = Arc::default();
     let seen = ran.clone();
-    let engine = processor_fn("record", move |ctx, _input| {
+    let engine = processor_fn(move |ctx, _input| {
         let seen = seen.clone();
         async move {
             seen.lock().push(ctx.task_id());

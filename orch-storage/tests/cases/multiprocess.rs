@@ -358,7 +358,7 @@ pub(crate) async fn child() -> anyhow::Result<()> {
         },
     );
     let name = process.clone();
-    let engine = processor_fn("mp", move |ctx, input| {
+    let engine = processor_fn(move |ctx, input| {
         let (side, locks, process) = (side.clone(), locks.clone(), name.clone());
         async move {
             let fail = |e: &dyn std::fmt::Display| TaskError::retryable(e.to_string());
@@ -411,7 +411,7 @@ pub(crate) async fn child() -> anyhow::Result<()> {
         .with_rescue_interval(Duration::from_millis(300))
         .with_poll_interval(Duration::from_millis(500))
         .with_global_concurrency(24)
-        .with_default_core_concurrency(24);
+        .with_default_engine_concurrency(24);
     config.heartbeat_interval = HEARTBEAT;
     let orch = Orchestrator::builder(backend)
         .config(config)

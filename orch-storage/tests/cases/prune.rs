@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use orch_core::{
-    Orchestrator, OrchestratorConfig, Retention, SharedBackend, TaskFilter, TaskSpec, TaskStatus,
-    processor_fn,
+    Orchestrator, OrchestratorConfig, Pruned, Retention, SharedBackend, TaskFilter, TaskSpec,
+    TaskStatus, processor_fn,
 };
 
 /// More than one pruning batch of events (three events per task).
@@ -43,7 +43,7 @@ async fn retention_prunes_only_what_is_old(backend: SharedBackend) -> anyhow::Re
         )
         .engine(
             "p",
-            processor_fn("p", |_, _| async { Ok(serde_json::Value::Null) }),
+            processor_fn(|_, _| async { Ok(serde_json::Value::Null) }),
         )
         .build()
         .await?;
@@ -62,21 +62,17 @@ async fn retention_prunes_only_what_is_old(backend: SharedBackend) -> anyhow::Re
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     // A long retention prunes nothing.
-    let long = Retention {
-        finished_tasks: Duration::from_secs(3600),
-        events: Duration::from_secs(3600),
-        interval: Duration::from_secs(3600),
-    };
-    ensure!(orch.prune(long).await? == (0, 0));
+    let long = Retention::default()
+        .with_finished_tasks(Duration::from_secs(3600))
+        .with_events(Duration::from_secs(3600))
+        .with_interval(Duration::from_secs(3600));
+    ensure!(orch.prune(long).await? == Pruned::default());
     let events_before = backend.last_event_seq().await?;
     ensure!(events_before >= 3 * FINISHED as u64);
 
     // Finished tasks older than 10 ms go; events are kept an hour.
-    let tasks_only = Retention {
-        finished_tasks: Duration::from_millis(10),
-        ..long
-    };
-    let (tasks, events) = orch.prune(tasks_only).await?;
+    let tasks_only = long.with_finished_tasks(Duration::from_millis(10));
+    let Pruned { tasks, events, .. } = orch.prune(tasks_only).await?;
     ensure!(
         tasks == FINISHED as u64 && events == 0,
         "pruned {tasks} tasks, {events} events"
@@ -89,11 +85,10 @@ async fn retention_prunes_only_what_is_old(backend: SharedBackend) -> anyhow::Re
     // Then the events, by the scheduled pruner this time: a fresh orchestrator on the same
     // backend with a short interval.
     orch.shutdown(Duration::from_secs(5)).await;
-    let scheduled = Retention {
-        finished_tasks: Duration::from_millis(10),
-        events: Duration::from_millis(10),
-        interval: Duration::from_millis(100),
-    };
+    let scheduled = Retention::default()
+        .with_finished_tasks(Duration::from_millis(10))
+        .with_events(Duration::from_millis(10))
+        .with_interval(Duration::from_millis(100));
     let orch = Orchestrator::builder(backend.clone())
         .config(OrchestratorConfig::default().with_retention(Some(scheduled)))
         .build()

@@ -18,6 +18,10 @@
 //! tokio's paused clock for the memory backend and in real time (a few hundred milliseconds)
 //! for database backends, whose clocks cannot be paused.
 
+mod model;
+
+pub use model::assert_model_conformance;
+
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -67,6 +71,8 @@ checks!(
     claim_skips_tasks_not_yet_due,
     claim_is_per_core_and_bounded,
     claim_leases_and_logs,
+    leases_are_distinct_and_next_run_at_is_the_earliest,
+    nul_characters_are_stored,
     finish_succeeded,
     finish_attempts_in_one_call,
     finish_attempts_duplicates_and_unknowns,
@@ -413,6 +419,88 @@ async fn claim_leases_and_logs(b: SharedBackend) -> CheckResult {
     ensure!(
         events_of(&b, task.id).await? == [EventKind::TaskQueued, EventKind::TaskStarted],
         "expected queued, started"
+    );
+    Ok(())
+}
+
+/// Every claim gets a lease token of its own, and `next_run_at` names the earliest queued task
+/// of the engine, due or not.
+async fn leases_are_distinct_and_next_run_at_is_the_earliest(b: SharedBackend) -> CheckResult {
+    let delayed = create(
+        &b,
+        TaskSpec::new("c")
+            .priority(9)
+            .delay(Duration::from_secs(3600)),
+    )
+    .await?;
+    for _ in 0..5 {
+        create(&b, TaskSpec::new("c")).await?;
+    }
+    let claimed = ok!(b.claim_tasks("c", 10, LEASE).await);
+    ensure!(
+        claimed.len() == 5,
+        "claimed {} of the 5 due tasks",
+        claimed.len()
+    );
+    let tokens: HashSet<LeaseToken> = claimed.iter().map(|c| c.lease_token).collect();
+    ensure!(tokens.len() == 5, "lease tokens are not unique");
+    let next = ok!(b.next_run_at("c").await);
+    ensure!(
+        next == Some(delayed.run_at),
+        "next_run_at {next:?}, the delayed task runs at {}",
+        delayed.run_at
+    );
+    ensure!(
+        ok!(b.next_run_at("nobody").await).is_none(),
+        "an engine without tasks has no next run"
+    );
+    Ok(())
+}
+
+/// An error message or a result holding NUL (which PostgreSQL's text and `jsonb` refuse) is
+/// stored, the NUL replaced if the backend must, and the rest kept.
+async fn nul_characters_are_stored(b: SharedBackend) -> CheckResult {
+    for _ in 0..2 {
+        create(&b, TaskSpec::new("c").max_attempts(1)).await?;
+    }
+    let claimed = ok!(b.claim_tasks("c", 2, LEASE).await);
+    ensure!(claimed.len() == 2, "claimed {}", claimed.len());
+    let answers = ok!(b
+        .finish_attempts(vec![
+            report(
+                &claimed[0],
+                AttemptOutcome::Failed {
+                    error: "bad\0byte".into(),
+                    retry_in: None,
+                },
+            ),
+            report(
+                &claimed[1],
+                AttemptOutcome::Succeeded {
+                    result: json!({"a\u{0}": ["x\u{0}y"]}),
+                },
+            ),
+        ])
+        .await);
+    ensure!(
+        matches!(
+            answers[..],
+            [Ok(TaskStatus::Failed), Ok(TaskStatus::Succeeded)]
+        ),
+        "{answers:?}"
+    );
+    let failed = ok!(b.get_task(claimed[0].task.id).await).ok_or("task vanished")?;
+    let error = failed.error.unwrap_or_default();
+    ensure!(
+        error.starts_with("bad") && error.ends_with("byte"),
+        "stored error {error:?}"
+    );
+    let succeeded = ok!(b.get_task(claimed[1].task.id).await).ok_or("task vanished")?;
+    let result = succeeded.result.ok_or("no result stored")?;
+    let text = result.to_string();
+    ensure!(
+        text.starts_with("{\"a") && text.contains("x") && text.contains("y"),
+        "stored result {text}"
     );
     Ok(())
 }
@@ -978,7 +1066,7 @@ async fn unknown_task_errors(b: SharedBackend) -> CheckResult {
     )
     .await;
     ensure!(
-        matches!(r, Err(Error::TaskNotFound(_) | Error::LeaseLost(_))),
+        matches!(r, Err(Error::TaskNotFound(_))),
         "finish unknown: {r:?}"
     );
     Ok(())
@@ -1056,8 +1144,9 @@ async fn events_are_ordered_and_replayable(b: SharedBackend) -> CheckResult {
     let all = ok!(b.read_events(start, 100).await);
     ensure!(all.len() == 4, "expected 4 events, got {}", all.len());
     ensure!(
-        all.windows(2).all(|w| w[0].seq < w[1].seq),
-        "sequence not increasing"
+        all.windows(2)
+            .all(|w| w[0].seq < w[1].seq && w[0].at <= w[1].at),
+        "sequence or time not increasing"
     );
     ensure!(
         ok!(b.last_event_seq().await) == all[3].seq,
@@ -1275,6 +1364,16 @@ async fn storage_provider_kv(b: SharedBackend) -> CheckResult {
         ok!(b.list("snap%").await).is_empty(),
         "prefix must be literal, not a pattern"
     );
+    for key in ["é/y", "é/x", "é0"] {
+        ok!(b.store(key, key.as_bytes().to_vec()).await);
+    }
+    ensure!(
+        ok!(b.list("é/").await) == ["é/x", "é/y"],
+        "a prefix beyond ASCII"
+    );
+    for key in ["é/y", "é/x", "é0"] {
+        ok!(b.delete(key).await);
+    }
     ensure!(ok!(b.delete("snap/2").await), "delete existing");
     ensure!(!ok!(b.delete("snap/2").await), "delete missing");
     ensure!(
