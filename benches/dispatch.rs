@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use orch::{MemoryBackend, Orchestrator, OrchestratorConfig, TaskSpec, processor_fn};
+use orch::{MemoryBackend, Orchestrator, OrchestratorConfig, TaskSpec, Tuning, processor_fn};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -29,12 +29,12 @@ async fn run(concurrency: usize, count: u64) -> Duration {
         .config(
             OrchestratorConfig::default()
                 .with_global_concurrency(concurrency)
-                .with_default_core_concurrency(concurrency)
-                .with_claim_batch(concurrency.max(16)),
+                .with_default_engine_concurrency(concurrency)
+                .with_tuning(Tuning::default().with_claim_batch(concurrency.max(16))),
         )
         .engine(
             "noop",
-            processor_fn("noop", move |_ctx, _input| {
+            processor_fn(move |_ctx, _input| {
                 let (d, n, p) = (d.clone(), n.clone(), p.clone());
                 async move {
                     let finished = d.fetch_add(1, Ordering::Relaxed) + 1;

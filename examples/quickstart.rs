@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
         // An engine that upper-cases text, refusing anything else without retry.
         .engine(
             "upper",
-            processor_fn("upper", |_ctx, input: Value| async move {
+            processor_fn(|_ctx, input: Value| async move {
                 let text = input
                     .as_str()
                     .ok_or_else(|| TaskError::fatal("payload must be a string"))?;
@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
         // An engine that "works" for a while and honours cancellation.
         .engine(
             "sleep",
-            processor_fn("sleep", |ctx, input: Value| async move {
+            processor_fn(|ctx, input: Value| async move {
                 let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(10);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({"slept_ms": ms})),

@@ -19,7 +19,7 @@
 //! use orch::{processor_fn, MemoryBackend, Orchestrator, TaskSpec, TaskStatus};
 //!
 //! let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))
-//!     .engine("greet", processor_fn("greet", |_ctx, name| async move {
+//!     .engine("greet", processor_fn(|_ctx, name| async move {
 //!         Ok(format!("hello, {}", name.as_str().unwrap_or("world")).into())
 //!     }))
 //!     .build().await?;

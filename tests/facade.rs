@@ -13,7 +13,7 @@ async fn an_application_dispatches_locks_and_streams_through_the_facade() {
     let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))
         .engine(
             "sum",
-            processor_fn("sum", |_ctx, input: Value| async move {
+            processor_fn(|_ctx, input: Value| async move {
                 let numbers = input
                     .as_array()
                     .ok_or_else(|| TaskError::fatal("expected an array"))?;

@@ -61,12 +61,12 @@ fn main() {
             .config(
                 OrchestratorConfig::default()
                     .with_global_concurrency(concurrency)
-                    .with_default_core_concurrency(concurrency)
-                    .with_claim_batch(concurrency.max(16)),
+                    .with_default_engine_concurrency(concurrency)
+                    .with_tuning(orch::Tuning::default().with_claim_batch(concurrency.max(16))),
             )
             .engine(
                 "noop",
-                processor_fn("noop", move |_ctx, _input| {
+                processor_fn(move |_ctx, _input| {
                     let (d, n, p) = (d.clone(), n.clone(), p.clone());
                     async move {
                         let finished = d.fetch_add(1, Ordering::Relaxed) + 1;

@@ -52,7 +52,7 @@ pub(crate) fn host_services(max_log_level: LogLevel) -> HostServices {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct CallInfo {
     pub(crate) task_id: String,
-    pub(crate) core_id: String,
+    pub(crate) engine: String,
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
 }
@@ -112,7 +112,7 @@ pub(crate) fn call_engine(
 ) -> Result<Value, CallError> {
     let ctx = CallContext::new(
         &call.task_id,
-        &call.core_id,
+        &call.engine,
         call.attempt,
         call.max_attempts,
         cancel,

@@ -89,7 +89,7 @@ impl InProcessPlugin {
             .map_err(|_| TaskError::retryable(format!("plugin {name} is shut down")))?;
         let call = CallInfo {
             task_id: ctx.task_id().to_string(),
-            core_id: ctx.core_id().to_owned(),
+            engine: ctx.engine().to_owned(),
             attempt: ctx.attempt(),
             max_attempts: ctx.max_attempts(),
         };
@@ -119,7 +119,7 @@ impl InProcessPlugin {
 /// Capabilities as orch-core spells them.
 pub(crate) fn capabilities(metadata: &PluginMetadata) -> Vec<Capability> {
     metadata
-        .core_ids
+        .engines
         .iter()
         .map(Capability::engine)
         .chain(metadata.capabilities.iter().map(Capability::named))

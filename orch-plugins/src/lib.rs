@@ -11,7 +11,7 @@
 //!   are two plugins (abi_stable's `load_from_file` caches one module per interface type).
 //! - [`LoadedPlugin`] implements orch-core's [`Plugin`]: register it with
 //!   [`Orchestrator::register_plugin`](orch_core::Orchestrator::register_plugin) and it serves
-//!   its `core_id`s. Calls run on the plugin's own threads under a per-plugin concurrency limit;
+//!   its engine names. Calls run on the plugin's own threads under a per-plugin concurrency limit;
 //!   the task's cancellation (timeout, cancel) reaches the plugin as `ctx.is_cancelled()`.
 //! - [`PluginOptions`] and [`Isolation`]: in process (default, about 15 µs per call) or in a
 //!   child process (`orch-plugin-host`, JSON lines over stdio) that may crash without harm.
@@ -169,7 +169,7 @@ pub async fn load_plugin(
     tracing::info!(
         plugin = %metadata.name,
         version = %metadata.version,
-        core_ids = ?metadata.core_ids,
+        engines = ?metadata.engines,
         isolation = ?options.isolation,
         path = %path.display(),
         "plugin loaded"

@@ -23,8 +23,8 @@ pub struct PluginMetadata {
     pub version: String,
     /// One line on what it does.
     pub description: String,
-    /// The `core_id`s it serves as an engine.
-    pub core_ids: Vec<String>,
+    /// The names of the engines it serves as.
+    pub engines: Vec<String>,
     /// Other named capabilities.
     pub capabilities: Vec<String>,
     /// The plugin protocol version it was built for.
@@ -84,7 +84,7 @@ pub(crate) fn open(path: &Path) -> Result<(Library, PluginMetadata), LoadError> 
         name: info.name.as_str().to_owned(),
         version: info.version.as_str().to_owned(),
         description: info.description.as_str().to_owned(),
-        core_ids: strings(info.core_ids),
+        engines: strings(info.engines),
         capabilities: strings(info.capabilities),
         protocol_version: found,
         path: path.to_owned(),
@@ -101,11 +101,11 @@ fn check_metadata(metadata: &PluginMetadata) -> Result<(), LoadError> {
     if metadata.name.trim().is_empty() {
         return Err(invalid("empty name"));
     }
-    if metadata.core_ids.is_empty() {
-        return Err(invalid("serves no core_id"));
+    if metadata.engines.is_empty() {
+        return Err(invalid("serves no engine"));
     }
-    if metadata.core_ids.iter().any(|id| id.trim().is_empty()) {
-        return Err(invalid("empty core_id"));
+    if metadata.engines.iter().any(|id| id.trim().is_empty()) {
+        return Err(invalid("an empty engine name"));
     }
     Ok(())
 }

@@ -345,7 +345,7 @@ impl ProcessPlugin {
         let id = child.next_id();
         let call = CallInfo {
             task_id: ctx.task_id().to_string(),
-            core_id: ctx.core_id().to_owned(),
+            engine: ctx.engine().to_owned(),
             attempt: ctx.attempt(),
             max_attempts: ctx.max_attempts(),
         };

@@ -35,7 +35,7 @@ export_plugin! {
     name: "echo",
     version: env!("CARGO_PKG_VERSION"),
     description: "returns its input",
-    core_ids: ["echo"],
+    engines: ["echo"],
     engine: |config: Value| {
         let prefix = config.get("prefix").and_then(Value::as_str).unwrap_or_default();
         info!("echo engine ready (prefix {prefix:?})");

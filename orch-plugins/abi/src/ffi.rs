@@ -52,8 +52,8 @@ pub struct PluginInfo {
     pub version: RStr<'static>,
     /// One line on what it does.
     pub description: RStr<'static>,
-    /// The `core_id`s it serves as an engine.
-    pub core_ids: RSlice<'static, RStr<'static>>,
+    /// The names of the engines it serves as.
+    pub engines: RSlice<'static, RStr<'static>>,
     /// Other named capabilities (free-form, e.g. `pure`).
     pub capabilities: RSlice<'static, RStr<'static>>,
 }
@@ -252,7 +252,7 @@ pub trait CancelSignal: Sync {
 #[derive(StableAbi)]
 pub struct CallContext<'a> {
     task_id: RStr<'a>,
-    core_id: RStr<'a>,
+    engine: RStr<'a>,
     attempt: u32,
     max_attempts: u32,
     cancel: CancelSignal_TO<'a, RRef<'a, ()>>,
@@ -262,14 +262,14 @@ impl<'a> CallContext<'a> {
     /// A context over the host's data. Used by hosts (and plugin unit tests).
     pub fn new<C: CancelSignal>(
         task_id: &'a str,
-        core_id: &'a str,
+        engine: &'a str,
         attempt: u32,
         max_attempts: u32,
         cancel: &'a C,
     ) -> Self {
         CallContext {
             task_id: RStr::from_str(task_id),
-            core_id: RStr::from_str(core_id),
+            engine: RStr::from_str(engine),
             attempt,
             max_attempts,
             cancel: CancelSignal_TO::from_ptr(cancel, sabi_trait::TD_Opaque),
@@ -281,9 +281,9 @@ impl<'a> CallContext<'a> {
         self.task_id.as_str()
     }
 
-    /// The `core_id` the task was dispatched to.
-    pub fn core_id(&self) -> &str {
-        self.core_id.as_str()
+    /// The engine the task was dispatched to.
+    pub fn engine(&self) -> &str {
+        self.engine.as_str()
     }
 
     /// This attempt's number, from 1.
@@ -308,7 +308,7 @@ impl std::fmt::Debug for CallContext<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallContext")
             .field("task_id", &self.task_id())
-            .field("core_id", &self.core_id())
+            .field("engine", &self.engine())
             .field("attempt", &self.attempt)
             .field("max_attempts", &self.max_attempts)
             .finish_non_exhaustive()

@@ -19,7 +19,7 @@
 //!     name: "echo",
 //!     version: env!("CARGO_PKG_VERSION"),
 //!     description: "returns its input",
-//!     core_ids: ["echo"],
+//!     engines: ["echo"],
 //!     engine: |_config| Ok(Echo),
 //! }
 //! # fn main() {}
@@ -83,20 +83,20 @@ macro_rules! export_plugin {
         name: $name:expr,
         version: $version:expr,
         description: $description:expr,
-        core_ids: [$($core_id:expr),* $(,)?],
+        engines: [$($engine:expr),* $(,)?],
         $(capabilities: [$($capability:expr),* $(,)?],)?
         engine: $constructor:expr $(,)?
     ) => {
         const _: () = {
             use $crate::__private as p;
 
-            const CORE_IDS: &[p::RStr<'static>] = &[$(p::RStr::from_str($core_id)),*];
+            const ENGINES: &[p::RStr<'static>] = &[$(p::RStr::from_str($engine)),*];
             const CAPABILITIES: &[p::RStr<'static>] = &[$($(p::RStr::from_str($capability)),*)?];
             const INFO: p::PluginInfo = p::PluginInfo {
                 name: p::RStr::from_str($name),
                 version: p::RStr::from_str($version),
                 description: p::RStr::from_str($description),
-                core_ids: p::RSlice::from_slice(CORE_IDS),
+                engines: p::RSlice::from_slice(ENGINES),
                 capabilities: p::RSlice::from_slice(CAPABILITIES),
             };
 

@@ -67,7 +67,7 @@ async fn metadata_is_read_before_any_engine_exists() {
     assert_eq!(metadata.name, "echo");
     assert_eq!(metadata.version, "0.1.0");
     assert_eq!(metadata.description, "returns its input");
-    assert_eq!(metadata.core_ids, ["echo"]);
+    assert_eq!(metadata.engines, ["echo"]);
     assert_eq!(metadata.protocol_version, orch_plugins::PROTOCOL_VERSION);
     let misbehave = load("orch_fixture_misbehave").await;
     assert_eq!(
