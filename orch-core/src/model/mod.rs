@@ -5,7 +5,10 @@ mod lock;
 mod task;
 
 pub use event::{Event, EventKind, NewEvent};
-pub use lock::{FencingToken, LockAttempt, LockInfo};
+pub use lock::{
+    FencingToken, LockAttempt, LockInfo, LockOverview, LockRequest, LockTurn, LockWaiter,
+    LockWaiterId, NewLockWaiter,
+};
 pub use task::{
     AttemptOutcome, Claimed, Created, LeaseToken, NewTask, Resolution, RetryPolicy, Task,
     TaskFilter, TaskId, TaskSpec, TaskStatus, limits,
