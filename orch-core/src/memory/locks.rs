@@ -11,8 +11,7 @@ use parking_lot::Mutex;
 use super::MemoryBackend;
 use crate::backend::LockStore;
 use crate::clock;
-use crate::error::Error;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{
     FencingToken, LockAttempt, LockInfo, LockRequest, LockTurn, LockWaiter, LockWaiterId,
     NewLockWaiter, check_name, limits,
