@@ -30,8 +30,8 @@ pub use crate::contracts::check_storage_key;
 use crate::error::Result;
 pub use crate::model::rules;
 pub use crate::model::{
-    AttemptOutcome, AttemptReport, Claimed, Created, HeldLease, LockAttempt, NewTask, QueueDepth,
-    check_name,
+    AttemptOutcome, AttemptReport, Claimed, Created, HeldLease, LockAttempt, LockRequest, LockTurn,
+    LockWaiter, LockWaiterId, NewLockWaiter, NewTask, QueueDepth, check_name,
 };
 use crate::model::{
     EngineCounts, Event, LockInfo, NewEvent, Resolution, Task, TaskFilter, TaskId, TaskStatus,
@@ -176,14 +176,25 @@ pub trait EventStore: Send + Sync {
     }
 }
 
-/// The lock table. Waiting and fairness live in [`LockManager`](crate::LockManager); the store
-/// only grants, extends and releases atomically.
+/// The lock table and its waiter queue. The store grants, extends and releases atomically and
+/// keeps, per resource, the queue of waiters of every process sharing it (ORCH-Next kept the
+/// same in its `lock_queue` table); [`LockManager`](crate::LockManager) decides ranks, waits,
+/// refreshes its entries and retries.
+///
+/// The queue: each entry has a rank (lower is served first, ties by waiter id: see
+/// [`LockWaiter::is_ahead_of`]) and an expiry. An entry is *live* until it expires (judged by
+/// the backend's clock: `now()` on PostgreSQL); an expired entry blocks nobody, so a waiter
+/// whose process died holds up the others only until its entry runs out. Queue entries and
+/// grants are independent rows: joining the queue never takes the lock, and
+/// [`LockStore::try_acquire_lock`] ignores the queue.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait LockStore: Send + Sync {
     /// Grants `resource` to `owner` for `ttl` if it is free or its lock has expired, with a
     /// fencing token greater than any earlier grant of that resource. Locks are not re-entrant:
-    /// a holder asking again gets [`LockAttempt::Held`].
+    /// a holder asking again gets [`LockAttempt::Held`]. Ignores the waiter queue (it can
+    /// overtake queued waiters): [`LockStore::acquire_lock_in_turn`] is the grant that waits
+    /// its turn, and the one [`LockManager`](crate::LockManager) uses.
     async fn try_acquire_lock(
         &self,
         resource: &str,
@@ -210,8 +221,34 @@ pub trait LockStore: Send + Sync {
     /// Every unexpired lock, ordered by resource.
     async fn list_locks(&self) -> Result<Vec<LockInfo>>;
 
-    /// Deletes expired locks and returns them.
+    /// Deletes expired locks and returns them; also deletes expired queue entries (of every
+    /// resource).
     async fn reclaim_expired_locks(&self) -> Result<Vec<LockInfo>>;
+
+    /// In one atomic step: if `request.resource` is held (unexpired), [`LockTurn::Held`];
+    /// else if a live queue entry is ahead of the request ([`LockWaiter::is_ahead_of`] with
+    /// `request.rank` and `request.waiter`), [`LockTurn::Behind`] with the first such entry in
+    /// queue order; else grants as [`LockStore::try_acquire_lock`] does (the fencing token
+    /// greater than any earlier grant of the resource) and deletes the request's own entry,
+    /// [`LockTurn::Acquired`]. Refuses an invalid resource or owner name with
+    /// [`Error::Invalid`](crate::Error::Invalid).
+    async fn acquire_lock_in_turn(&self, request: &LockRequest) -> Result<LockTurn>;
+
+    /// Puts `waiter` in its resource's queue, or refreshes its entry if it is there (live or
+    /// expired): owner, priority, rank and expiry (`waiter.ttl` from now) are set, `enqueued_at`
+    /// is kept. Expired entries of other waiters of the resource may be deleted in the same
+    /// step. Returns the entry as stored. Refuses an invalid resource or owner name, or a zero
+    /// TTL, with [`Error::Invalid`](crate::Error::Invalid).
+    async fn join_lock_queue(&self, waiter: &NewLockWaiter) -> Result<LockWaiter>;
+
+    /// Deletes the waiter's entry from the resource's queue; returns whether there was one.
+    async fn leave_lock_queue(&self, resource: &str, waiter: LockWaiterId) -> Result<bool>;
+
+    /// The live entries of `resource`'s queue, first in line first.
+    async fn lock_waiters(&self, resource: &str) -> Result<Vec<LockWaiter>>;
+
+    /// Every live queue entry, ordered by resource, then queue order.
+    async fn list_lock_waiters(&self) -> Result<Vec<LockWaiter>>;
 }
 
 /// Everything an orchestrator needs from one backend. Implemented for every type that

@@ -94,8 +94,9 @@ pub use events::{EventLog, Subscription};
 pub use locks::{LockConfig, LockGuard, LockManager, LockOptions, LockStats};
 pub use memory::MemoryBackend;
 pub use model::{
-    Created, EngineCounts, Event, EventKind, FencingToken, LeaseToken, LockInfo, NewEvent,
-    Resolution, RetryPolicy, Task, TaskFilter, TaskId, TaskLock, TaskSpec, TaskStatus, limits,
+    Created, EngineCounts, Event, EventKind, FencingToken, LeaseToken, LockInfo, LockOverview,
+    LockWaiter, LockWaiterId, NewEvent, Resolution, RetryPolicy, Task, TaskFilter, TaskId,
+    TaskLock, TaskSpec, TaskStatus, limits,
 };
 pub use orchestrator::{
     ClaimedTask, Orchestrator, OrchestratorBuilder, OrchestratorConfig, Pruned, Retention,

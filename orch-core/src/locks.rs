@@ -1,16 +1,30 @@
-//! [`LockManager`]: leases on named resources with fencing tokens, fair waiting, and guards that
-//! release on drop.
+//! [`LockManager`]: leases on named resources with fencing tokens, fair waiting across
+//! processes, and guards that release on drop.
 //!
-//! The [`LockStore`] grants atomically; this module adds waiting. Waiters of a resource queue in
-//! this process ordered by `enqueued_at - priority * aging_step`: a higher priority jumps ahead by
-//! a bounded amount of time, so a low-priority waiter is overtaken for at most
-//! `(p_high - p_low) * aging_step` and never starves. Only the head of a queue asks the store;
-//! it retries when the holder releases (through this manager), when the holder's lease expires,
-//! and every `poll_interval` (for holders in other processes).
+//! The [`LockStore`] grants atomically and keeps each resource's waiter queue, shared by every
+//! process on the backend; this module decides ranks and waits. A waiter's rank is
+//! `enqueued_at - priority * aging_step` (microseconds of wall-clock time): a higher priority
+//! jumps ahead by a bounded amount of time, so a low-priority waiter is overtaken for at most
+//! `(p_high - p_low) * aging_step` and never starves. A grant goes only to a request that no
+//! live queue entry is ahead of ([`LockStore::acquire_lock_in_turn`]), so the order holds
+//! whichever process a waiter lives in, and a `try_acquire` never jumps the queue.
+//!
+//! A waiter joins the backend queue once the lock is not granted at once, refreshes its entry
+//! every third of [`LockConfig::waiter_ttl`] while it waits (an entry of a process that died
+//! stops blocking others when it expires), and leaves it when it gives up, times out or is
+//! dropped; a grant removes it in the same step. Within one process the waiters of a resource
+//! also form a local queue in the same order, and only its head asks the store: it retries
+//! when a holder releases through this manager, when the holder's lease or the entry ahead
+//! of it expires, and every `poll_interval` (for holders and waiters in other processes).
+//! Ranks from different hosts compare through their wall clocks: skew between hosts shifts
+//! their waiters by the skew.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,14 +37,17 @@ use tracing::Instrument;
 use crate::backend::LockStore;
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::model::{FencingToken, LockAttempt, LockInfo, check_name, limits};
+use crate::model::{
+    FencingToken, LockInfo, LockOverview, LockRequest, LockTurn, LockWaiter, LockWaiterId,
+    NewLockWaiter, check_name, limits,
+};
 
 /// How a waiting acquisition behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockOptions {
     /// How long the lock lasts unless extended. Default 30 s.
     pub ttl: Duration,
-    /// Higher is served first among waiters. Default 1.
+    /// Higher is served first among waiters (of every process on the backend). Default 1.
     pub priority: i32,
     /// How long to wait at most; `None` waits until granted. Default 30 s.
     pub wait: Option<Duration>,
@@ -69,9 +86,14 @@ impl LockOptions {
 pub struct LockConfig {
     /// How much earlier one priority point puts a waiter in line. Default 1 s.
     pub aging_step: Duration,
-    /// How often a head waiter retries when nothing wakes it (holders in other processes).
-    /// Default 100 ms.
+    /// How often a head waiter retries when nothing wakes it (holders and waiters in other
+    /// processes). Default 100 ms.
     pub poll_interval: Duration,
+    /// How long a waiter's entry in the backend queue lasts unless refreshed (it is refreshed
+    /// every third of this while its waiter waits): how long a waiter whose process died keeps
+    /// blocking the others. Values below three `poll_interval`s are raised to that. Default
+    /// 10 s.
+    pub waiter_ttl: Duration,
 }
 
 impl Default for LockConfig {
@@ -79,6 +101,7 @@ impl Default for LockConfig {
         LockConfig {
             aging_step: Duration::from_secs(1),
             poll_interval: Duration::from_millis(100),
+            waiter_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -90,11 +113,13 @@ pub struct LockStats {
     pub active: usize,
     /// Waiters queued in this process.
     pub waiting: usize,
+    /// Live waiters in the backend's queues, of every process sharing it.
+    pub queued: usize,
     /// Grants (waiting or not).
     pub acquired: u64,
     /// Waits that hit their deadline.
     pub timed_out: u64,
-    /// `try_acquire` calls refused because the lock was held.
+    /// `try_acquire` calls refused because the lock was held or waiters were queued.
     pub contended: u64,
     /// Releases.
     pub released: u64,
@@ -117,30 +142,24 @@ struct Counters {
     max_wait_micros: AtomicU64,
 }
 
+/// A waiter of this process, in the local queue of its resource.
 struct Waiter {
-    id: u64,
-    /// Ordering key in microseconds: lower is served first.
-    key: i128,
+    id: LockWaiterId,
+    /// Its rank in the backend queue: the local queue follows the same order.
+    rank: i64,
     notify: Arc<Notify>,
 }
 
 struct Inner {
     store: Arc<dyn LockStore>,
     config: LockConfig,
-    epoch: Instant,
     queues: Mutex<HashMap<String, Vec<Waiter>>>,
-    /// Waiters queued across all resources: lets the uncontended path skip the queue lock.
+    /// Waiters queued across all resources: lets `wake_head` skip the queue lock.
     waiting: AtomicUsize,
-    next_waiter: AtomicU64,
     counters: Counters,
 }
 
 impl Inner {
-    /// Whether anyone in this process waits for `resource`.
-    fn is_queued(&self, resource: &str) -> bool {
-        self.waiting.load(Ordering::Acquire) > 0 && self.queues.lock().contains_key(resource)
-    }
-
     /// Wakes the head waiter of `resource`, if any.
     fn wake_head(&self, resource: &str) {
         if self.waiting.load(Ordering::Acquire) == 0 {
@@ -152,7 +171,7 @@ impl Inner {
         }
     }
 
-    fn is_head(&self, resource: &str, id: u64) -> bool {
+    fn is_head(&self, resource: &str, id: LockWaiterId) -> bool {
         let queues = self.queues.lock();
         queues
             .get(resource)
@@ -160,7 +179,7 @@ impl Inner {
             .is_some_and(|w| w.id == id)
     }
 
-    fn dequeue(&self, resource: &str, id: u64) {
+    fn dequeue(&self, resource: &str, id: LockWaiterId) {
         let mut queues = self.queues.lock();
         if let Some(queue) = queues.get_mut(resource) {
             let before = queue.len();
@@ -173,6 +192,13 @@ impl Inner {
                 head.notify.notify_one();
             }
         }
+    }
+
+    /// The TTL of waiter entries: at least three poll intervals.
+    fn waiter_ttl(&self) -> Duration {
+        self.config
+            .waiter_ttl
+            .max(self.config.poll_interval.saturating_mul(3))
     }
 
     fn record_wait(&self, waited: Duration) {
@@ -188,24 +214,62 @@ impl Inner {
 }
 
 fn head(queue: &[Waiter]) -> Option<&Waiter> {
-    queue.iter().min_by_key(|w| (w.key, w.id))
+    queue.iter().min_by_key(|w| (w.rank, w.id))
 }
 
-/// Removes a waiter from its queue when the acquiring future ends, however it ends (granted,
-/// timed out, or dropped by the caller).
+/// A waiter's rank: `at - priority * aging_step`, in microseconds since the Unix epoch.
+fn rank(at: DateTime<Utc>, priority: i32, aging_step: Duration) -> i64 {
+    let step = i128::try_from(aging_step.as_micros()).unwrap_or(i128::MAX);
+    let rank =
+        i128::from(at.timestamp_micros()).saturating_sub(step.saturating_mul(priority.into()));
+    rank.clamp(i64::MIN.into(), i64::MAX.into()) as i64
+}
+
+/// Takes a waiter out of line when the acquiring future ends, however it ends (granted, timed
+/// out, failed, or dropped by the caller): out of the local queue at once, and out of the
+/// backend queue unless that already happened (a grant removes the entry itself).
 struct QueueSlot<'a> {
     inner: &'a Inner,
     resource: &'a str,
-    id: u64,
+    id: LockWaiterId,
+    /// Whether the backend entry is known to be gone.
+    left: bool,
 }
 
 impl Drop for QueueSlot<'_> {
     fn drop(&mut self) {
         self.inner.dequeue(self.resource, self.id);
+        if self.left {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(resource = %self.resource, "lock waiter dropped outside a tokio runtime; its queue entry will expire");
+            return;
+        };
+        // A join still under way when the caller gave up may land after this leave: that
+        // entry then blocks others until it expires (`waiter_ttl`).
+        let (store, resource, id) = (self.inner.store.clone(), self.resource.to_owned(), self.id);
+        let mut leave: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            if let Err(error) = store.leave_lock_queue(&resource, id).await {
+                tracing::debug!(%resource, %error, "leaving the lock queue of a dropped waiter");
+            }
+        });
+        // A backend that answers at once (memory) leaves now, so the queue shows the waiter
+        // gone when the caller's future is; others finish in the background.
+        if leave
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending()
+        {
+            runtime.spawn(leave);
+        }
     }
 }
 
 /// Grants, waits for and releases locks. Cheap to clone.
+///
+/// Waiters are served by priority with aging across every process that shares the backend
+/// (see the [module documentation](self)).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> orch_core::Result<()> {
@@ -243,10 +307,8 @@ impl LockManager {
             inner: Arc::new(Inner {
                 store,
                 config,
-                epoch: Instant::now(),
                 queues: Mutex::new(HashMap::new()),
                 waiting: AtomicUsize::new(0),
-                next_waiter: AtomicU64::new(0),
                 counters: Counters::default(),
             }),
         }
@@ -269,8 +331,8 @@ impl LockManager {
         Ok(())
     }
 
-    /// Takes the lock if it is free right now and nobody in this process is waiting for it;
-    /// otherwise [`Error::LockHeld`].
+    /// Takes the lock if it is free right now and no live waiter (of any process) is queued
+    /// for it; otherwise [`Error::LockHeld`] (naming the holder, or `"(waiters queued)"`).
     pub async fn try_acquire(
         &self,
         resource: &str,
@@ -278,39 +340,31 @@ impl LockManager {
         ttl: Duration,
     ) -> Result<LockGuard> {
         Self::check(resource, owner, ttl)?;
-        let queued = self.inner.is_queued(resource);
-        if !queued {
-            match self
-                .inner
-                .store
-                .try_acquire_lock(resource, owner, ttl)
-                .await?
-            {
-                LockAttempt::Acquired(info) => return Ok(self.guard(info)),
-                LockAttempt::Held(holder) => {
-                    self.inner
-                        .counters
-                        .contended
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(Error::LockHeld {
-                        resource: resource.to_owned(),
-                        holder: holder.owner,
-                    });
-                }
-            }
-        }
+        let request = LockRequest {
+            resource: resource.to_owned(),
+            owner: owner.to_owned(),
+            ttl,
+            rank: i64::MAX,
+            waiter: None,
+        };
+        let holder = match self.inner.store.acquire_lock_in_turn(&request).await? {
+            LockTurn::Acquired(info) => return Ok(self.guard(info)),
+            LockTurn::Held(holder) => holder.owner,
+            LockTurn::Behind(_) => "(waiters queued)".to_owned(),
+        };
         self.inner
             .counters
             .contended
             .fetch_add(1, Ordering::Relaxed);
         Err(Error::LockHeld {
             resource: resource.to_owned(),
-            holder: "(waiters queued)".to_owned(),
+            holder,
         })
     }
 
-    /// Takes the lock, waiting in line (by priority with aging) up to `options.wait`;
-    /// [`Error::LockTimeout`] if the deadline passes first.
+    /// Takes the lock, waiting in line (by priority with aging, among the waiters of every
+    /// process on the backend) up to `options.wait`; [`Error::LockTimeout`] if the deadline
+    /// passes first. A waiter that times out, fails or is dropped leaves the queue.
     pub async fn acquire(
         &self,
         resource: &str,
@@ -333,21 +387,25 @@ impl LockManager {
     ) -> Result<LockGuard> {
         let inner = &*self.inner;
         let started = Instant::now();
-        // Fast path: nobody queued here, and the store grants.
-        let queued = inner.is_queued(resource);
-        if !queued
-            && let LockAttempt::Acquired(info) = inner
-                .store
-                .try_acquire_lock(resource, owner, options.ttl)
-                .await?
-        {
+        let mut request = LockRequest {
+            resource: resource.to_owned(),
+            owner: owner.to_owned(),
+            ttl: options.ttl,
+            rank: rank(clock::now(), options.priority, inner.config.aging_step),
+            waiter: None,
+        };
+        // Fast path: free, and no live waiter is ahead of this one.
+        if let LockTurn::Acquired(info) = inner.store.acquire_lock_in_turn(&request).await? {
             return Ok(self.guard(info));
         }
         let deadline = options.wait.map(|wait| started + wait);
-        let id = inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            inner.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::LockTimeout(resource.to_owned()));
+        }
+        let id = LockWaiterId::new();
+        request.waiter = Some(id);
         let notify = Arc::new(Notify::new());
-        let enqueued = started.duration_since(inner.epoch).as_micros() as i128;
-        let key = enqueued - options.priority as i128 * inner.config.aging_step.as_micros() as i128;
         inner
             .queues
             .lock()
@@ -355,36 +413,55 @@ impl LockManager {
             .or_default()
             .push(Waiter {
                 id,
-                key,
+                rank: request.rank,
                 notify: notify.clone(),
             });
         inner.waiting.fetch_add(1, Ordering::AcqRel);
-        let _slot = QueueSlot {
+        let mut slot = QueueSlot {
             inner,
             resource,
             id,
+            left: false,
         };
+        let entry = NewLockWaiter {
+            resource: resource.to_owned(),
+            waiter: id,
+            owner: owner.to_owned(),
+            priority: options.priority,
+            rank: request.rank,
+            ttl: inner.waiter_ttl(),
+        };
+        let refresh_every = entry.ttl / 3;
+        inner.store.join_lock_queue(&entry).await?;
+        let mut refresh_at = Instant::now() + refresh_every;
         loop {
-            let mut wake_at = Instant::now() + inner.config.poll_interval;
+            if Instant::now() >= refresh_at {
+                inner.store.join_lock_queue(&entry).await?;
+                refresh_at = Instant::now() + refresh_every;
+            }
+            let mut wake_at = (Instant::now() + inner.config.poll_interval).min(refresh_at);
             if inner.is_head(resource, id) {
-                match inner
-                    .store
-                    .try_acquire_lock(resource, owner, options.ttl)
-                    .await?
-                {
-                    LockAttempt::Acquired(info) => {
+                match inner.store.acquire_lock_in_turn(&request).await? {
+                    LockTurn::Acquired(info) => {
+                        slot.left = true;
                         inner.record_wait(started.elapsed());
                         return Ok(self.guard(info));
                     }
-                    LockAttempt::Held(holder) => {
-                        // Retry as soon as the holder's lease runs out.
-                        wake_at = wake_at.min(instant_at(holder.expires_at));
-                    }
+                    // Retry as soon as the holder's lease runs out...
+                    LockTurn::Held(holder) => wake_at = wake_at.min(instant_at(holder.expires_at)),
+                    // ... or the entry ahead expires (its process may have died).
+                    LockTurn::Behind(ahead) => wake_at = wake_at.min(instant_at(ahead.expires_at)),
                 }
             }
             if let Some(deadline) = deadline {
                 if Instant::now() >= deadline {
                     inner.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    match inner.store.leave_lock_queue(resource, id).await {
+                        Ok(_) => slot.left = true,
+                        Err(error) => {
+                            tracing::debug!(%error, "leaving the lock queue after a timeout")
+                        }
+                    }
                     return Err(Error::LockTimeout(resource.to_owned()));
                 }
                 wake_at = wake_at.min(deadline);
@@ -431,7 +508,35 @@ impl LockManager {
         self.inner.store.list_locks().await
     }
 
-    /// Deletes expired locks from the store, wakes their waiters, and returns them.
+    /// The live waiters of `resource` in every process on the backend, first in line first.
+    pub async fn waiters(&self, resource: &str) -> Result<Vec<LockWaiter>> {
+        self.inner.store.lock_waiters(resource).await
+    }
+
+    /// Every live waiter in every process on the backend, by resource, first in line first.
+    pub async fn list_waiters(&self) -> Result<Vec<LockWaiter>> {
+        self.inner.store.list_lock_waiters().await
+    }
+
+    /// Every resource that is held or waited for: holder with its expiry, and waiters in line
+    /// (what a dashboard shows), ordered by resource. Holders and waiters are read one after
+    /// the other, not as one snapshot.
+    pub async fn overview(&self) -> Result<Vec<LockOverview>> {
+        let mut resources: BTreeMap<String, LockOverview> = BTreeMap::new();
+        for info in self.list().await? {
+            let overview = overview_of(&mut resources, &info.resource);
+            overview.holder = Some(info);
+        }
+        for waiter in self.list_waiters().await? {
+            overview_of(&mut resources, &waiter.resource)
+                .waiters
+                .push(waiter);
+        }
+        Ok(resources.into_values().collect())
+    }
+
+    /// Deletes expired locks (and expired waiter entries) from the store, wakes their waiters,
+    /// and returns the expired locks.
     pub async fn reclaim_expired(&self) -> Result<Vec<LockInfo>> {
         let expired = self.inner.store.reclaim_expired_locks().await?;
         for info in &expired {
@@ -443,11 +548,13 @@ impl LockManager {
     /// Counters and current gauges.
     pub async fn stats(&self) -> Result<LockStats> {
         let active = self.inner.store.list_locks().await?.len();
+        let queued = self.inner.store.list_lock_waiters().await?.len();
         let waiting = self.inner.queues.lock().values().map(Vec::len).sum();
         let c = &self.inner.counters;
         Ok(LockStats {
             active,
             waiting,
+            queued,
             acquired: c.acquired.load(Ordering::Relaxed),
             timed_out: c.timed_out.load(Ordering::Relaxed),
             contended: c.contended.load(Ordering::Relaxed),
@@ -457,6 +564,20 @@ impl LockManager {
             max_wait_seconds: c.max_wait_micros.load(Ordering::Relaxed) as f64 / 1e6,
         })
     }
+}
+
+/// The overview of `resource` in `resources`, added empty if missing.
+fn overview_of<'a>(
+    resources: &'a mut BTreeMap<String, LockOverview>,
+    resource: &str,
+) -> &'a mut LockOverview {
+    resources
+        .entry(resource.to_owned())
+        .or_insert_with(|| LockOverview {
+            resource: resource.to_owned(),
+            holder: None,
+            waiters: Vec::new(),
+        })
 }
 
 async fn release(inner: &Inner, resource: &str, owner: &str, token: FencingToken) -> Result<()> {

@@ -274,7 +274,7 @@ mod sqlite_only {
             .context("file backend has no path")?
             .to_path_buf();
         ensure!(path.is_file(), "{} not created", path.display());
-        ensure!(backend.schema_version().await? == 2);
+        ensure!(backend.schema_version().await? == 3);
         let wal = path.with_extension("db-wal");
         let backend: SharedBackend = Arc::new(backend);
         let task = create(&backend, vec![spec("work").payload(json!({"n": 1}))]).await?;
@@ -293,7 +293,7 @@ mod sqlite_only {
             found.as_ref() == Some(&task[0]),
             "backup lacks the task: {found:?}"
         );
-        ensure!(restored.schema_version().await? == 2);
+        ensure!(restored.schema_version().await? == 3);
         Ok(())
     }
 
@@ -832,7 +832,7 @@ mod postgres_only {
         conn.close().await?;
 
         let upgraded = PostgresBackend::connect(&url).await?;
-        ensure!(upgraded.schema_version().await? == 3);
+        ensure!(upgraded.schema_version().await? == 4);
         let backend: SharedBackend = Arc::new(upgraded);
         let events = backend.read_events(0, 10).await?;
         type Seen = (
@@ -876,7 +876,7 @@ mod postgres_only {
         };
         let first = PostgresBackend::connect(&url).await?;
         let second = PostgresBackend::connect(&url).await?;
-        ensure!(first.schema_version().await? == 3 && second.schema_version().await? == 3);
+        ensure!(first.schema_version().await? == 4 && second.schema_version().await? == 4);
         {
             use sqlx::Connection as _;
             let mut conn = sqlx::PgConnection::connect(&url).await?;

@@ -8,7 +8,10 @@ mod stats;
 mod task;
 
 pub use event::{Event, EventKind, NewEvent};
-pub use lock::{FencingToken, LockAttempt, LockInfo, TaskLock};
+pub use lock::{
+    FencingToken, LockAttempt, LockInfo, LockOverview, LockRequest, LockTurn, LockWaiter,
+    LockWaiterId, NewLockWaiter, TaskLock,
+};
 pub use stats::{EngineCounts, QueueDepth};
 pub use task::{
     AttemptOutcome, AttemptReport, Claimed, Created, HeldLease, LeaseToken, NewTask, Resolution,

@@ -4,14 +4,22 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use orch_core::backend::{LockStore, LockWaiterId, NewLockWaiter};
 use orch_core::{Error, FencingToken, LockConfig, LockManager, LockOptions, MemoryBackend};
 
 fn manager() -> LockManager {
+    manager_on(Arc::new(MemoryBackend::new()))
+}
+
+/// A manager over `backend`: two of them on one backend stand for two processes sharing it
+/// (each has its own local queue; only the backend's queue orders their waiters together).
+fn manager_on(backend: Arc<MemoryBackend>) -> LockManager {
     LockManager::with_config(
-        Arc::new(MemoryBackend::new()),
+        backend,
         LockConfig {
             aging_step: Duration::from_millis(100),
             poll_interval: Duration::from_millis(50),
+            waiter_ttl: Duration::from_secs(2),
         },
     )
 }
@@ -201,6 +209,10 @@ async fn wait_deadline_is_honoured() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::LockTimeout(_)));
+    assert!(
+        locks.waiters("r").await.unwrap().is_empty(),
+        "a timed-out waiter stayed in the backend queue"
+    );
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
@@ -317,11 +329,173 @@ async fn dropping_a_waiting_acquire_leaves_the_queue() {
     )
     .await;
     assert!(attempt.is_err());
-    assert_eq!(locks.stats().await.unwrap().waiting, 0);
+    let stats = locks.stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.queued), (0, 0));
     held.release().await.unwrap();
     // With the abandoned waiter gone, a try-acquire is not blocked by a phantom queue.
     let _guard = locks
         .try_acquire("r", "c", Duration::from_secs(1))
         .await
         .unwrap();
+}
+
+/// Spawns a waiter on `locks` that records its name in `order` once granted, holds the lock
+/// 10 ms and releases it.
+fn spawn_waiter(
+    locks: &LockManager,
+    name: &'static str,
+    priority: i32,
+    order: &Arc<Mutex<Vec<&'static str>>>,
+) -> tokio::task::JoinHandle<()> {
+    let (locks, order) = (locks.clone(), order.clone());
+    tokio::spawn(async move {
+        let guard = locks
+            .acquire(
+                "r",
+                name,
+                LockOptions::default().priority(priority).wait(None),
+            )
+            .await
+            .unwrap();
+        order.lock().push(name);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        guard.release().await.unwrap();
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_of_two_processes_are_served_by_priority() {
+    let backend = Arc::new(MemoryBackend::new());
+    let (a, b) = (manager_on(backend.clone()), manager_on(backend));
+    let holder = a
+        .try_acquire("r", "holder", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (locks, name, priority) in [
+        (&a, "a-low", 1),
+        (&b, "b-high", 9),
+        (&a, "a-mid", 5),
+        (&b, "b-top", 12),
+    ] {
+        tasks.push(spawn_waiter(locks, name, priority, &order));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Both managers see all four waiters, in line.
+    for locks in [&a, &b] {
+        let waiting: Vec<String> = locks
+            .waiters("r")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| w.owner)
+            .collect();
+        assert_eq!(waiting, ["b-top", "b-high", "a-mid", "a-low"]);
+    }
+    assert_eq!(
+        (
+            a.stats().await.unwrap().waiting,
+            b.stats().await.unwrap().waiting
+        ),
+        (2, 2)
+    );
+    // Released through `a`, which wakes its own head first: still `b`'s waiters come first.
+    holder.release().await.unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(*order.lock(), ["b-top", "b-high", "a-mid", "a-low"]);
+    assert!(a.list_waiters().await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_of_another_process_is_not_overtaken_until_its_entry_expires() {
+    let backend = Arc::new(MemoryBackend::new());
+    let locks = manager_on(backend.clone());
+    // A waiter of a process that died right after joining: nobody refreshes its entry.
+    let dead = NewLockWaiter {
+        resource: "r".to_owned(),
+        waiter: LockWaiterId::new(),
+        owner: "dead".to_owned(),
+        priority: 100,
+        rank: i64::MIN,
+        ttl: Duration::from_secs(3),
+    };
+    backend.join_lock_queue(&dead).await.unwrap();
+    assert!(matches!(
+        locks.try_acquire("r", "eager", Duration::from_secs(60)).await,
+        Err(Error::LockHeld { holder, .. }) if holder == "(waiters queued)"
+    ));
+    let started = tokio::time::Instant::now();
+    let guard = locks
+        .acquire(
+            "r",
+            "patient",
+            LockOptions::default()
+                .priority(1)
+                .wait(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited <= Duration::from_secs(4),
+        "granted after {waited:?}, the entry ahead expired after 3 s"
+    );
+    guard.release().await.unwrap();
+    // A live waiter that leaves unblocks at once.
+    let leaving = NewLockWaiter {
+        waiter: LockWaiterId::new(),
+        ttl: Duration::from_secs(600),
+        ..dead
+    };
+    backend.join_lock_queue(&leaving).await.unwrap();
+    assert!(
+        locks
+            .try_acquire("r", "eager", Duration::from_secs(60))
+            .await
+            .is_err()
+    );
+    assert!(backend.leave_lock_queue("r", leaving.waiter).await.unwrap());
+    let _guard = locks
+        .try_acquire("r", "eager", Duration::from_secs(60))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_entry_is_refreshed_and_shown() {
+    // waiter_ttl is 2 s: a waiter that waits 10 s keeps its place by refreshing its entry.
+    let backend = Arc::new(MemoryBackend::new());
+    let (a, b) = (manager_on(backend.clone()), manager_on(backend));
+    let holder = a
+        .try_acquire("r", "holder", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let first = spawn_waiter(&a, "first", 5, &order);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let second = spawn_waiter(&b, "second", 1, &order);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let overview = b.overview().await.unwrap();
+    assert_eq!(overview.len(), 1);
+    assert_eq!(overview[0].resource, "r");
+    assert_eq!(
+        overview[0].holder.as_ref().map(|h| h.owner.as_str()),
+        Some("holder")
+    );
+    let waiting: Vec<&str> = overview[0]
+        .waiters
+        .iter()
+        .map(|w| w.owner.as_str())
+        .collect();
+    assert_eq!(waiting, ["first", "second"]);
+    assert!(overview[0].waiters[0].expires_at > overview[0].waiters[0].enqueued_at);
+    let stats = b.stats().await.unwrap();
+    assert_eq!((stats.active, stats.waiting, stats.queued), (1, 1, 2));
+    holder.release().await.unwrap();
+    first.await.unwrap();
+    second.await.unwrap();
+    assert_eq!(*order.lock(), ["first", "second"]);
 }

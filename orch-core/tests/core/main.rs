@@ -65,6 +65,36 @@ macro_rules! delegate_all_but_tasks {
             async fn reclaim_expired_locks(&self) -> orch_core::Result<Vec<orch_core::LockInfo>> {
                 self.$inner.reclaim_expired_locks().await
             }
+            async fn acquire_lock_in_turn(
+                &self,
+                request: &orch_core::backend::LockRequest,
+            ) -> orch_core::Result<orch_core::backend::LockTurn> {
+                self.$inner.acquire_lock_in_turn(request).await
+            }
+            async fn join_lock_queue(
+                &self,
+                waiter: &orch_core::backend::NewLockWaiter,
+            ) -> orch_core::Result<orch_core::backend::LockWaiter> {
+                self.$inner.join_lock_queue(waiter).await
+            }
+            async fn leave_lock_queue(
+                &self,
+                r: &str,
+                waiter: orch_core::backend::LockWaiterId,
+            ) -> orch_core::Result<bool> {
+                self.$inner.leave_lock_queue(r, waiter).await
+            }
+            async fn lock_waiters(
+                &self,
+                r: &str,
+            ) -> orch_core::Result<Vec<orch_core::backend::LockWaiter>> {
+                self.$inner.lock_waiters(r).await
+            }
+            async fn list_lock_waiters(
+                &self,
+            ) -> orch_core::Result<Vec<orch_core::backend::LockWaiter>> {
+                self.$inner.list_lock_waiters().await
+            }
         }
 
         #[async_trait::async_trait]

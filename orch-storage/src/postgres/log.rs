@@ -1,13 +1,17 @@
-//! The PostgreSQL event log, lock table and key-value space.
+//! The PostgreSQL event log, lock table (with its waiter queue) and key-value space.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use orch_core::backend::{ChangeSignal, EventStore, LockAttempt, LockStore, check_storage_key};
+use orch_core::backend::{
+    ChangeSignal, EventStore, LockAttempt, LockRequest, LockStore, LockTurn, NewLockWaiter,
+    check_storage_key,
+};
 use orch_core::{
-    Event, EventKind, FencingToken, LockInfo, NewEvent, Result, StorageProvider, TaskId, limits,
+    Error, Event, EventKind, FencingToken, LockInfo, LockWaiter, LockWaiterId, NewEvent, Result,
+    StorageProvider, TaskId, limits,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -188,6 +192,70 @@ fn lock_from_row(operation: &'static str, row: &PgRow) -> Result<LockInfo> {
     })
 }
 
+fn waiter_from_row(operation: &'static str, row: &PgRow) -> Result<LockWaiter> {
+    let get = |e: sqlx::Error| corrupt(operation, e);
+    Ok(LockWaiter {
+        resource: row.try_get("resource").map_err(get)?,
+        waiter: LockWaiterId(row.try_get("waiter").map_err(get)?),
+        owner: row.try_get("owner").map_err(get)?,
+        priority: row.try_get("priority").map_err(get)?,
+        rank: row.try_get("rank").map_err(get)?,
+        enqueued_at: row.try_get("enqueued_at").map_err(get)?,
+        expires_at: row.try_get("expires_at").map_err(get)?,
+    })
+}
+
+/// An acquisition in turn, as one statement: `ahead` is the first live queue entry before the
+/// request (`$4` rank, `$5` the request's own entry or NULL; a request without one comes after
+/// every entry of its rank); `granted` takes a free or expired lock only when nothing is ahead
+/// (the upsert waits for a concurrent grant of the same resource and then sees it unexpired);
+/// `dequeued` deletes the request's own entry with the grant. One row per outcome: `acquired`,
+/// else `held` (read in the statement's snapshot: a lock granted by a transaction that
+/// committed during the statement shows no row at all, and the caller asks again) and
+/// `behind`.
+const ACQUIRE_IN_TURN: &str = "\
+WITH ahead AS (
+    SELECT * FROM orch_lock_queue
+    WHERE resource = $1 AND expires_at > now() AND waiter IS DISTINCT FROM $5
+      AND (rank < $4 OR (rank = $4 AND ($5::uuid IS NULL OR waiter < $5)))
+    ORDER BY rank, waiter
+    LIMIT 1
+), granted AS (
+    INSERT INTO orch_locks (resource, owner, fencing_token, acquired_at, expires_at)
+    SELECT $1, $2, nextval('orch_lock_tokens'), now(), now() + $3::int8 * interval '1 microsecond'
+    WHERE NOT EXISTS (SELECT 1 FROM ahead)
+    ON CONFLICT (resource) DO UPDATE SET owner = EXCLUDED.owner,
+        fencing_token = EXCLUDED.fencing_token, acquired_at = EXCLUDED.acquired_at,
+        expires_at = EXCLUDED.expires_at
+    WHERE orch_locks.expires_at <= now()
+    RETURNING *
+), dequeued AS (
+    DELETE FROM orch_lock_queue
+    WHERE resource = $1 AND waiter = $5 AND EXISTS (SELECT 1 FROM granted)
+)
+SELECT 'acquired' AS outcome, resource, owner, fencing_token, acquired_at, expires_at,
+       NULL::uuid AS waiter, NULL::integer AS priority, NULL::bigint AS rank,
+       NULL::timestamptz AS enqueued_at
+FROM granted
+UNION ALL
+SELECT 'held', resource, owner, fencing_token, acquired_at, expires_at, NULL, NULL, NULL, NULL
+FROM orch_locks
+WHERE resource = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM granted)
+UNION ALL
+SELECT 'behind', resource, owner, NULL, NULL, expires_at, waiter, priority, rank, enqueued_at
+FROM ahead";
+
+/// Joins or refreshes a queue entry, deleting the resource's other expired entries.
+const JOIN_QUEUE: &str = "\
+WITH expired AS (
+    DELETE FROM orch_lock_queue WHERE resource = $1 AND expires_at <= now() AND waiter <> $2
+)
+INSERT INTO orch_lock_queue (resource, waiter, owner, priority, rank, enqueued_at, expires_at)
+VALUES ($1, $2, $3, $4, $5, now(), now() + $6::int8 * interval '1 microsecond')
+ON CONFLICT (resource, waiter) DO UPDATE SET owner = EXCLUDED.owner,
+    priority = EXCLUDED.priority, rank = EXCLUDED.rank, expires_at = EXCLUDED.expires_at
+RETURNING *";
+
 /// How long `append_event` waits for its event to be numbered.
 const APPEND_NUMBERING_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -236,7 +304,7 @@ impl LockStore for PostgresBackend {
                 return Ok(LockAttempt::Held(lock_from_row(OP, &row)?));
             }
         }
-        Err(orch_core::Error::backend(
+        Err(Error::backend(
             OP,
             format!("lock {resource:?} changed hands {ACQUIRE_TRIES} times during one attempt"),
         ))
@@ -307,11 +375,111 @@ impl LockStore for PostgresBackend {
 
     async fn reclaim_expired_locks(&self) -> Result<Vec<LockInfo>> {
         const OP: &str = "reclaim_expired_locks";
-        let rows = sqlx::query("DELETE FROM orch_locks WHERE expires_at <= now() RETURNING *")
-            .fetch_all(&self.pool)
+        let rows = sqlx::query(
+            "WITH waiters AS (DELETE FROM orch_lock_queue WHERE expires_at <= now()) \
+             DELETE FROM orch_locks WHERE expires_at <= now() RETURNING *",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        rows.iter().map(|row| lock_from_row(OP, row)).collect()
+    }
+
+    async fn acquire_lock_in_turn(&self, request: &LockRequest) -> Result<LockTurn> {
+        const OP: &str = "acquire_lock_in_turn";
+        check_name("resource", &request.resource, limits::MAX_RESOURCE_LEN)?;
+        check_name("owner", &request.owner, limits::MAX_RESOURCE_LEN)?;
+        for _ in 0..ACQUIRE_TRIES {
+            let rows = sqlx::query(ACQUIRE_IN_TURN)
+                .bind(&request.resource)
+                .bind(&request.owner)
+                .bind(db_micros(request.ttl))
+                .bind(request.rank)
+                .bind(request.waiter.map(|w| w.0))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err(OP))?;
+            let outcome = |row: &PgRow| -> Result<String> {
+                row.try_get("outcome").map_err(|e| corrupt(OP, e))
+            };
+            let mut behind = None;
+            let mut held = None;
+            for row in &rows {
+                match outcome(row)?.as_str() {
+                    "acquired" => return Ok(LockTurn::Acquired(lock_from_row(OP, row)?)),
+                    "held" => held = Some(row),
+                    _ => behind = Some(row),
+                }
+            }
+            if let Some(row) = held {
+                return Ok(LockTurn::Held(lock_from_row(OP, row)?));
+            }
+            if let Some(row) = behind {
+                return Ok(LockTurn::Behind(waiter_from_row(OP, row)?));
+            }
+        }
+        Err(Error::backend(
+            OP,
+            format!(
+                "lock {:?} changed hands {ACQUIRE_TRIES} times during one attempt",
+                request.resource
+            ),
+        ))
+    }
+
+    async fn join_lock_queue(&self, waiter: &NewLockWaiter) -> Result<LockWaiter> {
+        const OP: &str = "join_lock_queue";
+        check_name("resource", &waiter.resource, limits::MAX_RESOURCE_LEN)?;
+        check_name("owner", &waiter.owner, limits::MAX_RESOURCE_LEN)?;
+        if waiter.ttl.is_zero() {
+            return Err(Error::invalid("ttl", "must be greater than zero"));
+        }
+        let row = sqlx::query(JOIN_QUEUE)
+            .bind(&waiter.resource)
+            .bind(waiter.waiter.0)
+            .bind(&waiter.owner)
+            .bind(waiter.priority)
+            .bind(waiter.rank)
+            .bind(db_micros(waiter.ttl))
+            .fetch_one(&self.pool)
             .await
             .map_err(db_err(OP))?;
-        rows.iter().map(|row| lock_from_row(OP, row)).collect()
+        waiter_from_row(OP, &row)
+    }
+
+    async fn leave_lock_queue(&self, resource: &str, waiter: LockWaiterId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM orch_lock_queue WHERE resource = $1 AND waiter = $2")
+            .bind(resource)
+            .bind(waiter.0)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("leave_lock_queue"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn lock_waiters(&self, resource: &str) -> Result<Vec<LockWaiter>> {
+        const OP: &str = "lock_waiters";
+        let rows = sqlx::query(
+            "SELECT * FROM orch_lock_queue WHERE resource = $1 AND expires_at > now() \
+             ORDER BY rank, waiter",
+        )
+        .bind(resource)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        rows.iter().map(|row| waiter_from_row(OP, row)).collect()
+    }
+
+    async fn list_lock_waiters(&self) -> Result<Vec<LockWaiter>> {
+        const OP: &str = "list_lock_waiters";
+        let rows = sqlx::query(
+            "SELECT * FROM orch_lock_queue WHERE expires_at > now() \
+             ORDER BY resource, rank, waiter",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err(OP))?;
+        rows.iter().map(|row| waiter_from_row(OP, row)).collect()
     }
 }
 

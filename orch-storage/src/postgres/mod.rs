@@ -114,6 +114,11 @@ fn migrator() -> Migrator {
             "event batches",
             include_str!("../../migrations/postgres/0003_event_batches.sql"),
         ),
+        (
+            4,
+            "lock queue",
+            include_str!("../../migrations/postgres/0004_lock_queue.sql"),
+        ),
     ])
 }
 

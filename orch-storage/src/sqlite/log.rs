@@ -1,16 +1,20 @@
-//! The SQLite event log, lock table and key-value space.
+//! The SQLite event log, lock table (with its waiter queue) and key-value space.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use orch_core::backend::{ChangeSignal, EventStore, LockAttempt, LockStore, check_storage_key};
-use orch_core::{
-    Event, EventKind, FencingToken, LockInfo, NewEvent, Result, StorageProvider, TaskId, limits,
+use orch_core::backend::{
+    ChangeSignal, EventStore, LockAttempt, LockRequest, LockStore, LockTurn, NewLockWaiter,
+    check_storage_key,
 };
-use sqlx::Row;
+use orch_core::{
+    Error, Event, EventKind, FencingToken, LockInfo, LockWaiter, LockWaiterId, NewEvent, Result,
+    StorageProvider, TaskId, limits,
+};
 use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::tasks::insert_event;
@@ -132,6 +136,67 @@ fn expiry(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+fn waiter_from_row(operation: &'static str, row: &SqliteRow) -> Result<LockWaiter> {
+    let get = |e: sqlx::Error| corrupt(operation, e);
+    let priority: i64 = row.try_get("priority").map_err(get)?;
+    Ok(LockWaiter {
+        resource: row.try_get("resource").map_err(get)?,
+        waiter: LockWaiterId(row.try_get("waiter").map_err(get)?),
+        owner: row.try_get("owner").map_err(get)?,
+        priority: i32::try_from(priority)
+            .map_err(|_| corrupt(operation, format!("priority = {priority}")))?,
+        rank: row.try_get("rank").map_err(get)?,
+        enqueued_at: time_from_db(operation, row.try_get("enqueued_at").map_err(get)?)?,
+        expires_at: time_from_db(operation, row.try_get("expires_at").map_err(get)?)?,
+    })
+}
+
+/// The unexpired grant of `resource` at `now`, read inside the write transaction.
+async fn held_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    operation: &'static str,
+    resource: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<LockInfo>> {
+    let row = sqlx::query("SELECT * FROM orch_locks WHERE resource = ? AND expires_at > ?")
+        .bind(resource)
+        .bind(time_to_db(now))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_err(operation))?;
+    row.map(|row| lock_from_row(operation, &row)).transpose()
+}
+
+/// Grants `resource` (free or expired) to `owner` with the next fencing token.
+async fn grant_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    operation: &'static str,
+    resource: &str,
+    owner: &str,
+    ttl: Duration,
+    now: DateTime<Utc>,
+) -> Result<LockInfo> {
+    let token: i64 =
+        sqlx::query_scalar("UPDATE orch_lock_tokens SET last = last + 1 RETURNING last")
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db_err(operation))?;
+    let row = sqlx::query(
+        "INSERT INTO orch_locks (resource, owner, fencing_token, acquired_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (resource) DO UPDATE SET owner = ?2, \
+         fencing_token = ?3, acquired_at = ?4, expires_at = ?5 RETURNING *",
+    )
+    .bind(resource)
+    .bind(owner)
+    .bind(token)
+    .bind(time_to_db(now))
+    .bind(time_to_db(expiry(now, ttl)))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_err(operation))?;
+    lock_from_row(operation, &row)
+}
+
 #[async_trait]
 impl LockStore for SqliteBackend {
     async fn try_acquire_lock(
@@ -145,38 +210,141 @@ impl LockStore for SqliteBackend {
         check_name("owner", owner, limits::MAX_RESOURCE_LEN)?;
         let now = now();
         let mut tx = self.begin(OP).await?;
-        let current = sqlx::query("SELECT * FROM orch_locks WHERE resource = ?")
-            .bind(resource)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err(OP))?;
-        if let Some(row) = current {
-            let current = lock_from_row(OP, &row)?;
-            if current.expires_at > now {
-                return Ok(LockAttempt::Held(current));
-            }
+        if let Some(current) = held_in(&mut tx, OP, resource, now).await? {
+            return Ok(LockAttempt::Held(current));
         }
-        let token: i64 =
-            sqlx::query_scalar("UPDATE orch_lock_tokens SET last = last + 1 RETURNING last")
-                .fetch_one(&mut *tx)
+        let info = grant_in(&mut tx, OP, resource, owner, ttl, now).await?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(LockAttempt::Acquired(info))
+    }
+
+    async fn acquire_lock_in_turn(&self, request: &LockRequest) -> Result<LockTurn> {
+        const OP: &str = "acquire_lock_in_turn";
+        check_name("resource", &request.resource, limits::MAX_RESOURCE_LEN)?;
+        check_name("owner", &request.owner, limits::MAX_RESOURCE_LEN)?;
+        let now = now();
+        let own = request.waiter.map(|w| w.0);
+        let mut tx = self.begin(OP).await?;
+        if let Some(current) = held_in(&mut tx, OP, &request.resource, now).await? {
+            return Ok(LockTurn::Held(current));
+        }
+        // The first live entry ahead: `(rank, waiter)` before the request's, its own excepted;
+        // a request without an entry comes after every entry of its rank.
+        let ahead = sqlx::query(
+            "SELECT * FROM orch_lock_queue WHERE resource = ?1 AND expires_at > ?2 \
+             AND (?4 IS NULL OR waiter <> ?4) \
+             AND (rank < ?3 OR (rank = ?3 AND (?4 IS NULL OR waiter < ?4))) \
+             ORDER BY rank, waiter LIMIT 1",
+        )
+        .bind(&request.resource)
+        .bind(time_to_db(now))
+        .bind(request.rank)
+        .bind(own)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+        if let Some(row) = ahead {
+            return Ok(LockTurn::Behind(waiter_from_row(OP, &row)?));
+        }
+        let info = grant_in(
+            &mut tx,
+            OP,
+            &request.resource,
+            &request.owner,
+            request.ttl,
+            now,
+        )
+        .await?;
+        if let Some(own) = own {
+            sqlx::query("DELETE FROM orch_lock_queue WHERE resource = ? AND waiter = ?")
+                .bind(&request.resource)
+                .bind(own)
+                .execute(&mut *tx)
                 .await
                 .map_err(db_err(OP))?;
-        let row = sqlx::query(
-            "INSERT INTO orch_locks (resource, owner, fencing_token, acquired_at, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (resource) DO UPDATE SET owner = ?2, \
-             fencing_token = ?3, acquired_at = ?4, expires_at = ?5 RETURNING *",
+        }
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(LockTurn::Acquired(info))
+    }
+
+    async fn join_lock_queue(&self, waiter: &NewLockWaiter) -> Result<LockWaiter> {
+        const OP: &str = "join_lock_queue";
+        check_name("resource", &waiter.resource, limits::MAX_RESOURCE_LEN)?;
+        check_name("owner", &waiter.owner, limits::MAX_RESOURCE_LEN)?;
+        if waiter.ttl.is_zero() {
+            return Err(Error::invalid("ttl", "must be greater than zero"));
+        }
+        let now = now();
+        let mut tx = self.begin(OP).await?;
+        sqlx::query(
+            "DELETE FROM orch_lock_queue WHERE resource = ? AND expires_at <= ? AND waiter <> ?",
         )
-        .bind(resource)
-        .bind(owner)
-        .bind(token)
+        .bind(&waiter.resource)
         .bind(time_to_db(now))
-        .bind(time_to_db(expiry(now, ttl)))
+        .bind(waiter.waiter.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(OP))?;
+        let row = sqlx::query(
+            "INSERT INTO orch_lock_queue \
+                 (resource, waiter, owner, priority, rank, enqueued_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resource, waiter) DO UPDATE SET \
+                 owner = excluded.owner, priority = excluded.priority, rank = excluded.rank, \
+                 expires_at = excluded.expires_at \
+             RETURNING *",
+        )
+        .bind(&waiter.resource)
+        .bind(waiter.waiter.0)
+        .bind(&waiter.owner)
+        .bind(waiter.priority)
+        .bind(waiter.rank)
+        .bind(time_to_db(now))
+        .bind(time_to_db(expiry(now, waiter.ttl)))
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err(OP))?;
-        let info = lock_from_row(OP, &row)?;
+        let entry = waiter_from_row(OP, &row)?;
         tx.commit().await.map_err(db_err(OP))?;
-        Ok(LockAttempt::Acquired(info))
+        Ok(entry)
+    }
+
+    async fn leave_lock_queue(&self, resource: &str, waiter: LockWaiterId) -> Result<bool> {
+        const OP: &str = "leave_lock_queue";
+        let mut tx = self.begin(OP).await?;
+        let done = sqlx::query("DELETE FROM orch_lock_queue WHERE resource = ? AND waiter = ?")
+            .bind(resource)
+            .bind(waiter.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn lock_waiters(&self, resource: &str) -> Result<Vec<LockWaiter>> {
+        const OP: &str = "lock_waiters";
+        let rows = sqlx::query(
+            "SELECT * FROM orch_lock_queue WHERE resource = ? AND expires_at > ? \
+             ORDER BY rank, waiter",
+        )
+        .bind(resource)
+        .bind(time_to_db(now()))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_err(OP))?;
+        rows.iter().map(|row| waiter_from_row(OP, row)).collect()
+    }
+
+    async fn list_lock_waiters(&self) -> Result<Vec<LockWaiter>> {
+        const OP: &str = "list_lock_waiters";
+        let rows = sqlx::query(
+            "SELECT * FROM orch_lock_queue WHERE expires_at > ? ORDER BY resource, rank, waiter",
+        )
+        .bind(time_to_db(now()))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_err(OP))?;
+        rows.iter().map(|row| waiter_from_row(OP, row)).collect()
     }
 
     async fn release_lock(&self, resource: &str, owner: &str, token: u64) -> Result<bool> {
@@ -251,10 +419,16 @@ impl LockStore for SqliteBackend {
 
     async fn reclaim_expired_locks(&self) -> Result<Vec<LockInfo>> {
         const OP: &str = "reclaim_expired_locks";
+        let now = time_to_db(now());
         let mut tx = self.begin(OP).await?;
         let rows = sqlx::query("DELETE FROM orch_locks WHERE expires_at <= ? RETURNING *")
-            .bind(time_to_db(now()))
+            .bind(now)
             .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        sqlx::query("DELETE FROM orch_lock_queue WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&mut *tx)
             .await
             .map_err(db_err(OP))?;
         let locks = rows

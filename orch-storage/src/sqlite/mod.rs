@@ -100,6 +100,11 @@ fn migrator() -> Migrator {
             "transition indexes",
             include_str!("../../migrations/sqlite/0002_transition_indexes.sql"),
         ),
+        (
+            3,
+            "lock queue",
+            include_str!("../../migrations/sqlite/0003_lock_queue.sql"),
+        ),
     ])
 }
 

@@ -87,6 +87,7 @@ async fn run(role: &str) -> anyhow::Result<()> {
         "multiprocess" => super::multiprocess::child().await,
         #[cfg(feature = "sqlite")]
         "sqlite-crash" => super::crash::child().await,
+        "lock-queue" => super::lock_queue::child().await,
         other => bail!("unknown child role {other:?}"),
     }
 }
