@@ -6,7 +6,6 @@
 //! idempotency key `<schedule>:<tick time>`, so the backend keeps exactly one task per tick however
 //! many processes run the schedule.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
@@ -65,7 +64,9 @@ impl Schedule {
         let name = name.into();
         check_name("schedule name", &name, 128)?;
         spec.validate()?;
-        let cron = croner::Cron::from_str(expression)
+        let cron = croner::Cron::new(expression)
+            .with_seconds_optional()
+            .parse()
             .map_err(|e| Error::invalid("cron expression", format!("{expression:?}: {e}")))?;
         Ok(Schedule {
             name,

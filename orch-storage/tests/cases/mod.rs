@@ -16,6 +16,7 @@ mod notify;
 mod prune;
 #[cfg(feature = "postgres")]
 mod restart;
+mod task_locks;
 mod transactional;
 
 use std::sync::Arc;
