@@ -10,6 +10,8 @@
 //! | feature | crate | what |
 //! |---|---|---|
 //! | (always) | `orch-core` | contracts, dispatcher, locks, events, in-memory backend |
+//! | `sqlite` | `orch-storage/sqlite` | [`storage::SqliteBackend`]: one file, nothing to install |
+//! | `postgres` | `orch-storage/postgres` | [`storage::PostgresBackend`]: several processes, one queue |
 //! | `mocks` | `orch-core/mocks` | `mockall` mocks of every public trait |
 //! | `test-util` | `orch-core/test-util` | the backend conformance suite |
 //!
@@ -31,5 +33,10 @@
 
 pub use orch_core::*;
 
-/// The core crate itself, for paths like `orch::core::backend::TaskStore`.
+/// The durable backends (features `sqlite`, `postgres`): `orch_storage` itself.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use orch_storage as storage;
+
+/// The core crate itself, for paths like `orch::core::backend::TaskStore` (which is also
+/// `orch::backend::TaskStore`).
 pub use orch_core as core;

@@ -18,7 +18,7 @@ pub use task::{
     RetryPolicy, Task, TaskFilter, TaskId, TaskSpec, TaskStatus, check_name, limits,
 };
 
-/// Serde for `Duration` as (fractional) seconds, the seed's unit for timeouts.
+/// Serde for `Duration` as (fractional) seconds, the unit of timeouts on the wire.
 pub(crate) mod serde_secs {
     use std::time::Duration;
 

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 
 /// A task id: a UUIDv7, so ids sort by creation time.
 ///
-/// Displays as the bare UUID; parsing also accepts the seed's `task-` prefix.
+/// Displays as the bare UUID; parsing also accepts ORCH-Next's `task-` prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TaskId(pub Uuid);
@@ -212,7 +212,8 @@ pub fn check_name(field: &'static str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
-/// What a caller dispatches: a builder with the seed's defaults (priority 1, timeout 300 s).
+/// What a caller dispatches: a builder with ORCH-Next's defaults (priority 1, timeout 300 s,
+/// 3 attempts).
 ///
 /// ```
 /// use std::time::Duration;
@@ -570,7 +571,7 @@ pub struct AttemptReport {
     pub outcome: AttemptOutcome,
 }
 
-/// An outcome reported without a lease, by an external system (the seed's webhook) for a task
+/// An outcome reported without a lease, by an external system (a signed webhook) for a task
 /// that is `queued` or `running`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolution {
