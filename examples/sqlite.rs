@@ -48,10 +48,18 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     orch.dispatch_many(specs).await?;
     let first = orch
-        .dispatch(TaskSpec::new("resize").payload(json!({"width": 1})).idempotency_key("order-7"))
+        .dispatch(
+            TaskSpec::new("resize")
+                .payload(json!({"width": 1}))
+                .idempotency_key("order-7"),
+        )
         .await?;
     let again = orch
-        .dispatch(TaskSpec::new("resize").payload(json!({"width": 2})).idempotency_key("order-7"))
+        .dispatch(
+            TaskSpec::new("resize")
+                .payload(json!({"width": 2}))
+                .idempotency_key("order-7"),
+        )
         .await?;
     assert_eq!(first.id, again.id, "one task per idempotency key");
     orch.dispatch(

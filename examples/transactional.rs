@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("orch-transactional-{}", std::process::id()));
-    let backend = Arc::new(SqliteBackend::open(dir.join("shop.db").to_str().unwrap_or("shop.db")).await?);
+    let backend =
+        Arc::new(SqliteBackend::open(dir.join("shop.db").to_str().unwrap_or("shop.db")).await?);
     // The application's own table lives in the same file.
     let mut tx = backend.begin_write().await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")
@@ -26,9 +27,9 @@ async fn main() -> anyhow::Result<()> {
     let orch = Orchestrator::builder(backend.clone() as SharedBackend)
         .engine(
             "ship",
-            processor_fn(|_ctx, input: Value| async move {
-                Ok(json!({ "shipped": input["order"] }))
-            }),
+            processor_fn(
+                |_ctx, input: Value| async move { Ok(json!({ "shipped": input["order"] })) },
+            ),
         )
         .build()
         .await?;
@@ -40,7 +41,10 @@ async fn main() -> anyhow::Result<()> {
         .execute(&mut *tx)
         .await?;
     let created = backend
-        .dispatch_in(&mut tx, vec![TaskSpec::new("ship").payload(json!({ "order": 1 }))])
+        .dispatch_in(
+            &mut tx,
+            vec![TaskSpec::new("ship").payload(json!({ "order": 1 }))],
+        )
         .await?;
     // Wakes this process's orchestrator at once (a plain commit is found by polling).
     backend.commit_and_wake(tx).await?;
@@ -56,11 +60,17 @@ async fn main() -> anyhow::Result<()> {
         .execute(&mut *tx)
         .await?;
     backend
-        .dispatch_in(&mut tx, vec![TaskSpec::new("ship").payload(json!({ "order": 2 }))])
+        .dispatch_in(
+            &mut tx,
+            vec![TaskSpec::new("ship").payload(json!({ "order": 2 }))],
+        )
         .await?;
     tx.rollback().await?;
     let tasks = orch.list(TaskFilter::default()).await?;
-    println!("tasks after the rollback: {} (the rolled-back one left no trace)", tasks.len());
+    println!(
+        "tasks after the rollback: {} (the rolled-back one left no trace)",
+        tasks.len()
+    );
     assert_eq!(tasks.len(), 1);
 
     orch.shutdown(Duration::from_secs(5)).await;

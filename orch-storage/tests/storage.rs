@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use orch_core::backend::{AttemptOutcome, AttemptReport, Claimed, LockAttempt, NewTask};
+use orch_core::backend::{AttemptOutcome, AttemptReport, Claimed, NewTask};
 use orch_core::{
     Error, EventKind, NewEvent, SharedBackend, Task, TaskFilter, TaskId, TaskSpec, TaskStatus,
 };
@@ -50,37 +50,6 @@ async fn finish(
         .await?
         .context("task vanished")
 }
-
-/// Runs each named check once per enabled backend, as `sqlite::<check>` and
-/// `postgres::<check>`.
-macro_rules! for_each_backend {
-    ($($check:ident),* $(,)?) => {
-        #[cfg(feature = "sqlite")]
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() -> anyhow::Result<()> {
-                    let fixture = crate::support::sqlite().await?;
-                    crate::$check(fixture.backend.clone()).await
-                }
-            )*
-        }
-        #[cfg(feature = "postgres")]
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() -> anyhow::Result<()> {
-                    let Some(fixture) = crate::support::postgres().await? else {
-                        return Ok(());
-                    };
-                    crate::$check(fixture.backend.clone()).await
-                }
-            )*
-        }
-    };
-}
-
-for_each_backend!(lock_fencing_and_expiry);
 
 fn spec(core: &str) -> TaskSpec {
     TaskSpec::new(core)
@@ -129,95 +98,6 @@ async fn task_event_kinds(backend: &SharedBackend, id: TaskId) -> anyhow::Result
         .filter(|e| e.task_id == Some(id))
         .map(|e| e.kind)
         .collect())
-}
-
-async fn lock_fencing_and_expiry(backend: SharedBackend) -> anyhow::Result<()> {
-    let long = MINUTE;
-    let LockAttempt::Acquired(a) = backend.try_acquire_lock("r1", "alice", long).await? else {
-        bail!("a free lock was not granted");
-    };
-    match backend.try_acquire_lock("r1", "bob", long).await? {
-        LockAttempt::Held(info) => {
-            ensure!(info.owner == "alice" && info.fencing_token == a.fencing_token)
-        }
-        other => bail!("a held lock was granted again: {other:?}"),
-    }
-    ensure!(matches!(
-        backend.try_acquire_lock("r1", "alice", long).await?,
-        LockAttempt::Held(_)
-    ));
-    ensure!(
-        !backend
-            .release_lock("r1", "alice", a.fencing_token.0 + 1)
-            .await?
-    );
-    ensure!(!backend.release_lock("r1", "bob", a.fencing_token.0).await?);
-    ensure!(
-        backend
-            .release_lock("r1", "alice", a.fencing_token.0)
-            .await?
-    );
-    let LockAttempt::Acquired(b) = backend.try_acquire_lock("r1", "bob", long).await? else {
-        bail!("a released lock was not granted");
-    };
-    ensure!(
-        b.fencing_token > a.fencing_token,
-        "{} !> {}",
-        b.fencing_token,
-        a.fencing_token
-    );
-
-    let short = Duration::from_millis(200);
-    let LockAttempt::Acquired(c) = backend.try_acquire_lock("r2", "carol", short).await? else {
-        bail!("r2 not granted");
-    };
-    ensure!(c.fencing_token > b.fencing_token);
-    let d = eventually("the expired lock is granted to dave", || {
-        let backend = backend.clone();
-        async move {
-            Ok(match backend.try_acquire_lock("r2", "dave", long).await? {
-                LockAttempt::Acquired(info) => Some(info),
-                LockAttempt::Held(_) => None,
-            })
-        }
-    })
-    .await?;
-    ensure!(d.fencing_token > c.fencing_token && d.owner == "dave");
-    ensure!(
-        backend
-            .extend_lock("r2", "carol", c.fencing_token.0, long)
-            .await?
-            .is_none(),
-        "an expired holder extended"
-    );
-    let extended = backend
-        .extend_lock("r2", "dave", d.fencing_token.0, long)
-        .await?;
-    ensure!(extended.is_some_and(|e| e.expires_at >= d.expires_at));
-    let listed: Vec<String> = backend
-        .list_locks()
-        .await?
-        .into_iter()
-        .map(|l| l.resource)
-        .collect();
-    ensure!(listed == ["r1", "r2"], "{listed:?}");
-
-    backend
-        .try_acquire_lock("r3", "erin", Duration::from_millis(100))
-        .await?;
-    eventually("r3 expires", || {
-        let backend = backend.clone();
-        async move { Ok(backend.lock_info("r3").await?.is_none().then_some(())) }
-    })
-    .await?;
-    let reclaimed = backend.reclaim_expired_locks().await?;
-    ensure!(
-        reclaimed.len() == 1 && reclaimed[0].resource == "r3",
-        "{reclaimed:?}"
-    );
-    let invalid = backend.try_acquire_lock("", "x", long).await;
-    ensure!(matches!(invalid, Err(Error::Invalid { .. })), "{invalid:?}");
-    Ok(())
 }
 
 #[cfg(feature = "sqlite")]

@@ -168,10 +168,15 @@ async fn an_external_worker_holds_its_task_locks(backend: SharedBackend) -> anyh
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let next = next.first().context("the given-back task was never claimed")?;
+    let next = next
+        .first()
+        .context("the given-back task was never claimed")?;
     ensure!(next.task.id == second.id && next.task.attempt == 1);
     let token = next.locks.first().context("no lock held")?.fencing_token.0;
-    ensure!(token > inside_token, "fencing token {token} not above {inside_token}");
+    ensure!(
+        token > inside_token,
+        "fencing token {token} not above {inside_token}"
+    );
     orch.report(next.task.id, next.lease_token, WorkerReport::TimedOut)
         .await?;
     ensure!(

@@ -1,0 +1,361 @@
+//! Checks of the task queue: creation, idempotency, claims, listing, counting and pruning.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+
+pub(super) async fn create_and_get(b: SharedBackend) -> CheckResult {
+    let spec = TaskSpec::new("core-a")
+        .priority(7)
+        .timeout(Duration::from_secs(12))
+        .max_attempts(4)
+        .payload(json!({"x": 1}))
+        .metadata(json!({"source": "test"}))
+        .lock("r2")
+        .lock("r1");
+    let task = create(&b, spec).await?;
+    let got = ok!(b.get_task(task.id).await).ok_or("created task not found")?;
+    ensure!(
+        got == task,
+        "get_task differs from created: {got:?} vs {task:?}"
+    );
+    ensure!(got.status == TaskStatus::Queued, "status {}", got.status);
+    ensure!(got.attempt == 0, "attempt {}", got.attempt);
+    ensure!(
+        got.priority == 7 && got.max_attempts == 4,
+        "fields not kept: {got:?}"
+    );
+    ensure!(
+        got.timeout == Duration::from_secs(12),
+        "timeout {:?}",
+        got.timeout
+    );
+    ensure!(got.payload == json!({"x": 1}), "payload {}", got.payload);
+    ensure!(
+        got.metadata == json!({"source": "test"}),
+        "metadata {}",
+        got.metadata
+    );
+    ensure!(got.locks == ["r1", "r2"], "locks {:?}", got.locks);
+    ensure!(
+        events_of(&b, task.id).await? == [EventKind::TaskQueued],
+        "expected one task.queued event"
+    );
+    Ok(())
+}
+
+pub(super) async fn idempotency_key_returns_first_task(b: SharedBackend) -> CheckResult {
+    let first = create(&b, TaskSpec::new("c").idempotency_key("k1")).await?;
+    let batch = ok!(b
+        .create_tasks(vec![
+            new_task(TaskSpec::new("c").idempotency_key("k1").priority(9)),
+            new_task(TaskSpec::new("c").idempotency_key("k2")),
+            new_task(TaskSpec::new("c").idempotency_key("k2")),
+        ])
+        .await);
+    ensure!(batch.len() == 3, "expected 3 results, got {}", batch.len());
+    ensure!(
+        !batch[0].created && batch[0].task.id == first.id,
+        "k1 should return the first task"
+    );
+    ensure!(
+        batch[0].task.priority == 1,
+        "the first task must be unchanged"
+    );
+    ensure!(batch[1].created, "k2 first use should create");
+    ensure!(
+        !batch[2].created && batch[2].task.id == batch[1].task.id,
+        "k2 repeated within a batch should return the task created earlier in the batch"
+    );
+    let all = ok!(b.list_tasks(TaskFilter::default()).await);
+    ensure!(
+        all.len() == 2,
+        "expected 2 stored tasks, found {}",
+        all.len()
+    );
+    Ok(())
+}
+
+pub(super) async fn claim_order_priority_then_fifo(b: SharedBackend) -> CheckResult {
+    let mut ids = Vec::new();
+    for priority in [1, 5, 3, 5, 1] {
+        ids.push(create(&b, TaskSpec::new("c").priority(priority)).await?.id);
+        // Distinct creation instants, so FIFO is observable on coarse clocks too.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let expected = [ids[1], ids[3], ids[2], ids[0], ids[4]];
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(claim_one(&b, "c", LEASE).await?.task.id);
+    }
+    ensure!(
+        got == expected,
+        "claim order {got:?}, expected {expected:?}"
+    );
+    ensure!(
+        ok!(b.claim_tasks("c", 10, LEASE).await).is_empty(),
+        "queue should be empty"
+    );
+    Ok(())
+}
+
+pub(super) async fn claim_skips_tasks_not_yet_due(b: SharedBackend) -> CheckResult {
+    let later = create(
+        &b,
+        TaskSpec::new("c")
+            .priority(10)
+            .delay(Duration::from_secs(3600)),
+    )
+    .await?;
+    let at = create(
+        &b,
+        TaskSpec::new("c").run_at(clock::now() + chrono::TimeDelta::hours(2)),
+    )
+    .await?;
+    let now = create(&b, TaskSpec::new("c")).await?;
+    let claimed = ok!(b.claim_tasks("c", 10, LEASE).await);
+    ensure!(
+        claimed.len() == 1 && claimed[0].task.id == now.id,
+        "only the due task may be claimed, got {claimed:?}"
+    );
+    let next = ok!(b.next_run_at("c").await).ok_or("next_run_at should see the delayed tasks")?;
+    ensure!(
+        (next - later.run_at).num_milliseconds().abs() < 5,
+        "next_run_at {next} should be the earliest delayed run_at {}",
+        later.run_at
+    );
+    ensure!(
+        at.run_at > later.run_at,
+        "run_at should honour the absolute time"
+    );
+    Ok(())
+}
+
+pub(super) async fn claim_is_per_core_and_bounded(b: SharedBackend) -> CheckResult {
+    for _ in 0..5 {
+        create(&b, TaskSpec::new("a")).await?;
+    }
+    create(&b, TaskSpec::new("b")).await?;
+    let claimed = ok!(b.claim_tasks("a", 3, LEASE).await);
+    ensure!(claimed.len() == 3, "limit 3 gave {}", claimed.len());
+    ensure!(
+        claimed.iter().all(|c| c.task.engine == "a"),
+        "claimed another core's task"
+    );
+    let rest = ok!(b.claim_tasks("a", 10, LEASE).await);
+    ensure!(
+        rest.len() == 2,
+        "expected the 2 remaining, got {}",
+        rest.len()
+    );
+    ensure!(
+        ok!(b.claim_tasks("b", 0, LEASE).await).is_empty(),
+        "limit 0 must claim nothing"
+    );
+    ensure!(
+        ok!(b.claim_tasks("zzz", 10, LEASE).await).is_empty(),
+        "unknown core has no tasks"
+    );
+    Ok(())
+}
+
+pub(super) async fn claim_leases_and_logs(b: SharedBackend) -> CheckResult {
+    let task = create(&b, TaskSpec::new("c")).await?;
+    let before = clock::now();
+    let claimed = claim_one(&b, "c", Duration::from_secs(60)).await?;
+    let t = &claimed.task;
+    ensure!(
+        t.id == task.id && t.status == TaskStatus::Running,
+        "claimed {t:?}"
+    );
+    ensure!(t.attempt == 1, "attempt should be 1, is {}", t.attempt);
+    let expires = t
+        .lease_expires_at
+        .ok_or("running task has no lease expiry")?;
+    let ahead = (expires - before).num_seconds();
+    ensure!(
+        (55..=65).contains(&ahead),
+        "lease expires {ahead} s ahead, expected ~60"
+    );
+    ensure!(t.started_at.is_some(), "started_at unset");
+    let stored = ok!(b.get_task(task.id).await).ok_or("task vanished")?;
+    ensure!(
+        stored.status == TaskStatus::Running,
+        "stored status {}",
+        stored.status
+    );
+    ensure!(
+        events_of(&b, task.id).await? == [EventKind::TaskQueued, EventKind::TaskStarted],
+        "expected queued, started"
+    );
+    Ok(())
+}
+
+/// Every claim gets a lease token of its own, and `next_run_at` names the earliest queued task
+/// of the engine, due or not.
+pub(super) async fn leases_are_distinct_and_next_run_at_is_the_earliest(
+    b: SharedBackend,
+) -> CheckResult {
+    let delayed = create(
+        &b,
+        TaskSpec::new("c")
+            .priority(9)
+            .delay(Duration::from_secs(3600)),
+    )
+    .await?;
+    for _ in 0..5 {
+        create(&b, TaskSpec::new("c")).await?;
+    }
+    let claimed = ok!(b.claim_tasks("c", 10, LEASE).await);
+    ensure!(
+        claimed.len() == 5,
+        "claimed {} of the 5 due tasks",
+        claimed.len()
+    );
+    let tokens: HashSet<LeaseToken> = claimed.iter().map(|c| c.lease_token).collect();
+    ensure!(tokens.len() == 5, "lease tokens are not unique");
+    // At the microsecond precision every backend keeps.
+    let next = ok!(b.next_run_at("c").await).map(|at| at.timestamp_micros());
+    ensure!(
+        next == Some(delayed.run_at.timestamp_micros()),
+        "next_run_at {next:?}, the delayed task runs at {}",
+        delayed.run_at
+    );
+    ensure!(
+        ok!(b.next_run_at("nobody").await).is_none(),
+        "an engine without tasks has no next run"
+    );
+    Ok(())
+}
+
+pub(super) async fn list_filters_and_pages(b: SharedBackend) -> CheckResult {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            create(&b, TaskSpec::new(if i % 2 == 0 { "even" } else { "odd" }))
+                .await?
+                .id,
+        );
+    }
+    let c = claim_one(&b, "odd", LEASE).await?;
+    let page1 = ok!(b
+        .list_tasks(TaskFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .await);
+    ensure!(
+        page1.iter().map(|t| t.id).collect::<Vec<_>>() == ids[..2],
+        "first page {page1:?}"
+    );
+    let page2 = ok!(b
+        .list_tasks(TaskFilter {
+            limit: 2,
+            after: Some(ids[1]),
+            ..Default::default()
+        })
+        .await);
+    ensure!(
+        page2.iter().map(|t| t.id).collect::<Vec<_>>() == ids[2..4],
+        "second page wrong"
+    );
+    let even = ok!(b
+        .list_tasks(TaskFilter {
+            engine: Some("even".into()),
+            ..Default::default()
+        })
+        .await);
+    ensure!(
+        even.len() == 3 && even.iter().all(|t| t.engine == "even"),
+        "core filter"
+    );
+    let running = ok!(b
+        .list_tasks(TaskFilter {
+            status: Some(TaskStatus::Running),
+            ..Default::default()
+        })
+        .await);
+    ensure!(
+        running.len() == 1 && running[0].id == c.task.id,
+        "status filter"
+    );
+    Ok(())
+}
+
+pub(super) async fn concurrent_claims_never_overlap(b: SharedBackend) -> CheckResult {
+    let specs: Vec<NewTask> = (0..200).map(|_| new_task(TaskSpec::new("c"))).collect();
+    ok!(b.create_tasks(specs).await);
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let b = b.clone();
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = b
+                    .claim_tasks("c", 7, LEASE)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if claimed.is_empty() {
+                    return Ok::<_, String>(mine);
+                }
+                mine.extend(claimed.into_iter().map(|c| c.task.id));
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    for handle in handles {
+        let mine = handle.await.map_err(|e| e.to_string())??;
+        for id in mine {
+            ensure!(seen.insert(id), "task {id} was claimed twice");
+        }
+    }
+    ensure!(seen.len() == 200, "claimed {} of 200", seen.len());
+    Ok(())
+}
+
+pub(super) async fn prune_finished_tasks(b: SharedBackend) -> CheckResult {
+    create(&b, TaskSpec::new("c").idempotency_key("gone")).await?;
+    let keep = create(&b, TaskSpec::new("c")).await?;
+    let c = claim_one(&b, "c", LEASE).await?;
+    ok!(finish(&b, &c, AttemptOutcome::Succeeded { result: json!(1) }).await);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let pruned = ok!(b.prune_tasks(clock::now(), 100).await);
+    ensure!(pruned == 1, "pruned {pruned}");
+    ensure!(
+        ok!(b.get_task(c.task.id).await).is_none(),
+        "pruned task still there"
+    );
+    ensure!(
+        ok!(b.get_task(keep.id).await).is_some(),
+        "queued task pruned"
+    );
+    let again = create(&b, TaskSpec::new("c").idempotency_key("gone")).await?;
+    ensure!(
+        again.id != c.task.id,
+        "idempotency key of a pruned task should be free again"
+    );
+    Ok(())
+}
+
+pub(super) async fn queue_depth_counts_queued(b: SharedBackend) -> CheckResult {
+    for p in [1, 1, 2] {
+        create(&b, TaskSpec::new("a").priority(p)).await?;
+    }
+    create(&b, TaskSpec::new("b")).await?;
+    create(&b, TaskSpec::new("b")).await?;
+    claim_one(&b, "b", LEASE).await?;
+    let depth = ok!(b.queue_depth().await);
+    let row = |engine: &str, priority, queued| QueueDepth {
+        engine: engine.to_owned(),
+        priority,
+        queued,
+    };
+    ensure!(
+        depth == [row("a", 1, 2), row("a", 2, 1), row("b", 1, 1)],
+        "queue_depth {depth:?}"
+    );
+    Ok(())
+}
