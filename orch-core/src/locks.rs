@@ -42,7 +42,8 @@ use crate::model::{
     NewLockWaiter, check_name, limits,
 };
 
-/// How a waiting acquisition behaves.
+/// How a waiting acquisition behaves: `LockOptions::default().ttl(..).priority(..).wait(..)`.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockOptions {
     /// How long the lock lasts unless extended. Default 30 s.
@@ -81,7 +82,8 @@ impl LockOptions {
     }
 }
 
-/// Tuning of a [`LockManager`].
+/// Tuning of a [`LockManager`]: `LockConfig::default()` and the `with_*` methods.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockConfig {
     /// How much earlier one priority point puts a waiter in line. Default 1 s.
@@ -106,7 +108,28 @@ impl Default for LockConfig {
     }
 }
 
+impl LockConfig {
+    /// Sets how much earlier one priority point puts a waiter in line.
+    pub fn with_aging_step(mut self, step: Duration) -> Self {
+        self.aging_step = step;
+        self
+    }
+
+    /// Sets how often a head waiter retries when nothing wakes it.
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Sets how long a waiter's queue entry lasts unless refreshed.
+    pub fn with_waiter_ttl(mut self, ttl: Duration) -> Self {
+        self.waiter_ttl = ttl;
+        self
+    }
+}
+
 /// Counters of a [`LockManager`].
+#[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LockStats {
     /// Unexpired locks in the store.

@@ -16,11 +16,10 @@ fn manager() -> LockManager {
 fn manager_on(backend: Arc<MemoryBackend>) -> LockManager {
     LockManager::with_config(
         backend,
-        LockConfig {
-            aging_step: Duration::from_millis(100),
-            poll_interval: Duration::from_millis(50),
-            waiter_ttl: Duration::from_secs(2),
-        },
+        LockConfig::default()
+            .with_aging_step(Duration::from_millis(100))
+            .with_poll_interval(Duration::from_millis(50))
+            .with_waiter_ttl(Duration::from_secs(2)),
     )
 }
 

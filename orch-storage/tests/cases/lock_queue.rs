@@ -170,11 +170,9 @@ pub(crate) async fn child() -> anyhow::Result<()> {
     let backend = orch_storage::connect(&url).await?;
     let locks = LockManager::with_config(
         backend.clone(),
-        LockConfig {
-            aging_step: AGING_STEP,
-            poll_interval: poll_interval(&process),
-            ..LockConfig::default()
-        },
+        LockConfig::default()
+            .with_aging_step(AGING_STEP)
+            .with_poll_interval(poll_interval(&process)),
     );
     let mut waiters = Vec::new();
     for (_, name, priority) in WAITERS.iter().filter(|(p, _, _)| *p == process) {

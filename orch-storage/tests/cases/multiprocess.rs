@@ -352,10 +352,7 @@ pub(crate) async fn child() -> anyhow::Result<()> {
         .await?;
     let locks = LockManager::with_config(
         backend.clone(),
-        LockConfig {
-            poll_interval: Duration::from_millis(20),
-            ..LockConfig::default()
-        },
+        LockConfig::default().with_poll_interval(Duration::from_millis(20)),
     );
     let name = process.clone();
     let engine = processor_fn(move |ctx, input| {
