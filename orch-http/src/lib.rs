@@ -1,13 +1,14 @@
 //! # orch-http
 //!
 //! The HTTP front of orch: an axum [`Router`](axum::Router) over an
-//! [`Orchestrator`](orch_core::Orchestrator) that applications mount in their own server, and
-//! the daemon `orchd` (feature `orchd`, on by default) that runs it on SQLite.
+//! [`Orchestrator`](orch_core::Orchestrator) that applications mount in their own server. It
+//! depends on orch-core alone, so an application with its own backend mounts it unchanged. The
+//! daemon that runs it on SQLite or PostgreSQL is the separate package `orchd`
+//! (`orch-http/orchd/`).
 //!
 //! How the crate is laid out:
 //! - [`router`] and [`AppState`] (`state.rs`): the routes and what they share.
-//! - [`config`]: [`HttpConfig`], validated once; [`settings`]: the YAML file and environment
-//!   variables `orchd` reads (seed 002's `config/production.yaml`).
+//! - [`config`]: [`HttpConfig`], validated once.
 //! - [`auth`]: roles, HS256 JWTs with `exp`/`iat`/`iss`/`aud`/`sub` required, the [`Authed`]
 //!   extractor that checks token, role and per-user rate limit; [`auth::users`]: Argon2id
 //!   hashes and lockout, stored in the backend's key-value space.
@@ -16,12 +17,8 @@
 //! - [`metrics`]: the seed's Prometheus metrics in the classic text format.
 //! - [`routes`]: one module per area (`jobs`, `locks`, `sse`, `auth`, `webhook`, `health`,
 //!   `misc`); [`openapi`]: the generated document at `/openapi.json`.
-//! - [`engines`]: the built-in `echo` and `sleep` engines `orchd` registers.
 //! - [`serve`] (`server.rs`): the lean HTTP/1.1 server `orchd` runs the router on.
 //! - [`Clock`]: injectable time for token expiry, lockout, limits and webhook tolerance.
-//!
-//! The router depends on orch-core alone: with `default-features = false` this crate pulls in
-//! no storage backend, so an application with its own backend mounts it unchanged.
 //!
 //! Every 4xx is JSON `{"error": "...", "field": ...}` ([`ApiError`]); no request data is
 //! unwrapped and a panic in a handler becomes a 500 JSON error.
@@ -30,7 +27,6 @@ pub mod auth;
 mod batch;
 mod clock;
 pub mod config;
-pub mod engines;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -38,7 +34,6 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
-pub mod settings;
 mod state;
 pub mod webhook;
 

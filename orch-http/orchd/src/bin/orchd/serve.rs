@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use orch_core::{Orchestrator, Plugin};
-use orch_http::settings::PluginSettings;
 use orch_http::{AppState, Secret};
 use orch_plugins::{Isolation, PluginOptions};
+use orchd::settings::PluginSettings;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -133,8 +133,8 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         .context("cannot start the orchestrator")?;
     let builtin = !args.no_builtin_engines && settings.engines.builtin.unwrap_or(true);
     if builtin {
-        orch.register_engine("echo", orch_http::engines::Echo)?;
-        orch.register_engine("sleep", orch_http::engines::Sleep)?;
+        orch.register_engine("echo", orchd::engines::Echo)?;
+        orch.register_engine("sleep", orchd::engines::Sleep)?;
     }
     let plugin_dir = settings
         .plugins

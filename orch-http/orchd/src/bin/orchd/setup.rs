@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use orch_http::settings::Settings;
 use orch_http::{Role, Secret};
+use orchd::settings::Settings;
 
 use crate::GlobalArgs;
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's curl walkthrough, from login to a finished task, against a running orchd.
-# Usage: ORCH_PASSWORD=<admin password> orch-http/scripts/walkthrough.sh [http://127.0.0.1:8000]
+# Usage: ORCH_PASSWORD=<admin password> orch-http/orchd/scripts/walkthrough.sh [http://127.0.0.1:8000]
 set -euo pipefail
 B=${1:-http://127.0.0.1:8000}
 json() { python3 -c "import sys, json; print(json.load(sys.stdin)$1)"; }

@@ -3,7 +3,7 @@
 //! top. Unknown keys and bad values stop start-up with a message naming the key.
 //!
 //! ```
-//! use orch_http::settings::Settings;
+//! use orchd::settings::Settings;
 //!
 //! let yaml = "security:\n  jwt_expiry: 600\n  rate_limit:\n    requests_per_minute: 100\n    burst_size: 20\n";
 //! let settings = Settings::from_yaml(yaml, &|_| None).unwrap();
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, HttpConfig, Limit, Secret};
+use orch_http::config::{ConfigError, HttpConfig, Limit, Secret};
 
 /// `server:`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

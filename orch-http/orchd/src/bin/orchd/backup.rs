@@ -37,7 +37,7 @@ fn backup_name() -> String {
 }
 
 /// The backups folder in force.
-pub(crate) fn backup_dir(global: &GlobalArgs, settings: &orch_http::settings::Settings) -> PathBuf {
+pub(crate) fn backup_dir(global: &GlobalArgs, settings: &orchd::settings::Settings) -> PathBuf {
     settings
         .backup
         .directory

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use orch_http::settings::Settings;
 use orch_http::{HttpConfig, Secret};
+use orchd::settings::Settings;
 
 const SEED_YAML: &str = r##"
 database:
