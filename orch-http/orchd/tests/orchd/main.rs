@@ -2,4 +2,6 @@
 //! and PostgreSQL when one can be started), and its YAML config and environment variables.
 
 mod daemon;
+mod postgres;
+mod postgres_server;
 mod settings;
