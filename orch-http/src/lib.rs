@@ -7,7 +7,8 @@
 //! (`orch-http/orchd/`).
 //!
 //! How the crate is laid out:
-//! - [`router`] and [`AppState`] (`state.rs`): the routes and what they share.
+//! - [`router`] (`router.rs`): the routes with their middleware; [`AppState`] (`state.rs`): what
+//!   they share, in parts each handler takes through axum's `FromRef`.
 //! - [`config`]: [`HttpConfig`], validated once.
 //! - [`auth`]: roles, HS256 JWTs with `exp`/`iat`/`iss`/`aud`/`sub` required, the [`Authed`]
 //!   extractor that checks token, role and per-user rate limit; [`auth::users`]: Argon2id
@@ -32,6 +33,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
+mod router;
 pub mod routes;
 pub mod server;
 mod state;
@@ -42,6 +44,6 @@ pub use clock::Clock;
 pub use config::{ConfigError, HttpConfig, Secret};
 pub use error::ApiError;
 pub use orch_core;
-pub use routes::router;
+pub use router::router;
 pub use server::serve;
 pub use state::AppState;

@@ -6,15 +6,18 @@ mod jwt;
 pub mod users;
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, MatchedPath};
+use axum::extract::{FromRef, FromRequestParts, MatchedPath};
 use axum::http::{header, request::Parts};
+use orch_core::{EventKind, NewEvent, SharedBackend};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::users::UserStore;
 use crate::clock::Clock;
-use crate::config::JwtConfig;
+use crate::config::{JwtConfig, LockoutConfig};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::ratelimit::{ClientIpSource, Limits, client_ip_string};
 
 /// What a user may do (seed 002 "Security Manager").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -175,6 +178,106 @@ impl TokenKeys {
     }
 }
 
+/// Appends security events (`auth.login_failed`, `webhook.signature_refused`, ...) to the
+/// orchestrator's event log, so they sit beside the task events and reach admins over SSE.
+#[derive(Clone)]
+pub struct SecurityLog {
+    backend: SharedBackend,
+}
+
+impl std::fmt::Debug for SecurityLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityLog").finish_non_exhaustive()
+    }
+}
+
+impl SecurityLog {
+    /// A log appending to `backend`'s event log.
+    pub fn new(backend: SharedBackend) -> Self {
+        SecurityLog { backend }
+    }
+
+    /// Appends an event of `kind` with `data`; a failure is logged, never returned.
+    pub async fn record(&self, kind: &str, data: serde_json::Value) {
+        tracing::warn!(kind, %data, "security event");
+        let event = NewEvent::new(EventKind::Custom(kind.to_owned())).with_data(data);
+        if let Err(error) = self.backend.append_event(event).await {
+            tracing::error!(%error, kind, "could not record a security event");
+        }
+    }
+}
+
+/// The part of the router's state that authentication and user administration need: token
+/// keys, the user store, the rate limiters, the clock, the lockout policy and the security
+/// log. Cheap to clone (one `Arc`).
+#[derive(Debug, Clone)]
+pub struct AuthState {
+    inner: Arc<AuthInner>,
+}
+
+#[derive(Debug)]
+struct AuthInner {
+    tokens: TokenKeys,
+    users: UserStore,
+    limits: Arc<Limits>,
+    clock: Clock,
+    lockout: LockoutConfig,
+    security: SecurityLog,
+}
+
+impl AuthState {
+    /// Puts the parts together.
+    pub fn new(
+        tokens: TokenKeys,
+        users: UserStore,
+        limits: Arc<Limits>,
+        clock: Clock,
+        lockout: LockoutConfig,
+        security: SecurityLog,
+    ) -> Self {
+        AuthState {
+            inner: Arc::new(AuthInner {
+                tokens,
+                users,
+                limits,
+                clock,
+                lockout,
+                security,
+            }),
+        }
+    }
+
+    /// Token issuing and checking.
+    pub fn tokens(&self) -> &TokenKeys {
+        &self.inner.tokens
+    }
+
+    /// The users.
+    pub fn users(&self) -> &UserStore {
+        &self.inner.users
+    }
+
+    /// The rate limiters (per user and endpoint, logins per client address).
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The clock tokens, lockout and limits read.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// The lockout policy.
+    pub fn lockout(&self) -> &LockoutConfig {
+        &self.inner.lockout
+    }
+
+    /// Where security events go.
+    pub fn security(&self) -> &SecurityLog {
+        &self.inner.security
+    }
+}
+
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -262,21 +365,29 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-impl<R: RoleSet> FromRequestParts<AppState> for Authed<R> {
+impl<R, S> FromRequestParts<S> for Authed<R>
+where
+    R: RoleSet,
+    S: Send + Sync,
+    AuthState: FromRef<S>,
+    ClientIpSource: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let auth = AuthState::from_ref(state);
         let token = bearer(parts)?;
-        let claims = match state.tokens().verify(token, state.clock()) {
+        let claims = match auth.tokens().verify(token, auth.clock()) {
             Ok(claims) => claims,
             Err(error) => {
-                state
-                    .security_event(
+                let ip = client_ip_string(parts, ClientIpSource::from_ref(state));
+                auth.security()
+                    .record(
                         "auth.token_refused",
                         serde_json::json!({
                             "reason": error.to_string(),
                             "path": parts.uri.path(),
-                            "ip": crate::ratelimit::client_ip_string(parts, state),
+                            "ip": ip,
                         }),
                     )
                     .await;
@@ -299,8 +410,7 @@ impl<R: RoleSet> FromRequestParts<AppState> for Authed<R> {
             .get::<MatchedPath>()
             .map(|p| p.as_str())
             .unwrap_or("unmatched");
-        state
-            .limits()
+        auth.limits()
             .check_user(&claims.sub, parts.method.as_str(), endpoint)?;
         Ok(Authed(
             Principal {
