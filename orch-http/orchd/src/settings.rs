@@ -167,10 +167,31 @@ pub struct SseSettings {
 pub struct PluginSettings {
     /// Directory of plugin libraries (default `<data dir>/plugins`).
     pub directory: Option<PathBuf>,
-    /// `in_process` (default) or `process` (each plugin in a child process).
-    pub isolation: Option<String>,
+    /// Where plugin code runs.
+    pub isolation: PluginIsolation,
     /// Configuration handed to each plugin's `initialize`, by plugin name.
     pub config: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// `plugins.isolation:` where plugin code runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginIsolation {
+    /// `in_process` (the default): on the plugin's own threads in the daemon; a plugin that
+    /// crashes takes the daemon down.
+    #[default]
+    InProcess,
+    /// `process`: each plugin in a child process, restarted when it crashes.
+    Process,
+}
+
+impl From<PluginIsolation> for orch_plugins::Isolation {
+    fn from(isolation: PluginIsolation) -> Self {
+        match isolation {
+            PluginIsolation::InProcess => orch_plugins::Isolation::InProcess,
+            PluginIsolation::Process => orch_plugins::Isolation::Process,
+        }
+    }
 }
 
 /// `engines:`.
@@ -201,8 +222,19 @@ pub struct BackupSettings {
 pub struct LoggingSettings {
     /// `tracing` filter (`info`, `orch_http=debug`); `ORCH_LOG` wins.
     pub level: Option<String>,
-    /// `json` (default) or `text`.
-    pub format: Option<String>,
+    /// How log lines are written.
+    pub format: LogFormat,
+}
+
+/// `logging.format:` how log lines are written on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `json` (the default): one JSON object per line, for log collectors.
+    #[default]
+    Json,
+    /// `text`: human-readable lines.
+    Text,
 }
 
 /// The whole file.
@@ -356,21 +388,6 @@ impl Settings {
             && self.logging.level.is_none()
         {
             self.logging.level = Some("debug".to_owned());
-        }
-        if let Some(isolation) = &self.plugins.isolation
-            && isolation != "in_process"
-            && isolation != "process"
-        {
-            return Err(ConfigError::new(
-                "plugins.isolation",
-                "must be in_process or process",
-            ));
-        }
-        if let Some(format) = &self.logging.format
-            && format != "json"
-            && format != "text"
-        {
-            return Err(ConfigError::new("logging.format", "must be json or text"));
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use orch_http::{HttpConfig, Secret};
-use orchd::settings::Settings;
+use orchd::settings::{LogFormat, PluginIsolation, Settings};
 
 const SEED_YAML: &str = r##"
 database:
@@ -96,6 +96,33 @@ fn invalid_config_names_the_key() {
         assert!(err.key.contains(key), "{yaml:?}: {err}");
         assert!(err.to_string().contains(key), "{err}");
     }
+    // Choices are parsed once; the error names the key and the allowed values.
+    for (yaml, key, allowed) in [
+        (
+            "logging:\n  format: xml\n",
+            "logging.format",
+            "`json` or `text`",
+        ),
+        (
+            "plugins:\n  isolation: container\n",
+            "plugins.isolation",
+            "`in_process` or `process`",
+        ),
+    ] {
+        let err = Settings::from_yaml(yaml, &none).unwrap_err();
+        assert_eq!(err.key, key);
+        assert!(err.to_string().contains(allowed), "{err}");
+    }
+    let chosen = Settings::from_yaml(
+        "logging:\n  format: text\nplugins:\n  isolation: process\n",
+        &none,
+    )
+    .unwrap();
+    assert_eq!(chosen.logging.format, LogFormat::Text);
+    assert_eq!(chosen.plugins.isolation, PluginIsolation::Process);
+    let defaults = Settings::from_yaml("", &none).unwrap();
+    assert_eq!(defaults.logging.format, LogFormat::Json);
+    assert_eq!(defaults.plugins.isolation, PluginIsolation::InProcess);
     let bad_env = env(&[("ENABLE_MONITORING", "perhaps")]);
     assert_eq!(
         Settings::from_yaml("", &bad_env).unwrap_err().key,

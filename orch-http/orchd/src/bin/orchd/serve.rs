@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use orch_core::{Orchestrator, Plugin};
 use orch_http::{AppState, Secret};
-use orch_plugins::{Isolation, PluginOptions};
+use orch_plugins::PluginOptions;
 use orchd::settings::PluginSettings;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -32,10 +32,7 @@ async fn load_plugins(orch: &Orchestrator, dir: &Path, settings: &PluginSettings
         return 0;
     }
     let options = PluginOptions {
-        isolation: match settings.isolation.as_deref() {
-            Some("process") => Isolation::Process,
-            _ => Isolation::InProcess,
-        },
+        isolation: settings.isolation.into(),
         ..PluginOptions::default()
     };
     let found = match orch_plugins::load_plugin_dir(dir, &options).await {
