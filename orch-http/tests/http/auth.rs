@@ -265,6 +265,18 @@ async fn admins_create_users_with_strong_passwords() {
             Some(json!({"username": "carol", "password": "a long enough password", "role": "viewer"})))
         .await;
     assert_error(&again, StatusCode::CONFLICT);
+    assert_eq!(again.body["field"], "username");
+    assert_eq!(again.body["error"], "user \"carol\" already exists");
+    let bad_name = server
+        .call(
+            Method::POST,
+            "/users",
+            Some(&admin),
+            Some(json!({"username": "no spaces", "password": "a long enough password", "role": "viewer"})),
+        )
+        .await;
+    assert_error(&bad_name, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad_name.body["field"], "username");
     let weak = server
         .call(
             Method::POST,

@@ -176,6 +176,13 @@ async fn a_fresh_start_serves_and_the_subcommands_work() {
         .await
         .unwrap();
     assert_eq!(reply.status(), 200);
+    let again = orchd(&dir)
+        .args(["user", "add", "--username", "ops"])
+        .env("ORCH_NEW_PASSWORD", "another long password")
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("user \"ops\" already exists"));
     // Restore refuses while the daemon runs.
     let backup = orchd(&dir).args(["backup"]).output().unwrap();
     assert!(

@@ -162,7 +162,7 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         .users()
         .is_empty()
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?
+        .context("cannot read the users")?
     {
         let (password, generated) = match std::env::var("ORCH_ADMIN_PASSWORD")
             .ok()
@@ -176,7 +176,7 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
             .users()
             .create("admin", &password, orch_http::Role::Admin, now)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot create the admin user: {}", e.message))?;
+            .context("cannot create the admin user")?;
         tracing::info!("created user admin");
         if generated {
             admin_password_generated = Some(password);

@@ -119,8 +119,7 @@ pub(crate) async fn user_add(global: GlobalArgs, args: UserAddArgs) -> Result<Ex
         .http_config(Secret::new("x".repeat(32)), Vec::new(), &global.data_dir)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .password_hashing;
-    let users = orch_http::auth::users::UserStore::new(db.backend(), hashing)
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let users = orch_http::auth::users::UserStore::new(db.backend(), hashing)?;
     let (password, generated) = match args.password {
         Some(password) => (password, false),
         None => (random_password()?, true),
@@ -129,10 +128,7 @@ pub(crate) async fn user_add(global: GlobalArgs, args: UserAddArgs) -> Result<Ex
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    users
-        .create(&args.username, &password, role, now)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    users.create(&args.username, &password, role, now).await?;
     println!("user {:?} added with role {}", args.username, role.as_str());
     if generated {
         println!("password (shown once): {password}");
