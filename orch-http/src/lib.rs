@@ -15,7 +15,7 @@
 //!   hashes and lockout, stored in the backend's key-value space.
 //! - [`webhook`]: Stripe's signature scheme, tolerance, rotation and replay refusal.
 //! - [`ratelimit`]: governor limiters per user and endpoint, per IP, per IP on login.
-//! - [`metrics`]: the seed's Prometheus metrics in the classic text format.
+//! - [`metrics`]: ORCH-Next's Prometheus metrics in the classic text format.
 //! - [`routes`]: one module per area (`jobs`, `locks`, `sse`, `auth`, `webhook`, `health`,
 //!   `misc`); [`openapi`]: the generated document at `/openapi.json`.
 //! - [`serve`] (`server.rs`): the lean HTTP/1.1 server `orchd` runs the router on.

@@ -1,4 +1,4 @@
-//! [`Metrics`]: the seed's Prometheus metrics, written in the classic text format (0.0.4) that
+//! [`Metrics`]: ORCH-Next's Prometheus metrics (its names and labels), written in the classic text format (0.0.4) that
 //! Prometheus and promtool parse. Task metrics follow the event log (one subscriber); queue
 //! depth, active locks and system gauges are read at scrape time.
 

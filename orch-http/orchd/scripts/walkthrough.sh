@@ -10,7 +10,7 @@ TOKEN=$(curl -s -X POST "$B/auth/login" -H 'Content-Type: application/json' \
   -d "{\"username\":\"admin\",\"password\":\"$ORCH_PASSWORD\"}" | json '["access_token"]')
 AUTH="Authorization: Bearer $TOKEN"
 
-# 2. Dispatch to the built-in echo engine and wait for the result (the seed's -Stay).
+# 2. Dispatch to the built-in echo engine and wait for the result (ORCH-Next's -Stay).
 curl -s -X POST "$B/dispatch" -H "$AUTH" -H 'Content-Type: application/json' \
   -d '{"coreId":"echo","stay":true,"payload":{"hello":"world"}}'
 echo

@@ -1,6 +1,5 @@
-//! [`Settings`]: the YAML config file `orchd` reads (shaped like seed 002's
-//! `config/production.yaml`), with `${VAR}` expansion and the seed's environment variables on
-//! top. Unknown keys and bad values stop start-up with a message naming the key.
+//! [`Settings`]: the YAML config file `orchd` reads (ORCH-Next's `config/production.yaml`
+//! layout), with `${VAR}` expansion and ORCH-Next's environment variables on top. Unknown keys and bad values stop start-up with a message naming the key.
 //!
 //! ```
 //! use orchd::settings::Settings;
@@ -44,9 +43,9 @@ pub struct DatabaseSettings {
     pub path: Option<String>,
     /// A `DATABASE_URL`-style URL (`sqlite://...`, `postgres://...`); `DATABASE_URL` wins.
     pub url: Option<String>,
-    /// Accepted for seed compatibility (the backend sizes its own pool).
+    /// Accepted from ORCH-Next's layout, unused (the backend sizes its own pool).
     pub pool_size: Option<u32>,
-    /// Accepted for seed compatibility.
+    /// Accepted from ORCH-Next's layout, unused.
     pub timeout: Option<u64>,
 }
 
@@ -60,7 +59,7 @@ pub struct LimitSettings {
     pub burst_size: Option<u32>,
 }
 
-/// `security.rate_limit:` (the seed's keys are the per-user limit).
+/// `security.rate_limit:` (ORCH-Next's keys are the per-user limit).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
@@ -136,18 +135,18 @@ pub struct SecuritySettings {
     pub password_hashing: HashingSettings,
 }
 
-/// `monitoring:` (seed keys accepted; `enabled` / `ENABLE_MONITORING` turns `/metrics` system
+/// `monitoring:` (ORCH-Next's keys accepted; `enabled` / `ENABLE_MONITORING` turns `/metrics` system
 /// gauges on).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitoringSettings {
     /// Collect system gauges.
     pub enabled: Option<bool>,
-    /// Seed key, accepted.
+    /// ORCH-Next's key, accepted, unused.
     pub interval: Option<u64>,
-    /// Seed key, accepted.
+    /// ORCH-Next's key, accepted, unused.
     pub metrics_retention: Option<u64>,
-    /// Seed key, accepted.
+    /// ORCH-Next's key, accepted, unused.
     pub alert_thresholds: Option<serde_json::Value>,
 }
 
@@ -202,7 +201,7 @@ pub struct EngineSettings {
     pub builtin: Option<bool>,
 }
 
-/// `backup:` (seed "Backup Procedures").
+/// `backup:` (ORCH-Next's backup procedure).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackupSettings {
@@ -249,7 +248,7 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// `monitoring:`.
     pub monitoring: MonitoringSettings,
-    /// `notifications:` (seed key, accepted and unused).
+    /// `notifications:` (ORCH-Next's key, accepted, unused).
     pub notifications: Option<serde_json::Value>,
     /// `sse:`.
     pub sse: SseSettings,

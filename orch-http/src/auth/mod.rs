@@ -19,7 +19,7 @@ use crate::config::{JwtConfig, LockoutConfig};
 use crate::error::ApiError;
 use crate::ratelimit::{ClientIpSource, Limits, client_ip_string};
 
-/// What a user may do (seed 002 "Security Manager").
+/// What a user may do: the roles of ORCH-Next's security manager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

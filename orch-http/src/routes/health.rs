@@ -1,4 +1,4 @@
-//! `GET /health` in the seed's shape, cached for `health_cache` so probes and load balancers
+//! `GET /health` in ORCH-Next's shape, cached for `health_cache` so probes and load balancers
 //! cost one backend round trip per second at most.
 
 use std::collections::BTreeMap;
@@ -59,7 +59,7 @@ impl HealthCheck {
     }
 }
 
-/// The seed's health body.
+/// The health body, in ORCH-Next's shape.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HealthReport {
     /// `healthy`, `unhealthy` or `shutting_down`.

@@ -37,7 +37,7 @@ impl Dispatching {
     }
 }
 
-/// A task as the API shows it (the seed's field names).
+/// A task as the API shows it (ORCH-Next's field names).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskView {
     /// The task id (a UUID; `task-<uuid>` is accepted in paths).
@@ -58,7 +58,7 @@ pub struct TaskView {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
-    /// Earliest start of the next attempt (the seed's `estimated_start`).
+    /// Earliest start of the next attempt (ORCH-Next's `estimated_start`).
     pub estimated_start: DateTime<Utc>,
     /// Start of the current or last attempt.
     pub started_at: Option<DateTime<Utc>>,
@@ -109,7 +109,7 @@ impl From<Task> for TaskView {
     }
 }
 
-/// The seed's dispatch body, plus `payload` for the engine.
+/// ORCH-Next's dispatch body, plus `payload` for the engine.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchRequest {

@@ -8,16 +8,21 @@ use serde_json::json;
 use crate::common::{self, assert_error};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dispatch_takes_the_seed_body_and_stay_waits_for_the_result() {
+async fn dispatch_takes_the_orch_next_body_and_stay_waits_for_the_result() {
     let server = common::start().await;
     let token = server.token("operator").await;
-    let seed_body = json!({
+    let orch_next_body = json!({
         "coreId": "echo", "stay": true, "priority": 2, "timeout": 300,
         "metadata": {"source": "api", "user_id": "user-123", "tags": ["urgent", "production"]},
         "payload": {"text": "hello"}
     });
     let reply = server
-        .call(Method::POST, "/dispatch", Some(&token), Some(seed_body))
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&token),
+            Some(orch_next_body),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let body = &reply.body;

@@ -1,11 +1,11 @@
-//! The YAML config and environment variables: seed shape, `${VAR}`, keys named in errors.
+//! The YAML config and environment variables: ORCH-Next's layout, `${VAR}`, keys named in errors.
 
 use std::path::Path;
 
 use orch_http::{HttpConfig, Secret};
 use orchd::settings::{LogFormat, PluginIsolation, Settings};
 
-const SEED_YAML: &str = r##"
+const ORCH_NEXT_YAML: &str = r##"
 database:
   path: "data/orch.db"
   pool_size: 10
@@ -46,13 +46,13 @@ fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Optio
 }
 
 #[test]
-fn the_seed_production_yaml_loads_with_its_environment() {
+fn orch_next_production_yaml_loads_with_its_environment() {
     let env = env(&[
         ("JWT_SECRET", "a-production-jwt-secret-of-32-bytes-or-more"),
         ("WEBHOOK_SECRET", "whsec_new,whsec_old"),
         ("ENABLE_MONITORING", "true"),
     ]);
-    let settings = Settings::from_yaml(SEED_YAML, &env).unwrap();
+    let settings = Settings::from_yaml(ORCH_NEXT_YAML, &env).unwrap();
     assert_eq!(
         settings.security.jwt_secret.as_deref(),
         Some("a-production-jwt-secret-of-32-bytes-or-more")

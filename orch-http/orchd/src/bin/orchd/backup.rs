@@ -1,4 +1,4 @@
-//! Backups (seed 002 "Backup Procedures"): `orchd backup`, `orchd restore`, and the daily
+//! Backups (ORCH-Next's backup procedure): `orchd backup`, `orchd restore`, and the daily
 //! scheduled backup to `<data dir>/backups/` with retention.
 
 use std::path::{Path, PathBuf};

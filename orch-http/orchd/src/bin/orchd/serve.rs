@@ -1,4 +1,4 @@
-//! `orchd serve`: the seed's start-up sequence (config, database, background services,
+//! `orchd serve`: ORCH-Next's start-up sequence (config, database, background services,
 //! security and users, HTTP server) and its shutdown sequence (stop accepting, drain in-flight
 //! requests and tasks for up to `server.shutdown_grace`, stop background services, close the
 //! database).
