@@ -77,6 +77,7 @@ impl Hs256Key {
         self.signature(signing_input)
             .verify_slice(&signature)
             .map_err(|_| "invalid signature".to_owned())?;
+        // A claims set is a JSON object (serde would read a struct from an array too).
         let claims: Map<String, Value> = decode_json(payload, "payload")?;
         serde_json::from_value(Value::Object(claims)).map_err(|e| format!("invalid claims: {e}"))
     }
