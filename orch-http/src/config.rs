@@ -71,7 +71,7 @@ pub struct JwtConfig {
     pub issuer: String,
     /// `aud` of issued tokens, required on incoming ones. Default `orch-api`.
     pub audience: String,
-    /// Token lifetime. Default 15 minutes (the seed's `jwt_expiry` sets it).
+    /// Token lifetime. Default 15 minutes (orchd's `security.jwt_expiry` sets it).
     pub expiry: Duration,
 }
 
@@ -94,10 +94,10 @@ impl Limit {
     }
 }
 
-/// Rate limits (seed 002 `security.rate_limit`).
+/// Rate limits (`security.rate_limit` in orchd's config file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitConfig {
-    /// Per authenticated user and endpoint (the seed's `requests_per_minute`/`burst_size`).
+    /// Per authenticated user and endpoint (ORCH-Next's `requests_per_minute`/`burst_size`).
     /// Default 100/min, burst 20.
     pub per_user: Limit,
     /// Per client IP over every route except `/health`, `/metrics` and `/openapi.json`.

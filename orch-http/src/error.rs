@@ -1,10 +1,13 @@
 //! [`ApiError`]: every error the API returns, as `{"error": "...", "field": ...}` with the right
-//! status. orch-core's [`Error`](orch_core::Error) maps here at the edge.
+//! status. orch-core's [`Error`](orch_core::Error) and the user store's
+//! [`UserError`] map here at the edge.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use crate::auth::users::UserError;
 
 /// An error response: a status, a message, the offending field when there is one, and for
 /// 429/503 a `Retry-After` in seconds.
@@ -139,6 +142,32 @@ impl From<orch_core::Error> for ApiError {
             other => Self::internal("orchestrator error", other),
         }
     }
+}
+
+impl From<UserError> for ApiError {
+    fn from(error: UserError) -> Self {
+        let message = error.to_string();
+        match error {
+            UserError::InvalidUsername => Self::unprocessable("username", message),
+            UserError::InvalidPassword => Self::unprocessable("password", message),
+            UserError::AlreadyExists(_) => Self::conflict(message).with_field("username"),
+            UserError::NotFound(_) => Self::not_found(message).with_field("username"),
+            UserError::Backend(error) => error.into(),
+            other => Self::internal("user store", chain(&other)),
+        }
+    }
+}
+
+/// `error: its source: its source ...`, for the log.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Result alias for handlers.

@@ -1,27 +1,25 @@
 //! # orch-http
 //!
 //! The HTTP front of orch: an axum [`Router`](axum::Router) over an
-//! [`Orchestrator`](orch_core::Orchestrator) that applications mount in their own server, and
-//! the daemon `orchd` (feature `orchd`, on by default) that runs it on SQLite.
+//! [`Orchestrator`](orch_core::Orchestrator) that applications mount in their own server. It
+//! depends on orch-core alone, so an application with its own backend mounts it unchanged. The
+//! daemon that runs it on SQLite or PostgreSQL is the separate package `orchd`
+//! (`orch-http/orchd/`).
 //!
 //! How the crate is laid out:
-//! - [`router`] and [`AppState`] (`state.rs`): the routes and what they share.
-//! - [`config`]: [`HttpConfig`], validated once; [`settings`]: the YAML file and environment
-//!   variables `orchd` reads (seed 002's `config/production.yaml`).
+//! - [`router`] (`router.rs`): the routes with their middleware; [`AppState`] (`state.rs`): what
+//!   they share, in parts each handler takes through axum's `FromRef`.
+//! - [`config`]: [`HttpConfig`], validated once.
 //! - [`auth`]: roles, HS256 JWTs with `exp`/`iat`/`iss`/`aud`/`sub` required, the [`Authed`]
 //!   extractor that checks token, role and per-user rate limit; [`auth::users`]: Argon2id
 //!   hashes and lockout, stored in the backend's key-value space.
 //! - [`webhook`]: Stripe's signature scheme, tolerance, rotation and replay refusal.
 //! - [`ratelimit`]: governor limiters per user and endpoint, per IP, per IP on login.
-//! - [`metrics`]: the seed's Prometheus metrics in the classic text format.
+//! - [`metrics`]: ORCH-Next's Prometheus metrics in the classic text format.
 //! - [`routes`]: one module per area (`jobs`, `locks`, `sse`, `auth`, `webhook`, `health`,
 //!   `misc`); [`openapi`]: the generated document at `/openapi.json`.
-//! - [`engines`]: the built-in `echo` and `sleep` engines `orchd` registers.
 //! - [`serve`] (`server.rs`): the lean HTTP/1.1 server `orchd` runs the router on.
 //! - [`Clock`]: injectable time for token expiry, lockout, limits and webhook tolerance.
-//!
-//! The router depends on orch-core alone: with `default-features = false` this crate pulls in
-//! no storage backend, so an application with its own backend mounts it unchanged.
 //!
 //! Every 4xx is JSON `{"error": "...", "field": ...}` ([`ApiError`]); no request data is
 //! unwrapped and a panic in a handler becomes a 500 JSON error.
@@ -30,15 +28,14 @@ pub mod auth;
 mod batch;
 mod clock;
 pub mod config;
-pub mod engines;
 pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
+mod router;
 pub mod routes;
 pub mod server;
-pub mod settings;
 mod state;
 pub mod webhook;
 
@@ -47,6 +44,6 @@ pub use clock::Clock;
 pub use config::{ConfigError, HttpConfig, Secret};
 pub use error::ApiError;
 pub use orch_core;
-pub use routes::router;
+pub use router::router;
 pub use server::serve;
 pub use state::AppState;

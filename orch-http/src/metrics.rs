@@ -1,4 +1,4 @@
-//! [`Metrics`]: the seed's Prometheus metrics, written in the classic text format (0.0.4) that
+//! [`Metrics`]: ORCH-Next's Prometheus metrics (its names and labels), written in the classic text format (0.0.4) that
 //! Prometheus and promtool parse. Task metrics follow the event log (one subscriber); queue
 //! depth, active locks and system gauges are read at scrape time.
 
@@ -17,8 +17,6 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::state::AppState;
 
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -66,6 +64,8 @@ pub struct Metrics {
     cpu_last: Mutex<Option<(u64, u64)>>,
     /// When each running task started (from `task.started`), for task durations.
     started: Mutex<HashMap<orch_core::TaskId, chrono::DateTime<chrono::Utc>>>,
+    /// Paths whose size `orch_system_disk_usage_bytes{path}` reports.
+    disk_paths: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,8 +92,13 @@ macro_rules! build {
 }
 
 impl Metrics {
-    /// Registers every family.
+    /// Registers every family; no disk usage is reported.
     pub fn new() -> Arc<Self> {
+        Self::with_disk_paths(Vec::new())
+    }
+
+    /// Registers every family; `orch_system_disk_usage_bytes{path}` reports `disk_paths`.
+    pub fn with_disk_paths(disk_paths: Vec<PathBuf>) -> Arc<Self> {
         let r = Registry::new();
         let hist = |name: &str, help: &str, buckets: &[f64]| {
             HistogramOpts::new(name, help).buckets(buckets.to_vec())
@@ -230,12 +235,13 @@ impl Metrics {
             total_requests: AtomicU64::new(0),
             cpu_last: Mutex::new(None),
             started: Mutex::new(HashMap::new()),
+            disk_paths,
         })
     }
 
     /// Counts one event from the log.
     pub fn observe_event(&self, event: &orch_core::Event) {
-        let core = event.core_id.as_deref().unwrap_or("");
+        let core = event.engine.as_deref().unwrap_or("");
         let status = match &event.kind {
             EventKind::TaskQueued => "queued",
             EventKind::TaskStarted => "running",
@@ -277,12 +283,12 @@ impl Metrics {
 
     /// Refreshes the gauges read at scrape time and writes every family in the classic text
     /// format.
-    pub async fn render(&self, orch: &Orchestrator, disk_paths: &[PathBuf]) -> String {
+    pub async fn render(&self, orch: &Orchestrator) -> String {
         match orch.backend().queue_depth().await {
             Ok(depths) => {
                 let mut by_priority: HashMap<i32, u64> = HashMap::new();
-                for (_, priority, count) in depths {
-                    *by_priority.entry(priority).or_default() += count;
+                for depth in depths {
+                    *by_priority.entry(depth.priority).or_default() += depth.queued;
                 }
                 self.queue_depth.reset();
                 for (priority, count) in by_priority {
@@ -304,7 +310,7 @@ impl Metrics {
             }
             Err(error) => tracing::warn!(%error, "metrics: locks unavailable"),
         }
-        self.refresh_system(disk_paths);
+        self.refresh_system();
         let mut buffer = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!(%error, "metrics: encoding failed");
@@ -312,7 +318,7 @@ impl Metrics {
         String::from_utf8(buffer).unwrap_or_default()
     }
 
-    fn refresh_system(&self, disk_paths: &[PathBuf]) {
+    fn refresh_system(&self) {
         if let Some((total, idle)) = read_cpu_totals() {
             let mut last = self.cpu_last.lock();
             if let Some((last_total, last_idle)) = *last
@@ -327,7 +333,7 @@ impl Metrics {
         if let Some(percent) = read_memory_percent() {
             self.memory_percent.set(percent);
         }
-        for path in disk_paths {
+        for path in &self.disk_paths {
             self.disk_usage
                 .with_label_values(&[&path.display().to_string()])
                 .set(disk_usage(path, 3) as f64);
@@ -390,7 +396,7 @@ fn disk_usage(path: &Path, depth: u32) -> u64 {
 }
 
 /// Middleware: counts and times every request by method, status and matched route.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().as_str().to_owned();
     let endpoint = request
@@ -398,7 +404,6 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
-    let metrics = state.metrics();
     metrics.total_requests.fetch_add(1, Ordering::Relaxed);
     metrics
         .http_requests

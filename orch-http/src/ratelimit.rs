@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -19,7 +19,6 @@ use governor::{Quota, RateLimiter};
 use crate::clock::Clock;
 use crate::config::{Limit, RateLimitConfig};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 type Keyed<K> = RateLimiter<K, DashMapStateStore<K>, Clock, NoOpMiddleware<std::time::Duration>>;
 
@@ -119,9 +118,19 @@ impl Limits {
     }
 }
 
+/// Where the client address comes from: the socket peer, or the first `X-Forwarded-For` hop
+/// when the router sits behind a trusted proxy ([`HttpConfig::trust_forwarded_for`]).
+///
+/// [`HttpConfig::trust_forwarded_for`]: crate::HttpConfig::trust_forwarded_for
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientIpSource {
+    /// Take the first `X-Forwarded-For` hop.
+    pub trust_forwarded_for: bool,
+}
+
 /// The client address: the socket peer, or the first `X-Forwarded-For` hop when trusted.
-pub fn client_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
-    if state.config().trust_forwarded_for
+pub fn client_ip(parts: &Parts, source: ClientIpSource) -> Option<IpAddr> {
+    if source.trust_forwarded_for
         && let Some(ip) = parts
             .headers
             .get("x-forwarded-for")
@@ -138,35 +147,40 @@ pub fn client_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
 }
 
 /// [`client_ip`] as a string for events ("unknown" without one).
-pub fn client_ip_string(parts: &Parts, state: &AppState) -> String {
-    client_ip(parts, state).map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+pub fn client_ip_string(parts: &Parts, source: ClientIpSource) -> String {
+    client_ip(parts, source).map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
 
 /// Middleware: the per-IP limit on every route but `/health`, `/metrics` and `/openapi.json`.
-pub async fn per_ip(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn per_ip(
+    State(limits): State<Arc<Limits>>,
+    ClientIp(ip): ClientIp,
+    request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path();
     if matches!(path, "/health" | "/metrics" | "/openapi.json") {
         return next.run(request).await;
     }
-    let (parts, body) = request.into_parts();
-    if let Some(ip) = client_ip(&parts, &state)
-        && let Err(error) = state.limits().check_ip(ip)
+    if let Some(ip) = ip
+        && let Err(error) = limits.check_ip(ip)
     {
         return error.into_response();
     }
-    next.run(Request::from_parts(parts, body)).await
+    next.run(request).await
 }
 
 /// The client address as an extractor (see [`client_ip`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
 
-impl axum::extract::FromRequestParts<AppState> for ClientIp {
+impl<S> FromRequestParts<S> for ClientIp
+where
+    S: Send + Sync,
+    ClientIpSource: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(client_ip(parts, state)))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts, ClientIpSource::from_ref(state))))
     }
 }

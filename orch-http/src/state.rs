@@ -1,62 +1,29 @@
-//! [`AppState`]: what every handler shares. Cheap to clone (one `Arc`).
+//! [`AppState`]: the router's state, made of parts. Each handler takes only the parts it needs
+//! through axum's [`FromRef`] (`State<Orchestrator>`, `State<AuthState>`, ...); the parts live
+//! in the modules that use them, and this module only puts them together, so it imports no
+//! handler module and no handler module imports it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::time::Instant;
 
-use chrono::{DateTime, Utc};
-use orch_core::{EventKind, LockGuard, NewEvent, Orchestrator};
-use parking_lot::Mutex;
+use axum::extract::FromRef;
+use orch_core::Orchestrator;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::TokenKeys;
 use crate::auth::users::UserStore;
+use crate::auth::{AuthState, SecurityLog, TokenKeys};
+use crate::batch::DispatchBatcher;
 use crate::clock::Clock;
 use crate::config::{ConfigError, HttpConfig};
 use crate::metrics::Metrics;
-use crate::ratelimit::Limits;
-use crate::webhook::ReplayCache;
+use crate::ratelimit::{ClientIpSource, Limits};
+use crate::routes::health::HealthCheck;
+use crate::routes::jobs::Dispatching;
+use crate::routes::locks::HeldLocks;
+use crate::routes::sse::SseStreams;
+use crate::routes::webhook::WebhookState;
 
-/// Locks granted over HTTP. Their guards are kept here (a dropped guard releases its lock) until
-/// released, or until they have expired.
-#[derive(Default)]
-pub(crate) struct HeldLocks {
-    pub(crate) guards: Mutex<HashMap<HeldKey, (LockGuard, DateTime<Utc>)>>,
-}
-
-/// A lock granted over HTTP: resource and fencing token.
-pub(crate) type HeldKey = (String, u64);
-
-impl HeldLocks {
-    /// Drops guards whose lock has expired (their release is a harmless no-op).
-    pub(crate) fn sweep(&self, now: DateTime<Utc>) {
-        self.guards.lock().retain(|_, (_, expires)| *expires > now);
-    }
-}
-
-pub(crate) struct Inner {
-    pub(crate) orch: Orchestrator,
-    pub(crate) config: HttpConfig,
-    pub(crate) clock: Clock,
-    pub(crate) tokens: TokenKeys,
-    pub(crate) users: UserStore,
-    pub(crate) limits: Arc<Limits>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) replays: ReplayCache,
-    pub(crate) dispatcher: crate::batch::DispatchBatcher,
-    pub(crate) sse_open: AtomicUsize,
-    pub(crate) held_locks: HeldLocks,
-    /// Cancelled when the server begins to shut down: SSE streams end so the graceful drain
-    /// does not wait on them forever.
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) started: Instant,
-    pub(crate) health: parking_lot::RwLock<Option<(Instant, crate::routes::health::HealthReport)>>,
-    pub(crate) health_refresh: tokio::sync::Mutex<()>,
-}
-
-/// The shared state of the router: the orchestrator, the validated config, the clock, the
-/// user store, limiters and metrics.
+/// The shared state of the router: the orchestrator, the validated config and the parts built
+/// from them. Cheap to clone (one `Arc`).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -73,15 +40,60 @@ pub(crate) struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct AppState {
-    pub(crate) inner: Arc<Inner>,
+    parts: Arc<Parts>,
+}
+
+/// What [`AppState`] holds. Each part is cheap to clone (an `Arc` or a few words).
+struct Parts {
+    orch: Orchestrator,
+    config: HttpConfig,
+    auth: AuthState,
+    client_ip: ClientIpSource,
+    limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
+    dispatching: Dispatching,
+    sse: SseStreams,
+    held_locks: HeldLocks,
+    health: HealthCheck,
+    webhook: WebhookState,
+    /// Cancelled when the server begins to shut down: SSE streams end so the graceful drain
+    /// does not wait on them forever, and `/health` says so. The SSE and health parts hold
+    /// clones.
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("orch", &self.inner.orch)
+            .field("orch", &self.parts.orch)
             .finish_non_exhaustive()
     }
+}
+
+/// `impl FromRef<AppState> for Part`: a handler's `State<Part>` clones the part out.
+macro_rules! parts {
+    ($($part:ty => $field:ident),* $(,)?) => {
+        $(
+            impl FromRef<AppState> for $part {
+                fn from_ref(state: &AppState) -> Self {
+                    state.parts.$field.clone()
+                }
+            }
+        )*
+    };
+}
+
+parts! {
+    Orchestrator => orch,
+    AuthState => auth,
+    ClientIpSource => client_ip,
+    Arc<Limits> => limits,
+    Arc<Metrics> => metrics,
+    Dispatching => dispatching,
+    SseStreams => sse,
+    HeldLocks => held_locks,
+    HealthCheck => health,
+    WebhookState => webhook,
 }
 
 impl AppState {
@@ -99,85 +111,103 @@ impl AppState {
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let users = UserStore::new(orch.backend().clone(), config.password_hashing)
-            .map_err(|e| ConfigError::new("security.password_hashing", e.message))?;
-        let metrics = Metrics::new();
+            .map_err(|e| ConfigError::new("security.password_hashing", e.to_string()))?;
+        let metrics = Metrics::with_disk_paths(config.disk_paths.clone());
         tokio::spawn(crate::metrics::follow_events(
             orch.events().clone(),
             metrics.clone(),
         ));
+        let limits = Limits::new(&config.rate_limit, clock.clone());
+        let security = SecurityLog::new(orch.backend().clone());
+        let shutdown = CancellationToken::new();
         Ok(AppState {
-            inner: Arc::new(Inner {
-                tokens: TokenKeys::new(&config.jwt),
-                limits: Limits::new(&config.rate_limit, clock.clone()),
-                users,
+            parts: Arc::new(Parts {
+                auth: AuthState::new(
+                    TokenKeys::new(&config.jwt),
+                    users,
+                    limits.clone(),
+                    clock.clone(),
+                    config.lockout,
+                    security.clone(),
+                ),
+                client_ip: ClientIpSource {
+                    trust_forwarded_for: config.trust_forwarded_for,
+                },
+                limits,
                 metrics,
-                replays: ReplayCache::new(),
-                dispatcher: crate::batch::DispatchBatcher::start(orch.clone()),
-                sse_open: AtomicUsize::new(0),
+                dispatching: Dispatching::new(
+                    DispatchBatcher::start(orch.clone()),
+                    config.stay_max_wait,
+                ),
+                sse: SseStreams::new(&config.sse, shutdown.clone()),
                 held_locks: HeldLocks::default(),
-                shutdown: CancellationToken::new(),
-                started: Instant::now(),
-                health: parking_lot::RwLock::new(None),
-                health_refresh: tokio::sync::Mutex::new(()),
+                health: HealthCheck::new(
+                    config.version.clone(),
+                    config.health_cache,
+                    clock.clone(),
+                    shutdown.clone(),
+                ),
+                webhook: WebhookState::new(
+                    config.webhook_secrets.clone(),
+                    config.webhook_tolerance,
+                    clock,
+                    security,
+                ),
+                shutdown,
                 orch,
                 config,
-                clock,
             }),
         })
     }
 
     /// The orchestrator.
     pub fn orch(&self) -> &Orchestrator {
-        &self.inner.orch
+        &self.parts.orch
     }
 
     /// The configuration.
     pub fn config(&self) -> &HttpConfig {
-        &self.inner.config
+        &self.parts.config
     }
 
     /// The clock.
     pub fn clock(&self) -> &Clock {
-        &self.inner.clock
+        self.parts.auth.clock()
     }
 
     /// Token issuing and checking.
     pub fn tokens(&self) -> &TokenKeys {
-        &self.inner.tokens
+        self.parts.auth.tokens()
     }
 
     /// The users.
     pub fn users(&self) -> &UserStore {
-        &self.inner.users
+        self.parts.auth.users()
     }
 
     /// The rate limiters.
     pub fn limits(&self) -> &Limits {
-        &self.inner.limits
+        &self.parts.limits
     }
 
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
+        &self.parts.metrics
     }
 
     /// Fired by [`AppState::begin_shutdown`].
     pub fn shutdown_token(&self) -> &CancellationToken {
-        &self.inner.shutdown
+        &self.parts.shutdown
     }
 
     /// Starts shutting down: `/health` says so, new SSE streams are refused and open ones end.
     pub fn begin_shutdown(&self) {
-        self.inner.shutdown.cancel();
+        self.parts.shutdown.cancel();
     }
 
     /// Appends a security event (`auth.login_failed`, ...) to the event log; a failure is
     /// logged, never returned.
     pub async fn security_event(&self, kind: &str, data: serde_json::Value) {
-        tracing::warn!(kind, %data, "security event");
-        let event = NewEvent::new(EventKind::Custom(kind.to_owned())).with_data(data);
-        if let Err(error) = self.inner.orch.backend().append_event(event).await {
-            tracing::error!(%error, kind, "could not record a security event");
-        }
+        self.parts.auth.security().record(kind, data).await;
     }
 }

@@ -217,7 +217,7 @@ impl ReplayCache {
     }
 }
 
-/// The seed's webhook payload.
+/// The webhook payload, in ORCH-Next's shape.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 pub struct WebhookPayload {
     /// `task.completed` (with `status`), `task.succeeded`, `task.failed`, `task.cancelled`;

@@ -178,6 +178,10 @@ struct Attempt {
     model_token: LeaseToken,
 }
 
+/// An event without its sequence number and time: kind, task (by dispatch order), engine,
+/// attempt, data.
+type EventShape = (String, Option<usize>, Option<String>, Option<u32>, Value);
+
 /// The reference model: the rules applied to a list of tasks, with a logical clock.
 #[derive(Default)]
 struct Model {
@@ -186,7 +190,7 @@ struct Model {
     /// of events.
     ids: Vec<TaskId>,
     attempts: Vec<Attempt>,
-    events: Vec<(String, Option<usize>, Option<String>, Option<u32>, Value)>,
+    events: Vec<EventShape>,
     tick: u64,
 }
 

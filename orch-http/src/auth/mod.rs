@@ -2,21 +2,24 @@
 //! `iss`, `aud`, `sub` required), the [`Authed`] extractor that checks a token, the caller's
 //! role against the endpoint's [`RoleSet`], and the per-user rate limit.
 
+mod jwt;
 pub mod users;
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, MatchedPath};
+use axum::extract::{FromRef, FromRequestParts, MatchedPath};
 use axum::http::{header, request::Parts};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use orch_core::{EventKind, NewEvent, SharedBackend};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::users::UserStore;
 use crate::clock::Clock;
-use crate::config::JwtConfig;
+use crate::config::{JwtConfig, LockoutConfig};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::ratelimit::{ClientIpSource, Limits, client_ip_string};
 
-/// What a user may do (seed 002 "Security Manager").
+/// What a user may do: the roles of ORCH-Next's security manager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -80,9 +83,7 @@ pub struct Claims {
 /// Issues and verifies access tokens with one pinned algorithm (HS256).
 #[derive(Clone)]
 pub struct TokenKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    key: jwt::Hs256Key,
     config: JwtConfig,
 }
 
@@ -119,19 +120,8 @@ impl std::fmt::Display for TokenError {
 impl TokenKeys {
     /// Keys for `config`.
     pub fn new(config: &JwtConfig) -> Self {
-        let secret = config.secret.expose().as_bytes();
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        validation.set_issuer(&[config.issuer.as_str()]);
-        validation.set_audience(&[config.audience.as_str()]);
-        // Time claims are checked against the injected clock below, with no leeway.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.leeway = 0;
         TokenKeys {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
+            key: jwt::Hs256Key::new(config.secret.expose().as_bytes()),
             config: config.clone(),
         }
     }
@@ -153,7 +143,8 @@ impl TokenKeys {
             exp: now + self.expires_in(),
             jti: uuid::Uuid::new_v4().to_string(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        self.key
+            .sign(&claims)
             .map_err(|e| ApiError::internal("signing a token", e))
     }
 
@@ -163,9 +154,16 @@ impl TokenKeys {
         if token.len() > 8192 {
             return Err(TokenError::Invalid("token too long".to_owned()));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
-        let claims = data.claims;
+        // Every claim of `Claims` is required: a token without `exp`, `iat`, `iss`, `aud` or
+        // `sub` does not deserialize.
+        let claims: Claims = self.key.verify(token).map_err(TokenError::Invalid)?;
+        if claims.iss != self.config.issuer {
+            return Err(TokenError::Invalid("wrong issuer".to_owned()));
+        }
+        if claims.aud != self.config.audience {
+            return Err(TokenError::Invalid("wrong audience".to_owned()));
+        }
+        // Time is the injected clock's, with no leeway.
         let now = clock.unix_now();
         if now >= claims.exp {
             return Err(TokenError::Expired);
@@ -177,6 +175,106 @@ impl TokenKeys {
             return Err(TokenError::Invalid("lifetime too long".to_owned()));
         }
         Ok(claims)
+    }
+}
+
+/// Appends security events (`auth.login_failed`, `webhook.signature_refused`, ...) to the
+/// orchestrator's event log, so they sit beside the task events and reach admins over SSE.
+#[derive(Clone)]
+pub struct SecurityLog {
+    backend: SharedBackend,
+}
+
+impl std::fmt::Debug for SecurityLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityLog").finish_non_exhaustive()
+    }
+}
+
+impl SecurityLog {
+    /// A log appending to `backend`'s event log.
+    pub fn new(backend: SharedBackend) -> Self {
+        SecurityLog { backend }
+    }
+
+    /// Appends an event of `kind` with `data`; a failure is logged, never returned.
+    pub async fn record(&self, kind: &str, data: serde_json::Value) {
+        tracing::warn!(kind, %data, "security event");
+        let event = NewEvent::new(EventKind::Custom(kind.to_owned())).with_data(data);
+        if let Err(error) = self.backend.append_event(event).await {
+            tracing::error!(%error, kind, "could not record a security event");
+        }
+    }
+}
+
+/// The part of the router's state that authentication and user administration need: token
+/// keys, the user store, the rate limiters, the clock, the lockout policy and the security
+/// log. Cheap to clone (one `Arc`).
+#[derive(Debug, Clone)]
+pub struct AuthState {
+    inner: Arc<AuthInner>,
+}
+
+#[derive(Debug)]
+struct AuthInner {
+    tokens: TokenKeys,
+    users: UserStore,
+    limits: Arc<Limits>,
+    clock: Clock,
+    lockout: LockoutConfig,
+    security: SecurityLog,
+}
+
+impl AuthState {
+    /// Puts the parts together.
+    pub fn new(
+        tokens: TokenKeys,
+        users: UserStore,
+        limits: Arc<Limits>,
+        clock: Clock,
+        lockout: LockoutConfig,
+        security: SecurityLog,
+    ) -> Self {
+        AuthState {
+            inner: Arc::new(AuthInner {
+                tokens,
+                users,
+                limits,
+                clock,
+                lockout,
+                security,
+            }),
+        }
+    }
+
+    /// Token issuing and checking.
+    pub fn tokens(&self) -> &TokenKeys {
+        &self.inner.tokens
+    }
+
+    /// The users.
+    pub fn users(&self) -> &UserStore {
+        &self.inner.users
+    }
+
+    /// The rate limiters (per user and endpoint, logins per client address).
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The clock tokens, lockout and limits read.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// The lockout policy.
+    pub fn lockout(&self) -> &LockoutConfig {
+        &self.inner.lockout
+    }
+
+    /// Where security events go.
+    pub fn security(&self) -> &SecurityLog {
+        &self.inner.security
     }
 }
 
@@ -267,21 +365,29 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-impl<R: RoleSet> FromRequestParts<AppState> for Authed<R> {
+impl<R, S> FromRequestParts<S> for Authed<R>
+where
+    R: RoleSet,
+    S: Send + Sync,
+    AuthState: FromRef<S>,
+    ClientIpSource: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let auth = AuthState::from_ref(state);
         let token = bearer(parts)?;
-        let claims = match state.tokens().verify(token, state.clock()) {
+        let claims = match auth.tokens().verify(token, auth.clock()) {
             Ok(claims) => claims,
             Err(error) => {
-                state
-                    .security_event(
+                let ip = client_ip_string(parts, ClientIpSource::from_ref(state));
+                auth.security()
+                    .record(
                         "auth.token_refused",
                         serde_json::json!({
                             "reason": error.to_string(),
                             "path": parts.uri.path(),
-                            "ip": crate::ratelimit::client_ip_string(parts, state),
+                            "ip": ip,
                         }),
                     )
                     .await;
@@ -304,8 +410,7 @@ impl<R: RoleSet> FromRequestParts<AppState> for Authed<R> {
             .get::<MatchedPath>()
             .map(|p| p.as_str())
             .unwrap_or("unmatched");
-        state
-            .limits()
+        auth.limits()
             .check_user(&claims.sub, parts.method.as_str(), endpoint)?;
         Ok(Authed(
             Principal {

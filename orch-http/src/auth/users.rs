@@ -1,5 +1,6 @@
 //! [`UserStore`]: users with Argon2id password hashes and login state (failures, lockout), kept
-//! in the backend's key-value space so they live in the same database as the tasks.
+//! in the backend's key-value space so they live in the same database as the tasks. Its errors
+//! are [`UserError`]s; the HTTP layer maps them to statuses ([`ApiError`](crate::ApiError)).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +12,51 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::auth::Role;
 use crate::config::{LockoutConfig, PasswordHashing};
-use crate::error::ApiError;
 
 const USER_PREFIX: &str = "orch-http/users/";
 const LOGIN_PREFIX: &str = "orch-http/login/";
+
+/// What can go wrong in the [`UserStore`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UserError {
+    /// The username is not 1 to 64 of `A-Z a-z 0-9 . _ @ -`.
+    #[error("username must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '@', '-'")]
+    InvalidUsername,
+    /// The new password is not 12 to 1024 bytes long.
+    #[error("password must be between 12 and 1024 bytes long")]
+    InvalidPassword,
+    /// [`UserStore::create`] of a name that is taken.
+    #[error("user {0:?} already exists")]
+    AlreadyExists(String),
+    /// [`UserStore::unlock`] of a name that is no user.
+    #[error("no user {0:?}")]
+    NotFound(String),
+    /// The Argon2 cost of [`PasswordHashing`] is not valid.
+    #[error("invalid password hashing cost")]
+    HashingCost(#[source] argon2::Error),
+    /// Argon2 could not hash a password.
+    #[error("password hashing failed")]
+    Hashing(#[source] argon2::password_hash::Error),
+    /// The blocking task that hashes or verifies a password did not finish.
+    #[error("password hashing task failed")]
+    HashingTask(#[source] tokio::task::JoinError),
+    /// The backend's key-value space failed.
+    #[error("user store backend failed")]
+    Backend(#[from] orch_core::Error),
+    /// A stored user record is not the JSON this version writes.
+    #[error("stored user {username:?} is not valid")]
+    Corrupt {
+        /// Whose record.
+        username: String,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A record could not be encoded.
+    #[error("encoding a user record failed")]
+    Encode(#[source] serde_json::Error),
+}
 
 /// A stored user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +97,7 @@ pub enum LoginOutcome {
 }
 
 /// Checks a username: 1 to 64 of `A-Z a-z 0-9 . _ @ -`.
-pub fn check_username(username: &str) -> Result<(), ApiError> {
+pub fn check_username(username: &str) -> Result<(), UserError> {
     let ok = !username.is_empty()
         && username.len() <= 64
         && username
@@ -64,20 +106,14 @@ pub fn check_username(username: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::unprocessable(
-            "username",
-            "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '@', '-'",
-        ))
+        Err(UserError::InvalidUsername)
     }
 }
 
 /// Checks a new password: 12 to 1024 bytes.
-pub fn check_password(password: &str) -> Result<(), ApiError> {
+pub fn check_password(password: &str) -> Result<(), UserError> {
     if password.len() < 12 || password.len() > 1024 {
-        return Err(ApiError::unprocessable(
-            "password",
-            "must be between 12 and 1024 bytes long",
-        ));
+        return Err(UserError::InvalidPassword);
     }
     Ok(())
 }
@@ -103,22 +139,22 @@ impl std::fmt::Debug for UserStore {
     }
 }
 
-fn argon2(hashing: &PasswordHashing) -> Result<Argon2<'static>, ApiError> {
+fn argon2(hashing: &PasswordHashing) -> Result<Argon2<'static>, UserError> {
     let params = Params::new(
         hashing.memory_kib,
         hashing.iterations,
         hashing.parallelism,
         None,
     )
-    .map_err(|e| ApiError::internal("argon2 parameters", e))?;
+    .map_err(UserError::HashingCost)?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
-fn hash_blocking(hashing: &PasswordHashing, password: &str) -> Result<String, ApiError> {
+fn hash_blocking(hashing: &PasswordHashing, password: &str) -> Result<String, UserError> {
     argon2(hashing)?
         .hash_password(password.as_bytes())
         .map(|hash| hash.to_string())
-        .map_err(|e| ApiError::internal("argon2 hash", e))
+        .map_err(UserError::Hashing)
 }
 
 fn verify_blocking(password: &str, phc: &str) -> bool {
@@ -133,7 +169,7 @@ fn verify_blocking(password: &str, phc: &str) -> bool {
 
 impl UserStore {
     /// A store over `backend` hashing new passwords with `hashing`.
-    pub fn new(backend: SharedBackend, hashing: PasswordHashing) -> Result<Self, ApiError> {
+    pub fn new(backend: SharedBackend, hashing: PasswordHashing) -> Result<Self, UserError> {
         let dummy_hash = hash_blocking(&hashing, "dummy password for unknown users")?;
         Ok(UserStore {
             backend,
@@ -147,19 +183,16 @@ impl UserStore {
     async fn run_hashing<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let _slot = self
-            .hash_slots
-            .acquire()
-            .await
-            .map_err(|e| ApiError::internal("password hashing slots", e))?;
+    ) -> Result<T, UserError> {
+        // The semaphore is never closed, so this always holds a slot.
+        let _slot = self.hash_slots.acquire().await;
         tokio::task::spawn_blocking(job)
             .await
-            .map_err(|e| ApiError::internal("password hashing task", e))
+            .map_err(UserError::HashingTask)
     }
 
     /// The user, if any.
-    pub async fn get(&self, username: &str) -> Result<Option<User>, ApiError> {
+    pub async fn get(&self, username: &str) -> Result<Option<User>, UserError> {
         let Some(bytes) = self
             .backend
             .retrieve(&format!("{USER_PREFIX}{username}"))
@@ -169,11 +202,14 @@ impl UserStore {
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| ApiError::internal("stored user is not valid JSON", e))
+            .map_err(|source| UserError::Corrupt {
+                username: username.to_owned(),
+                source,
+            })
     }
 
     /// Every user, sorted by name.
-    pub async fn list(&self) -> Result<Vec<User>, ApiError> {
+    pub async fn list(&self) -> Result<Vec<User>, UserError> {
         let keys = self.backend.list(USER_PREFIX).await?;
         let mut users = Vec::with_capacity(keys.len());
         for key in keys {
@@ -185,25 +221,22 @@ impl UserStore {
     }
 
     /// Whether any user exists.
-    pub async fn is_empty(&self) -> Result<bool, ApiError> {
+    pub async fn is_empty(&self) -> Result<bool, UserError> {
         Ok(self.backend.list(USER_PREFIX).await?.is_empty())
     }
 
-    /// Creates a user; 409 if the name is taken.
+    /// Creates a user; [`UserError::AlreadyExists`] if the name is taken.
     pub async fn create(
         &self,
         username: &str,
         password: &str,
         role: Role,
         now_unix: u64,
-    ) -> Result<User, ApiError> {
+    ) -> Result<User, UserError> {
         check_username(username)?;
         check_password(password)?;
         if self.get(username).await?.is_some() {
-            return Err(
-                ApiError::conflict(format!("user {username:?} already exists"))
-                    .with_field("username"),
-            );
+            return Err(UserError::AlreadyExists(username.to_owned()));
         }
         let hashing = self.hashing;
         let password = password.to_owned();
@@ -220,8 +253,8 @@ impl UserStore {
         Ok(user)
     }
 
-    async fn put(&self, user: &User) -> Result<(), ApiError> {
-        let bytes = serde_json::to_vec(user).map_err(|e| ApiError::internal("encode user", e))?;
+    async fn put(&self, user: &User) -> Result<(), UserError> {
+        let bytes = serde_json::to_vec(user).map_err(UserError::Encode)?;
         self.backend
             .store(&format!("{USER_PREFIX}{}", user.username), bytes)
             .await?;
@@ -229,7 +262,7 @@ impl UserStore {
     }
 
     /// Login state of a user.
-    pub async fn login_state(&self, username: &str) -> Result<LoginState, ApiError> {
+    pub async fn login_state(&self, username: &str) -> Result<LoginState, UserError> {
         match self
             .backend
             .retrieve(&format!("{LOGIN_PREFIX}{username}"))
@@ -240,22 +273,21 @@ impl UserStore {
         }
     }
 
-    async fn put_login_state(&self, username: &str, state: &LoginState) -> Result<(), ApiError> {
+    async fn put_login_state(&self, username: &str, state: &LoginState) -> Result<(), UserError> {
         let key = format!("{LOGIN_PREFIX}{username}");
         if state == &LoginState::default() {
             self.backend.delete(&key).await?;
         } else {
-            let bytes =
-                serde_json::to_vec(state).map_err(|e| ApiError::internal("encode login", e))?;
+            let bytes = serde_json::to_vec(state).map_err(UserError::Encode)?;
             self.backend.store(&key, bytes).await?;
         }
         Ok(())
     }
 
-    /// Clears failures and lockout; 404 for an unknown user.
-    pub async fn unlock(&self, username: &str) -> Result<(), ApiError> {
+    /// Clears failures and lockout; [`UserError::NotFound`] for an unknown user.
+    pub async fn unlock(&self, username: &str) -> Result<(), UserError> {
         if self.get(username).await?.is_none() {
-            return Err(ApiError::not_found(format!("no user {username:?}")).with_field("username"));
+            return Err(UserError::NotFound(username.to_owned()));
         }
         let _guard = self.login_state.lock().await;
         self.put_login_state(username, &LoginState::default()).await
@@ -268,7 +300,7 @@ impl UserStore {
         password: &str,
         lockout: &LockoutConfig,
         now_unix: u64,
-    ) -> Result<LoginOutcome, ApiError> {
+    ) -> Result<LoginOutcome, UserError> {
         let user = if check_username(username).is_ok() {
             self.get(username).await?
         } else {

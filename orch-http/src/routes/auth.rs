@@ -8,11 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::users::LoginOutcome;
-use crate::auth::{Admins, Authed, Role};
+use crate::auth::{Admins, AuthState, Authed, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
 use crate::ratelimit::ClientIp;
-use crate::state::AppState;
 
 /// Login body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -43,7 +42,7 @@ pub struct TokenResponse {
     responses((status = 200, body = TokenResponse), (status = 401, body = crate::error::ErrorBody),
         (status = 429, body = crate::error::ErrorBody)))]
 pub async fn login(
-    State(state): State<AppState>,
+    State(state): State<AuthState>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
@@ -60,7 +59,7 @@ pub async fn login(
     let now = state.clock().unix_now();
     let outcome = state
         .users()
-        .login(&body.username, &body.password, &state.config().lockout, now)
+        .login(&body.username, &body.password, state.lockout(), now)
         .await?;
     let refused = |reason: &str| json!({"username": body.username, "reason": reason, "ip": ip});
     match outcome {
@@ -69,7 +68,8 @@ pub async fn login(
                 .tokens()
                 .issue(&user.username, user.role, state.clock())?;
             state
-                .security_event(
+                .security()
+                .record(
                     "auth.login_succeeded",
                     json!({"username": user.username, "ip": ip}),
                 )
@@ -83,24 +83,28 @@ pub async fn login(
         }
         LoginOutcome::UnknownUser => {
             state
-                .security_event("auth.login_failed", refused("unknown_user"))
+                .security()
+                .record("auth.login_failed", refused("unknown_user"))
                 .await;
             Err(invalid_credentials())
         }
         LoginOutcome::WrongPassword { locked_now } => {
             state
-                .security_event("auth.login_failed", refused("wrong_password"))
+                .security()
+                .record("auth.login_failed", refused("wrong_password"))
                 .await;
             if locked_now {
                 state
-                    .security_event("auth.account_locked", refused("too_many_failures"))
+                    .security()
+                    .record("auth.account_locked", refused("too_many_failures"))
                     .await;
             }
             Err(invalid_credentials())
         }
         LoginOutcome::Locked => {
             state
-                .security_event("auth.login_failed", refused("account_locked"))
+                .security()
+                .record("auth.login_failed", refused("account_locked"))
                 .await;
             Err(invalid_credentials())
         }
@@ -141,7 +145,7 @@ pub struct UserView {
     security(("bearer" = [])),
     responses((status = 201, body = UserView), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn create_user(
-    State(state): State<AppState>,
+    State(state): State<AuthState>,
     admin: Authed<Admins>,
     ApiJson(body): ApiJson<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
@@ -155,7 +159,8 @@ pub async fn create_user(
         )
         .await?;
     state
-        .security_event(
+        .security()
+        .record(
             "auth.user_created",
             json!({"username": user.username, "role": user.role, "by": admin.principal().username}),
         )
@@ -175,7 +180,7 @@ pub async fn create_user(
 #[utoipa::path(get, path = "/users", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = Vec<UserView>)))]
 pub async fn list_users(
-    State(state): State<AppState>,
+    State(state): State<AuthState>,
     _admin: Authed<Admins>,
 ) -> ApiResult<Json<Vec<UserView>>> {
     let now = state.clock().unix_now();
@@ -197,13 +202,14 @@ pub async fn list_users(
     security(("bearer" = [])), params(("username" = String, Path)),
     responses((status = 200), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn unlock_user(
-    State(state): State<AppState>,
+    State(state): State<AuthState>,
     admin: Authed<Admins>,
     ApiPath(username): ApiPath<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     state.users().unlock(&username).await?;
     state
-        .security_event(
+        .security()
+        .record(
             "auth.account_unlocked",
             json!({"username": username, "by": admin.principal().username}),
         )

@@ -9,17 +9,35 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use orch_core::{
-    Event, LeaseToken, Task, TaskError, TaskFilter, TaskId, TaskSpec, TaskStatus, WorkerReport,
+    Event, LeaseToken, Orchestrator, Task, TaskError, TaskFilter, TaskId, TaskSpec, TaskStatus,
+    WorkerReport,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::{AnyRole, Authed, Dispatchers, Operators, Workers};
+use crate::batch::DispatchBatcher;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, parse_task_id};
-use crate::state::AppState;
 
-/// A task as the API shows it (the seed's field names).
+/// The part of the state `POST /dispatch` needs besides the orchestrator: the queue that lets
+/// concurrent dispatches share one backend call, and how long `stay: true` may wait.
+#[derive(Debug, Clone)]
+pub struct Dispatching {
+    batcher: DispatchBatcher,
+    stay_max_wait: Duration,
+}
+
+impl Dispatching {
+    pub(crate) fn new(batcher: DispatchBatcher, stay_max_wait: Duration) -> Self {
+        Dispatching {
+            batcher,
+            stay_max_wait,
+        }
+    }
+}
+
+/// A task as the API shows it (ORCH-Next's field names).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskView {
     /// The task id (a UUID; `task-<uuid>` is accepted in paths).
@@ -40,7 +58,7 @@ pub struct TaskView {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
-    /// Earliest start of the next attempt (the seed's `estimated_start`).
+    /// Earliest start of the next attempt (ORCH-Next's `estimated_start`).
     pub estimated_start: DateTime<Utc>,
     /// Start of the current or last attempt.
     pub started_at: Option<DateTime<Utc>>,
@@ -70,7 +88,7 @@ impl From<Task> for TaskView {
         TaskView {
             task_id: task.id.to_string(),
             status: task.status.as_str().to_owned(),
-            core_id: task.core_id,
+            core_id: task.engine,
             priority: task.priority,
             timeout: task.timeout.as_secs_f64(),
             max_attempts: task.max_attempts,
@@ -91,7 +109,7 @@ impl From<Task> for TaskView {
     }
 }
 
-/// The seed's dispatch body, plus `payload` for the engine.
+/// ORCH-Next's dispatch body, plus `payload` for the engine.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchRequest {
@@ -173,7 +191,7 @@ fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
             let key = value
                 .to_str()
                 .map_err(|_| ApiError::bad_request("Idempotency-Key", "must be visible ASCII"))?;
-            if key.is_empty() || key.len() > orch_core::model::limits::MAX_IDEMPOTENCY_KEY_LEN {
+            if key.is_empty() || key.len() > orch_core::limits::MAX_IDEMPOTENCY_KEY_LEN {
                 return Err(ApiError::bad_request(
                     "Idempotency-Key",
                     "must be 1 to 256 characters",
@@ -193,7 +211,8 @@ fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
     responses((status = 201, body = TaskView), (status = 200, body = TaskView),
         (status = 202, body = TaskView), (status = 422, body = crate::error::ErrorBody)))]
 pub async fn dispatch(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
+    State(dispatching): State<Dispatching>,
     _caller: Authed<Dispatchers>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<DispatchRequest>,
@@ -204,8 +223,8 @@ pub async fn dispatch(
         .timeout
         .saturating_mul(spec.max_attempts.max(1))
         .saturating_add(Duration::from_secs(60))
-        .min(state.config().stay_max_wait);
-    let created = state.inner.dispatcher.dispatch(spec).await?;
+        .min(dispatching.stay_max_wait);
+    let created = dispatching.batcher.dispatch(spec).await?;
     if !stay {
         let status = if created.created {
             StatusCode::CREATED
@@ -214,10 +233,10 @@ pub async fn dispatch(
         };
         return Ok((status, Json(created.task.into())));
     }
-    match state.orch().wait_for(created.task.id, wait_bound).await {
+    match orch.wait_for(created.task.id, wait_bound).await {
         Ok(task) => Ok((StatusCode::OK, Json(task.into()))),
         Err(orch_core::Error::WaitTimeout(id)) => {
-            let task = state.orch().get(id).await?;
+            let task = orch.get(id).await?;
             Ok((StatusCode::ACCEPTED, Json(task.into())))
         }
         Err(other) => Err(other.into()),
@@ -229,12 +248,12 @@ pub async fn dispatch(
     params(("id" = String, Path)),
     responses((status = 200, body = TaskView), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_job(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
     _caller: Authed<AnyRole>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<TaskView>> {
     let id = parse_task_id(&id)?;
-    Ok(Json(state.orch().get(id).await?.into()))
+    Ok(Json(orch.get(id).await?.into()))
 }
 
 /// Filters of `GET /jobs`.
@@ -265,7 +284,7 @@ pub struct JobsPage {
 #[utoipa::path(get, path = "/jobs", tag = "tasks", security(("bearer" = [])), params(JobsQuery),
     responses((status = 200, body = JobsPage)))]
 pub async fn list_jobs(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
     _caller: Authed<AnyRole>,
     ApiQuery(query): ApiQuery<JobsQuery>,
 ) -> ApiResult<Json<JobsPage>> {
@@ -286,11 +305,10 @@ pub async fn list_jobs(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("limit", "must be between 1 and 1000"));
     }
-    let tasks = state
-        .orch()
+    let tasks = orch
         .list(TaskFilter {
             status,
-            core_id: query.core_id,
+            engine: query.core_id,
             after,
             limit,
         })
@@ -309,12 +327,12 @@ pub async fn list_jobs(
     params(("id" = String, Path)),
     responses((status = 200, body = TaskView), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn cancel_job(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
     _caller: Authed<Operators>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<TaskView>> {
     let id = parse_task_id(&id)?;
-    Ok(Json(state.orch().cancel(id).await?.into()))
+    Ok(Json(orch.cancel(id).await?.into()))
 }
 
 /// Events of one task.
@@ -332,18 +350,18 @@ pub struct JobEvents {
     params(("id" = String, Path)),
     responses((status = 200, body = JobEvents), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn job_events(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
     _caller: Authed<AnyRole>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<JobEvents>> {
     const BATCH: usize = 1000;
     let id = parse_task_id(&id)?;
-    state.orch().get(id).await?;
+    orch.get(id).await?;
     // The log has no per-task index: scan it (bounded by retention).
     let mut events = Vec::new();
     let mut after = 0;
     loop {
-        let batch = state.orch().events().replay(after, BATCH).await?;
+        let batch = orch.events().replay(after, BATCH).await?;
         let full = batch.len() == BATCH;
         if let Some(last) = batch.last() {
             after = last.seq;
@@ -388,7 +406,7 @@ fn lease_token(raw: &str) -> ApiResult<LeaseToken> {
     security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 200, body = TaskView), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn update_status(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
     _caller: Authed<Workers>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<StatusUpdate>,
@@ -408,7 +426,7 @@ pub async fn update_status(
         }),
         TaskStatus::TimedOut => WorkerReport::TimedOut,
         other => {
-            let task = state.orch().get(id).await?;
+            let task = orch.get(id).await?;
             return Err(orch_core::Error::IllegalTransition {
                 task_id: id,
                 from: task.status,
@@ -417,7 +435,7 @@ pub async fn update_status(
             .into());
         }
     };
-    let task = state.orch().get(id).await?;
+    let task = orch.get(id).await?;
     if task.status != TaskStatus::Running {
         return Err(orch_core::Error::IllegalTransition {
             task_id: id,
@@ -426,7 +444,7 @@ pub async fn update_status(
         }
         .into());
     }
-    Ok(Json(state.orch().report(id, token, report).await?.into()))
+    Ok(Json(orch.report(id, token, report).await?.into()))
 }
 
 /// A claim request.
@@ -477,7 +495,7 @@ fn lease(value: Option<f64>) -> ApiResult<Option<Duration>> {
 #[utoipa::path(post, path = "/jobs/claim", tag = "workers", request_body = ClaimRequest,
     security(("bearer" = [])), responses((status = 200, body = ClaimResponse)))]
 pub async fn claim(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
     _caller: Authed<Workers>,
     ApiJson(body): ApiJson<ClaimRequest>,
 ) -> ApiResult<Json<ClaimResponse>> {
@@ -488,10 +506,7 @@ pub async fn claim(
             "must be between 1 and 100",
         ));
     }
-    let claimed = state
-        .orch()
-        .claim(&body.core_id, limit, lease(body.lease)?)
-        .await?;
+    let claimed = orch.claim(&body.core_id, limit, lease(body.lease)?).await?;
     Ok(Json(ClaimResponse {
         tasks: claimed
             .into_iter()
@@ -527,17 +542,14 @@ pub struct HeartbeatResponse {
     request_body = HeartbeatRequest, security(("bearer" = [])), params(("id" = String, Path)),
     responses((status = 200, body = HeartbeatResponse), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn heartbeat(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
     _caller: Authed<Workers>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<HeartbeatRequest>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
     let id: TaskId = parse_task_id(&id)?;
     let token = lease_token(&body.lease_token)?;
-    let expires = state
-        .orch()
-        .heartbeat(id, token, lease(body.lease)?)
-        .await?;
+    let expires = orch.heartbeat(id, token, lease(body.lease)?).await?;
     Ok(Json(HeartbeatResponse {
         task_id: id.to_string(),
         lease_expires_at: expires,

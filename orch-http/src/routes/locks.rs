@@ -3,19 +3,50 @@
 //! stays held until released or until its TTL runs out; the holder presents its owner name and
 //! fencing token to extend or release it.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use orch_core::{FencingToken, LockInfo, LockOptions};
+use orch_core::{FencingToken, LockGuard, LockInfo, LockOptions, Orchestrator};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{AnyRole, Authed, Dispatchers, Principal, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
-use crate::metrics::resource_type;
-use crate::state::AppState;
+use crate::metrics::{Metrics, resource_type};
+
+/// Locks granted over HTTP, the part of the state the lock handlers keep them in. Their guards
+/// are kept here (a dropped guard releases its lock) until released, or until they have
+/// expired. Cheap to clone (one `Arc`); clones share the locks.
+#[derive(Default, Clone)]
+pub struct HeldLocks {
+    guards: Arc<Mutex<HashMap<HeldKey, HeldLock>>>,
+}
+
+impl std::fmt::Debug for HeldLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldLocks")
+            .field("held", &self.guards.lock().len())
+            .finish()
+    }
+}
+
+/// A lock granted over HTTP: resource and fencing token.
+type HeldKey = (String, u64);
+
+/// Its guard and when it expires.
+type HeldLock = (LockGuard, DateTime<Utc>);
+
+impl HeldLocks {
+    /// Drops guards whose lock has expired (their release is a harmless no-op).
+    fn sweep(&self, now: DateTime<Utc>) {
+        self.guards.lock().retain(|_, (_, expires)| *expires > now);
+    }
+}
 
 /// A held lock.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -112,10 +143,10 @@ fn secs(field: &'static str, value: Option<f64>, default: f64, max: f64) -> ApiR
 #[utoipa::path(get, path = "/locks", tag = "locks", security(("bearer" = [])),
     responses((status = 200, body = Vec<LockView>)))]
 pub async fn list_locks(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
     _caller: Authed<AnyRole>,
 ) -> ApiResult<Json<Vec<LockView>>> {
-    let locks = state.orch().locks().list().await?;
+    let locks = orch.locks().list().await?;
     Ok(Json(locks.into_iter().map(LockView::from).collect()))
 }
 
@@ -124,11 +155,11 @@ pub async fn list_locks(
     params(("resource" = String, Path)),
     responses((status = 200, body = LockView), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_lock(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
     _caller: Authed<AnyRole>,
     ApiPath(resource): ApiPath<String>,
 ) -> ApiResult<Json<LockView>> {
-    match state.orch().locks().info(&resource).await? {
+    match orch.locks().info(&resource).await? {
         Some(info) => Ok(Json(info.into())),
         None => Err(
             ApiError::not_found(format!("lock {resource:?} is not held")).with_field("resource"),
@@ -141,7 +172,9 @@ pub async fn get_lock(
     request_body = AcquireRequest, security(("bearer" = [])), params(("resource" = String, Path)),
     responses((status = 200, body = LockView), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn acquire(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
+    State(metrics): State<Arc<Metrics>>,
+    State(held): State<HeldLocks>,
     caller: Authed<Dispatchers>,
     ApiPath(resource): ApiPath<String>,
     ApiJson(body): ApiJson<AcquireRequest>,
@@ -153,9 +186,8 @@ pub async fn acquire(
     }
     let wait = secs("wait", body.wait, 0.0, 30.0)?;
     let kind = resource_type(&resource).to_owned();
-    let metrics = state.metrics();
     let started = Instant::now();
-    let locks = state.orch().locks();
+    let locks = orch.locks();
     let result = if wait.is_zero() {
         locks.try_acquire(&resource, &owner, ttl).await
     } else {
@@ -181,8 +213,7 @@ pub async fn acquire(
         .with_label_values(&[&kind])
         .observe(started.elapsed().as_secs_f64());
     let info = guard.info().clone();
-    let held = &state.inner.held_locks;
-    held.sweep(orch_core::clock::now());
+    held.sweep(orch_core::backend::clock::now());
     held.guards.lock().insert(
         (info.resource.clone(), info.fencing_token.0),
         (guard, info.expires_at),
@@ -195,7 +226,8 @@ pub async fn acquire(
     request_body = ExtendRequest, security(("bearer" = [])), params(("resource" = String, Path)),
     responses((status = 200, body = LockView), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn extend(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
+    State(held): State<HeldLocks>,
     caller: Authed<Dispatchers>,
     ApiPath(resource): ApiPath<String>,
     ApiJson(body): ApiJson<ExtendRequest>,
@@ -205,14 +237,11 @@ pub async fn extend(
     if ttl.is_zero() {
         return Err(ApiError::unprocessable("ttl", "must be greater than zero"));
     }
-    let info = state
-        .orch()
+    let info = orch
         .locks()
         .extend(&resource, &owner, FencingToken(body.fencing_token), ttl)
         .await?;
-    if let Some(entry) = state
-        .inner
-        .held_locks
+    if let Some(entry) = held
         .guards
         .lock()
         .get_mut(&(resource.clone(), body.fencing_token))
@@ -227,21 +256,18 @@ pub async fn extend(
     request_body = ReleaseRequest, security(("bearer" = [])), params(("resource" = String, Path)),
     responses((status = 200), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn release(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
+    State(held): State<HeldLocks>,
     caller: Authed<Dispatchers>,
     ApiPath(resource): ApiPath<String>,
     ApiJson(body): ApiJson<ReleaseRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let owner = owner_for(caller.principal(), body.owner)?;
-    state
-        .orch()
-        .locks()
+    orch.locks()
         .release(&resource, &owner, FencingToken(body.fencing_token))
         .await?;
     // Its guard, if this process holds one, now releases nothing (the token no longer matches).
-    let guard = state
-        .inner
-        .held_locks
+    let guard = held
         .guards
         .lock()
         .remove(&(resource.clone(), body.fencing_token));

@@ -1,15 +1,17 @@
 //! `GET /plugins`, `GET /metrics`, `GET /openapi.json`, and the JSON 404/405 fallbacks.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use orch_core::PluginRegistry;
+use orch_core::{Orchestrator, PluginRegistry};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{AnyRole, Authed};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::metrics::Metrics;
 
 /// A registered plugin.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -38,11 +40,10 @@ pub struct PluginsResponse {
 #[utoipa::path(get, path = "/plugins", tag = "system", security(("bearer" = [])),
     responses((status = 200, body = PluginsResponse)))]
 pub async fn plugins(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
     _caller: Authed<AnyRole>,
 ) -> Json<PluginsResponse> {
-    let plugins = state
-        .orch()
+    let plugins = orch
         .plugins()
         .list()
         .into_iter()
@@ -55,18 +56,18 @@ pub async fn plugins(
         .collect();
     Json(PluginsResponse {
         plugins,
-        engines: state.orch().engines(),
+        engines: orch.engines(),
     })
 }
 
 /// `GET /metrics`: Prometheus classic text format (0.0.4).
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, content_type = "text/plain; version=0.0.4")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state
-        .metrics()
-        .render(state.orch(), &state.config().disk_paths)
-        .await;
+pub async fn metrics(
+    State(metrics): State<Arc<Metrics>>,
+    State(orch): State<Orchestrator>,
+) -> Response {
+    let body = metrics.render(&orch).await;
     (
         [(
             header::CONTENT_TYPE,
@@ -83,9 +84,8 @@ pub async fn openapi() -> Response {
 }
 
 /// JSON 404 for unknown routes.
-pub async fn not_found(State(state): State<AppState>, method: Method, uri: Uri) -> ApiError {
-    state
-        .metrics()
+pub async fn not_found(State(metrics): State<Arc<Metrics>>, method: Method, uri: Uri) -> ApiError {
+    metrics
         .http_requests
         .with_label_values(&[method.as_str(), "404", "unmatched"])
         .inc();

@@ -5,20 +5,45 @@
 //! (every kind outside `task.*`) reach admins only.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use orch_core::{Event, Subscription, TaskId};
+use orch_core::{Event, Orchestrator, Subscription, TaskId};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AnyRole, Authed, Role};
+use crate::config::SseConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, parse_task_id};
-use crate::state::AppState;
+use crate::metrics::Metrics;
+
+/// The part of the state `GET /sse/events` needs besides the orchestrator and the metrics: the
+/// count of open streams against the cap, the keep-alive interval, and the shutdown signal that
+/// ends every stream (so the graceful drain does not wait on them forever).
+#[derive(Debug, Clone)]
+pub struct SseStreams {
+    /// Streams open now, shared by every clone.
+    open: Arc<AtomicUsize>,
+    config: SseConfig,
+    shutdown: CancellationToken,
+}
+
+impl SseStreams {
+    pub(crate) fn new(config: &SseConfig, shutdown: CancellationToken) -> Self {
+        SseStreams {
+            open: Arc::new(AtomicUsize::new(0)),
+            config: *config,
+            shutdown,
+        }
+    }
+}
 
 /// Filters of `GET /sse/events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -36,13 +61,14 @@ pub struct SseQuery {
 
 /// Counts an open stream; the drop closes it in the gauge and the cap.
 struct OpenStream {
-    state: AppState,
+    streams: SseStreams,
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.state.inner.sse_open.fetch_sub(1, Ordering::AcqRel);
-        self.state.metrics().sse_active.dec();
+        self.streams.open.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.sse_active.dec();
     }
 }
 
@@ -64,7 +90,7 @@ impl Filter {
             return false;
         }
         if let Some(core_id) = &self.core_id
-            && event.core_id.as_deref() != Some(core_id.as_str())
+            && event.engine.as_deref() != Some(core_id.as_str())
         {
             return false;
         }
@@ -105,7 +131,7 @@ fn stream(
     futures_util::stream::unfold(
         (subscription, filter, open),
         |(mut subscription, filter, open)| async move {
-            let shutdown = open.state.shutdown_token().clone();
+            let shutdown = open.streams.shutdown.clone();
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return None,
@@ -115,11 +141,11 @@ fn stream(
                     None => return None,
                     Some(Err(error)) => {
                         tracing::warn!(%error, "sse: catching up from the log failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     Some(Ok(event)) => {
                         if filter.accepts(&event) {
-                            open.state.metrics().sse_sent.inc();
+                            open.metrics.sse_sent.inc();
                             let item = to_sse(&event);
                             return Some((Ok(item), (subscription, filter, open)));
                         }
@@ -136,7 +162,9 @@ fn stream(
     responses((status = 200, content_type = "text/event-stream"),
         (status = 503, body = crate::error::ErrorBody)))]
 pub async fn events(
-    State(state): State<AppState>,
+    State(orch): State<Orchestrator>,
+    State(streams): State<SseStreams>,
+    State(metrics): State<Arc<Metrics>>,
     caller: Authed<AnyRole>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<SseQuery>,
@@ -158,30 +186,28 @@ pub async fn events(
         kind: query.kind,
         admin: caller.principal().role == Role::Admin,
     };
-    if state.shutdown_token().is_cancelled() {
+    if streams.shutdown.is_cancelled() {
         return Err(
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").with_retry_after(5),
         );
     }
-    let max = state.config().sse.max_connections;
-    let open = state.inner.sse_open.fetch_add(1, Ordering::AcqRel);
+    let max = streams.config.max_connections;
+    let open = streams.open.fetch_add(1, Ordering::AcqRel);
     if open >= max {
-        state.inner.sse_open.fetch_sub(1, Ordering::AcqRel);
+        streams.open.fetch_sub(1, Ordering::AcqRel);
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("too many event streams open (limit {max})"),
         )
         .with_retry_after(5));
     }
-    state.metrics().sse_active.inc();
-    let guard = OpenStream {
-        state: state.clone(),
-    };
+    metrics.sse_active.inc();
+    let keep_alive = KeepAlive::new().interval(streams.config.keep_alive);
+    let guard = OpenStream { streams, metrics };
     let subscription = match resume {
-        Some(seq) => state.orch().events().subscribe_from(seq),
-        None => state.orch().events().subscribe().await?,
+        Some(seq) => orch.events().subscribe_from(seq),
+        None => orch.events().subscribe().await?,
     };
-    let keep_alive = KeepAlive::new().interval(state.config().sse.keep_alive);
     Ok(Sse::new(stream(subscription, filter, guard))
         .keep_alive(keep_alive)
         .into_response())

@@ -1,20 +1,60 @@
 //! `POST /webhook`: an external system reports the outcome of a task it ran, signed with the
 //! webhook secret (see [`crate::webhook`]).
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use orch_core::{EventKind, NewEvent, Resolution};
+use orch_core::{EventKind, NewEvent, Orchestrator, Resolution};
 use serde_json::{Value, json};
 
+use crate::auth::SecurityLog;
+use crate::clock::Clock;
+use crate::config::Secret;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{RawBody, parse_json, parse_task_id};
+use crate::metrics::Metrics;
 use crate::ratelimit::ClientIp;
 use crate::routes::jobs::TaskView;
-use crate::state::AppState;
-use crate::webhook::{SignatureError, WebhookPayload, verify};
+use crate::webhook::{ReplayCache, SignatureError, WebhookPayload, verify};
+
+/// The part of the state `POST /webhook` needs besides the orchestrator and the metrics: the
+/// secrets and tolerance, the signatures already accepted, the clock, and where refusals are
+/// recorded. Cheap to clone (one `Arc`).
+#[derive(Debug, Clone)]
+pub struct WebhookState {
+    inner: Arc<WebhookInner>,
+}
+
+#[derive(Debug)]
+struct WebhookInner {
+    secrets: Vec<Secret>,
+    tolerance: Duration,
+    replays: ReplayCache,
+    clock: Clock,
+    security: SecurityLog,
+}
+
+impl WebhookState {
+    pub(crate) fn new(
+        secrets: Vec<Secret>,
+        tolerance: Duration,
+        clock: Clock,
+        security: SecurityLog,
+    ) -> Self {
+        WebhookState {
+            inner: Arc::new(WebhookInner {
+                secrets,
+                tolerance,
+                replays: ReplayCache::new(),
+                clock,
+                security,
+            }),
+        }
+    }
+}
 
 fn refusal(error: &SignatureError) -> ApiError {
     let status = match error {
@@ -48,28 +88,30 @@ fn failure_message(payload: &WebhookPayload) -> String {
     responses((status = 200, body = TaskView), (status = 202), (status = 401, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody)))]
 pub async fn webhook(
-    State(state): State<AppState>,
+    State(hooks): State<WebhookState>,
+    State(orch): State<Orchestrator>,
+    State(metrics): State<Arc<Metrics>>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let started = Instant::now();
-    let result = handle(&state, ip, &headers, &body).await;
-    state
-        .metrics()
+    let result = handle(&hooks.inner, &orch, &metrics, ip, &headers, &body).await;
+    metrics
         .webhook_duration
         .observe(started.elapsed().as_secs_f64());
     result
 }
 
 async fn handle(
-    state: &AppState,
+    hooks: &WebhookInner,
+    orch: &Orchestrator,
+    metrics: &Metrics,
     ip: Option<std::net::IpAddr>,
     headers: &HeaderMap,
     body: &[u8],
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let config = state.config();
-    if config.webhook_secrets.is_empty() {
+    if hooks.secrets.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "webhooks are not configured (no webhook secret)",
@@ -83,28 +125,22 @@ async fn handle(
         ),
         None => None,
     };
-    let now = state.clock().unix_now();
-    let verified = verify(
-        header,
-        body,
-        &config.webhook_secrets,
-        now,
-        config.webhook_tolerance,
-    )
-    .and_then(|signature| {
-        let timestamp = header
-            .and_then(|h| crate::webhook::parse_header(h).ok())
-            .map_or(now, |h| h.timestamp);
-        state
-            .inner
-            .replays
-            .check_and_insert(signature, timestamp, now, config.webhook_tolerance)
-    });
-    let signatures = &state.metrics().webhook_signatures;
+    let now = hooks.clock.unix_now();
+    let verified =
+        verify(header, body, &hooks.secrets, now, hooks.tolerance).and_then(|signature| {
+            let timestamp = header
+                .and_then(|h| crate::webhook::parse_header(h).ok())
+                .map_or(now, |h| h.timestamp);
+            hooks
+                .replays
+                .check_and_insert(signature, timestamp, now, hooks.tolerance)
+        });
+    let signatures = &metrics.webhook_signatures;
     if let Err(error) = verified {
         signatures.with_label_values(&[error.label()]).inc();
-        state
-            .security_event(
+        hooks
+            .security
+            .record(
                 "webhook.signature_refused",
                 json!({
                     "reason": error.label(),
@@ -117,13 +153,13 @@ async fn handle(
     signatures.with_label_values(&["valid"]).inc();
     let payload: WebhookPayload = parse_json(body)?;
     let task_id = parse_task_id(&payload.task_id)?;
-    let task = state.orch().get(task_id).await?;
+    let task = orch.get(task_id).await?;
     if let Some(core_id) = &payload.core_id
-        && core_id != &task.core_id
+        && core_id != &task.engine
     {
         return Err(ApiError::unprocessable(
             "core_id",
-            format!("task {task_id} belongs to core {:?}", task.core_id),
+            format!("task {task_id} belongs to core {:?}", task.engine),
         ));
     }
     let data = payload.data.clone().unwrap_or(Value::Null);
@@ -147,21 +183,21 @@ async fn handle(
         "task.succeeded" => Resolution::Succeeded(data),
         "task.failed" => Resolution::Failed(failure_message(&payload)),
         "task.cancelled" => {
-            let task = state.orch().cancel(task_id).await?;
+            let task = orch.cancel(task_id).await?;
             return Ok((StatusCode::OK, Json(json!(TaskView::from(task)))));
         }
         other => {
             let kind: EventKind = format!("webhook.{other}")
                 .parse()
                 .map_err(|e: orch_core::Error| ApiError::unprocessable("event", e.to_string()))?;
-            let event = NewEvent::for_task(kind, task_id, &task.core_id, data);
-            let event = state.orch().backend().append_event(event).await?;
+            let event = NewEvent::for_task(kind, task_id, &task.engine, data);
+            let event = orch.backend().append_event(event).await?;
             return Ok((
                 StatusCode::ACCEPTED,
                 Json(json!({"accepted": true, "task_id": task_id.to_string(), "seq": event.seq})),
             ));
         }
     };
-    let task = state.orch().resolve(task_id, resolution).await?;
+    let task = orch.resolve(task_id, resolution).await?;
     Ok((StatusCode::OK, Json(json!(TaskView::from(task)))))
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -18,6 +18,19 @@ async fn login_returns_a_bearer_token_that_works() {
     let token = reply.body["access_token"].as_str().unwrap();
     let jobs = server.call(Method::GET, "/jobs", Some(token), None).await;
     assert_eq!(jobs.status, StatusCode::OK);
+    // Another implementation reads it as an HS256 token with our issuer and audience.
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_issuer(&["orch"]);
+    validation.set_audience(&["orch-api"]);
+    validation.validate_exp = false;
+    let decoded = jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &DecodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &validation,
+    )
+    .unwrap();
+    assert_eq!(decoded.claims["sub"], "operator");
+    assert_eq!(decoded.claims["role"], "operator");
     assert_eq!(server.events_of("auth.login_succeeded").await.len(), 1);
 }
 
@@ -252,6 +265,18 @@ async fn admins_create_users_with_strong_passwords() {
             Some(json!({"username": "carol", "password": "a long enough password", "role": "viewer"})))
         .await;
     assert_error(&again, StatusCode::CONFLICT);
+    assert_eq!(again.body["field"], "username");
+    assert_eq!(again.body["error"], "user \"carol\" already exists");
+    let bad_name = server
+        .call(
+            Method::POST,
+            "/users",
+            Some(&admin),
+            Some(json!({"username": "no spaces", "password": "a long enough password", "role": "viewer"})),
+        )
+        .await;
+    assert_error(&bad_name, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad_name.body["field"], "username");
     let weak = server
         .call(
             Method::POST,

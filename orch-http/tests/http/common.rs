@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orch_core::{MemoryBackend, Orchestrator, SharedBackend};
+use orch_core::{MemoryBackend, Orchestrator, SharedBackend, TaskContext, TaskError, processor_fn};
 use orch_http::config::{PasswordHashing, RateLimitConfig};
 use orch_http::{AppState, Clock, HttpConfig, Role, Secret};
 use reqwest::{Method, StatusCode};
@@ -50,14 +50,27 @@ pub(crate) fn orchestrator_config() -> orch_core::OrchestratorConfig {
         .with_lease(Duration::from_secs(30))
 }
 
+/// `echo` (the result is the payload) and `sleep` (waits `payload.ms`, stops when the task is
+/// cancelled; a payload without a whole `ms` fails the task for good): engines like the ones
+/// orchd registers, so the tests have something to run.
 pub(crate) async fn orchestrator(
     backend: SharedBackend,
     config: orch_core::OrchestratorConfig,
 ) -> Orchestrator {
+    let echo = processor_fn(|_ctx, input| async move { Ok(input) });
+    let sleep = processor_fn(|ctx: TaskContext, input: Value| async move {
+        let ms = input["ms"]
+            .as_u64()
+            .ok_or_else(|| TaskError::fatal("payload.ms must be a whole number"))?;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(serde_json::json!({"slept_ms": ms})),
+            () = ctx.cancelled() => Err(TaskError::fatal("sleep interrupted")),
+        }
+    });
     Orchestrator::builder(backend)
         .config(config)
-        .engine("echo", orch_http::engines::Echo)
-        .engine("sleep", orch_http::engines::Sleep)
+        .engine("echo", echo)
+        .engine("sleep", sleep)
         .build()
         .await
         .expect("orchestrator builds")

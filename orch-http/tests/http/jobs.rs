@@ -8,16 +8,21 @@ use serde_json::json;
 use crate::common::{self, assert_error};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dispatch_takes_the_seed_body_and_stay_waits_for_the_result() {
+async fn dispatch_takes_the_orch_next_body_and_stay_waits_for_the_result() {
     let server = common::start().await;
     let token = server.token("operator").await;
-    let seed_body = json!({
+    let orch_next_body = json!({
         "coreId": "echo", "stay": true, "priority": 2, "timeout": 300,
         "metadata": {"source": "api", "user_id": "user-123", "tags": ["urgent", "production"]},
         "payload": {"text": "hello"}
     });
     let reply = server
-        .call(Method::POST, "/dispatch", Some(&token), Some(seed_body))
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&token),
+            Some(orch_next_body),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let body = &reply.body;
@@ -369,38 +374,4 @@ async fn a_failed_report_on_the_last_attempt_fails_the_task() {
         .await;
     assert_eq!(failed.body["status"], "failed", "{}", failed.body);
     assert_eq!(failed.body["error"], "disk full");
-}
-
-#[cfg(feature = "orchd")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stay_dispatch_on_sqlite() {
-    let dir = std::env::temp_dir().join(format!("orch-http-test-{}", uuid::Uuid::new_v4()));
-    let path = dir.join("orch.db");
-    let backend = orch_storage::SqliteBackend::open(path.to_str().unwrap())
-        .await
-        .unwrap();
-    let server = common::start_on(std::sync::Arc::new(backend), common::config()).await;
-    let token = server.token("operator").await;
-    let reply = server
-        .call(
-            Method::POST,
-            "/dispatch",
-            Some(&token),
-            Some(json!({"coreId": "echo", "stay": true, "payload": [1, 2, 3]})),
-        )
-        .await;
-    assert_eq!(reply.body["status"], "succeeded", "{}", reply.body);
-    assert_eq!(reply.body["result"], json!([1, 2, 3]));
-    // Users live in the same database.
-    assert!(
-        server
-            .state
-            .users()
-            .get("operator")
-            .await
-            .unwrap()
-            .is_some()
-    );
-    drop(server);
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,5 +1,5 @@
 //! `/metrics` is read back with an independent parser (prometheus-parse), and has every family
-//! the seed names, with its labels.
+//! ORCH-Next names, with its labels.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::common::{self, START_UNIX, WEBHOOK_SECRET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_parse_and_carry_the_seed_names() {
+async fn metrics_parse_and_carry_the_orch_next_names() {
     let mut config = common::config();
     config.disk_paths = vec![std::env::temp_dir()];
     let server = common::start_with(config).await;

@@ -272,7 +272,11 @@ async fn a_slow_client_lags_and_catches_up_from_the_log() {
     // 20,000 events (several MB) are produced: its stream lags and must catch up from the log.
     let server = common::start_full(
         std::sync::Arc::new(orch_core::MemoryBackend::new()),
-        common::orchestrator_config().with_event_buffer(16),
+        {
+            let config = common::orchestrator_config();
+            let tuning = config.tuning.clone().with_event_buffer(16);
+            config.with_tuning(tuning)
+        },
         common::config(),
     )
     .await;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::common::{self, assert_error};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_has_the_seed_shape_and_says_when_shutting_down() {
+async fn health_has_the_orch_next_shape_and_says_when_shutting_down() {
     let server = common::start().await;
     let reply = server.call(Method::GET, "/health", None, None).await;
     assert_eq!(reply.status, StatusCode::OK);

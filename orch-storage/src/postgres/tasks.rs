@@ -238,7 +238,7 @@ struct Entry {
 /// What [`APPLY_CHANGES`] did with one entry.
 enum Applied {
     /// The task as changed.
-    Changed(Task),
+    Changed(Box<Task>),
     /// The guard did not hold (or the task is gone: `exists` is false).
     Refused { exists: bool },
 }
@@ -338,7 +338,7 @@ impl PostgresBackend {
                 let (task, _) = task_from_row(operation, row)?;
                 requeued |= task.status == TaskStatus::Queued;
                 changed = true;
-                out.push(Applied::Changed(task));
+                out.push(Applied::Changed(Box::new(task)));
             } else {
                 let exists: bool = row.try_get("found").map_err(get)?;
                 out.push(Applied::Refused { exists });
@@ -387,7 +387,7 @@ impl PostgresBackend {
                 .await?
                 .pop()
             {
-                Some(Applied::Changed(task)) => return Ok(task),
+                Some(Applied::Changed(task)) => return Ok(*task),
                 Some(Applied::Refused { exists: false }) => return Err(Error::TaskNotFound(id)),
                 // Changed since it was read: decide again on what it is now.
                 Some(Applied::Refused { exists: true }) => continue,
@@ -730,7 +730,7 @@ impl TaskStore for PostgresBackend {
             .await?
             .into_iter()
             .filter_map(|applied| match applied {
-                Applied::Changed(task) => Some(task),
+                Applied::Changed(task) => Some(*task),
                 Applied::Refused { .. } => None,
             })
             .collect())

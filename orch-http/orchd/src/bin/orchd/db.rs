@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use orch_core::SharedBackend;
-use orch_http::settings::Settings;
 use orch_storage::SqliteBackend;
+use orchd::settings::Settings;
 
 use crate::GlobalArgs;
 

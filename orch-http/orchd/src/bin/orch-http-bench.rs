@@ -7,7 +7,7 @@
 //! - `webhook-verify`: signature verifications per second in process (one core), the work
 //!   `POST /webhook` does before touching the database.
 //!
-//! Run it through `orch-http/bench/run.sh`, which starts `orchd` and `wrk` too.
+//! Run it through `orch-http/orchd/bench/run.sh`, which starts `orchd` and `wrk` too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

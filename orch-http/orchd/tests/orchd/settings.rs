@@ -1,11 +1,11 @@
-//! The YAML config and environment variables: seed shape, `${VAR}`, keys named in errors.
+//! The YAML config and environment variables: ORCH-Next's layout, `${VAR}`, keys named in errors.
 
 use std::path::Path;
 
-use orch_http::settings::Settings;
 use orch_http::{HttpConfig, Secret};
+use orchd::settings::{LogFormat, PluginIsolation, Settings};
 
-const SEED_YAML: &str = r##"
+const ORCH_NEXT_YAML: &str = r##"
 database:
   path: "data/orch.db"
   pool_size: 10
@@ -46,13 +46,13 @@ fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Optio
 }
 
 #[test]
-fn the_seed_production_yaml_loads_with_its_environment() {
+fn orch_next_production_yaml_loads_with_its_environment() {
     let env = env(&[
         ("JWT_SECRET", "a-production-jwt-secret-of-32-bytes-or-more"),
         ("WEBHOOK_SECRET", "whsec_new,whsec_old"),
         ("ENABLE_MONITORING", "true"),
     ]);
-    let settings = Settings::from_yaml(SEED_YAML, &env).unwrap();
+    let settings = Settings::from_yaml(ORCH_NEXT_YAML, &env).unwrap();
     assert_eq!(
         settings.security.jwt_secret.as_deref(),
         Some("a-production-jwt-secret-of-32-bytes-or-more")
@@ -96,6 +96,33 @@ fn invalid_config_names_the_key() {
         assert!(err.key.contains(key), "{yaml:?}: {err}");
         assert!(err.to_string().contains(key), "{err}");
     }
+    // Choices are parsed once; the error names the key and the allowed values.
+    for (yaml, key, allowed) in [
+        (
+            "logging:\n  format: xml\n",
+            "logging.format",
+            "`json` or `text`",
+        ),
+        (
+            "plugins:\n  isolation: container\n",
+            "plugins.isolation",
+            "`in_process` or `process`",
+        ),
+    ] {
+        let err = Settings::from_yaml(yaml, &none).unwrap_err();
+        assert_eq!(err.key, key);
+        assert!(err.to_string().contains(allowed), "{err}");
+    }
+    let chosen = Settings::from_yaml(
+        "logging:\n  format: text\nplugins:\n  isolation: process\n",
+        &none,
+    )
+    .unwrap();
+    assert_eq!(chosen.logging.format, LogFormat::Text);
+    assert_eq!(chosen.plugins.isolation, PluginIsolation::Process);
+    let defaults = Settings::from_yaml("", &none).unwrap();
+    assert_eq!(defaults.logging.format, LogFormat::Json);
+    assert_eq!(defaults.plugins.isolation, PluginIsolation::InProcess);
     let bad_env = env(&[("ENABLE_MONITORING", "perhaps")]);
     assert_eq!(
         Settings::from_yaml("", &bad_env).unwrap_err().key,

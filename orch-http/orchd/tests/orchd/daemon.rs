@@ -13,20 +13,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_orchd");
 
 const CONFIG: &str = "security:\n  password_hashing:\n    memory_kib: 1024\n    iterations: 1\nlogging:\n  level: warn\n";
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
-    url: String,
-    password: Option<String>,
+    pub(crate) url: String,
+    pub(crate) password: Option<String>,
 }
 
-fn workdir() -> PathBuf {
+pub(crate) fn workdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("orchd-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("orchd.yaml"), CONFIG).unwrap();
     dir
 }
 
-fn orchd(dir: &Path) -> Command {
+pub(crate) fn orchd(dir: &Path) -> Command {
     let mut command = Command::new(BIN);
     command
         .current_dir(dir)
@@ -38,8 +38,14 @@ fn orchd(dir: &Path) -> Command {
     command
 }
 
-fn start(dir: &Path) -> Daemon {
+pub(crate) fn start(dir: &Path) -> Daemon {
+    start_with(dir, &[])
+}
+
+/// Starts `orchd serve` in `dir` with the environment variables `env` set.
+pub(crate) fn start_with(dir: &Path, env: &[(&str, &str)]) -> Daemon {
     let mut child = orchd(dir)
+        .envs(env.iter().copied())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -67,7 +73,7 @@ fn start(dir: &Path) -> Daemon {
     }
 }
 
-fn stop(mut daemon: Daemon) {
+pub(crate) fn stop(mut daemon: Daemon) {
     let status = Command::new("kill")
         .args(["-TERM", &daemon.child.id().to_string()])
         .status()
@@ -84,7 +90,7 @@ fn stop(mut daemon: Daemon) {
     panic!("orchd did not stop within 10 s of SIGTERM");
 }
 
-async fn login(http: &reqwest::Client, url: &str, password: &str) -> String {
+pub(crate) async fn login(http: &reqwest::Client, url: &str, password: &str) -> String {
     let reply: Value = http
         .post(format!("{url}/auth/login"))
         .json(&json!({"username": "admin", "password": password}))
@@ -170,6 +176,13 @@ async fn a_fresh_start_serves_and_the_subcommands_work() {
         .await
         .unwrap();
     assert_eq!(reply.status(), 200);
+    let again = orchd(&dir)
+        .args(["user", "add", "--username", "ops"])
+        .env("ORCH_NEW_PASSWORD", "another long password")
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("user \"ops\" already exists"));
     // Restore refuses while the daemon runs.
     let backup = orchd(&dir).args(["backup"]).output().unwrap();
     assert!(

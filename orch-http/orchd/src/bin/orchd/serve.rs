@@ -1,4 +1,4 @@
-//! `orchd serve`: the seed's start-up sequence (config, database, background services,
+//! `orchd serve`: ORCH-Next's start-up sequence (config, database, background services,
 //! security and users, HTTP server) and its shutdown sequence (stop accepting, drain in-flight
 //! requests and tasks for up to `server.shutdown_grace`, stop background services, close the
 //! database).
@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use orch_core::{Orchestrator, Plugin};
-use orch_http::settings::PluginSettings;
 use orch_http::{AppState, Secret};
-use orch_plugins::{Isolation, PluginOptions};
+use orch_plugins::PluginOptions;
+use orchd::settings::PluginSettings;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -32,10 +32,7 @@ async fn load_plugins(orch: &Orchestrator, dir: &Path, settings: &PluginSettings
         return 0;
     }
     let options = PluginOptions {
-        isolation: match settings.isolation.as_deref() {
-            Some("process") => Isolation::Process,
-            _ => Isolation::InProcess,
-        },
+        isolation: settings.isolation.into(),
         ..PluginOptions::default()
     };
     let found = match orch_plugins::load_plugin_dir(dir, &options).await {
@@ -133,8 +130,8 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         .context("cannot start the orchestrator")?;
     let builtin = !args.no_builtin_engines && settings.engines.builtin.unwrap_or(true);
     if builtin {
-        orch.register_engine("echo", orch_http::engines::Echo)?;
-        orch.register_engine("sleep", orch_http::engines::Sleep)?;
+        orch.register_engine("echo", orchd::engines::Echo)?;
+        orch.register_engine("sleep", orchd::engines::Sleep)?;
     }
     let plugin_dir = settings
         .plugins
@@ -165,7 +162,7 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         .users()
         .is_empty()
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?
+        .context("cannot read the users")?
     {
         let (password, generated) = match std::env::var("ORCH_ADMIN_PASSWORD")
             .ok()
@@ -179,7 +176,7 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
             .users()
             .create("admin", &password, orch_http::Role::Admin, now)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot create the admin user: {}", e.message))?;
+            .context("cannot create the admin user")?;
         tracing::info!("created user admin");
         if generated {
             admin_password_generated = Some(password);

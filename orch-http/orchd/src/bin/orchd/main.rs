@@ -1,7 +1,7 @@
 //! `orchd`: the orch daemon and its command line.
 //!
 //! `orchd` (or `orchd serve`) starts a secure orchestrator on an embedded SQLite file under
-//! `data/`; the other subcommands dispatch a task to a running daemon, add a user, back up,
+//! `data/`, or on PostgreSQL (`DATABASE_URL=postgres://...`); the other subcommands dispatch a task to a running daemon, add a user, back up,
 //! restore and migrate the database.
 
 /// mimalloc: the dispatcher allocates on one thread and frees on another, a pattern under which
@@ -36,7 +36,7 @@ struct GlobalArgs {
     /// Data directory: database, secrets, backups, plugins.
     #[arg(long, global = true, env = "ORCH_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
-    /// YAML config file (seed 002's config/production.yaml shape).
+    /// YAML config file (ORCH-Next's config/production.yaml layout).
     #[arg(long, global = true, env = "ORCH_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -45,7 +45,7 @@ struct GlobalArgs {
 enum Command {
     /// Run the daemon (the default).
     Serve(ServeArgs),
-    /// Dispatch a task to a running daemon (the seed's Task-Dispatcher.ps1 -Action Dispatch).
+    /// Dispatch a task to a running daemon (ORCH-Next's Task-Dispatcher.ps1 -Action Dispatch).
     Dispatch(client::DispatchArgs),
     /// Manage users.
     #[command(subcommand)]

@@ -1,4 +1,4 @@
-//! `orchd dispatch`: the seed's `Task-Dispatcher.ps1 -Action Dispatch -CoreId X [-Stay]` over
+//! `orchd dispatch`: ORCH-Next's `Task-Dispatcher.ps1 -Action Dispatch -CoreId X [-Stay]` over
 //! the HTTP API of a running daemon, with a live progress line while it waits.
 
 use std::io::Write;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's curl walkthrough, from login to a finished task, against a running orchd.
-# Usage: ORCH_PASSWORD=<admin password> orch-http/scripts/walkthrough.sh [http://127.0.0.1:8000]
+# Usage: ORCH_PASSWORD=<admin password> orch-http/orchd/scripts/walkthrough.sh [http://127.0.0.1:8000]
 set -euo pipefail
 B=${1:-http://127.0.0.1:8000}
 json() { python3 -c "import sys, json; print(json.load(sys.stdin)$1)"; }
@@ -10,7 +10,7 @@ TOKEN=$(curl -s -X POST "$B/auth/login" -H 'Content-Type: application/json' \
   -d "{\"username\":\"admin\",\"password\":\"$ORCH_PASSWORD\"}" | json '["access_token"]')
 AUTH="Authorization: Bearer $TOKEN"
 
-# 2. Dispatch to the built-in echo engine and wait for the result (the seed's -Stay).
+# 2. Dispatch to the built-in echo engine and wait for the result (ORCH-Next's -Stay).
 curl -s -X POST "$B/dispatch" -H "$AUTH" -H 'Content-Type: application/json' \
   -d '{"coreId":"echo","stay":true,"payload":{"hello":"world"}}'
 echo

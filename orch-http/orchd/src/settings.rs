@@ -1,9 +1,8 @@
-//! [`Settings`]: the YAML config file `orchd` reads (shaped like seed 002's
-//! `config/production.yaml`), with `${VAR}` expansion and the seed's environment variables on
-//! top. Unknown keys and bad values stop start-up with a message naming the key.
+//! [`Settings`]: the YAML config file `orchd` reads (ORCH-Next's `config/production.yaml`
+//! layout), with `${VAR}` expansion and ORCH-Next's environment variables on top. Unknown keys and bad values stop start-up with a message naming the key.
 //!
 //! ```
-//! use orch_http::settings::Settings;
+//! use orchd::settings::Settings;
 //!
 //! let yaml = "security:\n  jwt_expiry: 600\n  rate_limit:\n    requests_per_minute: 100\n    burst_size: 20\n";
 //! let settings = Settings::from_yaml(yaml, &|_| None).unwrap();
@@ -18,7 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, HttpConfig, Limit, Secret};
+use orch_http::config::{ConfigError, HttpConfig, Limit, Secret};
 
 /// `server:`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -44,9 +43,9 @@ pub struct DatabaseSettings {
     pub path: Option<String>,
     /// A `DATABASE_URL`-style URL (`sqlite://...`, `postgres://...`); `DATABASE_URL` wins.
     pub url: Option<String>,
-    /// Accepted for seed compatibility (the backend sizes its own pool).
+    /// Accepted from ORCH-Next's layout, unused (the backend sizes its own pool).
     pub pool_size: Option<u32>,
-    /// Accepted for seed compatibility.
+    /// Accepted from ORCH-Next's layout, unused.
     pub timeout: Option<u64>,
 }
 
@@ -60,7 +59,7 @@ pub struct LimitSettings {
     pub burst_size: Option<u32>,
 }
 
-/// `security.rate_limit:` (the seed's keys are the per-user limit).
+/// `security.rate_limit:` (ORCH-Next's keys are the per-user limit).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
@@ -136,18 +135,18 @@ pub struct SecuritySettings {
     pub password_hashing: HashingSettings,
 }
 
-/// `monitoring:` (seed keys accepted; `enabled` / `ENABLE_MONITORING` turns `/metrics` system
+/// `monitoring:` (ORCH-Next's keys accepted; `enabled` / `ENABLE_MONITORING` turns `/metrics` system
 /// gauges on).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitoringSettings {
     /// Collect system gauges.
     pub enabled: Option<bool>,
-    /// Seed key, accepted.
+    /// ORCH-Next's key, accepted, unused.
     pub interval: Option<u64>,
-    /// Seed key, accepted.
+    /// ORCH-Next's key, accepted, unused.
     pub metrics_retention: Option<u64>,
-    /// Seed key, accepted.
+    /// ORCH-Next's key, accepted, unused.
     pub alert_thresholds: Option<serde_json::Value>,
 }
 
@@ -167,10 +166,31 @@ pub struct SseSettings {
 pub struct PluginSettings {
     /// Directory of plugin libraries (default `<data dir>/plugins`).
     pub directory: Option<PathBuf>,
-    /// `in_process` (default) or `process` (each plugin in a child process).
-    pub isolation: Option<String>,
+    /// Where plugin code runs.
+    pub isolation: PluginIsolation,
     /// Configuration handed to each plugin's `initialize`, by plugin name.
     pub config: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// `plugins.isolation:` where plugin code runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginIsolation {
+    /// `in_process` (the default): on the plugin's own threads in the daemon; a plugin that
+    /// crashes takes the daemon down.
+    #[default]
+    InProcess,
+    /// `process`: each plugin in a child process, restarted when it crashes.
+    Process,
+}
+
+impl From<PluginIsolation> for orch_plugins::Isolation {
+    fn from(isolation: PluginIsolation) -> Self {
+        match isolation {
+            PluginIsolation::InProcess => orch_plugins::Isolation::InProcess,
+            PluginIsolation::Process => orch_plugins::Isolation::Process,
+        }
+    }
 }
 
 /// `engines:`.
@@ -181,7 +201,7 @@ pub struct EngineSettings {
     pub builtin: Option<bool>,
 }
 
-/// `backup:` (seed "Backup Procedures").
+/// `backup:` (ORCH-Next's backup procedure).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackupSettings {
@@ -201,8 +221,19 @@ pub struct BackupSettings {
 pub struct LoggingSettings {
     /// `tracing` filter (`info`, `orch_http=debug`); `ORCH_LOG` wins.
     pub level: Option<String>,
-    /// `json` (default) or `text`.
-    pub format: Option<String>,
+    /// How log lines are written.
+    pub format: LogFormat,
+}
+
+/// `logging.format:` how log lines are written on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `json` (the default): one JSON object per line, for log collectors.
+    #[default]
+    Json,
+    /// `text`: human-readable lines.
+    Text,
 }
 
 /// The whole file.
@@ -217,7 +248,7 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// `monitoring:`.
     pub monitoring: MonitoringSettings,
-    /// `notifications:` (seed key, accepted and unused).
+    /// `notifications:` (ORCH-Next's key, accepted, unused).
     pub notifications: Option<serde_json::Value>,
     /// `sse:`.
     pub sse: SseSettings,
@@ -356,21 +387,6 @@ impl Settings {
             && self.logging.level.is_none()
         {
             self.logging.level = Some("debug".to_owned());
-        }
-        if let Some(isolation) = &self.plugins.isolation
-            && isolation != "in_process"
-            && isolation != "process"
-        {
-            return Err(ConfigError::new(
-                "plugins.isolation",
-                "must be in_process or process",
-            ));
-        }
-        if let Some(format) = &self.logging.format
-            && format != "json"
-            && format != "text"
-        {
-            return Err(ConfigError::new("logging.format", "must be json or text"));
         }
         Ok(())
     }

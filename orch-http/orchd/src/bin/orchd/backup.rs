@@ -1,4 +1,4 @@
-//! Backups (seed 002 "Backup Procedures"): `orchd backup`, `orchd restore`, and the daily
+//! Backups (ORCH-Next's backup procedure): `orchd backup`, `orchd restore`, and the daily
 //! scheduled backup to `<data dir>/backups/` with retention.
 
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ fn backup_name() -> String {
 }
 
 /// The backups folder in force.
-pub(crate) fn backup_dir(global: &GlobalArgs, settings: &orch_http::settings::Settings) -> PathBuf {
+pub(crate) fn backup_dir(global: &GlobalArgs, settings: &orchd::settings::Settings) -> PathBuf {
     settings
         .backup
         .directory

@@ -17,15 +17,6 @@ pub struct Echo;
 
 #[async_trait]
 impl Processor for Echo {
-    fn name(&self) -> &str {
-        "echo"
-    }
-    fn version(&self) -> &str {
-        env!("CARGO_PKG_VERSION")
-    }
-    fn validate(&self, _input: &Value) -> Result<(), TaskError> {
-        Ok(())
-    }
     async fn process(&self, _ctx: TaskContext, input: Value) -> Result<Value, TaskError> {
         Ok(input)
     }
@@ -48,12 +39,6 @@ fn sleep_ms(input: &Value) -> Result<u64, TaskError> {
 
 #[async_trait]
 impl Processor for Sleep {
-    fn name(&self) -> &str {
-        "sleep"
-    }
-    fn version(&self) -> &str {
-        env!("CARGO_PKG_VERSION")
-    }
     fn validate(&self, input: &Value) -> Result<(), TaskError> {
         sleep_ms(input).map(|_| ())
     }

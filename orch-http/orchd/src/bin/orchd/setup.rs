@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use orch_http::settings::Settings;
 use orch_http::{Role, Secret};
+use orchd::settings::{LogFormat, Settings};
 
 use crate::GlobalArgs;
 
@@ -72,15 +72,14 @@ pub(crate) fn init_logging(settings: &Settings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let result = if settings.logging.format.as_deref() == Some("text") {
-        builder.try_init()
-    } else {
-        builder
+    let result = match settings.logging.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init()
+            .try_init(),
     };
     if let Err(error) = result {
         eprintln!("orchd: logging already initialised: {error}");
@@ -94,11 +93,16 @@ pub(crate) struct UserAddArgs {
     #[arg(long)]
     username: String,
     /// admin, operator, viewer or system.
-    #[arg(long, default_value = "operator")]
-    role: String,
+    #[arg(long, default_value = "operator", value_parser = parse_role)]
+    role: Role,
     /// Password (at least 12 bytes); generated and printed when absent.
     #[arg(long, env = "ORCH_NEW_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+}
+
+/// `--role`: one of the API's roles, or an error naming them.
+fn parse_role(value: &str) -> Result<Role, String> {
+    value.parse().map_err(|e: orch_http::ApiError| e.message)
 }
 
 /// A random password: 24 hex digits (96 bits).
@@ -109,17 +113,13 @@ pub(crate) fn random_password() -> Result<String> {
 /// `orchd user add`: writes the user straight into the database (the daemon may be running).
 pub(crate) async fn user_add(global: GlobalArgs, args: UserAddArgs) -> Result<ExitCode> {
     let settings = settings(&global)?;
-    let role: Role = args
-        .role
-        .parse()
-        .map_err(|e: orch_http::ApiError| anyhow::anyhow!("--role: {}", e.message))?;
+    let role = args.role;
     let db = crate::db::open(&global, &settings).await?;
     let hashing = settings
         .http_config(Secret::new("x".repeat(32)), Vec::new(), &global.data_dir)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .password_hashing;
-    let users = orch_http::auth::users::UserStore::new(db.backend(), hashing)
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let users = orch_http::auth::users::UserStore::new(db.backend(), hashing)?;
     let (password, generated) = match args.password {
         Some(password) => (password, false),
         None => (random_password()?, true),
@@ -128,10 +128,7 @@ pub(crate) async fn user_add(global: GlobalArgs, args: UserAddArgs) -> Result<Ex
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    users
-        .create(&args.username, &password, role, now)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    users.create(&args.username, &password, role, now).await?;
     println!("user {:?} added with role {}", args.username, role.as_str());
     if generated {
         println!("password (shown once): {password}");

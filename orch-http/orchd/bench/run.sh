@@ -3,9 +3,9 @@
 # (rate limits off, request logs at warn), then runs wrk and orch-http-bench against it on
 # loopback. Needs `wrk` (Debian package `wrk`). Bounded: every step has a fixed duration.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 ulimit -n "$(ulimit -Hn)" || true
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p orch-http --bins
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p orchd --bins
 BIN=target/release
 WORK=$(mktemp -d /tmp/orch-bench.XXXXXX)
 PORT=${PORT:-18080}

@@ -1,0 +1,17 @@
+//! # orchd
+//!
+//! The orch daemon: [`orch_http`]'s router over SQLite or PostgreSQL (`orch-storage`), with
+//! plugins (`orch-plugins`), a YAML config file and a command line. Applications that mount the
+//! router in their own server depend on `orch-http` alone and build none of this.
+//!
+//! How the package is laid out:
+//! - this library: what the binaries share and the tests check at their boundary:
+//!   [`settings`] (the YAML file and environment variables, turned into an
+//!   [`HttpConfig`](orch_http::HttpConfig)) and [`engines`] (the built-in `echo` and `sleep`).
+//! - `src/bin/orchd/`: the daemon and its subcommands (`serve`, `dispatch`, `user add`,
+//!   `backup`, `restore`, `migrate`), the log subscriber, secrets kept in the data directory.
+//! - `src/bin/orch-http-bench.rs`: load figures for BENCHMARKS.md (`bench/run.sh` runs it).
+//! - `tests/orchd/`: the daemon binary over real TCP, on SQLite and on PostgreSQL.
+
+pub mod engines;
+pub mod settings;

@@ -1,0 +1,107 @@
+//! [`router`]: the handlers of [`routes`](crate::routes) put together with the middleware
+//! stack, over an [`AppState`].
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, Request, header};
+use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+use crate::error::ApiError;
+use crate::routes::{auth, health, jobs, locks, misc, sse, webhook};
+use crate::state::AppState;
+
+/// The API as an axum [`Router`] over `state`: mount it, nest it, or serve it. Serve it with
+/// [`crate::serve`] (what `orchd` runs), or with
+/// `into_make_service_with_connect_info::<SocketAddr>()`, so per-IP limits and security events
+/// see the client address.
+pub fn router(state: AppState) -> Router {
+    let config = state.config().clone();
+    let routes = Router::new()
+        .route("/health", get(health::health))
+        .route("/metrics", get(misc::metrics))
+        .route("/openapi.json", get(misc::openapi))
+        .route("/plugins", get(misc::plugins))
+        .route("/auth/login", post(auth::login))
+        .route("/users", post(auth::create_user).get(auth::list_users))
+        .route("/users/{username}/unlock", post(auth::unlock_user))
+        .route("/dispatch", post(jobs::dispatch))
+        .route("/jobs", get(jobs::list_jobs))
+        .route("/jobs/claim", post(jobs::claim))
+        .route("/jobs/{id}", get(jobs::get_job))
+        .route("/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/jobs/{id}/events", get(jobs::job_events))
+        .route("/jobs/{id}/status", put(jobs::update_status))
+        .route("/jobs/{id}/heartbeat", post(jobs::heartbeat))
+        .route("/webhook", post(webhook::webhook))
+        .route("/sse/events", get(sse::events))
+        .route("/locks", get(locks::list_locks))
+        .route("/locks/{resource}", get(locks::get_lock))
+        .route("/locks/{resource}/acquire", post(locks::acquire))
+        .route("/locks/{resource}/extend", post(locks::extend))
+        .route("/locks/{resource}/release", post(locks::release))
+        .route_layer(from_fn_with_state(state.clone(), crate::metrics::track))
+        .fallback(misc::not_found)
+        .method_not_allowed_fallback(misc::method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(from_fn_with_state(state.clone(), crate::ratelimit::per_ip));
+    let routes = if config.cors_origins.is_empty() {
+        routes
+    } else {
+        let origins: Vec<HeaderValue> = config
+            .cors_origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect();
+        routes.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    HeaderName::from_static("idempotency-key"),
+                    HeaderName::from_static("last-event-id"),
+                    HeaderName::from_static("x-request-id"),
+                ])
+                .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER]),
+        )
+    };
+    let request_id = HeaderName::from_static("x-request-id");
+    routes
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a handler panicked");
+                ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error",
+                )
+                .into_response()
+            },
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        correlation_id = %id,
+                    )
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
