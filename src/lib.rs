@@ -12,6 +12,7 @@
 //! | (always) | `orch-core` | contracts, dispatcher, locks, events, in-memory backend |
 //! | `sqlite` | `orch-storage/sqlite` | [`storage::SqliteBackend`]: one file, nothing to install |
 //! | `postgres` | `orch-storage/postgres` | [`storage::PostgresBackend`]: several processes, one queue |
+//! | `http` | `orch-http` | [`http::router`]: the HTTP API to mount in your own axum app |
 //! | `mocks` | `orch-core/mocks` | `mockall` mocks of every public trait |
 //! | `test-util` | `orch-core/test-util` | the backend conformance suite |
 //!
@@ -36,6 +37,10 @@ pub use orch_core::*;
 /// The durable backends (features `sqlite`, `postgres`): `orch_storage` itself.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use orch_storage as storage;
+
+/// The HTTP API as an axum router (feature `http`): `orch_http` itself.
+#[cfg(feature = "http")]
+pub use orch_http as http;
 
 /// The core crate itself, for paths like `orch::core::backend::TaskStore` (which is also
 /// `orch::backend::TaskStore`).

@@ -291,8 +291,14 @@ impl Drop for QueueSlot<'_> {
 
 /// Grants, waits for and releases locks. Cheap to clone.
 ///
-/// Waiters are served by priority with aging across every process that shares the backend
-/// (see the [module documentation](self)).
+/// Waiters are served by priority with aging across every process that shares the backend. A
+/// waiter's rank is `enqueued_at - priority * aging_step`: a higher priority jumps ahead by a
+/// bounded amount of time, so a low-priority waiter is overtaken for at most
+/// `(p_high - p_low) * aging_step` and never starves. A waiter that is not granted at once joins
+/// the backend's queue ([`LockStore::join_lock_queue`](crate::backend::LockStore)), refreshes
+/// its entry every third of [`LockConfig::waiter_ttl`] while it waits (the entry of a process
+/// that died stops blocking the others when it expires) and leaves it when it gives up; a
+/// `try_acquire` never jumps the queue.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> orch_core::Result<()> {

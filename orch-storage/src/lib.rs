@@ -30,8 +30,8 @@
 //!   the table `orch_schema_migrations`, so an application's own sqlx migrations in the same
 //!   database do not collide with orch's.
 //!
-//! Both implement every orch-core backend trait ([`TaskStore`](orch_core::TaskStore),
-//! [`EventStore`](orch_core::EventStore), [`LockStore`](orch_core::LockStore),
+//! Both implement every orch-core backend trait ([`TaskStore`](orch_core::backend::TaskStore),
+//! [`EventStore`](orch_core::backend::EventStore), [`LockStore`](orch_core::backend::LockStore),
 //! [`StorageProvider`](orch_core::StorageProvider)) with the in-memory backend's behaviour, and
 //! run orch-core's conformance suite in this crate's tests. sqlx errors are mapped at the edge
 //! into [`orch_core::Error::Backend`].

@@ -408,7 +408,7 @@ impl TaskSpec {
     }
 }
 
-/// A validated spec with its id, as handed to [`TaskStore::create_tasks`](crate::TaskStore).
+/// A validated spec with its id, as handed to [`TaskStore::create_tasks`](crate::backend::TaskStore).
 ///
 /// The backend computes `run_at = max(now + delay, not_before)` with its own clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -492,7 +492,7 @@ impl Task {
     }
 }
 
-/// What [`TaskStore::create_tasks`](crate::TaskStore::create_tasks) returns per task.
+/// What [`TaskStore::create_tasks`](crate::backend::TaskStore::create_tasks) returns per task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Created {
     /// The stored task (the earlier one when the idempotency key matched).
@@ -581,7 +581,7 @@ pub enum Resolution {
     Failed(String),
 }
 
-/// Filters for [`TaskStore::list_tasks`](crate::TaskStore::list_tasks). Results are ordered by
+/// Filters for [`TaskStore::list_tasks`](crate::backend::TaskStore::list_tasks). Results are ordered by
 /// id (creation time); page with `after`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct TaskFilter {

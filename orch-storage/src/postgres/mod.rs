@@ -2,7 +2,7 @@
 //! processes.
 //!
 //! Layout: this module connects, migrates, maps rows and numbers events; `tasks` implements
-//! [`TaskStore`](orch_core::TaskStore); `log` the event log, lock table and key-value space;
+//! [`TaskStore`](orch_core::backend::TaskStore); `log` the event log, lock table and key-value space;
 //! `notify` the LISTEN/NOTIFY wake-ups; `transactional` dispatch inside a caller's transaction.
 //!
 //! Invariants:

@@ -1,7 +1,7 @@
 //! [`SqliteBackend`]: every orch-core backend trait in one SQLite file.
 //!
 //! Layout: this module opens the database and holds the row mapping; `tasks` implements
-//! [`TaskStore`](orch_core::TaskStore) by porting the in-memory backend's transitions onto rows;
+//! [`TaskStore`](orch_core::backend::TaskStore) by porting the in-memory backend's transitions onto rows;
 //! `log` implements the event log, the lock table and the key-value space; `transactional`
 //! dispatch inside a caller's transaction.
 //!
