@@ -526,6 +526,63 @@ mod postgres_only {
         Ok(())
     }
 
+    /// A rescue that finds an expired lease and then waits for the row while the holder's
+    /// renewal commits leaves the task with its holder: a live holder is never superseded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewal_that_commits_first_keeps_the_lease() -> anyhow::Result<()> {
+        use sqlx::Connection as _;
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        let backend: SharedBackend = Arc::new(PostgresBackend::connect(&url).await?);
+        create(&backend, vec![spec("work").max_attempts(3)]).await?;
+        let claimed = backend
+            .claim_tasks("work", 1, Duration::from_millis(1))
+            .await?;
+        let claimed = claimed.first().context("nothing claimed")?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The holder's renewal, under way: the row is locked until it commits.
+        let mut holder = sqlx::PgConnection::connect(&url).await?;
+        let mut renewal = holder.begin().await?;
+        sqlx::query(
+            "UPDATE orch_tasks SET lease_expires_at = now() + interval '1 hour' \
+             WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(claimed.task.id.0)
+        .bind(claimed.lease_token.0)
+        .execute(&mut *renewal)
+        .await?;
+        let rescuer = backend.clone();
+        let rescue = tokio::spawn(async move { rescuer.rescue_expired(10).await });
+        // The rescue reads the old, expired lease and then waits for the row.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ensure!(
+            !rescue.is_finished(),
+            "the rescue did not wait for the renewal"
+        );
+        renewal.commit().await?;
+        let rescued = rescue.await??;
+        ensure!(
+            rescued.is_empty(),
+            "a renewed lease was rescued: {rescued:?}"
+        );
+        let task = backend
+            .get_task(claimed.task.id)
+            .await?
+            .context("task vanished")?;
+        ensure!(
+            task.status == TaskStatus::Running && task.attempt == 1,
+            "{task:?}"
+        );
+        finish(
+            &backend,
+            claimed,
+            AttemptOutcome::Succeeded { result: json!(1) },
+        )
+        .await?;
+        Ok(())
+    }
+
     /// A task stored already claimed (an idle orchestrator's own dispatch) is what a create
     /// and a claim would have left; one not yet runnable is handed back, nothing stored.
     #[tokio::test]

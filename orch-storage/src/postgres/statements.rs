@@ -201,8 +201,12 @@ pub(super) const APPLY_CHANGES: &str = concat!(
         lease_token = NULL,
         lease_expires_at = NULL
     FROM picked p
+    -- The whole guard again: a row changed since it was picked (a renewal, a claim) is
+    -- checked anew when the update waits for it, and left alone if it no longer matches.
     WHERE orch_tasks.id = p.id AND orch_tasks.status = p.from_status
         AND orch_tasks.lease_token IS NOT DISTINCT FROM p.token
+        AND (p.attempt IS NULL OR orch_tasks.attempt = p.attempt)
+        AND (NOT p.expired OR orch_tasks.lease_expires_at <= now())
     RETURNING orch_tasks.*, p.ord, p.events
 ), ev AS (
     ",
