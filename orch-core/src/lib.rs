@@ -71,6 +71,7 @@ mod context;
 mod contracts;
 mod error;
 mod events;
+mod id_hash;
 mod locks;
 mod memory;
 mod model;

@@ -1,5 +1,6 @@
 //! The in-memory task queue.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -85,52 +86,13 @@ fn id_of(raw: u128) -> TaskId {
     TaskId(uuid::Uuid::from_u128(raw))
 }
 
-/// Hashes a [`TaskId`] by its random low half, mixed with a per-process key: ids are UUIDv7,
-/// whose last 8 bytes are random, so this is as good as SipHash here at a fraction of the cost.
-#[derive(Clone)]
-pub(super) struct IdHashBuilder(u64);
-
-impl Default for IdHashBuilder {
-    fn default() -> Self {
-        IdHashBuilder(fastrand::u64(..) | 1)
-    }
-}
-
-pub(super) struct IdHasher {
-    key: u64,
-    hash: u64,
-}
-
-impl std::hash::BuildHasher for IdHashBuilder {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher {
-            key: self.0,
-            hash: 0,
-        }
-    }
-}
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.hash =
-                (self.hash.rotate_left(29) ^ u64::from_le_bytes(word)).wrapping_mul(self.key);
-        }
-    }
-    fn write_usize(&mut self, _length_prefix: usize) {}
-}
-
-type IdMap<V> = HashMap<TaskId, V, IdHashBuilder>;
+use crate::id_hash::{IdHashBuilder, IdMap};
 
 struct Record {
     task: Task,
     lease: Option<LeaseToken>,
+    /// The task's engine, as an index into [`TaskTables::engines`].
+    engine: u32,
 }
 
 /// Tasks per state, indexed like [`TaskStatus::ALL`].
@@ -140,18 +102,66 @@ fn status_index(status: TaskStatus) -> usize {
     status as usize
 }
 
-/// The task tables and their indexes. Invariants: a `queued` task is in exactly one of
-/// `ready[engine]` (due) or `delayed[engine]` (not yet due); a `running` task is in `running`
-/// and holds a lease; a finished task is in `finished` (in the order they finished);
-/// `counts[engine]` counts the stored tasks of each state.
+/// The queues and counts of one engine.
+#[derive(Default)]
+struct EngineQueues {
+    name: String,
+    /// Due queued tasks, in claim order.
+    ready: ReadyQueue,
+    /// Queued tasks not due yet, by (`run_at`, id).
+    delayed: BTreeSet<(i64, u128)>,
+    /// Stored tasks of each state.
+    counts: StatusCounts,
+}
+
+impl EngineQueues {
+    /// Puts a queued task in the ready queue (due) or the delayed set.
+    fn enqueue(&mut self, task: &Task, now: DateTime<Utc>) {
+        if task.run_at <= now {
+            self.ready.insert(ready_key(task));
+        } else {
+            self.delayed
+                .insert((micros(task.run_at), task.id.0.as_u128()));
+        }
+    }
+
+    /// Moves the delayed tasks that are due into the ready queue.
+    fn promote(&mut self, records: &IdMap<Box<Record>>, now: DateTime<Utc>) {
+        let now = micros(now);
+        while let Some(&(run_at, raw_id)) = self.delayed.first() {
+            if run_at > now {
+                break;
+            }
+            self.delayed.pop_first();
+            if let Some(record) = records.get(&id_of(raw_id)) {
+                self.ready
+                    .insert((Reverse(record.task.priority), run_at, raw_id));
+            }
+        }
+    }
+
+    fn count(&mut self, status: TaskStatus, up: bool) {
+        let slot = &mut self.counts[status_index(status)];
+        *slot = if up {
+            *slot + 1
+        } else {
+            slot.saturating_sub(1)
+        };
+    }
+}
+
+/// The task tables and their indexes. Invariants: a `queued` task is in exactly one of its
+/// engine's `ready` (due) or `delayed` (not yet due); a `running` task is in `running` and
+/// holds a lease; a finished task is in `finished` (in the order they finished); an engine's
+/// `counts` count its stored tasks of each state. Engines are numbered in the order they are
+/// first seen, so the hot paths index a vector instead of hashing names.
 pub(super) struct TaskTables {
     records: IdMap<Box<Record>>,
-    ready: HashMap<String, ReadyQueue>,
-    delayed: HashMap<String, BTreeSet<(i64, u128)>>,
+    engines: Vec<EngineQueues>,
+    engine_numbers: HashMap<String, u32>,
     running: HashSet<TaskId, IdHashBuilder>,
     finished: VecDeque<(i64, TaskId)>,
     idempotency: HashMap<String, TaskId>,
-    counts: HashMap<String, StatusCounts>,
     /// Most finished tasks kept; the oldest are dropped beyond it.
     finished_retention: usize,
 }
@@ -160,28 +170,36 @@ impl TaskTables {
     pub(super) fn with_finished_retention(finished_retention: usize) -> Self {
         TaskTables {
             records: IdMap::default(),
-            ready: HashMap::new(),
-            delayed: HashMap::new(),
+            engines: Vec::new(),
+            engine_numbers: HashMap::new(),
             running: HashSet::default(),
             finished: VecDeque::new(),
             idempotency: HashMap::new(),
-            counts: HashMap::new(),
             finished_retention,
         }
     }
 
-    fn count(&mut self, engine: &str, status: TaskStatus, up: bool) {
-        // Look up before inserting: `entry` would allocate the key on every call.
-        let counts = match self.counts.get_mut(engine) {
-            Some(counts) => counts,
-            None => self.counts.entry(engine.to_owned()).or_default(),
-        };
-        let slot = &mut counts[status_index(status)];
-        *slot = if up {
-            *slot + 1
-        } else {
-            slot.saturating_sub(1)
-        };
+    /// The number of engine `name`, if it has had tasks.
+    fn engine_number(&self, name: &str) -> Option<u32> {
+        self.engine_numbers.get(name).copied()
+    }
+
+    /// The number of engine `name`, numbering it if it is new.
+    fn engine_number_or_new(&mut self, name: &str) -> u32 {
+        if let Some(&number) = self.engine_numbers.get(name) {
+            return number;
+        }
+        let number = u32::try_from(self.engines.len()).unwrap_or(u32::MAX);
+        self.engines.push(EngineQueues {
+            name: name.to_owned(),
+            ..EngineQueues::default()
+        });
+        self.engine_numbers.insert(name.to_owned(), number);
+        number
+    }
+
+    fn queues(&mut self, engine: u32) -> &mut EngineQueues {
+        &mut self.engines[engine as usize]
     }
 
     /// Drops the oldest finished task while over the retention limit.
@@ -200,92 +218,75 @@ impl TaskTables {
             if let Some(key) = &record.task.idempotency_key {
                 self.idempotency.remove(key);
             }
-            self.count(&record.task.engine, record.task.status, false);
+            self.queues(record.engine).count(record.task.status, false);
         }
     }
 
-    /// Moves due delayed tasks of `engine` into its ready set.
-    fn promote(&mut self, engine: &str, now: DateTime<Utc>) {
-        let Some(delayed) = self.delayed.get_mut(engine) else {
-            return;
-        };
-        let now = micros(now);
-        while let Some(&(run_at, raw_id)) = delayed.first() {
-            if run_at > now {
-                break;
-            }
-            delayed.pop_first();
-            if let Some(record) = self.records.get(&id_of(raw_id)) {
-                let key = (Reverse(record.task.priority), run_at, raw_id);
-                match self.ready.get_mut(engine) {
-                    Some(ready) => ready.insert(key),
-                    None => {
-                        let mut queue = ReadyQueue::default();
-                        queue.insert(key);
-                        self.ready.insert(engine.to_owned(), queue);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Stores a new queued task and its event.
+    /// Stores a new queued task (its record numbered with its engine) and its event.
     fn insert(
         &mut self,
-        task: Task,
+        record: Box<Record>,
         events: &mut EventLogState,
         event: crate::model::NewEvent,
         now: DateTime<Utc>,
     ) {
-        enqueue_into(&mut self.ready, &mut self.delayed, &task, now);
-        self.count(&task.engine, task.status, true);
+        let queues = self.queues(record.engine);
+        queues.enqueue(&record.task, now);
+        queues.count(record.task.status, true);
         events.push(event, now);
-        self.records
-            .insert(task.id, Box::new(Record { task, lease: None }));
+        self.records.insert(record.task.id, record);
     }
 
     /// Applies one change decided by the [`rules`] to task `id`, keeping every index, and
-    /// appends its events. A change into `running` grants `lease_token`.
-    fn change(
+    /// appends its events; returns what `then` makes of the changed task. A change into
+    /// `running` grants `lease_token`. `dequeued`: the caller already took the (queued) task
+    /// out of its engine's ready queue.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the one place every transition goes through; each argument is one fact"
+    )]
+    fn change<R>(
         &mut self,
         events: &mut EventLogState,
         id: TaskId,
-        change: rules::Change,
+        change: Cow<'_, rules::Change>,
         lease_token: Option<LeaseToken>,
+        dequeued: bool,
         now: DateTime<Utc>,
-    ) -> Result<TaskStatus> {
+        then: impl FnOnce(&Task) -> R,
+    ) -> Result<R> {
+        // Field by field, so the record stays borrowed while the indexes change.
         let record = self
             .records
             .get_mut(&id)
             .map(|r| &mut **r)
-            .ok_or(Error::TaskNotFound(id))?;
+            .ok_or_else(|| Error::TaskNotFound(id))?;
         let from = record.task.status;
-        // The queue keys as they were, to find the task in the queue it leaves.
-        let ready = ready_key(&record.task);
-        let delayed = (micros(record.task.run_at), id.0.as_u128());
-        change.apply_with(&mut record.task, now, |event| events.push(event, now))?;
-        let to = record.task.status;
-        let engine = record.task.engine.clone();
-        record.lease = (to == TaskStatus::Running).then(|| lease_token.unwrap_or_default());
-        match from {
-            TaskStatus::Queued => {
-                if let Some(queue) = self.ready.get_mut(&engine) {
-                    queue.remove(&ready);
-                }
-                if let Some(set) = self.delayed.get_mut(&engine) {
-                    set.remove(&delayed);
-                }
-            }
-            TaskStatus::Running => {
-                self.running.remove(&id);
-            }
-            _ => {}
+        // The queue keys as they were, to find a queued task in the queue it leaves.
+        let queued_keys = (from == TaskStatus::Queued && !dequeued).then(|| {
+            (
+                ready_key(&record.task),
+                (micros(record.task.run_at), id.0.as_u128()),
+            )
+        });
+        let emit = |event| events.push(event, now);
+        match change {
+            Cow::Borrowed(change) => change.apply_ref(&mut record.task, now, emit)?,
+            Cow::Owned(change) => change.apply_with(&mut record.task, now, emit)?,
         }
+        let to = record.task.status;
+        record.lease = (to == TaskStatus::Running).then(|| lease_token.unwrap_or_default());
+        let queues = &mut self.engines[record.engine as usize];
+        if let Some((ready, delayed)) = queued_keys {
+            queues.ready.remove(&ready);
+            queues.delayed.remove(&delayed);
+        } else if from == TaskStatus::Running {
+            self.running.remove(&id);
+        }
+        queues.count(from, false);
+        queues.count(to, true);
         match to {
-            TaskStatus::Queued => {
-                let task = &self.records[&id].task;
-                enqueue_into(&mut self.ready, &mut self.delayed, task, now);
-            }
+            TaskStatus::Queued => queues.enqueue(&record.task, now),
             TaskStatus::Running => {
                 self.running.insert(id);
             }
@@ -299,27 +300,18 @@ impl TaskTables {
                 self.finished.push_back((at, id));
             }
         }
-        self.count(&engine, from, false);
-        self.count(&engine, to, true);
+        let out = then(&record.task);
         if to.is_terminal() {
             self.enforce_retention();
         }
-        Ok(to)
+        Ok(out)
     }
 
     fn snapshot_ref(&self, id: TaskId) -> Result<&Record> {
         self.records
             .get(&id)
             .map(|record| &**record)
-            .ok_or(Error::TaskNotFound(id))
-    }
-
-    /// A copy of the task as stored now.
-    fn snapshot(&self, id: TaskId) -> Result<Task> {
-        self.records
-            .get(&id)
-            .map(|record| record.task.clone())
-            .ok_or(Error::TaskNotFound(id))
+            .ok_or_else(|| Error::TaskNotFound(id))
     }
 
     /// Ends the attempt of `report` if its token is the task's lease (see
@@ -331,7 +323,10 @@ impl TaskTables {
         now: DateTime<Utc>,
     ) -> Result<TaskStatus> {
         let id = report.task_id;
-        let record = self.records.get(&id).ok_or(Error::TaskNotFound(id))?;
+        let record = self
+            .records
+            .get(&id)
+            .ok_or_else(|| Error::TaskNotFound(id))?;
         if record.lease != Some(report.lease_token)
             || record.task.status != TaskStatus::Running
             || record.task.attempt != report.attempt
@@ -339,39 +334,9 @@ impl TaskTables {
             return Err(Error::LeaseLost(id));
         }
         let change = rules::end_attempt(report.attempt, report.outcome);
-        self.change(events, id, change, None, now)
-    }
-}
-
-/// Puts a queued task in its engine's ready set (due) or delayed set. Takes the two maps rather
-/// than the tables so callers can pass a task borrowed from the records.
-fn enqueue_into(
-    ready: &mut HashMap<String, ReadyQueue>,
-    delayed: &mut HashMap<String, BTreeSet<(i64, u128)>>,
-    task: &Task,
-    now: DateTime<Utc>,
-) {
-    // Look up before inserting: `entry` would allocate the key on every call.
-    if task.run_at <= now {
-        let key = ready_key(task);
-        match ready.get_mut(&task.engine) {
-            Some(queue) => queue.insert(key),
-            None => {
-                let mut queue = ReadyQueue::default();
-                queue.insert(key);
-                ready.insert(task.engine.clone(), queue);
-            }
-        }
-    } else {
-        let key = (micros(task.run_at), task.id.0.as_u128());
-        match delayed.get_mut(&task.engine) {
-            Some(set) => {
-                set.insert(key);
-            }
-            None => {
-                delayed.insert(task.engine.clone(), BTreeSet::from([key]));
-            }
-        }
+        self.change(events, id, Cow::Owned(change), None, false, now, |task| {
+            task.status
+        })
     }
 }
 
@@ -391,8 +356,15 @@ impl MemoryBackend {
         let now = clock::now();
         let task = self.with_state(|tables, events| {
             let change = rule(&tables.snapshot_ref(id)?.task)?;
-            tables.change(events, id, change, None, now)?;
-            tables.snapshot(id)
+            tables.change(
+                events,
+                id,
+                Cow::Owned(change),
+                None,
+                false,
+                now,
+                Task::clone,
+            )
         })?;
         self.wake_events();
         Ok(task)
@@ -411,13 +383,21 @@ impl TaskStore for MemoryBackend {
                 let run_at = rules::first_run_at(&new, now);
                 let (task, event) = rules::create(new, now, run_at);
                 let copy = task.clone();
-                (task, copy, event)
+                // Boxed here, so that taking the lock moves a pointer, not the task.
+                let record = Box::new(Record {
+                    task,
+                    lease: None,
+                    engine: 0,
+                });
+                (record, copy, event)
             })
             .collect();
         let created = self.with_state(|tables, events| {
             let mut out = Vec::with_capacity(prepared.len());
-            for (task, copy, event) in prepared {
-                if let Some(key) = &task.idempotency_key {
+            // Tasks of a batch are mostly for one engine: its number is looked up once.
+            let mut last_engine: Option<(String, u32)> = None;
+            for (mut record, copy, event) in prepared {
+                if let Some(key) = &record.task.idempotency_key {
                     if let Some(existing) = tables.idempotency.get(key)
                         && let Some(earlier) = tables.records.get(existing)
                     {
@@ -427,9 +407,17 @@ impl TaskStore for MemoryBackend {
                         });
                         continue;
                     }
-                    tables.idempotency.insert(key.clone(), task.id);
+                    tables.idempotency.insert(key.clone(), record.task.id);
                 }
-                tables.insert(task, events, event, now);
+                record.engine = match &last_engine {
+                    Some((name, number)) if *name == record.task.engine => *number,
+                    _ => {
+                        let number = tables.engine_number_or_new(&record.task.engine);
+                        last_engine = Some((record.task.engine.clone(), number));
+                        number
+                    }
+                };
+                tables.insert(record, events, event, now);
                 out.push(Created {
                     task: copy,
                     created: true,
@@ -480,29 +468,29 @@ impl TaskStore for MemoryBackend {
             return Ok(Vec::new());
         }
         let now = clock::now();
+        let change = rules::claim(lease);
         let claimed = self.with_state(|tables, events| {
-            tables.promote(engine, now);
-            let mut picked = Vec::new();
-            if let Some(ready) = tables.ready.get_mut(engine) {
-                while picked.len() < limit {
-                    match ready.pop() {
-                        Some(raw_id) => picked.push(id_of(raw_id)),
-                        None => break,
-                    }
+            let Some(number) = tables.engine_number(engine) else {
+                return Vec::new();
+            };
+            let queues = &mut tables.engines[number as usize];
+            queues.promote(&tables.records, now);
+            let mut picked = Vec::with_capacity(limit.min(64));
+            while picked.len() < limit {
+                match queues.ready.pop() {
+                    Some(raw_id) => picked.push(id_of(raw_id)),
+                    None => break,
                 }
             }
             let mut claimed = Vec::with_capacity(picked.len());
             for id in picked {
                 let lease_token = LeaseToken::new();
-                // Popped from the ready queue already: the change finds nothing to remove there.
-                if tables
-                    .change(events, id, rules::claim(lease), Some(lease_token), now)
-                    .is_ok()
-                {
-                    claimed.push(Claimed {
-                        task: tables.records[&id].task.clone(),
-                        lease_token,
-                    });
+                let borrowed = Cow::Borrowed(&change);
+                let task = tables.change(events, id, borrowed, Some(lease_token), true, now, |t| {
+                    t.clone()
+                });
+                if let Ok(task) = task {
+                    claimed.push(Claimed { task, lease_token });
                 }
             }
             claimed
@@ -515,22 +503,18 @@ impl TaskStore for MemoryBackend {
 
     async fn next_run_at(&self, engine: &str) -> Result<Option<DateTime<Utc>>> {
         let state = self.state.lock();
-        let ready = state
-            .tasks
-            .ready
-            .get(engine)
-            .and_then(ReadyQueue::earliest_run_at)
-            .and_then(DateTime::from_timestamp_micros);
-        let delayed = state
-            .tasks
-            .delayed
-            .get(engine)
-            .and_then(|delayed| delayed.first().map(|(run_at, _)| *run_at))
-            .and_then(DateTime::from_timestamp_micros);
+        let tables = &state.tasks;
+        let Some(number) = tables.engine_number(engine) else {
+            return Ok(None);
+        };
+        let queues = &tables.engines[number as usize];
+        let ready = queues.ready.earliest_run_at();
+        let delayed = queues.delayed.first().map(|(run_at, _)| *run_at);
         Ok(match (ready, delayed) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        })
+        }
+        .and_then(DateTime::from_timestamp_micros))
     }
 
     async fn renew_leases(
@@ -606,9 +590,16 @@ impl TaskStore for MemoryBackend {
                     continue;
                 };
                 let change = rules::rescue(record.task.attempt, record.task.max_attempts);
-                if tables.change(events, id, change, None, now).is_ok() {
-                    rescued.extend(tables.snapshot(id));
-                }
+                let task = tables.change(
+                    events,
+                    id,
+                    Cow::Owned(change),
+                    None,
+                    false,
+                    now,
+                    Task::clone,
+                );
+                rescued.extend(task);
             }
             rescued
         });
@@ -661,25 +652,22 @@ impl TaskStore for MemoryBackend {
     async fn count_tasks(&self) -> Result<Vec<EngineCounts>> {
         let now = micros(clock::now());
         let state = self.state.lock();
-        let tables = &state.tasks;
-        let mut out: Vec<EngineCounts> = tables
-            .counts
+        let mut out: Vec<EngineCounts> = state
+            .tasks
+            .engines
             .iter()
-            .filter(|(_, counts)| counts.iter().any(|&n| n > 0))
-            .map(|(engine, counts)| {
-                let mut engine_counts = EngineCounts::new(engine.clone());
+            .filter(|queues| queues.counts.iter().any(|&n| n > 0))
+            .map(|queues| {
+                let mut counts = EngineCounts::new(queues.name.clone());
                 for status in TaskStatus::ALL {
-                    engine_counts.add(status, false, counts[status_index(status)]);
+                    counts.add(status, false, queues.counts[status_index(status)]);
                 }
                 // Delayed: queued tasks whose run time is still ahead (the delayed set is
                 // promoted lazily, so some of its tasks may be due already).
-                let delayed = tables
-                    .delayed
-                    .get(engine)
-                    .map_or(0, |set| set.range((now + 1, 0)..).count() as u64);
-                engine_counts.queued -= delayed.min(engine_counts.queued);
-                engine_counts.delayed = delayed;
-                engine_counts
+                let delayed = queues.delayed.range((now + 1, 0)..).count() as u64;
+                counts.queued -= delayed.min(counts.queued);
+                counts.delayed = delayed;
+                counts
             })
             .collect();
         out.sort_by(|a, b| a.engine.cmp(&b.engine));

@@ -65,7 +65,7 @@ pub struct LockWaiterId(pub Uuid);
 impl LockWaiterId {
     /// A new time-ordered id.
     pub fn new() -> Self {
-        LockWaiterId(Uuid::now_v7())
+        LockWaiterId(super::ids::monotonic_v7())
     }
 }
 

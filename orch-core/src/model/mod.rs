@@ -2,6 +2,7 @@
 //! are decided. Everything that crosses a wire is serde.
 
 mod event;
+mod ids;
 mod lock;
 pub mod rules;
 mod stats;

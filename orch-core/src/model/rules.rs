@@ -165,8 +165,40 @@ impl Change {
         self,
         task: &mut Task,
         now: DateTime<Utc>,
-        mut emit: impl FnMut(NewEvent),
+        emit: impl FnMut(NewEvent),
     ) -> Result<()> {
+        self.apply_state(task, now)?;
+        if self.result.is_some() {
+            task.result = self.result;
+        }
+        if self.error.is_some() {
+            task.error = self.error;
+        }
+        emit_events(self.events.into_iter(), task, emit);
+        Ok(())
+    }
+
+    /// [`Change::apply_with`] for a change applied to many tasks (a claim of a batch): the
+    /// result, error and events are cloned, the change is kept.
+    pub fn apply_ref(
+        &self,
+        task: &mut Task,
+        now: DateTime<Utc>,
+        emit: impl FnMut(NewEvent),
+    ) -> Result<()> {
+        self.apply_state(task, now)?;
+        if let Some(result) = &self.result {
+            task.result = Some(result.clone());
+        }
+        if let Some(error) = &self.error {
+            task.error = Some(error.clone());
+        }
+        emit_events(self.events.iter().cloned(), task, emit);
+        Ok(())
+    }
+
+    /// Everything but the result, the error and the events.
+    fn apply_state(&self, task: &mut Task, now: DateTime<Utc>) -> Result<()> {
         if task.status != self.from {
             return Err(Error::IllegalTransition {
                 task_id: task.id,
@@ -187,19 +219,21 @@ impl Change {
             task.run_at = after(now, delay);
         }
         task.lease_expires_at = self.lease.map(|lease| after(now, lease));
-        if self.result.is_some() {
-            task.result = self.result;
-        }
-        if self.error.is_some() {
-            task.error = self.error;
-        }
-        for draft in self.events {
-            emit(
-                NewEvent::for_task(draft.kind, task.id, &task.engine, draft.data)
-                    .with_attempt(task.attempt),
-            );
-        }
         Ok(())
+    }
+}
+
+/// The events of a change, about `task` as it is after the change.
+fn emit_events(
+    drafts: impl Iterator<Item = EventDraft>,
+    task: &Task,
+    mut emit: impl FnMut(NewEvent),
+) {
+    for draft in drafts {
+        emit(
+            NewEvent::for_task(draft.kind, task.id, &task.engine, draft.data)
+                .with_attempt(task.attempt),
+        );
     }
 }
 

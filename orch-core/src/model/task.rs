@@ -20,9 +20,9 @@ use crate::error::{Error, Result};
 pub struct TaskId(pub Uuid);
 
 impl TaskId {
-    /// A new time-ordered id.
+    /// A new time-ordered id, greater than every id made before by this process.
     pub fn new() -> Self {
-        TaskId(Uuid::now_v7())
+        TaskId(super::ids::monotonic_v7())
     }
 }
 
@@ -55,9 +55,9 @@ impl FromStr for TaskId {
 pub struct LeaseToken(pub Uuid);
 
 impl LeaseToken {
-    /// A fresh random token.
+    /// A fresh random token, from the operating system's generator.
     pub fn new() -> Self {
-        LeaseToken(Uuid::new_v4())
+        LeaseToken(super::ids::secure_v4())
     }
 }
 

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::id_hash::IdMap;
 use crate::model::{HeldLease, LeaseToken, TaskId};
 
 /// Why a running attempt was told to stop.
@@ -61,7 +62,7 @@ impl Running {
 
 /// The registered attempts and the tracker shutdown waits on.
 pub(super) struct Attempts {
-    running: Mutex<std::collections::HashMap<TaskId, Arc<Running>>>,
+    running: Mutex<IdMap<Arc<Running>>>,
     /// Every attempt's future, and the direct starts that are about to register one.
     pub(super) tracker: TaskTracker,
 }
@@ -69,7 +70,7 @@ pub(super) struct Attempts {
 impl Attempts {
     pub(super) fn new() -> Self {
         Attempts {
-            running: Mutex::new(std::collections::HashMap::new()),
+            running: Mutex::new(IdMap::default()),
             tracker: TaskTracker::new(),
         }
     }
