@@ -1,4 +1,9 @@
-//! `dispatch_rate` with the system allocator (glibc malloc), for comparison:
-//! `cargo bench --bench dispatch_rate_system -- [concurrency] [tasks]`.
+//! `dispatch_rate` on the system allocator (glibc malloc), for comparison:
+//! `cargo bench --bench dispatch_rate_system -- [concurrency] [tasks]`. The program is
+//! `support::dispatch_rate`.
 
-include!("support/dispatch_rate_main.rs");
+mod support;
+
+fn main() {
+    support::dispatch_rate::main();
+}

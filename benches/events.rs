@@ -7,6 +7,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,11 +19,7 @@ const SUBSCRIBERS: usize = 100;
 const EVENTS: u64 = 2_000;
 
 fn fan_out(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = support::runtime(2);
     let mut group = c.benchmark_group("event_fan_out");
     // One element = one event delivered to one subscriber.
     group.throughput(Throughput::Elements(EVENTS * SUBSCRIBERS as u64));

@@ -1,4 +1,4 @@
-//! Lock acquire+release on the in-memory backend: uncontended, and with 8 contenders.
+//! Lock acquire+release on the in-memory backend: uncontended, and with 2 and 8 contenders.
 //!
 //! `cargo bench --bench locks`
 //!
@@ -7,6 +7,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,11 +16,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use orch::{LockManager, LockOptions, MemoryBackend};
 
 fn locks(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = support::runtime(2);
     let mut group = c.benchmark_group("lock_acquire_release");
     group.throughput(Throughput::Elements(1));
     group.bench_function("uncontended", |b| {

@@ -2,7 +2,7 @@
 //!
 //! Plugin code is synchronous and may block, so it must not run on tokio's workers. tokio's
 //! `spawn_blocking` would do, but its hand-off costs 20–40 µs per call on a busy 2-core machine
-//! (measured in `benches/plugin_call.rs`), more than the whole per-call budget (20 µs). A
+//! (measured by the workspace's `benches/plugins.rs`), more than the whole per-call budget (20 µs). A
 //! small pool per plugin, fed through a channel, costs a few microseconds: threads are started
 //! on demand up to the plugin's concurrency limit and stay parked between calls; they end when
 //! the plugin is dropped.

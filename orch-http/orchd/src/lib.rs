@@ -10,7 +10,6 @@
 //!   [`HttpConfig`](orch_http::HttpConfig)) and [`engines`] (the built-in `echo` and `sleep`).
 //! - `src/bin/orchd/`: the daemon and its subcommands (`serve`, `dispatch`, `user add`,
 //!   `backup`, `restore`, `migrate`), the log subscriber, secrets kept in the data directory.
-//! - `src/bin/orch-http-bench.rs`: load figures for BENCHMARKS.md (`bench/run.sh` runs it).
 //! - `tests/orchd/`: the daemon binary over real TCP, on SQLite and on PostgreSQL.
 
 pub mod engines;

@@ -1,7 +1,8 @@
 //! orch-plugins' integration tests, one binary. The fixture plugins (examples/echo-engine and
-//! orch-plugins/fixtures/*) are built once per run by [`support::fixtures`], into one shared
-//! target directory.
+//! orch-plugins/fixtures/*) are built once per run by [`fixtures::fixtures_built`], into one
+//! shared target directory.
 
+mod fixtures;
 mod in_process;
 #[cfg(unix)]
 mod process;

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Load figures for BENCHMARKS.md: starts a release orchd on a fresh SQLite data directory
-# (rate limits off, request logs at warn), then runs wrk and orch-http-bench against it on
-# loopback. Needs `wrk` (Debian package `wrk`). Bounded: every step has a fixed duration.
+# HTTP load figures for BENCHMARKS.md: starts a release orchd (package `orchd`) on a fresh
+# SQLite data directory (rate limits off, request logs at warn), then runs wrk and the load
+# client `cargo bench --bench http -- ...` (benches/http.rs) against it on loopback.
+# Needs `wrk` (Debian package `wrk`). SKIP_BUILD=1 reuses the release builds; PORT and
+# SSE_CLIENTS change the port (18080) and the number of SSE clients (10,000).
+# Bounded: every step has a fixed duration.
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)" || true
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p orchd --bins
-BIN=target/release
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release -p orchd --bin orchd
+  cargo bench --no-run --bench http
+fi
+BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d /tmp/orch-bench.XXXXXX)
 PORT=${PORT:-18080}
 URL=http://127.0.0.1:$PORT
+client() { cargo bench --quiet --bench http -- --url "$URL" "$@"; }
 cat > "$WORK/bench.yaml" <<YAML
 security:
   rate_limit:
@@ -42,8 +49,8 @@ wrk -t2 -c64 -d10s --latency "$URL/health" | grep -E "Requests/sec|99%|Latency"
 echo "== POST /dispatch, SQLite, queue only (wrk -t2 -c64 -d10s)"
 wrk -t2 -c64 -d10s --latency -s "$WORK/dispatch.lua" "$URL/dispatch" | grep -E "Requests/sec|99%|Latency|Non-2xx"
 echo "== POST /dispatch at a fixed 1000 req/s"
-"$BIN/orch-http-bench" --url "$URL" dispatch-latency --rate 1000 --seconds 10
+client dispatch-latency --rate 1000 --seconds 10
 echo "== webhook signature verification"
-"$BIN/orch-http-bench" --url "$URL" webhook-verify --seconds 3
-echo "== 10,000 concurrent SSE clients"
-"$BIN/orch-http-bench" --url "$URL" sse --clients "${SSE_CLIENTS:-10000}" --pid "$PID"
+client webhook-verify --seconds 3
+echo "== ${SSE_CLIENTS:-10000} concurrent SSE clients"
+client sse --clients "${SSE_CLIENTS:-10000}" --pid "$PID"

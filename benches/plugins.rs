@@ -2,26 +2,30 @@
 //! [`Plugin::execute`] in process and in a child process, against a native Rust engine doing
 //! the same JSON work and a bare `spawn_blocking` round trip.
 //!
-//! `cargo bench -p orch-plugins --bench plugin_call` (builds the fixture plugins in release
-//! into `target/plugin-fixtures` first).
+//! `cargo bench --bench plugins` (builds the fixture plugins in release into
+//! `<target>/plugin-fixtures` first, with orch-plugins' own fixture builder). For process
+//! isolation this bench binary serves as its own child process (`orch_plugins::child`), as an
+//! application that ships no `orch-plugin-host` would.
 
+mod support;
+
+#[path = "../orch-plugins/tests/plugins/fixtures.rs"]
+mod fixtures;
+
+use std::process::ExitCode;
 use std::time::Duration;
 
 use abi_stable::library::lib_header_from_path;
 use abi_stable::std_types::RStr;
 use async_trait::async_trait;
-use criterion::{Criterion, criterion_group, criterion_main};
-use orch_core::{Capability, Plugin, TaskContext, TaskError, TaskId};
+use criterion::{Criterion, criterion_group};
+use orch::{Capability, Plugin, TaskContext, TaskError, TaskId};
 use orch_plugin_abi::{CallContext, HostServices, LogLevel, NeverCancelled, PluginModRef};
 use orch_plugins::{Isolation, PluginOptions, load_plugin};
 use serde_json::{Value, json};
 
-#[allow(
-    dead_code,
-    reason = "the bench uses only the fixture builder of the test support"
-)]
-#[path = "../tests/plugins/support.rs"]
-mod support;
+/// The first argument that makes this binary the child process of a process-isolated plugin.
+const CHILD_FLAG: &str = "--orch-plugin-child";
 
 /// The echo engine written as a native plugin: same JSON in and out, no FFI, no thread hop.
 struct NativeEcho;
@@ -37,13 +41,13 @@ impl Plugin for NativeEcho {
     fn description(&self) -> &str {
         "baseline"
     }
-    async fn initialize(&self, _config: Value) -> orch_core::Result<()> {
+    async fn initialize(&self, _config: Value) -> orch::Result<()> {
         Ok(())
     }
     async fn execute(&self, ctx: TaskContext, input: Value) -> Result<Value, TaskError> {
         Ok(json!({ "echo": input, "attempt": ctx.attempt() }))
     }
-    async fn cleanup(&self) -> orch_core::Result<()> {
+    async fn cleanup(&self) -> orch::Result<()> {
         Ok(())
     }
     fn capabilities(&self) -> Vec<Capability> {
@@ -57,17 +61,13 @@ fn payload() -> Value {
     json!({ "order": 42, "customer": "c-1001", "items": [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 1}] })
 }
 
-fn bench(c: &mut Criterion) {
+fn plugin_call(c: &mut Criterion) {
     let release = !cfg!(debug_assertions);
-    let dir = support::fixtures_built(release);
-    let path = support::plugin_in(&dir, "echo_engine");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let options =
-        PluginOptions::default().with_host_program(env!("CARGO_BIN_EXE_orch-plugin-host"));
+    let path = fixtures::plugin_in(&fixtures::fixtures_built(release), "echo_engine");
+    let runtime = support::runtime(2);
+    let options = PluginOptions::default()
+        .with_host_program(std::env::current_exe().expect("the bench's own path"))
+        .with_host_args([CHILD_FLAG]);
     let (in_process, process) = runtime.block_on(async {
         let in_process = load_plugin(&path, &options).await.expect("echo loads");
         in_process.initialize(Value::Null).await.expect("init");
@@ -129,5 +129,17 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+criterion_group!(benches, plugin_call);
+
+/// `criterion_main!`, after serving as a plugin's child process when started as one.
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(CHILD_FLAG) {
+        return orch_plugins::child::run(args);
+    }
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+    ExitCode::SUCCESS
+}

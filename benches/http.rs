@@ -1,4 +1,4 @@
-//! `orch-http-bench`: load figures for BENCHMARKS.md that `wrk` cannot give.
+//! A load client of `orchd`: the figures for BENCHMARKS.md that `wrk` cannot give.
 //!
 //! - `dispatch-latency`: an open-loop load of `POST /dispatch` at a fixed rate; latency is
 //!   measured from each request's scheduled start, so a stall counts against it.
@@ -7,7 +7,11 @@
 //! - `webhook-verify`: signature verifications per second in process (one core), the work
 //!   `POST /webhook` does before touching the database.
 //!
-//! Run it through `orch-http/orchd/bench/run.sh`, which starts `orchd` and `wrk` too.
+//! Run it through `benches/http.sh`, which starts a release `orchd` and `wrk` too, and runs
+//! this client as `cargo bench --bench http -- [--url URL] <mode> [flags]`. Without a mode it
+//! prints a note and does nothing (so a plain `cargo bench` passes it by).
+
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +38,7 @@ struct Cli {
     #[arg(long, env = "ORCH_PASSWORD")]
     password: Option<String>,
     #[command(subcommand)]
-    mode: Mode,
+    mode: Option<Mode>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,12 +90,8 @@ async fn token(cli: &Cli, http: &reqwest::Client) -> Result<String> {
         .context("login failed")
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    support::percentile(sorted, q).unwrap_or_default()
 }
 
 async fn dispatch_latency(cli: &Cli, rate: u64, seconds: u64, core_id: &str) -> Result<()> {
@@ -287,8 +287,13 @@ fn webhook_verify(seconds: u64) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match &cli.mode {
+    let program = "cargo bench --bench http --".to_owned();
+    let cli = Cli::parse_from(std::iter::once(program).chain(support::args::bench_args()));
+    let Some(mode) = &cli.mode else {
+        println!("http: no mode given; orchd's load client runs from benches/http.sh (see --help)");
+        return Ok(());
+    };
+    match mode {
         Mode::DispatchLatency {
             rate,
             seconds,
