@@ -16,6 +16,29 @@ use crate::error::ApiError;
 use crate::routes::{auth, health, jobs, locks, misc, sse, webhook};
 use crate::state::AppState;
 
+/// Refuses a request whose `Content-Length` announces more than `max` bytes before reading any
+/// of its body, so a client that is still sending reads the answer instead of a reset
+/// connection. (A body without a length is cut at `max` as it is read.)
+async fn refuse_announced_oversize(
+    axum::extract::State(max): axum::extract::State<usize>,
+    request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > max as u64) {
+        return ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {max} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// The API as an axum [`Router`] over `state`: mount it, nest it, or serve it. Serve it with
 /// [`crate::serve`] (what `orchd` runs), or with
 /// `into_make_service_with_connect_info::<SocketAddr>()`, so per-IP limits and security events
@@ -49,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(misc::not_found)
         .method_not_allowed_fallback(misc::method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            config.max_body_bytes,
+            refuse_announced_oversize,
+        ))
         .layer(from_fn_with_state(state.clone(), crate::ratelimit::per_ip));
     let routes = if config.cors_origins.is_empty() {
         routes
