@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use orch_http::config::{Limit, RateLimitConfig};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
 
 use crate::common::{self, PASSWORD, assert_error};
 
