@@ -104,6 +104,9 @@ pub trait TaskStore: Send + Sync {
 
     /// Extends each lease whose token still matches a `running` task to `lease` from now.
     /// Returns, in input order, the new expiry, or `None` for a lease that is no longer held.
+    /// A backend may skip a lease it cannot renew without waiting (its task busy in another
+    /// statement) and return its current expiry: it is still held, and the next renewal
+    /// extends it.
     async fn renew_leases(
         &self,
         leases: Vec<HeldLease>,

@@ -526,6 +526,58 @@ mod postgres_only {
         Ok(())
     }
 
+    /// A grant that drew its fencing token before another grant of the same resource and
+    /// reaches the table after that one was released still gets a greater token. (When a
+    /// release deleted the row, it got its older token: tokens went backwards.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fencing_tokens_never_go_backwards_across_a_release() -> anyhow::Result<()> {
+        use orch_core::backend::LockAttempt;
+        use sqlx::Connection as _;
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        let backend: SharedBackend = Arc::new(PostgresBackend::connect(&url).await?);
+        // A trigger holds back the owner `slow` after its token is drawn, before its row is
+        // written.
+        let mut admin = sqlx::PgConnection::connect(&url).await?;
+        sqlx::query(
+            "CREATE FUNCTION orch_test_slow() RETURNS trigger AS $$ BEGIN \
+             IF NEW.owner = 'slow' THEN PERFORM pg_sleep(0.5); END IF; RETURN NEW; END $$ \
+             LANGUAGE plpgsql",
+        )
+        .execute(&mut admin)
+        .await?;
+        sqlx::query(
+            "CREATE TRIGGER orch_test_slow BEFORE INSERT ON orch_locks \
+             FOR EACH ROW EXECUTE FUNCTION orch_test_slow()",
+        )
+        .execute(&mut admin)
+        .await?;
+        let slow_backend = backend.clone();
+        let slow =
+            tokio::spawn(async move { slow_backend.try_acquire_lock("r", "slow", MINUTE).await });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let LockAttempt::Acquired(fast) = backend.try_acquire_lock("r", "fast", MINUTE).await?
+        else {
+            bail!("the free lock was not granted");
+        };
+        ensure!(
+            backend
+                .release_lock("r", "fast", fast.fencing_token.0)
+                .await?
+        );
+        let LockAttempt::Acquired(late) = slow.await?? else {
+            bail!("the released lock was not granted to the slow acquisition");
+        };
+        ensure!(
+            late.fencing_token > fast.fencing_token,
+            "fencing token went backwards: {} granted after {}",
+            late.fencing_token,
+            fast.fencing_token
+        );
+        Ok(())
+    }
+
     /// A rescue that finds an expired lease and then waits for the row while the holder's
     /// renewal commits leaves the task with its holder: a live holder is never superseded.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,6 +632,74 @@ mod postgres_only {
             AttemptOutcome::Succeeded { result: json!(1) },
         )
         .await?;
+        Ok(())
+    }
+
+    /// A lease renewal and an outcome batch over the same two tasks, given in opposite orders
+    /// and slowed down row by row, both complete: neither waits for a row the other holds while
+    /// holding one it wants. (When both waited, PostgreSQL aborted one with `deadlock detected`
+    /// after its `deadlock_timeout`, a second's stall under load.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renewals_and_outcome_batches_never_deadlock() -> anyhow::Result<()> {
+        use orch_core::backend::HeldLease;
+        use sqlx::Connection as _;
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        let backend: SharedBackend = Arc::new(PostgresBackend::connect(&url).await?);
+        create(&backend, vec![spec("work"), spec("work")]).await?;
+        let mut claimed = backend.claim_tasks("work", 2, MINUTE).await?;
+        ensure!(claimed.len() == 2, "claimed {}", claimed.len());
+        claimed.sort_by_key(|c| c.task.id);
+        // A table of some size, so that both statements probe the primary key row by row in
+        // the order they are given, as they do in production (on a handful of rows the
+        // planner scans the table in its physical order instead).
+        create(&backend, (0..5_000).map(|_| spec("filler")).collect()).await?;
+        // Every row update now takes a moment after locking its row, so the two statements
+        // overlap whatever the machine's speed.
+        let mut admin = sqlx::PgConnection::connect(&url).await?;
+        sqlx::query(
+            "CREATE FUNCTION orch_test_slow_update() RETURNS trigger AS $$ BEGIN \
+             PERFORM pg_sleep(0.4); RETURN NEW; END $$ LANGUAGE plpgsql",
+        )
+        .execute(&mut admin)
+        .await?;
+        sqlx::query(
+            "CREATE TRIGGER orch_test_slow_update BEFORE UPDATE ON orch_tasks \
+             FOR EACH ROW EXECUTE FUNCTION orch_test_slow_update()",
+        )
+        .execute(&mut admin)
+        .await?;
+        sqlx::query("ANALYZE orch_tasks")
+            .execute(&mut admin)
+            .await?;
+        // The renewal takes the tasks in id order, the outcome batch in the reverse order.
+        let held: Vec<HeldLease> = claimed
+            .iter()
+            .map(|c| HeldLease {
+                task_id: c.task.id,
+                lease_token: c.lease_token,
+            })
+            .collect();
+        let reports: Vec<AttemptReport> = claimed
+            .iter()
+            .rev()
+            .map(|c| AttemptReport {
+                task_id: c.task.id,
+                lease_token: c.lease_token,
+                attempt: c.task.attempt,
+                outcome: AttemptOutcome::Succeeded { result: json!(1) },
+            })
+            .collect();
+        let renewer = backend.clone();
+        let renewal = tokio::spawn(async move { renewer.renew_leases(held, MINUTE).await });
+        let finisher = backend.clone();
+        let finish = tokio::spawn(async move { finisher.finish_attempts(reports).await });
+        let renewed = renewal.await?.context("the renewal failed")?;
+        ensure!(renewed.len() == 2, "{renewed:?}");
+        for status in finish.await?.context("the outcome batch failed")? {
+            ensure!(status? == TaskStatus::Succeeded);
+        }
         Ok(())
     }
 

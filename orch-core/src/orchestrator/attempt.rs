@@ -41,7 +41,8 @@ pub(super) async fn run(
         return;
     };
     // Outcomes are recorded in batches by the reporter (one backend call for many attempts);
-    // the attempt stays registered until its outcome is recorded.
+    // the attempt stays registered (and its lease renewed) until its outcome is recorded.
+    running.mark_reporting();
     let report = Report {
         task_id: task.id,
         lease_token,

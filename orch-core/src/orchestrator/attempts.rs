@@ -35,9 +35,17 @@ pub(super) struct Running {
     /// Fired when the attempt must stop; the engine sees it through its context.
     pub(super) cancel: CancellationToken,
     cause: AtomicU8,
+    /// The engine is done and the outcome is on its way to the backend: a renewal that finds
+    /// the lease gone has most likely raced the outcome's own commit.
+    reporting: std::sync::atomic::AtomicBool,
 }
 
 impl Running {
+    /// The outcome has been handed to the reporter.
+    pub(super) fn mark_reporting(&self) {
+        self.reporting.store(true, Ordering::Release);
+    }
+
     /// Tells the attempt to stop; the first cause given wins.
     pub(super) fn stop(&self, cause: StopCause) {
         let _ = self.cause.compare_exchange(
@@ -81,6 +89,7 @@ impl Attempts {
             lease_token,
             cancel: CancellationToken::new(),
             cause: AtomicU8::new(StopCause::None as u8),
+            reporting: std::sync::atomic::AtomicBool::new(false),
         });
         self.running.lock().insert(task_id, running.clone());
         running
@@ -106,12 +115,19 @@ impl Attempts {
         }
     }
 
-    /// Stops the attempt holding `lease`, if it is still registered under that lease.
-    pub(super) fn stop_lease(&self, lease: HeldLease, cause: StopCause) {
-        if let Some(running) = self.running.lock().get(&lease.task_id)
-            && running.lease_token == lease.lease_token
-        {
-            running.stop(cause);
+    /// The backend no longer holds `lease`: stops its attempt if it is still registered under
+    /// that lease and still running. Returns whether it stopped one (`false` when the attempt
+    /// is gone or its outcome is being recorded, which the renewal raced).
+    pub(super) fn lease_lost(&self, lease: HeldLease) -> bool {
+        match self.running.lock().get(&lease.task_id) {
+            Some(running)
+                if running.lease_token == lease.lease_token
+                    && !running.reporting.load(Ordering::Acquire) =>
+            {
+                running.stop(StopCause::LeaseLost);
+                true
+            }
+            _ => false,
         }
     }
 

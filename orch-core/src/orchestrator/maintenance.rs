@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::attempts::StopCause;
 use super::{Inner, Retention};
 use crate::clock;
 use crate::error::Result;
@@ -42,9 +41,8 @@ pub(super) async fn lease_keeper(inner: Arc<Inner>, stop: CancellationToken) {
         {
             Ok(renewed) => {
                 for (held, expires) in leases.into_iter().zip(renewed) {
-                    if expires.is_none() {
-                        tracing::warn!(task_id = %held.task_id, "lease lost; stopping the attempt");
-                        inner.attempts.stop_lease(held, StopCause::LeaseLost);
+                    if expires.is_none() && inner.attempts.lease_lost(held) {
+                        tracing::warn!(task_id = %held.task_id, "lease lost; the attempt was stopped");
                     }
                 }
             }

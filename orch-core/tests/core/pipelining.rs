@@ -58,6 +58,8 @@ struct Slow {
     next_run_at_calls: AtomicUsize,
     /// Offers `create_claimed` (create, then claim the core's only task).
     hand_off: bool,
+    /// How long an outcome batch's answer takes to come back after the batch is stored.
+    answer_delay: Duration,
 }
 
 async fn run(claims_in_flight: usize, reports_in_flight: usize) -> Arc<Slow> {
@@ -315,6 +317,11 @@ impl TaskStore for Slow {
         reports: Vec<AttemptReport>,
     ) -> Result<Vec<Result<TaskStatus>>> {
         self.batched.fetch_add(reports.len(), Ordering::SeqCst);
+        if !self.answer_delay.is_zero() {
+            let stored = self.inner.finish_attempts(reports).await;
+            tokio::time::sleep(self.answer_delay).await;
+            return stored;
+        }
         self.batches.time(self.inner.finish_attempts(reports)).await
     }
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
@@ -341,3 +348,63 @@ impl TaskStore for Slow {
 }
 
 delegate_all_but_tasks!(Slow, inner);
+
+/// Warnings the orchestrator logged, captured by a subscriber for the current thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An outcome stored while a lease renewal is under way makes the renewal find the lease
+/// gone: the attempt is over, not stopped, and nothing warns that a lease was lost. (Each
+/// such race logged "lease lost; stopping the attempt" for an attempt that had succeeded.)
+#[tokio::test(start_paused = true)]
+async fn a_renewal_racing_the_outcome_does_not_report_a_lost_lease() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let lease = Duration::from_secs(3);
+    // The answer to each outcome batch comes back two renewals after the batch was stored.
+    let backend = Arc::new(Slow {
+        answer_delay: lease,
+        ..Slow::default()
+    });
+    let orch = Orchestrator::builder(backend.clone() as SharedBackend)
+        .config(crate::config().with_lease(lease))
+        .engine(
+            "work",
+            processor_fn(|_ctx, _input: Value| async { Ok(Value::Null) }),
+        )
+        .build()
+        .await
+        .expect("valid config");
+    let tasks = orch
+        .dispatch_many((0..20).map(|_| TaskSpec::new("work")).collect())
+        .await
+        .expect("dispatched");
+    for task in &tasks {
+        let done = orch
+            .wait_for(task.task.id, Duration::from_secs(60))
+            .await
+            .expect("finished");
+        assert_eq!(done.status, TaskStatus::Succeeded);
+    }
+    // Renewals ran while the answers were on their way.
+    tokio::time::sleep(lease * 2).await;
+    orch.shutdown(Duration::from_secs(5)).await;
+    let log = String::from_utf8_lossy(&captured.0.lock()).into_owned();
+    assert!(!log.contains("lease lost"), "{log}");
+}

@@ -1,4 +1,12 @@
 //! The PostgreSQL event log, lock table (with its waiter queue) and key-value space.
+//!
+//! Fencing tokens: a grant takes its token from the sequence `orch_lock_tokens` while it holds
+//! the resource's row (`ON CONFLICT ... DO UPDATE SET fencing_token = nextval(...)`), and a
+//! release or a reclaimed expiry keeps the row, marking it free (`expires_at = '-infinity'`).
+//! So a grant that drew a token in its `VALUES` before a concurrent grant committed, and
+//! reaches the table after that one was released, finds the row and draws again: tokens of a
+//! resource only grow. Free rows are forgotten a day after their last grant (reclaim), long
+//! after any statement that could have drawn a token before it.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -225,7 +233,7 @@ WITH ahead AS (
     SELECT $1, $2, nextval('orch_lock_tokens'), now(), now() + $3::int8 * interval '1 microsecond'
     WHERE NOT EXISTS (SELECT 1 FROM ahead)
     ON CONFLICT (resource) DO UPDATE SET owner = EXCLUDED.owner,
-        fencing_token = EXCLUDED.fencing_token, acquired_at = EXCLUDED.acquired_at,
+        fencing_token = nextval('orch_lock_tokens'), acquired_at = EXCLUDED.acquired_at,
         expires_at = EXCLUDED.expires_at
     WHERE orch_locks.expires_at <= now()
     RETURNING *
@@ -280,8 +288,8 @@ impl LockStore for PostgresBackend {
                  VALUES ($1, $2, nextval('orch_lock_tokens'), now(), \
                          now() + $3::int8 * interval '1 microsecond') \
                  ON CONFLICT (resource) DO UPDATE SET owner = EXCLUDED.owner, \
-                     fencing_token = EXCLUDED.fencing_token, acquired_at = EXCLUDED.acquired_at, \
-                     expires_at = EXCLUDED.expires_at \
+                     fencing_token = nextval('orch_lock_tokens'), \
+                     acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at \
                  WHERE orch_locks.expires_at <= now() \
                  RETURNING *",
             )
@@ -314,8 +322,12 @@ impl LockStore for PostgresBackend {
         let Ok(token) = i64::try_from(token) else {
             return Ok(false);
         };
+        // The row stays, marked free: a grant that took its token before this one and reaches
+        // the table only now then finds it and takes a new token (see the module docs).
         let done = sqlx::query(
-            "DELETE FROM orch_locks WHERE resource = $1 AND owner = $2 AND fencing_token = $3",
+            "UPDATE orch_locks SET expires_at = '-infinity' \
+             WHERE resource = $1 AND owner = $2 AND fencing_token = $3 \
+             AND expires_at > '-infinity'",
         )
         .bind(resource)
         .bind(owner)
@@ -376,8 +388,14 @@ impl LockStore for PostgresBackend {
     async fn reclaim_expired_locks(&self) -> Result<Vec<LockInfo>> {
         const OP: &str = "reclaim_expired_locks";
         let rows = sqlx::query(
-            "WITH waiters AS (DELETE FROM orch_lock_queue WHERE expires_at <= now()) \
-             DELETE FROM orch_locks WHERE expires_at <= now() RETURNING *",
+            "WITH waiters AS (DELETE FROM orch_lock_queue WHERE expires_at <= now()), \
+             forgotten AS (DELETE FROM orch_locks WHERE expires_at = '-infinity' \
+                 AND acquired_at < now() - interval '1 day'), \
+             expired AS (SELECT * FROM orch_locks \
+                 WHERE expires_at <= now() AND expires_at > '-infinity' FOR UPDATE SKIP LOCKED), \
+             freed AS (UPDATE orch_locks l SET expires_at = '-infinity' FROM expired e \
+                 WHERE l.resource = e.resource) \
+             SELECT * FROM expired ORDER BY resource",
         )
         .fetch_all(&self.pool)
         .await

@@ -413,7 +413,12 @@ impl PostgresBackend {
         let mut tokens = Vec::with_capacity(n);
         let mut results = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
-        for report in &reports {
+        // In id order, the order every statement that locks several tasks takes their rows
+        // in (as far as its plan follows the input): two such statements then wait for each
+        // other instead of deadlocking.
+        let mut sorted: Vec<&AttemptReport> = reports.iter().collect();
+        sorted.sort_by_key(|report| report.task_id);
+        for report in sorted {
             ids.push(report.task_id.0);
             tokens.push(report.lease_token.0);
             attempts.push(i32::try_from(report.attempt).unwrap_or(i32::MAX));
@@ -632,11 +637,29 @@ impl TaskStore for PostgresBackend {
         lease: Duration,
     ) -> Result<Vec<Option<DateTime<Utc>>>> {
         const OP: &str = "renew_leases";
+        // A renewal never waits for a row: one locked by a statement under way (an outcome
+        // being recorded, a cancel) is skipped this time and reported with the expiry it
+        // still has, so renewals cannot deadlock with outcome batches, which lock rows in
+        // their own order. The lease keeper renews again well before that expiry.
         static RENEW: Rendered = Rendered::new(
-            "UPDATE orch_tasks t SET lease_expires_at = now() + $3::int8 * interval '1 microsecond' \
-             FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token) \
-             WHERE t.id = u.id AND t.lease_token = u.token AND t.status = {running} \
-             RETURNING t.id, t.lease_token, t.lease_expires_at",
+            "WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token)
+), picked AS (
+    -- One primary-key probe per lease (LATERAL), as the outcome statements do.
+    SELECT t.id FROM input CROSS JOIN LATERAL (
+        SELECT id FROM orch_tasks
+        WHERE id = input.id AND lease_token = input.token AND status = {running}
+        FOR UPDATE SKIP LOCKED
+    ) AS t
+), renewed AS (
+    UPDATE orch_tasks t SET lease_expires_at = now() + $3::int8 * interval '1 microsecond'
+    FROM picked WHERE t.id = picked.id
+    RETURNING t.id, t.lease_token, t.lease_expires_at
+)
+SELECT id, lease_token, lease_expires_at FROM renewed
+UNION ALL
+SELECT id, lease_token, lease_expires_at FROM orch_tasks
+WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM renewed)",
         );
         if leases.is_empty() {
             return Ok(Vec::new());
