@@ -32,8 +32,43 @@ pub(crate) fn check_schema_version(
 }
 
 /// Maps a sqlx error into orch-core's backend error, naming the operation.
+///
+/// Errors that mean the database cannot be reached (the connection broke, the server shut down
+/// or is starting, no connection came within the acquire timeout) say so first, so that an
+/// operator reading the message knows where to look.
 pub(crate) fn db_err(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
-    move |e| Error::backend_source(operation, e)
+    move |e| {
+        let message = match &e {
+            sqlx::Error::PoolTimedOut => Some(
+                "the database is unreachable: no connection within the acquire timeout (or \
+                 every pooled connection stayed busy)"
+                    .to_owned(),
+            ),
+            e if is_unreachable(e) => Some(format!("the database is unreachable: {e}")),
+            _ => None,
+        };
+        match message {
+            Some(message) => Error::Backend {
+                operation,
+                message,
+                cause: Some(Box::new(e)),
+            },
+            None => Error::backend_source(operation, e),
+        }
+    }
+}
+
+/// Whether `e` says the database cannot be reached right now (rather than that it refused
+/// the statement): a broken or refused connection, a TLS failure, or PostgreSQL's connection
+/// exceptions (SQLSTATE class 08) and shutdown or start-up errors (57P01 to 57P03).
+pub(crate) fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
 }
 
 /// A backend error for stored data that does not decode (a corrupt or foreign row).

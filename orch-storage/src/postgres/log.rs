@@ -136,7 +136,7 @@ impl EventStore for PostgresBackend {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.number_events(OP).await?;
+        self.number_committed(OP).await?;
         // Bounded so that `after + limit + 256` stays a bigint; no log holds 2^40 events, and
         // none is numbered past 2^62.
         let rows = sqlx::query(READ_EVENTS)
@@ -150,7 +150,7 @@ impl EventStore for PostgresBackend {
 
     async fn last_event_seq(&self) -> Result<u64> {
         const OP: &str = "last_event_seq";
-        self.number_events(OP).await?;
+        self.number_committed(OP).await?;
         let last: i64 = sqlx::query_scalar("SELECT last FROM orch_event_counter WHERE id = 1")
             .fetch_one(&self.pool)
             .await

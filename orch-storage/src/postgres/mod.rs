@@ -35,9 +35,9 @@ use std::time::Duration;
 
 use orch_core::backend::ChangeSignal;
 use orch_core::{Error, LeaseToken, Result, Task, TaskId, TaskStatus};
-use sqlx::Row;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions as _, Connection as _, Row};
 use uuid::Uuid;
 
 use crate::common::{corrupt, db_err, from_micros, to_u32};
@@ -53,6 +53,10 @@ const NUMBERING_BATCH: i64 = 10_000;
 const MAX_DURATION_MICROS: i64 = 100 * 365 * 24 * 3600 * 1_000_000;
 
 /// How [`PostgresBackend::connect_with`] connects.
+///
+/// The timeouts make a call fail fast, with an error saying the database is unreachable, while
+/// the server is down or cut off, instead of queueing behind the pool for half a minute; the
+/// start-up wait lets a process start before its database and connect once it is up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PostgresOptions {
@@ -72,6 +76,22 @@ pub struct PostgresOptions {
     /// cancellation, resolution, appended events and locks always commit durably, and a later
     /// durable commit makes every earlier transition durable too.
     pub durable_worker_commits: bool,
+    /// Longest wait of one call for a connection, opening one included (so it is also the
+    /// connect timeout). Default 10 s. When it passes, the call fails with an error saying the
+    /// database is unreachable (or, on a healthy server, that every connection stayed busy).
+    pub acquire_timeout: Duration,
+    /// The server-side `statement_timeout` of orch's sessions: a statement running (or waiting
+    /// for a row lock) longer is cancelled and its call fails. Default 60 s; `None` leaves the
+    /// URL's or the server's setting. Migrations run without it.
+    pub statement_timeout: Option<Duration>,
+    /// The `application_name` orch's sessions report (`pg_stat_activity`, the server log)
+    /// unless the URL (`?application_name=`) or `PGAPPNAME` names one. Default `"orch"`.
+    pub application_name: String,
+    /// How long [`connect_with`](PostgresBackend::connect_with) keeps retrying while the server
+    /// cannot be reached yet (connection refused, no route, "the database system is starting
+    /// up"), backing off from 100 ms to 2 s between tries. Default 30 s; zero tries once.
+    /// Errors that waiting cannot fix (a wrong password, a missing database) fail at once.
+    pub startup_wait: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -79,6 +99,10 @@ impl Default for PostgresOptions {
         PostgresOptions {
             pool_size: DEFAULT_POOL_SIZE,
             durable_worker_commits: true,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Some(Duration::from_secs(60)),
+            application_name: "orch".to_owned(),
+            startup_wait: Duration::from_secs(30),
         }
     }
 }
@@ -93,6 +117,30 @@ impl PostgresOptions {
     /// Sets [`durable_worker_commits`](Self::durable_worker_commits).
     pub fn with_durable_worker_commits(mut self, durable: bool) -> Self {
         self.durable_worker_commits = durable;
+        self
+    }
+
+    /// Sets [`acquire_timeout`](Self::acquire_timeout) (at least 1 ms).
+    pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Sets [`statement_timeout`](Self::statement_timeout).
+    pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// Sets [`application_name`](Self::application_name).
+    pub fn with_application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
+    /// Sets [`startup_wait`](Self::startup_wait).
+    pub fn with_startup_wait(mut self, wait: Duration) -> Self {
+        self.startup_wait = wait;
         self
     }
 }
@@ -186,38 +234,50 @@ impl PostgresBackend {
     pub async fn connect_with(url: &str, settings: PostgresOptions) -> Result<Self> {
         const OP: &str = "connect to postgres";
         let pool_size = settings.pool_size.max(1);
-        let options = PgConnectOptions::from_str(url)
-            .map_err(db_err(OP))?
-            // A connection given back inside a transaction (a cancelled `begin`) must not hold
-            // row locks for ever.
-            .options([("idle_in_transaction_session_timeout", "60s")]);
+        let acquire_timeout = settings.acquire_timeout.max(Duration::from_millis(1));
+        if settings.application_name.len() > 63 || settings.application_name.contains('\0') {
+            return Err(Error::invalid(
+                "application_name",
+                "must be at most 63 bytes without NUL characters",
+            ));
+        }
+        let mut options = PgConnectOptions::from_str(url).map_err(db_err(OP))?;
+        if options.get_application_name().is_none() {
+            options = options.application_name(&settings.application_name);
+        }
+        // A connection given back inside a transaction (a cancelled `begin`) must not hold row
+        // locks for ever.
+        options = options.options([("idle_in_transaction_session_timeout", "60s")]);
+        if let Some(timeout) = settings.statement_timeout {
+            let millis = timeout.as_millis().clamp(1, i32::MAX as u128);
+            options = options.options([("statement_timeout", format!("{millis}ms"))]);
+        }
         // No ping before each use (a round trip on every operation): a connection that died
         // (a server restart) fails its next statement instead, the caller's retry gets a fresh
         // one, and sqlx drops the broken one.
-        let pool = PgPoolOptions::new()
-            .max_connections(pool_size.max(1))
-            .test_before_acquire(false)
-            .connect_with(options.clone())
-            .await
-            .map_err(db_err(OP))?;
+        let pool_options = || {
+            PgPoolOptions::new()
+                .acquire_timeout(acquire_timeout)
+                .test_before_acquire(false)
+        };
+        let pool = pool_options()
+            .max_connections(pool_size)
+            .connect_lazy_with(options.clone());
+        first_connection(&options, &settings).await?;
         check_not_newer(&pool).await?;
-        migrator()
-            .run(&pool)
-            .await
-            .map_err(|e| Error::backend_source("migrate postgres database", e))?;
+        migrate(&pool).await?;
         let worker_pool = if settings.durable_worker_commits {
             pool.clone()
         } else {
-            PgPoolOptions::new()
+            pool_options()
                 .max_connections(pool_size)
-                .test_before_acquire(false)
                 .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]))
         };
-        let hint_pool = PgPoolOptions::new()
+        let hint_pool = pool_options()
             .max_connections(1)
-            .test_before_acquire(false)
             .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let listener_pool = PgPoolOptions::new()
+            .acquire_timeout(acquire_timeout)
             .max_connections(1)
             .connect_lazy_with(options);
         let (task_wakeups, event_wakeups) = (ChangeSignal::new(), ChangeSignal::new());
@@ -293,6 +353,25 @@ impl PostgresBackend {
         self.event_wakeups.raise();
     }
 
+    /// Numbers every event that committed before the call, for a reader about to read the
+    /// log: when a numbering pass is running elsewhere, waits for it to end (briefly: it is one
+    /// statement) and numbers what it left. Otherwise a reader woken by a notification could
+    /// find its event not yet numbered and then sleep until its next poll.
+    async fn number_committed(&self, operation: &'static str) -> Result<()> {
+        let mut pause = Duration::from_millis(1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !self.number_events(operation).await? {
+            if tokio::time::Instant::now() > deadline {
+                // Still not ours: the pass running elsewhere numbers it, and the next read
+                // finds it.
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Numbers committed, unnumbered events, unless a numbering is running elsewhere (whose
     /// result becomes visible when it commits). Returns `false` when it found one running.
     async fn number_events(&self, operation: &'static str) -> Result<bool> {
@@ -345,6 +424,92 @@ WITH counter AS (
     RETURNING last
 )
 SELECT EXISTS (SELECT 1 FROM counter) AS ran, (SELECT count(*) FROM numbered) AS numbered";
+
+/// Waits for the server to accept a connection, retrying while it cannot be reached yet, for
+/// up to [`PostgresOptions::startup_wait`]; fails at once on an error that waiting cannot fix.
+async fn first_connection(options: &PgConnectOptions, settings: &PostgresOptions) -> Result<()> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + settings.startup_wait;
+    let mut backoff = Duration::from_millis(100);
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        // A connection of its own rather than the pool's, whose timeout hides the cause.
+        let attempt = tokio::time::timeout(settings.acquire_timeout, options.connect()).await;
+        let error = match attempt {
+            Ok(Ok(connection)) => {
+                connection.close().await.ok();
+                return Ok(());
+            }
+            Ok(Err(error)) => error,
+            Err(_) => sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no connection within the acquire timeout ({:?})",
+                    settings.acquire_timeout
+                ),
+            )),
+        };
+        let now = tokio::time::Instant::now();
+        if !crate::common::is_unreachable(&error) || now >= deadline {
+            let waited = if tries > 1 {
+                format!(
+                    " (tried {tries} times over {:.1} s)",
+                    started.elapsed().as_secs_f64()
+                )
+            } else {
+                String::new()
+            };
+            let message = if crate::common::is_unreachable(&error) {
+                format!(
+                    "PostgreSQL at {}:{} is unreachable: {error}{waited}",
+                    options.get_host(),
+                    options.get_port()
+                )
+            } else {
+                format!(
+                    "PostgreSQL at {}:{} refused the connection: {error}",
+                    options.get_host(),
+                    options.get_port()
+                )
+            };
+            return Err(Error::Backend {
+                operation: "connect to postgres",
+                message,
+                cause: Some(Box::new(error)),
+            });
+        }
+        tracing::warn!(
+            host = options.get_host(),
+            port = options.get_port(),
+            %error,
+            "PostgreSQL is not reachable yet; retrying"
+        );
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Applies pending migrations on one connection with `statement_timeout` off (building an
+/// index on a large table may take longer than any call should).
+async fn migrate(pool: &PgPool) -> Result<()> {
+    const OP: &str = "migrate postgres database";
+    let mut conn = pool.acquire().await.map_err(db_err(OP))?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err(OP))?;
+    let migrated = migrator().run_direct(None, &mut *conn, false).await;
+    if sqlx::query("RESET statement_timeout")
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
+        // Never hand a session without its timeout back to the pool.
+        drop(conn.detach());
+    }
+    migrated.map_err(|e| Error::backend_source(OP, e))
+}
 
 /// Refuses a database migrated by a newer orch-storage, before touching it.
 async fn check_not_newer(pool: &PgPool) -> Result<()> {

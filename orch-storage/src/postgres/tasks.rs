@@ -413,12 +413,10 @@ impl PostgresBackend {
         let mut tokens = Vec::with_capacity(n);
         let mut results = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
-        // In id order, the order every statement that locks several tasks takes their rows
-        // in (as far as its plan follows the input): two such statements then wait for each
-        // other instead of deadlocking.
-        let mut sorted: Vec<&AttemptReport> = reports.iter().collect();
-        sorted.sort_by_key(|report| report.task_id);
-        for report in sorted {
+        // In input order (the events' order). Another statement locking several of these
+        // rows could deadlock with this one, but there is none: the renewals of these leases
+        // skip rows that are locked, and other holders' batches never touch them.
+        for report in &reports {
             ids.push(report.task_id.0);
             tokens.push(report.lease_token.0);
             attempts.push(i32::try_from(report.attempt).unwrap_or(i32::MAX));

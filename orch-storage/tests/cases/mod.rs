@@ -18,6 +18,8 @@ mod prune;
 mod restart;
 mod task_locks;
 mod transactional;
+#[cfg(feature = "postgres")]
+mod unreachable;
 
 use std::sync::Arc;
 

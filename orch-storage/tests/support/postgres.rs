@@ -321,6 +321,22 @@ impl PrivateServer {
         self.pg_ctl(&["restart", "-m", "immediate", "-w", "-t", "60"])
     }
 
+    /// `pg_ctl stop -m fast`: the server closes every session and stops.
+    pub(crate) fn stop(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"])
+    }
+
+    /// `pg_ctl start`: returns once the server accepts connections.
+    pub(crate) fn start_again(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["start", "-w", "-t", "60"])
+    }
+
+    /// What the server logged so far (the soak reads it; the storage binary does not).
+    #[allow(dead_code)]
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
+    }
+
     /// A URL to a new, empty database on this server.
     pub(crate) async fn fresh_database(&self) -> anyhow::Result<String> {
         create_database(&self.admin_url).await
