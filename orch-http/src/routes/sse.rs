@@ -2,7 +2,8 @@
 //! `Last-Event-ID` (or `?last_event_id=`) resumes exactly after that event, replaying from the
 //! log; filters by task and core; keep-alive comments; a cap on open streams. A slow client
 //! lags and catches up from the log ([`orch_core::Subscription`] does it). Security events
-//! (every kind outside `task.*`) reach admins only.
+//! (every kind outside `task.*`) reach admins only. A stream ends when its token stops being
+//! valid (expired, or its user deleted, disabled or changed: [`Session::ended`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use orch_core::{Event, Orchestrator, Subscription, TaskId};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AnyRole, Authed, Role};
+use crate::auth::{AnyRole, Authed, Role, Session};
 use crate::config::SseConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, parse_task_id};
@@ -127,14 +128,26 @@ fn stream(
     subscription: Subscription,
     filter: Filter,
     open: OpenStream,
+    session: Session,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+    // The session's watch runs beside the stream; the stream ends when it resolves.
+    let ended = CancellationToken::new();
+    let watch = {
+        let ended = ended.clone();
+        tokio::spawn(async move {
+            session.ended().await;
+            ended.cancel();
+        })
+    };
+    let watch = AbortOnDrop(watch);
     futures_util::stream::unfold(
-        (subscription, filter, open),
-        |(mut subscription, filter, open)| async move {
+        (subscription, filter, open, ended, watch),
+        |(mut subscription, filter, open, ended, watch)| async move {
             let shutdown = open.streams.shutdown.clone();
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return None,
+                    _ = ended.cancelled() => return None,
                     next = subscription.next() => next,
                 };
                 match next {
@@ -147,13 +160,22 @@ fn stream(
                         if filter.accepts(&event) {
                             open.metrics.sse_sent.inc();
                             let item = to_sse(&event);
-                            return Some((Ok(item), (subscription, filter, open)));
+                            return Some((Ok(item), (subscription, filter, open, ended, watch)));
                         }
                     }
                 }
             }
         },
     )
+}
+
+/// Aborts the session watch when the stream is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// `GET /sse/events`.
@@ -208,7 +230,8 @@ pub async fn events(
         Some(seq) => orch.events().subscribe_from(seq),
         None => orch.events().subscribe().await?,
     };
-    Ok(Sse::new(stream(subscription, filter, guard))
+    let session = caller.session().clone();
+    Ok(Sse::new(stream(subscription, filter, guard, session))
         .keep_alive(keep_alive)
         .into_response())
 }

@@ -17,13 +17,15 @@ pub(crate) const PASSWORD: &str = "correct horse battery staple";
 /// Where the manual clock starts (the NOTES.md test vector's `t`).
 pub(crate) const START_UNIX: u64 = 1_700_000_000;
 
-/// The default test configuration: fast hashing, limits off, two webhook secrets.
+/// The default test configuration: fast hashing, limits off, two webhook secrets, every
+/// refusal recorded as an event of its own.
 pub(crate) fn config() -> HttpConfig {
     HttpConfig::new(Secret::new(JWT_SECRET))
         .with_webhook_secret(Secret::new(WEBHOOK_SECRET))
         .with_webhook_secret(Secret::new(OLD_WEBHOOK_SECRET))
         .with_password_hashing(PasswordHashing::insecure_fast_for_tests())
         .with_rate_limit(RateLimitConfig::disabled())
+        .with_refusal_event_interval(Duration::ZERO)
 }
 
 pub(crate) struct Server {
