@@ -173,7 +173,13 @@ impl SecurityLog {
         tracing::debug!(kind, reason = %refusal.reason, ip = ?refusal.ip, "refused");
         let interval = self.inner.interval;
         let now = Instant::now();
-        let flush_at = {
+        /// What to do with one refusal.
+        enum Then {
+            WriteNow,
+            Summarise,
+            SummariseAndFlushAt(Instant),
+        }
+        let then = {
             let mut windows = self.inner.windows.lock();
             let window = windows.entry(kind).or_default();
             let quiet = window
@@ -181,21 +187,27 @@ impl SecurityLog {
                 .is_none_or(|at| now.duration_since(at) >= interval);
             if interval.is_zero() || (quiet && window.pending.is_none()) {
                 window.written_at = Some(now);
-                None
+                Then::WriteNow
             } else {
                 let first = window.pending.is_none();
                 window
                     .pending
                     .get_or_insert_with(Summary::default)
                     .add(&refusal);
-                // `written_at` is set: a pending summary implies an event was written.
+                // A summary is pending only after an event was written, so `written_at` is
+                // set.
                 let due = window.written_at.map_or(now, |at| at + interval);
-                first.then_some(due)
+                if first {
+                    Then::SummariseAndFlushAt(due)
+                } else {
+                    Then::Summarise
+                }
             }
         };
-        match flush_at {
-            None => self.record(kind, refusal.event_data()).await,
-            Some(due) => {
+        match then {
+            Then::WriteNow => self.record(kind, refusal.event_data()).await,
+            Then::Summarise => {}
+            Then::SummariseAndFlushAt(due) => {
                 let inner = self.inner.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep_until(due).await;
