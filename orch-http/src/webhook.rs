@@ -201,11 +201,19 @@ const CLOCK_MARGIN: Duration = Duration::from_secs(60);
 /// each accepted delivery takes a lock named by its [`delivery_key`] in the backend's lock
 /// table, granted once (`try_acquire` is one atomic step on every backend), that lives until
 /// its timestamp is refused as stale anyway. Cheap to clone.
+///
+/// Keys are never released (they expire), so every delivery leaves an expired row in the lock
+/// table: the guard deletes expired locks at most every [`RECLAIM_EVERY`], in the background.
 #[derive(Clone)]
 pub struct ReplayGuard {
     locks: LockManager,
     owner: Arc<str>,
+    /// When expired keys were last deleted.
+    reclaimed_at: Arc<parking_lot::Mutex<tokio::time::Instant>>,
 }
+
+/// How often a [`ReplayGuard`] deletes expired keys at most.
+pub const RECLAIM_EVERY: Duration = Duration::from_secs(300);
 
 impl std::fmt::Debug for ReplayGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -230,12 +238,30 @@ impl Delivery {
 }
 
 impl ReplayGuard {
+    /// Deletes expired locks in the background, at most every [`RECLAIM_EVERY`].
+    fn reclaim_now_and_then(&self) {
+        {
+            let mut at = self.reclaimed_at.lock();
+            if at.elapsed() < RECLAIM_EVERY {
+                return;
+            }
+            *at = tokio::time::Instant::now();
+        }
+        let locks = self.locks.clone();
+        tokio::spawn(async move {
+            if let Err(error) = locks.reclaim_expired().await {
+                tracing::warn!(%error, "deleting expired webhook delivery keys");
+            }
+        });
+    }
+
     /// A guard over `locks`' lock table.
     pub fn new(locks: Arc<dyn LockStore>) -> Self {
         let owner = format!("orch-http-webhook/{}", std::process::id());
         ReplayGuard {
             locks: LockManager::new(locks),
             owner: owner.into(),
+            reclaimed_at: Arc::new(parking_lot::Mutex::new(tokio::time::Instant::now())),
         }
     }
 
@@ -256,6 +282,7 @@ impl ReplayGuard {
             .saturating_sub(now)
             .max(1);
         let ttl = Duration::from_secs(valid_for).saturating_add(CLOCK_MARGIN);
+        self.reclaim_now_and_then();
         match self.locks.try_acquire(&resource, &self.owner, ttl).await {
             Ok(lock) => Ok(Ok(Delivery { lock })),
             Err(orch_core::Error::LockHeld { .. }) => Ok(Err(SignatureError::Replayed)),

@@ -5,10 +5,10 @@
 //!
 //! The key-value space has no compare-and-set, so every read-modify-write of one user's
 //! records (creating, changing, deleting, unlocking, and the failure count of a login) runs
-//! under that user's [`guard`]: a lock in the backend's lock table, which every process on
-//! the database shares, taken after an in-process mutex so the processes' turns are not
-//! spent on their own queues. Login is in [`login`]: "locked" is decided under the guard, and
-//! its timing does not tell existing users from unknown ones.
+//! under that user's guard (`guard.rs`): a lock in the backend's lock table, which every
+//! process on the database shares, taken after an in-process mutex so the processes' turns
+//! are not spent on their own queues. Login ([`UserStore::login`], `login.rs`): "locked" is
+//! decided under the guard, and its timing does not tell existing users from unknown ones.
 
 mod guard;
 mod login;

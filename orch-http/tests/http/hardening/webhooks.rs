@@ -98,3 +98,48 @@ async fn finding_05_a_replay_carrying_only_the_other_signature_is_refused() {
         .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
 }
+
+/// Delivery keys are never released, only expire: the guard deletes the expired ones now and
+/// then, so the lock table does not keep a row per delivery forever.
+#[tokio::test(start_paused = true)]
+async fn finding_05_expired_delivery_keys_are_deleted() {
+    use orch_core::backend::LockStore;
+    use orch_http::webhook::{RECLAIM_EVERY, ReplayGuard};
+    use std::time::Duration;
+
+    let backend = Arc::new(MemoryBackend::new());
+    let guard = ReplayGuard::new(backend.clone());
+    let tolerance = Duration::from_secs(300);
+    let t = START_UNIX;
+    guard
+        .accept(t, b"first", t, tolerance)
+        .await
+        .unwrap()
+        .unwrap()
+        .keep();
+    assert_eq!(backend.list_locks().await.unwrap().len(), 1);
+    // Past the key's lifetime (the tolerance and a minute for clocks that disagree) and the
+    // reclaim interval: the next delivery deletes it.
+    let wait = (tolerance + Duration::from_secs(61)).max(RECLAIM_EVERY + Duration::from_secs(1));
+    tokio::time::advance(wait).await;
+    let later = t + wait.as_secs();
+    guard
+        .accept(later, b"second", later, tolerance)
+        .await
+        .unwrap()
+        .unwrap()
+        .keep();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        backend.reclaim_expired_locks().await.unwrap().is_empty(),
+        "the expired key was left behind"
+    );
+    // The first delivery is stale by now anyway; the second is still refused.
+    assert!(
+        guard
+            .accept(later, b"second", later, tolerance)
+            .await
+            .unwrap()
+            .is_err()
+    );
+}
