@@ -41,6 +41,23 @@ logging:
 backup:
   enabled: false
 YAML
+# Limits whose keys live a minute (one request a minute per client): a flood of distinct
+# addresses fills the limiters to their bound (100,000 keys each), and, for contrast, to 10 M.
+for cap in 100000 10000000; do
+cat > "$WORK/attack-$cap.yaml" <<YAML
+server:
+  trusted_proxies: ["127.0.0.1"]
+security:
+  rate_limit:
+    per_ip: {requests_per_minute: 1, burst_size: 1}
+    login_per_ip: {requests_per_minute: 1, burst_size: 1}
+    max_tracked_clients: $cap
+logging:
+  level: error
+backup:
+  enabled: false
+YAML
+done
 PID=
 stop_orchd() {
   if [ -n "$PID" ]; then kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
@@ -85,3 +102,9 @@ client slowloris --connections "${SLOWLORIS:-5000}" --pid "$PID"
 echo "== ${FORGED:-1000000} distinct forged client addresses"
 client forged-ips --addresses "${FORGED:-1000000}" --pid "$PID"
 stop_orchd
+for cap in 100000 10000000; do
+  echo "== ${FORGED:-1000000} distinct forged client addresses, keys living a minute, at most $cap per limiter"
+  start_orchd "$WORK/attack-$cap.yaml" "$WORK/attack-$cap"
+  client forged-ips --addresses "${FORGED:-1000000}" --pid "$PID"
+  stop_orchd
+done

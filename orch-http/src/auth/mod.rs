@@ -369,27 +369,42 @@ pub struct Session {
 }
 
 impl Session {
-    /// Resolves when the token is no longer valid; checks every
-    /// [`HttpConfig::user_recheck`](crate::HttpConfig::user_recheck) (at least every 100 ms,
-    /// at most every 30 s). A failure to read the user keeps the session (logged).
-    pub async fn ended(&self) {
-        let every = self
-            .auth
+    /// How often a long response should call [`Session::still_valid`]:
+    /// [`HttpConfig::user_recheck`](crate::HttpConfig::user_recheck), at least every 30 s and
+    /// at most every 100 ms.
+    pub fn recheck_every(&self) -> Duration {
+        self.auth
             .inner
             .user_recheck
-            .clamp(Duration::from_millis(100), Duration::from_secs(30));
-        loop {
-            tokio::time::sleep(every).await;
-            if self.auth.clock().unix_now() >= self.claims.exp {
-                return;
+            .clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+
+    /// Whether the token is still valid: not expired, its user not deleted, disabled or
+    /// changed since. A failure to read the user keeps the session (logged).
+    pub async fn still_valid(&self) -> bool {
+        if self.auth.clock().unix_now() >= self.claims.exp {
+            return false;
+        }
+        match self.auth.check_user(&self.claims).await {
+            Ok(Ok(())) => true,
+            Ok(Err(why)) => {
+                tracing::debug!(user = %self.claims.sub, why, "session ended");
+                false
             }
-            match self.auth.check_user(&self.claims).await {
-                Ok(Ok(())) => {}
-                Ok(Err(why)) => {
-                    tracing::debug!(user = %self.claims.sub, why, "session ended");
-                    return;
-                }
-                Err(error) => tracing::warn!(%error, "session check failed; keeping it"),
+            Err(error) => {
+                tracing::warn!(%error, "session check failed; keeping it");
+                true
+            }
+        }
+    }
+
+    /// Resolves when the token is no longer valid, checking every
+    /// [`Session::recheck_every`].
+    pub async fn ended(&self) {
+        loop {
+            tokio::time::sleep(self.recheck_every()).await;
+            if !self.still_valid().await {
+                return;
             }
         }
     }

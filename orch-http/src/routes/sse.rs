@@ -3,7 +3,7 @@
 //! log; filters by task and core; keep-alive comments; a cap on open streams. A slow client
 //! lags and catches up from the log ([`orch_core::Subscription`] does it). Security events
 //! (every kind outside `task.*`) reach admins only. A stream ends when its token stops being
-//! valid (expired, or its user deleted, disabled or changed: [`Session::ended`]).
+//! valid (expired, or its user deleted, disabled or changed: [`Session::still_valid`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -130,24 +130,23 @@ fn stream(
     open: OpenStream,
     session: Session,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
-    // The session's watch runs beside the stream; the stream ends when it resolves.
-    let ended = CancellationToken::new();
-    let watch = {
-        let ended = ended.clone();
-        tokio::spawn(async move {
-            session.ended().await;
-            ended.cancel();
-        })
-    };
-    let watch = AbortOnDrop(watch);
+    // The token is re-checked on the stream's own timer (no task of its own: 10,000 streams
+    // would hold 10,000 tasks).
+    let every = session.recheck_every();
+    let recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     futures_util::stream::unfold(
-        (subscription, filter, open, ended, watch),
-        |(mut subscription, filter, open, ended, watch)| async move {
+        (subscription, filter, open, session, recheck),
+        |(mut subscription, filter, open, session, mut recheck)| async move {
             let shutdown = open.streams.shutdown.clone();
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return None,
-                    _ = ended.cancelled() => return None,
+                    _ = recheck.tick() => {
+                        if !session.still_valid().await {
+                            return None;
+                        }
+                        continue;
+                    }
                     next = subscription.next() => next,
                 };
                 match next {
@@ -160,22 +159,16 @@ fn stream(
                         if filter.accepts(&event) {
                             open.metrics.sse_sent.inc();
                             let item = to_sse(&event);
-                            return Some((Ok(item), (subscription, filter, open, ended, watch)));
+                            return Some((
+                                Ok(item),
+                                (subscription, filter, open, session, recheck),
+                            ));
                         }
                     }
                 }
             }
         },
     )
-}
-
-/// Aborts the session watch when the stream is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// `GET /sse/events`.
