@@ -380,3 +380,51 @@ async fn two_daemons_on_one_postgres_share_lockouts_and_refuse_replayed_webhooks
     let _ = std::fs::remove_dir_all(dir_b);
     Ok(())
 }
+
+/// JWT keys rotate through the secret file: a new first line signs, the old key on the second
+/// line still verifies the tokens it signed; dropping it refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_keys_rotate_through_the_secret_file() {
+    let dir = workdir();
+    let env = [("ORCH_ADMIN_PASSWORD", "a long admin password")];
+    let http = reqwest::Client::new();
+    let token_of = async |url: &str| -> String {
+        let reply: Value = http
+            .post(format!("{url}/auth/login"))
+            .json(&json!({"username": "admin", "password": "a long admin password"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        reply["access_token"].as_str().unwrap().to_owned()
+    };
+    let jobs = async |url: &str, token: &str| -> u16 {
+        http.get(format!("{url}/jobs"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let daemon = start_with(&dir, &env);
+    let old_token = token_of(&daemon.url).await;
+    stop(daemon);
+    let file = dir.join("data/jwt_secret");
+    let old_key = std::fs::read_to_string(&file).unwrap();
+    let new_key = "a-new-jwt-key-written-by-the-operator-0123456789";
+    std::fs::write(&file, format!("{new_key}\n{old_key}")).unwrap();
+    let daemon = start_with(&dir, &env);
+    assert_eq!(jobs(&daemon.url, &old_token).await, 200);
+    let new_token = token_of(&daemon.url).await;
+    assert_eq!(jobs(&daemon.url, &new_token).await, 200);
+    stop(daemon);
+    std::fs::write(&file, format!("{new_key}\n")).unwrap();
+    let daemon = start_with(&dir, &env);
+    assert_eq!(jobs(&daemon.url, &old_token).await, 401);
+    assert_eq!(jobs(&daemon.url, &new_token).await, 200);
+    stop(daemon);
+    let _ = std::fs::remove_dir_all(dir);
+}
