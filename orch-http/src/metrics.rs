@@ -398,15 +398,27 @@ impl Metrics {
     async fn render_now(&self, orch: &Orchestrator) -> String {
         match orch.backend().queue_depth().await {
             Ok(depths) => {
-                let mut by_priority: HashMap<i32, u64> = HashMap::new();
+                // Priorities are the callers' choice: the highest ones by name, the rest as
+                // `other`.
+                let mut by_priority: std::collections::BTreeMap<i32, u64> = Default::default();
                 for depth in depths {
                     *by_priority.entry(depth.priority).or_default() += depth.queued;
                 }
                 self.queue_depth.reset();
-                for (priority, count) in by_priority {
+                let mut other = 0u64;
+                for (n, (priority, count)) in by_priority.into_iter().rev().enumerate() {
+                    if n + 1 < MAX_LABEL_VALUES {
+                        self.queue_depth
+                            .with_label_values(&[&priority.to_string()])
+                            .set(i64::try_from(count).unwrap_or(i64::MAX));
+                    } else {
+                        other = other.saturating_add(count);
+                    }
+                }
+                if other > 0 {
                     self.queue_depth
-                        .with_label_values(&[&priority.to_string()])
-                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                        .with_label_values(&["other"])
+                        .set(i64::try_from(other).unwrap_or(i64::MAX));
                 }
             }
             Err(error) => tracing::warn!(%error, "metrics: queue depth unavailable"),

@@ -64,8 +64,9 @@ async fn finding_09_label_values_stay_bounded_whatever_callers_send() {
         .unwrap();
     let token = server.token("operator").await;
     let cores = MAX_LABEL_VALUES + 30;
+    // Distinct cores and priorities, all left queued.
     let specs: Vec<_> = (0..cores)
-        .map(|n| json!({"core_id": format!("core-{n}")}))
+        .map(|n| json!({"core_id": format!("core-{n}"), "priority": n}))
         .collect();
     for spec in specs {
         server
@@ -98,6 +99,9 @@ async fn finding_09_label_values_stay_bounded_whatever_callers_send() {
         cores_seen.len()
     );
     assert!(cores_seen.contains("other"));
+    let priorities = label_values(&scrape, "orch_task_queue_depth", "priority");
+    assert!(priorities.len() <= MAX_LABEL_VALUES, "{}", priorities.len());
+    assert!(priorities.contains("other"));
     for metric in ["orch_lock_acquisition_total", "orch_locks_active"] {
         let kinds = label_values(&scrape, metric, "resource_type");
         assert!(
