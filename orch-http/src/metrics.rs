@@ -4,8 +4,9 @@
 //!
 //! Every label value is from a bounded set, whatever callers send: methods outside the
 //! standard ones are `other`, endpoints are route patterns (`unmatched` for the rest), and the
-//! caller-chosen values (`core_id`, a lock's resource type) keep their first
-//! [`MAX_LABEL_VALUES`] distinct values and count the rest as `other`. A scrape is rendered at
+//! caller-chosen values keep at most [`MAX_LABEL_VALUES`] distinct values and count the rest as
+//! `other` (`core_id` and a lock's resource type their first ones, queued priorities the
+//! highest). A scrape is rendered at
 //! most once per [`HttpConfig::metrics_cache`](crate::HttpConfig::metrics_cache), its file
 //! system reads run on the blocking pool, and the disk usage walk is bounded and refreshed at
 //! most every [`DISK_REFRESH`].
