@@ -19,6 +19,16 @@ pub(crate) struct Daemon {
     pub(crate) password: Option<String>,
 }
 
+/// A daemon a failing test did not stop is killed, not left running after the test binary.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 pub(crate) fn workdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("orchd-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
