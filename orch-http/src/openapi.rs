@@ -34,6 +34,8 @@ impl Modify for BearerAuth {
         routes::auth::create_user,
         routes::auth::list_users,
         routes::auth::unlock_user,
+        routes::auth::update_user,
+        routes::auth::delete_user,
         routes::jobs::dispatch,
         routes::jobs::get_job,
         routes::jobs::list_jobs,

@@ -6,7 +6,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
+use axum::routing::{get, patch, post, put};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -52,6 +52,10 @@ pub fn router(state: AppState) -> Router {
         .route("/plugins", get(misc::plugins))
         .route("/auth/login", post(auth::login))
         .route("/users", post(auth::create_user).get(auth::list_users))
+        .route(
+            "/users/{username}",
+            patch(auth::update_user).delete(auth::delete_user),
+        )
         .route("/users/{username}/unlock", post(auth::unlock_user))
         .route("/dispatch", post(jobs::dispatch))
         .route("/jobs", get(jobs::list_jobs))
@@ -88,7 +92,13 @@ pub fn router(state: AppState) -> Router {
         routes.layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
-                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_methods([
+                    Method::GET,
+                    Method::POST,
+                    Method::PUT,
+                    Method::PATCH,
+                    Method::DELETE,
+                ])
                 .allow_headers([
                     header::AUTHORIZATION,
                     header::CONTENT_TYPE,

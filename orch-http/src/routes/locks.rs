@@ -14,10 +14,11 @@ use orch_core::{FencingToken, LockGuard, LockInfo, LockOptions, Orchestrator};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::users::RESERVED_LOCK_PREFIX;
 use crate::auth::{AnyRole, Authed, Dispatchers, Principal, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
-use crate::metrics::{Metrics, resource_type};
+use crate::metrics::Metrics;
 
 /// Locks granted over HTTP, the part of the state the lock handlers keep them in. Their guards
 /// are kept here (a dropped guard releases its lock) until released, or until they have
@@ -179,13 +180,20 @@ pub async fn acquire(
     ApiPath(resource): ApiPath<String>,
     ApiJson(body): ApiJson<AcquireRequest>,
 ) -> ApiResult<Json<LockView>> {
+    if resource.starts_with(RESERVED_LOCK_PREFIX) {
+        // The user store's guards and the webhook replay keys.
+        return Err(ApiError::forbidden(format!(
+            "resources starting with {RESERVED_LOCK_PREFIX:?} are reserved for orch"
+        ))
+        .with_field("resource"));
+    }
     let owner = owner_for(caller.principal(), body.owner)?;
     let ttl = secs("ttl", body.ttl, 30.0, 86_400.0)?;
     if ttl.is_zero() {
         return Err(ApiError::unprocessable("ttl", "must be greater than zero"));
     }
     let wait = secs("wait", body.wait, 0.0, 30.0)?;
-    let kind = resource_type(&resource).to_owned();
+    let kind = metrics.resource_label(&resource).to_owned();
     let started = Instant::now();
     let locks = orch.locks();
     let result = if wait.is_zero() {

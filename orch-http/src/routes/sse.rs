@@ -2,7 +2,8 @@
 //! `Last-Event-ID` (or `?last_event_id=`) resumes exactly after that event, replaying from the
 //! log; filters by task and core; keep-alive comments; a cap on open streams. A slow client
 //! lags and catches up from the log ([`orch_core::Subscription`] does it). Security events
-//! (every kind outside `task.*`) reach admins only.
+//! (every kind outside `task.*`) reach admins only. A stream ends when its token stops being
+//! valid (expired, or its user deleted, disabled or changed: [`Session::still_valid`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use orch_core::{Event, Orchestrator, Subscription, TaskId};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AnyRole, Authed, Role};
+use crate::auth::{AnyRole, Authed, Role, Session};
 use crate::config::SseConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, parse_task_id};
@@ -127,14 +128,25 @@ fn stream(
     subscription: Subscription,
     filter: Filter,
     open: OpenStream,
+    session: Session,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+    // The token is re-checked on the stream's own timer (no task of its own: 10,000 streams
+    // would hold 10,000 tasks).
+    let every = session.recheck_every();
+    let recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     futures_util::stream::unfold(
-        (subscription, filter, open),
-        |(mut subscription, filter, open)| async move {
+        (subscription, filter, open, session, recheck),
+        |(mut subscription, filter, open, session, mut recheck)| async move {
             let shutdown = open.streams.shutdown.clone();
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return None,
+                    _ = recheck.tick() => {
+                        if !session.still_valid().await {
+                            return None;
+                        }
+                        continue;
+                    }
                     next = subscription.next() => next,
                 };
                 match next {
@@ -147,7 +159,10 @@ fn stream(
                         if filter.accepts(&event) {
                             open.metrics.sse_sent.inc();
                             let item = to_sse(&event);
-                            return Some((Ok(item), (subscription, filter, open)));
+                            return Some((
+                                Ok(item),
+                                (subscription, filter, open, session, recheck),
+                            ));
                         }
                     }
                 }
@@ -208,7 +223,8 @@ pub async fn events(
         Some(seq) => orch.events().subscribe_from(seq),
         None => orch.events().subscribe().await?,
     };
-    Ok(Sse::new(stream(subscription, filter, guard))
+    let session = caller.session().clone();
+    Ok(Sse::new(stream(subscription, filter, guard, session))
         .keep_alive(keep_alive)
         .into_response())
 }

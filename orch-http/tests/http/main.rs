@@ -2,9 +2,11 @@
 //! in-memory orchestrator, driven by reqwest. (The daemon's tests are in `orchd/tests/`.)
 
 mod common;
+mod instrumented;
 
 mod auth;
 mod fuzz;
+mod hardening;
 mod jobs;
 mod limits;
 mod locks;

@@ -2,6 +2,7 @@
 //! and PostgreSQL when one can be started), and its YAML config and environment variables.
 
 mod daemon;
+mod hardening;
 mod postgres;
 mod postgres_server;
 mod settings;
