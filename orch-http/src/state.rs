@@ -18,7 +18,6 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{ClientIpSource, Limits};
 use crate::routes::health::HealthCheck;
 use crate::routes::jobs::Dispatching;
-use crate::routes::locks::HeldLocks;
 use crate::routes::sse::SseStreams;
 use crate::routes::webhook::WebhookState;
 
@@ -53,7 +52,6 @@ struct Parts {
     metrics: Arc<Metrics>,
     dispatching: Dispatching,
     sse: SseStreams,
-    held_locks: HeldLocks,
     health: HealthCheck,
     webhook: WebhookState,
     /// Cancelled when the server begins to shut down: SSE streams end so the graceful drain
@@ -91,7 +89,6 @@ parts! {
     Arc<Metrics> => metrics,
     Dispatching => dispatching,
     SseStreams => sse,
-    HeldLocks => held_locks,
     HealthCheck => health,
     WebhookState => webhook,
 }
@@ -140,7 +137,6 @@ impl AppState {
                     config.stay_max_wait,
                 ),
                 sse: SseStreams::new(&config.sse, shutdown.clone()),
-                held_locks: HeldLocks::default(),
                 health: HealthCheck::new(
                     config.version.clone(),
                     config.health_cache,

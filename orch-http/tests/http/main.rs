@@ -4,12 +4,18 @@
 mod common;
 
 mod auth;
+mod bounded;
+mod dispatch_batch;
 mod fuzz;
 mod jobs;
 mod limits;
 mod locks;
 mod metrics;
+mod nodes;
+mod openapi;
+mod overflow;
 mod roles;
 mod sse;
 mod system;
 mod webhook;
+mod wrapped;
