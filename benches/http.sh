@@ -28,6 +28,7 @@ security:
     login_per_ip: {requests_per_minute: 0}
 sse:
   max_connections: 20000
+  max_per_user: 20000
 logging:
   level: warn
 backup:

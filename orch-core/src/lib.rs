@@ -97,7 +97,7 @@ pub use memory::MemoryBackend;
 pub use model::{
     Created, EngineCounts, Event, EventKind, FencingToken, LeaseToken, LockInfo, LockOverview,
     LockWaiter, LockWaiterId, NewEvent, Resolution, RetryPolicy, Task, TaskFilter, TaskId,
-    TaskLock, TaskSpec, TaskStatus, limits,
+    TaskLock, TaskSpec, TaskStatus, check_json, limits,
 };
 pub use orchestrator::{
     ClaimedTask, Orchestrator, OrchestratorBuilder, OrchestratorConfig, Pruned, Retention,

@@ -210,11 +210,19 @@ impl PasswordHashing {
     }
 }
 
+/// The longest webhook tolerance: a day. A signature older than the tolerance is refused; a
+/// tolerance of years would accept replays for years, and one near `u64::MAX` seconds would
+/// overflow the arithmetic.
+pub const MAX_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(24 * 3600);
+
 /// Server-sent events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SseConfig {
     /// Streams open at once; more get 503. Default 20000.
     pub max_connections: usize,
+    /// Streams one user may hold open at once; more get 429, so that one user cannot take
+    /// every slot. Default 32.
+    pub max_per_user: usize,
     /// Comment sent on an idle stream so proxies keep it open. Default 15 s.
     pub keep_alive: Duration,
 }
@@ -223,6 +231,7 @@ impl Default for SseConfig {
     fn default() -> Self {
         SseConfig {
             max_connections: 20_000,
+            max_per_user: 32,
             keep_alive: Duration::from_secs(15),
         }
     }
@@ -437,10 +446,10 @@ impl HttpConfig {
                 ));
             }
         }
-        if self.webhook_tolerance.is_zero() {
+        if self.webhook_tolerance.is_zero() || self.webhook_tolerance > MAX_WEBHOOK_TOLERANCE {
             return Err(ConfigError::new(
                 "security.webhook_tolerance",
-                "must be greater than zero",
+                "must be between 1 second and 1 day",
             ));
         }
         for (key, limit) in [
@@ -509,6 +518,9 @@ impl HttpConfig {
                 "sse.max_connections",
                 "must be at least 1",
             ));
+        }
+        if self.sse.max_per_user == 0 {
+            return Err(ConfigError::new("sse.max_per_user", "must be at least 1"));
         }
         if self.sse.keep_alive.is_zero() {
             return Err(ConfigError::new(

@@ -47,6 +47,7 @@ pub mod routes;
 pub mod server;
 mod state;
 pub mod webhook;
+mod whole;
 
 pub use auth::{Authed, Role};
 pub use clock::Clock;

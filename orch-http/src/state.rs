@@ -19,7 +19,6 @@ use crate::metrics::Metrics;
 use crate::ratelimit::Limits;
 use crate::routes::health::HealthCheck;
 use crate::routes::jobs::Dispatching;
-use crate::routes::locks::HeldLocks;
 use crate::routes::misc::MetricsAccess;
 use crate::routes::sse::SseStreams;
 use crate::routes::webhook::WebhookState;
@@ -57,7 +56,6 @@ struct Parts {
     metrics_access: MetricsAccess,
     dispatching: Dispatching,
     sse: SseStreams,
-    held_locks: HeldLocks,
     health: HealthCheck,
     webhook: WebhookState,
     /// Cancelled when the server begins to shut down: SSE streams end so the graceful drain
@@ -96,7 +94,6 @@ parts! {
     MetricsAccess => metrics_access,
     Dispatching => dispatching,
     SseStreams => sse,
-    HeldLocks => held_locks,
     HealthCheck => health,
     WebhookState => webhook,
 }
@@ -154,7 +151,6 @@ impl AppState {
                     config.stay_max_wait,
                 ),
                 sse: SseStreams::new(&config.sse, shutdown.clone()),
-                held_locks: HeldLocks::default(),
                 health: HealthCheck::new(
                     config.version.clone(),
                     config.health_cache,

@@ -297,7 +297,10 @@ pub struct WebhookPayload {
     /// `task.completed` (with `status`), `task.succeeded`, `task.failed`, `task.cancelled`;
     /// anything else (`task.progress`, ...) is recorded as an event.
     pub event: String,
-    /// The task.
+    /// The task (a UUID, `task-<uuid>` accepted).
+    #[schema(
+        pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub task_id: String,
     /// The task's core; must match when given.
     #[serde(default)]
@@ -308,9 +311,8 @@ pub struct WebhookPayload {
     /// The sender's timestamp (informational; the header's `t` is what is checked).
     #[serde(default)]
     pub timestamp: Option<f64>,
-    /// Result data (`succeeded`) or error details (`failed`).
+    /// Result data (`succeeded`) or error details (`failed`): any JSON value.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub data: Option<serde_json::Value>,
     /// An error message for a failure.
     #[serde(default)]

@@ -200,6 +200,8 @@ pub struct MonitoringSettings {
 pub struct SseSettings {
     /// Open streams at most.
     pub max_connections: Option<usize>,
+    /// Open streams of one user at most.
+    pub max_per_user: Option<usize>,
     /// Keep-alive interval in seconds.
     pub keep_alive: Option<u64>,
 }
@@ -588,6 +590,9 @@ impl Settings {
         }
         if let Some(v) = self.sse.max_connections {
             config.sse.max_connections = v;
+        }
+        if let Some(v) = self.sse.max_per_user {
+            config.sse.max_per_user = v;
         }
         if let Some(v) = self.sse.keep_alive {
             config.sse.keep_alive = Duration::from_secs(v);

@@ -19,6 +19,7 @@ use crate::extract::{ApiJson, ApiPath};
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// Username.
+    #[schema(min_length = 1, max_length = 64)]
     pub username: String,
     /// Password.
     pub password: String,
@@ -114,8 +115,10 @@ fn invalid_credentials() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// 1 to 64 of `A-Z a-z 0-9 . _ @ -`.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub username: String,
     /// 12 to 1024 bytes.
+    #[schema(min_length = 12, max_length = 1024)]
     pub password: String,
     /// The role.
     pub role: Role,
@@ -208,7 +211,8 @@ pub async fn list_users(
 
 /// `POST /users/{username}/unlock` (admin): clears failed logins and lockout.
 #[utoipa::path(post, path = "/users/{username}/unlock", tag = "users",
-    security(("bearer" = [])), params(("username" = String, Path)),
+    security(("bearer" = [])),
+    params(("username" = String, Path, pattern = r"^[A-Za-z0-9._@-]{1,64}$")),
     responses((status = 200), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn unlock_user(
     State(state): State<AuthState>,

@@ -125,7 +125,9 @@ pub async fn metrics(
         .into_response()
 }
 
-/// `GET /openapi.json`.
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "system",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn openapi() -> Response {
     Json(crate::openapi::document()).into_response()
 }

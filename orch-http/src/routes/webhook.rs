@@ -85,7 +85,8 @@ fn failure_message(payload: &WebhookPayload) -> String {
 /// cancels it; other events are recorded (202). 401 bad/stale/future signature, 409 replayed
 /// signature or finished task.
 #[utoipa::path(post, path = "/webhook", tag = "webhook", request_body = WebhookPayload,
-    params(("X-Signature" = String, Header, description = "t=<unix>,v1=<hex>")),
+    params(("X-Signature" = String, Header, description = "t=<unix>,v1=<hex>",
+        pattern = r"^t=[0-9]{1,12}(,v1=[0-9a-f]{64}){1,16}$")),
     responses((status = 200, body = TaskView), (status = 202), (status = 401, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody)))]
 pub async fn webhook(

@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backup;
 mod client;
+mod data_dir;
 mod db;
 mod serve;
 mod setup;

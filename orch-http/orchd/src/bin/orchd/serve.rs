@@ -88,7 +88,8 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
     let settings = crate::setup::settings(&global)?;
     crate::setup::init_logging(&settings);
     let data_dir = global.data_dir.clone();
-    crate::setup::ensure_data_dir(&data_dir)?;
+    // Held until this process exits: one daemon per data directory, and no restore under it.
+    let _data_dir_lock = crate::data_dir::lock_for_serve(&data_dir)?;
     let listen = args
         .listen
         .or_else(|| settings.server.listen.clone())
@@ -133,9 +134,6 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         ),
         None => None,
     };
-    if let Some(pid) = crate::setup::running_pid(&data_dir) {
-        anyhow::bail!("another orchd (pid {pid}) runs on {}", data_dir.display());
-    }
 
     // 2. Database (migrations are applied on open).
     let db = crate::db::open(&global, &settings).await?;

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use orch_http::Secret;
 use orchd::settings::{LogFormat, Settings};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::GlobalArgs;
@@ -16,16 +16,9 @@ pub(crate) fn settings(global: &GlobalArgs) -> Result<Settings> {
     Settings::load(global.config.as_deref(), &lookup).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Creates the data directory (mode 0700) if needed.
+/// Creates the data directory (mode 0700) if needed, or makes an existing one 0700.
 pub(crate) fn ensure_data_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    }
-    Ok(())
+    crate::data_dir::ensure(dir)
 }
 
 /// The secret in `value` if given, else the one kept in `<dir>/<name>`, else a new one written
@@ -142,14 +135,4 @@ pub(crate) fn random_password() -> Result<String> {
 /// Where the pid file of a running daemon lives.
 pub(crate) fn pid_file(data_dir: &Path) -> PathBuf {
     data_dir.join("orchd.pid")
-}
-
-/// The pid of a daemon running on this data directory, if any.
-pub(crate) fn running_pid(data_dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file(data_dir))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    (pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
 }
