@@ -82,7 +82,9 @@ impl Orchestrator {
             let mut refused = false;
             for resource in &claimed.task.locks {
                 let owner = lock_owner(&claimed.task);
-                let ttl = lock_options(inner, &claimed.task).ttl;
+                // As long as the lease at least: the worker holds the task that long without
+                // a heartbeat, and its locks must not be granted to another task meanwhile.
+                let ttl = lock_options(inner, &claimed.task).ttl.max(lease);
                 match inner.locks.try_acquire(resource, &owner, ttl).await {
                     Ok(guard) => locks.push(guard),
                     Err(Error::LockHeld { .. }) => {

@@ -129,3 +129,36 @@ async fn a_task_waiting_for_its_lock_does_not_hold_a_concurrency_slot() {
     );
     orch.shutdown(Duration::from_secs(1)).await;
 }
+
+/// An external worker's lease longer than the task's timeout: the task's locks are held at
+/// least as long as the lease, so no other task naming the resource runs while the worker
+/// still holds the task without having sent a heartbeat.
+#[tokio::test(start_paused = true)]
+async fn an_external_claim_holds_task_locks_for_its_whole_lease() {
+    let orch = Orchestrator::builder(backend())
+        .config(config())
+        .build()
+        .await
+        .unwrap();
+    orch.dispatch(
+        TaskSpec::new("outside")
+            .timeout(Duration::from_secs(10))
+            .lock("printer"),
+    )
+    .await
+    .unwrap();
+    let lease = Duration::from_secs(3600);
+    let claimed = orch.claim("outside", 1, Some(lease)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let held = orch.locks().info("printer").await.unwrap().expect("lock held");
+    let lease_ends = claimed[0].task.lease_expires_at.expect("leased");
+    assert!(
+        held.expires_at >= lease_ends,
+        "the lock expires at {} before the lease ends at {lease_ends}",
+        held.expires_at
+    );
+    // Past the task's timeout and the orchestrator's lease, the lock is still held.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(orch.locks().info("printer").await.unwrap().is_some());
+    orch.shutdown(Duration::from_secs(1)).await;
+}
