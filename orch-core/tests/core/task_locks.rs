@@ -150,7 +150,12 @@ async fn an_external_claim_holds_task_locks_for_its_whole_lease() {
     let lease = Duration::from_secs(3600);
     let claimed = orch.claim("outside", 1, Some(lease)).await.unwrap();
     assert_eq!(claimed.len(), 1);
-    let held = orch.locks().info("printer").await.unwrap().expect("lock held");
+    let held = orch
+        .locks()
+        .info("printer")
+        .await
+        .unwrap()
+        .expect("lock held");
     let lease_ends = claimed[0].task.lease_expires_at.expect("leased");
     assert!(
         held.expires_at >= lease_ends,

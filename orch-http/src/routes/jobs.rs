@@ -221,6 +221,17 @@ impl DispatchRequest {
             spec = spec.idempotency_key(key);
         }
         for lock in self.locks {
+            if crate::routes::locks::is_reserved(&lock) {
+                // The user store's guards and the webhook replay keys: a task holding one
+                // would stop logins or webhooks for as long as it runs.
+                return Err(ApiError::unprocessable(
+                    "locks",
+                    format!(
+                        "resources starting with {:?} are reserved for orch",
+                        crate::auth::users::RESERVED_LOCK_PREFIX
+                    ),
+                ));
+            }
             spec = spec.lock(lock);
         }
         spec.validate()?;

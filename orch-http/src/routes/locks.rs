@@ -123,6 +123,23 @@ fn owner_for(principal: &Principal, requested: Option<String>) -> ApiResult<Stri
     Ok(owner)
 }
 
+/// Whether `resource` is one of orch's own: the user store's guards and the webhook replay
+/// keys, which no API caller may take, extend, release or see.
+pub(crate) fn is_reserved(resource: &str) -> bool {
+    resource.starts_with(RESERVED_LOCK_PREFIX)
+}
+
+/// 403 for a resource reserved for orch.
+fn refuse_reserved(resource: &str) -> ApiResult<()> {
+    if is_reserved(resource) {
+        return Err(ApiError::forbidden(format!(
+            "resources starting with {RESERVED_LOCK_PREFIX:?} are reserved for orch"
+        ))
+        .with_field("resource"));
+    }
+    Ok(())
+}
+
 fn secs(field: &'static str, value: Option<f64>, default: f64, max: f64) -> ApiResult<Duration> {
     let value = value.unwrap_or(default);
     if !(value.is_finite() && value >= 0.0 && value <= max) {
@@ -142,7 +159,13 @@ pub async fn list_locks(
     _caller: Authed<AnyRole>,
 ) -> ApiResult<Json<Vec<LockView>>> {
     let locks = orch.locks().list().await?;
-    Ok(Json(locks.into_iter().map(LockView::from).collect()))
+    Ok(Json(
+        locks
+            .into_iter()
+            .filter(|lock| !is_reserved(&lock.resource))
+            .map(LockView::from)
+            .collect(),
+    ))
 }
 
 /// `GET /locks/{resource}`: 404 when free.
@@ -156,9 +179,10 @@ pub async fn get_lock(
     _caller: Authed<AnyRole>,
     ApiPath(resource): ApiPath<String>,
 ) -> ApiResult<Json<LockView>> {
+    // Orch's own locks are not shown: who is logging in right now is nobody's business.
     match orch.locks().info(&resource).await? {
-        Some(info) => Ok(Json(info.into())),
-        None => Err(
+        Some(info) if !is_reserved(&info.resource) => Ok(Json(info.into())),
+        _ => Err(
             ApiError::not_found(format!("lock {resource:?} is not held")).with_field("resource"),
         ),
     }
@@ -177,13 +201,7 @@ pub async fn acquire(
     ApiPath(resource): ApiPath<String>,
     ApiJson(body): ApiJson<AcquireRequest>,
 ) -> ApiResult<Json<LockView>> {
-    if resource.starts_with(RESERVED_LOCK_PREFIX) {
-        // The user store's guards and the webhook replay keys.
-        return Err(ApiError::forbidden(format!(
-            "resources starting with {RESERVED_LOCK_PREFIX:?} are reserved for orch"
-        ))
-        .with_field("resource"));
-    }
+    refuse_reserved(&resource)?;
     let owner = owner_for(caller.principal(), body.owner)?;
     let ttl = crate::routes::jobs::seconds_between("ttl", body.ttl.unwrap_or(30.0), 86_400.0)?;
     let wait = secs("wait", body.wait, 0.0, 30.0)?;
@@ -232,6 +250,7 @@ pub async fn extend(
     ApiPath(resource): ApiPath<String>,
     ApiJson(body): ApiJson<ExtendRequest>,
 ) -> ApiResult<Json<LockView>> {
+    refuse_reserved(&resource)?;
     let owner = owner_for(caller.principal(), body.owner)?;
     let ttl = crate::routes::jobs::seconds_between("ttl", body.ttl.unwrap_or(30.0), 86_400.0)?;
     let info = orch
@@ -253,6 +272,7 @@ pub async fn release(
     ApiPath(resource): ApiPath<String>,
     ApiJson(body): ApiJson<ReleaseRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    refuse_reserved(&resource)?;
     let owner = owner_for(caller.principal(), body.owner)?;
     orch.locks()
         .release(&resource, &owner, FencingToken(body.fencing_token))

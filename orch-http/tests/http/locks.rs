@@ -149,3 +149,81 @@ async fn acquire_extend_release_and_conflicts() {
             .contains("orch_lock_acquisition_total{resource_type=\"invoices\",status=\"held\"} 1")
     );
 }
+
+/// Orch's own locks (the user store's guards, the webhook replay keys) are out of every
+/// caller's reach: a task cannot name one (it would stop logins while it runs), the lock API
+/// cannot take, extend or release one, and nobody is shown one (who is logging in right now
+/// is nobody's business).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_reserved_for_orch_cannot_be_named_taken_released_or_seen() {
+    let server = common::start().await;
+    let admin = server.token("admin").await;
+    let operator = server.token("operator").await;
+    let dispatched = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&operator),
+            Some(json!({"core_id": "echo", "locks": ["orch-http/users/admin"]})),
+        )
+        .await;
+    assert_error(&dispatched, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(dispatched.body["field"], "locks", "{}", dispatched.body);
+    // Held the way a login holds its user's guard.
+    let guard = server
+        .orch
+        .locks()
+        .try_acquire(
+            "orch-http/users/admin",
+            "orch-http-users/node",
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let token = guard.fencing_token().0;
+    for caller in [&admin, &operator] {
+        for (action, body) in [
+            ("acquire", json!({})),
+            (
+                "extend",
+                json!({"fencing_token": token, "owner": "orch-http-users/node"}),
+            ),
+            (
+                "release",
+                json!({"fencing_token": token, "owner": "orch-http-users/node"}),
+            ),
+        ] {
+            let reply = server
+                .call(
+                    Method::POST,
+                    &format!("/locks/orch-http%2Fusers%2Fadmin/{action}"),
+                    Some(caller),
+                    Some(body),
+                )
+                .await;
+            assert_error(&reply, StatusCode::FORBIDDEN);
+        }
+        let list = server.call(Method::GET, "/locks", Some(caller), None).await;
+        assert_eq!(list.body, json!([]), "{}", list.body);
+        let info = server
+            .call(
+                Method::GET,
+                "/locks/orch-http%2Fusers%2Fadmin",
+                Some(caller),
+                None,
+            )
+            .await;
+        assert_error(&info, StatusCode::NOT_FOUND);
+    }
+    // Still held by its owner.
+    assert!(
+        server
+            .orch
+            .locks()
+            .info("orch-http/users/admin")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    guard.release().await.unwrap();
+}
