@@ -3,6 +3,7 @@
 //! every event stream; task lists and claims stop at a byte budget instead of building a
 //! response of any size.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use orch_core::TaskSpec;
@@ -289,4 +290,45 @@ async fn a_claim_stops_at_its_byte_budget() {
     }
     assert_eq!(claimed, 12);
     assert!(calls >= 2);
+}
+
+/// A claim made of several slices whose later slice fails answers with what the earlier ones
+/// leased: those tasks are the worker's, and dropping them would leave them running, unseen,
+/// until their lease runs out. A claim that fails before leasing anything is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_later_slice_fails_hands_out_what_it_leased() {
+    let backend = Wrapped::new(None);
+    let server = common::start_on(backend.clone(), common::config()).await;
+    let operator = server.token("operator").await;
+    let system = server.token("system").await;
+    for _ in 0..40 {
+        let dispatched = server
+            .call(
+                Method::POST,
+                "/dispatch",
+                Some(&operator),
+                Some(json!({"core_id": "outside"})),
+            )
+            .await;
+        assert!(dispatched.status.is_success(), "{}", dispatched.body);
+    }
+    let claim = || {
+        server.call(
+            Method::POST,
+            "/jobs/claim",
+            Some(&system),
+            Some(json!({"core_id": "outside", "limit": 40})),
+        )
+    };
+    backend.claims_before_failing.store(1, Ordering::SeqCst);
+    let reply = claim().await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let tasks = reply.body["tasks"].as_array().unwrap();
+    assert!(!tasks.is_empty() && tasks.len() < 40, "{}", tasks.len());
+    for task in tasks {
+        assert_eq!(task["task"]["status"], "running");
+        assert!(task["lease_token"].is_string());
+    }
+    let reply = claim().await;
+    assert!(reply.status.is_server_error(), "{}", reply.body);
 }

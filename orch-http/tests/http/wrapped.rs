@@ -31,6 +31,8 @@ pub(crate) struct Wrapped {
     gate: tokio::sync::watch::Sender<bool>,
     /// `create_tasks` calls waiting at the gate now.
     pub(crate) at_gate: AtomicU64,
+    /// `claim_tasks` calls that succeed before every later one fails as a database would.
+    pub(crate) claims_before_failing: AtomicU64,
 }
 
 impl Wrapped {
@@ -42,6 +44,7 @@ impl Wrapped {
             largest_poisoned_batch: AtomicU64::new(0),
             gate: tokio::sync::watch::channel(false).0,
             at_gate: AtomicU64::new(0),
+            claims_before_failing: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -88,6 +91,12 @@ impl TaskStore for Wrapped {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
+        let left =
+            self.claims_before_failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if left.is_err() {
+            return Err(Error::backend("claim tasks", "the database is unreachable"));
+        }
         self.inner.claim_tasks(engine, limit, lease).await
     }
     async fn next_run_at(&self, engine: &str) -> Result<Option<DateTime<Utc>>> {
