@@ -98,6 +98,19 @@ pub enum Error {
         /// The backend's own error, when it has one.
         cause: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// The storage backend cannot be reached right now: the connection broke or was refused,
+    /// the database server is shutting down or starting, or no connection came within the
+    /// acquire timeout. Unlike [`Error::Backend`], the same call may succeed later; the
+    /// message starts with "the database is unreachable".
+    #[error("backend error during {operation}: {message}")]
+    Unavailable {
+        /// The operation that failed.
+        operation: &'static str,
+        /// What went wrong.
+        message: String,
+        /// The backend's own error, when it has one.
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A value could not be (de)serialized.
     #[error("serialization failed: {0}")]
     Serialization(#[from] serde_json::Error),
@@ -133,10 +146,14 @@ impl Error {
         }
     }
 
-    /// The backend's own error behind an [`Error::Backend`], to inspect or downcast.
+    /// The backend's own error behind an [`Error::Backend`] or [`Error::Unavailable`], to
+    /// inspect or downcast.
     pub fn backend_cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         match self {
             Error::Backend {
+                cause: Some(cause), ..
+            }
+            | Error::Unavailable {
                 cause: Some(cause), ..
             } => Some(&**cause),
             _ => None,

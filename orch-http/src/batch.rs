@@ -79,15 +79,30 @@ async fn worker(orch: Orchestrator, receiver: Arc<Mutex<mpsc::Receiver<(TaskSpec
                 }
             }
             Err(error) if error.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
-                // Shutting down: every task would be refused alike.
+                // Shutting down, or the database is unreachable: every task would be refused
+                // alike, each after its own wait.
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
             Err(error) => {
                 tracing::debug!(%error, tasks = kept.len(), "a dispatch batch failed; storing its tasks one by one");
+                let mut unavailable: Option<ApiError> = None;
                 for (spec, reply) in kept.into_iter().zip(replies) {
-                    let answer = store(&orch, vec![spec]).await.map(|mut one| one.remove(0));
+                    if reply.is_closed() {
+                        // Its caller gave up: storing it now would make a task nobody was
+                        // told of (and a retry without an idempotency key, a second one).
+                        continue;
+                    }
+                    let answer = match &unavailable {
+                        Some(error) => Err(error.clone()),
+                        None => store(&orch, vec![spec]).await.map(|mut one| one.remove(0)),
+                    };
+                    if let Err(error) = &answer
+                        && error.status == axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    {
+                        unavailable = Some(error.clone());
+                    }
                     let _ = reply.send(answer);
                 }
             }

@@ -139,6 +139,15 @@ impl From<orch_core::Error> for ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, message).with_retry_after(5)
             }
             E::PluginNotFound(_) => Self::not_found(message),
+            E::Unavailable { .. } => {
+                // The details (host, port, driver text) go to the log, not to the caller.
+                tracing::warn!(error = %message, "the database is unreachable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unreachable; try again later",
+                )
+                .with_retry_after(5)
+            }
             other => Self::internal("orchestrator error", other),
         }
     }

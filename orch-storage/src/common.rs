@@ -48,7 +48,7 @@ pub(crate) fn db_err(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Err
             _ => None,
         };
         match message {
-            Some(message) => Error::Backend {
+            Some(message) => Error::Unavailable {
                 operation,
                 message,
                 cause: Some(Box::new(e)),

@@ -329,6 +329,16 @@ async fn a_claim_whose_later_slice_fails_hands_out_what_it_leased() {
         assert_eq!(task["task"]["status"], "running");
         assert!(task["lease_token"].is_string());
     }
+    // Nothing leased: the caller is told the database is unreachable and when to try again.
     let reply = claim().await;
-    assert!(reply.status.is_server_error(), "{}", reply.body);
+    assert_error(&reply, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        reply.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("the database is unreachable"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.headers.get("retry-after").unwrap(), "5");
 }

@@ -10,6 +10,53 @@ use serde_json::{Value, json};
 use crate::common::{self, assert_error};
 use crate::wrapped::Wrapped;
 
+/// While the database cannot be reached, dispatches sharing a batch are all answered 503 with
+/// `Retry-After` after the batch's one attempt: not stored one by one, each after its own
+/// wait for a connection (which made the last caller of a batch of 256 wait 256 timeouts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_unreachable_a_batch_fails_at_once_for_every_caller() {
+    let backend = Wrapped::new(None);
+    let server = common::start_on(backend.clone(), common::config()).await;
+    let token = server.token("operator").await;
+    let dispatch = || {
+        let http = server.http.clone();
+        let url = server.url("/dispatch");
+        let token = token.clone();
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"coreId": "nobody"}))
+                .send()
+                .await
+                .unwrap();
+            common::reply(response).await
+        })
+    };
+    backend
+        .unreachable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    backend.hold(true);
+    let mut calls = vec![dispatch(), dispatch()];
+    while backend.at_gate.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    calls.extend((2..40).map(|_| dispatch()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = backend.creates.load(std::sync::atomic::Ordering::SeqCst);
+    backend.hold(false);
+    for call in calls {
+        let reply = call.await.unwrap();
+        assert_error(&reply, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.headers.get("retry-after").unwrap(), "5");
+    }
+    let attempts = backend.creates.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(
+        attempts <= 4,
+        "{attempts} attempts to store 38 queued dispatches while the database was unreachable"
+    );
+}
+
 /// A batch that the backend refuses as a whole (as PostgreSQL refuses a statement over one
 /// row it cannot store) fails only the caller whose task caused it: the dispatcher stores the
 /// others alone.

@@ -33,6 +33,10 @@ pub(crate) struct Wrapped {
     pub(crate) at_gate: AtomicU64,
     /// `claim_tasks` calls that succeed before every later one fails as a database would.
     pub(crate) claims_before_failing: AtomicU64,
+    /// While `true`, `create_tasks` fails as when the database cannot be reached.
+    pub(crate) unreachable: std::sync::atomic::AtomicBool,
+    /// `create_tasks` calls so far.
+    pub(crate) creates: AtomicU64,
 }
 
 impl Wrapped {
@@ -45,6 +49,8 @@ impl Wrapped {
             gate: tokio::sync::watch::channel(false).0,
             at_gate: AtomicU64::new(0),
             claims_before_failing: AtomicU64::new(u64::MAX),
+            unreachable: std::sync::atomic::AtomicBool::new(false),
+            creates: AtomicU64::new(0),
         })
     }
 
@@ -58,6 +64,15 @@ impl Wrapped {
     }
 }
 
+/// The error a backend gives when its database cannot be reached.
+fn unreachable(operation: &'static str) -> Error {
+    Error::Unavailable {
+        operation,
+        message: "the database is unreachable: connection refused".to_owned(),
+        cause: None,
+    }
+}
+
 #[async_trait]
 impl TaskStore for Wrapped {
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
@@ -66,6 +81,10 @@ impl TaskStore for Wrapped {
             self.at_gate.fetch_add(1, Ordering::SeqCst);
             let _ = gate.wait_for(|closed| !closed).await;
             self.at_gate.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        if self.unreachable.load(Ordering::SeqCst) {
+            return Err(unreachable("create_tasks"));
         }
         if let Some(poison) = &self.poison
             && tasks.iter().any(|task| &task.payload == poison)
@@ -95,7 +114,7 @@ impl TaskStore for Wrapped {
             self.claims_before_failing
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if left.is_err() {
-            return Err(Error::backend("claim tasks", "the database is unreachable"));
+            return Err(unreachable("claim_tasks"));
         }
         self.inner.claim_tasks(engine, limit, lease).await
     }

@@ -465,7 +465,8 @@ async fn first_connection(options: &PgConnectOptions, settings: &PostgresOptions
             } else {
                 String::new()
             };
-            let message = if crate::common::is_unreachable(&error) {
+            let unreachable = crate::common::is_unreachable(&error);
+            let message = if unreachable {
                 format!(
                     "PostgreSQL at {}:{} is unreachable: {error}{waited}",
                     options.get_host(),
@@ -478,10 +479,19 @@ async fn first_connection(options: &PgConnectOptions, settings: &PostgresOptions
                     options.get_port()
                 )
             };
-            return Err(Error::Backend {
-                operation: "connect to postgres",
-                message,
-                cause: Some(Box::new(error)),
+            let cause: Option<Box<dyn std::error::Error + Send + Sync>> = Some(Box::new(error));
+            return Err(if unreachable {
+                Error::Unavailable {
+                    operation: "connect to postgres",
+                    message,
+                    cause,
+                }
+            } else {
+                Error::Backend {
+                    operation: "connect to postgres",
+                    message,
+                    cause,
+                }
             });
         }
         tracing::warn!(

@@ -69,6 +69,12 @@ async fn calls_fail_fast_saying_the_database_is_unreachable() -> anyhow::Result<
             error.to_string().contains("the database is unreachable"),
             "call {call}: {error}"
         );
+        // Told apart from a refused statement, so that callers (orchd answers 503) know a
+        // retry may succeed.
+        ensure!(
+            matches!(error, orch_core::Error::Unavailable { .. }),
+            "call {call}: {error:?}"
+        );
     }
     let server = start(server).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -146,6 +152,10 @@ async fn opening_gives_up_after_its_startup_wait() -> anyhow::Result<()> {
     ensure!(
         message.contains("is unreachable") && message.contains("tried"),
         "{message}"
+    );
+    ensure!(
+        matches!(error, orch_core::Error::Unavailable { .. }),
+        "{error:?}"
     );
     drop(server);
     Ok(())
