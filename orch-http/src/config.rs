@@ -117,7 +117,7 @@ pub struct RateLimitConfig {
     /// Per authenticated user and endpoint (ORCH-Next's `requests_per_minute`/`burst_size`).
     /// Default 100/min, burst 20.
     pub per_user: Limit,
-    /// Per client IP over every route except `/health`, `/metrics` and `/openapi.json`.
+    /// Per client IP over every route except `/health` and `/openapi.json` (`/metrics` counts).
     /// Default 1200/min, burst 200.
     pub per_ip: Limit,
     /// Per client IP on `POST /auth/login`. Default 30/min, burst 10.

@@ -82,12 +82,13 @@ fn failure_message(payload: &WebhookPayload) -> String {
 
 /// `POST /webhook`: `task.completed` with `status` `success`/`failure` (or `task.succeeded`,
 /// `task.failed`) finishes a queued or running task with `data` as its result; `task.cancelled`
-/// cancels it; other events are recorded (202). 401 bad/stale/future signature, 409 replayed
-/// signature or finished task.
+/// cancels it; other events are recorded (202). 401 bad/stale/future signature, 404 unknown
+/// task, 409 replayed signature or finished task.
 #[utoipa::path(post, path = "/webhook", tag = "webhook", request_body = WebhookPayload,
     params(("X-Signature" = String, Header, description = "t=<unix>,v1=<hex>",
         pattern = r"^t=[0-9]{1,12}(,v1=[0-9a-f]{64}){1,16}$")),
     responses((status = 200, body = TaskView), (status = 202), (status = 401, body = crate::error::ErrorBody),
+        (status = 404, description = "No task with this id", body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody)))]
 pub async fn webhook(
     State(hooks): State<WebhookState>,

@@ -428,3 +428,47 @@ async fn jwt_keys_rotate_through_the_secret_file() {
     stop(daemon);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The `webhook_secret` file rotates like `jwt_secret`: one secret a line, every one
+/// accepted, so a sender still signing with the old secret is not refused while it moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secrets_rotate_through_the_secret_file() {
+    let dir = workdir();
+    let env = [("ORCH_ADMIN_PASSWORD", "a long admin password")];
+    let http = reqwest::Client::new();
+    // A delivery for a task nobody has: 404 once the signature is accepted, 401 if not.
+    // Each delivery is another (so that none is taken for a replay of another).
+    let deliver = async |url: &str, secret: &str, n: u8| -> u16 {
+        let body = serde_json::to_vec(&json!({
+            "event": "task.completed",
+            "task_id": format!("01a22cd5-727a-705c-b7af-5a42f09731{n:02}"),
+            "status": "completed",
+        }))
+        .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        http.post(format!("{url}/webhook"))
+            .header("content-type", "application/json")
+            .header("x-signature", orch_http::webhook::sign(secret, now, &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let daemon = start_with(&dir, &env);
+    stop(daemon);
+    let file = dir.join("data/webhook_secret");
+    let old_secret = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    let new_secret = "whsec_a_new_secret_written_by_the_operator";
+    std::fs::write(&file, format!("{new_secret}\n{old_secret}\n")).unwrap();
+    let daemon = start_with(&dir, &env);
+    assert_eq!(deliver(&daemon.url, new_secret, 1).await, 404);
+    assert_eq!(deliver(&daemon.url, &old_secret, 2).await, 404);
+    assert_eq!(deliver(&daemon.url, "whsec_never_configured", 3).await, 401);
+    stop(daemon);
+    let _ = std::fs::remove_dir_all(dir);
+}

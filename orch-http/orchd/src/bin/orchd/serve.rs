@@ -112,8 +112,10 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         .collect();
     let mut webhook_generated = false;
     if webhook_secrets.is_empty() {
-        let (secret, generated) = crate::setup::secret(&data_dir, "webhook_secret", None)?;
-        webhook_secrets.push(secret);
+        // One secret a line, every one accepted (the first is the one to hand out): a
+        // secret rotates by adding the new one and dropping the old once senders moved.
+        let (secrets, generated) = crate::setup::secrets(&data_dir, "webhook_secret", None)?;
+        webhook_secrets = secrets;
         webhook_generated = generated;
     }
     let mut config = settings

@@ -21,15 +21,9 @@ pub(crate) fn ensure_data_dir(dir: &Path) -> Result<()> {
     crate::data_dir::ensure(dir)
 }
 
-/// The secret in `value` if given, else the one kept in `<dir>/<name>`, else a new one written
-/// there with mode 0600. Returns the secret and whether it was generated now.
-pub(crate) fn secret(dir: &Path, name: &str, value: Option<&str>) -> Result<(Secret, bool)> {
-    let (mut secrets, generated) = secrets(dir, name, value)?;
-    Ok((secrets.remove(0), generated))
-}
-
-/// Like [`secret`], for a secret that rotates: the file may hold several, one a line, the
-/// first in force and the others still accepted. Never empty.
+/// The secret in `value` if given, else those kept in `<dir>/<name>` (one a line, the first in
+/// force and the others still accepted: how a secret rotates), else a new one written there
+/// with mode 0600. Returns the secrets, never empty, and whether one was generated now.
 pub(crate) fn secrets(dir: &Path, name: &str, value: Option<&str>) -> Result<(Vec<Secret>, bool)> {
     if let Some(value) = value {
         return Ok((vec![Secret::new(value)], false));
