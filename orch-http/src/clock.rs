@@ -80,9 +80,16 @@ impl Clock {
         }
     }
 
-    /// The current wall-clock time.
+    /// The current wall-clock time: the system's (plus what [`Clock::advance`] added), read
+    /// afresh each time so that a clock step (NTP, a paused virtual machine, a suspend) is
+    /// followed as the other nodes follow it; a manual clock's start plus its advances.
     pub fn now(&self) -> SystemTime {
-        self.inner.wall_start + self.elapsed()
+        if self.inner.manual {
+            self.inner.wall_start + self.elapsed()
+        } else {
+            let offset = Duration::from_nanos(self.inner.offset_nanos.load(Ordering::Acquire));
+            SystemTime::now() + offset
+        }
     }
 
     /// The current Unix time in whole seconds.

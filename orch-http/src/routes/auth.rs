@@ -209,6 +209,13 @@ pub async fn list_users(
     Ok(Json(out))
 }
 
+/// 404 for a name no user can have (checked before it reaches the store, whose own checks
+/// would name another field).
+fn a_possible_name(username: &str) -> ApiResult<()> {
+    crate::auth::users::check_username(username)
+        .map_err(|_| ApiError::not_found("no user has this name").with_field("username"))
+}
+
 /// `POST /users/{username}/unlock` (admin): clears failed logins and lockout.
 #[utoipa::path(post, path = "/users/{username}/unlock", tag = "users",
     security(("bearer" = [])),
@@ -219,6 +226,7 @@ pub async fn unlock_user(
     admin: Authed<Admins>,
     ApiPath(username): ApiPath<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    a_possible_name(&username)?;
     state.users().unlock(&username).await?;
     state
         .security()
@@ -267,6 +275,7 @@ pub async fn update_user(
     ApiPath(username): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateUser>,
 ) -> ApiResult<Json<UserView>> {
+    a_possible_name(&username)?;
     let change = UserChange {
         role: body.role,
         disabled: body.disabled,
@@ -309,6 +318,7 @@ pub async fn delete_user(
     admin: Authed<Admins>,
     ApiPath(username): ApiPath<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    a_possible_name(&username)?;
     keep_an_admin(&state, &username, &UserChange::default().disabled(true)).await?;
     state.users().delete(&username).await?;
     state

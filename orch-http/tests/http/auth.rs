@@ -307,3 +307,27 @@ async fn admins_create_users_with_strong_passwords() {
         stored.password_hash
     );
 }
+
+/// A name no user can have (a control character, too long) is answered 404 naming
+/// `username` by every route that takes one in its path: not an error about some other field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_routes_answer_404_for_names_no_user_can_have() {
+    let server = common::start().await;
+    let admin = server.token("admin").await;
+    let long = "a".repeat(300);
+    for name in ["bad%09name", long.as_str()] {
+        for (method, path, body) in [
+            (Method::POST, format!("/users/{name}/unlock"), None),
+            (
+                Method::PATCH,
+                format!("/users/{name}"),
+                Some(json!({"disabled": true})),
+            ),
+            (Method::DELETE, format!("/users/{name}"), None),
+        ] {
+            let reply = server.call(method, &path, Some(&admin), body).await;
+            assert_error(&reply, StatusCode::NOT_FOUND);
+            assert_eq!(reply.body["field"], "username", "{path}: {}", reply.body);
+        }
+    }
+}
