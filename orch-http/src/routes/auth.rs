@@ -238,30 +238,6 @@ pub async fn unlock_user(
     Ok(Json(json!({"username": username, "unlocked": true})))
 }
 
-/// Refuses a change that would leave no enabled admin (the API could not be administered any
-/// more; `orchd user` on the host can still do it).
-async fn keep_an_admin(state: &AuthState, username: &str, change: &UserChange) -> ApiResult<()> {
-    let demoted = change.role.is_some_and(|role| role != Role::Admin);
-    let disabled = change.disabled == Some(true);
-    if !demoted && !disabled {
-        return Ok(());
-    }
-    let users = state.users().list().await?;
-    let other_admin = users
-        .iter()
-        .any(|u| u.role == Role::Admin && !u.disabled && u.username != username);
-    let is_admin = users
-        .iter()
-        .any(|u| u.username == username && u.role == Role::Admin && !u.disabled);
-    if is_admin && !other_admin {
-        return Err(ApiError::conflict(format!(
-            "{username:?} is the last enabled admin; make another admin first"
-        ))
-        .with_field("username"));
-    }
-    Ok(())
-}
-
 /// `PATCH /users/{username}` (admin): changes a user's role, password or disabled flag. Any
 /// change revokes the user's tokens (at once on this node, within `security.user_recheck` on
 /// the others).
@@ -287,8 +263,12 @@ pub async fn update_user(
             "give at least one of role, disabled, password",
         ));
     }
-    keep_an_admin(&state, &username, &change).await?;
-    let user = state.users().update(&username, change.clone()).await?;
+    // Refused when it would leave no enabled admin: the API could not be administered any
+    // more (`orchd user` on the host still can).
+    let user = state
+        .users()
+        .update_keeping_an_admin(&username, change.clone())
+        .await?;
     state
         .security()
         .record(
@@ -319,8 +299,7 @@ pub async fn delete_user(
     ApiPath(username): ApiPath<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     a_possible_name(&username)?;
-    keep_an_admin(&state, &username, &UserChange::default().disabled(true)).await?;
-    state.users().delete(&username).await?;
+    state.users().delete_keeping_an_admin(&username).await?;
     state
         .security()
         .record(

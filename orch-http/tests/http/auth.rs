@@ -331,3 +331,58 @@ async fn user_routes_answer_404_for_names_no_user_can_have() {
         }
     }
 }
+
+/// The last enabled admin cannot be disabled even by two requests at once, each disabling the
+/// other of the only two admins while the database is slow: one wins, the other is refused
+/// with 409, and an enabled admin is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_disabling_each_other_at_once_leave_one_enabled() {
+    let backend = std::sync::Arc::new(crate::instrumented::Instrumented::default());
+    let server = common::start_on(backend.clone(), common::config()).await;
+    let admin = server.token("admin").await;
+    let created = server
+        .call(
+            Method::POST,
+            "/users",
+            Some(&admin),
+            Some(json!({"username": "admin2", "password": PASSWORD, "role": "admin"})),
+        )
+        .await;
+    assert!(created.status.is_success(), "{}", created.body);
+    let admin2 = server.token("admin2").await;
+    // Slow enough that both requests read the users before either writes.
+    backend.set_delay(Duration::from_millis(20));
+    let disable = |token: String, whom: &'static str| {
+        let http = server.http.clone();
+        let url = server.url(&format!("/users/{whom}"));
+        tokio::spawn(async move {
+            let response = http
+                .patch(url)
+                .bearer_auth(token)
+                .json(&json!({"disabled": true}))
+                .send()
+                .await
+                .unwrap();
+            common::reply(response).await
+        })
+    };
+    let first = disable(admin, "admin2");
+    let second = disable(admin2, "admin");
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    backend.set_delay(Duration::ZERO);
+    let mut statuses = [first.status, second.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT],
+        "{} / {}",
+        first.body,
+        second.body
+    );
+    let refused = if first.status == StatusCode::CONFLICT {
+        &first
+    } else {
+        &second
+    };
+    assert_eq!(refused.body["field"], "username", "{}", refused.body);
+}

@@ -71,6 +71,10 @@ pub enum UserError {
     /// The backend's key-value space or lock table failed.
     #[error("user store backend failed")]
     Backend(#[from] orch_core::Error),
+    /// The change would leave no enabled admin ([`UserStore::update_keeping_an_admin`],
+    /// [`UserStore::delete_keeping_an_admin`]).
+    #[error("{0:?} is the last enabled admin; make another admin first")]
+    LastAdmin(String),
     /// A stored user record is not the JSON this version writes.
     #[error("stored user {username:?} is not valid")]
     Corrupt {
@@ -447,6 +451,64 @@ impl UserStore {
         self.forget_for_tokens(username);
         guard.release().await;
         Ok(user)
+    }
+
+    /// [`update`](Self::update), refused with [`UserError::LastAdmin`] if it would demote or
+    /// disable the last enabled admin. The check and the change run under the store's own
+    /// guard (shared by every process on the database), so two changes at once cannot each
+    /// see the other's admin and together leave none.
+    pub async fn update_keeping_an_admin(
+        &self,
+        username: &str,
+        change: UserChange,
+    ) -> Result<User, UserError> {
+        let demotes = change.role.is_some_and(|role| role != Role::Admin);
+        let disables = change.disabled == Some(true);
+        if !demotes && !disables {
+            return self.update(username, change).await;
+        }
+        let mut store = self.guards.bootstrap().await?;
+        let result = match self.is_last_admin(username).await {
+            Ok(true) => Err(UserError::LastAdmin(username.to_owned())),
+            Ok(false) => match store.still_held().await {
+                Ok(()) => self.update(username, change).await,
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        store.release().await;
+        result
+    }
+
+    /// [`delete`](Self::delete), refused with [`UserError::LastAdmin`] for the last enabled
+    /// admin, under the store's guard as [`update_keeping_an_admin`](Self::update_keeping_an_admin).
+    pub async fn delete_keeping_an_admin(&self, username: &str) -> Result<(), UserError> {
+        let mut store = self.guards.bootstrap().await?;
+        let result = match self.is_last_admin(username).await {
+            Ok(true) => Err(UserError::LastAdmin(username.to_owned())),
+            Ok(false) => match store.still_held().await {
+                Ok(()) => self.delete(username).await,
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        store.release().await;
+        result
+    }
+
+    /// Whether `username` is an enabled admin and no other is.
+    async fn is_last_admin(&self, username: &str) -> Result<bool, UserError> {
+        let users = self.list().await?;
+        let enabled_admin = |u: &&User| u.role == Role::Admin && !u.disabled;
+        let is_admin = users
+            .iter()
+            .filter(enabled_admin)
+            .any(|u| u.username == username);
+        let others = users
+            .iter()
+            .filter(enabled_admin)
+            .any(|u| u.username != username);
+        Ok(is_admin && !others)
     }
 
     /// Deletes a user and its login state; its tokens stop working.
