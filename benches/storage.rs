@@ -3,7 +3,7 @@
 //! ```sh
 //! cargo bench --bench storage -- [--backend sqlite|postgres|all] [--tasks 50000] \
 //!     [--concurrency 64] [--batch 1000] [--samples 500] \
-//!     [--only single,batched,e2e,relaxed,pickup] [--claims-in-flight N] [--reports-in-flight N]
+//!     [--only single,batched,e2e,relaxed,pickup,idle] [--claims-in-flight N] [--reports-in-flight N]
 //! ```
 //!
 //! For each backend (a fresh SQLite file in a temporary folder; a fresh database on the
@@ -21,10 +21,12 @@
 //!   `PostgresOptions::with_durable_worker_commits(false)`;
 //! - pickup latency on an idle queue (`pickup`, `support::pickup`): from just before
 //!   `dispatch` to the engine's start, one task at a time, p50/p95/p99 over `--samples` tasks.
-//!   On PostgreSQL twice: dispatched by the orchestrator that runs the engine (whose idle claim
-//!   loop lets the dispatch store the task already claimed), and by another client of the
-//!   database (as another process would: the orchestrator hears of it through LISTEN/NOTIFY
-//!   and claims it).
+//!   Twice: dispatched by the orchestrator that runs the engine (whose idle claim loop lets
+//!   the dispatch store the task already claimed), and by another client of the database (as
+//!   another process would: the orchestrator hears of it through LISTEN/NOTIFY on PostgreSQL,
+//!   through the watcher of other connections' commits on SQLite, and claims it);
+//! - the CPU an orchestrator with nothing to do costs (`idle`): its claim loops, event tail and
+//!   the backend's background work (on SQLite, the watcher), over 20 s.
 
 #[allow(
     dead_code,
@@ -49,7 +51,10 @@ use support::percentile;
 use support::pickup::pickup_latency;
 
 /// The measurements `--only` can name.
-const MEASUREMENTS: [&str; 5] = ["single", "batched", "e2e", "relaxed", "pickup"];
+const MEASUREMENTS: [&str; 6] = ["single", "batched", "e2e", "relaxed", "pickup", "idle"];
+
+/// How long the `idle` measurement watches an orchestrator with nothing to do.
+const IDLE_FOR: Duration = Duration::from_secs(20);
 
 /// Command-line settings.
 struct Settings {
@@ -132,7 +137,7 @@ fn parse_args() -> anyhow::Result<Settings> {
                 println!(
                     "cargo bench --bench storage -- [--backend sqlite|postgres|all] [--tasks N] \
                      [--concurrency N] [--batch N] [--samples N] \
-                     [--only single,batched,e2e,relaxed,pickup] \
+                     [--only single,batched,e2e,relaxed,pickup,idle] \
                      [--claims-in-flight N] [--reports-in-flight N]"
                 );
                 std::process::exit(0);
@@ -187,8 +192,8 @@ impl Source {
         Ok(self.fresh_pair(durable, false).await?.0)
     }
 
-    /// A fresh backend and, with `second`, another one on the same database (PostgreSQL: a
-    /// client of its own, as another process would be; SQLite: none).
+    /// A fresh backend and, with `second`, another one on the same database (a client of its
+    /// own, as another process would be: SQLite tells connections apart, not processes).
     async fn fresh_pair(
         &self,
         durable: bool,
@@ -199,7 +204,13 @@ impl Source {
                 let n = made.fetch_add(1, Ordering::Relaxed);
                 let path = dir.path().join(format!("bench-{n}.db"));
                 let path = path.to_str().context("temp path is not UTF-8")?;
-                (Arc::new(SqliteBackend::open(path).await?), None)
+                let first: SharedBackend = Arc::new(SqliteBackend::open(path).await?);
+                let other: Option<SharedBackend> = if second {
+                    Some(Arc::new(SqliteBackend::open(path).await?))
+                } else {
+                    None
+                };
+                (first, other)
             }
             Source::Postgres { admin_url, .. } => {
                 let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
@@ -324,8 +335,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         if settings.runs("pickup") {
-            let remotes: &[bool] = if postgres { &[false, true] } else { &[false] };
-            for &remote in remotes {
+            for remote in [false, true] {
                 let (backend, other) = source.fresh_pair(true, remote).await?;
                 let measured =
                     pickup_latency(backend, other, settings.config(8), settings.samples).await?;
@@ -344,6 +354,28 @@ async fn main() -> anyhow::Result<()> {
                     at(&measured.dispatch_ms, 0.50),
                 );
             }
+        }
+        if settings.runs("idle") {
+            let orch = Orchestrator::builder(source.fresh(true).await?)
+                .config(settings.config(8))
+                .engine(
+                    "noop",
+                    orch::processor_fn(|_, _| async { Ok(serde_json::Value::Null) }),
+                )
+                .build()
+                .await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let before = support::cpu::process_cpu_time();
+            tokio::time::sleep(IDLE_FOR).await;
+            let used = support::cpu::process_cpu_time().saturating_sub(before);
+            println!(
+                "  {:<38}{:.2}% of one core ({} ms of CPU in {} s)",
+                "idle orchestrator",
+                100.0 * used.as_secs_f64() / IDLE_FOR.as_secs_f64(),
+                used.as_millis(),
+                IDLE_FOR.as_secs(),
+            );
+            orch.shutdown(Duration::from_secs(5)).await;
         }
     }
     Ok(())

@@ -17,6 +17,8 @@ mod transactional;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -83,6 +85,289 @@ impl Checkpointer {
 }
 
 impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How often the watcher looks for other connections' commits where the file system does not
+/// tell it of writes (see [`Watcher`]).
+const WATCH_INTERVAL: Duration = Duration::from_millis(5);
+
+/// While this backend writes too, how long the watcher may put off a look: the writes it is
+/// told of are then mostly this backend's own, which need no look.
+const BUSY_LOOK_DELAY: Duration = Duration::from_millis(25);
+
+/// A write reported this soon after this backend began one is taken for its own.
+const OWN_WRITE_WINDOW: Duration = Duration::from_millis(2);
+
+/// How long the watcher lets further reports gather after one (the kernel folds the reports
+/// of a file's writes that nobody read yet into one): a commit writes several pages, and a
+/// busy database many commits a second.
+const REPORT_GAP: Duration = Duration::from_millis(2);
+
+/// Reports in a row of this backend's own writes after which the watcher stops the watch and
+/// looks every [`BUSY_LOOK_DELAY`] until they stop: the kernel then no longer queues a report
+/// for each page written.
+const BUSY_AFTER_REPORTS: u32 = 8;
+
+/// The inotify watch on the database's folder.
+#[cfg(target_os = "linux")]
+struct WalWatch {
+    reports: inotify::EventStream<[u8; 4096]>,
+    folder: PathBuf,
+    /// The WAL file's name.
+    wal: std::ffi::OsString,
+    /// `None` while stopped (this backend is busy writing).
+    watch: Option<inotify::WatchDescriptor>,
+}
+
+#[cfg(target_os = "linux")]
+impl WalWatch {
+    const MASK: inotify::WatchMask = inotify::WatchMask::MODIFY.union(inotify::WatchMask::CREATE);
+}
+
+/// When this backend last began a write, for the watcher.
+struct OwnWrites {
+    base: std::time::Instant,
+    /// Nanoseconds after `base`; `u64::MAX` before the first.
+    last: AtomicU64,
+}
+
+impl OwnWrites {
+    fn new() -> Self {
+        OwnWrites {
+            base: std::time::Instant::now(),
+            last: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn began(&self) {
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether a write began within `window` from now.
+    fn within(&self, window: Duration) -> bool {
+        let last = self.last.load(Ordering::Relaxed);
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        last != u64::MAX && u128::from(now.saturating_sub(last)) < window.as_nanos()
+    }
+}
+
+/// Raises the backend's change signals when another connection to the file commits: another
+/// process sharing the database (a web application dispatching while a worker process runs
+/// the tasks), or the application's own connection committing a transaction that holds tasks.
+///
+/// It reads `PRAGMA data_version` on the writer: the value changes when a connection other
+/// than the one reading it committed, so this backend's own commits (which raise the signals
+/// themselves) are not taken for someone else's. When to look: on Linux, when an inotify watch
+/// on the database's folder reports a write to the WAL file (every commit writes it), so an
+/// idle backend costs nothing; elsewhere, or when inotify is unavailable (for example past
+/// `fs.inotify.max_user_instances`), every [`WATCH_INTERVAL`]. A write reported just after
+/// this backend began one of its own puts the look off by up to [`BUSY_LOOK_DELAY`], and a
+/// run of them stops the watch until this backend's writes stop (it looks every
+/// [`BUSY_LOOK_DELAY`] meanwhile), so a busy backend pays neither a look nor a report for each
+/// of its own writes.
+struct Watcher {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watcher {
+    fn start(
+        path: &Path,
+        writer: SqlitePool,
+        own_writes: Arc<OwnWrites>,
+        tasks: ChangeSignal,
+        events: ChangeSignal,
+    ) -> Self {
+        let look = Look {
+            writer,
+            own_writes,
+            tasks,
+            events,
+            seen: None,
+            warned: false,
+        };
+        #[cfg(target_os = "linux")]
+        match Self::watch_wal(path) {
+            Ok(wal) => {
+                return Watcher {
+                    task: tokio::spawn(Self::on_writes(wal, look)),
+                };
+            }
+            Err(error) => tracing::debug!(
+                %error,
+                "sqlite: no inotify watch on the database's folder; looking for other processes' commits every {WATCH_INTERVAL:?}"
+            ),
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = path;
+        Watcher {
+            task: tokio::spawn(Self::every_interval(look)),
+        }
+    }
+
+    /// The inotify watch of the database's folder (not of the WAL file itself, which SQLite
+    /// deletes when the last connection closes and creates again).
+    #[cfg(target_os = "linux")]
+    fn watch_wal(path: &Path) -> std::io::Result<WalWatch> {
+        use inotify::Inotify;
+
+        let folder = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut wal = path
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("the database path names no file"))?
+            .to_os_string();
+        wal.push("-wal");
+        let inotify = Inotify::init()?;
+        let watch = inotify.watches().add(&folder, WalWatch::MASK)?;
+        Ok(WalWatch {
+            reports: inotify.into_event_stream([0_u8; 4096])?,
+            folder,
+            wal,
+            watch: Some(watch),
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn on_writes(mut wal: WalWatch, mut look: Look) {
+        use futures_util::StreamExt as _;
+        use inotify::EventMask;
+
+        look.at().await;
+        // A look put off while this backend writes, due then.
+        let mut put_off: Option<tokio::time::Instant> = None;
+        // Reports in a row taken for this backend's own writes.
+        let mut own_in_a_row = 0_u32;
+        loop {
+            if wal.watch.is_none() {
+                // Busy: every write would be reported, nearly all of them ours. Look now and
+                // then instead, until this backend's writes stop.
+                tokio::time::sleep(BUSY_LOOK_DELAY).await;
+                look.at().await;
+                if !look.own_writes.within(BUSY_LOOK_DELAY) {
+                    match wal.reports.watches().add(&wal.folder, WalWatch::MASK) {
+                        Ok(watch) => {
+                            wal.watch = Some(watch);
+                            own_in_a_row = 0;
+                            // Commits made while the watch was being set up.
+                            look.at().await;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "sqlite: watching the database's folder again failed");
+                        }
+                    }
+                }
+                continue;
+            }
+            let event = match put_off {
+                Some(due) => tokio::select! {
+                    event = wal.reports.next() => event,
+                    () = tokio::time::sleep_until(due) => {
+                        look.at().await;
+                        put_off = None;
+                        continue;
+                    }
+                },
+                None => wal.reports.next().await,
+            };
+            let Some(event) = event else { break };
+            match event {
+                Ok(event) => {
+                    let lost = event.mask.contains(EventMask::Q_OVERFLOW);
+                    if lost || event.name.as_deref() == Some(wal.wal.as_os_str()) {
+                        if look.own_writes.within(OWN_WRITE_WINDOW) {
+                            own_in_a_row += 1;
+                            put_off.get_or_insert_with(|| {
+                                tokio::time::Instant::now() + BUSY_LOOK_DELAY
+                            });
+                            if own_in_a_row >= BUSY_AFTER_REPORTS
+                                && let Some(watch) = wal.watch.take()
+                            {
+                                // The removal's own report (IN_IGNORED) comes later and is
+                                // told apart by its watch.
+                                let _ = wal.reports.watches().remove(watch);
+                                put_off = None;
+                                continue;
+                            }
+                        } else {
+                            own_in_a_row = 0;
+                            look.at().await;
+                            put_off = None;
+                        }
+                        tokio::time::sleep(REPORT_GAP).await;
+                    }
+                    if event.mask.contains(EventMask::IGNORED)
+                        && wal.watch.as_ref() == Some(&event.wd)
+                    {
+                        // The folder is gone: nothing more will be written there.
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "sqlite: watching the WAL file failed; other processes' commits are found by polling");
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn every_interval(mut look: Look) {
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            if look.own_writes.within(OWN_WRITE_WINDOW) && last.elapsed() < BUSY_LOOK_DELAY {
+                continue;
+            }
+            look.at().await;
+            last = tokio::time::Instant::now();
+        }
+    }
+}
+
+/// One look at `PRAGMA data_version` on the writer, raising the signals when it changed.
+struct Look {
+    writer: SqlitePool,
+    /// When this backend last began a write (see `SqliteBackend::wrote`).
+    own_writes: Arc<OwnWrites>,
+    tasks: ChangeSignal,
+    events: ChangeSignal,
+    seen: Option<i64>,
+    warned: bool,
+}
+
+impl Look {
+    async fn at(&mut self) {
+        match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+            .fetch_one(&self.writer)
+            .await
+        {
+            Ok(version) => {
+                self.warned = false;
+                // A writer connection opened again starts another count: a change then is
+                // taken as one (a spare look for the idle loops, nothing missed).
+                if self.seen.is_some_and(|seen| seen != version) {
+                    self.tasks.raise();
+                    self.events.raise();
+                }
+                self.seen = Some(version);
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut self.warned, true) {
+                    tracing::warn!(%error, "sqlite: looking for other processes' commits failed; they are found by polling");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -210,19 +495,27 @@ pub struct SqliteBackend {
     readers: SqlitePool,
     /// The database file, `None` in memory.
     path: Option<PathBuf>,
-    /// Bumped after a commit that made tasks claimable (this process only; other processes
-    /// sharing the file are found by polling).
+    /// Bumped after a commit that made tasks claimable, and by the watcher when another
+    /// connection to the file committed.
     task_wakeups: ChangeSignal,
-    /// Bumped after a commit that appended events.
+    /// Bumped after a commit that appended events (and by the watcher).
     event_wakeups: ChangeSignal,
     /// `None` in memory (no WAL).
     checkpointer: Option<Checkpointer>,
+    /// `None` in memory (no other connection can see the database).
+    watcher: Option<Watcher>,
+    /// When a write through this backend last began, for the watcher.
+    own_writes: Arc<OwnWrites>,
 }
 
 impl SqliteBackend {
     /// Opens (creating it and its folder if needed) the database at `url_or_path`: a
     /// `sqlite://` URL (`sqlite://data/orch.db`, `sqlite::memory:`) or a plain file path. Sets
-    /// WAL, `synchronous=NORMAL` and a busy timeout, then applies pending migrations.
+    /// WAL, `synchronous=NORMAL` and a busy timeout, then applies pending migrations. For a
+    /// file, the backend then watches for commits made by other processes sharing it (an
+    /// inotify watch on Linux, `PRAGMA data_version` every 5 ms elsewhere), so the tasks they
+    /// dispatch start within milliseconds rather than at the orchestrator's next poll. Call it
+    /// inside a Tokio runtime.
     pub async fn open(url_or_path: &str) -> Result<Self> {
         const OP: &str = "open sqlite database";
         let options = if url_or_path.starts_with("sqlite:") {
@@ -284,17 +577,30 @@ impl SqliteBackend {
             SqlitePoolOptions::new()
                 .max_connections(READERS)
                 .test_before_acquire(false)
-                .connect_with(options.read_only(true))
+                .connect_with(options.clone().read_only(true))
                 .await
                 .map_err(db_err(OP))?
         };
+        let (task_wakeups, event_wakeups) = (ChangeSignal::new(), ChangeSignal::new());
+        let own_writes = Arc::new(OwnWrites::new());
+        let watcher = path.as_deref().map(|path| {
+            Watcher::start(
+                path,
+                writer.clone(),
+                own_writes.clone(),
+                task_wakeups.clone(),
+                event_wakeups.clone(),
+            )
+        });
         Ok(SqliteBackend {
             writer,
             readers,
             path,
-            task_wakeups: ChangeSignal::new(),
-            event_wakeups: ChangeSignal::new(),
+            task_wakeups,
+            event_wakeups,
             checkpointer,
+            watcher,
+            own_writes,
         })
     }
 
@@ -377,6 +683,9 @@ impl SqliteBackend {
 
     /// Closes every connection (checkpointing the WAL). Later calls fail.
     pub async fn close(&self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.task.abort();
+        }
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.task.abort();
             // Closed before the writer, which is then the last connection: SQLite
@@ -437,8 +746,10 @@ impl SqliteBackend {
         }
     }
 
-    /// Tells the checkpointer that the WAL is growing.
+    /// Tells the checkpointer that the WAL is growing, and the watcher that a write of ours
+    /// is coming.
     fn wrote(&self) {
+        self.own_writes.began();
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.wake.notify_one();
         }
@@ -636,6 +947,99 @@ mod tests {
             .fetch_all(&backend.readers)
             .await
             .expect("read keys")
+    }
+
+    /// Writes through another connection to the file (as another process would) until
+    /// `signal` moves, for at most ten seconds; whether it moved.
+    async fn moves_on_other_commits(path: &Path, signal: &ChangeSignal) -> bool {
+        let other = SqliteBackend::open(path.to_str().expect("utf-8"))
+            .await
+            .expect("open");
+        // Past anything the watcher may still report of the opening.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let seen = signal.version();
+        for i in 0..100 {
+            sqlx::query("INSERT OR REPLACE INTO orch_kv (key, value) VALUES (?, x'00')")
+                .bind(format!("k{i}"))
+                .execute(&other.writer)
+                .await
+                .expect("write");
+            if tokio::time::timeout(Duration::from_millis(100), signal.changed_since(seen))
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Both ways of hearing of other processes' commits work on their own: after inotify
+    /// reports a write to the WAL (Linux) and every few milliseconds (elsewhere, or when
+    /// inotify is unavailable); and neither takes the backend's own commits for another's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watcher_hears_of_other_connections_commits_either_way() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("w.db");
+        let first = SqliteBackend::open(path.to_str().expect("utf-8"))
+            .await
+            .expect("open");
+        let look = |tasks: &ChangeSignal| Look {
+            writer: first.writer.clone(),
+            own_writes: first.own_writes.clone(),
+            tasks: tasks.clone(),
+            events: ChangeSignal::new(),
+            seen: None,
+            warned: false,
+        };
+        let mut watchers = Vec::new();
+        #[cfg(target_os = "linux")]
+        {
+            let tasks = ChangeSignal::new();
+            let writes = Watcher::watch_wal(&path).expect("inotify");
+            watchers.push((
+                "inotify",
+                tasks.clone(),
+                tokio::spawn(Watcher::on_writes(writes, look(&tasks))),
+            ));
+        }
+        let tasks = ChangeSignal::new();
+        watchers.push((
+            "interval",
+            tasks.clone(),
+            tokio::spawn(Watcher::every_interval(look(&tasks))),
+        ));
+        for (how, tasks, watcher) in watchers {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The backend's own commits: not heard.
+            let seen = tasks.version();
+            for i in 0..20 {
+                sqlx::query("INSERT OR REPLACE INTO orch_kv (key, value) VALUES (?, x'00')")
+                    .bind(format!("own{i}"))
+                    .execute(&first.writer)
+                    .await
+                    .expect("write");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(
+                tasks.version(),
+                seen,
+                "{how}: own commits taken for another's"
+            );
+            assert!(moves_on_other_commits(&path, &tasks).await, "{how}");
+            // Busy with its own writes (the inotify watch stops for a while): another's
+            // commits are still heard.
+            for i in 0..200 {
+                first.wrote();
+                sqlx::query("INSERT OR REPLACE INTO orch_kv (key, value) VALUES (?, x'01')")
+                    .bind(format!("busy{i}"))
+                    .execute(&first.writer)
+                    .await
+                    .expect("write");
+            }
+            assert!(moves_on_other_commits(&path, &tasks).await, "{how}, busy");
+            watcher.abort();
+        }
     }
 
     /// A script that fails half way leaves nothing of what it did, and the writer usable.

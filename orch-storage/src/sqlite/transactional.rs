@@ -30,8 +30,10 @@ impl SqliteBackend {
     /// idempotency key already used returns the earlier task with `created: false`.
     ///
     /// Commit with [`commit_and_wake`](Self::commit_and_wake) so this process's orchestrator
-    /// starts the tasks at once; after a plain `tx.commit()` they are found by polling (within
-    /// the orchestrator's `poll_interval`). sqlx is re-exported as [`orch_storage::sqlx`](crate::sqlx)
+    /// starts the tasks at once. After a plain `tx.commit()`, tasks committed on the
+    /// application's own connection are noticed within milliseconds (the backend watches for
+    /// other connections' commits); those committed on a transaction from `begin_write` only
+    /// at the orchestrator's next poll. sqlx is re-exported as [`orch_storage::sqlx`](crate::sqlx)
     /// so the transaction types match.
     ///
     /// ```no_run

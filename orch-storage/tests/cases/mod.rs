@@ -16,6 +16,8 @@ mod notify;
 mod prune;
 #[cfg(feature = "postgres")]
 mod restart;
+#[cfg(feature = "sqlite")]
+mod sqlite_wakeups;
 mod task_locks;
 mod transactional;
 #[cfg(feature = "postgres")]
