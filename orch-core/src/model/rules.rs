@@ -755,15 +755,82 @@ mod tests {
         let mut changes = vec![claim(Duration::from_secs(1)), rescue(1, 3), rescue(3, 3)];
         changes.extend(outcomes.into_iter().map(|o| end_attempt(1, o)));
         let id = TaskId::new();
-        for from in [TaskStatus::Queued, TaskStatus::Running] {
+        for from in [TaskStatus::Waiting, TaskStatus::Queued, TaskStatus::Running] {
             changes.push(cancel(id, from).unwrap());
             changes.push(resolve(id, from, Resolution::Failed("no".into())).unwrap());
+        }
+        changes.push(release());
+        for to in [TaskStatus::Failed, TaskStatus::Cancelled] {
+            changes.push(dependency_failed(id, TaskStatus::TimedOut, to).unwrap());
+        }
+        for from in [
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+            TaskStatus::TimedOut,
+        ] {
+            changes.push(reopen(id, from, 0).unwrap());
+            changes.push(reopen(id, from, 2).unwrap());
         }
         for change in changes {
             assert!(change.from.can_become(change.to), "{change:?}");
             assert_eq!(change.lease.is_some(), change.to == TaskStatus::Running);
             assert!(!change.events.is_empty());
         }
+    }
+
+    #[test]
+    fn parents_end_children_by_their_dependency() {
+        use OnParentFailure::*;
+        for policy in [Fail, Cancel, RunAnyway] {
+            assert_eq!(
+                parent_outcome(TaskStatus::Succeeded, policy),
+                ParentOutcome::Satisfied
+            );
+        }
+        for parent in [
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+            TaskStatus::TimedOut,
+        ] {
+            assert_eq!(
+                parent_outcome(parent, Fail),
+                ParentOutcome::Ends(TaskStatus::Failed)
+            );
+            assert_eq!(
+                parent_outcome(parent, Cancel),
+                ParentOutcome::Ends(TaskStatus::Cancelled)
+            );
+            assert_eq!(parent_outcome(parent, RunAnyway), ParentOutcome::Satisfied);
+        }
+        assert!(dependency_failed(TaskId::new(), TaskStatus::Failed, TaskStatus::Queued).is_err());
+        assert!(reopen(TaskId::new(), TaskStatus::Succeeded, 0).is_err());
+        // A released task keeps a later run time of its own.
+        let now = Utc::now();
+        let mut waiting = task(TaskStatus::Waiting, 0);
+        waiting.run_at = now + TimeDelta::hours(1);
+        let later = waiting.run_at;
+        release().apply(&mut waiting, now).unwrap();
+        assert_eq!(
+            (waiting.status, waiting.run_at),
+            (TaskStatus::Queued, later)
+        );
+        let mut failed = task(TaskStatus::Failed, 3);
+        failed.finished_at = Some(now);
+        reopen(failed.id, TaskStatus::Failed, 0)
+            .unwrap()
+            .apply(&mut failed, now)
+            .unwrap();
+        assert_eq!(
+            (failed.status, failed.attempt, failed.finished_at),
+            (TaskStatus::Queued, 0, None)
+        );
+        let ended = workflow_ended(WorkflowId::new(), 3, 1).unwrap();
+        assert_eq!(ended.kind, EventKind::WorkflowFailed);
+        assert_eq!(ended.data["status"], "partly");
+        assert!(
+            workflow_ended(WorkflowId::new(), 2, 2)
+                .is_some_and(|e| e.kind == EventKind::WorkflowSucceeded)
+        );
     }
 
     #[test]
