@@ -25,7 +25,7 @@ fn name(specs: &[TaskSpec], index: usize) -> String {
 /// Refused with [`Error::Invalid`] naming the task (by step and engine), before anything is
 /// stored: a dependency on a step the dispatch does not have or on the task itself, the same
 /// parent named twice, a cycle, and two tasks with the same idempotency key in a dispatch with
-/// dependencies. A dependency on an existing task is checked by the backend, which refuses an
+/// dependencies or of a workflow. A dependency on an existing task is checked by the backend, which refuses an
 /// unknown one the same way.
 ///
 /// Ids are given in a topological order of the graph (parents first, ties by step), and
@@ -77,7 +77,7 @@ pub fn plan_tasks(specs: Vec<TaskSpec>, workflow_id: Option<WorkflowId>) -> Resu
         }
     }
     let order = topological_order(&specs, &steps_of, &children)?;
-    if any_dependency {
+    if any_dependency || workflow_id.is_some() {
         let mut keys = HashMap::new();
         for (index, spec) in specs.iter().enumerate() {
             if let Some(key) = &spec.idempotency_key
@@ -86,8 +86,7 @@ pub fn plan_tasks(specs: Vec<TaskSpec>, workflow_id: Option<WorkflowId>) -> Resu
                 return Err(Error::invalid(
                     "idempotency_key",
                     format!(
-                        "{} and {} share the key {key:?}: keys of a dispatch with dependencies \
-                         must differ",
+                        "{} and {} share the key {key:?}: keys of one graph must differ",
                         name(&specs, first),
                         name(&specs, index)
                     ),
