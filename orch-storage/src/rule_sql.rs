@@ -107,7 +107,10 @@ fn values() -> Vec<(&'static str, String)> {
         ("{success.from}", literal(success.from.as_str())),
         ("{success.to}", literal(success.to.as_str())),
         ("{success.event}", literal(success.events[0].kind.as_str())),
-        ("{waiting.event}", literal(rules::waiting_event().kind.as_str())),
+        (
+            "{waiting.event}",
+            literal(rules::waiting_event().kind.as_str()),
+        ),
         ("{release.from}", literal(release.from.as_str())),
         ("{release.to}", literal(release.to.as_str())),
         ("{release.event}", literal(release.events[0].kind.as_str())),
@@ -115,7 +118,10 @@ fn values() -> Vec<(&'static str, String)> {
         ("{ends.fail}", ends(OnParentFailure::Fail)),
         ("{ends.cancel}", ends(OnParentFailure::Cancel)),
         ("{policy.fail}", literal(OnParentFailure::Fail.as_str())),
-        ("{policy.run_anyway}", literal(OnParentFailure::RunAnyway.as_str())),
+        (
+            "{policy.run_anyway}",
+            literal(OnParentFailure::RunAnyway.as_str()),
+        ),
         ("{workflow.succeeded}", ended(2)),
         ("{workflow.failed}", ended(1)),
         ("{queued}", literal(TaskStatus::Queued.as_str())),

@@ -468,8 +468,7 @@ impl PostgresBackend {
             });
         }
         let stood_new: Option<Vec<Uuid>> = first.try_get("stood_in_new").map_err(get)?;
-        let stood_existing: Option<Vec<Uuid>> =
-            first.try_get("stood_in_existing").map_err(get)?;
+        let stood_existing: Option<Vec<Uuid>> = first.try_get("stood_in_existing").map_err(get)?;
         let stood_in: HashMap<Uuid, Uuid> = stood_new
             .unwrap_or_default()
             .into_iter()
@@ -541,8 +540,8 @@ impl PostgresBackend {
         let workflow = match workflow {
             None => None,
             Some(workflow) => {
-                let count = u32::try_from(created.iter().filter(|c| c.created).count())
-                    .unwrap_or(u32::MAX);
+                let count =
+                    u32::try_from(created.iter().filter(|c| c.created).count()).unwrap_or(u32::MAX);
                 let created_at = created
                     .iter()
                     .find(|c| c.created)
@@ -593,13 +592,12 @@ impl PostgresBackend {
         operation: &'static str,
         id: WorkflowId,
     ) -> Result<Vec<(usize, Task)>> {
-        let rows = sqlx::query(
-            "SELECT * FROM orch_tasks WHERE workflow_id = $1 ORDER BY workflow_step",
-        )
-        .bind(id.0)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_err(operation))?;
+        let rows =
+            sqlx::query("SELECT * FROM orch_tasks WHERE workflow_id = $1 ORDER BY workflow_step")
+                .bind(id.0)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_err(operation))?;
         rows.iter()
             .map(|row| {
                 let step: Option<i32> = row
@@ -607,7 +605,8 @@ impl PostgresBackend {
                     .map_err(|e| corrupt(operation, e))?;
                 let (task, _) = task_from_row(operation, row)?;
                 Ok((
-                    step.and_then(|s| usize::try_from(s).ok()).unwrap_or_default(),
+                    step.and_then(|s| usize::try_from(s).ok())
+                        .unwrap_or_default(),
                     task,
                 ))
             })
@@ -635,8 +634,7 @@ impl PostgresBackend {
             let on_failure: String = row.try_get("on_failure").map_err(get)?;
             parents.entry(child).or_default().push(NewDependency {
                 parent: TaskId(row.try_get("parent_id").map_err(get)?),
-                on_failure: OnParentFailure::from_str(&on_failure)
-                    .map_err(|e| corrupt(OP, e))?,
+                on_failure: OnParentFailure::from_str(&on_failure).map_err(|e| corrupt(OP, e))?,
             });
         }
         Ok(tasks
@@ -805,7 +803,12 @@ mod tests {
     /// Every statement written with rule placeholders renders.
     #[test]
     fn every_statement_follows_the_rules() {
-        for statement in [&CREATE_GRAPH, &RETRY_WORKFLOW, &PRUNE_TASKS, &PRUNE_WORKFLOWS] {
+        for statement in [
+            &CREATE_GRAPH,
+            &RETRY_WORKFLOW,
+            &PRUNE_TASKS,
+            &PRUNE_WORKFLOWS,
+        ] {
             let sql = statement.sql();
             let left = sql
                 .match_indices('{')

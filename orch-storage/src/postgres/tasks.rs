@@ -502,13 +502,12 @@ impl PostgresBackend {
                         .parse()
                         .map_err(|e: uuid::Error| corrupt(operation, e))?,
                 );
-                let status: TaskStatus =
-                    field("status")?.parse().map_err(|e| corrupt(operation, e))?;
+                let status: TaskStatus = field("status")?
+                    .parse()
+                    .map_err(|e| corrupt(operation, e))?;
                 let to: TaskStatus = field("to")?.parse().map_err(|e| corrupt(operation, e))?;
-                let mut entry = Entry::on(
-                    TaskId(id),
-                    rules::dependency_failed(parent, status, to)?,
-                );
+                let mut entry =
+                    Entry::on(TaskId(id), rules::dependency_failed(parent, status, to)?);
                 entry.doomed = true;
                 entries.push(entry);
             }

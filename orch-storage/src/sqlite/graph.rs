@@ -44,17 +44,16 @@ pub(super) struct StoredGraph {
 
 /// A JSON array of ids, as `SELECT unhex(value) FROM json_each(?)` reads them.
 pub(super) fn ids_json(ids: impl IntoIterator<Item = TaskId>) -> String {
-    let hex: Vec<String> = ids.into_iter().map(|id| id.0.simple().to_string()).collect();
+    let hex: Vec<String> = ids
+        .into_iter()
+        .map(|id| id.0.simple().to_string())
+        .collect();
     serde_json::Value::from(hex).to_string()
 }
 
 /// How a dependency on a parent in `status` counts: `None` satisfied, else one more to wait
 /// for and maybe the task's end.
-fn counts(
-    status: TaskStatus,
-    dependency: &NewDependency,
-    position: u32,
-) -> Option<Option<Doom>> {
+fn counts(status: TaskStatus, dependency: &NewDependency, position: u32) -> Option<Option<Doom>> {
     if !status.is_terminal() {
         return Some(None);
     }
@@ -82,8 +81,16 @@ fn workflow_from_row(operation: &'static str, row: &SqliteRow) -> Result<Workflo
         status: WorkflowStatus::from_str(&status).map_err(|e| corrupt(operation, e))?,
         idempotency_key: row.try_get("idempotency_key").map_err(get)?,
         tasks: to_u32(operation, "tasks", row.try_get("tasks").map_err(get)?)?,
-        unfinished: to_u32(operation, "unfinished", row.try_get("unfinished").map_err(get)?)?,
-        succeeded: to_u32(operation, "succeeded", row.try_get("succeeded").map_err(get)?)?,
+        unfinished: to_u32(
+            operation,
+            "unfinished",
+            row.try_get("unfinished").map_err(get)?,
+        )?,
+        succeeded: to_u32(
+            operation,
+            "succeeded",
+            row.try_get("succeeded").map_err(get)?,
+        )?,
         created_at: time_from_db(operation, row.try_get("created_at").map_err(get)?)?,
         finished_at: finished_at
             .map(|at| time_from_db(operation, at))
@@ -102,7 +109,8 @@ pub(super) async fn get_workflow(
         .fetch_optional(&mut *conn)
         .await
         .map_err(db_err(operation))?;
-    row.map(|row| workflow_from_row(operation, &row)).transpose()
+    row.map(|row| workflow_from_row(operation, &row))
+        .transpose()
 }
 
 /// The workflow's tasks in step order.
@@ -263,7 +271,11 @@ async fn insert_dependencies(
             "INSERT INTO orch_task_deps (child_id, position, parent_id, on_failure) VALUES ",
         );
         for i in 0..chunk.len() {
-            sql.push_str(if i == 0 { "(?, ?, ?, ?)" } else { ", (?, ?, ?, ?)" });
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?)"
+            });
         }
         // Built only from the fixed fragments above: nothing from the caller is spliced in.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -486,10 +498,9 @@ pub(super) async fn insert_graph(
         }
     }
     let workflow = match workflow {
-        Some((info, made)) if settled.touched => Some((
-            get_workflow(conn, OP, info.id).await?.unwrap_or(info),
-            made,
-        )),
+        Some((info, made)) if settled.touched => {
+            Some((get_workflow(conn, OP, info.id).await?.unwrap_or(info), made))
+        }
         other => other,
     };
     Ok(StoredGraph {
@@ -600,7 +611,13 @@ async fn after_level(
         if let Some(doom) = doom {
             doomed.entry(child).or_insert(doom);
         } else if task.waiting_for == 0 && !doomed.contains_key(&child) {
-            apply(rules::release(), &mut task, &mut lease, now, &mut settled.events)?;
+            apply(
+                rules::release(),
+                &mut task,
+                &mut lease,
+                now,
+                &mut settled.events,
+            )?;
             settled.released = true;
         }
         save(conn, operation, &task, lease).await?;

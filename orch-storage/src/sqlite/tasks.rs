@@ -445,8 +445,7 @@ impl SqliteBackend {
             .map(|(_, id)| *id)
             .collect();
         if !ended.is_empty() {
-            let settled =
-                super::graph::settle(&mut tx, OP, ended, Default::default(), now).await?;
+            let settled = super::graph::settle(&mut tx, OP, ended, Default::default(), now).await?;
             requeued |= settled.released;
             events.extend(settled.events);
         }
@@ -480,8 +479,7 @@ impl SqliteBackend {
         let mut released = false;
         if task.status.is_terminal() {
             let settled =
-                super::graph::settle(&mut tx, operation, vec![id], Default::default(), now)
-                    .await?;
+                super::graph::settle(&mut tx, operation, vec![id], Default::default(), now).await?;
             released = settled.released;
             events.extend(settled.events);
         }

@@ -299,7 +299,9 @@ async fn a_postgresql_database_before_the_queue_upgrades_with_its_locks() -> any
 
 /// A migrator of the given (older) migrations, recorded where orch-storage records them.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+pub(crate) fn migrator(
+    migrations: &[(i64, &'static str, &'static str)],
+) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr as _;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     let mut migrator = Migrator::with_migrations(
