@@ -162,10 +162,7 @@ fn topological_order(
     let start = (0..n).find(|&index| pending[index] > 0).unwrap_or_default();
     let mut path = vec![start];
     let mut at = start;
-    loop {
-        let Some(&parent) = steps_of[at].iter().find(|&&p| pending[p] > 0) else {
-            break;
-        };
+    while let Some(&parent) = steps_of[at].iter().find(|&&p| pending[p] > 0) {
         if let Some(repeat) = path.iter().position(|&p| p == parent) {
             path.drain(..repeat);
             path.push(parent);

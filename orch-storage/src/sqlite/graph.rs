@@ -491,7 +491,6 @@ pub(super) async fn insert_graph(
     let settled = settle(conn, OP, Vec::new(), doomed, now).await?;
     events.extend(settled.events);
     queued |= settled.released;
-    let mut created = created;
     if settled.touched {
         for c in created.iter_mut().filter(|c| c.created) {
             c.task = load(conn, OP, c.task.id).await?.0;
