@@ -329,12 +329,17 @@ LIMIT $1",
 /// The common case of the end of attempts, a batch of successes of distinct tasks (`$1` ids,
 /// `$2` lease tokens, `$3` results, `$5` attempts), with a quarter less work than
 /// [`APPLY_CHANGES`]. Returns the tasks it finished; a report that did not hold its task's
-/// lease finished nothing, and neither does one of a task that others depend on or that
-/// belongs to a workflow: [`APPLY_CHANGES`] ends those, with what their ends mean.
+/// lease finished nothing; when a task of the batch has dependents or belongs to a workflow,
+/// the statement finishes nothing and [`APPLY_CHANGES`] ends the whole batch (in input order,
+/// with what the ends mean).
 pub(super) static FINISH_SUCCESSES: Rendered = Rendered::new(concat!(
     "WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $5::int4[])
         WITH ORDINALITY AS u(id, token, result, attempt, ord)
+), mixed AS (
+    SELECT 1 FROM input JOIN orch_tasks m ON m.id = input.id
+    WHERE m.dependents > 0 OR m.workflow_id IS NOT NULL
+    LIMIT 1
 ), t AS (
     UPDATE orch_tasks SET status = {success.to}, updated_at = now(), finished_at = now(),
         result = input.result::jsonb, lease_token = NULL, lease_expires_at = NULL
@@ -342,6 +347,7 @@ pub(super) static FINISH_SUCCESSES: Rendered = Rendered::new(concat!(
     WHERE orch_tasks.id = input.id AND orch_tasks.status = {success.from}
         AND orch_tasks.lease_token = input.token AND orch_tasks.attempt = input.attempt
         AND orch_tasks.dependents = 0 AND orch_tasks.workflow_id IS NULL
+        AND NOT EXISTS (SELECT 1 FROM mixed)
     RETURNING orch_tasks.id, orch_tasks.core_id, orch_tasks.attempt, input.ord
 ), ev AS (
     ",

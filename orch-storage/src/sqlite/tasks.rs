@@ -230,26 +230,33 @@ COMMIT"
 /// [`rules::end_attempt`] with a success, for the reports `?1` (a JSON array of `[hex id, hex
 /// lease token, result, attempt]`, distinct tasks) that hold their task's lease, at time `?2`,
 /// with their events in input order, as one write script; returns the positions of the
-/// reports it finished as one JSON array. Tasks that others depend on or that belong to a
-/// workflow are left to the general path, which applies what their ends mean.
+/// reports it finished as one JSON array. When a task of the batch has dependents or belongs
+/// to a workflow it finishes nothing: the general path then ends the whole batch, in order,
+/// with what the ends mean.
 static FINISH_SUCCESSES_SCRIPT: Rendered = Rendered::new(
     "BEGIN IMMEDIATE;
+WITH mixed AS (SELECT 1 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
+    WHERE t.dependents > 0 OR t.workflow_id IS NOT NULL)
 SELECT json_group_array(v.key) AS finished
 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
 WHERE t.status = {success.from} AND t.lease_token = unhex(v.value ->> 1)
-    AND t.attempt = v.value ->> 3 AND t.dependents = 0 AND t.workflow_id IS NULL;
+    AND t.attempt = v.value ->> 3 AND NOT EXISTS (SELECT 1 FROM mixed);
+WITH mixed AS (SELECT 1 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
+    WHERE t.dependents > 0 OR t.workflow_id IS NOT NULL)
 INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
 SELECT {success.event}, ?2, t.id, t.core_id, t.attempt, 'null'
 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
 WHERE t.status = {success.from} AND t.lease_token = unhex(v.value ->> 1)
-    AND t.attempt = v.value ->> 3 AND t.dependents = 0 AND t.workflow_id IS NULL
+    AND t.attempt = v.value ->> 3 AND NOT EXISTS (SELECT 1 FROM mixed)
 ORDER BY v.key;
+WITH mixed AS (SELECT 1 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
+    WHERE t.dependents > 0 OR t.workflow_id IS NOT NULL)
 UPDATE orch_tasks SET status = {success.to}, updated_at = ?2, finished_at = ?2,
     result = v.value -> 2, lease_token = NULL, lease_expires_at = NULL
 FROM json_each(?1) AS v
 WHERE orch_tasks.id = unhex(v.value ->> 0) AND orch_tasks.lease_token = unhex(v.value ->> 1)
     AND orch_tasks.status = {success.from} AND orch_tasks.attempt = v.value ->> 3
-    AND orch_tasks.dependents = 0 AND orch_tasks.workflow_id IS NULL;
+    AND NOT EXISTS (SELECT 1 FROM mixed);
 COMMIT",
 );
 
