@@ -273,6 +273,10 @@ impl PostgresBackend {
         // A connection given back inside a transaction (a cancelled `begin`) must not hold row
         // locks for ever.
         options = options.options([("idle_in_transaction_session_timeout", "60s")]);
+        // Short statements over few rows, some of whose plans the planner overestimates
+        // (arrays of unknown length, CTEs): JIT compiling them cost more than running them
+        // (seconds for a workflow's dispatch, tens of milliseconds per outcome batch).
+        options = options.options([("jit", "off")]);
         if let Some(timeout) = settings.statement_timeout {
             let millis = timeout.as_millis().clamp(1, i32::MAX as u128);
             options = options.options([("statement_timeout", format!("{millis}ms"))]);

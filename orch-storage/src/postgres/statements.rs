@@ -170,30 +170,36 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
                          $11::text[], $12::text[], $15::bool[])
         WITH ORDINALITY AS u(id, from_status, token, attempt, expired, to_status, step,
                              run_in_us, finished, result, error, events, doomed, ord)
-), snap AS (
-    SELECT DISTINCT ON (s.id) s.id, s.dependents FROM input CROSS JOIN LATERAL (
-        SELECT id, dependents FROM orch_tasks WHERE id = input.id LIMIT 1
-    ) AS s
-), kids AS (
-    SELECT DISTINCT d.child_id AS id FROM snap JOIN orch_task_deps d ON d.parent_id = snap.id
-    WHERE snap.dependents > 0
-), locked AS MATERIALIZED (
-    SELECT t.id, t.status FROM orch_tasks t
-    WHERE t.id IN (SELECT id FROM snap UNION SELECT id FROM kids)
-    ORDER BY t.id
-    FOR UPDATE
-), picked AS (
-    SELECT DISTINCT ON (input.id) input.*
-    FROM input JOIN locked l ON l.id = input.id CROSS JOIN LATERAL (
-        SELECT 1 FROM orch_tasks t
-        WHERE t.id = input.id AND t.status = input.from_status
+), probe AS (
+    -- Each entry's task as the snapshot has it: whether its guard holds, and how many
+    -- dependents it had.
+    SELECT input.*, s.held, s.dependents AS snap_dependents
+    FROM input CROSS JOIN LATERAL (
+        SELECT t.dependents,
+            t.status = input.from_status
             AND t.lease_token IS NOT DISTINCT FROM input.token
             AND (input.attempt IS NULL OR t.attempt = input.attempt)
             AND (NOT input.expired OR t.lease_expires_at <= now())
-            AND (NOT input.doomed OR t.doom IS NOT NULL)
-        LIMIT 1
-    ) AS held
-    ORDER BY input.id, input.ord
+            AND (NOT input.doomed OR t.doom IS NOT NULL) AS held
+        FROM orch_tasks t WHERE t.id = input.id LIMIT 1
+    ) AS s
+), kids AS (
+    -- Probed through the index per parent (OFFSET 0 keeps the planner from turning this into a
+    -- scan of every dependency row when its statistics are young).
+    SELECT d.child_id AS id FROM probe CROSS JOIN LATERAL (
+        SELECT child_id FROM orch_task_deps WHERE parent_id = probe.id OFFSET 0
+    ) AS d
+    WHERE probe.held AND probe.snap_dependents > 0
+), locked AS MATERIALIZED (
+    SELECT t.id, t.status FROM orch_tasks t
+    WHERE t.id = ANY (ARRAY(SELECT id FROM probe UNION SELECT id FROM kids))
+    ORDER BY t.id
+    FOR UPDATE
+), picked AS (
+    SELECT DISTINCT ON (p.id) p.*
+    FROM probe p
+    WHERE p.held AND p.id IN (SELECT id FROM locked)
+    ORDER BY p.id, p.ord
 ), t AS (
     UPDATE orch_tasks SET
         status = p.to_status,
@@ -216,14 +222,18 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
         AND (p.attempt IS NULL OR orch_tasks.attempt = p.attempt)
         AND (NOT p.expired OR orch_tasks.lease_expires_at <= now())
         AND (NOT p.doomed OR orch_tasks.doom IS NOT NULL)
-    RETURNING orch_tasks.*, p.ord, p.events, p.finished AS ends
+    RETURNING orch_tasks.*, p.ord, p.events, p.finished AS ends,
+        p.snap_dependents
 ), ended AS (
     SELECT id, status, dependents, workflow_id FROM t WHERE ends
 ), late AS (
-    SELECT e.id FROM ended e JOIN snap s ON s.id = e.id WHERE e.dependents > s.dependents
+    SELECT id FROM t WHERE ends AND dependents > snap_dependents
 ), edges AS (
     SELECT d.child_id, d.position, d.on_failure, e.id AS parent_id, e.status AS parent_status
-    FROM ended e JOIN orch_task_deps d ON d.parent_id = e.id
+    FROM ended e CROSS JOIN LATERAL (
+        SELECT child_id, position, on_failure FROM orch_task_deps WHERE parent_id = e.id
+        OFFSET 0
+    ) AS d
     WHERE e.dependents > 0
 ), per_child AS (
     SELECT e.child_id,
@@ -245,10 +255,11 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
         run_at = CASE WHEN c.doom IS NULL AND k.doom IS NULL AND c.waiting_for <= k.satisfied
                       THEN greatest(c.run_at, now()) ELSE c.run_at END,
         updated_at = now()
-    FROM per_child k JOIN locked l ON l.id = k.child_id
+    FROM per_child k
     -- The state as locked (the newest), not as the snapshot had it.
-    WHERE c.id = k.child_id AND l.status = {release.from}
-        AND NOT EXISTS (SELECT 1 FROM input i WHERE i.id = c.id)
+    WHERE c.id = k.child_id
+        AND k.child_id IN (SELECT id FROM locked WHERE status = {release.from})
+        AND k.child_id NOT IN (SELECT id FROM input)
     RETURNING c.id, c.core_id, c.attempt, c.status, c.doom IS NOT NULL AS doomed
 ), released AS (
     SELECT * FROM children WHERE status = {release.to}
@@ -270,8 +281,8 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
                       WHEN w.succeeded + d.succeeded = 0 THEN 'failed'
                       ELSE 'partly' END,
         finished_at = CASE WHEN w.unfinished > d.ended THEN w.finished_at ELSE now() END
-    FROM wf_delta d JOIN wf_locked l ON l.id = d.id
-    WHERE w.id = d.id
+    FROM wf_delta d
+    WHERE w.id = d.id AND d.id IN (SELECT id FROM wf_locked)
     RETURNING w.id, w.status, w.tasks, w.succeeded, w.unfinished
 ), ev AS (
     ",
@@ -334,11 +345,18 @@ LIMIT $1",
 /// with what the ends mean).
 pub(super) static FINISH_SUCCESSES: Rendered = Rendered::new(concat!(
     "WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $5::int4[])
+    -- What a task this statement may finish has: no dependents, no workflow.
+    SELECT u.*, 0 AS no_dependents, NULL::uuid AS no_workflow
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $5::int4[])
         WITH ORDINALITY AS u(id, token, result, attempt, ord)
 ), mixed AS (
-    SELECT 1 FROM input JOIN orch_tasks m ON m.id = input.id
-    WHERE m.dependents > 0 OR m.workflow_id IS NOT NULL
+    -- One primary-key probe per report, stopping at the first task that has dependents or
+    -- a workflow.
+    SELECT 1 FROM input CROSS JOIN LATERAL (
+        SELECT 1 FROM orch_tasks m
+        WHERE m.id = input.id AND (m.dependents > 0 OR m.workflow_id IS NOT NULL)
+        LIMIT 1
+    ) AS found
     LIMIT 1
 ), t AS (
     UPDATE orch_tasks SET status = {success.to}, updated_at = now(), finished_at = now(),
@@ -346,7 +364,11 @@ pub(super) static FINISH_SUCCESSES: Rendered = Rendered::new(concat!(
     FROM input
     WHERE orch_tasks.id = input.id AND orch_tasks.status = {success.from}
         AND orch_tasks.lease_token = input.token AND orch_tasks.attempt = input.attempt
-        AND orch_tasks.dependents = 0 AND orch_tasks.workflow_id IS NULL
+        -- Checked again on the newest version of the row (a dependent added since the
+        -- snapshot), as a join condition: a condition on the table alone made the planner
+        -- expect one row and scan the whole table.
+        AND orch_tasks.dependents = input.no_dependents
+        AND orch_tasks.workflow_id IS NOT DISTINCT FROM input.no_workflow
         AND NOT EXISTS (SELECT 1 FROM mixed)
     RETURNING orch_tasks.id, orch_tasks.core_id, orch_tasks.attempt, input.ord
 ), ev AS (
