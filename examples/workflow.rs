@@ -71,7 +71,13 @@ async fn main() -> anyhow::Result<()> {
     let fetch = flow.add(TaskSpec::new("fetch").payload(json!({ "parts": ["a", "b", "c"] })));
     let parts: Vec<_> = ["a", "b", "c"]
         .into_iter()
-        .map(|part| flow.add(TaskSpec::new("transform").payload(json!({ "part": part })).after(fetch)))
+        .map(|part| {
+            flow.add(
+                TaskSpec::new("transform")
+                    .payload(json!({ "part": part }))
+                    .after(fetch),
+            )
+        })
         .collect();
     let mut merge = TaskSpec::new("merge").priority(5);
     for part in &parts {
@@ -84,7 +90,10 @@ async fn main() -> anyhow::Result<()> {
     println!("workflow {id}: {} tasks", dispatched.workflow.tasks);
 
     let first = orch.wait_for_workflow(id, Duration::from_secs(30)).await?;
-    println!("first run: {} ({} of {} succeeded)", first.status, first.succeeded, first.tasks);
+    println!(
+        "first run: {} ({} of {} succeeded)",
+        first.status, first.succeeded, first.tasks
+    );
     assert_eq!(first.status, WorkflowStatus::Partly);
 
     // Retry the failed part: the failed transform and the merge that failed with it run again;
