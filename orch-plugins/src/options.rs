@@ -37,6 +37,11 @@ pub struct PluginOptions {
     pub kill_grace: Duration,
     /// How long the child may take to load the plugin and say hello.
     pub startup_timeout: Duration,
+    /// The longest message (one JSON line: a reply carrying a result, a log line) the child of
+    /// a process-isolated plugin may send. A longer one stops the child: the calls in flight
+    /// fail with an error saying so, and the next call starts a new child. Bounds what the host
+    /// buffers for a child whose output has no end. Default 64 MiB.
+    pub max_message_bytes: usize,
 }
 
 impl Default for PluginOptions {
@@ -48,6 +53,7 @@ impl Default for PluginOptions {
             host_args: Vec::new(),
             kill_grace: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(10),
+            max_message_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -98,6 +104,12 @@ impl PluginOptions {
     /// Sets how long the child may take to start.
     pub fn with_startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
+        self
+    }
+
+    /// Sets the longest message the child may send.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
         self
     }
 

@@ -174,6 +174,13 @@ mod sqlite_only {
             "backup lacks the task: {found:?}"
         );
         ensure!(restored.schema_version().await? == 5);
+        // The file, its WAL and the backup are the owner's alone, whatever the umask.
+        #[cfg(unix)]
+        for file in [&path, &wal, &copy] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(file)?.permissions().mode() & 0o777;
+            ensure!(mode == 0o600, "{} has mode {mode:o}", file.display());
+        }
         Ok(())
     }
 

@@ -18,7 +18,7 @@ pub use lock::{
 pub use stats::{EngineCounts, QueueDepth};
 pub use task::{
     AttemptOutcome, AttemptReport, Claimed, Created, HeldLease, LeaseToken, NewTask, Resolution,
-    RetryPolicy, Task, TaskFilter, TaskId, TaskSpec, TaskStatus, check_name, limits,
+    RetryPolicy, Task, TaskFilter, TaskId, TaskSpec, TaskStatus, check_json, check_name, limits,
 };
 pub use workflow::{
     CreatedWorkflow, Dependency, NewDependency, NewWorkflow, OnParentFailure, Parent, ParentTask,

@@ -188,6 +188,11 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/postgres/0004_lock_queue.sql"),
         ),
         (
+            5,
+            "task events",
+            include_str!("../../migrations/postgres/0005_task_events.sql"),
+        ),
+        (
             6,
             "workflows",
             include_str!("../../migrations/postgres/0006_workflows.sql"),

@@ -88,7 +88,7 @@ async fn upgraded_keeps_its_tasks(
     Ok(())
 }
 
-/// A SQLite file of schema version 3 (before dependencies) upgrades with its tasks.
+/// A SQLite file of schema version 4 (before dependencies) upgrades with its tasks.
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn a_sqlite_file_before_workflows_upgrades_with_its_tasks() -> anyhow::Result<()> {
@@ -115,6 +115,11 @@ async fn a_sqlite_file_before_workflows_upgrades_with_its_tasks() -> anyhow::Res
             3,
             "lock queue",
             include_str!("../../migrations/sqlite/0003_lock_queue.sql"),
+        ),
+        (
+            4,
+            "task events",
+            include_str!("../../migrations/sqlite/0004_task_events.sql"),
         ),
     ])
     .run(&mut conn)
@@ -153,7 +158,7 @@ async fn a_sqlite_file_before_workflows_upgrades_with_its_tasks() -> anyhow::Res
     upgraded_keeps_its_tasks(Arc::new(upgraded), queued, (running, token), done).await
 }
 
-/// A PostgreSQL database of schema version 4 (before dependencies) upgrades with its tasks.
+/// A PostgreSQL database of schema version 5 (before dependencies) upgrades with its tasks.
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgresql_database_before_workflows_upgrades_with_its_tasks() -> anyhow::Result<()> {
@@ -182,6 +187,11 @@ async fn a_postgresql_database_before_workflows_upgrades_with_its_tasks() -> any
             4,
             "lock queue",
             include_str!("../../migrations/postgres/0004_lock_queue.sql"),
+        ),
+        (
+            5,
+            "task events",
+            include_str!("../../migrations/postgres/0005_task_events.sql"),
         ),
     ])
     .run(&mut conn)
