@@ -98,7 +98,8 @@ pub use model::{
     Created, CreatedWorkflow, Dependency, EngineCounts, Event, EventKind, FencingToken, LeaseToken,
     LockInfo, LockOverview, LockWaiter, LockWaiterId, NewEvent, OnParentFailure, Parent,
     ParentTask, Resolution, RetryPolicy, Step, Task, TaskFilter, TaskId, TaskLock, TaskSpec,
-    TaskStatus, Workflow, WorkflowId, WorkflowInfo, WorkflowStatus, WorkflowTask, check_json, limits,
+    TaskStatus, Workflow, WorkflowId, WorkflowInfo, WorkflowStatus, WorkflowTask, check_json,
+    limits,
 };
 pub use orchestrator::{
     ClaimedTask, Orchestrator, OrchestratorBuilder, OrchestratorConfig, Pruned, Retention,
