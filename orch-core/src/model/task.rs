@@ -420,8 +420,8 @@ impl TaskSpec {
         self
     }
 
-    /// Waits for `parent` (an existing task, or a [`Step`] of the same dispatch) to succeed;
-    /// if it fails, is cancelled or times out, this task fails too
+    /// Waits for `parent` (an existing task, or a [`Step`](crate::Step) of the same dispatch)
+    /// to succeed; if it fails, is cancelled or times out, this task fails too
     /// ([`OnParentFailure::Fail`]).
     ///
     /// ```
@@ -505,9 +505,9 @@ impl TaskSpec {
 
     /// Validates and turns the spec into what a backend stores: an id is assigned, lock
     /// resources are sorted and de-duplicated (so tasks take them in one global order and
-    /// cannot deadlock). Only a spec without dependencies on [`Step`]s can be turned into a
-    /// task alone; a graph goes through [`plan_tasks`](crate::backend::plan_tasks), which
-    /// resolves them.
+    /// cannot deadlock). Only a spec without dependencies on [`Step`](crate::Step)s can be
+    /// turned into a task alone; a graph goes through
+    /// [`plan_tasks`](crate::backend::plan_tasks), which resolves them.
     pub fn into_new_task(self) -> Result<NewTask> {
         if self.depends_on.is_empty() {
             return self.into_new_task_alone();
