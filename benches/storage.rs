@@ -2,8 +2,9 @@
 //!
 //! ```sh
 //! cargo bench --bench storage -- [--backend sqlite|postgres|all] [--tasks 50000] \
-//!     [--concurrency 64] [--batch 1000] [--samples 500] \
-//!     [--only single,batched,e2e,relaxed,pickup,idle] [--claims-in-flight N] [--reports-in-flight N]
+//!     [--concurrency 64] [--batch 1000] [--samples 500] [--rounds 3] \
+//!     [--only single,batched,e2e,relaxed,pickup,idle,workflow] [--claims-in-flight N] \
+//!     [--reports-in-flight N]
 //! ```
 //!
 //! For each backend (a fresh SQLite file in a temporary folder; a fresh database on the
@@ -27,6 +28,12 @@
 //!   through the watcher of other connections' commits on SQLite, and claims it);
 //! - the CPU an orchestrator with nothing to do costs (`idle`): its claim loops, event tail and
 //!   the backend's background work (on SQLite, the watcher), over 20 s.
+//! - a workflow against the flat rate (`workflow`, not among the defaults): A, the end-to-end
+//!   drain of 10,000 tasks (as `e2e`); B, one workflow of 10,000 no-op tasks in 100 layers of
+//!   100, each task of a layer waiting for two of the layer before (the one at its place and
+//!   the next), dispatched in one call, the clock stopping when the workflow has ended; A and
+//!   B alternate for `--rounds` rounds on fresh databases of one server, with `--concurrency`
+//!   attempts at once.
 
 #[allow(
     dead_code,
@@ -42,7 +49,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use orch::{Orchestrator, OrchestratorConfig, SharedBackend, TaskSpec, Tuning};
+use orch::{
+    Orchestrator, OrchestratorConfig, SharedBackend, TaskSpec, Tuning, Workflow, processor_fn,
+};
 use orch_storage::{PostgresBackend, PostgresOptions, SqliteBackend};
 
 use support::args::Flags;
@@ -51,10 +60,16 @@ use support::percentile;
 use support::pickup::pickup_latency;
 
 /// The measurements `--only` can name.
-const MEASUREMENTS: [&str; 6] = ["single", "batched", "e2e", "relaxed", "pickup", "idle"];
+const MEASUREMENTS: [&str; 7] = [
+    "single", "batched", "e2e", "relaxed", "pickup", "idle", "workflow",
+];
 
 /// How long the `idle` measurement watches an orchestrator with nothing to do.
 const IDLE_FOR: Duration = Duration::from_secs(20);
+
+/// Tasks per layer of the workflow measurement, and layers.
+const WORKFLOW_WIDTH: usize = 100;
+const WORKFLOW_LAYERS: usize = 100;
 
 /// Command-line settings.
 struct Settings {
@@ -63,6 +78,8 @@ struct Settings {
     concurrency: usize,
     batch: usize,
     samples: usize,
+    /// Rounds of the workflow measurement (A then B each).
+    rounds: usize,
     /// `Tuning::claims_in_flight` and `reports_in_flight` (orch-core's defaults when `None`).
     claims_in_flight: Option<usize>,
     reports_in_flight: Option<usize>,
@@ -72,9 +89,11 @@ struct Settings {
 
 impl Settings {
     fn runs(&self, part: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|only| only.iter().any(|p| p == part))
+        match &self.only {
+            Some(only) => only.iter().any(|p| p == part),
+            // The workflow comparison runs only when named.
+            None => part != "workflow",
+        }
     }
 
     /// The orchestrator's settings with `concurrency` attempts at once, no pruning.
@@ -101,6 +120,7 @@ fn parse_args() -> anyhow::Result<Settings> {
         concurrency: 64,
         batch: 1_000,
         samples: 500,
+        rounds: 3,
         claims_in_flight: None,
         reports_in_flight: None,
         only: None,
@@ -120,6 +140,7 @@ fn parse_args() -> anyhow::Result<Settings> {
             "--concurrency" => settings.concurrency = flags.value(&flag)?,
             "--batch" => settings.batch = flags.value(&flag)?,
             "--samples" => settings.samples = flags.value(&flag)?,
+            "--rounds" => settings.rounds = flags.value(&flag)?,
             "--claims-in-flight" => settings.claims_in_flight = Some(flags.value(&flag)?),
             "--reports-in-flight" => settings.reports_in_flight = Some(flags.value(&flag)?),
             "--only" => {
@@ -136,8 +157,8 @@ fn parse_args() -> anyhow::Result<Settings> {
             "--help" | "-h" => {
                 println!(
                     "cargo bench --bench storage -- [--backend sqlite|postgres|all] [--tasks N] \
-                     [--concurrency N] [--batch N] [--samples N] \
-                     [--only single,batched,e2e,relaxed,pickup,idle] \
+                     [--concurrency N] [--batch N] [--samples N] [--rounds N] \
+                     [--only single,batched,e2e,relaxed,pickup,idle,workflow] \
                      [--claims-in-flight N] [--reports-in-flight N]"
                 );
                 std::process::exit(0);
@@ -276,6 +297,98 @@ async fn dispatch_batched(source: &Source, settings: &Settings) -> anyhow::Resul
     Ok(rate(settings.tasks, elapsed))
 }
 
+/// The workflow of the `workflow` measurement: [`WORKFLOW_LAYERS`] layers of
+/// [`WORKFLOW_WIDTH`] no-op tasks, each waiting for two tasks of the layer before.
+fn layered_workflow() -> Workflow {
+    let mut flow = Workflow::new();
+    let mut previous: Vec<orch::Step> = Vec::new();
+    for _ in 0..WORKFLOW_LAYERS {
+        let layer: Vec<orch::Step> = (0..WORKFLOW_WIDTH)
+            .map(|i| {
+                let mut spec = TaskSpec::new(support::drain::ENGINE);
+                if !previous.is_empty() {
+                    spec = spec
+                        .after(previous[i])
+                        .after(previous[(i + 1) % WORKFLOW_WIDTH]);
+                }
+                flow.add(spec)
+            })
+            .collect();
+        previous = layer;
+    }
+    flow
+}
+
+/// One workflow run: an orchestrator with the no-op engine, the workflow dispatched in one
+/// call, the clock stopped when it has ended. Returns tasks/s and the server's CPU time per
+/// task in microseconds.
+async fn run_workflow(backend: SharedBackend, settings: &Settings) -> anyhow::Result<(f64, f64)> {
+    let orch = Orchestrator::builder(backend)
+        .config(settings.config(settings.concurrency))
+        .engine(
+            support::drain::ENGINE,
+            processor_fn(|_ctx, _input| std::future::ready(Ok(serde_json::Value::Null))),
+        )
+        .build()
+        .await?;
+    let flow = layered_workflow();
+    let tasks = flow.len();
+    let server_before = support::cpu::cpu_time_of("postgres");
+    let start = Instant::now();
+    let created = orch.dispatch_workflow(flow).await?;
+    let dispatched = start.elapsed();
+    let done = orch
+        .wait_for_workflow(created.workflow.id, Duration::from_secs(600))
+        .await?;
+    let elapsed = start.elapsed();
+    let server = support::cpu::cpu_time_of("postgres").saturating_sub(server_before);
+    orch.shutdown(Duration::from_secs(5)).await;
+    if done.status != orch::WorkflowStatus::Succeeded {
+        bail!("the workflow ended {}", done.status);
+    }
+    println!(
+        "    the workflow's dispatch (one call) took {:.0} ms of {:.0} ms",
+        dispatched.as_secs_f64() * 1e3,
+        elapsed.as_secs_f64() * 1e3
+    );
+    Ok((
+        rate(tasks, elapsed),
+        server.as_secs_f64() * 1e6 / tasks as f64,
+    ))
+}
+
+/// A (the flat end-to-end rate) and B (the layered workflow), alternating.
+async fn workflow_against_flat(source: &Source, settings: &Settings) -> anyhow::Result<()> {
+    let tasks = WORKFLOW_WIDTH * WORKFLOW_LAYERS;
+    let (mut flat, mut layered) = (Vec::new(), Vec::new());
+    for round in 1..=settings.rounds {
+        let report = Drain::new(tasks as u64, settings.config(settings.concurrency))
+            .with_batch(settings.batch as u64)
+            .with_server_process("postgres")
+            .run(source.fresh(true).await?)
+            .await?;
+        flat.push(report.tasks_per_second());
+        let (rate, server_us) = run_workflow(source.fresh(true).await?, settings).await?;
+        layered.push(rate);
+        println!(
+            "  round {round}: A flat {:>8.0} tasks/s ({:.0} us in postgres) | B workflow \
+             {rate:>8.0} tasks/s ({server_us:.0} us in postgres) | B/A {:.2}",
+            report.tasks_per_second(),
+            report.server_cpu_us_per_task(),
+            rate / report.tasks_per_second()
+        );
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "  {tasks} tasks, {} rounds: flat {:.0} tasks/s, workflow {:.0} tasks/s, ratio {:.2}",
+        settings.rounds,
+        mean(&flat),
+        mean(&layered),
+        mean(&layered) / mean(&flat)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = parse_args()?;
@@ -333,6 +446,9 @@ async fn main() -> anyhow::Result<()> {
                 report.tasks_per_second(),
                 report.cpu_us_per_task(),
             );
+        }
+        if postgres && settings.runs("workflow") {
+            workflow_against_flat(&source, &settings).await?;
         }
         if settings.runs("pickup") {
             for remote in [false, true] {

@@ -28,13 +28,16 @@ pub mod clock {
 use crate::contracts::StorageProvider;
 pub use crate::contracts::check_storage_key;
 use crate::error::Result;
+pub use crate::model::graph::plan_tasks;
 pub use crate::model::rules;
 pub use crate::model::{
-    AttemptOutcome, AttemptReport, Claimed, Created, HeldLease, LockAttempt, LockRequest, LockTurn,
-    LockWaiter, LockWaiterId, NewLockWaiter, NewTask, QueueDepth, check_name,
+    AttemptOutcome, AttemptReport, Claimed, Created, CreatedWorkflow, HeldLease, LockAttempt,
+    LockRequest, LockTurn, LockWaiter, LockWaiterId, NewDependency, NewLockWaiter, NewTask,
+    NewWorkflow, QueueDepth, check_name,
 };
 use crate::model::{
-    EngineCounts, Event, LockInfo, NewEvent, Resolution, Task, TaskFilter, TaskId, TaskStatus,
+    EngineCounts, Event, LockInfo, NewEvent, ParentTask, Resolution, Task, TaskFilter, TaskId,
+    TaskStatus, WorkflowId, WorkflowInfo, WorkflowTask,
 };
 pub use crate::signal::ChangeSignal;
 
@@ -46,6 +49,20 @@ pub use crate::signal::ChangeSignal;
 /// Every state change is one of the [`rules`]: a backend stores what the rule's
 /// [`Change`](rules::Change) says (the memory and SQLite backends through
 /// [`Change::apply`](rules::Change::apply)), and the rule's events with it.
+///
+/// Dependencies: a task stored with [`NewTask::dependencies`] waits (`waiting`, with
+/// `waiting_for` its parents that have not finished) until each parent has finished. Every
+/// method that ends tasks (finishing attempts, cancel, resolve, rescue, a workflow's cancel)
+/// then applies, in the same atomic step, what each ended task means for the tasks waiting
+/// for it ([`rules::parent_outcome`]): in ascending id order, a waiting task whose last parent
+/// finished is [`rules::release`]d, and one whose parent's failure ends it is marked to end;
+/// then each workflow whose last task ended gets its [`rules::workflow_ended`] event (in
+/// ascending workflow id order). The tasks marked to end then end by
+/// [`rules::dependency_failed`] (in ascending id order, the first dependency in the child's
+/// order naming the parent), and what they mean for their own waiting tasks follows the same
+/// way, level by level, until nothing is left: in the same atomic step, or in steps right
+/// after it and by [`TaskStore::settle_dependents`] (which an orchestrator runs with its
+/// rescues), so that a crash in between loses nothing. Events follow that order.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait TaskStore: Send + Sync {
@@ -53,7 +70,88 @@ pub trait TaskStore: Send + Sync {
     /// `task.queued` event, runnable from [`rules::first_run_at`] by the backend's clock). A
     /// task whose idempotency key already exists is not stored: the existing task is returned
     /// with `created: false` (also within one batch).
+    ///
+    /// A task with dependencies is stored by [`rules::create_waiting`] when any of its parents
+    /// has not finished or ends it (`waiting_for` counting those), else by [`rules::create`]; a
+    /// parent that finished already counts by [`rules::parent_outcome`] (and a task it ends is
+    /// then ended as the trait's docs describe). A parent may be a task of the same call (in
+    /// any position) or an existing one; a parent whose idempotency key matched an existing
+    /// task is that task. An unknown parent refuses the whole call with
+    /// [`Error::Invalid`](crate::Error::Invalid) ([`rules::unknown_parent`]), nothing stored.
+    /// Callers plan such calls with [`plan_tasks`]: each child's id is greater than its
+    /// parents', and the keys of one call differ. Tasks given here have no `workflow_id`.
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>>;
+
+    /// Stores `workflow` and its `tasks` (each with `workflow_id` set to it, planned by
+    /// [`plan_tasks`]) in one atomic step, tasks as [`create_tasks`](Self::create_tasks) does.
+    /// A workflow whose idempotency key exists is not stored, nor any of its tasks: the
+    /// existing one is returned with `created: false` and its own tasks in step order. A task
+    /// whose key matched stands in for its step and is not one of the new workflow's tasks.
+    ///
+    /// The default refuses: the backend stores no workflows.
+    async fn create_workflow(
+        &self,
+        workflow: NewWorkflow,
+        tasks: Vec<NewTask>,
+    ) -> Result<CreatedWorkflow> {
+        let _ = (workflow, tasks);
+        Err(crate::Error::backend(
+            "create_workflow",
+            "this backend does not store workflows",
+        ))
+    }
+
+    /// The workflow, if it exists.
+    async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowInfo>> {
+        let _ = id;
+        Ok(None)
+    }
+
+    /// The tasks of a workflow with their dependencies, in step order (empty for an unknown
+    /// workflow).
+    async fn workflow_tasks(&self, id: WorkflowId) -> Result<Vec<WorkflowTask>> {
+        let _ = id;
+        Ok(Vec::new())
+    }
+
+    /// Up to `limit` parents of `child` in the order it named them, from position `from`
+    /// (0 for the first), each with the parent as stored now.
+    async fn list_parents(
+        &self,
+        child: TaskId,
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<ParentTask>> {
+        let _ = (child, from, limit);
+        Ok(Vec::new())
+    }
+
+    /// Cancels, in one atomic step, every task of the workflow that has not run (`queued` or
+    /// `waiting`), each by [`rules::cancel`] in ascending id order, with what their ends mean
+    /// for the tasks waiting for them; tasks running go on. Returns the workflow as it is
+    /// now; [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound) for an unknown one.
+    async fn cancel_workflow(&self, id: WorkflowId) -> Result<WorkflowInfo> {
+        Err(crate::Error::WorkflowNotFound(id))
+    }
+
+    /// Reopens, in one atomic step, every task of the workflow that failed, was cancelled or
+    /// timed out, in ascending id order, each by [`rules::reopen`] waiting for its parents
+    /// that are reopened with it or have not finished (and for a parent whose earlier failure
+    /// ends it again: it is then ended as the trait's docs describe). A task waiting for a
+    /// reopened task waits for it again. The workflow is `running` again. Returns it;
+    /// [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound) for an unknown one.
+    async fn retry_workflow(&self, id: WorkflowId) -> Result<WorkflowInfo> {
+        Err(crate::Error::WorkflowNotFound(id))
+    }
+
+    /// Ends up to `limit` waiting tasks already marked to end by a parent's failure (see the
+    /// trait's docs), with what their ends mean for their own waiting tasks; returns how many.
+    /// A backend that always ends them in the step that marks them has nothing to do here
+    /// (the default).
+    async fn settle_dependents(&self, limit: usize) -> Result<u64> {
+        let _ = limit;
+        Ok(0)
+    }
 
     /// The task, if it exists.
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>>;
@@ -123,13 +221,14 @@ pub trait TaskStore: Send + Sync {
     async fn finish_attempts(&self, reports: Vec<AttemptReport>)
     -> Result<Vec<Result<TaskStatus>>>;
 
-    /// Cancels a `queued` or `running` task by [`rules::cancel`] (dropping any lease);
-    /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a finished one.
+    /// Cancels a `waiting`, `queued` or `running` task by [`rules::cancel`] (dropping any
+    /// lease); [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a finished
+    /// one.
     async fn cancel_task(&self, id: TaskId) -> Result<Task>;
 
-    /// Finishes a `queued` or `running` task without a lease by [`rules::resolve`] (an
-    /// external system ran it); [`Error::IllegalTransition`](crate::Error::IllegalTransition)
-    /// for a finished one.
+    /// Finishes a `waiting`, `queued` or `running` task without a lease by [`rules::resolve`]
+    /// (an external system ran it);
+    /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a finished one.
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task>;
 
     /// Takes back up to `limit` `running` tasks whose lease expired, oldest expiry first, each
@@ -137,14 +236,17 @@ pub trait TaskStore: Send + Sync {
     async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>>;
 
     /// Deletes up to `limit` finished tasks that finished before `before`, oldest first;
-    /// returns how many.
+    /// returns how many. A task some unfinished task depends on is kept. The tasks of a
+    /// workflow go together, with the workflow, once it finished before `before` (a workflow
+    /// counts as one task towards `limit`, and adds all of its own to the count returned).
     async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
 
     /// Counts of `queued` tasks per engine and priority, ordered by engine, then priority.
     async fn queue_depth(&self) -> Result<Vec<QueueDepth>>;
 
-    /// Counts of tasks per engine in each state (queued ones split into due and delayed by the
-    /// backend's clock), ordered by engine; engines without tasks are left out.
+    /// Counts of tasks per engine in each state (waiting ones apart; queued ones split into due
+    /// and delayed by the backend's clock), ordered by engine; engines without tasks are left
+    /// out.
     async fn count_tasks(&self) -> Result<Vec<EngineCounts>>;
 
     /// A hint raised when tasks may have become claimable (created, requeued), across every

@@ -1,12 +1,15 @@
 //! What an engine gets besides its input: which task and attempt it runs, a cancellation token,
-//! the fencing tokens of the task's locks, and the shared key-value space.
+//! the fencing tokens of the task's locks, the outcomes of the tasks it depends on, and the
+//! shared key-value space.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::SharedBackend;
 use crate::contracts::StorageProvider;
-use crate::model::{FencingToken, TaskId, TaskLock};
+use crate::error::{Error, Result};
+use crate::model::{FencingToken, ParentTask, TaskId, TaskLock};
 
 /// The context of one attempt. Cheap to clone.
 #[derive(Clone)]
@@ -20,6 +23,8 @@ pub struct TaskContext {
     /// `None` when the task holds no locks (most tasks: saves an allocation per attempt).
     locks: Option<Arc<[TaskLock]>>,
     storage: Option<Arc<dyn StorageProvider>>,
+    /// Where the parents' outcomes are read (`None` for a context built by hand).
+    backend: Option<SharedBackend>,
 }
 
 impl std::fmt::Debug for TaskContext {
@@ -45,6 +50,7 @@ impl TaskContext {
             cancel: CancellationToken::new(),
             locks: None,
             storage: None,
+            backend: None,
         }
     }
 
@@ -55,8 +61,9 @@ impl TaskContext {
         attempt: u32,
         max_attempts: u32,
         cancel: CancellationToken,
-        storage: Arc<dyn StorageProvider>,
+        backend: SharedBackend,
     ) -> Self {
+        let storage: Arc<dyn StorageProvider> = backend.clone();
         TaskContext {
             task_id,
             engine,
@@ -65,6 +72,7 @@ impl TaskContext {
             cancel,
             locks: None,
             storage: Some(storage),
+            backend: Some(backend),
         }
     }
 
@@ -90,6 +98,14 @@ impl TaskContext {
     /// Sets the key-value space.
     pub fn with_storage(mut self, storage: Arc<dyn StorageProvider>) -> Self {
         self.storage = Some(storage);
+        self
+    }
+
+    /// Sets the backend the parents' outcomes are read from (and the key-value space).
+    pub fn with_backend(mut self, backend: SharedBackend) -> Self {
+        let storage: Arc<dyn StorageProvider> = backend.clone();
+        self.storage = Some(storage);
+        self.backend = Some(backend);
         self
     }
 
@@ -148,5 +164,102 @@ impl TaskContext {
     /// The key-value space shared with the orchestrator's backend, if any.
     pub fn storage(&self) -> Option<&Arc<dyn StorageProvider>> {
         self.storage.as_ref()
+    }
+
+    /// The tasks this one depends on, with their outcomes (status, result, error), in the
+    /// order it named them, read from the backend a page at a time: a fan-in task with
+    /// thousands of parents loads them as it goes.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> orch_core::Result<()> {
+    /// use std::sync::Arc;
+    /// use orch_core::{processor_fn, MemoryBackend, Orchestrator, TaskSpec, Workflow};
+    ///
+    /// let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))
+    ///     .engine("number", processor_fn(|_ctx, input| async move { Ok(input) }))
+    ///     .engine("sum", processor_fn(|ctx, _input| async move {
+    ///         let mut sum = 0;
+    ///         for parent in ctx.parents().all().await? {
+    ///             sum += parent.task.and_then(|t| t.result).and_then(|r| r.as_i64()).unwrap_or(0);
+    ///         }
+    ///         Ok(sum.into())
+    ///     }))
+    ///     .build()
+    ///     .await?;
+    /// let mut flow = Workflow::new();
+    /// let one = flow.add(TaskSpec::new("number").payload(1.into()));
+    /// let two = flow.add(TaskSpec::new("number").payload(2.into()));
+    /// let sum = flow.add(TaskSpec::new("sum").after(one).after(two));
+    /// let dispatched = orch.dispatch_workflow(flow).await?;
+    /// let sum = orch
+    ///     .wait_for(dispatched.tasks[sum.index()].task.id, std::time::Duration::from_secs(5))
+    ///     .await?;
+    /// assert_eq!(sum.result, Some(3.into()));
+    /// # orch.shutdown(std::time::Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
+    pub fn parents(&self) -> Parents {
+        Parents {
+            backend: self.backend.clone(),
+            task_id: self.task_id,
+            next: 0,
+            done: false,
+        }
+    }
+}
+
+/// The parents of a task, read a page at a time ([`TaskContext::parents`]).
+pub struct Parents {
+    backend: Option<SharedBackend>,
+    task_id: TaskId,
+    /// The position of the next parent to read.
+    next: u32,
+    done: bool,
+}
+
+impl std::fmt::Debug for Parents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parents")
+            .field("task_id", &self.task_id)
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Parents {
+    /// Parents read per page.
+    pub const PAGE: usize = 500;
+
+    /// The next page of parents, in the order the task named them; `None` after the last.
+    /// [`Error::Invalid`] for a context built without a backend.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<ParentTask>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let backend = self.backend.as_ref().ok_or_else(|| {
+            Error::invalid("parents", "this task context was built without a backend")
+        })?;
+        let page = backend
+            .list_parents(self.task_id, self.next, Self::PAGE)
+            .await?;
+        if page.len() < Self::PAGE {
+            self.done = true;
+        }
+        match page.last() {
+            Some(last) => {
+                self.next = last.position.saturating_add(1);
+                Ok(Some(page))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every parent left, in order.
+    pub async fn all(mut self) -> Result<Vec<ParentTask>> {
+        let mut all = Vec::new();
+        while let Some(page) = self.next_page().await? {
+            all.extend(page);
+        }
+        Ok(all)
     }
 }

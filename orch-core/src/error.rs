@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{TaskId, TaskStatus};
+use crate::model::{TaskId, TaskStatus, WorkflowId};
 
 /// Result alias used across orch-core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -17,6 +17,9 @@ pub enum Error {
     /// No task has this id.
     #[error("task {0} not found")]
     TaskNotFound(TaskId),
+    /// No workflow has this id.
+    #[error("workflow {0} not found")]
+    WorkflowNotFound(WorkflowId),
     /// The requested state change is not allowed from the task's current state.
     #[error("illegal transition of task {task_id} from {from} to {to}")]
     IllegalTransition {
@@ -64,6 +67,9 @@ pub enum Error {
     /// Waiting for a task to finish took longer than allowed.
     #[error("timed out waiting for task {0} to finish")]
     WaitTimeout(TaskId),
+    /// Waiting for a workflow to finish took longer than allowed.
+    #[error("timed out waiting for workflow {0} to finish")]
+    WorkflowWaitTimeout(WorkflowId),
     /// The orchestrator is shutting down and accepts no new work of this kind.
     #[error("orchestrator is shutting down")]
     ShuttingDown,

@@ -81,7 +81,7 @@ mod schedule;
 mod signal;
 
 pub use backend::SharedBackend;
-pub use context::TaskContext;
+pub use context::{Parents, TaskContext};
 pub use contracts::{
     Capability, EventHandler, Plugin, PluginRegistry, Processor, ProcessorFn, StorageProvider,
     processor_fn,
@@ -95,9 +95,11 @@ pub use events::{EventLog, Subscription};
 pub use locks::{LockConfig, LockGuard, LockManager, LockOptions, LockStats};
 pub use memory::MemoryBackend;
 pub use model::{
-    Created, EngineCounts, Event, EventKind, FencingToken, LeaseToken, LockInfo, LockOverview,
-    LockWaiter, LockWaiterId, NewEvent, Resolution, RetryPolicy, Task, TaskFilter, TaskId,
-    TaskLock, TaskSpec, TaskStatus, check_json, limits,
+    Created, CreatedWorkflow, Dependency, EngineCounts, Event, EventKind, FencingToken, LeaseToken,
+    LockInfo, LockOverview, LockWaiter, LockWaiterId, NewEvent, OnParentFailure, Parent,
+    ParentTask, Resolution, RetryPolicy, Step, Task, TaskFilter, TaskId, TaskLock, TaskSpec,
+    TaskStatus, Workflow, WorkflowId, WorkflowInfo, WorkflowStatus, WorkflowTask, check_json,
+    limits,
 };
 pub use orchestrator::{
     ClaimedTask, Orchestrator, OrchestratorBuilder, OrchestratorConfig, Pruned, Retention,

@@ -128,13 +128,16 @@ impl From<orch_core::Error> for ApiError {
         let message = error.to_string();
         match error {
             E::TaskNotFound(_) => Self::not_found(message).with_field("task_id"),
+            E::WorkflowNotFound(_) => Self::not_found(message).with_field("workflow_id"),
             E::IllegalTransition { .. } => Self::conflict(message).with_field("status"),
             E::LeaseLost(_) => Self::conflict(message).with_field("lease_token"),
             E::Invalid { field, .. } => Self::unprocessable(field, message),
             E::EngineExists(_) | E::PluginExists(_) => Self::conflict(message),
             E::NotLockHolder { .. } => Self::conflict(message).with_field("fencing_token"),
             E::LockTimeout(_) | E::LockHeld { .. } => Self::conflict(message),
-            E::WaitTimeout(_) => Self::new(StatusCode::REQUEST_TIMEOUT, message),
+            E::WaitTimeout(_) | E::WorkflowWaitTimeout(_) => {
+                Self::new(StatusCode::REQUEST_TIMEOUT, message)
+            }
             E::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, message).with_retry_after(5)
             }

@@ -22,8 +22,8 @@
 //! - [`ratelimit`]: bounded GCRA limiters per user and endpoint, per client address (IPv6 per
 //!   network), per client address on login.
 //! - [`metrics`]: ORCH-Next's Prometheus metrics in the classic text format.
-//! - [`routes`]: one module per area (`jobs`, `locks`, `sse`, `auth`, `webhook`, `health`,
-//!   `misc`); [`openapi`]: the generated document at `/openapi.json`.
+//! - [`routes`]: one module per area (`jobs`, `workflows`, `locks`, `sse`, `auth`, `webhook`,
+//!   `health`, `misc`); [`openapi`]: the generated document at `/openapi.json`.
 //! - [`serve`] (`server.rs`): the lean HTTP/1.1 server `orchd` runs the router on, with
 //!   header, body and write timeouts and a connection cap ([`server::ServerOptions`]), over
 //!   plain TCP or a [`server::Handshake`] (orchd's TLS).

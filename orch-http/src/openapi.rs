@@ -19,7 +19,15 @@ use crate::error::ErrorBody;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "orch", description = "The HTTP API of the orch task orchestrator"),
-    components(schemas(ErrorBody, TaskState, ReportedState, EventView, StorableJson)),
+    components(schemas(
+        ErrorBody,
+        TaskState,
+        ReportedState,
+        EventView,
+        StorableJson,
+        ParentFailure,
+        WorkflowState
+    )),
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;
@@ -136,6 +144,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
     reason = "describes the wire only: `TaskView.status` is a string"
 )]
 pub(crate) enum TaskState {
+    /// Waiting for the tasks it depends on to finish (never claimed).
+    Waiting,
     /// Waiting to run.
     Queued,
     /// An attempt holds a lease.
@@ -148,6 +158,41 @@ pub(crate) enum TaskState {
     Cancelled,
     /// The last attempt ran past its timeout.
     TimedOut,
+}
+
+/// What a parent's failure (failed, cancelled or timed out) does to a task waiting for it
+/// (wire names).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(
+    dead_code,
+    reason = "describes the wire only: `DependencyRequest.on_failure` is orch-core's `OnParentFailure`"
+)]
+pub(crate) enum ParentFailure {
+    /// The task fails too, without running (the default).
+    Fail,
+    /// The task is cancelled, without running.
+    Cancel,
+    /// The task runs once its other parents have finished (a clean-up step).
+    RunAnyway,
+}
+
+/// How a workflow is doing (wire names).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(
+    dead_code,
+    reason = "describes the wire only: `WorkflowView.status` is a string"
+)]
+pub(crate) enum WorkflowState {
+    /// Some of its tasks have not finished.
+    Running,
+    /// Every task succeeded.
+    Succeeded,
+    /// Every task finished and none succeeded.
+    Failed,
+    /// Every task finished, some succeeded and some did not.
+    Partly,
 }
 
 /// What an external worker may report (`PUT /jobs/{id}/status`).

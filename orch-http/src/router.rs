@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::routes::{auth, health, jobs, locks, misc, sse, webhook};
+use crate::routes::{auth, health, jobs, locks, misc, sse, webhook, workflows};
 use crate::state::AppState;
 
 /// Refuses a request whose `Content-Length` announces more than `max` bytes before reading any
@@ -62,6 +62,10 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::job_events))
         .routes(routes!(jobs::update_status))
         .routes(routes!(jobs::heartbeat))
+        .routes(routes!(workflows::dispatch_workflow))
+        .routes(routes!(workflows::get_workflow))
+        .routes(routes!(workflows::cancel_workflow))
+        .routes(routes!(workflows::retry_workflow))
         .routes(routes!(webhook::webhook))
         .routes(routes!(sse::events))
         .routes(routes!(locks::list_locks))

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use orch_core::TaskStatus;
 use orch_core::backend::AttemptOutcome;
-use orch_core::backend::rules::{self, AttemptChange, Change, RunAt};
+use orch_core::backend::rules::{self, AttemptChange, Change, ParentOutcome, RunAt};
+use orch_core::{OnParentFailure, TaskId, TaskStatus, WorkflowId};
 
 /// A SQL string literal.
 fn literal(text: &str) -> String {
@@ -31,12 +31,71 @@ fn values() -> Vec<(&'static str, String)> {
     expect_plain(&success, "success", AttemptChange::Keep, RunAt::Keep, false);
     let created = rules::created_event();
     assert!(
-        created.data.is_null(),
+        created.data.is_null() && rules::waiting_event().data.is_null(),
         "the statements store a new task's event without data"
+    );
+    let release = rules::release();
+    expect_plain(
+        &release,
+        "release",
+        AttemptChange::Keep,
+        RunAt::NotBeforeNow,
+        false,
+    );
+    // What a parent's end means for a waiting task: the statements count a success and a
+    // run-anyway failure as satisfied, and end the task by the other two policies.
+    for policy in [
+        OnParentFailure::Fail,
+        OnParentFailure::Cancel,
+        OnParentFailure::RunAnyway,
+    ] {
+        assert_eq!(
+            rules::parent_outcome(TaskStatus::Succeeded, policy),
+            ParentOutcome::Satisfied,
+            "the statements count every success as satisfying"
+        );
+    }
+    let ends = |policy| match rules::parent_outcome(TaskStatus::Failed, policy) {
+        ParentOutcome::Ends(to) => literal(to.as_str()),
+        ParentOutcome::Satisfied => panic!("the statements end a task by {policy}"),
+    };
+    for status in TaskStatus::ALL.into_iter().filter(|s| s.is_unsuccessful()) {
+        assert_eq!(
+            rules::parent_outcome(status, OnParentFailure::RunAnyway),
+            ParentOutcome::Satisfied,
+            "the statements let a run-anyway task run after any failure"
+        );
+    }
+    let ended = |succeeded| {
+        let event = rules::workflow_ended(WorkflowId::new(), 2, succeeded)
+            .expect("a finished workflow has an event");
+        let mut keys: Vec<&String> = event
+            .data
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        keys.sort();
+        assert!(
+            event.task_id.is_none() && keys == ["status", "succeeded", "tasks", "workflow_id"],
+            "the statements write a workflow's end event with its status and counts"
+        );
+        literal(event.kind.as_str())
+    };
+    let reopened = rules::reopen(TaskId::new(), TaskStatus::Failed, 0).expect("reopens");
+    assert!(
+        reopened.attempt == AttemptChange::Reset
+            && reopened.events.len() == 1
+            && reopened.events[0].data == serde_json::json!({"from": "failed"}),
+        "the statements reopen a task as the rule does: {reopened:?}"
     );
     let terminal: Vec<String> = TaskStatus::ALL
         .into_iter()
         .filter(|status| status.is_terminal())
+        .map(|status| literal(status.as_str()))
+        .collect();
+    let unsuccessful: Vec<String> = TaskStatus::ALL
+        .into_iter()
+        .filter(|status| status.is_unsuccessful())
         .map(|status| literal(status.as_str()))
         .collect();
     vec![
@@ -48,9 +107,28 @@ fn values() -> Vec<(&'static str, String)> {
         ("{success.from}", literal(success.from.as_str())),
         ("{success.to}", literal(success.to.as_str())),
         ("{success.event}", literal(success.events[0].kind.as_str())),
+        (
+            "{waiting.event}",
+            literal(rules::waiting_event().kind.as_str()),
+        ),
+        ("{release.from}", literal(release.from.as_str())),
+        ("{release.to}", literal(release.to.as_str())),
+        ("{release.event}", literal(release.events[0].kind.as_str())),
+        ("{reopen.event}", literal(reopened.events[0].kind.as_str())),
+        ("{ends.fail}", ends(OnParentFailure::Fail)),
+        ("{ends.cancel}", ends(OnParentFailure::Cancel)),
+        ("{policy.fail}", literal(OnParentFailure::Fail.as_str())),
+        (
+            "{policy.run_anyway}",
+            literal(OnParentFailure::RunAnyway.as_str()),
+        ),
+        ("{workflow.succeeded}", ended(2)),
+        ("{workflow.failed}", ended(1)),
         ("{queued}", literal(TaskStatus::Queued.as_str())),
         ("{running}", literal(TaskStatus::Running.as_str())),
+        ("{waiting}", literal(rules::WAITING.as_str())),
         ("{terminal}", terminal.join(", ")),
+        ("{unsuccessful}", unsuccessful.join(", ")),
     ]
 }
 
@@ -78,7 +156,21 @@ pub(crate) fn render(template: &str) -> String {
     for (placeholder, value) in values() {
         sql = sql.replace(placeholder, &value);
     }
-    if let Some(start) = sql.find("{claim.").or_else(|| sql.find("{success.")) {
+    let unknown = [
+        "{claim.",
+        "{success.",
+        "{created",
+        "{release.",
+        "{reopen.",
+        "{waiting",
+        "{ends.",
+        "{policy.",
+        "{workflow.",
+        "{unsuccessful",
+    ]
+    .iter()
+    .find_map(|prefix| sql.find(prefix));
+    if let Some(start) = unknown {
         panic!("unknown rule placeholder in a statement: {}", &sql[start..]);
     }
     sql

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::backend::SharedBackend;
+use crate::backend::{SharedBackend, rules};
 use crate::clock;
 use crate::error::Error;
 use crate::model::{
@@ -66,11 +66,13 @@ mod attempts;
 mod events;
 mod locks;
 mod tasks;
+mod workflows;
 
 use attempts::*;
 use events::*;
 use locks::*;
 use tasks::*;
+use workflows::*;
 
 checks!(
     create_and_get,
@@ -108,6 +110,19 @@ checks!(
     lock_queue_leaving_unblocks,
     lock_queue_is_not_overtaken_without_an_entry,
     lock_queue_keeps_fencing_increasing,
+    dependent_waits_until_its_parent_succeeds,
+    diamond_runs_in_order,
+    fan_out_and_fan_in_of_a_thousand,
+    failure_policies_and_their_cascades,
+    rescue_and_resolve_end_parents,
+    bad_graphs_are_refused_with_nothing_stored,
+    retried_parent_releases_its_child_once,
+    dependencies_on_finished_tasks,
+    released_tasks_keep_priority_and_delay,
+    idempotency_keys_in_graphs,
+    cancelling_a_workflow_cancels_what_has_not_run,
+    retrying_a_workflow_reopens_the_failed_part,
+    pruning_keeps_graphs_whole,
 );
 
 /// What [`run_conformance`] found.

@@ -1,6 +1,9 @@
-//! The model-based property: random sequences of dispatch, claim, attempt outcomes (one by
-//! one and in batches), heartbeat, cancel, resolve, rescue and prune, run against a backend
-//! and against a reference model that applies orch-core's [`rules`] to a plain list of tasks.
+//! The model-based property: random sequences of dispatch (tasks that may depend on earlier
+//! tasks and on each other, with each failure policy), claim, attempt outcomes (one by one
+//! and in batches), heartbeat, cancel, resolve, rescue and prune, run against a backend and
+//! against a reference model that applies orch-core's [`rules`] to a plain list of tasks
+//! (what a task's end means for the tasks waiting for it, level by level, as the backend
+//! contract orders it).
 //! After every operation the backend must answer as the model does (which tasks a claim
 //! returns and in what order, which reports it accepts, what a cancel or a prune does); at
 //! the end every task's state, the counts per engine and the whole event sequence must be the
@@ -23,12 +26,14 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
+use std::collections::{BTreeMap, HashMap};
+
 use crate::backend::SharedBackend;
 use crate::error::Error;
-use crate::model::rules::{self, Change};
+use crate::model::rules::{self, Change, ParentOutcome};
 use crate::model::{
-    AttemptOutcome, AttemptReport, EngineCounts, HeldLease, LeaseToken, QueueDepth, Resolution,
-    Task, TaskId, TaskSpec, TaskStatus,
+    AttemptOutcome, AttemptReport, EngineCounts, HeldLease, LeaseToken, NewDependency, NewTask,
+    OnParentFailure, QueueDepth, Resolution, Step, Task, TaskId, TaskSpec, TaskStatus,
 };
 
 /// Operations per generated sequence, at most.
@@ -83,6 +88,15 @@ impl Ending {
     }
 }
 
+/// A parent a dispatched task names.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pick {
+    /// A task dispatched before (by dispatch order, modulo their number).
+    Earlier(usize),
+    /// A task earlier in the same dispatch (modulo the task's position in it).
+    Batch(usize),
+}
+
 /// One task of a dispatch.
 #[derive(Debug, Clone, PartialEq)]
 struct Dispatched {
@@ -91,6 +105,7 @@ struct Dispatched {
     delayed: bool,
     max_attempts: u32,
     key: Option<u8>,
+    after: Vec<(Pick, OnParentFailure)>,
 }
 
 /// One operation. Picks choose among the tasks dispatched (or the attempts claimed) so far,
@@ -119,6 +134,11 @@ fn generate(seed: u64) -> Vec<Op> {
         1 => Retry::Now,
         _ => Retry::Later,
     };
+    let policy = |rng: &mut fastrand::Rng| match rng.u8(0..3) {
+        0 => OnParentFailure::Fail,
+        1 => OnParentFailure::Cancel,
+        _ => OnParentFailure::RunAnyway,
+    };
     (0..len)
         .map(|_| match rng.u8(0..20) {
             0..=4 => Op::Dispatch(
@@ -129,6 +149,16 @@ fn generate(seed: u64) -> Vec<Op> {
                         delayed: rng.u8(0..6) == 0,
                         max_attempts: rng.u32(1..=3),
                         key: (rng.u8(0..4) == 0).then(|| rng.u8(0..3)),
+                        after: (0..rng.usize(0..=2) * usize::from(rng.u8(0..3) > 0))
+                            .map(|_| {
+                                let pick = if rng.bool() {
+                                    Pick::Earlier(rng.usize(0..64))
+                                } else {
+                                    Pick::Batch(rng.usize(0..64))
+                                };
+                                (pick, policy(&mut rng))
+                            })
+                            .collect(),
                     })
                     .collect(),
             ),
@@ -162,6 +192,10 @@ fn generate(seed: u64) -> Vec<Op> {
 /// A task in the model.
 struct ModelTask {
     task: Task,
+    /// Its dependencies, resolved.
+    parents: Vec<NewDependency>,
+    /// The tasks that depend on it.
+    children: Vec<TaskId>,
     /// The model's token of the current lease (`Some` exactly while running).
     lease: Option<LeaseToken>,
     /// Whether the current lease has expired (a short lease, not renewed since).
@@ -192,6 +226,34 @@ struct Model {
     attempts: Vec<Attempt>,
     events: Vec<EventShape>,
     tick: u64,
+    /// Tasks that finished in the operation under way, in order.
+    ended: Vec<TaskId>,
+}
+
+/// A waiting task that a parent's failure ends.
+#[derive(Debug, Clone, Copy)]
+struct Doom {
+    position: usize,
+    parent: TaskId,
+    parent_status: TaskStatus,
+    to: TaskStatus,
+}
+
+/// How a dependency on a parent in `status` counts: `None` satisfied, else one more to wait
+/// for and maybe the task's end.
+fn counts(status: TaskStatus, dependency: &NewDependency, position: usize) -> Option<Option<Doom>> {
+    if !status.is_terminal() {
+        return Some(None);
+    }
+    match rules::parent_outcome(status, dependency.on_failure) {
+        ParentOutcome::Satisfied => None,
+        ParentOutcome::Ends(to) => Some(Some(Doom {
+            position,
+            parent: dependency.parent,
+            parent_status: status,
+            to,
+        })),
+    }
 }
 
 fn at(tick: u64) -> DateTime<Utc> {
@@ -216,6 +278,7 @@ impl Model {
         let now = self.now();
         let tick = self.tick;
         let lease = change.lease;
+        let finishes = change.to.is_terminal() && !change.from.is_terminal();
         let task = self.find(id).ok_or("model: no such task")?;
         let events = change
             .apply(&mut task.task, now)
@@ -226,8 +289,9 @@ impl Model {
             Some(lease) if lease == SHORT => Some(tick),
             _ => None,
         };
-        if status.is_terminal() {
+        if status.is_terminal() && finishes {
             task.finished_tick = Some(tick);
+            self.ended.push(id);
         }
         for event in events {
             let label = self.label(event.task_id);
@@ -276,6 +340,183 @@ impl Model {
         }
         self.apply(task_id, rules::end_attempt(number, outcome))
             .map_err(Refusal::Model)
+    }
+
+    /// Applies what the tasks ended in this operation, and the tasks marked to end (`doomed`),
+    /// mean for the tasks waiting for them, level by level in the backend contract's order.
+    fn settle(&mut self, mut doomed: BTreeMap<TaskId, Doom>) -> Result<(), String> {
+        loop {
+            let level = std::mem::take(&mut self.ended);
+            if !level.is_empty() {
+                let mut per_child: BTreeMap<TaskId, (u32, Option<Doom>)> = BTreeMap::new();
+                for parent in &level {
+                    let Some(p) = self.tasks.iter().find(|t| t.task.id == *parent) else {
+                        continue;
+                    };
+                    let status = p.task.status;
+                    for child in p.children.clone() {
+                        let Some(c) = self.tasks.iter().find(|t| t.task.id == child) else {
+                            continue;
+                        };
+                        if c.task.status != TaskStatus::Waiting {
+                            continue;
+                        }
+                        let Some((position, dependency)) = c
+                            .parents
+                            .iter()
+                            .enumerate()
+                            .find(|(_, d)| d.parent == *parent)
+                        else {
+                            continue;
+                        };
+                        let entry = per_child.entry(child).or_default();
+                        match counts(status, dependency, position) {
+                            None => entry.0 += 1,
+                            Some(Some(doom))
+                                if entry.1.is_none_or(|first| doom.position < first.position) =>
+                            {
+                                entry.1 = Some(doom);
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+                for (child, (satisfied, doom)) in per_child {
+                    let task = self.find(child).ok_or("model: a child vanished")?;
+                    task.task.waiting_for = task.task.waiting_for.saturating_sub(satisfied);
+                    if let Some(doom) = doom {
+                        doomed.entry(child).or_insert(doom);
+                    } else if task.task.waiting_for == 0 && !doomed.contains_key(&child) {
+                        self.apply(child, rules::release())?;
+                    }
+                }
+                continue;
+            }
+            if doomed.is_empty() {
+                return Ok(());
+            }
+            for (id, doom) in std::mem::take(&mut doomed) {
+                if self.find(id).map(|t| t.task.status) != Some(TaskStatus::Waiting) {
+                    continue;
+                }
+                let change = rules::dependency_failed(doom.parent, doom.parent_status, doom.to)
+                    .map_err(|e| format!("model: {e}"))?;
+                self.apply(id, change)?;
+            }
+        }
+    }
+
+    /// Stores a planned dispatch as a backend does; `Err(None)` when a backend must refuse
+    /// it (an unknown parent), nothing stored. Returns, per task, the id it stands for.
+    fn create(&mut self, news: Vec<NewTask>) -> Result<Vec<(TaskId, bool)>, Option<String>> {
+        let now = self.now();
+        let mut stand_in: HashMap<TaskId, TaskId> = HashMap::new();
+        let mut batch_keys: HashMap<String, TaskId> = HashMap::new();
+        for new in &news {
+            if let Some(key) = &new.idempotency_key {
+                if let Some(existing) = self
+                    .tasks
+                    .iter()
+                    .find(|t| t.task.idempotency_key.as_ref() == Some(key))
+                {
+                    stand_in.insert(new.id, existing.task.id);
+                } else if let Some(first) = batch_keys.get(key) {
+                    stand_in.insert(new.id, *first);
+                } else {
+                    batch_keys.insert(key.clone(), new.id);
+                }
+            }
+        }
+        let stored: Vec<TaskId> = news
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| !stand_in.contains_key(id))
+            .collect();
+        let resolve = |id: TaskId| stand_in.get(&id).copied().unwrap_or(id);
+        for new in news.iter().filter(|n| stored.contains(&n.id)) {
+            for dependency in &new.dependencies {
+                let parent = resolve(dependency.parent);
+                if !stored.contains(&parent) && self.tasks.iter().all(|t| t.task.id != parent) {
+                    return Err(None);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(news.len());
+        let mut doomed = BTreeMap::new();
+        for mut new in news {
+            if let Some(existing) = stand_in.get(&new.id) {
+                out.push((*existing, false));
+                continue;
+            }
+            let mut waiting_for = 0;
+            let mut doom = None;
+            for dependency in &mut new.dependencies {
+                dependency.parent = resolve(dependency.parent);
+            }
+            for (position, dependency) in new.dependencies.iter().enumerate() {
+                let status = if stored.contains(&dependency.parent) {
+                    TaskStatus::Waiting
+                } else {
+                    self.tasks
+                        .iter()
+                        .find(|t| t.task.id == dependency.parent)
+                        .map_or(TaskStatus::Succeeded, |t| t.task.status)
+                };
+                if let Some(ends) = counts(status, dependency, position) {
+                    waiting_for += 1;
+                    if doom.is_none() {
+                        doom = ends;
+                    }
+                }
+            }
+            let parents = std::mem::take(&mut new.dependencies);
+            let run_at = rules::first_run_at(&new, now);
+            let (task, event) = if waiting_for > 0 {
+                rules::create_waiting(new, now, run_at, waiting_for)
+            } else {
+                rules::create(new, now, run_at)
+            };
+            if let Some(doom) = doom {
+                doomed.insert(task.id, doom);
+            }
+            for dependency in &parents {
+                if let Some(parent) = self.find(dependency.parent) {
+                    parent.children.push(task.id);
+                }
+            }
+            self.ids.push(task.id);
+            self.events.push((
+                event.kind.to_string(),
+                self.label(event.task_id),
+                event.engine,
+                event.attempt,
+                event.data,
+            ));
+            out.push((task.id, true));
+            self.tasks.push(ModelTask {
+                task,
+                parents,
+                children: Vec::new(),
+                lease: None,
+                expired_at: None,
+                finished_tick: None,
+            });
+        }
+        // Children stored before their parents in the dispatch.
+        let links: Vec<(TaskId, TaskId)> = self
+            .tasks
+            .iter()
+            .flat_map(|t| t.parents.iter().map(move |d| (d.parent, t.task.id)))
+            .collect();
+        for (parent, child) in links {
+            if let Some(p) = self.find(parent)
+                && !p.children.contains(&child)
+            {
+                p.children.push(child);
+            }
+        }
+        self.settle(doomed).map_err(Some)?;
+        Ok(out)
     }
 
     fn counts(&self) -> (Vec<QueueDepth>, Vec<EngineCounts>) {
@@ -341,63 +582,68 @@ async fn run(backend: SharedBackend, ops: &[Op]) -> Result<(), String> {
         model.tick += 1;
         match op {
             Op::Dispatch(specs) => {
-                let mut news = Vec::with_capacity(specs.len());
-                for d in specs {
+                let mut planned = Vec::with_capacity(specs.len());
+                let with_dependencies = specs.iter().any(|d| !d.after.is_empty());
+                let mut keys = Vec::new();
+                for (position, d) in specs.iter().enumerate() {
                     let mut spec = TaskSpec::new(ENGINES[d.engine])
                         .priority(d.priority)
                         .max_attempts(d.max_attempts);
                     if d.delayed {
                         spec = spec.delay(LONG);
                     }
-                    if let Some(key) = d.key {
+                    // Keys of one graph differ (a planner's rule): later repeats go.
+                    if let Some(key) = d.key
+                        && (!with_dependencies || !keys.contains(&key))
+                    {
+                        keys.push(key);
                         spec = spec.idempotency_key(format!("key-{key}"));
                     }
-                    news.push(spec.into_new_task().map_err(|e| e.to_string())?);
+                    let mut named = Vec::new();
+                    for (pick, policy) in &d.after {
+                        let parent: crate::model::Parent = match pick {
+                            Pick::Earlier(_) if model.ids.is_empty() => continue,
+                            Pick::Earlier(n) => model.ids[n % model.ids.len()].into(),
+                            Pick::Batch(_) if position == 0 => continue,
+                            Pick::Batch(n) => Step(n % position).into(),
+                        };
+                        if !named.contains(&parent) {
+                            named.push(parent);
+                            spec = spec.after_with(parent, *policy);
+                        }
+                    }
+                    planned.push(spec);
                 }
-                let created = call!(step, backend.create_tasks(news.clone()));
-                check!(
-                    created.len() == news.len(),
-                    "step {step}: {} answers",
-                    created.len()
-                );
-                for (new, created) in news.into_iter().zip(created) {
-                    let existing = new.idempotency_key.as_ref().and_then(|key| {
-                        model
-                            .tasks
-                            .iter()
-                            .find(|t| t.task.idempotency_key.as_ref() == Some(key))
-                            .map(|t| t.task.id)
-                    });
-                    match existing {
-                        Some(id) => check!(
-                            !created.created && created.task.id == id,
-                            "step {step}: key {:?} should return task {id}, got {:?}",
-                            new.idempotency_key,
-                            created
-                        ),
-                        None => {
+                let news = crate::backend::plan_tasks(planned, None)
+                    .map_err(|e| format!("step {step}: planning failed: {e}"))?;
+                let created = backend.create_tasks(news.clone()).await;
+                let expected = model.create(news.clone());
+                match (expected, created) {
+                    (Err(None), Err(Error::Invalid { field, .. })) => {
+                        check!(field == "depends_on", "step {step}: refused naming {field}");
+                    }
+                    (Err(None), other) => {
+                        return Err(format!(
+                            "step {step}: a dispatch naming an unknown parent gave {other:?}"
+                        ));
+                    }
+                    (Err(Some(why)), _) => return Err(format!("step {step}: {why}")),
+                    (Ok(_), Err(error)) => {
+                        return Err(format!("step {step}: create_tasks failed: {error}"));
+                    }
+                    (Ok(expected), Ok(created)) => {
+                        check!(
+                            created.len() == news.len(),
+                            "step {step}: {} answers",
+                            created.len()
+                        );
+                        for ((id, made), created) in expected.into_iter().zip(created) {
                             check!(
-                                created.created && created.task.id == new.id,
-                                "step {step}: task {} should be created, got {:?}",
-                                new.id,
+                                created.created == made && created.task.id == id,
+                                "step {step}: expected task {:?} (created: {made}), got {:?}",
+                                model.label(Some(id)),
                                 created
                             );
-                            let run_at = rules::first_run_at(&new, model.now());
-                            let (task, event) = rules::create(new, model.now(), run_at);
-                            model.ids.push(task.id);
-                            model.events.push((
-                                event.kind.to_string(),
-                                model.label(event.task_id),
-                                event.engine,
-                                event.attempt,
-                                event.data,
-                            ));
-                            model.tasks.push(ModelTask {
-                                task,
-                                lease: None,
-                                expired_at: None,
-                                finished_tick: None,
-                            });
                         }
                     }
                 }
@@ -472,6 +718,7 @@ async fn run(backend: SharedBackend, ops: &[Op]) -> Result<(), String> {
                         "step {step}: report of attempt {attempt}: backend {answer:?}, model {expected:?}"
                     );
                 }
+                model.settle(BTreeMap::new())?;
             }
             Op::Heartbeat(_) if model.attempts.is_empty() => {}
             Op::Heartbeat(pick) => {
@@ -528,6 +775,7 @@ async fn run(backend: SharedBackend, ops: &[Op]) -> Result<(), String> {
                         Err(error) => Err(format!("refused: {error}")),
                     },
                 };
+                model.settle(BTreeMap::new())?;
                 let agrees = match (&expected, &answer) {
                     (Ok(want), Ok(task)) => *want == task.status,
                     (Err(why), Err(Error::TaskNotFound(_))) => why == "not found",
@@ -556,6 +804,7 @@ async fn run(backend: SharedBackend, ops: &[Op]) -> Result<(), String> {
                     let status = model.apply(id, rules::rescue(attempt, max_attempts))?;
                     expected.push((id, status));
                 }
+                model.settle(BTreeMap::new())?;
                 let rescued = call!(step, backend.rescue_expired(100));
                 let got: Vec<(TaskId, TaskStatus)> =
                     rescued.iter().map(|t| (t.id, t.status)).collect();
@@ -567,9 +816,23 @@ async fn run(backend: SharedBackend, ops: &[Op]) -> Result<(), String> {
             Op::Prune => {
                 let tick = model.tick;
                 let before = model.tasks.len();
-                model
+                // A finished task some unfinished task depends on stays.
+                let unfinished = |id: &TaskId| {
+                    model
+                        .tasks
+                        .iter()
+                        .any(|t| t.task.id == *id && !t.task.status.is_terminal())
+                };
+                let kept: Vec<bool> = model
                     .tasks
-                    .retain(|t| t.finished_tick.is_none_or(|finished| finished >= tick));
+                    .iter()
+                    .map(|t| {
+                        t.finished_tick.is_none_or(|finished| finished >= tick)
+                            || t.children.iter().any(unfinished)
+                    })
+                    .collect();
+                let mut kept = kept.into_iter();
+                model.tasks.retain(|_| kept.next().unwrap_or(true));
                 let expected = (before - model.tasks.len()) as u64;
                 let pruned = call!(step, backend.prune_tasks(crate::clock::now(), 1000));
                 check!(
@@ -607,6 +870,7 @@ async fn compare_end_state(backend: &SharedBackend, model: &Model) -> Result<(),
                         t.lease_expires_at.is_some(),
                         t.priority,
                         t.engine.clone(),
+                        t.waiting_for,
                     )
                 };
                 check!(

@@ -9,6 +9,7 @@
 //! no gaps), one over the lock table, one over the key-value space.
 
 mod events;
+mod graph;
 mod kv;
 mod locks;
 mod tasks;

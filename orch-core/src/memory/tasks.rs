@@ -13,8 +13,9 @@ use crate::backend::{ChangeSignal, TaskStore, rules};
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::model::{
-    AttemptReport, Claimed, Created, EngineCounts, HeldLease, LeaseToken, NewTask, QueueDepth,
-    Resolution, Task, TaskFilter, TaskId, TaskStatus,
+    AttemptReport, Claimed, Created, CreatedWorkflow, EngineCounts, HeldLease, LeaseToken,
+    NewDependency, NewTask, NewWorkflow, ParentTask, QueueDepth, Resolution, Task, TaskFilter,
+    TaskId, TaskStatus, WorkflowId, WorkflowInfo, WorkflowTask,
 };
 
 /// Claim order: priority descending, then `run_at` (µs), then id.
@@ -86,13 +87,38 @@ fn id_of(raw: u128) -> TaskId {
     TaskId(uuid::Uuid::from_u128(raw))
 }
 
+use super::graph::WorkflowRecord;
 use crate::id_hash::{IdHashBuilder, IdMap};
 
-struct Record {
-    task: Task,
+pub(super) struct Record {
+    pub(super) task: Task,
     lease: Option<LeaseToken>,
     /// The task's engine, as an index into [`TaskTables::engines`].
-    engine: u32,
+    pub(super) engine: u32,
+    /// The tasks it waits for, in the order named (resolved: a task that stood in for a step
+    /// is named by its own id).
+    pub(super) parents: Vec<NewDependency>,
+    /// The tasks that depend on it.
+    pub(super) children: Vec<TaskId>,
+    /// Its step in its workflow.
+    pub(super) step: usize,
+    /// Its entry in [`TaskTables::finished`] while it is finished and due for retention.
+    finished_key: Option<i64>,
+}
+
+impl Record {
+    /// A record of a new task, not numbered with its engine yet.
+    pub(super) fn new(task: Task) -> Box<Self> {
+        Box::new(Record {
+            task,
+            lease: None,
+            engine: 0,
+            parents: Vec::new(),
+            children: Vec::new(),
+            step: 0,
+            finished_key: None,
+        })
+    }
 }
 
 /// Tasks per state, indexed like [`TaskStatus::ALL`].
@@ -152,18 +178,26 @@ impl EngineQueues {
 
 /// The task tables and their indexes. Invariants: a `queued` task is in exactly one of its
 /// engine's `ready` (due) or `delayed` (not yet due); a `running` task is in `running` and
-/// holds a lease; a finished task is in `finished` (in the order they finished); an engine's
-/// `counts` count its stored tasks of each state. Engines are numbered in the order they are
-/// first seen, so the hot paths index a vector instead of hashing names.
+/// holds a lease; a finished task outside a workflow, and every task of a finished workflow,
+/// has an entry in `finished` (in the order they finished; an entry whose key is not its
+/// record's `finished_key` is stale and skipped); an engine's `counts` count its stored tasks
+/// of each state; a `waiting` task's `waiting_for` counts its parents that have not finished
+/// (or whose failure ends it). Engines are numbered in the order they are first seen, so the
+/// hot paths index a vector instead of hashing names.
 pub(super) struct TaskTables {
-    records: IdMap<Box<Record>>,
+    pub(super) records: IdMap<Box<Record>>,
     engines: Vec<EngineQueues>,
     engine_numbers: HashMap<String, u32>,
     running: HashSet<TaskId, IdHashBuilder>,
     finished: VecDeque<(i64, TaskId)>,
-    idempotency: HashMap<String, TaskId>,
+    pub(super) idempotency: HashMap<String, TaskId>,
     /// Most finished tasks kept; the oldest are dropped beyond it.
     finished_retention: usize,
+    /// Tasks that finished in the step under way, in order: what their ends mean for the
+    /// tasks waiting for them is applied before the step ends ([`TaskTables::settle`]).
+    pub(super) ended: Vec<TaskId>,
+    pub(super) workflows: HashMap<WorkflowId, WorkflowRecord>,
+    pub(super) workflow_keys: HashMap<String, WorkflowId>,
 }
 
 impl TaskTables {
@@ -176,6 +210,9 @@ impl TaskTables {
             finished: VecDeque::new(),
             idempotency: HashMap::new(),
             finished_retention,
+            ended: Vec::new(),
+            workflows: HashMap::new(),
+            workflow_keys: HashMap::new(),
         }
     }
 
@@ -185,7 +222,7 @@ impl TaskTables {
     }
 
     /// The number of engine `name`, numbering it if it is new.
-    fn engine_number_or_new(&mut self, name: &str) -> u32 {
+    pub(super) fn engine_number_or_new(&mut self, name: &str) -> u32 {
         if let Some(&number) = self.engine_numbers.get(name) {
             return number;
         }
@@ -202,18 +239,70 @@ impl TaskTables {
         &mut self.engines[engine as usize]
     }
 
-    /// Drops the oldest finished task while over the retention limit.
+    /// Drops the oldest finished tasks while over the retention limit (a workflow's tasks
+    /// together, once it finished; never a task an unfinished task depends on).
     fn enforce_retention(&mut self) {
-        while self.finished.len() > self.finished_retention {
-            let Some((_, id)) = self.finished.pop_front() else {
-                break;
-            };
-            self.forget(id);
+        if self.finished.len() > self.finished_retention {
+            self.prune_finished(i64::MAX, usize::MAX, true);
         }
     }
 
+    /// Deletes finished tasks whose entry is older than `before`, oldest first, until `limit`
+    /// are deleted (or, with `to_retention`, until no more than the retention limit are
+    /// kept). Entries of tasks that must stay are kept in order. Returns how many it deleted.
+    fn prune_finished(&mut self, before: i64, limit: usize, to_retention: bool) -> u64 {
+        let mut kept = Vec::new();
+        let mut pruned = 0;
+        while (pruned as usize) < limit
+            && (!to_retention || self.finished.len() > self.finished_retention)
+        {
+            match self.finished.front() {
+                Some(&(at, _)) if at < before => {}
+                _ => break,
+            }
+            let Some((at, id)) = self.finished.pop_front() else {
+                break;
+            };
+            let Some(record) = self.records.get(&id) else {
+                continue;
+            };
+            if record.finished_key != Some(at) {
+                continue;
+            }
+            match record.task.workflow_id {
+                Some(workflow) => {
+                    if self.workflow_is_prunable(workflow) {
+                        pruned += self.forget_workflow(workflow);
+                    } else {
+                        kept.push((at, id));
+                    }
+                }
+                None if self.has_unfinished_children(id) => kept.push((at, id)),
+                None => {
+                    self.forget(id);
+                    pruned += 1;
+                }
+            }
+        }
+        for entry in kept.into_iter().rev() {
+            self.finished.push_front(entry);
+        }
+        pruned
+    }
+
+    /// Whether a task some unfinished task depends on.
+    pub(super) fn has_unfinished_children(&self, id: TaskId) -> bool {
+        self.records.get(&id).is_some_and(|record| {
+            record.children.iter().any(|child| {
+                self.records
+                    .get(child)
+                    .is_some_and(|child| !child.task.status.is_terminal())
+            })
+        })
+    }
+
     /// Removes a finished task.
-    fn forget(&mut self, id: TaskId) {
+    pub(super) fn forget(&mut self, id: TaskId) {
         if let Some(record) = self.records.remove(&id) {
             if let Some(key) = &record.task.idempotency_key {
                 self.idempotency.remove(key);
@@ -222,8 +311,24 @@ impl TaskTables {
         }
     }
 
-    /// Stores a new queued task (its record numbered with its engine) and its event.
-    fn insert(
+    /// Adds entries in `finished` for tasks that finished (`at` clamped so the order never
+    /// goes backwards).
+    pub(super) fn mark_finished(&mut self, ids: &[TaskId], now: DateTime<Utc>) {
+        let at = self
+            .finished
+            .back()
+            .map_or(micros(now), |&(last, _)| last.max(micros(now)));
+        for id in ids {
+            if let Some(record) = self.records.get_mut(id) {
+                record.finished_key = Some(at);
+                self.finished.push_back((at, *id));
+            }
+        }
+    }
+
+    /// Stores a new task (its record numbered with its engine) and its event: a queued one
+    /// goes into its engine's queue.
+    pub(super) fn insert(
         &mut self,
         record: Box<Record>,
         events: &mut EventLogState,
@@ -231,7 +336,9 @@ impl TaskTables {
         now: DateTime<Utc>,
     ) {
         let queues = self.queues(record.engine);
-        queues.enqueue(&record.task, now);
+        if record.task.status == TaskStatus::Queued {
+            queues.enqueue(&record.task, now);
+        }
         queues.count(record.task.status, true);
         events.push(event, now);
         self.records.insert(record.task.id, record);
@@ -245,7 +352,7 @@ impl TaskTables {
         clippy::too_many_arguments,
         reason = "the one place every transition goes through; each argument is one fact"
     )]
-    fn change<R>(
+    pub(super) fn change<R>(
         &mut self,
         events: &mut EventLogState,
         id: TaskId,
@@ -285,24 +392,27 @@ impl TaskTables {
         }
         queues.count(from, false);
         queues.count(to, true);
+        let in_workflow = record.task.workflow_id.is_some();
         match to {
             TaskStatus::Queued => queues.enqueue(&record.task, now),
             TaskStatus::Running => {
                 self.running.insert(id);
             }
-            _ => {
-                // Kept in finishing order (clamped, so it never goes backwards) for retention
-                // and pruning.
-                let at = self
-                    .finished
-                    .back()
-                    .map_or(micros(now), |&(last, _)| last.max(micros(now)));
-                self.finished.push_back((at, id));
-            }
+            TaskStatus::Waiting => {}
+            _ => {}
+        }
+        if from.is_terminal() {
+            // Reopened: its entry in `finished` goes stale.
+            record.finished_key = None;
         }
         let out = then(&record.task);
-        if to.is_terminal() {
-            self.enforce_retention();
+        if to.is_terminal() && !from.is_terminal() {
+            self.ended.push(id);
+            // A workflow's tasks are kept for retention together, once it finishes.
+            if !in_workflow {
+                self.mark_finished(&[id], now);
+                self.enforce_retention();
+            }
         }
         Ok(out)
     }
@@ -347,16 +457,17 @@ impl MemoryBackend {
         f(&mut state.tasks, &mut state.events)
     }
 
-    /// One change to one task by a rule that reads its state; returns the task as it is now.
+    /// One change to one task by a rule that reads its state, with what its end means for
+    /// the tasks waiting for it; returns the task as it is now.
     fn transition(
         &self,
         id: TaskId,
         rule: impl FnOnce(&Task) -> Result<rules::Change>,
     ) -> Result<Task> {
         let now = clock::now();
-        let task = self.with_state(|tables, events| {
+        let (task, released) = self.with_state(|tables, events| {
             let change = rule(&tables.snapshot_ref(id)?.task)?;
-            tables.change(
+            let task = tables.change(
                 events,
                 id,
                 Cow::Owned(change),
@@ -364,16 +475,42 @@ impl MemoryBackend {
                 false,
                 now,
                 Task::clone,
-            )
+            )?;
+            let released = tables.settle(events, now, Default::default());
+            Ok::<_, Error>((task, released))
         })?;
+        if released {
+            self.wake_tasks();
+        }
         self.wake_events();
         Ok(task)
+    }
+
+    /// Stores a graph (tasks with dependencies, or a workflow's) in one step.
+    fn create_graph(
+        &self,
+        tasks: Vec<NewTask>,
+        workflow: Option<NewWorkflow>,
+    ) -> Result<super::graph::CreatedGraph> {
+        let now = clock::now();
+        let created =
+            self.with_state(|tables, events| tables.create_graph(events, tasks, workflow, now))?;
+        if created.queued {
+            self.wake_tasks();
+        }
+        if created.tasks.iter().any(|c| c.created) {
+            self.wake_events();
+        }
+        Ok(created)
     }
 }
 
 #[async_trait]
 impl TaskStore for MemoryBackend {
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
+        if tasks.iter().any(|task| !task.dependencies.is_empty()) {
+            return Ok(self.create_graph(tasks, None)?.tasks);
+        }
         let now = clock::now();
         // Build tasks, copies and events before taking the lock, so it is held only for the
         // index updates.
@@ -384,11 +521,7 @@ impl TaskStore for MemoryBackend {
                 let (task, event) = rules::create(new, now, run_at);
                 let copy = task.clone();
                 // Boxed here, so that taking the lock moves a pointer, not the task.
-                let record = Box::new(Record {
-                    task,
-                    lease: None,
-                    engine: 0,
-                });
+                let record = Record::new(task);
                 (record, copy, event)
             })
             .collect();
@@ -430,6 +563,60 @@ impl TaskStore for MemoryBackend {
             self.wake_events();
         }
         Ok(created)
+    }
+
+    async fn create_workflow(
+        &self,
+        workflow: NewWorkflow,
+        tasks: Vec<NewTask>,
+    ) -> Result<CreatedWorkflow> {
+        let id = workflow.id;
+        let created = self.create_graph(tasks, Some(workflow))?;
+        let (workflow, was_created) = created.workflow.ok_or(crate::Error::WorkflowNotFound(id))?;
+        Ok(CreatedWorkflow {
+            workflow,
+            created: was_created,
+            tasks: created.tasks,
+        })
+    }
+
+    async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowInfo>> {
+        Ok(self.state.lock().tasks.workflow_info(id))
+    }
+
+    async fn workflow_tasks(&self, id: WorkflowId) -> Result<Vec<WorkflowTask>> {
+        Ok(self.state.lock().tasks.workflow_tasks(id))
+    }
+
+    async fn list_parents(
+        &self,
+        child: TaskId,
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<ParentTask>> {
+        Ok(self.state.lock().tasks.list_parents(child, from, limit))
+    }
+
+    async fn cancel_workflow(&self, id: WorkflowId) -> Result<WorkflowInfo> {
+        let now = clock::now();
+        let (info, released) =
+            self.with_state(|tables, events| tables.cancel_workflow(events, id, now))?;
+        if released {
+            self.wake_tasks();
+        }
+        self.wake_events();
+        Ok(info)
+    }
+
+    async fn retry_workflow(&self, id: WorkflowId) -> Result<WorkflowInfo> {
+        let now = clock::now();
+        let (info, queued) =
+            self.with_state(|tables, events| tables.retry_workflow(events, id, now))?;
+        if queued {
+            self.wake_tasks();
+        }
+        self.wake_events();
+        Ok(info)
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
@@ -545,15 +732,18 @@ impl TaskStore for MemoryBackend {
         reports: Vec<AttemptReport>,
     ) -> Result<Vec<Result<TaskStatus>>> {
         let now = clock::now();
-        let statuses = self.with_state(|tables, events| {
-            reports
+        let (statuses, released) = self.with_state(|tables, events| {
+            let statuses = reports
                 .into_iter()
                 .map(|report| tables.end_attempt(events, report, now))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            let released = tables.settle(events, now, Default::default());
+            (statuses, released)
         });
-        if statuses
-            .iter()
-            .any(|status| matches!(status, Ok(TaskStatus::Queued)))
+        if released
+            || statuses
+                .iter()
+                .any(|status| matches!(status, Ok(TaskStatus::Queued)))
         {
             self.wake_tasks();
         }
@@ -601,6 +791,7 @@ impl TaskStore for MemoryBackend {
                 );
                 rescued.extend(task);
             }
+            tables.settle(events, now, Default::default());
             rescued
         });
         if !rescued.is_empty() {
@@ -612,19 +803,7 @@ impl TaskStore for MemoryBackend {
 
     async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         let mut state = self.state.lock();
-        let tables = &mut state.tasks;
-        let mut pruned = 0;
-        while pruned < limit as u64 {
-            match tables.finished.front() {
-                Some(&(at, id)) if at < micros(before) => {
-                    tables.finished.pop_front();
-                    tables.forget(id);
-                    pruned += 1;
-                }
-                _ => break,
-            }
-        }
-        Ok(pruned)
+        Ok(state.tasks.prune_finished(micros(before), limit, false))
     }
 
     async fn queue_depth(&self) -> Result<Vec<QueueDepth>> {

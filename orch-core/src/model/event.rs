@@ -33,6 +33,19 @@ pub enum EventKind {
     TaskRescued,
     /// `task.requeued`: its holder gave it back unrun (shutdown).
     TaskRequeued,
+    /// `task.waiting`: dispatched, or reopened by a workflow's retry, waiting for the tasks it
+    /// depends on.
+    TaskWaiting,
+    /// `task.released`: every task it waited for has finished; it is queued.
+    TaskReleased,
+    /// `task.reopened`: a workflow's retry reopened it after it failed, was cancelled or timed
+    /// out; it is queued (or waiting) again with its attempts renewed.
+    TaskReopened,
+    /// `workflow.succeeded`: every task of a workflow succeeded.
+    WorkflowSucceeded,
+    /// `workflow.failed`: every task of a workflow finished and some did not succeed (its
+    /// `status` is `failed` or `partly`).
+    WorkflowFailed,
     /// Any other dotted name, e.g. `auth.login_failed`.
     Custom(String),
 }
@@ -50,6 +63,11 @@ impl EventKind {
             EventKind::TaskCancelled => "task.cancelled",
             EventKind::TaskRescued => "task.rescued",
             EventKind::TaskRequeued => "task.requeued",
+            EventKind::TaskWaiting => "task.waiting",
+            EventKind::TaskReleased => "task.released",
+            EventKind::TaskReopened => "task.reopened",
+            EventKind::WorkflowSucceeded => "workflow.succeeded",
+            EventKind::WorkflowFailed => "workflow.failed",
             EventKind::Custom(name) => name,
         }
     }
@@ -62,6 +80,14 @@ impl EventKind {
                 | EventKind::TaskFailed
                 | EventKind::TaskTimedOut
                 | EventKind::TaskCancelled
+        )
+    }
+
+    /// Whether this event ends a workflow.
+    pub fn is_workflow_end(&self) -> bool {
+        matches!(
+            self,
+            EventKind::WorkflowSucceeded | EventKind::WorkflowFailed
         )
     }
 
@@ -95,6 +121,11 @@ impl FromStr for EventKind {
             "task.cancelled" => EventKind::TaskCancelled,
             "task.rescued" => EventKind::TaskRescued,
             "task.requeued" => EventKind::TaskRequeued,
+            "task.waiting" => EventKind::TaskWaiting,
+            "task.released" => EventKind::TaskReleased,
+            "task.reopened" => EventKind::TaskReopened,
+            "workflow.succeeded" => EventKind::WorkflowSucceeded,
+            "workflow.failed" => EventKind::WorkflowFailed,
             other => {
                 crate::model::check_name("event kind", other, 128)?;
                 EventKind::Custom(other.to_owned())

@@ -55,15 +55,27 @@ pub(super) fn secure_v4() -> Uuid {
 /// The last millisecond an id was made in, and the counter within it.
 static V7: Mutex<(u64, u64)> = Mutex::new((0, 0));
 
-/// Bits of the counter: the top 12 go into `rand_a`, the rest lead `rand_b`.
+/// Bits of the counter: the 12 of `rand_a` and the top 30 of `rand_b`. The other 32 bits of
+/// `rand_b` are random.
 const COUNTER_BITS: u32 = 42;
 
-/// A time-ordered (version 7) UUID, strictly greater than every one made before by this
-/// process.
-pub(super) fn monotonic_v7() -> Uuid {
-    let now = SystemTime::now()
+/// Bits of `rand_b` (the 6 low bits of byte 8 and bytes 9 to 15).
+const RAND_B_BITS: u32 = 62;
+
+/// Bits of the random tail below the counter.
+const RANDOM_BITS: u32 = RAND_B_BITS + 12 - COUNTER_BITS;
+
+/// The current time in milliseconds since the Unix epoch.
+fn now_millis() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A time-ordered (version 7) UUID, strictly greater than every one made before by this
+/// process (and than every id passed to [`raise_v7_floor`]).
+pub(super) fn monotonic_v7() -> Uuid {
+    let now = now_millis();
     let (millis, counter) = {
         let mut state = V7.lock();
         let (last, counter) = &mut *state;
@@ -81,12 +93,47 @@ pub(super) fn monotonic_v7() -> Uuid {
         }
         (*last, *counter)
     };
-    let random = u128::from(fastrand::u64(..)) & ((1 << (80 - COUNTER_BITS)) - 1);
-    let tail = (u128::from(counter) << (80 - COUNTER_BITS)) | random;
-    let bytes: [u8; 16] = tail.to_be_bytes();
+    encode_v7(millis, counter, fastrand::u32(..))
+}
+
+/// The version 7 UUID of `millis`, `counter` and 32 random bits: the counter fills `rand_a`
+/// and leads `rand_b`, every one of its bits kept (the version and variant bits sit beside
+/// them), so ids order as (millisecond, counter).
+fn encode_v7(millis: u64, counter: u64, random: u32) -> Uuid {
+    let tail = (u128::from(counter) << RANDOM_BITS) | u128::from(random);
+    let rand_a = (tail >> RAND_B_BITS) as u16 & 0x0FFF;
+    let rand_b = (tail as u64) & ((1 << RAND_B_BITS) - 1);
     let mut ten = [0; 10];
-    ten.copy_from_slice(&bytes[6..]);
+    ten[..2].copy_from_slice(&rand_a.to_be_bytes());
+    ten[2..].copy_from_slice(&rand_b.to_be_bytes());
     Builder::from_unix_timestamp_millis(millis, &ten).into_uuid()
+}
+
+/// The millisecond and counter of a version 7 UUID laid out as [`encode_v7`] does.
+fn decode_v7(id: Uuid) -> (u64, u64) {
+    let value = id.as_u128();
+    let millis = (value >> 80) as u64;
+    let rand_a = (value >> 64) & 0x0FFF;
+    let rand_b = value & ((1 << RAND_B_BITS) - 1);
+    let tail = (rand_a << RAND_B_BITS) | rand_b;
+    (millis, (tail >> RANDOM_BITS) as u64)
+}
+
+/// Makes every id this process makes from now on greater than `floor` (an id made elsewhere,
+/// perhaps by a process whose clock runs ahead). A floor more than an hour ahead of this
+/// clock, or not a version 7 UUID, is ignored: ids never jump that far.
+pub(super) fn raise_v7_floor(floor: Uuid) {
+    if floor.get_version_num() != 7 {
+        return;
+    }
+    let (millis, counter) = decode_v7(floor);
+    if millis > now_millis().saturating_add(3_600_000) {
+        return;
+    }
+    let mut state = V7.lock();
+    if (millis, counter) > *state {
+        *state = (millis, counter);
+    }
 }
 
 #[cfg(test)]
@@ -102,6 +149,28 @@ mod tests {
             assert!(next > last, "{next} after {last}");
             last = next;
         }
+    }
+
+    #[test]
+    fn v7_ids_keep_their_order_across_counter_carries() {
+        // A carry into every counter bit still gives a greater id.
+        for bit in 0..COUNTER_BITS - 1 {
+            let below = (1u64 << bit) - 1;
+            let a = encode_v7(1_000, below, u32::MAX);
+            let b = encode_v7(1_000, below + 1, 0);
+            assert!(b > a, "carry into counter bit {bit}");
+            assert_eq!(decode_v7(b), (1_000, below + 1));
+        }
+    }
+
+    #[test]
+    fn ids_made_after_a_floor_are_above_it() {
+        let ahead = encode_v7(now_millis() + 60_000, 5, 7);
+        raise_v7_floor(ahead);
+        assert!(monotonic_v7() > ahead);
+        let far = encode_v7(now_millis() + 7_200_000, 5, 7);
+        raise_v7_floor(far);
+        assert!(monotonic_v7() < far, "a floor hours ahead is ignored");
     }
 
     #[test]

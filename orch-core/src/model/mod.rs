@@ -2,11 +2,13 @@
 //! are decided. Everything that crosses a wire is serde.
 
 mod event;
+pub(crate) mod graph;
 mod ids;
 mod lock;
 pub mod rules;
 mod stats;
 mod task;
+mod workflow;
 
 pub use event::{Event, EventKind, NewEvent};
 pub use lock::{
@@ -17,6 +19,10 @@ pub use stats::{EngineCounts, QueueDepth};
 pub use task::{
     AttemptOutcome, AttemptReport, Claimed, Created, HeldLease, LeaseToken, NewTask, Resolution,
     RetryPolicy, Task, TaskFilter, TaskId, TaskSpec, TaskStatus, check_json, check_name, limits,
+};
+pub use workflow::{
+    CreatedWorkflow, Dependency, NewDependency, NewWorkflow, OnParentFailure, Parent, ParentTask,
+    Step, Workflow, WorkflowId, WorkflowInfo, WorkflowStatus, WorkflowTask,
 };
 
 /// Serde for `Duration` as (fractional) seconds, the unit of timeouts on the wire.

@@ -12,6 +12,9 @@
 //! event names its statements need from the rules themselves).
 //!
 //! ```text
+//! dispatch ──▶ waiting ──every parent finished──▶ queued
+//!                 └──a parent failed (policy fail | cancel)──▶ failed | cancelled
+//!
 //! dispatch ──▶ queued ──claim──▶ running ──succeeded──▶ succeeded
 //!                ▲ │               │ ├──failed, no retry──▶ failed
 //!                │ │               │ ├──timed out, no retry──▶ timed_out
@@ -21,8 +24,15 @@
 //!                  │                  abandoned by its holder (attempt given back),
 //!                  │                  lease expired with attempts left (rescued)
 //!                  └──▶ cancelled | succeeded | failed   (cancel, or an external system's
-//!                                                         resolution; also from running)
+//!                                                         resolution; also from running
+//!                                                         and waiting)
+//!
+//! failed | cancelled | timed_out ──a workflow's retry──▶ queued | waiting
 //! ```
+//!
+//! When a task finishes, each task waiting for it learns the outcome by [`parent_outcome`]:
+//! one parent fewer to wait for, or its end ([`dependency_failed`]); the last parent's end
+//! [`release`]s it. A workflow's counts and status follow its tasks' ends ([`workflow_ended`]).
 
 use std::time::Duration;
 
@@ -30,7 +40,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
 use super::{AttemptOutcome, EventKind, NewEvent, NewTask, Resolution, RetryPolicy, Task};
-use super::{TaskId, TaskStatus};
+use super::{OnParentFailure, TaskId, TaskStatus, WorkflowId, WorkflowStatus};
 use crate::error::{Error, Result, TaskError};
 
 /// What a change does to a task's attempt counter.
@@ -42,6 +52,8 @@ pub enum AttemptChange {
     Begin,
     /// The attempt is given back unrun (its holder abandoned it): the counter shrinks by one.
     GiveBack,
+    /// The task starts over (a workflow's retry): the counter goes back to zero.
+    Reset,
 }
 
 impl AttemptChange {
@@ -51,15 +63,18 @@ impl AttemptChange {
             AttemptChange::Keep => attempt,
             AttemptChange::Begin => attempt.saturating_add(1),
             AttemptChange::GiveBack => attempt.saturating_sub(1),
+            AttemptChange::Reset => 0,
         }
     }
 
-    /// The change as a signed step (+1, 0, -1), for backends that add it in SQL.
+    /// The change as a signed step (+1, 0, -1), for backends that add it in SQL and clamp the
+    /// sum at zero; a reset is the step that takes any counter to zero (`-i32::MAX`).
     pub fn step(self) -> i32 {
         match self {
             AttemptChange::Keep => 0,
             AttemptChange::Begin => 1,
             AttemptChange::GiveBack => -1,
+            AttemptChange::Reset => -i32::MAX,
         }
     }
 }
@@ -73,15 +88,28 @@ pub enum RunAt {
     Now,
     /// This long after now (a retry's backoff).
     After(Duration),
+    /// Now, or the current run time if that is later (a released task keeps its delay).
+    NotBeforeNow,
 }
 
 impl RunAt {
-    /// The delay from now, or `None` to keep the current run time.
+    /// The delay from now, or `None` to keep the current run time (also for
+    /// [`RunAt::NotBeforeNow`], which depends on it: see [`RunAt::resolve`]).
     pub fn delay(self) -> Option<Duration> {
         match self {
-            RunAt::Keep => None,
+            RunAt::Keep | RunAt::NotBeforeNow => None,
             RunAt::Now => Some(Duration::ZERO),
             RunAt::After(delay) => Some(delay),
+        }
+    }
+
+    /// The run time after the change, from the `current` one at `now`.
+    pub fn resolve(self, current: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            RunAt::Keep => current,
+            RunAt::Now => now,
+            RunAt::After(delay) => after(now, delay),
+            RunAt::NotBeforeNow => current.max(now),
         }
     }
 }
@@ -214,10 +242,14 @@ impl Change {
         }
         if self.to.is_terminal() {
             task.finished_at = Some(now);
+        } else if self.from.is_terminal() {
+            // Reopened by a workflow's retry.
+            task.finished_at = None;
         }
-        if let Some(delay) = self.run_at.delay() {
-            task.run_at = after(now, delay);
+        if self.to != TaskStatus::Waiting {
+            task.waiting_for = 0;
         }
+        task.run_at = self.run_at.resolve(task.run_at, now);
         task.lease_expires_at = self.lease.map(|lease| after(now, lease));
         Ok(())
     }
@@ -253,14 +285,46 @@ pub fn created_event() -> EventDraft {
     EventDraft::new(EventKind::TaskQueued, Value::Null)
 }
 
+/// The state a new task waiting for parents is stored in.
+pub const WAITING: TaskStatus = TaskStatus::Waiting;
+
+/// The event a new task waiting for parents is stored with (and a reopened one, waiting
+/// again).
+pub fn waiting_event() -> EventDraft {
+    EventDraft::new(EventKind::TaskWaiting, Value::Null)
+}
+
 /// A new task as stored: `queued`, no attempt yet, created at `now`, runnable from `run_at`,
 /// with its `task.queued` event. `run_at` is [`first_run_at`] by the backend's clock (and
-/// precision).
+/// precision). A task with dependencies is stored by [`create_waiting`] while any of its
+/// parents has not finished.
 pub fn create(new: NewTask, now: DateTime<Utc>, run_at: DateTime<Utc>) -> (Task, NewEvent) {
+    create_in(new, now, run_at, CREATED, 0, created_event())
+}
+
+/// A new task that waits for `waiting_for` parents (at least one) to finish: `waiting`, with
+/// a `task.waiting` event; otherwise as [`create`].
+pub fn create_waiting(
+    new: NewTask,
+    now: DateTime<Utc>,
+    run_at: DateTime<Utc>,
+    waiting_for: u32,
+) -> (Task, NewEvent) {
+    create_in(new, now, run_at, WAITING, waiting_for, waiting_event())
+}
+
+fn create_in(
+    new: NewTask,
+    now: DateTime<Utc>,
+    run_at: DateTime<Utc>,
+    status: TaskStatus,
+    waiting_for: u32,
+    event: EventDraft,
+) -> (Task, NewEvent) {
     let task = Task {
         id: new.id,
         engine: new.engine,
-        status: CREATED,
+        status,
         priority: new.priority,
         timeout: new.timeout,
         max_attempts: new.max_attempts,
@@ -277,8 +341,10 @@ pub fn create(new: NewTask, now: DateTime<Utc>, run_at: DateTime<Utc>) -> (Task,
         error: None,
         idempotency_key: new.idempotency_key,
         locks: new.locks,
+        workflow_id: new.workflow_id,
+        waiting_for,
     };
-    let event = created_event().for_task(&task);
+    let event = event.for_task(&task);
     (task, event)
 }
 
@@ -465,6 +531,153 @@ pub fn rescue(attempt: u32, max_attempts: u32) -> Change {
     }
 }
 
+/// The refusal of a dispatch whose task `child` depends on `parent`, which does not exist.
+pub fn unknown_parent(child: &NewTask, parent: TaskId) -> Error {
+    Error::invalid(
+        "depends_on",
+        format!(
+            "task {} (engine {:?}) depends on task {parent}, which does not exist",
+            child.id, child.engine
+        ),
+    )
+}
+
+/// What the end of one parent means for a task waiting for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParentOutcome {
+    /// One parent fewer to wait for: it succeeded, or its failure lets the task run anyway.
+    Satisfied,
+    /// The task ends in this state ([`dependency_failed`]) without running.
+    Ends(TaskStatus),
+}
+
+/// What a parent finishing in `parent_status` means for a task that depends on it with
+/// `on_failure`: success satisfies the dependency; failure, cancellation or a timeout ends the
+/// task (`failed` or `cancelled`) unless the dependency runs anyway.
+pub fn parent_outcome(parent_status: TaskStatus, on_failure: OnParentFailure) -> ParentOutcome {
+    if !parent_status.is_unsuccessful() {
+        return ParentOutcome::Satisfied;
+    }
+    match on_failure {
+        OnParentFailure::Fail => ParentOutcome::Ends(TaskStatus::Failed),
+        OnParentFailure::Cancel => ParentOutcome::Ends(TaskStatus::Cancelled),
+        OnParentFailure::RunAnyway => ParentOutcome::Satisfied,
+    }
+}
+
+/// Every parent of a `waiting` task has finished (each satisfying its dependency): it becomes
+/// `queued`, runnable now unless its own run time (a delay) is later, with `task.released`.
+pub fn release() -> Change {
+    Change {
+        from: WAITING,
+        to: TaskStatus::Queued,
+        attempt: AttemptChange::Keep,
+        run_at: RunAt::NotBeforeNow,
+        lease: None,
+        result: None,
+        error: None,
+        events: vec![EventDraft::new(EventKind::TaskReleased, Value::Null)],
+    }
+}
+
+/// The error stored when parent `parent` finished in `parent_status` and failed the task.
+pub fn dependency_error(parent: TaskId, parent_status: TaskStatus) -> String {
+    format!("task {parent} it depends on ended {parent_status}")
+}
+
+/// Parent `parent` finished in `parent_status` and its dependency ends a `waiting` task in
+/// `to` ([`ParentOutcome::Ends`]): `failed` with the error and `task.failed` carrying
+/// `{"error", "parent"}`, or `cancelled` with `task.cancelled` carrying `{"from": "waiting",
+/// "parent"}`. Refused for another `to`.
+pub fn dependency_failed(
+    parent: TaskId,
+    parent_status: TaskStatus,
+    to: TaskStatus,
+) -> Result<Change> {
+    let mut change = Change {
+        from: WAITING,
+        to,
+        attempt: AttemptChange::Keep,
+        run_at: RunAt::Keep,
+        lease: None,
+        result: None,
+        error: None,
+        events: Vec::with_capacity(1),
+    };
+    match to {
+        TaskStatus::Failed => {
+            let error = dependency_error(parent, parent_status);
+            change.events.push(EventDraft::new(
+                EventKind::TaskFailed,
+                json!({ "error": error, "parent": parent }),
+            ));
+            change.error = Some(error);
+        }
+        TaskStatus::Cancelled => change.events.push(EventDraft::new(
+            EventKind::TaskCancelled,
+            json!({ "from": WAITING, "parent": parent }),
+        )),
+        other => {
+            return Err(Error::IllegalTransition {
+                task_id: parent,
+                from: WAITING,
+                to: other,
+            });
+        }
+    }
+    Ok(change)
+}
+
+/// A workflow's retry reopens task `id`, which failed, was cancelled or timed out (`from`):
+/// `queued` (runnable now) when none of its parents is left to wait for, else `waiting` for
+/// them; its attempts start over, and `task.reopened` carries `{"from"}`. Refused for any
+/// other state.
+pub fn reopen(id: TaskId, from: TaskStatus, waiting_for: u32) -> Result<Change> {
+    let to = if waiting_for == 0 {
+        TaskStatus::Queued
+    } else {
+        WAITING
+    };
+    if !from.is_unsuccessful() {
+        return Err(Error::IllegalTransition {
+            task_id: id,
+            from,
+            to,
+        });
+    }
+    Ok(Change {
+        from,
+        to,
+        attempt: AttemptChange::Reset,
+        run_at: RunAt::Now,
+        lease: None,
+        result: None,
+        error: None,
+        events: vec![EventDraft::new(
+            EventKind::TaskReopened,
+            json!({ "from": from }),
+        )],
+    })
+}
+
+/// The event of a workflow whose last task finished: `workflow.succeeded` when every task
+/// succeeded, else `workflow.failed`; the data carries `{"workflow_id", "status", "tasks",
+/// "succeeded"}`. `None` while it is running.
+pub fn workflow_ended(id: WorkflowId, tasks: u32, succeeded: u32) -> Option<NewEvent> {
+    let status = WorkflowStatus::of(tasks, 0, succeeded);
+    let kind = match status {
+        WorkflowStatus::Running => return None,
+        WorkflowStatus::Succeeded => EventKind::WorkflowSucceeded,
+        WorkflowStatus::Failed | WorkflowStatus::Partly => EventKind::WorkflowFailed,
+    };
+    Some(NewEvent::new(kind).with_data(json!({
+        "workflow_id": id,
+        "status": status,
+        "tasks": tasks,
+        "succeeded": succeeded,
+    })))
+}
+
 /// Whether a task that just ran attempt `attempt` of `max_attempts` may run again.
 pub fn has_attempts_left(attempt: u32, max_attempts: u32) -> bool {
     attempt < max_attempts
@@ -542,15 +755,82 @@ mod tests {
         let mut changes = vec![claim(Duration::from_secs(1)), rescue(1, 3), rescue(3, 3)];
         changes.extend(outcomes.into_iter().map(|o| end_attempt(1, o)));
         let id = TaskId::new();
-        for from in [TaskStatus::Queued, TaskStatus::Running] {
+        for from in [TaskStatus::Waiting, TaskStatus::Queued, TaskStatus::Running] {
             changes.push(cancel(id, from).unwrap());
             changes.push(resolve(id, from, Resolution::Failed("no".into())).unwrap());
+        }
+        changes.push(release());
+        for to in [TaskStatus::Failed, TaskStatus::Cancelled] {
+            changes.push(dependency_failed(id, TaskStatus::TimedOut, to).unwrap());
+        }
+        for from in [
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+            TaskStatus::TimedOut,
+        ] {
+            changes.push(reopen(id, from, 0).unwrap());
+            changes.push(reopen(id, from, 2).unwrap());
         }
         for change in changes {
             assert!(change.from.can_become(change.to), "{change:?}");
             assert_eq!(change.lease.is_some(), change.to == TaskStatus::Running);
             assert!(!change.events.is_empty());
         }
+    }
+
+    #[test]
+    fn parents_end_children_by_their_dependency() {
+        use OnParentFailure::*;
+        for policy in [Fail, Cancel, RunAnyway] {
+            assert_eq!(
+                parent_outcome(TaskStatus::Succeeded, policy),
+                ParentOutcome::Satisfied
+            );
+        }
+        for parent in [
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+            TaskStatus::TimedOut,
+        ] {
+            assert_eq!(
+                parent_outcome(parent, Fail),
+                ParentOutcome::Ends(TaskStatus::Failed)
+            );
+            assert_eq!(
+                parent_outcome(parent, Cancel),
+                ParentOutcome::Ends(TaskStatus::Cancelled)
+            );
+            assert_eq!(parent_outcome(parent, RunAnyway), ParentOutcome::Satisfied);
+        }
+        assert!(dependency_failed(TaskId::new(), TaskStatus::Failed, TaskStatus::Queued).is_err());
+        assert!(reopen(TaskId::new(), TaskStatus::Succeeded, 0).is_err());
+        // A released task keeps a later run time of its own.
+        let now = Utc::now();
+        let mut waiting = task(TaskStatus::Waiting, 0);
+        waiting.run_at = now + TimeDelta::hours(1);
+        let later = waiting.run_at;
+        release().apply(&mut waiting, now).unwrap();
+        assert_eq!(
+            (waiting.status, waiting.run_at),
+            (TaskStatus::Queued, later)
+        );
+        let mut failed = task(TaskStatus::Failed, 3);
+        failed.finished_at = Some(now);
+        reopen(failed.id, TaskStatus::Failed, 0)
+            .unwrap()
+            .apply(&mut failed, now)
+            .unwrap();
+        assert_eq!(
+            (failed.status, failed.attempt, failed.finished_at),
+            (TaskStatus::Queued, 0, None)
+        );
+        let ended = workflow_ended(WorkflowId::new(), 3, 1).unwrap();
+        assert_eq!(ended.kind, EventKind::WorkflowFailed);
+        assert_eq!(ended.data["status"], "partly");
+        assert!(
+            workflow_ended(WorkflowId::new(), 2, 2)
+                .is_some_and(|e| e.kind == EventKind::WorkflowSucceeded)
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct EngineCounts {
     /// The engine.
     #[serde(rename = "core_id", alias = "engine")]
     pub engine: String,
+    /// Waiting for the tasks they depend on.
+    pub waiting: u64,
     /// Queued and due: waiting for a free slot or a worker.
     pub queued: u64,
     /// Queued but not due yet (a delay, a later `run_at`, a retry's backoff).
@@ -53,10 +55,12 @@ impl EngineCounts {
         self.succeeded + self.failed + self.timed_out + self.cancelled
     }
 
-    /// Adds `count` tasks in `status` (`delayed` for queued tasks not due yet).
+    /// Adds `count` tasks in `status` (`delayed` for queued tasks not due yet; ignored for
+    /// other states).
     pub fn add(&mut self, status: super::TaskStatus, delayed: bool, count: u64) {
         use super::TaskStatus::*;
         let slot = match status {
+            Waiting => &mut self.waiting,
             Queued if delayed => &mut self.delayed,
             Queued => &mut self.queued,
             Running => &mut self.running,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::workflow::{Dependency, NewDependency, OnParentFailure, Parent, WorkflowId};
 use crate::error::{Error, Result};
 
 /// A task id: a UUIDv7, so ids sort by creation time.
@@ -82,12 +83,15 @@ impl FromStr for LeaseToken {
     }
 }
 
-/// The state of a task. `succeeded`, `failed`, `cancelled` and `timed_out` are terminal.
-/// Which changes are legal is [`TaskStatus::can_become`]; which change happens when is
+/// The state of a task. `succeeded`, `failed`, `cancelled` and `timed_out` are terminal
+/// (finished); a workflow's retry reopens its unsuccessful tasks, nothing else leaves a terminal
+/// state. Which changes are legal is [`TaskStatus::can_become`]; which change happens when is
 /// decided by [`rules`](crate::backend::rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
+    /// Waiting for the tasks it depends on to finish: not claimable until they have.
+    Waiting,
     /// Waiting to run (possibly not before its `run_at`).
     Queued,
     /// Leased by a worker that is running an attempt.
@@ -104,7 +108,8 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// All states, in declaration order.
-    pub const ALL: [TaskStatus; 6] = [
+    pub const ALL: [TaskStatus; 7] = [
+        TaskStatus::Waiting,
         TaskStatus::Queued,
         TaskStatus::Running,
         TaskStatus::Succeeded,
@@ -116,6 +121,7 @@ impl TaskStatus {
     /// The wire name (`queued`, `timed_out`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskStatus::Waiting => "waiting",
             TaskStatus::Queued => "queued",
             TaskStatus::Running => "running",
             TaskStatus::Succeeded => "succeeded",
@@ -125,9 +131,18 @@ impl TaskStatus {
         }
     }
 
-    /// Whether no further transition is possible.
+    /// Whether the task has finished: succeeded, failed, cancelled or timed out.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, TaskStatus::Queued | TaskStatus::Running)
+        !matches!(
+            self,
+            TaskStatus::Waiting | TaskStatus::Queued | TaskStatus::Running
+        )
+    }
+
+    /// Whether the task finished without succeeding (failed, cancelled or timed out): what a
+    /// dependency's [`OnParentFailure`](crate::OnParentFailure) reacts to.
+    pub fn is_unsuccessful(self) -> bool {
+        self.is_terminal() && self != TaskStatus::Succeeded
     }
 
     /// Whether `self -> to` is a legal transition.
@@ -135,8 +150,10 @@ impl TaskStatus {
         use TaskStatus::*;
         matches!(
             (self, to),
-            (Queued, Running | Cancelled | Succeeded | Failed)
+            (Waiting, Queued | Cancelled | Succeeded | Failed)
+                | (Queued, Running | Cancelled | Succeeded | Failed)
                 | (Running, Queued | Succeeded | Failed | TimedOut | Cancelled)
+                | (Failed | Cancelled | TimedOut, Queued | Waiting)
         )
     }
 
@@ -170,7 +187,8 @@ impl FromStr for TaskStatus {
                 Error::invalid(
                     "status",
                     format!(
-                        "{s:?} is not one of queued, running, succeeded, failed, cancelled, timed_out"
+                        "{s:?} is not one of waiting, queued, running, succeeded, failed, \
+                         cancelled, timed_out"
                     ),
                 )
             })
@@ -188,6 +206,8 @@ pub mod limits {
     pub const MAX_RESOURCE_LEN: usize = 256;
     /// Most lock resources one task may name.
     pub const MAX_TASK_LOCKS: usize = 16;
+    /// Most tasks one task may depend on.
+    pub const MAX_DEPENDENCIES: usize = 10_000;
     /// Most attempts a task may ask for.
     pub const MAX_ATTEMPTS: u32 = 1000;
     /// Longest task timeout.
@@ -312,6 +332,10 @@ pub struct TaskSpec {
     /// Lock resources the task needs; the dispatcher holds them all while the engine runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub locks: Vec<String>,
+    /// The tasks this one waits for: it stays `waiting` until every one of them has finished,
+    /// then becomes `queued` (see [`Dependency`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
 }
 
 fn default_priority() -> i32 {
@@ -338,6 +362,7 @@ impl TaskSpec {
             metadata: Value::Null,
             idempotency_key: None,
             locks: Vec::new(),
+            depends_on: Vec::new(),
         }
     }
 
@@ -395,6 +420,29 @@ impl TaskSpec {
         self
     }
 
+    /// Waits for `parent` (an existing task, or a [`Step`](crate::Step) of the same dispatch)
+    /// to succeed; if it fails, is cancelled or times out, this task fails too
+    /// ([`OnParentFailure::Fail`]).
+    ///
+    /// ```
+    /// use orch_core::{TaskId, TaskSpec};
+    ///
+    /// let report = TaskSpec::new("report").after(TaskId::new());
+    /// assert_eq!(report.depends_on.len(), 1);
+    /// ```
+    pub fn after(self, parent: impl Into<Parent>) -> Self {
+        self.after_with(parent, OnParentFailure::Fail)
+    }
+
+    /// Waits for `parent` to finish; what its failure does to this task is `on_failure`.
+    pub fn after_with(mut self, parent: impl Into<Parent>, on_failure: OnParentFailure) -> Self {
+        self.depends_on.push(Dependency {
+            parent: parent.into(),
+            on_failure,
+        });
+        self
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
         check_name("engine", &self.engine, limits::MAX_ENGINE_LEN)?;
@@ -446,13 +494,31 @@ impl TaskSpec {
         for resource in &self.locks {
             check_name("locks", resource, limits::MAX_RESOURCE_LEN)?;
         }
+        if self.depends_on.len() > limits::MAX_DEPENDENCIES {
+            return Err(Error::invalid(
+                "depends_on",
+                format!("at most {} dependencies per task", limits::MAX_DEPENDENCIES),
+            ));
+        }
         Ok(())
     }
 
     /// Validates and turns the spec into what a backend stores: an id is assigned, lock
     /// resources are sorted and de-duplicated (so tasks take them in one global order and
-    /// cannot deadlock).
+    /// cannot deadlock). Only a spec without dependencies on [`Step`](crate::Step)s can be
+    /// turned into a task alone; a graph goes through
+    /// [`plan_tasks`](crate::backend::plan_tasks), which resolves them.
     pub fn into_new_task(self) -> Result<NewTask> {
+        if self.depends_on.is_empty() {
+            return self.into_new_task_alone();
+        }
+        super::graph::plan_tasks(vec![self], None)?
+            .pop()
+            .ok_or_else(|| Error::invalid("depends_on", "no task planned"))
+    }
+
+    /// [`TaskSpec::into_new_task`] without the dependencies: the caller resolves them.
+    pub(super) fn into_new_task_alone(self) -> Result<NewTask> {
         self.validate()?;
         let mut locks = self.locks;
         locks.sort();
@@ -469,6 +535,8 @@ impl TaskSpec {
             metadata: self.metadata,
             idempotency_key: self.idempotency_key,
             locks,
+            dependencies: Vec::new(),
+            workflow_id: None,
         })
     }
 }
@@ -503,6 +571,13 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// Sorted, de-duplicated lock resources.
     pub locks: Vec<String>,
+    /// The tasks it waits for, in the order named. Each parent's id is smaller than the
+    /// task's (parents are made first): backends lock rows in id order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<NewDependency>,
+    /// The workflow it belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<WorkflowId>,
 }
 
 /// A stored task.
@@ -548,6 +623,13 @@ pub struct Task {
     pub idempotency_key: Option<String>,
     /// Lock resources held while running.
     pub locks: Vec<String>,
+    /// The workflow it belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<WorkflowId>,
+    /// While `waiting`: how many of the tasks it depends on have not finished yet (0 in every
+    /// other state).
+    #[serde(default)]
+    pub waiting_for: u32,
 }
 
 impl Task {
@@ -717,12 +799,22 @@ mod tests {
         use TaskStatus::*;
         assert!(Queued.can_become(Running));
         assert!(Running.can_become(Queued));
+        assert!(Waiting.can_become(Queued));
+        assert!(
+            !Waiting.can_become(Running),
+            "a waiting task is never claimed"
+        );
         assert!(!Succeeded.can_become(Running));
         assert!(!Queued.can_become(TimedOut));
         for terminal in [Succeeded, Failed, Cancelled, TimedOut] {
             for to in TaskStatus::ALL {
-                assert!(!terminal.can_become(to), "{terminal} -> {to}");
+                // Only a workflow's retry reopens a task, and never a successful one.
+                let reopens = terminal != Succeeded && matches!(to, Queued | Waiting);
+                assert_eq!(terminal.can_become(to), reopens, "{terminal} -> {to}");
             }
+        }
+        for status in TaskStatus::ALL {
+            assert_eq!(status.as_str().parse::<TaskStatus>().ok(), Some(status));
         }
     }
 

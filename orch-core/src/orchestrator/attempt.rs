@@ -14,7 +14,6 @@ use super::report::{Report, record};
 use super::{Engine, Inner};
 use crate::backend::rules;
 use crate::context::TaskContext;
-use crate::contracts::StorageProvider;
 use crate::error::{Error, TaskError};
 use crate::locks::{LockGuard, LockOptions};
 use crate::model::{AttemptOutcome, Claimed, Task, TaskLock};
@@ -195,14 +194,13 @@ async fn execute(
         }
     };
 
-    let storage: Arc<dyn StorageProvider> = inner.backend.clone();
     let mut ctx = TaskContext::for_attempt(
         task.id,
         engine.name.clone(),
         task.attempt,
         task.max_attempts,
         running.cancel.clone(),
-        storage,
+        inner.backend.clone(),
     );
     if !guards.is_empty() {
         ctx = ctx.with_locks(

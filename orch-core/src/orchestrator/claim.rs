@@ -241,6 +241,7 @@ pub(super) async fn start_directly(
 ) -> Result<std::result::Result<Task, NewTask>> {
     if !inner.direct_start
         || task.idempotency_key.is_some()
+        || !task.dependencies.is_empty()
         || !task.delay.is_zero()
         || task.not_before.is_some_and(|at| at > clock::now())
     {

@@ -51,11 +51,20 @@ pub(super) async fn lease_keeper(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
-/// One rescue pass.
+/// One rescue pass: expired leases, then waiting tasks left marked to end by a failed parent
+/// (a process that died between the steps of a cascade).
 pub(super) async fn rescue_once(inner: &Inner) -> Result<Vec<Task>> {
     let rescued = inner.backend.rescue_expired(1000).await?;
     if !rescued.is_empty() {
         tracing::info!(count = rescued.len(), "rescued tasks whose lease expired");
+        inner.wakeups.tasks_changed();
+    }
+    let settled = inner.backend.settle_dependents(1000).await?;
+    if settled > 0 {
+        tracing::info!(
+            count = settled,
+            "ended waiting tasks whose parent's failure ends them"
+        );
         inner.wakeups.tasks_changed();
     }
     Ok(rescued)

@@ -8,7 +8,8 @@
 //!   token;
 //! - `report.rs`: attempts' outcomes recorded in batches;
 //! - `maintenance.rs`: the lease keeper, the rescuer and the pruner;
-//! - `external.rs`: external workers' claims, heartbeats and reports.
+//! - `external.rs`: external workers' claims, heartbeats and reports;
+//! - `workflows.rs`: workflows (graphs dispatched as one unit), their status, cancel and retry.
 //!
 //! `attempts.rs` owns the running attempts ([`Attempts`](attempts::Attempts)) and their
 //! invariant; `wake.rs` is the one path by which idle loops learn of changes; `builder.rs`
@@ -24,6 +25,7 @@ mod external;
 mod maintenance;
 mod report;
 mod wake;
+mod workflows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -342,14 +344,38 @@ impl Orchestrator {
     }
 
     /// Dispatches several tasks in one backend call, in order.
+    ///
+    /// The tasks may depend on each other ([`TaskSpec::after`] a [`Step`](crate::Step): the
+    /// index of a spec in `specs`) and on existing tasks: the whole graph is stored in one
+    /// atomic step, or refused with [`Error::Invalid`] naming the task (a cycle, an unknown
+    /// step or task), nothing stored. [`Orchestrator::dispatch_workflow`] stores a graph under
+    /// a workflow id of its own.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> orch_core::Result<()> {
+    /// use std::sync::Arc;
+    /// use orch_core::{MemoryBackend, Orchestrator, Step, TaskSpec, TaskStatus};
+    ///
+    /// let orch = Orchestrator::builder(Arc::new(MemoryBackend::new())).build().await?;
+    /// let created = orch
+    ///     .dispatch_many(vec![TaskSpec::new("fetch"), TaskSpec::new("parse").after(Step(0))])
+    ///     .await?;
+    /// assert_eq!(created[1].task.status, TaskStatus::Waiting);
+    /// # orch.shutdown(std::time::Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
     pub async fn dispatch_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<Created>> {
         if self.inner.stop_claiming.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let tasks = specs
-            .into_iter()
-            .map(TaskSpec::into_new_task)
-            .collect::<Result<Vec<_>>>()?;
+        let tasks = if specs.iter().any(|spec| !spec.depends_on.is_empty()) {
+            crate::backend::plan_tasks(specs, None)?
+        } else {
+            specs
+                .into_iter()
+                .map(TaskSpec::into_new_task)
+                .collect::<Result<Vec<_>>>()?
+        };
         self.create(tasks).await
     }
 
@@ -422,27 +448,34 @@ impl Orchestrator {
         self.inner.backend.list_tasks(filter).await
     }
 
-    /// Cancels a queued or running task. A running attempt in this process is told through
-    /// its context's cancellation token at once; one in another process learns it at its next
-    /// heartbeat. [`Error::IllegalTransition`] for a finished task.
+    /// Cancels a waiting, queued or running task. A running attempt in this process is told
+    /// through its context's cancellation token at once; one in another process learns it at
+    /// its next heartbeat. Tasks waiting for it follow their dependency's
+    /// [`OnParentFailure`](crate::OnParentFailure). [`Error::IllegalTransition`] for a
+    /// finished task.
     pub async fn cancel(&self, id: TaskId) -> Result<Task> {
         let task = self.inner.backend.cancel_task(id).await?;
         self.inner.attempts.stop(id, StopCause::Cancelled);
-        self.inner.wakeups.events_appended();
+        // Tasks waiting for it may have been released.
+        self.inner.wakeups.tasks_changed();
         Ok(task)
     }
 
-    /// Finishes a queued or running task for an external system that ran it (a signed
-    /// webhook, say). A running attempt in this process is stopped.
+    /// Finishes a waiting, queued or running task for an external system that ran it (a
+    /// signed webhook, say). A running attempt in this process is stopped; tasks waiting for
+    /// it learn its outcome.
     pub async fn resolve(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
         let task = self.inner.backend.resolve_task(id, resolution).await?;
         self.inner.attempts.stop(id, StopCause::LeaseLost);
-        self.inner.wakeups.events_appended();
+        self.inner.wakeups.tasks_changed();
         Ok(task)
     }
 
     /// Runs one rescue pass now (the rescuer does this every `rescue_interval`): tasks whose
-    /// lease expired are requeued or failed. Returns them.
+    /// lease expired are requeued or failed, and waiting tasks a failed parent ends (when a
+    /// backend left them for later, see
+    /// [`TaskStore::settle_dependents`](crate::backend::TaskStore::settle_dependents)) end.
+    /// Returns the rescued tasks.
     pub async fn rescue_expired(&self) -> Result<Vec<Task>> {
         maintenance::rescue_once(&self.inner).await
     }

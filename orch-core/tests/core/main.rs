@@ -124,6 +124,7 @@ mod pipelining;
 mod plugins;
 mod schedules;
 mod task_locks;
+mod workflows;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use orch_core::{
-    Event, LeaseToken, Orchestrator, Task, TaskError, TaskFilter, TaskId, TaskSpec, TaskStatus,
-    WorkerReport,
+    Event, LeaseToken, OnParentFailure, Orchestrator, Parent, Step, Task, TaskError, TaskFilter,
+    TaskId, TaskSpec, TaskStatus, WorkerReport,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,7 +44,7 @@ pub struct TaskView {
     /// The task id (a UUID; `task-<uuid>` is accepted in paths).
     #[schema(format = Uuid)]
     pub task_id: String,
-    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`, `timed_out`.
+    /// `waiting`, `queued`, `running`, `succeeded`, `failed`, `cancelled`, `timed_out`.
     #[schema(value_type = crate::openapi::TaskState)]
     pub status: String,
     /// Which engine or worker pool runs it.
@@ -81,6 +81,11 @@ pub struct TaskView {
     pub idempotency_key: Option<String>,
     /// Lock resources held while it runs.
     pub locks: Vec<String>,
+    /// The workflow it belongs to, if any.
+    #[schema(format = Uuid)]
+    pub workflow_id: Option<String>,
+    /// How many of the tasks it depends on have not finished (`waiting` while more than 0).
+    pub waiting_for: u32,
 }
 
 impl From<Task> for TaskView {
@@ -105,6 +110,55 @@ impl From<Task> for TaskView {
             error: task.error,
             idempotency_key: task.idempotency_key,
             locks: task.locks,
+            workflow_id: task.workflow_id.map(|id| id.to_string()),
+            waiting_for: task.waiting_for,
+        }
+    }
+}
+
+/// A task the new task waits for: an existing task (`task`, its id) or, in
+/// `POST /workflows`, a task of the same call (`step`, its index in `tasks`). Exactly one of
+/// the two. The new task stays `waiting` until every task it names has finished.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DependencyRequest {
+    /// An existing task's id (a UUID, `task-<uuid>` accepted).
+    #[schema(
+        pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
+    pub task: Option<String>,
+    /// A task of the same `POST /workflows` call: its index in `tasks`, from 0.
+    #[serde(default, deserialize_with = "crate::whole::optional")]
+    #[schema(minimum = 0)]
+    pub step: Option<usize>,
+    /// What the parent's failure (failed, cancelled or timed out) does to the new task:
+    /// `fail` (the default), `cancel`, or `run_anyway` (for clean-up steps).
+    #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::ParentFailure>, nullable = false)]
+    pub on_failure: Option<OnParentFailure>,
+}
+
+impl DependencyRequest {
+    /// The parent this names; `steps` is how many tasks the call has (0: no steps allowed).
+    fn parent(&self, field: &str, steps: usize) -> ApiResult<Parent> {
+        match (&self.task, self.step) {
+            (Some(task), None) => parse_task_id(task).map(Parent::Task).map_err(|_| {
+                ApiError::unprocessable(
+                    format!("{field}.task"),
+                    format!("{task:?} is not a task id (UUID)"),
+                )
+            }),
+            (None, Some(_)) if steps == 0 => Err(ApiError::unprocessable(
+                format!("{field}.step"),
+                "a step names a task of the same call: POST /dispatch stores one task, \
+                 so name an existing task with `task`, or send the graph to POST /workflows",
+            )),
+            (None, Some(step)) => Ok(Parent::Step(Step(step))),
+            _ => Err(ApiError::unprocessable(
+                field.to_owned(),
+                "must name exactly one of `task` (an existing task) and `step` (a task of \
+                 the same call)",
+            )),
         }
     }
 }
@@ -169,6 +223,11 @@ pub struct DispatchRequest {
     #[serde(default)]
     #[schema(max_items = 16, inline, value_type = Vec<crate::openapi::ResourceName>)]
     pub locks: Vec<String>,
+    /// The tasks it waits for (at most 10,000): it stays `waiting` until they have finished,
+    /// then is queued. An unknown task is refused (422 naming it), nothing stored.
+    #[serde(default)]
+    #[schema(max_items = 10000)]
+    pub depends_on: Vec<DependencyRequest>,
 }
 
 fn seconds(field: &'static str, value: f64) -> ApiResult<Duration> {
@@ -190,7 +249,9 @@ pub(crate) fn seconds_between(field: &'static str, value: f64, max: f64) -> ApiR
 }
 
 impl DispatchRequest {
-    fn into_spec(self, header_key: Option<String>) -> ApiResult<TaskSpec> {
+    /// The spec, validated. `steps` is how many tasks the call has, for dependencies on
+    /// tasks of the same call (`POST /workflows`); 0 refuses them (`POST /dispatch`).
+    pub(crate) fn into_spec(self, header_key: Option<String>, steps: usize) -> ApiResult<TaskSpec> {
         let mut spec = TaskSpec::new(self.core_id)
             .payload(self.payload)
             .metadata(self.metadata);
@@ -234,12 +295,25 @@ impl DispatchRequest {
             }
             spec = spec.lock(lock);
         }
+        if self.depends_on.len() > orch_core::limits::MAX_DEPENDENCIES {
+            return Err(ApiError::unprocessable(
+                "depends_on",
+                format!(
+                    "at most {} dependencies per task",
+                    orch_core::limits::MAX_DEPENDENCIES
+                ),
+            ));
+        }
+        for (index, dependency) in self.depends_on.iter().enumerate() {
+            let parent = dependency.parent(&format!("depends_on[{index}]"), steps)?;
+            spec = spec.after_with(parent, dependency.on_failure.unwrap_or_default());
+        }
         spec.validate()?;
         Ok(spec)
     }
 }
 
-fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
+pub(crate) fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
     match headers.get("idempotency-key") {
         None => Ok(None),
         Some(value) => {
@@ -259,7 +333,8 @@ fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
 
 /// `POST /dispatch`: 201 with the new task; 200 with the earlier task when the idempotency key
 /// was used before; with `stay: true`, 200 with the finished task, or 202 with the task as it
-/// is if it did not finish within the server's wait limit.
+/// is if it did not finish within the server's wait limit. A task naming existing tasks in
+/// `depends_on` is `waiting` until they have finished; an unknown one is a 422.
 #[utoipa::path(post, path = "/dispatch", tag = "tasks", request_body = DispatchRequest,
     security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 256,
@@ -275,7 +350,7 @@ pub async fn dispatch(
     ApiJson(body): ApiJson<DispatchRequest>,
 ) -> ApiResult<(StatusCode, Json<TaskView>)> {
     let stay = body.stay;
-    let spec = body.into_spec(idempotency_header(&headers)?)?;
+    let spec = body.into_spec(idempotency_header(&headers)?, 0)?;
     let wait_bound = spec
         .timeout
         .saturating_mul(spec.max_attempts.max(1))
@@ -346,13 +421,13 @@ const FIRST_READ: usize = 32;
 
 /// A JSON object `{"<field>":[<items>]<tail>}` written item by item, that stops taking items
 /// at [`MAX_PAGE_BYTES`].
-struct PageBody {
+pub(crate) struct PageBody {
     bytes: Vec<u8>,
     items: usize,
 }
 
 impl PageBody {
-    fn new(field: &str) -> Self {
+    pub(crate) fn new(field: &str) -> Self {
         let mut bytes = Vec::with_capacity(4096);
         bytes.extend_from_slice(b"{\"");
         bytes.extend_from_slice(field.as_bytes());
@@ -362,7 +437,7 @@ impl PageBody {
 
     /// Appends `item` unless that would take the page past the budget (the first item is
     /// always taken); returns whether it was.
-    fn push(&mut self, item: &impl Serialize) -> ApiResult<bool> {
+    pub(crate) fn push(&mut self, item: &impl Serialize) -> ApiResult<bool> {
         let start = self.bytes.len();
         if self.items > 0 {
             self.bytes.push(b',');
@@ -397,7 +472,7 @@ impl PageBody {
     }
 
     /// Closes the array, adds `"<key>":<value>` pairs, and makes the response.
-    fn finish(mut self, tail: &[(&str, serde_json::Value)]) -> Response {
+    pub(crate) fn finish(mut self, tail: &[(&str, serde_json::Value)]) -> Response {
         self.bytes.push(b']');
         for (key, value) in tail {
             self.bytes.extend_from_slice(b",\"");

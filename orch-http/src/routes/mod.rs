@@ -10,3 +10,4 @@ pub mod locks;
 pub mod misc;
 pub mod sse;
 pub mod webhook;
+pub mod workflows;

@@ -20,4 +20,5 @@ mod roles;
 mod sse;
 mod system;
 mod webhook;
+mod workflows;
 mod wrapped;

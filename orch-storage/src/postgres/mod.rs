@@ -24,6 +24,26 @@
 //! - Statements that create or requeue tasks or append events send one `pg_notify` (see
 //!   `notify`); listeners in every process raise their wake-up signals. Polling stays the floor.
 
+/// Appends the events a statement raises, in rows of up to 256 (`orch_event_batches`), from
+/// a query of their `kind`, `task_id`, `core_id`, `attempt`, `data` and order `o` (from 1).
+/// No events, no row.
+macro_rules! insert_events {
+    ($select:expr) => {
+        concat!(
+            "INSERT INTO orch_event_batches (n, at, kinds, task_ids, core_ids, attempts, data)
+    SELECT count(*), now(), array_agg(kind ORDER BY o), array_agg(task_id ORDER BY o),
+           array_agg(core_id ORDER BY o), array_agg(attempt ORDER BY o),
+           jsonb_agg(data ORDER BY o)
+    FROM (",
+            $select,
+            ") AS e
+    GROUP BY (o - 1) / 256
+    ORDER BY min(o)"
+        )
+    };
+}
+
+mod graph;
 mod log;
 mod notify;
 mod statements;
@@ -34,7 +54,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use orch_core::backend::ChangeSignal;
-use orch_core::{Error, LeaseToken, Result, Task, TaskId, TaskStatus};
+use orch_core::{Error, LeaseToken, Result, Task, TaskId, TaskStatus, WorkflowId};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions as _, Connection as _, Row};
@@ -172,6 +192,11 @@ fn migrator() -> Migrator {
             "task events",
             include_str!("../../migrations/postgres/0005_task_events.sql"),
         ),
+        (
+            6,
+            "workflows",
+            include_str!("../../migrations/postgres/0006_workflows.sql"),
+        ),
     ])
 }
 
@@ -253,6 +278,10 @@ impl PostgresBackend {
         // A connection given back inside a transaction (a cancelled `begin`) must not hold row
         // locks for ever.
         options = options.options([("idle_in_transaction_session_timeout", "60s")]);
+        // Short statements over few rows, some of whose plans the planner overestimates
+        // (arrays of unknown length, CTEs): JIT compiling them cost more than running them
+        // (seconds for a workflow's dispatch, tens of milliseconds per outcome batch).
+        options = options.options([("jit", "off")]);
         if let Some(timeout) = settings.statement_timeout {
             let millis = timeout.as_millis().clamp(1, i32::MAX as u128);
             options = options.options([("statement_timeout", format!("{millis}ms"))]);
@@ -588,6 +617,15 @@ fn task_from_row(operation: &'static str, row: &PgRow) -> Result<(Task, Option<L
         error: row.try_get("error").map_err(get)?,
         idempotency_key: row.try_get("idempotency_key").map_err(get)?,
         locks: row.try_get("locks").map_err(get)?,
+        workflow_id: row
+            .try_get::<Option<Uuid>, _>("workflow_id")
+            .map_err(get)?
+            .map(WorkflowId),
+        waiting_for: to_u32(
+            operation,
+            "waiting_for",
+            i64::from(row.try_get::<i32, _>("waiting_for").map_err(get)?),
+        )?,
     };
     Ok((task, lease.map(LeaseToken)))
 }

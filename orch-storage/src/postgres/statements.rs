@@ -9,25 +9,6 @@
 
 use crate::rule_sql::Rendered;
 
-/// Appends the events a statement raises, in rows of up to 256 (`orch_event_batches`), from
-/// a query of their `kind`, `task_id`, `core_id`, `attempt`, `data` and order `o` (from 1).
-/// No events, no row.
-macro_rules! insert_events {
-    ($select:expr) => {
-        concat!(
-            "INSERT INTO orch_event_batches (n, at, kinds, task_ids, core_ids, attempts, data)
-    SELECT count(*), now(), array_agg(kind ORDER BY o), array_agg(task_id ORDER BY o),
-           array_agg(core_id ORDER BY o), array_agg(attempt ORDER BY o),
-           jsonb_agg(data ORDER BY o)
-    FROM (",
-            $select,
-            ") AS e
-    GROUP BY (o - 1) / 256
-    ORDER BY min(o)"
-        )
-    };
-}
-
 /// Inserts a batch in input order, skipping tasks whose idempotency key exists, and appends a
 /// `task.queued` event per inserted task; returns the id and database times of each inserted
 /// task (the caller has the rest). Tasks without a key take a plain insert (`ON
@@ -157,37 +138,68 @@ SELECT claimed.*,
 FROM claimed ORDER BY priority DESC, run_at, id"
 ));
 
-/// Applies changes decided by orch-core's rules, several tasks in one statement. The arrays
-/// hold one change each, in input order: the task `$1`; the guard it must still meet (state
-/// `$2`, lease token `$3` or none, attempt `$4` when not NULL, lease expired by the database
-/// clock when `$5`); the change (state `$6`, attempt step `$7`, run time `$8` microseconds
-/// from now or unchanged when NULL, `finished_at` set when `$9`, result `$10` and error `$11`
-/// when not NULL; the lease dropped), and its events `$12` (a JSON array of `{"kind",
-/// "data"}`). `$13` is the notification payload (NULL: none). A task named twice is changed
-/// by the first entry whose guard holds. Returns one row per entry, in input order: the task
-/// as changed (NULL columns when its guard did not hold) and whether the task exists.
+/// Applies changes decided by orch-core's rules, several tasks in one statement, with what
+/// the tasks it ends mean for the tasks waiting for them. The arrays hold one change each, in
+/// input order: the task `$1`; the guard it must still meet (state `$2`, lease token `$3` or
+/// none, attempt `$4` when not NULL, lease expired by the database clock when `$5`, marked to
+/// end by a parent when `$15`); the change (state `$6`, attempt step `$7`, run time `$8`
+/// microseconds from now or unchanged when NULL, `finished_at` set when `$9`, result `$10` and
+/// error `$11` when not NULL; the lease and any mark dropped), and its events `$12` (a JSON
+/// array of `{"kind", "data"}`). `$13` is the notification payload when no task was released
+/// (NULL: none), `$14` when one was. A task named twice is changed by the first entry whose
+/// guard holds. Returns one row per entry, in input order: the task as changed (NULL columns
+/// when its guard did not hold), whether the task exists, and on every row how many waiting
+/// tasks were released and how many are marked to end.
+///
+/// Locks: every task row the statement changes (the entries and their waiting children) is
+/// locked first, in ascending id order (`locked`), then workflow rows in ascending id order:
+/// two statements ending different parents of shared children wait for each other in one
+/// order and never deadlock. A waiting task counts its parents down (`waiting_for`) under its
+/// row lock, so of two parents ending at once exactly one statement sees the count reach zero
+/// and releases it. The children are found through the snapshot; a task that gained a
+/// dependent after the snapshot (its `dependents` grew) fails the statement with 40001, and
+/// the backend runs it again on a fresh snapshot.
 ///
 /// Each task is first found through its primary key alone (a LATERAL probe with LIMIT 1: a
 /// join let the planner hash the entries against every `running` entry of an index, dead
 /// versions included).
-pub(super) const APPLY_CHANGES: &str = concat!(
+pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
     "WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int4[], $5::bool[],
                          $6::text[], $7::int4[], $8::int8[], $9::bool[], $10::text[],
-                         $11::text[], $12::text[])
+                         $11::text[], $12::text[], $15::bool[])
         WITH ORDINALITY AS u(id, from_status, token, attempt, expired, to_status, step,
-                             run_in_us, finished, result, error, events, ord)
-), picked AS (
-    SELECT DISTINCT ON (input.id) input.*
+                             run_in_us, finished, result, error, events, doomed, ord)
+), probe AS (
+    -- Each entry's task as the snapshot has it: whether its guard holds, and how many
+    -- dependents it had.
+    SELECT input.*, s.held, s.dependents AS snap_dependents
     FROM input CROSS JOIN LATERAL (
-        SELECT 1 FROM orch_tasks t
-        WHERE t.id = input.id AND t.status = input.from_status
+        SELECT t.dependents,
+            t.status = input.from_status
             AND t.lease_token IS NOT DISTINCT FROM input.token
             AND (input.attempt IS NULL OR t.attempt = input.attempt)
             AND (NOT input.expired OR t.lease_expires_at <= now())
-        LIMIT 1
-    ) AS held
-    ORDER BY input.id, input.ord
+            AND (NOT input.doomed OR t.doom IS NOT NULL) AS held
+        FROM orch_tasks t WHERE t.id = input.id LIMIT 1
+    ) AS s
+), kids AS (
+    -- Probed through the index per parent (OFFSET 0 keeps the planner from turning this into a
+    -- scan of every dependency row when its statistics are young).
+    SELECT d.child_id AS id FROM probe CROSS JOIN LATERAL (
+        SELECT child_id FROM orch_task_deps WHERE parent_id = probe.id OFFSET 0
+    ) AS d
+    WHERE probe.held AND probe.snap_dependents > 0
+), locked AS MATERIALIZED (
+    SELECT t.id, t.status FROM orch_tasks t
+    WHERE t.id = ANY (ARRAY(SELECT id FROM probe UNION SELECT id FROM kids))
+    ORDER BY t.id
+    FOR UPDATE
+), picked AS (
+    SELECT DISTINCT ON (p.id) p.*
+    FROM probe p
+    WHERE p.held AND p.id IN (SELECT id FROM locked)
+    ORDER BY p.id, p.ord
 ), t AS (
     UPDATE orch_tasks SET
         status = p.to_status,
@@ -199,7 +211,9 @@ pub(super) const APPLY_CHANGES: &str = concat!(
         result = coalesce(p.result::jsonb, orch_tasks.result),
         error = coalesce(p.error, orch_tasks.error),
         lease_token = NULL,
-        lease_expires_at = NULL
+        lease_expires_at = NULL,
+        waiting_for = CASE WHEN p.to_status = {waiting} THEN orch_tasks.waiting_for ELSE 0 END,
+        doom = NULL
     FROM picked p
     -- The whole guard again: a row changed since it was picked (a renewal, a claim) is
     -- checked anew when the update waits for it, and left alone if it no longer matches.
@@ -207,26 +221,112 @@ pub(super) const APPLY_CHANGES: &str = concat!(
         AND orch_tasks.lease_token IS NOT DISTINCT FROM p.token
         AND (p.attempt IS NULL OR orch_tasks.attempt = p.attempt)
         AND (NOT p.expired OR orch_tasks.lease_expires_at <= now())
-    RETURNING orch_tasks.*, p.ord, p.events
+        AND (NOT p.doomed OR orch_tasks.doom IS NOT NULL)
+    RETURNING orch_tasks.*, p.ord, p.events, p.finished AS ends,
+        p.snap_dependents
+), ended AS (
+    SELECT id, status, dependents, workflow_id FROM t WHERE ends
+), late AS (
+    SELECT id FROM t WHERE ends AND dependents > snap_dependents
+), edges AS (
+    SELECT d.child_id, d.position, d.on_failure, e.id AS parent_id, e.status AS parent_status
+    FROM ended e CROSS JOIN LATERAL (
+        SELECT child_id, position, on_failure FROM orch_task_deps WHERE parent_id = e.id
+        OFFSET 0
+    ) AS d
+    WHERE e.dependents > 0
+), per_child AS (
+    SELECT e.child_id,
+        count(*) FILTER (WHERE e.parent_status = {success.to}
+                         OR e.on_failure = {policy.run_anyway}) AS satisfied,
+        (array_agg(jsonb_build_object(
+             'parent', e.parent_id, 'status', e.parent_status, 'position', e.position,
+             'to', CASE WHEN e.on_failure = {policy.fail} THEN {ends.fail} ELSE {ends.cancel} END)
+             ORDER BY e.position)
+         FILTER (WHERE e.parent_status <> {success.to}
+                 AND e.on_failure <> {policy.run_anyway}))[1] AS doom
+    FROM edges e GROUP BY e.child_id
+), children AS (
+    UPDATE orch_tasks c SET
+        waiting_for = greatest(c.waiting_for - k.satisfied, 0),
+        doom = coalesce(c.doom, k.doom),
+        status = CASE WHEN c.doom IS NULL AND k.doom IS NULL AND c.waiting_for <= k.satisfied
+                      THEN {release.to} ELSE c.status END,
+        run_at = CASE WHEN c.doom IS NULL AND k.doom IS NULL AND c.waiting_for <= k.satisfied
+                      THEN greatest(c.run_at, now()) ELSE c.run_at END,
+        updated_at = now()
+    FROM per_child k
+    -- The state as locked (the newest), not as the snapshot had it.
+    WHERE c.id = k.child_id
+        AND k.child_id IN (SELECT id FROM locked WHERE status = {release.from})
+        AND k.child_id NOT IN (SELECT id FROM input)
+    RETURNING c.id, c.core_id, c.attempt, c.status, c.doom IS NOT NULL AS doomed
+), released AS (
+    SELECT * FROM children WHERE status = {release.to}
+), wf_delta AS (
+    SELECT e.workflow_id AS id, count(*) AS ended,
+           count(*) FILTER (WHERE e.status = {success.to}) AS succeeded
+    FROM ended e WHERE e.workflow_id IS NOT NULL GROUP BY e.workflow_id
+), wf_locked AS MATERIALIZED (
+    SELECT w.id FROM orch_workflows w WHERE w.id IN (SELECT id FROM wf_delta)
+    ORDER BY w.id
+    FOR UPDATE
+), wf AS (
+    -- WorkflowStatus::of on the new counts.
+    UPDATE orch_workflows w SET
+        unfinished = greatest(w.unfinished - d.ended, 0),
+        succeeded = w.succeeded + d.succeeded,
+        status = CASE WHEN w.unfinished > d.ended THEN 'running'
+                      WHEN w.succeeded + d.succeeded >= w.tasks THEN 'succeeded'
+                      WHEN w.succeeded + d.succeeded = 0 THEN 'failed'
+                      ELSE 'partly' END,
+        finished_at = CASE WHEN w.unfinished > d.ended THEN w.finished_at ELSE now() END
+    FROM wf_delta d
+    WHERE w.id = d.id AND d.id IN (SELECT id FROM wf_locked)
+    RETURNING w.id, w.status, w.tasks, w.succeeded, w.unfinished
 ), ev AS (
     ",
     insert_events!(
-        "SELECT e.value ->> 'kind' AS kind, t.id AS task_id, t.core_id, t.attempt,
-           e.value -> 'data' AS data, row_number() OVER (ORDER BY t.ord, e.n) AS o
-    FROM t CROSS JOIN LATERAL jsonb_array_elements(t.events::jsonb) WITH ORDINALITY AS e(value, n)"
+        "SELECT kind, task_id, core_id, attempt, data,
+           row_number() OVER (ORDER BY src, k1, k2) AS o
+    FROM (
+        SELECT e.value ->> 'kind' AS kind, t.id AS task_id, t.core_id, t.attempt,
+               e.value -> 'data' AS data, 0 AS src, t.ord AS k1, e.n AS k2
+        FROM t CROSS JOIN LATERAL jsonb_array_elements(t.events::jsonb)
+            WITH ORDINALITY AS e(value, n)
+        UNION ALL
+        SELECT {release.event}, r.id, r.core_id, r.attempt, 'null'::jsonb, 1,
+               row_number() OVER (ORDER BY r.id), 0
+        FROM released r
+        UNION ALL
+        SELECT CASE WHEN w.status = 'succeeded' THEN {workflow.succeeded}
+                    ELSE {workflow.failed} END,
+               NULL::uuid, NULL::text, NULL::int4,
+               jsonb_build_object('workflow_id', w.id, 'status', w.status, 'tasks', w.tasks,
+                                  'succeeded', w.succeeded),
+               2, row_number() OVER (ORDER BY w.id), 0
+        FROM wf w WHERE w.unfinished = 0
+    ) AS all_events"
     ),
     "
 )
 SELECT t.id, t.core_id, t.status, t.priority, t.timeout_us, t.max_attempts, t.attempt,
        t.run_at, t.created_at, t.updated_at, t.started_at, t.finished_at, t.lease_expires_at,
        t.payload, t.metadata, t.result, t.error, t.idempotency_key, t.locks, t.lease_token,
+       t.workflow_id, t.waiting_for,
        t.id IS NOT NULL OR EXISTS (SELECT 1 FROM orch_tasks x WHERE x.id = input.id) AS found,
-       (SELECT 1 FROM pg_notify('orch_changes', $13)
-        WHERE $13::text IS NOT NULL AND EXISTS (SELECT 1 FROM t))
+       (SELECT count(*) FROM released) AS released,
+       (SELECT count(*) FROM children WHERE doomed) AS doomed,
+       (SELECT orch_raise('40001', 'a task gained a dependent while it ended')
+        FROM late LIMIT 1) AS rerun,
+       (SELECT 1 FROM pg_notify('orch_changes',
+            CASE WHEN EXISTS (SELECT 1 FROM released) THEN $14 ELSE $13 END)
+        WHERE EXISTS (SELECT 1 FROM t)
+            AND ($13::text IS NOT NULL OR EXISTS (SELECT 1 FROM released)))
            AS notified
 FROM input LEFT JOIN t ON t.ord = input.ord
 ORDER BY input.ord"
-);
+));
 
 /// The leases that expired by the database clock, oldest first, at most `$1`: what a rescue
 /// needs of each task to apply [`rules::rescue`](orch_core::backend::rules::rescue).
@@ -240,17 +340,36 @@ LIMIT $1",
 /// The common case of the end of attempts, a batch of successes of distinct tasks (`$1` ids,
 /// `$2` lease tokens, `$3` results, `$5` attempts), with a quarter less work than
 /// [`APPLY_CHANGES`]. Returns the tasks it finished; a report that did not hold its task's
-/// lease finished nothing.
+/// lease finished nothing; when a task of the batch has dependents or belongs to a workflow,
+/// the statement finishes nothing and [`APPLY_CHANGES`] ends the whole batch (in input order,
+/// with what the ends mean).
 pub(super) static FINISH_SUCCESSES: Rendered = Rendered::new(concat!(
     "WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $5::int4[])
+    -- What a task this statement may finish has: no dependents, no workflow.
+    SELECT u.*, 0 AS no_dependents, NULL::uuid AS no_workflow
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $5::int4[])
         WITH ORDINALITY AS u(id, token, result, attempt, ord)
+), mixed AS (
+    -- One primary-key probe per report, stopping at the first task that has dependents or
+    -- a workflow.
+    SELECT 1 FROM input CROSS JOIN LATERAL (
+        SELECT 1 FROM orch_tasks m
+        WHERE m.id = input.id AND (m.dependents > 0 OR m.workflow_id IS NOT NULL)
+        LIMIT 1
+    ) AS found
+    LIMIT 1
 ), t AS (
     UPDATE orch_tasks SET status = {success.to}, updated_at = now(), finished_at = now(),
         result = input.result::jsonb, lease_token = NULL, lease_expires_at = NULL
     FROM input
     WHERE orch_tasks.id = input.id AND orch_tasks.status = {success.from}
         AND orch_tasks.lease_token = input.token AND orch_tasks.attempt = input.attempt
+        -- Checked again on the newest version of the row (a dependent added since the
+        -- snapshot), as a join condition: a condition on the table alone made the planner
+        -- expect one row and scan the whole table.
+        AND orch_tasks.dependents = input.no_dependents
+        AND orch_tasks.workflow_id IS NOT DISTINCT FROM input.no_workflow
+        AND NOT EXISTS (SELECT 1 FROM mixed)
     RETURNING orch_tasks.id, orch_tasks.core_id, orch_tasks.attempt, input.ord
 ), ev AS (
     ",

@@ -10,12 +10,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orch_core::backend::{
-    AttemptOutcome, AttemptReport, ChangeSignal, Claimed, HeldLease, NewTask, QueueDepth,
-    TaskStore, rules,
+    AttemptOutcome, AttemptReport, ChangeSignal, Claimed, CreatedWorkflow, HeldLease, NewTask,
+    NewWorkflow, QueueDepth, TaskStore, rules,
 };
 use orch_core::{
-    Created, EngineCounts, Error, LeaseToken, Resolution, Result, Task, TaskFilter, TaskId,
-    TaskStatus,
+    Created, EngineCounts, Error, LeaseToken, ParentTask, Resolution, Result, Task, TaskFilter,
+    TaskId, TaskStatus, WorkflowId, WorkflowInfo, WorkflowTask,
 };
 use serde_json::Value;
 use sqlx::postgres::PgRow;
@@ -227,19 +227,54 @@ pub(super) async fn insert_tasks(
 
 /// One change for [`APPLY_CHANGES`]: the task, the state the change was computed from (its
 /// guard) and the change.
-struct Entry {
-    id: TaskId,
+pub(super) struct Entry {
+    pub(super) id: TaskId,
     /// The lease token the task must hold (`None`: it must hold none).
-    token: Option<LeaseToken>,
+    pub(super) token: Option<LeaseToken>,
     /// The attempt counter it must be at, if that matters.
-    attempt: Option<u32>,
+    pub(super) attempt: Option<u32>,
     /// Whether its lease must have expired by the database clock.
-    expired: bool,
-    change: rules::Change,
+    pub(super) expired: bool,
+    /// Whether it must be marked to end by a parent (a waiting task ended by the sweep).
+    pub(super) doomed: bool,
+    pub(super) change: rules::Change,
+}
+
+impl Entry {
+    /// An entry guarded by the state alone (no lease, no attempt).
+    pub(super) fn on(id: TaskId, change: rules::Change) -> Self {
+        Entry {
+            id,
+            token: None,
+            attempt: None,
+            expired: false,
+            doomed: false,
+            change,
+        }
+    }
+}
+
+/// How many times a statement asking to be run again (SQLSTATE 40001: a parent gained a
+/// dependent after its snapshot, or was busy) is run again before the call fails.
+const RERUNS: u32 = 40;
+
+/// Whether `error` asks for the statement to be run again on a fresh snapshot: 40001 (raised
+/// by the statements themselves, see the migration's `orch_raise`) or a deadlock victim.
+pub(super) fn asks_to_rerun(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if db.code().is_some_and(|code| code == "40001" || code == "40P01"))
+}
+
+/// The pause before rerun number `n` (from 1): short, growing, with jitter.
+pub(super) fn rerun_pause(n: u32) -> Duration {
+    let base = Duration::from_micros(500).saturating_mul(1 << n.min(6));
+    // Jitter from a random UUID's bits (no random number crate here).
+    let jitter = (Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+    base.mul_f64(0.5 + jitter)
 }
 
 /// What [`APPLY_CHANGES`] did with one entry.
-enum Applied {
+pub(super) enum Applied {
     /// The task as changed.
     Changed(Box<Task>),
     /// The guard did not hold (or the task is gone: `exists` is false).
@@ -247,6 +282,39 @@ enum Applied {
 }
 
 impl PostgresBackend {
+    /// After a graph was stored: wakes, ends the tasks it stored marked to end, and returns
+    /// the tasks (those ended read again) and the workflow as they are now.
+    async fn after_graph(
+        &self,
+        graph: super::graph::StoredGraph,
+    ) -> Result<(Vec<Created>, Option<(WorkflowInfo, bool)>)> {
+        const OP: &str = "create_tasks";
+        let super::graph::StoredGraph {
+            mut created,
+            workflow,
+            doomed,
+            stored,
+        } = graph;
+        if stored {
+            self.wake_tasks();
+            self.wake_events();
+        }
+        if !doomed {
+            return Ok((created, workflow));
+        }
+        self.settle(OP, &self.pool, usize::MAX).await?;
+        for c in created.iter_mut().filter(|c| c.created) {
+            if let Some(task) = self.get_task(c.task.id).await? {
+                c.task = task;
+            }
+        }
+        let workflow = match workflow {
+            Some((info, made)) => Some((self.get_workflow(info.id).await?.unwrap_or(info), made)),
+            None => None,
+        };
+        Ok((created, workflow))
+    }
+
     /// The notification of a statement ending attempts: always sent when it may requeue a
     /// task, rate-limited when it only appends events.
     fn finish_hint(&self, may_requeue: bool) -> Option<String> {
@@ -257,22 +325,39 @@ impl PostgresBackend {
         }
     }
 
-    /// Runs [`APPLY_CHANGES`] on `pool`; answers in input order.
-    async fn apply_changes(
+    /// Runs [`APPLY_CHANGES`] on `pool` (again while it asks to be), then ends the waiting
+    /// tasks it marked ([`PostgresBackend::settle`]); answers in input order.
+    pub(super) async fn apply_changes(
         &self,
         operation: &'static str,
         pool: &PgPool,
         entries: Vec<Entry>,
     ) -> Result<Vec<Applied>> {
+        let (applied, doomed) = self.apply_changes_once(operation, pool, entries).await?;
+        if doomed > 0 {
+            self.settle(operation, pool, usize::MAX).await?;
+        }
+        Ok(applied)
+    }
+
+    /// Runs [`APPLY_CHANGES`] on `pool` (again while it asks to be); answers in input order,
+    /// and how many waiting tasks are marked to end.
+    async fn apply_changes_once(
+        &self,
+        operation: &'static str,
+        pool: &PgPool,
+        entries: Vec<Entry>,
+    ) -> Result<(Vec<Applied>, i64)> {
         let n = entries.len();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         let mut ids = Vec::with_capacity(n);
         let mut from = Vec::with_capacity(n);
         let mut tokens = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
         let mut expired = Vec::with_capacity(n);
+        let mut doomed = Vec::with_capacity(n);
         let mut to = Vec::with_capacity(n);
         let mut steps = Vec::with_capacity(n);
         let mut run_in = Vec::with_capacity(n);
@@ -283,10 +368,13 @@ impl PostgresBackend {
         let mut may_requeue = false;
         for entry in entries {
             let change = entry.change;
-            if change.lease.is_some() || change.attempt == rules::AttemptChange::Begin {
+            if change.lease.is_some()
+                || change.attempt == rules::AttemptChange::Begin
+                || change.run_at == rules::RunAt::NotBeforeNow
+            {
                 return Err(Error::backend(
                     operation,
-                    format!("a change that starts an attempt cannot be applied here: {change:?}"),
+                    format!("this change cannot be applied here: {change:?}"),
                 ));
             }
             may_requeue |= change.to == TaskStatus::Queued;
@@ -295,6 +383,7 @@ impl PostgresBackend {
             tokens.push(entry.token.map(|token| token.0));
             attempts.push(entry.attempt.map(|a| i32::try_from(a).unwrap_or(i32::MAX)));
             expired.push(entry.expired);
+            doomed.push(entry.doomed);
             to.push(change.to.as_str());
             steps.push(change.attempt.step());
             run_in.push(change.run_at.delay().map(db_micros));
@@ -309,23 +398,36 @@ impl PostgresBackend {
             events.push(storable_json(Value::Array(drafts)));
         }
         let hint = self.finish_hint(may_requeue);
-        let rows = sqlx::query(APPLY_CHANGES)
-            .bind(&ids)
-            .bind(&from)
-            .bind(&tokens)
-            .bind(&attempts)
-            .bind(&expired)
-            .bind(&to)
-            .bind(&steps)
-            .bind(&run_in)
-            .bind(&finished)
-            .bind(&results)
-            .bind(&errors)
-            .bind(&events)
-            .bind(&hint)
-            .fetch_all(pool)
-            .await
-            .map_err(db_err(operation))?;
+        let released_payload = self.notify_payload(true);
+        let mut reruns = 0;
+        let rows = loop {
+            let attempt = sqlx::query(APPLY_CHANGES.sql())
+                .bind(&ids)
+                .bind(&from)
+                .bind(&tokens)
+                .bind(&attempts)
+                .bind(&expired)
+                .bind(&to)
+                .bind(&steps)
+                .bind(&run_in)
+                .bind(&finished)
+                .bind(&results)
+                .bind(&errors)
+                .bind(&events)
+                .bind(&hint)
+                .bind(&released_payload)
+                .bind(&doomed)
+                .fetch_all(pool)
+                .await;
+            match attempt {
+                Ok(rows) => break rows,
+                Err(error) if asks_to_rerun(&error) && reruns < RERUNS => {
+                    reruns += 1;
+                    tokio::time::sleep(rerun_pause(reruns)).await;
+                }
+                Err(error) => return Err(db_err(operation)(error)),
+            }
+        };
         if rows.len() != n {
             return Err(Error::backend(
                 operation,
@@ -334,8 +436,11 @@ impl PostgresBackend {
         }
         let mut out = Vec::with_capacity(n);
         let (mut requeued, mut changed) = (false, false);
+        let (mut released, mut marked) = (0i64, 0i64);
         for row in &rows {
             let get = |e: sqlx::Error| corrupt(operation, e);
+            released = row.try_get("released").map_err(get)?;
+            marked = row.try_get("doomed").map_err(get)?;
             let id: Option<Uuid> = row.try_get("id").map_err(get)?;
             if id.is_some() {
                 let (task, _) = task_from_row(operation, row)?;
@@ -348,13 +453,79 @@ impl PostgresBackend {
             }
         }
         if changed {
-            self.deferred(&hint);
+            if released == 0 {
+                self.deferred(&hint);
+            }
             self.wake_events();
         }
-        if requeued {
+        if requeued || released > 0 {
             self.wake_tasks();
         }
-        Ok(out)
+        Ok((out, marked))
+    }
+
+    /// Ends up to `limit` waiting tasks marked to end by a parent's failure, each by
+    /// [`rules::dependency_failed`] in ascending id order, a level at a time (ending them may
+    /// mark their own children) until none is left; returns how many it ended.
+    pub(super) async fn settle(
+        &self,
+        operation: &'static str,
+        pool: &PgPool,
+        limit: usize,
+    ) -> Result<u64> {
+        static MARKED: Rendered = Rendered::new(
+            "SELECT id, doom FROM orch_tasks WHERE doom IS NOT NULL AND status = {waiting} \
+             ORDER BY id LIMIT $1",
+        );
+        /// Most marked tasks ended by one statement.
+        const BATCH: usize = 1_000;
+        let mut ended = 0u64;
+        while (ended as usize) < limit {
+            let want = (limit - ended as usize).min(BATCH);
+            let rows = sqlx::query(MARKED.sql())
+                .bind(i64::try_from(want).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await
+                .map_err(db_err(operation))?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut entries = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let get = |e: sqlx::Error| corrupt(operation, e);
+                let id: Uuid = row.try_get("id").map_err(get)?;
+                let doom: Value = row.try_get("doom").map_err(get)?;
+                let field = |name: &str| {
+                    doom.get(name)
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| corrupt(operation, format!("doom without {name}")))
+                };
+                let parent = TaskId(
+                    field("parent")?
+                        .parse()
+                        .map_err(|e: uuid::Error| corrupt(operation, e))?,
+                );
+                let status: TaskStatus = field("status")?
+                    .parse()
+                    .map_err(|e| corrupt(operation, e))?;
+                let to: TaskStatus = field("to")?.parse().map_err(|e| corrupt(operation, e))?;
+                let mut entry =
+                    Entry::on(TaskId(id), rules::dependency_failed(parent, status, to)?);
+                entry.doomed = true;
+                entries.push(entry);
+            }
+            let (applied, _) = self.apply_changes_once(operation, pool, entries).await?;
+            let changed = applied
+                .iter()
+                .filter(|applied| matches!(applied, Applied::Changed(_)))
+                .count() as u64;
+            if changed == 0 {
+                // Each changed meanwhile (another process ended it): the next pass sees.
+                break;
+            }
+            ended += changed;
+        }
+        Ok(ended)
     }
 
     /// One change by a rule that reads the task's state: read, decide, apply guarded by what
@@ -383,6 +554,7 @@ impl PostgresBackend {
                 token: token.map(LeaseToken),
                 attempt: u32::try_from(attempt).ok(),
                 expired: false,
+                doomed: false,
                 change: rule(status)?,
             };
             match self
@@ -485,6 +657,7 @@ impl PostgresBackend {
                 token: Some(report.lease_token),
                 attempt: Some(report.attempt),
                 expired: false,
+                doomed: false,
                 change: rules::end_attempt(report.attempt, report.outcome),
             })
             .collect();
@@ -510,12 +683,77 @@ impl TaskStore for PostgresBackend {
             return Ok(Vec::new());
         }
         let mut conn = self.pool.acquire().await.map_err(db_err("create_tasks"))?;
+        if tasks.iter().any(|task| !task.dependencies.is_empty()) {
+            let payload = self.notify_payload(true);
+            let graph = self
+                .insert_graph(&mut conn, tasks, None, true, payload)
+                .await?;
+            drop(conn);
+            return self.after_graph(graph).await.map(|(created, _)| created);
+        }
         let (out, stored) = insert_tasks(&mut conn, tasks, self.notify_payload(true)).await?;
         if stored {
             self.wake_tasks();
             self.wake_events();
         }
         Ok(out)
+    }
+
+    async fn create_workflow(
+        &self,
+        workflow: NewWorkflow,
+        tasks: Vec<NewTask>,
+    ) -> Result<CreatedWorkflow> {
+        let id = workflow.id;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("create_workflow"))?;
+        let payload = self.notify_payload(true);
+        let graph = self
+            .insert_graph(&mut conn, tasks, Some(workflow), true, payload)
+            .await?;
+        drop(conn);
+        let (tasks, workflow) = self.after_graph(graph).await?;
+        let (workflow, created) = workflow.ok_or(Error::WorkflowNotFound(id))?;
+        Ok(CreatedWorkflow {
+            workflow,
+            created,
+            tasks,
+        })
+    }
+
+    async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowInfo>> {
+        const OP: &str = "get_workflow";
+        let mut conn = self.pool.acquire().await.map_err(db_err(OP))?;
+        self.workflow_info_on(&mut conn, OP, id).await
+    }
+
+    async fn workflow_tasks(&self, id: WorkflowId) -> Result<Vec<WorkflowTask>> {
+        self.workflow_graph(id).await
+    }
+
+    async fn list_parents(
+        &self,
+        child: TaskId,
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<ParentTask>> {
+        self.parents_of(child, from, limit).await
+    }
+
+    async fn cancel_workflow(&self, id: WorkflowId) -> Result<WorkflowInfo> {
+        self.cancel_flow(id).await
+    }
+
+    async fn retry_workflow(&self, id: WorkflowId) -> Result<WorkflowInfo> {
+        self.retry_flow(id).await
+    }
+
+    async fn settle_dependents(&self, limit: usize) -> Result<u64> {
+        self.settle("settle_dependents", &self.worker_pool, limit)
+            .await
     }
 
     fn creates_claimed(&self) -> bool {
@@ -745,6 +983,7 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
                 token: Some(LeaseToken(token)),
                 attempt: Some(attempt),
                 expired: true,
+                doomed: false,
                 change: rules::rescue(attempt, max_attempts),
             });
         }
@@ -761,22 +1000,10 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
     }
 
     async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
-        static PRUNE: Rendered = Rendered::new(
-            "WITH picked AS (SELECT id FROM orch_tasks WHERE finished_at < $1 \
-             AND status IN ({terminal}) \
-             ORDER BY finished_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             DELETE FROM orch_tasks USING picked WHERE orch_tasks.id = picked.id",
-        );
         if limit == 0 {
             return Ok(0);
         }
-        let done = sqlx::query(PRUNE.sql())
-            .bind(before)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("prune_tasks"))?;
-        Ok(done.rows_affected())
+        self.prune(before, limit).await
     }
 
     async fn queue_depth(&self) -> Result<Vec<QueueDepth>> {

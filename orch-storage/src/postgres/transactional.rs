@@ -20,6 +20,13 @@ impl PostgresBackend {
     /// cannot both store a task: the second waits for the first and finds its task if it
     /// committed).
     ///
+    /// Specs may depend on each other and on existing tasks, as with `dispatch_many`. An
+    /// existing parent that another statement holds at that moment, or a key taken by a
+    /// transaction not yet visible, fails the call with a backend error whose cause has
+    /// SQLSTATE 40001 (the transaction is then aborted: run it again). A task whose parent had
+    /// already failed is stored waiting, marked to end, and ended after the commit by the
+    /// orchestrators' rescue pass.
+    ///
     /// The statement also sends the wake-up notification, which PostgreSQL delivers only when
     /// the transaction commits: every orchestrator on the database (this process's included)
     /// is woken then, and none by a rollback. sqlx is re-exported as
@@ -50,12 +57,17 @@ impl PostgresBackend {
         tx: &mut Transaction<'_, Postgres>,
         specs: Vec<TaskSpec>,
     ) -> Result<Vec<Created>> {
+        // Not this backend's own sender id: its listener must wake this process too, at commit.
+        let payload = notify::payload(Uuid::nil(), true);
+        if specs.iter().any(|spec| !spec.depends_on.is_empty()) {
+            let tasks = orch_core::backend::plan_tasks(specs, None)?;
+            let graph = self.insert_graph(tx, tasks, None, false, payload).await?;
+            return Ok(graph.created);
+        }
         let tasks = specs
             .into_iter()
             .map(TaskSpec::into_new_task)
             .collect::<Result<Vec<_>>>()?;
-        // Not this backend's own sender id: its listener must wake this process too, at commit.
-        let payload = notify::payload(Uuid::nil(), true);
         let (created, _) = super::tasks::insert_tasks(tx, tasks, payload).await?;
         Ok(created)
     }

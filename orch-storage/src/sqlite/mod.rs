@@ -11,6 +11,7 @@
 //! separate pool of read-only connections, which WAL lets run beside the writer. Time is the
 //! process clock ([`orch_core::clock::now`]), kept as integer microseconds.
 
+mod graph;
 mod log;
 mod tasks;
 mod transactional;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use orch_core::backend::ChangeSignal;
-use orch_core::{Error, LeaseToken, Result, Task, TaskId, TaskStatus};
+use orch_core::{Error, LeaseToken, Result, Task, TaskId, TaskStatus, WorkflowId};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -394,6 +395,11 @@ fn migrator() -> Migrator {
             4,
             "task events",
             include_str!("../../migrations/sqlite/0004_task_events.sql"),
+        ),
+        (
+            5,
+            "workflows",
+            include_str!("../../migrations/sqlite/0005_workflows.sql"),
         ),
     ])
 }
@@ -791,15 +797,16 @@ fn json_from_db(operation: &'static str, text: &str) -> Result<serde_json::Value
 
 /// A task row as one JSON array (`hex(id)`, core, status, priority, timeout, max attempts,
 /// attempt, run at, created, updated, started, finished, lease expiry, payload, metadata,
-/// `[result]` or null, error, idempotency key, locks, `hex(lease_token)`), so that a statement
-/// can hand back many tasks in one value with `json_group_array`. Decoded by [`TaskJson`].
+/// `[result]` or null, error, idempotency key, locks, `hex(lease_token)`, `hex(workflow_id)`,
+/// waiting for), so that a statement can hand back many tasks in one value with
+/// `json_group_array`. Decoded by [`TaskJson`].
 macro_rules! task_json {
     () => {
         "json_array(hex(id), core_id, status, priority, timeout_us, max_attempts, attempt, \
          run_at, created_at, updated_at, started_at, finished_at, lease_expires_at, \
          json(payload), json(metadata), \
          CASE WHEN result IS NULL THEN NULL ELSE json_array(json(result)) END, \
-         error, idempotency_key, json(locks), hex(lease_token))"
+         error, idempotency_key, json(locks), hex(lease_token), hex(workflow_id), waiting_for)"
     };
 }
 pub(crate) use task_json;
@@ -827,6 +834,8 @@ struct TaskJson(
     Option<String>,
     Vec<String>,
     Option<String>,
+    Option<String>,
+    i64,
 );
 
 /// Decodes a JSON array of [`task_json!`] rows, with their lease tokens.
@@ -856,6 +865,8 @@ fn tasks_from_json(operation: &'static str, text: &str) -> Result<Vec<(Task, Opt
                 idempotency_key,
                 locks,
                 lease,
+                workflow_id,
+                waiting_for,
             ) = row;
             let task = Task {
                 id: TaskId(uuid(&id)?),
@@ -877,6 +888,11 @@ fn tasks_from_json(operation: &'static str, text: &str) -> Result<Vec<(Task, Opt
                 error,
                 idempotency_key,
                 locks,
+                workflow_id: match workflow_id.as_deref() {
+                    None | Some("") => None,
+                    Some(hex) => Some(WorkflowId(uuid(hex)?)),
+                },
+                waiting_for: to_u32(operation, "waiting_for", waiting_for)?,
             };
             let lease = match lease.as_deref() {
                 None | Some("") => None,
@@ -896,6 +912,7 @@ fn task_from_row(operation: &'static str, row: &SqliteRow) -> Result<(Task, Opti
     let locks: Vec<String> = serde_json::from_str(&locks).map_err(|e| corrupt(operation, e))?;
     let result: Option<String> = row.try_get("result").map_err(get)?;
     let lease: Option<Uuid> = row.try_get("lease_token").map_err(get)?;
+    let workflow_id: Option<Uuid> = row.try_get("workflow_id").map_err(get)?;
     let task = Task {
         id: TaskId(row.try_get("id").map_err(get)?),
         engine: row.try_get("core_id").map_err(get)?,
@@ -925,6 +942,12 @@ fn task_from_row(operation: &'static str, row: &SqliteRow) -> Result<(Task, Opti
         error: row.try_get("error").map_err(get)?,
         idempotency_key: row.try_get("idempotency_key").map_err(get)?,
         locks,
+        workflow_id: workflow_id.map(WorkflowId),
+        waiting_for: to_u32(
+            operation,
+            "waiting_for",
+            row.try_get("waiting_for").map_err(get)?,
+        )?,
     };
     Ok((task, lease.map(LeaseToken)))
 }

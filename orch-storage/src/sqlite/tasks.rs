@@ -13,9 +13,10 @@ use orch_core::backend::{
     AttemptOutcome, AttemptReport, ChangeSignal, Claimed, HeldLease, NewTask, QueueDepth,
     TaskStore, rules,
 };
+use orch_core::backend::{CreatedWorkflow, NewWorkflow};
 use orch_core::{
-    Created, EngineCounts, Error, LeaseToken, NewEvent, Resolution, Result, Task, TaskFilter,
-    TaskId, TaskStatus,
+    Created, EngineCounts, Error, LeaseToken, NewEvent, ParentTask, Resolution, Result, Task,
+    TaskFilter, TaskId, TaskStatus, WorkflowId, WorkflowInfo, WorkflowTask,
 };
 use serde_json::Value;
 use sqlx::{Row, SqliteConnection};
@@ -29,7 +30,7 @@ use crate::common::{corrupt, db_err, micros, truncate_micros};
 use crate::rule_sql::{Rendered, render};
 
 /// The task and its lease, read inside the write transaction.
-async fn load(
+pub(super) async fn load(
     conn: &mut SqliteConnection,
     operation: &'static str,
     id: TaskId,
@@ -44,7 +45,7 @@ async fn load(
 }
 
 /// Writes back every column a transition may change.
-async fn save(
+pub(super) async fn save(
     conn: &mut SqliteConnection,
     operation: &'static str,
     task: &Task,
@@ -53,7 +54,7 @@ async fn save(
     sqlx::query(
         "UPDATE orch_tasks SET status = ?, attempt = ?, run_at = ?, updated_at = ?, \
          started_at = ?, finished_at = ?, lease_token = ?, lease_expires_at = ?, result = ?, \
-         error = ? WHERE id = ?",
+         error = ?, waiting_for = ? WHERE id = ?",
     )
     .bind(task.status.as_str())
     .bind(i64::from(task.attempt))
@@ -65,6 +66,7 @@ async fn save(
     .bind(task.lease_expires_at.map(time_to_db))
     .bind(task.result.as_ref().map(json_to_db))
     .bind(task.error.as_deref())
+    .bind(i64::from(task.waiting_for))
     .bind(task.id.0)
     .execute(&mut *conn)
     .await
@@ -74,7 +76,7 @@ async fn save(
 
 /// Applies one change decided by the rules to a loaded task: the new state into `task` and
 /// `lease` (a change into `running` grants a fresh token), the events into `events`.
-fn apply(
+pub(super) fn apply(
     change: rules::Change,
     task: &mut Task,
     lease: &mut Option<LeaseToken>,
@@ -120,6 +122,11 @@ pub(super) async fn insert_tasks(
 ) -> Result<Vec<Created>> {
     const OP: &str = "create_tasks";
     let now = now();
+    if tasks.iter().any(|task| !task.dependencies.is_empty()) {
+        let graph = super::graph::insert_graph(conn, tasks, None, now).await?;
+        insert_events(conn, OP, &graph.events, now).await?;
+        return Ok(graph.created);
+    }
     let mut events = Vec::with_capacity(tasks.len());
     let mut out = Vec::with_capacity(tasks.len());
     // Without idempotency keys nothing needs looking up: rows go in several per statement.
@@ -223,24 +230,33 @@ COMMIT"
 /// [`rules::end_attempt`] with a success, for the reports `?1` (a JSON array of `[hex id, hex
 /// lease token, result, attempt]`, distinct tasks) that hold their task's lease, at time `?2`,
 /// with their events in input order, as one write script; returns the positions of the
-/// reports it finished as one JSON array.
+/// reports it finished as one JSON array. When a task of the batch has dependents or belongs
+/// to a workflow it finishes nothing: the general path then ends the whole batch, in order,
+/// with what the ends mean.
 static FINISH_SUCCESSES_SCRIPT: Rendered = Rendered::new(
     "BEGIN IMMEDIATE;
+WITH mixed AS (SELECT 1 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
+    WHERE t.dependents > 0 OR t.workflow_id IS NOT NULL)
 SELECT json_group_array(v.key) AS finished
 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
 WHERE t.status = {success.from} AND t.lease_token = unhex(v.value ->> 1)
-    AND t.attempt = v.value ->> 3;
+    AND t.attempt = v.value ->> 3 AND NOT EXISTS (SELECT 1 FROM mixed);
+WITH mixed AS (SELECT 1 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
+    WHERE t.dependents > 0 OR t.workflow_id IS NOT NULL)
 INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
 SELECT {success.event}, ?2, t.id, t.core_id, t.attempt, 'null'
 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
 WHERE t.status = {success.from} AND t.lease_token = unhex(v.value ->> 1)
-    AND t.attempt = v.value ->> 3
+    AND t.attempt = v.value ->> 3 AND NOT EXISTS (SELECT 1 FROM mixed)
 ORDER BY v.key;
+WITH mixed AS (SELECT 1 FROM json_each(?1) AS v JOIN orch_tasks t ON t.id = unhex(v.value ->> 0)
+    WHERE t.dependents > 0 OR t.workflow_id IS NOT NULL)
 UPDATE orch_tasks SET status = {success.to}, updated_at = ?2, finished_at = ?2,
     result = v.value -> 2, lease_token = NULL, lease_expires_at = NULL
 FROM json_each(?1) AS v
 WHERE orch_tasks.id = unhex(v.value ->> 0) AND orch_tasks.lease_token = unhex(v.value ->> 1)
-    AND orch_tasks.status = {success.from} AND orch_tasks.attempt = v.value ->> 3;
+    AND orch_tasks.status = {success.from} AND orch_tasks.attempt = v.value ->> 3
+    AND NOT EXISTS (SELECT 1 FROM mixed);
 COMMIT",
 );
 
@@ -358,6 +374,7 @@ impl SqliteBackend {
         }
         let now = now();
         let count = reports.len();
+        let ids: Vec<TaskId> = reports.iter().map(|report| report.task_id).collect();
         // The common case first, in one statement per chunk: successes, each the first report
         // of its task in the batch. The rest (and any success that did not hold its lease)
         // then go through the general path one by one, in input order.
@@ -426,7 +443,19 @@ impl SqliteBackend {
         }
         // In input order (stable: one item's own events keep theirs).
         events.sort_by_key(|(index, _)| *index);
-        let events: Vec<NewEvent> = events.into_iter().map(|(_, event)| event).collect();
+        let mut events: Vec<NewEvent> = events.into_iter().map(|(_, event)| event).collect();
+        // What the ends mean for the tasks waiting for them, after the reports' own events.
+        let ended: Vec<TaskId> = out
+            .iter()
+            .zip(&ids)
+            .filter(|(answer, _)| matches!(answer, Some(Ok(status)) if status.is_terminal()))
+            .map(|(_, id)| *id)
+            .collect();
+        if !ended.is_empty() {
+            let settled = super::graph::settle(&mut tx, OP, ended, Default::default(), now).await?;
+            requeued |= settled.released;
+            events.extend(settled.events);
+        }
         insert_events(&mut tx, OP, &events, now).await?;
         tx.commit().await.map_err(db_err(OP))?;
         if !events.is_empty() {
@@ -454,8 +483,18 @@ impl SqliteBackend {
         let mut events = Vec::with_capacity(1);
         apply(change, &mut task, &mut lease, now, &mut events)?;
         save(&mut tx, operation, &task, lease).await?;
+        let mut released = false;
+        if task.status.is_terminal() {
+            let settled =
+                super::graph::settle(&mut tx, operation, vec![id], Default::default(), now).await?;
+            released = settled.released;
+            events.extend(settled.events);
+        }
         insert_events(&mut tx, operation, &events, now).await?;
         tx.commit().await.map_err(db_err(operation))?;
+        if released {
+            self.wake_tasks();
+        }
         self.wake_events();
         Ok(task)
     }
@@ -473,6 +512,95 @@ impl TaskStore for SqliteBackend {
             self.wake_events();
         }
         Ok(out)
+    }
+
+    async fn create_workflow(
+        &self,
+        workflow: NewWorkflow,
+        tasks: Vec<NewTask>,
+    ) -> Result<CreatedWorkflow> {
+        const OP: &str = "create_workflow";
+        let now = now();
+        let id = workflow.id;
+        let mut tx = self.begin(OP).await?;
+        let graph = super::graph::insert_graph(&mut tx, tasks, Some(workflow), now).await?;
+        insert_events(&mut tx, OP, &graph.events, now).await?;
+        tx.commit().await.map_err(db_err(OP))?;
+        if graph.queued {
+            self.wake_tasks();
+        }
+        if !graph.events.is_empty() {
+            self.wake_events();
+        }
+        let (workflow, created) = graph.workflow.ok_or(Error::WorkflowNotFound(id))?;
+        Ok(CreatedWorkflow {
+            workflow,
+            created,
+            tasks: graph.created,
+        })
+    }
+
+    async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowInfo>> {
+        const OP: &str = "get_workflow";
+        let mut conn = self.readers.acquire().await.map_err(db_err(OP))?;
+        super::graph::get_workflow(&mut conn, OP, id).await
+    }
+
+    async fn workflow_tasks(&self, id: WorkflowId) -> Result<Vec<WorkflowTask>> {
+        let mut conn = self
+            .readers
+            .acquire()
+            .await
+            .map_err(db_err("workflow_tasks"))?;
+        super::graph::workflow_tasks(&mut conn, id).await
+    }
+
+    async fn list_parents(
+        &self,
+        child: TaskId,
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<ParentTask>> {
+        let mut conn = self
+            .readers
+            .acquire()
+            .await
+            .map_err(db_err("list_parents"))?;
+        super::graph::list_parents(&mut conn, child, from, limit).await
+    }
+
+    async fn cancel_workflow(&self, id: WorkflowId) -> Result<WorkflowInfo> {
+        const OP: &str = "cancel_workflow";
+        let now = now();
+        let mut tx = self.begin(OP).await?;
+        let (events, released) = super::graph::cancel_workflow(&mut tx, id, now).await?;
+        insert_events(&mut tx, OP, &events, now).await?;
+        let info = super::graph::get_workflow(&mut tx, OP, id)
+            .await?
+            .ok_or(Error::WorkflowNotFound(id))?;
+        tx.commit().await.map_err(db_err(OP))?;
+        if released {
+            self.wake_tasks();
+        }
+        self.wake_events();
+        Ok(info)
+    }
+
+    async fn retry_workflow(&self, id: WorkflowId) -> Result<WorkflowInfo> {
+        const OP: &str = "retry_workflow";
+        let now = now();
+        let mut tx = self.begin(OP).await?;
+        let (events, queued) = super::graph::retry_workflow(&mut tx, id, now).await?;
+        insert_events(&mut tx, OP, &events, now).await?;
+        let info = super::graph::get_workflow(&mut tx, OP, id)
+            .await?
+            .ok_or(Error::WorkflowNotFound(id))?;
+        tx.commit().await.map_err(db_err(OP))?;
+        if queued {
+            self.wake_tasks();
+        }
+        self.wake_events();
+        Ok(info)
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
@@ -713,6 +841,15 @@ impl TaskStore for SqliteBackend {
             save(&mut tx, OP, &task, lease).await?;
             rescued.push(task);
         }
+        let ended: Vec<TaskId> = rescued
+            .iter()
+            .filter(|task| task.status.is_terminal())
+            .map(|task| task.id)
+            .collect();
+        if !ended.is_empty() {
+            let settled = super::graph::settle(&mut tx, OP, ended, Default::default(), now).await?;
+            events.extend(settled.events);
+        }
         insert_events(&mut tx, OP, &events, now).await?;
         tx.commit().await.map_err(db_err(OP))?;
         if !rescued.is_empty() {
@@ -724,23 +861,13 @@ impl TaskStore for SqliteBackend {
 
     async fn prune_tasks(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         const OP: &str = "prune_tasks";
-        static PRUNE: Rendered = Rendered::new(
-            "DELETE FROM orch_tasks WHERE id IN (SELECT id FROM orch_tasks \
-             WHERE finished_at IS NOT NULL AND finished_at < ? \
-             AND status IN ({terminal}) ORDER BY finished_at, id LIMIT ?)",
-        );
         if limit == 0 {
             return Ok(0);
         }
         let mut tx = self.begin(OP).await?;
-        let done = sqlx::query(PRUNE.sql())
-            .bind(time_to_db(before))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(OP))?;
+        let pruned = super::graph::prune(&mut tx, before, limit).await?;
         tx.commit().await.map_err(db_err(OP))?;
-        Ok(done.rows_affected())
+        Ok(pruned)
     }
 
     async fn queue_depth(&self) -> Result<Vec<QueueDepth>> {

@@ -58,10 +58,14 @@ impl SqliteBackend {
         tx: &mut Transaction<'_, Sqlite>,
         specs: Vec<TaskSpec>,
     ) -> Result<Vec<Created>> {
-        let tasks = specs
-            .into_iter()
-            .map(TaskSpec::into_new_task)
-            .collect::<Result<Vec<_>>>()?;
+        let tasks = if specs.iter().any(|spec| !spec.depends_on.is_empty()) {
+            orch_core::backend::plan_tasks(specs, None)?
+        } else {
+            specs
+                .into_iter()
+                .map(TaskSpec::into_new_task)
+                .collect::<Result<Vec<_>>>()?
+        };
         if tasks.is_empty() {
             return Ok(Vec::new());
         }

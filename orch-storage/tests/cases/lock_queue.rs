@@ -246,7 +246,7 @@ async fn a_sqlite_file_before_the_queue_upgrades_with_its_locks() -> anyhow::Res
     conn.close().await?;
 
     let upgraded = orch_storage::SqliteBackend::open(path.to_str().context("utf-8")?).await?;
-    ensure!(upgraded.schema_version().await? == 4);
+    ensure!(upgraded.schema_version().await? == 5);
     upgrades_with_its_locks(Arc::new(upgraded)).await
 }
 
@@ -293,13 +293,15 @@ async fn a_postgresql_database_before_the_queue_upgrades_with_its_locks() -> any
     conn.close().await?;
 
     let upgraded = orch_storage::PostgresBackend::connect(&url).await?;
-    ensure!(upgraded.schema_version().await? == 5);
+    ensure!(upgraded.schema_version().await? == 6);
     upgrades_with_its_locks(Arc::new(upgraded)).await
 }
 
 /// A migrator of the given (older) migrations, recorded where orch-storage records them.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+pub(crate) fn migrator(
+    migrations: &[(i64, &'static str, &'static str)],
+) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr as _;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     let mut migrator = Migrator::with_migrations(

@@ -1,7 +1,8 @@
 //! Tests added for issue 3's acceptance, one file per concern: batch completion, transactional
 //! dispatch, cross-process wake-ups, processes that share one PostgreSQL (and one of them
 //! killed), a SQLite writer killed mid-run, a PostgreSQL restart under load, and pruning; and
-//! lock waiters of two processes served by priority through the backend's queue.
+//! lock waiters of two processes served by priority through the backend's queue; workflows
+//! (upgrades, parents ending at once, a cascade cut short).
 //! Tests that need child processes re-run this test binary (see `child`).
 
 pub(crate) mod batch;
@@ -22,6 +23,9 @@ mod task_locks;
 mod transactional;
 #[cfg(feature = "postgres")]
 mod unreachable;
+#[cfg(feature = "postgres")]
+mod workflow_crash;
+mod workflows;
 
 use std::sync::Arc;
 
