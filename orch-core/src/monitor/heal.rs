@@ -1,0 +1,169 @@
+//! The healing actions that need readings, run at the end of each pass when
+//! [`Healing`](crate::Healing) allows them: the node's readiness, engines' limits scaled to
+//! their queues, and the report of rescued tasks. (Claim loop restarts and the circuit
+//! breaker act on the dispatcher's own path, without waiting for a pass.)
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::Monitor;
+use super::pass::{PassState, Probe};
+use super::readings::{Metric, Readings};
+use crate::event_kinds;
+use crate::orchestrator::{Inner, MONITOR, control_event};
+
+/// What the healing actions carry from pass to pass.
+#[derive(Default)]
+pub(super) struct HealState {
+    /// Consecutive passes with the node's health failing, and passing.
+    failing: u32,
+    passing: u32,
+    /// Per engine: when the scaler last changed its limit, and its due queue then.
+    scaled: HashMap<Arc<str>, (Instant, u64)>,
+}
+
+impl Monitor {
+    pub(super) async fn heal(
+        &self,
+        inner: &Arc<Inner>,
+        state: &mut PassState,
+        readings: &Readings,
+        probe: &Probe,
+        rescued: BTreeMap<String, u64>,
+        now: Instant,
+    ) {
+        let healing = inner.healing();
+        if let Some(check) = healing.node_health() {
+            let disk = readings.get(&Metric::DiskPercent, None);
+            let problem = match (&probe.failure, check.disk_full_percent) {
+                (Some(failure), _) => Some(failure.clone()),
+                (None, Some(full)) if disk.is_some_and(|disk| disk >= full) => Some(format!(
+                    "the disk is {:.1}% full (at most {full}% allowed)",
+                    disk.unwrap_or_default()
+                )),
+                _ => None,
+            };
+            let heal = &mut state.heal;
+            match problem {
+                Some(reason) => {
+                    heal.failing = heal.failing.saturating_add(1);
+                    heal.passing = 0;
+                    if heal.failing >= check.failures && inner.set_not_ready(&reason) {
+                        let event = control_event(
+                            event_kinds::NODE_NOT_READY,
+                            None,
+                            MONITOR,
+                            &reason,
+                            inner.node_id(),
+                            json!({"since": crate::clock::now(), "failures": heal.failing})
+                                .as_object()
+                                .cloned()
+                                .unwrap_or_default(),
+                        );
+                        state.record(event);
+                    }
+                }
+                None => {
+                    heal.passing = heal.passing.saturating_add(1);
+                    heal.failing = 0;
+                    if !inner.is_ready() && heal.passing >= check.recoveries && inner.set_ready() {
+                        let event = control_event(
+                            event_kinds::NODE_READY,
+                            None,
+                            MONITOR,
+                            "the node's health checks pass again",
+                            inner.node_id(),
+                            serde_json::Map::new(),
+                        );
+                        state.record(event);
+                    }
+                }
+            }
+        }
+
+        if let Some(scale) = healing.scale()
+            && probe.failure.is_none()
+        {
+            for view in inner.engine_views() {
+                if view.pinned || !view.claims {
+                    continue;
+                }
+                let engine = &*view.name;
+                if state
+                    .heal
+                    .scaled
+                    .get(&view.name)
+                    .is_some_and(|(at, _)| now.saturating_duration_since(*at) < scale.hold)
+                {
+                    continue;
+                }
+                let (min, max) = scale.bounds(engine);
+                let due = probe.due.get(engine).copied().unwrap_or(0);
+                let due_then = state.heal.scaled.get(&view.name).map_or(0, |(_, due)| *due);
+                let error_rate = readings
+                    .get(&Metric::ErrorRate, Some(engine))
+                    .unwrap_or(0.0);
+                let limit = view.limit;
+                let step = (limit / 4).max(1);
+                let change = if due > due_then
+                    && view.in_use >= limit
+                    && error_rate < scale.max_error_rate
+                    && limit < max
+                {
+                    Some((
+                        (limit + step).min(max),
+                        format!(
+                            "{due} tasks due (up from {due_then}) with all {limit} slots busy and an error rate of {:.1}%",
+                            error_rate * 100.0
+                        ),
+                    ))
+                } else if limit > min && error_rate >= scale.max_error_rate {
+                    Some((
+                        limit.saturating_sub(step).max(min),
+                        format!(
+                            "an error rate of {:.1}% (at most {:.1}% to scale)",
+                            error_rate * 100.0,
+                            scale.max_error_rate * 100.0
+                        ),
+                    ))
+                } else if limit > min && due == 0 && view.in_use < limit {
+                    Some((
+                        limit.saturating_sub(step).max(min),
+                        format!(
+                            "nothing due and {} of {limit} slots free",
+                            limit - view.in_use
+                        ),
+                    ))
+                } else {
+                    None
+                };
+                let Some((to, reason)) = change else {
+                    continue;
+                };
+                if let Err(error) = inner.scale_engine(engine, to, &reason).await {
+                    tracing::warn!(engine, %error, "recording a scaling step failed");
+                }
+                state.heal.scaled.insert(view.name.clone(), (now, due));
+            }
+        }
+
+        let count: u64 = rescued.values().sum();
+        if count > 0 && healing.reports_rescues() {
+            let event = control_event(
+                event_kinds::RESCUE_REPORTED,
+                None,
+                MONITOR,
+                &format!("{count} tasks whose lease had expired were taken back from their holder"),
+                inner.node_id(),
+                json!({"count": count, "engines": rescued})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            state.record(event);
+        }
+    }
+}
