@@ -23,6 +23,9 @@ pub(super) struct HealState {
     passing: u32,
     /// Per engine: when the scaler last changed its limit, and its due queue then.
     scaled: HashMap<Arc<str>, (Instant, u64)>,
+    /// Per engine: the most slots in use at any pass since its last change (a pass that falls
+    /// between one attempt's end and the next one's start sees a slot free).
+    busiest: HashMap<Arc<str>, usize>,
 }
 
 impl Monitor {
@@ -89,9 +92,13 @@ impl Monitor {
         {
             for view in inner.engine_views() {
                 if view.pinned || !view.claims {
+                    state.heal.busiest.remove(&view.name);
                     continue;
                 }
                 let engine = &*view.name;
+                let busiest = state.heal.busiest.entry(view.name.clone()).or_default();
+                *busiest = (*busiest).max(view.in_use);
+                let busiest = *busiest;
                 if state
                     .heal
                     .scaled
@@ -109,7 +116,7 @@ impl Monitor {
                 let limit = view.limit;
                 let step = (limit / 4).max(1);
                 let change = if due > due_then
-                    && view.in_use >= limit
+                    && busiest >= limit
                     && error_rate < scale.max_error_rate
                     && limit < max
                 {
@@ -147,6 +154,7 @@ impl Monitor {
                     tracing::warn!(engine, %error, "recording a scaling step failed");
                 }
                 state.heal.scaled.insert(view.name.clone(), (now, due));
+                state.heal.busiest.remove(&view.name);
             }
         }
 
