@@ -9,7 +9,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use serde_json::Value;
 
 use orch_core::backend::{
     AttemptReport, ChangeSignal, Claimed, HeldLease, NewTask, QueueDepth, TaskStore,
