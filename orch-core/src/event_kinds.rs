@@ -23,6 +23,12 @@ pub const ENGINE_QUARANTINED: &str = "engine.quarantined";
 pub const ENGINE_PROBE_FAILED: &str = "engine.probe_failed";
 /// A quarantined engine was let back: its probe succeeded, or an operator released it.
 pub const ENGINE_RELEASED: &str = "engine.released";
+/// An engine runs a new version on one node; the one it replaces stays loaded for a
+/// rollback (`from_version`, `to_version`).
+pub const ENGINE_UPGRADED: &str = "engine.upgraded";
+/// An engine went back to its previous version on one node: its new version kept failing,
+/// or an operator asked (`from_version`, `to_version`).
+pub const ENGINE_ROLLED_BACK: &str = "engine.rolled_back";
 /// An engine's claim loop panicked and will be restarted after `delay_ms` (`error`,
 /// `restarts`).
 pub const ENGINE_CLAIM_LOOP_RESTARTED: &str = "engine.claim_loop_restarted";

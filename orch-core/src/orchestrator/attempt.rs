@@ -205,7 +205,8 @@ async fn execute(
     slot: Slot,
 ) -> Option<AttemptOutcome> {
     let retry = &inner.config.retry;
-    if let Err(error) = engine.processor.validate(&task.payload) {
+    let processor = engine.processor();
+    if let Err(error) = processor.validate(&task.payload) {
         // Invalid input: no retry can fix it.
         let error = TaskError::fatal(format!("invalid input: {}", error.message));
         return Some(rules::engine_outcome(
@@ -250,7 +251,7 @@ async fn execute(
         );
     }
     let started = tokio::time::Instant::now();
-    let call = AssertUnwindSafe(engine.processor.process(ctx, task.payload.clone())).catch_unwind();
+    let call = AssertUnwindSafe(processor.process(ctx, task.payload.clone())).catch_unwind();
     tokio::pin!(call);
     // Once the attempt is stopped (cancelled, lease lost, abandoned), a result the engine
     // returns in reaction is discarded: `biased` checks the stop first.

@@ -106,6 +106,10 @@ pub struct EngineState {
     pub quarantine: Option<Quarantine>,
     /// How often its claim loop was restarted after a panic.
     pub claim_loop_restarts: u64,
+    /// The version it runs (a plugin's version, or the one named at an upgrade).
+    pub version: Option<String>,
+    /// The version it can roll back to, if an upgrade left one loaded.
+    pub previous_version: Option<String>,
 }
 
 /// Whether this node takes work, as a load balancer's readiness probe wants to know.
@@ -239,7 +243,7 @@ fn fields(value: Value) -> serde_json::Map<String, Value> {
     }
 }
 
-fn check_actor(actor: &str, reason: &str) -> Result<()> {
+pub(super) fn check_actor(actor: &str, reason: &str) -> Result<()> {
     check_name("actor", actor, 128)?;
     if reason.len() > 1024 {
         return Err(Error::invalid("reason", "at most 1024 bytes allowed"));
@@ -250,6 +254,9 @@ fn check_actor(actor: &str, reason: &str) -> Result<()> {
 /// Records a breaker's transition of `engine` as an event (in the background: it happens on
 /// the attempt path) and wakes claim loops.
 pub(super) fn breaker_moved(inner: &Inner, engine: &Engine, transition: Transition) {
+    let Some(transition) = super::versions::roll_back_instead(inner, engine, transition) else {
+        return;
+    };
     let (kind, reason, data) = match transition {
         Transition::Quarantined {
             failures,
@@ -302,7 +309,7 @@ pub(super) fn breaker_moved(inner: &Inner, engine: &Engine, transition: Transiti
 }
 
 impl Orchestrator {
-    fn engine_named(&self, engine: &str) -> Result<Arc<Engine>> {
+    pub(super) fn engine_named(&self, engine: &str) -> Result<Arc<Engine>> {
         self.inner
             .engines
             .read()
@@ -507,7 +514,16 @@ impl Orchestrator {
         } else {
             EngineStatus::Running
         };
+        let (version, previous_version) = {
+            let versions = engine.versions.read();
+            (
+                versions.current.version.clone(),
+                versions.previous.as_ref().and_then(|p| p.version.clone()),
+            )
+        };
         EngineState {
+            version,
+            previous_version,
             engine: engine.name.to_string(),
             status,
             limit: engine.limit.get(),
@@ -650,6 +666,8 @@ fn unregistered(engine: &str, pause: Pause) -> EngineState {
         pause: Some(pause),
         quarantine: None,
         claim_loop_restarts: 0,
+        version: None,
+        previous_version: None,
     }
 }
 

@@ -4,6 +4,7 @@
 //! in); with it on, each action runs when its setting is `Some` (or `true`). Every action is
 //! recorded in the event log with its reason, and every one can be undone by an operator:
 //! [`Orchestrator::release_engine`](crate::Orchestrator::release_engine) ends a quarantine,
+//! [`Orchestrator::rollback_engine`](crate::Orchestrator::rollback_engine) swaps versions back,
 //! [`Orchestrator::set_engine_concurrency`](crate::Orchestrator::set_engine_concurrency) sets
 //! a limit the scaler then leaves alone, [`Orchestrator::mark_ready`](crate::Orchestrator::mark_ready)
 //! puts a node back in rotation, and every action can be switched off here.
@@ -267,8 +268,9 @@ impl NodeHealthCheck {
 }
 
 /// Which repairs the orchestrator makes by itself. Off unless [`Healing::enabled`]; with it
-/// on, the defaults restart claim loops, quarantine failing engines, watch the node's health
-/// and report rescues; scaling needs bounds ([`Healing::with_scale`]).
+/// on, the defaults restart claim loops, quarantine failing engines (or roll a failing
+/// upgrade back), watch the node's health and report rescues; scaling needs bounds
+/// ([`Healing::with_scale`]).
 ///
 /// ```
 /// use orch_core::{Autoscale, Healing, OrchestratorConfig};
@@ -293,6 +295,9 @@ pub struct Healing {
     pub node_health: Option<NodeHealthCheck>,
     /// Record a summary event of the expired leases this node rescued. Default on.
     pub report_rescues: bool,
+    /// Roll an upgraded engine back to its previous version when the new one keeps failing
+    /// (its circuit breaker opens: needs `isolate`). Default on.
+    pub rollback: bool,
 }
 
 impl Default for Healing {
@@ -304,6 +309,7 @@ impl Default for Healing {
             scale: None,
             node_health: Some(NodeHealthCheck::default()),
             report_rescues: true,
+            rollback: true,
         }
     }
 }
@@ -368,6 +374,17 @@ impl Healing {
     /// Whether rescues are reported.
     pub fn reports_rescues(&self) -> bool {
         self.enabled && self.report_rescues
+    }
+
+    /// Sets whether a failing upgrade is rolled back.
+    pub fn with_rollback(mut self, rollback: bool) -> Self {
+        self.rollback = rollback;
+        self
+    }
+
+    /// Whether a failing upgrade is rolled back.
+    pub fn rolls_back(&self) -> bool {
+        self.enabled && self.rollback && self.isolate.is_some()
     }
 
     pub(super) fn validate(&self) -> Result<()> {

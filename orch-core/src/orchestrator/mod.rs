@@ -35,6 +35,7 @@ mod maintenance;
 mod observe;
 mod report;
 mod supervise;
+mod versions;
 mod wake;
 
 use std::collections::{BTreeMap, HashMap};
@@ -77,7 +78,8 @@ use crate::schedule::Schedule;
 /// An engine registered under one name.
 struct Engine {
     name: Arc<str>,
-    processor: Arc<dyn Processor>,
+    /// The version running, and the one it can roll back to.
+    versions: RwLock<versions::Versions>,
     /// Per-engine concurrency limit, changeable while attempts run.
     limit: Arc<EngineLimit>,
     /// The limit it was registered with.
@@ -97,6 +99,13 @@ struct Engine {
     restarts: AtomicU64,
     /// The claim loop panicked and was not restarted.
     stopped: AtomicBool,
+}
+
+impl Engine {
+    /// The processor of the version running.
+    fn processor(&self) -> Arc<dyn Processor> {
+        self.versions.read().current.processor.clone()
+    }
 }
 
 /// What every handle, loop and attempt of one orchestrator shares.
@@ -285,7 +294,7 @@ impl Orchestrator {
         }
         let engine = Arc::new(Engine {
             name: Arc::from(name.as_str()),
-            processor,
+            versions: RwLock::new(versions::Versions::new(processor)),
             limit: Arc::new(EngineLimit::new(limit)),
             registered_limit: limit,
             pinned: AtomicBool::new(false),
@@ -334,7 +343,15 @@ impl Orchestrator {
         self.inner.plugins.register(plugin.clone(), config).await?;
         for (index, name) in names.iter().enumerate() {
             let processor = Arc::new(PluginProcessor(plugin.clone()));
-            if let Err(error) = self.add_engine(name.clone(), processor, None) {
+            let added = self.add_engine(name.clone(), processor, None);
+            if added.is_ok()
+                && let Some(engine) = self.inner.engines.read().get(name)
+            {
+                let mut versions = engine.versions.write();
+                versions.current.version = Some(plugin.version().to_owned());
+                versions.current.plugin = Some(plugin.clone());
+            }
+            if let Err(error) = added {
                 // Lost a race for the name: undo this plugin's engines and registration.
                 for registered in &names[..index] {
                     self.inner.engines.write().remove(registered);

@@ -438,3 +438,214 @@ async fn rescued_tasks_are_reported() {
     assert_eq!(reports[0].data["engines"]["external"], 3);
     orch.shutdown(Duration::from_secs(1)).await;
 }
+
+/// An engine whose calls return `version`, or fail while `failing`.
+fn versioned(
+    version: &'static str,
+    failing: bool,
+    calls: Arc<AtomicUsize>,
+) -> impl orch_core::Processor {
+    processor_fn(move |_ctx, _input| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if failing {
+                return Err(TaskError::retryable(format!(
+                    "version {version} cannot load its model"
+                )));
+            }
+            Ok(Value::from(version))
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_new_version_is_rolled_back_and_its_tasks_complete_on_the_previous_one() {
+    let (old_calls, new_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let breaker = CircuitBreaker::default()
+        .with_failures(3)
+        .with_cool_down(Duration::from_secs(600));
+    let orch = Orchestrator::builder(crate::backend())
+        .config(config().with_healing(healing().with_isolate(Some(breaker))))
+        .engine_with_concurrency("model", versioned("0", true, Arc::default()), 1)
+        .build()
+        .await
+        .unwrap();
+    orch.upgrade_engine(
+        "model",
+        versioned("1", false, old_calls.clone()),
+        "1",
+        "deploy",
+        "first release",
+    )
+    .await
+    .unwrap();
+    let task = orch
+        .dispatch_and_wait(TaskSpec::new("model"))
+        .await
+        .unwrap();
+    assert_eq!(task.result, Some(Value::from("1")));
+
+    orch.upgrade_engine(
+        "model",
+        versioned("2", true, new_calls.clone()),
+        "2",
+        "deploy",
+        "new model",
+    )
+    .await
+    .unwrap();
+    let state = orch.engine_state("model").unwrap();
+    assert_eq!(
+        (state.version.as_deref(), state.previous_version.as_deref()),
+        (Some("2"), Some("1"))
+    );
+    let ids: Vec<_> = orch
+        .dispatch_many(
+            (0..10)
+                .map(|_| TaskSpec::new("model").max_attempts(3))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.task.id)
+        .collect();
+    for id in &ids {
+        let task = orch.wait_for(*id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(task.status, TaskStatus::Succeeded);
+        assert_eq!(task.result, Some(Value::from("1")));
+    }
+    // Three failures of version 2, then back to 1 at once: no quarantine.
+    assert_eq!(new_calls.load(Ordering::SeqCst), 3);
+    let rolled = events_of(&orch, event_kinds::ENGINE_ROLLED_BACK).await;
+    assert_eq!(rolled.len(), 1);
+    assert_eq!(rolled[0].data["actor"], "monitor");
+    assert_eq!(
+        (
+            rolled[0].data["from_version"].as_str(),
+            rolled[0].data["to_version"].as_str()
+        ),
+        (Some("2"), Some("1"))
+    );
+    assert!(
+        events_of(&orch, event_kinds::ENGINE_QUARANTINED)
+            .await
+            .is_empty()
+    );
+    let state = orch.engine_state("model").unwrap();
+    assert_eq!(state.status, EngineStatus::Running);
+    assert_eq!(
+        (state.version.as_deref(), state.previous_version.as_deref()),
+        (Some("1"), Some("2"))
+    );
+
+    // The rolled-back version is never rolled back to by itself; an operator can go forward.
+    assert!(
+        orch.rollback_engine("model", "user:alice", "fixed, try again")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        orch.engine_state("model").unwrap().version.as_deref(),
+        Some("2")
+    );
+    orch.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A plugin whose version and health the test picks.
+struct Model {
+    version: &'static str,
+    failing: bool,
+}
+
+#[async_trait::async_trait]
+impl orch_core::Plugin for Model {
+    fn name(&self) -> &str {
+        "model"
+    }
+    fn version(&self) -> &str {
+        self.version
+    }
+    fn description(&self) -> &str {
+        "answers with its version"
+    }
+    async fn initialize(&self, _config: Value) -> orch_core::Result<()> {
+        Ok(())
+    }
+    async fn execute(
+        &self,
+        _ctx: orch_core::TaskContext,
+        _input: Value,
+    ) -> Result<Value, TaskError> {
+        if self.failing {
+            return Err(TaskError::retryable("cannot load the weights"));
+        }
+        Ok(Value::from(self.version))
+    }
+    async fn cleanup(&self) -> orch_core::Result<()> {
+        Ok(())
+    }
+    fn capabilities(&self) -> Vec<orch_core::Capability> {
+        vec![orch_core::Capability::engine("model")]
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_plugin_upgrade_is_rolled_back_to_the_version_still_loaded() {
+    use orch_core::PluginRegistry;
+    let breaker = CircuitBreaker::default().with_failures(2);
+    let orch = Orchestrator::builder(crate::backend())
+        .config(config().with_healing(healing().with_isolate(Some(breaker))))
+        .build()
+        .await
+        .unwrap();
+    orch.register_plugin(
+        Arc::new(Model {
+            version: "1.0",
+            failing: false,
+        }),
+        Value::Null,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        orch.engine_state("model").unwrap().version.as_deref(),
+        Some("1.0")
+    );
+    orch.upgrade_plugin(
+        Arc::new(Model {
+            version: "2.0",
+            failing: true,
+        }),
+        Value::Null,
+        "deploy",
+        "2.0 released",
+    )
+    .await
+    .unwrap();
+    assert_eq!(orch.plugins().get("model").unwrap().version(), "2.0");
+    let ids: Vec<_> = orch
+        .dispatch_many(
+            (0..5)
+                .map(|_| TaskSpec::new("model").max_attempts(3))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.task.id)
+        .collect();
+    for id in &ids {
+        let task = orch.wait_for(*id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(task.result, Some(Value::from("1.0")));
+    }
+    assert_eq!(orch.plugins().get("model").unwrap().version(), "1.0");
+    assert_eq!(
+        events_of(&orch, event_kinds::ENGINE_ROLLED_BACK)
+            .await
+            .len(),
+        1
+    );
+    orch.shutdown(Duration::from_secs(1)).await;
+}
