@@ -1,7 +1,8 @@
 //! The healing actions that need readings, run at the end of each pass when
 //! [`Healing`](crate::Healing) allows them: the node's readiness, engines' limits scaled to
-//! their queues, and the report of rescued tasks. (Claim loop restarts and the circuit
-//! breaker act on the dispatcher's own path, without waiting for a pass.)
+//! their queues, and the report of rescued tasks; and the record of plugin processes
+//! restarted (by orch-plugins' supervisor). Claim loop restarts, the circuit breaker and
+//! rollbacks act on the dispatcher's own path, without waiting for a pass.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub(super) struct HealState {
     /// Per engine: the most slots in use at any pass since its last change (a pass that falls
     /// between one attempt's end and the next one's start sees a slot free).
     busiest: HashMap<Arc<str>, usize>,
+    /// Per plugin: the restarts of its process already recorded.
+    plugin_restarts: HashMap<String, u64>,
 }
 
 impl Monitor {
@@ -155,6 +158,24 @@ impl Monitor {
                 }
                 state.heal.scaled.insert(view.name.clone(), (now, due));
                 state.heal.busiest.remove(&view.name);
+            }
+        }
+
+        for (plugin, version, restarts) in inner.plugin_restarts() {
+            let seen = state.heal.plugin_restarts.insert(plugin.clone(), restarts);
+            if restarts > seen.unwrap_or(0) {
+                let event = control_event(
+                    event_kinds::PLUGIN_RESTARTED,
+                    None,
+                    MONITOR,
+                    "its process died and was restarted",
+                    inner.node_id(),
+                    json!({"plugin": plugin, "version": version, "restarts": restarts})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+                state.record(event);
             }
         }
 

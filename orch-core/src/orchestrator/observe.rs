@@ -53,6 +53,22 @@ impl Inner {
         self.controls.rescued_so_far()
     }
 
+    /// Every registered plugin's name, version and restarts of its isolated process.
+    pub(crate) fn plugin_restarts(&self) -> Vec<(String, String, u64)> {
+        use crate::contracts::PluginRegistry;
+        self.plugins
+            .list()
+            .iter()
+            .map(|plugin| {
+                (
+                    plugin.name().to_owned(),
+                    plugin.version().to_owned(),
+                    plugin.restarts(),
+                )
+            })
+            .collect()
+    }
+
     /// Whether the node is in rotation.
     pub(crate) fn is_ready(&self) -> bool {
         self.controls.is_ready()
