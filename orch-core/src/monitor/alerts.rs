@@ -2,7 +2,7 @@
 //! readings into alerts that fire once and resolve once, and the EWMA baselines of anomaly
 //! detection ([`Baseline`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -81,7 +81,11 @@ struct SeriesKey {
 
 enum Tracked {
     /// The condition holds since then, not long enough yet.
-    Pending { since: Instant, at: DateTime<Utc> },
+    Pending {
+        metric: Metric,
+        since: Instant,
+        at: DateTime<Utc>,
+    },
     /// The alert fired; `clear_since` is when the condition last stopped holding.
     Firing {
         alert: Box<Alert>,
@@ -239,8 +243,17 @@ impl Detector {
         moment: Moment<'_>,
     ) -> Changes {
         let now = moment.now;
+        // Series this node does not judge (cluster-wide ones while another node leads) are
+        // the leader's: forget them rather than show them frozen.
+        self.tracked.retain(|_, tracked| {
+            let metric = match tracked {
+                Tracked::Pending { metric, .. } => metric,
+                Tracked::Firing { alert, .. } => &alert.metric,
+            };
+            evaluates(metric)
+        });
         let mut changes = Vec::new();
-        let mut seen: Vec<SeriesKey> = Vec::new();
+        let mut seen: HashSet<SeriesKey> = HashSet::new();
         for rule in rules.iter().filter(|rule| evaluates(&rule.metric)) {
             for reading in readings.iter().filter(|r| {
                 r.metric == rule.metric
@@ -266,7 +279,7 @@ impl Detector {
                     holds: rule.holds(reading.value),
                 };
                 self.step(&key, observation, moment, &mut changes);
-                seen.push(key);
+                seen.insert(key);
             }
         }
         if let Some(config) = anomaly {
@@ -308,7 +321,7 @@ impl Detector {
                     holds: judged.anomalous,
                 };
                 self.step(&key, observation, moment, &mut changes);
-                seen.push(key);
+                seen.insert(key);
             }
         }
         // Series without a reading this pass count as clear.
@@ -323,9 +336,6 @@ impl Detector {
                 self.tracked.remove(&key);
                 continue;
             };
-            if !evaluates(&alert.metric) {
-                continue;
-            }
             let (metric, rule) = (alert.metric.clone(), key.rule.clone());
             let clear_for = rules
                 .iter()
@@ -360,8 +370,12 @@ impl Detector {
         let Moment { now, at, .. } = moment;
         match self.tracked.get_mut(key) {
             None if observation.holds => {
-                self.tracked
-                    .insert(key.clone(), Tracked::Pending { since: now, at });
+                let pending = Tracked::Pending {
+                    metric: observation.metric.clone(),
+                    since: now,
+                    at,
+                };
+                self.tracked.insert(key.clone(), pending);
                 // A zero duration fires at once.
                 self.step_pending(key, &observation, moment, changes);
             }
@@ -407,6 +421,7 @@ impl Detector {
         let Some(Tracked::Pending {
             since,
             at: since_at,
+            ..
         }) = self.tracked.get(key)
         else {
             return;
