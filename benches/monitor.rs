@@ -110,7 +110,9 @@ async fn orchestrator(
     if monitor {
         config = config.with_monitor(Some(MonitorConfig::default()));
     }
-    let mut builder = Orchestrator::builder(backend).config(config).sampler(machine());
+    let mut builder = Orchestrator::builder(backend)
+        .config(config)
+        .sampler(machine());
     for engine in 0..settings.engines {
         builder = builder.engine(
             format!("engine-{engine}"),
@@ -169,6 +171,30 @@ async fn run(name: &'static str, settings: &Settings) -> anyhow::Result<()> {
         percentile(&passes, 0.99).unwrap_or_default().as_secs_f64() * 1e6,
         cpu.as_secs_f64() * 1e6 / settings.passes as f64,
     );
+    // The backend calls a pass makes, each on its own.
+    let store = orch.backend().clone();
+    let mut calls = Vec::new();
+    macro_rules! time_call {
+        ($name:expr, $call:expr) => {{
+            let before = process_cpu_time();
+            let started = Instant::now();
+            for _ in 0..200 {
+                std::hint::black_box($call.await?);
+            }
+            calls.push(format!(
+                "{} {:.0} µs ({:.0} µs CPU)",
+                $name,
+                started.elapsed().as_secs_f64() * 1e6 / 200.0,
+                (process_cpu_time() - before).as_secs_f64() * 1e6 / 200.0
+            ));
+        }};
+    }
+    time_call!("count_tasks", store.count_tasks());
+    time_call!("queue_depth", store.queue_depth());
+    time_call!("list_lock_waiters", store.list_lock_waiters());
+    time_call!("list_locks", store.list_locks());
+    time_call!("list (pauses)", store.list("orch/paused/"));
+    println!("{name}: per call: {}", calls.join(", "));
     orch.shutdown(Duration::from_secs(5)).await;
 
     // An idle orchestrator for `seconds`, with and without its monitor passing every second.

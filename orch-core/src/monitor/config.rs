@@ -140,7 +140,7 @@ impl AlertRule {
 
     /// ORCH-Next's rules: CPU above 90% for 5 minutes, memory above 95% for 2 minutes, the
     /// database unreachable, more than 20 authentication failures a minute and a lock wait
-    /// over 30 s (critical); more than 100 due tasks queued for an engine, an engine's error
+    /// over 30 s (critical); more than 100 tasks queued for an engine, an engine's error
     /// rate above 5% for 10 minutes, its p95 task duration above 2 s and disk use above 80%
     /// (warnings).
     pub fn defaults() -> Vec<AlertRule> {

@@ -22,13 +22,21 @@ pub(super) struct HealState {
     /// Consecutive passes with the node's health failing, and passing.
     failing: u32,
     passing: u32,
-    /// Per engine: when the scaler last changed its limit, and its due queue then.
-    scaled: HashMap<Arc<str>, (Instant, u64)>,
-    /// Per engine: the most slots in use at any pass since its last change (a pass that falls
-    /// between one attempt's end and the next one's start sees a slot free).
-    busiest: HashMap<Arc<str>, usize>,
+    /// Per engine: what the scaler saw since it last judged it.
+    scaling: HashMap<Arc<str>, ScaleWatch>,
     /// Per plugin: the restarts of its process already recorded.
     plugin_restarts: HashMap<String, u64>,
+}
+
+/// What the scaler saw of one engine since it last judged it (once per
+/// [`Autoscale::hold`](crate::Autoscale::hold)).
+struct ScaleWatch {
+    since: Instant,
+    /// The most slots in use at any pass (a pass that falls between one attempt's end and
+    /// the next one's start sees a slot free).
+    busiest: usize,
+    /// The queue when it was last judged.
+    queued_then: u64,
 }
 
 impl Monitor {
@@ -95,30 +103,37 @@ impl Monitor {
         {
             for view in inner.engine_views() {
                 if view.pinned || !view.claims {
-                    state.heal.busiest.remove(&view.name);
+                    state.heal.scaling.remove(&view.name);
                     continue;
                 }
                 let engine = &*view.name;
-                let busiest = state.heal.busiest.entry(view.name.clone()).or_default();
-                *busiest = (*busiest).max(view.in_use);
-                let busiest = *busiest;
-                if state
+                let watch = state
                     .heal
-                    .scaled
-                    .get(&view.name)
-                    .is_some_and(|(at, _)| now.saturating_duration_since(*at) < scale.hold)
-                {
+                    .scaling
+                    .entry(view.name.clone())
+                    .or_insert(ScaleWatch {
+                        since: now,
+                        busiest: 0,
+                        queued_then: 0,
+                    });
+                watch.busiest = watch.busiest.max(view.in_use);
+                if now.saturating_duration_since(watch.since) < scale.hold {
                     continue;
                 }
+                let (busiest, queued_then) = (watch.busiest, watch.queued_then);
+                let queued = probe.queued.get(engine).copied().unwrap_or(0);
+                *watch = ScaleWatch {
+                    since: now,
+                    busiest: 0,
+                    queued_then: queued,
+                };
                 let (min, max) = scale.bounds(engine);
-                let due = probe.due.get(engine).copied().unwrap_or(0);
-                let due_then = state.heal.scaled.get(&view.name).map_or(0, |(_, due)| *due);
                 let error_rate = readings
                     .get(&Metric::ErrorRate, Some(engine))
                     .unwrap_or(0.0);
                 let limit = view.limit;
                 let step = (limit / 4).max(1);
-                let change = if due > due_then
+                let change = if queued > queued_then
                     && busiest >= limit
                     && error_rate < scale.max_error_rate
                     && limit < max
@@ -126,7 +141,7 @@ impl Monitor {
                     Some((
                         (limit + step).min(max),
                         format!(
-                            "{due} tasks due (up from {due_then}) with all {limit} slots busy and an error rate of {:.1}%",
+                            "{queued} tasks queued (up from {queued_then}) with all {limit} slots busy and an error rate of {:.1}%",
                             error_rate * 100.0
                         ),
                     ))
@@ -139,25 +154,22 @@ impl Monitor {
                             scale.max_error_rate * 100.0
                         ),
                     ))
-                } else if limit > min && due == 0 && view.in_use < limit {
+                } else if limit > min && queued == 0 && busiest < limit {
                     Some((
                         limit.saturating_sub(step).max(min),
                         format!(
-                            "nothing due and {} of {limit} slots free",
-                            limit - view.in_use
+                            "nothing queued and at most {busiest} of {limit} slots busy for {:?}",
+                            scale.hold
                         ),
                     ))
                 } else {
                     None
                 };
-                let Some((to, reason)) = change else {
-                    continue;
-                };
-                if let Err(error) = inner.scale_engine(engine, to, &reason).await {
+                if let Some((to, reason)) = change
+                    && let Err(error) = inner.scale_engine(engine, to, &reason).await
+                {
                     tracing::warn!(engine, %error, "recording a scaling step failed");
                 }
-                state.heal.scaled.insert(view.name.clone(), (now, due));
-                state.heal.busiest.remove(&view.name);
             }
         }
 

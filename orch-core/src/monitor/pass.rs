@@ -103,8 +103,8 @@ impl PassState {
 pub(super) struct Probe {
     /// Why it failed, if it did.
     pub(super) failure: Option<String>,
-    /// Due tasks per engine, when it succeeded.
-    pub(super) due: BTreeMap<String, u64>,
+    /// Queued tasks per engine, when it succeeded.
+    pub(super) queued: BTreeMap<String, u64>,
 }
 
 impl Monitor {
@@ -261,7 +261,8 @@ impl Monitor {
     }
 }
 
-/// The backend's readings: the probe (task counts, timed), queue depth per priority, locks.
+/// The backend's readings: the probe (queue depth per engine and priority, timed: one
+/// statement over the queued tasks' index), then lock waits and held locks.
 async fn backend_readings(
     inner: &Inner,
     config: &MonitorConfig,
@@ -269,15 +270,15 @@ async fn backend_readings(
 ) -> Probe {
     let backend = inner.backend();
     let started = Instant::now();
-    let counts = tokio::time::timeout(config.probe_timeout, backend.count_tasks()).await;
+    let depths = tokio::time::timeout(config.probe_timeout, backend.queue_depth()).await;
     let took = started.elapsed();
-    let counts = match counts {
-        Ok(Ok(counts)) => counts,
+    let depths = match depths {
+        Ok(Ok(depths)) => depths,
         Ok(Err(error)) => {
             values.push(Reading::new(Metric::DatabaseUp, 0.0));
             return Probe {
                 failure: Some(format!("the database probe failed: {error}")),
-                due: BTreeMap::new(),
+                queued: BTreeMap::new(),
             };
         }
         Err(_) => {
@@ -287,42 +288,32 @@ async fn backend_readings(
                     "the database probe got no answer within {:?}",
                     config.probe_timeout
                 )),
-                due: BTreeMap::new(),
+                queued: BTreeMap::new(),
             };
         }
     };
     values.push(Reading::new(Metric::DatabaseUp, 1.0));
     values.push(Reading::new(Metric::DatabaseLatency, took.as_secs_f64()));
-    let mut due: BTreeMap<String, u64> = inner
+    let mut queued: BTreeMap<String, u64> = inner
         .engine_views()
         .into_iter()
         .map(|view| (view.name.to_string(), 0))
         .collect();
-    let mut others: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for engine in counts {
-        due.insert(engine.engine.clone(), engine.queued);
-        others.insert(engine.engine, (engine.delayed, engine.running));
+    for depth in depths {
+        *queued.entry(depth.engine.clone()).or_default() += depth.queued;
+        values.push(
+            Reading::of_engine(Metric::QueuedByPriority, depth.engine, depth.queued as f64)
+                .with_priority(depth.priority),
+        );
     }
-    for (engine, queued) in &due {
-        let (delayed, running) = others.get(engine).copied().unwrap_or_default();
+    for (engine, count) in &queued {
         values.push(Reading::of_engine(
             Metric::QueueDepth,
             engine,
-            *queued as f64,
+            *count as f64,
         ));
-        values.push(Reading::of_engine(Metric::Delayed, engine, delayed as f64));
-        values.push(Reading::of_engine(Metric::Running, engine, running as f64));
     }
     // The rest is best effort: the probe already says whether the database answers.
-    if let Ok(Ok(depths)) = tokio::time::timeout(config.probe_timeout, backend.queue_depth()).await
-    {
-        for depth in depths {
-            values.push(
-                Reading::of_engine(Metric::QueuedByPriority, depth.engine, depth.queued as f64)
-                    .with_priority(depth.priority),
-            );
-        }
-    }
     if let Ok(Ok(waiters)) =
         tokio::time::timeout(config.probe_timeout, backend.list_lock_waiters()).await
     {
@@ -338,7 +329,10 @@ async fn backend_readings(
     if let Ok(Ok(locks)) = tokio::time::timeout(config.probe_timeout, backend.list_locks()).await {
         values.push(Reading::new(Metric::LocksHeld, locks.len() as f64));
     }
-    Probe { failure: None, due }
+    Probe {
+        failure: None,
+        queued,
+    }
 }
 
 /// Takes or keeps the monitor leadership; returns whether this node holds it.

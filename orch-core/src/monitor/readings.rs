@@ -29,15 +29,12 @@ pub enum Metric {
     NetworkReceived,
     /// `network_sent_bytes_per_second` (from a sampler).
     NetworkSent,
-    /// `queue_depth`: tasks of an engine queued and due, across every node (per engine).
+    /// `queue_depth`: tasks of an engine queued (due, or waiting for a delay or a retry's
+    /// backoff), across every node (per engine): what `orch_task_queue_depth` counts.
     QueueDepth,
-    /// `queued_by_priority`: tasks of an engine queued (due or delayed) at one priority,
-    /// across every node (per engine and priority).
+    /// `queued_by_priority`: tasks of an engine queued at one priority, across every node
+    /// (per engine and priority).
     QueuedByPriority,
-    /// `delayed`: tasks of an engine queued but not due yet, across every node (per engine).
-    Delayed,
-    /// `running`: tasks of an engine running, across every node (per engine).
-    Running,
     /// `in_flight`: concurrency slots of an engine taken on this node (per engine).
     InFlight,
     /// `concurrency_limit`: an engine's limit on this node (per engine).
@@ -88,8 +85,6 @@ impl Metric {
             Metric::NetworkSent => "network_sent_bytes_per_second",
             Metric::QueueDepth => "queue_depth",
             Metric::QueuedByPriority => "queued_by_priority",
-            Metric::Delayed => "delayed",
-            Metric::Running => "running",
             Metric::InFlight => "in_flight",
             Metric::ConcurrencyLimit => "concurrency_limit",
             Metric::Attempts => "attempts",
@@ -110,7 +105,7 @@ impl Metric {
         }
     }
 
-    const KNOWN: [Metric; 25] = [
+    const KNOWN: [Metric; 23] = [
         Metric::CpuPercent,
         Metric::MemoryPercent,
         Metric::DiskPercent,
@@ -118,8 +113,6 @@ impl Metric {
         Metric::NetworkSent,
         Metric::QueueDepth,
         Metric::QueuedByPriority,
-        Metric::Delayed,
-        Metric::Running,
         Metric::InFlight,
         Metric::ConcurrencyLimit,
         Metric::Attempts,
@@ -145,8 +138,6 @@ impl Metric {
             self,
             Metric::QueueDepth
                 | Metric::QueuedByPriority
-                | Metric::Delayed
-                | Metric::Running
                 | Metric::LockWaitSeconds
                 | Metric::LockWaiters
                 | Metric::LocksHeld

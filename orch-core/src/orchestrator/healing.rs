@@ -126,13 +126,14 @@ impl CircuitBreaker {
 /// Scaling an engine's concurrency in this process to its queue, within bounds. Needs the
 /// monitor (it decides at each monitor pass).
 ///
-/// Up: while the engine's due queue grows (it holds more than at the last change), every
-/// slot was taken at some pass since the last change, its error rate over the monitor's rate
-/// window stays under `max_error_rate` and it is neither paused nor quarantined, the limit
-/// rises by a quarter (at least 1) up to the engine's `max`. Down: when nothing is due and no
-/// pass since the last change saw every slot taken, or when its error rate reaches
-/// `max_error_rate`, it falls by a quarter (at least 1) down to `min`. At most one change per
-/// engine per `hold`. An engine whose limit an operator set is left alone.
+/// The scaler judges each engine once per `hold`, by what the monitor's passes saw since the
+/// last time. Up: the engine's queue grew (it holds more than at the last judgement), every
+/// slot was taken at some pass, its error rate over the monitor's rate window stays under
+/// `max_error_rate` and it is neither paused nor quarantined: the limit rises by a quarter
+/// (at least 1) up to the engine's `max`. Down: nothing is queued and no pass saw every slot
+/// taken, or its error rate reached `max_error_rate`: it falls by a quarter (at least 1) down
+/// to `min`. So at most one change per engine per `hold`. An engine whose limit an operator
+/// set is left alone.
 ///
 /// ```
 /// use orch_core::Autoscale;

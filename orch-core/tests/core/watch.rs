@@ -23,7 +23,7 @@ use orch_core::{
 #[derive(Default)]
 pub(crate) struct Faulty {
     pub(crate) inner: Arc<MemoryBackend>,
-    /// `count_tasks`, the monitor's probe of the backend, fails while set (claims go on
+    /// `queue_depth`, the monitor's probe of the backend, fails while set (claims go on
     /// working: only the node's own health check can keep it from claiming).
     pub(crate) down: AtomicBool,
     /// The next this many `claim_tasks` calls panic.
@@ -102,10 +102,10 @@ impl TaskStore for Faulty {
         self.inner.prune_tasks(before, limit).await
     }
     async fn queue_depth(&self) -> Result<Vec<QueueDepth>> {
+        self.unreachable("queue_depth")?;
         self.inner.queue_depth().await
     }
     async fn count_tasks(&self) -> Result<Vec<EngineCounts>> {
-        self.unreachable("count_tasks")?;
         self.inner.count_tasks().await
     }
     fn task_wakeups(&self) -> Option<ChangeSignal> {
