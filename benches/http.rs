@@ -6,6 +6,12 @@
 //!   daemon's resident memory (`/proc/<pid>/status`) and checks a dispatched task reaches them.
 //! - `webhook-verify`: signature verifications per second in process (one core), the work
 //!   `POST /webhook` does before touching the database.
+//! - `slowloris`: N connections that trickle header bytes and never finish a request; while
+//!   they are open, `GET /health` from fresh clients is timed; then when the daemon closed
+//!   each trickling connection (its header-read timeout).
+//! - `forged-ips`: requests from N distinct client addresses (forged `X-Forwarded-For` through
+//!   a trusted proxy: the daemon must list 127.0.0.1 in `server.trusted_proxies`), half of
+//!   them logins; the daemon's resident memory as it goes.
 //!
 //! Run it through `benches/http.sh`, which starts a release `orchd` and `wrk` too, and runs
 //! this client as `cargo bench --bench http -- [--url URL] <mode> [flags]`. Without a mode it
@@ -69,6 +75,34 @@ enum Mode {
         /// Seconds.
         #[arg(long, default_value_t = 3)]
         seconds: u64,
+    },
+    /// Hold N connections trickling headers; time `GET /health` meanwhile; report when the
+    /// daemon closed them.
+    Slowloris {
+        /// Trickling connections.
+        #[arg(long, default_value_t = 5_000)]
+        connections: usize,
+        /// Milliseconds between two header bytes on one connection.
+        #[arg(long, default_value_t = 1_000)]
+        trickle_ms: u64,
+        /// Longest wait for the daemon to close them, in seconds.
+        #[arg(long, default_value_t = 40)]
+        wait_seconds: u64,
+        /// The daemon's pid (for RSS).
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Requests from N distinct forged client addresses; print the daemon's RSS as it goes.
+    ForgedIps {
+        /// Distinct addresses (one request each).
+        #[arg(long, default_value_t = 1_000_000)]
+        addresses: u64,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: u64,
+        /// The daemon's pid (for RSS).
+        #[arg(long)]
+        pid: u32,
     },
 }
 
@@ -285,6 +319,231 @@ fn webhook_verify(seconds: u64) {
     );
 }
 
+/// One trickling connection: the start of a request, then a header byte every `trickle`, until
+/// the daemon closes it. How long after connecting it was closed (`None`: not within `wait`).
+async fn trickle(addr: String, trickle: Duration, wait: Duration) -> Result<Option<Duration>> {
+    let stream = tokio::net::TcpStream::connect(&addr).await?;
+    let opened = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\nX-Trickle: ")
+        .await?;
+    let closed = async {
+        let mut buffer = [0u8; 256];
+        while reader.read(&mut buffer).await.is_ok_and(|n| n > 0) {}
+    };
+    let trickling = async {
+        loop {
+            tokio::time::sleep(trickle).await;
+            if writer.write_all(b"a").await.is_err() {
+                return;
+            }
+        }
+    };
+    let outcome = tokio::time::timeout(wait, async {
+        tokio::select! {
+            () = closed => {},
+            () = trickling => {},
+        }
+    })
+    .await;
+    Ok(outcome.ok().map(|()| opened.elapsed()))
+}
+
+/// One `GET /health` on a fresh connection: how long from connecting to the whole answer.
+async fn fresh_health(addr: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        bail!(
+            "health answered {}",
+            String::from_utf8_lossy(&answer[..answer.len().min(40)])
+        );
+    }
+    Ok(started.elapsed())
+}
+
+async fn slowloris(
+    cli: &Cli,
+    connections: usize,
+    trickle_ms: u64,
+    wait_seconds: u64,
+    pid: u32,
+) -> Result<()> {
+    let addr = cli
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let before = rss_kib(pid)?;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(connections);
+    for n in 0..connections {
+        tasks.push(tokio::spawn(trickle(
+            addr.clone(),
+            Duration::from_millis(trickle_ms),
+            Duration::from_secs(wait_seconds),
+        )));
+        if n % 250 == 249 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let opened = started.elapsed();
+    // Let every connection start trickling, then time fresh clients.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = rss_kib(pid)?;
+    let mut health = Vec::with_capacity(20);
+    let mut failures = 0;
+    for _ in 0..20 {
+        match tokio::time::timeout(Duration::from_secs(5), fresh_health(&addr)).await {
+            Ok(Ok(took)) => health.push(took),
+            _ => failures += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    health.sort();
+    let mut closed = Vec::with_capacity(connections);
+    let mut open = 0;
+    for task in tasks {
+        match task.await? {
+            Ok(Some(after)) => closed.push(after),
+            Ok(None) => open += 1,
+            Err(_) => failures += 1,
+        }
+    }
+    closed.sort();
+    let after = rss_kib(pid)?;
+    println!(
+        "slowloris: {connections} trickling connections opened in {:.1}s; fresh GET /health while \
+         they were open: p50 {:.1} ms, max {:.1} ms, {failures} failed; closed by the daemon: \
+         {} (first after {:.1}s, median {:.1}s, last {:.1}s), still open after {wait_seconds}s: {open}; \
+         orchd RSS {:.1} MiB before, {:.1} MiB holding them, {:.1} MiB after",
+        opened.as_secs_f64(),
+        percentile(&health, 0.5).as_secs_f64() * 1e3,
+        health.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        closed.len(),
+        closed.first().copied().unwrap_or_default().as_secs_f64(),
+        percentile(&closed, 0.5).as_secs_f64(),
+        closed.last().copied().unwrap_or_default().as_secs_f64(),
+        before as f64 / 1024.0,
+        held as f64 / 1024.0,
+        after as f64 / 1024.0,
+    );
+    Ok(())
+}
+
+/// The `n`th forged address: IPv4 for even `n`, a distinct IPv6 /64 for odd `n`.
+fn forged_address(n: u64) -> String {
+    if n.is_multiple_of(2) {
+        std::net::Ipv4Addr::from(0x0a00_0000u32.wrapping_add((n / 2) as u32)).to_string()
+    } else {
+        let network = u128::from(n / 2) << 64;
+        std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | network | 1).to_string()
+    }
+}
+
+async fn forged_ips(cli: &Cli, addresses: u64, concurrency: u64, pid: u32) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency as usize)
+        .build()?;
+    let login = Arc::new(serde_json::to_vec(
+        &json!({"username": "x".repeat(300), "password": "not a password"}),
+    )?);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let statuses = Arc::new(std::sync::Mutex::new(
+        std::collections::BTreeMap::<u16, u64>::new(),
+    ));
+    let before = rss_kib(pid)?;
+    let started = Instant::now();
+    println!(
+        "forged-ips: orchd RSS {:.1} MiB before",
+        before as f64 / 1024.0
+    );
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (http, login, next, statuses, url) = (
+            http.clone(),
+            login.clone(),
+            next.clone(),
+            statuses.clone(),
+            cli.url.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= addresses {
+                    return;
+                }
+                let forged = forged_address(n);
+                // Logins (each address a key of the login limiter) and refused tokens.
+                let request = if n % 4 < 2 {
+                    http.post(format!("{url}/auth/login"))
+                        .header("Content-Type", "application/json")
+                        .body((*login).clone())
+                } else {
+                    http.get(format!("{url}/jobs"))
+                        .bearer_auth("forged.token.value")
+                };
+                let status = match request.header("X-Forwarded-For", forged).send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let _ = response.bytes().await;
+                        status
+                    }
+                    Err(_) => 0,
+                };
+                *statuses
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(status)
+                    .or_default() += 1;
+            }
+        }));
+    }
+    let mut reported = 0;
+    let step = (addresses / 10).max(1);
+    let mut peak = before;
+    while workers.iter().any(|w| !w.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let done = next.load(Ordering::Relaxed).min(addresses);
+        let rss = rss_kib(pid)?;
+        peak = peak.max(rss);
+        if done >= reported + step || done == addresses && reported < addresses {
+            reported = done;
+            println!(
+                "forged-ips: {done:>8} addresses, {:>6.0} req/s, orchd RSS {:.1} MiB",
+                done as f64 / started.elapsed().as_secs_f64(),
+                rss as f64 / 1024.0
+            );
+        }
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid)?;
+    let health = http
+        .get(format!("{}/health", cli.url))
+        .send()
+        .await?
+        .status();
+    println!(
+        "forged-ips: {addresses} distinct addresses in {:.1}s; answers {:?}; orchd RSS {:.1} MiB \
+         before, peak {:.1} MiB, {:.1} MiB after; /health {health}",
+        started.elapsed().as_secs_f64(),
+        statuses.lock().unwrap_or_else(|e| e.into_inner()),
+        before as f64 / 1024.0,
+        peak.max(after) as f64 / 1024.0,
+        after as f64 / 1024.0,
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let program = "cargo bench --bench http --".to_owned();
@@ -304,5 +563,16 @@ async fn main() -> Result<()> {
             webhook_verify(*seconds);
             Ok(())
         }
+        Mode::Slowloris {
+            connections,
+            trickle_ms,
+            wait_seconds,
+            pid,
+        } => slowloris(&cli, *connections, *trickle_ms, *wait_seconds, *pid).await,
+        Mode::ForgedIps {
+            addresses,
+            concurrency,
+            pid,
+        } => forged_ips(&cli, *addresses, *concurrency, *pid).await,
     }
 }

@@ -165,6 +165,38 @@ pub trait EventStore: Send + Sync {
     /// Up to `limit` events with `seq > after`, in sequence order.
     async fn read_events(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
 
+    /// Up to `limit` events of task `task_id` with `seq > after`, in sequence order: what
+    /// [`read_events`](Self::read_events) returns for the task, as a reader that filters the
+    /// whole log by `task_id` would see it.
+    ///
+    /// A backend should find them through an index by task, so that the cost follows the
+    /// task's events, not the size of the log: `GET /jobs/{id}/events` and event streams of one
+    /// task call it for any task a client names. The default scans the log with
+    /// `read_events` (correct, but as slow as the log is long); the memory, SQLite and
+    /// PostgreSQL backends have an index.
+    async fn read_task_events(
+        &self,
+        task_id: TaskId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        const PAGE: usize = 1024;
+        let mut found = Vec::new();
+        let mut cursor = after;
+        while found.len() < limit {
+            let page = self.read_events(cursor, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            cursor = last.seq;
+            let full = page.len() == PAGE;
+            found.extend(page.into_iter().filter(|e| e.task_id == Some(task_id)));
+            if !full {
+                break;
+            }
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+
     /// The highest sequence number appended so far (0 when empty).
     async fn last_event_seq(&self) -> Result<u64>;
 

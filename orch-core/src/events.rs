@@ -25,6 +25,9 @@ use crate::model::{Event, NewEvent, TaskId};
 
 const READ_BATCH: usize = 1024;
 
+/// A caller waiting for a task's terminal event: its number and where to send the news.
+type Waiter = (u64, oneshot::Sender<()>);
+
 struct Inner {
     store: Arc<dyn EventStore>,
     sender: broadcast::Sender<Arc<Event>>,
@@ -34,9 +37,12 @@ struct Inner {
     local_signal: bool,
     /// Highest sequence the tail has published (or skipped past with nobody listening).
     published: AtomicU64,
-    /// Callers waiting for a task to reach a terminal state.
-    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
+    /// Callers waiting for a task to reach a terminal state, each under its own number so it
+    /// can leave alone ([`TerminalWait`]'s drop).
+    waiters: Mutex<HashMap<TaskId, Vec<Waiter>>>,
     waiter_count: AtomicUsize,
+    /// The number of the next waiter.
+    next_waiter: AtomicU64,
     /// Fired at shutdown: subscriptions end.
     closed: CancellationToken,
     /// Poked when a listener (subscription, waiter) appears, to wake an idle tail.
@@ -78,6 +84,7 @@ impl EventLog {
                 published: AtomicU64::new(0),
                 waiters: Mutex::new(HashMap::new()),
                 waiter_count: AtomicUsize::new(0),
+                next_waiter: AtomicU64::new(0),
                 closed: CancellationToken::new(),
                 listener_added: Notify::new(),
                 idle: AtomicBool::new(false),
@@ -139,27 +146,40 @@ impl EventLog {
         self.inner.store.read_events(after_seq, limit).await
     }
 
+    /// Up to `limit` stored events of `task_id` after `after_seq`, in order, read through the
+    /// store's index by task ([`EventStore::read_task_events`]) rather than by scanning the
+    /// log.
+    pub async fn task_events(
+        &self,
+        task_id: TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        self.inner
+            .store
+            .read_task_events(task_id, after_seq, limit)
+            .await
+    }
+
     /// Resolves when a terminal event for `task_id` is published. The caller must check the
-    /// task's state after registering (the event may already have passed).
-    pub(crate) fn wait_terminal(&self, task_id: TaskId) -> oneshot::Receiver<()> {
+    /// task's state after registering (the event may already have passed). Dropping the wait
+    /// takes this waiter, and only it, out of the list.
+    pub(crate) fn wait_terminal(&self, task_id: TaskId) -> TerminalWait {
         let (tx, rx) = oneshot::channel();
+        let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
         self.inner
             .waiters
             .lock()
             .entry(task_id)
             .or_default()
-            .push(tx);
+            .push((id, tx));
         self.inner.waiter_count.fetch_add(1, Ordering::AcqRel);
         self.inner.listener_added.notify_one();
-        rx
-    }
-
-    /// Drops the waiters of a task (after a wait timed out).
-    pub(crate) fn forget_waiters(&self, task_id: TaskId) {
-        if let Some(list) = self.inner.waiters.lock().remove(&task_id) {
-            self.inner
-                .waiter_count
-                .fetch_sub(list.len(), Ordering::AcqRel);
+        TerminalWait {
+            log: self.inner.clone(),
+            task_id,
+            id,
+            fired: rx,
         }
     }
 
@@ -221,7 +241,7 @@ impl EventLog {
                     && let Some(list) = inner.waiters.lock().remove(&task_id)
                 {
                     inner.waiter_count.fetch_sub(list.len(), Ordering::AcqRel);
-                    for waiter in list {
+                    for (_, waiter) in list {
                         let _ = waiter.send(());
                     }
                 }
@@ -263,6 +283,44 @@ impl EventLog {
                     tracing::warn!(seq = event.seq, kind = %event.kind, %error, "event handler failed");
                 }
             }
+        }
+    }
+}
+
+/// One caller's wait for a task's terminal event ([`EventLog::wait_terminal`]): resolves when
+/// the event is published; dropped (timed out, or the caller went away), it removes its own
+/// entry and no other.
+pub(crate) struct TerminalWait {
+    log: Arc<Inner>,
+    task_id: TaskId,
+    id: u64,
+    fired: oneshot::Receiver<()>,
+}
+
+impl std::future::Future for TerminalWait {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        // Sent or dropped, the entry is gone: either way the caller reads the task again.
+        std::pin::Pin::new(&mut self.fired).poll(cx).map(|_| ())
+    }
+}
+
+impl Drop for TerminalWait {
+    fn drop(&mut self) {
+        let mut waiters = self.log.waiters.lock();
+        let Some(list) = waiters.get_mut(&self.task_id) else {
+            return;
+        };
+        if let Some(at) = list.iter().position(|(id, _)| *id == self.id) {
+            list.swap_remove(at);
+            self.log.waiter_count.fetch_sub(1, Ordering::AcqRel);
+        }
+        if list.is_empty() {
+            waiters.remove(&self.task_id);
         }
     }
 }
@@ -346,5 +404,46 @@ impl Subscription {
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use crate::{MemoryBackend, Orchestrator, TaskSpec};
+
+    /// A caller that stops waiting without timing out (an HTTP client that disconnects drops
+    /// the request's future) leaves no waiter behind (issue 11, finding 14).
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_wait_leaves_no_waiter_behind() {
+        let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))
+            .build()
+            .await
+            .unwrap();
+        let task = orch.dispatch(TaskSpec::new("nobody")).await.unwrap();
+        let other = orch.wait_for(task.id, Duration::from_secs(60));
+        let mut other = Box::pin(other);
+        // Registered, then dropped before its deadline.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), &mut other)
+                .await
+                .is_err()
+        );
+        let dropped = orch.wait_for(task.id, Duration::from_secs(60));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), dropped)
+                .await
+                .is_err()
+        );
+        let log = &orch.events().inner;
+        assert_eq!(log.waiter_count.load(Ordering::Acquire), 1);
+        assert_eq!(log.waiters.lock().get(&task.id).map(Vec::len), Some(1));
+        drop(other);
+        assert_eq!(log.waiter_count.load(Ordering::Acquire), 0);
+        assert!(log.waiters.lock().is_empty());
+        orch.shutdown(Duration::from_secs(1)).await;
     }
 }

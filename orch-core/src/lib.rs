@@ -99,7 +99,7 @@ pub use memory::MemoryBackend;
 pub use model::{
     Created, EngineCounts, Event, EventKind, FencingToken, LeaseToken, LockInfo, LockOverview,
     LockWaiter, LockWaiterId, NewEvent, Resolution, RetryPolicy, Task, TaskFilter, TaskId,
-    TaskLock, TaskSpec, TaskStatus, limits,
+    TaskLock, TaskSpec, TaskStatus, check_json, limits,
 };
 pub use orchestrator::{
     Autoscale, CircuitBreaker, ClaimedTask, EngineState, EngineStatus, Healing, NodeHealthCheck,

@@ -4,6 +4,11 @@
 //! is waiting (up to [`MAX_BATCH`]) and store it with one `dispatch_many` call, so under load a
 //! SQLite commit carries many tasks, and an idle server adds no delay (a lone request is a
 //! batch of one). Order and idempotency are those of `dispatch_many`.
+//!
+//! A backend stores a batch whole or not at all (PostgreSQL refuses the whole statement over
+//! one row it cannot store). So one caller's task must never fail the others': when a batch of
+//! several fails, each task is stored again on its own, and only the callers whose own task
+//! fails get the error. (Specs are validated before they are queued, so this is the rare path.)
 
 use std::sync::Arc;
 
@@ -58,27 +63,47 @@ async fn worker(orch: Orchestrator, receiver: Arc<Mutex<mpsc::Receiver<(TaskSpec
             }
         }
         let (specs, replies): (Vec<TaskSpec>, Vec<Reply>) = batch.drain(..).unzip();
-        match orch.dispatch_many(specs).await {
-            Ok(created) if created.len() == replies.len() => {
+        if let [_] = specs[..] {
+            let answer = store(&orch, specs).await.map(|mut one| one.remove(0));
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(answer);
+            }
+            continue;
+        }
+        // Kept to store each task alone if the batch fails.
+        let kept = specs.clone();
+        match store(&orch, specs).await {
+            Ok(created) => {
                 for (created, reply) in created.into_iter().zip(replies) {
                     let _ = reply.send(Ok(created));
                 }
             }
-            Ok(created) => {
-                let error = ApiError::internal(
-                    "dispatch_many",
-                    format!("{} tasks stored for {} specs", created.len(), replies.len()),
-                );
+            Err(error) if error.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+                // Shutting down: every task would be refused alike.
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
             Err(error) => {
-                let error = ApiError::from(error);
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                tracing::debug!(%error, tasks = kept.len(), "a dispatch batch failed; storing its tasks one by one");
+                for (spec, reply) in kept.into_iter().zip(replies) {
+                    let answer = store(&orch, vec![spec]).await.map(|mut one| one.remove(0));
+                    let _ = reply.send(answer);
                 }
             }
         }
     }
+}
+
+/// Stores `specs` in one backend call: one `Created` per spec, in order, or the error.
+async fn store(orch: &Orchestrator, specs: Vec<TaskSpec>) -> Result<Vec<Created>, ApiError> {
+    let count = specs.len();
+    let created = orch.dispatch_many(specs).await?;
+    if created.len() != count {
+        return Err(ApiError::internal(
+            "dispatch_many",
+            format!("{} tasks stored for {count} specs", created.len()),
+        ));
+    }
+    Ok(created)
 }

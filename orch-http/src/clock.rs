@@ -98,10 +98,3 @@ impl Clock {
         chrono::DateTime::<chrono::Utc>::from(self.now())
     }
 }
-
-impl governor::clock::Clock for Clock {
-    type Instant = Duration;
-    fn now(&self) -> Duration {
-        self.elapsed()
-    }
-}

@@ -1,8 +1,10 @@
-//! [`HttpConfig`]: what the router needs to know (secrets, token lifetime, limits, CORS),
-//! validated once by [`AppState::new`](crate::AppState::new).
+//! [`HttpConfig`]: what the router needs to know (secrets, token lifetime, limits, CORS,
+//! trusted proxies), validated once by [`AppState::new`](crate::AppState::new).
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use crate::client_ip::IpNet;
 
 /// Errors in an [`HttpConfig`] or a config file; the message names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,10 +65,18 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Access tokens: HS256 only, with issuer, audience and lifetime.
+///
+/// Keys rotate like webhook secrets: `secret` signs every new token, and tokens signed with
+/// any of `previous_secrets` are still accepted until they expire. Each token names its key in
+/// the header's `kid` (derived from the key, so it reveals nothing of it). To rotate, make the
+/// new key `secret` and move the old one to `previous_secrets`; drop it after one token
+/// lifetime (`expiry`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtConfig {
-    /// The HMAC key (at least 32 bytes).
+    /// The HMAC key that signs new tokens (at least 32 bytes).
     pub secret: Secret,
+    /// Older keys whose tokens are still accepted (at least 32 bytes each). Default none.
+    pub previous_secrets: Vec<Secret>,
     /// `iss` of issued tokens, required on incoming ones. Default `orch`.
     pub issuer: String,
     /// `aud` of issued tokens, required on incoming ones. Default `orch-api`.
@@ -95,6 +105,13 @@ impl Limit {
 }
 
 /// Rate limits (`security.rate_limit` in orchd's config file).
+///
+/// Clients are keyed by address: an IPv4 address each, an IPv6 client by its network of
+/// `ipv6_prefix_len` bits (a /64 by default: one host usually holds a whole /64, so keying per
+/// address would let it take 2^64 buckets). Each limiter tracks at most
+/// `max_tracked_clients` keys: past that, clients it does not track yet share one bucket, so a
+/// flood from countless addresses costs bounded memory and cannot push out the clients already
+/// tracked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitConfig {
     /// Per authenticated user and endpoint (ORCH-Next's `requests_per_minute`/`burst_size`).
@@ -105,6 +122,10 @@ pub struct RateLimitConfig {
     pub per_ip: Limit,
     /// Per client IP on `POST /auth/login`. Default 30/min, burst 10.
     pub login_per_ip: Limit,
+    /// Bits of an IPv6 address that key a client (16 to 128). Default 64.
+    pub ipv6_prefix_len: u8,
+    /// Keys each limiter tracks at most (at least 16). Default 100,000 (a few MiB each).
+    pub max_tracked_clients: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -113,6 +134,8 @@ impl Default for RateLimitConfig {
             per_user: Limit::new(100, 20),
             per_ip: Limit::new(1200, 200),
             login_per_ip: Limit::new(30, 10),
+            ipv6_prefix_len: 64,
+            max_tracked_clients: 100_000,
         }
     }
 }
@@ -124,6 +147,7 @@ impl RateLimitConfig {
             per_user: Limit::new(0, 0),
             per_ip: Limit::new(0, 0),
             login_per_ip: Limit::new(0, 0),
+            ..RateLimitConfig::default()
         }
     }
 }
@@ -135,7 +159,8 @@ pub struct LockoutConfig {
     pub max_failures: u32,
     /// The window failures are counted in. Default 15 minutes.
     pub window: Duration,
-    /// How long the account stays locked (an admin may unlock sooner). Default 15 minutes.
+    /// How long the account stays locked (an admin may unlock sooner: `POST
+    /// /users/{username}/unlock`, or `orchd user unlock` on the host). Default 15 minutes.
     pub duration: Duration,
 }
 
@@ -185,11 +210,19 @@ impl PasswordHashing {
     }
 }
 
+/// The longest webhook tolerance: a day. A signature older than the tolerance is refused; a
+/// tolerance of years would accept replays for years, and one near `u64::MAX` seconds would
+/// overflow the arithmetic.
+pub const MAX_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(24 * 3600);
+
 /// Server-sent events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SseConfig {
     /// Streams open at once; more get 503. Default 20000.
     pub max_connections: usize,
+    /// Streams one user may hold open at once; more get 429, so that one user cannot take
+    /// every slot. Default 32.
+    pub max_per_user: usize,
     /// Comment sent on an idle stream so proxies keep it open. Default 15 s.
     pub keep_alive: Duration,
 }
@@ -198,6 +231,7 @@ impl Default for SseConfig {
     fn default() -> Self {
         SseConfig {
             max_connections: 20_000,
+            max_per_user: 32,
             keep_alive: Duration::from_secs(15),
         }
     }
@@ -241,9 +275,28 @@ pub struct HttpConfig {
     pub health_cache: Duration,
     /// Paths whose size `/metrics` reports as `orch_system_disk_usage_bytes{path}`.
     pub disk_paths: Vec<PathBuf>,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
-    /// Default `false`.
-    pub trust_forwarded_for: bool,
+    /// Proxies whose `X-Forwarded-For` is believed. When the socket peer is one of them, the
+    /// client is the rightmost `X-Forwarded-For` hop that is not itself a trusted proxy
+    /// (what a client writes to the left of its own address is ignored). Empty (the default):
+    /// the client is always the socket peer and `X-Forwarded-For` is ignored.
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long a user record read to check a token is reused. A token stops working when its
+    /// user is disabled, deleted, re-passworded or given another role: at once on the node
+    /// that made the change, within this time on the others; open event streams re-check their
+    /// token this often. Default 2 s.
+    pub user_recheck: Duration,
+    /// Refusals of unauthenticated requests (bad tokens, bad webhook signatures, failed logins)
+    /// are recorded as security events at most once per this interval per kind: the first at
+    /// once, the rest as one summary with counts at the end of the interval, so a flood of
+    /// refused requests costs no database write each. Zero records every refusal. Default
+    /// 10 s.
+    pub refusal_event_interval: Duration,
+    /// When set, `GET /metrics` requires `Authorization: Bearer <this token>` (a Prometheus
+    /// `authorization` credential). Default none: the endpoint is open, as it is cheap (see
+    /// `metrics_cache`) and subject to the per-IP limit.
+    pub metrics_token: Option<Secret>,
+    /// How long a rendered `/metrics` page is reused. Default 1 s.
+    pub metrics_cache: Duration,
     /// Version reported by `/health`. Default this crate's.
     pub version: String,
 }
@@ -254,6 +307,7 @@ impl HttpConfig {
         HttpConfig {
             jwt: JwtConfig {
                 secret: jwt_secret,
+                previous_secrets: Vec::new(),
                 issuer: "orch".to_owned(),
                 audience: "orch-api".to_owned(),
                 expiry: Duration::from_secs(15 * 60),
@@ -269,7 +323,11 @@ impl HttpConfig {
             stay_max_wait: Duration::from_secs(300),
             health_cache: Duration::from_secs(1),
             disk_paths: Vec::new(),
-            trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
+            user_recheck: Duration::from_secs(2),
+            refusal_event_interval: Duration::from_secs(10),
+            metrics_token: None,
+            metrics_cache: Duration::from_secs(1),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
@@ -277,6 +335,36 @@ impl HttpConfig {
     /// Adds a webhook secret (the first one added signs nothing; all verify).
     pub fn with_webhook_secret(mut self, secret: Secret) -> Self {
         self.webhook_secrets.push(secret);
+        self
+    }
+
+    /// Adds an older JWT key whose tokens are still accepted (see [`JwtConfig`]).
+    pub fn with_previous_jwt_secret(mut self, secret: Secret) -> Self {
+        self.jwt.previous_secrets.push(secret);
+        self
+    }
+
+    /// Sets the proxies whose `X-Forwarded-For` is believed.
+    pub fn with_trusted_proxies(mut self, proxies: Vec<IpNet>) -> Self {
+        self.trusted_proxies = proxies;
+        self
+    }
+
+    /// Sets how long a user record read for a token check is reused.
+    pub fn with_user_recheck(mut self, recheck: Duration) -> Self {
+        self.user_recheck = recheck;
+        self
+    }
+
+    /// Sets the interval refusals are summarised over (zero records every refusal).
+    pub fn with_refusal_event_interval(mut self, interval: Duration) -> Self {
+        self.refusal_event_interval = interval;
+        self
+    }
+
+    /// Requires `Authorization: Bearer <token>` on `GET /metrics`.
+    pub fn with_metrics_token(mut self, token: Secret) -> Self {
+        self.metrics_token = Some(token);
         self
     }
 
@@ -324,6 +412,17 @@ impl HttpConfig {
                 "must be at least 32 bytes long",
             ));
         }
+        if self
+            .jwt
+            .previous_secrets
+            .iter()
+            .any(|secret| secret.expose().len() < 32)
+        {
+            return Err(ConfigError::new(
+                "security.jwt_previous_secrets",
+                "each must be at least 32 bytes long",
+            ));
+        }
         if self.jwt.expiry.is_zero() || self.jwt.expiry > Duration::from_secs(24 * 3600) {
             return Err(ConfigError::new(
                 "security.jwt_expiry",
@@ -347,10 +446,10 @@ impl HttpConfig {
                 ));
             }
         }
-        if self.webhook_tolerance.is_zero() {
+        if self.webhook_tolerance.is_zero() || self.webhook_tolerance > MAX_WEBHOOK_TOLERANCE {
             return Err(ConfigError::new(
                 "security.webhook_tolerance",
-                "must be greater than zero",
+                "must be between 1 second and 1 day",
             ));
         }
         for (key, limit) in [
@@ -367,6 +466,18 @@ impl HttpConfig {
                     "must be at least 1 when the limit is on",
                 ));
             }
+        }
+        if !(16..=128).contains(&self.rate_limit.ipv6_prefix_len) {
+            return Err(ConfigError::new(
+                "security.rate_limit.ipv6_prefix_len",
+                "must be between 16 and 128",
+            ));
+        }
+        if self.rate_limit.max_tracked_clients < 16 {
+            return Err(ConfigError::new(
+                "security.rate_limit.max_tracked_clients",
+                "must be at least 16",
+            ));
         }
         if self.lockout.max_failures == 0 {
             return Err(ConfigError::new(
@@ -408,10 +519,33 @@ impl HttpConfig {
                 "must be at least 1",
             ));
         }
+        if self.sse.max_per_user == 0 {
+            return Err(ConfigError::new("sse.max_per_user", "must be at least 1"));
+        }
         if self.sse.keep_alive.is_zero() {
             return Err(ConfigError::new(
                 "sse.keep_alive",
                 "must be greater than zero",
+            ));
+        }
+        if self.user_recheck > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "security.user_recheck",
+                "must be at most 3600 seconds",
+            ));
+        }
+        if self.refusal_event_interval > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::new(
+                "security.refusal_event_interval",
+                "must be at most 86400 seconds",
+            ));
+        }
+        if let Some(token) = &self.metrics_token
+            && token.expose().len() < 16
+        {
+            return Err(ConfigError::new(
+                "monitoring.metrics_token",
+                "must be at least 16 bytes long",
             ));
         }
         if self.max_body_bytes < 1024 {

@@ -152,6 +152,9 @@ impl From<UserError> for ApiError {
             UserError::InvalidPassword => Self::unprocessable("password", message),
             UserError::AlreadyExists(_) => Self::conflict(message).with_field("username"),
             UserError::NotFound(_) => Self::not_found(message).with_field("username"),
+            UserError::Busy(_) | UserError::GuardLost(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, message).with_retry_after(1)
+            }
             UserError::Backend(error) => error.into(),
             other => Self::internal("user store", chain(&other)),
         }

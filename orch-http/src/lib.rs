@@ -10,15 +10,23 @@
 //! - [`router`] (`router.rs`): the routes with their middleware; [`AppState`] (`state.rs`): what
 //!   they share, in parts each handler takes through axum's `FromRef`.
 //! - [`config`]: [`HttpConfig`], validated once.
-//! - [`auth`]: roles, HS256 JWTs with `exp`/`iat`/`iss`/`aud`/`sub` required, the [`Authed`]
-//!   extractor that checks token, role and per-user rate limit; [`auth::users`]: Argon2id
-//!   hashes and lockout, stored in the backend's key-value space.
-//! - [`webhook`]: Stripe's signature scheme, tolerance, rotation and replay refusal.
-//! - [`ratelimit`]: governor limiters per user and endpoint, per IP, per IP on login.
+//! - [`auth`]: roles, HS256 JWTs with `exp`/`iat`/`iss`/`aud`/`sub` required and rotating
+//!   keys, the [`Authed`] extractor that checks token, its user (revocation), role and per-user
+//!   rate limit; [`auth::users`]: Argon2id hashes, lockout across processes, disable, delete,
+//!   re-password, stored in the backend's key-value space; security events with refusals
+//!   summarised.
+//! - [`webhook`]: Stripe's signature scheme, tolerance, rotation, and replay refusal across
+//!   processes and restarts.
+//! - [`client_ip`]: who the client is (the socket peer, or the nearest untrusted
+//!   `X-Forwarded-For` hop behind trusted proxies).
+//! - [`ratelimit`]: bounded GCRA limiters per user and endpoint, per client address (IPv6 per
+//!   network), per client address on login.
 //! - [`metrics`]: ORCH-Next's Prometheus metrics in the classic text format.
 //! - [`routes`]: one module per area (`jobs`, `locks`, `sse`, `auth`, `webhook`, `health`,
 //!   `misc`); [`openapi`]: the generated document at `/openapi.json`.
-//! - [`serve`] (`server.rs`): the lean HTTP/1.1 server `orchd` runs the router on.
+//! - [`serve`] (`server.rs`): the lean HTTP/1.1 server `orchd` runs the router on, with
+//!   header, body and write timeouts and a connection cap ([`server::ServerOptions`]), over
+//!   plain TCP or a [`server::Handshake`] (orchd's TLS).
 //! - [`Clock`]: injectable time for token expiry, lockout, limits and webhook tolerance.
 //!
 //! Every 4xx is JSON `{"error": "...", "field": ...}` ([`ApiError`]); no request data is
@@ -26,6 +34,7 @@
 
 pub mod auth;
 mod batch;
+pub mod client_ip;
 mod clock;
 pub mod config;
 pub mod error;
@@ -38,6 +47,7 @@ pub mod routes;
 pub mod server;
 mod state;
 pub mod webhook;
+mod whole;
 
 pub use auth::{Authed, Role};
 pub use clock::Clock;

@@ -1,14 +1,24 @@
-//! [`Metrics`]: ORCH-Next's Prometheus metrics (its names and labels), written in the classic text format (0.0.4) that
-//! Prometheus and promtool parse. Task metrics follow the event log (one subscriber); queue
-//! depth, active locks and system gauges are read at scrape time.
+//! [`Metrics`]: ORCH-Next's Prometheus metrics (its names and labels), written in the classic
+//! text format (0.0.4) that Prometheus and promtool parse. Task metrics follow the event log
+//! (one subscriber); queue depth, active locks and system gauges are read at scrape time.
+//!
+//! Every label value is from a bounded set, whatever callers send: methods outside the
+//! standard ones are `other`, endpoints are route patterns (`unmatched` for the rest), and the
+//! caller-chosen values keep at most [`MAX_LABEL_VALUES`] distinct values and count the rest as
+//! `other` (`core_id` and a lock's resource type their first ones, queued priorities the
+//! highest). A scrape is rendered at
+//! most once per [`HttpConfig::metrics_cache`](crate::HttpConfig::metrics_cache), its file
+//! system reads run on the blocking pool, and the disk usage walk is bounded and refreshed at
+//! most every [`DISK_REFRESH`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use orch_core::{EventKind, Orchestrator};
@@ -24,6 +34,59 @@ const DURATION_BUCKETS: &[f64] = &[
 const TASK_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
+
+/// Distinct values a caller-chosen label (`core_id`, `resource_type`) takes at most; further
+/// values are counted as `other`.
+pub const MAX_LABEL_VALUES: usize = 100;
+
+/// How often the disk usage gauge walks its paths at most.
+pub const DISK_REFRESH: Duration = Duration::from_secs(30);
+
+/// Entries the disk usage walk looks at, at most, per path.
+const DISK_WALK_ENTRIES: usize = 10_000;
+
+/// The `method` label: the standard methods by name, anything else `other`.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The first [`MAX_LABEL_VALUES`] distinct values of a label, as they come.
+#[derive(Debug, Default)]
+struct BoundedLabel {
+    seen: Mutex<HashSet<String>>,
+}
+
+impl BoundedLabel {
+    /// `value` if it is one of the values kept (or there is room for it), else `other`.
+    fn get<'a>(&self, value: &'a str) -> &'a str {
+        let mut seen = self.seen.lock();
+        if seen.contains(value) {
+            return value;
+        }
+        if seen.len() < MAX_LABEL_VALUES {
+            seen.insert(value.to_owned());
+            return value;
+        }
+        "other"
+    }
+}
+
+/// What a scrape reads from the system, refreshed off the async runtime.
+#[derive(Debug, Default)]
+struct SystemReadings {
+    cpu_last: Option<(u64, u64)>,
+    /// Disk usage per path and when it was measured.
+    disk: Option<(Instant, Vec<(String, u64)>)>,
+}
 
 /// The metric families of one router.
 pub struct Metrics {
@@ -60,12 +123,22 @@ pub struct Metrics {
     pub disk_usage: GaugeVec,
     /// Requests served (for `/health`).
     pub total_requests: AtomicU64,
-    /// Last `/proc/stat` totals, for CPU deltas.
-    cpu_last: Mutex<Option<(u64, u64)>>,
+    /// System readings, updated on the blocking pool.
+    system: Arc<Mutex<SystemReadings>>,
     /// When each running task started (from `task.started`), for task durations.
     started: Mutex<HashMap<orch_core::TaskId, chrono::DateTime<chrono::Utc>>>,
     /// Paths whose size `orch_system_disk_usage_bytes{path}` reports.
-    disk_paths: Vec<PathBuf>,
+    disk_paths: Arc<Vec<PathBuf>>,
+    /// `core_id` values in use as labels.
+    core_labels: BoundedLabel,
+    /// `resource_type` values in use as labels.
+    resource_labels: BoundedLabel,
+    /// The last page rendered and when; reused for `cache_for`.
+    page: parking_lot::RwLock<Option<(Instant, Arc<String>)>>,
+    /// Held by the one scrape that renders; the others wait and reuse its page.
+    rendering: tokio::sync::Mutex<()>,
+    /// How long a page is reused.
+    cache_for: Duration,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,6 +172,12 @@ impl Metrics {
 
     /// Registers every family; `orch_system_disk_usage_bytes{path}` reports `disk_paths`.
     pub fn with_disk_paths(disk_paths: Vec<PathBuf>) -> Arc<Self> {
+        Self::with_options(disk_paths, Duration::from_secs(1))
+    }
+
+    /// Registers every family; `orch_system_disk_usage_bytes{path}` reports `disk_paths`, and
+    /// a rendered page is reused for `cache_for`.
+    pub fn with_options(disk_paths: Vec<PathBuf>, cache_for: Duration) -> Arc<Self> {
         let r = Registry::new();
         let hist = |name: &str, help: &str, buckets: &[f64]| {
             HistogramOpts::new(name, help).buckets(buckets.to_vec())
@@ -233,15 +312,30 @@ impl Metrics {
             ),
             registry: r,
             total_requests: AtomicU64::new(0),
-            cpu_last: Mutex::new(None),
+            system: Arc::default(),
             started: Mutex::new(HashMap::new()),
-            disk_paths,
+            disk_paths: Arc::new(disk_paths),
+            core_labels: BoundedLabel::default(),
+            resource_labels: BoundedLabel::default(),
+            page: parking_lot::RwLock::new(None),
+            rendering: tokio::sync::Mutex::new(()),
+            cache_for,
         })
+    }
+
+    /// The `resource_type` label of a lock resource: [`resource_type`], bounded to
+    /// [`MAX_LABEL_VALUES`] distinct values.
+    pub fn resource_label<'a>(&self, resource: &'a str) -> &'a str {
+        self.resource_labels.get(resource_type(resource))
+    }
+
+    /// The `core_id` label: the core, bounded to [`MAX_LABEL_VALUES`] distinct values.
+    pub fn core_label<'a>(&self, core_id: &'a str) -> &'a str {
+        self.core_labels.get(core_id)
     }
 
     /// Counts one event from the log.
     pub fn observe_event(&self, event: &orch_core::Event) {
-        let core = event.engine.as_deref().unwrap_or("");
         let status = match &event.kind {
             EventKind::TaskQueued => "queued",
             EventKind::TaskStarted => "running",
@@ -254,6 +348,7 @@ impl Metrics {
             EventKind::TaskRequeued => "requeued",
             _ => return,
         };
+        let core = self.core_label(event.engine.as_deref().unwrap_or(""));
         self.tasks_total.with_label_values(&[core, status]).inc();
         let Some(task_id) = event.task_id else {
             return;
@@ -281,20 +376,50 @@ impl Metrics {
         }
     }
 
-    /// Refreshes the gauges read at scrape time and writes every family in the classic text
-    /// format.
-    pub async fn render(&self, orch: &Orchestrator) -> String {
+    /// The page a scrape answers: every family in the classic text format, with the gauges
+    /// read at scrape time refreshed. Rendered at most once per `cache_for`; concurrent
+    /// scrapes share one rendering.
+    pub async fn render(&self, orch: &Orchestrator) -> Arc<String> {
+        let fresh = |page: &Option<(Instant, Arc<String>)>| match page {
+            Some((at, page)) if at.elapsed() < self.cache_for => Some(page.clone()),
+            _ => None,
+        };
+        if let Some(page) = fresh(&self.page.read()) {
+            return page;
+        }
+        let _rendering = self.rendering.lock().await;
+        if let Some(page) = fresh(&self.page.read()) {
+            return page;
+        }
+        let page = Arc::new(self.render_now(orch).await);
+        *self.page.write() = Some((Instant::now(), page.clone()));
+        page
+    }
+
+    async fn render_now(&self, orch: &Orchestrator) -> String {
         match orch.backend().queue_depth().await {
             Ok(depths) => {
-                let mut by_priority: HashMap<i32, u64> = HashMap::new();
+                // Priorities are the callers' choice: the highest ones by name, the rest as
+                // `other`.
+                let mut by_priority: std::collections::BTreeMap<i32, u64> = Default::default();
                 for depth in depths {
                     *by_priority.entry(depth.priority).or_default() += depth.queued;
                 }
                 self.queue_depth.reset();
-                for (priority, count) in by_priority {
+                let mut other = 0u64;
+                for (n, (priority, count)) in by_priority.into_iter().rev().enumerate() {
+                    if n + 1 < MAX_LABEL_VALUES {
+                        self.queue_depth
+                            .with_label_values(&[&priority.to_string()])
+                            .set(i64::try_from(count).unwrap_or(i64::MAX));
+                    } else {
+                        other = other.saturating_add(count);
+                    }
+                }
+                if other > 0 {
                     self.queue_depth
-                        .with_label_values(&[&priority.to_string()])
-                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                        .with_label_values(&["other"])
+                        .set(i64::try_from(other).unwrap_or(i64::MAX));
                 }
             }
             Err(error) => tracing::warn!(%error, "metrics: queue depth unavailable"),
@@ -304,13 +429,13 @@ impl Metrics {
                 self.locks_active.reset();
                 for lock in locks {
                     self.locks_active
-                        .with_label_values(&[resource_type(&lock.resource)])
+                        .with_label_values(&[self.resource_label(&lock.resource)])
                         .inc();
                 }
             }
             Err(error) => tracing::warn!(%error, "metrics: locks unavailable"),
         }
-        self.refresh_system();
+        self.refresh_system().await;
         let mut buffer = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!(%error, "metrics: encoding failed");
@@ -318,25 +443,58 @@ impl Metrics {
         String::from_utf8(buffer).unwrap_or_default()
     }
 
-    fn refresh_system(&self) {
-        if let Some((total, idle)) = read_cpu_totals() {
-            let mut last = self.cpu_last.lock();
-            if let Some((last_total, last_idle)) = *last
-                && total > last_total
-            {
-                let busy = (total - last_total).saturating_sub(idle.saturating_sub(last_idle));
-                self.cpu_percent
-                    .set(100.0 * busy as f64 / (total - last_total) as f64);
+    /// Reads `/proc` and walks the disk paths on the blocking pool, then sets the gauges.
+    async fn refresh_system(&self) {
+        let system = self.system.clone();
+        let paths = self.disk_paths.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut system = system.lock();
+            let mut cpu = None;
+            if let Some((total, idle)) = read_cpu_totals() {
+                if let Some((last_total, last_idle)) = system.cpu_last
+                    && total > last_total
+                {
+                    let busy = (total - last_total).saturating_sub(idle.saturating_sub(last_idle));
+                    cpu = Some(100.0 * busy as f64 / (total - last_total) as f64);
+                }
+                system.cpu_last = Some((total, idle));
             }
-            *last = Some((total, idle));
+            let stale = system
+                .disk
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() >= DISK_REFRESH);
+            if stale && !paths.is_empty() {
+                let usage = paths
+                    .iter()
+                    .map(|path| {
+                        let mut budget = DISK_WALK_ENTRIES;
+                        (path.display().to_string(), disk_usage(path, 3, &mut budget))
+                    })
+                    .collect();
+                system.disk = Some((Instant::now(), usage));
+            }
+            let disk = system
+                .disk
+                .as_ref()
+                .map(|(_, usage)| usage.clone())
+                .unwrap_or_default();
+            (cpu, read_memory_percent(), disk)
+        })
+        .await;
+        let Ok((cpu, memory, disk)) = read else {
+            tracing::warn!("metrics: reading system gauges failed");
+            return;
+        };
+        if let Some(cpu) = cpu {
+            self.cpu_percent.set(cpu);
         }
-        if let Some(percent) = read_memory_percent() {
+        if let Some(percent) = memory {
             self.memory_percent.set(percent);
         }
-        for path in &self.disk_paths {
+        for (path, bytes) in disk {
             self.disk_usage
-                .with_label_values(&[&path.display().to_string()])
-                .set(disk_usage(path, 3) as f64);
+                .with_label_values(&[&path])
+                .set(bytes as f64);
         }
     }
 }
@@ -375,7 +533,12 @@ fn read_memory_percent() -> Option<f64> {
     (total > 0.0).then(|| 100.0 * (total - available) / total)
 }
 
-fn disk_usage(path: &Path, depth: u32) -> u64 {
+/// Bytes of the files under `path`, `depth` levels down, looking at `budget` entries at most.
+fn disk_usage(path: &Path, depth: u32, budget: &mut usize) -> u64 {
+    if *budget == 0 {
+        return 0;
+    }
+    *budget -= 1;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;
     };
@@ -385,20 +548,23 @@ fn disk_usage(path: &Path, depth: u32) -> u64 {
     if !meta.is_dir() || depth == 0 {
         return 0;
     }
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| disk_usage(&e.path(), depth - 1))
-                .sum()
-        })
-        .unwrap_or(0)
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        if *budget == 0 {
+            break;
+        }
+        total += disk_usage(&entry.path(), depth - 1, budget);
+    }
+    total
 }
 
 /// Middleware: counts and times every request by method, status and matched route.
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let endpoint = request
         .extensions()
         .get::<MatchedPath>()
@@ -407,11 +573,11 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
     metrics.total_requests.fetch_add(1, Ordering::Relaxed);
     metrics
         .http_requests
-        .with_label_values(&[&method, response.status().as_str(), &endpoint])
+        .with_label_values(&[method, response.status().as_str(), &endpoint])
         .inc();
     metrics
         .http_duration
-        .with_label_values(&[&method, &endpoint])
+        .with_label_values(&[method, &endpoint])
         .observe(started.elapsed().as_secs_f64());
     response
 }

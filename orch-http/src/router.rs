@@ -6,11 +6,13 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::routes::{auth, health, jobs, locks, misc, sse, webhook};
@@ -39,35 +41,44 @@ async fn refuse_announced_oversize(
     next.run(request).await
 }
 
+/// Every route of the API, each declared once with its handler: the handler's
+/// `#[utoipa::path]` gives both the axum route (path and methods) and its operation in the
+/// OpenAPI document ([`crate::openapi::document`] is built from this too).
+pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(misc::metrics))
+        .routes(routes!(misc::openapi))
+        .routes(routes!(misc::plugins))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::create_user, auth::list_users))
+        .routes(routes!(auth::update_user, auth::delete_user))
+        .routes(routes!(auth::unlock_user))
+        .routes(routes!(jobs::dispatch))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::claim))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(jobs::job_events))
+        .routes(routes!(jobs::update_status))
+        .routes(routes!(jobs::heartbeat))
+        .routes(routes!(webhook::webhook))
+        .routes(routes!(sse::events))
+        .routes(routes!(locks::list_locks))
+        .routes(routes!(locks::get_lock))
+        .routes(routes!(locks::acquire))
+        .routes(routes!(locks::extend))
+        .routes(routes!(locks::release))
+}
+
 /// The API as an axum [`Router`] over `state`: mount it, nest it, or serve it. Serve it with
 /// [`crate::serve`] (what `orchd` runs), or with
 /// `into_make_service_with_connect_info::<SocketAddr>()`, so per-IP limits and security events
 /// see the client address.
 pub fn router(state: AppState) -> Router {
     let config = state.config().clone();
-    let routes = Router::new()
-        .route("/health", get(health::health))
-        .route("/metrics", get(misc::metrics))
-        .route("/openapi.json", get(misc::openapi))
-        .route("/plugins", get(misc::plugins))
-        .route("/auth/login", post(auth::login))
-        .route("/users", post(auth::create_user).get(auth::list_users))
-        .route("/users/{username}/unlock", post(auth::unlock_user))
-        .route("/dispatch", post(jobs::dispatch))
-        .route("/jobs", get(jobs::list_jobs))
-        .route("/jobs/claim", post(jobs::claim))
-        .route("/jobs/{id}", get(jobs::get_job))
-        .route("/jobs/{id}/cancel", post(jobs::cancel_job))
-        .route("/jobs/{id}/events", get(jobs::job_events))
-        .route("/jobs/{id}/status", put(jobs::update_status))
-        .route("/jobs/{id}/heartbeat", post(jobs::heartbeat))
-        .route("/webhook", post(webhook::webhook))
-        .route("/sse/events", get(sse::events))
-        .route("/locks", get(locks::list_locks))
-        .route("/locks/{resource}", get(locks::get_lock))
-        .route("/locks/{resource}/acquire", post(locks::acquire))
-        .route("/locks/{resource}/extend", post(locks::extend))
-        .route("/locks/{resource}/release", post(locks::release))
+    let (routes, _document) = api_routes().split_for_parts();
+    let routes = routes
         .route_layer(from_fn_with_state(state.clone(), crate::metrics::track))
         .fallback(misc::not_found)
         .method_not_allowed_fallback(misc::method_not_allowed)
@@ -88,7 +99,13 @@ pub fn router(state: AppState) -> Router {
         routes.layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
-                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_methods([
+                    Method::GET,
+                    Method::POST,
+                    Method::PUT,
+                    Method::PATCH,
+                    Method::DELETE,
+                ])
                 .allow_headers([
                     header::AUTHORIZATION,
                     header::CONTENT_TYPE,

@@ -12,15 +12,17 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::users::UserStore;
 use crate::auth::{AuthState, SecurityLog, TokenKeys};
 use crate::batch::DispatchBatcher;
+use crate::client_ip::ClientIpSource;
 use crate::clock::Clock;
 use crate::config::{ConfigError, HttpConfig};
 use crate::metrics::Metrics;
-use crate::ratelimit::{ClientIpSource, Limits};
+use crate::ratelimit::Limits;
 use crate::routes::health::HealthCheck;
 use crate::routes::jobs::Dispatching;
-use crate::routes::locks::HeldLocks;
+use crate::routes::misc::MetricsAccess;
 use crate::routes::sse::SseStreams;
 use crate::routes::webhook::WebhookState;
+use crate::webhook::ReplayGuard;
 
 /// The shared state of the router: the orchestrator, the validated config and the parts built
 /// from them. Cheap to clone (one `Arc`).
@@ -51,9 +53,9 @@ struct Parts {
     client_ip: ClientIpSource,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
+    metrics_access: MetricsAccess,
     dispatching: Dispatching,
     sse: SseStreams,
-    held_locks: HeldLocks,
     health: HealthCheck,
     webhook: WebhookState,
     /// Cancelled when the server begins to shut down: SSE streams end so the graceful drain
@@ -89,16 +91,17 @@ parts! {
     ClientIpSource => client_ip,
     Arc<Limits> => limits,
     Arc<Metrics> => metrics,
+    MetricsAccess => metrics_access,
     Dispatching => dispatching,
     SseStreams => sse,
-    HeldLocks => held_locks,
     HealthCheck => health,
     WebhookState => webhook,
 }
 
 impl AppState {
     /// Validates `config` and builds the state on the system clock. Call inside a tokio
-    /// runtime: it starts a task that follows the event log into the metrics.
+    /// runtime: it starts a task that follows the event log into the metrics, and one that
+    /// prunes the rate limiters.
     pub fn new(orch: Orchestrator, config: HttpConfig) -> Result<Self, ConfigError> {
         Self::with_clock(orch, config, Clock::system())
     }
@@ -112,13 +115,21 @@ impl AppState {
         config.validate()?;
         let users = UserStore::new(orch.backend().clone(), config.password_hashing)
             .map_err(|e| ConfigError::new("security.password_hashing", e.to_string()))?;
-        let metrics = Metrics::with_disk_paths(config.disk_paths.clone());
+        let metrics = Metrics::with_options(config.disk_paths.clone(), config.metrics_cache);
         tokio::spawn(crate::metrics::follow_events(
             orch.events().clone(),
             metrics.clone(),
         ));
         let limits = Limits::new(&config.rate_limit, clock.clone());
-        let security = SecurityLog::new(orch.backend().clone());
+        tokio::spawn(crate::ratelimit::prune_periodically(
+            Arc::downgrade(&limits),
+            std::time::Duration::from_secs(60),
+        ));
+        let security = SecurityLog::with_refusal_interval(
+            orch.backend().clone(),
+            config.refusal_event_interval,
+        );
+        let replays = ReplayGuard::new(orch.backend().clone());
         let shutdown = CancellationToken::new();
         Ok(AppState {
             parts: Arc::new(Parts {
@@ -129,18 +140,17 @@ impl AppState {
                     clock.clone(),
                     config.lockout,
                     security.clone(),
+                    config.user_recheck,
                 ),
-                client_ip: ClientIpSource {
-                    trust_forwarded_for: config.trust_forwarded_for,
-                },
+                client_ip: ClientIpSource::new(&config.trusted_proxies),
                 limits,
                 metrics,
+                metrics_access: MetricsAccess::new(config.metrics_token.clone()),
                 dispatching: Dispatching::new(
                     DispatchBatcher::start(orch.clone()),
                     config.stay_max_wait,
                 ),
                 sse: SseStreams::new(&config.sse, shutdown.clone()),
-                held_locks: HeldLocks::default(),
                 health: HealthCheck::new(
                     config.version.clone(),
                     config.health_cache,
@@ -150,6 +160,7 @@ impl AppState {
                 webhook: WebhookState::new(
                     config.webhook_secrets.clone(),
                     config.webhook_tolerance,
+                    replays,
                     clock,
                     security,
                 ),

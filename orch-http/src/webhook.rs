@@ -1,15 +1,16 @@
 //! Webhook signatures, Stripe's scheme exactly: `X-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`,
 //! where each hex is HMAC-SHA256, keyed with the UTF-8 bytes of a secret, over `"{t}.{body}"`.
 //! Several `v1` values and several secrets are accepted (rotation); the timestamp must be within
-//! the tolerance in both directions; comparison is constant-time; a signature is accepted once
-//! ([`ReplayCache`]).
+//! the tolerance in both directions; comparison is constant-time; a delivery is accepted once
+//! ([`ReplayGuard`]), by every process on the database and across restarts.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
-use parking_lot::Mutex;
-use sha2::Sha256;
+use orch_core::backend::LockStore;
+use orch_core::{LockGuard, LockManager};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
@@ -148,72 +149,145 @@ pub fn sign(secret: &str, timestamp: u64, body: &[u8]) -> String {
     )
 }
 
-/// Verifies a header against `body` with any of `secrets` at time `now`. Returns the matching
-/// signature (the replay cache key).
+/// Verifies a header against `body` with any of `secrets` at time `now`. Returns the signed
+/// timestamp.
 pub fn verify(
     header: Option<&str>,
     body: &[u8],
     secrets: &[Secret],
     now: u64,
     tolerance: Duration,
-) -> Result<[u8; 32], SignatureError> {
+) -> Result<u64, SignatureError> {
     let header = parse_header(header.ok_or(SignatureError::Missing)?)?;
-    let mut matched = None;
+    let mut matched = false;
     for secret in secrets {
         let expected = compute(secret.expose(), header.timestamp, body);
         for candidate in &header.signatures {
             // Constant-time per comparison; every candidate is compared.
-            if bool::from(expected.ct_eq(candidate)) {
-                matched = Some(*candidate);
-            }
+            matched |= bool::from(expected.ct_eq(candidate));
         }
     }
-    let matched = matched.ok_or(SignatureError::Mismatch)?;
+    if !matched {
+        return Err(SignatureError::Mismatch);
+    }
     let tolerance = tolerance.as_secs();
-    if header.timestamp + tolerance < now {
+    if header.timestamp.saturating_add(tolerance) < now {
         return Err(SignatureError::Stale);
     }
-    if header.timestamp > now + tolerance {
+    if header.timestamp > now.saturating_add(tolerance) {
         return Err(SignatureError::Future);
     }
-    Ok(matched)
+    Ok(header.timestamp)
 }
 
-/// Signatures accepted within the tolerance window, so each is accepted only once. Entries
-/// older than the window are dropped (their timestamps are refused as stale anyway).
-#[derive(Debug, Default)]
-pub struct ReplayCache {
-    /// Accepted signatures with their timestamps, and the last second the map was pruned.
-    seen: Mutex<(HashMap<[u8; 32], u64>, u64)>,
+/// What identifies a delivery: SHA-256 of the signed string `"{t}.{body}"`, whichever
+/// secret signed it and whichever `v1` matched (during a rotation a sender may sign with
+/// both secrets; a replay carrying only one of the signatures is the same delivery).
+pub fn delivery_key(timestamp: u64, body: &[u8]) -> [u8; 32] {
+    let mut digest = Sha256::new();
+    digest.update(timestamp.to_string().as_bytes());
+    digest.update(b".");
+    digest.update(body);
+    digest.finalize().into()
 }
 
-impl ReplayCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
+/// Lock resources of accepted deliveries start with this.
+pub const REPLAY_LOCK_PREFIX: &str = "orch-http/webhook/";
+
+/// Extra lifetime of a delivery's key, for clocks of processes that disagree a little.
+const CLOCK_MARGIN: Duration = Duration::from_secs(60);
+
+/// Refuses a delivery seen before, across every process on the database and across restarts:
+/// each accepted delivery takes a lock named by its [`delivery_key`] in the backend's lock
+/// table, granted once (`try_acquire` is one atomic step on every backend), that lives until
+/// its timestamp is refused as stale anyway. Cheap to clone.
+///
+/// Keys are never released (they expire), so every delivery leaves an expired row in the lock
+/// table: the guard deletes expired locks at most every [`RECLAIM_EVERY`], in the background.
+#[derive(Clone)]
+pub struct ReplayGuard {
+    locks: LockManager,
+    owner: Arc<str>,
+    /// When expired keys were last deleted.
+    reclaimed_at: Arc<parking_lot::Mutex<tokio::time::Instant>>,
+}
+
+/// How often a [`ReplayGuard`] deletes expired keys at most.
+pub const RECLAIM_EVERY: Duration = Duration::from_secs(300);
+
+impl std::fmt::Debug for ReplayGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayGuard").finish_non_exhaustive()
+    }
+}
+
+/// An accepted delivery's key. [`Delivery::keep`] once handled: it then stays taken until it
+/// expires. Dropped without `keep` (the handling failed on the server's side), it is released
+/// so the sender's retry is accepted.
+#[derive(Debug)]
+#[must_use = "keep the delivery once handled, or it is released"]
+pub struct Delivery {
+    lock: LockGuard,
+}
+
+impl Delivery {
+    /// Keeps the delivery's key until it expires.
+    pub fn keep(self) {
+        let _ = self.lock.keep();
+    }
+}
+
+impl ReplayGuard {
+    /// Deletes expired locks in the background, at most every [`RECLAIM_EVERY`].
+    fn reclaim_now_and_then(&self) {
+        {
+            let mut at = self.reclaimed_at.lock();
+            if at.elapsed() < RECLAIM_EVERY {
+                return;
+            }
+            *at = tokio::time::Instant::now();
+        }
+        let locks = self.locks.clone();
+        tokio::spawn(async move {
+            if let Err(error) = locks.reclaim_expired().await {
+                tracing::warn!(%error, "deleting expired webhook delivery keys");
+            }
+        });
     }
 
-    /// Records `signature` (timestamp `timestamp`); `Err(Replayed)` if it was seen already.
-    pub fn check_and_insert(
+    /// A guard over `locks`' lock table.
+    pub fn new(locks: Arc<dyn LockStore>) -> Self {
+        let owner = format!("orch-http-webhook/{}", std::process::id());
+        ReplayGuard {
+            locks: LockManager::new(locks),
+            owner: owner.into(),
+            reclaimed_at: Arc::new(parking_lot::Mutex::new(tokio::time::Instant::now())),
+        }
+    }
+
+    /// Takes the key of the delivery signed at `timestamp` over `body`, for as long as the
+    /// timestamp stays within `tolerance` of the clock (`now`); `Ok(Err(Replayed))` if it is
+    /// taken already. `Err` if the backend failed.
+    pub async fn accept(
         &self,
-        signature: [u8; 32],
         timestamp: u64,
+        body: &[u8],
         now: u64,
         tolerance: Duration,
-    ) -> Result<(), SignatureError> {
-        let mut guard = self.seen.lock();
-        let (seen, pruned_at) = &mut *guard;
-        if *pruned_at != now {
-            // At most once a second: drop what the tolerance refuses as stale anyway.
-            let horizon = now.saturating_sub(tolerance.as_secs());
-            seen.retain(|_, t| *t >= horizon);
-            *pruned_at = now;
+    ) -> Result<Result<Delivery, SignatureError>, orch_core::Error> {
+        let key = delivery_key(timestamp, body);
+        let resource = format!("{REPLAY_LOCK_PREFIX}{}", hex::encode(key));
+        let valid_for = timestamp
+            .saturating_add(tolerance.as_secs())
+            .saturating_sub(now)
+            .max(1);
+        let ttl = Duration::from_secs(valid_for).saturating_add(CLOCK_MARGIN);
+        self.reclaim_now_and_then();
+        match self.locks.try_acquire(&resource, &self.owner, ttl).await {
+            Ok(lock) => Ok(Ok(Delivery { lock })),
+            Err(orch_core::Error::LockHeld { .. }) => Ok(Err(SignatureError::Replayed)),
+            Err(error) => Err(error),
         }
-        if seen.contains_key(&signature) {
-            return Err(SignatureError::Replayed);
-        }
-        seen.insert(signature, timestamp);
-        Ok(())
     }
 }
 
@@ -223,7 +297,10 @@ pub struct WebhookPayload {
     /// `task.completed` (with `status`), `task.succeeded`, `task.failed`, `task.cancelled`;
     /// anything else (`task.progress`, ...) is recorded as an event.
     pub event: String,
-    /// The task.
+    /// The task (a UUID, `task-<uuid>` accepted).
+    #[schema(
+        pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub task_id: String,
     /// The task's core; must match when given.
     #[serde(default)]
@@ -234,9 +311,8 @@ pub struct WebhookPayload {
     /// The sender's timestamp (informational; the header's `t` is what is checked).
     #[serde(default)]
     pub timestamp: Option<f64>,
-    /// Result data (`succeeded`) or error details (`failed`).
+    /// Result data (`succeeded`) or error details (`failed`): any JSON value.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub data: Option<serde_json::Value>,
     /// An error message for a failure.
     #[serde(default)]

@@ -71,6 +71,24 @@ pub enum LoadError {
         /// What went wrong.
         reason: String,
     },
+    /// The file could have been written by another user, or is a symbolic link: refused
+    /// before anything of it is loaded.
+    #[error("plugin {}: refused: {reason}", path.display())]
+    UntrustedFile {
+        /// The file.
+        path: PathBuf,
+        /// Why (`writable by every user (mode 0666)`, `a symbolic link ...`, ...).
+        reason: String,
+    },
+    /// The directory plugins were to be loaded from could have been written by another user:
+    /// nothing in it is loaded.
+    #[error("plugin directory {}: refused: {reason}", path.display())]
+    UntrustedDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A plugin directory could not be read.
     #[error("plugin directory {}: {source}", path.display())]
     Directory {
@@ -92,6 +110,8 @@ impl LoadError {
             | LoadError::UnsupportedProtocol { path, .. }
             | LoadError::InvalidInfo { path, .. }
             | LoadError::Process { path, .. }
+            | LoadError::UntrustedFile { path, .. }
+            | LoadError::UntrustedDirectory { path, .. }
             | LoadError::Directory { path, .. } => path,
         }
     }

@@ -17,9 +17,10 @@
 //!   child process (`orch-plugin-host`, JSON lines over stdio) that may crash without harm.
 //! - [`child`]: the child process's loop, behind the `orch-plugin-host` binary; an application
 //!   can also make its own executable serve as the child.
-//! - Private modules: `library` (opening and checks), `in_process` and `call_threads` (the
-//!   threads in-process calls run on), `process` (host side of isolation), `protocol` (the
-//!   JSON-lines messages), `calls` (one call, error mapping, log forwarding).
+//! - Private modules: `trust` (which files and directories are loaded from at all),
+//!   `library` (opening and checks), `in_process` and `call_threads` (the threads in-process
+//!   calls run on), `process` (host side of isolation), `protocol` (the JSON-lines messages),
+//!   `calls` (one call, error mapping, log forwarding).
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -44,6 +45,7 @@ mod library;
 mod options;
 mod process;
 mod protocol;
+mod trust;
 
 use std::path::{Path, PathBuf};
 
@@ -160,9 +162,13 @@ impl Plugin for LoadedPlugin {
     }
 }
 
-/// Loads the plugin file at `path` and checks it: abi_stable's version and layout checks, then
-/// [`PROTOCOL_VERSION`], then the plugin's info. With [`Isolation::Process`] the checks (and all
-/// plugin code) run in the child process.
+/// Loads the plugin file at `path` and checks it: first that no other user could have written
+/// it (a regular file, not a symbolic link, not writable by every user, owned by this
+/// process's user or root, in a directory of which the same holds:
+/// [`LoadError::UntrustedFile`] / [`LoadError::UntrustedDirectory`] otherwise), then
+/// abi_stable's version and layout checks, [`PROTOCOL_VERSION`] and the plugin's info. With
+/// [`Isolation::Process`] the checks after the first (and all plugin code) run in the child
+/// process.
 ///
 /// Errors: a [`LoadError`] that prints as one line naming the file and the cause; the long
 /// report, if any, is in [`LoadError::report`] and logged at debug level.
@@ -171,6 +177,7 @@ pub async fn load_plugin(
     options: &PluginOptions,
 ) -> Result<LoadedPlugin, LoadError> {
     let path = path.as_ref().to_owned();
+    trust::check_file(&path)?;
     let inner = match options.isolation {
         Isolation::InProcess => {
             let opened = {
@@ -221,8 +228,19 @@ pub fn is_plugin_file(path: &Path) -> bool {
             .is_some_and(|name| name.ends_with(std::env::consts::DLL_SUFFIX))
 }
 
+/// A symbolic link named like a plugin file (listed, to be refused with a reason).
+fn is_plugin_link(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        && path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.ends_with(std::env::consts::DLL_SUFFIX))
+}
+
 /// Loads every plugin file (see [`is_plugin_file`]) in `dir`, not recursing. One bad file does
-/// not stop the others: it ends up in [`LoadedDir::refused`].
+/// not stop the others: it ends up in [`LoadedDir::refused`]. A directory that another user
+/// could write to is refused as a whole ([`LoadError::UntrustedDirectory`]); a symbolic link
+/// with a plugin file's name is refused like any file others could have changed.
 pub async fn load_plugin_dir(
     dir: impl AsRef<Path>,
     options: &PluginOptions,
@@ -232,10 +250,11 @@ pub async fn load_plugin_dir(
         path: dir.to_owned(),
         source,
     };
+    trust::check_directory(dir)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(directory_error)?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| is_plugin_file(path))
+        .filter(|path| is_plugin_file(path) || is_plugin_link(path))
         .collect();
     files.sort();
     let mut found = LoadedDir::default();

@@ -44,6 +44,12 @@ pub struct PluginOptions {
     /// keep dying, so the plugin is ready before the next call. `None`: the next call starts
     /// the child. Default: 1 s, up to 60 s.
     pub restart: Option<RestartBackoff>,
+    /// The longest message (one JSON line: a reply carrying a result, a log line) the child of
+    /// a process-isolated plugin may send. A longer one stops the child: the calls in flight
+    /// fail with an error saying so, and a new child is started (by the supervisor or the next
+    /// call). Bounds what the host
+    /// buffers for a child whose output has no end. Default 64 MiB.
+    pub max_message_bytes: usize,
 }
 
 impl Default for PluginOptions {
@@ -56,6 +62,7 @@ impl Default for PluginOptions {
             kill_grace: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(10),
             restart: Some(RestartBackoff::default()),
+            max_message_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -112,6 +119,12 @@ impl PluginOptions {
     /// Sets how a dead child is restarted (`None`: by the next call).
     pub fn with_restart(mut self, restart: Option<RestartBackoff>) -> Self {
         self.restart = restart;
+        self
+    }
+
+    /// Sets the longest message the child may send.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
         self
     }
 

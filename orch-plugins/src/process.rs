@@ -8,7 +8,9 @@
 //! ([`PluginOptions::restart`](crate::PluginOptions::restart)), or by the next call, whichever
 //! comes first.
 //! A call that is cancelled (timeout, cancel) is told so; if it is still running after
-//! [`kill_grace`](crate::PluginOptions::kill_grace), the child is killed.
+//! [`kill_grace`](crate::PluginOptions::kill_grace), the child is killed. A line longer than
+//! [`max_message_bytes`](crate::PluginOptions::max_message_bytes) is never buffered whole: the
+//! child is stopped and the calls in flight fail saying why.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use orch_core::{TaskContext, TaskError};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -129,16 +131,72 @@ impl Child {
         }
     }
 
-    /// Marks the child gone and fails every call in flight.
-    fn fail_all(&self, reason: &str) {
+    /// Marks the child gone and fails every call in flight with `message`.
+    fn fail_all(&self, message: &str) {
         let mut pending = self.pending.lock();
         self.exited.cancel();
         for (_, sender) in pending.drain() {
-            let _ = sender.send(Outcome::Err(CallError::host(
-                format!("plugin process crashed ({reason})"),
-                true,
-            )));
+            let _ = sender.send(Outcome::Err(CallError::host(message.to_owned(), true)));
         }
+    }
+}
+
+/// The child's stdout, a line at a time, each at most `max` bytes: a longer line is refused
+/// as soon as it passes the bound, having buffered no more than that.
+struct Lines {
+    reader: BufReader<ChildStdout>,
+    max: usize,
+    line: Vec<u8>,
+}
+
+/// Why [`Lines::next_line`] gave no line.
+enum LineError {
+    /// The line passed the bound.
+    TooLong(usize),
+    /// Reading failed, or the line is not UTF-8.
+    Io(std::io::Error),
+}
+
+impl Lines {
+    fn new(stdout: ChildStdout, max: usize) -> Self {
+        Lines {
+            reader: BufReader::new(stdout),
+            max,
+            line: Vec::new(),
+        }
+    }
+
+    /// The next line without its `\n` (and `\r`), `None` at the end of the output.
+    /// Cancel-safe: a partly read line is kept for the next call.
+    async fn next_line(&mut self) -> Result<Option<String>, LineError> {
+        loop {
+            let available = self.reader.fill_buf().await.map_err(LineError::Io)?;
+            if available.is_empty() {
+                if self.line.is_empty() {
+                    return Ok(None);
+                }
+                break;
+            }
+            let (taken, done) = match available.iter().position(|&b| b == b'\n') {
+                Some(end) => (end, true),
+                None => (available.len(), false),
+            };
+            if self.line.len() + taken > self.max {
+                return Err(LineError::TooLong(self.max));
+            }
+            self.line.extend_from_slice(&available[..taken]);
+            self.reader.consume(if done { taken + 1 } else { taken });
+            if done {
+                break;
+            }
+        }
+        if self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        let line = std::mem::take(&mut self.line);
+        String::from_utf8(line)
+            .map(Some)
+            .map_err(|e| LineError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
     }
 }
 
@@ -172,17 +230,23 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Reads the child's stdout until it closes (or a kill is asked for), then reaps the child.
-async fn reader(
-    child: Arc<Child>,
-    mut lines: Lines<BufReader<ChildStdout>>,
-    mut process: tokio::process::Child,
-) {
+/// Reads the child's stdout until it closes (or a kill is asked for, or it sends a line over
+/// the bound), then reaps the child.
+async fn reader(child: Arc<Child>, mut lines: Lines, mut process: tokio::process::Child) {
+    let mut too_long = None;
     loop {
         tokio::select! {
             line = lines.next_line() => match line {
                 Ok(Some(line)) => child.handle_line(&line),
-                _ => break,
+                Err(LineError::TooLong(max)) => {
+                    too_long = Some(max);
+                    break;
+                }
+                Err(LineError::Io(error)) => {
+                    tracing::debug!(plugin = %child.plugin, %error, "reading the plugin process failed");
+                    break;
+                }
+                Ok(None) => break,
             },
             _ = child.kill.cancelled() => break,
         }
@@ -192,13 +256,22 @@ async fn reader(
         Ok(status) => describe(status),
         Err(error) => format!("cannot be waited for: {error}"),
     };
+    if let Some(max) = too_long {
+        let message = format!(
+            "plugin process sent a message longer than {max} bytes (max_message_bytes); it was stopped"
+        );
+        tracing::warn!(plugin = %child.plugin, "{message}");
+        *child.exit.lock() = Some(message.clone());
+        child.fail_all(&message);
+        return;
+    }
     if child.kill.is_cancelled() {
         tracing::debug!(plugin = %child.plugin, %reason, "plugin process stopped");
     } else {
         tracing::warn!(plugin = %child.plugin, %reason, "plugin process crashed");
     }
     *child.exit.lock() = Some(reason.clone());
-    child.fail_all(&reason);
+    child.fail_all(&format!("plugin process crashed ({reason})"));
 }
 
 /// Starts a child for `path` and waits for its hello (or refusal).
@@ -224,7 +297,7 @@ async fn spawn_child(
     let (Some(stdin), Some(stdout)) = (process.stdin.take(), process.stdout.take()) else {
         return Err(failed("no stdio pipes".to_owned()));
     };
-    let mut lines = BufReader::new(stdout).lines();
+    let mut lines = Lines::new(stdout, options.max_message_bytes.max(1024));
     let first = tokio::time::timeout(options.startup_timeout, lines.next_line()).await;
     let metadata = match first {
         Ok(Ok(Some(line))) => match serde_json::from_str::<Response>(&line) {
@@ -238,7 +311,13 @@ async fn spawn_child(
             }
             _ => return Err(failed(format!("unexpected first line {line:?}"))),
         },
-        Ok(Ok(None)) | Ok(Err(_)) => {
+        Ok(Err(LineError::TooLong(max))) => {
+            let _ = process.start_kill();
+            return Err(failed(format!(
+                "its first message is longer than {max} bytes (max_message_bytes)"
+            )));
+        }
+        Ok(Ok(None)) | Ok(Err(LineError::Io(_))) => {
             let status = process.wait().await.map(describe).unwrap_or_default();
             return Err(failed(format!("exited before answering: {status}")));
         }

@@ -83,10 +83,13 @@ pub(crate) fn check_name(field: &'static str, value: &str, max: usize) -> orch_c
         return Err(Error::invalid(field, "must not be empty"));
     }
     if value.len() > max {
-        return Err(Error::invalid(
-            field,
-            format!("is {} bytes long, at most {max} allowed", value.len()),
-        ));
+        let count = value.chars().count();
+        if count > max {
+            return Err(Error::invalid(
+                field,
+                format!("is {count} characters long, at most {max} allowed"),
+            ));
+        }
     }
     if value.chars().any(char::is_control) {
         return Err(Error::invalid(field, "must not contain control characters"));

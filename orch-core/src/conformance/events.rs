@@ -45,6 +45,74 @@ pub(super) async fn events_are_ordered_and_replayable(b: SharedBackend) -> Check
     Ok(())
 }
 
+pub(super) async fn events_are_read_by_task(b: SharedBackend) -> CheckResult {
+    let start = ok!(b.last_event_seq().await);
+    // Ten tasks created in one call (one statement, whose events a backend may store
+    // together), then events of two of them interleaved with others.
+    let created = ok!(b
+        .create_tasks((0..10).map(|_| new_task(TaskSpec::new("c"))).collect())
+        .await);
+    let ids: Vec<TaskId> = created.iter().map(|c| c.task.id).collect();
+    let (a, z) = (ids[4], ids[9]);
+    for n in 0..5 {
+        let custom = |task| {
+            NewEvent::for_task(
+                EventKind::Custom("test.note".into()),
+                task,
+                "c",
+                json!({"n": n}),
+            )
+        };
+        ok!(b.append_event(custom(a)).await);
+        ok!(b
+            .append_event(NewEvent::new(EventKind::Custom("test.other".into())))
+            .await);
+        ok!(b.append_event(custom(z)).await);
+    }
+    let all = ok!(b.read_events(start, 1000).await);
+    for task in [a, z, ids[0]] {
+        let expected: Vec<_> = all
+            .iter()
+            .filter(|e| e.task_id == Some(task))
+            .cloned()
+            .collect();
+        let read = ok!(b.read_task_events(task, start, 100).await);
+        ensure!(
+            read == expected,
+            "task {task}: read {:?}, the log holds {:?}",
+            read.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            expected.iter().map(|e| e.seq).collect::<Vec<_>>()
+        );
+    }
+    let of_a: Vec<_> = all.iter().filter(|e| e.task_id == Some(a)).collect();
+    ensure!(of_a.len() == 6, "task {a} has {} events", of_a.len());
+    let rest = ok!(b.read_task_events(a, of_a[2].seq, 100).await);
+    ensure!(
+        rest.iter().map(|e| e.seq).collect::<Vec<_>>()
+            == of_a[3..].iter().map(|e| e.seq).collect::<Vec<_>>(),
+        "after seq {}: {rest:?}",
+        of_a[2].seq
+    );
+    let limited = ok!(b.read_task_events(a, start, 2).await);
+    ensure!(
+        limited.len() == 2 && limited[0] == *of_a[0] && limited[1] == *of_a[1],
+        "limit not honoured: {limited:?}"
+    );
+    ensure!(
+        ok!(b.read_task_events(a, of_a[5].seq, 10).await).is_empty(),
+        "nothing after the task's last event"
+    );
+    ensure!(
+        ok!(b.read_task_events(TaskId::new(), 0, 10).await).is_empty(),
+        "an unknown task has no events"
+    );
+    ensure!(
+        ok!(b.read_task_events(a, start, 0).await).is_empty(),
+        "a limit of 0 reads nothing"
+    );
+    Ok(())
+}
+
 pub(super) async fn storage_provider_kv(b: SharedBackend) -> CheckResult {
     ok!(b.store("snap/1", b"one".to_vec()).await);
     ok!(b.store("snap/2", b"two".to_vec()).await);

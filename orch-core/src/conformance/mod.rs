@@ -96,6 +96,7 @@ checks!(
     unknown_task_errors,
     list_filters_and_pages,
     events_are_ordered_and_replayable,
+    events_are_read_by_task,
     concurrent_claims_never_overlap,
     lock_grant_release_and_fencing,
     lock_expiry_and_extend,

@@ -7,7 +7,7 @@ use super::{EventLogState, MemoryBackend};
 use crate::backend::EventStore;
 use crate::clock;
 use crate::error::Result;
-use crate::model::{Event, NewEvent};
+use crate::model::{Event, NewEvent, TaskId};
 
 impl EventLogState {
     /// Appends under the caller's lock and returns a copy of the stored event.
@@ -24,7 +24,13 @@ impl EventLogState {
     pub(crate) fn push(&mut self, event: NewEvent, at: DateTime<Utc>) {
         self.last_seq += 1;
         if self.log.len() >= self.retention {
-            self.log.pop_front();
+            self.pop_oldest();
+        }
+        if let Some(task_id) = event.task_id {
+            self.by_task
+                .entry(task_id)
+                .or_default()
+                .push_back(self.last_seq);
         }
         self.log.push_back(Event {
             seq: self.last_seq,
@@ -35,6 +41,36 @@ impl EventLogState {
             attempt: event.attempt,
             data: event.data,
         });
+    }
+
+    /// Drops the oldest event, and its entry in the index by task.
+    fn pop_oldest(&mut self) -> Option<Event> {
+        let event = self.log.pop_front()?;
+        if let Some(task_id) = event.task_id
+            && let Some(seqs) = self.by_task.get_mut(&task_id)
+        {
+            // The task's oldest entry is this event: both lists are in sequence order.
+            seqs.pop_front();
+            if seqs.is_empty() {
+                self.by_task.remove(&task_id);
+            }
+        }
+        Some(event)
+    }
+
+    /// The task's events after `after`, through the index by task.
+    fn read_task(&self, task_id: TaskId, after: u64, limit: usize) -> Vec<Event> {
+        let (Some(seqs), Some(first)) = (self.by_task.get(&task_id), self.log.front()) else {
+            return Vec::new();
+        };
+        let first = first.seq;
+        let start = seqs.partition_point(|&seq| seq <= after);
+        seqs.iter()
+            .skip(start)
+            .take(limit)
+            .filter_map(|&seq| self.log.get(usize::try_from(seq - first).ok()?))
+            .cloned()
+            .collect()
     }
 
     fn read(&self, after: u64, limit: usize) -> Vec<Event> {
@@ -59,6 +95,15 @@ impl EventStore for MemoryBackend {
         Ok(self.state.lock().events.read(after, limit))
     }
 
+    async fn read_task_events(
+        &self,
+        task_id: TaskId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        Ok(self.state.lock().events.read_task(task_id, after, limit))
+    }
+
     async fn last_event_seq(&self) -> Result<u64> {
         Ok(self.state.lock().events.last_seq)
     }
@@ -67,7 +112,7 @@ impl EventStore for MemoryBackend {
         let mut state = self.state.lock();
         let mut pruned = 0;
         while state.events.log.front().is_some_and(|e| e.at < before) {
-            state.events.log.pop_front();
+            state.events.pop_oldest();
             pruned += 1;
         }
         Ok(pruned)

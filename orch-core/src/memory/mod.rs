@@ -13,11 +13,11 @@ mod kv;
 mod locks;
 mod tasks;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::model::Event;
+use crate::model::{Event, TaskId};
 use crate::signal::ChangeSignal;
 
 pub(crate) use locks::LockTable;
@@ -48,6 +48,9 @@ struct State {
 
 pub(crate) struct EventLogState {
     log: VecDeque<Event>,
+    /// The index by task: each task's sequence numbers in the log, oldest first (entries
+    /// leave with their events, from the front).
+    by_task: HashMap<TaskId, VecDeque<u64>>,
     last_seq: u64,
     retention: usize,
 }
@@ -86,6 +89,7 @@ impl MemoryBackend {
                 tasks: TaskTables::with_finished_retention(finished_tasks.max(1)),
                 events: EventLogState {
                     log: VecDeque::new(),
+                    by_task: HashMap::new(),
                     last_seq: 0,
                     retention: retention.max(1),
                 },

@@ -16,7 +16,7 @@ pub use lock::{
 pub use stats::{EngineCounts, QueueDepth};
 pub use task::{
     AttemptOutcome, AttemptReport, Claimed, Created, HeldLease, LeaseToken, NewTask, Resolution,
-    RetryPolicy, Task, TaskFilter, TaskId, TaskSpec, TaskStatus, check_name, limits,
+    RetryPolicy, Task, TaskFilter, TaskId, TaskSpec, TaskStatus, check_json, check_name, limits,
 };
 
 /// Serde for `Duration` as (fractional) seconds, the unit of timeouts on the wire.

@@ -180,11 +180,11 @@ impl FromStr for TaskStatus {
 /// Limits a spec is checked against.
 pub mod limits {
     use std::time::Duration;
-    /// Longest engine name, in bytes.
+    /// Longest engine name, in characters.
     pub const MAX_ENGINE_LEN: usize = 128;
-    /// Longest idempotency key, in bytes.
+    /// Longest idempotency key, in characters.
     pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
-    /// Longest lock resource name, in bytes.
+    /// Longest lock resource name (and lock owner), in characters.
     pub const MAX_RESOURCE_LEN: usize = 256;
     /// Most lock resources one task may name.
     pub const MAX_TASK_LOCKS: usize = 16;
@@ -192,22 +192,71 @@ pub mod limits {
     pub const MAX_ATTEMPTS: u32 = 1000;
     /// Longest task timeout.
     pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Earliest year of a task's `run_at`: RFC 3339 writes years 0000 to 9999, and every
+    /// backend stores them (PostgreSQL's `timestamptz` ends at 4713 BC and 294276 AD).
+    pub const MIN_RUN_AT_YEAR: i32 = 0;
+    /// Latest year of a task's `run_at` (see [`MIN_RUN_AT_YEAR`]).
+    pub const MAX_RUN_AT_YEAR: i32 = 9999;
 }
 
-/// Checks a name-like field (engine, resource, key): non-empty, at most `max` bytes, no control
-/// characters. The error names `field`. Backends use it to refuse bad input like the memory backend.
+/// Checks a name-like field (engine, resource, key): non-empty, at most `max` characters (as
+/// JSON Schema's `maxLength` counts them), no control characters. The error names `field`.
+/// Backends use it to refuse bad input like the memory backend.
 pub fn check_name(field: &'static str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
+    // At most 4 bytes a character: a short string needs no count.
     if value.len() > max {
-        return Err(Error::invalid(
-            field,
-            format!("is {} bytes long, at most {max} allowed", value.len()),
-        ));
+        let count = value.chars().count();
+        if count > max {
+            return Err(Error::invalid(
+                field,
+                format!("is {count} characters long, at most {max} allowed"),
+            ));
+        }
     }
     if value.chars().any(char::is_control) {
         return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks that every backend can store a JSON value: no string and no object key in it holds
+/// the character U+0000, which PostgreSQL's `jsonb` refuses (and with it the whole statement,
+/// which may carry other callers' tasks). The error names `field`.
+///
+/// ```
+/// use orch_core::check_json;
+/// use serde_json::json;
+///
+/// assert!(check_json("payload", &json!({"text": "fine"})).is_ok());
+/// let error = check_json("payload", &json!({"list": ["a\u{0}b"]})).unwrap_err();
+/// assert!(error.to_string().contains("payload"));
+/// ```
+pub fn check_json(field: &'static str, value: &Value) -> Result<()> {
+    let refused = || {
+        Err(Error::invalid(
+            field,
+            "must not contain the character U+0000 (\\u0000) in a string or a key",
+        ))
+    };
+    // A stack, not recursion: a value built in code may nest deeper than a parser allows.
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::String(text) if text.contains('\0') => return refused(),
+            Value::Array(items) => pending.extend(items),
+            Value::Object(map) => {
+                for (key, item) in map {
+                    if key.contains('\0') {
+                        return refused();
+                    }
+                    pending.push(item);
+                }
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -369,6 +418,22 @@ impl TaskSpec {
         {
             return Err(Error::invalid("delay", "must be at most a year"));
         }
+        if let Some(run_at) = self.run_at {
+            use chrono::Datelike;
+            let years = limits::MIN_RUN_AT_YEAR..=limits::MAX_RUN_AT_YEAR;
+            if !years.contains(&run_at.year()) {
+                return Err(Error::invalid(
+                    "run_at",
+                    format!(
+                        "must be between the years {} and {}",
+                        years.start(),
+                        years.end()
+                    ),
+                ));
+            }
+        }
+        check_json("payload", &self.payload)?;
+        check_json("metadata", &self.metadata)?;
         if let Some(key) = &self.idempotency_key {
             check_name("idempotency_key", key, limits::MAX_IDEMPOTENCY_KEY_LEN)?;
         }
@@ -686,6 +751,30 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn spec_validation_refuses_what_a_backend_cannot_store() {
+        use chrono::TimeZone;
+        let nul = TaskSpec::new("a")
+            .payload(serde_json::json!({"k": ["x", {"y": "a\u{0}"}]}))
+            .validate()
+            .unwrap_err();
+        assert!(nul.to_string().contains("payload"), "{nul}");
+        let key = TaskSpec::new("a")
+            .metadata(serde_json::json!({"\u{0}": 1}))
+            .validate()
+            .unwrap_err();
+        assert!(key.to_string().contains("metadata"), "{key}");
+        for year in [-5000, -1, 10_000] {
+            let at = Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).unwrap();
+            let err = TaskSpec::new("a").run_at(at).validate().unwrap_err();
+            assert!(err.to_string().contains("run_at"), "{err}");
+        }
+        for (year, month, day) in [(0, 1, 1), (9999, 12, 31)] {
+            let at = Utc.with_ymd_and_hms(year, month, day, 0, 0, 0).unwrap();
+            assert!(TaskSpec::new("a").run_at(at).validate().is_ok());
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@ use crate::locks::LockConfig;
 use crate::model::RetryPolicy;
 use crate::monitor::MonitorConfig;
 
-/// How long finished tasks and events are kept before the pruner deletes them.
+/// How long finished tasks and events are kept before the pruner deletes them: at most
+/// [`Retention::MAX_KEEP`] (validated with the [`OrchestratorConfig`]).
 ///
 /// ```
 /// use std::time::Duration;
@@ -40,6 +41,10 @@ impl Default for Retention {
 }
 
 impl Retention {
+    /// The longest a retention may keep anything: 100 years. The cutoff (now minus the
+    /// retention) must be a time every backend can store and compare.
+    pub const MAX_KEEP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
     /// Sets how long finished tasks are kept.
     pub fn with_finished_tasks(mut self, keep: Duration) -> Self {
         self.finished_tasks = keep;
@@ -312,6 +317,10 @@ impl OrchestratorConfig {
         self
     }
 
+    /// The longest interval of a background loop (heartbeat, rescue, pruning, polling): a year.
+    /// A timer further out than the clock can count would panic the loop.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(366 * 24 * 3600);
+
     /// Checks every setting; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
         fn positive(field: &'static str, value: usize) -> Result<()> {
@@ -326,15 +335,28 @@ impl OrchestratorConfig {
             }
             Ok(())
         }
+        fn at_most(field: &'static str, value: Duration, max: Duration) -> Result<()> {
+            if value > max {
+                return Err(Error::invalid(
+                    field,
+                    format!("must be at most {} days", max.as_secs() / 86_400),
+                ));
+            }
+            Ok(())
+        }
+        fn interval(field: &'static str, value: Duration) -> Result<()> {
+            nonzero(field, value)?;
+            at_most(field, value, OrchestratorConfig::MAX_INTERVAL)
+        }
         positive("global_concurrency", self.global_concurrency)?;
         positive(
             "default_engine_concurrency",
             self.default_engine_concurrency,
         )?;
         nonzero("lease", self.lease)?;
-        nonzero("heartbeat_interval", self.heartbeat_interval)?;
-        nonzero("rescue_interval", self.rescue_interval)?;
-        nonzero("locks.poll_interval", self.locks.poll_interval)?;
+        interval("heartbeat_interval", self.heartbeat_interval)?;
+        interval("rescue_interval", self.rescue_interval)?;
+        interval("locks.poll_interval", self.locks.poll_interval)?;
         if self.heartbeat_interval >= self.lease {
             return Err(Error::invalid(
                 "heartbeat_interval",
@@ -342,11 +364,17 @@ impl OrchestratorConfig {
             ));
         }
         if let Some(retention) = &self.retention {
-            nonzero("retention.interval", retention.interval)?;
+            interval("retention.interval", retention.interval)?;
+            at_most(
+                "retention.finished_tasks",
+                retention.finished_tasks,
+                Retention::MAX_KEEP,
+            )?;
+            at_most("retention.events", retention.events, Retention::MAX_KEEP)?;
         }
         crate::model::check_name("node_id", &self.node_id, 128)?;
         let tuning = &self.tuning;
-        nonzero("tuning.poll_interval", tuning.poll_interval)?;
+        interval("tuning.poll_interval", tuning.poll_interval)?;
         positive("tuning.claim_batch", tuning.claim_batch)?;
         positive("tuning.claims_in_flight", tuning.claims_in_flight)?;
         positive("tuning.reports_in_flight", tuning.reports_in_flight)?;
@@ -358,5 +386,48 @@ impl OrchestratorConfig {
             monitor.validate()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations past what a calendar (chrono) or a timer (tokio) can hold are refused when
+    /// the config is validated, naming the setting, instead of panicking the pruner later
+    /// (issue 11, finding 20).
+    #[test]
+    fn retention_beyond_the_calendar_is_refused_naming_the_setting() {
+        let huge = Duration::from_secs(u64::MAX);
+        for (retention, field) in [
+            (Retention::default().with_events(huge), "retention.events"),
+            (
+                Retention::default().with_finished_tasks(huge),
+                "retention.finished_tasks",
+            ),
+            (
+                Retention::default().with_interval(huge),
+                "retention.interval",
+            ),
+        ] {
+            let error = OrchestratorConfig::default()
+                .with_retention(Some(retention))
+                .validate()
+                .expect_err(field);
+            assert!(error.to_string().contains(field), "{error}");
+        }
+        let error = OrchestratorConfig::default()
+            .with_rescue_interval(huge)
+            .validate()
+            .expect_err("rescue_interval");
+        assert!(error.to_string().contains("rescue_interval"), "{error}");
+        // A long but sane retention is fine.
+        let decade = Duration::from_secs(10 * 365 * 24 * 3600);
+        assert!(
+            OrchestratorConfig::default()
+                .with_retention(Some(Retention::default().with_events(decade)))
+                .validate()
+                .is_ok()
+        );
     }
 }

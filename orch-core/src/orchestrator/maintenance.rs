@@ -81,8 +81,10 @@ pub(super) async fn rescuer(inner: Arc<Inner>, stop: CancellationToken) {
 pub(super) async fn prune_once(inner: &Inner, retention: Retention) -> Result<Pruned> {
     const BATCH: usize = 10_000;
     let now = clock::now();
-    let cutoff = |keep| {
-        chrono::TimeDelta::from_std(keep)
+    // Capped as the config's validation caps it, for a retention handed to `prune` directly:
+    // the cutoff stays a time every backend stores.
+    let cutoff = |keep: std::time::Duration| {
+        chrono::TimeDelta::from_std(keep.min(Retention::MAX_KEEP))
             .ok()
             .and_then(|keep| now.checked_sub_signed(keep))
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)

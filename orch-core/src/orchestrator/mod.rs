@@ -449,26 +449,28 @@ impl Orchestrator {
     }
 
     /// Waits up to `max_wait` for a task to finish and returns it;
-    /// [`Error::WaitTimeout`] otherwise.
+    /// [`Error::WaitTimeout`] otherwise. Each call waits on its own: one caller timing out or
+    /// giving up (its future dropped) leaves the others waiting.
     pub async fn wait_for(&self, id: TaskId, max_wait: Duration) -> Result<Task> {
-        let finished = self.inner.events.wait_terminal(id);
-        let task = self.get(id).await?;
-        if task.status.is_terminal() {
-            self.inner.events.forget_waiters(id);
-            return Ok(task);
-        }
-        match tokio::time::timeout(max_wait, finished).await {
-            Ok(_) => self.get(id).await,
-            Err(_) => {
-                self.inner.events.forget_waiters(id);
+        let deadline = tokio::time::Instant::now()
+            .checked_add(max_wait)
+            .unwrap_or_else(far_future);
+        loop {
+            let finished = self.inner.events.wait_terminal(id);
+            let task = self.get(id).await?;
+            if task.status.is_terminal() {
+                return Ok(task);
+            }
+            if tokio::time::timeout_at(deadline, finished).await.is_err() {
                 // It may have finished right at the deadline.
                 let task = self.get(id).await?;
-                if task.status.is_terminal() {
+                return if task.status.is_terminal() {
                     Ok(task)
                 } else {
                     Err(Error::WaitTimeout(id))
-                }
+                };
             }
+            // A terminal event of the task was published: the next read shows it finished.
         }
     }
 
@@ -541,4 +543,9 @@ impl Orchestrator {
         tracing::info!(drained, abandoned, "orchestrator shut down");
         ShutdownReport { drained, abandoned }
     }
+}
+
+/// A deadline no wait reaches: about thirty years from now (`Instant` cannot hold "never").
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(30 * 365 * 24 * 3600)
 }

@@ -189,3 +189,36 @@ async fn handlers_get_supported_events_and_a_slow_one_never_stalls_dispatch() {
     assert_eq!(slow.lock().len(), 51, "slow handler caught up from the log");
     orch.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Two callers wait for one task; the first gives up at its own deadline. The second keeps
+/// waiting and gets the task once it has finished, not the unfinished task at the first one's
+/// deadline (issue 11, finding 14).
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_wait_leaves_the_other_waiters_of_the_task_waiting() {
+    let orch = echo_orch().await;
+    let task = orch.dispatch(TaskSpec::new("nobody")).await.unwrap();
+    let patient = tokio::spawn({
+        let orch = orch.clone();
+        async move { orch.wait_for(task.id, Duration::from_secs(60)).await }
+    });
+    tokio::task::yield_now().await;
+    let hasty = orch.wait_for(task.id, Duration::from_secs(1)).await;
+    assert!(
+        matches!(hasty, Err(orch_core::Error::WaitTimeout(_))),
+        "{hasty:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !patient.is_finished(),
+        "the other waiter returned when the first one timed out: {:?}",
+        patient.await
+    );
+    orch.resolve(
+        task.id,
+        orch_core::Resolution::Succeeded(serde_json::json!("done")),
+    )
+    .await
+    .unwrap();
+    let finished = patient.await.unwrap().unwrap();
+    assert_eq!(finished.status, orch_core::TaskStatus::Succeeded);
+}

@@ -7,10 +7,13 @@
 //! How the package is laid out:
 //! - this library: what the binaries share and the tests check at their boundary:
 //!   [`settings`] (the YAML file and environment variables, turned into an
-//!   [`HttpConfig`](orch_http::HttpConfig)) and [`engines`] (the built-in `echo` and `sleep`).
-//! - `src/bin/orchd/`: the daemon and its subcommands (`serve`, `dispatch`, `user add`,
-//!   `backup`, `restore`, `migrate`), the log subscriber, secrets kept in the data directory.
+//!   [`HttpConfig`](orch_http::HttpConfig)), [`engines`] (the built-in `echo` and `sleep`)
+//!   and [`tls`] (HTTPS: a rustls handshake for orch-http's server).
+//! - `src/bin/orchd/`: the daemon and its subcommands (`serve`, `dispatch`, `user
+//!   add|list|passwd|role|disable|enable|unlock|delete`, `backup`, `restore`, `migrate`), the
+//!   log subscriber, secrets kept in the data directory.
 //! - `tests/orchd/`: the daemon binary over real TCP, on SQLite and on PostgreSQL.
 
 pub mod engines;
 pub mod settings;
+pub mod tls;

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use orch_http::config::{ConfigError, HttpConfig, Limit, Secret};
+use orch_http::config::{ConfigError, HttpConfig, IpNet, Limit, Secret};
+use orch_http::server::ServerOptions;
 
 /// `server:`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -27,12 +28,39 @@ pub struct ServerSettings {
     pub listen: Option<String>,
     /// Largest request body in bytes.
     pub max_body_bytes: Option<usize>,
-    /// Trust `X-Forwarded-For` (behind a proxy only).
+    /// No longer accepted (it believed any client's `X-Forwarded-For`): list the proxies in
+    /// `trusted_proxies` instead. `true` stops start-up naming that key.
     pub trust_forwarded_for: Option<bool>,
+    /// Proxies (addresses or networks: `10.0.0.0/8`, `::1`) whose `X-Forwarded-For` is
+    /// believed; `ORCH_TRUSTED_PROXIES` (comma-separated) wins. Default none.
+    pub trusted_proxies: Vec<String>,
     /// Seconds in-flight requests get at shutdown (default 30).
     pub shutdown_grace: Option<u64>,
     /// Longest wait of a `stay: true` dispatch, in seconds.
     pub stay_max_wait: Option<u64>,
+    /// Seconds a client has to send a request's headers (also how long an idle kept-alive
+    /// connection and a TLS handshake may last). Default 10.
+    pub header_read_timeout: Option<u64>,
+    /// Seconds a request body has to arrive in full. Default 60.
+    pub request_body_timeout: Option<u64>,
+    /// Seconds a write to a client may make no progress before its connection is closed.
+    /// Default 30.
+    pub write_timeout: Option<u64>,
+    /// Connections open at once (default 25,000, lowered to fit the open-file limit).
+    pub max_connections: Option<usize>,
+    /// HTTPS.
+    pub tls: TlsSettings,
+}
+
+/// `server.tls:` HTTPS with a certificate and key in PEM files (both or neither);
+/// `ORCH_TLS_CERT` and `ORCH_TLS_KEY` win.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain, server certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
 }
 
 /// `database:`.
@@ -71,6 +99,10 @@ pub struct RateLimitSettings {
     pub per_ip: Option<LimitSettings>,
     /// Per client IP on login.
     pub login_per_ip: Option<LimitSettings>,
+    /// Bits of an IPv6 address that key a client (default 64).
+    pub ipv6_prefix_len: Option<u8>,
+    /// Clients each limiter tracks at most (default 100,000).
+    pub max_tracked_clients: Option<usize>,
 }
 
 /// `security.lockout:`.
@@ -111,8 +143,17 @@ pub struct HashingSettings {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecuritySettings {
-    /// JWT HMAC key (`JWT_SECRET` wins); generated and kept in the data directory if absent.
+    /// JWT HMAC key that signs (`JWT_SECRET` wins: comma-separated, the first signs, the
+    /// others are previous keys); generated and kept in the data directory if absent.
     pub jwt_secret: Option<String>,
+    /// Previous JWT keys whose tokens are still accepted (rotation).
+    pub jwt_previous_secrets: Vec<String>,
+    /// Seconds a user record read for a token check is reused: how soon a disabled, deleted
+    /// or changed user's tokens stop working on the other nodes (default 2).
+    pub user_recheck: Option<u64>,
+    /// Seconds over which refused requests of one kind are summarised in one security event
+    /// (default 10; 0 records each).
+    pub refusal_event_interval: Option<u64>,
     /// Token lifetime in seconds.
     pub jwt_expiry: Option<u64>,
     /// Token issuer.
@@ -148,6 +189,9 @@ pub struct MonitoringSettings {
     pub metrics_retention: Option<u64>,
     /// ORCH-Next's key, accepted, unused.
     pub alert_thresholds: Option<serde_json::Value>,
+    /// When set, `GET /metrics` requires `Authorization: Bearer <token>`;
+    /// `ORCH_METRICS_TOKEN` wins. Default none (open, cached and rate-limited per client).
+    pub metrics_token: Option<String>,
 }
 
 /// `sse:`.
@@ -156,6 +200,8 @@ pub struct MonitoringSettings {
 pub struct SseSettings {
     /// Open streams at most.
     pub max_connections: Option<usize>,
+    /// Open streams of one user at most.
+    pub max_per_user: Option<usize>,
     /// Keep-alive interval in seconds.
     pub keep_alive: Option<u64>,
 }
@@ -309,7 +355,8 @@ fn non_empty(value: Option<String>) -> Option<String> {
 impl Settings {
     /// Parses YAML text, expands `${VAR}`, then applies the environment variables
     /// (`JWT_SECRET`, `WEBHOOK_SECRET`, `DATABASE_URL`, `ENABLE_MONITORING`, `ORCH_LISTEN`,
-    /// `ORCH_LOG`, `DEBUG_MODE`). `env` looks a variable up.
+    /// `ORCH_LOG`, `DEBUG_MODE`, `ORCH_TRUSTED_PROXIES`, `ORCH_TLS_CERT`, `ORCH_TLS_KEY`,
+    /// `ORCH_METRICS_TOKEN`). `env` looks a variable up.
     pub fn from_yaml(
         yaml: &str,
         env: &dyn Fn(&str) -> Option<String>,
@@ -362,8 +409,26 @@ impl Settings {
     }
 
     fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(secret) = non_empty(env("JWT_SECRET")) {
-            self.security.jwt_secret = Some(secret);
+        if let Some(secrets) = non_empty(env("JWT_SECRET")) {
+            let mut list = secrets.split(',').map(|s| s.trim().to_owned());
+            self.security.jwt_secret = list.next();
+            self.security.jwt_previous_secrets = list.filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(proxies) = env("ORCH_TRUSTED_PROXIES") {
+            self.server.trusted_proxies = proxies
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(cert) = non_empty(env("ORCH_TLS_CERT")) {
+            self.server.tls.cert_file = Some(cert.into());
+        }
+        if let Some(key) = non_empty(env("ORCH_TLS_KEY")) {
+            self.server.tls.key_file = Some(key.into());
+        }
+        if let Some(token) = non_empty(env("ORCH_METRICS_TOKEN")) {
+            self.monitoring.metrics_token = Some(token);
         }
         if let Some(secrets) = non_empty(env("WEBHOOK_SECRET")) {
             let mut list = secrets.split(',').map(|s| s.trim().to_owned());
@@ -402,8 +467,47 @@ impl Settings {
             .collect()
     }
 
+    /// The server's limits (`server.header_read_timeout`, ...), validated.
+    pub fn server_options(&self) -> Result<ServerOptions, ConfigError> {
+        let server = &self.server;
+        let mut options = ServerOptions::default();
+        if let Some(secs) = server.header_read_timeout {
+            options = options.with_header_read_timeout(Duration::from_secs(secs));
+        }
+        if let Some(secs) = server.request_body_timeout {
+            options = options.with_request_body_timeout(Duration::from_secs(secs));
+        }
+        if let Some(secs) = server.write_timeout {
+            options = options.with_write_timeout(Duration::from_secs(secs));
+        }
+        if let Some(max) = server.max_connections {
+            options = options.with_max_connections(max);
+        }
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// The TLS certificate and key files, if HTTPS is configured; an error names the key
+    /// given without its partner.
+    pub fn tls_files(&self) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+        match (&self.server.tls.cert_file, &self.server.tls.key_file) {
+            (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(ConfigError::new(
+                "server.tls.key_file",
+                "missing: server.tls.cert_file (ORCH_TLS_CERT) needs its key (ORCH_TLS_KEY)",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                "server.tls.cert_file",
+                "missing: server.tls.key_file (ORCH_TLS_KEY) needs its certificate (ORCH_TLS_CERT)",
+            )),
+        }
+    }
+
     /// The router configuration: `jwt_secret` and `webhook_secrets` are the ones in force
-    /// (given or generated), `data_dir` is reported by the disk gauge when monitoring is on.
+    /// (given or generated; previous JWT keys are taken from `security.jwt_previous_secrets`
+    /// and added to those of `jwt_secret`'s source by the caller), `data_dir` is reported by
+    /// the disk gauge when monitoring is on.
     pub fn http_config(
         &self,
         jwt_secret: Secret,
@@ -413,6 +517,18 @@ impl Settings {
         let mut config = HttpConfig::new(jwt_secret);
         let security = &self.security;
         config.webhook_secrets = webhook_secrets;
+        config.jwt.previous_secrets = security
+            .jwt_previous_secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(Secret::new)
+            .collect();
+        if let Some(secs) = security.user_recheck {
+            config.user_recheck = Duration::from_secs(secs);
+        }
+        if let Some(secs) = security.refusal_event_interval {
+            config.refusal_event_interval = Duration::from_secs(secs);
+        }
         if let Some(expiry) = security.jwt_expiry {
             config.jwt.expiry = Duration::from_secs(expiry);
         }
@@ -442,6 +558,12 @@ impl Settings {
         config.rate_limit.per_ip = merge(config.rate_limit.per_ip, rl.per_ip.as_ref());
         config.rate_limit.login_per_ip =
             merge(config.rate_limit.login_per_ip, rl.login_per_ip.as_ref());
+        if let Some(bits) = rl.ipv6_prefix_len {
+            config.rate_limit.ipv6_prefix_len = bits;
+        }
+        if let Some(max) = rl.max_tracked_clients {
+            config.rate_limit.max_tracked_clients = max;
+        }
         let lockout = &security.lockout;
         if let Some(n) = lockout.max_failures {
             config.lockout.max_failures = n;
@@ -469,14 +591,34 @@ impl Settings {
         if let Some(v) = self.sse.max_connections {
             config.sse.max_connections = v;
         }
+        if let Some(v) = self.sse.max_per_user {
+            config.sse.max_per_user = v;
+        }
         if let Some(v) = self.sse.keep_alive {
             config.sse.keep_alive = Duration::from_secs(v);
         }
         if let Some(v) = self.server.max_body_bytes {
             config.max_body_bytes = v;
         }
-        if let Some(v) = self.server.trust_forwarded_for {
-            config.trust_forwarded_for = v;
+        if self.server.trust_forwarded_for == Some(true) {
+            return Err(ConfigError::new(
+                "server.trust_forwarded_for",
+                "no longer accepted: it believed any client's X-Forwarded-For; list your proxies \
+                 in server.trusted_proxies (ORCH_TRUSTED_PROXIES) instead",
+            ));
+        }
+        config.trusted_proxies = self
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|proxy| {
+                proxy
+                    .parse::<IpNet>()
+                    .map_err(|reason| ConfigError::new("server.trusted_proxies", reason))
+            })
+            .collect::<Result<_, _>>()?;
+        if let Some(token) = &self.monitoring.metrics_token {
+            config.metrics_token = Some(Secret::new(token.clone()));
         }
         if let Some(v) = self.server.stay_max_wait {
             config.stay_max_wait = Duration::from_secs(v);

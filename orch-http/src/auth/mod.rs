@@ -1,23 +1,28 @@
 //! Authentication and authorization: roles, JWT access tokens (HS256 only; `exp`, `iat`,
-//! `iss`, `aud`, `sub` required), the [`Authed`] extractor that checks a token, the caller's
-//! role against the endpoint's [`RoleSet`], and the per-user rate limit.
+//! `iss`, `aud`, `sub` required; signing keys rotate), the [`Authed`] extractor that checks a
+//! token, that its user still exists, is enabled and unchanged since it was issued, the
+//! caller's role against the endpoint's [`RoleSet`], and the per-user rate limit; the
+//! [`Session`] an event stream watches to end when its token stops being valid.
 
 mod jwt;
+mod security_log;
 pub mod users;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequestParts, MatchedPath};
 use axum::http::{header, request::Parts};
-use orch_core::{EventKind, NewEvent, SharedBackend};
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::security_log::{Refusal, SecurityLog};
 use crate::auth::users::UserStore;
+use crate::client_ip::{ClientIpSource, client_ip_string};
 use crate::clock::Clock;
 use crate::config::{JwtConfig, LockoutConfig};
 use crate::error::ApiError;
-use crate::ratelimit::{ClientIpSource, Limits, client_ip_string};
+use crate::ratelimit::Limits;
 
 /// What a user may do: the roles of ORCH-Next's security manager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -78,12 +83,17 @@ pub struct Claims {
     pub exp: u64,
     /// Token id.
     pub jti: String,
+    /// The user's revision when the token was issued ([`users::User::revision`]): a change
+    /// of the user since refuses the token. Absent in tokens issued before revisions existed.
+    #[serde(default)]
+    pub rev: String,
 }
 
-/// Issues and verifies access tokens with one pinned algorithm (HS256).
+/// Issues and verifies access tokens with one pinned algorithm (HS256); the current key
+/// signs, the previous ones still verify ([`JwtConfig`]).
 #[derive(Clone)]
 pub struct TokenKeys {
-    key: jwt::Hs256Key,
+    keys: jwt::KeyRing,
     config: JwtConfig,
 }
 
@@ -121,7 +131,13 @@ impl TokenKeys {
     /// Keys for `config`.
     pub fn new(config: &JwtConfig) -> Self {
         TokenKeys {
-            key: jwt::Hs256Key::new(config.secret.expose().as_bytes()),
+            keys: jwt::KeyRing::new(
+                config.secret.expose().as_bytes(),
+                config
+                    .previous_secrets
+                    .iter()
+                    .map(|secret| secret.expose().as_bytes()),
+            ),
             config: config.clone(),
         }
     }
@@ -131,19 +147,21 @@ impl TokenKeys {
         self.config.expiry.as_secs().max(1)
     }
 
-    /// Issues a token for `sub` with `role`, valid from now for the configured lifetime.
-    pub fn issue(&self, sub: &str, role: Role, clock: &Clock) -> Result<String, ApiError> {
+    /// Issues a token for `user` (its name, role and revision), valid from now for the
+    /// configured lifetime, signed with the current key.
+    pub fn issue(&self, user: &users::User, clock: &Clock) -> Result<String, ApiError> {
         let now = clock.unix_now();
         let claims = Claims {
-            sub: sub.to_owned(),
-            role,
+            sub: user.username.clone(),
+            role: user.role,
             iss: self.config.issuer.clone(),
             aud: self.config.audience.clone(),
             iat: now,
             exp: now + self.expires_in(),
             jti: uuid::Uuid::new_v4().to_string(),
+            rev: user.revision.clone(),
         };
-        self.key
+        self.keys
             .sign(&claims)
             .map_err(|e| ApiError::internal("signing a token", e))
     }
@@ -156,7 +174,7 @@ impl TokenKeys {
         }
         // Every claim of `Claims` is required: a token without `exp`, `iat`, `iss`, `aud` or
         // `sub` does not deserialize.
-        let claims: Claims = self.key.verify(token).map_err(TokenError::Invalid)?;
+        let claims: Claims = self.keys.verify(token).map_err(TokenError::Invalid)?;
         if claims.iss != self.config.issuer {
             return Err(TokenError::Invalid("wrong issuer".to_owned()));
         }
@@ -178,35 +196,6 @@ impl TokenKeys {
     }
 }
 
-/// Appends security events (`auth.login_failed`, `webhook.signature_refused`, ...) to the
-/// orchestrator's event log, so they sit beside the task events and reach admins over SSE.
-#[derive(Clone)]
-pub struct SecurityLog {
-    backend: SharedBackend,
-}
-
-impl std::fmt::Debug for SecurityLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecurityLog").finish_non_exhaustive()
-    }
-}
-
-impl SecurityLog {
-    /// A log appending to `backend`'s event log.
-    pub fn new(backend: SharedBackend) -> Self {
-        SecurityLog { backend }
-    }
-
-    /// Appends an event of `kind` with `data`; a failure is logged, never returned.
-    pub async fn record(&self, kind: &str, data: serde_json::Value) {
-        tracing::warn!(kind, %data, "security event");
-        let event = NewEvent::new(EventKind::Custom(kind.to_owned())).with_data(data);
-        if let Err(error) = self.backend.append_event(event).await {
-            tracing::error!(%error, kind, "could not record a security event");
-        }
-    }
-}
-
 /// The part of the router's state that authentication and user administration need: token
 /// keys, the user store, the rate limiters, the clock, the lockout policy and the security
 /// log. Cheap to clone (one `Arc`).
@@ -223,10 +212,12 @@ struct AuthInner {
     clock: Clock,
     lockout: LockoutConfig,
     security: SecurityLog,
+    user_recheck: Duration,
 }
 
 impl AuthState {
-    /// Puts the parts together.
+    /// Puts the parts together; a token's user is re-read at most every `user_recheck`
+    /// ([`HttpConfig::user_recheck`](crate::HttpConfig::user_recheck)).
     pub fn new(
         tokens: TokenKeys,
         users: UserStore,
@@ -234,6 +225,7 @@ impl AuthState {
         clock: Clock,
         lockout: LockoutConfig,
         security: SecurityLog,
+        user_recheck: Duration,
     ) -> Self {
         AuthState {
             inner: Arc::new(AuthInner {
@@ -243,8 +235,26 @@ impl AuthState {
                 clock,
                 lockout,
                 security,
+                user_recheck,
             }),
         }
+    }
+
+    /// Whether the user of `claims` still exists, is enabled and is unchanged (role and
+    /// revision) since the token was issued; `Err` says why not, for a person.
+    pub async fn check_user(&self, claims: &Claims) -> Result<Result<(), &'static str>, ApiError> {
+        let user = self
+            .users()
+            .get_for_token(&claims.sub, self.inner.user_recheck)
+            .await?;
+        Ok(match user {
+            None => Err("the token's user no longer exists"),
+            Some(user) if user.disabled => Err("the token's user is disabled"),
+            Some(user) if user.role != claims.role || user.revision != claims.rev => {
+                Err("the token's user has changed since it was issued; log in again")
+            }
+            Some(_) => Ok(()),
+        })
     }
 
     /// Token issuing and checking.
@@ -328,15 +338,75 @@ impl RoleSet for Admins {
     const ROLES: &'static [Role] = &[Role::Admin];
 }
 
-/// Extracts the caller from `Authorization: Bearer <token>`: 401 without a valid token, 403 if
-/// the role is not in `R`, 429 over the per-user, per-endpoint rate limit.
+/// Extracts the caller from `Authorization: Bearer <token>`: 401 without a valid token (or
+/// when its user was since deleted, disabled or changed), 403 if the role is not in `R`, 429
+/// over the per-user, per-endpoint rate limit.
 #[derive(Debug)]
-pub struct Authed<R: RoleSet>(pub Principal, PhantomData<R>);
+pub struct Authed<R: RoleSet> {
+    principal: Principal,
+    session: Session,
+    roles: PhantomData<R>,
+}
 
 impl<R: RoleSet> Authed<R> {
     /// The caller.
     pub fn principal(&self) -> &Principal {
-        &self.0
+        &self.principal
+    }
+
+    /// The token the caller presented, to watch for the moment it stops being valid.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+}
+
+/// A verified token, watched: [`Session::ended`] resolves once it has expired or its user was
+/// deleted, disabled or changed. Long responses (event streams) end then.
+#[derive(Debug, Clone)]
+pub struct Session {
+    auth: AuthState,
+    claims: Arc<Claims>,
+}
+
+impl Session {
+    /// How often a long response should call [`Session::still_valid`]:
+    /// [`HttpConfig::user_recheck`](crate::HttpConfig::user_recheck), at least every 30 s and
+    /// at most every 100 ms.
+    pub fn recheck_every(&self) -> Duration {
+        self.auth
+            .inner
+            .user_recheck
+            .clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+
+    /// Whether the token is still valid: not expired, its user not deleted, disabled or
+    /// changed since. A failure to read the user keeps the session (logged).
+    pub async fn still_valid(&self) -> bool {
+        if self.auth.clock().unix_now() >= self.claims.exp {
+            return false;
+        }
+        match self.auth.check_user(&self.claims).await {
+            Ok(Ok(())) => true,
+            Ok(Err(why)) => {
+                tracing::debug!(user = %self.claims.sub, why, "session ended");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "session check failed; keeping it");
+                true
+            }
+        }
+    }
+
+    /// Resolves when the token is no longer valid, checking every
+    /// [`Session::recheck_every`].
+    pub async fn ended(&self) {
+        loop {
+            tokio::time::sleep(self.recheck_every()).await;
+            if !self.still_valid().await {
+                return;
+            }
+        }
     }
 }
 
@@ -377,23 +447,19 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let auth = AuthState::from_ref(state);
         let token = bearer(parts)?;
+        let refused = async |reason: String| {
+            let ip = client_ip_string(parts, &ClientIpSource::from_ref(state));
+            let refusal = Refusal::new(reason.clone(), Some(ip)).path(parts.uri.path());
+            auth.security().refused("auth.token_refused", refusal).await;
+            ApiError::unauthorized(reason).with_field("Authorization")
+        };
         let claims = match auth.tokens().verify(token, auth.clock()) {
             Ok(claims) => claims,
-            Err(error) => {
-                let ip = client_ip_string(parts, ClientIpSource::from_ref(state));
-                auth.security()
-                    .record(
-                        "auth.token_refused",
-                        serde_json::json!({
-                            "reason": error.to_string(),
-                            "path": parts.uri.path(),
-                            "ip": ip,
-                        }),
-                    )
-                    .await;
-                return Err(ApiError::unauthorized(error.to_string()).with_field("Authorization"));
-            }
+            Err(error) => return Err(refused(error.to_string()).await),
         };
+        if let Err(why) = auth.check_user(&claims).await? {
+            return Err(refused(why.to_owned()).await);
+        }
         if !R::ROLES.contains(&claims.role) {
             return Err(ApiError::forbidden(format!(
                 "role {} may not call this endpoint (allowed: {})",
@@ -412,12 +478,16 @@ where
             .unwrap_or("unmatched");
         auth.limits()
             .check_user(&claims.sub, parts.method.as_str(), endpoint)?;
-        Ok(Authed(
-            Principal {
-                username: claims.sub,
+        Ok(Authed {
+            principal: Principal {
+                username: claims.sub.clone(),
                 role: claims.role,
             },
-            PhantomData,
-        ))
+            session: Session {
+                auth,
+                claims: Arc::new(claims),
+            },
+            roles: PhantomData,
+        })
     }
 }

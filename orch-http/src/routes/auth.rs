@@ -1,5 +1,6 @@
 //! `POST /auth/login` and user administration (`POST /users`, `GET /users`,
-//! `POST /users/{username}/unlock`).
+//! `PATCH /users/{username}`, `DELETE /users/{username}`, `POST /users/{username}/unlock`).
+//! A change to a user (role, password, disabled) or its deletion revokes its tokens.
 
 use axum::Json;
 use axum::extract::State;
@@ -7,17 +8,18 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::auth::users::LoginOutcome;
-use crate::auth::{Admins, AuthState, Authed, Role};
+use crate::auth::users::{LoginOutcome, User, UserChange};
+use crate::auth::{Admins, AuthState, Authed, Refusal, Role};
+use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
-use crate::ratelimit::ClientIp;
 
 /// Login body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// Username.
+    #[schema(min_length = 1, max_length = 64)]
     pub username: String,
     /// Password.
     pub password: String,
@@ -61,14 +63,12 @@ pub async fn login(
         .users()
         .login(&body.username, &body.password, state.lockout(), now)
         .await?;
-    let refused = |reason: &str| json!({"username": body.username, "reason": reason, "ip": ip});
+    let refused = |reason: &str| Refusal::new(reason, Some(ip.clone())).username(&body.username);
+    let security = state.security();
     match outcome {
         LoginOutcome::Success(user) => {
-            let access_token = state
-                .tokens()
-                .issue(&user.username, user.role, state.clock())?;
-            state
-                .security()
+            let access_token = state.tokens().issue(&user, state.clock())?;
+            security
                 .record(
                     "auth.login_succeeded",
                     json!({"username": user.username, "ip": ip}),
@@ -81,31 +81,26 @@ pub async fn login(
                 role: user.role,
             }))
         }
-        LoginOutcome::UnknownUser => {
-            state
-                .security()
-                .record("auth.login_failed", refused("unknown_user"))
+        LoginOutcome::WrongPassword { locked_now: true } => {
+            // Rare (once per lockout) and worth seeing at once; written in the background, so
+            // the attempt that locks takes no longer than the others (which would tell that the
+            // user exists).
+            let data = json!({"username": body.username, "reason": "too_many_failures", "ip": ip});
+            let log = security.clone();
+            tokio::spawn(async move { log.record("auth.account_locked", data).await });
+            security
+                .refused("auth.login_failed", refused("wrong_password"))
                 .await;
             Err(invalid_credentials())
         }
-        LoginOutcome::WrongPassword { locked_now } => {
-            state
-                .security()
-                .record("auth.login_failed", refused("wrong_password"))
-                .await;
-            if locked_now {
-                state
-                    .security()
-                    .record("auth.account_locked", refused("too_many_failures"))
-                    .await;
-            }
-            Err(invalid_credentials())
-        }
-        LoginOutcome::Locked => {
-            state
-                .security()
-                .record("auth.login_failed", refused("account_locked"))
-                .await;
+        other => {
+            let reason = match other {
+                LoginOutcome::UnknownUser => "unknown_user",
+                LoginOutcome::Locked => "account_locked",
+                LoginOutcome::Disabled => "account_disabled",
+                _ => "wrong_password",
+            };
+            security.refused("auth.login_failed", refused(reason)).await;
             Err(invalid_credentials())
         }
     }
@@ -120,8 +115,10 @@ fn invalid_credentials() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// 1 to 64 of `A-Z a-z 0-9 . _ @ -`.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub username: String,
     /// 12 to 1024 bytes.
+    #[schema(min_length = 12, max_length = 1024)]
     pub password: String,
     /// The role.
     pub role: Role,
@@ -138,6 +135,33 @@ pub struct UserView {
     pub created_at: u64,
     /// Locked until (Unix seconds), if locked now.
     pub locked_until: Option<u64>,
+    /// Disabled users cannot log in; their tokens are refused.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl UserView {
+    fn of(user: User, locked_until: Option<u64>) -> Self {
+        UserView {
+            username: user.username,
+            role: user.role,
+            created_at: user.created_at,
+            locked_until,
+            disabled: user.disabled,
+        }
+    }
+}
+
+/// A change to a user: each field given is changed, the others stay.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    /// A new role.
+    pub role: Option<Role>,
+    /// Disable (`true`) or enable (`false`) the user.
+    pub disabled: Option<bool>,
+    /// A new password (12 to 1024 bytes); also clears failed logins and lockout.
+    pub password: Option<String>,
 }
 
 /// `POST /users` (admin): creates a user.
@@ -165,15 +189,7 @@ pub async fn create_user(
             json!({"username": user.username, "role": user.role, "by": admin.principal().username}),
         )
         .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(UserView {
-            username: user.username,
-            role: user.role,
-            created_at: user.created_at,
-            locked_until: None,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(UserView::of(user, None))))
 }
 
 /// `GET /users` (admin).
@@ -187,19 +203,16 @@ pub async fn list_users(
     let mut out = Vec::new();
     for user in state.users().list().await? {
         let login = state.users().login_state(&user.username).await?;
-        out.push(UserView {
-            locked_until: login.locked_until.filter(|&until| until > now),
-            username: user.username,
-            role: user.role,
-            created_at: user.created_at,
-        });
+        let locked_until = login.locked_until.filter(|&until| until > now);
+        out.push(UserView::of(user, locked_until));
     }
     Ok(Json(out))
 }
 
 /// `POST /users/{username}/unlock` (admin): clears failed logins and lockout.
 #[utoipa::path(post, path = "/users/{username}/unlock", tag = "users",
-    security(("bearer" = [])), params(("username" = String, Path)),
+    security(("bearer" = [])),
+    params(("username" = String, Path, pattern = r"^[A-Za-z0-9._@-]{1,64}$")),
     responses((status = 200), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn unlock_user(
     State(state): State<AuthState>,
@@ -215,4 +228,95 @@ pub async fn unlock_user(
         )
         .await;
     Ok(Json(json!({"username": username, "unlocked": true})))
+}
+
+/// Refuses a change that would leave no enabled admin (the API could not be administered any
+/// more; `orchd user` on the host can still do it).
+async fn keep_an_admin(state: &AuthState, username: &str, change: &UserChange) -> ApiResult<()> {
+    let demoted = change.role.is_some_and(|role| role != Role::Admin);
+    let disabled = change.disabled == Some(true);
+    if !demoted && !disabled {
+        return Ok(());
+    }
+    let users = state.users().list().await?;
+    let other_admin = users
+        .iter()
+        .any(|u| u.role == Role::Admin && !u.disabled && u.username != username);
+    let is_admin = users
+        .iter()
+        .any(|u| u.username == username && u.role == Role::Admin && !u.disabled);
+    if is_admin && !other_admin {
+        return Err(ApiError::conflict(format!(
+            "{username:?} is the last enabled admin; make another admin first"
+        ))
+        .with_field("username"));
+    }
+    Ok(())
+}
+
+/// `PATCH /users/{username}` (admin): changes a user's role, password or disabled flag. Any
+/// change revokes the user's tokens (at once on this node, within `security.user_recheck` on
+/// the others).
+#[utoipa::path(patch, path = "/users/{username}", tag = "users", request_body = UpdateUser,
+    security(("bearer" = [])), params(("username" = String, Path)),
+    responses((status = 200, body = UserView), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+pub async fn update_user(
+    State(state): State<AuthState>,
+    admin: Authed<Admins>,
+    ApiPath(username): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateUser>,
+) -> ApiResult<Json<UserView>> {
+    let change = UserChange {
+        role: body.role,
+        disabled: body.disabled,
+        password: body.password,
+    };
+    if change == UserChange::default() {
+        return Err(ApiError::unprocessable(
+            "body",
+            "give at least one of role, disabled, password",
+        ));
+    }
+    keep_an_admin(&state, &username, &change).await?;
+    let user = state.users().update(&username, change.clone()).await?;
+    state
+        .security()
+        .record(
+            "auth.user_changed",
+            json!({
+                "username": username,
+                "role": change.role,
+                "disabled": change.disabled,
+                "password_changed": change.password.is_some(),
+                "by": admin.principal().username,
+            }),
+        )
+        .await;
+    let login = state.users().login_state(&username).await?;
+    let now = state.clock().unix_now();
+    let locked_until = login.locked_until.filter(|&until| until > now);
+    Ok(Json(UserView::of(user, locked_until)))
+}
+
+/// `DELETE /users/{username}` (admin): deletes a user; its tokens stop working.
+#[utoipa::path(delete, path = "/users/{username}", tag = "users",
+    security(("bearer" = [])), params(("username" = String, Path)),
+    responses((status = 200), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+pub async fn delete_user(
+    State(state): State<AuthState>,
+    admin: Authed<Admins>,
+    ApiPath(username): ApiPath<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    keep_an_admin(&state, &username, &UserChange::default().disabled(true)).await?;
+    state.users().delete(&username).await?;
+    state
+        .security()
+        .record(
+            "auth.user_deleted",
+            json!({"username": username, "by": admin.principal().username}),
+        )
+        .await;
+    Ok(Json(json!({"username": username, "deleted": true})))
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use orch_core::{
     Event, LeaseToken, Orchestrator, Task, TaskError, TaskFilter, TaskId, TaskSpec, TaskStatus,
@@ -41,8 +42,10 @@ impl Dispatching {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskView {
     /// The task id (a UUID; `task-<uuid>` is accepted in paths).
+    #[schema(format = Uuid)]
     pub task_id: String,
     /// `queued`, `running`, `succeeded`, `failed`, `cancelled`, `timed_out`.
+    #[schema(value_type = crate::openapi::TaskState)]
     pub status: String,
     /// Which engine or worker pool runs it.
     pub core_id: String,
@@ -66,14 +69,11 @@ pub struct TaskView {
     pub finished_at: Option<DateTime<Utc>>,
     /// When the current lease runs out (running only).
     pub lease_expires_at: Option<DateTime<Utc>>,
-    /// Engine input.
-    #[schema(value_type = Object)]
+    /// Engine input: any JSON value.
     pub payload: Value,
-    /// Caller metadata.
-    #[schema(value_type = Object)]
+    /// Caller metadata: any JSON value.
     pub metadata: Value,
-    /// Result, once succeeded.
-    #[schema(value_type = Object)]
+    /// Result, once succeeded: any JSON value (`null` before).
     pub result: Option<Value>,
     /// Last error.
     pub error: Option<String>,
@@ -113,37 +113,61 @@ impl From<Task> for TaskView {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchRequest {
-    /// Which engine or worker pool runs it (`coreId` accepted).
+    /// Which engine or worker pool runs it (`coreId` accepted): 1 to 128 characters, no
+    /// control characters.
     #[serde(alias = "coreId")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub core_id: String,
     /// Wait for the final task before answering.
     #[serde(default)]
     pub stay: bool,
     /// Higher runs first. Default 1.
+    #[serde(default, deserialize_with = "crate::whole::optional")]
     pub priority: Option<i32>,
-    /// Per-attempt timeout in seconds. Default 300.
+    /// Per-attempt timeout in seconds, from 0.001 to 7 days. Default 300.
+    #[schema(minimum = 0.001, maximum = 604800)]
     pub timeout: Option<f64>,
-    /// Attempts before failing for good. Default 3.
-    #[serde(alias = "maxAttempts")]
+    /// Attempts before failing for good, 1 to 1000. Default 3.
+    #[serde(
+        alias = "maxAttempts",
+        default,
+        deserialize_with = "crate::whole::optional"
+    )]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_attempts: Option<u32>,
-    /// Seconds to wait before the first attempt.
+    /// Seconds to wait before the first attempt, at most 366 days.
+    #[schema(minimum = 0, maximum = 31622400)]
     pub delay: Option<f64>,
-    /// Do not start before this time.
+    /// Do not start before this time (years 0000 to 9999).
     #[serde(alias = "runAt")]
     pub run_at: Option<DateTime<Utc>>,
-    /// Free-form metadata, stored as is.
+    /// Free-form metadata, any JSON value, stored as is. Strings and keys must not contain
+    /// the character U+0000 (422 naming the field).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::openapi::StorableJson)]
     pub metadata: Value,
-    /// Engine input, any JSON.
+    /// Engine input, any JSON value. Strings and keys must not contain the character U+0000
+    /// (422 naming the field).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::openapi::StorableJson)]
     pub payload: Value,
-    /// Same as the `Idempotency-Key` header (the header wins).
+    /// Same as the `Idempotency-Key` header (the header wins): 1 to 256 characters, no
+    /// control characters.
     #[serde(alias = "idempotencyKey")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub idempotency_key: Option<String>,
-    /// Lock resources to hold while it runs.
+    /// Lock resources to hold while it runs: at most 16, each 1 to 256 characters without
+    /// control characters.
     #[serde(default)]
+    #[schema(max_items = 16, inline, value_type = Vec<crate::openapi::ResourceName>)]
     pub locks: Vec<String>,
 }
 
@@ -151,6 +175,18 @@ fn seconds(field: &'static str, value: f64) -> ApiResult<Duration> {
     Duration::try_from_secs_f64(value).map_err(|_| {
         ApiError::unprocessable(field, format!("{value} is not a valid number of seconds"))
     })
+}
+
+/// A duration of at least a millisecond (what is shorter would round to nothing) and at most
+/// `max` seconds.
+pub(crate) fn seconds_between(field: &'static str, value: f64, max: f64) -> ApiResult<Duration> {
+    if !(value.is_finite() && (0.001..=max).contains(&value)) {
+        return Err(ApiError::unprocessable(
+            field,
+            format!("must be between 0.001 and {max} seconds"),
+        ));
+    }
+    seconds(field, value)
 }
 
 impl DispatchRequest {
@@ -162,7 +198,7 @@ impl DispatchRequest {
             spec = spec.priority(priority);
         }
         if let Some(timeout) = self.timeout {
-            spec = spec.timeout(seconds("timeout", timeout)?);
+            spec = spec.timeout(seconds_between("timeout", timeout, 604_800.0)?);
         }
         if let Some(max_attempts) = self.max_attempts {
             spec = spec.max_attempts(max_attempts);
@@ -172,6 +208,14 @@ impl DispatchRequest {
         }
         if let Some(run_at) = self.run_at {
             spec = spec.run_at(run_at);
+        }
+        // The body's key is checked even when the header's wins.
+        if let Some(key) = &self.idempotency_key {
+            orch_core::backend::check_name(
+                "idempotency_key",
+                key,
+                orch_core::limits::MAX_IDEMPOTENCY_KEY_LEN,
+            )?;
         }
         if let Some(key) = header_key.or(self.idempotency_key) {
             spec = spec.idempotency_key(key);
@@ -207,7 +251,9 @@ fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
 /// is if it did not finish within the server's wait limit.
 #[utoipa::path(post, path = "/dispatch", tag = "tasks", request_body = DispatchRequest,
     security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header)),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 256,
+        pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
+        description = "1 to 256 visible ASCII characters; a dispatch with a key used before returns the earlier task")),
     responses((status = 201, body = TaskView), (status = 200, body = TaskView),
         (status = 202, body = TaskView), (status = 422, body = crate::error::ErrorBody)))]
 pub async fn dispatch(
@@ -245,7 +291,8 @@ pub async fn dispatch(
 
 /// `GET /jobs/{id}`.
 #[utoipa::path(get, path = "/jobs/{id}", tag = "tasks", security(("bearer" = [])),
-    params(("id" = String, Path)),
+    params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description = "The task id, a UUID (`task-<uuid>` accepted)")),
     responses((status = 200, body = TaskView), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_job(
     State(orch): State<Orchestrator>,
@@ -258,17 +305,105 @@ pub async fn get_job(
 
 /// Filters of `GET /jobs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JobsQuery {
     /// Only this state.
+    #[param(value_type = Option<crate::openapi::TaskState>)]
     pub status: Option<String>,
     /// Only this core (`core` also accepted).
     #[serde(alias = "core")]
     pub core_id: Option<String>,
     /// Page after this task id (`next_after` of the previous page).
+    #[param(
+        pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub after: Option<String>,
-    /// Page size (default 100, at most 1000).
+    /// Page size (default 100, at most 1000). A page also ends early once it holds 8 MiB of
+    /// JSON (always at least one task): follow `next_after`.
+    #[param(nullable = false, minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+}
+
+/// The most bytes of JSON a page of tasks (`GET /jobs`) or a claim (`POST /jobs/claim`) holds,
+/// unless its first task alone is larger: a page of 1,000 tasks of 1 MiB each would otherwise
+/// be built in memory whole. 8 MiB.
+pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Tasks read per backend call while a page fills, before their size is known.
+const FIRST_READ: usize = 32;
+
+/// A JSON object `{"<field>":[<items>]<tail>}` written item by item, that stops taking items
+/// at [`MAX_PAGE_BYTES`].
+struct PageBody {
+    bytes: Vec<u8>,
+    items: usize,
+}
+
+impl PageBody {
+    fn new(field: &str) -> Self {
+        let mut bytes = Vec::with_capacity(4096);
+        bytes.extend_from_slice(b"{\"");
+        bytes.extend_from_slice(field.as_bytes());
+        bytes.extend_from_slice(b"\":[");
+        PageBody { bytes, items: 0 }
+    }
+
+    /// Appends `item` unless that would take the page past the budget (the first item is
+    /// always taken); returns whether it was.
+    fn push(&mut self, item: &impl Serialize) -> ApiResult<bool> {
+        let start = self.bytes.len();
+        if self.items > 0 {
+            self.bytes.push(b',');
+        }
+        serde_json::to_writer(&mut self.bytes, item).map_err(|e| ApiError::internal("page", e))?;
+        if self.items > 0 && self.bytes.len() > MAX_PAGE_BYTES - 64 {
+            self.bytes.truncate(start);
+            return Ok(false);
+        }
+        self.items += 1;
+        Ok(true)
+    }
+
+    /// Appends `item` whatever the budget says (a claimed task must be handed out).
+    fn force(&mut self, item: &impl Serialize) -> ApiResult<()> {
+        if self.items > 0 {
+            self.bytes.push(b',');
+        }
+        serde_json::to_writer(&mut self.bytes, item).map_err(|e| ApiError::internal("page", e))?;
+        self.items += 1;
+        Ok(())
+    }
+
+    /// Bytes left before the budget.
+    fn room(&self) -> usize {
+        MAX_PAGE_BYTES.saturating_sub(self.bytes.len() + 64)
+    }
+
+    /// The average size of an item so far (at least 1).
+    fn average(&self) -> usize {
+        (self.bytes.len() / self.items.max(1)).max(1)
+    }
+
+    /// Closes the array, adds `"<key>":<value>` pairs, and makes the response.
+    fn finish(mut self, tail: &[(&str, serde_json::Value)]) -> Response {
+        self.bytes.push(b']');
+        for (key, value) in tail {
+            self.bytes.extend_from_slice(b",\"");
+            self.bytes.extend_from_slice(key.as_bytes());
+            self.bytes.extend_from_slice(b"\":");
+            self.bytes.extend_from_slice(value.to_string().as_bytes());
+        }
+        self.bytes.push(b'}');
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.bytes,
+        )
+            .into_response()
+    }
 }
 
 /// A page of tasks.
@@ -280,14 +415,16 @@ pub struct JobsPage {
     pub next_after: Option<String>,
 }
 
-/// `GET /jobs`: filters `status`, `core_id`, paging with `after` and `limit`.
+/// `GET /jobs`: filters `status`, `core_id`, paging with `after` and `limit`. A page ends at
+/// `limit` tasks or [`MAX_PAGE_BYTES`] of JSON, whichever comes first; `next_after` is present
+/// whenever it ended so.
 #[utoipa::path(get, path = "/jobs", tag = "tasks", security(("bearer" = [])), params(JobsQuery),
     responses((status = 200, body = JobsPage)))]
 pub async fn list_jobs(
     State(orch): State<Orchestrator>,
     _caller: Authed<AnyRole>,
     ApiQuery(query): ApiQuery<JobsQuery>,
-) -> ApiResult<Json<JobsPage>> {
+) -> ApiResult<Response> {
     let status = query
         .status
         .as_deref()
@@ -296,7 +433,7 @@ pub async fn list_jobs(
                 .map_err(|e| ApiError::bad_request("status", e.to_string()))
         })
         .transpose()?;
-    let after = query
+    let mut after = query
         .after
         .as_deref()
         .map(|a| parse_task_id(a).map_err(|e| e.with_field("after")))
@@ -305,27 +442,52 @@ pub async fn list_jobs(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("limit", "must be between 1 and 1000"));
     }
-    let tasks = orch
-        .list(TaskFilter {
-            status,
-            engine: query.core_id,
-            after,
-            limit,
-        })
-        .await?;
-    let next_after = (tasks.len() == limit)
-        .then(|| tasks.last().map(|t| t.id.to_string()))
+    // Read in slices sized by what fits, so neither the page nor what is read for it grows
+    // past the budget by more than one slice of tasks.
+    let mut page = PageBody::new("jobs");
+    let mut read = limit.min(FIRST_READ);
+    let mut last = None;
+    let mut ended_early = false;
+    'pages: loop {
+        let tasks = orch
+            .list(TaskFilter {
+                status,
+                engine: query.core_id.clone(),
+                after,
+                limit: read,
+            })
+            .await?;
+        let got = tasks.len();
+        for task in tasks {
+            let id = task.id;
+            if !page.push(&TaskView::from(task))? {
+                ended_early = true;
+                break 'pages;
+            }
+            last = Some(id);
+            after = Some(id);
+        }
+        if got < read || page.items == limit {
+            break;
+        }
+        if page.room() < page.average() {
+            ended_early = true;
+            break;
+        }
+        read = (page.room() / page.average()).clamp(1, limit - page.items);
+    }
+    let next_after = (ended_early || page.items == limit)
+        .then(|| last.map(|id| id.to_string()))
         .flatten();
-    Ok(Json(JobsPage {
-        jobs: tasks.into_iter().map(TaskView::from).collect(),
-        next_after,
-    }))
+    Ok(page.finish(&[("next_after", serde_json::json!(next_after))]))
 }
 
 /// `POST /jobs/{id}/cancel`: 409 for a finished task.
 #[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "tasks", security(("bearer" = [])),
-    params(("id" = String, Path)),
-    responses((status = 200, body = TaskView), (status = 409, body = crate::error::ErrorBody)))]
+    params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description = "The task id, a UUID (`task-<uuid>` accepted)")),
+    responses((status = 200, body = TaskView), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
 pub async fn cancel_job(
     State(orch): State<Orchestrator>,
     _caller: Authed<Operators>,
@@ -339,41 +501,57 @@ pub async fn cancel_job(
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobEvents {
     /// The task.
+    #[schema(format = Uuid)]
     pub task_id: String,
     /// Its events in order.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<crate::openapi::EventView>)]
     pub events: Vec<Event>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<u64>,
 }
 
-/// `GET /jobs/{id}/events`: the task's events from the log, in order.
+/// Paging of `GET /jobs/{id}/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct JobEventsQuery {
+    /// Only events after this sequence number (`next_after` of the previous page).
+    #[param(nullable = false, minimum = 0)]
+    pub after: Option<u64>,
+    /// Page size (default 1000, at most 1000).
+    #[param(nullable = false, minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+}
+
+/// `GET /jobs/{id}/events`: the task's events from the log, in order, read through the log's
+/// index by task.
 #[utoipa::path(get, path = "/jobs/{id}/events", tag = "tasks", security(("bearer" = [])),
-    params(("id" = String, Path)),
+    params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description = "The task id, a UUID (`task-<uuid>` accepted)"), JobEventsQuery),
     responses((status = 200, body = JobEvents), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn job_events(
     State(orch): State<Orchestrator>,
     _caller: Authed<AnyRole>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<JobEventsQuery>,
 ) -> ApiResult<Json<JobEvents>> {
-    const BATCH: usize = 1000;
     let id = parse_task_id(&id)?;
-    orch.get(id).await?;
-    // The log has no per-task index: scan it (bounded by retention).
-    let mut events = Vec::new();
-    let mut after = 0;
-    loop {
-        let batch = orch.events().replay(after, BATCH).await?;
-        let full = batch.len() == BATCH;
-        if let Some(last) = batch.last() {
-            after = last.seq;
-        }
-        events.extend(batch.into_iter().filter(|e| e.task_id == Some(id)));
-        if !full {
-            break;
-        }
+    let limit = query.limit.unwrap_or(1000);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("limit", "must be between 1 and 1000"));
     }
+    orch.get(id).await?;
+    let events = orch
+        .events()
+        .task_events(id, query.after.unwrap_or(0), limit)
+        .await?;
+    let next_after = (events.len() == limit)
+        .then(|| events.last().map(|e| e.seq))
+        .flatten();
     Ok(Json(JobEvents {
         task_id: id.to_string(),
         events,
+        next_after,
     }))
 }
 
@@ -382,12 +560,13 @@ pub async fn job_events(
 #[serde(deny_unknown_fields)]
 pub struct StatusUpdate {
     /// The lease token from `POST /jobs/claim`.
+    #[schema(format = Uuid)]
     pub lease_token: String,
     /// `succeeded`, `failed` or `timed_out`.
+    #[schema(value_type = crate::openapi::ReportedState)]
     pub status: String,
-    /// The result (`succeeded`).
+    /// The result (`succeeded`): any JSON value.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub result: Value,
     /// The error (`failed`).
     pub error: Option<String>,
@@ -403,8 +582,10 @@ fn lease_token(raw: &str) -> ApiResult<LeaseToken> {
 /// `PUT /jobs/{id}/status`: an external worker reports with its lease token. 409 for an
 /// illegal transition or a lease no longer held.
 #[utoipa::path(put, path = "/jobs/{id}/status", tag = "workers", request_body = StatusUpdate,
-    security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 200, body = TaskView), (status = 409, body = crate::error::ErrorBody)))]
+    security(("bearer" = [])), params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description = "The task id, a UUID (`task-<uuid>` accepted)")),
+    responses((status = 200, body = TaskView), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
 pub async fn update_status(
     State(orch): State<Orchestrator>,
     _caller: Authed<Workers>,
@@ -451,12 +632,22 @@ pub async fn update_status(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
-    /// The core to take tasks of (`coreId` accepted).
+    /// The core to take tasks of (`coreId` accepted): 1 to 128 characters, no control
+    /// characters.
     #[serde(alias = "coreId")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub core_id: String,
-    /// Most tasks to take (1 to 100, default 1).
+    /// Most tasks to take (1 to 100, default 1). Fewer are taken once the answer holds 8 MiB
+    /// of JSON (always at least one): claim again for more.
+    #[serde(default, deserialize_with = "crate::whole::optional")]
+    #[schema(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
-    /// Lease in seconds (default: the orchestrator's).
+    /// Lease in seconds, from 0.001 to 86400 (default: the orchestrator's).
+    #[schema(minimum = 0.001, maximum = 86400)]
     pub lease: Option<f64>,
 }
 
@@ -466,6 +657,7 @@ pub struct ClaimedTask {
     /// The task, now running.
     pub task: TaskView,
     /// Present it to heartbeat and report.
+    #[schema(format = Uuid)]
     pub lease_token: String,
 }
 
@@ -478,27 +670,19 @@ pub struct ClaimResponse {
 
 fn lease(value: Option<f64>) -> ApiResult<Option<Duration>> {
     value
-        .map(|v| {
-            let d = seconds("lease", v)?;
-            if d.is_zero() || d > Duration::from_secs(24 * 3600) {
-                return Err(ApiError::unprocessable(
-                    "lease",
-                    "must be between 0 and 86400 seconds",
-                ));
-            }
-            Ok(d)
-        })
+        .map(|v| seconds_between("lease", v, 86_400.0))
         .transpose()
 }
 
-/// `POST /jobs/claim`: leases up to `limit` queued tasks of a core to an external worker.
+/// `POST /jobs/claim`: leases up to `limit` queued tasks of a core to an external worker;
+/// fewer once the answer holds [`MAX_PAGE_BYTES`] of JSON.
 #[utoipa::path(post, path = "/jobs/claim", tag = "workers", request_body = ClaimRequest,
     security(("bearer" = [])), responses((status = 200, body = ClaimResponse)))]
 pub async fn claim(
     State(orch): State<Orchestrator>,
     _caller: Authed<Workers>,
     ApiJson(body): ApiJson<ClaimRequest>,
-) -> ApiResult<Json<ClaimResponse>> {
+) -> ApiResult<Response> {
     let limit = body.limit.unwrap_or(1);
     if limit == 0 || limit > 100 {
         return Err(ApiError::unprocessable(
@@ -506,16 +690,30 @@ pub async fn claim(
             "must be between 1 and 100",
         ));
     }
-    let claimed = orch.claim(&body.core_id, limit, lease(body.lease)?).await?;
-    Ok(Json(ClaimResponse {
-        tasks: claimed
-            .into_iter()
-            .map(|c| ClaimedTask {
+    let lease = lease(body.lease)?;
+    // Claimed in slices sized by what fits: a claimed task is leased and must be handed out,
+    // so the next slice asks only for as many as the room left holds at the size seen so far.
+    let mut page = PageBody::new("tasks");
+    let mut want = limit.min(FIRST_READ / 4);
+    loop {
+        let claimed = orch.claim(&body.core_id, want, lease).await?;
+        let got = claimed.len();
+        for c in claimed {
+            let item = ClaimedTask {
                 lease_token: c.lease_token.to_string(),
                 task: c.task.into(),
-            })
-            .collect(),
-    }))
+            };
+            // Taken past the budget too: the lease is this worker's now.
+            if !page.push(&item)? {
+                page.force(&item)?;
+            }
+        }
+        if got < want || page.items >= limit || page.room() < page.average() {
+            break;
+        }
+        want = (page.room() / page.average()).clamp(1, limit - page.items);
+    }
+    Ok(page.finish(&[]))
 }
 
 /// A heartbeat.
@@ -523,8 +721,10 @@ pub async fn claim(
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// The lease token.
+    #[schema(format = Uuid)]
     pub lease_token: String,
-    /// New lease in seconds (default: the orchestrator's).
+    /// New lease in seconds, from 0.001 to 86400 (default: the orchestrator's).
+    #[schema(minimum = 0.001, maximum = 86400)]
     pub lease: Option<f64>,
 }
 
@@ -532,6 +732,7 @@ pub struct HeartbeatRequest {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatResponse {
     /// The task.
+    #[schema(format = Uuid)]
     pub task_id: String,
     /// The new expiry.
     pub lease_expires_at: DateTime<Utc>,
@@ -539,8 +740,10 @@ pub struct HeartbeatResponse {
 
 /// `POST /jobs/{id}/heartbeat`: extends a lease; 409 if it is no longer held.
 #[utoipa::path(post, path = "/jobs/{id}/heartbeat", tag = "workers",
-    request_body = HeartbeatRequest, security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 200, body = HeartbeatResponse), (status = 409, body = crate::error::ErrorBody)))]
+    request_body = HeartbeatRequest, security(("bearer" = [])), params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description = "The task id, a UUID (`task-<uuid>` accepted)")),
+    responses((status = 200, body = HeartbeatResponse), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
 pub async fn heartbeat(
     State(orch): State<Orchestrator>,
     _caller: Authed<Workers>,

@@ -2,51 +2,25 @@
 //! `POST /locks/{resource}/extend`, `POST /locks/{resource}/release`. A lock taken over HTTP
 //! stays held until released or until its TTL runs out; the holder presents its owner name and
 //! fencing token to extend or release it.
+//!
+//! The router keeps nothing of a lock it granted: the backend's row is the only record, so an
+//! extension made through another router (another orchd on the same database) is honoured
+//! here too, and nothing here ever releases a lock on its own.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use orch_core::{FencingToken, LockGuard, LockInfo, LockOptions, Orchestrator};
-use parking_lot::Mutex;
+use orch_core::{FencingToken, LockInfo, LockOptions, Orchestrator};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::users::RESERVED_LOCK_PREFIX;
 use crate::auth::{AnyRole, Authed, Dispatchers, Principal, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
-use crate::metrics::{Metrics, resource_type};
-
-/// Locks granted over HTTP, the part of the state the lock handlers keep them in. Their guards
-/// are kept here (a dropped guard releases its lock) until released, or until they have
-/// expired. Cheap to clone (one `Arc`); clones share the locks.
-#[derive(Default, Clone)]
-pub struct HeldLocks {
-    guards: Arc<Mutex<HashMap<HeldKey, HeldLock>>>,
-}
-
-impl std::fmt::Debug for HeldLocks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeldLocks")
-            .field("held", &self.guards.lock().len())
-            .finish()
-    }
-}
-
-/// A lock granted over HTTP: resource and fencing token.
-type HeldKey = (String, u64);
-
-/// Its guard and when it expires.
-type HeldLock = (LockGuard, DateTime<Utc>);
-
-impl HeldLocks {
-    /// Drops guards whose lock has expired (their release is a harmless no-op).
-    fn sweep(&self, now: DateTime<Utc>) {
-        self.guards.lock().retain(|_, (_, expires)| *expires > now);
-    }
-}
+use crate::metrics::Metrics;
 
 /// A held lock.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -80,13 +54,21 @@ impl From<LockInfo> for LockView {
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
     /// Owner name (default: the caller's username; non-admins may only use their username or
-    /// `<username>/<suffix>`).
+    /// `<username>/<suffix>`): 1 to 256 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub owner: Option<String>,
-    /// Seconds the lock lasts (default 30, at most 86400).
+    /// Seconds the lock lasts, from 0.001 to 86400 (default 30).
+    #[schema(minimum = 0.001, maximum = 86400)]
     pub ttl: Option<f64>,
     /// Higher waits less (default 1).
+    #[serde(default, deserialize_with = "crate::whole::optional")]
     pub priority: Option<i32>,
     /// Seconds to wait for it (default 0: fail at once if held; at most 30).
+    #[schema(minimum = 0, maximum = 30)]
     pub wait: Option<f64>,
 }
 
@@ -95,10 +77,17 @@ pub struct AcquireRequest {
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
     /// Owner name (default: the caller's username).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub owner: Option<String>,
     /// The grant's fencing token.
+    #[serde(deserialize_with = "crate::whole::number")]
     pub fencing_token: u64,
-    /// New TTL in seconds from now (default 30).
+    /// New TTL in seconds from now, from 0.001 to 86400 (default 30).
+    #[schema(minimum = 0.001, maximum = 86400)]
     pub ttl: Option<f64>,
 }
 
@@ -107,8 +96,14 @@ pub struct ExtendRequest {
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     /// Owner name (default: the caller's username).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub owner: Option<String>,
     /// The grant's fencing token.
+    #[serde(deserialize_with = "crate::whole::number")]
     pub fencing_token: u64,
 }
 
@@ -152,7 +147,9 @@ pub async fn list_locks(
 
 /// `GET /locks/{resource}`: 404 when free.
 #[utoipa::path(get, path = "/locks/{resource}", tag = "locks", security(("bearer" = [])),
-    params(("resource" = String, Path)),
+    params(("resource" = String, Path, min_length = 1, max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        description = "The resource: 1 to 256 characters, no control characters")),
     responses((status = 200, body = LockView), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_lock(
     State(orch): State<Orchestrator>,
@@ -169,23 +166,28 @@ pub async fn get_lock(
 
 /// `POST /locks/{resource}/acquire`: 200 with the grant; 409 if held (or the wait ran out).
 #[utoipa::path(post, path = "/locks/{resource}/acquire", tag = "locks",
-    request_body = AcquireRequest, security(("bearer" = [])), params(("resource" = String, Path)),
+    request_body = AcquireRequest, security(("bearer" = [])), params(("resource" = String, Path, min_length = 1, max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        description = "The resource: 1 to 256 characters, no control characters")),
     responses((status = 200, body = LockView), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn acquire(
     State(orch): State<Orchestrator>,
     State(metrics): State<Arc<Metrics>>,
-    State(held): State<HeldLocks>,
     caller: Authed<Dispatchers>,
     ApiPath(resource): ApiPath<String>,
     ApiJson(body): ApiJson<AcquireRequest>,
 ) -> ApiResult<Json<LockView>> {
-    let owner = owner_for(caller.principal(), body.owner)?;
-    let ttl = secs("ttl", body.ttl, 30.0, 86_400.0)?;
-    if ttl.is_zero() {
-        return Err(ApiError::unprocessable("ttl", "must be greater than zero"));
+    if resource.starts_with(RESERVED_LOCK_PREFIX) {
+        // The user store's guards and the webhook replay keys.
+        return Err(ApiError::forbidden(format!(
+            "resources starting with {RESERVED_LOCK_PREFIX:?} are reserved for orch"
+        ))
+        .with_field("resource"));
     }
+    let owner = owner_for(caller.principal(), body.owner)?;
+    let ttl = crate::routes::jobs::seconds_between("ttl", body.ttl.unwrap_or(30.0), 86_400.0)?;
     let wait = secs("wait", body.wait, 0.0, 30.0)?;
-    let kind = resource_type(&resource).to_owned();
+    let kind = metrics.resource_label(&resource).to_owned();
     let started = Instant::now();
     let locks = orch.locks();
     let result = if wait.is_zero() {
@@ -212,52 +214,41 @@ pub async fn acquire(
         .lock_wait
         .with_label_values(&[&kind])
         .observe(started.elapsed().as_secs_f64());
-    let info = guard.info().clone();
-    held.sweep(orch_core::backend::clock::now());
-    held.guards.lock().insert(
-        (info.resource.clone(), info.fencing_token.0),
-        (guard, info.expires_at),
-    );
+    // Held past this request, until released by owner and token or until it expires: the
+    // guard must not release it when dropped.
+    let info = guard.keep();
     Ok(Json(info.into()))
 }
 
 /// `POST /locks/{resource}/extend`: 409 if not held by this owner and token.
 #[utoipa::path(post, path = "/locks/{resource}/extend", tag = "locks",
-    request_body = ExtendRequest, security(("bearer" = [])), params(("resource" = String, Path)),
+    request_body = ExtendRequest, security(("bearer" = [])), params(("resource" = String, Path, min_length = 1, max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        description = "The resource: 1 to 256 characters, no control characters")),
     responses((status = 200, body = LockView), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn extend(
     State(orch): State<Orchestrator>,
-    State(held): State<HeldLocks>,
     caller: Authed<Dispatchers>,
     ApiPath(resource): ApiPath<String>,
     ApiJson(body): ApiJson<ExtendRequest>,
 ) -> ApiResult<Json<LockView>> {
     let owner = owner_for(caller.principal(), body.owner)?;
-    let ttl = secs("ttl", body.ttl, 30.0, 86_400.0)?;
-    if ttl.is_zero() {
-        return Err(ApiError::unprocessable("ttl", "must be greater than zero"));
-    }
+    let ttl = crate::routes::jobs::seconds_between("ttl", body.ttl.unwrap_or(30.0), 86_400.0)?;
     let info = orch
         .locks()
         .extend(&resource, &owner, FencingToken(body.fencing_token), ttl)
         .await?;
-    if let Some(entry) = held
-        .guards
-        .lock()
-        .get_mut(&(resource.clone(), body.fencing_token))
-    {
-        entry.1 = info.expires_at;
-    }
     Ok(Json(info.into()))
 }
 
 /// `POST /locks/{resource}/release`: 409 if not held by this owner and token.
 #[utoipa::path(post, path = "/locks/{resource}/release", tag = "locks",
-    request_body = ReleaseRequest, security(("bearer" = [])), params(("resource" = String, Path)),
+    request_body = ReleaseRequest, security(("bearer" = [])), params(("resource" = String, Path, min_length = 1, max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        description = "The resource: 1 to 256 characters, no control characters")),
     responses((status = 200), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn release(
     State(orch): State<Orchestrator>,
-    State(held): State<HeldLocks>,
     caller: Authed<Dispatchers>,
     ApiPath(resource): ApiPath<String>,
     ApiJson(body): ApiJson<ReleaseRequest>,
@@ -266,12 +257,6 @@ pub async fn release(
     orch.locks()
         .release(&resource, &owner, FencingToken(body.fencing_token))
         .await?;
-    // Its guard, if this process holds one, now releases nothing (the token no longer matches).
-    let guard = held
-        .guards
-        .lock()
-        .remove(&(resource.clone(), body.fencing_token));
-    drop(guard);
     Ok(Json(
         serde_json::json!({"resource": resource, "released": true}),
     ))

@@ -1,6 +1,6 @@
 //! The handlers, one module per area. Each takes the parts of the state it needs
 //! (`State<Orchestrator>`, `State<AuthState>`, ...); a part used by one area only is defined
-//! here beside its handlers ([`jobs::Dispatching`], [`sse::SseStreams`], [`locks::HeldLocks`],
+//! here beside its handlers ([`jobs::Dispatching`], [`sse::SseStreams`],
 //! [`health::HealthCheck`], [`webhook::WebhookState`]). [`crate::router`] puts them together.
 
 pub mod auth;

@@ -10,19 +10,19 @@ use axum::http::{HeaderMap, StatusCode};
 use orch_core::{EventKind, NewEvent, Orchestrator, Resolution};
 use serde_json::{Value, json};
 
-use crate::auth::SecurityLog;
+use crate::auth::{Refusal, SecurityLog};
+use crate::client_ip::ClientIp;
 use crate::clock::Clock;
 use crate::config::Secret;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{RawBody, parse_json, parse_task_id};
 use crate::metrics::Metrics;
-use crate::ratelimit::ClientIp;
 use crate::routes::jobs::TaskView;
-use crate::webhook::{ReplayCache, SignatureError, WebhookPayload, verify};
+use crate::webhook::{ReplayGuard, SignatureError, WebhookPayload, verify};
 
 /// The part of the state `POST /webhook` needs besides the orchestrator and the metrics: the
-/// secrets and tolerance, the signatures already accepted, the clock, and where refusals are
-/// recorded. Cheap to clone (one `Arc`).
+/// secrets and tolerance, the deliveries already accepted (in the backend's lock table), the
+/// clock, and where refusals are recorded. Cheap to clone (one `Arc`).
 #[derive(Debug, Clone)]
 pub struct WebhookState {
     inner: Arc<WebhookInner>,
@@ -32,7 +32,7 @@ pub struct WebhookState {
 struct WebhookInner {
     secrets: Vec<Secret>,
     tolerance: Duration,
-    replays: ReplayCache,
+    replays: ReplayGuard,
     clock: Clock,
     security: SecurityLog,
 }
@@ -41,6 +41,7 @@ impl WebhookState {
     pub(crate) fn new(
         secrets: Vec<Secret>,
         tolerance: Duration,
+        replays: ReplayGuard,
         clock: Clock,
         security: SecurityLog,
     ) -> Self {
@@ -48,7 +49,7 @@ impl WebhookState {
             inner: Arc::new(WebhookInner {
                 secrets,
                 tolerance,
-                replays: ReplayCache::new(),
+                replays,
                 clock,
                 security,
             }),
@@ -56,7 +57,7 @@ impl WebhookState {
     }
 }
 
-fn refusal(error: &SignatureError) -> ApiError {
+fn refusal_error(error: &SignatureError) -> ApiError {
     let status = match error {
         SignatureError::Malformed(_) => StatusCode::BAD_REQUEST,
         SignatureError::Replayed => StatusCode::CONFLICT,
@@ -84,7 +85,8 @@ fn failure_message(payload: &WebhookPayload) -> String {
 /// cancels it; other events are recorded (202). 401 bad/stale/future signature, 409 replayed
 /// signature or finished task.
 #[utoipa::path(post, path = "/webhook", tag = "webhook", request_body = WebhookPayload,
-    params(("X-Signature" = String, Header, description = "t=<unix>,v1=<hex>")),
+    params(("X-Signature" = String, Header, description = "t=<unix>,v1=<hex>",
+        pattern = r"^t=[0-9]{1,12}(,v1=[0-9a-f]{64}){1,16}$")),
     responses((status = 200, body = TaskView), (status = 202), (status = 401, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody)))]
 pub async fn webhook(
@@ -96,14 +98,16 @@ pub async fn webhook(
     RawBody(body): RawBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let started = Instant::now();
-    let result = handle(&hooks.inner, &orch, &metrics, ip, &headers, &body).await;
+    let result = accept(&hooks.inner, &orch, &metrics, ip, &headers, &body).await;
     metrics
         .webhook_duration
         .observe(started.elapsed().as_secs_f64());
     result
 }
 
-async fn handle(
+/// Checks the signature, takes the delivery's key, then handles it; the key is kept unless
+/// the handling failed on the server's side (so the sender's retry is accepted).
+async fn accept(
     hooks: &WebhookInner,
     orch: &Orchestrator,
     metrics: &Metrics,
@@ -111,6 +115,39 @@ async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let delivery = match check(hooks, headers, body).await? {
+        Ok(delivery) => delivery,
+        Err(error) => {
+            metrics
+                .webhook_signatures
+                .with_label_values(&[error.label()])
+                .inc();
+            let refusal = Refusal::new(error.label(), ip.map(|ip| ip.to_string()));
+            hooks
+                .security
+                .refused("webhook.signature_refused", refusal)
+                .await;
+            return Err(refusal_error(&error));
+        }
+    };
+    metrics
+        .webhook_signatures
+        .with_label_values(&["valid"])
+        .inc();
+    let result = handle(orch, body).await;
+    match &result {
+        Err(error) if error.status.is_server_error() => drop(delivery),
+        _ => delivery.keep(),
+    }
+    result
+}
+
+/// The signature, then the delivery's key: `Ok(Err(_))` is a refusal.
+async fn check(
+    hooks: &WebhookInner,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Result<crate::webhook::Delivery, SignatureError>> {
     if hooks.secrets.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -118,39 +155,24 @@ async fn handle(
         ));
     }
     let header = match headers.get("x-signature") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| refusal(&SignatureError::Malformed("header is not ASCII")))?,
-        ),
+        Some(value) => match value.to_str() {
+            Ok(value) => Some(value),
+            Err(_) => return Ok(Err(SignatureError::Malformed("header is not ASCII"))),
+        },
         None => None,
     };
     let now = hooks.clock.unix_now();
-    let verified =
-        verify(header, body, &hooks.secrets, now, hooks.tolerance).and_then(|signature| {
-            let timestamp = header
-                .and_then(|h| crate::webhook::parse_header(h).ok())
-                .map_or(now, |h| h.timestamp);
-            hooks
-                .replays
-                .check_and_insert(signature, timestamp, now, hooks.tolerance)
-        });
-    let signatures = &metrics.webhook_signatures;
-    if let Err(error) = verified {
-        signatures.with_label_values(&[error.label()]).inc();
-        hooks
-            .security
-            .record(
-                "webhook.signature_refused",
-                json!({
-                    "reason": error.label(),
-                    "ip": ip.map(|ip| ip.to_string()),
-                }),
-            )
-            .await;
-        return Err(refusal(&error));
-    }
-    signatures.with_label_values(&["valid"]).inc();
+    let timestamp = match verify(header, body, &hooks.secrets, now, hooks.tolerance) {
+        Ok(timestamp) => timestamp,
+        Err(error) => return Ok(Err(error)),
+    };
+    Ok(hooks
+        .replays
+        .accept(timestamp, body, now, hooks.tolerance)
+        .await?)
+}
+
+async fn handle(orch: &Orchestrator, body: &[u8]) -> ApiResult<(StatusCode, Json<Value>)> {
     let payload: WebhookPayload = parse_json(body)?;
     let task_id = parse_task_id(&payload.task_id)?;
     let task = orch.get(task_id).await?;

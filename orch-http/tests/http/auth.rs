@@ -153,8 +153,10 @@ fn forge(claims: serde_json::Value, secret: &str, alg: Algorithm) -> String {
 async fn forged_and_malformed_tokens_are_refused() {
     let server = common::start().await;
     let now = START_UNIX;
+    // A token carries its user's revision (a change of the user refuses it).
+    let admin = server.state.users().get("admin").await.unwrap().unwrap();
     let good = json!({"sub": "admin", "role": "admin", "iss": "orch", "aud": "orch-api",
-        "iat": now, "exp": now + 60, "jti": "x"});
+        "iat": now, "exp": now + 60, "jti": "x", "rev": admin.revision});
     // The same claims signed properly work: the cases below differ in one thing each.
     let ok = forge(good.clone(), JWT_SECRET, Algorithm::HS256);
     assert_eq!(

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use orch_core::{MemoryBackend, Orchestrator, SharedBackend, TaskContext, TaskError, processor_fn};
 use orch_http::config::{PasswordHashing, RateLimitConfig};
+use orch_http::server::{PlainTcp, ServerOptions};
 use orch_http::{AppState, Clock, HttpConfig, Role, Secret};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -17,13 +18,15 @@ pub(crate) const PASSWORD: &str = "correct horse battery staple";
 /// Where the manual clock starts (the NOTES.md test vector's `t`).
 pub(crate) const START_UNIX: u64 = 1_700_000_000;
 
-/// The default test configuration: fast hashing, limits off, two webhook secrets.
+/// The default test configuration: fast hashing, limits off, two webhook secrets, every
+/// refusal recorded as an event of its own.
 pub(crate) fn config() -> HttpConfig {
     HttpConfig::new(Secret::new(JWT_SECRET))
         .with_webhook_secret(Secret::new(WEBHOOK_SECRET))
         .with_webhook_secret(Secret::new(OLD_WEBHOOK_SECRET))
         .with_password_hashing(PasswordHashing::insecure_fast_for_tests())
         .with_rate_limit(RateLimitConfig::disabled())
+        .with_refusal_event_interval(Duration::ZERO)
 }
 
 pub(crate) struct Server {
@@ -95,21 +98,34 @@ pub(crate) async fn start_full(
     orch_config: orch_core::OrchestratorConfig,
     config: HttpConfig,
 ) -> Server {
-    let orch = orchestrator(backend, orch_config).await;
-    let clock = Clock::manual_at_unix(START_UNIX);
-    let state = AppState::with_clock(orch.clone(), config, clock.clone()).expect("valid config");
+    let server = start_node(backend, orch_config, config, ServerOptions::default()).await;
     for (name, role) in [
         ("admin", Role::Admin),
         ("operator", Role::Operator),
         ("viewer", Role::Viewer),
         ("system", Role::System),
     ] {
-        state
+        server
+            .state
             .users()
             .create(name, PASSWORD, role, START_UNIX)
             .await
             .expect("user created");
     }
+    server
+}
+
+/// A server with `config` and `options` over `backend`, adding no user: another node on a
+/// backend another [`Server`] already uses, or one with server limits of its own.
+pub(crate) async fn start_node(
+    backend: SharedBackend,
+    orch_config: orch_core::OrchestratorConfig,
+    config: HttpConfig,
+    options: ServerOptions,
+) -> Server {
+    let orch = orchestrator(backend, orch_config).await;
+    let clock = Clock::manual_at_unix(START_UNIX);
+    let state = AppState::with_clock(orch.clone(), config, clock.clone()).expect("valid config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -117,7 +133,13 @@ pub(crate) async fn start_full(
     let app = orch_http::router(state.clone());
     // The server orchd runs (HTTP/1.1, `ConnectInfo` on every request); aborted on drop.
     let stop = CancellationToken::new();
-    let server = tokio::spawn(orch_http::serve(listener, app, stop.clone()));
+    let server = tokio::spawn(orch_http::server::serve_with(
+        listener,
+        app,
+        stop.clone(),
+        options,
+        PlainTcp,
+    ));
     Server {
         base: format!("http://{addr}"),
         state,
@@ -184,6 +206,14 @@ impl Server {
             request = request.json(&body);
         }
         reply(request.send().await.expect("request sent")).await
+    }
+
+    /// The address it listens on.
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
+        self.base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("an address")
     }
 
     /// Security or task events of `kind` in the log so far.

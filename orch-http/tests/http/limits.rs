@@ -89,6 +89,7 @@ async fn per_ip_and_login_limits() {
         per_user: Limit::new(0, 0),
         per_ip: Limit::new(60, 20),
         login_per_ip: Limit::new(60, 2),
+        ..RateLimitConfig::default()
     };
     let server = common::start_with(common::config().with_rate_limit(limits)).await;
     assert_eq!(

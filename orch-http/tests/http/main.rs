@@ -2,14 +2,22 @@
 //! in-memory orchestrator, driven by reqwest. (The daemon's tests are in `orchd/tests/`.)
 
 mod common;
+mod instrumented;
 
 mod auth;
+mod bounded;
+mod dispatch_batch;
 mod fuzz;
+mod hardening;
 mod jobs;
 mod limits;
 mod locks;
 mod metrics;
+mod nodes;
+mod openapi;
+mod overflow;
 mod roles;
 mod sse;
 mod system;
 mod webhook;
+mod wrapped;

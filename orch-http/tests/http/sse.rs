@@ -200,6 +200,7 @@ async fn keep_alive_and_connection_cap() {
     let config = common::config().with_sse(SseConfig {
         max_connections: 2,
         keep_alive: Duration::from_millis(100),
+        ..SseConfig::default()
     });
     let server = common::start_with(config).await;
     let token = server.token("viewer").await;

@@ -8,3 +8,5 @@ mod in_process;
 mod process;
 mod refusals;
 mod support;
+#[cfg(unix)]
+mod untrusted;

@@ -70,10 +70,30 @@ WHERE b.seq + e.i - 1 > $1
 ORDER BY 1
 LIMIT $2";
 
+/// Up to `$3` numbered events of task `$1` after `$2`, in order. The rows holding them come
+/// from the index over each row's task ids (`orch_event_batches_tasks`, partial on numbered
+/// rows, migration 0005); each row's events are unnested and those of other tasks dropped.
+const READ_TASK_EVENTS: &str = "\
+SELECT b.seq + e.i - 1 AS seq, b.at, e.kind, e.task_id, e.core_id, e.attempt,
+       b.data -> (e.i::int - 1) AS data
+FROM orch_event_batches b
+CROSS JOIN LATERAL unnest(b.kinds, b.task_ids, b.core_ids, b.attempts)
+    WITH ORDINALITY AS e(kind, task_id, core_id, attempt, i)
+WHERE b.task_ids @> ARRAY[$1::uuid] AND b.seq IS NOT NULL AND b.last_seq > $2
+  AND e.task_id = $1 AND b.seq + e.i - 1 > $2
+ORDER BY 1
+LIMIT $3";
+
 #[async_trait]
 impl EventStore for PostgresBackend {
     async fn append_event(&self, event: NewEvent) -> Result<Event> {
         const OP: &str = "append_event";
+        // `jsonb` refuses the NUL character: such data is stored with U+FFFD in its place (as
+        // results and errors are), and returned as stored.
+        let mut event = event;
+        if orch_core::check_json("data", &event.data).is_err() {
+            event.data = super::tasks::storable_value(event.data);
+        }
         let hint = self.event_hint();
         let id: i64 = sqlx::query_scalar(
             "WITH ins AS (INSERT INTO orch_event_batches \
@@ -142,6 +162,27 @@ impl EventStore for PostgresBackend {
         let rows = sqlx::query(READ_EVENTS)
             .bind(i64::try_from(after).unwrap_or(i64::MAX).min(1 << 62))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX).min(1 << 40))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
+        rows.iter().map(|row| event_from_row(OP, row)).collect()
+    }
+
+    async fn read_task_events(
+        &self,
+        task_id: TaskId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        const OP: &str = "read_task_events";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.number_events(OP).await?;
+        let rows = sqlx::query(READ_TASK_EVENTS)
+            .bind(task_id.0)
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(db_err(OP))?;

@@ -167,6 +167,11 @@ fn migrator() -> Migrator {
             "lock queue",
             include_str!("../../migrations/postgres/0004_lock_queue.sql"),
         ),
+        (
+            5,
+            "task events",
+            include_str!("../../migrations/postgres/0005_task_events.sql"),
+        ),
     ])
 }
 

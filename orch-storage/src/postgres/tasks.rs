@@ -49,24 +49,27 @@ fn storable(error: String) -> String {
 /// (and a refused statement would fail a whole batch of reports). NUL becomes U+FFFD, in keys
 /// and values, as in error messages.
 fn storable_json(value: Value) -> String {
-    fn clean(value: Value) -> Value {
-        match value {
-            Value::String(s) => Value::String(storable(s)),
-            Value::Array(items) => Value::Array(items.into_iter().map(clean).collect()),
-            Value::Object(map) => Value::Object(
-                map.into_iter()
-                    .map(|(key, value)| (storable(key), clean(value)))
-                    .collect(),
-            ),
-            other => other,
-        }
-    }
     let text = value.to_string();
     // serde_json writes NUL as `\u0000`; anything else needs no cleaning.
     if text.contains("\\u0000") {
-        clean(value).to_string()
+        storable_value(value).to_string()
     } else {
         text
+    }
+}
+
+/// `value` with every NUL character (in keys and strings) replaced by U+FFFD, as
+/// [`storable_json`] stores it.
+pub(super) fn storable_value(value: Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(storable(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable_value).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| (storable(key), storable_value(value)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 

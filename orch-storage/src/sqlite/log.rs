@@ -75,6 +75,29 @@ impl EventStore for SqliteBackend {
         rows.iter().map(|row| event_from_row(OP, row)).collect()
     }
 
+    async fn read_task_events(
+        &self,
+        task_id: TaskId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        const OP: &str = "read_task_events";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Through the index `orch_events_task` (migration 0004).
+        let rows = sqlx::query(
+            "SELECT * FROM orch_events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(task_id.0)
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_err(OP))?;
+        rows.iter().map(|row| event_from_row(OP, row)).collect()
+    }
+
     async fn last_event_seq(&self) -> Result<u64> {
         const OP: &str = "last_event_seq";
         // sqlite_sequence keeps the highest number ever handed out, even once pruned.

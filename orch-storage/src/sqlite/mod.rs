@@ -105,6 +105,11 @@ fn migrator() -> Migrator {
             "lock queue",
             include_str!("../../migrations/sqlite/0003_lock_queue.sql"),
         ),
+        (
+            4,
+            "task events",
+            include_str!("../../migrations/sqlite/0004_task_events.sql"),
+        ),
     ])
 }
 
@@ -155,6 +160,26 @@ async fn inspect_existing(options: &SqliteConnectOptions, path: &Path) -> Result
     };
     conn.close().await.ok();
     outcome
+}
+
+/// Options for a file readable and writable by its owner only (0600 on Unix).
+fn private_file() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Creates the database file, empty and private (0600), if it does not exist yet: SQLite
+/// creates the `-wal` and `-shm` files with the mode of the database file, so they are
+/// private too. An existing file keeps its mode.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    match private_file().create_new(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// The schema version this build migrates to.
@@ -218,6 +243,7 @@ impl SqliteBackend {
             .foreign_keys(true);
         if let Some(path) = &path {
             inspect_existing(&options, path).await?;
+            create_private(path).map_err(|e| Error::backend_source(OP, e))?;
         }
         // No ping before each use: it costs a round trip to the connection's thread on every
         // operation, and a SQLite connection does not drop.
@@ -294,30 +320,59 @@ impl SqliteBackend {
     }
 
     /// Writes a consistent copy of the live database to `path` (`VACUUM INTO`), while reads
-    /// and writes go on. `path` must not exist yet; its folder is created.
+    /// and writes go on. `path` must not exist yet; its folder is created. The copy is
+    /// readable by its owner only (mode 0600 on Unix), as the database is when this backend
+    /// creates it.
     pub async fn backup(&self, path: impl AsRef<Path>) -> Result<()> {
         const OP: &str = "backup";
         let path = path.as_ref();
-        if path.exists() {
-            return Err(Error::invalid(
-                "backup path",
-                format!("{} already exists", path.display()),
-            ));
-        }
+        let target = path
+            .to_str()
+            .ok_or_else(|| Error::invalid("backup path", "must be valid UTF-8"))?;
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
             std::fs::create_dir_all(parent).map_err(|e| Error::backend_source(OP, e))?;
         }
-        let target = path
-            .to_str()
-            .ok_or_else(|| Error::invalid("backup path", "must be valid UTF-8"))?;
-        sqlx::query("VACUUM INTO ?")
+        // Created empty first, with its mode: `VACUUM INTO` writes into an empty file, and
+        // would create a new one with the umask's mode.
+        match private_file().create_new(true).open(path) {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::invalid(
+                    "backup path",
+                    format!("{} already exists", path.display()),
+                ));
+            }
+            Err(error) => return Err(Error::backend_source(OP, error)),
+        }
+        let copied = sqlx::query("VACUUM INTO ?")
             .bind(target)
             .execute(&self.readers)
             .await
+            .map_err(db_err(OP));
+        if copied.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        copied.map(drop)
+    }
+
+    /// Checks the whole file with SQLite's `PRAGMA integrity_check` (every page, every index
+    /// against its table); an error quotes the first problems found. Reads the whole
+    /// database: for a restore or an operator's check, not for a request path.
+    pub async fn check_integrity(&self) -> Result<()> {
+        const OP: &str = "integrity_check";
+        let found: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check(10)")
+            .fetch_all(&self.readers)
+            .await
             .map_err(db_err(OP))?;
-        Ok(())
+        if found.len() == 1 && found[0] == "ok" {
+            return Ok(());
+        }
+        Err(Error::backend(
+            OP,
+            format!("the database is damaged: {}", found.join("; ")),
+        ))
     }
 
     /// Closes every connection (checkpointing the WAL). Later calls fail.

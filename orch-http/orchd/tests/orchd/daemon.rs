@@ -19,6 +19,16 @@ pub(crate) struct Daemon {
     pub(crate) password: Option<String>,
 }
 
+/// A daemon a failing test did not stop is killed, not left running after the test binary.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 pub(crate) fn workdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("orchd-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -44,13 +54,22 @@ pub(crate) fn start(dir: &Path) -> Daemon {
 
 /// Starts `orchd serve` in `dir` with the environment variables `env` set.
 pub(crate) fn start_with(dir: &Path, env: &[(&str, &str)]) -> Daemon {
-    let mut child = orchd(dir)
+    banner(spawn(dir, env))
+}
+
+/// Spawns `orchd serve` in `dir` with `env`, without waiting for it to listen ([`banner`]).
+pub(crate) fn spawn(dir: &Path, env: &[(&str, &str)]) -> Child {
+    orchd(dir)
         .envs(env.iter().copied())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Reads a spawned daemon's start-up lines: where it listens, the admin password it printed.
+pub(crate) fn banner(mut child: Child) -> Daemon {
     let stdout = child.stdout.take().unwrap();
     let mut url = None;
     let mut password = None;

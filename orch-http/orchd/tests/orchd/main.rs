@@ -1,7 +1,11 @@
 //! Tests of the daemon package: the `orchd` binary spawned on a fresh data directory (SQLite,
 //! and PostgreSQL when one can be started), and its YAML config and environment variables.
 
+mod backups;
 mod daemon;
+mod data_dir;
+mod hardening;
 mod postgres;
 mod postgres_server;
 mod settings;
+mod two_nodes;

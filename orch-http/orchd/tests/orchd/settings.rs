@@ -148,3 +148,120 @@ fn invalid_config_names_the_key() {
         .unwrap_err();
     assert_eq!(err.key, "security.cors.origins");
 }
+
+/// The keys of issue 11 (trusted proxies, server limits, TLS, key rotation, revocation,
+/// refusal summaries, the metrics token): from the file and the environment, and each bad
+/// value named.
+#[test]
+fn network_hardening_keys_load_and_bad_values_are_named() {
+    let yaml = r#"
+server:
+  trusted_proxies: ["10.0.0.0/8", "::1"]
+  header_read_timeout: 5
+  request_body_timeout: 20
+  write_timeout: 15
+  max_connections: 1000
+  tls:
+    cert_file: /etc/orchd/cert.pem
+    key_file: /etc/orchd/key.pem
+security:
+  jwt_previous_secrets: ["an-older-jwt-secret-of-32-bytes-or-more"]
+  user_recheck: 1
+  refusal_event_interval: 30
+  rate_limit:
+    ipv6_prefix_len: 56
+    max_tracked_clients: 5000
+monitoring:
+  metrics_token: a-metrics-token-for-prometheus
+"#;
+    let none = |_: &str| None;
+    let settings = Settings::from_yaml(yaml, &none).unwrap();
+    let config = settings
+        .http_config(Secret::new("x".repeat(40)), vec![], Path::new("data"))
+        .unwrap();
+    assert_eq!(config.trusted_proxies.len(), 2);
+    assert_eq!(config.jwt.previous_secrets.len(), 1);
+    assert_eq!(config.user_recheck.as_secs(), 1);
+    assert_eq!(config.refusal_event_interval.as_secs(), 30);
+    assert_eq!(config.rate_limit.ipv6_prefix_len, 56);
+    assert_eq!(config.rate_limit.max_tracked_clients, 5000);
+    assert!(config.metrics_token.is_some());
+    let options = settings.server_options().unwrap();
+    assert_eq!(options.header_read_timeout.as_secs(), 5);
+    assert_eq!(options.request_body_timeout.as_secs(), 20);
+    assert_eq!(options.write_timeout.as_secs(), 15);
+    assert_eq!(options.max_connections, 1000);
+    assert!(settings.tls_files().unwrap().is_some());
+
+    // The environment: a rotating JWT_SECRET, proxies, TLS files, the metrics token.
+    let env = env(&[
+        (
+            "JWT_SECRET",
+            "the-current-jwt-secret-of-32-bytes-or-more,an-older-jwt-secret-of-32-bytes-or-more",
+        ),
+        ("ORCH_TRUSTED_PROXIES", "192.168.0.0/16, 127.0.0.1"),
+        ("ORCH_TLS_CERT", "/run/cert.pem"),
+        ("ORCH_TLS_KEY", "/run/key.pem"),
+        ("ORCH_METRICS_TOKEN", "another-metrics-token"),
+    ]);
+    let settings = Settings::from_yaml("", &env).unwrap();
+    assert_eq!(
+        settings.security.jwt_secret.as_deref(),
+        Some("the-current-jwt-secret-of-32-bytes-or-more")
+    );
+    assert_eq!(settings.security.jwt_previous_secrets.len(), 1);
+    assert_eq!(settings.server.trusted_proxies.len(), 2);
+    assert_eq!(
+        settings.tls_files().unwrap().unwrap().0,
+        Path::new("/run/cert.pem")
+    );
+
+    let config_error = |yaml: &str| {
+        Settings::from_yaml(yaml, &none)
+            .unwrap()
+            .http_config(Secret::new("x".repeat(40)), vec![], Path::new("data"))
+            .unwrap_err()
+    };
+    for (yaml, key) in [
+        (
+            "server:\n  trusted_proxies: [\"proxy.example\"]\n",
+            "server.trusted_proxies",
+        ),
+        // Believing any client's X-Forwarded-For is no longer offered.
+        (
+            "server:\n  trust_forwarded_for: true\n",
+            "server.trust_forwarded_for",
+        ),
+        (
+            "security:\n  jwt_previous_secrets: [\"short\"]\n",
+            "security.jwt_previous_secrets",
+        ),
+        (
+            "security:\n  rate_limit:\n    ipv6_prefix_len: 8\n",
+            "security.rate_limit.ipv6_prefix_len",
+        ),
+        (
+            "monitoring:\n  metrics_token: short\n",
+            "monitoring.metrics_token",
+        ),
+    ] {
+        assert_eq!(config_error(yaml).key, key, "{yaml}");
+    }
+    let err = config_error("server:\n  trust_forwarded_for: true\n");
+    assert!(err.to_string().contains("server.trusted_proxies"), "{err}");
+    for (yaml, key) in [
+        (
+            "server:\n  header_read_timeout: 0\n",
+            "server.header_read_timeout",
+        ),
+        ("server:\n  max_connections: 0\n", "server.max_connections"),
+    ] {
+        let err = Settings::from_yaml(yaml, &none)
+            .unwrap()
+            .server_options()
+            .unwrap_err();
+        assert_eq!(err.key, key);
+    }
+    let half = Settings::from_yaml("server:\n  tls:\n    cert_file: /x.pem\n", &none).unwrap();
+    assert_eq!(half.tls_files().unwrap_err().key, "server.tls.key_file");
+}

@@ -30,9 +30,13 @@ pub(crate) struct DispatchArgs {
     /// Idempotency key.
     #[arg(long)]
     idempotency_key: Option<String>,
-    /// The daemon.
+    /// The daemon (`http://` or `https://`).
     #[arg(long, env = "ORCH_URL", default_value = "http://127.0.0.1:8000")]
     url: String,
+    /// For `https://`: trust only the CA certificates in this PEM file (as `curl --cacert`)
+    /// instead of the system's.
+    #[arg(long, env = "ORCH_CACERT")]
+    cacert: Option<std::path::PathBuf>,
     /// An access token (else log in with --username/--password).
     #[arg(long, env = "ORCH_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -60,9 +64,18 @@ async fn check(response: reqwest::Response, what: &str) -> Result<Value> {
 /// `orchd dispatch`.
 pub(crate) async fn dispatch(args: DispatchArgs) -> Result<ExitCode> {
     let payload: Value = serde_json::from_str(&args.payload).context("--payload is not JSON")?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(path) = &args.cacert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --cacert {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--cacert {} is not PEM certificates", path.display()))?;
+        if certs.is_empty() {
+            bail!("--cacert {} holds no certificate", path.display());
+        }
+        http = http.tls_certs_only(certs);
+    }
+    let http = http.build().context("cannot set up the HTTP client")?;
     let base = args.url.trim_end_matches('/');
     let token = match args.token {
         Some(token) => token,

@@ -69,6 +69,10 @@ pub(crate) async fn open(global: &GlobalArgs, settings: &Settings) -> Result<Db>
             .await
             .with_context(|| format!("cannot open SQLite database {location}"))?;
         let path = db.path().map(|p| p.to_path_buf());
+        if let Some(path) = &path {
+            // A file made by an older version, or copied in, under a looser umask.
+            crate::data_dir::make_database_private(path)?;
+        }
         return Ok(Db::Sqlite(Arc::new(db), path));
     }
     let db = orch_storage::connect(&location)

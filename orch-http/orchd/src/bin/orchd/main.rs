@@ -1,8 +1,9 @@
 //! `orchd`: the orch daemon and its command line.
 //!
 //! `orchd` (or `orchd serve`) starts a secure orchestrator on an embedded SQLite file under
-//! `data/`, or on PostgreSQL (`DATABASE_URL=postgres://...`); the other subcommands dispatch a task to a running daemon, add a user, back up,
-//! restore and migrate the database.
+//! `data/`, or on PostgreSQL (`DATABASE_URL=postgres://...`), over HTTP or HTTPS
+//! (`server.tls`); the other subcommands dispatch a task to a running daemon, manage users, back
+//! up, restore and migrate the database.
 
 /// mimalloc: the dispatcher allocates on one thread and frees on another, a pattern under which
 /// glibc malloc fragments and costs about a third of the throughput (BENCHMARKS.md).
@@ -11,9 +12,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backup;
 mod client;
+mod data_dir;
 mod db;
 mod serve;
 mod setup;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,9 +50,9 @@ enum Command {
     Serve(ServeArgs),
     /// Dispatch a task to a running daemon (ORCH-Next's Task-Dispatcher.ps1 -Action Dispatch).
     Dispatch(client::DispatchArgs),
-    /// Manage users.
+    /// Manage users in the database (the way back in when admin is locked out).
     #[command(subcommand)]
-    User(UserCommand),
+    User(user::UserCommand),
     /// Write a consistent copy of the database to data/backups/ (or --output).
     Backup(backup::BackupArgs),
     /// Replace the database with a backup (the daemon must be stopped).
@@ -66,12 +69,6 @@ struct ServeArgs {
     /// Do not register the built-in `echo` and `sleep` engines.
     #[arg(long)]
     no_builtin_engines: bool,
-}
-
-#[derive(Debug, Subcommand)]
-enum UserCommand {
-    /// Add a user (prints a generated password unless --password or ORCH_NEW_PASSWORD is set).
-    Add(setup::UserAddArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,7 +88,7 @@ fn main() -> ExitCode {
             None => serve::run(cli.global, ServeArgs::default()).await,
             Some(Command::Serve(args)) => serve::run(cli.global, args).await,
             Some(Command::Dispatch(args)) => client::dispatch(args).await,
-            Some(Command::User(UserCommand::Add(args))) => setup::user_add(cli.global, args).await,
+            Some(Command::User(command)) => user::run(cli.global, command).await,
             Some(Command::Backup(args)) => backup::backup(cli.global, args).await,
             Some(Command::Restore(args)) => backup::restore(cli.global, args).await,
             Some(Command::Migrate) => db::migrate(cli.global).await,

@@ -88,7 +88,8 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
     let settings = crate::setup::settings(&global)?;
     crate::setup::init_logging(&settings);
     let data_dir = global.data_dir.clone();
-    crate::setup::ensure_data_dir(&data_dir)?;
+    // Held until this process exits: one daemon per data directory, and no restore under it.
+    let _data_dir_lock = crate::data_dir::lock_for_serve(&data_dir)?;
     let listen = args
         .listen
         .or_else(|| settings.server.listen.clone())
@@ -96,11 +97,14 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
     let listen: SocketAddr = listen.parse().map_err(|e| {
         anyhow::anyhow!("invalid config server.listen / ORCH_LISTEN {listen:?}: {e}")
     })?;
-    let (jwt_secret, jwt_generated) = crate::setup::secret(
+    // The JWT keys: given, or kept in the data directory (one a line: the first signs, the
+    // others are previous keys still accepted).
+    let (mut jwt_keys, jwt_generated) = crate::setup::secrets(
         &data_dir,
         "jwt_secret",
         settings.security.jwt_secret.as_deref(),
     )?;
+    let jwt_secret = jwt_keys.remove(0);
     let mut webhook_secrets: Vec<Secret> = settings
         .webhook_secrets()
         .into_iter()
@@ -112,12 +116,24 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         webhook_secrets.push(secret);
         webhook_generated = generated;
     }
-    let config = settings
+    let mut config = settings
         .http_config(jwt_secret, webhook_secrets, &data_dir)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(pid) = crate::setup::running_pid(&data_dir) {
-        anyhow::bail!("another orchd (pid {pid}) runs on {}", data_dir.display());
-    }
+    config.jwt.previous_secrets.extend(jwt_keys);
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server_options = crate::setup::fit_open_files(
+        settings
+            .server_options()
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        settings.server.max_connections.is_some(),
+    );
+    let tls = match settings.tls_files().map_err(|e| anyhow::anyhow!("{e}"))? {
+        Some((cert, key)) => Some(
+            orchd::tls::TlsHandshake::from_pem_files(&cert, &key)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
 
     // 2. Database (migrations are applied on open).
     let db = crate::db::open(&global, &settings).await?;
@@ -157,6 +173,7 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
 
     // 4. Security and users.
     let state = AppState::new(orch.clone(), config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The first user, once across every process starting on this database at once.
     let mut admin_password_generated = None;
     if state
         .users()
@@ -172,14 +189,16 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
             None => (crate::setup::random_password()?, true),
         };
         let now = state.clock().unix_now();
-        state
+        let created = state
             .users()
-            .create("admin", &password, orch_http::Role::Admin, now)
+            .create_first("admin", &password, orch_http::Role::Admin, now)
             .await
             .context("cannot create the admin user")?;
-        tracing::info!("created user admin");
-        if generated {
-            admin_password_generated = Some(password);
+        if created.is_some() {
+            tracing::info!("created user admin");
+            if generated {
+                admin_password_generated = Some(password);
+            }
         }
     }
 
@@ -194,14 +213,30 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
     )?;
     let app = orch_http::router(state.clone());
     let stop_accepting = CancellationToken::new();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let server = {
         let stop = stop_accepting.clone();
-        tokio::spawn(orch_http::serve(listener, app, stop))
+        match tls {
+            Some(tls) => tokio::spawn(orch_http::server::serve_with(
+                listener,
+                app,
+                stop,
+                server_options,
+                tls,
+            )),
+            None => tokio::spawn(orch_http::server::serve_with(
+                listener,
+                app,
+                stop,
+                server_options,
+                orch_http::server::PlainTcp,
+            )),
+        }
     };
 
     // 6. Tell the person how to use it.
     println!(
-        "orchd {} listening on http://{local}",
+        "orchd {} listening on {scheme}://{local}",
         env!("CARGO_PKG_VERSION")
     );
     println!("  database:  {}", db.describe());
@@ -224,10 +259,10 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
     }
     println!("log in:");
     println!(
-        "  curl -s -X POST http://{local}/auth/login -H 'Content-Type: application/json' \\\n       -d '{{\"username\":\"admin\",\"password\":\"<password>\"}}'"
+        "  curl -s -X POST {scheme}://{local}/auth/login -H 'Content-Type: application/json' \\\n       -d '{{\"username\":\"admin\",\"password\":\"<password>\"}}'"
     );
     println!(
-        "then send Authorization: Bearer <access_token>; API description at http://{local}/openapi.json"
+        "then send Authorization: Bearer <access_token>; API description at {scheme}://{local}/openapi.json"
     );
     tracing::info!(%local, "listening");
 

@@ -1,15 +1,12 @@
 //! Start-up pieces shared by the subcommands: settings, the data directory, secrets kept with
-//! mode 0600, logging, and `orchd user add`.
-
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+//! mode 0600, logging, the connection limit against the open-file limit.
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
-use orch_http::{Role, Secret};
+use orch_http::Secret;
 use orchd::settings::{LogFormat, Settings};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use crate::GlobalArgs;
 
@@ -19,23 +16,23 @@ pub(crate) fn settings(global: &GlobalArgs) -> Result<Settings> {
     Settings::load(global.config.as_deref(), &lookup).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Creates the data directory (mode 0700) if needed.
+/// Creates the data directory (mode 0700) if needed, or makes an existing one 0700.
 pub(crate) fn ensure_data_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    }
-    Ok(())
+    crate::data_dir::ensure(dir)
 }
 
 /// The secret in `value` if given, else the one kept in `<dir>/<name>`, else a new one written
 /// there with mode 0600. Returns the secret and whether it was generated now.
 pub(crate) fn secret(dir: &Path, name: &str, value: Option<&str>) -> Result<(Secret, bool)> {
+    let (mut secrets, generated) = secrets(dir, name, value)?;
+    Ok((secrets.remove(0), generated))
+}
+
+/// Like [`secret`], for a secret that rotates: the file may hold several, one a line, the
+/// first in force and the others still accepted. Never empty.
+pub(crate) fn secrets(dir: &Path, name: &str, value: Option<&str>) -> Result<(Vec<Secret>, bool)> {
     if let Some(value) = value {
-        return Ok((Secret::new(value), false));
+        return Ok((vec![Secret::new(value)], false));
     }
     let path = dir.join(name);
     if path.exists() {
@@ -46,11 +43,16 @@ pub(crate) fn secret(dir: &Path, name: &str, value: Option<&str>) -> Result<(Sec
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let text = text.trim();
-        if text.is_empty() {
+        let secrets: Vec<Secret> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(Secret::new)
+            .collect();
+        if secrets.is_empty() {
             bail!("secret file {} is empty", path.display());
         }
-        return Ok((Secret::new(text), false));
+        return Ok((secrets, false));
     }
     let secret = Secret::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut file = std::fs::OpenOptions::new()
@@ -61,7 +63,46 @@ pub(crate) fn secret(dir: &Path, name: &str, value: Option<&str>) -> Result<(Sec
         .with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(secret.expose().as_bytes())?;
     file.write_all(b"\n")?;
-    Ok((secret, true))
+    Ok((vec![secret], true))
+}
+
+/// File descriptors kept for everything but client connections (database, plugins, files).
+const RESERVED_FILES: usize = 256;
+
+/// `options` with `max_connections` lowered to fit this process's open-file limit, unless it
+/// was set explicitly (then only a warning).
+pub(crate) fn fit_open_files(
+    options: orch_http::server::ServerOptions,
+    explicit: bool,
+) -> orch_http::server::ServerOptions {
+    let Some(limit) = open_file_limit() else {
+        return options;
+    };
+    let fits = limit.saturating_sub(RESERVED_FILES).max(16);
+    if options.max_connections <= fits {
+        return options;
+    }
+    if explicit {
+        tracing::warn!(
+            max_connections = options.max_connections,
+            open_file_limit = limit,
+            "server.max_connections is above what the open-file limit allows"
+        );
+        return options;
+    }
+    tracing::info!(
+        max_connections = fits,
+        open_file_limit = limit,
+        "connection limit lowered to fit the open-file limit"
+    );
+    options.with_max_connections(fits)
+}
+
+/// The soft limit on open files, from `/proc/self/limits`.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Starts JSON (or text) logs on stderr, filtered by `logging.level` / `ORCH_LOG`.
@@ -86,68 +127,12 @@ pub(crate) fn init_logging(settings: &Settings) {
     }
 }
 
-/// Arguments of `orchd user add`.
-#[derive(Debug, Args)]
-pub(crate) struct UserAddArgs {
-    /// Login name.
-    #[arg(long)]
-    username: String,
-    /// admin, operator, viewer or system.
-    #[arg(long, default_value = "operator", value_parser = parse_role)]
-    role: Role,
-    /// Password (at least 12 bytes); generated and printed when absent.
-    #[arg(long, env = "ORCH_NEW_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
-}
-
-/// `--role`: one of the API's roles, or an error naming them.
-fn parse_role(value: &str) -> Result<Role, String> {
-    value.parse().map_err(|e: orch_http::ApiError| e.message)
-}
-
 /// A random password: 24 hex digits (96 bits).
 pub(crate) fn random_password() -> Result<String> {
     orch_http::config::random_hex(12).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// `orchd user add`: writes the user straight into the database (the daemon may be running).
-pub(crate) async fn user_add(global: GlobalArgs, args: UserAddArgs) -> Result<ExitCode> {
-    let settings = settings(&global)?;
-    let role = args.role;
-    let db = crate::db::open(&global, &settings).await?;
-    let hashing = settings
-        .http_config(Secret::new("x".repeat(32)), Vec::new(), &global.data_dir)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .password_hashing;
-    let users = orch_http::auth::users::UserStore::new(db.backend(), hashing)?;
-    let (password, generated) = match args.password {
-        Some(password) => (password, false),
-        None => (random_password()?, true),
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    users.create(&args.username, &password, role, now).await?;
-    println!("user {:?} added with role {}", args.username, role.as_str());
-    if generated {
-        println!("password (shown once): {password}");
-    }
-    db.close().await;
-    Ok(ExitCode::SUCCESS)
-}
-
 /// Where the pid file of a running daemon lives.
 pub(crate) fn pid_file(data_dir: &Path) -> PathBuf {
     data_dir.join("orchd.pid")
-}
-
-/// The pid of a daemon running on this data directory, if any.
-pub(crate) fn running_pid(data_dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file(data_dir))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    (pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
 }

@@ -1,0 +1,156 @@
+//! The data directory (issue 11, findings 15 and 22): one daemon per directory, taken before
+//! anything is read or written there, and the database, its WAL and shared-memory files and
+//! the backups private to the daemon's user even when the directory already existed.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::daemon::{login, orchd, start_with, stop, workdir};
+
+const SECRETS: [(&str, &str); 3] = [
+    ("JWT_SECRET", "a-jwt-secret-for-the-data-directory-tests"),
+    ("WEBHOOK_SECRET", "whsec_data_directory_tests"),
+    ("ORCH_ADMIN_PASSWORD", "data directory password"),
+];
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn serve(dir: &Path) -> Child {
+    orchd(dir)
+        .envs(SECRETS)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Two `orchd serve` started at the same moment on one data directory: exactly one serves, the
+/// other stops at once saying which daemon holds the directory.
+#[test]
+fn two_daemons_started_at_once_on_one_data_directory_do_not_both_run() {
+    let dir = workdir();
+    // The database and its admin exist already, so that neither start has anything to create.
+    let added = orchd(&dir)
+        .envs(SECRETS)
+        .args(["user", "add", "--username", "admin", "--role", "admin"])
+        .env("ORCH_NEW_PASSWORD", "data directory password")
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let mut daemons = [serve(&dir), serve(&dir)];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let loser = loop {
+        if let Some(i) = (0..2).find(|&i| daemons[i].try_wait().unwrap().is_some()) {
+            break i;
+        }
+        if Instant::now() > deadline {
+            for daemon in &mut daemons {
+                let _ = daemon.kill();
+            }
+            panic!("both orchd serve run on one data directory");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let winner = 1 - loser;
+    let output = daemons[loser].wait_with_output_ref();
+    assert!(!output.0.success());
+    assert!(
+        output.1.contains("another orchd") && output.1.contains("runs on"),
+        "{}",
+        output.1
+    );
+    // The winner serves.
+    let stdout = daemons[winner].stdout.take().unwrap();
+    let listening = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("listening on"));
+    assert!(listening);
+    let pid = daemons[winner].id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(daemons[winner].wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The loser's exit status and standard error.
+trait WaitRef {
+    fn wait_with_output_ref(&mut self) -> (std::process::ExitStatus, String);
+}
+
+impl WaitRef for Child {
+    fn wait_with_output_ref(&mut self) -> (std::process::ExitStatus, String) {
+        let status = self.wait().unwrap();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.stderr.take() {
+            use std::io::Read;
+            pipe.read_to_string(&mut stderr).unwrap();
+        }
+        (status, stderr)
+    }
+}
+
+/// A data directory made beforehand with the umask's 0755: the daemon makes it 0700, and the
+/// database, its `-wal` and `-shm` files and a backup 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_and_backups_are_private_even_in_an_existing_directory() {
+    let dir = workdir();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = start_with(&dir, &SECRETS);
+    let http = reqwest::Client::new();
+    let token = login(&http, &daemon.url, SECRETS[2].1).await;
+    let reply = http
+        .post(format!("{}/dispatch", daemon.url))
+        .bearer_auth(&token)
+        .json(&json!({"coreId": "echo", "stay": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    for file in ["orch.db", "orch.db-wal", "orch.db-shm"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    let backup = orchd(&dir).envs(SECRETS).arg("backup").output().unwrap();
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    let written = String::from_utf8_lossy(&backup.stdout)
+        .trim()
+        .trim_start_matches("backup written to ")
+        .to_owned();
+    let written = dir.join(written);
+    assert_eq!(mode(&written), 0o600, "{}", written.display());
+    assert_eq!(
+        mode(written.parent().unwrap()),
+        0o700,
+        "the backups directory"
+    );
+    stop(daemon);
+    let _ = std::fs::remove_dir_all(dir);
+}
