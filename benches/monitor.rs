@@ -105,9 +105,11 @@ async fn postmaster(url: &str) -> anyhow::Result<Option<u32>> {
     let data: String = sqlx::query_scalar("SHOW data_directory")
         .fetch_one(&mut admin)
         .await?;
-    Ok(std::fs::read_to_string(std::path::Path::new(&data).join("postmaster.pid"))
-        .ok()
-        .and_then(|pid| pid.lines().next()?.trim().parse().ok()))
+    Ok(
+        std::fs::read_to_string(std::path::Path::new(&data).join("postmaster.pid"))
+            .ok()
+            .and_then(|pid| pid.lines().next()?.trim().parse().ok()),
+    )
 }
 
 /// User + system CPU time of process `root` and its children (a PostgreSQL server's backends,

@@ -47,8 +47,7 @@ pub struct PluginOptions {
     /// The longest message (one JSON line: a reply carrying a result, a log line) the child of
     /// a process-isolated plugin may send. A longer one stops the child: the calls in flight
     /// fail with an error saying so, and a new child is started (by the supervisor or the next
-    /// call). Bounds what the host
-    /// buffers for a child whose output has no end. Default 64 MiB.
+    /// call). Bounds what the host buffers for a child whose output has no end. Default 64 MiB.
     pub max_message_bytes: usize,
 }
 

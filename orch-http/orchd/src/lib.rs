@@ -8,12 +8,14 @@
 //! - this library: what the binaries share and the tests check at their boundary:
 //!   [`settings`] (the YAML file and environment variables, turned into an
 //!   [`HttpConfig`](orch_http::HttpConfig)), [`engines`] (the built-in `echo` and `sleep`)
-//!   and [`tls`] (HTTPS: a rustls handshake for orch-http's server).
+//!   [`tls`] (HTTPS: a rustls handshake for orch-http's server) and [`machine`] (the
+//!   monitor's readings of the machine, from `sysinfo`).
 //! - `src/bin/orchd/`: the daemon and its subcommands (`serve`, `dispatch`, `user
 //!   add|list|passwd|role|disable|enable|unlock|delete`, `backup`, `restore`, `migrate`), the
 //!   log subscriber, secrets kept in the data directory.
 //! - `tests/orchd/`: the daemon binary over real TCP, on SQLite and on PostgreSQL.
 
 pub mod engines;
+pub mod machine;
 pub mod settings;
 pub mod tls;

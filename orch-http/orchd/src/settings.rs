@@ -17,8 +17,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use orch_core::monitor::{AlertRule, MonitorConfig};
+use orch_core::{Autoscale, Healing, NodeHealthCheck};
 use orch_http::config::{ConfigError, HttpConfig, IpNet, Limit, Secret};
 use orch_http::server::ServerOptions;
+use orch_storage::{PostgresOptions, SqliteOptions};
 
 /// `server:`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -71,9 +74,11 @@ pub struct DatabaseSettings {
     pub path: Option<String>,
     /// A `DATABASE_URL`-style URL (`sqlite://...`, `postgres://...`); `DATABASE_URL` wins.
     pub url: Option<String>,
-    /// Accepted from ORCH-Next's layout, unused (the backend sizes its own pool).
+    /// Connections: on PostgreSQL the pool's size (default 10); on SQLite the read-only
+    /// connections beside the one writer (default 4).
     pub pool_size: Option<u32>,
-    /// Accepted from ORCH-Next's layout, unused.
+    /// Seconds a call waits for the database: on PostgreSQL for a connection (opening one
+    /// included; default 10), on SQLite for the write lock another process holds (default 10).
     pub timeout: Option<u64>,
 }
 
@@ -176,22 +181,86 @@ pub struct SecuritySettings {
     pub password_hashing: HashingSettings,
 }
 
-/// `monitoring:` (ORCH-Next's keys accepted; `enabled` / `ENABLE_MONITORING` turns `/metrics` system
-/// gauges on).
+/// `monitoring:` the monitor (readings, alert rules, self-healing) and the `/metrics` system
+/// gauges; `enabled` / `ENABLE_MONITORING` turns both on (default on).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitoringSettings {
-    /// Collect system gauges.
+    /// Run the monitor and collect system gauges (default true).
     pub enabled: Option<bool>,
-    /// ORCH-Next's key, accepted, unused.
+    /// Seconds between two monitor passes (sample, detect, repair, notify). Default 1.
     pub interval: Option<u64>,
-    /// ORCH-Next's key, accepted, unused.
+    /// Refused at start-up: orchd keeps no history of its metrics (Prometheus keeps what it
+    /// scrapes from `/metrics`, for its own retention).
     pub metrics_retention: Option<u64>,
-    /// ORCH-Next's key, accepted, unused.
-    pub alert_thresholds: Option<serde_json::Value>,
+    /// Thresholds of ORCH-Next's alert rules.
+    pub alert_thresholds: AlertThresholds,
+    /// Self-healing: the master switch (`ENABLE_SELF_HEALING` wins) and each action's.
+    pub self_healing: SelfHealingSettings,
     /// When set, `GET /metrics` requires `Authorization: Bearer <token>`;
     /// `ORCH_METRICS_TOKEN` wins. Default none (open, cached and rate-limited per client).
     pub metrics_token: Option<String>,
+}
+
+/// `monitoring.alert_thresholds:` the thresholds of ORCH-Next's alert rules (each rule keeps its
+/// duration: CPU 5 minutes, memory 2 minutes, error rate 10 minutes, the others at once).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertThresholds {
+    /// CPU use of the machine, percent (default 90).
+    pub cpu_percent: Option<f64>,
+    /// Memory use of the machine, percent (default 95).
+    pub memory_percent: Option<f64>,
+    /// Use of the disk holding the data directory, percent (default 80).
+    pub disk_usage_percent: Option<f64>,
+    /// Tasks queued for one engine (default 100).
+    pub queue_depth: Option<f64>,
+    /// Failed engine calls per call of one engine over the last minute, percent (default 5).
+    pub error_rate_percent: Option<f64>,
+    /// 95th percentile of one engine's call duration, seconds (default 2).
+    pub task_duration_p95_seconds: Option<f64>,
+    /// Longest wait of a queued lock waiter, seconds (default 30).
+    pub lock_wait_seconds: Option<f64>,
+    /// Refused logins and tokens in the last minute (default 20).
+    pub auth_failures_per_minute: Option<f64>,
+}
+
+/// `monitoring.self_healing:` which repairs orchd makes by itself. Off unless `enabled` (or
+/// `ENABLE_SELF_HEALING`); with it on, each action defaults to on but `scale`, which needs
+/// bounds.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelfHealingSettings {
+    /// The master switch (default false); `ENABLE_SELF_HEALING` wins.
+    pub enabled: Option<bool>,
+    /// Restart a claim loop that panicked, with backoff (default true). Plugin children are
+    /// restarted by their supervisor whatever this says.
+    pub restart: Option<bool>,
+    /// Quarantine an engine that keeps failing behind a circuit breaker: its tasks wait, it
+    /// is probed after a cool-down (default true).
+    pub isolate: Option<bool>,
+    /// Roll an upgraded engine back to its previous version when the new one keeps failing
+    /// (default true; needs `isolate`).
+    pub rollback: Option<bool>,
+    /// Take this node out of rotation (not ready, claims nothing) while its database probe
+    /// fails or its disk is full (default true).
+    pub node_health: Option<bool>,
+    /// Disk use, percent, that takes the node out of rotation (default 98).
+    pub disk_full_percent: Option<f64>,
+    /// Record a summary event of the expired leases this node rescued (default true).
+    pub report_rescues: Option<bool>,
+    /// Scale each engine's concurrency to its queue within these bounds (default off).
+    pub scale: Option<ScaleSettings>,
+}
+
+/// `monitoring.self_healing.scale:` the bounds of every engine's concurrency.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleSettings {
+    /// Lowest concurrency of an engine.
+    pub min: usize,
+    /// Highest concurrency of an engine.
+    pub max: usize,
 }
 
 /// `sse:`.
@@ -354,7 +423,8 @@ fn non_empty(value: Option<String>) -> Option<String> {
 
 impl Settings {
     /// Parses YAML text, expands `${VAR}`, then applies the environment variables
-    /// (`JWT_SECRET`, `WEBHOOK_SECRET`, `DATABASE_URL`, `ENABLE_MONITORING`, `ORCH_LISTEN`,
+    /// (`JWT_SECRET`, `WEBHOOK_SECRET`, `DATABASE_URL`, `ENABLE_MONITORING`,
+    /// `ENABLE_SELF_HEALING`, `ORCH_LISTEN`,
     /// `ORCH_LOG`, `DEBUG_MODE`, `ORCH_TRUSTED_PROXIES`, `ORCH_TLS_CERT`, `ORCH_TLS_KEY`,
     /// `ORCH_METRICS_TOKEN`). `env` looks a variable up.
     pub fn from_yaml(
@@ -441,6 +511,9 @@ impl Settings {
         if let Some(flag) = env("ENABLE_MONITORING") {
             self.monitoring.enabled = Some(truthy("ENABLE_MONITORING", &flag)?);
         }
+        if let Some(flag) = env("ENABLE_SELF_HEALING") {
+            self.monitoring.self_healing.enabled = Some(truthy("ENABLE_SELF_HEALING", &flag)?);
+        }
         if let Some(listen) = non_empty(env("ORCH_LISTEN")) {
             self.server.listen = Some(listen);
         }
@@ -484,6 +557,198 @@ impl Settings {
             options = options.with_max_connections(max);
         }
         options.validate()?;
+        Ok(options)
+    }
+
+    /// The monitor's settings (`None` when `monitoring.enabled` is false): the interval and
+    /// ORCH-Next's rules with `monitoring.alert_thresholds`. An error names a bad key.
+    pub fn monitor_config(&self) -> Result<Option<MonitorConfig>, ConfigError> {
+        let monitoring = &self.monitoring;
+        if monitoring.metrics_retention.is_some() {
+            return Err(ConfigError::new(
+                "monitoring.metrics_retention",
+                "not supported: orchd keeps no history of its metrics; Prometheus keeps what it \
+                 scrapes from /metrics (set its --storage.tsdb.retention.time) - remove this key",
+            ));
+        }
+        if !monitoring.enabled.unwrap_or(true) {
+            return Ok(None);
+        }
+        let mut config = MonitorConfig::default();
+        if let Some(seconds) = monitoring.interval {
+            if seconds == 0 {
+                return Err(ConfigError::new(
+                    "monitoring.interval",
+                    "must be at least 1 (seconds)",
+                ));
+            }
+            config = config.with_interval(Duration::from_secs(seconds));
+        }
+        let thresholds = &monitoring.alert_thresholds;
+        let mut rules = AlertRule::defaults();
+        for (key, rule, value, scale, max) in [
+            (
+                "cpu_percent",
+                "cpu_high",
+                thresholds.cpu_percent,
+                1.0,
+                Some(100.0),
+            ),
+            (
+                "memory_percent",
+                "memory_high",
+                thresholds.memory_percent,
+                1.0,
+                Some(100.0),
+            ),
+            (
+                "disk_usage_percent",
+                "disk_high",
+                thresholds.disk_usage_percent,
+                1.0,
+                Some(100.0),
+            ),
+            (
+                "queue_depth",
+                "queue_deep",
+                thresholds.queue_depth,
+                1.0,
+                None,
+            ),
+            (
+                "error_rate_percent",
+                "error_rate_high",
+                thresholds.error_rate_percent,
+                0.01,
+                Some(100.0),
+            ),
+            (
+                "task_duration_p95_seconds",
+                "task_duration_p95_high",
+                thresholds.task_duration_p95_seconds,
+                1.0,
+                None,
+            ),
+            (
+                "lock_wait_seconds",
+                "lock_wait_long",
+                thresholds.lock_wait_seconds,
+                1.0,
+                None,
+            ),
+            (
+                "auth_failures_per_minute",
+                "auth_failures",
+                thresholds.auth_failures_per_minute,
+                1.0,
+                None,
+            ),
+        ] {
+            let Some(value) = value else { continue };
+            if !value.is_finite() || value < 0.0 || max.is_some_and(|max| value > max) {
+                let range = max.map_or_else(|| "0 or more".to_owned(), |max| format!("0 to {max}"));
+                return Err(ConfigError::new(
+                    format!("monitoring.alert_thresholds.{key}"),
+                    format!("{value} is not a number from {range}"),
+                ));
+            }
+            if let Some(rule) = rules.iter_mut().find(|r| r.name == rule) {
+                rule.threshold = value * scale;
+            }
+        }
+        config = config.with_rules(rules);
+        config
+            .validate()
+            .map_err(|e| ConfigError::new("monitoring", e.to_string()))?;
+        Ok(Some(config))
+    }
+
+    /// The self-healing actions in force (`monitoring.self_healing`, `ENABLE_SELF_HEALING`).
+    pub fn healing(&self) -> Result<Healing, ConfigError> {
+        let settings = &self.monitoring.self_healing;
+        let on = |flag: Option<bool>| flag.unwrap_or(true);
+        let mut healing = Healing::default().with_enabled(settings.enabled.unwrap_or(false));
+        if !on(settings.restart) {
+            healing = healing.with_restart(None);
+        }
+        if !on(settings.isolate) {
+            healing = healing.with_isolate(None);
+        }
+        healing = healing
+            .with_rollback(on(settings.rollback))
+            .with_report_rescues(on(settings.report_rescues));
+        if !on(settings.node_health) {
+            healing = healing.with_node_health(None);
+        } else if let Some(percent) = settings.disk_full_percent {
+            if !(percent.is_finite() && percent > 0.0 && percent <= 100.0) {
+                return Err(ConfigError::new(
+                    "monitoring.self_healing.disk_full_percent",
+                    format!("{percent} is not a percentage above 0 and at most 100"),
+                ));
+            }
+            let check = NodeHealthCheck::default().with_disk_full_percent(Some(percent));
+            healing = healing.with_node_health(Some(check));
+        }
+        if let Some(scale) = &settings.scale {
+            if scale.min == 0 || scale.max < scale.min {
+                return Err(ConfigError::new(
+                    "monitoring.self_healing.scale",
+                    format!(
+                        "min {} and max {}: needs 1 <= min <= max",
+                        scale.min, scale.max
+                    ),
+                ));
+            }
+            healing = healing.with_scale(Some(Autoscale::new(scale.min, scale.max)));
+        }
+        if self.monitoring.enabled == Some(false) && healing.enabled {
+            return Err(ConfigError::new(
+                "monitoring.self_healing.enabled",
+                "self-healing needs the monitor: monitoring.enabled (ENABLE_MONITORING) is false",
+            ));
+        }
+        Ok(healing)
+    }
+
+    /// `database.pool_size` and `database.timeout` for a PostgreSQL database.
+    pub fn postgres_options(&self) -> Result<PostgresOptions, ConfigError> {
+        let mut options = PostgresOptions::default();
+        if let Some(size) = self.database.pool_size {
+            if size == 0 {
+                return Err(ConfigError::new("database.pool_size", "must be at least 1"));
+            }
+            options = options.with_pool_size(size);
+        }
+        if let Some(seconds) = self.database.timeout {
+            if seconds == 0 {
+                return Err(ConfigError::new(
+                    "database.timeout",
+                    "must be at least 1 (seconds)",
+                ));
+            }
+            options = options.with_acquire_timeout(Duration::from_secs(seconds));
+        }
+        Ok(options)
+    }
+
+    /// `database.pool_size` and `database.timeout` for a SQLite database.
+    pub fn sqlite_options(&self) -> Result<SqliteOptions, ConfigError> {
+        let mut options = SqliteOptions::default();
+        if let Some(size) = self.database.pool_size {
+            if size == 0 {
+                return Err(ConfigError::new("database.pool_size", "must be at least 1"));
+            }
+            options = options.with_readers(size);
+        }
+        if let Some(seconds) = self.database.timeout {
+            if seconds == 0 {
+                return Err(ConfigError::new(
+                    "database.timeout",
+                    "must be at least 1 (seconds)",
+                ));
+            }
+            options = options.with_busy_timeout(Duration::from_secs(seconds));
+        }
         Ok(options)
     }
 

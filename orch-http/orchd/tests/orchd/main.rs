@@ -5,6 +5,7 @@ mod backups;
 mod daemon;
 mod data_dir;
 mod hardening;
+mod monitoring;
 mod postgres;
 mod postgres_server;
 mod settings;
