@@ -9,7 +9,8 @@
 //!   [`settings`] (the YAML file and environment variables, turned into an
 //!   [`HttpConfig`](orch_http::HttpConfig)), [`engines`] (the built-in `echo` and `sleep`)
 //!   [`tls`] (HTTPS: a rustls handshake for orch-http's server) and [`machine`] (the
-//!   monitor's readings of the machine, from `sysinfo`).
+//!   monitor's readings of the machine, from `sysinfo`), [`notify`] (alerts out: a signed
+//!   webhook, Slack, email).
 //! - `src/bin/orchd/`: the daemon and its subcommands (`serve`, `dispatch`, `user
 //!   add|list|passwd|role|disable|enable|unlock|delete`, `backup`, `restore`, `migrate`), the
 //!   log subscriber, secrets kept in the data directory.
@@ -17,5 +18,6 @@
 
 pub mod engines;
 pub mod machine;
+pub mod notify;
 pub mod settings;
 pub mod tls;

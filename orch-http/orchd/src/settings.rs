@@ -13,15 +13,18 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use orch_core::monitor::{AlertRule, MonitorConfig};
+use orch_core::monitor::{AlertRule, Delivery, MonitorConfig, Notifier};
 use orch_core::{Autoscale, Healing, NodeHealthCheck};
 use orch_http::config::{ConfigError, HttpConfig, IpNet, Limit, Secret};
 use orch_http::server::ServerOptions;
 use orch_storage::{PostgresOptions, SqliteOptions};
+
+use crate::notify::{EmailNotifier, SlackNotifier, WebhookNotifier};
 
 /// `server:`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -263,6 +266,74 @@ pub struct ScaleSettings {
     pub max: usize,
 }
 
+/// `notifications:` where the monitor's alerts go besides the event log: a signed JSON webhook,
+/// Slack, email. A receiver whose address is empty (an unset `${VAR}`) is off.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationSettings {
+    /// A JSON webhook.
+    pub webhook: WebhookNotifySettings,
+    /// A Slack incoming webhook.
+    pub slack: SlackSettings,
+    /// Email over SMTP.
+    pub email: EmailSettings,
+    /// Retries and timeouts of every receiver.
+    pub delivery: DeliverySettings,
+}
+
+/// `notifications.webhook:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookNotifySettings {
+    /// Where alerts are POSTed (`http://` or `https://`).
+    pub url: Option<String>,
+    /// The secret of the `X-Signature` header (default: the first webhook secret orchd itself
+    /// verifies with).
+    pub secret: Option<String>,
+}
+
+/// `notifications.slack:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlackSettings {
+    /// The incoming webhook's URL; `SLACK_WEBHOOK_URL` wins.
+    pub webhook_url: Option<String>,
+    /// The channel (default the webhook's own).
+    pub channel: Option<String>,
+}
+
+/// `notifications.email:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailSettings {
+    /// `host` or `host:port`; `SMTP_SERVER` wins.
+    pub smtp_server: Option<String>,
+    /// `starttls` (default), `tls` or `none`.
+    pub security: crate::notify::SmtpSecurity,
+    /// SMTP user name (with `password`).
+    pub username: Option<String>,
+    /// SMTP password.
+    pub password: Option<String>,
+    /// The sender.
+    pub from_address: Option<String>,
+    /// The recipients.
+    pub to_addresses: Vec<String>,
+}
+
+/// `notifications.delivery:` how alerts are retried.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Attempts per alert, the first included (default 5).
+    pub attempts: Option<u32>,
+    /// Seconds before the first retry, doubling after each (default 1).
+    pub backoff: Option<u64>,
+    /// Longest wait between retries, seconds (default 60).
+    pub max_backoff: Option<u64>,
+    /// Longest one delivery may take, seconds (default 10).
+    pub timeout: Option<u64>,
+}
+
 /// `sse:`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -363,8 +434,8 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// `monitoring:`.
     pub monitoring: MonitoringSettings,
-    /// `notifications:` (ORCH-Next's key, accepted, unused).
-    pub notifications: Option<serde_json::Value>,
+    /// `notifications:` where alerts are sent.
+    pub notifications: NotificationSettings,
     /// `sse:`.
     pub sse: SseSettings,
     /// `plugins:`.
@@ -417,6 +488,17 @@ fn truthy(key: &str, value: &str) -> Result<bool, ConfigError> {
     }
 }
 
+fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => Ok(()),
+        Ok(_) => Err(ConfigError::new(
+            key,
+            format!("{url:?} is not an http:// or https:// URL"),
+        )),
+        Err(e) => Err(ConfigError::new(key, format!("{url:?}: {e}"))),
+    }
+}
+
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
 }
@@ -424,7 +506,7 @@ fn non_empty(value: Option<String>) -> Option<String> {
 impl Settings {
     /// Parses YAML text, expands `${VAR}`, then applies the environment variables
     /// (`JWT_SECRET`, `WEBHOOK_SECRET`, `DATABASE_URL`, `ENABLE_MONITORING`,
-    /// `ENABLE_SELF_HEALING`, `ORCH_LISTEN`,
+    /// `ENABLE_SELF_HEALING`, `SLACK_WEBHOOK_URL`, `SMTP_SERVER`, `ORCH_LISTEN`,
     /// `ORCH_LOG`, `DEBUG_MODE`, `ORCH_TRUSTED_PROXIES`, `ORCH_TLS_CERT`, `ORCH_TLS_KEY`,
     /// `ORCH_METRICS_TOKEN`). `env` looks a variable up.
     pub fn from_yaml(
@@ -510,6 +592,12 @@ impl Settings {
         }
         if let Some(flag) = env("ENABLE_MONITORING") {
             self.monitoring.enabled = Some(truthy("ENABLE_MONITORING", &flag)?);
+        }
+        if let Some(url) = env("SLACK_WEBHOOK_URL") {
+            self.notifications.slack.webhook_url = Some(url);
+        }
+        if let Some(server) = env("SMTP_SERVER") {
+            self.notifications.email.smtp_server = Some(server);
         }
         if let Some(flag) = env("ENABLE_SELF_HEALING") {
             self.monitoring.self_healing.enabled = Some(truthy("ENABLE_SELF_HEALING", &flag)?);
@@ -657,10 +745,116 @@ impl Settings {
             }
         }
         config = config.with_rules(rules);
+        let delivery = &self.notifications.delivery;
+        let mut chosen = Delivery::default();
+        if let Some(attempts) = delivery.attempts {
+            if attempts == 0 {
+                return Err(ConfigError::new(
+                    "notifications.delivery.attempts",
+                    "must be at least 1",
+                ));
+            }
+            chosen = chosen.with_attempts(attempts);
+        }
+        let backoff = Duration::from_secs(delivery.backoff.unwrap_or(1));
+        let max_backoff = Duration::from_secs(delivery.max_backoff.unwrap_or(60));
+        if backoff.is_zero() || max_backoff < backoff {
+            return Err(ConfigError::new(
+                "notifications.delivery.backoff",
+                "needs 1 <= backoff <= max_backoff (seconds)",
+            ));
+        }
+        chosen = chosen.with_backoff(backoff, max_backoff);
+        if let Some(seconds) = delivery.timeout {
+            if seconds == 0 {
+                return Err(ConfigError::new(
+                    "notifications.delivery.timeout",
+                    "must be at least 1 (seconds)",
+                ));
+            }
+            chosen = chosen.with_timeout(Duration::from_secs(seconds));
+        }
+        config = config.with_delivery(chosen);
         config
             .validate()
             .map_err(|e| ConfigError::new("monitoring", e.to_string()))?;
         Ok(Some(config))
+    }
+
+    /// The receivers of alerts configured under `notifications:` (empty addresses are off);
+    /// `webhook_secrets` are the secrets orchd verifies with, the first of which signs the
+    /// webhook unless `notifications.webhook.secret` is set. An error names a bad key.
+    pub fn notifiers(
+        &self,
+        webhook_secrets: &[Secret],
+    ) -> Result<Vec<Arc<dyn Notifier>>, ConfigError> {
+        let settings = &self.notifications;
+        let mut notifiers: Vec<Arc<dyn Notifier>> = Vec::new();
+        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        if let Some(url) = set(&settings.webhook.url) {
+            let key = "notifications.webhook.url";
+            check_http_url(key, &url)?;
+            let secret = set(&settings.webhook.secret)
+                .or_else(|| webhook_secrets.first().map(|s| s.expose().to_owned()))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "notifications.webhook.secret",
+                        "missing: nothing to sign with",
+                    )
+                })?;
+            let notifier =
+                WebhookNotifier::new(url, secret).map_err(|e| ConfigError::new(key, e))?;
+            notifiers.push(Arc::new(notifier));
+        }
+        if let Some(url) = set(&settings.slack.webhook_url) {
+            let key = "notifications.slack.webhook_url";
+            check_http_url(key, &url)?;
+            let channel = set(&settings.slack.channel);
+            let notifier =
+                SlackNotifier::new(url, channel).map_err(|e| ConfigError::new(key, e))?;
+            notifiers.push(Arc::new(notifier));
+        }
+        let email = &settings.email;
+        if let Some(server) = set(&email.smtp_server) {
+            let from = set(&email.from_address).ok_or_else(|| {
+                ConfigError::new(
+                    "notifications.email.from_address",
+                    "missing: who sends the alerts",
+                )
+            })?;
+            if email.to_addresses.is_empty() {
+                return Err(ConfigError::new(
+                    "notifications.email.to_addresses",
+                    "missing: who gets the alerts",
+                ));
+            }
+            let credentials = match (set(&email.username), set(&email.password)) {
+                (Some(user), Some(password)) => Some((user, password)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::new(
+                        "notifications.email.username",
+                        "username and password go together",
+                    ));
+                }
+            };
+            let notifier = EmailNotifier::new(
+                &server,
+                email.security,
+                credentials,
+                &from,
+                &email.to_addresses,
+            )
+            .map_err(|e| ConfigError::new("notifications.email", e))?;
+            notifiers.push(Arc::new(notifier));
+        }
+        if !notifiers.is_empty() && !self.monitoring.enabled.unwrap_or(true) {
+            return Err(ConfigError::new(
+                "notifications",
+                "alerts come from the monitor: monitoring.enabled (ENABLE_MONITORING) is false",
+            ));
+        }
+        Ok(notifiers)
     }
 
     /// The self-healing actions in force (`monitoring.self_healing`, `ENABLE_SELF_HEALING`).

@@ -6,6 +6,7 @@ mod daemon;
 mod data_dir;
 mod hardening;
 mod monitoring;
+mod notifications;
 mod postgres;
 mod postgres_server;
 mod settings;

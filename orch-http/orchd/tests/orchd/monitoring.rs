@@ -234,3 +234,78 @@ async fn a_running_orchd_reports_live_ready_and_its_monitor() {
     stop(daemon);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn notification_keys_make_receivers_or_name_what_is_wrong() {
+    let secrets = [orch_http::Secret::new("whsec_inbound")];
+    let none = |_: &str| None;
+    // Empty addresses (unset variables) are off.
+    let yaml = "notifications:\n  slack:\n    webhook_url: \"${SLACK_WEBHOOK_URL}\"\n  email:\n    \
+                smtp_server: \"${SMTP_SERVER}\"\n    from_address: orch@example.com\n";
+    let settings = Settings::from_yaml(yaml, &none).unwrap();
+    assert!(settings.notifiers(&secrets).unwrap().is_empty());
+    // The variables turn them on.
+    let settings = Settings::from_yaml(
+        "notifications:\n  email:\n    from_address: orch@example.com\n    to_addresses: [ops@example.com]\n  webhook:\n    url: https://alerts.example.com/in\n",
+        &env(&[
+            ("SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T/B/X"),
+            ("SMTP_SERVER", "smtp.example.com:2525"),
+        ]),
+    )
+    .unwrap();
+    let names: Vec<String> = settings
+        .notifiers(&secrets)
+        .unwrap()
+        .iter()
+        .map(|n| n.name().to_owned())
+        .collect();
+    assert_eq!(names, ["webhook", "slack", "email"]);
+    for (yaml, key) in [
+        (
+            "notifications:\n  email:\n    smtp_server: mail\n    from_address: a@b.c\n",
+            "notifications.email.to_addresses",
+        ),
+        (
+            "notifications:\n  email:\n    smtp_server: mail\n    to_addresses: [a@b.c]\n",
+            "notifications.email.from_address",
+        ),
+        (
+            "notifications:\n  email:\n    smtp_server: mail:port\n    from_address: a@b.c\n    to_addresses: [a@b.c]\n",
+            "notifications.email",
+        ),
+        (
+            "notifications:\n  email:\n    smtp_server: mail\n    from_address: a@b.c\n    to_addresses: [nobody]\n",
+            "notifications.email",
+        ),
+        (
+            "notifications:\n  slack:\n    webhook_url: ftp://x\n",
+            "notifications.slack.webhook_url",
+        ),
+        (
+            "notifications:\n  webhook:\n    url: not a url\n",
+            "notifications.webhook.url",
+        ),
+        (
+            "monitoring:\n  enabled: false\nnotifications:\n  webhook:\n    url: http://x\n",
+            "notifications",
+        ),
+    ] {
+        let settings = Settings::from_yaml(yaml, &none).unwrap();
+        let Err(err) = settings.notifiers(&secrets) else {
+            panic!("{yaml}: accepted");
+        };
+        assert_eq!(err.key, key, "{yaml}: {err}");
+    }
+    let settings =
+        Settings::from_yaml("notifications:\n  webhook:\n    url: http://x\n", &none).unwrap();
+    let Err(err) = settings.notifiers(&[]) else {
+        panic!("a webhook without a secret was accepted");
+    };
+    assert_eq!(err.key, "notifications.webhook.secret");
+    let settings =
+        Settings::from_yaml("notifications:\n  delivery:\n    attempts: 0\n", &none).unwrap();
+    assert_eq!(
+        settings.monitor_config().unwrap_err().key,
+        "notifications.delivery.attempts"
+    );
+}

@@ -123,6 +123,9 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         .monitor_config()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let healing = settings.healing().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let notifiers = settings
+        .notifiers(&config.webhook_secrets)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     config.jwt.previous_secrets.extend(jwt_keys);
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let server_options = crate::setup::fit_open_files(
@@ -154,6 +157,9 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         builder = builder
             .sampler(orchd::machine::MachineSampler::new(&data_dir))
             .sampler(config.auth_failures.clone());
+        for notifier in &notifiers {
+            builder = builder.notifier(notifier.clone());
+        }
     }
     let orch = builder
         .build()
@@ -289,6 +295,10 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
             }
         ),
         None => println!("  monitor:   off"),
+    }
+    if !notifiers.is_empty() {
+        let names: Vec<&str> = notifiers.iter().map(|n| n.name()).collect();
+        println!("  alerts to: {}", names.join(", "));
     }
     if jwt_generated || webhook_generated {
         println!(
