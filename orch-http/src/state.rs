@@ -116,6 +116,7 @@ impl AppState {
         let users = UserStore::new(orch.backend().clone(), config.password_hashing)
             .map_err(|e| ConfigError::new("security.password_hashing", e.to_string()))?;
         let metrics = Metrics::with_options(config.disk_paths.clone(), config.metrics_cache);
+        metrics.set_auth_failures(config.auth_failures.clone());
         tokio::spawn(crate::metrics::follow_events(
             orch.events().clone(),
             metrics.clone(),

@@ -132,12 +132,15 @@ async fn dispatch(http: &reqwest::Client, node: &str, token: &str, body: Value) 
     body
 }
 
+/// The daemon's config: only `queue_deep` can fire (the machine's rules cannot: this machine's
+/// disk may well be 80% full), and above no tasks at all.
 fn config(extra: &str) -> String {
     format!(
         "security:\n  password_hashing:\n    memory_kib: 1024\n    iterations: 1\n  \
          rate_limit:\n    requests_per_minute: 0\n    per_ip:\n      requests_per_minute: 0\n    \
          login_per_ip:\n      requests_per_minute: 0\nlogging:\n  level: warn\n\
-         monitoring:\n  alert_thresholds:\n    queue_depth: 0\n{extra}"
+         monitoring:\n  alert_thresholds:\n    queue_depth: 0\n    cpu_percent: 100\n    \
+         memory_percent: 100\n    disk_usage_percent: 100\n{extra}"
     )
 }
 
@@ -258,12 +261,17 @@ async fn a_receiver_that_never_answers_holds_up_no_dispatch() {
             }
         });
     }
+    // Refuses connections: every delivery to it fails at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}/slack", closed.local_addr().unwrap());
+    drop(closed);
     let dir = workdir_without_limits();
     std::fs::write(
         dir.join("orchd.yaml"),
         config(&format!(
             "notifications:\n  webhook:\n    url: {silent_url}\n    secret: {SECRET}\n  \
-             delivery:\n    timeout: 3600\n"
+             slack:\n    webhook_url: {closed_url}\n  \
+             delivery:\n    timeout: 3600\n    attempts: 2\n    backoff: 1\n    max_backoff: 1\n"
         )),
     )
     .unwrap();
@@ -289,6 +297,31 @@ async fn a_receiver_that_never_answers_holds_up_no_dispatch() {
     }
     // The delivery is still hanging: it was never given an answer.
     assert_eq!(held.lock().await.len(), 1);
+    // The refused deliveries are counted: two attempts, then given up.
+    let counted = |text: &str, outcome: &str, n: u32| {
+        text.lines().any(|line| {
+            line.starts_with("orch_notifications_total{")
+                && line.contains("notifier=\"slack\"")
+                && line.contains(&format!("outcome=\"{outcome}\""))
+                && line.ends_with(&format!(" {n}"))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut text = String::new();
+    while !counted(&text, "given_up", 1) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        text = http
+            .get(format!("{}/metrics", daemon.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    assert!(counted(&text, "given_up", 1), "{text}");
+    assert!(counted(&text, "failed_attempt", 2), "{text}");
+    assert!(counted(&text, "delivered", 0), "{text}");
     stop(daemon);
     let _ = std::fs::remove_dir_all(dir);
 }
