@@ -4,6 +4,7 @@
 mod backups;
 mod daemon;
 mod data_dir;
+mod deploy;
 mod hardening;
 mod monitoring;
 mod notifications;
