@@ -10,13 +10,15 @@
 //!   [`HttpConfig`](orch_http::HttpConfig)), [`engines`] (the built-in `echo` and `sleep`)
 //!   [`tls`] (HTTPS: a rustls handshake for orch-http's server) and [`machine`] (the
 //!   monitor's readings of the machine, from `sysinfo`), [`notify`] (alerts out: a signed
-//!   webhook, Slack, email).
+//!   webhook, Slack, email) and [`logging`] (JSON log lines carrying the request's
+//!   `correlation_id`).
 //! - `src/bin/orchd/`: the daemon and its subcommands (`serve`, `dispatch`, `user
 //!   add|list|passwd|role|disable|enable|unlock|delete`, `backup`, `restore`, `migrate`), the
 //!   log subscriber, secrets kept in the data directory.
 //! - `tests/orchd/`: the daemon binary over real TCP, on SQLite and on PostgreSQL.
 
 pub mod engines;
+pub mod logging;
 pub mod machine;
 pub mod notify;
 pub mod settings;

@@ -6,6 +6,7 @@ mod daemon;
 mod data_dir;
 mod deploy;
 mod hardening;
+mod logs;
 mod monitoring;
 mod notifications;
 mod postgres;
