@@ -15,8 +15,8 @@
 //!
 //! The store holds `--finished` finished tasks (run through `--engines` registered no-op
 //! engines, so each has calls in its rate window) and `--queued` queued ones spread over as
-//! many engines no node serves. The machine's readings come from a sampler returning fixed
-//! values (CPU, memory, disk, network: the daemon's `sysinfo` sampler is not measured here).
+//! many engines no node serves. The machine's readings come from orchd's own `sysinfo`
+//! sampler (CPU, memory, disk, network), as the daemon runs it.
 //!
 //! Runs with mimalloc as the global allocator, as `orchd` does (see BENCHMARKS.md).
 
@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use orch::monitor::{Metric, MonitorConfig, Reading, sampler_fn};
+use orch::monitor::MonitorConfig;
 use orch::{Healing, MemoryBackend, Orchestrator, OrchestratorConfig, SharedBackend, TaskSpec};
 use orch_storage::{PostgresBackend, SqliteBackend};
 
@@ -195,17 +195,10 @@ impl Source {
     }
 }
 
-/// Fixed machine readings, as a `sysinfo` sampler would give.
+/// The daemon's machine sampler (`sysinfo`: CPU, memory, the disk of the data directory,
+/// network), as orchd runs it.
 fn machine() -> impl orch::monitor::Sampler {
-    sampler_fn(|| async {
-        Ok(vec![
-            Reading::new(Metric::CpuPercent, 23.0),
-            Reading::new(Metric::MemoryPercent, 41.0),
-            Reading::new(Metric::DiskPercent, 37.0),
-            Reading::new(Metric::NetworkReceived, 125_000.0),
-            Reading::new(Metric::NetworkSent, 98_000.0),
-        ])
-    })
+    orchd::machine::MachineSampler::new(std::env::temp_dir())
 }
 
 /// An orchestrator over `backend` with the store filled, the monitor on or off.
