@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use orch_core::Orchestrator;
-use orch_core::monitor::{Alert, Metric, Severity};
+use orch_core::monitor::{Alert, Metric};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -89,16 +89,16 @@ impl HealthCheck {
 /// The health body, in ORCH-Next's shape.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HealthReport {
-    /// `healthy`, `degraded` (warnings firing), `unhealthy` or `shutting_down`.
+    /// `healthy`, `degraded` (alerts firing), `unhealthy` (a check failed) or `shutting_down`.
     pub status: String,
     /// RFC 3339.
     pub timestamp: String,
     /// Server version.
     pub version: String,
     /// `database`, `lock_manager`, `monitor`, `security`, `node`, `machine`, `engines`:
-    /// `healthy`, `degraded` (a warning alert fires on it), `unhealthy` (a critical alert
-    /// fires on it, or its check failed) or `disabled` (`monitor` when the orchestrator runs
-    /// no monitor).
+    /// `healthy`, `degraded` (an alert of the monitor fires on it), `unhealthy` (its check
+    /// failed: the database or lock probe, the monitor's passes, the node's rotation) or
+    /// `disabled` (`monitor` when the orchestrator runs no monitor).
     pub components: BTreeMap<String, String>,
     /// The monitor's alerts firing now.
     pub alerts: Vec<HealthAlert>,
@@ -230,16 +230,14 @@ async fn compute(check: &HealthInner, orch: &Orchestrator, metrics: &Metrics) ->
                 None => check.started.elapsed() <= interval * 3 + Duration::from_secs(5),
             };
             components.insert("monitor".to_owned(), verdict(passing));
+            // An alert marks its component degraded; only a failed check makes one unhealthy
+            // (and the answer 503): a flood of refused logins must not take a node out of a
+            // load balancer's rotation.
             for alert in monitor.alerts() {
-                let component = component_of(&alert);
-                let level = match alert.severity {
-                    Severity::Critical => "unhealthy",
-                    Severity::Warning => "degraded",
-                };
-                if let Some(current) = components.get_mut(component)
-                    && rank(level) > rank(current)
+                if let Some(current) = components.get_mut(component_of(&alert))
+                    && current == "healthy"
                 {
-                    *current = level.to_owned();
+                    *current = "degraded".to_owned();
                 }
                 alerts.push(HealthAlert {
                     rule: alert.rule,
@@ -273,11 +271,11 @@ async fn compute(check: &HealthInner, orch: &Orchestrator, metrics: &Metrics) ->
     }
 }
 
-/// `GET /health`: 200 when no component is unhealthy (`healthy`, or `degraded` while warnings
-/// fire), 503 otherwise or while shutting down.
+/// `GET /health`: 200 when no component is unhealthy (`healthy`, or `degraded` while alerts
+/// fire), 503 when a check failed or while shutting down.
 #[utoipa::path(get, path = "/health", tag = "system",
     responses(
-        (status = 200, description = "No component is unhealthy", body = HealthReport),
+        (status = 200, description = "No check failed (alerts may fire: `degraded`)", body = HealthReport),
         (status = 503, description = "A component is unhealthy, or the server is shutting down", body = HealthReport)))]
 pub async fn health(
     State(check): State<HealthCheck>,

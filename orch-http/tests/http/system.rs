@@ -82,16 +82,13 @@ async fn health_shows_the_monitors_alerts_on_their_components() {
         .check_now()
         .await
         .unwrap();
+    // Alerts mark their components degraded, whatever their severity; the node still serves
+    // (only a failed check makes a component unhealthy).
     let reply = server.call(Method::GET, "/health", None, None).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        reply.body
-    );
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let body = &reply.body;
-    assert_eq!(body["status"], "unhealthy");
-    assert_eq!(body["components"]["database"], "unhealthy");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["components"]["database"], "degraded");
     assert_eq!(body["components"]["lock_manager"], "degraded");
     assert_eq!(body["components"]["monitor"], "healthy");
     assert_eq!(body["components"]["security"], "healthy");
