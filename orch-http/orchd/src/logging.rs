@@ -32,7 +32,7 @@ use tracing_subscriber::registry::LookupSpan;
 const CORRELATION_ID: &str = "correlation_id";
 
 /// The event format of orchd's JSON logs; use it with
-/// [`JsonFields`](tracing_subscriber::fmt::format::JsonFields) as the field formatter, so that
+/// [`JsonFields`] as the field formatter, so that
 /// span fields are kept as JSON.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonLines;
