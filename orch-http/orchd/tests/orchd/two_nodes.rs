@@ -161,6 +161,29 @@ async fn get(http: &reqwest::Client, url: String) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// `url` with its user (and password) replaced by `user_info`.
+fn with_user(url: &str, user_info: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let host = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!("{scheme}://{user_info}@{host}")
+}
+
+#[test]
+fn with_user_replaces_only_the_user() {
+    assert_eq!(
+        with_user("postgres://orch@127.0.0.1:5432/db?x=1", "b:pw"),
+        "postgres://b:pw@127.0.0.1:5432/db?x=1"
+    );
+    assert_eq!(
+        with_user("postgres://127.0.0.1/db", "b:pw"),
+        "postgres://b:pw@127.0.0.1/db"
+    );
+}
+
 /// Polls `url` until `done` holds for its reply (at most `seconds`); the last reply.
 async fn wait_for(
     http: &reqwest::Client,
@@ -222,12 +245,11 @@ async fn a_node_that_loses_its_database_leaves_rotation_while_the_other_works_th
     let role = format!("node_b_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&url).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE ROLE {role} SUPERUSER LOGIN"
+        "CREATE ROLE {role} SUPERUSER LOGIN PASSWORD 'node-b-password'"
     )))
     .execute(&mut admin)
     .await?;
-    let second_url = url.replacen("://orch@", &format!("://{role}@"), 1);
-    assert_ne!(second_url, url, "the test server's user is orch");
+    let second_url = with_user(&url, &format!("{role}:node-b-password"));
     let (first_dir, second_dir) = (workdir_without_limits(), workdir_without_limits());
     // The second node waits at most a second for a connection.
     let yaml = std::fs::read_to_string(second_dir.join("orchd.yaml"))?;
