@@ -251,12 +251,15 @@ async fn a_node_that_loses_its_database_leaves_rotation_while_the_other_works_th
     .await?;
     let second_url = with_user(&url, &format!("{role}:node-b-password"));
     let (first_dir, second_dir) = (workdir_without_limits(), workdir_without_limits());
-    // The second node waits at most a second for a connection.
-    let yaml = std::fs::read_to_string(second_dir.join("orchd.yaml"))?;
-    std::fs::write(
-        second_dir.join("orchd.yaml"),
-        format!("{yaml}database:\n  timeout: 1\n"),
-    )?;
+    // Health is the database's alone here (a shared test machine's disk may be nearly full);
+    // the second node waits at most a second for a connection.
+    for (dir, extra) in [(&first_dir, ""), (&second_dir, "database:\n  timeout: 1\n")] {
+        let yaml = std::fs::read_to_string(dir.join("orchd.yaml"))?;
+        std::fs::write(
+            dir.join("orchd.yaml"),
+            format!("{yaml}monitoring:\n  self_healing:\n    disk_full_percent: 100\n{extra}"),
+        )?;
+    }
     let healing = [("ENABLE_SELF_HEALING", "true")];
     let first_env: Vec<(&str, &str)> = env(&url).into_iter().chain(healing).collect();
     let second_env: Vec<(&str, &str)> = env(&second_url).into_iter().chain(healing).collect();
