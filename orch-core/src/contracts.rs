@@ -210,6 +210,12 @@ pub trait Plugin: Send + Sync {
     async fn cleanup(&self) -> Result<()>;
     /// What the plugin can do.
     fn capabilities(&self) -> Vec<Capability>;
+    /// How many times the plugin's isolated process was restarted after it died (a plugin
+    /// running in process never is: the default says 0). The monitor records each restart as
+    /// an event.
+    fn restarts(&self) -> u64 {
+        0
+    }
 }
 
 /// A [`Processor`] over a [`Plugin`], so a plugin serves wherever an engine is expected.

@@ -45,6 +45,9 @@ pub enum Error {
     /// An engine is already registered under this name.
     #[error("an engine named {0:?} is already registered")]
     EngineExists(String),
+    /// No engine is registered under this name on this orchestrator.
+    #[error("no engine named {0:?} is registered here")]
+    EngineNotFound(String),
     /// The lock is not held by this owner with this fencing token.
     #[error("lock {resource:?} is not held by {owner:?}")]
     NotLockHolder {

@@ -70,11 +70,13 @@ pub mod conformance;
 mod context;
 mod contracts;
 mod error;
+pub mod event_kinds;
 mod events;
 mod id_hash;
 mod locks;
 mod memory;
 mod model;
+pub mod monitor;
 mod orchestrator;
 mod registry;
 mod schedule;
@@ -102,8 +104,9 @@ pub use model::{
     limits,
 };
 pub use orchestrator::{
-    ClaimedTask, Orchestrator, OrchestratorBuilder, OrchestratorConfig, Pruned, Retention,
-    ShutdownReport, Tuning, WorkerReport,
+    Autoscale, CircuitBreaker, ClaimedTask, EngineState, EngineStatus, Healing, NodeHealthCheck,
+    Orchestrator, OrchestratorBuilder, OrchestratorConfig, Pause, Pruned, Quarantine, Readiness,
+    RestartBackoff, Retention, ShutdownReport, Tuning, WorkerReport,
 };
 pub use registry::DefaultPluginRegistry;
 pub use schedule::Schedule;

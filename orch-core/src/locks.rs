@@ -532,6 +532,11 @@ impl LockManager {
         self.inner.store.lock_info(resource).await
     }
 
+    /// Waits of this process that hit their deadline, since start.
+    pub(crate) fn timeouts_so_far(&self) -> u64 {
+        self.inner.counters.timed_out.load(Ordering::Relaxed)
+    }
+
     /// Every unexpired lock.
     pub async fn list(&self) -> Result<Vec<LockInfo>> {
         self.inner.store.list_locks().await

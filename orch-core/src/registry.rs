@@ -22,6 +22,14 @@ impl DefaultPluginRegistry {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Lists `plugin` under its name in place of the version registered there (an upgrade:
+    /// neither version's lifecycle is touched).
+    pub(crate) fn replace(&self, plugin: Arc<dyn Plugin>) {
+        self.plugins
+            .write()
+            .insert(plugin.name().to_owned(), plugin);
+    }
 }
 
 #[async_trait]

@@ -299,6 +299,9 @@ pub struct HttpConfig {
     pub metrics_cache: Duration,
     /// Version reported by `/health`. Default this crate's.
     pub version: String,
+    /// Where refused logins and tokens are counted (`orch_auth_failures_total`); share it
+    /// with the monitor as a sampler. Default a count of its own.
+    pub auth_failures: crate::auth::AuthFailures,
 }
 
 impl HttpConfig {
@@ -328,6 +331,7 @@ impl HttpConfig {
             refusal_event_interval: Duration::from_secs(10),
             metrics_token: None,
             metrics_cache: Duration::from_secs(1),
+            auth_failures: crate::auth::AuthFailures::default(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }

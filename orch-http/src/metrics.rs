@@ -95,11 +95,12 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// `orch_http_request_duration_seconds{method,endpoint}`.
     pub http_duration: HistogramVec,
-    /// `orch_task_duration_seconds{core_id,status}`.
+    /// `orch_task_duration_seconds{core_id,status}`: cluster-wide, from the shared event log.
     pub task_duration: HistogramVec,
-    /// `orch_tasks_total{core_id,status}`: task state changes seen in the event log.
+    /// `orch_tasks_total{core_id,status}`: task state changes seen in the shared event log
+    /// (cluster-wide: every node on one database counts the same).
     pub tasks_total: IntCounterVec,
-    /// `orch_task_queue_depth{priority}`.
+    /// `orch_task_queue_depth{core_id,priority}`: cluster-wide.
     pub queue_depth: IntGaugeVec,
     /// `orch_sse_connections_active`.
     pub sse_active: IntGauge,
@@ -123,6 +124,10 @@ pub struct Metrics {
     pub disk_usage: GaugeVec,
     /// Requests served (for `/health`).
     pub total_requests: AtomicU64,
+    /// The node's, the monitor's, the alerts' and the notifications' families.
+    node: node::NodeMetrics,
+    /// Where the router counts refused logins and tokens.
+    auth_failures: std::sync::OnceLock<crate::auth::AuthFailures>,
     /// System readings, updated on the blocking pool.
     system: Arc<Mutex<SystemReadings>>,
     /// When each running task started (from `task.started`), for task durations.
@@ -163,6 +168,8 @@ macro_rules! build {
         }
     };
 }
+
+mod node;
 
 impl Metrics {
     /// Registers every family; no disk usage is reported.
@@ -206,7 +213,7 @@ impl Metrics {
                 build!(HistogramVec::new(
                     hist(
                         "orch_task_duration_seconds",
-                        "Task execution duration",
+                        "Cluster-wide: task run time by core and outcome, from the shared event log",
                         TASK_BUCKETS
                     ),
                     &["core_id", "status"]
@@ -215,15 +222,22 @@ impl Metrics {
             tasks_total: register(
                 &r,
                 build!(IntCounterVec::new(
-                    Opts::new("orch_tasks_total", "Task state changes by core and status"),
+                    Opts::new(
+                        "orch_tasks_total",
+                        "Cluster-wide: task state changes in the shared event log by core and status \
+                         (every node on one database reports the same)"
+                    ),
                     &["core_id", "status"]
                 )),
             ),
             queue_depth: register(
                 &r,
                 build!(IntGaugeVec::new(
-                    Opts::new("orch_task_queue_depth", "Queued tasks by priority"),
-                    &["priority"]
+                    Opts::new(
+                        "orch_task_queue_depth",
+                        "Cluster-wide: tasks queued (due or waiting to run) by core and priority"
+                    ),
+                    &["core_id", "priority"]
                 )),
             ),
             sse_active: register(
@@ -310,6 +324,8 @@ impl Metrics {
                     &["path"]
                 )),
             ),
+            node: node::NodeMetrics::new(&r),
+            auth_failures: std::sync::OnceLock::new(),
             registry: r,
             total_requests: AtomicU64::new(0),
             system: Arc::default(),
@@ -327,6 +343,11 @@ impl Metrics {
     /// [`MAX_LABEL_VALUES`] distinct values.
     pub fn resource_label<'a>(&self, resource: &'a str) -> &'a str {
         self.resource_labels.get(resource_type(resource))
+    }
+
+    /// Reports `failures` as `orch_auth_failures_total` (a second call is ignored).
+    pub fn set_auth_failures(&self, failures: crate::auth::AuthFailures) {
+        let _ = self.auth_failures.set(failures);
     }
 
     /// The `core_id` label: the core, bounded to [`MAX_LABEL_VALUES`] distinct values.
@@ -397,32 +418,90 @@ impl Metrics {
     }
 
     async fn render_now(&self, orch: &Orchestrator) -> String {
+        // Every family from the first scrape: zero series for the engines this node serves.
+        for engine in orch.engines() {
+            let core = self.core_label(&engine);
+            for status in [
+                "queued",
+                "running",
+                "succeeded",
+                "failed",
+                "retrying",
+                "timed_out",
+                "cancelled",
+            ] {
+                self.tasks_total.with_label_values(&[core, status]);
+            }
+            for status in ["succeeded", "failed", "timed_out", "cancelled"] {
+                self.task_duration.with_label_values(&[core, status]);
+            }
+        }
+        // The scrape itself is the first request every node serves.
+        self.http_requests
+            .with_label_values(&["GET", "200", "/metrics"]);
+        self.http_duration.with_label_values(&["GET", "/metrics"]);
+        for status in [
+            "valid",
+            "missing",
+            "malformed",
+            "invalid",
+            "stale",
+            "future",
+            "replayed",
+        ] {
+            self.webhook_signatures.with_label_values(&[status]);
+        }
         match orch.backend().queue_depth().await {
             Ok(depths) => {
-                // Priorities are the callers' choice: the highest ones by name, the rest as
-                // `other`.
-                let mut by_priority: std::collections::BTreeMap<i32, u64> = Default::default();
-                for depth in depths {
-                    *by_priority.entry(depth.priority).or_default() += depth.queued;
+                // Cores and priorities are the callers' choice: the first cores and the
+                // highest priorities by name, the rest as `other`.
+                let mut by_series: std::collections::BTreeMap<(String, i32), u64> =
+                    Default::default();
+                let mut priorities: std::collections::BTreeSet<i32> = Default::default();
+                for depth in &depths {
+                    priorities.insert(depth.priority);
                 }
-                self.queue_depth.reset();
-                let mut other = 0u64;
-                for (n, (priority, count)) in by_priority.into_iter().rev().enumerate() {
-                    if n + 1 < MAX_LABEL_VALUES {
-                        self.queue_depth
-                            .with_label_values(&[&priority.to_string()])
-                            .set(i64::try_from(count).unwrap_or(i64::MAX));
+                let kept: HashSet<i32> = priorities
+                    .into_iter()
+                    .rev()
+                    // Room for `other` and the engines' zero series at the default priority.
+                    .take(MAX_LABEL_VALUES - 2)
+                    .collect();
+                let mut other: std::collections::BTreeMap<String, u64> = Default::default();
+                for depth in depths {
+                    let core = self.core_label(&depth.engine).to_owned();
+                    if kept.contains(&depth.priority) {
+                        *by_series.entry((core, depth.priority)).or_default() += depth.queued;
                     } else {
-                        other = other.saturating_add(count);
+                        *other.entry(core).or_default() += depth.queued;
                     }
                 }
-                if other > 0 {
+                self.queue_depth.reset();
+                for engine in orch.engines() {
                     self.queue_depth
-                        .with_label_values(&["other"])
-                        .set(i64::try_from(other).unwrap_or(i64::MAX));
+                        .with_label_values(&[self.core_label(&engine), "1"])
+                        .set(0);
+                }
+                for ((core, priority), count) in by_series {
+                    self.queue_depth
+                        .with_label_values(&[&core, &priority.to_string()])
+                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+                for (core, count) in other {
+                    self.queue_depth
+                        .with_label_values(&[&core, "other"])
+                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+                if orch.monitor().is_none() {
+                    self.node.set_database_up(true);
                 }
             }
-            Err(error) => tracing::warn!(%error, "metrics: queue depth unavailable"),
+            Err(error) => {
+                tracing::warn!(%error, "metrics: queue depth unavailable");
+                if orch.monitor().is_none() {
+                    self.node.set_database_up(false);
+                }
+            }
         }
         match orch.locks().list().await {
             Ok(locks) => {
@@ -436,6 +515,9 @@ impl Metrics {
             Err(error) => tracing::warn!(%error, "metrics: locks unavailable"),
         }
         self.refresh_system().await;
+        self.node
+            .refresh(orch, &self.core_labels, self.auth_failures.get())
+            .await;
         let mut buffer = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!(%error, "metrics: encoding failed");

@@ -47,6 +47,8 @@ async fn refuse_announced_oversize(
 pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(health::health))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
         .routes(routes!(misc::metrics))
         .routes(routes!(misc::openapi))
         .routes(routes!(misc::plugins))

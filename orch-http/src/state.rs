@@ -116,6 +116,7 @@ impl AppState {
         let users = UserStore::new(orch.backend().clone(), config.password_hashing)
             .map_err(|e| ConfigError::new("security.password_hashing", e.to_string()))?;
         let metrics = Metrics::with_options(config.disk_paths.clone(), config.metrics_cache);
+        metrics.set_auth_failures(config.auth_failures.clone());
         tokio::spawn(crate::metrics::follow_events(
             orch.events().clone(),
             metrics.clone(),
@@ -129,6 +130,7 @@ impl AppState {
             orch.backend().clone(),
             config.refusal_event_interval,
         );
+        security.count_auth_failures_in(config.auth_failures.clone());
         let replays = ReplayGuard::new(orch.backend().clone());
         let shutdown = CancellationToken::new();
         Ok(AppState {
@@ -214,6 +216,19 @@ impl AppState {
     /// Starts shutting down: `/health` says so, new SSE streams are refused and open ones end.
     pub fn begin_shutdown(&self) {
         self.parts.shutdown.cancel();
+    }
+
+    /// Adds a check of the embedder's own to `GET /health/ready` (reported as `schema`: the
+    /// daemon checks the database schema is the one it runs); `Err(reason)` makes the node
+    /// not ready. A second call is ignored.
+    pub fn set_ready_check<F, Fut>(&self, check: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.parts
+            .health
+            .set_ready_check(Arc::new(move || Box::pin(check())));
     }
 
     /// Appends a security event (`auth.login_failed`, ...) to the event log; a failure is

@@ -67,7 +67,8 @@ pub struct LoadedPlugin {
 }
 
 enum Inner {
-    InProcess(InProcessPlugin),
+    /// Boxed: the in-process plugin holds its library and call threads inline.
+    InProcess(Box<InProcessPlugin>),
     Process(ProcessPlugin),
 }
 
@@ -104,6 +105,24 @@ impl LoadedPlugin {
             Inner::Process(plugin) => plugin.restarts(),
         }
     }
+
+    /// How its last child process that died ended (`killed by signal 9 (SIGKILL)`), if one
+    /// did (always `None` in process).
+    pub fn last_exit(&self) -> Option<String> {
+        match &self.inner {
+            Inner::InProcess(_) => None,
+            Inner::Process(plugin) => plugin.last_exit(),
+        }
+    }
+
+    /// The process id of its live child process (`None` in process, or between a death and
+    /// the restart).
+    pub fn child_pid(&self) -> Option<u32> {
+        match &self.inner {
+            Inner::InProcess(_) => None,
+            Inner::Process(plugin) => plugin.child_pid(),
+        }
+    }
 }
 
 #[async_trait]
@@ -138,6 +157,9 @@ impl Plugin for LoadedPlugin {
     fn capabilities(&self) -> Vec<Capability> {
         in_process::capabilities(self.metadata())
     }
+    fn restarts(&self) -> u64 {
+        LoadedPlugin::restarts(self)
+    }
 }
 
 /// Loads the plugin file at `path` and checks it: first that no other user could have written
@@ -167,7 +189,11 @@ pub async fn load_plugin(
                 reason: format!("loading it failed: {error}"),
                 report: String::new(),
             })??;
-            Inner::InProcess(InProcessPlugin::new(library, metadata, options.slots()))
+            Inner::InProcess(Box::new(InProcessPlugin::new(
+                library,
+                metadata,
+                options.slots(),
+            )))
         }
         Isolation::Process => Inner::Process(ProcessPlugin::start(&path, options).await?),
     };

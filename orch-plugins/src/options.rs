@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use orch_core::RestartBackoff;
+
 /// Where a plugin's code runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Isolation {
@@ -11,8 +13,8 @@ pub enum Isolation {
     #[default]
     InProcess,
     /// In a child process (`orch-plugin-host`) speaking JSON lines over stdio. A crash, abort
-    /// or endless loop kills only the child: the attempt fails and the child is restarted on
-    /// the next call. Costs a process round trip per call.
+    /// or endless loop kills only the child: the attempt fails and the child is restarted (see
+    /// [`PluginOptions::restart`]). Costs a process round trip per call.
     Process,
 }
 
@@ -37,10 +39,15 @@ pub struct PluginOptions {
     pub kill_grace: Duration,
     /// How long the child may take to load the plugin and say hello.
     pub startup_timeout: Duration,
+    /// For [`Isolation::Process`]: a child that dies (a crash, or killed from outside) is
+    /// restarted by a supervisor after `initial`, the delay doubling up to `max` while children
+    /// keep dying, so the plugin is ready before the next call. `None`: the next call starts
+    /// the child. Default: 1 s, up to 60 s.
+    pub restart: Option<RestartBackoff>,
     /// The longest message (one JSON line: a reply carrying a result, a log line) the child of
     /// a process-isolated plugin may send. A longer one stops the child: the calls in flight
-    /// fail with an error saying so, and the next call starts a new child. Bounds what the host
-    /// buffers for a child whose output has no end. Default 64 MiB.
+    /// fail with an error saying so, and a new child is started (by the supervisor or the next
+    /// call). Bounds what the host buffers for a child whose output has no end. Default 64 MiB.
     pub max_message_bytes: usize,
 }
 
@@ -53,6 +60,7 @@ impl Default for PluginOptions {
             host_args: Vec::new(),
             kill_grace: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(10),
+            restart: Some(RestartBackoff::default()),
             max_message_bytes: 64 * 1024 * 1024,
         }
     }
@@ -104,6 +112,12 @@ impl PluginOptions {
     /// Sets how long the child may take to start.
     pub fn with_startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
+        self
+    }
+
+    /// Sets how a dead child is restarted (`None`: by the next call).
+    pub fn with_restart(mut self, restart: Option<RestartBackoff>) -> Self {
+        self.restart = restart;
         self
     }
 

@@ -2,8 +2,11 @@
 //!
 //! The child loads the plugin file and serves JSON-lines requests (see
 //! [`protocol`](crate::protocol)). One reader task per child routes replies to the waiting
-//! calls. When the child dies (segfault, abort, killed), every call in flight fails with a
-//! retryable error and the next call starts a new child, initialized with the same config.
+//! calls. When the child dies (segfault, abort, killed from outside), every call in flight
+//! fails with a retryable error and a new child is started, initialized with the same config:
+//! by a supervisor task after a delay that doubles while children keep dying
+//! ([`PluginOptions::restart`](crate::PluginOptions::restart)), or by the next call, whichever
+//! comes first.
 //! A call that is cancelled (timeout, cancel) is told so; if it is still running after
 //! [`kill_grace`](crate::PluginOptions::kill_grace), the child is killed. A line longer than
 //! [`max_message_bytes`](crate::PluginOptions::max_message_bytes) is never buffered whole: the
@@ -32,6 +35,8 @@ use crate::protocol::{Outcome, Request, Response};
 /// One incarnation of the child process.
 struct Child {
     plugin: String,
+    /// The child's process id.
+    pid: Option<u32>,
     stdin: tokio::sync::Mutex<ChildStdin>,
     /// Calls waiting for a reply, by request id. Drained (under this lock) when the child dies,
     /// so a call registered afterwards sees `exited` instead of waiting forever.
@@ -41,6 +46,8 @@ struct Child {
     kill: CancellationToken,
     /// Fired once the child is gone.
     exited: CancellationToken,
+    /// How it ended, once it has.
+    exit: parking_lot::Mutex<Option<String>>,
 }
 
 impl Child {
@@ -254,6 +261,7 @@ async fn reader(child: Arc<Child>, mut lines: Lines, mut process: tokio::process
             "plugin process sent a message longer than {max} bytes (max_message_bytes); it was stopped"
         );
         tracing::warn!(plugin = %child.plugin, "{message}");
+        *child.exit.lock() = Some(message.clone());
         child.fail_all(&message);
         return;
     }
@@ -262,6 +270,7 @@ async fn reader(child: Arc<Child>, mut lines: Lines, mut process: tokio::process
     } else {
         tracing::warn!(plugin = %child.plugin, %reason, "plugin process crashed");
     }
+    *child.exit.lock() = Some(reason.clone());
     child.fail_all(&format!("plugin process crashed ({reason})"));
 }
 
@@ -284,6 +293,7 @@ async fn spawn_child(
         .kill_on_drop(true)
         .spawn()
         .map_err(|error| failed(format!("cannot run {}: {error}", program.display())))?;
+    let pid = process.id();
     let (Some(stdin), Some(stdout)) = (process.stdin.take(), process.stdout.take()) else {
         return Err(failed("no stdio pipes".to_owned()));
     };
@@ -321,11 +331,13 @@ async fn spawn_child(
     };
     let child = Arc::new(Child {
         plugin: metadata.name.clone(),
+        pid,
         stdin: tokio::sync::Mutex::new(stdin),
         pending: parking_lot::Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         kill: CancellationToken::new(),
         exited: CancellationToken::new(),
+        exit: parking_lot::Mutex::new(None),
     });
     tokio::spawn(reader(child.clone(), lines, process));
     Ok((child, metadata))
@@ -333,6 +345,11 @@ async fn spawn_child(
 
 /// A plugin running in a child process.
 pub(crate) struct ProcessPlugin {
+    shared: Arc<Shared>,
+}
+
+/// What the plugin's calls and its supervisor share.
+struct Shared {
     metadata: PluginMetadata,
     path: PathBuf,
     options: PluginOptions,
@@ -342,61 +359,62 @@ pub(crate) struct ProcessPlugin {
     child: tokio::sync::Mutex<Option<Arc<Child>>>,
     slots: Arc<Semaphore>,
     restarts: AtomicU64,
+    /// How the last child that died ended.
+    last_exit: parking_lot::Mutex<Option<String>>,
+    /// Cleaned up or dropped: no child is started any more.
+    closed: CancellationToken,
 }
 
 impl ProcessPlugin {
     pub(crate) async fn start(path: &Path, options: &PluginOptions) -> Result<Self, LoadError> {
         let (child, metadata) = spawn_child(path, options).await?;
-        Ok(ProcessPlugin {
+        let shared = Arc::new(Shared {
             metadata,
             path: path.to_owned(),
             options: options.clone(),
             config: parking_lot::Mutex::new(None),
-            child: tokio::sync::Mutex::new(Some(child)),
+            child: tokio::sync::Mutex::new(Some(child.clone())),
             slots: Arc::new(Semaphore::new(options.slots())),
             restarts: AtomicU64::new(0),
-        })
+            last_exit: parking_lot::Mutex::new(None),
+            closed: CancellationToken::new(),
+        });
+        shared.supervise(child, None);
+        Ok(ProcessPlugin { shared })
     }
 
     pub(crate) fn metadata(&self) -> &PluginMetadata {
-        &self.metadata
+        &self.shared.metadata
     }
 
     pub(crate) fn restarts(&self) -> u64 {
-        self.restarts.load(Ordering::Relaxed)
+        self.shared.restarts.load(Ordering::Relaxed)
     }
 
-    /// The live child, starting a new one (with the last config) if the previous one died.
-    async fn connection(&self) -> Result<Arc<Child>, CallError> {
-        let mut slot = self.child.lock().await;
-        if let Some(child) = slot.as_ref().filter(|child| child.is_alive()) {
-            return Ok(child.clone());
-        }
-        let restarting = slot.is_some();
-        let (child, _) = spawn_child(&self.path, &self.options)
-            .await
-            .map_err(|error| CallError::host(error.to_string(), true))?;
-        let config = self.config.lock().clone();
-        if let Some(config) = config {
-            child.init(&config).await?;
-        }
-        if restarting {
-            let restarts = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(plugin = %self.metadata.name, restarts, "plugin process restarted");
-        }
-        *slot = Some(child.clone());
-        Ok(child)
+    /// How the last child that died ended (`killed by signal 9 (SIGKILL)`, ...).
+    pub(crate) fn last_exit(&self) -> Option<String> {
+        self.shared.last_exit.lock().clone()
+    }
+
+    /// The process id of the live child, if one runs.
+    pub(crate) fn child_pid(&self) -> Option<u32> {
+        self.shared
+            .child
+            .try_lock()
+            .ok()
+            .and_then(|slot| slot.as_ref().filter(|c| c.is_alive()).and_then(|c| c.pid))
     }
 
     fn plugin_error(&self, message: String) -> orch_core::Error {
         orch_core::Error::Plugin {
-            name: self.metadata.name.clone(),
+            name: self.shared.metadata.name.clone(),
             message,
         }
     }
 
     pub(crate) async fn initialize(&self, config: Value) -> orch_core::Result<()> {
         let child = self
+            .shared
             .connection()
             .await
             .map_err(|error| self.plugin_error(error.message))?;
@@ -404,19 +422,20 @@ impl ProcessPlugin {
             .init(&config)
             .await
             .map_err(|error| self.plugin_error(error.message))?;
-        *self.config.lock() = Some(config);
+        *self.shared.config.lock() = Some(config);
         Ok(())
     }
 
     pub(crate) async fn execute(&self, ctx: TaskContext, input: Value) -> Result<Value, TaskError> {
-        let name = self.metadata.name.as_str();
-        let permit = self
+        let shared = &self.shared;
+        let name = shared.metadata.name.as_str();
+        let permit = shared
             .slots
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| TaskError::retryable(format!("plugin {name} is shut down")))?;
-        let child = self
+        let child = shared
             .connection()
             .await
             .map_err(|error| error.into_task_error(name))?;
@@ -444,7 +463,7 @@ impl ProcessPlugin {
                 // Cancelled or timed out: tell the plugin, and kill the child if the call is
                 // still running after the grace period. The watchdog keeps the slot meanwhile.
                 let _ = child.write(&Request::Cancel { id }).await;
-                tokio::spawn(watchdog(child, id, self.options.kill_grace, permit));
+                tokio::spawn(watchdog(child, id, shared.options.kill_grace, permit));
                 receive(receiver).await
             }
         };
@@ -452,8 +471,9 @@ impl ProcessPlugin {
     }
 
     pub(crate) async fn cleanup(&self) -> orch_core::Result<()> {
-        let child = self.child.lock().await.take();
-        *self.config.lock() = None;
+        self.shared.closed.cancel();
+        let child = self.shared.child.lock().await.take();
+        *self.shared.config.lock() = None;
         let Some(child) = child.filter(|child| child.is_alive()) else {
             return Ok(());
         };
@@ -466,9 +486,85 @@ impl ProcessPlugin {
     }
 }
 
+impl Shared {
+    /// The live child, starting a new one (with the last config) if the previous one died.
+    async fn connection(self: &Arc<Self>) -> Result<Arc<Child>, CallError> {
+        let mut slot = self.child.lock().await;
+        if let Some(child) = slot.as_ref().filter(|child| child.is_alive()) {
+            return Ok(child.clone());
+        }
+        if self.closed.is_cancelled() {
+            return Err(CallError::host("plugin is shut down", false));
+        }
+        let previous = slot.take();
+        let (child, _) = spawn_child(&self.path, &self.options)
+            .await
+            .map_err(|error| CallError::host(error.to_string(), true))?;
+        let config = self.config.lock().clone();
+        if let Some(config) = config {
+            child.init(&config).await?;
+        }
+        if let Some(previous) = &previous {
+            let restarts = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+            let exit = previous.exit.lock().clone().unwrap_or_default();
+            *self.last_exit.lock() = Some(exit.clone());
+            tracing::warn!(plugin = %self.metadata.name, restarts, %exit, "plugin process restarted");
+        }
+        *slot = Some(child.clone());
+        drop(slot);
+        self.supervise(child.clone(), None);
+        Ok(child)
+    }
+
+    /// Watches `child`: once it has died (and the plugin is still in use), starts the next
+    /// one after the restart policy's delay, doubling it while children keep dying.
+    fn supervise(self: &Arc<Self>, child: Arc<Child>, delay: Option<Duration>) {
+        let Some(policy) = self.options.restart else {
+            return;
+        };
+        let shared = Arc::downgrade(self);
+        let closed = self.closed.clone();
+        tokio::spawn(async move {
+            let born = tokio::time::Instant::now();
+            tokio::select! {
+                _ = child.exited.cancelled() => {}
+                _ = closed.cancelled() => return,
+            }
+            let delay = match delay {
+                Some(previous) if born.elapsed() < policy.reset_after => {
+                    previous.saturating_mul(2).min(policy.max)
+                }
+                _ => policy.initial,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = closed.cancelled() => return,
+            }
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let current = shared.child.lock().await.clone();
+            match current {
+                // Already replaced (by a call): that child has its own supervisor.
+                Some(current) if !Arc::ptr_eq(&current, &child) => {}
+                _ => match shared.connection().await {
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(plugin = %shared.metadata.name, error = %error.message, ?delay, "restarting the plugin process failed; trying again");
+                        shared.supervise(child, Some(delay));
+                    }
+                },
+            }
+        });
+    }
+}
+
 impl Drop for ProcessPlugin {
     fn drop(&mut self) {
-        if let Some(child) = self.child.get_mut().take() {
+        self.shared.closed.cancel();
+        if let Ok(mut slot) = self.shared.child.try_lock()
+            && let Some(child) = slot.take()
+        {
             child.kill.cancel();
         }
     }

@@ -54,7 +54,7 @@ pub use orch_core;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresBackend, PostgresOptions};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{DEFAULT_SQLITE_PATH, SqliteBackend};
+pub use sqlite::{DEFAULT_SQLITE_PATH, SqliteBackend, SqliteOptions};
 /// The sqlx this crate is built on, for naming the transactions of
 /// [`SqliteBackend::dispatch_in`] and [`PostgresBackend::dispatch_in`] with matching types.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

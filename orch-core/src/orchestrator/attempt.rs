@@ -9,9 +9,10 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::attempts::{Running, StopCause};
+use super::breaker::Verdict;
 use super::claim::{Slot, acquire_slots};
 use super::report::{Report, record};
-use super::{Engine, Inner};
+use super::{Engine, Inner, control};
 use crate::backend::rules;
 use crate::context::TaskContext;
 use crate::error::{Error, TaskError};
@@ -35,6 +36,9 @@ pub(super) async fn run(
     } else {
         attempt.instrument(span).await
     };
+    // An attempt that never reached a verdict on the engine frees the breaker's probe (a
+    // no-op otherwise).
+    engine.breaker.record(task.id, Verdict::Unjudged, None);
     let Some(outcome) = outcome else {
         inner.attempts.finished(task.id);
         return;
@@ -161,6 +165,36 @@ async fn release_all(task: &Task, guards: Vec<LockGuard>) {
     }
 }
 
+/// What an engine call returned: `None` when the attempt was stopped first, `Some(None)` when
+/// it timed out, else its result or its panic.
+type Returned = Option<Option<std::thread::Result<Result<serde_json::Value, TaskError>>>>;
+
+/// Counts an engine call for the monitor and the circuit breaker.
+fn judge(
+    inner: &Inner,
+    engine: &Engine,
+    task: &Task,
+    returned: &Returned,
+    took: std::time::Duration,
+) {
+    let (verdict, error) = match returned {
+        // Stopped (cancelled, lease lost, shutdown): the engine is not to blame.
+        None => return,
+        Some(Some(Ok(Ok(_)))) => (Verdict::Succeeded, None),
+        // A fatal error is the task's fault (bad input, a refused operation).
+        Some(Some(Ok(Err(error)))) if !error.retryable => (Verdict::Unjudged, None),
+        Some(Some(Ok(Err(error)))) => (Verdict::Failed, Some(error.message.as_str())),
+        Some(Some(Err(_))) => (Verdict::Failed, Some("engine panicked")),
+        Some(None) => (Verdict::Failed, Some("timed out")),
+    };
+    engine
+        .stats
+        .record(took, matches!(returned, Some(Some(Ok(Ok(_))))));
+    if let Some(transition) = engine.breaker.record(task.id, verdict, error) {
+        control::breaker_moved(inner, engine, transition);
+    }
+}
+
 /// Runs the engine. `None`: nothing to report (cancelled, or the lease is gone).
 async fn execute(
     inner: &Inner,
@@ -170,7 +204,8 @@ async fn execute(
     slot: Slot,
 ) -> Option<AttemptOutcome> {
     let retry = &inner.config.retry;
-    if let Err(error) = engine.processor.validate(&task.payload) {
+    let processor = engine.processor();
+    if let Err(error) = processor.validate(&task.payload) {
         // Invalid input: no retry can fix it.
         let error = TaskError::fatal(format!("invalid input: {}", error.message));
         return Some(rules::engine_outcome(
@@ -213,7 +248,8 @@ async fn execute(
                 .collect(),
         );
     }
-    let call = AssertUnwindSafe(engine.processor.process(ctx, task.payload.clone())).catch_unwind();
+    let started = tokio::time::Instant::now();
+    let call = AssertUnwindSafe(processor.process(ctx, task.payload.clone())).catch_unwind();
     tokio::pin!(call);
     // Once the attempt is stopped (cancelled, lease lost, abandoned), a result the engine
     // returns in reaction is discarded: `biased` checks the stop first.
@@ -223,6 +259,7 @@ async fn execute(
         returned = &mut call => Some(Some(returned)),
         _ = tokio::time::sleep(task.timeout) => Some(None),
     };
+    judge(inner, engine, task, &returned, started.elapsed());
     if !matches!(returned, Some(Some(_))) {
         // Timed out or stopped: tell the engine, and give it a moment to wind down.
         running.cancel.cancel();

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::attempts::Attempts;
+use super::control::{self, Controls};
 use super::wake::Wakeups;
 use super::{DropGuard, Inner, Orchestrator, OrchestratorConfig, maintenance, report};
 use crate::backend::SharedBackend;
@@ -17,6 +18,7 @@ use crate::contracts::{EventHandler, Processor};
 use crate::error::{Error, Result};
 use crate::events::EventLog;
 use crate::locks::LockManager;
+use crate::monitor::{Monitor, Notifier, Sampler};
 use crate::registry::DefaultPluginRegistry;
 use crate::schedule::Schedule;
 
@@ -44,6 +46,8 @@ pub struct OrchestratorBuilder {
     engines: Vec<(String, Arc<dyn Processor>, Option<usize>)>,
     handlers: Vec<Arc<dyn EventHandler>>,
     schedules: Vec<Schedule>,
+    samplers: Vec<Arc<dyn Sampler>>,
+    notifiers: Vec<Arc<dyn Notifier>>,
 }
 
 impl OrchestratorBuilder {
@@ -54,6 +58,8 @@ impl OrchestratorBuilder {
             engines: Vec::new(),
             handlers: Vec::new(),
             schedules: Vec::new(),
+            samplers: Vec::new(),
+            notifiers: Vec::new(),
         }
     }
 
@@ -94,6 +100,20 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// Adds a source of readings for the monitor (the machine's, a front end's); used when
+    /// [`OrchestratorConfig::monitor`] configures one.
+    pub fn sampler(mut self, sampler: impl Sampler + 'static) -> Self {
+        self.samplers.push(Arc::new(sampler));
+        self
+    }
+
+    /// Adds a receiver of the monitor's alerts; used when [`OrchestratorConfig::monitor`]
+    /// configures one. Each notifier gets its own delivery queue.
+    pub fn notifier(mut self, notifier: impl Notifier + 'static) -> Self {
+        self.notifiers.push(Arc::new(notifier));
+        self
+    }
+
     /// Validates the configuration and starts the orchestrator's loops on the current tokio
     /// runtime. Event handlers see every event from the moment `build` returns.
     pub async fn build(self) -> Result<Orchestrator> {
@@ -114,6 +134,18 @@ impl OrchestratorBuilder {
         let stop_background = CancellationToken::new();
         let (reports, report_queue) = tokio::sync::mpsc::unbounded_channel();
         let locks = LockManager::with_config(backend.clone(), config.locks);
+        let (monitor, deliveries) = match &config.monitor {
+            Some(monitor) => {
+                let (monitor, deliveries) = Monitor::new(
+                    monitor.clone(),
+                    self.samplers,
+                    self.notifiers,
+                    &stop_background,
+                );
+                (Some(monitor), deliveries)
+            }
+            None => (None, Vec::new()),
+        };
         let inner = Arc::new(Inner {
             global: Arc::new(Semaphore::new(config.global_concurrency)),
             lock_waiters: Arc::new(Semaphore::new(config.tuning.max_lock_waiters)),
@@ -129,6 +161,8 @@ impl OrchestratorBuilder {
             stop_background,
             background: TaskTracker::new(),
             reports,
+            controls: Controls::new(),
+            monitor,
             config,
         });
         let orch = Orchestrator {
@@ -136,7 +170,20 @@ impl OrchestratorBuilder {
             inner,
         };
         orch.inner.events.start_at_end().await?;
+        // Pauses made before this node started hold from its first claim.
+        if let Err(error) = control::refresh_once(&orch.inner).await {
+            tracing::warn!(%error, "reading the shared engine pauses failed; retrying in the background");
+        }
         start_background(&orch.inner, report_queue);
+        for delivery in deliveries {
+            orch.inner.background.spawn(delivery);
+        }
+        if let Some(monitor) = orch.inner.monitor.clone() {
+            monitor.attach(&orch.inner);
+            orch.inner
+                .background
+                .spawn(monitor.run(orch.inner.clone(), orch.inner.stop_background.clone()));
+        }
         for (name, processor, concurrency) in self.engines {
             orch.add_engine(name, processor, concurrency)?;
         }
@@ -151,7 +198,7 @@ impl OrchestratorBuilder {
 }
 
 /// Starts the loops that run beside the engines: the event tail, the reporter, the lease
-/// keeper, the rescuer and (with a retention) the pruner.
+/// keeper, the rescuer, the reader of shared controls and (with a retention) the pruner.
 fn start_background(
     inner: &Arc<Inner>,
     report_queue: tokio::sync::mpsc::UnboundedReceiver<report::Report>,
@@ -172,6 +219,9 @@ fn start_background(
     inner
         .background
         .spawn(maintenance::rescuer(inner.clone(), stop.clone()));
+    inner
+        .background
+        .spawn(control::refresher(inner.clone(), stop.clone()));
     if let Some(retention) = inner.config.retention {
         inner
             .background

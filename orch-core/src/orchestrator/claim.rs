@@ -11,10 +11,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Engine, Inner};
+use super::breaker::Admit;
+use super::report::Report;
+use super::{Engine, Inner, control};
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::model::{Claimed, NewTask, Task};
+use crate::model::{AttemptOutcome, Claimed, NewTask, Task};
 
 /// A concurrency slot: one permit of the engine's limit and one of the global limit.
 pub(super) struct Slot {
@@ -32,7 +34,7 @@ pub(super) async fn acquire_slots(
 ) -> Option<Vec<Slot>> {
     let wanted = u32::try_from(count).ok()?;
     let mut engine_permit = tokio::select! {
-        permit = engine.slots.clone().acquire_many_owned(wanted) => permit.ok()?,
+        permit = engine.limit.slots.clone().acquire_many_owned(wanted) => permit.ok()?,
         _ = stop.cancelled() => return None,
     };
     let mut global_permit = tokio::select! {
@@ -58,7 +60,7 @@ pub(super) async fn acquire_slots(
 
 /// Takes one free slot, if there is one.
 pub(super) fn try_acquire_slot(inner: &Inner, engine: &Engine) -> Option<Slot> {
-    let engine_permit = engine.slots.clone().try_acquire_owned().ok()?;
+    let engine_permit = engine.limit.slots.clone().try_acquire_owned().ok()?;
     let global_permit = inner.global.clone().try_acquire_owned().ok()?;
     Some(Slot {
         _engine: engine_permit,
@@ -81,6 +83,8 @@ fn gather_slots(inner: &Inner, engine: &Engine, mut slots: Vec<Slot>) -> Vec<Slo
 struct ClaimRequest {
     slots: Vec<Slot>,
     seen: u64,
+    /// The claim of a quarantined engine's one probe attempt.
+    probe: bool,
 }
 
 /// One claim call for the slots of `request`.
@@ -124,6 +128,22 @@ pub(super) fn start_attempts(
     }
 }
 
+/// Gives claimed tasks back to the queue unrun (their attempt not counted): the engine was
+/// paused or quarantined, or the node taken out of rotation, while the claim was under way.
+fn give_back(inner: &Inner, claimed: Vec<Claimed>) {
+    for task in claimed {
+        let report = Report {
+            task_id: task.task.id,
+            lease_token: task.lease_token,
+            attempt: task.task.attempt,
+            outcome: AttemptOutcome::Abandoned,
+        };
+        // Without a reporter (the orchestrator is gone) the lease expires and the task is
+        // rescued.
+        let _ = inner.reports.send(report);
+    }
+}
+
 /// Claims and starts tasks of one engine until shutdown.
 ///
 /// Up to `claims_in_flight` claim calls run at once, each for the slots free when it started.
@@ -131,19 +151,19 @@ pub(super) fn start_attempts(
 /// are back, and then it sleeps until the task signal changes (since the empty call began),
 /// the next delayed task is due, or the poll floor passes. On shutdown no new call starts; the
 /// ones under way are awaited and their tasks started (they are leased to us either way).
+///
+/// The controls ([`control::admit`]) come first: while the engine is paused or quarantined,
+/// or the node is out of rotation, no call starts and the loop waits for a change of the
+/// controls (or the end of a quarantine's cool-down); tasks of a call that was under way when
+/// that began are given back unrun. A quarantined engine past its cool-down claims one task,
+/// its probe.
 pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
     let stop = inner.stop_claiming.clone();
     let tuning = &inner.config.tuning;
     let signal = inner.wakeups.tasks.clone();
+    let controls = inner.controls.changed.clone();
     let name = engine.name.clone();
     let max_in_flight = tuning.claims_in_flight.max(1);
-    // Slots a call beside one under way waits for: half a batch.
-    let beside = tuning
-        .claim_batch
-        .min(engine.limit)
-        .min(inner.config.global_concurrency)
-        .div_ceil(2)
-        .max(1);
     let mut in_flight: FuturesUnordered<_> = FuturesUnordered::new();
     // The signal's version seen before a claim that came back empty.
     let mut empty: Option<u64> = None;
@@ -151,9 +171,28 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
     let mut backoff: Option<tokio::time::Instant> = None;
     let mut stopping = false;
     loop {
+        // Read before looking at the controls, so a change right after is not missed.
+        let controls_seen = controls.version();
+        let admit = control::admit(&inner, &engine);
         if in_flight.is_empty() {
             if stopping {
                 break;
+            }
+            if let Admit::Wait(until) = admit {
+                let cool_down = async move {
+                    match until {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = controls.changed_since(controls_seen) => {}
+                    _ = cool_down => {}
+                    _ = stop.cancelled() => break,
+                }
+                // Whatever was found before, look again once let through.
+                empty = None;
+                continue;
             }
             if let Some(until) = backoff.take() {
                 tokio::select! {
@@ -187,19 +226,47 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 continue;
             }
         }
-        let may_start =
-            !stopping && empty.is_none() && backoff.is_none() && in_flight.len() < max_in_flight;
+        let probe = admit == Admit::Probe;
+        let may_start = !stopping
+            && empty.is_none()
+            && backoff.is_none()
+            && in_flight.len() < max_in_flight
+            && match admit {
+                Admit::All => true,
+                Admit::Probe => in_flight.is_empty(),
+                Admit::Wait(_) => false,
+            };
         // The first call starts as soon as one slot is free; another one, beside it, only once
-        // it can claim a good batch (else calls would split the work into crumbs).
-        let wanted = if in_flight.is_empty() { 1 } else { beside };
+        // it can claim a good batch (else calls would split the work into crumbs): half a
+        // batch.
+        let wanted = if in_flight.is_empty() {
+            1
+        } else {
+            tuning
+                .claim_batch
+                .min(engine.limit.get())
+                .min(inner.config.global_concurrency)
+                .div_ceil(2)
+                .max(1)
+        };
         tokio::select! {
             biased;
             _ = stop.cancelled(), if !stopping => stopping = true,
             Some((claimed, request)) = in_flight.next(), if !in_flight.is_empty() => {
                 // (Names the types, which inference cannot see through the macro.)
                 let (claimed, request): (Result<Vec<Claimed>>, ClaimRequest) = (claimed, request);
-                let ClaimRequest { slots, seen } = request;
+                let ClaimRequest { slots, seen, probe } = request;
+                if probe {
+                    let task = claimed.as_ref().ok().and_then(|c| c.first()).map(|c| c.task.id);
+                    engine.breaker.probe_claimed(task);
+                }
                 match claimed {
+                    Ok(claimed) if !probe
+                        && !claimed.is_empty()
+                        && control::admit(&inner, &engine) != Admit::All =>
+                    {
+                        give_back(&inner, claimed);
+                    }
                     Ok(claimed) if claimed.is_empty() => {
                         // Keep the earliest version: a change since any empty call counts.
                         empty.get_or_insert(seen);
@@ -224,10 +291,19 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                     stopping = true;
                     continue;
                 };
+                // The controls may have changed while the slots were awaited.
+                let admitted = match control::admit(&inner, &engine) {
+                    Admit::All => !probe,
+                    Admit::Probe => probe && engine.breaker.take_probe(),
+                    Admit::Wait(_) => false,
+                };
+                if !admitted {
+                    continue;
+                }
                 // Read before claiming, so a task created after the claim still wakes us.
                 let seen = signal.version();
-                let slots = gather_slots(&inner, &engine, slots);
-                in_flight.push(claim(inner.clone(), name.clone(), ClaimRequest { slots, seen }));
+                let slots = if probe { slots } else { gather_slots(&inner, &engine, slots) };
+                in_flight.push(claim(inner.clone(), name.clone(), ClaimRequest { slots, seen, probe }));
             }
         }
     }
@@ -248,7 +324,9 @@ pub(super) async fn start_directly(
         return Ok(Err(task));
     }
     let engine = inner.engines.read().get(task.engine.as_str()).cloned();
-    let Some(engine) = engine.filter(|engine| engine.idle.load(Ordering::Acquire)) else {
+    let Some(engine) = engine.filter(|engine| {
+        engine.idle.load(Ordering::Acquire) && control::admit(inner, engine) == Admit::All
+    }) else {
         return Ok(Err(task));
     };
     let Some(slot) = try_acquire_slot(inner, &engine) else {

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use super::healing::Healing;
 use crate::error::{Error, Result};
 use crate::locks::LockConfig;
 use crate::model::RetryPolicy;
+use crate::monitor::MonitorConfig;
 
 /// How long finished tasks and events are kept before the pruner deletes them: at most
 /// [`Retention::MAX_KEEP`] (validated with the [`OrchestratorConfig`]).
@@ -92,6 +94,10 @@ pub struct Tuning {
     pub event_buffer: usize,
     /// Most claimed tasks waiting for their locks at once. Default 1024.
     pub max_lock_waiters: usize,
+    /// How often the engine pauses shared through the backend are read: a pause made on
+    /// another node takes effect here within this time. One key-value `list` call each.
+    /// Default 1 s.
+    pub control_refresh: Duration,
 }
 
 impl Default for Tuning {
@@ -103,6 +109,7 @@ impl Default for Tuning {
             reports_in_flight: 4,
             event_buffer: 4096,
             max_lock_waiters: 1024,
+            control_refresh: Duration::from_secs(1),
         }
     }
 }
@@ -141,6 +148,12 @@ impl Tuning {
     /// Sets how many claimed tasks may wait for their locks at once.
     pub fn with_max_lock_waiters(mut self, waiters: usize) -> Self {
         self.max_lock_waiters = waiters;
+        self
+    }
+
+    /// Sets how often shared engine pauses are read.
+    pub fn with_control_refresh(mut self, refresh: Duration) -> Self {
+        self.control_refresh = refresh;
         self
     }
 }
@@ -185,6 +198,11 @@ pub struct OrchestratorConfig {
     pub cancel_grace: Duration,
     /// The pipeline's knobs.
     pub tuning: Tuning,
+    /// The repairs the orchestrator makes by itself. Default: off.
+    pub healing: Healing,
+    /// The monitor: readings, alert rules, notifications, and the healing actions that need
+    /// readings. `None` (the default) runs none.
+    pub monitor: Option<MonitorConfig>,
 }
 
 impl Default for OrchestratorConfig {
@@ -201,6 +219,8 @@ impl Default for OrchestratorConfig {
             retention: Some(Retention::default()),
             cancel_grace: Duration::from_secs(5),
             tuning: Tuning::default(),
+            healing: Healing::default(),
+            monitor: None,
         }
     }
 }
@@ -273,6 +293,24 @@ impl OrchestratorConfig {
         self
     }
 
+    /// Sets the self-healing actions.
+    pub fn with_healing(mut self, healing: Healing) -> Self {
+        self.healing = healing;
+        self
+    }
+
+    /// Turns the self-healing master switch on or off, keeping each action's settings.
+    pub fn with_self_healing(mut self, enabled: bool) -> Self {
+        self.healing.enabled = enabled;
+        self
+    }
+
+    /// Sets the monitor (`None`: none).
+    pub fn with_monitor(mut self, monitor: Option<MonitorConfig>) -> Self {
+        self.monitor = monitor;
+        self
+    }
+
     /// Sets the poll floor (see [`Tuning::poll_interval`]).
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.tuning.poll_interval = interval;
@@ -342,6 +380,11 @@ impl OrchestratorConfig {
         positive("tuning.reports_in_flight", tuning.reports_in_flight)?;
         positive("tuning.event_buffer", tuning.event_buffer)?;
         positive("tuning.max_lock_waiters", tuning.max_lock_waiters)?;
+        nonzero("tuning.control_refresh", tuning.control_refresh)?;
+        self.healing.validate()?;
+        if let Some(monitor) = &self.monitor {
+            monitor.validate()?;
+        }
         Ok(())
     }
 }

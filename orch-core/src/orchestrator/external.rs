@@ -67,6 +67,10 @@ impl Orchestrator {
         if lease.is_zero() {
             return Err(Error::invalid("lease", "must be greater than zero"));
         }
+        // A paused engine hands out nothing, nor does a node out of rotation.
+        if inner.controls.is_paused(engine) || !inner.controls.is_ready() {
+            return Ok(Vec::new());
+        }
         let limit = limit.clamp(1, 1000);
         let span = tracing::debug_span!("claim", engine, limit, external = true);
         let claimed = inner

@@ -56,6 +56,7 @@ pub(super) async fn lease_keeper(inner: Arc<Inner>, stop: CancellationToken) {
 pub(super) async fn rescue_once(inner: &Inner) -> Result<Vec<Task>> {
     let rescued = inner.backend.rescue_expired(1000).await?;
     if !rescued.is_empty() {
+        inner.controls.rescued(&rescued);
         tracing::info!(count = rescued.len(), "rescued tasks whose lease expired");
         inner.wakeups.tasks_changed();
     }

@@ -15,21 +15,34 @@
 //! invariant; `wake.rs` is the one path by which idle loops learn of changes; `builder.rs`
 //! assembles an orchestrator; `config.rs` holds its settings. The event tail (`events.rs`) and
 //! schedules (`schedule.rs`) run beside the pipeline.
+//!
+//! Run-time controls sit beside the claim stage: `control.rs` (pause and resume, shared
+//! through the backend's key-value space; concurrency; quarantine; readiness; what a claim
+//! loop may start), `limit.rs` (a concurrency limit that changes while attempts run),
+//! `breaker.rs` (the circuit breaker) and `supervise.rs` (claim loops restarted after a
+//! panic). `healing.rs` holds the settings of the repairs the orchestrator makes itself.
 
 mod attempt;
 mod attempts;
+mod breaker;
 mod builder;
 mod claim;
 mod config;
+mod control;
 mod external;
+mod healing;
+mod limit;
 mod maintenance;
+mod observe;
 mod report;
+mod supervise;
+mod versions;
 mod wake;
 mod workflows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -40,10 +53,16 @@ use tracing::Instrument;
 
 pub use builder::OrchestratorBuilder;
 pub use config::{OrchestratorConfig, Retention, Tuning};
+pub use control::{EngineState, EngineStatus, Pause, Quarantine, Readiness};
+pub(crate) use control::{MONITOR, control_event};
 pub use external::{ClaimedTask, WorkerReport};
+pub use healing::{Autoscale, CircuitBreaker, Healing, NodeHealthCheck, RestartBackoff};
 pub use maintenance::Pruned;
 
 use self::attempts::{Attempts, StopCause};
+use self::breaker::Breaker;
+use self::control::Controls;
+use self::limit::EngineLimit;
 use self::wake::Wakeups;
 use crate::backend::SharedBackend;
 use crate::contracts::{EventHandler, Plugin, PluginProcessor, PluginRegistry, Processor};
@@ -54,23 +73,45 @@ use crate::model::{
     Created, EngineCounts, NewTask, Resolution, Task, TaskFilter, TaskId, TaskSpec, check_name,
     limits,
 };
+use crate::monitor::{EngineStats, Monitor};
 use crate::registry::DefaultPluginRegistry;
 use crate::schedule::Schedule;
 
 /// An engine registered under one name.
 struct Engine {
     name: Arc<str>,
-    processor: Arc<dyn Processor>,
-    /// Per-engine concurrency limit.
-    slots: Arc<Semaphore>,
-    /// The number of permits of `slots`.
-    limit: usize,
+    /// The version running, and the one it can roll back to.
+    versions: RwLock<versions::Versions>,
+    /// Per-engine concurrency limit, changeable while attempts run.
+    limit: Arc<EngineLimit>,
+    /// The limit it was registered with.
+    registered_limit: usize,
+    /// An operator set the limit: the scaler leaves it alone.
+    pinned: AtomicBool,
     /// Whether the claim loop is idle (its last call found nothing): a local dispatch may then
     /// start its task itself ([`claim::start_directly`]).
     idle: AtomicBool,
+    /// Paused (on every node): mirrors the pause table, read by the claim loop.
+    paused: AtomicBool,
+    /// This node's circuit breaker for the engine.
+    breaker: Breaker,
+    /// Calls, failures and durations, for the monitor.
+    stats: EngineStats,
+    /// Restarts of the claim loop after a panic.
+    restarts: AtomicU64,
+    /// The claim loop panicked and was not restarted.
+    stopped: AtomicBool,
 }
 
-struct Inner {
+impl Engine {
+    /// The processor of the version running.
+    fn processor(&self) -> Arc<dyn Processor> {
+        self.versions.read().current.processor.clone()
+    }
+}
+
+/// What every handle, loop and attempt of one orchestrator shares.
+pub(crate) struct Inner {
     backend: SharedBackend,
     config: OrchestratorConfig,
     engines: RwLock<HashMap<String, Arc<Engine>>>,
@@ -95,6 +136,10 @@ struct Inner {
     background: TaskTracker,
     /// Outcomes of finished attempts, recorded in batches by the reporter.
     reports: tokio::sync::mpsc::UnboundedSender<report::Report>,
+    /// Pauses, readiness and the signal claim loops wait on while they may not claim.
+    controls: Controls,
+    /// The monitor, when configured.
+    monitor: Option<Monitor>,
 }
 
 /// Stops the background loops when the last [`Orchestrator`] handle is dropped without
@@ -183,6 +228,11 @@ impl Orchestrator {
         &self.inner.plugins
     }
 
+    /// The monitor, when [`OrchestratorConfig::monitor`] configures one.
+    pub fn monitor(&self) -> Option<&Monitor> {
+        self.inner.monitor.as_ref()
+    }
+
     /// The names of the engines registered here, sorted.
     pub fn engines(&self) -> Vec<String> {
         let mut names: Vec<String> = self.inner.engines.read().keys().cloned().collect();
@@ -246,10 +296,16 @@ impl Orchestrator {
         }
         let engine = Arc::new(Engine {
             name: Arc::from(name.as_str()),
-            processor,
-            slots: Arc::new(Semaphore::new(limit)),
-            limit,
+            versions: RwLock::new(versions::Versions::new(processor)),
+            limit: Arc::new(EngineLimit::new(limit)),
+            registered_limit: limit,
+            pinned: AtomicBool::new(false),
             idle: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            breaker: Breaker::new(self.inner.config.healing.breaker().copied()),
+            stats: EngineStats::new(),
+            restarts: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
         });
         {
             let mut engines = self.inner.engines.write();
@@ -258,9 +314,11 @@ impl Orchestrator {
             }
             engines.insert(name, engine.clone());
         }
+        // After inserting: a pause from now on sets the flag itself.
+        control::init_engine(&self.inner, &engine);
         self.inner
             .background
-            .spawn(claim::claim_loop(self.inner.clone(), engine));
+            .spawn(supervise::claim_loop(self.inner.clone(), engine));
         Ok(())
     }
 
@@ -287,7 +345,15 @@ impl Orchestrator {
         self.inner.plugins.register(plugin.clone(), config).await?;
         for (index, name) in names.iter().enumerate() {
             let processor = Arc::new(PluginProcessor(plugin.clone()));
-            if let Err(error) = self.add_engine(name.clone(), processor, None) {
+            let added = self.add_engine(name.clone(), processor, None);
+            if added.is_ok()
+                && let Some(engine) = self.inner.engines.read().get(name)
+            {
+                let mut versions = engine.versions.write();
+                versions.current.version = Some(plugin.version().to_owned());
+                versions.current.plugin = Some(plugin.clone());
+            }
+            if let Err(error) = added {
                 // Lost a race for the name: undo this plugin's engines and registration.
                 for registered in &names[..index] {
                     self.inner.engines.write().remove(registered);

@@ -116,14 +116,18 @@ macro_rules! delegate_all_but_tasks {
 }
 
 mod conformance;
+mod controls;
 mod dispatcher;
 mod events;
+mod healing;
 mod locks;
 mod model_based;
+mod monitor;
 mod pipelining;
 mod plugins;
 mod schedules;
 mod task_locks;
+mod watch;
 mod workflows;
 
 use std::sync::Arc;

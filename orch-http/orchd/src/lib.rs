@@ -8,12 +8,18 @@
 //! - this library: what the binaries share and the tests check at their boundary:
 //!   [`settings`] (the YAML file and environment variables, turned into an
 //!   [`HttpConfig`](orch_http::HttpConfig)), [`engines`] (the built-in `echo` and `sleep`)
-//!   and [`tls`] (HTTPS: a rustls handshake for orch-http's server).
+//!   [`tls`] (HTTPS: a rustls handshake for orch-http's server) and [`machine`] (the
+//!   monitor's readings of the machine, from `sysinfo`), [`notify`] (alerts out: a signed
+//!   webhook, Slack, email) and [`logging`] (JSON log lines carrying the request's
+//!   `correlation_id`).
 //! - `src/bin/orchd/`: the daemon and its subcommands (`serve`, `dispatch`, `user
 //!   add|list|passwd|role|disable|enable|unlock|delete`, `backup`, `restore`, `migrate`), the
 //!   log subscriber, secrets kept in the data directory.
 //! - `tests/orchd/`: the daemon binary over real TCP, on SQLite and on PostgreSQL.
 
 pub mod engines;
+pub mod logging;
+pub mod machine;
+pub mod notify;
 pub mod settings;
 pub mod tls;

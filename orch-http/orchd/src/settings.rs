@@ -20,6 +20,13 @@ use serde::Deserialize;
 use orch_http::config::{ConfigError, HttpConfig, IpNet, Limit, Secret};
 use orch_http::server::ServerOptions;
 
+mod monitoring;
+
+pub use monitoring::{
+    AlertThresholds, DeliverySettings, EmailSettings, MonitoringSettings, NotificationSettings,
+    ScaleSettings, SelfHealingSettings, SlackSettings, WebhookNotifySettings,
+};
+
 /// `server:`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -71,9 +78,11 @@ pub struct DatabaseSettings {
     pub path: Option<String>,
     /// A `DATABASE_URL`-style URL (`sqlite://...`, `postgres://...`); `DATABASE_URL` wins.
     pub url: Option<String>,
-    /// Accepted from ORCH-Next's layout, unused (the backend sizes its own pool).
+    /// Connections: on PostgreSQL the pool's size (default 10); on SQLite the read-only
+    /// connections beside the one writer (default 4).
     pub pool_size: Option<u32>,
-    /// Accepted from ORCH-Next's layout, unused.
+    /// Seconds a call waits for the database: on PostgreSQL for a connection (opening one
+    /// included; default 10), on SQLite for the write lock another process holds (default 10).
     pub timeout: Option<u64>,
 }
 
@@ -176,24 +185,6 @@ pub struct SecuritySettings {
     pub password_hashing: HashingSettings,
 }
 
-/// `monitoring:` (ORCH-Next's keys accepted; `enabled` / `ENABLE_MONITORING` turns `/metrics` system
-/// gauges on).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MonitoringSettings {
-    /// Collect system gauges.
-    pub enabled: Option<bool>,
-    /// ORCH-Next's key, accepted, unused.
-    pub interval: Option<u64>,
-    /// ORCH-Next's key, accepted, unused.
-    pub metrics_retention: Option<u64>,
-    /// ORCH-Next's key, accepted, unused.
-    pub alert_thresholds: Option<serde_json::Value>,
-    /// When set, `GET /metrics` requires `Authorization: Bearer <token>`;
-    /// `ORCH_METRICS_TOKEN` wins. Default none (open, cached and rate-limited per client).
-    pub metrics_token: Option<String>,
-}
-
 /// `sse:`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -294,8 +285,8 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// `monitoring:`.
     pub monitoring: MonitoringSettings,
-    /// `notifications:` (ORCH-Next's key, accepted, unused).
-    pub notifications: Option<serde_json::Value>,
+    /// `notifications:` where alerts are sent.
+    pub notifications: NotificationSettings,
     /// `sse:`.
     pub sse: SseSettings,
     /// `plugins:`.
@@ -354,7 +345,8 @@ fn non_empty(value: Option<String>) -> Option<String> {
 
 impl Settings {
     /// Parses YAML text, expands `${VAR}`, then applies the environment variables
-    /// (`JWT_SECRET`, `WEBHOOK_SECRET`, `DATABASE_URL`, `ENABLE_MONITORING`, `ORCH_LISTEN`,
+    /// (`JWT_SECRET`, `WEBHOOK_SECRET`, `DATABASE_URL`, `ENABLE_MONITORING`,
+    /// `ENABLE_SELF_HEALING`, `SLACK_WEBHOOK_URL`, `SMTP_SERVER`, `ORCH_LISTEN`,
     /// `ORCH_LOG`, `DEBUG_MODE`, `ORCH_TRUSTED_PROXIES`, `ORCH_TLS_CERT`, `ORCH_TLS_KEY`,
     /// `ORCH_METRICS_TOKEN`). `env` looks a variable up.
     pub fn from_yaml(
@@ -440,6 +432,15 @@ impl Settings {
         }
         if let Some(flag) = env("ENABLE_MONITORING") {
             self.monitoring.enabled = Some(truthy("ENABLE_MONITORING", &flag)?);
+        }
+        if let Some(url) = env("SLACK_WEBHOOK_URL") {
+            self.notifications.slack.webhook_url = Some(url);
+        }
+        if let Some(server) = env("SMTP_SERVER") {
+            self.notifications.email.smtp_server = Some(server);
+        }
+        if let Some(flag) = env("ENABLE_SELF_HEALING") {
+            self.monitoring.self_healing.enabled = Some(truthy("ENABLE_SELF_HEALING", &flag)?);
         }
         if let Some(listen) = non_empty(env("ORCH_LISTEN")) {
             self.server.listen = Some(listen);

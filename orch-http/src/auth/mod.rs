@@ -4,6 +4,7 @@
 //! caller's role against the endpoint's [`RoleSet`], and the per-user rate limit; the
 //! [`Session`] an event stream watches to end when its token stops being valid.
 
+mod failures;
 mod jwt;
 mod security_log;
 pub mod users;
@@ -16,6 +17,7 @@ use axum::extract::{FromRef, FromRequestParts, MatchedPath};
 use axum::http::{header, request::Parts};
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::failures::AuthFailures;
 pub use crate::auth::security_log::{Refusal, SecurityLog};
 use crate::auth::users::UserStore;
 use crate::client_ip::{ClientIpSource, client_ip_string};

@@ -126,6 +126,8 @@ struct Inner {
     backend: SharedBackend,
     interval: Duration,
     windows: Mutex<HashMap<&'static str, Window>>,
+    /// Where refusals of `auth.*` kinds are counted, if anywhere.
+    auth_failures: std::sync::OnceLock<crate::auth::AuthFailures>,
 }
 
 /// Appends security events (`auth.login_failed`, `webhook.signature_refused`, ...) to the
@@ -157,8 +159,15 @@ impl SecurityLog {
                 backend,
                 interval,
                 windows: Mutex::new(HashMap::new()),
+                auth_failures: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Counts every refusal of an `auth.*` kind (refused logins and tokens) in `failures`
+    /// from now on; a second call is ignored.
+    pub fn count_auth_failures_in(&self, failures: crate::auth::AuthFailures) {
+        let _ = self.inner.auth_failures.set(failures);
     }
 
     /// Appends an event of `kind` with `data` now; a failure is logged, never returned.
@@ -171,6 +180,11 @@ impl SecurityLog {
     /// was written within the interval, else into the summary written when it ends.
     pub async fn refused(&self, kind: &'static str, refusal: Refusal) {
         tracing::debug!(kind, reason = %refusal.reason, ip = ?refusal.ip, "refused");
+        if kind.starts_with("auth.")
+            && let Some(failures) = self.inner.auth_failures.get()
+        {
+            failures.add();
+        }
         let interval = self.inner.interval;
         let now = Instant::now();
         /// What to do with one refusal.

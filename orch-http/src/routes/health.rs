@@ -1,9 +1,13 @@
-//! `GET /health` in ORCH-Next's shape, cached for `health_cache` so probes and load balancers
-//! cost one backend round trip per second at most.
+//! `GET /health` in ORCH-Next's shape, each component as the monitor sees it, cached for
+//! `health_cache` so probes and load balancers cost one backend round trip per second at most;
+//! `GET /health/live` (the process answers) and `GET /health/ready` (this node should get
+//! traffic and claims work) for load balancers and Kubernetes probes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -11,6 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use orch_core::Orchestrator;
+use orch_core::monitor::{Alert, Metric};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +29,6 @@ pub struct HealthCheck {
     inner: Arc<HealthInner>,
 }
 
-#[derive(Debug)]
 struct HealthInner {
     /// The last report and when it was made; reused for `cache_for`.
     cached: parking_lot::RwLock<Option<(Instant, HealthReport)>>,
@@ -36,7 +40,24 @@ struct HealthInner {
     clock: Clock,
     /// Fired when the server begins to shut down: the report says `shutting_down`.
     shutdown: CancellationToken,
+    /// The embedder's own readiness check (the daemon: the database schema is the one it
+    /// runs), set once.
+    ready_check: OnceLock<ReadyCheck>,
 }
+
+impl std::fmt::Debug for HealthInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthInner")
+            .field("cache_for", &self.cache_for)
+            .field("version", &self.version)
+            .field("ready_check", &self.ready_check.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An embedder's readiness check: `Err(reason)` when the node should not get traffic.
+pub type ReadyCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 impl HealthCheck {
     pub(crate) fn new(
@@ -54,24 +75,67 @@ impl HealthCheck {
                 version,
                 clock,
                 shutdown,
+                ready_check: OnceLock::new(),
             }),
         }
+    }
+
+    /// Adds a check `/health/ready` runs besides its own (a second call is ignored).
+    pub(crate) fn set_ready_check(&self, check: ReadyCheck) {
+        let _ = self.inner.ready_check.set(check);
     }
 }
 
 /// The health body, in ORCH-Next's shape.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HealthReport {
-    /// `healthy`, `unhealthy` or `shutting_down`.
+    /// `healthy`, `degraded` (alerts firing), `unhealthy` (a check failed) or `shutting_down`.
     pub status: String,
     /// RFC 3339.
     pub timestamp: String,
     /// Server version.
     pub version: String,
-    /// `database`, `lock_manager`, `monitor`, `security`: `healthy` or `unhealthy`.
+    /// `database`, `lock_manager`, `monitor`, `security`, `node`, `machine`, `engines`:
+    /// `healthy`, `degraded` (an alert of the monitor fires on it), `unhealthy` (its check
+    /// failed: the database or lock probe, the monitor's passes, the node's rotation) or
+    /// `disabled` (`monitor` when the orchestrator runs no monitor).
     pub components: BTreeMap<String, String>,
+    /// The monitor's alerts firing now.
+    pub alerts: Vec<HealthAlert>,
     /// Counters.
     pub metrics: HealthMetrics,
+}
+
+/// One alert firing, as `/health` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HealthAlert {
+    /// The rule's name (`cpu_high`).
+    pub rule: String,
+    /// `warning` or `critical`.
+    pub severity: String,
+    /// The engine of the series, for per-engine rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core_id: Option<String>,
+    /// One line for people.
+    pub summary: String,
+}
+
+/// The `/health/ready` body.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReadyReport {
+    /// Whether this node should get traffic and claims work.
+    pub ready: bool,
+    /// Each check: `ok`, or why it failed. `database` (reachable), `schema` (the one this
+    /// build runs, when the embedder checks it), `shutdown` (not shutting down), `rotation`
+    /// (not taken out of rotation by its health check).
+    pub checks: BTreeMap<String, String>,
+}
+
+/// The `/health/live` body.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LiveReport {
+    /// Always `alive`: the process serves requests.
+    pub status: String,
 }
 
 /// The `metrics` part of [`HealthReport`].
@@ -89,6 +153,33 @@ pub struct HealthMetrics {
 
 fn verdict(ok: bool) -> String {
     if ok { "healthy" } else { "unhealthy" }.to_owned()
+}
+
+/// How bad a component's state is, for the report's overall status.
+fn rank(state: &str) -> u8 {
+    match state {
+        "unhealthy" => 2,
+        "degraded" => 1,
+        _ => 0,
+    }
+}
+
+/// The component an alert is about.
+fn component_of(alert: &Alert) -> &'static str {
+    match alert.metric {
+        Metric::DatabaseUp | Metric::DatabaseLatency | Metric::PoolInUse => "database",
+        Metric::LockWaitSeconds
+        | Metric::LockWaiters
+        | Metric::LocksHeld
+        | Metric::LockTimeouts => "lock_manager",
+        Metric::AuthFailures => "security",
+        Metric::CpuPercent
+        | Metric::MemoryPercent
+        | Metric::DiskPercent
+        | Metric::NetworkReceived
+        | Metric::NetworkSent => "machine",
+        _ => "engines",
+    }
 }
 
 async fn compute(check: &HealthInner, orch: &Orchestrator, metrics: &Metrics) -> HealthReport {
@@ -116,11 +207,55 @@ async fn compute(check: &HealthInner, orch: &Orchestrator, metrics: &Metrics) ->
     let mut components = BTreeMap::new();
     components.insert("database".to_owned(), verdict(database_ok));
     components.insert("lock_manager".to_owned(), verdict(locks_ok));
-    components.insert("monitor".to_owned(), verdict(true));
     components.insert("security".to_owned(), verdict(true));
-    let all_ok = components.values().all(|v| v == "healthy");
+    components.insert("machine".to_owned(), verdict(true));
+    components.insert("engines".to_owned(), verdict(true));
+    let readiness = orch.readiness();
+    components.insert(
+        "node".to_owned(),
+        verdict(readiness.ready || check.shutdown.is_cancelled()),
+    );
+    let mut alerts = Vec::new();
+    match orch.monitor() {
+        None => {
+            components.insert("monitor".to_owned(), "disabled".to_owned());
+        }
+        Some(monitor) => {
+            // Passing: its last pass is at most three intervals old (or it started lately).
+            let interval = monitor.config().interval;
+            let stale_after = chrono::Duration::from_std(interval * 3 + Duration::from_secs(5))
+                .unwrap_or(chrono::Duration::MAX);
+            let passing = match monitor.readings().at {
+                Some(at) => check.clock.now_utc() - at <= stale_after,
+                None => check.started.elapsed() <= interval * 3 + Duration::from_secs(5),
+            };
+            components.insert("monitor".to_owned(), verdict(passing));
+            // An alert marks its component degraded; only a failed check makes one unhealthy
+            // (and the answer 503): a flood of refused logins must not take a node out of a
+            // load balancer's rotation.
+            for alert in monitor.alerts() {
+                if let Some(current) = components.get_mut(component_of(&alert))
+                    && current == "healthy"
+                {
+                    *current = "degraded".to_owned();
+                }
+                alerts.push(HealthAlert {
+                    rule: alert.rule,
+                    severity: alert.severity.as_str().to_owned(),
+                    core_id: alert.engine,
+                    summary: alert.summary,
+                });
+            }
+        }
+    }
+    let worst = components
+        .values()
+        .map(|v| v.as_str())
+        .max_by_key(|v| rank(v))
+        .unwrap_or("healthy");
     HealthReport {
-        status: verdict(all_ok),
+        status: worst.to_owned(),
+        alerts,
         timestamp: check
             .clock
             .now_utc()
@@ -136,9 +271,12 @@ async fn compute(check: &HealthInner, orch: &Orchestrator, metrics: &Metrics) ->
     }
 }
 
-/// `GET /health`: 200 when every component is healthy, 503 otherwise or while shutting down.
+/// `GET /health`: 200 when no component is unhealthy (`healthy`, or `degraded` while alerts
+/// fire), 503 when a check failed or while shutting down.
 #[utoipa::path(get, path = "/health", tag = "system",
-    responses((status = 200, body = HealthReport), (status = 503, body = HealthReport)))]
+    responses(
+        (status = 200, description = "No check failed (alerts may fire: `degraded`)", body = HealthReport),
+        (status = 503, description = "A component is unhealthy, or the server is shutting down", body = HealthReport)))]
 pub async fn health(
     State(check): State<HealthCheck>,
     State(orch): State<Orchestrator>,
@@ -171,10 +309,70 @@ pub async fn health(
     if check.shutdown.is_cancelled() {
         report.status = "shutting_down".to_owned();
     }
-    let status = if report.status == "healthy" {
+    let status = if rank(&report.status) < 2 && report.status != "shutting_down" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(report)).into_response()
+}
+
+/// `GET /health/live`: 200 while the process serves requests (a liveness probe: restart the
+/// process when it fails).
+#[utoipa::path(get, path = "/health/live", tag = "system",
+    responses((status = 200, description = "The process serves requests", body = LiveReport)))]
+pub async fn live() -> Json<LiveReport> {
+    Json(LiveReport {
+        status: "alive".to_owned(),
+    })
+}
+
+/// `GET /health/ready`: 200 when this node should get traffic: its database answers, its
+/// schema is current (when the embedder checks it), it is not shutting down and its health
+/// check has not taken it out of rotation; 503 otherwise, saying which check failed. Not
+/// cached.
+#[utoipa::path(get, path = "/health/ready", tag = "system",
+    responses(
+        (status = 200, description = "Ready for traffic", body = ReadyReport),
+        (status = 503, description = "Not ready: `checks` says why", body = ReadyReport)))]
+pub async fn ready(State(check): State<HealthCheck>, State(orch): State<Orchestrator>) -> Response {
+    const PROBE: Duration = Duration::from_secs(2);
+    let check = &*check.inner;
+    let mut checks = BTreeMap::new();
+    let database = match tokio::time::timeout(PROBE, orch.backend().last_event_seq()).await {
+        Ok(Ok(_)) => "ok".to_owned(),
+        Ok(Err(error)) => format!("unreachable: {error}"),
+        Err(_) => format!("no answer within {} s", PROBE.as_secs()),
+    };
+    checks.insert("database".to_owned(), database);
+    if let Some(extra) = check.ready_check.get() {
+        let schema = match tokio::time::timeout(PROBE, extra()).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(reason)) => reason,
+            Err(_) => format!("no answer within {} s", PROBE.as_secs()),
+        };
+        checks.insert("schema".to_owned(), schema);
+    }
+    let shutdown = if check.shutdown.is_cancelled() {
+        "shutting down".to_owned()
+    } else {
+        "ok".to_owned()
+    };
+    checks.insert("shutdown".to_owned(), shutdown);
+    let readiness = orch.readiness();
+    let rotation = match (readiness.ready, readiness.reason) {
+        (true, _) => "ok".to_owned(),
+        (false, reason) => format!(
+            "out of rotation: {}",
+            reason.unwrap_or_else(|| "not ready".to_owned())
+        ),
+    };
+    checks.insert("rotation".to_owned(), rotation);
+    let ready = checks.values().all(|v| v == "ok");
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(ReadyReport { ready, checks })).into_response()
 }

@@ -128,7 +128,7 @@ async fn metrics_parse_and_carry_the_orch_next_names() {
     );
     expect("orch_task_duration_seconds", &["core_id", "status"], true);
     expect("orch_tasks_total", &["core_id", "status"], false);
-    expect("orch_task_queue_depth", &["priority"], false);
+    expect("orch_task_queue_depth", &["core_id", "priority"], false);
     expect("orch_sse_connections_active", &[], false);
     expect("orch_sse_messages_sent_total", &[], false);
     expect("orch_webhook_signatures_verified_total", &["status"], false);
@@ -167,7 +167,8 @@ async fn metrics_parse_and_carry_the_orch_next_names() {
     assert_eq!(
         families["orch_tasks_total"]
             .iter()
-            .filter(|s| s.labels.get("core_id") == Some("echo"))
+            .filter(|s| s.labels.get("core_id") == Some("echo")
+                && matches!(s.value, Value::Counter(v) if v > 0.0))
             .count(),
         3,
         "queued, running, succeeded"
@@ -226,4 +227,112 @@ async fn promtool_accepts_the_output_when_installed() {
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("error while linting"), "{stderr}");
+}
+
+/// Every family of a fresh router, present at the first scrape (zero-valued where nothing
+/// happened yet), so dashboards and `absent()` alerts see them from the start.
+pub(crate) const FAMILIES_FROM_START: &[&str] = &[
+    "orch_http_requests_total",
+    "orch_tasks_total",
+    "orch_task_duration_seconds",
+    "orch_task_queue_depth",
+    "orch_sse_connections_active",
+    "orch_sse_messages_sent_total",
+    "orch_webhook_signatures_verified_total",
+    "orch_webhook_processing_duration_seconds",
+    "orch_system_cpu_percent",
+    "orch_system_memory_percent",
+    "orch_system_disk_percent",
+    "orch_node_ready",
+    "orch_node_engine_in_flight",
+    "orch_node_engine_concurrency_limit",
+    "orch_node_engine_quarantined",
+    "orch_node_claim_loop_restarts_total",
+    "orch_node_task_error_ratio",
+    "orch_node_task_duration_p95_seconds",
+    "orch_node_database_up",
+    "orch_node_database_probe_seconds",
+    "orch_node_lock_grants_total",
+    "orch_node_lock_timeouts_total",
+    "orch_node_lock_contended_total",
+    "orch_node_lock_waits_total",
+    "orch_node_lock_wait_seconds_total",
+    "orch_lock_waiters",
+    "orch_lock_wait_longest_seconds",
+    "orch_alerts_firing",
+    "orch_auth_failures_total",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_router_shows_every_family_and_says_whose_figures_they_are() {
+    use orch_core::monitor::MonitorConfig;
+    let server = common::start_full(
+        std::sync::Arc::new(orch_core::MemoryBackend::new()),
+        common::orchestrator_config().with_monitor(Some(MonitorConfig::default())),
+        common::config(),
+    )
+    .await;
+    server
+        .state
+        .orch()
+        .monitor()
+        .unwrap()
+        .check_now()
+        .await
+        .unwrap();
+    let text = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+    for family in FAMILIES_FROM_START {
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == *family || s.metric.strip_suffix("_count") == Some(family)),
+            "{family} missing from a fresh scrape:\n{text}"
+        );
+        let help = scrape
+            .docs
+            .get(*family)
+            .unwrap_or_else(|| panic!("HELP of {family}"));
+        assert!(
+            help.starts_with("Cluster-wide")
+                || help.starts_with("This node")
+                || !family.starts_with("orch_node_") && !family.starts_with("orch_task"),
+            "{family}: {help}"
+        );
+    }
+    // Zero series for the engines the node serves, and one per alert rule.
+    let echo_queued = scrape.samples.iter().find(|s| {
+        s.metric == "orch_tasks_total"
+            && s.labels.get("core_id") == Some("echo")
+            && s.labels.get("status") == Some("failed")
+    });
+    assert!(echo_queued.is_some(), "{text}");
+    let rules = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "orch_alerts_firing")
+        .count();
+    assert_eq!(rules, MonitorConfig::default().rules.len());
+    // The node is ready and its database answered the monitor's probe.
+    let value = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                Value::Gauge(v) | Value::Counter(v) | Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(value("orch_node_ready"), Some(1.0));
+    assert_eq!(value("orch_node_database_up"), Some(1.0));
 }

@@ -23,9 +23,19 @@ async fn health_has_the_orch_next_shape_and_says_when_shutting_down() {
             .starts_with("2023-11-14T22:13:20")
     );
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
-    for component in ["database", "lock_manager", "monitor", "security"] {
+    for component in [
+        "database",
+        "lock_manager",
+        "security",
+        "node",
+        "machine",
+        "engines",
+    ] {
         assert_eq!(body["components"][component], "healthy", "{component}");
     }
+    // This orchestrator runs no monitor.
+    assert_eq!(body["components"]["monitor"], "disabled");
+    assert_eq!(body["alerts"], json!([]));
     for metric in [
         "uptime_seconds",
         "total_requests",
@@ -34,10 +44,64 @@ async fn health_has_the_orch_next_shape_and_says_when_shutting_down() {
     ] {
         assert!(body["metrics"][metric].is_u64(), "{metric}");
     }
+    let ready = server.call(Method::GET, "/health/ready", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    assert_eq!(ready.body["ready"], true);
     server.state.begin_shutdown();
     let reply = server.call(Method::GET, "/health", None, None).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.body["status"], "shutting_down");
+    let ready = server.call(Method::GET, "/health/ready", None, None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.body["ready"], false);
+    assert_eq!(ready.body["checks"]["shutdown"], "shutting down");
+    let live = server.call(Method::GET, "/health/live", None, None).await;
+    assert_eq!(live.status, StatusCode::OK);
+    assert_eq!(live.body["status"], "alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_shows_the_monitors_alerts_on_their_components() {
+    use orch_core::monitor::{AlertRule, Metric, MonitorConfig, Severity};
+    let monitor = MonitorConfig::default().with_anomaly(None).with_rules(vec![
+        // Both hold at the first pass: the database is up (1 < 2), no lock is held (0 > -1).
+        AlertRule::below("database_check", Metric::DatabaseUp, 2.0).severity(Severity::Critical),
+        AlertRule::above("locks_check", Metric::LocksHeld, -1.0),
+    ]);
+    let server = common::start_full(
+        Arc::new(orch_core::MemoryBackend::new()),
+        common::orchestrator_config().with_monitor(Some(monitor)),
+        common::config(),
+    )
+    .await;
+    server
+        .state
+        .orch()
+        .monitor()
+        .expect("configured")
+        .check_now()
+        .await
+        .unwrap();
+    // Alerts mark their components degraded, whatever their severity; the node still serves
+    // (only a failed check makes a component unhealthy).
+    let reply = server.call(Method::GET, "/health", None, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let body = &reply.body;
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["components"]["database"], "degraded");
+    assert_eq!(body["components"]["lock_manager"], "degraded");
+    assert_eq!(body["components"]["monitor"], "healthy");
+    assert_eq!(body["components"]["security"], "healthy");
+    let rules: Vec<&str> = body["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["database_check", "locks_check"]);
+    // Readiness is about taking traffic, not about alerts.
+    let ready = server.call(Method::GET, "/health/ready", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,6 +113,8 @@ async fn openapi_describes_every_endpoint() {
     let paths = doc.body["paths"].as_object().unwrap();
     for path in [
         "/health",
+        "/health/live",
+        "/health/ready",
         "/metrics",
         "/auth/login",
         "/dispatch",

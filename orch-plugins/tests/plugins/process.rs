@@ -170,3 +170,80 @@ async fn a_timed_out_call_is_cancelled_in_the_child_and_a_spinning_child_is_kill
     assert_eq!(misbehave.restarts(), 1);
     orch.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A child killed from outside is restarted by its supervisor before any call needs it, with
+/// its config replayed; the monitor records the restart as an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_killed_from_outside_is_restarted_by_its_supervisor() {
+    use orch_core::monitor::MonitorConfig;
+    use orch_core::{MemoryBackend, OrchestratorConfig, RestartBackoff, event_kinds};
+
+    setup();
+    let monitor = MonitorConfig::default()
+        .with_interval(Duration::from_millis(100))
+        .with_rules(Vec::new())
+        .with_anomaly(None);
+    let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))
+        .config(OrchestratorConfig::default().with_monitor(Some(monitor)))
+        .build()
+        .await
+        .unwrap();
+    let restart = RestartBackoff::default().with_initial(Duration::from_millis(200));
+    let echo = load_plugin(
+        plugin("echo_engine"),
+        &options(Isolation::Process).with_restart(Some(restart)),
+    )
+    .await
+    .expect("fixture loads in a child");
+    let echo = Arc::new(echo);
+    orch.register_plugin(echo.clone(), json!({ "prefix": "again:" }))
+        .await
+        .unwrap();
+    let first = echo.child_pid().expect("a child runs");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    // No call comes: the supervisor alone brings a new child up.
+    assert!(
+        eventually(Duration::from_secs(10), || echo.restarts() == 1
+            && echo.child_pid().is_some_and(|pid| pid != first))
+        .await,
+        "not restarted: {} restarts",
+        echo.restarts()
+    );
+    assert_eq!(
+        echo.last_exit().as_deref(),
+        Some("killed by signal 9 (SIGKILL)")
+    );
+    // The new child got the plugin's config.
+    let task = orch
+        .dispatch_and_wait(TaskSpec::new("echo").payload(json!("hi")))
+        .await
+        .unwrap();
+    assert_eq!(
+        task.result,
+        Some(json!({ "echo": "again:hi", "attempt": 1 }))
+    );
+    assert_eq!(echo.restarts(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let events = orch.events().replay(0, 10_000).await.unwrap();
+        if let Some(event) = events
+            .into_iter()
+            .find(|e| e.kind.as_str() == event_kinds::PLUGIN_RESTARTED)
+        {
+            break event;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no plugin.restarted event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(event.data["plugin"], "echo");
+    assert_eq!(event.data["restarts"], 1);
+    orch.plugins().unregister("echo").await.unwrap();
+    orch.shutdown(Duration::from_secs(1)).await;
+}

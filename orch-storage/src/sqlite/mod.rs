@@ -39,11 +39,47 @@ use crate::common::{corrupt, db_err, from_micros, to_u32, truncate_micros};
 /// directory.
 pub const DEFAULT_SQLITE_PATH: &str = "data/orch.db";
 
-/// How long a write waits for SQLite's write lock held by another process before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a [`SqliteBackend`] opens its file: [`SqliteBackend::open_with`].
+///
+/// ```
+/// use std::time::Duration;
+/// use orch_storage::SqliteOptions;
+///
+/// let options = SqliteOptions::default().with_readers(8).with_busy_timeout(Duration::from_secs(30));
+/// assert_eq!(options.readers, 8);
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Read-only connections kept beside the one writer (at least 1). Default 4.
+    pub readers: u32,
+    /// How long a write waits for SQLite's write lock held by another process (or a read for
+    /// a lock a checkpoint holds) before failing. Default 10 s.
+    pub busy_timeout: Duration,
+}
 
-/// Read-only connections kept beside the writer.
-const READERS: u32 = 4;
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            readers: 4,
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// Sets the read-only connections.
+    pub fn with_readers(mut self, readers: u32) -> Self {
+        self.readers = readers;
+        self
+    }
+
+    /// Sets the busy timeout.
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+}
 
 /// How long the checkpointer lets commits gather before copying them into the database file.
 const CHECKPOINT_DELAY: Duration = Duration::from_millis(100);
@@ -523,7 +559,16 @@ impl SqliteBackend {
     /// dispatch start within milliseconds rather than at the orchestrator's next poll. Call it
     /// inside a Tokio runtime.
     pub async fn open(url_or_path: &str) -> Result<Self> {
+        Self::open_with(url_or_path, SqliteOptions::default()).await
+    }
+
+    /// [`open`](Self::open) with `settings` (its read connections and busy timeout); an error
+    /// names a setting out of range.
+    pub async fn open_with(url_or_path: &str, settings: SqliteOptions) -> Result<Self> {
         const OP: &str = "open sqlite database";
+        if settings.readers == 0 {
+            return Err(Error::invalid("sqlite.readers", "must be at least 1"));
+        }
         let options = if url_or_path.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url_or_path).map_err(db_err(OP))?
         } else {
@@ -537,7 +582,7 @@ impl SqliteBackend {
             std::fs::create_dir_all(parent).map_err(|e| Error::backend_source(OP, e))?;
         }
         let options = options
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(settings.busy_timeout)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true);
         if let Some(path) = &path {
@@ -581,7 +626,7 @@ impl SqliteBackend {
             writer.clone()
         } else {
             SqlitePoolOptions::new()
-                .max_connections(READERS)
+                .max_connections(settings.readers)
                 .test_before_acquire(false)
                 .connect_with(options.clone().read_only(true))
                 .await

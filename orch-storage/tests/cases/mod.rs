@@ -2,11 +2,13 @@
 //! dispatch, cross-process wake-ups, processes that share one PostgreSQL (and one of them
 //! killed), a SQLite writer killed mid-run, a PostgreSQL restart under load, and pruning; and
 //! lock waiters of two processes served by priority through the backend's queue; workflows
-//! (upgrades, parents ending at once, a cascade cut short).
+//! (upgrades, parents ending at once, a cascade cut short); engine pauses and node health
+//! between orchestrators on one database.
 //! Tests that need child processes re-run this test binary (see `child`).
 
 pub(crate) mod batch;
 pub(crate) mod child;
+mod controls;
 #[cfg(feature = "sqlite")]
 mod crash;
 pub(crate) mod lock_queue;

@@ -72,7 +72,11 @@ async fn tls_curl_with_the_ca_reaches_orchd_and_plain_http_gets_a_clear_error() 
         String::from_utf8_lossy(&reached.stderr)
     );
     let body: Value = serde_json::from_slice(&reached.stdout).unwrap();
-    assert_eq!(body["status"], "healthy");
+    // Degraded when this machine's disk is over 80% full (an alert, not a failed check).
+    assert!(
+        matches!(body["status"].as_str(), Some("healthy" | "degraded")),
+        "{body}"
+    );
     // Without the CA: refused by curl (exit 60: the peer's certificate is not trusted).
     let untrusted = curl(&[&health]);
     assert_eq!(untrusted.status.code(), Some(60));

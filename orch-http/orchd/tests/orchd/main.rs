@@ -4,7 +4,11 @@
 mod backups;
 mod daemon;
 mod data_dir;
+mod deploy;
 mod hardening;
+mod logs;
+mod monitoring;
+mod notifications;
 mod postgres;
 mod postgres_server;
 mod settings;

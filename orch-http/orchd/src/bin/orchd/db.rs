@@ -7,17 +7,18 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use orch_core::SharedBackend;
-use orch_storage::SqliteBackend;
+use orch_storage::{PostgresBackend, SqliteBackend};
 use orchd::settings::Settings;
 
 use crate::GlobalArgs;
 
 /// An open database.
+#[derive(Clone)]
 pub(crate) enum Db {
     /// The embedded SQLite file (backups supported).
     Sqlite(Arc<SqliteBackend>, Option<PathBuf>),
-    /// Another backend (PostgreSQL): backups are the database's own tools.
-    Other(SharedBackend, String),
+    /// PostgreSQL: backups are the database's own tools.
+    Postgres(Arc<PostgresBackend>, String),
 }
 
 impl Db {
@@ -25,7 +26,7 @@ impl Db {
     pub(crate) fn backend(&self) -> SharedBackend {
         match self {
             Db::Sqlite(db, _) => db.clone(),
-            Db::Other(db, _) => db.clone(),
+            Db::Postgres(db, _) => db.clone(),
         }
     }
 
@@ -34,7 +35,7 @@ impl Db {
         match self {
             Db::Sqlite(_, Some(path)) => format!("SQLite {}", path.display()),
             Db::Sqlite(_, None) => "SQLite in memory".to_owned(),
-            Db::Other(_, url) => {
+            Db::Postgres(_, url) => {
                 let scheme = url.split(':').next().unwrap_or("database");
                 format!("{scheme} database")
             }
@@ -43,8 +44,17 @@ impl Db {
 
     /// Closes connections.
     pub(crate) async fn close(&self) {
-        if let Db::Sqlite(db, _) = self {
-            db.close().await;
+        match self {
+            Db::Sqlite(db, _) => db.close().await,
+            Db::Postgres(db, _) => db.close().await,
+        }
+    }
+
+    /// The schema version the database is at.
+    pub(crate) async fn schema_version(&self) -> orch_core::Result<i64> {
+        match self {
+            Db::Sqlite(db, _) => db.schema_version().await,
+            Db::Postgres(db, _) => db.schema_version().await,
         }
     }
 }
@@ -65,7 +75,10 @@ pub(crate) async fn open(global: &GlobalArgs, settings: &Settings) -> Result<Db>
     let location = location(global, settings);
     let is_url = location.contains("://") || location.starts_with("sqlite:");
     if !is_url || location.starts_with("sqlite:") {
-        let db = SqliteBackend::open(&location)
+        let options = settings
+            .sqlite_options()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let db = SqliteBackend::open_with(&location, options)
             .await
             .with_context(|| format!("cannot open SQLite database {location}"))?;
         let path = db.path().map(|p| p.to_path_buf());
@@ -75,10 +88,19 @@ pub(crate) async fn open(global: &GlobalArgs, settings: &Settings) -> Result<Db>
         }
         return Ok(Db::Sqlite(Arc::new(db), path));
     }
-    let db = orch_storage::connect(&location)
+    if !location.starts_with("postgres:") && !location.starts_with("postgresql:") {
+        anyhow::bail!(
+            "invalid config database.url / DATABASE_URL: {:?} is neither sqlite:// nor postgres://",
+            location.split("://").next().unwrap_or_default()
+        );
+    }
+    let options = settings
+        .postgres_options()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = orch_storage::PostgresBackend::connect_with(&location, options)
         .await
         .context("cannot open the database named by DATABASE_URL / database.url")?;
-    Ok(Db::Other(db, location))
+    Ok(Db::Postgres(Arc::new(db), location))
 }
 
 /// `orchd migrate`.
@@ -94,7 +116,7 @@ pub(crate) async fn migrate(global: GlobalArgs) -> Result<ExitCode> {
                 db.describe()
             );
         }
-        Db::Other(..) => println!("{}: migrations applied", db.describe()),
+        Db::Postgres(..) => println!("{}: migrations applied", db.describe()),
     }
     db.close().await;
     Ok(ExitCode::SUCCESS)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use orch_core::{Orchestrator, Plugin};
+use orch_core::{Orchestrator, OrchestratorConfig, Plugin};
 use orch_http::{AppState, Secret};
 use orch_plugins::PluginOptions;
 use orchd::settings::PluginSettings;
@@ -121,6 +121,13 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
     let mut config = settings
         .http_config(jwt_secret, webhook_secrets, &data_dir)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let monitor = settings
+        .monitor_config()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let healing = settings.healing().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let notifiers = settings
+        .notifiers(&config.webhook_secrets)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     config.jwt.previous_secrets.extend(jwt_keys);
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let server_options = crate::setup::fit_open_files(
@@ -142,7 +149,21 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
     tracing::info!(database = %db.describe(), "database open");
 
     // 3. Orchestrator, engines, plugins, background services.
-    let orch = Orchestrator::builder(db.backend())
+    let monitoring = monitor.is_some();
+    let mut builder = Orchestrator::builder(db.backend()).config(
+        OrchestratorConfig::default()
+            .with_monitor(monitor)
+            .with_healing(healing),
+    );
+    if monitoring {
+        builder = builder
+            .sampler(orchd::machine::MachineSampler::new(&data_dir))
+            .sampler(config.auth_failures.clone());
+        for notifier in &notifiers {
+            builder = builder.notifier(notifier.clone());
+        }
+    }
+    let orch = builder
         .build()
         .await
         .context("cannot start the orchestrator")?;
@@ -175,6 +196,28 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
 
     // 4. Security and users.
     let state = AppState::new(orch.clone(), config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Ready only while the database's schema is the one this process migrated it to (a newer
+    // orchd may have migrated it further since).
+    let schema = db
+        .schema_version()
+        .await
+        .context("cannot read the schema version")?;
+    {
+        let db = db.clone();
+        state.set_ready_check(move || {
+            let db = db.clone();
+            async move {
+                match db.schema_version().await {
+                    Ok(version) if version == schema => Ok(()),
+                    Ok(version) => Err(format!(
+                        "the database schema moved from version {schema} to {version} since this \
+                         process started: restart it with a build that runs version {version}"
+                    )),
+                    Err(error) => Err(format!("cannot read the schema version: {error}")),
+                }
+            }
+        });
+    }
     // The first user, once across every process starting on this database at once.
     let mut admin_password_generated = None;
     if state
@@ -243,6 +286,22 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
     );
     println!("  database:  {}", db.describe());
     println!("  engines:   {}", orch.engines().join(", "));
+    match orch.monitor() {
+        Some(monitor) => println!(
+            "  monitor:   every {} s, self-healing {}",
+            monitor.config().interval.as_secs(),
+            if orch.config().healing.enabled {
+                "on"
+            } else {
+                "off"
+            }
+        ),
+        None => println!("  monitor:   off"),
+    }
+    if !notifiers.is_empty() {
+        let names: Vec<&str> = notifiers.iter().map(|n| n.name()).collect();
+        println!("  alerts to: {}", names.join(", "));
+    }
     if jwt_generated || webhook_generated {
         println!(
             "  secrets:   generated and kept in {} (mode 0600)",

@@ -110,10 +110,8 @@ pub(crate) fn init_logging(settings: &Settings) {
     let result = match settings.logging.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(orchd::logging::JsonLines)
             .try_init(),
     };
     if let Err(error) = result {
