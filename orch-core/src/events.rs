@@ -416,7 +416,7 @@ mod tests {
     use crate::{MemoryBackend, Orchestrator, TaskSpec};
 
     /// A caller that stops waiting without timing out (an HTTP client that disconnects drops
-    /// the request's future) leaves no waiter behind (issue 11, finding 14).
+    /// the request's future) leaves no waiter behind.
     #[tokio::test(start_paused = true)]
     async fn a_dropped_wait_leaves_no_waiter_behind() {
         let orch = Orchestrator::builder(Arc::new(MemoryBackend::new()))

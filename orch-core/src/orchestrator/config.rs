@@ -394,8 +394,7 @@ mod tests {
     use super::*;
 
     /// Durations past what a calendar (chrono) or a timer (tokio) can hold are refused when
-    /// the config is validated, naming the setting, instead of panicking the pruner later
-    /// (issue 11, finding 20).
+    /// the config is validated, naming the setting, instead of panicking the pruner later.
     #[test]
     fn retention_beyond_the_calendar_is_refused_naming_the_setting() {
         let huge = Duration::from_secs(u64::MAX);
