@@ -557,7 +557,8 @@ impl SqliteBackend {
     /// file, the backend then watches for commits made by other processes sharing it (an
     /// inotify watch on Linux, `PRAGMA data_version` every 5 ms elsewhere), so the tasks they
     /// dispatch start within milliseconds rather than at the orchestrator's next poll. Call it
-    /// inside a Tokio runtime.
+    /// inside a Tokio runtime with its time and I/O drivers enabled (`#[tokio::main]` enables
+    /// both; the inotify watch needs the I/O driver).
     pub async fn open(url_or_path: &str) -> Result<Self> {
         Self::open_with(url_or_path, SqliteOptions::default()).await
     }
