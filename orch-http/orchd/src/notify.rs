@@ -37,6 +37,18 @@ fn event_of(alert: &Alert) -> &'static str {
 }
 
 /// Sends `body` to `url` and sorts the outcome into delivered, retryable or permanent.
+/// `scheme://host[:port]` of `url`, for messages (never its path or query).
+fn receiver(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => match (parsed.host_str(), parsed.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}", parsed.scheme()),
+            (Some(host), None) => format!("{}://{host}", parsed.scheme()),
+            _ => format!("{}://", parsed.scheme()),
+        },
+        Err(_) => "the receiver".to_owned(),
+    }
+}
+
 async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -50,15 +62,18 @@ async fn post(
     if let Some(signature) = signature {
         request = request.header("X-Signature", signature);
     }
+    // A webhook URL is often its own secret (Slack's carries its token in the path): errors,
+    // which are logged, name the receiver by scheme and host only.
+    let shown = receiver(url);
     let response = request
         .send()
         .await
-        .map_err(|e| NotifyError::retryable(format!("POST {url}: {e}")))?;
+        .map_err(|e| NotifyError::retryable(format!("POST {shown}: {}", e.without_url())))?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
     }
-    let message = format!("POST {url}: HTTP {status}");
+    let message = format!("POST {shown}: HTTP {status}");
     if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
         Err(NotifyError::retryable(message))
     } else {
@@ -320,5 +335,30 @@ impl Notifier for EmailNotifier {
             }
             Err(error) => Err(NotifyError::retryable(format!("SMTP: {error}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receiver that cannot be reached: the error, which the monitor logs, names its host
+    /// but not the secret its URL carries.
+    #[tokio::test]
+    async fn delivery_errors_do_not_show_the_receivers_secret_path() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address").port()
+        };
+        let url = format!("http://127.0.0.1:{port}/services/T000/B000/secret-token?key=abc");
+        let error = post(&reqwest::Client::new(), &url, b"{}".to_vec(), None)
+            .await
+            .expect_err("nobody listens");
+        let text = error.to_string();
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        assert!(
+            !text.contains("secret-token") && !text.contains("key=abc"),
+            "{text}"
+        );
     }
 }

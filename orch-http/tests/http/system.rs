@@ -262,3 +262,31 @@ async fn request_ids_are_honoured_or_generated_and_errors_are_json() {
     let wrong_method = server.call(Method::DELETE, "/dispatch", None, None).await;
     assert_error(&wrong_method, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// The readiness probe answers anyone: while the database fails, it says "unreachable" and
+/// keeps the driver's text (hosts, users, why a login failed) for the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_does_not_show_the_databases_error_text() {
+    let backend = crate::wrapped::Wrapped::new(None);
+    let server = common::start_on(backend.clone(), common::config()).await;
+    backend
+        .unreachable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let ready = server.call(Method::GET, "/health/ready", None, None).await;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.body
+    );
+    assert_eq!(
+        ready.body["checks"]["database"], "unreachable",
+        "{}",
+        ready.body
+    );
+    assert!(
+        !ready.body.to_string().contains("connection refused"),
+        "{}",
+        ready.body
+    );
+}

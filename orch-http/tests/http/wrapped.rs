@@ -33,7 +33,8 @@ pub(crate) struct Wrapped {
     pub(crate) at_gate: AtomicU64,
     /// `claim_tasks` calls that succeed before every later one fails as a database would.
     pub(crate) claims_before_failing: AtomicU64,
-    /// While `true`, `create_tasks` fails as when the database cannot be reached.
+    /// While `true`, `create_tasks` and `last_event_seq` fail as when the database cannot be
+    /// reached.
     pub(crate) unreachable: std::sync::atomic::AtomicBool,
     /// `create_tasks` calls so far.
     pub(crate) creates: AtomicU64,
@@ -177,6 +178,9 @@ impl EventStore for Wrapped {
         self.inner.read_task_events(task_id, after, limit).await
     }
     async fn last_event_seq(&self) -> Result<u64> {
+        if self.unreachable.load(Ordering::SeqCst) {
+            return Err(unreachable("last_event_seq"));
+        }
         self.inner.last_event_seq().await
     }
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
