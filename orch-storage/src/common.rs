@@ -161,6 +161,39 @@ pub(crate) fn migrator(
     migrator
 }
 
+/// A workflow's tasks (with their steps, in step order) and its dependency rows
+/// `(child, parent, on_failure)` (each child's in position order), as `workflow_tasks`
+/// returns them.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn workflow_tasks_of(
+    operation: &'static str,
+    tasks: Vec<(usize, orch_core::Task)>,
+    edges: Vec<(uuid::Uuid, uuid::Uuid, String)>,
+) -> orch_core::Result<Vec<orch_core::WorkflowTask>> {
+    use std::str::FromStr as _;
+
+    let mut parents: std::collections::HashMap<uuid::Uuid, Vec<orch_core::backend::NewDependency>> =
+        std::collections::HashMap::new();
+    for (child, parent, on_failure) in edges {
+        parents
+            .entry(child)
+            .or_default()
+            .push(orch_core::backend::NewDependency {
+                parent: orch_core::TaskId(parent),
+                on_failure: orch_core::OnParentFailure::from_str(&on_failure)
+                    .map_err(|e| corrupt(operation, e))?,
+            });
+    }
+    Ok(tasks
+        .into_iter()
+        .map(|(step, task)| orch_core::WorkflowTask {
+            step,
+            parents: parents.remove(&task.id.0).unwrap_or_default(),
+            task,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

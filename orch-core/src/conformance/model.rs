@@ -17,7 +17,7 @@
 //! microsecond (expired by the next operation), a long one an hour.
 //!
 //! A failing sequence is shrunk (operations removed one at a time while it still fails) and
-//! printed with the seed that generated it; `ORCH_MODEL_SEED=<seed>` replays a run.
+//! printed with the random seed that generated it; `ORCH_MODEL_SEED=<seed>` replays a run.
 
 use std::cmp::Reverse;
 use std::future::Future;
@@ -30,11 +30,20 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::backend::SharedBackend;
 use crate::error::Error;
-use crate::model::rules::{self, Change, ParentOutcome};
+use crate::model::rules::{self, Change, DependencyEnd as Doom};
 use crate::model::{
     AttemptOutcome, AttemptReport, EngineCounts, HeldLease, LeaseToken, NewDependency, NewTask,
     OnParentFailure, QueueDepth, Resolution, Step, Task, TaskId, TaskSpec, TaskStatus,
 };
+
+/// [`rules::dependency_counts`] at a position counted by `enumerate`.
+fn counts(status: TaskStatus, dependency: &NewDependency, position: usize) -> Option<Option<Doom>> {
+    rules::dependency_counts(
+        status,
+        dependency,
+        u32::try_from(position).unwrap_or(u32::MAX),
+    )
+}
 
 /// Operations per generated sequence, at most.
 const MAX_OPS: usize = 40;
@@ -228,32 +237,6 @@ struct Model {
     tick: u64,
     /// Tasks that finished in the operation under way, in order.
     ended: Vec<TaskId>,
-}
-
-/// A waiting task that a parent's failure ends.
-#[derive(Debug, Clone, Copy)]
-struct Doom {
-    position: usize,
-    parent: TaskId,
-    parent_status: TaskStatus,
-    to: TaskStatus,
-}
-
-/// How a dependency on a parent in `status` counts: `None` satisfied, else one more to wait
-/// for and maybe the task's end.
-fn counts(status: TaskStatus, dependency: &NewDependency, position: usize) -> Option<Option<Doom>> {
-    if !status.is_terminal() {
-        return Some(None);
-    }
-    match rules::parent_outcome(status, dependency.on_failure) {
-        ParentOutcome::Satisfied => None,
-        ParentOutcome::Ends(to) => Some(Some(Doom {
-            position,
-            parent: dependency.parent,
-            parent_status: status,
-            to,
-        })),
-    }
 }
 
 fn at(tick: u64) -> DateTime<Utc> {

@@ -9,22 +9,12 @@ use chrono::{DateTime, Utc};
 
 use super::EventLogState;
 use super::tasks::{Record, TaskTables};
-use crate::backend::rules::{self, ParentOutcome};
+use crate::backend::rules::{self, DependencyEnd as Doom};
 use crate::error::{Error, Result};
 use crate::model::{
     Created, NewDependency, NewTask, NewWorkflow, ParentTask, TaskId, TaskStatus, WorkflowId,
     WorkflowInfo, WorkflowStatus, WorkflowTask,
 };
-
-/// A waiting task that a parent's failure ends ([`rules::dependency_failed`]).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Doom {
-    /// The parent's position among the task's dependencies: the first one named wins.
-    position: usize,
-    parent: TaskId,
-    parent_status: TaskStatus,
-    to: TaskStatus,
-}
 
 /// A workflow and its tasks, in step order.
 pub(super) struct WorkflowRecord {
@@ -40,21 +30,13 @@ pub(super) struct CreatedGraph {
     pub(super) queued: bool,
 }
 
-/// How a dependency on `parent` (in `status`, with `on_failure`) counts for a task that waits
-/// for it: `None` satisfied, else one more to wait for, and maybe its end.
+/// [`rules::dependency_counts`] at a position counted by `enumerate`.
 fn counts(status: TaskStatus, dependency: &NewDependency, position: usize) -> Option<Option<Doom>> {
-    if !status.is_terminal() {
-        return Some(None);
-    }
-    match rules::parent_outcome(status, dependency.on_failure) {
-        ParentOutcome::Satisfied => None,
-        ParentOutcome::Ends(to) => Some(Some(Doom {
-            position,
-            parent: dependency.parent,
-            parent_status: status,
-            to,
-        })),
-    }
+    rules::dependency_counts(
+        status,
+        dependency,
+        u32::try_from(position).unwrap_or(u32::MAX),
+    )
 }
 
 impl TaskTables {

@@ -40,7 +40,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
 use super::{AttemptOutcome, EventKind, NewEvent, NewTask, Resolution, RetryPolicy, Task};
-use super::{OnParentFailure, TaskId, TaskStatus, WorkflowId, WorkflowStatus};
+use super::{NewDependency, OnParentFailure, TaskId, TaskStatus, WorkflowId, WorkflowStatus};
 use crate::error::{Error, Result, TaskError};
 
 /// What a change does to a task's attempt counter.
@@ -562,6 +562,43 @@ pub fn parent_outcome(parent_status: TaskStatus, on_failure: OnParentFailure) ->
         OnParentFailure::Fail => ParentOutcome::Ends(TaskStatus::Failed),
         OnParentFailure::Cancel => ParentOutcome::Ends(TaskStatus::Cancelled),
         OnParentFailure::RunAnyway => ParentOutcome::Satisfied,
+    }
+}
+
+/// A waiting task that a parent's end ends ([`dependency_failed`]): which dependency, and
+/// what it makes the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DependencyEnd {
+    /// The dependency's position among the task's: of several, the first one named wins.
+    pub position: u32,
+    /// The parent.
+    pub parent: TaskId,
+    /// How the parent ended.
+    pub parent_status: TaskStatus,
+    /// What the task becomes (`failed` or `cancelled`).
+    pub to: TaskStatus,
+}
+
+/// How the dependency at `position` on a parent now in `status` counts for a task waiting for
+/// it: `None`, satisfied; `Some(None)`, one more to wait for (the parent has not finished);
+/// `Some(Some(end))`, one more to wait for, and the task ends as `end` says
+/// ([`parent_outcome`]).
+pub fn dependency_counts(
+    status: TaskStatus,
+    dependency: &NewDependency,
+    position: u32,
+) -> Option<Option<DependencyEnd>> {
+    if !status.is_terminal() {
+        return Some(None);
+    }
+    match parent_outcome(status, dependency.on_failure) {
+        ParentOutcome::Satisfied => None,
+        ParentOutcome::Ends(to) => Some(Some(DependencyEnd {
+            position,
+            parent: dependency.parent,
+            parent_status: status,
+            to,
+        })),
     }
 }
 

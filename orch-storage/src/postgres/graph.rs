@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use orch_core::backend::{NewDependency, NewTask, NewWorkflow, rules};
+use orch_core::backend::{NewTask, NewWorkflow, rules};
 use orch_core::{
     Created, Error, OnParentFailure, ParentTask, Result, Task, TaskId, TaskStatus, WorkflowId,
     WorkflowInfo, WorkflowStatus, WorkflowTask,
@@ -618,7 +618,7 @@ impl PostgresBackend {
         const OP: &str = "workflow_tasks";
         let mut conn = self.pool.acquire().await.map_err(db_err(OP))?;
         let tasks = self.members_on(&mut conn, OP, id).await?;
-        let rows = sqlx::query(
+        let edges = sqlx::query_as(
             "SELECT d.child_id, d.parent_id, d.on_failure FROM orch_task_deps d \
              WHERE d.child_id IN (SELECT id FROM orch_tasks WHERE workflow_id = $1) \
              ORDER BY d.child_id, d.position",
@@ -627,24 +627,7 @@ impl PostgresBackend {
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err(OP))?;
-        let mut parents: HashMap<Uuid, Vec<NewDependency>> = HashMap::new();
-        for row in &rows {
-            let get = |e: sqlx::Error| corrupt(OP, e);
-            let child: Uuid = row.try_get("child_id").map_err(get)?;
-            let on_failure: String = row.try_get("on_failure").map_err(get)?;
-            parents.entry(child).or_default().push(NewDependency {
-                parent: TaskId(row.try_get("parent_id").map_err(get)?),
-                on_failure: OnParentFailure::from_str(&on_failure).map_err(|e| corrupt(OP, e))?,
-            });
-        }
-        Ok(tasks
-            .into_iter()
-            .map(|(step, task)| WorkflowTask {
-                step,
-                parents: parents.remove(&task.id.0).unwrap_or_default(),
-                task,
-            })
-            .collect())
+        crate::common::workflow_tasks_of(OP, tasks, edges)
     }
 
     /// Up to `limit` parents of `child` from position `from`.

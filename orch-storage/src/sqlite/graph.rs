@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use orch_core::backend::rules::{self, ParentOutcome};
+use orch_core::backend::rules::{self, DependencyEnd as Doom, dependency_counts as counts};
 use orch_core::backend::{NewDependency, NewTask, NewWorkflow};
 use orch_core::{
     Created, Error, NewEvent, OnParentFailure, ParentTask, Result, Task, TaskId, TaskStatus,
@@ -21,15 +21,6 @@ use super::tasks::{apply, load, save};
 use super::{json_to_db, task_from_row, time_from_db, time_to_db};
 use crate::common::{corrupt, db_err, micros, to_u32, truncate_micros};
 use crate::rule_sql::render;
-
-/// A waiting task that a parent's failure ends.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Doom {
-    position: u32,
-    parent: TaskId,
-    parent_status: TaskStatus,
-    to: TaskStatus,
-}
 
 /// What storing a graph did.
 pub(super) struct StoredGraph {
@@ -49,23 +40,6 @@ pub(super) fn ids_json(ids: impl IntoIterator<Item = TaskId>) -> String {
         .map(|id| id.0.simple().to_string())
         .collect();
     serde_json::Value::from(hex).to_string()
-}
-
-/// How a dependency on a parent in `status` counts: `None` satisfied, else one more to wait
-/// for and maybe the task's end.
-fn counts(status: TaskStatus, dependency: &NewDependency, position: u32) -> Option<Option<Doom>> {
-    if !status.is_terminal() {
-        return Some(None);
-    }
-    match rules::parent_outcome(status, dependency.on_failure) {
-        ParentOutcome::Satisfied => None,
-        ParentOutcome::Ends(to) => Some(Some(Doom {
-            position,
-            parent: dependency.parent,
-            parent_status: status,
-            to,
-        })),
-    }
 }
 
 fn status_of(operation: &'static str, text: &str) -> Result<TaskStatus> {
@@ -142,7 +116,7 @@ pub(super) async fn workflow_tasks(
 ) -> Result<Vec<WorkflowTask>> {
     const OP: &str = "workflow_tasks";
     let tasks = members(conn, OP, id).await?;
-    let rows = sqlx::query(
+    let edges = sqlx::query_as(
         "SELECT d.child_id, d.parent_id, d.on_failure FROM orch_task_deps d \
          JOIN orch_tasks t ON t.id = d.child_id WHERE t.workflow_id = ? \
          ORDER BY d.child_id, d.position",
@@ -151,24 +125,7 @@ pub(super) async fn workflow_tasks(
     .fetch_all(&mut *conn)
     .await
     .map_err(db_err(OP))?;
-    let mut parents: HashMap<Uuid, Vec<NewDependency>> = HashMap::new();
-    for row in &rows {
-        let get = |e: sqlx::Error| corrupt(OP, e);
-        let child: Uuid = row.try_get("child_id").map_err(get)?;
-        let on_failure: String = row.try_get("on_failure").map_err(get)?;
-        parents.entry(child).or_default().push(NewDependency {
-            parent: TaskId(row.try_get("parent_id").map_err(get)?),
-            on_failure: OnParentFailure::from_str(&on_failure).map_err(|e| corrupt(OP, e))?,
-        });
-    }
-    Ok(tasks
-        .into_iter()
-        .map(|(step, task)| WorkflowTask {
-            step,
-            parents: parents.remove(&task.id.0).unwrap_or_default(),
-            task,
-        })
-        .collect())
+    crate::common::workflow_tasks_of(OP, tasks, edges)
 }
 
 /// Up to `limit` parents of `child` from position `from`.
