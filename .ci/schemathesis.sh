@@ -42,10 +42,18 @@ pg_pid_file=
 cleanup() {
   [ -n "$orchd_pid" ] && kill -TERM "$orchd_pid" 2>/dev/null && wait "$orchd_pid" 2>/dev/null || true
   if [ -n "$pg_pid_file" ] && [ -f "$pg_pid_file" ]; then
-    kill -INT "$(head -1 "$pg_pid_file")" 2>/dev/null || true
-    sleep 1
+    # Fast shutdown, then wait (up to 60 s) for the postmaster to be gone before the folder is
+    # removed: it writes pg_wal until its last moment.
+    local pid
+    pid=$(head -1 "$pg_pid_file")
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 600); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
   fi
-  rm -rf "$work"
+  # A leftover temporary folder is no reason to fail the run.
+  rm -rf "$work" 2>/dev/null || true
 }
 trap cleanup EXIT
 
