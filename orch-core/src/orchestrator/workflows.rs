@@ -14,6 +14,9 @@ use crate::model::{
     CreatedWorkflow, ParentTask, TaskId, Workflow, WorkflowId, WorkflowInfo, WorkflowTask,
 };
 
+/// Least time between two reads of a workflow by [`Orchestrator::wait_for_workflow`].
+const WAIT_SPACING: Duration = Duration::from_millis(1);
+
 impl Orchestrator {
     /// Dispatches a workflow: every task of the graph in one atomic step, under a new
     /// [`WorkflowId`]. Tasks whose dependencies have not finished wait (`waiting`); each
@@ -114,8 +117,11 @@ impl Orchestrator {
     ) -> Result<WorkflowInfo> {
         let deadline = tokio::time::Instant::now() + max_wait;
         let poll = self.inner.config.tuning.poll_interval;
-        let mut events = self.inner.events.subscribe().await?;
+        // Woken by the event signal (the workflow's end appends an event), not by reading the
+        // log: a wait costs one read of the workflow per wake-up, however busy the log is.
+        let signal = self.inner.wakeups.events.clone();
         loop {
+            let seen = signal.version();
             let info = self.workflow(id).await?;
             if info.status.is_finished() {
                 return Ok(info);
@@ -124,24 +130,16 @@ impl Orchestrator {
             if now >= deadline {
                 return Err(Error::WorkflowWaitTimeout(id));
             }
-            // The end event wakes us; a poll covers a log that lags.
-            let end = async {
-                while let Some(event) = events.next().await {
-                    if let Ok(event) = event
-                        && event.kind.is_workflow_end()
-                        && event.data.get("workflow_id").and_then(|v| v.as_str())
-                            == Some(id.to_string().as_str())
-                    {
-                        return;
-                    }
-                }
-                // The log closed: wait out the poll.
-                std::future::pending::<()>().await;
-            };
+            // A poll covers a change whose signal did not reach this process.
             tokio::select! {
-                _ = end => {}
+                _ = signal.changed_since(seen) => {}
                 _ = tokio::time::sleep(poll.min(deadline - now)) => {}
             }
+            // At most one read per WAIT_SPACING, however often the signal is raised.
+            tokio::time::sleep(
+                WAIT_SPACING.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+            )
+            .await;
         }
     }
 

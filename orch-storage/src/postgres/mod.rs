@@ -235,6 +235,15 @@ pub struct PostgresBackend {
     hints: notify::EventHints,
     /// Turns other backends' notifications into raises of the signals; stopped on drop.
     _listener: notify::Listener,
+    /// Tasks this backend claimed that had dependents or belonged to a workflow when claimed:
+    /// their outcomes go straight to the general statement, without first trying the one for
+    /// plain successes (which would refuse the batch). Only a shortcut: an outcome of a task
+    /// not remembered here (a dependent added since the claim, the set cleared) is still
+    /// recorded rightly, one statement later.
+    graph_claims: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    /// Outcomes of such tasks, recorded one statement at a time (see
+    /// `PostgresBackend::finish_in_graph`).
+    graph_outcomes: tasks::GraphOutcomes,
 }
 
 impl PostgresBackend {
@@ -335,6 +344,8 @@ impl PostgresBackend {
             sender,
             hints,
             _listener: listener,
+            graph_claims: std::sync::Mutex::new(std::collections::HashSet::new()),
+            graph_outcomes: tasks::GraphOutcomes::default(),
         })
     }
 

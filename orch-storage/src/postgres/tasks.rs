@@ -34,6 +34,59 @@ use crate::rule_sql::Rendered;
 /// in between (a cancel racing a claim, say).
 const CHANGE_TRIES: usize = 8;
 
+/// Most claimed tasks remembered as having dependents or a workflow (see
+/// `PostgresBackend::graph_claims`).
+const GRAPH_CLAIMS_MAX: usize = 65_536;
+
+/// Most outcomes of tasks in graphs recorded by one statement (more when one caller's batch
+/// alone is larger).
+const GRAPH_BATCH_MAX: usize = 512;
+
+/// A caller's outcomes waiting for their statement (under the caller's number), and where
+/// its answer goes.
+type GraphJob = (
+    u64,
+    Vec<AttemptReport>,
+    tokio::sync::oneshot::Sender<Result<Vec<Result<TaskStatus>>>>,
+);
+
+/// Batches waiting for [`PostgresBackend::finish_in_graph`], in arrival order.
+#[derive(Default)]
+struct GraphQueue {
+    jobs: std::collections::VecDeque<GraphJob>,
+    last_number: u64,
+}
+
+/// The queue and the turn of [`PostgresBackend::finish_in_graph`].
+#[derive(Default)]
+pub(super) struct GraphOutcomes {
+    queue: std::sync::Mutex<GraphQueue>,
+    /// Held by the caller whose statement runs.
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl GraphOutcomes {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, GraphQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The same failure for each caller whose outcomes one failed statement carried.
+fn copy_error(error: &Error) -> Error {
+    match error {
+        Error::Unavailable {
+            operation, message, ..
+        } => Error::Unavailable {
+            operation,
+            message: message.clone(),
+            cause: None,
+        },
+        other => Error::backend("finish_attempts", other.to_string()),
+    }
+}
+
 /// An error message PostgreSQL can store: text columns refuse NUL characters, which an engine's
 /// message may contain, and refusing the report would leave the task running until its lease
 /// expired. NUL becomes U+FFFD.
@@ -575,6 +628,36 @@ impl PostgresBackend {
         ))
     }
 
+    /// Remembers claimed tasks that had dependents or a workflow (see `graph_claims`); the
+    /// set is emptied when it reaches [`GRAPH_CLAIMS_MAX`] (outcomes never reported, of
+    /// attempts whose leases were lost, must not make it grow for good).
+    fn remember_graph_claims(&self, ids: Vec<Uuid>) {
+        let mut claims = self
+            .graph_claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if claims.len() + ids.len() > GRAPH_CLAIMS_MAX {
+            claims.clear();
+        }
+        claims.extend(ids);
+    }
+
+    /// Forgets the reports' tasks in `graph_claims`; whether any was there.
+    fn forget_graph_claims(&self, reports: &[AttemptReport]) -> bool {
+        let mut claims = self
+            .graph_claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if claims.is_empty() {
+            return false;
+        }
+        let mut any = false;
+        for report in reports {
+            any |= claims.remove(&report.task_id.0);
+        }
+        any
+    }
+
     /// [`TaskStore::finish_attempts`] for successes of distinct tasks: one [`FINISH_SUCCESSES`]
     /// statement; the reports it did not finish (lease lost, task unknown) then go through
     /// [`APPLY_CHANGES`], which tells which.
@@ -644,6 +727,83 @@ impl PostgresBackend {
             }
         }
         Ok(out)
+    }
+
+    /// [`TaskStore::finish_attempts`] for outcomes of tasks that end others' waits: one
+    /// statement at a time per backend, each taking every batch that arrived while the one
+    /// before ran. Such batches lock the children they share (in one order, so they never
+    /// deadlock, but each waits for the other's commit): running them one after another in
+    /// bigger statements takes less time, and less of the database's, than letting them queue
+    /// on row locks.
+    async fn finish_in_graph(
+        &self,
+        reports: Vec<AttemptReport>,
+    ) -> Result<Vec<Result<TaskStatus>>> {
+        let (sender, mut answer) = tokio::sync::oneshot::channel();
+        let ours = {
+            let mut queue = self.graph_outcomes.lock_queue();
+            queue.last_number += 1;
+            let number = queue.last_number;
+            queue.jobs.push_back((number, reports, sender));
+            number
+        };
+        let _turn = self.graph_outcomes.turn.lock().await;
+        match answer.try_recv() {
+            // Recorded by the statement of a caller whose turn came first.
+            Ok(result) => return result,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                // Taken by a caller that went away while its statement ran: whether it
+                // committed is unknown; the caller may report again (a recorded outcome then
+                // answers that the lease is gone).
+                return Err(Error::backend(
+                    "finish_attempts",
+                    "recording was interrupted: the call that carried these outcomes was dropped",
+                ));
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+        }
+        // Ours is still queued: take the batches up to it (of callers that went away before
+        // their turn) and those behind it, up to the cap.
+        let mut jobs = Vec::new();
+        {
+            let mut queue = self.graph_outcomes.lock_queue();
+            let mut taken = 0;
+            let mut ours_taken = false;
+            while let Some((number, batch, _)) = queue.jobs.front() {
+                if ours_taken && taken + batch.len() > GRAPH_BATCH_MAX {
+                    break;
+                }
+                ours_taken |= *number == ours;
+                taken += batch.len();
+                jobs.extend(queue.jobs.pop_front());
+            }
+        }
+        let sizes: Vec<usize> = jobs.iter().map(|(_, batch, _)| batch.len()).collect();
+        let mut senders = Vec::with_capacity(jobs.len());
+        let mut all = Vec::with_capacity(sizes.iter().sum());
+        for (_, batch, sender) in jobs {
+            all.extend(batch);
+            senders.push(sender);
+        }
+        match self.finish_batch(all).await {
+            Ok(answers) => {
+                let mut answers = answers.into_iter();
+                for (size, sender) in sizes.into_iter().zip(senders) {
+                    let _ = sender.send(Ok(answers.by_ref().take(size).collect()));
+                }
+            }
+            Err(error) => {
+                for sender in senders {
+                    let _ = sender.send(Err(copy_error(&error)));
+                }
+            }
+        }
+        answer.try_recv().unwrap_or_else(|_| {
+            Err(Error::backend(
+                "finish_attempts",
+                "the outcomes were not among those recorded",
+            ))
+        })
     }
 
     /// [`TaskStore::finish_attempts`] in general: each report's [`rules::end_attempt`]
@@ -848,10 +1008,18 @@ impl TaskStore for PostgresBackend {
             self.deferred(&hint);
         }
         let mut claimed = Vec::with_capacity(rows.len());
+        let mut graph = Vec::new();
         for row in &rows {
             let (task, token) = task_from_row(OP, row)?;
             let lease_token = token.ok_or_else(|| corrupt(OP, "claimed task has no lease"))?;
+            let dependents: i32 = row.try_get("dependents").map_err(|e| corrupt(OP, e))?;
+            if dependents > 0 || task.workflow_id.is_some() {
+                graph.push(task.id.0);
+            }
             claimed.push(Claimed { task, lease_token });
+        }
+        if !graph.is_empty() {
+            self.remember_graph_claims(graph);
         }
         if !claimed.is_empty() {
             self.wake_events();
@@ -940,7 +1108,12 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
         let simple = reports.iter().all(|report| {
             matches!(report.outcome, AttemptOutcome::Succeeded { .. }) && ids.insert(report.task_id)
         });
-        if simple {
+        // Forgotten whichever way the outcome goes; one of a task that ends others' waits
+        // skips the statement for plain successes, which would refuse the batch.
+        let in_graph = self.forget_graph_claims(&reports);
+        if in_graph {
+            self.finish_in_graph(reports).await
+        } else if simple {
             self.finish_successes(reports).await
         } else {
             self.finish_batch(reports).await
