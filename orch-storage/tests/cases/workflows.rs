@@ -348,6 +348,75 @@ mod postgres {
         Ok(())
     }
 
+    /// Outcomes of tasks with dependents, reported by many callers of one backend at once
+    /// (which records them together, several callers' batches in one statement): each caller
+    /// gets the answers of its own reports, in its own order, a lost lease and a failure
+    /// among them, and every child is released once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_outcome_batches_in_graphs_each_get_their_own_answers() -> anyhow::Result<()>
+    {
+        const CALLERS: usize = 8;
+        const PER_CALLER: usize = 6;
+        let Some((a, _b, _url)) = two().await? else {
+            return Ok(());
+        };
+        let parents = CALLERS * PER_CALLER;
+        let mut specs: Vec<TaskSpec> = (0..parents).map(|_| TaskSpec::new("parent")).collect();
+        specs.extend((0..parents).map(|p| TaskSpec::new("child").after(Step(p))));
+        a.create_tasks(plan_tasks(specs, None)?).await?;
+        let claimed = a.claim_tasks("parent", parents, MINUTE).await?;
+        ensure!(claimed.len() == parents);
+        let mut calls = Vec::new();
+        for batch in claimed.chunks(PER_CALLER) {
+            let mut reports: Vec<AttemptReport> = batch.iter().map(success).collect();
+            // The first under a lease it does not hold, the second a failure.
+            reports[0].lease_token = orch_core::LeaseToken(uuid::Uuid::new_v4());
+            reports[1].outcome = AttemptOutcome::Failed {
+                error: "boom".into(),
+                retry_in: None,
+            };
+            reports.reverse();
+            let backend = a.clone();
+            let ids: Vec<TaskId> = reports.iter().map(|r| r.task_id).collect();
+            calls.push(tokio::spawn(async move {
+                (ids, backend.finish_attempts(reports).await)
+            }));
+        }
+        for call in calls {
+            let (ids, answers) = call.await?;
+            let answers = answers?;
+            ensure!(answers.len() == PER_CALLER, "{answers:?}");
+            for (at, (id, answer)) in ids.iter().zip(&answers).enumerate() {
+                match PER_CALLER - 1 - at {
+                    0 => ensure!(
+                        matches!(answer, Err(orch_core::Error::LeaseLost(lost)) if lost == id),
+                        "{answer:?}"
+                    ),
+                    1 => ensure!(matches!(answer, Ok(TaskStatus::Failed)), "{answer:?}"),
+                    _ => ensure!(matches!(answer, Ok(TaskStatus::Succeeded)), "{answer:?}"),
+                }
+                let stored = status(&a, *id).await?;
+                let expected = match PER_CALLER - 1 - at {
+                    0 => TaskStatus::Running,
+                    1 => TaskStatus::Failed,
+                    _ => TaskStatus::Succeeded,
+                };
+                ensure!(stored == expected, "{id} is {stored}, not {expected}");
+            }
+        }
+        let released = a
+            .read_events(0, 10_000)
+            .await?
+            .iter()
+            .filter(|e| e.kind == EventKind::TaskReleased)
+            .count();
+        ensure!(
+            released == CALLERS * (PER_CALLER - 2),
+            "{released} children released"
+        );
+        Ok(())
+    }
+
     /// A dependent added to a running task while that task's end is being recorded (its
     /// statement took its snapshot before the dependent existed, and waited for the task's
     /// row the dispatch held) is still released: the statement sees the task gained a
