@@ -211,6 +211,7 @@ impl NodeMetrics {
         auth_failures: Option<&AuthFailures>,
     ) {
         self.ready.set(i64::from(orch.readiness().ready));
+        let mut served = Vec::new();
         for state in orch.engine_states() {
             let core = core_labels.get(&state.engine);
             self.in_flight
@@ -235,6 +236,7 @@ impl NodeMetrics {
             // Zero until the monitor has a figure (or the engine has calls).
             self.error_ratio.with_label_values(&[core]);
             self.duration_p95.with_label_values(&[core]);
+            served.push(core.to_owned());
         }
         if let Ok(stats) = orch.locks().stats().await {
             self.follow("lock/grants".into(), stats.acquired as f64, |d| {
@@ -263,7 +265,8 @@ impl NodeMetrics {
         let Some(monitor) = orch.monitor() else {
             return;
         };
-        self.monitor_readings(&monitor.readings(), core_labels);
+        let served: Vec<&str> = served.iter().map(String::as_str).collect();
+        self.monitor_readings(&monitor.readings(), core_labels, &served);
         self.alerts_firing.reset();
         for rule in &monitor.config().rules {
             self.alerts_firing
@@ -294,24 +297,26 @@ impl NodeMetrics {
         }
     }
 
-    fn monitor_readings(&self, readings: &Readings, core_labels: &BoundedLabel) {
+    /// The monitor's last pass as gauges. An engine of `served` the pass has no figure for (no
+    /// task of it ended in the window) reads zero again, not its last figure.
+    fn monitor_readings(&self, readings: &Readings, core_labels: &BoundedLabel, served: &[&str]) {
         if readings.at.is_none() {
             return;
         }
         self.database_up.set(0);
+        let mut error_ratio: HashMap<&str, f64> = served.iter().map(|core| (*core, 0.0)).collect();
+        let mut duration_p95 = error_ratio.clone();
         for reading in &readings.values {
             if reading.priority.is_some() {
                 continue;
             }
             match (&reading.metric, reading.engine.as_deref()) {
-                (Metric::ErrorRate, Some(engine)) => self
-                    .error_ratio
-                    .with_label_values(&[core_labels.get(engine)])
-                    .set(reading.value),
-                (Metric::TaskDurationP95, Some(engine)) => self
-                    .duration_p95
-                    .with_label_values(&[core_labels.get(engine)])
-                    .set(reading.value),
+                (Metric::ErrorRate, Some(engine)) => {
+                    error_ratio.insert(core_labels.get(engine), reading.value);
+                }
+                (Metric::TaskDurationP95, Some(engine)) => {
+                    duration_p95.insert(core_labels.get(engine), reading.value);
+                }
                 (Metric::DatabaseUp, None) => self.database_up.set(reading.value as i64),
                 (Metric::DatabaseLatency, None) => self.database_probe.set(reading.value),
                 (Metric::DiskPercent, None) => self.disk_percent.set(reading.value),
@@ -319,5 +324,45 @@ impl NodeMetrics {
                 _ => {}
             }
         }
+        for (core, value) in error_ratio {
+            self.error_ratio.with_label_values(&[core]).set(value);
+        }
+        for (core, value) in duration_p95 {
+            self.duration_p95.with_label_values(&[core]).set(value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(values: Vec<orch_core::monitor::Reading>) -> Readings {
+        let mut readings = Readings::default();
+        readings.at = Some(chrono::Utc::now());
+        readings.values = values;
+        readings
+    }
+
+    /// A pass without a figure for an engine (none of its tasks ended in the window) reads
+    /// zero, not the figure of the pass before.
+    #[test]
+    fn an_engine_without_a_figure_in_the_last_pass_reads_zero_again() {
+        use orch_core::monitor::Reading;
+        let node = NodeMetrics::new(&prometheus::Registry::new());
+        let labels = BoundedLabel::default();
+        node.monitor_readings(
+            &pass(vec![
+                Reading::of_engine(Metric::ErrorRate, "echo", 0.75),
+                Reading::of_engine(Metric::TaskDurationP95, "echo", 2.5),
+            ]),
+            &labels,
+            &["echo"],
+        );
+        assert_eq!(node.error_ratio.with_label_values(&["echo"]).get(), 0.75);
+        assert_eq!(node.duration_p95.with_label_values(&["echo"]).get(), 2.5);
+        node.monitor_readings(&pass(Vec::new()), &labels, &["echo"]);
+        assert_eq!(node.error_ratio.with_label_values(&["echo"]).get(), 0.0);
+        assert_eq!(node.duration_p95.with_label_values(&["echo"]).get(), 0.0);
     }
 }
