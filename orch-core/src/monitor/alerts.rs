@@ -233,13 +233,16 @@ fn summary(alert: &Alert) -> String {
 impl Detector {
     /// Runs one pass over `readings`: the fixed `rules`, then (if on) anomaly detection.
     /// `evaluates` says which metrics this node raises alerts on (cluster-wide ones only on
-    /// the leader). Returns the alerts that fired or resolved.
+    /// the leader); `unread` which metrics' sources failed this pass (the database, a
+    /// sampler): a series of such a metric without a reading keeps its state, where any other
+    /// series without a reading counts as clear. Returns the alerts that fired or resolved.
     pub(crate) fn pass(
         &mut self,
         rules: &[AlertRule],
         anomaly: Option<&AnomalyDetection>,
         readings: &[Reading],
         evaluates: impl Fn(&Metric) -> bool,
+        unread: impl Fn(&Metric) -> bool,
         moment: Moment<'_>,
     ) -> Changes {
         let now = moment.now;
@@ -324,12 +327,19 @@ impl Detector {
                 seen.insert(key);
             }
         }
-        // Series without a reading this pass count as clear.
+        // Series without a reading this pass count as clear, unless their source failed:
+        // then nothing is known, and they keep their state.
         let missing: Vec<SeriesKey> = self
             .tracked
-            .keys()
-            .filter(|key| !seen.contains(key))
-            .cloned()
+            .iter()
+            .filter(|(key, tracked)| {
+                let metric = match tracked {
+                    Tracked::Pending { metric, .. } => metric,
+                    Tracked::Firing { alert, .. } => &alert.metric,
+                };
+                !seen.contains(*key) && !unread(metric)
+            })
+            .map(|(key, _)| key.clone())
             .collect();
         for key in missing {
             let Some(Tracked::Firing { alert, .. }) = self.tracked.get(&key) else {

@@ -52,7 +52,9 @@ impl Comparison {
 /// A fixed alert rule: the condition `metric` above (or below) `threshold`, held for
 /// `for_duration`, fires one alert per series (per engine for per-engine metrics); once the
 /// condition has stayed clear for `clear_for` the alert resolves, once. A series whose
-/// reading is missing counts as clear.
+/// reading is missing counts as clear, unless its source failed in that pass (the database
+/// probe, for the database's metrics; a sampler, for the metrics it gave last): then the
+/// series keeps its state until the source answers again.
 ///
 /// ```
 /// use std::time::Duration;

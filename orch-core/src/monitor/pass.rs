@@ -2,7 +2,7 @@
 //! actions that need readings (`heal.rs`), and the alerts told to the event log and the
 //! notifiers.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -75,7 +75,19 @@ pub(super) struct PassState {
     leader: Option<LockInfo>,
     pub(super) heal: HealState,
     pending_events: VecDeque<NewEvent>,
+    /// The metrics each sampler gave in its last successful pass.
+    sampler_metrics: Vec<HashSet<Metric>>,
 }
+
+/// The metrics read from the database: unknown in a pass whose probe failed.
+const DATABASE_METRICS: &[Metric] = &[
+    Metric::DatabaseLatency,
+    Metric::QueueDepth,
+    Metric::QueuedByPriority,
+    Metric::LockWaiters,
+    Metric::LockWaitSeconds,
+    Metric::LocksHeld,
+];
 
 impl PassState {
     pub(super) fn new(config: &MonitorConfig) -> Self {
@@ -87,6 +99,7 @@ impl PassState {
             leader: None,
             heal: HealState::default(),
             pending_events: VecDeque::new(),
+            sampler_metrics: Vec::new(),
         }
     }
 
@@ -105,6 +118,8 @@ pub(super) struct Probe {
     pub(super) failure: Option<String>,
     /// Queued tasks per engine, when it succeeded.
     pub(super) queued: BTreeMap<String, u64>,
+    /// The database's metrics it could not read.
+    pub(super) unread: Vec<Metric>,
 }
 
 impl Monitor {
@@ -131,14 +146,27 @@ impl Monitor {
             Metric::RescuedTasks,
             rescued_now.values().sum::<u64>() as f64,
         ));
-        for sampler in &shared.samplers {
+        // The metrics whose source failed this pass.
+        let mut unread: HashSet<Metric> = probe.unread.iter().cloned().collect();
+        state
+            .sampler_metrics
+            .resize_with(shared.samplers.len(), HashSet::new);
+        for (index, sampler) in shared.samplers.iter().enumerate() {
             let sampled = tokio::time::timeout(
                 config.sampler_timeout,
                 AssertUnwindSafe(sampler.sample()).catch_unwind(),
             )
             .await;
+            if !matches!(sampled, Ok(Ok(Ok(_)))) {
+                // What it gave last time is unknown this time.
+                unread.extend(state.sampler_metrics[index].iter().cloned());
+            }
             match sampled {
-                Ok(Ok(Ok(readings))) => values.extend(readings),
+                Ok(Ok(Ok(readings))) => {
+                    state.sampler_metrics[index] =
+                        readings.iter().map(|r| r.metric.clone()).collect();
+                    values.extend(readings)
+                }
                 Ok(Ok(Err(error))) => {
                     tracing::warn!(%error, "a sampler failed; its readings are missing from this pass")
                 }
@@ -158,6 +186,7 @@ impl Monitor {
             config.anomaly.as_ref(),
             &values,
             |metric| leader || !metric.is_cluster_wide(),
+            |metric| unread.contains(metric),
             Moment {
                 now,
                 at,
@@ -279,6 +308,7 @@ async fn backend_readings(
             return Probe {
                 failure: Some(format!("the database probe failed: {error}")),
                 queued: BTreeMap::new(),
+                unread: DATABASE_METRICS.to_vec(),
             };
         }
         Err(_) => {
@@ -289,6 +319,7 @@ async fn backend_readings(
                     config.probe_timeout
                 )),
                 queued: BTreeMap::new(),
+                unread: DATABASE_METRICS.to_vec(),
             };
         }
     };
@@ -314,6 +345,7 @@ async fn backend_readings(
         ));
     }
     // The rest is best effort: the probe already says whether the database answers.
+    let mut unread = Vec::new();
     if let Ok(Ok(waiters)) =
         tokio::time::timeout(config.probe_timeout, backend.list_lock_waiters()).await
     {
@@ -325,13 +357,18 @@ async fn backend_readings(
             .unwrap_or_default();
         values.push(Reading::new(Metric::LockWaiters, waiters.len() as f64));
         values.push(Reading::new(Metric::LockWaitSeconds, longest.as_secs_f64()));
+    } else {
+        unread.extend([Metric::LockWaiters, Metric::LockWaitSeconds]);
     }
     if let Ok(Ok(locks)) = tokio::time::timeout(config.probe_timeout, backend.list_locks()).await {
         values.push(Reading::new(Metric::LocksHeld, locks.len() as f64));
+    } else {
+        unread.push(Metric::LocksHeld);
     }
     Probe {
         failure: None,
         queued,
+        unread,
     }
 }
 

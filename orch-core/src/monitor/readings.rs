@@ -253,8 +253,8 @@ impl Readings {
 /// should return quickly (a pass waits at most
 /// [`MonitorConfig::sampler_timeout`](super::MonitorConfig::sampler_timeout) for it, then goes
 /// on without its readings) and must not block the async runtime: run blocking system calls
-/// on `spawn_blocking`. An error is logged and the pass goes on without its readings (which
-/// count as missing: rules on them clear).
+/// on `spawn_blocking`. An error is logged and the pass goes on without its readings: alerts
+/// on the metrics it gave last keep their state until it answers again.
 ///
 /// A closure is a sampler through [`sampler_fn`].
 #[async_trait]

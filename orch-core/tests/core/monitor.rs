@@ -260,6 +260,121 @@ async fn an_unreachable_database_fires_at_the_first_failed_probe_and_resolves_on
     orch.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A sampler that fails says nothing about its metrics: an alert on one of them stays firing
+/// (neither resolved nor fired again) while it fails, and resolves once, when the sampler
+/// answers again without the reading.
+#[tokio::test(start_paused = true)]
+async fn an_alert_outlives_a_failing_sampler_and_resolves_when_it_answers_again() {
+    use std::sync::atomic::AtomicU8;
+    // 0: the reading is high, 1: the sampler fails, 2: it answers without the reading.
+    let phase = Arc::new(AtomicU8::new(0));
+    let sampler = {
+        let phase = phase.clone();
+        orch_core::monitor::sampler_fn(move || {
+            let phase = phase.load(Ordering::SeqCst);
+            async move {
+                match phase {
+                    0 => Ok(vec![Reading::new(Metric::Custom("backlog".into()), 50.0)]),
+                    1 => Err(orch_core::Error::backend("sample", "the source is down")),
+                    _ => Ok(Vec::new()),
+                }
+            }
+        })
+    };
+    let monitor = MonitorConfig::default().with_anomaly(None).with_rules(vec![
+        AlertRule::above("backlog_high", Metric::Custom("backlog".into()), 10.0)
+            .for_duration(Duration::ZERO)
+            .clear_for(Duration::from_secs(5)),
+    ]);
+    let orch = Orchestrator::builder(crate::backend())
+        .config(config().with_monitor(Some(monitor)))
+        .sampler(sampler)
+        .build()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    at(start, 2.5).await;
+    assert_eq!(
+        alerts_of(&orch, event_kinds::ALERT_FIRED, "backlog_high")
+            .await
+            .len(),
+        1
+    );
+    phase.store(1, Ordering::SeqCst);
+    at(start, 30.5).await;
+    assert!(
+        alerts_of(&orch, event_kinds::ALERT_RESOLVED, "backlog_high")
+            .await
+            .is_empty(),
+        "resolved while its sampler failed"
+    );
+    assert_eq!(orch.monitor().unwrap().alerts().len(), 1);
+    phase.store(2, Ordering::SeqCst);
+    at(start, 40.5).await;
+    assert_eq!(
+        alerts_of(&orch, event_kinds::ALERT_RESOLVED, "backlog_high")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        alerts_of(&orch, event_kinds::ALERT_FIRED, "backlog_high")
+            .await
+            .len(),
+        1
+    );
+    orch.shutdown(Duration::from_secs(1)).await;
+}
+
+/// While the database probe fails, the queue's depth is unknown: an alert on it stays firing
+/// (not resolved for want of a reading), and is not fired again once the probe answers.
+#[tokio::test(start_paused = true)]
+async fn an_alert_on_the_queue_outlives_a_database_outage() {
+    let backend = Faulty::over(Arc::new(MemoryBackend::new()));
+    let monitor = MonitorConfig::default().with_anomaly(None).with_rules(vec![
+        AlertRule::above("backlog", Metric::QueueDepth, 0.5)
+            .for_duration(Duration::ZERO)
+            .clear_for(Duration::from_secs(5)),
+    ]);
+    let (orch, start) = watched(
+        backend.clone() as SharedBackend,
+        monitor,
+        &Script::default(),
+        None,
+    )
+    .await;
+    // A task of an engine nobody serves stays queued.
+    orch.dispatch(TaskSpec::new("nobody")).await.unwrap();
+    at(start, 2.5).await;
+    assert_eq!(
+        alerts_of(&orch, event_kinds::ALERT_FIRED, "backlog")
+            .await
+            .len(),
+        1
+    );
+    backend.down.store(true, Ordering::SeqCst);
+    at(start, 30.5).await;
+    assert_eq!(
+        orch.monitor().unwrap().alerts().len(),
+        1,
+        "resolved during the outage"
+    );
+    backend.down.store(false, Ordering::SeqCst);
+    at(start, 40.5).await;
+    assert_eq!(
+        alerts_of(&orch, event_kinds::ALERT_FIRED, "backlog")
+            .await
+            .len(),
+        1
+    );
+    assert!(
+        alerts_of(&orch, event_kinds::ALERT_RESOLVED, "backlog")
+            .await
+            .is_empty()
+    );
+    orch.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_lock_waited_for_over_thirty_seconds_fires() {
     let monitor = MonitorConfig::default().with_anomaly(None);
