@@ -469,6 +469,26 @@ impl Detector {
     }
 
     /// The alerts firing now.
+    /// Takes over `alerts`, firing on another node (the leader before this one), as firing
+    /// here: they resolve once their condition has stayed clear, and do not fire again. A
+    /// series tracked here already keeps its state.
+    pub(crate) fn adopt(&mut self, alerts: Vec<Alert>) {
+        for alert in alerts {
+            if alert.state != AlertState::Firing {
+                continue;
+            }
+            let key = SeriesKey {
+                rule: alert.rule.clone(),
+                engine: alert.engine.clone(),
+                priority: alert.priority,
+            };
+            self.tracked.entry(key).or_insert_with(|| Tracked::Firing {
+                alert: Box::new(alert),
+                clear_since: None,
+            });
+        }
+    }
+
     pub(crate) fn firing(&self) -> Vec<Alert> {
         let mut alerts: Vec<Alert> = self
             .tracked

@@ -12,7 +12,7 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use super::Monitor;
-use super::alerts::{AlertState, Detector, Moment};
+use super::alerts::{Alert, AlertState, Detector, Moment};
 use super::config::MonitorConfig;
 use super::heal::HealState;
 use super::readings::{Metric, Reading, Readings};
@@ -22,6 +22,9 @@ use crate::clock;
 use crate::event_kinds;
 use crate::model::{EventKind, LockInfo, NewEvent};
 use crate::orchestrator::Inner;
+
+/// Where the leader keeps the cluster-wide alerts firing now (JSON), for the next leader.
+const CLUSTER_ALERTS_KEY: &str = "orch.monitor.cluster-alerts";
 
 /// The lock whose holder evaluates rules on cluster-wide readings.
 const LEADER_LOCK: &str = "orch.monitor.leader";
@@ -77,6 +80,8 @@ pub(super) struct PassState {
     pending_events: VecDeque<NewEvent>,
     /// The metrics each sampler gave in its last successful pass.
     sampler_metrics: Vec<HashSet<Metric>>,
+    /// As the leader: the cluster-wide alerts last stored for the next leader.
+    shared_alerts: Option<Vec<Alert>>,
 }
 
 /// The metrics read from the database: unknown in a pass whose probe failed.
@@ -100,6 +105,7 @@ impl PassState {
             heal: HealState::default(),
             pending_events: VecDeque::new(),
             sampler_metrics: Vec::new(),
+            shared_alerts: None,
         }
     }
 
@@ -193,6 +199,9 @@ impl Monitor {
                 node: inner.node_id(),
             },
         );
+        if leader {
+            share_cluster_alerts(inner, &mut state).await;
+        }
         for alert in &changes {
             match alert.state {
                 AlertState::Firing => {
@@ -386,8 +395,9 @@ async fn lead(inner: &Inner, config: &MonitorConfig, state: &mut PassState) -> b
                 return true;
             }
             Ok(None) => state.leader = None,
-            // Unreachable: keep the grant and try again next pass.
-            Err(_) => return false,
+            // Unreachable: the grant holds until it expires (no other node can take the
+            // lock before then); try again next pass.
+            Err(_) => return held.expires_at > clock::now(),
         }
     }
     let request = LockRequest {
@@ -401,9 +411,51 @@ async fn lead(inner: &Inner, config: &MonitorConfig, state: &mut PassState) -> b
         Ok(LockTurn::Acquired(info)) => {
             tracing::info!("this node now evaluates the cluster-wide alert rules");
             state.leader = Some(info);
+            // The alerts the leader before left firing go on from here: resolved once when
+            // their condition clears, not fired a second time.
+            match backend.retrieve(CLUSTER_ALERTS_KEY).await {
+                Ok(Some(bytes)) => match serde_json::from_slice::<Vec<Alert>>(&bytes) {
+                    Ok(alerts) => state.detector.adopt(alerts),
+                    Err(error) => {
+                        tracing::warn!(%error, "the cluster-wide alerts the leader before left are unreadable; ignored")
+                    }
+                },
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "reading the cluster-wide alerts the leader before left failed")
+                }
+            }
+            state.shared_alerts = None;
             true
         }
         _ => false,
+    }
+}
+
+/// As the leader: stores the cluster-wide alerts firing now where the next leader finds them,
+/// when they changed since it last did.
+async fn share_cluster_alerts(inner: &Inner, state: &mut PassState) {
+    let firing: Vec<Alert> = state
+        .detector
+        .firing()
+        .into_iter()
+        .filter(|alert| alert.metric.is_cluster_wide())
+        .collect();
+    if state.shared_alerts.as_ref() == Some(&firing) {
+        return;
+    }
+    let bytes = match serde_json::to_vec(&firing) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::warn!(%error, "the cluster-wide alerts could not be encoded");
+            return;
+        }
+    };
+    match inner.backend().store(CLUSTER_ALERTS_KEY, bytes).await {
+        Ok(()) => state.shared_alerts = Some(firing),
+        Err(error) => {
+            tracing::debug!(%error, "storing the cluster-wide alerts failed; retrying next pass")
+        }
     }
 }
 

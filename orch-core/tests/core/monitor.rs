@@ -599,6 +599,60 @@ async fn cluster_wide_readings_raise_one_alert_per_cluster_and_node_readings_one
 }
 
 /// Eight alerts at once, on eight engines' series of one rule.
+/// When the leader goes, the node that takes over the cluster-wide rules carries on its firing
+/// alerts: the alert is not fired a second time, and resolves once when its condition clears.
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_carries_on_the_cluster_wide_alerts_of_the_one_before() {
+    let shared: SharedBackend = Arc::new(MemoryBackend::new());
+    let script = Script::default();
+    script.set(vec![Reading::of_engine(Metric::QueueDepth, "mail", 500.0)]);
+    let monitor = MonitorConfig::default().with_anomaly(None);
+    let node = |id: &str| {
+        Orchestrator::builder(shared.clone())
+            .config(
+                config()
+                    .with_node_id(id)
+                    .with_monitor(Some(monitor.clone())),
+            )
+            .sampler(script.sampler())
+            .build()
+    };
+    let (a, b) = (node("a").await.unwrap(), node("b").await.unwrap());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        alerts_of(&a, event_kinds::ALERT_FIRED, "queue_deep")
+            .await
+            .len(),
+        1
+    );
+    let (leader, other) = if a.monitor().unwrap().is_leader() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    leader.shutdown(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(other.monitor().unwrap().is_leader());
+    assert_eq!(
+        alerts_of(&other, event_kinds::ALERT_FIRED, "queue_deep")
+            .await
+            .len(),
+        1,
+        "fired again by the new leader"
+    );
+    assert_eq!(other.monitor().unwrap().alerts().len(), 1);
+    script.set(Vec::new());
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(
+        alerts_of(&other, event_kinds::ALERT_RESOLVED, "queue_deep")
+            .await
+            .len(),
+        1
+    );
+    assert!(other.monitor().unwrap().alerts().is_empty());
+    other.shutdown(Duration::from_secs(1)).await;
+}
+
 fn eight_alerts(script: &Script) -> MonitorConfig {
     script.set(
         (0..8)
