@@ -158,16 +158,23 @@ pub async fn dispatch_workflow(
     } else {
         StatusCode::OK
     };
-    let tasks = created
-        .tasks
-        .into_iter()
-        .enumerate()
-        .map(|(step, task)| CreatedStep {
-            step,
-            task_id: task.task.id.to_string(),
-            status: task.task.status.as_str().to_owned(),
-        })
-        .collect();
+    // An earlier workflow's tasks are not listed: steps of it stood in for by earlier tasks
+    // (matched by their idempotency keys) are not among them, so the list could not say
+    // which step each task is.
+    let tasks = if created.created {
+        created
+            .tasks
+            .into_iter()
+            .enumerate()
+            .map(|(step, task)| CreatedStep {
+                step,
+                task_id: task.task.id.to_string(),
+                status: task.task.status.as_str().to_owned(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok((
         status,
         Json(WorkflowCreated {
