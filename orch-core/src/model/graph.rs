@@ -94,9 +94,6 @@ pub fn plan_tasks(specs: Vec<TaskSpec>, workflow_id: Option<WorkflowId>) -> Resu
             }
         }
     }
-    if let Some(floor) = floor {
-        ids::raise_v7_floor(floor.0);
-    }
     // Validated, ids given in topological order.
     let mut planned: Vec<Option<NewTask>> = Vec::with_capacity(n);
     let mut depends_on = Vec::with_capacity(n);
@@ -104,9 +101,20 @@ pub fn plan_tasks(specs: Vec<TaskSpec>, workflow_id: Option<WorkflowId>) -> Resu
         depends_on.push(spec.depends_on.clone());
         planned.push(Some(spec.into_new_task_alone()?));
     }
+    // Above the largest existing parent even when it was made by a process whose clock runs
+    // ahead: this graph's ids continue from it. (Only this graph's: a parent that turns out
+    // not to exist must not move the ids this process makes later.)
+    let mut last = floor.map(|floor| floor.0);
     let mut ids = vec![TaskId(uuid::Uuid::nil()); n];
     for &index in &order {
-        ids[index] = TaskId::new();
+        let mut id = TaskId::new();
+        if let Some(below) = last {
+            if id.0 <= below {
+                id = ids::v7_after(below).map_or(id, TaskId);
+            }
+            last = Some(id.0);
+        }
+        ids[index] = id;
     }
     let mut out = Vec::with_capacity(n);
     for (index, (task, depends_on)) in planned.into_iter().zip(depends_on).enumerate() {
@@ -232,8 +240,19 @@ mod tests {
                 | (0x7 << 76)
                 | (0b10 << 62),
         ));
-        let tasks = plan_tasks(vec![TaskSpec::new("later").after(ahead)], None).unwrap();
+        let tasks = plan_tasks(
+            vec![
+                TaskSpec::new("later").after(ahead),
+                TaskSpec::new("after that").after(Step(0)),
+            ],
+            None,
+        )
+        .unwrap();
         assert!(tasks[0].id > ahead);
+        assert!(tasks[1].id > tasks[0].id);
+        // The parent may not exist (the dispatch is then refused): ids made here afterwards
+        // keep to this clock rather than to an id anyone may name.
+        assert!(TaskId::new() < ahead);
     }
 
     #[test]

@@ -73,7 +73,7 @@ fn now_millis() -> u64 {
 }
 
 /// A time-ordered (version 7) UUID, strictly greater than every one made before by this
-/// process (and than every id passed to [`raise_v7_floor`]).
+/// function.
 pub(super) fn monotonic_v7() -> Uuid {
     let now = now_millis();
     let (millis, counter) = {
@@ -119,21 +119,24 @@ fn decode_v7(id: Uuid) -> (u64, u64) {
     (millis, (tail >> RANDOM_BITS) as u64)
 }
 
-/// Makes every id this process makes from now on greater than `floor` (an id made elsewhere,
-/// perhaps by a process whose clock runs ahead). A floor more than an hour ahead of this
-/// clock, or not a version 7 UUID, is ignored: ids never jump that far.
-pub(super) fn raise_v7_floor(floor: Uuid) {
-    if floor.get_version_num() != 7 {
-        return;
+/// The version 7 UUID right after `id` (its millisecond, its counter plus one; random
+/// below), for an id made elsewhere, perhaps by a process whose clock runs ahead. `None` for
+/// an id more than an hour ahead of this clock, or not a version 7 UUID: ids never jump that
+/// far.
+pub(super) fn v7_after(id: Uuid) -> Option<Uuid> {
+    if id.get_version_num() != 7 {
+        return None;
     }
-    let (millis, counter) = decode_v7(floor);
+    let (mut millis, mut counter) = decode_v7(id);
     if millis > now_millis().saturating_add(3_600_000) {
-        return;
+        return None;
     }
-    let mut state = V7.lock();
-    if (millis, counter) > *state {
-        *state = (millis, counter);
+    counter += 1;
+    if counter >> COUNTER_BITS != 0 {
+        millis += 1;
+        counter = 0;
     }
+    Some(encode_v7(millis, counter, fastrand::u32(..)))
 }
 
 #[cfg(test)]
@@ -164,13 +167,21 @@ mod tests {
     }
 
     #[test]
-    fn ids_made_after_a_floor_are_above_it() {
+    fn the_id_after_one_ahead_is_above_it_and_nothing_else_moves() {
         let ahead = encode_v7(now_millis() + 60_000, 5, 7);
-        raise_v7_floor(ahead);
-        assert!(monotonic_v7() > ahead);
+        let after = v7_after(ahead).unwrap();
+        assert!(after > ahead);
+        assert_eq!(decode_v7(after), (now_millis_of(ahead), 6));
+        assert!(monotonic_v7() < ahead, "ids made here keep to this clock");
+        let carry = encode_v7(1_000, (1 << COUNTER_BITS) - 1, u32::MAX);
+        assert_eq!(decode_v7(v7_after(carry).unwrap()), (1_001, 0));
         let far = encode_v7(now_millis() + 7_200_000, 5, 7);
-        raise_v7_floor(far);
-        assert!(monotonic_v7() < far, "a floor hours ahead is ignored");
+        assert!(v7_after(far).is_none(), "an id hours ahead is ignored");
+        assert!(v7_after(Uuid::new_v4()).is_none());
+    }
+
+    fn now_millis_of(id: Uuid) -> u64 {
+        decode_v7(id).0
     }
 
     #[test]
