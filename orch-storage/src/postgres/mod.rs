@@ -219,6 +219,8 @@ pub struct PostgresBackend {
     /// [`PostgresOptions::with_durable_worker_commits`] off) a pool whose sessions commit with
     /// `synchronous_commit = off`.
     worker_pool: PgPool,
+    /// `worker_pool` is a pool of its own (not a clone of `pool`).
+    separate_worker_pool: bool,
     /// The listener's own one-connection pool (LISTEN holds its connection for good).
     listener_pool: PgPool,
     /// One connection committing with `synchronous_commit = off`, for the trailing event
@@ -344,6 +346,7 @@ impl PostgresBackend {
             sender,
             hints,
             _listener: listener,
+            separate_worker_pool: !settings.durable_worker_commits,
             graph_claims: std::sync::Mutex::new(std::collections::HashSet::new()),
             graph_outcomes: tasks::GraphOutcomes::default(),
         })
@@ -384,6 +387,43 @@ impl PostgresBackend {
     }
 
     /// After a statement that went without its event notification (`hint` was `None`).
+    /// The share of the connection pools' connections in use now, 0 to 1 (the pool the
+    /// workers commit through counted with the main one when it is a pool of its own): what
+    /// the monitor reads as `pool_in_use_ratio` through [`PostgresBackend::pool_sampler`].
+    pub fn pool_in_use(&self) -> f64 {
+        let mut pools = vec![&self.pool];
+        if self.separate_worker_pool {
+            pools.push(&self.worker_pool);
+        }
+        let (mut in_use, mut max) = (0u64, 0u64);
+        for pool in pools {
+            let size = u64::from(pool.size());
+            let idle = u64::try_from(pool.num_idle()).unwrap_or(u64::MAX);
+            in_use += size.saturating_sub(idle);
+            max += u64::from(pool.options().get_max_connections());
+        }
+        if max == 0 {
+            0.0
+        } else {
+            in_use as f64 / max as f64
+        }
+    }
+
+    /// A monitor [`Sampler`](orch_core::monitor::Sampler) reading
+    /// [`pool_in_use`](Self::pool_in_use) as `pool_in_use_ratio` each pass.
+    pub fn pool_sampler(self: &std::sync::Arc<Self>) -> impl orch_core::monitor::Sampler + 'static {
+        let backend = std::sync::Arc::downgrade(self);
+        orch_core::monitor::sampler_fn(move || {
+            let reading = backend.upgrade().map(|backend| {
+                orch_core::monitor::Reading::new(
+                    orch_core::monitor::Metric::PoolInUse,
+                    backend.pool_in_use(),
+                )
+            });
+            std::future::ready(Ok(reading.into_iter().collect()))
+        })
+    }
+
     fn deferred(&self, hint: &Option<String>) {
         if hint.is_none() {
             self.hints.defer();

@@ -178,3 +178,37 @@ async fn postgres_dispatch_follows_the_transaction() -> anyhow::Result<()> {
     app.close().await;
     Ok(())
 }
+
+/// The monitor's pool reading: the share of the pool's connections an application's open
+/// transactions hold, through the sampler orchd registers.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_sampler_reads_the_connections_in_use() -> anyhow::Result<()> {
+    use orch_core::monitor::{Metric, Sampler as _};
+    let Some(url) = crate::support::postgres::fresh_database().await? else {
+        return Ok(());
+    };
+    let backend = Arc::new(orch_storage::PostgresBackend::connect_with_pool_size(&url, 4).await?);
+    let sampler = backend.pool_sampler();
+    let reading = |readings: Vec<orch_core::monitor::Reading>| {
+        ensure!(
+            readings.len() == 1 && readings[0].metric == Metric::PoolInUse,
+            "{readings:?}"
+        );
+        Ok::<f64, anyhow::Error>(readings[0].value)
+    };
+    let idle = reading(sampler.sample().await?)?;
+    ensure!(idle < 0.5, "{idle} in use with nothing under way");
+    let held = (
+        backend.begin().await?,
+        backend.begin().await?,
+        backend.begin().await?,
+    );
+    let busy = reading(sampler.sample().await?)?;
+    ensure!(
+        busy >= 0.75,
+        "{busy} in use with three of four connections held"
+    );
+    drop(held);
+    Ok(())
+}

@@ -42,6 +42,14 @@ impl Db {
         }
     }
 
+    /// A monitor sampler of the database's own readings (PostgreSQL: its pools' use).
+    pub(crate) fn sampler(&self) -> Option<impl orch_core::monitor::Sampler + 'static> {
+        match self {
+            Db::Sqlite(..) => None,
+            Db::Postgres(db, _) => Some(db.pool_sampler()),
+        }
+    }
+
     /// Closes connections.
     pub(crate) async fn close(&self) {
         match self {

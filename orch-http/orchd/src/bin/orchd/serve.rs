@@ -159,6 +159,9 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         builder = builder
             .sampler(orchd::machine::MachineSampler::new(&data_dir))
             .sampler(config.auth_failures.clone());
+        if let Some(sampler) = db.sampler() {
+            builder = builder.sampler(sampler);
+        }
         for notifier in &notifiers {
             builder = builder.notifier(notifier.clone());
         }
