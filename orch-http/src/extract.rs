@@ -44,7 +44,7 @@ where
         }
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+            .map_err(body_rejected)?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -140,8 +140,19 @@ where
         Bytes::from_request(req, state)
             .await
             .map(RawBody)
-            .map_err(|rejection| {
-                ApiError::new(rejection.status(), rejection.body_text()).with_field("body")
-            })
+            .map_err(|rejection| body_rejected(rejection).with_field("body"))
     }
+}
+
+/// The answer to a body that could not be read: 408 when it did not arrive within the server's
+/// body timeout, else what axum says (413 for a body over the limit, 400 otherwise).
+fn body_rejected(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(error) = source {
+        if let Some(timed_out) = error.downcast_ref::<crate::server::BodyTimedOut>() {
+            return ApiError::new(StatusCode::REQUEST_TIMEOUT, timed_out.to_string());
+        }
+        source = error.source();
+    }
+    ApiError::new(rejection.status(), rejection.body_text())
 }

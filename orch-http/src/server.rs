@@ -448,7 +448,7 @@ struct DeadlineBody {
 /// The error of a request body that did not arrive in time.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive within server.request_body_timeout")]
-struct BodyTimedOut;
+pub(crate) struct BodyTimedOut;
 
 impl HttpBody for DeadlineBody {
     type Data = Bytes;
