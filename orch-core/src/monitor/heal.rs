@@ -52,7 +52,11 @@ impl Monitor {
         let healing = inner.healing();
         if let Some(check) = healing.node_health() {
             let disk = readings.get(&Metric::DiskPercent, None);
-            let problem = match (&probe.failure, check.disk_full_percent) {
+            // A probe that got no answer in time says the database is slow, which every node
+            // on it sees alike: leaving rotation would stop the whole cluster's work, not move
+            // it. (The alert on the database's latency still fires.)
+            let failure = probe.failure.as_ref().filter(|_| !probe.timed_out);
+            let problem = match (failure, check.disk_full_percent) {
                 (Some(failure), _) => Some(failure.clone()),
                 (None, Some(full)) if disk.is_some_and(|disk| disk >= full) => Some(format!(
                     "the disk is {:.1}% full (at most {full}% allowed)",

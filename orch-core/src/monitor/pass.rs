@@ -126,6 +126,8 @@ pub(super) struct Probe {
     pub(super) queued: BTreeMap<String, u64>,
     /// The database's metrics it could not read.
     pub(super) unread: Vec<Metric>,
+    /// It failed by getting no answer in time (a slow database, not a refusal).
+    pub(super) timed_out: bool,
 }
 
 impl Monitor {
@@ -318,6 +320,7 @@ async fn backend_readings(
                 failure: Some(format!("the database probe failed: {error}")),
                 queued: BTreeMap::new(),
                 unread: DATABASE_METRICS.to_vec(),
+                timed_out: false,
             };
         }
         Err(_) => {
@@ -329,6 +332,7 @@ async fn backend_readings(
                 )),
                 queued: BTreeMap::new(),
                 unread: DATABASE_METRICS.to_vec(),
+                timed_out: true,
             };
         }
     };
@@ -378,6 +382,7 @@ async fn backend_readings(
         failure: None,
         queued,
         unread,
+        timed_out: false,
     }
 }
 

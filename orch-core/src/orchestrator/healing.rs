@@ -223,10 +223,12 @@ impl Autoscale {
 /// Taking this node out of rotation while its own health fails. Needs the monitor (its
 /// database probe and, for the disk, a machine sampler).
 ///
-/// After `failures` consecutive failed database probes, or a disk reading at or above
-/// `disk_full_percent`, the node reports not ready and claims nothing (running attempts
+/// After `failures` consecutive database probes refused with an error, or a disk reading at or
+/// above `disk_full_percent`, the node reports not ready and claims nothing (running attempts
 /// finish); after `recoveries` consecutive good passes it is ready and claims again. Other
-/// nodes sharing the database carry on meanwhile.
+/// nodes sharing the database carry on meanwhile. A probe that got no answer in time does not
+/// count: a slow database is slow for every node on it, and taking them all out of rotation
+/// would stop the work rather than move it (the monitor's latency alert still fires).
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NodeHealthCheck {

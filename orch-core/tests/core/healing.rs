@@ -407,6 +407,43 @@ async fn a_node_whose_backend_fails_leaves_rotation_while_another_finishes_the_w
     a.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A database too slow for the probe is slow for every node: the node stays in rotation and
+/// keeps working (the probe's failures raise the monitor's alert, not an exit).
+#[tokio::test(start_paused = true)]
+async fn a_slow_database_keeps_the_node_in_rotation() {
+    let sick = Faulty::over(Arc::new(MemoryBackend::new()));
+    let check = NodeHealthCheck::default().with_failures(2);
+    let orch = Orchestrator::builder(sick.clone() as SharedBackend)
+        .config(
+            config()
+                .with_healing(healing().with_node_health(Some(check)))
+                .with_monitor(Some(quiet_monitor())),
+        )
+        .engine(
+            "work",
+            processor_fn(|_ctx, _input| async { Ok(Value::Null) }),
+        )
+        .build()
+        .await
+        .unwrap();
+    sick.slow.store(true, Ordering::SeqCst);
+    sleep_secs(60.0).await;
+    assert!(orch.readiness().ready, "{:?}", orch.readiness());
+    let task = orch.dispatch(TaskSpec::new("work")).await.unwrap();
+    let done = orch
+        .wait_for(task.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    assert!(
+        events_of(&orch, event_kinds::NODE_NOT_READY)
+            .await
+            .is_empty()
+    );
+    sick.slow.store(false, Ordering::SeqCst);
+    orch.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn rescued_tasks_are_reported() {
     let orch = Orchestrator::builder(crate::backend())

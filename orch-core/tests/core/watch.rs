@@ -26,6 +26,8 @@ pub(crate) struct Faulty {
     /// `queue_depth`, the monitor's probe of the backend, fails while set (claims go on
     /// working: only the node's own health check can keep it from claiming).
     pub(crate) down: AtomicBool,
+    /// `queue_depth` answers only after an hour while set (a database too slow for the probe).
+    pub(crate) slow: AtomicBool,
     /// The next this many `claim_tasks` calls panic.
     pub(crate) claim_panics: AtomicUsize,
 }
@@ -103,6 +105,9 @@ impl TaskStore for Faulty {
     }
     async fn queue_depth(&self) -> Result<Vec<QueueDepth>> {
         self.unreachable("queue_depth")?;
+        if self.slow.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
         self.inner.queue_depth().await
     }
     async fn count_tasks(&self) -> Result<Vec<EngineCounts>> {
