@@ -197,6 +197,14 @@ fn migrator() -> Migrator {
             "workflows",
             include_str!("../../migrations/postgres/0006_workflows.sql"),
         ),
+        // Versions between are reserved for a change made beside this one; a database that
+        // has this one and not those gets them when they arrive (migrations apply by version,
+        // not by position).
+        (
+            8,
+            "trace context",
+            include_str!("../../migrations/postgres/0008_trace_context.sql"),
+        ),
     ])
 }
 
@@ -626,6 +634,8 @@ fn task_from_row(operation: &'static str, row: &PgRow) -> Result<(Task, Option<L
             "waiting_for",
             i64::from(row.try_get::<i32, _>("waiting_for").map_err(get)?),
         )?,
+        traceparent: row.try_get("traceparent").map_err(get)?,
+        tracestate: row.try_get("tracestate").map_err(get)?,
     };
     Ok((task, lease.map(LeaseToken)))
 }
