@@ -13,9 +13,9 @@ use orch_core::{
     Event, LeaseToken, OnParentFailure, Orchestrator, Parent, Step, Task, TaskError, TaskFilter,
     TaskId, TaskSpec, TaskStatus, TraceContext, WorkerReport,
 };
-use tracing::Instrument;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::auth::{AnyRole, Authed, Dispatchers, Operators, Workers};
 use crate::batch::DispatchBatcher;
@@ -240,7 +240,11 @@ pub struct DispatchRequest {
     /// A W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`): the trace the task's dispatch,
     /// claim, engine call and outcome continue. Wins over the `traceparent` header; a bad one
     /// is a 422 naming the field.
-    #[schema(min_length = 55, max_length = 256, pattern = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[\x21-\x7E]*)?$")]
+    #[schema(
+        min_length = 55,
+        max_length = 256,
+        pattern = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[\x21-\x7E]*)?$"
+    )]
     pub traceparent: Option<String>,
     /// The W3C `tracestate` beside `traceparent` (only with it): at most 512 characters of
     /// comma-separated `key=value` members.

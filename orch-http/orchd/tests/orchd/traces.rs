@@ -249,7 +249,10 @@ async fn a_trace_spans_the_dispatching_and_the_claiming_daemon() -> anyhow::Resu
 fn a_bad_tracing_key_stops_start_up_naming_it() -> anyhow::Result<()> {
     let dir = workdir();
     for (yaml, key) in [
-        ("tracing:\n  otlp_endpoint: collector:4318\n", "tracing.otlp_endpoint"),
+        (
+            "tracing:\n  otlp_endpoint: collector:4318\n",
+            "tracing.otlp_endpoint",
+        ),
         ("tracing:\n  sample_ratio: 2\n", "tracing.sample_ratio"),
         ("tracing:\n  endpoint: http://127.0.0.1:4318\n", "endpoint"),
     ] {
