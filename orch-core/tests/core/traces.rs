@@ -11,9 +11,12 @@ use tracing::span::{Attributes, Id};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::{Layer, registry::LookupSpan};
 
+/// Span names, each with its parent's name.
+type Names = Vec<(String, Option<String>)>;
+
 /// Every span of target `orch::trace` opened, with its parent's name.
 #[derive(Clone, Default)]
-struct Opened(Arc<Mutex<Vec<(String, Option<String>)>>>);
+struct Opened(Arc<Mutex<Names>>);
 
 impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Opened {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
@@ -48,7 +51,7 @@ impl TracePropagator for Recording {
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-async fn run(propagator: Option<Recording>) -> Vec<(String, Option<String>)> {
+async fn run(propagator: Option<Recording>) -> Names {
     let opened = Opened::default();
     let subscriber = tracing_subscriber::registry().with(opened.clone());
     let _default = tracing::subscriber::set_default(subscriber);
@@ -67,8 +70,7 @@ async fn run(propagator: Option<Recording>) -> Vec<(String, Option<String>)> {
         assert_eq!(task.status, TaskStatus::Succeeded);
     }
     orch.shutdown(std::time::Duration::from_secs(5)).await;
-    let opened = opened.0.lock().clone();
-    opened
+    opened.0.lock().clone()
 }
 
 #[tokio::test(flavor = "current_thread")]
