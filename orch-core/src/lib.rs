@@ -18,6 +18,8 @@
 //! - [`MemoryBackend`]: every backend trait in memory. SQLite and PostgreSQL live in
 //!   `orch-storage`.
 //! - [`limits`]: the bounds a task spec is checked against.
+//! - [`trace`]: the spans an attempt opens in the trace its task carries ([`TraceContext`],
+//!   W3C `traceparent`/`tracestate`), through a [`TracePropagator`] the application supplies.
 //!
 //! What a backend author needs is under [`backend`]: the traits ([`backend::TaskStore`],
 //! [`backend::EventStore`], [`backend::LockStore`]), the types they exchange, and
@@ -81,6 +83,7 @@ mod orchestrator;
 mod registry;
 mod schedule;
 mod signal;
+pub mod trace;
 
 pub use backend::SharedBackend;
 pub use context::{Parents, TaskContext};
@@ -100,8 +103,8 @@ pub use model::{
     Created, CreatedWorkflow, Dependency, EngineCounts, Event, EventKind, FencingToken, LeaseToken,
     LockInfo, LockOverview, LockWaiter, LockWaiterId, NewEvent, OnParentFailure, Parent,
     ParentTask, Resolution, RetryPolicy, Step, Task, TaskFilter, TaskId, TaskLock, TaskSpec,
-    TaskStatus, Workflow, WorkflowId, WorkflowInfo, WorkflowStatus, WorkflowTask, check_json,
-    limits,
+    TaskStatus, TraceContext, Workflow, WorkflowId, WorkflowInfo, WorkflowStatus, WorkflowTask,
+    check_json, check_traceparent, check_tracestate, limits,
 };
 pub use orchestrator::{
     Autoscale, CircuitBreaker, ClaimedTask, EngineState, EngineStatus, Healing, NodeHealthCheck,
@@ -110,3 +113,4 @@ pub use orchestrator::{
 };
 pub use registry::DefaultPluginRegistry;
 pub use schedule::Schedule;
+pub use trace::TracePropagator;

@@ -83,6 +83,7 @@ checks!(
     claim_leases_and_logs,
     leases_are_distinct_and_next_run_at_is_the_earliest,
     nul_characters_are_stored,
+    trace_context_is_stored_and_returned,
     finish_succeeded,
     finish_attempts_in_one_call,
     finish_attempts_duplicates_and_unknowns,

@@ -359,3 +359,110 @@ pub(super) async fn queue_depth_counts_queued(b: SharedBackend) -> CheckResult {
     );
     Ok(())
 }
+
+/// A task's W3C trace context is stored as given and handed back by every read: alone, in a
+/// batch, in a graph, on a claim and after its outcome.
+pub(super) async fn trace_context_is_stored_and_returned(b: SharedBackend) -> CheckResult {
+    use crate::model::TraceContext;
+    let context = |n: u8, state: Option<&str>| {
+        TraceContext::new(
+            format!("00-4bf92f3577b34da6a3ce929d0e0e47{n:02x}-00f067aa0ba902b7-01"),
+            state.map(str::to_owned),
+        )
+        .expect("a valid context")
+    };
+    let alone = create(
+        &b,
+        TaskSpec::new("traced").trace_context(context(1, Some("vendor=one,other=two"))),
+    )
+    .await?;
+    let batch: Vec<Task> = ok!(b
+        .create_tasks(vec![
+            new_task(TaskSpec::new("traced").trace_context(context(2, None))),
+            new_task(TaskSpec::new("traced")),
+        ])
+        .await)
+    .into_iter()
+    .map(|c| c.task)
+    .collect();
+    let parent = batch[0].id;
+    let graph: Vec<Task> = ok!(b
+        .create_tasks(vec![new_task(
+            TaskSpec::new("traced-child")
+                .after(parent)
+                .trace_context(context(3, Some("k=v")))
+        )])
+        .await)
+    .into_iter()
+    .map(|c| c.task)
+    .collect();
+    let expected = [
+        (alone.id, Some(context(1, Some("vendor=one,other=two")))),
+        (batch[0].id, Some(context(2, None))),
+        (batch[1].id, None),
+        (graph[0].id, Some(context(3, Some("k=v")))),
+    ];
+    let created = [&alone, &batch[0], &batch[1], &graph[0]];
+    for ((id, want), task) in expected.iter().zip(created) {
+        ensure!(
+            task.trace_context() == *want,
+            "create_tasks returned {:?}/{:?} for {id}",
+            task.traceparent,
+            task.tracestate
+        );
+        let got = ok!(b.get_task(*id).await).ok_or("created task not found")?;
+        ensure!(
+            got.traceparent == want.as_ref().map(|c| c.traceparent().to_owned())
+                && got.tracestate
+                    == want
+                        .as_ref()
+                        .and_then(|c| c.tracestate().map(str::to_owned)),
+            "get_task returned {:?}/{:?} for {id}",
+            got.traceparent,
+            got.tracestate
+        );
+    }
+    let listed = ok!(b
+        .list_tasks(TaskFilter {
+            engine: Some("traced".into()),
+            ..TaskFilter::default()
+        })
+        .await);
+    ensure!(
+        listed.iter().filter(|t| t.traceparent.is_some()).count() == 2,
+        "list_tasks lost a trace context: {listed:?}"
+    );
+    let claimed = ok!(b.claim_tasks("traced", 10, Duration::from_secs(30)).await);
+    ensure!(claimed.len() == 3, "claimed {} tasks", claimed.len());
+    for claim in &claimed {
+        let want = expected
+            .iter()
+            .find(|(id, _)| *id == claim.task.id)
+            .map(|(_, want)| want.clone())
+            .ok_or("claimed an unknown task")?;
+        ensure!(
+            claim.task.trace_context() == want,
+            "claim_tasks returned {:?}/{:?} for {}",
+            claim.task.traceparent,
+            claim.task.tracestate,
+            claim.task.id
+        );
+    }
+    let reports = claimed
+        .iter()
+        .map(|c| AttemptReport {
+            task_id: c.task.id,
+            lease_token: c.lease_token,
+            attempt: c.task.attempt,
+            outcome: AttemptOutcome::Succeeded { result: json!(1) },
+        })
+        .collect();
+    ok!(b.finish_attempts(reports).await);
+    let finished = ok!(b.get_task(alone.id).await).ok_or("finished task not found")?;
+    ensure!(
+        finished.status == TaskStatus::Succeeded
+            && finished.trace_context() == Some(context(1, Some("vendor=one,other=two"))),
+        "the finished task lost its trace context: {finished:?}"
+    );
+    Ok(())
+}

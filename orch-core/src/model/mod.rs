@@ -8,6 +8,7 @@ mod lock;
 pub mod rules;
 mod stats;
 mod task;
+mod trace;
 mod workflow;
 
 pub use event::{Event, EventKind, NewEvent};
@@ -20,6 +21,7 @@ pub use task::{
     AttemptOutcome, AttemptReport, Claimed, Created, HeldLease, LeaseToken, NewTask, Resolution,
     RetryPolicy, Task, TaskFilter, TaskId, TaskSpec, TaskStatus, check_json, check_name, limits,
 };
+pub use trace::{TraceContext, check_traceparent, check_tracestate};
 pub use workflow::{
     CreatedWorkflow, Dependency, NewDependency, NewWorkflow, OnParentFailure, Parent, ParentTask,
     Step, Workflow, WorkflowId, WorkflowInfo, WorkflowStatus, WorkflowTask,

@@ -343,6 +343,8 @@ fn create_in(
         locks: new.locks,
         workflow_id: new.workflow_id,
         waiting_for,
+        traceparent: new.traceparent,
+        tracestate: new.tracestate,
     };
     let event = event.for_task(&task);
     (task, event)

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::trace::{TraceContext, check_traceparent, check_tracestate};
 use super::workflow::{Dependency, NewDependency, OnParentFailure, Parent, WorkflowId};
 use crate::error::{Error, Result};
 
@@ -198,6 +199,10 @@ impl FromStr for TaskStatus {
 /// Limits a spec is checked against.
 pub mod limits {
     use std::time::Duration;
+
+    pub use super::super::trace::{
+        MAX_TRACEPARENT_LEN, MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS,
+    };
     /// Longest engine name, in characters.
     pub const MAX_ENGINE_LEN: usize = 128;
     /// Longest idempotency key, in characters.
@@ -336,6 +341,14 @@ pub struct TaskSpec {
     /// then becomes `queued` (see [`Dependency`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Dependency>,
+    /// The W3C `traceparent` of the caller's span: the trace the task's claim, engine call and
+    /// outcome continue (see [`TracePropagator`](crate::TracePropagator)). Checked by
+    /// [`check_traceparent`](crate::check_traceparent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` beside [`traceparent`](Self::traceparent) (never without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 fn default_priority() -> i32 {
@@ -363,7 +376,28 @@ impl TaskSpec {
             idempotency_key: None,
             locks: Vec::new(),
             depends_on: Vec::new(),
+            traceparent: None,
+            tracestate: None,
         }
+    }
+
+    /// Continues the trace of `context`: the task's claim, engine call and outcome become
+    /// part of it.
+    ///
+    /// ```
+    /// use orch_core::{TaskSpec, TraceContext};
+    ///
+    /// let context =
+    ///     TraceContext::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None)?;
+    /// let spec = TaskSpec::new("report").trace_context(context);
+    /// assert!(spec.traceparent.is_some());
+    /// # Ok::<(), orch_core::Error>(())
+    /// ```
+    pub fn trace_context(mut self, context: TraceContext) -> Self {
+        let (traceparent, tracestate) = context.into_parts();
+        self.traceparent = Some(traceparent);
+        self.tracestate = tracestate;
+        self
     }
 
     /// Sets the priority (higher first).
@@ -500,6 +534,16 @@ impl TaskSpec {
                 format!("at most {} dependencies per task", limits::MAX_DEPENDENCIES),
             ));
         }
+        match (&self.traceparent, &self.tracestate) {
+            (Some(traceparent), _) => check_traceparent(traceparent)?,
+            (None, Some(_)) => {
+                return Err(Error::invalid("tracestate", "only goes with a traceparent"));
+            }
+            (None, None) => {}
+        }
+        if let Some(tracestate) = &self.tracestate {
+            check_tracestate(tracestate)?;
+        }
         Ok(())
     }
 
@@ -537,6 +581,8 @@ impl TaskSpec {
             locks,
             dependencies: Vec::new(),
             workflow_id: None,
+            traceparent: self.traceparent,
+            tracestate: self.tracestate,
         })
     }
 }
@@ -578,6 +624,12 @@ pub struct NewTask {
     /// The workflow it belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow_id: Option<WorkflowId>,
+    /// See [`TaskSpec::traceparent`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// See [`TaskSpec::tracestate`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// A stored task.
@@ -630,12 +682,26 @@ pub struct Task {
     /// other state).
     #[serde(default)]
     pub waiting_for: u32,
+    /// The W3C trace context the task continues (see [`TaskSpec::traceparent`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` beside `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl Task {
     /// Whether another attempt is allowed after the current one.
     pub fn has_attempts_left(&self) -> bool {
         super::rules::has_attempts_left(self.attempt, self.max_attempts)
+    }
+
+    /// The trace context the task carries, if it carries a valid one (a stored context is
+    /// checked again here: a row written by other software is never trusted to be well
+    /// formed).
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        let traceparent = self.traceparent.clone()?;
+        TraceContext::new(traceparent, self.tracestate.clone()).ok()
     }
 }
 

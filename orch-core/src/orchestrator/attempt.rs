@@ -5,6 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -17,7 +18,7 @@ use crate::backend::rules;
 use crate::context::TaskContext;
 use crate::error::{Error, TaskError};
 use crate::locks::{LockGuard, LockOptions};
-use crate::model::{AttemptOutcome, Claimed, Task, TaskLock};
+use crate::model::{AttemptOutcome, AttemptReport, Claimed, Task, TaskLock};
 
 /// Runs one claimed attempt and hands its outcome to the reporter.
 pub(super) async fn run(
@@ -28,8 +29,9 @@ pub(super) async fn run(
     slot: Slot,
 ) {
     let Claimed { task, lease_token } = claimed;
+    let claim_span = claim_span(&inner, &task);
     let span = tracing::debug_span!("execute", task_id = %task.id, engine = %task.engine, attempt = task.attempt);
-    let attempt = execute(&inner, &engine, &task, &running, slot);
+    let attempt = execute(&inner, &engine, &task, &running, slot, &claim_span);
     // Entering a disabled span on every poll still costs: skip it when nobody records spans.
     let outcome = if span.is_disabled() {
         attempt.await
@@ -47,15 +49,55 @@ pub(super) async fn run(
     // the attempt stays registered (and its lease renewed) until its outcome is recorded.
     running.mark_reporting();
     let report = Report {
-        task_id: task.id,
-        lease_token,
-        attempt: task.attempt,
-        outcome,
+        attempt: AttemptReport {
+            task_id: task.id,
+            lease_token,
+            attempt: task.attempt,
+            outcome,
+        },
+        span: claim_span,
     };
     if let Err(mpsc::error::SendError(report)) = inner.reports.send(report) {
         // The reporter has stopped (the orchestrator was dropped): record directly.
         record(&inner, vec![report]).await;
     }
+}
+
+/// The attempt's [`CLAIM_SPAN`](crate::trace::CLAIM_SPAN), in the trace its task carries;
+/// disabled (and free) without a trace propagator.
+fn claim_span(inner: &Inner, task: &Task) -> tracing::Span {
+    let Some(propagator) = &inner.trace_propagator else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        target: "orch::trace",
+        parent: None,
+        "orch.claim",
+        task_id = %task.id,
+        core_id = %task.engine,
+        attempt = task.attempt,
+    );
+    if let Some(context) = task.trace_context() {
+        propagator.continue_trace(&span, &context);
+    }
+    span
+}
+
+/// The attempt's [`ENGINE_SPAN`](crate::trace::ENGINE_SPAN), a child of its claim span.
+fn engine_span(claim_span: &tracing::Span, task: &Task) -> tracing::Span {
+    if claim_span.is_disabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        target: "orch::trace",
+        parent: claim_span,
+        "orch.engine",
+        task_id = %task.id,
+        core_id = %task.engine,
+        attempt = task.attempt,
+        otel.status_code = tracing::field::Empty,
+        error = tracing::field::Empty,
+    )
 }
 
 /// The owner name of a task attempt's locks.
@@ -202,6 +244,7 @@ async fn execute(
     task: &Task,
     running: &Running,
     slot: Slot,
+    claim_span: &tracing::Span,
 ) -> Option<AttemptOutcome> {
     let retry = &inner.config.retry;
     let processor = engine.processor();
@@ -249,7 +292,14 @@ async fn execute(
         );
     }
     let started = tokio::time::Instant::now();
+    let engine_span = engine_span(claim_span, task);
     let call = AssertUnwindSafe(processor.process(ctx, task.payload.clone())).catch_unwind();
+    // As for `execute`'s span: no instrumentation at all when nobody records the span.
+    let call = if engine_span.is_disabled() {
+        Either::Left(call)
+    } else {
+        Either::Right(call.instrument(engine_span.clone()))
+    };
     tokio::pin!(call);
     // Once the attempt is stopped (cancelled, lease lost, abandoned), a result the engine
     // returns in reaction is discarded: `biased` checks the stop first.
@@ -260,6 +310,18 @@ async fn execute(
         _ = tokio::time::sleep(task.timeout) => Some(None),
     };
     judge(inner, engine, task, &returned, started.elapsed());
+    if !engine_span.is_disabled() {
+        let error = match &returned {
+            Some(Some(Ok(Err(error)))) => Some(error.message.as_str()),
+            Some(Some(Err(_))) => Some("engine panicked"),
+            Some(None) => Some("timed out"),
+            _ => None,
+        };
+        if let Some(error) = error {
+            engine_span.record("otel.status_code", "ERROR");
+            engine_span.record("error", error);
+        }
+    }
     if !matches!(returned, Some(Some(_))) {
         // Timed out or stopped: tell the engine, and give it a moment to wind down.
         running.cancel.cancel();

@@ -21,6 +21,7 @@ use crate::locks::LockManager;
 use crate::monitor::{Monitor, Notifier, Sampler};
 use crate::registry::DefaultPluginRegistry;
 use crate::schedule::Schedule;
+use crate::trace::TracePropagator;
 
 /// Collects engines, handlers and schedules, then starts an [`Orchestrator`].
 ///
@@ -48,6 +49,7 @@ pub struct OrchestratorBuilder {
     schedules: Vec<Schedule>,
     samplers: Vec<Arc<dyn Sampler>>,
     notifiers: Vec<Arc<dyn Notifier>>,
+    trace_propagator: Option<Arc<dyn TracePropagator>>,
 }
 
 impl OrchestratorBuilder {
@@ -60,6 +62,7 @@ impl OrchestratorBuilder {
             schedules: Vec::new(),
             samplers: Vec::new(),
             notifiers: Vec::new(),
+            trace_propagator: None,
         }
     }
 
@@ -114,6 +117,14 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// Opens the spans of [`trace`](crate::trace) for every attempt this orchestrator runs,
+    /// each continuing the trace its task carries through `propagator`. Without one (the
+    /// default) no span is opened and a task's trace context is only stored.
+    pub fn trace_propagator(mut self, propagator: impl TracePropagator) -> Self {
+        self.trace_propagator = Some(Arc::new(propagator));
+        self
+    }
+
     /// Validates the configuration and starts the orchestrator's loops on the current tokio
     /// runtime. Event handlers see every event from the moment `build` returns.
     pub async fn build(self) -> Result<Orchestrator> {
@@ -163,6 +174,7 @@ impl OrchestratorBuilder {
             reports,
             controls: Controls::new(),
             monitor,
+            trace_propagator: self.trace_propagator,
             config,
         });
         let orch = Orchestrator {

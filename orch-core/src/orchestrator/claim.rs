@@ -16,7 +16,7 @@ use super::report::Report;
 use super::{Engine, Inner, control};
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::model::{AttemptOutcome, Claimed, NewTask, Task};
+use crate::model::{AttemptOutcome, AttemptReport, Claimed, NewTask, Task};
 
 /// A concurrency slot: one permit of the engine's limit and one of the global limit.
 pub(super) struct Slot {
@@ -132,12 +132,12 @@ pub(super) fn start_attempts(
 /// paused or quarantined, or the node taken out of rotation, while the claim was under way.
 fn give_back(inner: &Inner, claimed: Vec<Claimed>) {
     for task in claimed {
-        let report = Report {
+        let report = Report::from(AttemptReport {
             task_id: task.task.id,
             lease_token: task.lease_token,
             attempt: task.task.attempt,
             outcome: AttemptOutcome::Abandoned,
-        };
+        });
         // Without a reporter (the orchestrator is gone) the lease expires and the task is
         // rescued.
         let _ = inner.reports.send(report);

@@ -140,6 +140,8 @@ pub(crate) struct Inner {
     controls: Controls,
     /// The monitor, when configured.
     monitor: Option<Monitor>,
+    /// Opens each attempt's spans in its task's trace; `None`: no spans at all.
+    trace_propagator: Option<Arc<dyn crate::trace::TracePropagator>>,
 }
 
 /// Stops the background loops when the last [`Orchestrator`] handle is dropped without
@@ -231,6 +233,12 @@ impl Orchestrator {
     /// The monitor, when [`OrchestratorConfig::monitor`] configures one.
     pub fn monitor(&self) -> Option<&Monitor> {
         self.inner.monitor.as_ref()
+    }
+
+    /// The trace propagator, when one was given to
+    /// [`OrchestratorBuilder::trace_propagator`].
+    pub fn trace_propagator(&self) -> Option<&Arc<dyn crate::trace::TracePropagator>> {
+        self.inner.trace_propagator.as_ref()
     }
 
     /// The names of the engines registered here, sorted.

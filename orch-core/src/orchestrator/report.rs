@@ -12,7 +12,42 @@ use crate::error::Error;
 use crate::model::{AttemptReport, TaskStatus};
 
 /// An attempt's outcome, waiting to be recorded.
-pub(super) type Report = AttemptReport;
+pub(super) struct Report {
+    /// What the backend records.
+    pub(super) attempt: AttemptReport,
+    /// The attempt's [`CLAIM_SPAN`](crate::trace::CLAIM_SPAN) (disabled without a trace
+    /// propagator): the outcome's span is its child, and it ends once the outcome is recorded.
+    pub(super) span: tracing::Span,
+}
+
+impl From<AttemptReport> for Report {
+    fn from(attempt: AttemptReport) -> Self {
+        Report {
+            attempt,
+            span: tracing::Span::none(),
+        }
+    }
+}
+
+/// Opens the [`OUTCOME_SPAN`](crate::trace::OUTCOME_SPAN) of each traced report in `batch`.
+fn outcome_spans(batch: &[Report]) -> Vec<(usize, tracing::Span)> {
+    batch
+        .iter()
+        .enumerate()
+        .filter(|(_, report)| !report.span.is_disabled())
+        .map(|(index, report)| {
+            let span = tracing::info_span!(
+                target: "orch::trace",
+                parent: &report.span,
+                "orch.outcome",
+                task_id = %report.attempt.task_id,
+                attempt = report.attempt.attempt,
+                status = tracing::field::Empty,
+            );
+            (index, span)
+        })
+        .collect()
+}
 
 /// Most outcomes recorded in one backend call: large enough to share a round trip, small enough
 /// that an in-memory backend's lock is never held for long.
@@ -72,7 +107,9 @@ pub(super) async fn record(inner: &Inner, batch: Vec<Report>) {
     if batch.is_empty() {
         return;
     }
-    let ids: Vec<_> = batch.iter().map(|report| report.task_id).collect();
+    let ids: Vec<_> = batch.iter().map(|report| report.attempt.task_id).collect();
+    let spans = outcome_spans(&batch);
+    let batch: Vec<AttemptReport> = batch.into_iter().map(|report| report.attempt).collect();
     // A failed call (a dropped connection, a deadlock victim) is retried a few times: the
     // attempts stay registered meanwhile, so their leases keep being renewed.
     let mut result = inner.backend.finish_attempts(batch.clone()).await;
@@ -86,6 +123,11 @@ pub(super) async fn record(inner: &Inner, batch: Vec<Report>) {
     }
     match result {
         Ok(statuses) => {
+            for (index, span) in &spans {
+                if let Some(Ok(status)) = statuses.get(*index) {
+                    span.record("status", status.as_str());
+                }
+            }
             let mut requeued = false;
             for (id, status) in ids.iter().zip(statuses) {
                 match status {
@@ -108,5 +150,6 @@ pub(super) async fn record(inner: &Inner, batch: Vec<Report>) {
             tracing::error!(%error, count = ids.len(), "could not record attempt outcomes; their leases will expire and the tasks will be rescued");
         }
     }
+    drop(spans);
     inner.attempts.finished_all(ids);
 }

@@ -127,6 +127,7 @@ mod pipelining;
 mod plugins;
 mod schedules;
 mod task_locks;
+mod traces;
 mod watch;
 mod workflows;
 

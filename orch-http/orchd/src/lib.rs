@@ -10,8 +10,9 @@
 //!   [`HttpConfig`](orch_http::HttpConfig)), [`engines`] (the built-in `echo` and `sleep`)
 //!   [`tls`] (HTTPS: a rustls handshake for orch-http's server) and [`machine`] (the
 //!   monitor's readings of the machine, from `sysinfo`), [`notify`] (alerts out: a signed
-//!   webhook, Slack, email) and [`logging`] (JSON log lines carrying the request's
-//!   `correlation_id`).
+//!   webhook, Slack, email), [`logging`] (JSON log lines carrying the request's
+//!   `correlation_id`) and [`traces`] (OpenTelemetry spans over OTLP, and the propagator
+//!   that carries a task's trace context into its claim).
 //! - `src/bin/orchd/`: the daemon and its subcommands (`serve`, `dispatch`, `user
 //!   add|list|passwd|role|disable|enable|unlock|delete`, `backup`, `restore`, `migrate`), the
 //!   log subscriber, secrets kept in the data directory.
@@ -23,3 +24,4 @@ pub mod machine;
 pub mod notify;
 pub mod settings;
 pub mod tls;
+pub mod traces;

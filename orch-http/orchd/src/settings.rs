@@ -21,11 +21,13 @@ use orch_http::config::{ConfigError, HttpConfig, IpNet, Limit, Secret};
 use orch_http::server::ServerOptions;
 
 mod monitoring;
+mod traces;
 
 pub use monitoring::{
     AlertThresholds, DeliverySettings, EmailSettings, MonitoringSettings, NotificationSettings,
     ScaleSettings, SelfHealingSettings, SlackSettings, WebhookNotifySettings,
 };
+pub use traces::{DEFAULT_SERVICE_NAME, TRACES_PATH, TraceExport, TracingSettings};
 
 /// `server:`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -297,6 +299,8 @@ pub struct Settings {
     pub backup: BackupSettings,
     /// `logging:`.
     pub logging: LoggingSettings,
+    /// `tracing:` OpenTelemetry spans over OTLP.
+    pub tracing: TracingSettings,
 }
 
 /// Replaces `${VAR}` in every string with the variable's value (empty when unset).
@@ -348,7 +352,8 @@ impl Settings {
     /// (`JWT_SECRET`, `WEBHOOK_SECRET`, `DATABASE_URL`, `ENABLE_MONITORING`,
     /// `ENABLE_SELF_HEALING`, `SLACK_WEBHOOK_URL`, `SMTP_SERVER`, `ORCH_LISTEN`,
     /// `ORCH_LOG`, `DEBUG_MODE`, `ORCH_TRUSTED_PROXIES`, `ORCH_TLS_CERT`, `ORCH_TLS_KEY`,
-    /// `ORCH_METRICS_TOKEN`). `env` looks a variable up.
+    /// `ORCH_METRICS_TOKEN`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`). `env` looks a
+    /// variable up.
     pub fn from_yaml(
         yaml: &str,
         env: &dyn Fn(&str) -> Option<String>,
@@ -454,6 +459,7 @@ impl Settings {
         {
             self.logging.level = Some("debug".to_owned());
         }
+        self.apply_tracing_env(env);
         Ok(())
     }
 

@@ -11,10 +11,11 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use orch_core::{
     Event, LeaseToken, OnParentFailure, Orchestrator, Parent, Step, Task, TaskError, TaskFilter,
-    TaskId, TaskSpec, TaskStatus, WorkerReport,
+    TaskId, TaskSpec, TaskStatus, TraceContext, WorkerReport,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::auth::{AnyRole, Authed, Dispatchers, Operators, Workers};
 use crate::batch::DispatchBatcher;
@@ -86,6 +87,12 @@ pub struct TaskView {
     pub workflow_id: Option<String>,
     /// How many of the tasks it depends on have not finished (`waiting` while more than 0).
     pub waiting_for: u32,
+    /// The W3C trace context its attempts continue, if it carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` beside `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl From<Task> for TaskView {
@@ -112,6 +119,8 @@ impl From<Task> for TaskView {
             locks: task.locks,
             workflow_id: task.workflow_id.map(|id| id.to_string()),
             waiting_for: task.waiting_for,
+            traceparent: task.traceparent,
+            tracestate: task.tracestate,
         }
     }
 }
@@ -228,6 +237,19 @@ pub struct DispatchRequest {
     #[serde(default)]
     #[schema(max_items = 10000)]
     pub depends_on: Vec<DependencyRequest>,
+    /// A W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`): the trace the task's dispatch,
+    /// claim, engine call and outcome continue. Wins over the `traceparent` header; a bad one
+    /// is a 422 naming the field.
+    #[schema(
+        min_length = 55,
+        max_length = 256,
+        pattern = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[\x21-\x7E]*)?$"
+    )]
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` beside `traceparent` (only with it): at most 512 characters of
+    /// comma-separated `key=value` members.
+    #[schema(min_length = 1, max_length = 512)]
+    pub tracestate: Option<String>,
 }
 
 fn seconds(field: &'static str, value: f64) -> ApiResult<Duration> {
@@ -308,9 +330,67 @@ impl DispatchRequest {
             let parent = dependency.parent(&format!("depends_on[{index}]"), steps)?;
             spec = spec.after_with(parent, dependency.on_failure.unwrap_or_default());
         }
+        spec.traceparent = self.traceparent;
+        spec.tracestate = self.tracestate;
         spec.validate()?;
         Ok(spec)
     }
+}
+
+/// The W3C trace context of the `traceparent` and `tracestate` headers. As the W3C
+/// recommendation asks, a malformed `traceparent` is ignored (the dispatch starts a trace of its
+/// own) and a malformed `tracestate` is dropped; neither fails the request.
+pub(crate) fn trace_headers(headers: &HeaderMap) -> Option<TraceContext> {
+    let traceparent = headers.get("traceparent")?.to_str().ok()?.trim();
+    let tracestate = headers
+        .get_all("tracestate")
+        .iter()
+        .map(|value| value.to_str().map(str::trim))
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .map(|parts| parts.join(","))
+        .filter(|state| orch_core::check_tracestate(state).is_ok());
+    TraceContext::new(traceparent, tracestate).ok()
+}
+
+/// Opens the dispatch span ([`DISPATCH_SPAN`](orch_core::trace::DISPATCH_SPAN)) in the trace
+/// `spec` continues (given in the body or the headers), and makes `spec` carry the span's own
+/// context, so that the task's claim, wherever it happens, is the dispatch's child. Without a
+/// trace propagator nothing is opened and the context is stored as given.
+pub(crate) fn open_dispatch_span(
+    orch: &Orchestrator,
+    spec: &mut TaskSpec,
+    headers: &HeaderMap,
+) -> tracing::Span {
+    let incoming = match &spec.traceparent {
+        Some(traceparent) => TraceContext::new(traceparent.clone(), spec.tracestate.clone()).ok(),
+        None => trace_headers(headers),
+    };
+    let carry = |spec: &mut TaskSpec, context: TraceContext| {
+        let (traceparent, tracestate) = context.into_parts();
+        spec.traceparent = Some(traceparent);
+        spec.tracestate = tracestate;
+    };
+    let Some(propagator) = orch.trace_propagator() else {
+        if let Some(context) = incoming {
+            carry(spec, context);
+        }
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        target: "orch::trace",
+        parent: None,
+        "orch.dispatch",
+        core_id = %spec.engine,
+        task_id = tracing::field::Empty,
+    );
+    if let Some(context) = &incoming {
+        propagator.continue_trace(&span, context);
+    }
+    if let Some(context) = propagator.context_of(&span).or(incoming) {
+        carry(spec, context);
+    }
+    span
 }
 
 pub(crate) fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
@@ -350,13 +430,25 @@ pub async fn dispatch(
     ApiJson(body): ApiJson<DispatchRequest>,
 ) -> ApiResult<(StatusCode, Json<TaskView>)> {
     let stay = body.stay;
-    let spec = body.into_spec(idempotency_header(&headers)?, 0)?;
+    let mut spec = body.into_spec(idempotency_header(&headers)?, 0)?;
+    let span = open_dispatch_span(&orch, &mut spec, &headers);
     let wait_bound = spec
         .timeout
         .saturating_mul(spec.max_attempts.max(1))
         .saturating_add(Duration::from_secs(60))
         .min(dispatching.stay_max_wait);
-    let created = dispatching.batcher.dispatch(spec).await?;
+    let created = if span.is_disabled() {
+        dispatching.batcher.dispatch(spec).await?
+    } else {
+        let created = dispatching
+            .batcher
+            .dispatch(spec)
+            .instrument(span.clone())
+            .await?;
+        span.record("task_id", tracing::field::display(created.task.id));
+        created
+    };
+    drop(span);
     if !stay {
         let status = if created.created {
             StatusCode::CREATED

@@ -375,3 +375,85 @@ async fn a_failed_report_on_the_last_attempt_fails_the_task() {
     assert_eq!(failed.body["status"], "failed", "{}", failed.body);
     assert_eq!(failed.body["error"], "disk full");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_stores_the_trace_context_of_its_body_or_its_headers() {
+    let server = common::start().await;
+    let token = server.token("operator").await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let header_parent = "00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-00";
+    let send = |body: serde_json::Value, headers: Vec<(&'static str, &'static str)>| {
+        let (server, token) = (&server, &token);
+        async move {
+            let mut request = server
+                .http
+                .post(server.url("/dispatch"))
+                .bearer_auth(token)
+                .json(&body);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            common::reply(request.send().await.unwrap()).await
+        }
+    };
+    // The body's context, kept as given (this router has no trace propagator) and shown.
+    let from_body = send(
+        json!({"core_id": "external", "traceparent": parent, "tracestate": "vendor=x"}),
+        vec![("traceparent", header_parent)],
+    )
+    .await;
+    assert_eq!(from_body.status, StatusCode::CREATED, "{}", from_body.body);
+    assert_eq!(from_body.body["traceparent"], parent);
+    assert_eq!(from_body.body["tracestate"], "vendor=x");
+    let id = from_body.body["task_id"].as_str().unwrap().to_owned();
+    let read = server
+        .call(Method::GET, &format!("/jobs/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(read.body["traceparent"], parent, "{}", read.body);
+    // Without one in the body, the headers'; a malformed tracestate header is dropped.
+    let from_headers = send(
+        json!({"core_id": "external"}),
+        vec![("traceparent", header_parent), ("tracestate", "no-equals")],
+    )
+    .await;
+    assert_eq!(from_headers.body["traceparent"], header_parent);
+    assert!(
+        from_headers.body.get("tracestate").is_none(),
+        "{}",
+        from_headers.body
+    );
+    // A malformed header is ignored, as W3C asks; a malformed body field is refused.
+    let ignored = send(
+        json!({"core_id": "external"}),
+        vec![("traceparent", "00-not-a-trace-01")],
+    )
+    .await;
+    assert_eq!(ignored.status, StatusCode::CREATED, "{}", ignored.body);
+    assert!(
+        ignored.body.get("traceparent").is_none(),
+        "{}",
+        ignored.body
+    );
+    for (body, field) in [
+        (
+            json!({"core_id": "external", "traceparent": "00-nope"}),
+            "traceparent",
+        ),
+        (
+            json!({"core_id": "external", "tracestate": "k=v"}),
+            "tracestate",
+        ),
+        (
+            json!({"core_id": "external", "traceparent": parent, "tracestate": "k"}),
+            "tracestate",
+        ),
+    ] {
+        let refused = send(body.clone(), Vec::new()).await;
+        assert_eq!(
+            (refused.status, refused.body["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
+            "{body}: {}",
+            refused.body
+        );
+    }
+}

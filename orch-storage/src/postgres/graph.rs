@@ -32,7 +32,7 @@ const RERUNS: u32 = 40;
 /// Stores a graph in one statement: the tasks of `$1` to `$12` (as `CREATE_TASKS` takes them,
 /// and `$12` each task's workflow step), their dependencies `$13` to `$16` (child, position,
 /// parent, on failure), in workflow `$17` with idempotency key `$18` when `$17` is not NULL;
-/// `$19` is the notification payload.
+/// `$19` is the notification payload; `$20` and `$21` the tasks' trace contexts.
 ///
 /// A workflow whose key exists stores nothing (the row names it in `earlier`); a task whose
 /// key exists is not stored, and stands in for its step as a parent. Parents outside the call
@@ -48,9 +48,10 @@ pub(super) static CREATE_GRAPH: Rendered = Rendered::new(concat!(
     "WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::int4[],
                          $6::timestamptz[], $7::int8[], $8::text[], $9::text[], $10::text[],
-                         $11::text[], $12::int4[])
+                         $11::text[], $12::int4[], $20::text[], $21::text[])
         WITH ORDINALITY AS u(id, core_id, priority, timeout_us, max_attempts, not_before,
-                             delay_us, payload, metadata, idempotency_key, locks, step, ord)
+                             delay_us, payload, metadata, idempotency_key, locks, step,
+                             traceparent, tracestate, ord)
 ), edge_in AS (
     SELECT * FROM unnest($13::uuid[], $14::int4[], $15::uuid[], $16::text[])
         AS e(child_id, position, parent_id, on_failure)
@@ -108,26 +109,28 @@ pub(super) static CREATE_GRAPH: Rendered = Rendered::new(concat!(
                 ELSE ARRAY(SELECT jsonb_array_elements_text(s.locks::jsonb)) END AS locks,
            coalesce(c.waiting_for, 0)::int4 AS waiting_for,
            coalesce(d.n, 0)::int4 AS dependents, $17::uuid AS workflow_id,
-           s.step AS workflow_step, c.doom, s.ord
+           s.step AS workflow_step, c.doom, s.traceparent, s.tracestate, s.ord
     FROM stored s LEFT JOIN child_state c ON c.child_id = s.id
     LEFT JOIN dependents d ON d.id = s.id
 ), keyed AS (
     INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
                             run_at, created_at, updated_at, payload, metadata, idempotency_key,
-                            locks, waiting_for, dependents, workflow_id, workflow_step, doom)
+                            locks, waiting_for, dependents, workflow_id, workflow_step, doom,
+                            traceparent, tracestate)
     SELECT id, core_id, status, priority, timeout_us, max_attempts, attempt, run_at,
            created_at, updated_at, payload, metadata, idempotency_key, locks, waiting_for,
-           dependents, workflow_id, workflow_step, doom
+           dependents, workflow_id, workflow_step, doom, traceparent, tracestate
     FROM rows WHERE idempotency_key IS NOT NULL ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, core_id, status, attempt, run_at, created_at, waiting_for, doom
 ), plain AS (
     INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
                             run_at, created_at, updated_at, payload, metadata, idempotency_key,
-                            locks, waiting_for, dependents, workflow_id, workflow_step, doom)
+                            locks, waiting_for, dependents, workflow_id, workflow_step, doom,
+                            traceparent, tracestate)
     SELECT id, core_id, status, priority, timeout_us, max_attempts, attempt, run_at,
            created_at, updated_at, payload, metadata, idempotency_key, locks, waiting_for,
-           dependents, workflow_id, workflow_step, doom
+           dependents, workflow_id, workflow_step, doom, traceparent, tracestate
     FROM rows WHERE idempotency_key IS NULL ORDER BY ord
     RETURNING id, core_id, status, attempt, run_at, created_at, waiting_for, doom
 ), ins AS (
@@ -372,6 +375,7 @@ impl PostgresBackend {
         let mut keys = Vec::with_capacity(n);
         let mut locks = Vec::with_capacity(n);
         let mut steps = Vec::with_capacity(n);
+        let (mut traceparents, mut tracestates) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut children, mut positions, mut parents, mut policies) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (step, task) in tasks.iter().enumerate() {
@@ -386,6 +390,8 @@ impl PostgresBackend {
             metadata.push(task.metadata.to_string());
             keys.push(task.idempotency_key.as_deref());
             locks.push(serde_json::to_string(&task.locks)?);
+            traceparents.push(task.traceparent.as_deref());
+            tracestates.push(task.tracestate.as_deref());
             steps.push(
                 workflow
                     .as_ref()
@@ -422,6 +428,8 @@ impl PostgresBackend {
                 .bind(workflow_id)
                 .bind(workflow_key)
                 .bind(&payload)
+                .bind(&traceparents)
+                .bind(&tracestates)
                 .fetch_all(&mut *conn)
                 .await;
             match attempt {

@@ -197,6 +197,11 @@ fn migrator() -> Migrator {
             "workflows",
             include_str!("../../migrations/postgres/0006_workflows.sql"),
         ),
+        (
+            7,
+            "trace context",
+            include_str!("../../migrations/postgres/0007_trace_context.sql"),
+        ),
     ])
 }
 
@@ -677,6 +682,8 @@ fn task_from_row(operation: &'static str, row: &PgRow) -> Result<(Task, Option<L
             "waiting_for",
             i64::from(row.try_get::<i32, _>("waiting_for").map_err(get)?),
         )?,
+        traceparent: row.try_get("traceparent").map_err(get)?,
+        tracestate: row.try_get("tracestate").map_err(get)?,
     };
     Ok((task, lease.map(LeaseToken)))
 }

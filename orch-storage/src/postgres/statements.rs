@@ -17,9 +17,10 @@ pub(super) static CREATE_TASKS: Rendered = Rendered::new(concat!(
     "WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::int4[],
                          $6::timestamptz[], $7::int8[], $8::text[], $9::text[], $10::text[],
-                         $11::text[])
+                         $11::text[], $13::text[], $14::text[])
         WITH ORDINALITY AS u(id, core_id, priority, timeout_us, max_attempts, not_before,
-                             delay_us, payload, metadata, idempotency_key, locks, ord)
+                             delay_us, payload, metadata, idempotency_key, locks, traceparent,
+                             tracestate, ord)
 ), rows AS (
     SELECT id, core_id, {created} AS status, priority, timeout_us, max_attempts, 0 AS attempt,
            greatest(now() + delay_us * interval '1 microsecond', not_before) AS run_at,
@@ -27,23 +28,25 @@ pub(super) static CREATE_TASKS: Rendered = Rendered::new(concat!(
            metadata::jsonb AS metadata, idempotency_key,
            CASE WHEN locks = '[]' THEN '{}'::text[]
                 ELSE ARRAY(SELECT jsonb_array_elements_text(locks::jsonb)) END AS locks,
-           ord
+           traceparent, tracestate, ord
     FROM input
 ), keyed AS (
     INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
                             run_at, created_at, updated_at, payload, metadata, idempotency_key,
-                            locks)
+                            locks, traceparent, tracestate)
     SELECT id, core_id, status, priority, timeout_us, max_attempts, attempt, run_at,
-           created_at, updated_at, payload, metadata, idempotency_key, locks
+           created_at, updated_at, payload, metadata, idempotency_key, locks, traceparent,
+           tracestate
     FROM rows WHERE idempotency_key IS NOT NULL ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
 ), plain AS (
     INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
                             run_at, created_at, updated_at, payload, metadata, idempotency_key,
-                            locks)
+                            locks, traceparent, tracestate)
     SELECT id, core_id, status, priority, timeout_us, max_attempts, attempt, run_at,
-           created_at, updated_at, payload, metadata, idempotency_key, locks
+           created_at, updated_at, payload, metadata, idempotency_key, locks, traceparent,
+           tracestate
     FROM rows WHERE idempotency_key IS NULL ORDER BY ord
     RETURNING *
 ), ins AS (
@@ -69,10 +72,10 @@ pub(super) static CREATE_TASK: Rendered = Rendered::new(
 WITH ins AS (
     INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
                             run_at, created_at, updated_at, payload, metadata, idempotency_key,
-                            locks)
+                            locks, traceparent, tracestate)
     VALUES ($1, $2, {created}, $3, $4, $5, 0,
             greatest(now() + $7::int8 * interval '1 microsecond', $6::timestamptz), now(),
-            now(), $8::text::jsonb, $9::text::jsonb, $10, $11::text[])
+            now(), $8::text::jsonb, $9::text::jsonb, $10, $11::text[], $13::text, $14::text)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, core_id, attempt, run_at, created_at
 ), ev AS (
@@ -95,10 +98,10 @@ pub(super) static CREATE_CLAIMED: Rendered = Rendered::new(
 WITH ins AS (
     INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, attempt,
                             run_at, created_at, updated_at, started_at, payload, metadata,
-                            locks, lease_token, lease_expires_at)
+                            locks, lease_token, lease_expires_at, traceparent, tracestate)
     SELECT $1, $2, {claim.to}, $3, $4, $5, 1, greatest(now(), $6::timestamptz), now(), now(),
            now(), $7::text::jsonb, $8::text::jsonb, $9::text[], gen_random_uuid(),
-           now() + $10::int8 * interval '1 microsecond'
+           now() + $10::int8 * interval '1 microsecond', $12::text, $13::text
     WHERE $6::timestamptz IS NULL OR $6::timestamptz <= now()
     RETURNING *
 ), ev AS (
@@ -313,7 +316,7 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
 SELECT t.id, t.core_id, t.status, t.priority, t.timeout_us, t.max_attempts, t.attempt,
        t.run_at, t.created_at, t.updated_at, t.started_at, t.finished_at, t.lease_expires_at,
        t.payload, t.metadata, t.result, t.error, t.idempotency_key, t.locks, t.lease_token,
-       t.workflow_id, t.waiting_for,
+       t.workflow_id, t.waiting_for, t.traceparent, t.tracestate,
        t.id IS NOT NULL OR EXISTS (SELECT 1 FROM orch_tasks x WHERE x.id = input.id) AS found,
        (SELECT count(*) FROM released) AS released,
        (SELECT count(*) FROM children WHERE doomed) AS doomed,

@@ -146,6 +146,8 @@ async fn create_one(
         .bind(task.idempotency_key.as_deref())
         .bind(&task.locks)
         .bind(notify_payload)
+        .bind(task.traceparent.as_deref())
+        .bind(task.tracestate.as_deref())
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err(OP))
@@ -174,6 +176,7 @@ async fn create_batch(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let (mut traceparents, mut tracestates) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for task in tasks {
         ids.push(task.id.0);
         core_ids.push(task.engine.as_str());
@@ -186,6 +189,8 @@ async fn create_batch(
         metadata.push(task.metadata.to_string());
         keys.push(task.idempotency_key.as_deref());
         locks.push(serde_json::to_string(&task.locks)?);
+        traceparents.push(task.traceparent.as_deref());
+        tracestates.push(task.tracestate.as_deref());
     }
     sqlx::query(CREATE_TASKS.sql())
         .bind(&ids)
@@ -200,6 +205,8 @@ async fn create_batch(
         .bind(&keys)
         .bind(&locks)
         .bind(notify_payload)
+        .bind(&traceparents)
+        .bind(&tracestates)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err(OP))
@@ -943,6 +950,8 @@ impl TaskStore for PostgresBackend {
             .bind(&task.locks)
             .bind(db_micros(lease))
             .bind(&hint)
+            .bind(task.traceparent.as_deref())
+            .bind(task.tracestate.as_deref())
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err(OP))?;

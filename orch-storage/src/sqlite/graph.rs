@@ -166,7 +166,7 @@ pub(super) async fn list_parents(
         .collect()
 }
 
-/// Most task rows per multi-row insert (16 parameters each, under SQLite's 32,766).
+/// Most task rows per multi-row insert (18 parameters each, under SQLite's 32,766).
 const GRAPH_TASKS_PER_INSERT: usize = 500;
 
 /// Most dependency rows per multi-row insert (4 parameters each).
@@ -182,13 +182,14 @@ async fn insert_graph_rows(
         let mut sql = String::from(
             "INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, \
              attempt, run_at, created_at, updated_at, payload, metadata, idempotency_key, \
-             locks, waiting_for, dependents, workflow_id, workflow_step) VALUES ",
+             locks, waiting_for, dependents, workflow_id, workflow_step, traceparent, \
+             tracestate) VALUES ",
         );
         for i in 0..chunk.len() {
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str("(?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            sql.push_str("(?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         }
         // Built only from the fixed fragments above: nothing from the caller is spliced in.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -210,7 +211,9 @@ async fn insert_graph_rows(
                 .bind(i64::from(task.waiting_for))
                 .bind(i64::from(*dependents))
                 .bind(task.workflow_id.map(|w| w.0))
-                .bind(step.map(|s| i64::try_from(s).unwrap_or(i64::MAX)));
+                .bind(step.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
+                .bind(task.traceparent.clone())
+                .bind(task.tracestate.clone());
         }
         query.execute(&mut *conn).await.map_err(db_err(OP))?;
     }

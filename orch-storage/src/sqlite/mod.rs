@@ -437,6 +437,11 @@ fn migrator() -> Migrator {
             "workflows",
             include_str!("../../migrations/sqlite/0005_workflows.sql"),
         ),
+        (
+            6,
+            "trace context",
+            include_str!("../../migrations/sqlite/0006_trace_context.sql"),
+        ),
     ])
 }
 
@@ -844,7 +849,7 @@ fn json_from_db(operation: &'static str, text: &str) -> Result<serde_json::Value
 /// A task row as one JSON array (`hex(id)`, core, status, priority, timeout, max attempts,
 /// attempt, run at, created, updated, started, finished, lease expiry, payload, metadata,
 /// `[result]` or null, error, idempotency key, locks, `hex(lease_token)`, `hex(workflow_id)`,
-/// waiting for), so that a statement can hand back many tasks in one value with
+/// waiting for, traceparent, tracestate), so that a statement can hand back many tasks in one value with
 /// `json_group_array`. Decoded by [`TaskJson`].
 macro_rules! task_json {
     () => {
@@ -852,7 +857,8 @@ macro_rules! task_json {
          run_at, created_at, updated_at, started_at, finished_at, lease_expires_at, \
          json(payload), json(metadata), \
          CASE WHEN result IS NULL THEN NULL ELSE json_array(json(result)) END, \
-         error, idempotency_key, json(locks), hex(lease_token), hex(workflow_id), waiting_for)"
+         error, idempotency_key, json(locks), hex(lease_token), hex(workflow_id), waiting_for, \
+         traceparent, tracestate)"
     };
 }
 pub(crate) use task_json;
@@ -882,6 +888,8 @@ struct TaskJson(
     Option<String>,
     Option<String>,
     i64,
+    Option<String>,
+    Option<String>,
 );
 
 /// Decodes a JSON array of [`task_json!`] rows, with their lease tokens.
@@ -913,6 +921,8 @@ fn tasks_from_json(operation: &'static str, text: &str) -> Result<Vec<(Task, Opt
                 lease,
                 workflow_id,
                 waiting_for,
+                traceparent,
+                tracestate,
             ) = row;
             let task = Task {
                 id: TaskId(uuid(&id)?),
@@ -939,6 +949,8 @@ fn tasks_from_json(operation: &'static str, text: &str) -> Result<Vec<(Task, Opt
                     Some(hex) => Some(WorkflowId(uuid(hex)?)),
                 },
                 waiting_for: to_u32(operation, "waiting_for", waiting_for)?,
+                traceparent,
+                tracestate,
             };
             let lease = match lease.as_deref() {
                 None | Some("") => None,
@@ -994,6 +1006,8 @@ fn task_from_row(operation: &'static str, row: &SqliteRow) -> Result<(Task, Opti
             "waiting_for",
             row.try_get("waiting_for").map_err(get)?,
         )?,
+        traceparent: row.try_get("traceparent").map_err(get)?,
+        tracestate: row.try_get("tracestate").map_err(get)?,
     };
     Ok((task, lease.map(LeaseToken)))
 }

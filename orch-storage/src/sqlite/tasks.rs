@@ -167,7 +167,7 @@ pub(super) async fn insert_tasks(
     Ok(out)
 }
 
-/// Most tasks per multi-row insert (12 parameters each, under SQLite's 32,766).
+/// Most tasks per multi-row insert (14 parameters each, under SQLite's 32,766).
 const TASKS_PER_INSERT: usize = 500;
 
 /// Inserts new task rows in [`rules::CREATED`]'s state, several per statement.
@@ -177,13 +177,13 @@ async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> 
         let mut sql = String::from(
             "INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, \
              attempt, run_at, created_at, updated_at, payload, metadata, idempotency_key, \
-             locks) VALUES ",
+             locks, traceparent, tracestate) VALUES ",
         );
         for i in 0..chunk.len() {
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str("(?, ?, {created}, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)");
+            sql.push_str("(?, ?, {created}, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         }
         // Built only from the fixed fragments above: nothing from the caller is spliced in.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(render(&sql)));
@@ -200,7 +200,9 @@ async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> 
                 .bind(json_to_db(&task.payload))
                 .bind(json_to_db(&task.metadata))
                 .bind(task.idempotency_key.clone())
-                .bind(serde_json::to_string(&task.locks)?);
+                .bind(serde_json::to_string(&task.locks)?)
+                .bind(task.traceparent.clone())
+                .bind(task.tracestate.clone());
         }
         query.execute(&mut *conn).await.map_err(db_err(OP))?;
     }

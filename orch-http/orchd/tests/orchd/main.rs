@@ -12,4 +12,5 @@ mod notifications;
 mod postgres;
 mod postgres_server;
 mod settings;
+mod traces;
 mod two_nodes;

@@ -86,7 +86,17 @@ async fn shutdown_signal() {
 pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     // 1. Configuration from the file and the environment.
     let settings = crate::setup::settings(&global)?;
-    crate::setup::init_logging(&settings);
+    // Traces: started before logging, whose subscriber carries the exporter's layer.
+    let trace_export = settings
+        .trace_export()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let traces = match &trace_export {
+        Some(export) => Some(Arc::new(
+            orchd::traces::Exporter::start(export).map_err(|e| anyhow::anyhow!("{e}"))?,
+        )),
+        None => None,
+    };
+    crate::setup::init_logging(&settings, traces.as_deref());
     let data_dir = global.data_dir.clone();
     // Held until this process exits: one daemon per data directory, and no restore under it.
     let _data_dir_lock = crate::data_dir::lock_for_serve(&data_dir)?;
@@ -165,6 +175,9 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         for notifier in &notifiers {
             builder = builder.notifier(notifier.clone());
         }
+    }
+    if traces.is_some() {
+        builder = builder.trace_propagator(orchd::traces::OtelPropagator);
     }
     let orch = builder
         .build()
@@ -301,6 +314,13 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         ),
         None => println!("  monitor:   off"),
     }
+    match &trace_export {
+        Some(export) => println!(
+            "  traces:    to {} as {} (sampling {})",
+            export.traces_url, export.service_name, export.sample_ratio
+        ),
+        None => println!("  traces:    off"),
+    }
     if !notifiers.is_empty() {
         let names: Vec<&str> = notifiers.iter().map(|n| n.name()).collect();
         println!("  alerts to: {}", names.join(", "));
@@ -352,6 +372,10 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         let _ = task.await;
     }
     db.close().await;
+    if let Some(traces) = traces {
+        // The spans of the attempts drained above, sent before the process ends.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
     let _ = std::fs::remove_file(crate::setup::pid_file(&data_dir));
     tracing::info!("orchd stopped");
     Ok(ExitCode::SUCCESS)

@@ -100,20 +100,48 @@ fn open_file_limit() -> Option<usize> {
 }
 
 /// Starts JSON (or text) logs on stderr, filtered by `logging.level` / `ORCH_LOG`.
-pub(crate) fn init_logging(settings: &Settings) {
+pub(crate) fn init_logging(settings: &Settings, traces: Option<&orchd::traces::Exporter>) {
     use tracing_subscriber::EnvFilter;
     let level = settings.logging.level.as_deref().unwrap_or("info");
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match settings.logging.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+    let Some(traces) = traces else {
+        // No span export: the subscriber of old, with nothing in it for traces.
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        let result = match settings.logging.format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(orchd::logging::JsonLines)
+                .try_init(),
+        };
+        if let Err(error) = result {
+            eprintln!("orchd: logging already initialised: {error}");
+        }
+        return;
+    };
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // Log lines stay as they were: the spans opened for traces are the exporter's alone.
+    let logged = filter.and(filter_fn(|metadata| {
+        metadata.target() != orch_core::trace::SPAN_TARGET
+    }));
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match settings.logging.format {
+        LogFormat::Text => lines.with_filter(logged).boxed(),
+        LogFormat::Json => lines
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(orchd::logging::JsonLines)
-            .try_init(),
+            .with_filter(logged)
+            .boxed(),
     };
+    let result = tracing_subscriber::registry()
+        .with(lines)
+        .with(traces.layer())
+        .try_init();
     if let Err(error) = result {
         eprintln!("orchd: logging already initialised: {error}");
     }
