@@ -320,9 +320,12 @@ fn layered_workflow() -> Workflow {
 }
 
 /// One workflow run: an orchestrator with the no-op engine, the workflow dispatched in one
-/// call, the clock stopped when it has ended. Returns tasks/s and the server's CPU time per
-/// task in microseconds.
-async fn run_workflow(backend: SharedBackend, settings: &Settings) -> anyhow::Result<(f64, f64)> {
+/// call, the clock stopped when it has ended. Returns tasks/s and this process's and the
+/// server's CPU time per task in microseconds.
+async fn run_workflow(
+    backend: SharedBackend,
+    settings: &Settings,
+) -> anyhow::Result<(f64, f64, f64)> {
     let orch = Orchestrator::builder(backend)
         .config(settings.config(settings.concurrency))
         .engine(
@@ -334,6 +337,7 @@ async fn run_workflow(backend: SharedBackend, settings: &Settings) -> anyhow::Re
     let flow = layered_workflow();
     let tasks = flow.len();
     let server_before = support::cpu::cpu_time_of("postgres");
+    let own_before = support::cpu::process_cpu_time();
     let start = Instant::now();
     let created = orch.dispatch_workflow(flow).await?;
     let dispatched = start.elapsed();
@@ -342,6 +346,7 @@ async fn run_workflow(backend: SharedBackend, settings: &Settings) -> anyhow::Re
         .await?;
     let elapsed = start.elapsed();
     let server = support::cpu::cpu_time_of("postgres").saturating_sub(server_before);
+    let own = support::cpu::process_cpu_time().saturating_sub(own_before);
     orch.shutdown(Duration::from_secs(5)).await;
     if done.status != orch::WorkflowStatus::Succeeded {
         bail!("the workflow ended {}", done.status);
@@ -353,6 +358,7 @@ async fn run_workflow(backend: SharedBackend, settings: &Settings) -> anyhow::Re
     );
     Ok((
         rate(tasks, elapsed),
+        own.as_secs_f64() * 1e6 / tasks as f64,
         server.as_secs_f64() * 1e6 / tasks as f64,
     ))
 }
@@ -368,12 +374,14 @@ async fn workflow_against_flat(source: &Source, settings: &Settings) -> anyhow::
             .run(source.fresh(true).await?)
             .await?;
         flat.push(report.tasks_per_second());
-        let (rate, server_us) = run_workflow(source.fresh(true).await?, settings).await?;
+        let (rate, own_us, server_us) = run_workflow(source.fresh(true).await?, settings).await?;
         layered.push(rate);
         println!(
-            "  round {round}: A flat {:>8.0} tasks/s ({:.0} us in postgres) | B workflow \
-             {rate:>8.0} tasks/s ({server_us:.0} us in postgres) | B/A {:.2}",
+            "  round {round}: A flat {:>8.0} tasks/s ({:.0} us here + {:.0} us in postgres) | \
+             B workflow {rate:>8.0} tasks/s ({own_us:.0} us here + {server_us:.0} us in \
+             postgres) | B/A {:.2}",
             report.tasks_per_second(),
+            report.cpu_us_per_task(),
             report.server_cpu_us_per_task(),
             rate / report.tasks_per_second()
         );
