@@ -468,7 +468,6 @@ impl Detector {
         );
     }
 
-    /// The alerts firing now.
     /// Takes over `alerts`, firing on another node (the leader before this one), as firing
     /// here: they resolve once their condition has stayed clear, and do not fire again. A
     /// series tracked here already keeps its state.
@@ -489,6 +488,7 @@ impl Detector {
         }
     }
 
+    /// The alerts firing now.
     pub(crate) fn firing(&self) -> Vec<Alert> {
         let mut alerts: Vec<Alert> = self
             .tracked

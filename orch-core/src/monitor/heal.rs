@@ -54,8 +54,10 @@ impl Monitor {
             let disk = readings.get(&Metric::DiskPercent, None);
             // A probe that got no answer in time says the database is slow, which every node
             // on it sees alike: leaving rotation would stop the whole cluster's work, not move
-            // it. (The alert on the database's latency still fires.)
+            // it. Such a pass says nothing either way (neither a failure nor a recovery); the
+            // alert on the database still fires, and readiness checks the database itself.
             let failure = probe.failure.as_ref().filter(|_| !probe.timed_out);
+            let unknown = failure.is_none() && probe.timed_out;
             let problem = match (failure, check.disk_full_percent) {
                 (Some(failure), _) => Some(failure.clone()),
                 (None, Some(full)) if disk.is_some_and(|disk| disk >= full) => Some(format!(
@@ -66,6 +68,7 @@ impl Monitor {
             };
             let heal = &mut state.heal;
             match problem {
+                None if unknown => {}
                 Some(reason) => {
                     heal.failing = heal.failing.saturating_add(1);
                     heal.passing = 0;

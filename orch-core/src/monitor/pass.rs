@@ -80,8 +80,11 @@ pub(super) struct PassState {
     pending_events: VecDeque<NewEvent>,
     /// The metrics each sampler gave in its last successful pass.
     sampler_metrics: Vec<HashSet<Metric>>,
-    /// As the leader: the cluster-wide alerts last stored for the next leader.
-    shared_alerts: Option<Vec<Alert>>,
+    /// As the leader: which cluster-wide alerts were last stored for the next leader (each
+    /// by rule, series and firing time: a new reading of a firing alert is no change).
+    shared_alerts: Option<Vec<AlertIdentity>>,
+    /// When the leader grant ends at the latest, by this node's monotonic clock.
+    leader_until: Option<Instant>,
 }
 
 /// The metrics read from the database: unknown in a pass whose probe failed.
@@ -106,6 +109,7 @@ impl PassState {
             pending_events: VecDeque::new(),
             sampler_metrics: Vec::new(),
             shared_alerts: None,
+            leader_until: None,
         }
     }
 
@@ -390,6 +394,9 @@ async fn backend_readings(
 async fn lead(inner: &Inner, config: &MonitorConfig, state: &mut PassState) -> bool {
     let backend = inner.backend();
     let ttl = (config.interval * 3).max(Duration::from_secs(5));
+    // The grant lasts `ttl` from a moment after the request left: measured on this node's
+    // monotonic clock from the request, less a margin, it ends here before it does there.
+    let until = Instant::now() + ttl.mul_f64(0.8);
     if let Some(held) = &state.leader {
         match backend
             .extend_lock(LEADER_LOCK, &held.owner, held.fencing_token.0, ttl)
@@ -397,12 +404,13 @@ async fn lead(inner: &Inner, config: &MonitorConfig, state: &mut PassState) -> b
         {
             Ok(Some(info)) => {
                 state.leader = Some(info);
+                state.leader_until = Some(until);
                 return true;
             }
             Ok(None) => state.leader = None,
             // Unreachable: the grant holds until it expires (no other node can take the
             // lock before then); try again next pass.
-            Err(_) => return held.expires_at > clock::now(),
+            Err(_) => return state.leader_until.is_some_and(|end| Instant::now() < end),
         }
     }
     let request = LockRequest {
@@ -416,6 +424,7 @@ async fn lead(inner: &Inner, config: &MonitorConfig, state: &mut PassState) -> b
         Ok(LockTurn::Acquired(info)) => {
             tracing::info!("this node now evaluates the cluster-wide alert rules");
             state.leader = Some(info);
+            state.leader_until = Some(until);
             // The alerts the leader before left firing go on from here: resolved once when
             // their condition clears, not fired a second time.
             match backend.retrieve(CLUSTER_ALERTS_KEY).await {
@@ -437,6 +446,26 @@ async fn lead(inner: &Inner, config: &MonitorConfig, state: &mut PassState) -> b
     }
 }
 
+/// Which alert a firing alert is: its rule, series and when it fired.
+#[derive(Debug, Clone, PartialEq)]
+struct AlertIdentity {
+    rule: String,
+    engine: Option<String>,
+    priority: Option<i32>,
+    fired_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl AlertIdentity {
+    fn of(alert: &Alert) -> Self {
+        AlertIdentity {
+            rule: alert.rule.clone(),
+            engine: alert.engine.clone(),
+            priority: alert.priority,
+            fired_at: alert.fired_at,
+        }
+    }
+}
+
 /// As the leader: stores the cluster-wide alerts firing now where the next leader finds them,
 /// when they changed since it last did.
 async fn share_cluster_alerts(inner: &Inner, state: &mut PassState) {
@@ -446,7 +475,8 @@ async fn share_cluster_alerts(inner: &Inner, state: &mut PassState) {
         .into_iter()
         .filter(|alert| alert.metric.is_cluster_wide())
         .collect();
-    if state.shared_alerts.as_ref() == Some(&firing) {
+    let identities: Vec<AlertIdentity> = firing.iter().map(AlertIdentity::of).collect();
+    if state.shared_alerts.as_ref() == Some(&identities) {
         return;
     }
     let bytes = match serde_json::to_vec(&firing) {
@@ -457,7 +487,7 @@ async fn share_cluster_alerts(inner: &Inner, state: &mut PassState) {
         }
     };
     match inner.backend().store(CLUSTER_ALERTS_KEY, bytes).await {
-        Ok(()) => state.shared_alerts = Some(firing),
+        Ok(()) => state.shared_alerts = Some(identities),
         Err(error) => {
             tracing::debug!(%error, "storing the cluster-wide alerts failed; retrying next pass")
         }

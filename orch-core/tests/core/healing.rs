@@ -444,6 +444,39 @@ async fn a_slow_database_keeps_the_node_in_rotation() {
     orch.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A node out of rotation because the database refused its probes does not come back while
+/// the probes only time out: such a pass is no recovery.
+#[tokio::test(start_paused = true)]
+async fn a_node_out_of_rotation_stays_out_while_its_probes_time_out() {
+    let sick = Faulty::over(Arc::new(MemoryBackend::new()));
+    let check = NodeHealthCheck::default()
+        .with_failures(2)
+        .with_recoveries(2);
+    let orch = Orchestrator::builder(sick.clone() as SharedBackend)
+        .config(
+            config()
+                .with_healing(healing().with_node_health(Some(check)))
+                .with_monitor(Some(quiet_monitor())),
+        )
+        .build()
+        .await
+        .unwrap();
+    sick.down.store(true, Ordering::SeqCst);
+    sleep_secs(5.0).await;
+    assert!(!orch.readiness().ready);
+    sick.down.store(false, Ordering::SeqCst);
+    sick.slow.store(true, Ordering::SeqCst);
+    sleep_secs(60.0).await;
+    assert!(
+        !orch.readiness().ready,
+        "back in rotation on probes that timed out"
+    );
+    sick.slow.store(false, Ordering::SeqCst);
+    sleep_secs(10.0).await;
+    assert!(orch.readiness().ready);
+    orch.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn rescued_tasks_are_reported() {
     let orch = Orchestrator::builder(crate::backend())

@@ -598,7 +598,6 @@ async fn cluster_wide_readings_raise_one_alert_per_cluster_and_node_readings_one
     b.shutdown(Duration::from_secs(1)).await;
 }
 
-/// Eight alerts at once, on eight engines' series of one rule.
 /// When the leader goes, the node that takes over the cluster-wide rules carries on its firing
 /// alerts: the alert is not fired a second time, and resolves once when its condition clears.
 #[tokio::test(start_paused = true)]
@@ -653,6 +652,7 @@ async fn a_new_leader_carries_on_the_cluster_wide_alerts_of_the_one_before() {
     other.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Eight alerts at once, on eight engines' series of one rule.
 fn eight_alerts(script: &Script) -> MonitorConfig {
     script.set(
         (0..8)
