@@ -119,10 +119,11 @@ fn decode_v7(id: Uuid) -> (u64, u64) {
     (millis, (tail >> RANDOM_BITS) as u64)
 }
 
-/// The version 7 UUID right after `id` (its millisecond, its counter plus one; random
-/// below), for an id made elsewhere, perhaps by a process whose clock runs ahead. `None` for
-/// an id more than an hour ahead of this clock, or not a version 7 UUID: ids never jump that
-/// far.
+/// A version 7 UUID shortly after `id` (its millisecond, its counter a random step of 1 to
+/// 2^20 ahead, carrying into the next millisecond; random below), for an id made elsewhere,
+/// perhaps by a process whose clock runs ahead. The random step keeps graphs that continue
+/// from the same parent at once apart. `None` for an id more than an hour ahead of this
+/// clock, or not a version 7 UUID: ids never jump that far.
 pub(super) fn v7_after(id: Uuid) -> Option<Uuid> {
     if id.get_version_num() != 7 {
         return None;
@@ -131,10 +132,10 @@ pub(super) fn v7_after(id: Uuid) -> Option<Uuid> {
     if millis > now_millis().saturating_add(3_600_000) {
         return None;
     }
-    counter += 1;
+    counter += 1 + fastrand::u64(..1 << 20);
     if counter >> COUNTER_BITS != 0 {
         millis += 1;
-        counter = 0;
+        counter &= (1 << COUNTER_BITS) - 1;
     }
     Some(encode_v7(millis, counter, fastrand::u32(..)))
 }
@@ -171,10 +172,18 @@ mod tests {
         let ahead = encode_v7(now_millis() + 60_000, 5, 7);
         let after = v7_after(ahead).unwrap();
         assert!(after > ahead);
-        assert_eq!(decode_v7(after), (now_millis_of(ahead), 6));
+        let (millis, counter) = decode_v7(after);
+        assert_eq!(millis, now_millis_of(ahead));
+        assert!((6..=5 + (1 << 20)).contains(&counter), "{counter}");
         assert!(monotonic_v7() < ahead, "ids made here keep to this clock");
+        // Graphs continuing from one parent at once get ids of their own.
+        let many: std::collections::HashSet<Uuid> =
+            (0..10_000).map(|_| v7_after(ahead).unwrap()).collect();
+        assert_eq!(many.len(), 10_000);
         let carry = encode_v7(1_000, (1 << COUNTER_BITS) - 1, u32::MAX);
-        assert_eq!(decode_v7(v7_after(carry).unwrap()), (1_001, 0));
+        let carried = v7_after(carry).unwrap();
+        assert!(carried > carry);
+        assert_eq!(decode_v7(carried).0, 1_001);
         let far = encode_v7(now_millis() + 7_200_000, 5, 7);
         assert!(v7_after(far).is_none(), "an id hours ahead is ignored");
         assert!(v7_after(Uuid::new_v4()).is_none());

@@ -30,9 +30,25 @@ pub const MAX_TRACESTATE_MEMBERS: usize = 32;
 /// assert!(TraceContext::new("00-nope", None).is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedTraceContext")]
 pub struct TraceContext {
     traceparent: String,
     tracestate: Option<String>,
+}
+
+/// A [`TraceContext`] as it arrives, checked by [`TraceContext::new`] before it becomes one.
+#[derive(Deserialize)]
+struct UncheckedTraceContext {
+    traceparent: String,
+    tracestate: Option<String>,
+}
+
+impl TryFrom<UncheckedTraceContext> for TraceContext {
+    type Error = crate::Error;
+
+    fn try_from(unchecked: UncheckedTraceContext) -> Result<Self> {
+        TraceContext::new(unchecked.traceparent, unchecked.tracestate)
+    }
 }
 
 impl TraceContext {
@@ -186,6 +202,20 @@ mod tests {
         assert!(context.sampled());
         let later = format!("01{}-extra", &GOOD[2..]);
         assert!(check_traceparent(&later).is_ok());
+    }
+
+    #[test]
+    fn a_deserialized_context_is_checked_like_a_new_one() {
+        let good: TraceContext =
+            serde_json::from_value(serde_json::json!({"traceparent": GOOD, "tracestate": null}))
+                .unwrap();
+        assert_eq!(good.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        for bad in ["x", "00-é", ""] {
+            let refused = serde_json::from_value::<TraceContext>(
+                serde_json::json!({"traceparent": bad, "tracestate": null}),
+            );
+            assert!(refused.is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

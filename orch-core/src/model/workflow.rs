@@ -312,7 +312,10 @@ pub struct CreatedWorkflow {
     /// `false` when an earlier workflow with the same idempotency key was returned.
     pub created: bool,
     /// One per step, in step order. When the key matched, the earlier workflow's own tasks in
-    /// the order of its steps, each with `created: false`.
+    /// the order of its steps, each with `created: false`; steps of it that were stood in for
+    /// by earlier tasks (matched by their idempotency keys) are not among them, so a position
+    /// here need not be a step's number then: read the steps with
+    /// [`Orchestrator::workflow_tasks`](crate::Orchestrator::workflow_tasks).
     pub tasks: Vec<Created>,
 }
 

@@ -14,8 +14,10 @@ use crate::model::{
     CreatedWorkflow, ParentTask, TaskId, Workflow, WorkflowId, WorkflowInfo, WorkflowTask,
 };
 
-/// Least time between two reads of a workflow by [`Orchestrator::wait_for_workflow`].
-const WAIT_SPACING: Duration = Duration::from_millis(1);
+/// Least time between two reads of a workflow by [`Orchestrator::wait_for_workflow`]: the
+/// event signal is raised by every change on a busy node, and a waiter reads at most this
+/// often (the end is seen at most this late).
+const WAIT_SPACING: Duration = Duration::from_millis(10);
 
 impl Orchestrator {
     /// Dispatches a workflow: every task of the graph in one atomic step, under a new
