@@ -391,27 +391,23 @@ impl PostgresBackend {
             .then(|| notify::payload(self.sender, false))
     }
 
-    /// After a statement that went without its event notification (`hint` was `None`).
-    /// The share of the connection pools' connections in use now, 0 to 1 (the pool the
-    /// workers commit through counted with the main one when it is a pool of its own): what
-    /// the monitor reads as `pool_in_use_ratio` through [`PostgresBackend::pool_sampler`].
+    /// The share of the connection pool's connections in use now, 0 to 1 (of the busier one
+    /// when the workers commit through a pool of their own): what the monitor reads as
+    /// `pool_in_use_ratio` through [`PostgresBackend::pool_sampler`].
     pub fn pool_in_use(&self) -> f64 {
         let mut pools = vec![&self.pool];
         if self.separate_worker_pool {
             pools.push(&self.worker_pool);
         }
-        let (mut in_use, mut max) = (0u64, 0u64);
-        for pool in pools {
-            let size = u64::from(pool.size());
-            let idle = u64::try_from(pool.num_idle()).unwrap_or(u64::MAX);
-            in_use += size.saturating_sub(idle);
-            max += u64::from(pool.options().get_max_connections());
-        }
-        if max == 0 {
-            0.0
-        } else {
-            in_use as f64 / max as f64
-        }
+        pools
+            .into_iter()
+            .map(|pool| {
+                let size = u64::from(pool.size());
+                let idle = u64::try_from(pool.num_idle()).unwrap_or(u64::MAX);
+                let max = u64::from(pool.options().get_max_connections()).max(1);
+                size.saturating_sub(idle) as f64 / max as f64
+            })
+            .fold(0.0, f64::max)
     }
 
     /// A monitor [`Sampler`](orch_core::monitor::Sampler) reading
@@ -429,6 +425,7 @@ impl PostgresBackend {
         })
     }
 
+    /// After a statement that went without its event notification (`hint` was `None`).
     fn deferred(&self, hint: &Option<String>) {
         if hint.is_none() {
             self.hints.defer();

@@ -83,7 +83,43 @@ fn copy_error(error: &Error) -> Error {
             message: message.clone(),
             cause: None,
         },
+        Error::Backend {
+            operation, message, ..
+        } => Error::backend(operation, message.clone()),
         other => Error::backend("finish_attempts", other.to_string()),
+    }
+}
+
+/// The answer to a caller whose outcomes went into the statement of a call that was dropped
+/// while it ran: they may or may not have been recorded, so the caller may try again (an
+/// outcome already recorded then answers that the lease is gone).
+fn interrupted() -> Error {
+    Error::Unavailable {
+        operation: "finish_attempts",
+        message: "recording was interrupted (the call that carried these outcomes was dropped); \
+                  they may have been recorded"
+            .to_owned(),
+        cause: None,
+    }
+}
+
+/// Takes a caller's batch out of the queue of [`PostgresBackend::finish_in_graph`] when the
+/// call ends, if no statement took it (the call was dropped before its turn).
+struct LeaveQueue<'a> {
+    outcomes: &'a GraphOutcomes,
+    number: u64,
+}
+
+impl Drop for LeaveQueue<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.outcomes.lock_queue();
+        if queue
+            .jobs
+            .iter()
+            .any(|(number, _, _)| *number == self.number)
+        {
+            queue.jobs.retain(|(number, _, _)| *number != self.number);
+        }
     }
 }
 
@@ -754,23 +790,20 @@ impl PostgresBackend {
             queue.jobs.push_back((number, reports, sender));
             number
         };
+        // Gone before its turn (the caller dropped this call), the batch leaves the queue.
+        let _leave = LeaveQueue {
+            outcomes: &self.graph_outcomes,
+            number: ours,
+        };
         let _turn = self.graph_outcomes.turn.lock().await;
         match answer.try_recv() {
             // Recorded by the statement of a caller whose turn came first.
             Ok(result) => return result,
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                // Taken by a caller that went away while its statement ran: whether it
-                // committed is unknown; the caller may report again (a recorded outcome then
-                // answers that the lease is gone).
-                return Err(Error::backend(
-                    "finish_attempts",
-                    "recording was interrupted: the call that carried these outcomes was dropped",
-                ));
-            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => return Err(interrupted()),
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
         }
-        // Ours is still queued: take the batches up to it (of callers that went away before
-        // their turn) and those behind it, up to the cap.
+        // Ours is still queued: take the batches up to it (of callers waiting for the turn
+        // behind this one) and those behind it, up to the cap.
         let mut jobs = Vec::new();
         {
             let mut queue = self.graph_outcomes.lock_queue();
@@ -788,29 +821,28 @@ impl PostgresBackend {
         let sizes: Vec<usize> = jobs.iter().map(|(_, batch, _)| batch.len()).collect();
         let mut senders = Vec::with_capacity(jobs.len());
         let mut all = Vec::with_capacity(sizes.iter().sum());
-        for (_, batch, sender) in jobs {
+        for (number, batch, sender) in jobs {
             all.extend(batch);
-            senders.push(sender);
+            senders.push((number, sender));
         }
         match self.finish_batch(all).await {
             Ok(answers) => {
                 let mut answers = answers.into_iter();
-                for (size, sender) in sizes.into_iter().zip(senders) {
+                for (size, (_, sender)) in sizes.into_iter().zip(senders) {
                     let _ = sender.send(Ok(answers.by_ref().take(size).collect()));
                 }
             }
             Err(error) => {
-                for sender in senders {
-                    let _ = sender.send(Err(copy_error(&error)));
+                // The others get a copy; this caller its own error, with its cause.
+                for (number, sender) in senders {
+                    if number != ours {
+                        let _ = sender.send(Err(copy_error(&error)));
+                    }
                 }
+                return Err(error);
             }
         }
-        answer.try_recv().unwrap_or_else(|_| {
-            Err(Error::backend(
-                "finish_attempts",
-                "the outcomes were not among those recorded",
-            ))
-        })
+        answer.try_recv().unwrap_or_else(|_| Err(interrupted()))
     }
 
     /// [`TaskStore::finish_attempts`] in general: each report's [`rules::end_attempt`]

@@ -39,6 +39,26 @@ pub struct TraceExport {
     pub sample_ratio: f64,
 }
 
+impl TraceExport {
+    /// [`traces_url`](Self::traces_url) as it may be shown (in the start-up banner, in logs):
+    /// without the user name and password it may carry.
+    pub fn shown_url(&self) -> String {
+        reqwest::Url::parse(&self.traces_url)
+            .map(|url| shown_url(&url))
+            .unwrap_or_else(|_| "(unreadable URL)".to_owned())
+    }
+}
+
+/// `url` without its user name and password.
+fn shown_url(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    if !shown.username().is_empty() || shown.password().is_some() {
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+    }
+    shown.to_string()
+}
+
 impl Settings {
     /// The span export, if an endpoint is configured; an error names the key.
     ///
@@ -50,6 +70,10 @@ impl Settings {
     /// let export = settings.trace_export().unwrap().unwrap();
     /// assert_eq!(export.traces_url, "http://127.0.0.1:4318/v1/traces");
     /// assert_eq!(export.service_name, "orchd");
+    ///
+    /// let secret = "tracing:\n  otlp_endpoint: https://user:token@collector:4318\n";
+    /// let export = Settings::from_yaml(secret, &|_| None).unwrap().trace_export().unwrap().unwrap();
+    /// assert_eq!(export.shown_url(), "https://collector:4318/v1/traces");
     ///
     /// let bad = Settings::from_yaml("tracing:\n  otlp_endpoint: collector\n", &|_| None).unwrap();
     /// assert_eq!(bad.trace_export().unwrap_err().key, "tracing.otlp_endpoint");
@@ -77,16 +101,18 @@ impl Settings {
             return Ok(None);
         };
         let refuse = |reason: String| ConfigError::new("tracing.otlp_endpoint", reason);
+        // Never quoted whole: a URL may carry credentials.
         let url = reqwest::Url::parse(endpoint.trim())
-            .map_err(|e| refuse(format!("{endpoint:?} is not a URL ({e})")))?;
+            .map_err(|e| refuse(format!("the value is not a URL ({e})")))?;
+        let shown = shown_url(&url);
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(refuse(format!(
-                "{endpoint:?} must be an http:// or https:// URL with a host"
+                "{shown:?} must be an http:// or https:// URL with a host"
             )));
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(refuse(format!(
-                "{endpoint:?} must not have a query or a fragment"
+                "{shown:?} must not have a query or a fragment"
             )));
         }
         let base = url.as_str().trim_end_matches('/');

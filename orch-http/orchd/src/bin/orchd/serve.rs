@@ -317,7 +317,9 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
     match &trace_export {
         Some(export) => println!(
             "  traces:    to {} as {} (sampling {})",
-            export.traces_url, export.service_name, export.sample_ratio
+            export.shown_url(),
+            export.service_name,
+            export.sample_ratio
         ),
         None => println!("  traces:    off"),
     }
