@@ -58,27 +58,44 @@ async fn load_plugins(orch: &Orchestrator, dir: &Path, settings: &PluginSettings
 }
 // ==========================================================================================
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
+/// SIGINT and SIGTERM, listened for from the moment this is made: a signal that arrives
+/// while orchd is still starting (after it said where it listens, say) ends it cleanly
+/// through the shutdown sequence instead of killing it.
+struct ShutdownSignals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(signal) => Some(signal),
             Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+                tracing::error!(%error, "cannot listen for {name}");
+                None
+            }
+        };
+        ShutdownSignals {
+            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+            terminate: listen(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    /// Resolves at the first SIGINT or SIGTERM.
+    async fn received(mut self) {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = terminate => tracing::info!("SIGTERM received"),
+        tokio::select! {
+            _ = next(&mut self.interrupt) => tracing::info!("SIGINT received"),
+            _ = next(&mut self.terminate) => tracing::info!("SIGTERM received"),
+        }
     }
 }
 
@@ -295,7 +312,8 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
         }
     };
 
-    // 6. Tell the person how to use it.
+    // 6. Tell the person how to use it (a signal from here on ends orchd cleanly).
+    let signals = ShutdownSignals::listen();
     println!(
         "orchd {} listening on {scheme}://{local}",
         env!("CARGO_PKG_VERSION")
@@ -353,7 +371,7 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
     tracing::info!(%local, "listening");
 
     // 7. Run until SIGTERM/SIGINT, then the shutdown sequence.
-    shutdown_signal().await;
+    signals.received().await;
     let grace = Duration::from_secs(settings.server.shutdown_grace.unwrap_or(30));
     state.begin_shutdown();
     stop_accepting.cancel();
