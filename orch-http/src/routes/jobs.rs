@@ -366,31 +366,43 @@ pub(crate) fn open_dispatch_span(
         Some(traceparent) => TraceContext::new(traceparent.clone(), spec.tracestate.clone()).ok(),
         None => trace_headers(headers),
     };
-    let carry = |spec: &mut TaskSpec, context: TraceContext| {
-        let (traceparent, tracestate) = context.into_parts();
-        spec.traceparent = Some(traceparent);
-        spec.tracestate = tracestate;
-    };
+    let (span, context) = dispatch_span(orch, &spec.engine, incoming);
+    if let Some(context) = context {
+        carry_trace(spec, context);
+    }
+    span
+}
+
+/// Makes `spec` carry `context`.
+pub(crate) fn carry_trace(spec: &mut TaskSpec, context: TraceContext) {
+    let (traceparent, tracestate) = context.into_parts();
+    spec.traceparent = Some(traceparent);
+    spec.tracestate = tracestate;
+}
+
+/// The dispatch span of `core_id` in the trace `incoming` continues (none without a trace
+/// propagator), and the context a task dispatched under it carries: the span's own, or
+/// `incoming` as given without a propagator.
+pub(crate) fn dispatch_span(
+    orch: &Orchestrator,
+    core_id: &str,
+    incoming: Option<TraceContext>,
+) -> (tracing::Span, Option<TraceContext>) {
     let Some(propagator) = orch.trace_propagator() else {
-        if let Some(context) = incoming {
-            carry(spec, context);
-        }
-        return tracing::Span::none();
+        return (tracing::Span::none(), incoming);
     };
     let span = tracing::info_span!(
         target: "orch::trace",
         parent: None,
         "orch.dispatch",
-        core_id = %spec.engine,
+        core_id = %core_id,
         task_id = tracing::field::Empty,
     );
     if let Some(context) = &incoming {
         propagator.continue_trace(&span, context);
     }
-    if let Some(context) = propagator.context_of(&span).or(incoming) {
-        carry(spec, context);
-    }
-    span
+    let context = propagator.context_of(&span).or(incoming);
+    (span, context)
 }
 
 pub(crate) fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {

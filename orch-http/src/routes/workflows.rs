@@ -11,11 +11,15 @@ use chrono::{DateTime, Utc};
 use orch_core::backend::NewDependency;
 use orch_core::{Orchestrator, Workflow, WorkflowId, WorkflowInfo, WorkflowTask};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 use crate::auth::{AnyRole, Authed, Dispatchers, Operators};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::routes::jobs::{DispatchRequest, PageBody, TaskView, idempotency_header};
+use crate::routes::jobs::{
+    DispatchRequest, PageBody, TaskView, carry_trace, dispatch_span, idempotency_header,
+    trace_headers,
+};
 
 /// Most tasks one `POST /workflows` may dispatch.
 pub const MAX_WORKFLOW_TASKS: usize = 10_000;
@@ -135,6 +139,10 @@ pub async fn dispatch_workflow(
     if let Some(key) = idempotency_header(&headers)?.or(body.idempotency_key) {
         flow = flow.idempotency_key(key);
     }
+    // One dispatch span for the workflow, in the trace of the request's `traceparent` header:
+    // each task without a `traceparent` of its own carries it, so their claims are its
+    // children.
+    let (span, context) = dispatch_span(&orch, "workflow", trace_headers(&headers));
     for (index, task) in body.tasks.into_iter().enumerate() {
         let at = |error: ApiError| {
             let field = match &error.field {
@@ -150,9 +158,15 @@ pub async fn dispatch_workflow(
                  workflow with GET /workflows/{id})",
             )));
         }
-        flow.add(task.into_spec(None, count).map_err(at)?);
+        let mut spec = task.into_spec(None, count).map_err(at)?;
+        if spec.traceparent.is_none()
+            && let Some(context) = &context
+        {
+            carry_trace(&mut spec, context.clone());
+        }
+        flow.add(spec);
     }
-    let created = orch.dispatch_workflow(flow).await?;
+    let created = orch.dispatch_workflow(flow).instrument(span).await?;
     let status = if created.created {
         StatusCode::CREATED
     } else {

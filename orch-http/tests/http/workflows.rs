@@ -527,3 +527,37 @@ async fn viewers_read_operators_act_and_workers_only_dispatch() {
         .await;
     assert_eq!(first.body["tasks"][0]["task"]["status"], "cancelled");
 }
+
+/// A workflow dispatched with a `traceparent` header: each task without a trace context of its
+/// own carries the request's (this router has no trace propagator, so as given), and a task
+/// with its own keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_dispatch_passes_the_requests_trace_context_to_its_tasks() {
+    let server = common::start().await;
+    let token = server.token("operator").await;
+    let header = "00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01";
+    let own = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = server
+        .http
+        .post(server.url("/workflows"))
+        .bearer_auth(&token)
+        .header("traceparent", header)
+        .json(&json!({"tasks": [
+            {"core_id": "external"},
+            {"core_id": "external", "traceparent": own, "depends_on": [{"step": 0}]},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    let created = common::reply(response).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let mut carried = Vec::new();
+    for step in created.body["tasks"].as_array().unwrap() {
+        let id = step["task_id"].as_str().unwrap();
+        let task = server
+            .call(Method::GET, &format!("/jobs/{id}"), Some(&token), None)
+            .await;
+        carried.push(task.body["traceparent"].clone());
+    }
+    assert_eq!(carried, [json!(header), json!(own)]);
+}
