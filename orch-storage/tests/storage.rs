@@ -154,7 +154,7 @@ mod sqlite_only {
             .context("file backend has no path")?
             .to_path_buf();
         ensure!(path.is_file(), "{} not created", path.display());
-        ensure!(backend.schema_version().await? == 6);
+        ensure!(backend.schema_version().await? == 7);
         let wal = path.with_extension("db-wal");
         let backend: SharedBackend = Arc::new(backend);
         let task = create(&backend, vec![spec("work").payload(json!({"n": 1}))]).await?;
@@ -173,7 +173,7 @@ mod sqlite_only {
             found.as_ref() == Some(&task[0]),
             "backup lacks the task: {found:?}"
         );
-        ensure!(restored.schema_version().await? == 6);
+        ensure!(restored.schema_version().await? == 7);
         // The file, its WAL and the backup are the owner's alone, whatever the umask.
         #[cfg(unix)]
         for file in [&path, &wal, &copy] {
@@ -896,7 +896,7 @@ mod postgres_only {
         conn.close().await?;
 
         let upgraded = PostgresBackend::connect(&url).await?;
-        ensure!(upgraded.schema_version().await? == 7);
+        ensure!(upgraded.schema_version().await? == 8);
         let backend: SharedBackend = Arc::new(upgraded);
         let events = backend.read_events(0, 10).await?;
         type Seen = (
@@ -940,7 +940,7 @@ mod postgres_only {
         };
         let first = PostgresBackend::connect(&url).await?;
         let second = PostgresBackend::connect(&url).await?;
-        ensure!(first.schema_version().await? == 7 && second.schema_version().await? == 7);
+        ensure!(first.schema_version().await? == 8 && second.schema_version().await? == 8);
         {
             use sqlx::Connection as _;
             let mut conn = sqlx::PgConnection::connect(&url).await?;

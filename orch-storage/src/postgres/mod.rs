@@ -202,6 +202,11 @@ fn migrator() -> Migrator {
             "trace context",
             include_str!("../../migrations/postgres/0007_trace_context.sql"),
         ),
+        (
+            8,
+            "lock expiry",
+            include_str!("../../migrations/postgres/0008_lock_expiry.sql"),
+        ),
     ])
 }
 

@@ -442,6 +442,11 @@ fn migrator() -> Migrator {
             "trace context",
             include_str!("../../migrations/sqlite/0006_trace_context.sql"),
         ),
+        (
+            7,
+            "lock expiry",
+            include_str!("../../migrations/sqlite/0007_lock_expiry.sql"),
+        ),
     ])
 }
 

@@ -246,7 +246,7 @@ async fn a_sqlite_file_before_the_queue_upgrades_with_its_locks() -> anyhow::Res
     conn.close().await?;
 
     let upgraded = orch_storage::SqliteBackend::open(path.to_str().context("utf-8")?).await?;
-    ensure!(upgraded.schema_version().await? == 6);
+    ensure!(upgraded.schema_version().await? == 7);
     upgrades_with_its_locks(Arc::new(upgraded)).await
 }
 
@@ -293,7 +293,7 @@ async fn a_postgresql_database_before_the_queue_upgrades_with_its_locks() -> any
     conn.close().await?;
 
     let upgraded = orch_storage::PostgresBackend::connect(&url).await?;
-    ensure!(upgraded.schema_version().await? == 7);
+    ensure!(upgraded.schema_version().await? == 8);
     upgrades_with_its_locks(Arc::new(upgraded)).await
 }
 
@@ -360,5 +360,51 @@ async fn upgrades_with_its_locks(backend: SharedBackend) -> anyhow::Result<()> {
         granted.fencing_token()
     );
     granted.release().await?;
+    Ok(())
+}
+
+/// The lock list (every monitor pass reads it) and the reclaim read the locks by expiry through
+/// their index, not the whole table: on PostgreSQL the table keeps a free row per resource ever
+/// locked (every webhook's replay key among them), here 20,000 of them beside one held lock.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_locks_are_read_by_expiry_through_their_index_on_postgresql() -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let Some(url) = crate::support::postgres::fresh_database().await? else {
+        return Ok(());
+    };
+    let backend: SharedBackend = Arc::new(orch_storage::PostgresBackend::connect(&url).await?);
+    let held = backend
+        .try_acquire_lock("held", "me", Duration::from_secs(60))
+        .await?;
+    ensure!(
+        matches!(held, orch_core::backend::LockAttempt::Acquired(_)),
+        "{held:?}"
+    );
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    sqlx::query(
+        "INSERT INTO orch_locks (resource, owner, fencing_token, acquired_at, expires_at) \
+         SELECT 'webhook:' || n, 'orchd', n, now() - interval '1 hour', '-infinity' \
+         FROM generate_series(1, 20000) AS n",
+    )
+    .execute(&mut conn)
+    .await?;
+    sqlx::query("ANALYZE orch_locks").execute(&mut conn).await?;
+    for statement in [
+        "EXPLAIN SELECT * FROM orch_locks WHERE expires_at > now() ORDER BY resource",
+        "EXPLAIN SELECT * FROM orch_locks WHERE expires_at = '-infinity' \
+         AND acquired_at < now() - interval '1 day'",
+        "EXPLAIN SELECT * FROM orch_locks WHERE expires_at <= now() AND expires_at > '-infinity'",
+    ] {
+        let plan: Vec<String> = sqlx::query_scalar(statement).fetch_all(&mut conn).await?;
+        let plan = plan.join("\n");
+        ensure!(plan.contains("orch_locks_expiry"), "{statement}:\n{plan}");
+    }
+    let listed = backend.list_locks().await?;
+    ensure!(
+        listed.len() == 1 && listed[0].resource == "held",
+        "{listed:?}"
+    );
+    conn.close().await?;
     Ok(())
 }

@@ -154,7 +154,7 @@ async fn a_sqlite_file_before_workflows_upgrades_with_its_tasks() -> anyhow::Res
     }
     conn.close().await?;
     let upgraded = orch_storage::SqliteBackend::open(path.to_str().context("utf-8")?).await?;
-    ensure!(upgraded.schema_version().await? == 6);
+    ensure!(upgraded.schema_version().await? == 7);
     upgraded_keeps_its_tasks(Arc::new(upgraded), queued, (running, token), done).await
 }
 
@@ -223,7 +223,7 @@ async fn a_postgresql_database_before_workflows_upgrades_with_its_tasks() -> any
     }
     conn.close().await?;
     let upgraded = orch_storage::PostgresBackend::connect(&url).await?;
-    ensure!(upgraded.schema_version().await? == 7);
+    ensure!(upgraded.schema_version().await? == 8);
     upgraded_keeps_its_tasks(Arc::new(upgraded), queued, (running, token), done).await
 }
 
