@@ -21,8 +21,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::tasks::{Applied, Entry, asks_to_rerun, rerun_pause};
-use super::{PostgresBackend, db_micros, task_from_row, tasks_from_rows};
+use super::tasks::{Applied, Entry, TaskColumns, asks_to_rerun, rerun_pause};
+use super::{PostgresBackend, task_from_row, tasks_from_rows};
 use crate::common::{corrupt, db_err, from_micros, micros};
 use crate::rule_sql::Rendered;
 
@@ -362,36 +362,11 @@ impl PostgresBackend {
         payload: String,
     ) -> Result<StoredGraph> {
         const OP: &str = "create_tasks";
-        let n = tasks.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut core_ids = Vec::with_capacity(n);
-        let mut priorities = Vec::with_capacity(n);
-        let mut timeouts = Vec::with_capacity(n);
-        let mut max_attempts = Vec::with_capacity(n);
-        let mut not_before = Vec::with_capacity(n);
-        let mut delays = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut metadata = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut locks = Vec::with_capacity(n);
-        let mut steps = Vec::with_capacity(n);
-        let (mut traceparents, mut tracestates) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let columns = TaskColumns::of(&tasks)?;
+        let mut steps = Vec::with_capacity(tasks.len());
         let (mut children, mut positions, mut parents, mut policies) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (step, task) in tasks.iter().enumerate() {
-            ids.push(task.id.0);
-            core_ids.push(task.engine.as_str());
-            priorities.push(task.priority);
-            timeouts.push(micros(task.timeout));
-            max_attempts.push(i32::try_from(task.max_attempts).unwrap_or(i32::MAX));
-            not_before.push(task.not_before);
-            delays.push(db_micros(task.delay));
-            payloads.push(task.payload.to_string());
-            metadata.push(task.metadata.to_string());
-            keys.push(task.idempotency_key.as_deref());
-            locks.push(serde_json::to_string(&task.locks)?);
-            traceparents.push(task.traceparent.as_deref());
-            tracestates.push(task.tracestate.as_deref());
             steps.push(
                 workflow
                     .as_ref()
@@ -408,18 +383,8 @@ impl PostgresBackend {
         let workflow_key = workflow.as_ref().and_then(|w| w.idempotency_key.as_deref());
         let mut reruns = 0;
         let rows = loop {
-            let attempt = sqlx::query(CREATE_GRAPH.sql())
-                .bind(&ids)
-                .bind(&core_ids)
-                .bind(&priorities)
-                .bind(&timeouts)
-                .bind(&max_attempts)
-                .bind(&not_before)
-                .bind(&delays)
-                .bind(&payloads)
-                .bind(&metadata)
-                .bind(&keys)
-                .bind(&locks)
+            let attempt = columns
+                .bind(sqlx::query(CREATE_GRAPH.sql()))
                 .bind(&steps)
                 .bind(&children)
                 .bind(&positions)
@@ -428,8 +393,8 @@ impl PostgresBackend {
                 .bind(workflow_id)
                 .bind(workflow_key)
                 .bind(&payload)
-                .bind(&traceparents)
-                .bind(&tracestates)
+                .bind(&columns.traceparents)
+                .bind(&columns.tracestates)
                 .fetch_all(&mut *conn)
                 .await;
             match attempt {
@@ -518,7 +483,7 @@ impl PostgresBackend {
                 .collect()
         };
         let stored = !inserted.is_empty();
-        let mut created = Vec::with_capacity(n);
+        let mut created = Vec::with_capacity(tasks.len());
         for mut new in tasks {
             if let Some((status, run_at, created_at, waiting_for)) = inserted.remove(&new.id.0) {
                 new.timeout = from_micros(micros(new.timeout));

@@ -189,6 +189,82 @@ async fn create_one(
         .map_err(db_err(OP))
 }
 
+/// New tasks' columns, one array each, as [`CREATE_TASKS`] and the graph statement take them.
+pub(super) struct TaskColumns<'a> {
+    ids: Vec<Uuid>,
+    core_ids: Vec<&'a str>,
+    priorities: Vec<i32>,
+    timeouts: Vec<i64>,
+    max_attempts: Vec<i32>,
+    not_before: Vec<Option<DateTime<Utc>>>,
+    delays: Vec<i64>,
+    payloads: Vec<String>,
+    metadata: Vec<String>,
+    keys: Vec<Option<&'a str>>,
+    locks: Vec<String>,
+    /// Bound where each statement wants them.
+    pub(super) traceparents: Vec<Option<&'a str>>,
+    pub(super) tracestates: Vec<Option<&'a str>>,
+}
+
+impl<'a> TaskColumns<'a> {
+    pub(super) fn of(tasks: &'a [NewTask]) -> Result<Self> {
+        let n = tasks.len();
+        let mut columns = TaskColumns {
+            ids: Vec::with_capacity(n),
+            core_ids: Vec::with_capacity(n),
+            priorities: Vec::with_capacity(n),
+            timeouts: Vec::with_capacity(n),
+            max_attempts: Vec::with_capacity(n),
+            not_before: Vec::with_capacity(n),
+            delays: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            locks: Vec::with_capacity(n),
+            traceparents: Vec::with_capacity(n),
+            tracestates: Vec::with_capacity(n),
+        };
+        for task in tasks {
+            columns.ids.push(task.id.0);
+            columns.core_ids.push(task.engine.as_str());
+            columns.priorities.push(task.priority);
+            columns.timeouts.push(micros(task.timeout));
+            columns
+                .max_attempts
+                .push(i32::try_from(task.max_attempts).unwrap_or(i32::MAX));
+            columns.not_before.push(task.not_before);
+            columns.delays.push(db_micros(task.delay));
+            columns.payloads.push(task.payload.to_string());
+            columns.metadata.push(task.metadata.to_string());
+            columns.keys.push(task.idempotency_key.as_deref());
+            columns.locks.push(serde_json::to_string(&task.locks)?);
+            columns.traceparents.push(task.traceparent.as_deref());
+            columns.tracestates.push(task.tracestate.as_deref());
+        }
+        Ok(columns)
+    }
+
+    /// Binds the columns as `$1` to `$11` (id to locks), in that order.
+    pub(super) fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.ids)
+            .bind(&self.core_ids)
+            .bind(&self.priorities)
+            .bind(&self.timeouts)
+            .bind(&self.max_attempts)
+            .bind(&self.not_before)
+            .bind(&self.delays)
+            .bind(&self.payloads)
+            .bind(&self.metadata)
+            .bind(&self.keys)
+            .bind(&self.locks)
+    }
+}
+
 /// [`CREATE_TASKS`]: a batch, one array per column.
 async fn create_batch(
     conn: &mut PgConnection,
@@ -196,53 +272,12 @@ async fn create_batch(
     notify_payload: &str,
 ) -> Result<Vec<sqlx::postgres::PgRow>> {
     const OP: &str = "create_tasks";
-    let n = tasks.len();
-    let (mut ids, mut core_ids, mut priorities, mut timeouts, mut max_attempts) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut not_before, mut delays, mut payloads, mut metadata, mut keys, mut locks) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut traceparents, mut tracestates) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for task in tasks {
-        ids.push(task.id.0);
-        core_ids.push(task.engine.as_str());
-        priorities.push(task.priority);
-        timeouts.push(micros(task.timeout));
-        max_attempts.push(i32::try_from(task.max_attempts).unwrap_or(i32::MAX));
-        not_before.push(task.not_before);
-        delays.push(db_micros(task.delay));
-        payloads.push(task.payload.to_string());
-        metadata.push(task.metadata.to_string());
-        keys.push(task.idempotency_key.as_deref());
-        locks.push(serde_json::to_string(&task.locks)?);
-        traceparents.push(task.traceparent.as_deref());
-        tracestates.push(task.tracestate.as_deref());
-    }
-    sqlx::query(CREATE_TASKS.sql())
-        .bind(&ids)
-        .bind(&core_ids)
-        .bind(&priorities)
-        .bind(&timeouts)
-        .bind(&max_attempts)
-        .bind(&not_before)
-        .bind(&delays)
-        .bind(&payloads)
-        .bind(&metadata)
-        .bind(&keys)
-        .bind(&locks)
+    let columns = TaskColumns::of(tasks)?;
+    columns
+        .bind(sqlx::query(CREATE_TASKS.sql()))
         .bind(notify_payload)
-        .bind(&traceparents)
-        .bind(&tracestates)
+        .bind(&columns.traceparents)
+        .bind(&columns.tracestates)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err(OP))
