@@ -337,30 +337,35 @@ impl Model {
                         continue;
                     };
                     let status = p.task.status;
-                    for child in p.children.clone() {
+                    // Each child once; each of its edges to this parent counts (two stood-in
+                    // steps can make one task a parent twice).
+                    let children: std::collections::BTreeSet<TaskId> =
+                        p.children.iter().copied().collect();
+                    for child in children {
                         let Some(c) = self.tasks.iter().find(|t| t.task.id == child) else {
                             continue;
                         };
                         if c.task.status != TaskStatus::Waiting {
                             continue;
                         }
-                        let Some((position, dependency)) = c
+                        for (position, dependency) in c
                             .parents
                             .iter()
                             .enumerate()
-                            .find(|(_, d)| d.parent == *parent)
-                        else {
-                            continue;
-                        };
-                        let entry = per_child.entry(child).or_default();
-                        match counts(status, dependency, position) {
-                            None => entry.0 += 1,
-                            Some(Some(doom))
-                                if entry.1.is_none_or(|first| doom.position < first.position) =>
-                            {
-                                entry.1 = Some(doom);
+                            .filter(|(_, d)| d.parent == *parent)
+                        {
+                            let entry = per_child.entry(child).or_default();
+                            match counts(status, dependency, position) {
+                                None => entry.0 += 1,
+                                Some(Some(doom))
+                                    if entry
+                                        .1
+                                        .is_none_or(|first| doom.position < first.position) =>
+                                {
+                                    entry.1 = Some(doom);
+                                }
+                                Some(_) => {}
                             }
-                            Some(_) => {}
                         }
                     }
                 }

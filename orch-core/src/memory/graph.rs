@@ -271,29 +271,32 @@ impl TaskTables {
                 continue;
             };
             let status = record.task.status;
-            for child in &record.children {
-                let Some(waiting) = self.records.get(child) else {
+            // A child names a parent twice when two of its steps were stood in for by the same
+            // task: it is listed once, and each of its edges to the parent counts, each with
+            // its own policy.
+            let children: BTreeSet<TaskId> = record.children.iter().copied().collect();
+            for child in children {
+                let Some(waiting) = self.records.get(&child) else {
                     continue;
                 };
                 if waiting.task.status != TaskStatus::Waiting {
                     continue;
                 }
-                let Some((position, dependency)) = waiting
+                for (position, dependency) in waiting
                     .parents
                     .iter()
                     .enumerate()
-                    .find(|(_, d)| d.parent == *parent)
-                else {
-                    continue;
-                };
-                let entry = per_child.entry(*child).or_default();
-                match counts(status, dependency, position) {
-                    None => entry.0 += 1,
-                    Some(doom) => {
-                        if let Some(doom) = doom
-                            && entry.1.is_none_or(|first| doom.position < first.position)
-                        {
-                            entry.1 = Some(doom);
+                    .filter(|(_, d)| d.parent == *parent)
+                {
+                    let entry = per_child.entry(child).or_default();
+                    match counts(status, dependency, position) {
+                        None => entry.0 += 1,
+                        Some(doom) => {
+                            if let Some(doom) = doom
+                                && entry.1.is_none_or(|first| doom.position < first.position)
+                            {
+                                entry.1 = Some(doom);
+                            }
                         }
                     }
                 }
@@ -417,6 +420,24 @@ impl TaskTables {
             .collect()
     }
 
+    /// The workflow's tasks whose state `keep` accepts.
+    fn members_where(
+        &self,
+        workflow: WorkflowId,
+        keep: impl Fn(TaskStatus) -> bool,
+    ) -> Result<BTreeSet<TaskId>> {
+        let record = self
+            .workflows
+            .get(&workflow)
+            .ok_or(Error::WorkflowNotFound(workflow))?;
+        Ok(record
+            .members
+            .iter()
+            .copied()
+            .filter(|id| self.records.get(id).is_some_and(|r| keep(r.task.status)))
+            .collect())
+    }
+
     /// Cancels the workflow's tasks that have not run; see
     /// [`TaskStore::cancel_workflow`](crate::backend::TaskStore::cancel_workflow). Returns
     /// the workflow and whether a task was released.
@@ -426,20 +447,9 @@ impl TaskTables {
         workflow: WorkflowId,
         now: DateTime<Utc>,
     ) -> Result<(WorkflowInfo, bool)> {
-        let record = self
-            .workflows
-            .get(&workflow)
-            .ok_or(Error::WorkflowNotFound(workflow))?;
-        let targets: BTreeSet<TaskId> = record
-            .members
-            .iter()
-            .copied()
-            .filter(|id| {
-                self.records.get(id).is_some_and(|r| {
-                    matches!(r.task.status, TaskStatus::Queued | TaskStatus::Waiting)
-                })
-            })
-            .collect();
+        let targets = self.members_where(workflow, |status| {
+            matches!(status, TaskStatus::Queued | TaskStatus::Waiting)
+        })?;
         for id in targets {
             let Some(from) = self.records.get(&id).map(|r| r.task.status) else {
                 continue;
@@ -463,20 +473,7 @@ impl TaskTables {
         workflow: WorkflowId,
         now: DateTime<Utc>,
     ) -> Result<(WorkflowInfo, bool)> {
-        let record = self
-            .workflows
-            .get(&workflow)
-            .ok_or(Error::WorkflowNotFound(workflow))?;
-        let reopened: BTreeSet<TaskId> = record
-            .members
-            .iter()
-            .copied()
-            .filter(|id| {
-                self.records
-                    .get(id)
-                    .is_some_and(|r| r.task.status.is_unsuccessful())
-            })
-            .collect();
+        let reopened = self.members_where(workflow, TaskStatus::is_unsuccessful)?;
         let mut doomed = BTreeMap::new();
         let mut queued = false;
         for &id in &reopened {

@@ -442,3 +442,29 @@ async fn a_redispatched_workflow_with_a_key_runs_once() {
     assert_eq!(ends.get(&EventKind::WorkflowSucceeded), Some(&1));
     orch.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A task that names one parent twice (once directly, once through a step stood in for by
+/// that parent's idempotency key) counts each edge with its own policy: when the parent is
+/// cancelled, the `cancel` edge cancels it although the other edge runs anyway.
+#[tokio::test(start_paused = true)]
+async fn a_parent_named_twice_through_a_stood_in_step_counts_each_edge() {
+    let orch = orch(backend(), config()).await;
+    let parent = orch
+        .dispatch(TaskSpec::new("nobody").idempotency_key("shared"))
+        .await
+        .unwrap();
+    let mut flow = Workflow::new();
+    let stood_in = flow.add(TaskSpec::new("nobody").idempotency_key("shared"));
+    let child = flow.add(
+        TaskSpec::new("nobody")
+            .after_with(stood_in, OnParentFailure::RunAnyway)
+            .after_with(parent.id, OnParentFailure::Cancel),
+    );
+    let created = orch.dispatch_workflow(flow).await.unwrap();
+    assert_eq!(created.tasks[stood_in.0].task.id, parent.id);
+    let child = created.tasks[child.0].task.id;
+    assert_eq!(orch.get(child).await.unwrap().status, TaskStatus::Waiting);
+    orch.cancel(parent.id).await.unwrap();
+    assert_eq!(orch.get(child).await.unwrap().status, TaskStatus::Cancelled);
+    orch.shutdown(Duration::from_secs(1)).await;
+}
