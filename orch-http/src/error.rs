@@ -142,6 +142,7 @@ impl From<orch_core::Error> for ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, message).with_retry_after(5)
             }
             E::PluginNotFound(_) => Self::not_found(message),
+            E::EngineNotFound(_) => Self::not_found(message).with_field("engine"),
             E::Unavailable { .. } => {
                 // The details (host, port, driver text) go to the log, not to the caller.
                 tracing::warn!(error = %message, "the database is unreachable");

@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::routes::{auth, health, jobs, locks, misc, sse, webhook, workflows};
+use crate::routes::{auth, engines, health, jobs, locks, misc, sse, webhook, workflows};
 use crate::state::AppState;
 
 /// Refuses a request whose `Content-Length` announces more than `max` bytes before reading any
@@ -70,6 +70,11 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::retry_workflow))
         .routes(routes!(webhook::webhook))
         .routes(routes!(sse::events))
+        .routes(routes!(engines::list_engines))
+        .routes(routes!(engines::get_engine))
+        .routes(routes!(engines::pause_engine))
+        .routes(routes!(engines::resume_engine))
+        .routes(routes!(engines::set_concurrency))
         .routes(routes!(locks::list_locks))
         .routes(routes!(locks::get_lock))
         .routes(routes!(locks::acquire))

@@ -4,6 +4,7 @@
 //! [`health::HealthCheck`], [`webhook::WebhookState`]). [`crate::router`] puts them together.
 
 pub mod auth;
+pub mod engines;
 pub mod health;
 pub mod jobs;
 pub mod locks;

@@ -7,6 +7,7 @@ mod instrumented;
 mod auth;
 mod bounded;
 mod dispatch_batch;
+mod engines;
 mod fuzz;
 mod hardening;
 mod jobs;

@@ -118,6 +118,36 @@ async fn every_endpoint_checks_the_role() {
         },
         Case {
             method: Method::GET,
+            path: "/engines".into(),
+            body: None,
+            allowed: all,
+        },
+        Case {
+            method: Method::GET,
+            path: "/engines/echo".into(),
+            body: None,
+            allowed: all,
+        },
+        Case {
+            method: Method::POST,
+            path: "/engines/elsewhere/pause".into(),
+            body: None,
+            allowed: &["admin", "operator"],
+        },
+        Case {
+            method: Method::POST,
+            path: "/engines/elsewhere/resume".into(),
+            body: None,
+            allowed: &["admin", "operator"],
+        },
+        Case {
+            method: Method::PUT,
+            path: "/engines/echo/concurrency".into(),
+            body: Some(json!({"limit": 8})),
+            allowed: &["admin", "operator"],
+        },
+        Case {
+            method: Method::GET,
             path: "/users".into(),
             body: None,
             allowed: &["admin"],

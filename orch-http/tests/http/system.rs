@@ -135,6 +135,11 @@ async fn openapi_describes_every_endpoint() {
         "/plugins",
         "/users",
         "/users/{username}/unlock",
+        "/engines",
+        "/engines/{name}",
+        "/engines/{name}/pause",
+        "/engines/{name}/resume",
+        "/engines/{name}/concurrency",
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }

@@ -254,6 +254,132 @@ async fn a_fresh_start_serves_and_the_subcommands_work() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Runs `orchd engines <args>` against `daemon` as `username`; its stdout, or the failure's
+/// stderr as `Err`.
+fn engines(
+    dir: &Path,
+    daemon: &Daemon,
+    username: &str,
+    password: &str,
+    args: &[&str],
+) -> Result<String, String> {
+    let output = orchd(dir)
+        .arg("engines")
+        .args(args)
+        .args(["--url", &daemon.url, "--username", username])
+        .env("ORCH_PASSWORD", password)
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engines_subcommands_pause_resume_list_and_set_concurrency() {
+    let dir = workdir();
+    let daemon = start(&dir);
+    let password = daemon.password.clone().expect("a generated admin password");
+    let http = reqwest::Client::new();
+    let token = login(&http, &daemon.url, &password).await;
+
+    let paused = engines(
+        &dir,
+        &daemon,
+        "admin",
+        &password,
+        &["pause", "echo", "--reason", "maintenance"],
+    );
+    assert_eq!(paused.as_deref(), Ok("paused echo on every node\n"));
+    let list = engines(&dir, &daemon, "admin", &password, &["list"]).unwrap();
+    let echo = list
+        .lines()
+        .find(|line| line.starts_with("echo "))
+        .expect(&list);
+    assert!(echo.contains("paused"), "{list}");
+    assert!(echo.contains("user:admin (maintenance)"), "{list}");
+
+    // Its new task waits while it is paused, and runs once it is resumed.
+    let task: Value = http
+        .post(format!("{}/dispatch", daemon.url))
+        .bearer_auth(&token)
+        .json(&json!({"coreId": "echo", "payload": {"n": 7}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = task["task_id"].as_str().expect("task id").to_owned();
+    let status = |http: reqwest::Client| {
+        let url = format!("{}/jobs/{id}", daemon.url);
+        let token = token.clone();
+        async move {
+            let task: Value = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            task["status"].as_str().unwrap_or("?").to_owned()
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status(http.clone()).await, "queued");
+    let resumed = engines(&dir, &daemon, "admin", &password, &["resume", "echo"]);
+    assert_eq!(resumed.as_deref(), Ok("resumed echo on every node\n"));
+    let mut last = String::new();
+    for _ in 0..100 {
+        last = status(http.clone()).await;
+        if last == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, "succeeded");
+
+    let set = engines(
+        &dir,
+        &daemon,
+        "admin",
+        &password,
+        &["concurrency", "sleep", "2"],
+    )
+    .unwrap();
+    assert!(set.starts_with("sleep: concurrency 2 (was "), "{set}");
+    let unknown = engines(
+        &dir,
+        &daemon,
+        "admin",
+        &password,
+        &["concurrency", "nothing-here", "2"],
+    );
+    assert!(unknown.as_ref().unwrap_err().contains("404"), "{unknown:?}");
+
+    // A viewer sees the engines and may change none.
+    let added = orchd(&dir)
+        .args(["user", "add", "--username", "watcher", "--role", "viewer"])
+        .env("ORCH_NEW_PASSWORD", "a viewer's long password")
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let viewer = "a viewer's long password";
+    assert!(engines(&dir, &daemon, "watcher", viewer, &["list"]).is_ok());
+    let refused = engines(&dir, &daemon, "watcher", viewer, &["pause", "echo"]);
+    assert!(refused.as_ref().unwrap_err().contains("403"), "{refused:?}");
+    stop(daemon);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn an_invalid_config_stops_start_up_naming_the_key() {
     let dir = workdir();

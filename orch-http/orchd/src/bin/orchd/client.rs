@@ -30,25 +30,90 @@ pub(crate) struct DispatchArgs {
     /// Idempotency key.
     #[arg(long)]
     idempotency_key: Option<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// How to reach and log in to a running daemon.
+#[derive(Debug, Args)]
+pub(crate) struct Connection {
     /// The daemon (`http://` or `https://`).
-    #[arg(long, env = "ORCH_URL", default_value = "http://127.0.0.1:8000")]
+    #[arg(
+        long,
+        global = true,
+        env = "ORCH_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
     url: String,
     /// For `https://`: trust only the CA certificates in this PEM file (as `curl --cacert`)
     /// instead of the system's.
-    #[arg(long, env = "ORCH_CACERT")]
+    #[arg(long, global = true, env = "ORCH_CACERT")]
     cacert: Option<std::path::PathBuf>,
     /// An access token (else log in with --username/--password).
-    #[arg(long, env = "ORCH_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "ORCH_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Username to log in with.
-    #[arg(long, env = "ORCH_USERNAME", default_value = "admin")]
+    #[arg(long, global = true, env = "ORCH_USERNAME", default_value = "admin")]
     username: String,
     /// Password to log in with.
-    #[arg(long, env = "ORCH_PASSWORD", hide_env_values = true)]
+    #[arg(long, global = true, env = "ORCH_PASSWORD", hide_env_values = true)]
     password: Option<String>,
 }
 
-async fn check(response: reqwest::Response, what: &str) -> Result<Value> {
+/// A client logged in to a running daemon.
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
+    /// The daemon's base URL, without a trailing `/`.
+    pub(crate) base: String,
+    /// The access token.
+    pub(crate) token: String,
+}
+
+impl Connection {
+    /// The HTTP client (trusting `--cacert` alone when given), logged in with `--token` or
+    /// `--username`/`--password`.
+    pub(crate) async fn connect(self) -> Result<Client> {
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(path) = &self.cacert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --cacert {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--cacert {} is not PEM certificates", path.display()))?;
+            if certs.is_empty() {
+                bail!("--cacert {} holds no certificate", path.display());
+            }
+            http = http.tls_certs_only(certs);
+        }
+        let http = http.build().context("cannot set up the HTTP client")?;
+        let base = self.url.trim_end_matches('/').to_owned();
+        let token = match self.token {
+            Some(token) => token,
+            None => {
+                let password = self
+                    .password
+                    .context("give --token, or --password (ORCH_PASSWORD) for --username")?;
+                let body = check(
+                    http.post(format!("{base}/auth/login"))
+                        .json(&json!({"username": self.username, "password": password}))
+                        .send()
+                        .await
+                        .with_context(|| format!("cannot reach {base}"))?,
+                    "login",
+                )
+                .await?;
+                body.get("access_token")
+                    .and_then(Value::as_str)
+                    .context("login answered no token")?
+                    .to_owned()
+            }
+        };
+        Ok(Client { http, base, token })
+    }
+}
+
+/// The JSON body of a successful answer, or an error naming `what` with the status and the
+/// daemon's message.
+pub(crate) async fn check(response: reqwest::Response, what: &str) -> Result<Value> {
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
@@ -64,40 +129,7 @@ async fn check(response: reqwest::Response, what: &str) -> Result<Value> {
 /// `orchd dispatch`.
 pub(crate) async fn dispatch(args: DispatchArgs) -> Result<ExitCode> {
     let payload: Value = serde_json::from_str(&args.payload).context("--payload is not JSON")?;
-    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
-    if let Some(path) = &args.cacert {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("cannot read --cacert {}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("--cacert {} is not PEM certificates", path.display()))?;
-        if certs.is_empty() {
-            bail!("--cacert {} holds no certificate", path.display());
-        }
-        http = http.tls_certs_only(certs);
-    }
-    let http = http.build().context("cannot set up the HTTP client")?;
-    let base = args.url.trim_end_matches('/');
-    let token = match args.token {
-        Some(token) => token,
-        None => {
-            let password = args
-                .password
-                .context("give --token, or --password (ORCH_PASSWORD) for --username")?;
-            let body = check(
-                http.post(format!("{base}/auth/login"))
-                    .json(&json!({"username": args.username, "password": password}))
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach {base}"))?,
-                "login",
-            )
-            .await?;
-            body.get("access_token")
-                .and_then(Value::as_str)
-                .context("login answered no token")?
-                .to_owned()
-        }
-    };
+    let Client { http, base, token } = args.connection.connect().await?;
     let mut request = json!({"core_id": args.core_id, "payload": payload});
     if let Some(priority) = args.priority {
         request["priority"] = json!(priority);

@@ -1,0 +1,294 @@
+//! Engines: `GET /engines` and `GET /engines/{name}` (each engine's state on this node: running,
+//! paused, quarantined, its concurrency and what runs), `POST /engines/{name}/pause` and
+//! `POST /engines/{name}/resume` (on every node sharing the database), and
+//! `PUT /engines/{name}/concurrency` (this node's limit, while it runs). Every change is an
+//! event naming the user who made it (`user:<name>`) and the reason given.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use orch_core::{EngineState, Orchestrator};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{AnyRole, Authed, Operators, Principal};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+
+/// Who paused an engine, why and when.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PauseView {
+    /// Who paused it (`user:alice`, `monitor`).
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The node that paused it.
+    pub node: String,
+}
+
+/// An engine's quarantine by this node's circuit breaker.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuarantineView {
+    /// When the breaker opened.
+    pub since: DateTime<Utc>,
+    /// When the next probe attempt may start; absent while one runs.
+    pub probe_at: Option<DateTime<Utc>>,
+    /// The last failure's error, if the engine returned one.
+    pub last_error: Option<String>,
+}
+
+/// An engine's state on this node.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EngineView {
+    /// The engine's name.
+    pub engine: String,
+    /// `running`, `paused` (on every node), `quarantined`, `probing`, `node_not_ready`,
+    /// `stopped` or `not_registered` (not served here, listed because it is paused).
+    #[schema(value_type = EngineStatusView)]
+    pub status: String,
+    /// Its concurrency limit on this node (0 when not registered here).
+    pub limit: usize,
+    /// The limit it was registered with.
+    pub registered_limit: usize,
+    /// Concurrency slots taken on this node: attempts running and claims under way.
+    pub in_flight: usize,
+    /// An operator set the limit: the autoscaler leaves it alone.
+    pub limit_pinned: bool,
+    /// The pause, when paused.
+    pub pause: Option<PauseView>,
+    /// The quarantine, when its breaker is open or probing.
+    pub quarantine: Option<QuarantineView>,
+    /// The version it runs, if known (a plugin's version).
+    pub version: Option<String>,
+    /// The version an upgrade left loaded to roll back to.
+    pub previous_version: Option<String>,
+}
+
+/// What an engine does on this node.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineStatusView {
+    /// Claiming and running its tasks.
+    Running,
+    /// Paused on every node: claims nothing; attempts already running finish.
+    Paused,
+    /// Quarantined by this node's circuit breaker until its cool-down ends.
+    Quarantined,
+    /// Quarantined, with one probe attempt allowed.
+    Probing,
+    /// This node is not ready (or is shutting down): it claims nothing.
+    NodeNotReady,
+    /// Its claim loop stopped after a panic.
+    Stopped,
+    /// Not registered on this node.
+    NotRegistered,
+}
+
+impl From<EngineState> for EngineView {
+    fn from(state: EngineState) -> Self {
+        // The status as the core spells it in JSON (snake case).
+        let status = serde_json::to_value(state.status)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".to_owned());
+        EngineView {
+            engine: state.engine,
+            status,
+            limit: state.limit,
+            registered_limit: state.registered_limit,
+            in_flight: state.in_flight,
+            limit_pinned: state.limit_pinned,
+            pause: state.pause.map(|pause| PauseView {
+                actor: pause.actor,
+                reason: pause.reason,
+                at: pause.at,
+                node: pause.node,
+            }),
+            quarantine: state.quarantine.map(|quarantine| QuarantineView {
+                since: quarantine.since,
+                probe_at: quarantine.probe_at,
+                last_error: quarantine.last_error,
+            }),
+            version: state.version,
+            previous_version: state.previous_version,
+        }
+    }
+}
+
+/// The engines of `GET /engines`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EngineList {
+    /// Every engine registered on this node, and paused engines that are not, by name.
+    pub engines: Vec<EngineView>,
+}
+
+/// Why an operator pauses or resumes an engine.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ControlQuery {
+    /// Why (kept with the pause and in the event), at most 256 characters.
+    #[param(nullable = false, max_length = 256)]
+    pub reason: Option<String>,
+}
+
+/// The answer to a pause or a resume.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ControlAnswer {
+    /// `false` when there was nothing to do (already paused, or not paused).
+    pub changed: bool,
+    /// The engine as it is now.
+    pub engine: EngineView,
+}
+
+/// A new concurrency limit.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyRequest {
+    /// Attempts of the engine at once on this node, at least 1. Lowering it stops no attempt
+    /// running: new ones start once fewer than the limit run.
+    #[schema(minimum = 1, maximum = 100000)]
+    #[serde(deserialize_with = "crate::whole::number")]
+    pub limit: u64,
+    /// Why (kept in the event), at most 256 characters.
+    #[schema(max_length = 256)]
+    pub reason: Option<String>,
+}
+
+/// The answer to a change of concurrency.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ConcurrencyAnswer {
+    /// The limit before the change.
+    pub previous: usize,
+    /// The engine as it is now.
+    pub engine: EngineView,
+}
+
+/// The highest concurrency limit the API sets.
+const MAX_LIMIT: u64 = 100_000;
+
+/// The longest reason the API takes, in characters.
+const MAX_REASON: usize = 256;
+
+/// The reason given, checked: at most [`MAX_REASON`] characters.
+fn reason(reason: Option<String>) -> Result<String, ApiError> {
+    let reason = reason.unwrap_or_default();
+    if reason.chars().count() > MAX_REASON {
+        return Err(ApiError::unprocessable(
+            "reason",
+            format!("reason must be at most {MAX_REASON} characters"),
+        ));
+    }
+    Ok(reason)
+}
+
+/// The actor an event names for a change made through the API.
+fn actor(principal: &Principal) -> String {
+    format!("user:{}", principal.username)
+}
+
+/// `GET /engines`: every engine's state on this node.
+#[utoipa::path(get, path = "/engines", tag = "engines", security(("bearer" = [])),
+    responses((status = 200, body = EngineList)))]
+pub async fn list_engines(
+    State(orch): State<Orchestrator>,
+    _caller: Authed<AnyRole>,
+) -> ApiResult<Json<EngineList>> {
+    Ok(Json(EngineList {
+        engines: orch
+            .engine_states()
+            .into_iter()
+            .map(EngineView::from)
+            .collect(),
+    }))
+}
+
+/// `GET /engines/{name}`: 404 when it is neither registered here nor paused.
+#[utoipa::path(get, path = "/engines/{name}", tag = "engines", security(("bearer" = [])),
+    params(("name" = String, Path, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        description = "The engine: 1 to 128 characters, no control characters")),
+    responses((status = 200, body = EngineView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_engine(
+    State(orch): State<Orchestrator>,
+    _caller: Authed<AnyRole>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<EngineView>> {
+    Ok(Json(orch.engine_state(&name)?.into()))
+}
+
+/// `POST /engines/{name}/pause`: pauses the engine on every node sharing the database (its
+/// queued tasks wait; attempts running finish). The engine need not be registered here.
+#[utoipa::path(post, path = "/engines/{name}/pause", tag = "engines", security(("bearer" = [])),
+    params(("name" = String, Path, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        description = "The engine: 1 to 128 characters, no control characters"), ControlQuery),
+    responses((status = 200, body = ControlAnswer), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn pause_engine(
+    State(orch): State<Orchestrator>,
+    caller: Authed<Operators>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ControlQuery>,
+) -> ApiResult<Json<ControlAnswer>> {
+    let reason = reason(query.reason)?;
+    let changed = orch
+        .pause_engine(&name, &actor(caller.principal()), &reason)
+        .await?;
+    Ok(Json(ControlAnswer {
+        changed,
+        engine: orch.engine_state(&name)?.into(),
+    }))
+}
+
+/// `POST /engines/{name}/resume`: resumes a paused engine on every node; 404 when it is
+/// neither registered here nor was paused.
+#[utoipa::path(post, path = "/engines/{name}/resume", tag = "engines", security(("bearer" = [])),
+    params(("name" = String, Path, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        description = "The engine: 1 to 128 characters, no control characters"), ControlQuery),
+    responses((status = 200, body = ControlAnswer), (status = 404, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody)))]
+pub async fn resume_engine(
+    State(orch): State<Orchestrator>,
+    caller: Authed<Operators>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ControlQuery>,
+) -> ApiResult<Json<ControlAnswer>> {
+    let reason = reason(query.reason)?;
+    let changed = orch
+        .resume_engine(&name, &actor(caller.principal()), &reason)
+        .await?;
+    Ok(Json(ControlAnswer {
+        changed,
+        engine: orch.engine_state(&name)?.into(),
+    }))
+}
+
+/// `PUT /engines/{name}/concurrency`: sets the engine's concurrency limit on this node while
+/// it runs (pinned: the autoscaler leaves it alone); 404 when it is not registered here.
+#[utoipa::path(put, path = "/engines/{name}/concurrency", tag = "engines",
+    request_body = ConcurrencyRequest, security(("bearer" = [])),
+    params(("name" = String, Path, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        description = "The engine: 1 to 128 characters, no control characters")),
+    responses((status = 200, body = ConcurrencyAnswer), (status = 404, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody)))]
+pub async fn set_concurrency(
+    State(orch): State<Orchestrator>,
+    caller: Authed<Operators>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ConcurrencyRequest>,
+) -> ApiResult<Json<ConcurrencyAnswer>> {
+    if body.limit == 0 || body.limit > MAX_LIMIT {
+        return Err(ApiError::unprocessable(
+            "limit",
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    let limit = usize::try_from(body.limit).unwrap_or(usize::MAX);
+    let reason = reason(body.reason)?;
+    let previous = orch
+        .set_engine_concurrency(&name, limit, &actor(caller.principal()), &reason)
+        .await?;
+    Ok(Json(ConcurrencyAnswer {
+        previous,
+        engine: orch.engine_state(&name)?.into(),
+    }))
+}
