@@ -77,11 +77,10 @@ fn two_daemons_started_at_once_on_one_data_directory_do_not_both_run() {
     );
     // The winner serves.
     let stdout = daemons[winner].stdout.take().unwrap();
-    let listening = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|line| line.contains("listening on"));
-    assert!(listening);
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    assert!(lines.any(|line| line.contains("listening on")));
+    // The rest of the banner is read to the end, in the background.
+    let drain = std::thread::spawn(move || lines.count());
     let pid = daemons[winner].id().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -91,6 +90,63 @@ fn two_daemons_started_at_once_on_one_data_directory_do_not_both_run() {
             .success()
     );
     assert!(daemons[winner].wait().unwrap().success());
+    let _ = drain.join();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A daemon whose standard output is closed before it prints its banner (its reader went
+/// away, as with `orchd | head -1` or a supervisor that closed the pipe) serves all the same
+/// and stops cleanly: the banner's lines are dropped, not a reason to stop.
+#[test]
+fn a_daemon_whose_stdout_is_closed_serves_and_stops_cleanly() {
+    let dir = workdir();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut daemon = orchd(&dir)
+        .envs(SECRETS)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the daemon has written anything: every banner line meets a broken pipe.
+    drop(daemon.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let served = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!("orchd stopped ({status}) with its stdout closed: {stderr}");
+        }
+        let health = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
+            use std::io::{Read as _, Write as _};
+            stream
+                .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply)?;
+            Ok(reply)
+        });
+        if let Ok(reply) = health
+            && reply.starts_with("HTTP/1.1 200")
+        {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let pid = daemon.id().to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let status = daemon.wait().unwrap();
+    assert!(served, "orchd never answered /health/live");
+    assert!(status.success(), "orchd stopped with {status}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -20,6 +20,16 @@ use tokio_util::sync::CancellationToken;
 use crate::db::Db;
 use crate::{GlobalArgs, ServeArgs};
 
+/// A line of the start-up banner on standard output. A closed or broken stdout (the reader
+/// went away: `orchd | head -1`, a supervisor that closed the pipe) must not stop the daemon,
+/// as `println!` would by panicking: the line is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 
 // === Plugins (orch-plugins) ==============================================================
@@ -314,14 +324,14 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
 
     // 6. Tell the person how to use it (a signal from here on ends orchd cleanly).
     let signals = ShutdownSignals::listen();
-    println!(
+    say!(
         "orchd {} listening on {scheme}://{local}",
         env!("CARGO_PKG_VERSION")
     );
-    println!("  database:  {}", db.describe());
-    println!("  engines:   {}", orch.engines().join(", "));
+    say!("  database:  {}", db.describe());
+    say!("  engines:   {}", orch.engines().join(", "));
     match orch.monitor() {
-        Some(monitor) => println!(
+        Some(monitor) => say!(
             "  monitor:   every {} s, self-healing {}",
             monitor.config().interval.as_secs(),
             if orch.config().healing.enabled {
@@ -330,42 +340,42 @@ pub(crate) async fn run(global: GlobalArgs, args: ServeArgs) -> Result<ExitCode>
                 "off"
             }
         ),
-        None => println!("  monitor:   off"),
+        None => say!("  monitor:   off"),
     }
     match &trace_export {
-        Some(export) => println!(
+        Some(export) => say!(
             "  traces:    to {} as {} (sampling {})",
             export.shown_url(),
             export.service_name,
             export.sample_ratio
         ),
-        None => println!("  traces:    off"),
+        None => say!("  traces:    off"),
     }
     if !notifiers.is_empty() {
         let names: Vec<&str> = notifiers.iter().map(|n| n.name()).collect();
-        println!("  alerts to: {}", names.join(", "));
+        say!("  alerts to: {}", names.join(", "));
     }
     if jwt_generated || webhook_generated {
-        println!(
+        say!(
             "  secrets:   generated and kept in {} (mode 0600)",
             data_dir.display()
         );
     }
-    println!(
+    say!(
         "  plugins:   {plugins} loaded from {}",
         plugin_dir.display()
     );
     match &admin_password_generated {
         Some(password) => {
-            println!("  admin password (shown once, keep it): {password}");
+            say!("  admin password (shown once, keep it): {password}");
         }
-        None => println!("  log in with an existing user"),
+        None => say!("  log in with an existing user"),
     }
-    println!("log in:");
-    println!(
+    say!("log in:");
+    say!(
         "  curl -s -X POST {scheme}://{local}/auth/login -H 'Content-Type: application/json' \\\n       -d '{{\"username\":\"admin\",\"password\":\"<password>\"}}'"
     );
-    println!(
+    say!(
         "then send Authorization: Bearer <access_token>; API description at {scheme}://{local}/openapi.json"
     );
     tracing::info!(%local, "listening");
