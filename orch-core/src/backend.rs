@@ -226,6 +226,21 @@ pub trait TaskStore: Send + Sync {
     /// one.
     async fn cancel_task(&self, id: TaskId) -> Result<Task>;
 
+    /// An operator's retry: reopens a `failed`, `cancelled` or `timed_out` task by
+    /// [`rules::retry`] (`queued` at once, its attempts starting over, `actor` in its
+    /// `task.reopened` event). Tasks that waited for it keep their outcome.
+    /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a task in another
+    /// state, [`Error::Invalid`](crate::Error::Invalid) (`task_id`) for a task of a workflow,
+    /// which [`retry_workflow`](Self::retry_workflow) reopens with its part of the graph. The
+    /// default refuses every task: the backend cannot retry.
+    async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        let _ = actor;
+        Err(crate::Error::backend(
+            "retry_task",
+            format!("this backend cannot retry task {id}"),
+        ))
+    }
+
     /// Finishes a `waiting`, `queued` or `running` task without a lease by [`rules::resolve`]
     /// (an external system ran it);
     /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a finished one.

@@ -61,6 +61,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::claim))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
+        .routes(routes!(jobs::retry_job))
         .routes(routes!(jobs::job_events))
         .routes(routes!(jobs::update_status))
         .routes(routes!(jobs::heartbeat))

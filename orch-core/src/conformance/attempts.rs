@@ -623,3 +623,123 @@ pub(super) async fn unknown_task_errors(b: SharedBackend) -> CheckResult {
     );
     Ok(())
 }
+
+/// An operator's retry reopens a failed, timed-out or cancelled task (attempts start over, the
+/// earlier attempts stay in its events, the actor in `task.reopened`); it runs again. A task
+/// in another state, or one of a workflow, is refused with nothing changed.
+pub(super) async fn retry_reopens_a_finished_task(b: SharedBackend) -> CheckResult {
+    create(&b, TaskSpec::new("rt").max_attempts(1)).await?;
+    let c = claim_one(&b, "rt", LEASE).await?;
+    let failed = ok!(finish(
+        &b,
+        &c,
+        AttemptOutcome::Failed {
+            error: "bad".into(),
+            retry_in: None
+        }
+    )
+    .await);
+    ensure!(failed.status == TaskStatus::Failed, "{failed:?}");
+    let retried = ok!(b.retry_task(c.task.id, "user:ops").await);
+    ensure!(
+        retried.status == TaskStatus::Queued
+            && retried.attempt == 0
+            && retried.finished_at.is_none()
+            && retried.lease_expires_at.is_none(),
+        "after the retry: {retried:?}"
+    );
+    let stored = ok!(b.get_task(c.task.id).await).ok_or("task vanished")?;
+    ensure!(
+        stored.finished_at.is_none(),
+        "finished_at kept after the retry"
+    );
+    let kinds = events_of(&b, c.task.id).await?;
+    ensure!(
+        kinds.ends_with(&[EventKind::TaskFailed, EventKind::TaskReopened]),
+        "events {kinds:?}"
+    );
+    let mut after = 0;
+    let mut reopened = None;
+    loop {
+        let batch = ok!(b.read_events(after, 1000).await);
+        let Some(last) = batch.last().map(|e| e.seq) else {
+            break;
+        };
+        after = last;
+        reopened = batch
+            .into_iter()
+            .rfind(|e| e.task_id == Some(c.task.id) && e.kind == EventKind::TaskReopened)
+            .or(reopened);
+    }
+    let reopened = reopened.ok_or("no task.reopened")?;
+    ensure!(
+        reopened.data == json!({"from": "failed", "actor": "user:ops"}),
+        "task.reopened data {}",
+        reopened.data
+    );
+    // It runs again, with a fresh attempt budget.
+    let again = claim_one(&b, "rt", LEASE).await?;
+    ensure!(
+        again.task.id == c.task.id && again.task.attempt == 1,
+        "claimed again: {:?}",
+        again.task
+    );
+    let done = ok!(finish(&b, &again, AttemptOutcome::Succeeded { result: json!(2) }).await);
+    ensure!(done.status == TaskStatus::Succeeded, "{done:?}");
+    // A succeeded task is not retried; neither is a queued one.
+    let refused = b.retry_task(c.task.id, "user:ops").await;
+    ensure!(
+        matches!(refused, Err(Error::IllegalTransition { .. })),
+        "retry of a succeeded task: {refused:?}"
+    );
+    let queued = create(&b, TaskSpec::new("rt")).await?;
+    let refused = b.retry_task(queued.id, "user:ops").await;
+    ensure!(
+        matches!(refused, Err(Error::IllegalTransition { .. })),
+        "retry of a queued task: {refused:?}"
+    );
+    // Cancelled and timed out are retried too.
+    let cancelled = ok!(b.cancel_task(queued.id).await);
+    ensure!(cancelled.status == TaskStatus::Cancelled, "{cancelled:?}");
+    let retried = ok!(b.retry_task(queued.id, "user:ops").await);
+    ensure!(retried.status == TaskStatus::Queued, "{retried:?}");
+    // A task of a workflow is left to the workflow's retry.
+    let mut flow = crate::Workflow::new();
+    flow.add(TaskSpec::new("rt-flow").max_attempts(1));
+    let (workflow, tasks) = flow
+        .into_new()
+        .map_err(|e| format!("planning failed: {e}"))?;
+    ok!(b.create_workflow(workflow, tasks).await);
+    let member = claim_one(&b, "rt-flow", LEASE).await?;
+    ok!(finish(
+        &b,
+        &member,
+        AttemptOutcome::Failed {
+            error: "bad".into(),
+            retry_in: None
+        }
+    )
+    .await);
+    let refused = b.retry_task(member.task.id, "user:ops").await;
+    ensure!(
+        matches!(
+            &refused,
+            Err(Error::Invalid {
+                field: "task_id",
+                ..
+            })
+        ),
+        "retry of a workflow's task: {refused:?}"
+    );
+    let member = ok!(b.get_task(member.task.id).await).ok_or("task vanished")?;
+    ensure!(
+        member.status == TaskStatus::Failed,
+        "a refused retry changed the task"
+    );
+    let missing = b.retry_task(TaskId::new(), "user:ops").await;
+    ensure!(
+        matches!(missing, Err(Error::TaskNotFound(_))),
+        "retry of an unknown task: {missing:?}"
+    );
+    Ok(())
+}

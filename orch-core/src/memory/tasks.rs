@@ -761,6 +761,15 @@ impl TaskStore for MemoryBackend {
         self.transition(id, |task| rules::resolve(id, task.status, resolution))
     }
 
+    async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        let task = self.transition(id, |task| match task.workflow_id {
+            Some(workflow) => Err(rules::retry_refused_in_workflow(id, workflow)),
+            None => rules::retry(id, task.status, actor),
+        })?;
+        self.wake_tasks();
+        Ok(task)
+    }
+
     async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>> {
         let now = clock::now();
         let rescued = self.with_state(|tables, events| {

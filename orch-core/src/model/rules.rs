@@ -699,6 +699,27 @@ pub fn reopen(id: TaskId, from: TaskStatus, waiting_for: u32) -> Result<Change> 
     })
 }
 
+/// An operator's retry of task `id`, not in a workflow, which failed, was cancelled or timed
+/// out (`from`): `queued`, runnable now, its attempts starting over, as [`reopen`] with no
+/// parent left to wait for; `task.reopened` carries `{"from", "actor"}`. The task's events
+/// keep its earlier attempts. Refused for any other state.
+pub fn retry(id: TaskId, from: TaskStatus, actor: &str) -> Result<Change> {
+    let mut change = reopen(id, from, 0)?;
+    for event in &mut change.events {
+        event.data = json!({ "from": from, "actor": actor });
+    }
+    Ok(change)
+}
+
+/// Why a task of a workflow is not retried alone: its workflow's retry reopens it with the
+/// part of the graph that depends on it (the error names the workflow).
+pub fn retry_refused_in_workflow(id: TaskId, workflow: WorkflowId) -> Error {
+    Error::invalid(
+        "task_id",
+        format!("task {id} belongs to workflow {workflow}: retry the workflow instead"),
+    )
+}
+
 /// The event of a workflow whose last task finished: `workflow.succeeded` when every task
 /// succeeded, else `workflow.failed`; the data carries `{"workflow_id", "status", "tasks",
 /// "succeeded"}`. `None` while it is running.
@@ -843,6 +864,19 @@ mod tests {
         }
         assert!(dependency_failed(TaskId::new(), TaskStatus::Failed, TaskStatus::Queued).is_err());
         assert!(reopen(TaskId::new(), TaskStatus::Succeeded, 0).is_err());
+        for from in [
+            TaskStatus::Queued,
+            TaskStatus::Running,
+            TaskStatus::Succeeded,
+        ] {
+            assert!(retry(TaskId::new(), from, "user:ops").is_err(), "{from}");
+        }
+        let retried = retry(TaskId::new(), TaskStatus::TimedOut, "user:ops").unwrap();
+        assert_eq!(retried.to, TaskStatus::Queued);
+        assert_eq!(
+            retried.events[0].data,
+            json!({"from": "timed_out", "actor": "user:ops"})
+        );
         // A released task keeps a later run time of its own.
         let now = Utc::now();
         let mut waiting = task(TaskStatus::Waiting, 0);

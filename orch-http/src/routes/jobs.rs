@@ -687,6 +687,25 @@ pub async fn cancel_job(
     Ok(Json(orch.cancel(id).await?.into()))
 }
 
+/// `POST /jobs/{id}/retry`: retries a task that failed, was cancelled or timed out: `queued`
+/// again at once, its attempts starting over; its events keep the earlier attempts, and its
+/// `task.reopened` event names the caller. 409 for a task in another state; 422 for a task
+/// of a workflow (retry the workflow: `POST /workflows/{id}/retry`).
+#[utoipa::path(post, path = "/jobs/{id}/retry", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description = "The task id, a UUID (`task-<uuid>` accepted)")),
+    responses((status = 200, body = TaskView), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn retry_job(
+    State(orch): State<Orchestrator>,
+    caller: Authed<Operators>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<TaskView>> {
+    let id = parse_task_id(&id)?;
+    let actor = format!("user:{}", caller.principal().username);
+    Ok(Json(orch.retry(id, &actor).await?.into()))
+}
+
 /// Events of one task.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobEvents {

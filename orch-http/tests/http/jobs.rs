@@ -457,3 +457,157 @@ async fn a_dispatch_stores_the_trace_context_of_its_body_or_its_headers() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_or_failed_task_is_retried_and_runs_again() {
+    let server = common::start().await;
+    let operator = server.token("operator").await;
+    let task = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&operator),
+            Some(json!({"core_id": "echo", "delay": 3600, "payload": {"again": true}})),
+        )
+        .await;
+    assert_eq!(task.status, StatusCode::CREATED, "{}", task.body);
+    let id = task.body["task_id"].as_str().unwrap().to_owned();
+    let cancelled = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{id}/cancel"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(cancelled.body["status"], "cancelled", "{}", cancelled.body);
+
+    let retried = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{id}/retry"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
+    assert_eq!(retried.body["status"], "queued", "{}", retried.body);
+    // Runnable at once (no longer an hour away): the echo engine runs it.
+    let mut last = retried.body;
+    for _ in 0..500 {
+        if last["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        last = server
+            .call(Method::GET, &format!("/jobs/{id}"), Some(&operator), None)
+            .await
+            .body;
+    }
+    assert_eq!(last["status"], "succeeded", "{last}");
+    assert_eq!(last["result"], json!({"again": true}));
+    let events = server
+        .call(
+            Method::GET,
+            &format!("/jobs/{id}/events"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    let kinds: Vec<&str> = events.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "task.queued",
+            "task.cancelled",
+            "task.reopened",
+            "task.started",
+            "task.succeeded"
+        ],
+        "{}",
+        events.body
+    );
+    let reopened = &events.body["events"][2]["data"];
+    assert_eq!(
+        *reopened,
+        json!({"from": "cancelled", "actor": "user:operator"})
+    );
+
+    // Succeeded: nothing to retry.
+    let refused = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{id}/retry"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_error(&refused, StatusCode::CONFLICT);
+    let unknown = server
+        .call(
+            Method::POST,
+            "/jobs/00000000-0000-4000-8000-000000000000/retry",
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_error(&unknown, StatusCode::NOT_FOUND);
+
+    // A failed task of a workflow is left to the workflow's retry.
+    let flow = server
+        .call(
+            Method::POST,
+            "/workflows",
+            Some(&operator),
+            Some(json!({"tasks": [{"core_id": "sleep", "payload": {"ms": "long"}}]})),
+        )
+        .await;
+    assert_eq!(flow.status, StatusCode::CREATED, "{}", flow.body);
+    let member = flow.body["tasks"][0]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut status = String::new();
+    for _ in 0..500 {
+        status = server
+            .call(
+                Method::GET,
+                &format!("/jobs/{member}"),
+                Some(&operator),
+                None,
+            )
+            .await
+            .body["status"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned();
+        if status == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "failed");
+    let refused = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{member}/retry"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.body["field"], "task_id");
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("retry the workflow"),
+        "{}",
+        refused.body
+    );
+}

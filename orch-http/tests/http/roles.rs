@@ -98,6 +98,12 @@ async fn every_endpoint_checks_the_role() {
         },
         Case {
             method: Method::POST,
+            path: format!("/jobs/{id}/retry"),
+            body: None,
+            allowed: &["admin", "operator"],
+        },
+        Case {
+            method: Method::POST,
             path: "/jobs/claim".into(),
             body: Some(json!({"core_id": "nothing-here"})),
             allowed: &["admin", "system"],

@@ -121,6 +121,7 @@ async fn openapi_describes_every_endpoint() {
         "/jobs",
         "/jobs/{id}",
         "/jobs/{id}/cancel",
+        "/jobs/{id}/retry",
         "/jobs/{id}/events",
         "/jobs/{id}/status",
         "/jobs/claim",

@@ -207,7 +207,10 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
     UPDATE orch_tasks SET
         status = p.to_status,
         updated_at = now(),
-        finished_at = CASE WHEN p.finished THEN now() ELSE orch_tasks.finished_at END,
+        -- Set when the change ends the task, cleared when it reopens one.
+        finished_at = CASE WHEN p.finished THEN now()
+                           WHEN p.from_status IN ({terminal}) THEN NULL
+                           ELSE orch_tasks.finished_at END,
         run_at = CASE WHEN p.run_in_us IS NULL THEN orch_tasks.run_at
                       ELSE now() + p.run_in_us * interval '1 microsecond' END,
         attempt = greatest(orch_tasks.attempt + p.step, 0),

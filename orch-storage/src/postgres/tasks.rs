@@ -1201,6 +1201,23 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
             .await
     }
 
+    async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        const OP: &str = "retry_task";
+        // A task's workflow never changes: read once, before the change.
+        let workflow: Option<Uuid> =
+            sqlx::query_scalar("SELECT workflow_id FROM orch_tasks WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err(OP))?
+                .ok_or(Error::TaskNotFound(id))?;
+        if let Some(workflow) = workflow {
+            return Err(rules::retry_refused_in_workflow(id, WorkflowId(workflow)));
+        }
+        self.transition(OP, id, |status| rules::retry(id, status, actor))
+            .await
+    }
+
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
         self.transition("resolve_task", id, |status| {
             rules::resolve(id, status, resolution.clone())

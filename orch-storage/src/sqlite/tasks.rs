@@ -817,6 +817,17 @@ impl TaskStore for SqliteBackend {
         .await
     }
 
+    async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        let task = self
+            .transition("retry_task", id, |task| match task.workflow_id {
+                Some(workflow) => Err(rules::retry_refused_in_workflow(id, workflow)),
+                None => rules::retry(id, task.status, actor),
+            })
+            .await?;
+        self.wake_tasks();
+        Ok(task)
+    }
+
     async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>> {
         const OP: &str = "rescue_expired";
         static EXPIRED: Rendered = Rendered::new(

@@ -380,6 +380,65 @@ async fn the_engines_subcommands_pause_resume_list_and_set_concurrency() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_subcommands_list_show_cancel_and_retry() {
+    let dir = workdir();
+    let daemon = start(&dir);
+    let password = daemon.password.clone().expect("a generated admin password");
+    let http = reqwest::Client::new();
+    let token = login(&http, &daemon.url, &password).await;
+    let jobs = |args: &[&str]| {
+        let output = orchd(&dir)
+            .arg("jobs")
+            .args(args)
+            .args(["--url", &daemon.url])
+            .env("ORCH_PASSWORD", &password)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "orchd jobs {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // An hour away: cancelled before it runs.
+    let task: Value = http
+        .post(format!("{}/dispatch", daemon.url))
+        .bearer_auth(&token)
+        .json(&json!({"coreId": "echo", "delay": 3600, "payload": {"n": 3}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = task["task_id"].as_str().expect("task id").to_owned();
+    assert_eq!(jobs(&["cancel", &id]), format!("task {id} is cancelled\n"));
+    assert_eq!(
+        jobs(&["retry", &id]),
+        format!("task {id} is queued again\n")
+    );
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = jobs(&["list", "--status", "succeeded"]);
+        if listed.contains(&id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listed.contains(&id), "{listed}");
+    let shown = jobs(&["show", &id]);
+    assert!(shown.contains("\"status\": \"succeeded\""), "{shown}");
+    let reopened = shown
+        .lines()
+        .find(|line| line.contains("task.reopened"))
+        .expect(&shown);
+    assert!(reopened.contains("user:admin"), "{shown}");
+    stop(daemon);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn an_invalid_config_stops_start_up_naming_the_key() {
     let dir = workdir();

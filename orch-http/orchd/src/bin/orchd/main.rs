@@ -2,8 +2,9 @@
 //!
 //! `orchd` (or `orchd serve`) starts a secure orchestrator on an embedded SQLite file under
 //! `data/`, or on PostgreSQL (`DATABASE_URL=postgres://...`), over HTTP or HTTPS
-//! (`server.tls`); the other subcommands dispatch a task to a running daemon, show, pause and
-//! resume its engines, manage users, back up, restore and migrate the database.
+//! (`server.tls`); the other subcommands dispatch a task to a running daemon, list, retry and
+//! cancel its tasks, show, pause and resume its engines, manage users, back up, restore and
+//! migrate the database.
 
 /// mimalloc: the dispatcher allocates on one thread and frees on another, a pattern under which
 /// glibc malloc fragments and costs about a third of the throughput (BENCHMARKS.md).
@@ -15,6 +16,7 @@ mod client;
 mod data_dir;
 mod db;
 mod engines_cli;
+mod jobs_cli;
 mod serve;
 mod setup;
 mod user;
@@ -51,6 +53,8 @@ enum Command {
     Serve(ServeArgs),
     /// Dispatch a task to a running daemon (ORCH-Next's Task-Dispatcher.ps1 -Action Dispatch).
     Dispatch(client::DispatchArgs),
+    /// List, show, retry and cancel a running daemon's tasks.
+    Jobs(jobs_cli::JobsArgs),
     /// Show, pause and resume a running daemon's engines, or set their concurrency.
     Engines(engines_cli::EnginesArgs),
     /// Manage users in the database (the way back in when admin is locked out).
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
             None => serve::run(cli.global, ServeArgs::default()).await,
             Some(Command::Serve(args)) => serve::run(cli.global, args).await,
             Some(Command::Dispatch(args)) => client::dispatch(args).await,
+            Some(Command::Jobs(args)) => jobs_cli::run(args).await,
             Some(Command::Engines(args)) => engines_cli::run(args).await,
             Some(Command::User(command)) => user::run(cli.global, command).await,
             Some(Command::Backup(args)) => backup::backup(cli.global, args).await,
