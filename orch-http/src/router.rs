@@ -75,9 +75,13 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(engines::get_engine))
         .routes(routes!(engines::pause_engine))
         .routes(routes!(engines::resume_engine))
-        .routes(routes!(engines::set_concurrency))
+        .routes(routes!(
+            engines::set_concurrency,
+            engines::unpin_concurrency
+        ))
+        .routes(routes!(engines::release_engine))
         .routes(routes!(locks::list_locks))
-        .routes(routes!(locks::get_lock))
+        .routes(routes!(locks::get_lock, locks::force_release))
         .routes(routes!(locks::acquire))
         .routes(routes!(locks::extend))
         .routes(routes!(locks::release))

@@ -34,6 +34,10 @@ use crate::model::{EventKind, NewEvent, check_name, limits};
 /// Where pauses are kept in the backend's key-value space: one key per paused engine.
 const PAUSED_PREFIX: &str = "orch/paused/";
 
+/// Most engines paused at once, beyond which an engine not registered on the node pausing it
+/// is refused: every node reads every pause at each refresh.
+const MAX_PAUSES: usize = 1_000;
+
 /// Who an automatic change names as its actor.
 pub(crate) const MONITOR: &str = "monitor";
 
@@ -345,6 +349,16 @@ impl Orchestrator {
         if self.inner.controls.is_paused(engine) {
             return Ok(false);
         }
+        let registered = self.inner.engines.read().contains_key(engine);
+        if !registered && self.inner.controls.paused.lock().len() >= MAX_PAUSES {
+            return Err(Error::invalid(
+                "engine",
+                format!(
+                    "{MAX_PAUSES} engines are paused already; resume some before pausing an \
+                     engine not registered on this node"
+                ),
+            ));
+        }
         let pause = Pause {
             actor: actor.to_owned(),
             reason: reason.to_owned(),
@@ -455,6 +469,40 @@ impl Orchestrator {
         )
         .await?;
         Ok(true)
+    }
+
+    /// Releases the lock on `resource` whoever holds it (an operator freeing a lock a stuck
+    /// holder keeps), and records [`event_kinds::LOCK_RELEASED`] naming `actor` and `reason`.
+    /// Returns the grant released, `None` when the resource was free.
+    /// [`Error::NotLockHolder`] when the lock changed hands while it was being released.
+    pub async fn release_lock(
+        &self,
+        resource: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Option<crate::LockInfo>> {
+        check_actor(actor, reason)?;
+        let Some(held) = self.inner.locks.info(resource).await? else {
+            return Ok(None);
+        };
+        self.inner
+            .locks
+            .release(resource, &held.owner, held.fencing_token)
+            .await?;
+        tracing::info!(resource, owner = %held.owner, actor, reason, "lock released by an operator");
+        self.record_control(
+            event_kinds::LOCK_RELEASED,
+            None,
+            actor,
+            reason,
+            json!({
+                "resource": resource,
+                "owner": held.owner,
+                "fencing_token": held.fencing_token.0,
+            }),
+        )
+        .await?;
+        Ok(Some(held))
     }
 
     /// The state of `engine` on this node; [`Error::EngineNotFound`] if it is neither
@@ -677,7 +725,7 @@ pub(super) async fn refresh_once(inner: &Inner) -> Result<bool> {
     let controls = &inner.controls;
     let seen = controls.local_changes.load(Ordering::Acquire);
     let keys = inner.backend.list(PAUSED_PREFIX).await?;
-    let names: Vec<&str> = keys
+    let names: std::collections::HashSet<&str> = keys
         .iter()
         .filter_map(|key| key.strip_prefix(PAUSED_PREFIX))
         .collect();
@@ -714,7 +762,7 @@ pub(super) async fn refresh_once(inner: &Inner) -> Result<bool> {
             return Ok(false);
         }
         let before = paused.len();
-        paused.retain(|name, _| names.contains(&name.as_str()));
+        paused.retain(|name, _| names.contains(name.as_str()));
         let changed = paused.len() != before || !added.is_empty();
         for (name, pause) in added {
             tracing::info!(engine = %name, actor = %pause.actor, node = %pause.node, "engine paused by another node");

@@ -1,12 +1,16 @@
-//! Engines: `GET /engines` and `GET /engines/{name}` (each engine's state on this node: running,
-//! paused, quarantined, its concurrency and what runs), `POST /engines/{name}/pause` and
-//! `POST /engines/{name}/resume` (on every node sharing the database), and
-//! `PUT /engines/{name}/concurrency` (this node's limit, while it runs). Every change is an
-//! event naming the user who made it (`user:<name>`) and the reason given.
+//! Engines: `GET /engines` and `GET /engines/{name}` (each engine's state on the node that
+//! answers: running, paused, quarantined, its concurrency and what runs),
+//! `POST /engines/{name}/pause` and `POST /engines/{name}/resume` (on every node sharing the
+//! database), `PUT /engines/{name}/concurrency` and `DELETE /engines/{name}/concurrency` (the
+//! answering node's limit, while it runs, and handing it back to the autoscaler), and
+//! `POST /engines/{name}/release` (ends the answering node's quarantine of it). Every change
+//! is an event naming the user who made it (`user:<name>`) and the reason given. Answers name
+//! the node (`node`): behind a load balancer, per-node calls reach one node.
 
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
+use orch_core::backend::check_name;
 use orch_core::{EngineState, Orchestrator};
 use serde::{Deserialize, Serialize};
 
@@ -119,24 +123,34 @@ impl From<EngineState> for EngineView {
 /// The engines of `GET /engines`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EngineList {
+    /// The node that answered.
+    pub node: String,
     /// Every engine registered on this node, and paused engines that are not, by name.
     pub engines: Vec<EngineView>,
 }
 
-/// Why an operator pauses or resumes an engine.
+/// Why an operator pauses or resumes an engine (or releases a lock).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ControlQuery {
-    /// Why (kept with the pause and in the event), at most 256 characters.
-    #[param(nullable = false, max_length = 256)]
+    /// Why (kept with the pause and in the event), at most 256 characters, no control
+    /// characters.
+    #[param(
+        nullable = false,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub reason: Option<String>,
 }
 
-/// The answer to a pause or a resume.
+/// The answer to a pause, a resume, a release or an unpinning.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ControlAnswer {
-    /// `false` when there was nothing to do (already paused, or not paused).
+    /// The node that answered.
+    pub node: String,
+    /// `false` when there was nothing to do (already paused, not paused, not quarantined, not
+    /// pinned).
     pub changed: bool,
     /// The engine as it is now.
     pub engine: EngineView,
@@ -146,19 +160,22 @@ pub struct ControlAnswer {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyRequest {
-    /// Attempts of the engine at once on this node, at least 1. Lowering it stops no attempt
+    /// Attempts of the engine at once on the node that answers, at least 1 (the node's global
+    /// limit still caps all engines' attempts together). Lowering it stops no attempt
     /// running: new ones start once fewer than the limit run.
     #[schema(minimum = 1, maximum = 100000)]
     #[serde(deserialize_with = "crate::whole::number")]
     pub limit: u64,
-    /// Why (kept in the event), at most 256 characters.
-    #[schema(max_length = 256)]
+    /// Why (kept in the event), at most 256 characters, no control characters.
+    #[schema(max_length = 256, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub reason: Option<String>,
 }
 
 /// The answer to a change of concurrency.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConcurrencyAnswer {
+    /// The node that answered.
+    pub node: String,
     /// The limit before the change.
     pub previous: usize,
     /// The engine as it is now.
@@ -171,8 +188,9 @@ const MAX_LIMIT: u64 = 100_000;
 /// The longest reason the API takes, in characters.
 const MAX_REASON: usize = 256;
 
-/// The reason given, checked: at most [`MAX_REASON`] characters.
-fn reason(reason: Option<String>) -> Result<String, ApiError> {
+/// The reason given, checked: at most [`MAX_REASON`] characters, none a control character
+/// (it is shown in terminals and logs).
+pub(crate) fn reason(reason: Option<String>) -> Result<String, ApiError> {
     let reason = reason.unwrap_or_default();
     if reason.chars().count() > MAX_REASON {
         return Err(ApiError::unprocessable(
@@ -180,11 +198,43 @@ fn reason(reason: Option<String>) -> Result<String, ApiError> {
             format!("reason must be at most {MAX_REASON} characters"),
         ));
     }
+    if reason.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "reason",
+            "reason must not contain control characters",
+        ));
+    }
     Ok(reason)
 }
 
+/// The node that answers.
+fn node(orch: &Orchestrator) -> String {
+    orch.config().node_id.clone()
+}
+
+/// `engine`'s state after a change made through this node: shown as not registered when the
+/// change left it neither registered here nor paused (a resume of an engine served elsewhere).
+fn state_after_change(orch: &Orchestrator, engine: &str) -> ApiResult<EngineView> {
+    match orch.engine_state(engine) {
+        Ok(state) => Ok(state.into()),
+        Err(orch_core::Error::EngineNotFound(_)) => Ok(EngineView {
+            engine: engine.to_owned(),
+            status: "not_registered".to_owned(),
+            limit: 0,
+            registered_limit: 0,
+            in_flight: 0,
+            limit_pinned: false,
+            pause: None,
+            quarantine: None,
+            version: None,
+            previous_version: None,
+        }),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// The actor an event names for a change made through the API.
-fn actor(principal: &Principal) -> String {
+pub(crate) fn actor(principal: &Principal) -> String {
     format!("user:{}", principal.username)
 }
 
@@ -196,6 +246,7 @@ pub async fn list_engines(
     _caller: Authed<AnyRole>,
 ) -> ApiResult<Json<EngineList>> {
     Ok(Json(EngineList {
+        node: node(&orch),
         engines: orch
             .engine_states()
             .into_iter()
@@ -208,12 +259,14 @@ pub async fn list_engines(
 #[utoipa::path(get, path = "/engines/{name}", tag = "engines", security(("bearer" = [])),
     params(("name" = String, Path, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
         description = "The engine: 1 to 128 characters, no control characters")),
-    responses((status = 200, body = EngineView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = EngineView), (status = 404, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody)))]
 pub async fn get_engine(
     State(orch): State<Orchestrator>,
     _caller: Authed<AnyRole>,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<EngineView>> {
+    check_name("engine", &name, orch_core::limits::MAX_ENGINE_LEN)?;
     Ok(Json(orch.engine_state(&name)?.into()))
 }
 
@@ -234,8 +287,9 @@ pub async fn pause_engine(
         .pause_engine(&name, &actor(caller.principal()), &reason)
         .await?;
     Ok(Json(ControlAnswer {
+        node: node(&orch),
         changed,
-        engine: orch.engine_state(&name)?.into(),
+        engine: state_after_change(&orch, &name)?,
     }))
 }
 
@@ -256,9 +310,18 @@ pub async fn resume_engine(
     let changed = orch
         .resume_engine(&name, &actor(caller.principal()), &reason)
         .await?;
+    if !changed {
+        // Nothing was paused: an engine unknown here is unknown.
+        return Ok(Json(ControlAnswer {
+            node: node(&orch),
+            changed,
+            engine: orch.engine_state(&name)?.into(),
+        }));
+    }
     Ok(Json(ControlAnswer {
+        node: node(&orch),
         changed,
-        engine: orch.engine_state(&name)?.into(),
+        engine: state_after_change(&orch, &name)?,
     }))
 }
 
@@ -288,7 +351,57 @@ pub async fn set_concurrency(
         .set_engine_concurrency(&name, limit, &actor(caller.principal()), &reason)
         .await?;
     Ok(Json(ConcurrencyAnswer {
+        node: node(&orch),
         previous,
+        engine: orch.engine_state(&name)?.into(),
+    }))
+}
+
+/// `DELETE /engines/{name}/concurrency`: hands the engine's limit on the answering node back
+/// to the autoscaler (a limit set through `PUT` is pinned until then). The limit in force
+/// stays until the autoscaler changes it; `PUT` the registered limit to restore it. 404 when
+/// the engine is not registered here.
+#[utoipa::path(delete, path = "/engines/{name}/concurrency", tag = "engines", security(("bearer" = [])),
+    params(("name" = String, Path, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        description = "The engine: 1 to 128 characters, no control characters")),
+    responses((status = 200, body = ControlAnswer), (status = 404, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody)))]
+pub async fn unpin_concurrency(
+    State(orch): State<Orchestrator>,
+    _caller: Authed<Operators>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<ControlAnswer>> {
+    check_name("engine", &name, orch_core::limits::MAX_ENGINE_LEN)?;
+    let changed = orch.unpin_engine_concurrency(&name)?;
+    Ok(Json(ControlAnswer {
+        node: node(&orch),
+        changed,
+        engine: orch.engine_state(&name)?.into(),
+    }))
+}
+
+/// `POST /engines/{name}/release`: ends the answering node's quarantine of the engine (its
+/// circuit breaker closes and counts failures afresh). 404 when the engine is not registered
+/// here.
+#[utoipa::path(post, path = "/engines/{name}/release", tag = "engines", security(("bearer" = [])),
+    params(("name" = String, Path, min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        description = "The engine: 1 to 128 characters, no control characters"), ControlQuery),
+    responses((status = 200, body = ControlAnswer), (status = 404, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody)))]
+pub async fn release_engine(
+    State(orch): State<Orchestrator>,
+    caller: Authed<Operators>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ControlQuery>,
+) -> ApiResult<Json<ControlAnswer>> {
+    check_name("engine", &name, orch_core::limits::MAX_ENGINE_LEN)?;
+    let reason = reason(query.reason)?;
+    let changed = orch
+        .release_engine(&name, &actor(caller.principal()), &reason)
+        .await?;
+    Ok(Json(ControlAnswer {
+        node: node(&orch),
+        changed,
         engine: orch.engine_state(&name)?.into(),
     }))
 }

@@ -17,10 +17,11 @@ use orch_core::{FencingToken, LockInfo, LockOptions, Orchestrator};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::users::RESERVED_LOCK_PREFIX;
-use crate::auth::{AnyRole, Authed, Dispatchers, Principal, Role};
+use crate::auth::{Admins, AnyRole, Authed, Dispatchers, Principal, Role};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::metrics::Metrics;
+use crate::routes::engines::{ControlQuery, actor, reason};
 
 /// A held lock.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -280,4 +281,42 @@ pub async fn release(
     Ok(Json(
         serde_json::json!({"resource": resource, "released": true}),
     ))
+}
+
+/// The answer to `DELETE /locks/{resource}`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ForceReleased {
+    /// The grant released.
+    pub released: LockView,
+}
+
+/// `DELETE /locks/{resource}` (admin): releases the lock whoever holds it, for a holder that
+/// is stuck; the holder's next extend or release is refused. A `lock.released` event names
+/// the caller and the reason. 404 when the resource is free; 409 if the lock changed hands
+/// meanwhile.
+#[utoipa::path(delete, path = "/locks/{resource}", tag = "locks", security(("bearer" = [])),
+    params(("resource" = String, Path, min_length = 1, max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        description = "The resource: 1 to 256 characters, no control characters"), ControlQuery),
+    responses((status = 200, body = ForceReleased), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn force_release(
+    State(orch): State<Orchestrator>,
+    caller: Authed<Admins>,
+    ApiPath(resource): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ControlQuery>,
+) -> ApiResult<Json<ForceReleased>> {
+    refuse_reserved(&resource)?;
+    let reason = reason(query.reason)?;
+    match orch
+        .release_lock(&resource, &actor(caller.principal()), &reason)
+        .await?
+    {
+        Some(info) => Ok(Json(ForceReleased {
+            released: info.into(),
+        })),
+        None => Err(
+            ApiError::not_found(format!("lock {resource:?} is not held")).with_field("resource"),
+        ),
+    }
 }

@@ -90,6 +90,18 @@ async fn a_paused_engine_leaves_its_new_tasks_waiting_until_resumed() {
         .call(Method::GET, &format!("/jobs/{id}"), Some(&operator), None)
         .await;
     assert_eq!(waiting.body["status"], "queued", "{}", waiting.body);
+    assert!(
+        !server
+            .events_of("task.started")
+            .await
+            .iter()
+            .any(|event| event.task_id.map(|t| t.to_string()) == Some(id.clone())),
+        "a task of the paused engine started"
+    );
+    let state = server
+        .call(Method::GET, "/engines/echo", Some(&operator), None)
+        .await;
+    assert_eq!(state.body["status"], "paused", "{}", state.body);
 
     let resumed = server
         .call(
@@ -141,6 +153,10 @@ async fn an_engine_not_served_here_can_be_paused_for_every_node() {
         .await;
     assert_eq!(paused.status, StatusCode::OK, "{}", paused.body);
     assert_eq!(paused.body["engine"]["status"], "not_registered");
+    assert_eq!(
+        paused.body["node"].as_str(),
+        Some(server.orch.config().node_id.as_str())
+    );
     let list = server
         .call(Method::GET, "/engines", Some(&admin), None)
         .await;
@@ -166,6 +182,66 @@ async fn an_engine_not_served_here_can_be_paused_for_every_node() {
     let bad = server.call(Method::POST, &reason, Some(&admin), None).await;
     assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(bad.body["field"], "reason");
+    // A reason is shown in terminals and logs: no control characters.
+    let bad = server
+        .call(
+            Method::POST,
+            "/engines/echo/pause?reason=a%1B%5B2Jb",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad.body["field"], "reason");
+    let bad = server
+        .call(Method::GET, "/engines/a%01b", Some(&admin), None)
+        .await;
+    assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Resumed from here, it is shown as what it is here: not registered, no longer paused.
+    let resumed = server
+        .call(
+            Method::POST,
+            "/engines/elsewhere/resume",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(resumed.status, StatusCode::OK, "{}", resumed.body);
+    assert_eq!(resumed.body["changed"], true);
+    assert_eq!(resumed.body["engine"]["status"], "not_registered");
+    assert!(resumed.body["engine"]["pause"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pauses_of_engines_served_nowhere_here_are_bounded() {
+    let server = common::start().await;
+    let admin = server.token("admin").await;
+    for i in 0..1_000 {
+        server
+            .orch
+            .pause_engine(&format!("elsewhere-{i}"), "user:admin", "")
+            .await
+            .unwrap();
+    }
+    let refused = server
+        .call(Method::POST, "/engines/one-more/pause", Some(&admin), None)
+        .await;
+    assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("paused already"),
+        "{}",
+        refused.body
+    );
+    // An engine served here can still be paused.
+    let echo = server
+        .call(Method::POST, "/engines/echo/pause", Some(&admin), None)
+        .await;
+    assert_eq!(echo.status, StatusCode::OK, "{}", echo.body);
+    assert_eq!(echo.body["engine"]["status"], "paused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,4 +348,37 @@ async fn concurrency_changes_while_the_engine_runs() {
         )
         .await;
     assert_error(&unknown, StatusCode::NOT_FOUND);
+
+    // Handed back to the autoscaler: no longer pinned; once is enough.
+    let unpinned = server
+        .call(
+            Method::DELETE,
+            "/engines/sleep/concurrency",
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(unpinned.status, StatusCode::OK, "{}", unpinned.body);
+    assert_eq!(unpinned.body["changed"], true);
+    assert_eq!(unpinned.body["engine"]["limit_pinned"], false);
+    let again = server
+        .call(
+            Method::DELETE,
+            "/engines/sleep/concurrency",
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(again.body["changed"], false, "{}", again.body);
+    // Not quarantined: nothing to release.
+    let release = server
+        .call(
+            Method::POST,
+            "/engines/sleep/release",
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(release.status, StatusCode::OK, "{}", release.body);
+    assert_eq!(release.body["changed"], false);
 }

@@ -227,3 +227,70 @@ async fn locks_reserved_for_orch_cannot_be_named_taken_released_or_seen() {
     );
     guard.release().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_releases_a_lock_its_holder_keeps() {
+    let server = common::start().await;
+    let operator = server.token("operator").await;
+    let admin = server.token("admin").await;
+    let granted = server
+        .call(
+            Method::POST,
+            "/locks/stuck/acquire",
+            Some(&operator),
+            Some(json!({"ttl": 3600})),
+        )
+        .await;
+    assert_eq!(granted.status, StatusCode::OK, "{}", granted.body);
+    let token = granted.body["fencing_token"].as_u64().unwrap();
+    let released = server
+        .call(
+            Method::DELETE,
+            "/locks/stuck?reason=holder%20crashed",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(released.status, StatusCode::OK, "{}", released.body);
+    assert_eq!(released.body["released"]["owner"], "operator");
+    assert_eq!(released.body["released"]["fencing_token"], token);
+    let free = server
+        .call(Method::GET, "/locks/stuck", Some(&admin), None)
+        .await;
+    assert_error(&free, StatusCode::NOT_FOUND);
+    // The holder's own release now finds nothing of its grant.
+    let late = server
+        .call(
+            Method::POST,
+            "/locks/stuck/release",
+            Some(&operator),
+            Some(json!({"fencing_token": token})),
+        )
+        .await;
+    assert_error(&late, StatusCode::CONFLICT);
+    let events = server.events_of("lock.released").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].data["actor"], "user:admin");
+    assert_eq!(events[0].data["reason"], "holder crashed");
+    assert_eq!(events[0].data["resource"], "stuck");
+    assert_eq!(events[0].data["owner"], "operator");
+    // Free: nothing to release. Orch's own locks are not the admin's to release.
+    let again = server
+        .call(Method::DELETE, "/locks/stuck", Some(&admin), None)
+        .await;
+    assert_error(&again, StatusCode::NOT_FOUND);
+    let reserved = server
+        .call(
+            Method::DELETE,
+            "/locks/orch-http%2Fanything",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_error(&reserved, StatusCode::FORBIDDEN);
+    // Only an admin may.
+    let refused = server
+        .call(Method::DELETE, "/locks/stuck", Some(&operator), None)
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN);
+}

@@ -153,6 +153,24 @@ async fn every_endpoint_checks_the_role() {
             allowed: &["admin", "operator"],
         },
         Case {
+            method: Method::DELETE,
+            path: "/engines/echo/concurrency".into(),
+            body: None,
+            allowed: &["admin", "operator"],
+        },
+        Case {
+            method: Method::POST,
+            path: "/engines/echo/release".into(),
+            body: None,
+            allowed: &["admin", "operator"],
+        },
+        Case {
+            method: Method::DELETE,
+            path: "/locks/held-by-nobody".into(),
+            body: None,
+            allowed: &["admin"],
+        },
+        Case {
             method: Method::GET,
             path: "/users".into(),
             body: None,

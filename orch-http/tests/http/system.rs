@@ -141,6 +141,7 @@ async fn openapi_describes_every_endpoint() {
         "/engines/{name}/pause",
         "/engines/{name}/resume",
         "/engines/{name}/concurrency",
+        "/engines/{name}/release",
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }

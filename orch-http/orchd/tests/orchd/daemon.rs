@@ -352,6 +352,14 @@ async fn the_engines_subcommands_pause_resume_list_and_set_concurrency() {
     )
     .unwrap();
     assert!(set.starts_with("sleep: concurrency 2 (was "), "{set}");
+    assert!(set.contains(" on node "), "{set}");
+    let dots = engines(&dir, &daemon, "admin", &password, &["pause", ".."]);
+    assert!(
+        dots.as_ref()
+            .unwrap_err()
+            .contains("cannot be named in a URL"),
+        "{dots:?}"
+    );
     let unknown = engines(
         &dir,
         &daemon,

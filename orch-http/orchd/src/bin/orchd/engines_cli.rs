@@ -28,7 +28,7 @@ enum EnginesCommand {
     Pause(Change),
     /// Resume a paused engine on every node.
     Resume(Change),
-    /// Set an engine's concurrency limit on the daemon while it runs.
+    /// Set an engine's concurrency limit on the daemon that answers (one node) while it runs.
     Concurrency {
         /// The engine.
         engine: String,
@@ -49,8 +49,13 @@ struct Change {
     reason: Option<String>,
 }
 
-/// The path of `engine`'s `action`, the name percent-encoded.
+/// The path of `engine`'s `action`, the name percent-encoded. A name no URL can carry as one
+/// path segment (`.`, `..`, control characters, which URL parsers drop or resolve) is refused.
 fn engine_url(client: &Client, engine: &str, action: &str) -> Result<reqwest::Url> {
+    if engine.is_empty() || engine == "." || engine == ".." || engine.chars().any(char::is_control)
+    {
+        anyhow::bail!("{engine:?} cannot be named in a URL: give the engine's name");
+    }
     let mut url = reqwest::Url::parse(&client.base)
         .with_context(|| format!("--url {} is not a URL", client.base))?;
     url.path_segments_mut()
@@ -60,8 +65,22 @@ fn engine_url(client: &Client, engine: &str, action: &str) -> Result<reqwest::Ur
     Ok(url)
 }
 
-/// One line per engine.
+/// `text` with its control characters escaped, fit for a terminal.
+fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// One line per engine, after the node that answered.
 fn print_list(body: &Value) {
+    println!("node {}", shown(body["node"].as_str().unwrap_or("?")));
     println!(
         "{:<24} {:<15} {:>5} {:>9}  paused by",
         "ENGINE", "STATUS", "LIMIT", "IN FLIGHT"
@@ -71,15 +90,15 @@ fn print_list(body: &Value) {
         let paused_by = if pause.is_object() {
             format!(
                 "{} ({})",
-                pause["actor"].as_str().unwrap_or("?"),
-                pause["reason"].as_str().unwrap_or("")
+                shown(pause["actor"].as_str().unwrap_or("?")),
+                shown(pause["reason"].as_str().unwrap_or(""))
             )
         } else {
             String::new()
         };
         println!(
             "{:<24} {:<15} {:>5} {:>9}  {paused_by}",
-            engine["engine"].as_str().unwrap_or("?"),
+            shown(engine["engine"].as_str().unwrap_or("?")),
             engine["status"].as_str().unwrap_or("?"),
             engine["limit"].as_u64().unwrap_or(0),
             engine["in_flight"].as_u64().unwrap_or(0),
@@ -140,8 +159,10 @@ pub(crate) async fn run(args: EnginesArgs) -> Result<ExitCode> {
             )
             .await?;
             println!(
-                "{engine}: concurrency {} (was {})",
-                answer["engine"]["limit"], answer["previous"]
+                "{engine}: concurrency {} (was {}) on node {}",
+                answer["engine"]["limit"],
+                answer["previous"],
+                shown(answer["node"].as_str().unwrap_or("?"))
             );
         }
     }
