@@ -62,6 +62,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::retry_job))
+        .routes(routes!(jobs::bulk_jobs))
         .routes(routes!(jobs::job_events))
         .routes(routes!(jobs::update_status))
         .routes(routes!(jobs::heartbeat))

@@ -976,3 +976,148 @@ pub async fn heartbeat(
         lease_expires_at: expires,
     }))
 }
+
+/// What `POST /jobs/bulk` does to each task it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkAction {
+    /// As `POST /jobs/{id}/retry`.
+    Retry,
+    /// As `POST /jobs/{id}/cancel`.
+    Cancel,
+}
+
+/// An action on every task matching a filter.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    /// The action.
+    pub action: BulkAction,
+    /// Only tasks in this state (required: a bulk action names what it acts on).
+    #[schema(value_type = crate::openapi::TaskState)]
+    pub status: String,
+    /// Only tasks of this core.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
+    pub core_id: Option<String>,
+    /// Count the matching tasks and change nothing (default `false`).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Most tasks acted on (default and maximum 10,000), oldest first.
+    #[schema(minimum = 1, maximum = 10000)]
+    #[serde(default, deserialize_with = "crate::whole::optional")]
+    pub limit: Option<u64>,
+}
+
+/// A task a bulk action could not change.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BulkRefusal {
+    /// The task id.
+    #[schema(format = Uuid)]
+    pub task_id: String,
+    /// Why (it changed state meanwhile, say).
+    pub error: String,
+}
+
+/// What `POST /jobs/bulk` did.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BulkAnswer {
+    /// The action.
+    pub action: BulkAction,
+    /// Whether it was a dry run (nothing changed).
+    pub dry_run: bool,
+    /// Tasks that matched the filter (up to `limit`).
+    pub matched: u64,
+    /// Tasks changed (0 on a dry run).
+    pub changed: u64,
+    /// The first 100 tasks that could not be changed, and why.
+    pub refused: Vec<BulkRefusal>,
+}
+
+/// The most tasks one `POST /jobs/bulk` acts on.
+const MAX_BULK: u64 = 10_000;
+
+/// `POST /jobs/bulk`: retries or cancels every task in one state (and of one core, if given),
+/// oldest first, up to `limit`; with `dry_run`, only counts them. Each task changes on its own
+/// (not all in one step): one that changed state meanwhile is listed in `refused`. A retry
+/// names the caller in each task's `task.reopened` event.
+#[utoipa::path(post, path = "/jobs/bulk", tag = "tasks", request_body = BulkRequest,
+    security(("bearer" = [])),
+    responses((status = 200, body = BulkAnswer), (status = 400, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody)))]
+pub async fn bulk_jobs(
+    State(orch): State<Orchestrator>,
+    caller: Authed<Operators>,
+    ApiJson(body): ApiJson<BulkRequest>,
+) -> ApiResult<Json<BulkAnswer>> {
+    let status: TaskStatus = body
+        .status
+        .parse()
+        .map_err(|e: orch_core::Error| ApiError::unprocessable("status", e.to_string()))?;
+    if let Some(core) = &body.core_id {
+        orch_core::backend::check_name("core_id", core, orch_core::limits::MAX_ENGINE_LEN)?;
+    }
+    let limit = body.limit.unwrap_or(MAX_BULK);
+    if limit == 0 || limit > MAX_BULK {
+        return Err(ApiError::unprocessable(
+            "limit",
+            format!("limit must be between 1 and {MAX_BULK}"),
+        ));
+    }
+    let actor = format!("user:{}", caller.principal().username);
+    let mut answer = BulkAnswer {
+        action: body.action,
+        dry_run: body.dry_run,
+        matched: 0,
+        changed: 0,
+        refused: Vec::new(),
+    };
+    let mut after = None;
+    'pages: loop {
+        let page = orch
+            .list(TaskFilter {
+                status: Some(status),
+                engine: body.core_id.clone(),
+                after,
+                limit: 1000,
+            })
+            .await?;
+        let Some(last) = page.last().map(|task| task.id) else {
+            break;
+        };
+        after = Some(last);
+        for task in page {
+            if answer.matched == limit {
+                break 'pages;
+            }
+            answer.matched += 1;
+            if body.dry_run {
+                continue;
+            }
+            let done = match body.action {
+                BulkAction::Retry => orch.retry(task.id, &actor).await,
+                BulkAction::Cancel => orch.cancel(task.id).await,
+            };
+            match done {
+                Ok(_) => answer.changed += 1,
+                Err(
+                    error @ (orch_core::Error::IllegalTransition { .. }
+                    | orch_core::Error::TaskNotFound(_)
+                    | orch_core::Error::Invalid { .. }),
+                ) => {
+                    if answer.refused.len() < 100 {
+                        answer.refused.push(BulkRefusal {
+                            task_id: task.id.to_string(),
+                            error: error.to_string(),
+                        });
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    Ok(Json(answer))
+}

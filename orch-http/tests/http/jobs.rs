@@ -611,3 +611,105 @@ async fn a_cancelled_or_failed_task_is_retried_and_runs_again() {
         refused.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_actions_count_on_a_dry_run_and_act_by_filter() {
+    let server = common::start().await;
+    let operator = server.token("operator").await;
+    // Five tasks an hour away for a core nobody serves, two for another.
+    let mut ids = Vec::new();
+    for (core, n) in [("bulk-a", 5), ("bulk-b", 2)] {
+        for _ in 0..n {
+            let task = server
+                .call(
+                    Method::POST,
+                    "/dispatch",
+                    Some(&operator),
+                    Some(json!({"core_id": core, "delay": 3600})),
+                )
+                .await;
+            assert_eq!(task.status, StatusCode::CREATED, "{}", task.body);
+            ids.push(task.body["task_id"].as_str().unwrap().to_owned());
+        }
+    }
+    let bulk = |body: serde_json::Value| {
+        let server = &server;
+        let operator = &operator;
+        async move {
+            server
+                .call(Method::POST, "/jobs/bulk", Some(operator), Some(body))
+                .await
+        }
+    };
+    let dry =
+        bulk(json!({"action": "cancel", "status": "queued", "core_id": "bulk-a", "dry_run": true}))
+            .await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.body);
+    assert_eq!(dry.body["matched"], 5);
+    assert_eq!(dry.body["changed"], 0);
+    let still = server
+        .call(
+            Method::GET,
+            &format!("/jobs/{}", ids[0]),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(still.body["status"], "queued", "a dry run changed a task");
+
+    let cancelled =
+        bulk(json!({"action": "cancel", "status": "queued", "core_id": "bulk-a", "limit": 3}))
+            .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    assert_eq!(
+        (
+            cancelled.body["matched"].as_u64(),
+            cancelled.body["changed"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+    let cancelled =
+        bulk(json!({"action": "cancel", "status": "queued", "core_id": "bulk-a"})).await;
+    assert_eq!(cancelled.body["changed"], 2, "{}", cancelled.body);
+    // The other core's tasks are untouched.
+    for id in &ids[5..] {
+        let task = server
+            .call(Method::GET, &format!("/jobs/{id}"), Some(&operator), None)
+            .await;
+        assert_eq!(task.body["status"], "queued", "{}", task.body);
+    }
+    let retried =
+        bulk(json!({"action": "retry", "status": "cancelled", "core_id": "bulk-a"})).await;
+    assert_eq!(retried.body["changed"], 5, "{}", retried.body);
+    let events = server.events_of("task.reopened").await;
+    assert_eq!(events.len(), 5);
+    assert!(
+        events
+            .iter()
+            .all(|event| event.data["actor"] == "user:operator")
+    );
+    // Retrying queued tasks changes none of them: each is refused, named.
+    let refused = bulk(json!({"action": "retry", "status": "queued", "core_id": "bulk-b"})).await;
+    assert_eq!(refused.status, StatusCode::OK, "{}", refused.body);
+    assert_eq!(refused.body["changed"], 0);
+    assert_eq!(refused.body["refused"].as_array().unwrap().len(), 2);
+
+    for (body, field) in [
+        (json!({"action": "cancel", "status": "sideways"}), "status"),
+        (
+            json!({"action": "cancel", "status": "queued", "limit": 0}),
+            "limit",
+        ),
+        (
+            json!({"action": "cancel", "status": "queued", "limit": 10_001}),
+            "limit",
+        ),
+    ] {
+        let reply = bulk(body).await;
+        assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(reply.body["field"], field, "{}", reply.body);
+    }
+    // A status is required.
+    let reply = bulk(json!({"action": "cancel"})).await;
+    assert!(reply.status.is_client_error(), "{}", reply.body);
+}

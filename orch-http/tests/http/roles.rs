@@ -98,6 +98,12 @@ async fn every_endpoint_checks_the_role() {
         },
         Case {
             method: Method::POST,
+            path: "/jobs/bulk".into(),
+            body: Some(json!({"action": "retry", "status": "failed", "dry_run": true})),
+            allowed: &["admin", "operator"],
+        },
+        Case {
+            method: Method::POST,
             path: format!("/jobs/{id}/retry"),
             body: None,
             allowed: &["admin", "operator"],

@@ -122,6 +122,7 @@ async fn openapi_describes_every_endpoint() {
         "/jobs/{id}",
         "/jobs/{id}/cancel",
         "/jobs/{id}/retry",
+        "/jobs/bulk",
         "/jobs/{id}/events",
         "/jobs/{id}/status",
         "/jobs/claim",
