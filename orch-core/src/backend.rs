@@ -241,6 +241,19 @@ pub trait TaskStore: Send + Sync {
         ))
     }
 
+    /// Deletes a finished task outside workflows that no unfinished task depends on, with the
+    /// dependency rows naming it as a child; its events stay in the log. Returns it as it was.
+    /// [`Error::TaskNotFound`](crate::Error::TaskNotFound) for an unknown task,
+    /// [`Error::Invalid`](crate::Error::Invalid) (`task_id`, by
+    /// [`rules::deletion_refused`]) for one that may not be deleted. The default refuses
+    /// every task: the backend cannot delete one.
+    async fn delete_task(&self, id: TaskId) -> Result<Task> {
+        Err(crate::Error::backend(
+            "delete_task",
+            format!("this backend cannot delete task {id}"),
+        ))
+    }
+
     /// Finishes a `waiting`, `queued` or `running` task without a lease by [`rules::resolve`]
     /// (an external system ran it);
     /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a finished one.

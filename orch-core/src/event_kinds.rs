@@ -34,6 +34,8 @@ pub const ENGINE_ROLLED_BACK: &str = "engine.rolled_back";
 pub const ENGINE_CLAIM_LOOP_RESTARTED: &str = "engine.claim_loop_restarted";
 /// An engine's claim loop panicked and, with restarts off, stays stopped (`error`).
 pub const ENGINE_CLAIM_LOOP_STOPPED: &str = "engine.claim_loop_stopped";
+/// An operator deleted a finished task (`task_id`, `status`); its earlier events stay.
+pub const TASK_DELETED: &str = "task.deleted";
 /// An operator released a lock its holder still held (`resource`, `owner`, `fencing_token`);
 /// the holder's next extend or release is refused.
 pub const LOCK_RELEASED: &str = "lock.released";

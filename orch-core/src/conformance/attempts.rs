@@ -743,3 +743,99 @@ pub(super) async fn retry_reopens_a_finished_task(b: SharedBackend) -> CheckResu
     );
     Ok(())
 }
+
+/// A finished task outside workflows is deleted (its idempotency key free again); one that has
+/// not finished, one of a workflow and one an unfinished task depends on are refused with
+/// nothing changed.
+pub(super) async fn delete_removes_a_finished_task(b: SharedBackend) -> CheckResult {
+    let keyed = create(&b, TaskSpec::new("dt").idempotency_key("dt-key")).await?;
+    let refused = b.delete_task(keyed.id).await;
+    ensure!(
+        matches!(
+            &refused,
+            Err(Error::Invalid {
+                field: "task_id",
+                ..
+            })
+        ),
+        "deleting a queued task: {refused:?}"
+    );
+    ensure!(
+        ok!(b.get_task(keyed.id).await).is_some(),
+        "a refused deletion removed the task"
+    );
+    ok!(b.cancel_task(keyed.id).await);
+    let deleted = ok!(b.delete_task(keyed.id).await);
+    ensure!(
+        deleted.id == keyed.id && deleted.status == TaskStatus::Cancelled,
+        "{deleted:?}"
+    );
+    ensure!(
+        ok!(b.get_task(keyed.id).await).is_none(),
+        "the deleted task is still there"
+    );
+    let again = b.delete_task(keyed.id).await;
+    ensure!(
+        matches!(again, Err(Error::TaskNotFound(_))),
+        "deleting twice: {again:?}"
+    );
+    // Its key is free again.
+    let renewed = ok!(b
+        .create_tasks(vec![new_task(
+            TaskSpec::new("dt").idempotency_key("dt-key")
+        )])
+        .await);
+    ensure!(
+        renewed.len() == 1 && renewed[0].created && renewed[0].task.id != keyed.id,
+        "the key of a deleted task: {renewed:?}"
+    );
+
+    // A finished parent a waiting task depends on stays until that task has finished.
+    let parent = create(&b, TaskSpec::new("dt-parent")).await?;
+    let planned =
+        crate::backend::plan_tasks(vec![TaskSpec::new("dt-child").after(parent.id)], None)
+            .map_err(|e| format!("planning failed: {e}"))?;
+    let child = ok!(b.create_tasks(planned).await).remove(0).task;
+    let claimed = claim_one(&b, "dt-parent", LEASE).await?;
+    ok!(finish(&b, &claimed, AttemptOutcome::Succeeded { result: json!(1) }).await);
+    let refused = b.delete_task(parent.id).await;
+    ensure!(
+        matches!(
+            &refused,
+            Err(Error::Invalid {
+                field: "task_id",
+                ..
+            })
+        ),
+        "deleting a parent of a queued task: {refused:?}"
+    );
+    ok!(b.cancel_task(child.id).await);
+    ok!(b.delete_task(parent.id).await);
+    ok!(b.delete_task(child.id).await);
+
+    // A workflow's tasks go with their workflow.
+    let mut flow = crate::Workflow::new();
+    flow.add(TaskSpec::new("dt-flow"));
+    let (workflow, tasks) = flow
+        .into_new()
+        .map_err(|e| format!("planning failed: {e}"))?;
+    let created = ok!(b.create_workflow(workflow, tasks).await);
+    let member = created.tasks[0].task.id;
+    ok!(b.cancel_task(member).await);
+    let refused = b.delete_task(member).await;
+    ensure!(
+        matches!(
+            &refused,
+            Err(Error::Invalid {
+                field: "task_id",
+                ..
+            })
+        ),
+        "deleting a workflow's task: {refused:?}"
+    );
+    ensure!(
+        ok!(b.get_task(member).await).is_some(),
+        "a refused deletion removed the workflow's task"
+    );
+    Ok(())
+}

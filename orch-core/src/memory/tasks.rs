@@ -761,6 +761,21 @@ impl TaskStore for MemoryBackend {
         self.transition(id, |task| rules::resolve(id, task.status, resolution))
     }
 
+    async fn delete_task(&self, id: TaskId) -> Result<Task> {
+        let mut state = self.state.lock();
+        let tables = &mut state.tasks;
+        let task = tables
+            .records
+            .get(&id)
+            .map(|record| record.task.clone())
+            .ok_or(Error::TaskNotFound(id))?;
+        if let Some(refused) = rules::deletion_refused(&task, tables.has_unfinished_children(id)) {
+            return Err(refused);
+        }
+        tables.forget(id);
+        Ok(task)
+    }
+
     async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
         let task = self.transition(id, |task| match task.workflow_id {
             Some(workflow) => Err(rules::retry_refused_in_workflow(id, workflow)),

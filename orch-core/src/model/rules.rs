@@ -720,6 +720,31 @@ pub fn retry_refused_in_workflow(id: TaskId, workflow: WorkflowId) -> Error {
     )
 }
 
+/// Why task `task` cannot be deleted, if it cannot: only a finished task outside workflows
+/// (a workflow is pruned whole) that no unfinished task waits for may be.
+/// `has_unfinished_children`: whether a task that has not finished depends on it.
+pub fn deletion_refused(task: &Task, has_unfinished_children: bool) -> Option<Error> {
+    let why = if !task.status.is_terminal() {
+        format!(
+            "task {} is {}: only a finished task can be deleted (cancel it first)",
+            task.id, task.status
+        )
+    } else if let Some(workflow) = task.workflow_id {
+        format!(
+            "task {} belongs to workflow {workflow}: a workflow's tasks are pruned with it",
+            task.id
+        )
+    } else if has_unfinished_children {
+        format!(
+            "task {} cannot be deleted: tasks that have not finished depend on it",
+            task.id
+        )
+    } else {
+        return None;
+    };
+    Some(Error::invalid("task_id", why))
+}
+
 /// The event of a workflow whose last task finished: `workflow.succeeded` when every task
 /// succeeded, else `workflow.failed`; the data carries `{"workflow_id", "status", "tasks",
 /// "succeeded"}`. `None` while it is running.

@@ -548,6 +548,27 @@ impl Orchestrator {
         Ok(task)
     }
 
+    /// Deletes a finished task outside workflows that no unfinished task depends on (a
+    /// workflow's tasks are pruned with it), and records
+    /// [`event_kinds::TASK_DELETED`](crate::event_kinds::TASK_DELETED) naming `actor`; the
+    /// task's earlier events stay in the log. Returns the task as it was.
+    /// [`Error::TaskNotFound`] for an unknown task, [`Error::Invalid`] (`task_id`) for one
+    /// that may not be deleted, saying why.
+    pub async fn delete(&self, id: TaskId, actor: &str) -> Result<Task> {
+        control::check_actor(actor, "")?;
+        let task = self.inner.backend.delete_task(id).await?;
+        self.inner
+            .record_control(
+                crate::event_kinds::TASK_DELETED,
+                Some(&task.engine),
+                actor,
+                "",
+                serde_json::json!({"task_id": task.id, "status": task.status}),
+            )
+            .await?;
+        Ok(task)
+    }
+
     /// Finishes a waiting, queued or running task for an external system that ran it (a
     /// signed webhook, say). A running attempt in this process is stopped; tasks waiting for
     /// it learn its outcome.

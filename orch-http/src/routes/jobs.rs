@@ -687,15 +687,47 @@ pub async fn cancel_job(
     Ok(Json(orch.cancel(id).await?.into()))
 }
 
+/// `DELETE /jobs/{id}`: deletes a finished task outside workflows that no unfinished task
+/// depends on (a workflow's tasks are pruned with it); its events stay in the log (the event
+/// stream shows them; `GET /jobs/{id}/events` no longer finds the task), and a `task.deleted`
+/// event names the caller. Returns the task as it was. 409 saying why for a task that may not
+/// be deleted (not finished: cancel it first).
+#[utoipa::path(delete, path = "/jobs/{id}", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description = "The task id, a UUID (`task-<uuid>` accepted)")),
+    responses((status = 200, body = TaskView), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+pub async fn delete_job(
+    State(orch): State<Orchestrator>,
+    caller: Authed<Operators>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<TaskView>> {
+    let id = parse_task_id(&id)?;
+    let actor = format!("user:{}", caller.principal().username);
+    let task = orch.delete(id, &actor).await.map_err(refused_as_conflict)?;
+    Ok(Json(task.into()))
+}
+
+/// A task the action may not touch as it stands (a workflow's, one others wait for, one not
+/// finished): a conflict with its state, 409, saying why.
+fn refused_as_conflict(error: orch_core::Error) -> ApiError {
+    match error {
+        orch_core::Error::Invalid {
+            field: "task_id", ..
+        } => ApiError::conflict(error.to_string()).with_field("task_id"),
+        other => other.into(),
+    }
+}
+
 /// `POST /jobs/{id}/retry`: retries a task that failed, was cancelled or timed out: `queued`
 /// again at once, its attempts starting over; its events keep the earlier attempts, and its
-/// `task.reopened` event names the caller. 409 for a task in another state; 422 for a task
-/// of a workflow (retry the workflow: `POST /workflows/{id}/retry`).
+/// `task.reopened` event names the caller. 409 for a task in another state, and for a task of
+/// a workflow (retry the workflow: `POST /workflows/{id}/retry`).
 #[utoipa::path(post, path = "/jobs/{id}/retry", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
         description = "The task id, a UUID (`task-<uuid>` accepted)")),
     responses((status = 200, body = TaskView), (status = 404, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+        (status = 409, body = crate::error::ErrorBody)))]
 pub async fn retry_job(
     State(orch): State<Orchestrator>,
     caller: Authed<Operators>,
@@ -703,7 +735,8 @@ pub async fn retry_job(
 ) -> ApiResult<Json<TaskView>> {
     let id = parse_task_id(&id)?;
     let actor = format!("user:{}", caller.principal().username);
-    Ok(Json(orch.retry(id, &actor).await?.into()))
+    let task = orch.retry(id, &actor).await.map_err(refused_as_conflict)?;
+    Ok(Json(task.into()))
 }
 
 /// Events of one task.
@@ -985,6 +1018,8 @@ pub enum BulkAction {
     Retry,
     /// As `POST /jobs/{id}/cancel`.
     Cancel,
+    /// As `DELETE /jobs/{id}`.
+    Delete,
 }
 
 /// An action on every task matching a filter.
@@ -1040,7 +1075,7 @@ pub struct BulkAnswer {
 /// The most tasks one `POST /jobs/bulk` acts on.
 const MAX_BULK: u64 = 10_000;
 
-/// `POST /jobs/bulk`: retries or cancels every task in one state (and of one core, if given),
+/// `POST /jobs/bulk`: retries, cancels or deletes every task in one state (and of one core, if given),
 /// oldest first, up to `limit`; with `dry_run`, only counts them. Each task changes on its own
 /// (not all in one step): one that changed state meanwhile is listed in `refused`. A retry
 /// names the caller in each task's `task.reopened` event.
@@ -1100,6 +1135,7 @@ pub async fn bulk_jobs(
             let done = match body.action {
                 BulkAction::Retry => orch.retry(task.id, &actor).await,
                 BulkAction::Cancel => orch.cancel(task.id).await,
+                BulkAction::Delete => orch.delete(task.id, &actor).await,
             };
             match done {
                 Ok(_) => answer.changed += 1,

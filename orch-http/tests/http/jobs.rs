@@ -600,7 +600,7 @@ async fn a_cancelled_or_failed_task_is_retried_and_runs_again() {
             None,
         )
         .await;
-    assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&refused, StatusCode::CONFLICT);
     assert_eq!(refused.body["field"], "task_id");
     assert!(
         refused.body["error"]
@@ -693,6 +693,19 @@ async fn bulk_actions_count_on_a_dry_run_and_act_by_filter() {
     assert_eq!(refused.status, StatusCode::OK, "{}", refused.body);
     assert_eq!(refused.body["changed"], 0);
     assert_eq!(refused.body["refused"].as_array().unwrap().len(), 2);
+    // Cancelled, then deleted in bulk.
+    let cancelled =
+        bulk(json!({"action": "cancel", "status": "queued", "core_id": "bulk-b"})).await;
+    assert_eq!(cancelled.body["changed"], 2, "{}", cancelled.body);
+    let deleted =
+        bulk(json!({"action": "delete", "status": "cancelled", "core_id": "bulk-b"})).await;
+    assert_eq!(deleted.body["changed"], 2, "{}", deleted.body);
+    for id in &ids[5..] {
+        let gone = server
+            .call(Method::GET, &format!("/jobs/{id}"), Some(&operator), None)
+            .await;
+        assert_error(&gone, StatusCode::NOT_FOUND);
+    }
 
     for (body, field) in [
         (json!({"action": "cancel", "status": "sideways"}), "status"),
@@ -712,4 +725,88 @@ async fn bulk_actions_count_on_a_dry_run_and_act_by_filter() {
     // A status is required.
     let reply = bulk(json!({"action": "cancel"})).await;
     assert!(reply.status.is_client_error(), "{}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_task_is_deleted_and_its_events_stay() {
+    let server = common::start().await;
+    let operator = server.token("operator").await;
+    let task = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&operator),
+            Some(json!({"core_id": "echo", "delay": 3600})),
+        )
+        .await;
+    let id = task.body["task_id"].as_str().unwrap().to_owned();
+    let refused = server
+        .call(
+            Method::DELETE,
+            &format!("/jobs/{id}"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_error(&refused, StatusCode::CONFLICT);
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("cancel it first"),
+        "{}",
+        refused.body
+    );
+    server
+        .call(
+            Method::POST,
+            &format!("/jobs/{id}/cancel"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    let deleted = server
+        .call(
+            Method::DELETE,
+            &format!("/jobs/{id}"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    assert_eq!(deleted.body["status"], "cancelled");
+    let gone = server
+        .call(Method::GET, &format!("/jobs/{id}"), Some(&operator), None)
+        .await;
+    assert_error(&gone, StatusCode::NOT_FOUND);
+    // Its events stay in the log.
+    let kept: Vec<String> = server
+        .orch
+        .events()
+        .replay(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.task_id.map(|t| t.to_string()) == Some(id.clone()))
+        .map(|event| event.kind.as_str().to_owned())
+        .collect();
+    assert_eq!(kept, ["task.queued", "task.cancelled"]);
+    let recorded = server.events_of("task.deleted").await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].data["actor"], "user:operator");
+    assert_eq!(recorded[0].data["task_id"], id.as_str());
+    let again = server
+        .call(
+            Method::DELETE,
+            &format!("/jobs/{id}"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_error(&again, StatusCode::NOT_FOUND);
+    let viewer = server.token("viewer").await;
+    let refused = server
+        .call(Method::DELETE, &format!("/jobs/{id}"), Some(&viewer), None)
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN);
 }

@@ -97,6 +97,12 @@ async fn every_endpoint_checks_the_role() {
             allowed: &["admin", "operator"],
         },
         Case {
+            method: Method::DELETE,
+            path: format!("/jobs/{id}"),
+            body: None,
+            allowed: &["admin", "operator"],
+        },
+        Case {
             method: Method::POST,
             path: "/jobs/bulk".into(),
             body: Some(json!({"action": "retry", "status": "failed", "dry_run": true})),

@@ -1201,6 +1201,43 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
             .await
     }
 
+    async fn delete_task(&self, id: TaskId) -> Result<Task> {
+        const OP: &str = "delete_task";
+        static WAITING_CHILDREN: Rendered = Rendered::new(
+            "SELECT EXISTS (SELECT 1 FROM orch_task_deps d JOIN orch_tasks c ON c.id = d.child_id \
+             WHERE d.parent_id = $1 AND c.status NOT IN ({terminal}))",
+        );
+        let mut tx = self.pool.begin().await.map_err(db_err(OP))?;
+        // Locked: a change racing the deletion waits for it (and then finds no task).
+        let row = sqlx::query("SELECT * FROM orch_tasks WHERE id = $1 FOR UPDATE")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err(OP))?
+            .ok_or(Error::TaskNotFound(id))?;
+        let (task, _) = task_from_row(OP, &row)?;
+        let waited_for: bool = sqlx::query_scalar(WAITING_CHILDREN.sql())
+            .bind(id.0)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        if let Some(refused) = rules::deletion_refused(&task, waited_for) {
+            return Err(refused);
+        }
+        sqlx::query("DELETE FROM orch_tasks WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        sqlx::query("DELETE FROM orch_task_deps WHERE child_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(task)
+    }
+
     async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
         const OP: &str = "retry_task";
         // A task's workflow never changes: read once, before the change.

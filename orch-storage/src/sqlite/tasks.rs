@@ -817,6 +817,36 @@ impl TaskStore for SqliteBackend {
         .await
     }
 
+    async fn delete_task(&self, id: TaskId) -> Result<Task> {
+        const OP: &str = "delete_task";
+        static WAITING_CHILDREN: Rendered = Rendered::new(
+            "SELECT EXISTS (SELECT 1 FROM orch_task_deps d JOIN orch_tasks c ON c.id = d.child_id \
+             WHERE d.parent_id = ? AND c.status NOT IN ({terminal}))",
+        );
+        let mut tx = self.begin(OP).await?;
+        let (task, _) = load(&mut tx, OP, id).await?;
+        let waited_for: bool = sqlx::query_scalar(WAITING_CHILDREN.sql())
+            .bind(id.0)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        if let Some(refused) = rules::deletion_refused(&task, waited_for) {
+            return Err(refused);
+        }
+        sqlx::query("DELETE FROM orch_tasks WHERE id = ?")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        sqlx::query("DELETE FROM orch_task_deps WHERE child_id = ?")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(task)
+    }
+
     async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
         let task = self
             .transition("retry_task", id, |task| match task.workflow_id {
