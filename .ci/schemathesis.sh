@@ -147,9 +147,10 @@ YAML
     echo '"path.id" = { dictionary = "tasks", probability = 0.5 }'
     echo '"body.core_id" = { dictionary = "cores", probability = 0.5 }'
     # A dispatch may name a task that does not exist in `depends_on`, and a workflow's graph
-    # may have a cycle or a step out of range: rules a JSON Schema cannot state, refused with
-    # a 422 naming the task. Those two operations may answer 422 to a schema-valid body.
-    for operation in 'POST /dispatch' 'POST /workflows'; do
+    # may have a cycle or a step out of range; a bulk action may name a state it does not
+    # apply to (retry of queued tasks): rules a JSON Schema cannot state, refused with a 422
+    # naming the field. Those operations may answer 422 to a schema-valid body.
+    for operation in 'POST /dispatch' 'POST /workflows' 'POST /jobs/bulk'; do
       echo '[[operations]]'
       echo "include-name = \"$operation\""
       echo 'checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]'

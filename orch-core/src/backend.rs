@@ -228,10 +228,12 @@ pub trait TaskStore: Send + Sync {
 
     /// An operator's retry: reopens a `failed`, `cancelled` or `timed_out` task by
     /// [`rules::retry`] (`queued` at once, its attempts starting over, `actor` in its
-    /// `task.reopened` event). Tasks that waited for it keep their outcome.
+    /// `task.reopened` event).
     /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a task in another
-    /// state, [`Error::Invalid`](crate::Error::Invalid) (`task_id`) for a task of a workflow,
-    /// which [`retry_workflow`](Self::retry_workflow) reopens with its part of the graph. The
+    /// state; [`Error::Invalid`](crate::Error::Invalid) (`task_id`) for a task of a workflow,
+    /// which [`retry_workflow`](Self::retry_workflow) reopens with its part of the graph, and
+    /// for one with dependencies (it waits for other tasks, or others wait for it), which
+    /// reopened alone could run before its parents or end its dependents' waits twice. The
     /// default refuses every task: the backend cannot retry.
     async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
         let _ = actor;

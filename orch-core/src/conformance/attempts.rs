@@ -736,6 +736,42 @@ pub(super) async fn retry_reopens_a_finished_task(b: SharedBackend) -> CheckResu
         member.status == TaskStatus::Failed,
         "a refused retry changed the task"
     );
+    // Nor is a task with dependencies: alone, it could run before its parents or end its
+    // dependents' waits twice.
+    let parent = create(&b, TaskSpec::new("rt-parent").max_attempts(1)).await?;
+    let planned = crate::backend::plan_tasks(
+        vec![TaskSpec::new("rt-child").after(parent.id).max_attempts(1)],
+        None,
+    )
+    .map_err(|e| format!("planning failed: {e}"))?;
+    let child = ok!(b.create_tasks(planned).await).remove(0).task;
+    ok!(b.cancel_task(child.id).await);
+    let parent_claim = claim_one(&b, "rt-parent", LEASE).await?;
+    ok!(finish(
+        &b,
+        &parent_claim,
+        AttemptOutcome::TimedOut { retry_in: None }
+    )
+    .await);
+    for id in [parent.id, child.id] {
+        let refused = b.retry_task(id, "user:ops").await;
+        ensure!(
+            matches!(
+                &refused,
+                Err(Error::Invalid {
+                    field: "task_id",
+                    ..
+                })
+            ),
+            "retry of a task with dependencies: {refused:?}"
+        );
+    }
+    // A task that timed out is retried like one that failed.
+    create(&b, TaskSpec::new("rt-timeout").max_attempts(1)).await?;
+    let timing = claim_one(&b, "rt-timeout", LEASE).await?;
+    ok!(finish(&b, &timing, AttemptOutcome::TimedOut { retry_in: None }).await);
+    let retried = ok!(b.retry_task(timing.task.id, "user:ops").await);
+    ensure!(retried.status == TaskStatus::Queued, "{retried:?}");
     let missing = b.retry_task(TaskId::new(), "user:ops").await;
     ensure!(
         matches!(missing, Err(Error::TaskNotFound(_))),

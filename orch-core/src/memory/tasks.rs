@@ -777,7 +777,16 @@ impl TaskStore for MemoryBackend {
     }
 
     async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        let in_graph = {
+            let state = self.state.lock();
+            state
+                .tasks
+                .records
+                .get(&id)
+                .is_some_and(|record| !record.parents.is_empty() || !record.children.is_empty())
+        };
         let task = self.transition(id, |task| match task.workflow_id {
+            None if in_graph => Err(rules::retry_refused_in_graph(id)),
             Some(workflow) => Err(rules::retry_refused_in_workflow(id, workflow)),
             None => rules::retry(id, task.status, actor),
         })?;

@@ -711,6 +711,19 @@ pub fn retry(id: TaskId, from: TaskStatus, actor: &str) -> Result<Change> {
     Ok(change)
 }
 
+/// Why a task with dependencies (it waits for other tasks, or others wait for it) outside a
+/// workflow is not retried alone: reopened by itself it could run before its parents, or end
+/// its dependents' waits a second time.
+pub fn retry_refused_in_graph(id: TaskId) -> Error {
+    Error::invalid(
+        "task_id",
+        format!(
+            "task {id} has dependencies (it waits for other tasks, or others wait for it): \
+             it cannot be retried alone; dispatch it again instead"
+        ),
+    )
+}
+
 /// Why a task of a workflow is not retried alone: its workflow's retry reopens it with the
 /// part of the graph that depends on it (the error names the workflow).
 pub fn retry_refused_in_workflow(id: TaskId, workflow: WorkflowId) -> Error {

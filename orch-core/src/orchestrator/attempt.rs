@@ -42,7 +42,7 @@ pub(super) async fn run(
     // no-op otherwise).
     engine.breaker.record(task.id, Verdict::Unjudged, None);
     let Some(outcome) = outcome else {
-        inner.attempts.finished(task.id);
+        inner.attempts.finished(task.id, lease_token);
         return;
     };
     // Outcomes are recorded in batches by the reporter (one backend call for many attempts);

@@ -95,16 +95,29 @@ impl Attempts {
         running
     }
 
-    /// Forgets an attempt whose outcome is recorded (or lost).
-    pub(super) fn finished(&self, task_id: TaskId) {
-        self.running.lock().remove(&task_id);
+    /// Forgets an attempt whose outcome is recorded (or lost), if it is still the one
+    /// registered for its task: a later attempt of the same task (the task was retried and
+    /// claimed here again while this one wound down) stays registered.
+    pub(super) fn finished(&self, task_id: TaskId, lease_token: LeaseToken) {
+        let mut running = self.running.lock();
+        if running
+            .get(&task_id)
+            .is_some_and(|attempt| attempt.lease_token == lease_token)
+        {
+            running.remove(&task_id);
+        }
     }
 
-    /// Forgets several attempts.
-    pub(super) fn finished_all(&self, task_ids: impl IntoIterator<Item = TaskId>) {
+    /// Forgets several attempts, each if it is still the one registered for its task.
+    pub(super) fn finished_all(&self, attempts: impl IntoIterator<Item = (TaskId, LeaseToken)>) {
         let mut running = self.running.lock();
-        for id in task_ids {
-            running.remove(&id);
+        for (id, token) in attempts {
+            if running
+                .get(&id)
+                .is_some_and(|attempt| attempt.lease_token == token)
+            {
+                running.remove(&id);
+            }
         }
     }
 

@@ -485,10 +485,21 @@ impl Orchestrator {
         let Some(held) = self.inner.locks.info(resource).await? else {
             return Ok(None);
         };
-        self.inner
+        match self
+            .inner
             .locks
             .release(resource, &held.owner, held.fencing_token)
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            // Released or expired since it was read, and nobody holds it now: it is free.
+            Err(Error::NotLockHolder { .. })
+                if self.inner.locks.info(resource).await?.is_none() =>
+            {
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        }
         tracing::info!(resource, owner = %held.owner, actor, reason, "lock released by an operator");
         self.record_control(
             event_kinds::LOCK_RELEASED,

@@ -537,10 +537,11 @@ impl Orchestrator {
 
     /// Retries a task that failed, was cancelled or timed out: it is `queued` again at once,
     /// its attempts starting over, and its `task.reopened` event names `actor` (`user:alice`)
-    /// beside the state it left; its events keep the earlier attempts. Tasks that waited for it
-    /// keep their outcome. [`Error::IllegalTransition`] for a task in another state,
-    /// [`Error::Invalid`] (`task_id`) for a task of a workflow: retry the workflow with
-    /// [`Orchestrator::retry_workflow`], which reopens the graph around it.
+    /// beside the state it left; its events keep the earlier attempts.
+    /// [`Error::IllegalTransition`] for a task in another state; [`Error::Invalid`]
+    /// (`task_id`) for a task of a workflow (retry the workflow with
+    /// [`Orchestrator::retry_workflow`], which reopens the graph around it) and for a task with
+    /// dependencies outside workflows (dispatch it again).
     pub async fn retry(&self, id: TaskId, actor: &str) -> Result<Task> {
         control::check_actor(actor, "")?;
         let task = self.inner.backend.retry_task(id, actor).await?;

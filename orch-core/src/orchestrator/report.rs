@@ -108,6 +108,10 @@ pub(super) async fn record(inner: &Inner, batch: Vec<Report>) {
         return;
     }
     let ids: Vec<_> = batch.iter().map(|report| report.attempt.task_id).collect();
+    let attempts: Vec<_> = batch
+        .iter()
+        .map(|report| (report.attempt.task_id, report.attempt.lease_token))
+        .collect();
     let spans = outcome_spans(&batch);
     let batch: Vec<AttemptReport> = batch.into_iter().map(|report| report.attempt).collect();
     // A failed call (a dropped connection, a deadlock victim) is retried a few times: the
@@ -151,5 +155,5 @@ pub(super) async fn record(inner: &Inner, batch: Vec<Report>) {
         }
     }
     drop(spans);
-    inner.attempts.finished_all(ids);
+    inner.attempts.finished_all(attempts);
 }

@@ -658,3 +658,51 @@ async fn the_pruner_deletes_old_finished_tasks_and_events() {
     );
     orch.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A task cancelled while its engine ignores the cancellation, retried at once and claimed
+/// again here, keeps its new attempt: the old attempt, dropped after its grace, must not take
+/// the new one's registration with it (its lease would then go unrenewed, expire and the task
+/// run a third time beside the second).
+#[tokio::test(start_paused = true)]
+async fn a_retried_task_claimed_again_keeps_its_new_attempt() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let stubborn = processor_fn(move |_ctx, _input| {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // Deaf to cancellation.
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            Ok(json!("done"))
+        }
+    });
+    let orch = Orchestrator::builder(backend())
+        .config(
+            config()
+                .with_lease(Duration::from_secs(3))
+                .with_cancel_grace(Duration::from_secs(1))
+                .with_rescue_interval(Duration::from_secs(1)),
+        )
+        .engine("stubborn", stubborn)
+        .build()
+        .await
+        .unwrap();
+    let task = orch.dispatch(TaskSpec::new("stubborn")).await.unwrap();
+    while calls.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    orch.cancel(task.id).await.unwrap();
+    orch.retry(task.id, "user:test").await.unwrap();
+    while calls.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Past the old attempt's grace and many times the lease.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let now = orch.get(task.id).await.unwrap();
+    assert_eq!(
+        (now.status, now.attempt, calls.load(Ordering::SeqCst)),
+        (TaskStatus::Running, 1, 2),
+        "{now:?}"
+    );
+    orch.shutdown(Duration::from_millis(10)).await;
+}

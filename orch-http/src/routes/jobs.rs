@@ -721,8 +721,9 @@ fn refused_as_conflict(error: orch_core::Error) -> ApiError {
 
 /// `POST /jobs/{id}/retry`: retries a task that failed, was cancelled or timed out: `queued`
 /// again at once, its attempts starting over; its events keep the earlier attempts, and its
-/// `task.reopened` event names the caller. 409 for a task in another state, and for a task of
-/// a workflow (retry the workflow: `POST /workflows/{id}/retry`).
+/// `task.reopened` event names the caller. 409 for a task in another state, for a task of a
+/// workflow (retry the workflow: `POST /workflows/{id}/retry`) and for a task with
+/// dependencies (dispatch it again).
 #[utoipa::path(post, path = "/jobs/{id}/retry", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
         description = "The task id, a UUID (`task-<uuid>` accepted)")),
@@ -1045,6 +1046,11 @@ pub struct BulkRequest {
     #[schema(minimum = 1, maximum = 10000)]
     #[serde(default, deserialize_with = "crate::whole::optional")]
     pub limit: Option<u64>,
+    /// Start after this task id (`next_after` of the previous answer).
+    #[schema(
+        pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
+    pub after: Option<String>,
 }
 
 /// A task a bulk action could not change.
@@ -1070,15 +1076,23 @@ pub struct BulkAnswer {
     pub changed: u64,
     /// The first 100 tasks that could not be changed, and why.
     pub refused: Vec<BulkRefusal>,
+    /// Present when the action stopped before the last matching task (at `limit`, or after
+    /// about 20 s of work): pass it as `after` to go on.
+    pub next_after: Option<String>,
 }
 
 /// The most tasks one `POST /jobs/bulk` acts on.
 const MAX_BULK: u64 = 10_000;
 
+/// How long one `POST /jobs/bulk` works before it answers with where it stopped.
+const BULK_BUDGET: Duration = Duration::from_secs(20);
+
 /// `POST /jobs/bulk`: retries, cancels or deletes every task in one state (and of one core, if given),
-/// oldest first, up to `limit`; with `dry_run`, only counts them. Each task changes on its own
-/// (not all in one step): one that changed state meanwhile is listed in `refused`. A retry
-/// names the caller in each task's `task.reopened` event.
+/// oldest first, up to `limit` (and about 20 s of work: `next_after` says where to go on);
+/// with `dry_run`, only counts them. The state must be one the action applies to (422
+/// otherwise). Each task changes on its own (not all in one step): one the action may not
+/// touch (a workflow's, one with dependencies, one that changed state meanwhile) is listed in
+/// `refused`. The caller is named in each task's event.
 #[utoipa::path(post, path = "/jobs/bulk", tag = "tasks", request_body = BulkRequest,
     security(("bearer" = [])),
     responses((status = 200, body = BulkAnswer), (status = 400, body = crate::error::ErrorBody),
@@ -1102,6 +1116,23 @@ pub async fn bulk_jobs(
             format!("limit must be between 1 and {MAX_BULK}"),
         ));
     }
+    let applies = match body.action {
+        BulkAction::Retry => status.is_unsuccessful(),
+        BulkAction::Cancel => !status.is_terminal(),
+        BulkAction::Delete => status.is_terminal(),
+    };
+    if !applies {
+        return Err(ApiError::unprocessable(
+            "status",
+            format!("{:?} does not apply to {status} tasks", body.action).to_lowercase(),
+        ));
+    }
+    let mut after = body
+        .after
+        .as_deref()
+        .map(|a| parse_task_id(a).map_err(|e| e.with_field("after")))
+        .transpose()?;
+    let started = std::time::Instant::now();
     let actor = format!("user:{}", caller.principal().username);
     let mut answer = BulkAnswer {
         action: body.action,
@@ -1109,8 +1140,9 @@ pub async fn bulk_jobs(
         matched: 0,
         changed: 0,
         refused: Vec::new(),
+        next_after: None,
     };
-    let mut after = None;
+    let mut stopped_early = false;
     'pages: loop {
         let page = orch
             .list(TaskFilter {
@@ -1120,15 +1152,14 @@ pub async fn bulk_jobs(
                 limit: 1000,
             })
             .await?;
-        let Some(last) = page.last().map(|task| task.id) else {
-            break;
-        };
-        after = Some(last);
+        let full = page.len() == 1000;
         for task in page {
-            if answer.matched == limit {
+            if answer.matched == limit || started.elapsed() > BULK_BUDGET {
+                stopped_early = true;
                 break 'pages;
             }
             answer.matched += 1;
+            after = Some(task.id);
             if body.dry_run {
                 continue;
             }
@@ -1154,6 +1185,12 @@ pub async fn bulk_jobs(
                 Err(error) => return Err(error.into()),
             }
         }
+        if !full {
+            break;
+        }
+    }
+    if stopped_early {
+        answer.next_after = after.map(|id| id.to_string());
     }
     Ok(Json(answer))
 }

@@ -668,9 +668,14 @@ async fn bulk_actions_count_on_a_dry_run_and_act_by_filter() {
         ),
         (Some(3), Some(3))
     );
+    // Stopped at its limit: it says where to go on.
+    let next = cancelled.body["next_after"].as_str().unwrap().to_owned();
+    assert_eq!(next, ids[2]);
     let cancelled =
-        bulk(json!({"action": "cancel", "status": "queued", "core_id": "bulk-a"})).await;
+        bulk(json!({"action": "cancel", "status": "queued", "core_id": "bulk-a", "after": next}))
+            .await;
     assert_eq!(cancelled.body["changed"], 2, "{}", cancelled.body);
+    assert!(cancelled.body["next_after"].is_null(), "{}", cancelled.body);
     // The other core's tasks are untouched.
     for id in &ids[5..] {
         let task = server
@@ -688,11 +693,16 @@ async fn bulk_actions_count_on_a_dry_run_and_act_by_filter() {
             .iter()
             .all(|event| event.data["actor"] == "user:operator")
     );
-    // Retrying queued tasks changes none of them: each is refused, named.
-    let refused = bulk(json!({"action": "retry", "status": "queued", "core_id": "bulk-b"})).await;
-    assert_eq!(refused.status, StatusCode::OK, "{}", refused.body);
-    assert_eq!(refused.body["changed"], 0);
-    assert_eq!(refused.body["refused"].as_array().unwrap().len(), 2);
+    // An action that cannot apply to the state is refused at once.
+    for (action, status) in [
+        ("retry", "queued"),
+        ("cancel", "failed"),
+        ("delete", "running"),
+    ] {
+        let refused = bulk(json!({"action": action, "status": status})).await;
+        assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(refused.body["field"], "status", "{}", refused.body);
+    }
     // Cancelled, then deleted in bulk.
     let cancelled =
         bulk(json!({"action": "cancel", "status": "queued", "core_id": "bulk-b"})).await;

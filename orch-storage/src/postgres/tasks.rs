@@ -1240,16 +1240,25 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
 
     async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
         const OP: &str = "retry_task";
-        // A task's workflow never changes: read once, before the change.
-        let workflow: Option<Uuid> =
-            sqlx::query_scalar("SELECT workflow_id FROM orch_tasks WHERE id = $1")
-                .bind(id.0)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err(OP))?
-                .ok_or(Error::TaskNotFound(id))?;
+        // A task's workflow and dependencies never change once stored (it may gain
+        // dependents, which this read then sees): read once, before the change.
+        let row = sqlx::query(
+            "SELECT workflow_id, dependents > 0 \
+                 OR EXISTS (SELECT 1 FROM orch_task_deps WHERE child_id = $1) AS in_graph \
+             FROM orch_tasks WHERE id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err(OP))?
+        .ok_or(Error::TaskNotFound(id))?;
+        let workflow: Option<Uuid> = row.try_get("workflow_id").map_err(|e| corrupt(OP, e))?;
+        let in_graph: bool = row.try_get("in_graph").map_err(|e| corrupt(OP, e))?;
         if let Some(workflow) = workflow {
             return Err(rules::retry_refused_in_workflow(id, WorkflowId(workflow)));
+        }
+        if in_graph {
+            return Err(rules::retry_refused_in_graph(id));
         }
         self.transition(OP, id, |status| rules::retry(id, status, actor))
             .await

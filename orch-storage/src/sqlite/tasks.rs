@@ -848,8 +848,19 @@ impl TaskStore for SqliteBackend {
     }
 
     async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        // Dependencies never change once stored (a task may gain dependents, which the check
+        // then sees).
+        let in_graph: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM orch_tasks WHERE id = ?1 AND dependents > 0) \
+             OR EXISTS (SELECT 1 FROM orch_task_deps WHERE child_id = ?1)",
+        )
+        .bind(id.0)
+        .fetch_one(&self.readers)
+        .await
+        .map_err(db_err("retry_task"))?;
         let task = self
             .transition("retry_task", id, |task| match task.workflow_id {
+                None if in_graph => Err(rules::retry_refused_in_graph(id)),
                 Some(workflow) => Err(rules::retry_refused_in_workflow(id, workflow)),
                 None => rules::retry(id, task.status, actor),
             })
