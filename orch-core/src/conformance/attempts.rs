@@ -645,13 +645,14 @@ pub(super) async fn retry_reopens_a_finished_task(b: SharedBackend) -> CheckResu
         retried.status == TaskStatus::Queued
             && retried.attempt == 0
             && retried.finished_at.is_none()
+            && retried.error.is_none()
             && retried.lease_expires_at.is_none(),
         "after the retry: {retried:?}"
     );
     let stored = ok!(b.get_task(c.task.id).await).ok_or("task vanished")?;
     ensure!(
-        stored.finished_at.is_none(),
-        "finished_at kept after the retry"
+        stored.finished_at.is_none() && stored.error.is_none(),
+        "finished_at or the error kept after the retry: {stored:?}"
     );
     let kinds = events_of(&b, c.task.id).await?;
     ensure!(

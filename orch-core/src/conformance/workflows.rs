@@ -829,7 +829,10 @@ pub(super) async fn retrying_a_workflow_reopens_the_failed_part(b: SharedBackend
     );
     let first = stored(&b, ids[0]).await?;
     ensure!(
-        first.status == TaskStatus::Queued && first.attempt == 0 && first.finished_at.is_none(),
+        first.status == TaskStatus::Queued
+            && first.attempt == 0
+            && first.finished_at.is_none()
+            && first.error.is_none(),
         "the reopened root {first:?}"
     );
     for (i, waiting_for) in [(1, 1), (2, 1)] {

@@ -243,8 +243,10 @@ impl Change {
         if self.to.is_terminal() {
             task.finished_at = Some(now);
         } else if self.from.is_terminal() {
-            // Reopened by a workflow's retry.
+            // Reopened (a retry): the earlier outcome is history, kept in the events.
             task.finished_at = None;
+            task.result = None;
+            task.error = None;
         }
         if self.to != TaskStatus::Waiting {
             task.waiting_for = 0;

@@ -225,6 +225,7 @@ pub(super) static RETRY_WORKFLOW: Rendered = Rendered::new(concat!(
     UPDATE orch_tasks t SET
         status = CASE WHEN coalesce(c.waiting_for, 0) > 0 THEN {waiting} ELSE {queued} END,
         attempt = 0, run_at = now(), updated_at = now(), finished_at = NULL,
+        result = NULL, error = NULL,
         lease_token = NULL, lease_expires_at = NULL,
         waiting_for = coalesce(c.waiting_for, 0), doom = c.doom
     FROM reopen r LEFT JOIN counts c ON c.child_id = r.id

@@ -214,8 +214,13 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
         run_at = CASE WHEN p.run_in_us IS NULL THEN orch_tasks.run_at
                       ELSE now() + p.run_in_us * interval '1 microsecond' END,
         attempt = greatest(orch_tasks.attempt + p.step, 0),
-        result = coalesce(p.result::jsonb, orch_tasks.result),
-        error = coalesce(p.error, orch_tasks.error),
+        -- Kept unless the change sets them, cleared when it reopens a finished task.
+        result = CASE WHEN p.result IS NOT NULL THEN p.result::jsonb
+                      WHEN p.from_status IN ({terminal}) THEN NULL
+                      ELSE orch_tasks.result END,
+        error = CASE WHEN p.error IS NOT NULL THEN p.error
+                     WHEN p.from_status IN ({terminal}) THEN NULL
+                     ELSE orch_tasks.error END,
         lease_token = NULL,
         lease_expires_at = NULL,
         waiting_for = CASE WHEN p.to_status = {waiting} THEN orch_tasks.waiting_for ELSE 0 END,
