@@ -243,8 +243,8 @@ pub trait TaskStore: Send + Sync {
         ))
     }
 
-    /// Deletes a finished task outside workflows that no unfinished task depends on, with the
-    /// dependency rows naming it as a child; its events stay in the log. Returns it as it was.
+    /// Deletes a finished task outside workflows that no task depends on, with the dependency
+    /// rows naming it as a child; its events stay in the log. Returns it as it was.
     /// [`Error::TaskNotFound`](crate::Error::TaskNotFound) for an unknown task,
     /// [`Error::Invalid`](crate::Error::Invalid) (`task_id`, by
     /// [`rules::deletion_refused`]) for one that may not be deleted. The default refuses

@@ -827,7 +827,7 @@ pub(super) async fn delete_removes_a_finished_task(b: SharedBackend) -> CheckRes
         "the key of a deleted task: {renewed:?}"
     );
 
-    // A finished parent a waiting task depends on stays until that task has finished.
+    // A finished parent stays while a task depends on it, finished or not.
     let parent = create(&b, TaskSpec::new("dt-parent")).await?;
     let planned =
         crate::backend::plan_tasks(vec![TaskSpec::new("dt-child").after(parent.id)], None)
@@ -847,8 +847,20 @@ pub(super) async fn delete_removes_a_finished_task(b: SharedBackend) -> CheckRes
         "deleting a parent of a queued task: {refused:?}"
     );
     ok!(b.cancel_task(child.id).await);
-    ok!(b.delete_task(parent.id).await);
+    let refused = b.delete_task(parent.id).await;
+    ensure!(
+        matches!(
+            &refused,
+            Err(Error::Invalid {
+                field: "task_id",
+                ..
+            })
+        ),
+        "deleting a parent of a finished task: {refused:?}"
+    );
+    // The child goes first; then nothing depends on the parent.
     ok!(b.delete_task(child.id).await);
+    ok!(b.delete_task(parent.id).await);
 
     // A workflow's tasks go with their workflow.
     let mut flow = crate::Workflow::new();

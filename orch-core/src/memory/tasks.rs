@@ -301,6 +301,20 @@ impl TaskTables {
         })
     }
 
+    /// Deletes a finished task an operator named: as [`TaskTables::forget`], and its entry in
+    /// the finished queue goes too (it would count towards the retention otherwise).
+    pub(super) fn delete(&mut self, id: TaskId) {
+        if let Some(at) = self.records.get(&id).and_then(|record| record.finished_key)
+            && let Some(position) = self
+                .finished
+                .iter()
+                .position(|&(key, entry)| key == at && entry == id)
+        {
+            self.finished.remove(position);
+        }
+        self.forget(id);
+    }
+
     /// Removes a finished task.
     pub(super) fn forget(&mut self, id: TaskId) {
         if let Some(record) = self.records.remove(&id) {
@@ -764,15 +778,22 @@ impl TaskStore for MemoryBackend {
     async fn delete_task(&self, id: TaskId) -> Result<Task> {
         let mut state = self.state.lock();
         let tables = &mut state.tasks;
-        let task = tables
+        let (task, has_dependents) = tables
             .records
             .get(&id)
-            .map(|record| record.task.clone())
+            .map(|record| {
+                // Children deleted before it no longer count.
+                let has_dependents = record
+                    .children
+                    .iter()
+                    .any(|child| tables.records.contains_key(child));
+                (record.task.clone(), has_dependents)
+            })
             .ok_or(Error::TaskNotFound(id))?;
-        if let Some(refused) = rules::deletion_refused(&task, tables.has_unfinished_children(id)) {
+        if let Some(refused) = rules::deletion_refused(&task, has_dependents) {
             return Err(refused);
         }
-        tables.forget(id);
+        tables.delete(id);
         Ok(task)
     }
 

@@ -736,9 +736,9 @@ pub fn retry_refused_in_workflow(id: TaskId, workflow: WorkflowId) -> Error {
 }
 
 /// Why task `task` cannot be deleted, if it cannot: only a finished task outside workflows
-/// (a workflow is pruned whole) that no unfinished task waits for may be.
-/// `has_unfinished_children`: whether a task that has not finished depends on it.
-pub fn deletion_refused(task: &Task, has_unfinished_children: bool) -> Option<Error> {
+/// (a workflow is pruned whole) that no task depends on may be (a dependent's outcome, and a
+/// retry of its workflow, read the parent's). `has_dependents`: whether a task depends on it.
+pub fn deletion_refused(task: &Task, has_dependents: bool) -> Option<Error> {
     let why = if !task.status.is_terminal() {
         format!(
             "task {} is {}: only a finished task can be deleted (cancel it first)",
@@ -749,9 +749,9 @@ pub fn deletion_refused(task: &Task, has_unfinished_children: bool) -> Option<Er
             "task {} belongs to workflow {workflow}: a workflow's tasks are pruned with it",
             task.id
         )
-    } else if has_unfinished_children {
+    } else if has_dependents {
         format!(
-            "task {} cannot be deleted: tasks that have not finished depend on it",
+            "task {} cannot be deleted: other tasks depend on it",
             task.id
         )
     } else {

@@ -549,8 +549,8 @@ impl Orchestrator {
         Ok(task)
     }
 
-    /// Deletes a finished task outside workflows that no unfinished task depends on (a
-    /// workflow's tasks are pruned with it), and records
+    /// Deletes a finished task outside workflows that no task depends on (a workflow's tasks
+    /// are pruned with it), and records
     /// [`event_kinds::TASK_DELETED`](crate::event_kinds::TASK_DELETED) naming `actor`; the
     /// task's earlier events stay in the log. Returns the task as it was.
     /// [`Error::TaskNotFound`] for an unknown task, [`Error::Invalid`] (`task_id`) for one
@@ -558,7 +558,9 @@ impl Orchestrator {
     pub async fn delete(&self, id: TaskId, actor: &str) -> Result<Task> {
         control::check_actor(actor, "")?;
         let task = self.inner.backend.delete_task(id).await?;
-        self.inner
+        // The task is gone either way: a failure to record it is logged, not returned.
+        if let Err(error) = self
+            .inner
             .record_control(
                 crate::event_kinds::TASK_DELETED,
                 Some(&task.engine),
@@ -566,7 +568,10 @@ impl Orchestrator {
                 "",
                 serde_json::json!({"task_id": task.id, "status": task.status}),
             )
-            .await?;
+            .await
+        {
+            tracing::warn!(task_id = %task.id, %error, "task deleted; its task.deleted event was not recorded");
+        }
         Ok(task)
     }
 

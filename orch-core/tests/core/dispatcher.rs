@@ -706,3 +706,35 @@ async fn a_retried_task_claimed_again_keeps_its_new_attempt() {
     );
     orch.shutdown(Duration::from_millis(10)).await;
 }
+
+/// The memory backend keeps a bounded number of finished tasks: a task an operator deleted no
+/// longer counts towards that bound (it used to, so the oldest kept tasks went early).
+#[tokio::test(start_paused = true)]
+async fn deleted_tasks_do_not_count_towards_the_memory_backends_retention() {
+    use orch_core::backend::TaskStore as _;
+    let backend = Arc::new(orch_core::MemoryBackend::with_retention(1_000, 3));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let created = backend
+            .create_tasks(vec![TaskSpec::new("kept").into_new_task().unwrap()])
+            .await
+            .unwrap();
+        let id = created[0].task.id;
+        backend.cancel_task(id).await.unwrap();
+        ids.push(id);
+    }
+    // Two of the three deleted: one finished task is left, room for two more.
+    backend.delete_task(ids[1]).await.unwrap();
+    backend.delete_task(ids[2]).await.unwrap();
+    for _ in 0..2 {
+        let created = backend
+            .create_tasks(vec![TaskSpec::new("kept").into_new_task().unwrap()])
+            .await
+            .unwrap();
+        backend.cancel_task(created[0].task.id).await.unwrap();
+    }
+    assert!(
+        backend.get_task(ids[0]).await.unwrap().is_some(),
+        "the oldest finished task was dropped while the bound had room"
+    );
+}

@@ -687,11 +687,11 @@ pub async fn cancel_job(
     Ok(Json(orch.cancel(id).await?.into()))
 }
 
-/// `DELETE /jobs/{id}`: deletes a finished task outside workflows that no unfinished task
-/// depends on (a workflow's tasks are pruned with it); its events stay in the log (the event
-/// stream shows them; `GET /jobs/{id}/events` no longer finds the task), and a `task.deleted`
-/// event names the caller. Returns the task as it was. 409 saying why for a task that may not
-/// be deleted (not finished: cancel it first).
+/// `DELETE /jobs/{id}`: deletes a finished task outside workflows that no task depends on (a
+/// workflow's tasks are pruned with it); its events stay in the log (the event stream shows
+/// them; `GET /jobs/{id}/events` no longer finds the task), and a `task.deleted` event names
+/// the caller. Returns the task as it was. 409 saying why for a task that may not be deleted
+/// (not finished: cancel it first).
 #[utoipa::path(delete, path = "/jobs/{id}", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
         description = "The task id, a UUID (`task-<uuid>` accepted)")),

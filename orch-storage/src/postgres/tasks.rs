@@ -1203,10 +1203,8 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
 
     async fn delete_task(&self, id: TaskId) -> Result<Task> {
         const OP: &str = "delete_task";
-        static WAITING_CHILDREN: Rendered = Rendered::new(
-            "SELECT EXISTS (SELECT 1 FROM orch_task_deps d JOIN orch_tasks c ON c.id = d.child_id \
-             WHERE d.parent_id = $1 AND c.status NOT IN ({terminal}))",
-        );
+        static DEPENDED_ON: Rendered =
+            Rendered::new("SELECT EXISTS (SELECT 1 FROM orch_task_deps WHERE parent_id = $1)");
         let mut tx = self.pool.begin().await.map_err(db_err(OP))?;
         // Locked: a change racing the deletion waits for it (and then finds no task).
         let row = sqlx::query("SELECT * FROM orch_tasks WHERE id = $1 FOR UPDATE")
@@ -1216,7 +1214,7 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
             .map_err(db_err(OP))?
             .ok_or(Error::TaskNotFound(id))?;
         let (task, _) = task_from_row(OP, &row)?;
-        let waited_for: bool = sqlx::query_scalar(WAITING_CHILDREN.sql())
+        let waited_for: bool = sqlx::query_scalar(DEPENDED_ON.sql())
             .bind(id.0)
             .fetch_one(&mut *tx)
             .await

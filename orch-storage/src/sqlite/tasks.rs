@@ -819,13 +819,11 @@ impl TaskStore for SqliteBackend {
 
     async fn delete_task(&self, id: TaskId) -> Result<Task> {
         const OP: &str = "delete_task";
-        static WAITING_CHILDREN: Rendered = Rendered::new(
-            "SELECT EXISTS (SELECT 1 FROM orch_task_deps d JOIN orch_tasks c ON c.id = d.child_id \
-             WHERE d.parent_id = ? AND c.status NOT IN ({terminal}))",
-        );
+        static DEPENDED_ON: Rendered =
+            Rendered::new("SELECT EXISTS (SELECT 1 FROM orch_task_deps WHERE parent_id = ?)");
         let mut tx = self.begin(OP).await?;
         let (task, _) = load(&mut tx, OP, id).await?;
-        let waited_for: bool = sqlx::query_scalar(WAITING_CHILDREN.sql())
+        let waited_for: bool = sqlx::query_scalar(DEPENDED_ON.sql())
             .bind(id.0)
             .fetch_one(&mut *tx)
             .await
