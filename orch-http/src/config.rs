@@ -299,6 +299,9 @@ pub struct HttpConfig {
     pub metrics_cache: Duration,
     /// Version reported by `/health`. Default this crate's.
     pub version: String,
+    /// Browser session cookies (`POST /auth/login` with `"cookie": true`) carry `Secure`:
+    /// set it when the server speaks HTTPS (orchd does with `server.tls`). Default `false`.
+    pub secure_cookies: bool,
     /// Where refused logins and tokens are counted (`orch_auth_failures_total`); share it
     /// with the monitor as a sampler. Default a count of its own.
     pub auth_failures: crate::auth::AuthFailures,
@@ -333,6 +336,7 @@ impl HttpConfig {
             metrics_cache: Duration::from_secs(1),
             auth_failures: crate::auth::AuthFailures::default(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            secure_cookies: false,
         }
     }
 

@@ -53,6 +53,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(misc::openapi))
         .routes(routes!(misc::plugins))
         .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
         .routes(routes!(auth::create_user, auth::list_users))
         .routes(routes!(auth::update_user, auth::delete_user))
         .routes(routes!(auth::unlock_user))

@@ -143,7 +143,8 @@ impl AppState {
                     config.lockout,
                     security.clone(),
                     config.user_recheck,
-                ),
+                )
+                .with_secure_cookies(config.secure_cookies),
                 client_ip: ClientIpSource::new(&config.trusted_proxies),
                 limits,
                 metrics,

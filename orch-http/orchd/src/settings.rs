@@ -524,6 +524,8 @@ impl Settings {
         let mut config = HttpConfig::new(jwt_secret);
         let security = &self.security;
         config.webhook_secrets = webhook_secrets;
+        // Over HTTPS, browser session cookies are never sent over plain HTTP.
+        config.secure_cookies = self.tls_files()?.is_some();
         config.jwt.previous_secrets = security
             .jwt_previous_secrets
             .iter()

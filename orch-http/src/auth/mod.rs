@@ -7,6 +7,7 @@
 mod failures;
 mod jwt;
 mod security_log;
+pub mod session;
 pub mod users;
 
 use std::marker::PhantomData;
@@ -215,6 +216,7 @@ struct AuthInner {
     lockout: LockoutConfig,
     security: SecurityLog,
     user_recheck: Duration,
+    secure_cookies: bool,
 }
 
 impl AuthState {
@@ -238,8 +240,23 @@ impl AuthState {
                 lockout,
                 security,
                 user_recheck,
+                secure_cookies: false,
             }),
         }
+    }
+
+    /// Session cookies carry `Secure` ([`HttpConfig::secure_cookies`](crate::HttpConfig)).
+    /// Takes effect on a state not yet shared (right after [`AuthState::new`]).
+    pub fn with_secure_cookies(mut self, secure: bool) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.secure_cookies = secure;
+        }
+        self
+    }
+
+    /// Whether session cookies carry `Secure`.
+    pub fn secure_cookies(&self) -> bool {
+        self.inner.secure_cookies
     }
 
     /// Whether the user of `claims` still exists, is enabled and is unchanged (role and
@@ -448,7 +465,24 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let auth = AuthState::from_ref(state);
-        let token = bearer(parts)?;
+        // The Authorization header when there is one; else a browser session's cookie, with
+        // its CSRF check.
+        let token = if parts.headers.contains_key(header::AUTHORIZATION) {
+            bearer(parts)?
+        } else {
+            match session::cookie(&parts.headers, session::SESSION_COOKIE) {
+                Some(token) => {
+                    session::check_csrf(&parts.method, &parts.headers, token)?;
+                    token
+                }
+                None => {
+                    return Err(ApiError::unauthorized(
+                        "missing Authorization: Bearer token (or a session cookie)",
+                    )
+                    .with_field("Authorization"));
+                }
+            }
+        };
         let refused = async |reason: String| {
             let ip = client_ip_string(parts, &ClientIpSource::from_ref(state));
             let refusal = Refusal::new(reason.clone(), Some(ip)).path(parts.uri.path());

@@ -1,15 +1,17 @@
-//! `POST /auth/login` and user administration (`POST /users`, `GET /users`,
+//! `POST /auth/login` (a token, and for a browser a session cookie), `POST /auth/logout`, and
+//! user administration (`POST /users`, `GET /users`,
 //! `PATCH /users/{username}`, `DELETE /users/{username}`, `POST /users/{username}/unlock`).
 //! A change to a user (role, password, disabled) or its deletion revokes its tokens.
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::users::{LoginOutcome, User, UserChange};
-use crate::auth::{Admins, AuthState, Authed, Refusal, Role};
+use crate::auth::{Admins, AnyRole, AuthState, Authed, Refusal, Role, session};
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
@@ -23,6 +25,11 @@ pub struct LoginRequest {
     pub username: String,
     /// Password.
     pub password: String,
+    /// Also sign the browser in: the answer sets the `orch_session` cookie (`HttpOnly`,
+    /// `SameSite=Strict`, the token) and the `orch_csrf` cookie (for the page's scripts to
+    /// send back as `X-CSRF-Token` on calls that change something). Default `false`.
+    #[serde(default)]
+    pub cookie: bool,
 }
 
 /// Login answer.
@@ -36,10 +43,15 @@ pub struct TokenResponse {
     pub expires_in: u64,
     /// The user's role.
     pub role: Role,
+    /// With `"cookie": true`: the CSRF token to send as `X-CSRF-Token` (also in the
+    /// `orch_csrf` cookie).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
 }
 
-/// `POST /auth/login`: a token for a correct username and password. Every failure (unknown
-/// user, wrong password, locked account) is the same 401.
+/// `POST /auth/login`: a token for a correct username and password (with `"cookie": true`,
+/// also a browser session in cookies). Every failure (unknown user, wrong password, locked
+/// account) is the same 401.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = crate::error::ErrorBody),
         (status = 429, body = crate::error::ErrorBody)))]
@@ -47,7 +59,7 @@ pub async fn login(
     State(state): State<AuthState>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<LoginRequest>,
-) -> ApiResult<Json<TokenResponse>> {
+) -> ApiResult<Response> {
     if let Some(ip) = ip {
         state.limits().check_login(ip)?;
     }
@@ -74,12 +86,23 @@ pub async fn login(
                     json!({"username": user.username, "ip": ip}),
                 )
                 .await;
-            Ok(Json(TokenResponse {
+            let expires_in = state.tokens().expires_in();
+            let mut headers = HeaderMap::new();
+            let mut csrf_token = None;
+            if body.cookie {
+                for cookie in session::open(&access_token, expires_in, state.secure_cookies())? {
+                    headers.append(header::SET_COOKIE, cookie);
+                }
+                csrf_token = Some(session::csrf_token(&access_token));
+            }
+            let answer = Json(TokenResponse {
                 access_token,
                 token_type: "Bearer".to_owned(),
-                expires_in: state.tokens().expires_in(),
+                expires_in,
                 role: user.role,
-            }))
+                csrf_token,
+            });
+            Ok((headers, answer).into_response())
         }
         LoginOutcome::WrongPassword { locked_now: true } => {
             // Rare (once per lockout) and worth seeing at once; written in the background, so
@@ -104,6 +127,22 @@ pub async fn login(
             Err(invalid_credentials())
         }
     }
+}
+
+/// `POST /auth/logout`: ends the browser session (its cookies are cleared). The token itself
+/// stays valid until it expires: a token copied elsewhere is revoked by changing the user
+/// (`PATCH /users/{username}`).
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204)))]
+pub async fn logout(
+    State(state): State<AuthState>,
+    _caller: Authed<AnyRole>,
+) -> ApiResult<Response> {
+    let mut headers = HeaderMap::new();
+    for cookie in session::close(state.secure_cookies())? {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    Ok((StatusCode::NO_CONTENT, headers).into_response())
 }
 
 fn invalid_credentials() -> ApiError {

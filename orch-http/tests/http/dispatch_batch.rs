@@ -37,9 +37,19 @@ async fn while_the_database_is_unreachable_a_batch_fails_at_once_for_every_calle
         .unreachable
         .store(true, std::sync::atomic::Ordering::SeqCst);
     backend.hold(true);
-    let mut calls = vec![dispatch(), dispatch()];
-    while backend.at_gate.load(std::sync::atomic::Ordering::SeqCst) < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    // One at a time, so that each worker takes one (two at once may be taken as one batch,
+    // and then only one call would ever wait at the gate).
+    let mut calls = Vec::new();
+    for waiting in [1, 2] {
+        calls.push(dispatch());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while backend.at_gate.load(std::sync::atomic::Ordering::SeqCst) < waiting {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a dispatch never reached the store"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     calls.extend((2..40).map(|_| dispatch()));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -84,9 +94,19 @@ async fn concurrent_dispatches_beside_a_poisoned_one_all_succeed() {
     // The store is held while the dispatcher's workers are busy with the first two tasks, so
     // that the other 58 queue up and are stored in batches, the poisoned task among them.
     backend.hold(true);
-    let mut calls = vec![dispatch(0), dispatch(1)];
-    while backend.at_gate.load(std::sync::atomic::Ordering::SeqCst) < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    // One at a time, so that each worker takes one (two at once may be taken as one batch,
+    // and then only one call would ever wait at the gate).
+    let mut calls = Vec::new();
+    for (i, waiting) in [(0, 1), (1, 2)] {
+        calls.push(dispatch(i));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while backend.at_gate.load(std::sync::atomic::Ordering::SeqCst) < waiting {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dispatch {i} never reached the store"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     calls.extend((2..60).map(dispatch));
     tokio::time::sleep(Duration::from_millis(300)).await;

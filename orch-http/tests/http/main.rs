@@ -18,6 +18,7 @@ mod nodes;
 mod openapi;
 mod overflow;
 mod roles;
+mod sessions;
 mod sse;
 mod system;
 mod webhook;
