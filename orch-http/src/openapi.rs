@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -45,6 +45,18 @@ impl Modify for BearerAuth {
                     .bearer_format("JWT")
                     .build(),
             ),
+        );
+        // Browser sessions (`POST /auth/login` with `"cookie": true`), read by every operation
+        // that takes the bearer token when there is no Authorization header.
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::auth::session::SESSION_COOKIE,
+                "A browser session (POST /auth/login with \"cookie\": true), read when there is \
+                 no Authorization header; a call that changes something must then also send \
+                 X-CSRF-Token (the orch_csrf cookie's value) from the server's own origin, else \
+                 403. Named __Host-orch_session when the server sets Secure cookies.",
+            ))),
         );
     }
 }

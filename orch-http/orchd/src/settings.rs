@@ -57,6 +57,10 @@ pub struct ServerSettings {
     pub write_timeout: Option<u64>,
     /// Connections open at once (default 25,000, lowered to fit the open-file limit).
     pub max_connections: Option<usize>,
+    /// Browser session cookies are `Secure` (sent over HTTPS only) and `__Host-` prefixed.
+    /// Default on when orchd speaks HTTPS itself (`tls`) or sits behind proxies
+    /// (`trusted_proxies`, which usually end HTTPS for it); off otherwise.
+    pub secure_cookies: Option<bool>,
     /// HTTPS.
     pub tls: TlsSettings,
 }
@@ -524,8 +528,7 @@ impl Settings {
         let mut config = HttpConfig::new(jwt_secret);
         let security = &self.security;
         config.webhook_secrets = webhook_secrets;
-        // Over HTTPS, browser session cookies are never sent over plain HTTP.
-        config.secure_cookies = self.tls_files()?.is_some();
+
         config.jwt.previous_secrets = security
             .jwt_previous_secrets
             .iter()
@@ -626,6 +629,11 @@ impl Settings {
                     .map_err(|reason| ConfigError::new("server.trusted_proxies", reason))
             })
             .collect::<Result<_, _>>()?;
+        // Over HTTPS (here or at a proxy in front), session cookies never travel in the clear.
+        config.secure_cookies = self
+            .server
+            .secure_cookies
+            .unwrap_or(self.tls_files()?.is_some() || !config.trusted_proxies.is_empty());
         if let Some(token) = &self.monitoring.metrics_token {
             config.metrics_token = Some(Secret::new(token.clone()));
         }

@@ -470,9 +470,17 @@ where
         let token = if parts.headers.contains_key(header::AUTHORIZATION) {
             bearer(parts)?
         } else {
-            match session::cookie(&parts.headers, session::SESSION_COOKIE) {
+            let (name, _) = session::names(auth.secure_cookies());
+            match session::cookie(&parts.headers, name)? {
                 Some(token) => {
-                    session::check_csrf(&parts.method, &parts.headers, token)?;
+                    if let Err(refusal) = session::check_csrf(&parts.method, &parts.headers, token)
+                    {
+                        let ip = client_ip_string(parts, &ClientIpSource::from_ref(state));
+                        let why =
+                            Refusal::new(refusal.to_string(), Some(ip)).path(parts.uri.path());
+                        auth.security().refused("auth.csrf_refused", why).await;
+                        return Err(refusal);
+                    }
                     token
                 }
                 None => {

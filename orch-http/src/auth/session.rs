@@ -3,8 +3,12 @@
 //! the CSRF check that state-changing calls made with that cookie pass.
 //!
 //! `POST /auth/login` with `"cookie": true` sets two cookies: `orch_session` (the token; not
-//! readable by scripts) and `orch_csrf` (readable by the page's own scripts, which send it
-//! back as the `X-CSRF-Token` header). The CSRF token is derived from the session token
+//! readable by scripts, and not in the answer's body either) and `orch_csrf` (readable by the
+//! page's own scripts, which send it back as the `X-CSRF-Token` header). With
+//! [`HttpConfig::secure_cookies`](crate::HttpConfig::secure_cookies) they are `Secure` and
+//! named `__Host-orch_session` and `__Host-orch_csrf`: a browser then takes them only from
+//! this host over HTTPS, so a sibling subdomain cannot plant a session of its own. A request
+//! carrying two session cookies (one planted) is refused. The CSRF token is derived from the session token
 //! (SHA-256), so the server keeps nothing and a token for one session is worthless for
 //! another. A request authenticated by the cookie with a method other than `GET`, `HEAD` or
 //! `OPTIONS` must carry the right `X-CSRF-Token`, and, when it has an `Origin` header, come
@@ -18,10 +22,23 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
-/// The cookie holding the access token (`HttpOnly`).
+/// The cookie holding the access token (`HttpOnly`), without `Secure`.
 pub const SESSION_COOKIE: &str = "orch_session";
-/// The cookie holding the CSRF token, for the page's scripts to read.
+/// The cookie holding the CSRF token, for the page's scripts to read, without `Secure`.
 pub const CSRF_COOKIE: &str = "orch_csrf";
+/// [`SESSION_COOKIE`] with `Secure`: host-only, HTTPS only.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-orch_session";
+/// [`CSRF_COOKIE`] with `Secure`.
+pub const SECURE_CSRF_COOKIE: &str = "__Host-orch_csrf";
+
+/// The session and CSRF cookies' names.
+pub fn names(secure: bool) -> (&'static str, &'static str) {
+    if secure {
+        (SECURE_SESSION_COOKIE, SECURE_CSRF_COOKIE)
+    } else {
+        (SESSION_COOKIE, CSRF_COOKIE)
+    }
+}
 /// The header carrying the CSRF token on state-changing calls made with the session cookie.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -36,12 +53,13 @@ pub fn csrf_token(token: &str) -> String {
 /// The `Set-Cookie` values that open a session for `token`, valid `max_age` seconds;
 /// `secure` adds `Secure` (the server speaks HTTPS).
 pub fn open(token: &str, max_age: u64, secure: bool) -> Result<[HeaderValue; 2], ApiError> {
+    let (session_name, csrf_name) = names(secure);
     let secure = if secure { "; Secure" } else { "" };
     let session = format!(
-        "{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+        "{session_name}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
     );
     let csrf = format!(
-        "{CSRF_COOKIE}={}; Path=/; Max-Age={max_age}; SameSite=Strict{secure}",
+        "{csrf_name}={}; Path=/; Max-Age={max_age}; SameSite=Strict{secure}",
         csrf_token(token)
     );
     let value = |text: String| {
@@ -52,6 +70,7 @@ pub fn open(token: &str, max_age: u64, secure: bool) -> Result<[HeaderValue; 2],
 
 /// The `Set-Cookie` values that end a session in the browser.
 pub fn close(secure: bool) -> Result<[HeaderValue; 2], ApiError> {
+    let (session_name, csrf_name) = names(secure);
     let secure = if secure { "; Secure" } else { "" };
     let value = |name: &str, http_only: &str| {
         HeaderValue::from_str(&format!(
@@ -59,23 +78,29 @@ pub fn close(secure: bool) -> Result<[HeaderValue; 2], ApiError> {
         ))
         .map_err(|e| ApiError::internal("session cookie", e))
     };
-    Ok([
-        value(SESSION_COOKIE, "; HttpOnly")?,
-        value(CSRF_COOKIE, "")?,
-    ])
+    Ok([value(session_name, "; HttpOnly")?, value(csrf_name, "")?])
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers, if any.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+/// The value of cookie `name` in the request's `Cookie` headers: `Ok(None)` without one, an
+/// error (401) when there are several (a cookie planted beside the real one: which one the
+/// browser meant cannot be told).
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim())
-        .filter(|value| !value.is_empty())
+        .filter(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim());
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(
+            ApiError::unauthorized(format!("more than one {name} cookie: log in again"))
+                .with_field("Cookie"),
+        );
+    }
+    Ok(first.filter(|value| !value.is_empty()))
 }
 
 /// The CSRF check of a request authenticated by the session cookie holding `token`: safe
@@ -126,8 +151,14 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; orch_session=tok.en; b=2"),
         );
-        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("tok.en"));
-        assert_eq!(cookie(&headers, CSRF_COOKIE), None);
+        assert_eq!(cookie(&headers, SESSION_COOKIE).unwrap(), Some("tok.en"));
+        assert_eq!(cookie(&headers, CSRF_COOKIE).unwrap(), None);
+        // A second one, planted: refused rather than guessed.
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("orch_session=other"),
+        );
+        assert!(cookie(&headers, SESSION_COOKIE).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::users::{LoginOutcome, User, UserChange};
-use crate::auth::{Admins, AnyRole, AuthState, Authed, Refusal, Role, session};
+use crate::auth::{Admins, AuthState, Authed, Refusal, Role, session};
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
@@ -35,8 +35,10 @@ pub struct LoginRequest {
 /// Login answer.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenResponse {
-    /// The JWT to send as `Authorization: Bearer <token>`.
-    pub access_token: String,
+    /// The JWT to send as `Authorization: Bearer <token>`; absent with `"cookie": true` (the
+    /// session cookie holds it, out of scripts' reach).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
     /// Always `Bearer`.
     pub token_type: String,
     /// Seconds until the token expires.
@@ -96,7 +98,7 @@ pub async fn login(
                 csrf_token = Some(session::csrf_token(&access_token));
             }
             let answer = Json(TokenResponse {
-                access_token,
+                access_token: (!body.cookie).then_some(access_token),
                 token_type: "Bearer".to_owned(),
                 expires_in,
                 role: user.role,
@@ -129,15 +131,12 @@ pub async fn login(
     }
 }
 
-/// `POST /auth/logout`: ends the browser session (its cookies are cleared). The token itself
-/// stays valid until it expires: a token copied elsewhere is revoked by changing the user
-/// (`PATCH /users/{username}`).
-#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])),
-    responses((status = 204)))]
-pub async fn logout(
-    State(state): State<AuthState>,
-    _caller: Authed<AnyRole>,
-) -> ApiResult<Response> {
+/// `POST /auth/logout`: ends the browser session: its cookies are cleared, signed in or not
+/// (an expired session's too). The token itself stays valid until it expires (the session
+/// cookie is the only copy a browser session has); a user's tokens are all revoked by
+/// changing the user (`PATCH /users/{username}`).
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", responses((status = 204)))]
+pub async fn logout(State(state): State<AuthState>) -> ApiResult<Response> {
     let mut headers = HeaderMap::new();
     for cookie in session::close(state.secure_cookies())? {
         headers.append(header::SET_COOKIE, cookie);

@@ -38,6 +38,8 @@ async fn browser_login(server: &Server, username: &str) -> (String, String) {
         .expect("a CSRF cookie");
     assert!(!csrf.contains("HttpOnly"), "the page must read it: {csrf}");
     let token = body["csrf_token"].as_str().unwrap().to_owned();
+    // The token is in the HttpOnly cookie only, out of scripts' reach.
+    assert!(body.get("access_token").is_none(), "{body}");
     assert!(csrf.starts_with(&format!("orch_csrf={token};")), "{csrf}");
     let pairs: Vec<&str> = set
         .iter()
@@ -127,8 +129,22 @@ async fn a_session_cookie_signs_in_and_changes_need_the_csrf_token() {
         .unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
 
-    // A bearer token needs no CSRF token; the cookie is then not read at all.
+    // With an Authorization header the cookie is not read: a malformed header is refused even
+    // beside a good cookie, and a bearer token needs no CSRF token.
+    let malformed = call(Method::GET, "/jobs")
+        .header(reqwest::header::AUTHORIZATION, "Basic b3A6cGFzcw==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::UNAUTHORIZED);
     let bearer = server.token("operator").await;
+    let both = call(Method::POST, "/dispatch")
+        .bearer_auth(&bearer)
+        .json(&json!({"core_id": "nobody-serves-this"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), StatusCode::CREATED);
     let cancelled = server
         .call(
             Method::POST,
@@ -139,9 +155,22 @@ async fn a_session_cookie_signs_in_and_changes_need_the_csrf_token() {
         .await;
     assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
 
-    // Logging out clears both cookies.
-    let out = call(Method::POST, "/auth/logout")
-        .header("X-CSRF-Token", &csrf)
+    // A second session cookie beside the first (one planted by a sibling site) is refused.
+    let planted = server
+        .http
+        .get(server.url("/jobs"))
+        .header(
+            reqwest::header::COOKIE,
+            format!("{cookie}; orch_session=planted"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(planted.status(), StatusCode::UNAUTHORIZED);
+    // Logging out clears both cookies, signed in or not.
+    let out = server
+        .http
+        .post(server.url("/auth/logout"))
         .send()
         .await
         .unwrap();
@@ -172,8 +201,61 @@ async fn a_session_keeps_the_role_checks_and_a_plain_login_sets_no_cookie() {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("viewer"),
+        "refused for its role, not its CSRF token: {body}"
+    );
     let plain = server.login("viewer", PASSWORD).await;
     assert_eq!(plain.status, StatusCode::OK);
     assert!(plain.headers.get(reqwest::header::SET_COOKIE).is_none());
     assert!(plain.body.get("csrf_token").is_none(), "{}", plain.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_session_cookies_are_host_only_and_https_only() {
+    let mut config = common::config();
+    config.secure_cookies = true;
+    let server = common::start_with(config).await;
+    let response = server
+        .http
+        .post(server.url("/auth/login"))
+        .json(&json!({"username": "operator", "password": PASSWORD, "cookie": true}))
+        .send()
+        .await
+        .unwrap();
+    let set: Vec<String> = response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .map(|value| value.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(set.len(), 2, "{set:?}");
+    for cookie in &set {
+        assert!(cookie.starts_with("__Host-orch_"), "{cookie}");
+        assert!(cookie.contains("; Secure"), "{cookie}");
+        assert!(
+            cookie.contains("Path=/") && !cookie.contains("Domain"),
+            "{cookie}"
+        );
+    }
+    // The unprefixed name signs nobody in then.
+    let session = set[0].split(';').next().unwrap().to_owned();
+    let signed_in = server
+        .http
+        .get(server.url("/jobs"))
+        .header(reqwest::header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::OK);
+    let unprefixed = session.trim_start_matches("__Host-");
+    let refused = server
+        .http
+        .get(server.url("/jobs"))
+        .header(reqwest::header::COOKIE, unprefixed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
 }

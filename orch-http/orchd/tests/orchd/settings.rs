@@ -265,3 +265,21 @@ monitoring:
     let half = Settings::from_yaml("server:\n  tls:\n    cert_file: /x.pem\n", &none).unwrap();
     assert_eq!(half.tls_files().unwrap_err().key, "server.tls.key_file");
 }
+
+#[test]
+fn session_cookies_are_secure_under_tls_or_behind_proxies_unless_told() {
+    let none = env(&[]);
+    let secure = |yaml: &str| {
+        Settings::from_yaml(yaml, &none)
+            .unwrap()
+            .http_config(Secret::new("x".repeat(40)), vec![], Path::new("data"))
+            .unwrap()
+            .secure_cookies
+    };
+    assert!(!secure(""));
+    assert!(secure("server:\n  trusted_proxies: [\"10.0.0.5\"]\n"));
+    assert!(!secure(
+        "server:\n  trusted_proxies: [\"10.0.0.5\"]\n  secure_cookies: false\n"
+    ));
+    assert!(secure("server:\n  secure_cookies: true\n"));
+}
