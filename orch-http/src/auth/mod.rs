@@ -367,6 +367,13 @@ pub struct Authed<R: RoleSet> {
     roles: PhantomData<R>,
 }
 
+impl Principal {
+    /// How events name this caller as the actor of a change: `user:<username>`.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.username)
+    }
+}
+
 impl<R: RoleSet> Authed<R> {
     /// The caller.
     pub fn principal(&self) -> &Principal {

@@ -14,7 +14,7 @@ use orch_core::backend::check_name;
 use orch_core::{EngineState, Orchestrator};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{AnyRole, Authed, Operators, Principal};
+use crate::auth::{AnyRole, Authed, Operators};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
@@ -212,12 +212,17 @@ fn node(orch: &Orchestrator) -> String {
     orch.config().node_id.clone()
 }
 
-/// `engine`'s state after a change made through this node: shown as not registered when the
-/// change left it neither registered here nor paused (a resume of an engine served elsewhere).
-fn state_after_change(orch: &Orchestrator, engine: &str) -> ApiResult<EngineView> {
-    match orch.engine_state(engine) {
-        Ok(state) => Ok(state.into()),
-        Err(orch_core::Error::EngineNotFound(_)) => Ok(EngineView {
+/// The answer to a control of `engine` that `changed` it or not, with its state now. After a
+/// change, an engine left neither registered here nor paused (a resume of one served
+/// elsewhere) is shown as not registered; with no change, an engine unknown here is a 404.
+fn control_answer(
+    orch: &Orchestrator,
+    engine: &str,
+    changed: bool,
+) -> ApiResult<Json<ControlAnswer>> {
+    let engine = match orch.engine_state(engine) {
+        Ok(state) => state.into(),
+        Err(orch_core::Error::EngineNotFound(_)) if changed => EngineView {
             engine: engine.to_owned(),
             status: "not_registered".to_owned(),
             limit: 0,
@@ -228,14 +233,14 @@ fn state_after_change(orch: &Orchestrator, engine: &str) -> ApiResult<EngineView
             quarantine: None,
             version: None,
             previous_version: None,
-        }),
-        Err(error) => Err(error.into()),
-    }
-}
-
-/// The actor an event names for a change made through the API.
-pub(crate) fn actor(principal: &Principal) -> String {
-    format!("user:{}", principal.username)
+        },
+        Err(error) => return Err(error.into()),
+    };
+    Ok(Json(ControlAnswer {
+        node: node(orch),
+        changed,
+        engine,
+    }))
 }
 
 /// `GET /engines`: every engine's state on this node.
@@ -284,13 +289,9 @@ pub async fn pause_engine(
 ) -> ApiResult<Json<ControlAnswer>> {
     let reason = reason(query.reason)?;
     let changed = orch
-        .pause_engine(&name, &actor(caller.principal()), &reason)
+        .pause_engine(&name, &caller.principal().actor(), &reason)
         .await?;
-    Ok(Json(ControlAnswer {
-        node: node(&orch),
-        changed,
-        engine: state_after_change(&orch, &name)?,
-    }))
+    control_answer(&orch, &name, changed)
 }
 
 /// `POST /engines/{name}/resume`: resumes a paused engine on every node; 404 when it is
@@ -308,21 +309,9 @@ pub async fn resume_engine(
 ) -> ApiResult<Json<ControlAnswer>> {
     let reason = reason(query.reason)?;
     let changed = orch
-        .resume_engine(&name, &actor(caller.principal()), &reason)
+        .resume_engine(&name, &caller.principal().actor(), &reason)
         .await?;
-    if !changed {
-        // Nothing was paused: an engine unknown here is unknown.
-        return Ok(Json(ControlAnswer {
-            node: node(&orch),
-            changed,
-            engine: orch.engine_state(&name)?.into(),
-        }));
-    }
-    Ok(Json(ControlAnswer {
-        node: node(&orch),
-        changed,
-        engine: state_after_change(&orch, &name)?,
-    }))
+    control_answer(&orch, &name, changed)
 }
 
 /// `PUT /engines/{name}/concurrency`: sets the engine's concurrency limit on this node while
@@ -348,7 +337,7 @@ pub async fn set_concurrency(
     let limit = usize::try_from(body.limit).unwrap_or(usize::MAX);
     let reason = reason(body.reason)?;
     let previous = orch
-        .set_engine_concurrency(&name, limit, &actor(caller.principal()), &reason)
+        .set_engine_concurrency(&name, limit, &caller.principal().actor(), &reason)
         .await?;
     Ok(Json(ConcurrencyAnswer {
         node: node(&orch),
@@ -373,11 +362,7 @@ pub async fn unpin_concurrency(
 ) -> ApiResult<Json<ControlAnswer>> {
     check_name("engine", &name, orch_core::limits::MAX_ENGINE_LEN)?;
     let changed = orch.unpin_engine_concurrency(&name)?;
-    Ok(Json(ControlAnswer {
-        node: node(&orch),
-        changed,
-        engine: orch.engine_state(&name)?.into(),
-    }))
+    control_answer(&orch, &name, changed)
 }
 
 /// `POST /engines/{name}/release`: ends the answering node's quarantine of the engine (its
@@ -397,11 +382,7 @@ pub async fn release_engine(
     check_name("engine", &name, orch_core::limits::MAX_ENGINE_LEN)?;
     let reason = reason(query.reason)?;
     let changed = orch
-        .release_engine(&name, &actor(caller.principal()), &reason)
+        .release_engine(&name, &caller.principal().actor(), &reason)
         .await?;
-    Ok(Json(ControlAnswer {
-        node: node(&orch),
-        changed,
-        engine: orch.engine_state(&name)?.into(),
-    }))
+    control_answer(&orch, &name, changed)
 }

@@ -703,7 +703,7 @@ pub async fn delete_job(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<TaskView>> {
     let id = parse_task_id(&id)?;
-    let actor = format!("user:{}", caller.principal().username);
+    let actor = caller.principal().actor();
     let task = orch.delete(id, &actor).await.map_err(refused_as_conflict)?;
     Ok(Json(task.into()))
 }
@@ -735,7 +735,7 @@ pub async fn retry_job(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<TaskView>> {
     let id = parse_task_id(&id)?;
-    let actor = format!("user:{}", caller.principal().username);
+    let actor = caller.principal().actor();
     let task = orch.retry(id, &actor).await.map_err(refused_as_conflict)?;
     Ok(Json(task.into()))
 }
@@ -1133,7 +1133,7 @@ pub async fn bulk_jobs(
         .map(|a| parse_task_id(a).map_err(|e| e.with_field("after")))
         .transpose()?;
     let started = std::time::Instant::now();
-    let actor = format!("user:{}", caller.principal().username);
+    let actor = caller.principal().actor();
     let mut answer = BulkAnswer {
         action: body.action,
         dry_run: body.dry_run,

@@ -21,7 +21,7 @@ use crate::auth::{Admins, AnyRole, Authed, Dispatchers, Principal, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::metrics::Metrics;
-use crate::routes::engines::{ControlQuery, actor, reason};
+use crate::routes::engines::{ControlQuery, reason};
 
 /// A held lock.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -309,7 +309,7 @@ pub async fn force_release(
     refuse_reserved(&resource)?;
     let reason = reason(query.reason)?;
     match orch
-        .release_lock(&resource, &actor(caller.principal()), &reason)
+        .release_lock(&resource, &caller.principal().actor(), &reason)
         .await?
     {
         Some(info) => Ok(Json(ForceReleased {

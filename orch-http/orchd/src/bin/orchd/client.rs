@@ -69,6 +69,29 @@ pub(crate) struct Client {
     pub(crate) token: String,
 }
 
+impl Client {
+    /// The daemon's URL of `segments`, each percent-encoded as one path segment. A segment no
+    /// URL can carry as given (empty, `.`, `..`, or with control characters, which URL parsers
+    /// drop or resolve) is refused naming it.
+    pub(crate) fn url(&self, segments: &[&str]) -> Result<reqwest::Url> {
+        if let Some(bad) = segments.iter().find(|segment| {
+            segment.is_empty()
+                || **segment == "."
+                || **segment == ".."
+                || segment.chars().any(char::is_control)
+        }) {
+            bail!("{bad:?} cannot be named in a URL");
+        }
+        let mut url = reqwest::Url::parse(&self.base)
+            .with_context(|| format!("--url {} is not a URL", self.base))?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("--url {} cannot take a path", self.base))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+}
+
 impl Connection {
     /// The HTTP client (trusting `--cacert` alone when given), logged in with `--token` or
     /// `--username`/`--password`.

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -47,22 +47,6 @@ struct Change {
     /// Why (kept with the pause and in the event log).
     #[arg(long)]
     reason: Option<String>,
-}
-
-/// The path of `engine`'s `action`, the name percent-encoded. A name no URL can carry as one
-/// path segment (`.`, `..`, control characters, which URL parsers drop or resolve) is refused.
-fn engine_url(client: &Client, engine: &str, action: &str) -> Result<reqwest::Url> {
-    if engine.is_empty() || engine == "." || engine == ".." || engine.chars().any(char::is_control)
-    {
-        anyhow::bail!("{engine:?} cannot be named in a URL: give the engine's name");
-    }
-    let mut url = reqwest::Url::parse(&client.base)
-        .with_context(|| format!("--url {} is not a URL", client.base))?;
-    url.path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("--url {} cannot take a path", client.base))?
-        .pop_if_empty()
-        .extend(["engines", engine, action]);
-    Ok(url)
 }
 
 /// `text` with its control characters escaped, fit for a terminal.
@@ -150,7 +134,7 @@ pub(crate) async fn run(args: EnginesArgs) -> Result<ExitCode> {
                 body["reason"] = json!(reason);
             }
             let answer = check(
-                http.put(engine_url(&client, &engine, "concurrency")?)
+                http.put(client.url(&["engines", &engine, "concurrency"])?)
                     .bearer_auth(&client.token)
                     .json(&body)
                     .send()
@@ -171,7 +155,7 @@ pub(crate) async fn run(args: EnginesArgs) -> Result<ExitCode> {
 
 /// `POST /engines/{name}/{action}` with the reason, if any.
 async fn control(client: &Client, action: &str, change: Change) -> Result<Value> {
-    let mut url = engine_url(client, &change.engine, action)?;
+    let mut url = client.url(&["engines", &change.engine, action])?;
     if let Some(reason) = &change.reason {
         url.query_pairs_mut().append_pair("reason", reason);
     }

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
@@ -50,17 +50,6 @@ enum JobsCommand {
     },
 }
 
-/// The URL of `segments` under the daemon's base, each percent-encoded.
-fn url(client: &Client, segments: &[&str]) -> Result<reqwest::Url> {
-    let mut url = reqwest::Url::parse(&client.base)
-        .with_context(|| format!("--url {} is not a URL", client.base))?;
-    url.path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("--url {} cannot take a path", client.base))?
-        .pop_if_empty()
-        .extend(segments);
-    Ok(url)
-}
-
 fn text<'a>(value: &'a Value, field: &str) -> &'a str {
     value[field].as_str().unwrap_or("-")
 }
@@ -75,7 +64,7 @@ pub(crate) async fn run(args: JobsArgs) -> Result<ExitCode> {
             core_id,
             limit,
         } => {
-            let mut url = url(&client, &["jobs"])?;
+            let mut url = client.url(&["jobs"])?;
             {
                 let mut query = url.query_pairs_mut();
                 query.append_pair("limit", &limit.to_string());
@@ -111,7 +100,7 @@ pub(crate) async fn run(args: JobsArgs) -> Result<ExitCode> {
         }
         JobsCommand::Show { id } => {
             let task = check(
-                http.get(url(&client, &["jobs", &id])?)
+                http.get(client.url(&["jobs", &id])?)
                     .bearer_auth(&client.token)
                     .send()
                     .await?,
@@ -120,7 +109,7 @@ pub(crate) async fn run(args: JobsArgs) -> Result<ExitCode> {
             .await?;
             println!("{}", serde_json::to_string_pretty(&task)?);
             let events = check(
-                http.get(url(&client, &["jobs", &id, "events"])?)
+                http.get(client.url(&["jobs", &id, "events"])?)
                     .bearer_auth(&client.token)
                     .send()
                     .await?,
@@ -142,9 +131,6 @@ pub(crate) async fn run(args: JobsArgs) -> Result<ExitCode> {
                     }
                 );
             }
-        }
-        JobsCommand::Retry { id } | JobsCommand::Cancel { id } if id.is_empty() => {
-            anyhow::bail!("name a task id");
         }
         JobsCommand::Retry { id } => {
             let task = action(&client, &id, "retry").await?;
@@ -171,7 +157,7 @@ async fn action(client: &Client, id: &str, action: &str) -> Result<Value> {
     check(
         client
             .http
-            .post(url(client, &["jobs", id, action])?)
+            .post(client.url(&["jobs", id, action])?)
             .bearer_auth(&client.token)
             .send()
             .await?,
