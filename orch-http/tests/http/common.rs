@@ -216,6 +216,19 @@ impl Server {
             .expect("an address")
     }
 
+    /// Polls `GET /jobs/{id}` until the task is `status`, for at most 10 s; the task then.
+    pub(crate) async fn wait_for_status(&self, token: &str, id: &str, status: &str) -> Value {
+        let path = format!("/jobs/{id}");
+        for _ in 0..500 {
+            let reply = self.call(Method::GET, &path, Some(token), None).await;
+            if reply.body["status"] == status {
+                return reply.body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("task {id} never became {status}");
+    }
+
     /// Security or task events of `kind` in the log so far.
     pub(crate) async fn events_of(&self, kind: &str) -> Vec<orch_core::Event> {
         let events = self.orch.events().replay(0, 100_000).await.expect("replay");

@@ -4,22 +4,9 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::common::{self, Server, assert_error};
-
-/// Polls `GET /jobs/{id}` until the task is `status`, for at most 10 s.
-async fn wait_for_status(server: &Server, token: &str, id: &str, status: &str) -> Value {
-    let path = format!("/jobs/{id}");
-    for _ in 0..500 {
-        let reply = server.call(Method::GET, &path, Some(token), None).await;
-        if reply.body["status"] == status {
-            return reply.body;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("task {id} never became {status}");
-}
+use crate::common::{self, assert_error};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_are_listed_with_their_state() {
@@ -114,7 +101,7 @@ async fn a_paused_engine_leaves_its_new_tasks_waiting_until_resumed() {
     assert_eq!(resumed.status, StatusCode::OK, "{}", resumed.body);
     assert_eq!(resumed.body["changed"], true);
     assert_eq!(resumed.body["engine"]["status"], "running");
-    let done = wait_for_status(&server, &operator, &id, "succeeded").await;
+    let done = server.wait_for_status(&operator, &id, "succeeded").await;
     assert_eq!(done["result"], json!({"n": 1}));
 
     // Both changes are events naming who made them and why.
@@ -284,7 +271,7 @@ async fn concurrency_changes_while_the_engine_runs() {
         ids.push(task.body["task_id"].as_str().unwrap().to_owned());
     }
     for id in &ids[..3] {
-        wait_for_status(&server, &operator, id, "running").await;
+        server.wait_for_status(&operator, id, "running").await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fourth = server
@@ -311,7 +298,7 @@ async fn concurrency_changes_while_the_engine_runs() {
         .await;
     assert_eq!(raised.status, StatusCode::OK, "{}", raised.body);
     assert_eq!(raised.body["previous"], 3);
-    wait_for_status(&server, &operator, &ids[3], "running").await;
+    server.wait_for_status(&operator, &ids[3], "running").await;
     for id in &ids {
         let cancel = server
             .call(

@@ -493,17 +493,7 @@ async fn a_cancelled_or_failed_task_is_retried_and_runs_again() {
     assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
     assert_eq!(retried.body["status"], "queued", "{}", retried.body);
     // Runnable at once (no longer an hour away): the echo engine runs it.
-    let mut last = retried.body;
-    for _ in 0..500 {
-        if last["status"] == "succeeded" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        last = server
-            .call(Method::GET, &format!("/jobs/{id}"), Some(&operator), None)
-            .await
-            .body;
-    }
+    let last = server.wait_for_status(&operator, &id, "succeeded").await;
     assert_eq!(last["status"], "succeeded", "{last}");
     assert_eq!(last["result"], json!({"again": true}));
     let events = server
@@ -572,26 +562,7 @@ async fn a_cancelled_or_failed_task_is_retried_and_runs_again() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut status = String::new();
-    for _ in 0..500 {
-        status = server
-            .call(
-                Method::GET,
-                &format!("/jobs/{member}"),
-                Some(&operator),
-                None,
-            )
-            .await
-            .body["status"]
-            .as_str()
-            .unwrap_or("?")
-            .to_owned();
-        if status == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, "failed");
+    server.wait_for_status(&operator, &member, "failed").await;
     let refused = server
         .call(
             Method::POST,
