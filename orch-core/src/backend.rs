@@ -159,6 +159,32 @@ pub trait TaskStore: Send + Sync {
     /// Tasks matching the filter, ordered by id.
     async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>>;
 
+    /// The task that holds idempotency key `key`, if any. The provided default pages through
+    /// [`list_tasks`](Self::list_tasks), which reads every task; the three backends of this
+    /// workspace look the key up in their index.
+    async fn task_by_idempotency_key(&self, key: &str) -> Result<Option<Task>> {
+        let mut after = None;
+        loop {
+            let page = self
+                .list_tasks(TaskFilter {
+                    after,
+                    limit: 1000,
+                    ..TaskFilter::default()
+                })
+                .await?;
+            if let Some(task) = page
+                .iter()
+                .find(|task| task.idempotency_key.as_deref() == Some(key))
+            {
+                return Ok(Some(task.clone()));
+            }
+            match page.last() {
+                Some(last) if page.len() == 1000 => after = Some(last.id),
+                _ => return Ok(None),
+            }
+        }
+    }
+
     /// Atomically leases up to `limit` due `queued` tasks of `engine` in claim order, each by
     /// [`rules::claim`]: `running`, a new attempt, a fresh lease token expiring `lease` from
     /// now, a `task.started` event. Two concurrent claims never return the same task.

@@ -132,6 +132,9 @@ pub struct Metrics {
     system: Arc<Mutex<SystemReadings>>,
     /// When each running task started (from `task.started`), for task durations.
     started: Mutex<HashMap<orch_core::TaskId, chrono::DateTime<chrono::Utc>>>,
+    /// Outcomes per minute for the dashboard's overview (`GET /stats`).
+    activity: crate::routes::overview::Activity,
+    activity_since: chrono::DateTime<chrono::Utc>,
     /// Paths whose size `orch_system_disk_usage_bytes{path}` reports.
     disk_paths: Arc<Vec<PathBuf>>,
     /// `core_id` values in use as labels.
@@ -330,6 +333,8 @@ impl Metrics {
             total_requests: AtomicU64::new(0),
             system: Arc::default(),
             started: Mutex::new(HashMap::new()),
+            activity: Default::default(),
+            activity_since: chrono::Utc::now(),
             disk_paths: Arc::new(disk_paths),
             core_labels: BoundedLabel::default(),
             resource_labels: BoundedLabel::default(),
@@ -355,6 +360,16 @@ impl Metrics {
         self.core_labels.get(core_id)
     }
 
+    /// Outcomes per minute over the last hour, from the events observed.
+    pub fn activity(&self) -> &crate::routes::overview::Activity {
+        &self.activity
+    }
+
+    /// When this began observing events.
+    pub fn activity_since(&self) -> chrono::DateTime<chrono::Utc> {
+        self.activity_since
+    }
+
     /// Counts one event from the log.
     pub fn observe_event(&self, event: &orch_core::Event) {
         let status = match &event.kind {
@@ -371,6 +386,7 @@ impl Metrics {
         };
         let core = self.core_label(event.engine.as_deref().unwrap_or(""));
         self.tasks_total.with_label_values(&[core, status]).inc();
+        self.activity.record(&event.kind, event.at);
         let Some(task_id) = event.task_id else {
             return;
         };

@@ -15,7 +15,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::routes::{auth, engines, health, jobs, locks, misc, sse, webhook, workflows};
+use crate::routes::{
+    auth, engines, health, jobs, locks, misc, overview, sse, webhook, workflows,
+};
 use crate::state::AppState;
 
 /// Refuses a request whose `Content-Length` announces more than `max` bytes before reading any
@@ -52,8 +54,10 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(misc::metrics))
         .routes(routes!(misc::openapi))
         .routes(routes!(misc::plugins))
+        .routes(routes!(overview::stats))
         .routes(routes!(auth::login))
         .routes(routes!(auth::logout))
+        .routes(routes!(auth::me))
         .routes(routes!(auth::create_user, auth::list_users))
         .routes(routes!(auth::update_user, auth::delete_user))
         .routes(routes!(auth::unlock_user))
@@ -97,6 +101,7 @@ pub fn router(state: AppState) -> Router {
     let config = state.config().clone();
     let (routes, _document) = api_routes().split_for_parts();
     let routes = routes
+        .merge(crate::routes::ui::routes())
         .route_layer(from_fn_with_state(state.clone(), crate::metrics::track))
         .fallback(misc::not_found)
         .method_not_allowed_fallback(misc::method_not_allowed)

@@ -77,6 +77,7 @@ use workflows::*;
 checks!(
     create_and_get,
     idempotency_key_returns_first_task,
+    tasks_are_found_by_idempotency_key,
     claim_order_priority_then_fifo,
     claim_skips_tasks_not_yet_due,
     claim_is_per_core_and_bounded,

@@ -79,6 +79,27 @@ pub(super) async fn idempotency_key_returns_first_task(b: SharedBackend) -> Chec
     Ok(())
 }
 
+pub(super) async fn tasks_are_found_by_idempotency_key(b: SharedBackend) -> CheckResult {
+    let first = create(&b, TaskSpec::new("c").idempotency_key("order-1")).await?;
+    let second = create(&b, TaskSpec::new("d").idempotency_key("order-2")).await?;
+    create(&b, TaskSpec::new("c")).await?;
+    let found = ok!(b.task_by_idempotency_key("order-1").await);
+    ensure!(
+        found.as_ref().map(|t| t.id) == Some(first.id),
+        "order-1 should find the first task, found {found:?}"
+    );
+    let found = ok!(b.task_by_idempotency_key("order-2").await);
+    ensure!(
+        found.as_ref().map(|t| t.id) == Some(second.id),
+        "order-2 should find the second task, found {found:?}"
+    );
+    let missing = ok!(b.task_by_idempotency_key("order-3").await);
+    ensure!(missing.is_none(), "an unused key found {missing:?}");
+    let prefix = ok!(b.task_by_idempotency_key("order").await);
+    ensure!(prefix.is_none(), "a key's prefix found {prefix:?}");
+    Ok(())
+}
+
 pub(super) async fn claim_order_priority_then_fifo(b: SharedBackend) -> CheckResult {
     let mut ids = Vec::new();
     for priority in [1, 5, 3, 5, 1] {

@@ -643,6 +643,16 @@ impl TaskStore for MemoryBackend {
             .map(|r| r.task.clone()))
     }
 
+    async fn task_by_idempotency_key(&self, key: &str) -> Result<Option<Task>> {
+        let state = self.state.lock();
+        Ok(state
+            .tasks
+            .idempotency
+            .get(key)
+            .and_then(|id| state.tasks.records.get(id))
+            .map(|r| r.task.clone()))
+    }
+
     async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
         let limit = filter.effective_limit();
         let state = self.state.lock();

@@ -517,6 +517,12 @@ impl Orchestrator {
             .ok_or(Error::TaskNotFound(id))
     }
 
+    /// The task dispatched with idempotency key `key`, or `None` when no stored task holds it
+    /// (never used, or its task was pruned or deleted).
+    pub async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<Task>> {
+        self.inner.backend.task_by_idempotency_key(key).await
+    }
+
     /// Tasks matching `filter`.
     pub async fn list(&self, filter: TaskFilter) -> Result<Vec<Task>> {
         self.inner.backend.list_tasks(filter).await

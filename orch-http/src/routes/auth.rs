@@ -1,6 +1,5 @@
-//! `POST /auth/login` (a token, and for a browser a session cookie), `POST /auth/logout`, and
-//! user administration (`POST /users`, `GET /users`,
-//! `PATCH /users/{username}`, `DELETE /users/{username}`, `POST /users/{username}/unlock`).
+//! `POST /auth/login` (a token, and for a browser a session cookie), `POST /auth/logout`,
+//! `GET /auth/me`, and user administration (`POST /users`, `GET /users`, `PATCH /users/{username}`, `DELETE /users/{username}`, `POST /users/{username}/unlock`).
 //! A change to a user (role, password, disabled) or its deletion revokes its tokens.
 
 use axum::Json;
@@ -11,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::users::{LoginOutcome, User, UserChange};
-use crate::auth::{Admins, AuthState, Authed, Refusal, Role, session};
+use crate::auth::{Admins, AnyRole, AuthState, Authed, Refusal, Role, session};
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
@@ -142,6 +141,26 @@ pub async fn logout(State(state): State<AuthState>) -> ApiResult<Response> {
         headers.append(header::SET_COOKIE, cookie);
     }
     Ok((StatusCode::NO_CONTENT, headers).into_response())
+}
+
+/// Who a token or session signs in as.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Me {
+    /// Username.
+    pub username: String,
+    /// Role: what the caller may do.
+    pub role: Role,
+}
+
+/// `GET /auth/me`: the caller's username and role (a page asks it to know what to offer).
+#[utoipa::path(get, path = "/auth/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn me(caller: Authed<AnyRole>) -> Json<Me> {
+    let principal = caller.principal();
+    Json(Me {
+        username: principal.username.clone(),
+        role: principal.role,
+    })
 }
 
 fn invalid_credentials() -> ApiError {

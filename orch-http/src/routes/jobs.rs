@@ -513,6 +513,10 @@ pub struct JobsQuery {
     /// JSON (always at least one task): follow `next_after`.
     #[param(nullable = false, minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+    /// Only the task dispatched with this idempotency key (a page of at most one task; the
+    /// other filters still apply).
+    #[param(max_length = 256)]
+    pub idempotency_key: Option<String>,
 }
 
 /// The most bytes of JSON a page of tasks (`GET /jobs`) or a claim (`POST /jobs/claim`) holds,
@@ -605,7 +609,8 @@ pub struct JobsPage {
     pub next_after: Option<String>,
 }
 
-/// `GET /jobs`: filters `status`, `core_id`, paging with `after` and `limit`. A page ends at
+/// `GET /jobs`: filters `status`, `core_id` and `idempotency_key`, paging with `after` and
+/// `limit`. A page ends at
 /// `limit` tasks or [`MAX_PAGE_BYTES`] of JSON, whichever comes first; `next_after` is present
 /// whenever it ended so.
 #[utoipa::path(get, path = "/jobs", tag = "tasks", security(("bearer" = [])), params(JobsQuery),
@@ -631,6 +636,28 @@ pub async fn list_jobs(
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("limit", "must be between 1 and 1000"));
+    }
+    if let Some(key) = &query.idempotency_key {
+        if key.chars().count() > orch_core::limits::MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(ApiError::bad_request(
+                "idempotency_key",
+                format!(
+                    "longer than {} characters",
+                    orch_core::limits::MAX_IDEMPOTENCY_KEY_LEN
+                ),
+            ));
+        }
+        let found = orch
+            .find_by_idempotency_key(key)
+            .await?
+            .filter(|task| status.is_none_or(|status| task.status == status))
+            .filter(|task| query.core_id.as_ref().is_none_or(|core| &task.engine == core))
+            .filter(|task| after.is_none_or(|after| task.id > after));
+        let mut page = PageBody::new("jobs");
+        if let Some(task) = found {
+            page.push(&TaskView::from(task))?;
+        }
+        return Ok(page.finish(&[("next_after", serde_json::Value::Null)]));
     }
     // Read in slices sized by what fits, so neither the page nor what is read for it grows
     // past the budget by more than one slice of tasks.

@@ -7,6 +7,7 @@
 //! extension made through another router (another orchd on the same database) is honoured
 //! here too, and nothing here ever releases a lock on its own.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,23 @@ pub struct LockView {
     pub acquired_at: DateTime<Utc>,
     /// Expires at unless extended.
     pub expires_at: DateTime<Utc>,
+    /// Who waits for it, next first (listed by `GET /locks`; absent elsewhere and when
+    /// nobody waits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiters: Vec<WaiterView>,
+}
+
+/// A caller queued for a held lock.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WaiterView {
+    /// Who waits.
+    pub owner: String,
+    /// Its priority (higher first).
+    pub priority: i32,
+    /// Queued at.
+    pub enqueued_at: DateTime<Utc>,
+    /// Leaves the queue at, unless it is served or renews its place first.
+    pub expires_at: DateTime<Utc>,
 }
 
 impl From<LockInfo> for LockView {
@@ -46,6 +64,7 @@ impl From<LockInfo> for LockView {
             fencing_token: info.fencing_token.0,
             acquired_at: info.acquired_at,
             expires_at: info.expires_at,
+            waiters: Vec::new(),
         }
     }
 }
@@ -160,11 +179,33 @@ pub async fn list_locks(
     _caller: Authed<AnyRole>,
 ) -> ApiResult<Json<Vec<LockView>>> {
     let locks = orch.locks().list().await?;
+    let mut waiters: HashMap<String, Vec<orch_core::LockWaiter>> = HashMap::new();
+    for waiter in orch.locks().list_waiters().await? {
+        waiters
+            .entry(waiter.resource.clone())
+            .or_default()
+            .push(waiter);
+    }
     Ok(Json(
         locks
             .into_iter()
             .filter(|lock| !is_reserved(&lock.resource))
-            .map(LockView::from)
+            .map(|lock| {
+                let mut queue = waiters.remove(&lock.resource).unwrap_or_default();
+                // Next first: the order the queue serves (`LockWaiter::is_ahead_of`).
+                queue.sort_by_key(|w| (w.rank, w.waiter));
+                let mut view = LockView::from(lock);
+                view.waiters = queue
+                    .into_iter()
+                    .map(|w| WaiterView {
+                        owner: w.owner,
+                        priority: w.priority,
+                        enqueued_at: w.enqueued_at,
+                        expires_at: w.expires_at,
+                    })
+                    .collect();
+                view
+            })
             .collect(),
     ))
 }

@@ -9,6 +9,8 @@ pub mod health;
 pub mod jobs;
 pub mod locks;
 pub mod misc;
+pub mod overview;
 pub mod sse;
+pub mod ui;
 pub mod webhook;
 pub mod workflows;

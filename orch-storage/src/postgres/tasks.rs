@@ -1043,6 +1043,17 @@ impl TaskStore for PostgresBackend {
             .transpose()
     }
 
+    async fn task_by_idempotency_key(&self, key: &str) -> Result<Option<Task>> {
+        const OP: &str = "task_by_idempotency_key";
+        let row = sqlx::query("SELECT * FROM orch_tasks WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
+        row.map(|row| task_from_row(OP, &row).map(|(task, _)| task))
+            .transpose()
+    }
+
     async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
         const OP: &str = "list_tasks";
         let limit = i64::try_from(filter.effective_limit()).unwrap_or(1000);
