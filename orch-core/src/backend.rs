@@ -269,6 +269,18 @@ pub trait TaskStore: Send + Sync {
         ))
     }
 
+    /// An operator's "run now": a `queued` task waiting for its delay or a retry's backoff
+    /// becomes due at once by [`rules::requeue`] (`actor` in its `task.requeued` event).
+    /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a task in another
+    /// state. The default refuses every task: the backend cannot requeue.
+    async fn requeue_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        let _ = actor;
+        Err(crate::Error::backend(
+            "requeue_task",
+            format!("this backend cannot requeue task {id}"),
+        ))
+    }
+
     /// Deletes a finished task outside workflows that no task depends on, with the dependency
     /// rows naming it as a child; its events stay in the log. Returns it as it was.
     /// [`Error::TaskNotFound`](crate::Error::TaskNotFound) for an unknown task,

@@ -15,9 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::routes::{
-    auth, engines, health, jobs, locks, misc, overview, sse, webhook, workflows,
-};
+use crate::routes::{auth, engines, health, jobs, locks, misc, overview, sse, webhook, workflows};
 use crate::state::AppState;
 
 /// Refuses a request whose `Content-Length` announces more than `max` bytes before reading any
@@ -67,6 +65,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::get_job, jobs::delete_job))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::retry_job))
+        .routes(routes!(jobs::requeue_job))
         .routes(routes!(jobs::bulk_jobs))
         .routes(routes!(jobs::job_events))
         .routes(routes!(jobs::update_status))

@@ -453,6 +453,9 @@ async function taskView(main, id) {
     const actions = [];
     if (can.operate()) {
       if (!FINISHED.has(task.status)) actions.push(h("button", { class: "secondary", onclick: () => act("Cancel requested", () => api("POST", `/jobs/${task.task_id}/cancel`)).then(render) }, "Cancel"));
+      if (task.status === "queued" && new Date(task.estimated_start).getTime() > Date.now()) {
+        actions.push(h("button", { class: "secondary", title: "It waits for its delay or a retry's backoff", onclick: () => act("Due now", () => api("POST", `/jobs/${task.task_id}/requeue`)).then(render) }, "Run now"));
+      }
       if (RETRYABLE.has(task.status)) actions.push(h("button", { onclick: () => act("Queued again", () => api("POST", `/jobs/${task.task_id}/retry`)).then(render) }, "Retry"));
       if (FINISHED.has(task.status)) actions.push(h("button", { class: "danger", onclick: async () => {
         if (!confirm("Delete this task and forget it?")) return;

@@ -627,6 +627,57 @@ pub(super) async fn unknown_task_errors(b: SharedBackend) -> CheckResult {
 /// An operator's retry reopens a failed, timed-out or cancelled task (attempts start over, the
 /// earlier attempts stay in its events, the actor in `task.reopened`); it runs again. A task
 /// in another state, or one of a workflow, is refused with nothing changed.
+pub(super) async fn requeue_runs_a_waiting_task_now(b: SharedBackend) -> CheckResult {
+    let later = create(
+        &b,
+        TaskSpec::new("rq")
+            .delay(Duration::from_secs(3600))
+            .priority(4),
+    )
+    .await?;
+    let nothing = ok!(b.claim_tasks("rq", 1, LEASE).await);
+    ensure!(nothing.is_empty(), "a task due in an hour was claimed");
+    let requeued = ok!(b.requeue_task(later.id, "user:ops").await);
+    ensure!(
+        requeued.status == TaskStatus::Queued
+            && requeued.run_at <= clock::now()
+            && requeued.attempt == 0
+            && requeued.priority == 4,
+        "after the requeue: {requeued:?}"
+    );
+    let kinds = events_of(&b, later.id).await?;
+    ensure!(
+        kinds == [EventKind::TaskQueued, EventKind::TaskRequeued],
+        "events {kinds:?}"
+    );
+    let events = ok!(b.read_task_events(later.id, 0, 10).await);
+    let data = &events.last().ok_or("no event")?.data;
+    ensure!(
+        *data == json!({"from": "queued", "actor": "user:ops"}),
+        "task.requeued data {data}"
+    );
+    let claimed = claim_one(&b, "rq", LEASE).await?;
+    ensure!(claimed.task.id == later.id, "claimed {:?}", claimed.task);
+    // Running (and then finished) tasks are not requeued.
+    let refused = b.requeue_task(later.id, "user:ops").await;
+    ensure!(
+        matches!(refused, Err(Error::IllegalTransition { .. })),
+        "requeue of a running task: {refused:?}"
+    );
+    ok!(finish(&b, &claimed, AttemptOutcome::Succeeded { result: json!(1) }).await);
+    let refused = b.requeue_task(later.id, "user:ops").await;
+    ensure!(
+        matches!(refused, Err(Error::IllegalTransition { .. })),
+        "requeue of a succeeded task: {refused:?}"
+    );
+    let missing = b.requeue_task(TaskId::new(), "user:ops").await;
+    ensure!(
+        matches!(missing, Err(Error::TaskNotFound(_))),
+        "requeue of an unknown task: {missing:?}"
+    );
+    Ok(())
+}
+
 pub(super) async fn retry_reopens_a_finished_task(b: SharedBackend) -> CheckResult {
     create(&b, TaskSpec::new("rt").max_attempts(1)).await?;
     let c = claim_one(&b, "rt", LEASE).await?;

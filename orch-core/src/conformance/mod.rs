@@ -125,6 +125,7 @@ checks!(
     cancelling_a_workflow_cancels_what_has_not_run,
     retrying_a_workflow_reopens_the_failed_part,
     retry_reopens_a_finished_task,
+    requeue_runs_a_waiting_task_now,
     delete_removes_a_finished_task,
     pruning_keeps_graphs_whole,
 );

@@ -825,6 +825,12 @@ impl TaskStore for MemoryBackend {
         Ok(task)
     }
 
+    async fn requeue_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        let task = self.transition(id, |task| rules::requeue(id, task.status, actor))?;
+        self.wake_tasks();
+        Ok(task)
+    }
+
     async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>> {
         let now = clock::now();
         let rescued = self.with_state(|tables, events| {

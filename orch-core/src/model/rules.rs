@@ -713,6 +713,43 @@ pub fn retry(id: TaskId, from: TaskStatus, actor: &str) -> Result<Change> {
     Ok(change)
 }
 
+/// An operator's "run now" of a `queued` task that waits for its delay, its `run_at` or a
+/// retry's backoff: due at once, its attempts and priority kept; `task.requeued` carries
+/// `{"from": "queued", "actor"}` (a requeue by the engine itself, an abandoned attempt, carries
+/// no actor). Refused for any other state.
+pub fn requeue(id: TaskId, from: TaskStatus, actor: &str) -> Result<Change> {
+    if from != TaskStatus::Queued {
+        return Err(Error::IllegalTransition {
+            task_id: id,
+            from,
+            to: TaskStatus::Queued,
+        });
+    }
+    Ok(Change {
+        from,
+        to: TaskStatus::Queued,
+        attempt: AttemptChange::Keep,
+        run_at: RunAt::Now,
+        lease: None,
+        result: None,
+        error: None,
+        events: vec![EventDraft::new(
+            EventKind::TaskRequeued,
+            json!({ "from": from, "actor": actor }),
+        )],
+    })
+}
+
+/// Why a requeue is refused for a `queued` task that is already due: it runs as soon as a
+/// slot of its engine is free, and making it due "now" would only move it behind tasks
+/// queued after it.
+pub fn requeue_refused_when_due(id: TaskId) -> Error {
+    Error::invalid(
+        "task_id",
+        format!("task {id} is already due: it runs as soon as a slot of its engine is free"),
+    )
+}
+
 /// Why a task with dependencies (it waits for other tasks, or others wait for it) outside a
 /// workflow is not retried alone: reopened by itself it could run before its parents, or end
 /// its dependents' waits a second time.

@@ -651,7 +651,12 @@ pub async fn list_jobs(
             .find_by_idempotency_key(key)
             .await?
             .filter(|task| status.is_none_or(|status| task.status == status))
-            .filter(|task| query.core_id.as_ref().is_none_or(|core| &task.engine == core))
+            .filter(|task| {
+                query
+                    .core_id
+                    .as_ref()
+                    .is_none_or(|core| &task.engine == core)
+            })
             .filter(|task| after.is_none_or(|after| task.id > after));
         let mut page = PageBody::new("jobs");
         if let Some(task) = found {
@@ -764,6 +769,28 @@ pub async fn retry_job(
     let id = parse_task_id(&id)?;
     let actor = caller.principal().actor();
     let task = orch.retry(id, &actor).await.map_err(refused_as_conflict)?;
+    Ok(Json(task.into()))
+}
+
+/// `POST /jobs/{id}/requeue`: runs now a queued task that waits for its delay, its `run_at` or
+/// a retry's backoff (its attempts and priority kept); its `task.requeued` event names the
+/// caller. 409 for a task that is not queued or is already due.
+#[utoipa::path(post, path = "/jobs/{id}/requeue", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description = "The task id, a UUID (`task-<uuid>` accepted)")),
+    responses((status = 200, body = TaskView), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+pub async fn requeue_job(
+    State(orch): State<Orchestrator>,
+    caller: Authed<Operators>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<TaskView>> {
+    let id = parse_task_id(&id)?;
+    let actor = caller.principal().actor();
+    let task = orch
+        .requeue(id, &actor)
+        .await
+        .map_err(refused_as_conflict)?;
     Ok(Json(task.into()))
 }
 

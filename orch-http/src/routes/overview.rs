@@ -211,7 +211,11 @@ mod tests {
         assert_eq!(last.minute, minute_of(at(1, 0)));
         assert_eq!((last.failed, last.succeeded), (1, 0));
         assert_eq!((before.succeeded, before.timed_out), (2, 1));
-        assert!(hour[..ACTIVITY_MINUTES - 2].iter().all(|m| m.succeeded == 0));
+        assert!(
+            hour[..ACTIVITY_MINUTES - 2]
+                .iter()
+                .all(|m| m.succeeded == 0)
+        );
 
         // An hour and a minute on, both minutes are gone.
         activity.record(&EventKind::TaskCancelled, at(61, 0));

@@ -791,3 +791,82 @@ async fn a_finished_task_is_deleted_and_its_events_stay() {
         .await;
     assert_error(&refused, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_task_is_requeued_to_run_now_and_the_event_names_the_caller() {
+    let server = common::start().await;
+    let operator = server.token("operator").await;
+    let later = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&operator),
+            Some(json!({"core_id": "echo", "delay": 3600, "payload": {"n": 1}})),
+        )
+        .await;
+    assert_eq!(later.status, StatusCode::CREATED, "{}", later.body);
+    let id = later.body["task_id"].as_str().unwrap().to_owned();
+    let requeued = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{id}/requeue"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(requeued.status, StatusCode::OK, "{}", requeued.body);
+    // Due now, it runs: an hour early.
+    let done = server.wait_for_status(&operator, &id, "succeeded").await;
+    assert_eq!(done["result"], json!({"n": 1}));
+    let events = server.events_of("task.requeued").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].data,
+        json!({"from": "queued", "actor": "user:operator"})
+    );
+    // Finished, or already due: 409 saying why.
+    let finished = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{id}/requeue"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_error(&finished, StatusCode::CONFLICT);
+    let due = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&operator),
+            Some(json!({"core_id": "nobody-serves-this"})),
+        )
+        .await;
+    let due_id = due.body["task_id"].as_str().unwrap();
+    let refused = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{due_id}/requeue"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_error(&refused, StatusCode::CONFLICT);
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already due"),
+        "{}",
+        refused.body
+    );
+    let unknown = server
+        .call(
+            Method::POST,
+            "/jobs/00000000-0000-4000-8000-000000000000/requeue",
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_error(&unknown, StatusCode::NOT_FOUND);
+}

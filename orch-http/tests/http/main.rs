@@ -6,6 +6,7 @@ mod instrumented;
 
 mod auth;
 mod bounded;
+mod dashboard;
 mod dispatch_batch;
 mod engines;
 mod fuzz;

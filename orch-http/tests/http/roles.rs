@@ -116,6 +116,24 @@ async fn every_endpoint_checks_the_role() {
         },
         Case {
             method: Method::POST,
+            path: format!("/jobs/{id}/requeue"),
+            body: None,
+            allowed: &["admin", "operator"],
+        },
+        Case {
+            method: Method::GET,
+            path: "/stats".into(),
+            body: None,
+            allowed: all,
+        },
+        Case {
+            method: Method::GET,
+            path: "/auth/me".into(),
+            body: None,
+            allowed: all,
+        },
+        Case {
+            method: Method::POST,
             path: "/jobs/claim".into(),
             body: Some(json!({"core_id": "nothing-here"})),
             allowed: &["admin", "system"],

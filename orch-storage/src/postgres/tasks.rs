@@ -1273,6 +1273,13 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
             .await
     }
 
+    async fn requeue_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        self.transition("requeue_task", id, |status| {
+            rules::requeue(id, status, actor)
+        })
+        .await
+    }
+
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
         self.transition("resolve_task", id, |status| {
             rules::resolve(id, status, resolution.clone())

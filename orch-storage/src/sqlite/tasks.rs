@@ -878,6 +878,16 @@ impl TaskStore for SqliteBackend {
         Ok(task)
     }
 
+    async fn requeue_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        let task = self
+            .transition("requeue_task", id, |task| {
+                rules::requeue(id, task.status, actor)
+            })
+            .await?;
+        self.wake_tasks();
+        Ok(task)
+    }
+
     async fn rescue_expired(&self, limit: usize) -> Result<Vec<Task>> {
         const OP: &str = "rescue_expired";
         static EXPIRED: Rendered = Rendered::new(

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The dashboard in a real browser: Debian's chromium (installed here when missing) driven by
+# Playwright (from PyPI, in a venv of its own; its own browser download is not used) against
+# orchd. Runs the operator's and the viewer's journeys, regenerates the screenshots under
+# docs/, then measures the cold render of the overview and the task list with 100,000 tasks
+# in the store (figures printed and written to $target/dashboard-figures.json).
+#
+# Usage: .ci/dashboard.sh [path/to/orchd]   (default: $CARGO_TARGET_DIR or target, debug)
+# Environment: DASHBOARD_VENV (where the venv lives), DASHBOARD_TASKS (default 100000; 0 skips
+# the measurement).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=${CARGO_TARGET_DIR:-target}
+orchd=$(realpath "${1:-$target/debug/orchd}")
+venv=$(realpath -m "${DASHBOARD_VENV:-$target/dashboard-venv}")
+version=1.65.2
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+fi
+chromium --version 2>/dev/null || true
+
+if ! "$venv/bin/python" -c "import playwright, sys; from importlib.metadata import version; sys.exit(version('playwright') != '$version')" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "playwright==$version"
+fi
+
+"$venv/bin/python" orch-http/ui/e2e/dashboard.py "$orchd" --screenshots docs \
+  --figures "$target/dashboard-figures.json" --tasks "${DASHBOARD_TASKS:-100000}"
