@@ -252,6 +252,13 @@ pub trait TaskStore: Send + Sync {
     /// one.
     async fn cancel_task(&self, id: TaskId) -> Result<Task>;
 
+    /// [`cancel_task`](Self::cancel_task) by a named caller, by [`rules::cancel_by`]: its
+    /// `task.cancelled` event names `actor`. The default cancels without the name.
+    async fn cancel_task_by(&self, id: TaskId, actor: &str) -> Result<Task> {
+        let _ = actor;
+        self.cancel_task(id).await
+    }
+
     /// An operator's retry: reopens a `failed`, `cancelled` or `timed_out` task by
     /// [`rules::retry`] (`queued` at once, its attempts starting over, `actor` in its
     /// `task.reopened` event).

@@ -627,6 +627,25 @@ pub(super) async fn unknown_task_errors(b: SharedBackend) -> CheckResult {
 /// An operator's retry reopens a failed, timed-out or cancelled task (attempts start over, the
 /// earlier attempts stay in its events, the actor in `task.reopened`); it runs again. A task
 /// in another state, or one of a workflow, is refused with nothing changed.
+pub(super) async fn a_cancel_names_its_caller(b: SharedBackend) -> CheckResult {
+    let task = create(&b, TaskSpec::new("cn")).await?;
+    let cancelled = ok!(b.cancel_task_by(task.id, "user:ops").await);
+    ensure!(cancelled.status == TaskStatus::Cancelled, "{cancelled:?}");
+    let events = ok!(b.read_task_events(task.id, 0, 10).await);
+    let last = events.last().ok_or("no event")?;
+    ensure!(
+        last.kind == EventKind::TaskCancelled
+            && last.data == json!({"from": "queued", "actor": "user:ops"}),
+        "the cancel's event: {last:?}"
+    );
+    let again = b.cancel_task_by(task.id, "user:ops").await;
+    ensure!(
+        matches!(again, Err(Error::IllegalTransition { .. })),
+        "a second cancel: {again:?}"
+    );
+    Ok(())
+}
+
 pub(super) async fn requeue_runs_a_waiting_task_now(b: SharedBackend) -> CheckResult {
     let later = create(
         &b,

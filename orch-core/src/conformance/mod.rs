@@ -126,6 +126,7 @@ checks!(
     retrying_a_workflow_reopens_the_failed_part,
     retry_reopens_a_finished_task,
     requeue_runs_a_waiting_task_now,
+    a_cancel_names_its_caller,
     delete_removes_a_finished_task,
     pruning_keeps_graphs_whole,
 );

@@ -781,6 +781,10 @@ impl TaskStore for MemoryBackend {
         self.transition(id, |task| rules::cancel(id, task.status))
     }
 
+    async fn cancel_task_by(&self, id: TaskId, actor: &str) -> Result<Task> {
+        self.transition(id, |task| rules::cancel_by(id, task.status, actor))
+    }
+
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
         self.transition(id, |task| rules::resolve(id, task.status, resolution))
     }

@@ -472,6 +472,15 @@ pub fn cancel(id: TaskId, from: TaskStatus) -> Result<Change> {
     })
 }
 
+/// [`cancel`] by a named caller (`user:alice`): `task.cancelled` carries `{"from", "actor"}`.
+pub fn cancel_by(id: TaskId, from: TaskStatus, actor: &str) -> Result<Change> {
+    let mut change = cancel(id, from)?;
+    for event in &mut change.events {
+        event.data = json!({ "from": from, "actor": actor });
+    }
+    Ok(change)
+}
+
 /// An external system that ran a `queued` or `running` task reports its outcome without a
 /// lease: `succeeded` with the result or `failed` with the error, any lease dropped, the
 /// terminal event carrying `{"from", "external": true}`. Refused for a finished task.

@@ -535,10 +535,24 @@ impl Orchestrator {
     /// finished task.
     pub async fn cancel(&self, id: TaskId) -> Result<Task> {
         let task = self.inner.backend.cancel_task(id).await?;
+        self.cancelled(id);
+        Ok(task)
+    }
+
+    /// [`Orchestrator::cancel`] by a named caller (`user:alice`): its `task.cancelled` event
+    /// carries `actor` beside the state it left (on a backend that implements
+    /// [`TaskStore::cancel_task_by`](crate::backend::TaskStore::cancel_task_by)).
+    pub async fn cancel_by(&self, id: TaskId, actor: &str) -> Result<Task> {
+        control::check_actor(actor, "")?;
+        let task = self.inner.backend.cancel_task_by(id, actor).await?;
+        self.cancelled(id);
+        Ok(task)
+    }
+
+    fn cancelled(&self, id: TaskId) {
         self.inner.attempts.stop(id, StopCause::Cancelled);
         // Tasks waiting for it may have been released.
         self.inner.wakeups.tasks_changed();
-        Ok(task)
     }
 
     /// Retries a task that failed, was cancelled or timed out: it is `queued` again at once,

@@ -704,7 +704,8 @@ pub async fn list_jobs(
     Ok(page.finish(&[("next_after", serde_json::json!(next_after))]))
 }
 
-/// `POST /jobs/{id}/cancel`: 409 for a finished task.
+/// `POST /jobs/{id}/cancel`: 409 for a finished task. Its `task.cancelled` event names the
+/// caller.
 #[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
         description = "The task id, a UUID (`task-<uuid>` accepted)")),
@@ -712,11 +713,12 @@ pub async fn list_jobs(
         (status = 409, body = crate::error::ErrorBody)))]
 pub async fn cancel_job(
     State(orch): State<Orchestrator>,
-    _caller: Authed<Operators>,
+    caller: Authed<Operators>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<TaskView>> {
     let id = parse_task_id(&id)?;
-    Ok(Json(orch.cancel(id).await?.into()))
+    let actor = caller.principal().actor();
+    Ok(Json(orch.cancel_by(id, &actor).await?.into()))
 }
 
 /// `DELETE /jobs/{id}`: deletes a finished task outside workflows that no task depends on (a
@@ -1219,7 +1221,7 @@ pub async fn bulk_jobs(
             }
             let done = match body.action {
                 BulkAction::Retry => orch.retry(task.id, &actor).await,
-                BulkAction::Cancel => orch.cancel(task.id).await,
+                BulkAction::Cancel => orch.cancel_by(task.id, &actor).await,
                 BulkAction::Delete => orch.delete(task.id, &actor).await,
             };
             match done {

@@ -227,6 +227,11 @@ async fn get_cancel_and_events_of_a_job() {
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["task.queued", "task.started", "task.cancelled"]);
+    // The cancel names who asked.
+    assert_eq!(
+        events.body["events"][2]["data"],
+        json!({"from": "running", "actor": "user:operator"})
+    );
     let missing = "01a20147-076b-70a1-a038-3f381c7edce7";
     for path in [
         format!("/jobs/{missing}"),

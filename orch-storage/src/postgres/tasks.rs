@@ -1212,6 +1212,13 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
             .await
     }
 
+    async fn cancel_task_by(&self, id: TaskId, actor: &str) -> Result<Task> {
+        self.transition("cancel_task", id, |status| {
+            rules::cancel_by(id, status, actor)
+        })
+        .await
+    }
+
     async fn delete_task(&self, id: TaskId) -> Result<Task> {
         const OP: &str = "delete_task";
         static DEPENDED_ON: Rendered =

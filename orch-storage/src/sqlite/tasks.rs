@@ -821,6 +821,13 @@ impl TaskStore for SqliteBackend {
             .await
     }
 
+    async fn cancel_task_by(&self, id: TaskId, actor: &str) -> Result<Task> {
+        self.transition("cancel_task", id, |task| {
+            rules::cancel_by(id, task.status, actor)
+        })
+        .await
+    }
+
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
         self.transition("resolve_task", id, |task| {
             rules::resolve(id, task.status, resolution)
