@@ -159,30 +159,16 @@ pub trait TaskStore: Send + Sync {
     /// Tasks matching the filter, ordered by id.
     async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>>;
 
-    /// The task that holds idempotency key `key`, if any. The provided default pages through
-    /// [`list_tasks`](Self::list_tasks), which reads every task; the three backends of this
-    /// workspace look the key up in their index.
+    /// The task that holds idempotency key `key`, if any, through the backend's index of keys
+    /// (the three backends of this workspace have one). The default refuses
+    /// ([`Error::Invalid`](crate::Error::Invalid), `idempotency_key`) rather than read every
+    /// task.
     async fn task_by_idempotency_key(&self, key: &str) -> Result<Option<Task>> {
-        let mut after = None;
-        loop {
-            let page = self
-                .list_tasks(TaskFilter {
-                    after,
-                    limit: 1000,
-                    ..TaskFilter::default()
-                })
-                .await?;
-            if let Some(task) = page
-                .iter()
-                .find(|task| task.idempotency_key.as_deref() == Some(key))
-            {
-                return Ok(Some(task.clone()));
-            }
-            match page.last() {
-                Some(last) if page.len() == 1000 => after = Some(last.id),
-                _ => return Ok(None),
-            }
-        }
+        let _ = key;
+        Err(crate::Error::invalid(
+            "idempotency_key",
+            "this backend cannot look tasks up by idempotency key",
+        ))
     }
 
     /// Atomically leases up to `limit` due `queued` tasks of `engine` in claim order, each by
@@ -276,10 +262,11 @@ pub trait TaskStore: Send + Sync {
         ))
     }
 
-    /// An operator's "run now": a `queued` task waiting for its delay or a retry's backoff
+    /// An operator's requeue: a `queued` task waiting for its delay or a retry's backoff
     /// becomes due at once by [`rules::requeue`] (`actor` in its `task.requeued` event).
     /// [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a task in another
-    /// state. The default refuses every task: the backend cannot requeue.
+    /// state, [`Error::Invalid`](crate::Error::Invalid) (`task_id`) for one already due
+    /// (decided in the same step as the change). The default refuses every task: the backend cannot requeue.
     async fn requeue_task(&self, id: TaskId, actor: &str) -> Result<Task> {
         let _ = actor;
         Err(crate::Error::backend(

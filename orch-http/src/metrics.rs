@@ -386,7 +386,8 @@ impl Metrics {
         };
         let core = self.core_label(event.engine.as_deref().unwrap_or(""));
         self.tasks_total.with_label_values(&[core, status]).inc();
-        self.activity.record(&event.kind, event.at);
+        self.activity
+            .record(&event.kind, event.at, chrono::Utc::now());
         let Some(task_id) = event.task_id else {
             return;
         };

@@ -20,6 +20,7 @@ use crate::ratelimit::Limits;
 use crate::routes::health::HealthCheck;
 use crate::routes::jobs::Dispatching;
 use crate::routes::misc::MetricsAccess;
+use crate::routes::overview::StatsCache;
 use crate::routes::sse::SseStreams;
 use crate::routes::webhook::WebhookState;
 use crate::webhook::ReplayGuard;
@@ -58,6 +59,7 @@ struct Parts {
     sse: SseStreams,
     health: HealthCheck,
     webhook: WebhookState,
+    stats: StatsCache,
     /// Cancelled when the server begins to shut down: SSE streams end so the graceful drain
     /// does not wait on them forever, and `/health` says so. The SSE and health parts hold
     /// clones.
@@ -96,6 +98,7 @@ parts! {
     SseStreams => sse,
     HealthCheck => health,
     WebhookState => webhook,
+    StatsCache => stats,
 }
 
 impl AppState {
@@ -167,6 +170,7 @@ impl AppState {
                     clock,
                     security,
                 ),
+                stats: StatsCache::default(),
                 shutdown,
                 orch,
                 config,

@@ -624,9 +624,7 @@ pub(super) async fn unknown_task_errors(b: SharedBackend) -> CheckResult {
     Ok(())
 }
 
-/// An operator's retry reopens a failed, timed-out or cancelled task (attempts start over, the
-/// earlier attempts stay in its events, the actor in `task.reopened`); it runs again. A task
-/// in another state, or one of a workflow, is refused with nothing changed.
+/// A cancel by a named caller records it in `task.cancelled`.
 pub(super) async fn a_cancel_names_its_caller(b: SharedBackend) -> CheckResult {
     let task = create(&b, TaskSpec::new("cn")).await?;
     let cancelled = ok!(b.cancel_task_by(task.id, "user:ops").await);
@@ -646,6 +644,8 @@ pub(super) async fn a_cancel_names_its_caller(b: SharedBackend) -> CheckResult {
     Ok(())
 }
 
+/// An operator's requeue makes a delayed task due at once (attempts and priority kept, the
+/// actor in `task.requeued`); a due, running, finished or unknown task is refused.
 pub(super) async fn requeue_runs_a_waiting_task_now(b: SharedBackend) -> CheckResult {
     let later = create(
         &b,
@@ -675,6 +675,18 @@ pub(super) async fn requeue_runs_a_waiting_task_now(b: SharedBackend) -> CheckRe
         *data == json!({"from": "queued", "actor": "user:ops"}),
         "task.requeued data {data}"
     );
+    // Due now: a second requeue (a double click) is refused, saying why.
+    let again = b.requeue_task(later.id, "user:ops").await;
+    ensure!(
+        matches!(
+            again,
+            Err(Error::Invalid {
+                field: "task_id",
+                ..
+            })
+        ),
+        "requeue of a due task: {again:?}"
+    );
     let claimed = claim_one(&b, "rq", LEASE).await?;
     ensure!(claimed.task.id == later.id, "claimed {:?}", claimed.task);
     // Running (and then finished) tasks are not requeued.
@@ -697,6 +709,9 @@ pub(super) async fn requeue_runs_a_waiting_task_now(b: SharedBackend) -> CheckRe
     Ok(())
 }
 
+/// An operator's retry reopens a failed, timed-out or cancelled task (attempts start over, the
+/// earlier attempts stay in its events, the actor in `task.reopened`); it runs again. A task
+/// in another state, or one of a workflow, is refused with nothing changed.
 pub(super) async fn retry_reopens_a_finished_task(b: SharedBackend) -> CheckResult {
     create(&b, TaskSpec::new("rt").max_attempts(1)).await?;
     let c = claim_one(&b, "rt", LEASE).await?;

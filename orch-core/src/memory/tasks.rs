@@ -830,7 +830,10 @@ impl TaskStore for MemoryBackend {
     }
 
     async fn requeue_task(&self, id: TaskId, actor: &str) -> Result<Task> {
-        let task = self.transition(id, |task| rules::requeue(id, task.status, actor))?;
+        let now = clock::now();
+        let task = self.transition(id, |task| {
+            rules::requeue(id, task.status, task.run_at <= now, actor)
+        })?;
         self.wake_tasks();
         Ok(task)
     }

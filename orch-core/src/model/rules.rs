@@ -722,17 +722,21 @@ pub fn retry(id: TaskId, from: TaskStatus, actor: &str) -> Result<Change> {
     Ok(change)
 }
 
-/// An operator's "run now" of a `queued` task that waits for its delay, its `run_at` or a
-/// retry's backoff: due at once, its attempts and priority kept; `task.requeued` carries
-/// `{"from": "queued", "actor"}` (a requeue by the engine itself, an abandoned attempt, carries
-/// no actor). Refused for any other state.
-pub fn requeue(id: TaskId, from: TaskStatus, actor: &str) -> Result<Change> {
+/// An operator's requeue of a `queued` task that waits (`due` is false) for its delay, its
+/// `run_at` or a retry's backoff: due at once (after the tasks already due at its priority),
+/// its attempts and priority kept; `task.requeued` carries `{"from": "queued", "actor"}` (a
+/// requeue by the orchestrator itself, an attempt given back unrun, carries no actor). Refused
+/// for any other state, and for a task already due ([`requeue_refused_when_due`]).
+pub fn requeue(id: TaskId, from: TaskStatus, due: bool, actor: &str) -> Result<Change> {
     if from != TaskStatus::Queued {
         return Err(Error::IllegalTransition {
             task_id: id,
             from,
             to: TaskStatus::Queued,
         });
+    }
+    if due {
+        return Err(requeue_refused_when_due(id));
     }
     Ok(Change {
         from,

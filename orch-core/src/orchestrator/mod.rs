@@ -70,8 +70,8 @@ use crate::error::{Error, Result};
 use crate::events::EventLog;
 use crate::locks::LockManager;
 use crate::model::{
-    Created, EngineCounts, NewTask, Resolution, Task, TaskFilter, TaskId, TaskSpec, TaskStatus,
-    check_name, limits,
+    Created, EngineCounts, NewTask, Resolution, Task, TaskFilter, TaskId, TaskSpec, check_name,
+    limits,
 };
 use crate::monitor::{EngineStats, Monitor};
 use crate::registry::DefaultPluginRegistry;
@@ -519,7 +519,10 @@ impl Orchestrator {
 
     /// The task dispatched with idempotency key `key`, or `None` when no stored task holds it
     /// (never used, or its task was pruned or deleted).
+    /// [`Error::Invalid`] (`idempotency_key`) for a key no task could hold (empty, too long,
+    /// control characters).
     pub async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<Task>> {
+        check_name("idempotency_key", key, limits::MAX_IDEMPOTENCY_KEY_LEN)?;
         self.inner.backend.task_by_idempotency_key(key).await
     }
 
@@ -569,16 +572,14 @@ impl Orchestrator {
         Ok(task)
     }
 
-    /// Runs a `queued` task now that waits for its delay, its `run_at` or a retry's backoff
-    /// ([`rules::requeue`](crate::backend::rules::requeue)); its `task.requeued` event names `actor`.
+    /// Requeues a `queued` task that waits for its delay, its `run_at` or a retry's backoff: it
+    /// is due at once, after the tasks already due at its priority
+    /// ([`rules::requeue`](crate::backend::rules::requeue)); its `task.requeued` event names
+    /// `actor`.
     /// [`Error::TaskNotFound`] for an unknown task, [`Error::IllegalTransition`] for a task that
     /// is not queued, [`Error::Invalid`] (`task_id`) for one already due.
     pub async fn requeue(&self, id: TaskId, actor: &str) -> Result<Task> {
         control::check_actor(actor, "")?;
-        let task = self.get(id).await?;
-        if task.status == TaskStatus::Queued && task.run_at <= crate::clock::now() {
-            return Err(crate::model::rules::requeue_refused_when_due(id));
-        }
         let task = self.inner.backend.requeue_task(id, actor).await?;
         self.inner.wakeups.tasks_changed();
         Ok(task)

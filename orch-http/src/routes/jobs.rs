@@ -515,7 +515,11 @@ pub struct JobsQuery {
     pub limit: Option<usize>,
     /// Only the task dispatched with this idempotency key (a page of at most one task; the
     /// other filters still apply).
-    #[param(max_length = 256)]
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub idempotency_key: Option<String>,
 }
 
@@ -638,18 +642,16 @@ pub async fn list_jobs(
         return Err(ApiError::bad_request("limit", "must be between 1 and 1000"));
     }
     if let Some(key) = &query.idempotency_key {
-        if key.chars().count() > orch_core::limits::MAX_IDEMPOTENCY_KEY_LEN {
-            return Err(ApiError::bad_request(
-                "idempotency_key",
-                format!(
-                    "longer than {} characters",
-                    orch_core::limits::MAX_IDEMPOTENCY_KEY_LEN
-                ),
-            ));
-        }
         let found = orch
             .find_by_idempotency_key(key)
-            .await?
+            .await
+            .map_err(|error| match error {
+                orch_core::Error::Invalid {
+                    field: "idempotency_key",
+                    ..
+                } => ApiError::bad_request("idempotency_key", error.to_string()),
+                other => other.into(),
+            })?
             .filter(|task| status.is_none_or(|status| task.status == status))
             .filter(|task| {
                 query

@@ -2,8 +2,9 @@
 //! count) and the outcomes of the last hour minute by minute ([`Activity`], filled from the
 //! shared event log by the subscriber that also feeds the metrics).
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -11,6 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use orch_core::{EngineCounts, EventKind, Orchestrator};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::auth::{AnyRole, Authed};
 use crate::error::ApiResult;
@@ -38,15 +40,19 @@ pub struct ActivityMinute {
 
 /// Outcomes per minute over the last [`ACTIVITY_MINUTES`], counted from the shared event log
 /// as this process reads it (so every node's tasks, but only since this process started).
+/// Events arrive in commit order, not in time order: a late event still lands in its own
+/// minute, whatever was counted since.
 #[derive(Debug, Default)]
 pub struct Activity {
-    minutes: Mutex<VecDeque<ActivityMinute>>,
+    minutes: Mutex<BTreeMap<DateTime<Utc>, ActivityMinute>>,
 }
 
 impl Activity {
-    /// Counts `kind` (a task's end or retry; other kinds are ignored) in the minute of `at`.
-    /// Events of a minute older than the hour kept are dropped.
-    pub fn record(&self, kind: &EventKind, at: DateTime<Utc>) {
+    /// Counts `kind` (a task's end or retry; other kinds are ignored) in the minute of `at`,
+    /// as read at `now`: an event more than an hour older than `now`, or more than a minute
+    /// ahead of it (another node's clock), is not counted. Minutes older than the hour are
+    /// forgotten.
+    pub fn record(&self, kind: &EventKind, at: DateTime<Utc>, now: DateTime<Utc>) {
         let field: fn(&mut ActivityMinute) -> &mut u64 = match kind {
             EventKind::TaskSucceeded => |m| &mut m.succeeded,
             EventKind::TaskFailed => |m| &mut m.failed,
@@ -56,28 +62,25 @@ impl Activity {
             _ => return,
         };
         let minute = minute_of(at);
+        let oldest = oldest_kept(now);
+        if minute < oldest || minute > minute_of(now) + chrono::Duration::minutes(1) {
+            return;
+        }
         let mut minutes = self.minutes.lock();
-        let slot = match minutes.back().map(|last| last.minute) {
-            Some(last) if last == minute => minutes.back_mut(),
-            Some(last) if last > minute => minutes.iter_mut().rev().find(|m| m.minute == minute),
-            _ => {
-                minutes.push_back(ActivityMinute {
-                    minute,
-                    ..ActivityMinute::default()
-                });
-                while minutes.len() > ACTIVITY_MINUTES {
-                    minutes.pop_front();
-                }
-                minutes.back_mut()
-            }
-        };
-        if let Some(slot) = slot {
-            *field(slot) += 1;
+        *field(minutes.entry(minute).or_insert(ActivityMinute {
+            minute,
+            ..ActivityMinute::default()
+        })) += 1;
+        while minutes
+            .first_key_value()
+            .is_some_and(|(first, _)| *first < oldest)
+        {
+            minutes.pop_first();
         }
     }
 
-    /// Every minute of the hour before `now`'s minute, oldest first, `now`'s included, with
-    /// zeros for minutes without outcomes.
+    /// Every minute of the hour up to `now`'s, oldest first, with zeros for minutes without
+    /// outcomes.
     pub fn last_hour(&self, now: DateTime<Utc>) -> Vec<ActivityMinute> {
         let current = minute_of(now);
         let minutes = self.minutes.lock();
@@ -85,17 +88,18 @@ impl Activity {
             .rev()
             .map(|ago| current - chrono::Duration::minutes(ago))
             .map(|minute| {
-                minutes
-                    .iter()
-                    .find(|m| m.minute == minute)
-                    .copied()
-                    .unwrap_or(ActivityMinute {
-                        minute,
-                        ..ActivityMinute::default()
-                    })
+                minutes.get(&minute).copied().unwrap_or(ActivityMinute {
+                    minute,
+                    ..ActivityMinute::default()
+                })
             })
             .collect()
     }
+}
+
+/// The first minute [`Activity`] keeps at `now`.
+fn oldest_kept(now: DateTime<Utc>) -> DateTime<Utc> {
+    minute_of(now) - chrono::Duration::minutes(ACTIVITY_MINUTES as i64 - 1)
 }
 
 fn minute_of(at: DateTime<Utc>) -> DateTime<Utc> {
@@ -155,15 +159,42 @@ pub struct Overview {
     pub activity_since: DateTime<Utc>,
 }
 
-/// `GET /stats`: tasks by engine and state, and the outcomes of the last hour.
+/// How long `GET /stats` reuses one count of the tasks.
+pub const STATS_CACHE: Duration = Duration::from_secs(2);
+
+/// The last count of tasks by engine and state, reused for [`STATS_CACHE`]: however many pages
+/// are open, the store counts its tasks at most once per interval, one count at a time.
+#[derive(Debug, Clone, Default)]
+pub struct StatsCache {
+    last: Arc<tokio::sync::Mutex<Option<(Instant, Arc<Vec<EngineCounts>>)>>>,
+}
+
+impl StatsCache {
+    async fn counts(&self, orch: &Orchestrator) -> orch_core::Result<Arc<Vec<EngineCounts>>> {
+        // Held across the count: callers meanwhile wait for it and share it.
+        let mut last = self.last.lock().await;
+        if let Some((at, counts)) = &*last
+            && at.elapsed() < STATS_CACHE
+        {
+            return Ok(counts.clone());
+        }
+        let counts = Arc::new(orch.task_counts().await?);
+        *last = Some((Instant::now(), counts.clone()));
+        Ok(counts)
+    }
+}
+
+/// `GET /stats`: tasks by engine and state (counted at most every [`STATS_CACHE`]), and the
+/// outcomes of the last hour.
 #[utoipa::path(get, path = "/stats", tag = "system", security(("bearer" = [])),
     responses((status = 200, body = Overview), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn stats(
     State(orch): State<Orchestrator>,
     State(metrics): State<Arc<Metrics>>,
+    State(cache): State<StatsCache>,
     _caller: Authed<AnyRole>,
 ) -> ApiResult<Json<Overview>> {
-    let counts = orch.task_counts().await?;
+    let counts = cache.counts(&orch).await?;
     let mut totals = StateCounts::default();
     let engines = counts
         .iter()
@@ -198,32 +229,38 @@ mod tests {
     #[test]
     fn outcomes_are_counted_in_their_minute_and_the_hour_is_kept() {
         let activity = Activity::default();
-        activity.record(&EventKind::TaskSucceeded, at(0, 1));
-        activity.record(&EventKind::TaskSucceeded, at(0, 59));
-        activity.record(&EventKind::TaskFailed, at(1, 0));
-        activity.record(&EventKind::TaskStarted, at(1, 0));
-        // Read a little late: an event of the minute before still lands in it.
-        activity.record(&EventKind::TaskTimedOut, at(0, 30));
-        let hour = activity.last_hour(at(1, 10));
+        let now = at(1, 10);
+        activity.record(&EventKind::TaskSucceeded, at(0, 1), now);
+        activity.record(&EventKind::TaskSucceeded, at(0, 59), now);
+        activity.record(&EventKind::TaskFailed, at(1, 0), now);
+        activity.record(&EventKind::TaskStarted, at(1, 0), now);
+        // Committed late: an event of the minute before still lands in it.
+        activity.record(&EventKind::TaskTimedOut, at(0, 30), now);
+        // Late for a minute that had nothing yet.
+        activity.record(&EventKind::TaskCancelled, at(-5, 0), now);
+        let hour = activity.last_hour(now);
         assert_eq!(hour.len(), ACTIVITY_MINUTES);
         let last = hour[ACTIVITY_MINUTES - 1];
         let before = hour[ACTIVITY_MINUTES - 2];
         assert_eq!(last.minute, minute_of(at(1, 0)));
         assert_eq!((last.failed, last.succeeded), (1, 0));
         assert_eq!((before.succeeded, before.timed_out), (2, 1));
-        assert!(
-            hour[..ACTIVITY_MINUTES - 2]
-                .iter()
-                .all(|m| m.succeeded == 0)
-        );
+        assert_eq!(hour[ACTIVITY_MINUTES - 7].cancelled, 1);
+        assert_eq!(hour[ACTIVITY_MINUTES - 7].minute, minute_of(at(-5, 0)));
 
-        // An hour and a minute on, both minutes are gone.
-        activity.record(&EventKind::TaskCancelled, at(61, 0));
-        let hour = activity.last_hour(at(61, 0));
+        // An event an hour old, or from a clock far ahead, is not counted and moves nothing.
+        activity.record(&EventKind::TaskSucceeded, at(-60, 0), now);
+        activity.record(&EventKind::TaskSucceeded, at(30, 0), now);
+        assert_eq!(activity.last_hour(now), hour);
+
+        // An hour and a minute on, those minutes are gone.
+        let later = at(61, 0);
+        activity.record(&EventKind::TaskCancelled, later, later);
+        let hour = activity.last_hour(later);
         assert_eq!(hour.iter().map(|m| m.succeeded + m.failed).sum::<u64>(), 0);
         assert_eq!(hour[ACTIVITY_MINUTES - 1].cancelled, 1);
-        for minute in 62..62 + ACTIVITY_MINUTES as i64 {
-            activity.record(&EventKind::TaskSucceeded, at(minute, 0));
+        for minute in 62..62 + 2 * ACTIVITY_MINUTES as i64 {
+            activity.record(&EventKind::TaskSucceeded, at(minute, 0), at(minute, 0));
         }
         assert_eq!(activity.minutes.lock().len(), ACTIVITY_MINUTES);
     }

@@ -2,8 +2,9 @@
 //! `Last-Event-ID` (or `?last_event_id=`) resumes exactly after that event, replaying from the
 //! log; filters by task and core; keep-alive comments; a cap on open streams, and one per
 //! user so that one user cannot take every slot. A slow client lags and catches up from the
-//! log ([`orch_core::Subscription`] does it). Security events (every kind outside `task.*`)
-//! reach admins only. A stream ends when its token stops being valid (expired, or its user
+//! log ([`orch_core::Subscription`] does it). Orch's operational events (tasks, workflows,
+//! engines, locks, alerts, nodes, plugins, rescues: [`OPERATIONAL_KINDS`]) reach every role;
+//! everything else (security events `auth.*`, an application's own kinds) reaches admins only. A stream ends when its token stops being valid (expired, or its user
 //! deleted, disabled or changed: [`Session::still_valid`]).
 //!
 //! A stream of one task that resumes from a sequence number replays that task's events through
@@ -100,6 +101,18 @@ impl Drop for OpenStream {
     }
 }
 
+/// The kinds every role's stream carries: what an operator or a viewer watches orch do.
+pub const OPERATIONAL_KINDS: &[&str] = &[
+    "task.",
+    "workflow.",
+    "engine.",
+    "lock.",
+    "alert.",
+    "node.",
+    "plugin.",
+    "rescue.",
+];
+
 struct Filter {
     task_id: Option<TaskId>,
     core_id: Option<String>,
@@ -109,7 +122,11 @@ struct Filter {
 
 impl Filter {
     fn accepts(&self, event: &Event) -> bool {
-        if !self.admin && !event.kind.as_str().starts_with("task.") {
+        if !self.admin
+            && !OPERATIONAL_KINDS
+                .iter()
+                .any(|prefix| event.kind.as_str().starts_with(prefix))
+        {
             return false;
         }
         if let Some(task_id) = self.task_id

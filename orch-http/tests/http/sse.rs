@@ -183,11 +183,20 @@ async fn filters_by_task_and_core_and_hides_security_events_from_non_admins() {
         assert_eq!(frame.event.as_deref(), Some(expected));
         assert_eq!(frame.data.unwrap()["task_id"], id.as_str());
     }
-    // A viewer replaying everything never sees auth.* events; an admin does.
+    // A viewer replaying everything never sees auth.* events; an admin does. Engine
+    // controls reach every role.
+    let operator = server.token("operator").await;
+    let paused = server
+        .call(Method::POST, "/engines/echo/pause", Some(&operator), None)
+        .await;
+    assert_eq!(paused.status, StatusCode::OK, "{}", paused.body);
     let mut viewer_all = Stream::open(&server, &viewer, "?last_event_id=0", None).await;
-    for _ in 0..5 {
+    let mut kinds = Vec::new();
+    while !kinds.iter().any(|k: &String| k == "engine.paused") {
         let frame = viewer_all.next_event().await;
-        assert!(frame.event.unwrap().starts_with("task."));
+        let kind = frame.event.unwrap();
+        assert!(!kind.starts_with("auth."), "{kind}");
+        kinds.push(kind);
     }
     let admin = server.token("admin").await;
     let mut admin_auth = Stream::open(&server, &admin, "?last_event_id=0&kind=auth.*", None).await;

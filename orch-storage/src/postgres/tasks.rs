@@ -1281,10 +1281,16 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
     }
 
     async fn requeue_task(&self, id: TaskId, actor: &str) -> Result<Task> {
-        self.transition("requeue_task", id, |status| {
-            rules::requeue(id, status, actor)
-        })
-        .await
+        const OP: &str = "requeue_task";
+        // Due by the database's clock, the one claims compare `run_at` with.
+        let due: bool = sqlx::query_scalar("SELECT run_at <= now() FROM orch_tasks WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err(OP))?
+            .ok_or(Error::TaskNotFound(id))?;
+        self.transition(OP, id, |status| rules::requeue(id, status, due, actor))
+            .await
     }
 
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {

@@ -888,7 +888,7 @@ impl TaskStore for SqliteBackend {
     async fn requeue_task(&self, id: TaskId, actor: &str) -> Result<Task> {
         let task = self
             .transition("requeue_task", id, |task| {
-                rules::requeue(id, task.status, actor)
+                rules::requeue(id, task.status, task.run_at <= now(), actor)
             })
             .await?;
         self.wake_tasks();
