@@ -44,11 +44,18 @@ function appendAll(el, children) {
   return el;
 }
 
-// Replaces `el`'s children (arrays flattened, nothing for null or false).
+// Replaces `el`'s children (arrays flattened, nothing for null or false). A re-render keeps
+// the keyboard where it was: the element with the same `data-key` gets the focus back.
 function fill(el, ...children) {
+  const focused = el.contains(document.activeElement) ? document.activeElement?.dataset?.key : null;
   el.replaceChildren();
-  return appendAll(el, children);
+  appendAll(el, children);
+  if (focused) el.querySelector(`[data-key="${CSS.escape(focused)}"]`)?.focus();
+  return el;
 }
+
+// Whether the user is typing in `el`: a refresh would wipe what they typed.
+const typingIn = (el) => el.contains(document.activeElement) && /^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName);
 
 const svg = (tag, attrs) => {
   const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
@@ -71,12 +78,14 @@ function ago(iso) {
 }
 
 const badge = (state) => h("span", { class: `badge ${state}` }, state.replace("_", " "));
-const shortId = (id) => id.replace(/^task-/, "").slice(0, 8);
-const taskLink = (id) => h("a", { href: `#/tasks/${id}`, class: "mono", title: id }, shortId(id));
+// Ids are time-ordered: their first digits are the time they were made, the same for tasks of one
+// moment. The last digits are random, so they tell tasks apart.
+const shortId = (id) => `…${id.replace(/^task-/, "").slice(-12)}`;
+const taskLink = (id) => h("a", { href: `#/tasks/${id}`, class: "mono", title: id, "data-key": `task:${id}` }, shortId(id));
 
 function toast(message, bad) {
   const box = document.getElementById("toast");
-  const item = h("div", { class: bad ? "bad" : "" }, message);
+  const item = h("div", { class: bad ? "bad" : "", role: bad ? "alert" : null }, message);
   box.append(item);
   setTimeout(() => item.remove(), bad ? 8000 : 4000);
 }
@@ -146,21 +155,52 @@ async function act(label, run) {
 
 // ---- session and live stream ---------------------------------------------------------------
 
-function signedOut() {
+function signedOut(why) {
   session.me = null;
   if (session.stream) session.stream.close();
   session.stream = null;
+  session.live = [];
+  session.lastSeq = null;
+  clearTimeout(session.reconnect);
+  document.getElementById("live").classList.remove("on");
   document.getElementById("nav").hidden = true;
   document.getElementById("who").hidden = true;
+  if (why) toast(why, true);
   route();
 }
 
-function startStream() {
-  if (session.stream) session.stream.close();
-  const stream = new EventSource("/sse/events");
+function setLive(on, text) {
   const live = document.getElementById("live");
-  stream.onopen = () => live.classList.add("on");
-  stream.onerror = () => live.classList.remove("on");
+  live.classList.toggle("on", on);
+  live.title = text;
+  live.setAttribute("aria-label", text);
+}
+
+// The live stream. The browser reconnects by itself after a network error (sending the last
+// event's id, so nothing is missed); an answer other than 200 (an expired session, too many
+// streams, a server shutting down) closes it for good, and then the page asks who it is:
+// signed out, or it reopens the stream after the last event it saw, a little later each time.
+function startStream(delay = 1000) {
+  if (session.stream) session.stream.close();
+  const from = session.lastSeq === null ? "" : `?last_event_id=${session.lastSeq}`;
+  const stream = new EventSource(`/sse/events${from}`);
+  stream.onopen = () => {
+    delay = 1000;
+    setLive(true, "Live: updates arrive as they happen");
+  };
+  stream.onerror = () => {
+    setLive(false, "Live updates interrupted: reconnecting");
+    if (stream.readyState !== EventSource.CLOSED || session.stream !== stream) return;
+    session.reconnect = setTimeout(async () => {
+      try {
+        await api("GET", "/auth/me");
+        startStream(Math.min(delay * 2, 30000));
+      } catch (error) {
+        if (error.status === 401) signedOut("Your session ended: sign in again.");
+        else session.reconnect = setTimeout(() => startStream(Math.min(delay * 2, 30000)), delay);
+      }
+    }, delay);
+  };
   const receive = (message) => {
     let event;
     try {
@@ -187,10 +227,32 @@ function signedIn(me) {
   startStream();
 }
 
-// Each view registers what it does on a live event; the registrations end with the view.
-function onLive(listener) {
-  session.listeners.add(listener);
-  current.cleanups.push(() => session.listeners.delete(listener));
+// What a view registers (live listeners, timers) ends with it; a view that finishes loading
+// after the user moved on registers nothing.
+class Scope {
+  constructor() {
+    this.alive = true;
+    this.cleanups = [];
+  }
+  end() {
+    this.alive = false;
+    for (const cleanup of this.cleanups.splice(0)) cleanup();
+  }
+  live(listener) {
+    if (!this.alive) return;
+    session.listeners.add(listener);
+    this.cleanups.push(() => session.listeners.delete(listener));
+  }
+  every(fn, ms) {
+    if (!this.alive) return;
+    const timer = setInterval(fn, ms);
+    this.cleanups.push(() => clearInterval(timer));
+  }
+  after(fn, ms) {
+    if (!this.alive) return;
+    const timer = setTimeout(fn, Math.min(ms, 2 ** 31 - 1));
+    this.cleanups.push(() => clearTimeout(timer));
+  }
 }
 
 function debounce(fn, ms) {
@@ -266,14 +328,16 @@ function colorLegends(root) {
   for (const swatch of root.querySelectorAll("[data-color]")) swatch.style.background = swatch.dataset.color;
 }
 
-async function overviewView(main) {
+async function overviewView(main, scope) {
   main.append(h("h1", {}, "Overview"));
   const body = h("div", { "data-testid": "overview" });
   main.append(body);
   const render = async () => {
     const [stats, health] = await Promise.all([
       api("GET", "/stats"),
-      api("GET", "/health").catch(() => null),
+      // 503 when a check failed or the node shuts down: the report (and its alerts) is the
+      // body then too.
+      fetch("/health", { headers: { Accept: "application/json" } }).then((r) => r.json()).catch(() => null),
     ]);
     const t = stats.totals;
     const cards = h("div", { class: "cards", "data-testid": "totals" },
@@ -314,10 +378,9 @@ async function overviewView(main) {
     colorLegends(body);
   };
   await render();
-  const again = debounce(() => render().catch(() => {}), 2000);
-  onLive((event) => { if (event.kind.startsWith("task.") || event.kind.startsWith("alert.")) again(); });
-  const timer = setInterval(() => render().catch(() => {}), 15000);
-  current.cleanups.push(() => clearInterval(timer));
+  const again = debounce(() => render().catch(() => {}), 5000);
+  scope.live((event) => { if (event.kind.startsWith("task.") || event.kind.startsWith("alert.")) again(); });
+  scope.every(() => render().catch(() => {}), 15000);
 }
 
 function queryOf(hash) {
@@ -325,7 +388,7 @@ function queryOf(hash) {
   return new URLSearchParams(index < 0 ? "" : hash.slice(index + 1));
 }
 
-async function tasksView(main, params) {
+async function tasksView(main, params, scope) {
   const status = params.get("status") || "";
   const core = params.get("core_id") || "";
   const after = params.get("after") || "";
@@ -343,13 +406,17 @@ async function tasksView(main, params) {
       const data = new FormData(filters);
       const wanted = String(data.get("search") || "").trim();
       if (wanted) {
+        // An id, or a key (which may look like an id too).
         if (UUID.test(wanted)) {
-          location.hash = `#/tasks/${wanted}`;
-          return;
+          const task = await api("GET", `/jobs/${encodeURIComponent(wanted)}`).catch(() => null);
+          if (task) {
+            location.hash = `#/tasks/${task.task_id}`;
+            return;
+          }
         }
         const page = await api("GET", `/jobs?idempotency_key=${encodeURIComponent(wanted)}`).catch((err) => { toast(err.message, true); return null; });
         if (page?.jobs.length) location.hash = `#/tasks/${page.jobs[0].task_id}`;
-        else if (page) toast(`No task has the idempotency key “${wanted}”.`, true);
+        else if (page) toast(`No task has the id or idempotency key “${wanted}”.`, true);
         return;
       }
       go({ status: data.get("status"), core_id: String(data.get("core_id") || "").trim(), after: "" });
@@ -374,7 +441,7 @@ async function tasksView(main, params) {
     fill(table, h("table", { "data-testid": "task-list" },
       h("thead", {}, h("tr", {}, h("th", {}, "Task"), h("th", {}, "Engine"), h("th", {}, "State"), h("th", { class: "num" }, "Priority"), h("th", { class: "num" }, "Attempt"), h("th", { class: "wide" }, "Created"), h("th", { class: "wide" }, "Updated"))),
       h("tbody", {}, page.jobs.length ? page.jobs.map((t) => h("tr", { "data-task": t.task_id },
-        h("td", {}, taskLink(t.task_id)), h("td", {}, t.core_id), h("td", {}, badge(t.status)),
+        h("td", {}, taskLink(t.task_id)), h("td", {}, t.core_id), h("td", {}, badge(t.status === "queued" && new Date(t.estimated_start).getTime() > Date.now() ? "delayed" : t.status)),
         h("td", { class: "num" }, t.priority), h("td", { class: "num" }, `${t.attempt}/${t.max_attempts}`),
         h("td", { class: "wide" }, when(t.created_at)), h("td", { class: "wide" }, ago(t.updated_at))))
         : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No task matches.")))));
@@ -383,8 +450,8 @@ async function tasksView(main, params) {
       page.next_after ? h("button", { class: "secondary", onclick: () => go({ after: page.next_after }) }, "Next page") : null);
   };
   await render();
-  const again = debounce(() => render().catch(() => {}), 1000);
-  onLive((event) => { if (event.kind.startsWith("task.")) again(); });
+  const again = debounce(() => { if (!typingIn(main)) render().catch(() => {}); }, 3000);
+  scope.live((event) => { if (event.kind.startsWith("task.")) again(); });
 }
 
 function dispatchForm() {
@@ -431,14 +498,17 @@ function bulkForm(status, core) {
     const more = dry.next_after ? " (the first batch; run it again for the rest)" : "";
     if (!confirm(`${action} ${dry.matched.toLocaleString()} ${status} task(s)${core ? ` of ${core}` : ""}${more}?`)) return;
     const done = await act(`${action}: done`, () => api("POST", "/jobs/bulk", filter));
-    if (done) toast(`${done.changed} changed, ${done.refused.length} refused`);
+    if (done) {
+      const left = done.next_after ? "; more are left: run it again" : "";
+      toast(`${done.changed} changed, ${done.refused.length} refused${left}`, done.refused.length > 0);
+    }
   };
-  return h("div", { class: "row", "aria-label": "Bulk actions" },
+  return h("div", { class: "row", role: "group", "aria-label": "Bulk actions" },
     h("span", { class: "muted" }, `Every ${status} task${core ? ` of ${core}` : ""}:`),
     actions.map((action) => h("button", { class: action === "delete" ? "danger" : "secondary", onclick: () => run(action) }, `${action[0].toUpperCase()}${action.slice(1)} all…`)));
 }
 
-async function taskView(main, id) {
+async function taskView(main, id, scope) {
   const body = h("div", { "data-testid": "task-detail" });
   main.append(h("p", {}, h("a", { href: "#/tasks" }, "← Tasks")), body);
   const render = async () => {
@@ -451,13 +521,17 @@ async function taskView(main, id) {
     }
     const events = await api("GET", `/jobs/${encodeURIComponent(task.task_id)}/events`).catch(() => ({ events: [] }));
     const actions = [];
+    const waitsFor = new Date(task.estimated_start).getTime() - Date.now();
+    if (task.status === "queued" && waitsFor > 0) scope.after(() => render().catch(() => {}), waitsFor + 500);
     if (can.operate()) {
-      if (!FINISHED.has(task.status)) actions.push(h("button", { class: "secondary", onclick: () => act("Cancel requested", () => api("POST", `/jobs/${task.task_id}/cancel`)).then(render) }, "Cancel"));
-      if (task.status === "queued" && new Date(task.estimated_start).getTime() > Date.now()) {
-        actions.push(h("button", { class: "secondary", title: "It waits for its delay or a retry's backoff", onclick: () => act("Due now", () => api("POST", `/jobs/${task.task_id}/requeue`)).then(render) }, "Run now"));
+      // A workflow's tasks are retried with their workflow, and kept with it.
+      const alone = !task.workflow_id;
+      if (!FINISHED.has(task.status)) actions.push(h("button", { class: "secondary", "data-key": "cancel", onclick: () => act("Cancelled", () => api("POST", `/jobs/${task.task_id}/cancel`)).then(render) }, "Cancel"));
+      if (task.status === "queued" && waitsFor > 1000) {
+        actions.push(h("button", { class: "secondary", "data-key": "requeue", title: "It waits for its delay or a retry's backoff: make it due now", onclick: () => act("Requeued: due now", () => api("POST", `/jobs/${task.task_id}/requeue`)).then(render) }, "Requeue now"));
       }
-      if (RETRYABLE.has(task.status)) actions.push(h("button", { onclick: () => act("Queued again", () => api("POST", `/jobs/${task.task_id}/retry`)).then(render) }, "Retry"));
-      if (FINISHED.has(task.status)) actions.push(h("button", { class: "danger", onclick: async () => {
+      if (RETRYABLE.has(task.status) && alone) actions.push(h("button", { "data-key": "retry", onclick: () => act("Queued again", () => api("POST", `/jobs/${task.task_id}/retry`)).then(render) }, "Retry"));
+      if (FINISHED.has(task.status) && alone) actions.push(h("button", { class: "danger", "data-key": "delete", onclick: async () => {
         if (!confirm("Delete this task and forget it?")) return;
         if (await act("Task deleted", () => api("DELETE", `/jobs/${task.task_id}`)) !== undefined) location.hash = "#/tasks";
       } }, "Delete"));
@@ -485,15 +559,20 @@ async function taskView(main, id) {
   };
   await render();
   const again = debounce(() => render().catch(() => {}), 200);
-  const plain = id.replace(/^task-/, "");
-  onLive((event) => { if (event.task_id && event.task_id.replace(/^task-/, "") === plain) again(); });
+  const plain = id.replace(/^task-/, "").toLowerCase();
+  scope.live((event) => { if (event.task_id && String(event.task_id).replace(/^task-/, "").toLowerCase() === plain) again(); });
 }
 
-function eventsView(main) {
+function eventsView(main, scope) {
   let paused = false;
   const list = h("tbody");
   const filter = h("input", { placeholder: "kind, engine or task id", "aria-label": "Filter events" });
-  const toggle = h("button", { class: "secondary", onclick: () => { paused = !paused; toggle.textContent = paused ? "Resume" : "Pause"; if (!paused) render(); } }, "Pause");
+  const toggle = h("button", { class: "secondary", "aria-pressed": "false", onclick: () => {
+    paused = !paused;
+    toggle.textContent = paused ? "Resume" : "Pause";
+    toggle.setAttribute("aria-pressed", String(paused));
+    if (!paused) render();
+  } }, "Pause");
   const row = (e) => h("tr", {}, h("td", { class: "num mono" }, e.seq), h("td", {}, when(e.at)), h("td", {}, e.kind),
     h("td", {}, e.task_id ? taskLink(e.task_id) : "—"), h("td", {}, e.core_id ?? "—"),
     h("td", { class: "wide mono" }, e.data && Object.keys(e.data).length ? JSON.stringify(e.data).slice(0, 160) : ""));
@@ -504,15 +583,17 @@ function eventsView(main) {
   const render = () => fill(list, ...session.live.filter(matches).slice(0, 200).map(row));
   filter.addEventListener("input", render);
   main.append(h("h1", {}, "Live events"),
-    h("div", { class: "row" }, filter, toggle, h("span", { class: "muted" }, "Newest first; the stream resumes where it left off after a reconnect.")),
+    h("div", { class: "row" }, filter, toggle, h("span", { class: "muted" }, `Newest first, the last ${LIVE_KEEP} since the page opened; after a lost connection the stream goes on from the last event it had.`)),
     h("div", { class: "table-wrap" }, h("table", { class: "events", "data-testid": "event-list" },
       h("thead", {}, h("tr", {}, h("th", { class: "num" }, "#"), h("th", {}, "At"), h("th", {}, "Kind"), h("th", {}, "Task"), h("th", {}, "Engine"), h("th", { class: "wide" }, "Data"))),
       list)));
   render();
-  onLive(() => { if (!paused) render(); });
+  // At most four times a second, however fast events come.
+  const again = debounce(() => { if (!paused) render(); }, 250);
+  scope.live(again);
 }
 
-async function enginesView(main) {
+async function enginesView(main, scope) {
   const body = h("div");
   main.append(h("h1", {}, "Engines"), body);
   const render = async () => {
@@ -523,19 +604,26 @@ async function enginesView(main) {
         h("tbody", {}, list.engines.map((e) => engineRow(e, render))))));
   };
   await render();
-  const again = debounce(() => render().catch(() => {}), 500);
-  onLive((event) => { if (event.kind.startsWith("engine.")) again(); });
+  const refresh = () => { if (!typingIn(main)) render().catch(() => {}); };
+  const again = debounce(refresh, 500);
+  scope.live((event) => { if (event.kind.startsWith("engine.") || event.kind.startsWith("node.")) again(); });
+  scope.every(refresh, 10000);
 }
 
 function engineRow(e, render) {
   const name = encodeURIComponent(e.engine);
   const health = e.quarantine
     ? h("span", { title: e.quarantine.last_error || "" }, badge("quarantined"), ` since ${ago(e.quarantine.since)}`)
-    : e.status === "node_not_ready" ? badge("failed") : badge("ok");
+    : ({
+      running: badge("ok"), paused: badge("ok"), probing: badge("probing"),
+      node_not_ready: h("span", { class: "badge critical" }, "node not ready"),
+      stopped: h("span", { class: "badge critical", title: "its claim loop stopped" }, "stopped"),
+      not_registered: h("span", { class: "muted" }, "not served here"),
+    })[e.status] ?? badge(e.status);
   const actions = [];
   if (can.operate()) {
-    if (e.pause) actions.push(h("button", { onclick: () => act(`${e.engine} resumed`, () => api("POST", `/engines/${name}/resume`)).then(render) }, "Resume"));
-    else actions.push(h("button", { class: "secondary", onclick: () => {
+    if (e.pause) actions.push(h("button", { "data-key": `resume:${e.engine}`, "aria-label": `Resume ${e.engine}`, onclick: () => act(`${e.engine} resumed`, () => api("POST", `/engines/${name}/resume`)).then(render) }, "Resume"));
+    else actions.push(h("button", { class: "secondary", "data-key": `pause:${e.engine}`, "aria-label": `Pause ${e.engine}`, onclick: () => {
       const reason = prompt(`Pause ${e.engine}: its tasks wait, running ones finish. Reason?`, "paused from the dashboard");
       if (reason !== null) act(`${e.engine} paused`, () => api("POST", `/engines/${name}/pause?reason=${encodeURIComponent(reason)}`)).then(render);
     } }, "Pause"));
@@ -544,8 +632,8 @@ function engineRow(e, render) {
       actions.push(h("form", { class: "actions", onsubmit: (ev) => {
         ev.preventDefault();
         act(`${e.engine}: concurrency ${input.value}`, () => api("PUT", `/engines/${name}/concurrency`, { limit: Number(input.value) })).then(render);
-      } }, input, h("button", { class: "secondary", type: "submit" }, "Set")));
-      if (e.limit_pinned) actions.push(h("button", { class: "link", onclick: () => act(`${e.engine}: concurrency back to ${e.registered_limit}`, () => api("DELETE", `/engines/${name}/concurrency`)).then(render) }, "Unpin"));
+      } }, input, h("button", { class: "secondary", type: "submit", "aria-label": `Set the concurrency of ${e.engine}` }, "Set")));
+      if (e.limit_pinned) actions.push(h("button", { class: "link", "aria-label": `Unpin the concurrency of ${e.engine}`, onclick: () => act(`${e.engine}: concurrency back to ${e.registered_limit}`, () => api("DELETE", `/engines/${name}/concurrency`)).then(render) }, "Unpin"));
     }
   }
   return h("tr", { "data-engine": e.engine },
@@ -556,7 +644,7 @@ function engineRow(e, render) {
     can.operate() ? h("td", {}, h("div", { class: "actions" }, actions)) : null);
 }
 
-async function locksView(main) {
+async function locksView(main, scope) {
   const body = h("div");
   main.append(h("h1", {}, "Locks"), body);
   const render = async () => {
@@ -567,14 +655,14 @@ async function locksView(main) {
         h("td", { class: "mono" }, l.resource), h("td", {}, l.owner), h("td", { class: "num" }, l.fencing_token),
         h("td", { title: when(l.expires_at) }, ago(l.expires_at)),
         h("td", {}, l.waiters?.length ? h("ol", {}, l.waiters.map((w) => h("li", {}, `${w.owner} (priority ${w.priority}, waiting ${ago(w.enqueued_at).replace(" ago", "")})`))) : "none"),
-        can.admin() ? h("td", {}, h("button", { class: "danger", onclick: () => {
+        can.admin() ? h("td", {}, h("button", { class: "danger", "data-key": `release:${l.resource}`, "aria-label": `Release ${l.resource}`, onclick: () => {
           if (confirm(`Force ${l.owner}'s lock on ${l.resource} free? Its holder's fencing token stops being the newest.`)) act("Lock released", () => api("DELETE", `/locks/${encodeURIComponent(l.resource)}`)).then(render);
         } }, "Release")) : null))
-        : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No lock is held."))))));
+        : h("tr", {}, h("td", { colspan: can.admin() ? 6 : 5, class: "muted" }, "No lock is held."))))));
   };
   await render();
-  const timer = setInterval(() => render().catch(() => {}), 5000);
-  current.cleanups.push(() => clearInterval(timer));
+  scope.live((event) => { if (event.kind.startsWith("lock.")) render().catch(() => {}); });
+  scope.every(() => render().catch(() => {}), 5000);
 }
 
 async function pluginsView(main) {
@@ -583,7 +671,7 @@ async function pluginsView(main) {
     h("div", { class: "table-wrap" }, h("table", { "data-testid": "plugin-list" },
       h("thead", {}, h("tr", {}, h("th", {}, "Plugin"), h("th", {}, "Version"), h("th", {}, "Description"), h("th", {}, "Serves"))),
       h("tbody", {}, data.plugins.length ? data.plugins.map((p) => h("tr", {}, h("td", {}, p.name), h("td", { class: "mono" }, p.version), h("td", {}, p.description),
-        h("td", {}, p.capabilities.map((c) => c.core_id || c.type || JSON.stringify(c)).join(", "))))
+        h("td", {}, p.capabilities.map((c) => (c.detail ? `${c.name}: ${c.detail}` : c.name)).join(", "))))
         : h("tr", {}, h("td", { colspan: 4, class: "muted" }, "No plugin loaded."))))),
     h("h2", {}, "Engines served by this node"), h("p", {}, data.engines.join(", ") || "none"));
 }
@@ -620,11 +708,13 @@ async function usersView(main) {
       h("tbody", {}, list.map((u) => {
         const name = encodeURIComponent(u.username);
         return h("tr", {}, h("td", {}, u.username), h("td", {}, u.role),
-          h("td", {}, u.disabled ? badge("cancelled") : u.locked_until ? "locked" : "active"),
-          h("td", {}, h("div", { class: "actions" },
-            h("button", { class: "secondary", onclick: () => act(u.disabled ? "Enabled" : "Disabled", () => api("PATCH", `/users/${name}`, { disabled: !u.disabled })).then(render) }, u.disabled ? "Enable" : "Disable"),
-            u.locked_until ? h("button", { class: "secondary", onclick: () => act("Unlocked", () => api("POST", `/users/${name}/unlock`)).then(render) }, "Unlock") : null,
-            u.username !== session.me.username ? h("button", { class: "danger", onclick: () => { if (confirm(`Delete ${u.username}?`)) act("Deleted", () => api("DELETE", `/users/${name}`)).then(render); } }, "Delete") : null)));
+          h("td", {}, u.disabled ? h("span", { class: "badge cancelled" }, "disabled") : u.locked_until ? h("span", { class: "badge warning" }, "locked out") : "active"),
+          h("td", {}, u.username === session.me.username ? h("span", { class: "muted" }, "you") : h("div", { class: "actions" },
+            h("select", { "aria-label": `Role of ${u.username}`, onchange: (e) => act(`${u.username} is now ${e.target.value}`, () => api("PATCH", `/users/${name}`, { role: e.target.value })).then(render) },
+              ["viewer", "operator", "system", "admin"].map((r) => h("option", { value: r, selected: r === u.role }, r))),
+            h("button", { class: "secondary", "aria-label": `${u.disabled ? "Enable" : "Disable"} ${u.username}`, onclick: () => act(u.disabled ? "Enabled" : "Disabled", () => api("PATCH", `/users/${name}`, { disabled: !u.disabled })).then(render) }, u.disabled ? "Enable" : "Disable"),
+            u.locked_until ? h("button", { class: "secondary", "aria-label": `Unlock ${u.username}`, onclick: () => act("Unlocked", () => api("POST", `/users/${name}/unlock`)).then(render) }, "Unlock") : null,
+            h("button", { class: "danger", "aria-label": `Delete ${u.username}`, onclick: () => { if (confirm(`Delete ${u.username}?`)) act("Deleted", () => api("DELETE", `/users/${name}`)).then(render); } }, "Delete"))));
       })))));
   };
   await render();
@@ -632,10 +722,11 @@ async function usersView(main) {
 
 // ---- routing -------------------------------------------------------------------------------
 
-const current = { cleanups: [], generation: 0 };
+const current = { scope: new Scope(), generation: 0 };
 
 async function route() {
-  for (const cleanup of current.cleanups.splice(0)) cleanup();
+  current.scope.end();
+  const scope = (current.scope = new Scope());
   const generation = ++current.generation;
   const main = document.getElementById("main");
   const view = h("div");
@@ -660,23 +751,33 @@ async function route() {
   }
   const params = queryOf(hash);
   try {
-    if (path === "#/" || path === "#") await overviewView(view);
-    else if (path === "#/tasks") await tasksView(view, params);
-    else if (path.startsWith("#/tasks/")) await taskView(view, decodeURIComponent(path.slice(8)));
-    else if (path === "#/events") eventsView(view);
-    else if (path === "#/engines") await enginesView(view);
-    else if (path === "#/locks") await locksView(view);
+    if (path === "#/" || path === "#") await overviewView(view, scope);
+    else if (path === "#/tasks") await tasksView(view, params, scope);
+    else if (path.startsWith("#/tasks/")) await taskView(view, decodeURIComponent(path.slice(8)), scope);
+    else if (path === "#/events") eventsView(view, scope);
+    else if (path === "#/engines") await enginesView(view, scope);
+    else if (path === "#/locks") await locksView(view, scope);
     else if (path === "#/plugins") await pluginsView(view);
     else if (path === "#/users") await usersView(view);
     else view.append(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the overview")));
   } catch (error) {
-    if (generation === current.generation && session.me) view.append(h("p", { class: "error", role: "alert" }, error.message));
+    if (generation === current.generation && session.me) {
+      // Said on the page, and logged: a view that fails to render is a bug to see.
+      console.error(`the view ${path} failed:`, error);
+      view.append(h("p", { class: "error", role: "alert" }, error.message));
+    }
   }
 }
 
 window.addEventListener("hashchange", () => {
+  // Views are "#/..."; any other fragment is an in-page link.
+  if (location.hash && !location.hash.startsWith("#/")) return;
   route();
   document.getElementById("main").focus({ preventScroll: true });
+});
+document.querySelector(".skip").addEventListener("click", (e) => {
+  e.preventDefault();
+  document.getElementById("main").focus();
 });
 document.getElementById("logout").addEventListener("click", async () => {
   await api("POST", "/auth/logout").catch(() => {});
