@@ -16,14 +16,15 @@ orchd=$(realpath "${1:-$target/debug/orchd}")
 venv=$(realpath -m "${DASHBOARD_VENV:-$target/dashboard-venv}")
 version=1.65.2
 
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    sudo apt-get update -qq
-    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  fi
+# Debian packages this needs: the browser, and Python's venv module.
+packages=()
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
+if [ ${#packages[@]} -gt 0 ]; then
+  sudo=
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 chromium --version 2>/dev/null || true
 
