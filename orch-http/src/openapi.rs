@@ -26,7 +26,8 @@ use crate::error::ErrorBody;
         EventView,
         StorableJson,
         ParentFailure,
-        WorkflowState
+        WorkflowState,
+        crate::routes::jobs::JobsOrder
     )),
     modifiers(&BearerAuth)
 )]

@@ -433,7 +433,8 @@ async function tasksView(main, params, scope) {
   const pager = h("div", { class: "row" });
   main.append(table, pager);
   const render = async () => {
-    const query = new URLSearchParams({ limit: PAGE });
+    // Newest first: what an operator looks for is what just happened.
+    const query = new URLSearchParams({ limit: PAGE, order: "newest" });
     if (status) query.set("status", status);
     if (core) query.set("core_id", core);
     if (after) query.set("after", after);
@@ -445,9 +446,10 @@ async function tasksView(main, params, scope) {
         h("td", { class: "num" }, t.priority), h("td", { class: "num" }, `${t.attempt}/${t.max_attempts}`),
         h("td", { class: "wide" }, when(t.created_at)), h("td", { class: "wide" }, ago(t.updated_at))))
         : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No task matches.")))));
-    fill(pager, 
-      after ? h("button", { class: "secondary", onclick: () => go({ after: "" }) }, "First page") : null,
-      page.next_after ? h("button", { class: "secondary", onclick: () => go({ after: page.next_after }) }, "Next page") : null);
+    fill(pager,
+      after ? h("button", { class: "secondary", "data-key": "newest", onclick: () => go({ after: "" }) }, "Newest") : null,
+      page.next_after ? h("button", { class: "secondary", "data-key": "older", onclick: () => go({ after: page.next_after }) }, "Older") : null,
+      h("span", { class: "muted" }, "Newest first."));
   };
   await render();
   const again = debounce(() => { if (!typingIn(main)) render().catch(() => {}); }, 3000);

@@ -303,6 +303,30 @@ pub(super) async fn list_filters_and_pages(b: SharedBackend) -> CheckResult {
         running.len() == 1 && running[0].id == c.task.id,
         "status filter"
     );
+    // Newest first: the same pages from the other end.
+    let newest = |after: Option<TaskId>, engine: Option<&str>| {
+        let b = b.clone();
+        let engine = engine.map(str::to_owned);
+        async move {
+            b.list_tasks(TaskFilter {
+                limit: 2,
+                after,
+                engine,
+                newest_first: true,
+                ..Default::default()
+            })
+            .await
+            .map(|page| page.iter().map(|t| t.id).collect::<Vec<_>>())
+        }
+    };
+    let first = ok!(newest(None, None).await);
+    ensure!(first == [ids[4], ids[3]], "newest first page {first:?}");
+    let second = ok!(newest(Some(ids[3]), None).await);
+    ensure!(second == [ids[2], ids[1]], "newest second page {second:?}");
+    let last = ok!(newest(Some(ids[1]), None).await);
+    ensure!(last == [ids[0]], "newest last page {last:?}");
+    let even = ok!(newest(Some(ids[4]), Some("even")).await);
+    ensure!(even == [ids[2], ids[0]], "newest with a filter {even:?}");
     Ok(())
 }
 

@@ -663,9 +663,20 @@ impl TaskStore for MemoryBackend {
             .map(|r| &r.task)
             .filter(|t| filter.status.is_none_or(|s| t.status == s))
             .filter(|t| filter.engine.as_deref().is_none_or(|e| t.engine == e))
-            .filter(|t| filter.after.is_none_or(|after| t.id > after))
+            .filter(|t| {
+                filter.after.is_none_or(|after| {
+                    if filter.newest_first {
+                        t.id < after
+                    } else {
+                        t.id > after
+                    }
+                })
+            })
             .collect();
         tasks.sort_unstable_by_key(|t| t.id);
+        if filter.newest_first {
+            tasks.reverse();
+        }
         Ok(tasks.into_iter().take(limit).cloned().collect())
     }
 

@@ -795,7 +795,7 @@ pub enum Resolution {
 }
 
 /// Filters for [`TaskStore::list_tasks`](crate::backend::TaskStore::list_tasks). Results are ordered by
-/// id (creation time); page with `after`.
+/// id (creation time), oldest first unless `newest_first`; page with `after`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct TaskFilter {
     /// Only tasks in this state.
@@ -803,10 +803,14 @@ pub struct TaskFilter {
     /// Only tasks of this engine.
     #[serde(rename = "core_id", alias = "engine")]
     pub engine: Option<String>,
-    /// Only tasks with an id greater than this (the last id of the previous page).
+    /// Only tasks after this one in the page order (the last id of the previous page): with a
+    /// greater id, or with a smaller one when `newest_first`.
     pub after: Option<TaskId>,
     /// Page size; 0 means 100. Capped at 1000.
     pub limit: usize,
+    /// Newest first (descending ids) instead of oldest first.
+    #[serde(default)]
+    pub newest_first: bool,
 }
 
 impl TaskFilter {

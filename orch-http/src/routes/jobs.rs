@@ -513,6 +513,9 @@ pub struct JobsQuery {
     /// JSON (always at least one task): follow `next_after`.
     #[param(nullable = false, minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+    /// `oldest` (the default) or `newest` first; `after` then goes on in that order.
+    #[param(value_type = Option<JobsOrder>)]
+    pub order: Option<String>,
     /// Only the task dispatched with this idempotency key (a page of at most one task; the
     /// other filters still apply).
     #[param(
@@ -604,6 +607,16 @@ impl PageBody {
     }
 }
 
+/// The order of a page of tasks.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobsOrder {
+    /// By creation, oldest first.
+    Oldest,
+    /// By creation, newest first.
+    Newest,
+}
+
 /// A page of tasks.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobsPage {
@@ -614,7 +627,7 @@ pub struct JobsPage {
 }
 
 /// `GET /jobs`: filters `status`, `core_id` and `idempotency_key`, paging with `after` and
-/// `limit`. A page ends at
+/// `limit`, oldest or newest first (`order`). A page ends at
 /// `limit` tasks or [`MAX_PAGE_BYTES`] of JSON, whichever comes first; `next_after` is present
 /// whenever it ended so.
 #[utoipa::path(get, path = "/jobs", tag = "tasks", security(("bearer" = [])), params(JobsQuery),
@@ -641,6 +654,16 @@ pub async fn list_jobs(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("limit", "must be between 1 and 1000"));
     }
+    let newest_first = match query.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "order",
+                "must be \"oldest\" or \"newest\"",
+            ));
+        }
+    };
     if let Some(key) = &query.idempotency_key {
         let found = orch
             .find_by_idempotency_key(key)
@@ -659,7 +682,15 @@ pub async fn list_jobs(
                     .as_ref()
                     .is_none_or(|core| &task.engine == core)
             })
-            .filter(|task| after.is_none_or(|after| task.id > after));
+            .filter(|task| {
+                after.is_none_or(|after| {
+                    if newest_first {
+                        task.id < after
+                    } else {
+                        task.id > after
+                    }
+                })
+            });
         let mut page = PageBody::new("jobs");
         if let Some(task) = found {
             page.push(&TaskView::from(task))?;
@@ -679,6 +710,7 @@ pub async fn list_jobs(
                 engine: query.core_id.clone(),
                 after,
                 limit: read,
+                newest_first,
             })
             .await?;
         let got = tasks.len();
@@ -1208,6 +1240,7 @@ pub async fn bulk_jobs(
                 engine: body.core_id.clone(),
                 after,
                 limit: 1000,
+                newest_first: false,
             })
             .await?;
         let full = page.len() == 1000;

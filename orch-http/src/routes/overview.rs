@@ -166,8 +166,11 @@ pub const STATS_CACHE: Duration = Duration::from_secs(2);
 /// are open, the store counts its tasks at most once per interval, one count at a time.
 #[derive(Debug, Clone, Default)]
 pub struct StatsCache {
-    last: Arc<tokio::sync::Mutex<Option<(Instant, Arc<Vec<EngineCounts>>)>>>,
+    last: Arc<tokio::sync::Mutex<Option<Counted>>>,
 }
+
+/// A count of tasks, and when it was made.
+type Counted = (Instant, Arc<Vec<EngineCounts>>);
 
 impl StatsCache {
     async fn counts(&self, orch: &Orchestrator) -> orch_core::Result<Arc<Vec<EngineCounts>>> {

@@ -301,7 +301,7 @@ async fn the_page_and_its_assets_are_served_under_a_strict_policy() {
         (
             "/ui/app.js",
             "text/javascript",
-            "new EventSource(\"/sse/events\")",
+            "new EventSource(`/sse/events",
         ),
         ("/ui/app.css", "text/css", ".badge"),
         ("/ui/icon.svg", "image/svg+xml", "<svg"),
@@ -341,4 +341,56 @@ async fn the_page_and_its_assets_are_served_under_a_strict_policy() {
         .await
         .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_listed_newest_first_on_request() {
+    let server = common::start().await;
+    let operator = server.token("operator").await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let task = server
+            .call(
+                Method::POST,
+                "/dispatch",
+                Some(&operator),
+                Some(json!({"core_id": "nobody-serves-this"})),
+            )
+            .await;
+        ids.push(task.body["task_id"].as_str().unwrap().to_owned());
+    }
+    let page = |query: String| {
+        let server = &server;
+        let operator = operator.clone();
+        async move {
+            let reply = server
+                .call(
+                    Method::GET,
+                    &format!("/jobs?{query}"),
+                    Some(&operator),
+                    None,
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.body);
+            let listed: Vec<String> = reply.body["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["task_id"].as_str().unwrap().to_owned())
+                .collect();
+            (listed, reply.body["next_after"].as_str().map(str::to_owned))
+        }
+    };
+    let (first, next) = page("order=newest&limit=2".into()).await;
+    assert_eq!(first, [ids[4].clone(), ids[3].clone()]);
+    let (second, next) = page(format!("order=newest&limit=2&after={}", next.unwrap())).await;
+    assert_eq!(second, [ids[2].clone(), ids[1].clone()]);
+    let (last, _) = page(format!("order=newest&limit=2&after={}", next.unwrap())).await;
+    assert_eq!(last, [ids[0].clone()]);
+    let (oldest, _) = page("order=oldest&limit=2".into()).await;
+    assert_eq!(oldest, [ids[0].clone(), ids[1].clone()]);
+    let bad = server
+        .call(Method::GET, "/jobs?order=random", Some(&operator), None)
+        .await;
+    assert_error(&bad, StatusCode::BAD_REQUEST);
 }

@@ -220,7 +220,10 @@ def operator_journey(browser, orchd, screenshots, errors):
     page.get_by_label("State").select_option("queued")
     page.get_by_label("Engine").first.fill("e2e-parked")
     page.get_by_role("button", name="Show").click()
-    expect(page.get_by_test_id("task-list").locator("tbody tr[data-task]")).to_have_count(3)
+    rows = page.get_by_test_id("task-list").locator("tbody tr[data-task]")
+    expect(rows).to_have_count(3)
+    listed = [rows.nth(i).get_attribute("data-task") for i in range(3)]
+    assert listed == parked[::-1], f"not newest first: {listed} for {parked}"
     page.get_by_role("button", name="Cancel all…").click()
     expect(page.get_by_test_id("task-list").locator("tbody tr[data-task]")).to_have_count(0)
     assert any("3 queued task(s) of e2e-parked" in m for m in dialogs), dialogs

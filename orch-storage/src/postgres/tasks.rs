@@ -1057,18 +1057,23 @@ impl TaskStore for PostgresBackend {
     async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
         const OP: &str = "list_tasks";
         let limit = i64::try_from(filter.effective_limit()).unwrap_or(1000);
-        let rows = sqlx::query(
+        let sql = if filter.newest_first {
+            "SELECT * FROM orch_tasks WHERE ($1::text IS NULL OR status = $1) \
+             AND ($2::text IS NULL OR core_id = $2) AND ($3::uuid IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4"
+        } else {
             "SELECT * FROM orch_tasks WHERE ($1::text IS NULL OR status = $1) \
              AND ($2::text IS NULL OR core_id = $2) AND ($3::uuid IS NULL OR id > $3) \
-             ORDER BY id LIMIT $4",
-        )
-        .bind(filter.status.map(TaskStatus::as_str))
-        .bind(filter.engine.as_deref())
-        .bind(filter.after.map(|id| id.0))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err(OP))?;
+             ORDER BY id LIMIT $4"
+        };
+        let rows = sqlx::query(sql)
+            .bind(filter.status.map(TaskStatus::as_str))
+            .bind(filter.engine.as_deref())
+            .bind(filter.after.map(|id| id.0))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err(OP))?;
         tasks_from_rows(OP, &rows)
     }
 
