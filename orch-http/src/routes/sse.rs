@@ -4,8 +4,9 @@
 //! user so that one user cannot take every slot. A slow client lags and catches up from the
 //! log ([`orch_core::Subscription`] does it). Orch's operational events (tasks, workflows,
 //! engines, locks, alerts, nodes, plugins, rescues: [`OPERATIONAL_KINDS`]) reach every role;
-//! everything else (security events `auth.*`, an application's own kinds) reaches admins only. A stream ends when its token stops being valid (expired, or its user
-//! deleted, disabled or changed: [`Session::still_valid`]).
+//! everything else (security events `auth.*`, an application's own kinds) reaches admins
+//! only. A stream ends when its token stops being valid (expired, or its user deleted,
+//! disabled or changed: [`Session::still_valid`]).
 //!
 //! A stream of one task that resumes from a sequence number replays that task's events through
 //! the log's index by task, then follows the live log: it never scans the retained log, however
