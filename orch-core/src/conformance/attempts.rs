@@ -675,6 +675,28 @@ pub(super) async fn requeue_runs_a_waiting_task_now(b: SharedBackend) -> CheckRe
         *data == json!({"from": "queued", "actor": "user:ops"}),
         "task.requeued data {data}"
     );
+    // Requeues at once (operators, nodes): one applies, the others are refused.
+    let racing = create(&b, TaskSpec::new("rq-race").delay(Duration::from_secs(3600))).await?;
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { b.requeue_task(racing.id, "user:ops").await })
+        })
+        .collect();
+    let mut applied = 0;
+    for racer in racers {
+        match racer.await.map_err(|e| format!("a requeue panicked: {e}"))? {
+            Ok(_) => applied += 1,
+            Err(Error::Invalid { .. }) => {}
+            Err(other) => return Err(format!("a raced requeue failed: {other:?}")),
+        }
+    }
+    ensure!(applied == 1, "{applied} of 8 requeues at once applied");
+    let kinds = events_of(&b, racing.id).await?;
+    ensure!(
+        kinds == [EventKind::TaskQueued, EventKind::TaskRequeued],
+        "events of a raced requeue {kinds:?}"
+    );
     // Due now: a second requeue (a double click) is refused, saying why.
     let again = b.requeue_task(later.id, "user:ops").await;
     ensure!(

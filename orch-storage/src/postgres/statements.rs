@@ -145,7 +145,7 @@ FROM claimed ORDER BY priority DESC, run_at, id"
 /// the tasks it ends mean for the tasks waiting for them. The arrays hold one change each, in
 /// input order: the task `$1`; the guard it must still meet (state `$2`, lease token `$3` or
 /// none, attempt `$4` when not NULL, lease expired by the database clock when `$5`, marked to
-/// end by a parent when `$15`); the change (state `$6`, attempt step `$7`, run time `$8`
+/// end by a parent when `$15`, not due yet by the database clock when `$16`); the change (state `$6`, attempt step `$7`, run time `$8`
 /// microseconds from now or unchanged when NULL, `finished_at` set when `$9`, result `$10` and
 /// error `$11` when not NULL; the lease and any mark dropped), and its events `$12` (a JSON
 /// array of `{"kind", "data"}`). `$13` is the notification payload when no task was released
@@ -170,9 +170,10 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
     "WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int4[], $5::bool[],
                          $6::text[], $7::int4[], $8::int8[], $9::bool[], $10::text[],
-                         $11::text[], $12::text[], $15::bool[])
+                         $11::text[], $12::text[], $15::bool[], $16::bool[])
         WITH ORDINALITY AS u(id, from_status, token, attempt, expired, to_status, step,
-                             run_in_us, finished, result, error, events, doomed, ord)
+                             run_in_us, finished, result, error, events, doomed, not_due,
+                             ord)
 ), probe AS (
     -- Each entry's task as the snapshot has it: whether its guard holds, and how many
     -- dependents it had.
@@ -183,7 +184,8 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
             AND t.lease_token IS NOT DISTINCT FROM input.token
             AND (input.attempt IS NULL OR t.attempt = input.attempt)
             AND (NOT input.expired OR t.lease_expires_at <= now())
-            AND (NOT input.doomed OR t.doom IS NOT NULL) AS held
+            AND (NOT input.doomed OR t.doom IS NOT NULL)
+            AND (NOT input.not_due OR t.run_at > clock_timestamp()) AS held
         FROM orch_tasks t WHERE t.id = input.id LIMIT 1
     ) AS s
 ), kids AS (
@@ -233,6 +235,9 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
         AND (p.attempt IS NULL OR orch_tasks.attempt = p.attempt)
         AND (NOT p.expired OR orch_tasks.lease_expires_at <= now())
         AND (NOT p.doomed OR orch_tasks.doom IS NOT NULL)
+        -- The time of this check, not of the statement's start: a requeue that waited for
+        -- another's commit sees the `run_at` it set as due.
+        AND (NOT p.not_due OR orch_tasks.run_at > clock_timestamp())
     RETURNING orch_tasks.*, p.ord, p.events, p.finished AS ends,
         p.snap_dependents
 ), ended AS (

@@ -368,6 +368,8 @@ pub(super) struct Entry {
     pub(super) expired: bool,
     /// Whether it must be marked to end by a parent (a waiting task ended by the sweep).
     pub(super) doomed: bool,
+    /// Whether it must not be due yet by the database clock (an operator's requeue).
+    pub(super) not_due: bool,
     pub(super) change: rules::Change,
 }
 
@@ -380,6 +382,7 @@ impl Entry {
             attempt: None,
             expired: false,
             doomed: false,
+            not_due: false,
             change,
         }
     }
@@ -489,6 +492,7 @@ impl PostgresBackend {
         let mut attempts = Vec::with_capacity(n);
         let mut expired = Vec::with_capacity(n);
         let mut doomed = Vec::with_capacity(n);
+        let mut not_due = Vec::with_capacity(n);
         let mut to = Vec::with_capacity(n);
         let mut steps = Vec::with_capacity(n);
         let mut run_in = Vec::with_capacity(n);
@@ -515,6 +519,7 @@ impl PostgresBackend {
             attempts.push(entry.attempt.map(|a| i32::try_from(a).unwrap_or(i32::MAX)));
             expired.push(entry.expired);
             doomed.push(entry.doomed);
+            not_due.push(entry.not_due);
             to.push(change.to.as_str());
             steps.push(change.attempt.step());
             run_in.push(change.run_at.delay().map(db_micros));
@@ -548,6 +553,7 @@ impl PostgresBackend {
                 .bind(&hint)
                 .bind(&released_payload)
                 .bind(&doomed)
+                .bind(&not_due)
                 .fetch_all(pool)
                 .await;
             match attempt {
@@ -686,6 +692,7 @@ impl PostgresBackend {
                 attempt: u32::try_from(attempt).ok(),
                 expired: false,
                 doomed: false,
+                not_due: false,
                 change: rule(status)?,
             };
             match self
@@ -892,6 +899,7 @@ impl PostgresBackend {
                 attempt: Some(report.attempt),
                 expired: false,
                 doomed: false,
+                not_due: false,
                 change: rules::end_attempt(report.attempt, report.outcome),
             })
             .collect();
@@ -1287,15 +1295,36 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
 
     async fn requeue_task(&self, id: TaskId, actor: &str) -> Result<Task> {
         const OP: &str = "requeue_task";
-        // Due by the database's clock, the one claims compare `run_at` with.
-        let due: bool = sqlx::query_scalar("SELECT run_at <= now() FROM orch_tasks WHERE id = $1")
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err(OP))?
-            .ok_or(Error::TaskNotFound(id))?;
-        self.transition(OP, id, |status| rules::requeue(id, status, due, actor))
-            .await
+        for _ in 0..CHANGE_TRIES {
+            // Due by the database's clock, the one claims compare `run_at` with; the change
+            // holds only while the task is still not due (two requeues at once: one applies,
+            // the other reads the task again and is refused as due).
+            let row =
+                sqlx::query("SELECT status, run_at <= now() AS due FROM orch_tasks WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err(OP))?
+                    .ok_or(Error::TaskNotFound(id))?;
+            let get = |e: sqlx::Error| corrupt(OP, e);
+            let status: String = row.try_get("status").map_err(get)?;
+            let status: TaskStatus = status.parse().map_err(|e| corrupt(OP, e))?;
+            let due: bool = row.try_get("due").map_err(get)?;
+            let entry = Entry {
+                not_due: true,
+                ..Entry::on(id, rules::requeue(id, status, due, actor)?)
+            };
+            match self.apply_changes(OP, &self.pool, vec![entry]).await?.pop() {
+                Some(Applied::Changed(task)) => return Ok(*task),
+                Some(Applied::Refused { exists: false }) => return Err(Error::TaskNotFound(id)),
+                Some(Applied::Refused { exists: true }) => continue,
+                None => return Err(corrupt(OP, "no answer")),
+            }
+        }
+        Err(Error::backend(
+            OP,
+            format!("task {id} kept changing; gave up after {CHANGE_TRIES} tries"),
+        ))
     }
 
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
@@ -1330,6 +1359,7 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
                 attempt: Some(attempt),
                 expired: true,
                 doomed: false,
+                not_due: false,
                 change: rules::rescue(attempt, max_attempts),
             });
         }
