@@ -160,13 +160,12 @@ pub trait TaskStore: Send + Sync {
     async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>>;
 
     /// The task that holds idempotency key `key`, if any, through the backend's index of keys
-    /// (the three backends of this workspace have one). The default refuses
-    /// ([`Error::Invalid`](crate::Error::Invalid), `idempotency_key`) rather than read every
-    /// task.
+    /// (the three backends of this workspace have one). The default fails
+    /// ([`Error::Backend`](crate::Error::Backend)) rather than read every task.
     async fn task_by_idempotency_key(&self, key: &str) -> Result<Option<Task>> {
         let _ = key;
-        Err(crate::Error::invalid(
-            "idempotency_key",
+        Err(crate::Error::backend(
+            "task_by_idempotency_key",
             "this backend cannot look tasks up by idempotency key",
         ))
     }

@@ -81,7 +81,7 @@ const badge = (state) => h("span", { class: `badge ${state}` }, state.replace("_
 // Ids are time-ordered: their first digits are the time they were made, the same for tasks of one
 // moment. The last digits are random, so they tell tasks apart.
 const shortId = (id) => `…${id.replace(/^task-/, "").slice(-12)}`;
-const taskLink = (id) => h("a", { href: `#/tasks/${id}`, class: "mono", title: id, "data-key": `task:${id}` }, shortId(id));
+const taskLink = (id, key = `task:${id}`) => h("a", { href: `#/tasks/${id}`, class: "mono", title: id, "data-key": key }, shortId(id));
 
 function toast(message, bad) {
   const box = document.getElementById("toast");
@@ -162,7 +162,7 @@ function signedOut(why) {
   session.live = [];
   session.lastSeq = null;
   clearTimeout(session.reconnect);
-  document.getElementById("live").classList.remove("on");
+  setLive(false, "Signed out");
   document.getElementById("nav").hidden = true;
   document.getElementById("who").hidden = true;
   if (why) toast(why, true);
@@ -177,9 +177,10 @@ function setLive(on, text) {
 }
 
 // The live stream. The browser reconnects by itself after a network error (sending the last
-// event's id, so nothing is missed); an answer other than 200 (an expired session, too many
-// streams, a server shutting down) closes it for good, and then the page asks who it is:
-// signed out, or it reopens the stream after the last event it saw, a little later each time.
+// event's id, so once one event has arrived nothing is missed); an answer other than 200 (an
+// expired session, too many streams, a server shutting down) closes it for good, and then the
+// page asks who it is: signed out, or it reopens the stream after the last event it saw, a
+// little later each time.
 function startStream(delay = 1000) {
   if (session.stream) session.stream.close();
   const from = session.lastSeq === null ? "" : `?last_event_id=${session.lastSeq}`;
@@ -191,15 +192,21 @@ function startStream(delay = 1000) {
   stream.onerror = () => {
     setLive(false, "Live updates interrupted: reconnecting");
     if (stream.readyState !== EventSource.CLOSED || session.stream !== stream) return;
+    // Still this stream's turn (not signed out, not replaced meanwhile)?
+    const stillOurs = () => session.me && session.stream === stream;
+    const next = Math.min(delay * 2, 30000);
+    const jitter = () => delay * (0.75 + Math.random() / 2);
     session.reconnect = setTimeout(async () => {
+      if (!stillOurs()) return;
       try {
         await api("GET", "/auth/me");
-        startStream(Math.min(delay * 2, 30000));
+        if (stillOurs()) startStream(next);
       } catch (error) {
-        if (error.status === 401) signedOut("Your session ended: sign in again.");
-        else session.reconnect = setTimeout(() => startStream(Math.min(delay * 2, 30000)), delay);
+        // A 401 has signed the page out already (`api`); say why.
+        if (error.status === 401) toast("Your session ended: sign in again.", true);
+        else if (stillOurs()) session.reconnect = setTimeout(() => stillOurs() && startStream(next), jitter());
       }
-    }, delay);
+    }, jitter());
   };
   const receive = (message) => {
     let event;
@@ -253,18 +260,32 @@ class Scope {
     const timer = setTimeout(fn, Math.min(ms, 2 ** 31 - 1));
     this.cleanups.push(() => clearTimeout(timer));
   }
+  // `fn` at most once per `ms`, the first call `ms` after the first request; nothing once
+  // the view has ended.
+  debounce(fn, ms) {
+    let timer = null;
+    this.cleanups.push(() => clearTimeout(timer));
+    return () => {
+      if (timer || !this.alive) return;
+      timer = setTimeout(() => {
+        timer = null;
+        if (this.alive) fn();
+      }, ms);
+    };
+  }
+  // One pending call of `fn` under `key`: a new one replaces it.
+  once(key, fn, ms) {
+    if (!this.alive) return;
+    this.timers ??= new Map();
+    clearTimeout(this.timers.get(key));
+    this.timers.set(key, setTimeout(fn, Math.min(ms, 2 ** 31 - 1)));
+    if (this.timers.size === 1 && !this.clearsTimers) {
+      this.clearsTimers = true;
+      this.cleanups.push(() => this.timers.forEach((timer) => clearTimeout(timer)));
+    }
+  }
 }
 
-function debounce(fn, ms) {
-  let timer = null;
-  return () => {
-    if (timer) return;
-    timer = setTimeout(() => {
-      timer = null;
-      fn();
-    }, ms);
-  };
-}
 
 // ---- views ---------------------------------------------------------------------------------
 
@@ -378,7 +399,7 @@ async function overviewView(main, scope) {
     colorLegends(body);
   };
   await render();
-  const again = debounce(() => render().catch(() => {}), 5000);
+  const again = scope.debounce(() => render().catch(() => {}), 5000);
   scope.live((event) => { if (event.kind.startsWith("task.") || event.kind.startsWith("alert.")) again(); });
   scope.every(() => render().catch(() => {}), 15000);
 }
@@ -452,7 +473,11 @@ async function tasksView(main, params, scope) {
       h("span", { class: "muted" }, "Newest first."));
   };
   await render();
-  const again = debounce(() => { if (!typingIn(main)) render().catch(() => {}); }, 3000);
+  // Not while the user types in the filters: tried again a little later.
+  const again = scope.debounce(() => {
+    if (typingIn(main)) scope.once("refresh", again, 3000);
+    else render().catch(() => {});
+  }, 3000);
   scope.live((event) => { if (event.kind.startsWith("task.")) again(); });
 }
 
@@ -524,7 +549,7 @@ async function taskView(main, id, scope) {
     const events = await api("GET", `/jobs/${encodeURIComponent(task.task_id)}/events`).catch(() => ({ events: [] }));
     const actions = [];
     const waitsFor = new Date(task.estimated_start).getTime() - Date.now();
-    if (task.status === "queued" && waitsFor > 0) scope.after(() => render().catch(() => {}), waitsFor + 500);
+    if (task.status === "queued" && waitsFor > 0) scope.once("due", () => render().catch(() => {}), waitsFor + 500);
     if (can.operate()) {
       // A workflow's tasks are retried with their workflow, and kept with it.
       const alone = !task.workflow_id;
@@ -560,7 +585,7 @@ async function taskView(main, id, scope) {
     );
   };
   await render();
-  const again = debounce(() => render().catch(() => {}), 200);
+  const again = scope.debounce(() => render().catch(() => {}), 200);
   const plain = id.replace(/^task-/, "").toLowerCase();
   scope.live((event) => { if (event.task_id && String(event.task_id).replace(/^task-/, "").toLowerCase() === plain) again(); });
 }
@@ -576,7 +601,7 @@ function eventsView(main, scope) {
     if (!paused) render();
   } }, "Pause");
   const row = (e) => h("tr", {}, h("td", { class: "num mono" }, e.seq), h("td", {}, when(e.at)), h("td", {}, e.kind),
-    h("td", {}, e.task_id ? taskLink(e.task_id) : "—"), h("td", {}, e.core_id ?? "—"),
+    h("td", {}, e.task_id ? taskLink(e.task_id, `event:${e.seq}`) : "—"), h("td", {}, e.core_id ?? "—"),
     h("td", { class: "wide mono" }, e.data && Object.keys(e.data).length ? JSON.stringify(e.data).slice(0, 160) : ""));
   const matches = (e) => {
     const text = filter.value.trim().toLowerCase();
@@ -591,7 +616,7 @@ function eventsView(main, scope) {
       list)));
   render();
   // At most four times a second, however fast events come.
-  const again = debounce(() => { if (!paused) render(); }, 250);
+  const again = scope.debounce(() => { if (!paused) render(); }, 250);
   scope.live(again);
 }
 
@@ -607,7 +632,7 @@ async function enginesView(main, scope) {
   };
   await render();
   const refresh = () => { if (!typingIn(main)) render().catch(() => {}); };
-  const again = debounce(refresh, 500);
+  const again = scope.debounce(refresh, 500);
   scope.live((event) => { if (event.kind.startsWith("engine.") || event.kind.startsWith("node.")) again(); });
   scope.every(refresh, 10000);
 }

@@ -676,7 +676,11 @@ pub(super) async fn requeue_runs_a_waiting_task_now(b: SharedBackend) -> CheckRe
         "task.requeued data {data}"
     );
     // Requeues at once (operators, nodes): one applies, the others are refused.
-    let racing = create(&b, TaskSpec::new("rq-race").delay(Duration::from_secs(3600))).await?;
+    let racing = create(
+        &b,
+        TaskSpec::new("rq-race").delay(Duration::from_secs(3600)),
+    )
+    .await?;
     let racers: Vec<_> = (0..8)
         .map(|_| {
             let b = b.clone();
@@ -685,7 +689,10 @@ pub(super) async fn requeue_runs_a_waiting_task_now(b: SharedBackend) -> CheckRe
         .collect();
     let mut applied = 0;
     for racer in racers {
-        match racer.await.map_err(|e| format!("a requeue panicked: {e}"))? {
+        match racer
+            .await
+            .map_err(|e| format!("a requeue panicked: {e}"))?
+        {
             Ok(_) => applied += 1,
             Err(Error::Invalid { .. }) => {}
             Err(other) => return Err(format!("a raced requeue failed: {other:?}")),

@@ -49,9 +49,9 @@ pub struct Activity {
 
 impl Activity {
     /// Counts `kind` (a task's end or retry; other kinds are ignored) in the minute of `at`,
-    /// as read at `now`: an event more than an hour older than `now`, or more than a minute
-    /// ahead of it (another node's clock), is not counted. Minutes older than the hour are
-    /// forgotten.
+    /// as read at `now`: an event more than an hour older than `now` is not counted, and one
+    /// stamped after `now`'s minute (another node's clock ahead of this one) counts in `now`'s.
+    /// Minutes older than the hour are forgotten.
     pub fn record(&self, kind: &EventKind, at: DateTime<Utc>, now: DateTime<Utc>) {
         let field: fn(&mut ActivityMinute) -> &mut u64 = match kind {
             EventKind::TaskSucceeded => |m| &mut m.succeeded,
@@ -61,9 +61,9 @@ impl Activity {
             EventKind::TaskRetrying => |m| &mut m.retried,
             _ => return,
         };
-        let minute = minute_of(at);
+        let minute = minute_of(at).min(minute_of(now));
         let oldest = oldest_kept(now);
-        if minute < oldest || minute > minute_of(now) + chrono::Duration::minutes(1) {
+        if minute < oldest {
             return;
         }
         let mut minutes = self.minutes.lock();
@@ -164,26 +164,33 @@ pub const STATS_CACHE: Duration = Duration::from_secs(2);
 
 /// The last count of tasks by engine and state, reused for [`STATS_CACHE`]: however many pages
 /// are open, the store counts its tasks at most once per interval, one count at a time.
+/// A count that failed is not tried again for the same interval: callers that waited for it
+/// get the failure at once instead of each running a count of their own.
 #[derive(Debug, Clone, Default)]
 pub struct StatsCache {
     last: Arc<tokio::sync::Mutex<Option<Counted>>>,
 }
 
-/// A count of tasks, and when it was made.
-type Counted = (Instant, Arc<Vec<EngineCounts>>);
+/// A count of tasks (or why it failed), and when it was made.
+type Counted = (Instant, Result<Arc<Vec<EngineCounts>>, String>);
 
 impl StatsCache {
     async fn counts(&self, orch: &Orchestrator) -> orch_core::Result<Arc<Vec<EngineCounts>>> {
+        let failed = |why: &str| orch_core::Error::backend("count_tasks", why.to_owned());
         // Held across the count: callers meanwhile wait for it and share it.
         let mut last = self.last.lock().await;
-        if let Some((at, counts)) = &*last
+        if let Some((at, counted)) = &*last
             && at.elapsed() < STATS_CACHE
         {
-            return Ok(counts.clone());
+            return counted.clone().map_err(|why| failed(&why));
         }
-        let counts = Arc::new(orch.task_counts().await?);
-        *last = Some((Instant::now(), counts.clone()));
-        Ok(counts)
+        let counted = orch
+            .task_counts()
+            .await
+            .map(Arc::new)
+            .map_err(|error| error.to_string());
+        *last = Some((Instant::now(), counted.clone()));
+        counted.map_err(|why| failed(&why))
     }
 }
 
@@ -251,10 +258,11 @@ mod tests {
         assert_eq!(hour[ACTIVITY_MINUTES - 7].cancelled, 1);
         assert_eq!(hour[ACTIVITY_MINUTES - 7].minute, minute_of(at(-5, 0)));
 
-        // An event an hour old, or from a clock far ahead, is not counted and moves nothing.
+        // An event an hour old is not counted; one from a clock ahead counts now.
         activity.record(&EventKind::TaskSucceeded, at(-60, 0), now);
-        activity.record(&EventKind::TaskSucceeded, at(30, 0), now);
         assert_eq!(activity.last_hour(now), hour);
+        activity.record(&EventKind::TaskSucceeded, at(30, 0), now);
+        assert_eq!(activity.last_hour(now)[ACTIVITY_MINUTES - 1].succeeded, 1);
 
         // An hour and a minute on, those minutes are gone.
         let later = at(61, 0);

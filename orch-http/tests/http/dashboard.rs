@@ -394,3 +394,32 @@ async fn tasks_are_listed_newest_first_on_request() {
         .await;
     assert_error(&bad, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_overviews_share_one_count_of_the_tasks() {
+    let backend = std::sync::Arc::new(crate::instrumented::Instrumented::default());
+    let server = common::start_on(backend.clone(), common::config()).await;
+    let viewer = server.token("viewer").await;
+    backend.set_delay(Duration::from_millis(200));
+    let before = backend.count("count_tasks");
+    // Eight pages ask at once while the store takes 200 ms to count: one count serves all.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let http = server.http.clone();
+            let url = server.url("/stats");
+            let token = viewer.clone();
+            tokio::spawn(async move { http.get(url).bearer_auth(token).send().await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(backend.count("count_tasks") - before, 1);
+    // Two seconds on, the next one counts again.
+    tokio::time::sleep(orch_http::routes::overview::STATS_CACHE).await;
+    let again = server
+        .call(Method::GET, "/stats", Some(&viewer), None)
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(backend.count("count_tasks") - before, 2);
+}

@@ -138,6 +138,21 @@ impl TaskStore for Wrapped {
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
         self.inner.cancel_task(id).await
     }
+    async fn cancel_task_by(&self, id: TaskId, actor: &str) -> Result<Task> {
+        self.inner.cancel_task_by(id, actor).await
+    }
+    async fn retry_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        self.inner.retry_task(id, actor).await
+    }
+    async fn requeue_task(&self, id: TaskId, actor: &str) -> Result<Task> {
+        self.inner.requeue_task(id, actor).await
+    }
+    async fn delete_task(&self, id: TaskId) -> Result<Task> {
+        self.inner.delete_task(id).await
+    }
+    async fn task_by_idempotency_key(&self, key: &str) -> Result<Option<Task>> {
+        self.inner.task_by_idempotency_key(key).await
+    }
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
         self.inner.resolve_task(id, resolution).await
     }
