@@ -535,6 +535,13 @@ function bulkForm(status, core) {
     actions.map((action) => h("button", { class: action === "delete" ? "danger" : "secondary", onclick: () => run(action) }, `${action[0].toUpperCase()}${action.slice(1)} all…`)));
 }
 
+function timelineOf(events) {
+  return h("ol", { class: "timeline", "data-testid": "timeline" },
+    events.map((e) => h("li", {}, h("strong", {}, e.kind), e.attempt ? ` (attempt ${e.attempt})` : "",
+      h("div", { class: "when" }, when(e.at)),
+      e.data && Object.keys(e.data).length ? h("code", {}, JSON.stringify(e.data)) : null)));
+}
+
 async function taskView(main, id, scope) {
   const body = h("div", { "data-testid": "task-detail" });
   main.append(h("p", {}, h("a", { href: "#/tasks" }, "← Tasks")), body);
@@ -543,7 +550,11 @@ async function taskView(main, id, scope) {
     try {
       task = await api("GET", `/jobs/${encodeURIComponent(id)}`);
     } catch (err) {
-      fill(body, h("h1", {}, "Task"), h("p", { class: "error" }, err.status === 404 ? "No such task (it may have been deleted or pruned)." : err.message));
+      // A deleted or pruned task's events may still be in the log.
+      const past = err.status === 404 ? await api("GET", `/jobs/${encodeURIComponent(id)}/events`).catch(() => null) : null;
+      fill(body, h("h1", {}, "Task ", h("span", { class: "mono" }, id)),
+        h("p", { class: past ? "muted" : "error" }, err.status === 404 ? "No such task now: it was deleted or pruned, or never existed." : err.message),
+        past?.events.length ? [h("h2", {}, "Its events in the log"), timelineOf(past.events)] : null);
       return;
     }
     const events = await api("GET", `/jobs/${encodeURIComponent(task.task_id)}/events`).catch(() => ({ events: [] }));
@@ -574,10 +585,7 @@ async function taskView(main, id, scope) {
           field("Started", when(task.started_at)), field("Finished", when(task.finished_at)),
           field("Idempotency key", task.idempotency_key), field("Locks", task.locks.join(", ") || null),
           field("Workflow", task.workflow_id), task.waiting_for ? field("Waiting for", `${task.waiting_for} task(s)`) : null)),
-        h("section", { class: "panel" }, h("h2", {}, "Timeline"), h("ol", { class: "timeline", "data-testid": "timeline" },
-          events.events.map((e) => h("li", {}, h("strong", {}, e.kind), e.attempt ? ` (attempt ${e.attempt})` : "",
-            h("div", { class: "when" }, when(e.at)),
-            e.data && Object.keys(e.data).length ? h("code", {}, JSON.stringify(e.data)) : null))))),
+        h("section", { class: "panel" }, h("h2", {}, "Timeline"), timelineOf(events.events))),
       h("h2", {}, "Payload"), h("pre", {}, JSON.stringify(task.payload, null, 2)),
       task.result !== null && task.result !== undefined ? [h("h2", {}, "Result"), h("pre", { "data-testid": "task-result" }, JSON.stringify(task.result, null, 2))] : null,
       task.error ? [h("h2", {}, "Error"), h("pre", { class: "error", "data-testid": "task-error" }, task.error)] : null,

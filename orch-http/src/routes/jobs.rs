@@ -857,7 +857,8 @@ pub struct JobEventsQuery {
 }
 
 /// `GET /jobs/{id}/events`: the task's events from the log, in order, read through the log's
-/// index by task.
+/// index by task; a deleted or pruned task's too, while the log keeps them. 404 when neither
+/// the task nor any event of it is known.
 #[utoipa::path(get, path = "/jobs/{id}/events", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, pattern = r"^(task-)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
         description = "The task id, a UUID (`task-<uuid>` accepted)"), JobEventsQuery),
@@ -873,11 +874,22 @@ pub async fn job_events(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("limit", "must be between 1 and 1000"));
     }
-    orch.get(id).await?;
-    let events = orch
-        .events()
-        .task_events(id, query.after.unwrap_or(0), limit)
-        .await?;
+    let after = query.after.unwrap_or(0);
+    let events = orch.events().task_events(id, after, limit).await?;
+    // A deleted (or pruned) task's events stay in the log and are still read; 404 only when
+    // neither the task nor any event of it is known.
+    if events.is_empty() {
+        match orch.get(id).await {
+            Ok(_) => {}
+            Err(orch_core::Error::TaskNotFound(_))
+                if after == 0 || orch.events().task_events(id, 0, 1).await?.is_empty() =>
+            {
+                return Err(orch_core::Error::TaskNotFound(id).into());
+            }
+            Err(orch_core::Error::TaskNotFound(_)) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
     let next_after = (events.len() == limit)
         .then(|| events.last().map(|e| e.seq))
         .flatten();

@@ -777,6 +777,33 @@ async fn a_finished_task_is_deleted_and_its_events_stay() {
         .map(|event| event.kind.as_str().to_owned())
         .collect();
     assert_eq!(kept, ["task.queued", "task.cancelled"]);
+    // And are still read through the task's id.
+    let history = server
+        .call(
+            Method::GET,
+            &format!("/jobs/{id}/events"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.body);
+    let kinds: Vec<&str> = history.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["task.queued", "task.cancelled"]);
+    let past_the_end = server
+        .call(
+            Method::GET,
+            &format!("/jobs/{id}/events?after=999999"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(past_the_end.status, StatusCode::OK);
+    assert_eq!(past_the_end.body["events"], json!([]));
     let recorded = server.events_of("task.deleted").await;
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert_eq!(recorded[0].data["actor"], "user:operator");
