@@ -14,7 +14,10 @@ const KINDS = [
   "plugin.restarted", "node.not_ready", "node.ready", "rescue.reported", "alert.fired",
   "alert.resolved",
 ];
-const STATES = ["waiting", "queued", "running", "succeeded", "failed", "timed_out", "cancelled"];
+// The states a task list filters by: the stored ones, with `queued` split as the overview
+// counts it, due now or delayed (a delay, a later run time, a retry's backoff).
+const STATES = ["waiting", "queued", "delayed", "running", "succeeded", "failed", "timed_out", "cancelled"];
+const stateQuery = (state) => (state === "queued" ? { status: "queued", due: "true" } : state === "delayed" ? { status: "queued", due: "false" } : { status: state });
 const FINISHED = new Set(["succeeded", "failed", "timed_out", "cancelled"]);
 const RETRYABLE = new Set(["failed", "timed_out", "cancelled"]);
 const UUID = /^(task-)?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -362,8 +365,8 @@ async function overviewView(main, scope) {
     ]);
     const t = stats.totals;
     const cards = h("div", { class: "cards", "data-testid": "totals" },
-      [...STATES.slice(0, 2), "delayed", ...STATES.slice(2)].map((state) => h("a", {
-        class: "card", href: state === "delayed" ? "#/tasks?status=queued" : `#/tasks?status=${state}`,
+      STATES.map((state) => h("a", {
+        class: "card", href: `#/tasks?status=${state}`,
       }, h("span", { class: "n", "data-state": state }, (t[state] ?? 0).toLocaleString()), h("span", { class: "l" }, state.replace("_", " ")))));
     const finished = stats.activity.map((m) => m.succeeded + m.failed + m.timed_out);
     const errors = stats.activity.map((m) => m.failed + m.timed_out);
@@ -443,7 +446,7 @@ async function tasksView(main, params, scope) {
       go({ status: data.get("status"), core_id: String(data.get("core_id") || "").trim(), after: "" });
     },
   },
-    h("label", {}, "State", h("select", { name: "status" }, h("option", { value: "" }, "any"), STATES.map((s) => h("option", { value: s, selected: s === status }, s)))),
+    h("label", {}, "State", h("select", { name: "status" }, h("option", { value: "" }, "any"), STATES.map((s) => h("option", { value: s, selected: s === status }, s.replace("_", " "))))),
     h("label", {}, "Engine", h("input", { name: "core_id", value: core, placeholder: "any" })),
     h("label", {}, "Find", search),
     h("button", { type: "submit" }, "Show"));
@@ -456,7 +459,7 @@ async function tasksView(main, params, scope) {
   const render = async () => {
     // Newest first: what an operator looks for is what just happened.
     const query = new URLSearchParams({ limit: PAGE, order: "newest" });
-    if (status) query.set("status", status);
+    if (status) for (const [key, value] of Object.entries(stateQuery(status))) query.set(key, value);
     if (core) query.set("core_id", core);
     if (after) query.set("after", after);
     const page = await api("GET", `/jobs?${query}`);
@@ -509,7 +512,9 @@ function dispatchForm() {
   return form;
 }
 
-function bulkForm(status, core) {
+function bulkForm(shown, core) {
+  // A bulk action takes a stored state: due and delayed tasks are both `queued`.
+  const status = stateQuery(shown).status;
   const actions = [];
   if (RETRYABLE.has(status)) actions.push("retry");
   if (!FINISHED.has(status)) actions.push("cancel");
@@ -531,7 +536,7 @@ function bulkForm(status, core) {
     }
   };
   return h("div", { class: "row", role: "group", "aria-label": "Bulk actions" },
-    h("span", { class: "muted" }, `Every ${status} task${core ? ` of ${core}` : ""}:`),
+    h("span", { class: "muted" }, `Every ${status === "queued" ? "queued task, due or delayed," : `${status.replace("_", " ")} task`}${core ? ` of ${core}` : ""}:`),
     actions.map((action) => h("button", { class: action === "delete" ? "danger" : "secondary", onclick: () => run(action) }, `${action[0].toUpperCase()}${action.slice(1)} all…`)));
 }
 

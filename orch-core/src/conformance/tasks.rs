@@ -327,6 +327,24 @@ pub(super) async fn list_filters_and_pages(b: SharedBackend) -> CheckResult {
     ensure!(last == [ids[0]], "newest last page {last:?}");
     let even = ok!(newest(Some(ids[4]), Some("even")).await);
     ensure!(even == [ids[2], ids[0]], "newest with a filter {even:?}");
+    // Due or not: queued tasks only, by their run time.
+    let later = create(&b, TaskSpec::new("odd").delay(Duration::from_secs(3600))).await?;
+    let by_due = |due: bool| {
+        let b = b.clone();
+        async move {
+            b.list_tasks(TaskFilter {
+                due: Some(due),
+                ..Default::default()
+            })
+            .await
+            .map(|page| page.iter().map(|t| t.id).collect::<Vec<_>>())
+        }
+    };
+    let delayed = ok!(by_due(false).await);
+    ensure!(delayed == [later.id], "not due yet: {delayed:?}");
+    let due = ok!(by_due(true).await);
+    let expected: Vec<TaskId> = ids.iter().copied().filter(|id| *id != c.task.id).collect();
+    ensure!(due == expected, "due: {due:?}, expected {expected:?}");
     Ok(())
 }
 

@@ -664,6 +664,11 @@ impl TaskStore for MemoryBackend {
             .filter(|t| filter.status.is_none_or(|s| t.status == s))
             .filter(|t| filter.engine.as_deref().is_none_or(|e| t.engine == e))
             .filter(|t| {
+                filter.due.is_none_or(|due| {
+                    t.status == TaskStatus::Queued && (t.run_at <= clock::now()) == due
+                })
+            })
+            .filter(|t| {
                 filter.after.is_none_or(|after| {
                     if filter.newest_first {
                         t.id < after

@@ -811,6 +811,10 @@ pub struct TaskFilter {
     /// Newest first (descending ids) instead of oldest first.
     #[serde(default)]
     pub newest_first: bool,
+    /// Only `queued` tasks that are due (`Some(true)`) or still wait for their run time, a
+    /// delay or a retry's backoff (`Some(false)`).
+    #[serde(default)]
+    pub due: Option<bool>,
 }
 
 impl TaskFilter {

@@ -513,6 +513,9 @@ pub struct JobsQuery {
     /// JSON (always at least one task): follow `next_after`.
     #[param(nullable = false, minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+    /// Only queued tasks that are due (`true`) or still wait for their run time, a delay or a
+    /// retry's backoff (`false`, what the dashboard calls delayed).
+    pub due: Option<bool>,
     /// `oldest` (the default) or `newest` first; `after` then goes on in that order.
     #[param(value_type = Option<JobsOrder>)]
     pub order: Option<String>,
@@ -626,8 +629,8 @@ pub struct JobsPage {
     pub next_after: Option<String>,
 }
 
-/// `GET /jobs`: filters `status`, `core_id` and `idempotency_key`, paging with `after` and
-/// `limit`, oldest or newest first (`order`). A page ends at
+/// `GET /jobs`: filters `status`, `core_id`, `due` and `idempotency_key`, paging with `after`
+/// and `limit`, oldest or newest first (`order`). A page ends at
 /// `limit` tasks or [`MAX_PAGE_BYTES`] of JSON, whichever comes first; `next_after` is present
 /// whenever it ended so.
 #[utoipa::path(get, path = "/jobs", tag = "tasks", security(("bearer" = [])), params(JobsQuery),
@@ -683,6 +686,11 @@ pub async fn list_jobs(
                     .is_none_or(|core| &task.engine == core)
             })
             .filter(|task| {
+                query.due.is_none_or(|due| {
+                    task.status == TaskStatus::Queued && (task.run_at <= Utc::now()) == due
+                })
+            })
+            .filter(|task| {
                 after.is_none_or(|after| {
                     if newest_first {
                         task.id < after
@@ -711,6 +719,7 @@ pub async fn list_jobs(
                 after,
                 limit: read,
                 newest_first,
+                due: query.due,
             })
             .await?;
         let got = tasks.len();
@@ -1253,6 +1262,7 @@ pub async fn bulk_jobs(
                 after,
                 limit: 1000,
                 newest_first: false,
+                due: None,
             })
             .await?;
         let full = page.len() == 1000;

@@ -393,6 +393,21 @@ async fn tasks_are_listed_newest_first_on_request() {
         .call(Method::GET, "/jobs?order=random", Some(&operator), None)
         .await;
     assert_error(&bad, StatusCode::BAD_REQUEST);
+    // Queued tasks due now, or still waiting for their run time.
+    let later = server
+        .call(
+            Method::POST,
+            "/dispatch",
+            Some(&operator),
+            Some(json!({"core_id": "nobody-serves-this", "delay": 3600})),
+        )
+        .await;
+    let later = later.body["task_id"].as_str().unwrap().to_owned();
+    let (delayed, _) = page("status=queued&due=false".into()).await;
+    assert_eq!(delayed, std::slice::from_ref(&later));
+    let (due, _) = page("status=queued&due=true&order=newest".into()).await;
+    assert_eq!(due.len(), 5);
+    assert!(!due.contains(&later));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

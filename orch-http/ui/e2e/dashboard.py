@@ -206,6 +206,12 @@ def operator_journey(browser, orchd, screenshots, errors):
     later = orchd.call("POST", "/dispatch", {"core_id": "echo", "delay": 3600,
                                              "idempotency_key": "e2e-nightly-report"})
     page.get_by_role("link", name="Tasks", exact=True).click()
+    page.get_by_label("State").select_option("delayed")
+    page.get_by_role("button", name="Show").click()
+    delayed = page.get_by_test_id("task-list").locator("tbody tr[data-task]")
+    expect(delayed).to_have_count(1)
+    assert delayed.first.get_attribute("data-task") == later["task_id"]
+    page.get_by_role("link", name="Tasks", exact=True).click()
     page.get_by_label("Find a task by id or idempotency key").fill("e2e-nightly-report")
     page.keyboard.press("Enter")
     expect(status).to_have_text("queued")

@@ -1065,20 +1065,29 @@ impl TaskStore for PostgresBackend {
     async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
         const OP: &str = "list_tasks";
         let limit = i64::try_from(filter.effective_limit()).unwrap_or(1000);
-        let sql = if filter.newest_first {
+        static NEWEST: Rendered = Rendered::new(
             "SELECT * FROM orch_tasks WHERE ($1::text IS NULL OR status = $1) \
              AND ($2::text IS NULL OR core_id = $2) AND ($3::uuid IS NULL OR id < $3) \
-             ORDER BY id DESC LIMIT $4"
-        } else {
+             AND ($5::bool IS NULL OR (status = {queued} AND (run_at <= now()) = $5)) \
+             ORDER BY id DESC LIMIT $4",
+        );
+        static OLDEST: Rendered = Rendered::new(
             "SELECT * FROM orch_tasks WHERE ($1::text IS NULL OR status = $1) \
              AND ($2::text IS NULL OR core_id = $2) AND ($3::uuid IS NULL OR id > $3) \
-             ORDER BY id LIMIT $4"
+             AND ($5::bool IS NULL OR (status = {queued} AND (run_at <= now()) = $5)) \
+             ORDER BY id LIMIT $4",
+        );
+        let sql = if filter.newest_first {
+            NEWEST.sql()
+        } else {
+            OLDEST.sql()
         };
         let rows = sqlx::query(sql)
             .bind(filter.status.map(TaskStatus::as_str))
             .bind(filter.engine.as_deref())
             .bind(filter.after.map(|id| id.0))
             .bind(limit)
+            .bind(filter.due)
             .fetch_all(&self.pool)
             .await
             .map_err(db_err(OP))?;

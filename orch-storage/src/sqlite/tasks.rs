@@ -630,18 +630,30 @@ impl TaskStore for SqliteBackend {
     async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
         const OP: &str = "list_tasks";
         let limit = i64::try_from(filter.effective_limit()).unwrap_or(1000);
+        static NEWEST: Rendered = Rendered::new(
+            "SELECT * FROM orch_tasks WHERE (?1 IS NULL OR status = ?1) \
+             AND (?2 IS NULL OR core_id = ?2) AND (?3 IS NULL OR id < ?3) \
+             AND (?5 IS NULL OR (status = {queued} AND (run_at <= ?6) = ?5)) \
+             ORDER BY id DESC LIMIT ?4",
+        );
+        static OLDEST: Rendered = Rendered::new(
+            "SELECT * FROM orch_tasks WHERE (?1 IS NULL OR status = ?1) \
+             AND (?2 IS NULL OR core_id = ?2) AND (?3 IS NULL OR id > ?3) \
+             AND (?5 IS NULL OR (status = {queued} AND (run_at <= ?6) = ?5)) \
+             ORDER BY id LIMIT ?4",
+        );
         let sql = if filter.newest_first {
-            "SELECT * FROM orch_tasks WHERE (?1 IS NULL OR status = ?1) \
-             AND (?2 IS NULL OR core_id = ?2) AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?4"
+            NEWEST.sql()
         } else {
-            "SELECT * FROM orch_tasks WHERE (?1 IS NULL OR status = ?1) \
-             AND (?2 IS NULL OR core_id = ?2) AND (?3 IS NULL OR id > ?3) ORDER BY id LIMIT ?4"
+            OLDEST.sql()
         };
         let rows = sqlx::query(sql)
             .bind(filter.status.map(TaskStatus::as_str))
             .bind(filter.engine.as_deref())
             .bind(filter.after.map(|id| id.0))
             .bind(limit)
+            .bind(filter.due)
+            .bind(time_to_db(now()))
             .fetch_all(&self.readers)
             .await
             .map_err(db_err(OP))?;
