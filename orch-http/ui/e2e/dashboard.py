@@ -212,6 +212,9 @@ def operator_journey(browser, orchd, screenshots, errors):
     expect(delayed).to_have_count(1)
     assert delayed.first.get_attribute("data-task") == later["task_id"]
     page.get_by_role("link", name="Tasks", exact=True).click()
+    # The unfiltered list replaced the filtered one (same form: wait for it, not the old one).
+    expect(page).to_have_url(re.compile(r"#/tasks$"))
+    expect(page.get_by_label("State")).to_have_value("")
     page.get_by_label("Find a task by id or idempotency key").fill("e2e-nightly-report")
     page.keyboard.press("Enter")
     expect(status).to_have_text("queued")
