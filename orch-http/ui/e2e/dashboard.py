@@ -40,6 +40,9 @@ CONFIG = """monitoring:
     memory_percent: 100
     disk_usage_percent: 100
 """
+# A loaded 2-core CI machine is slow at times: waits are generous (they end as soon as the
+# page is right; only a failure waits them out).
+expect.set_options(timeout=15_000)
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
