@@ -673,27 +673,45 @@ impl PostgresBackend {
         id: TaskId,
         rule: impl Fn(TaskStatus) -> Result<rules::Change>,
     ) -> Result<Task> {
+        self.transition_by_clock(operation, id, false, |status, _due| rule(status))
+            .await
+    }
+
+    /// [`transition`](Self::transition) with a rule that also reads whether the task is due
+    /// (`run_at` reached by the database clock, the one claims compare it with). With
+    /// `not_due`, the change holds only while the task is still not due when it is applied:
+    /// of two changes at once that made it due, the second reads it again and decides on that.
+    async fn transition_by_clock(
+        &self,
+        operation: &'static str,
+        id: TaskId,
+        not_due: bool,
+        rule: impl Fn(TaskStatus, bool) -> Result<rules::Change>,
+    ) -> Result<Task> {
         for _ in 0..CHANGE_TRIES {
-            let row =
-                sqlx::query("SELECT status, lease_token, attempt FROM orch_tasks WHERE id = $1")
-                    .bind(id.0)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err(operation))?
-                    .ok_or(Error::TaskNotFound(id))?;
+            let row = sqlx::query(
+                "SELECT status, lease_token, attempt, run_at <= now() AS due \
+                 FROM orch_tasks WHERE id = $1",
+            )
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err(operation))?
+            .ok_or(Error::TaskNotFound(id))?;
             let get = |e: sqlx::Error| corrupt(operation, e);
             let status: String = row.try_get("status").map_err(get)?;
             let status: TaskStatus = status.parse().map_err(|e| corrupt(operation, e))?;
             let token: Option<Uuid> = row.try_get("lease_token").map_err(get)?;
             let attempt: i32 = row.try_get("attempt").map_err(get)?;
+            let due: bool = row.try_get("due").map_err(get)?;
             let entry = Entry {
                 id,
                 token: token.map(LeaseToken),
                 attempt: u32::try_from(attempt).ok(),
                 expired: false,
                 doomed: false,
-                not_due: false,
-                change: rule(status)?,
+                not_due,
+                change: rule(status, due)?,
             };
             match self
                 .apply_changes(operation, &self.pool, vec![entry])
@@ -1065,18 +1083,22 @@ impl TaskStore for PostgresBackend {
     async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
         const OP: &str = "list_tasks";
         let limit = i64::try_from(filter.effective_limit()).unwrap_or(1000);
-        static NEWEST: Rendered = Rendered::new(
-            "SELECT * FROM orch_tasks WHERE ($1::text IS NULL OR status = $1) \
-             AND ($2::text IS NULL OR core_id = $2) AND ($3::uuid IS NULL OR id < $3) \
-             AND ($5::bool IS NULL OR (status = {queued} AND (run_at <= now()) = $5)) \
-             ORDER BY id DESC LIMIT $4",
-        );
-        static OLDEST: Rendered = Rendered::new(
-            "SELECT * FROM orch_tasks WHERE ($1::text IS NULL OR status = $1) \
-             AND ($2::text IS NULL OR core_id = $2) AND ($3::uuid IS NULL OR id > $3) \
-             AND ($5::bool IS NULL OR (status = {queued} AND (run_at <= now()) = $5)) \
-             ORDER BY id LIMIT $4",
-        );
+        // One query, read forwards or backwards: `after` is the cursor in that direction.
+        macro_rules! list {
+            ($after:literal, $order:literal) => {
+                concat!(
+                    "SELECT * FROM orch_tasks WHERE ($1::text IS NULL OR status = $1) \
+                     AND ($2::text IS NULL OR core_id = $2) AND ($3::uuid IS NULL OR id ",
+                    $after,
+                    " $3) AND ($5::bool IS NULL OR (status = {queued} AND (run_at <= now()) = $5)) \
+                     ORDER BY id",
+                    $order,
+                    " LIMIT $4"
+                )
+            };
+        }
+        static NEWEST: Rendered = Rendered::new(list!("<", " DESC"));
+        static OLDEST: Rendered = Rendered::new(list!(">", ""));
         let sql = if filter.newest_first {
             NEWEST.sql()
         } else {
@@ -1303,37 +1325,12 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
     }
 
     async fn requeue_task(&self, id: TaskId, actor: &str) -> Result<Task> {
-        const OP: &str = "requeue_task";
-        for _ in 0..CHANGE_TRIES {
-            // Due by the database's clock, the one claims compare `run_at` with; the change
-            // holds only while the task is still not due (two requeues at once: one applies,
-            // the other reads the task again and is refused as due).
-            let row =
-                sqlx::query("SELECT status, run_at <= now() AS due FROM orch_tasks WHERE id = $1")
-                    .bind(id.0)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err(OP))?
-                    .ok_or(Error::TaskNotFound(id))?;
-            let get = |e: sqlx::Error| corrupt(OP, e);
-            let status: String = row.try_get("status").map_err(get)?;
-            let status: TaskStatus = status.parse().map_err(|e| corrupt(OP, e))?;
-            let due: bool = row.try_get("due").map_err(get)?;
-            let entry = Entry {
-                not_due: true,
-                ..Entry::on(id, rules::requeue(id, status, due, actor)?)
-            };
-            match self.apply_changes(OP, &self.pool, vec![entry]).await?.pop() {
-                Some(Applied::Changed(task)) => return Ok(*task),
-                Some(Applied::Refused { exists: false }) => return Err(Error::TaskNotFound(id)),
-                Some(Applied::Refused { exists: true }) => continue,
-                None => return Err(corrupt(OP, "no answer")),
-            }
-        }
-        Err(Error::backend(
-            OP,
-            format!("task {id} kept changing; gave up after {CHANGE_TRIES} tries"),
-        ))
+        // Of requeues at once, one applies; the others read the task again, due, and are
+        // refused.
+        self.transition_by_clock("requeue_task", id, true, |status, due| {
+            rules::requeue(id, status, due, actor)
+        })
+        .await
     }
 
     async fn resolve_task(&self, id: TaskId, resolution: Resolution) -> Result<Task> {
