@@ -630,18 +630,22 @@ impl TaskStore for SqliteBackend {
     async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>> {
         const OP: &str = "list_tasks";
         let limit = i64::try_from(filter.effective_limit()).unwrap_or(1000);
-        static NEWEST: Rendered = Rendered::new(
-            "SELECT * FROM orch_tasks WHERE (?1 IS NULL OR status = ?1) \
-             AND (?2 IS NULL OR core_id = ?2) AND (?3 IS NULL OR id < ?3) \
-             AND (?5 IS NULL OR (status = {queued} AND (run_at <= ?6) = ?5)) \
-             ORDER BY id DESC LIMIT ?4",
-        );
-        static OLDEST: Rendered = Rendered::new(
-            "SELECT * FROM orch_tasks WHERE (?1 IS NULL OR status = ?1) \
-             AND (?2 IS NULL OR core_id = ?2) AND (?3 IS NULL OR id > ?3) \
-             AND (?5 IS NULL OR (status = {queued} AND (run_at <= ?6) = ?5)) \
-             ORDER BY id LIMIT ?4",
-        );
+        // One query, read forwards or backwards: `after` is the cursor in that direction.
+        macro_rules! list {
+            ($after:literal, $order:literal) => {
+                concat!(
+                    "SELECT * FROM orch_tasks WHERE (?1 IS NULL OR status = ?1) \
+                     AND (?2 IS NULL OR core_id = ?2) AND (?3 IS NULL OR id ",
+                    $after,
+                    " ?3) AND (?5 IS NULL OR (status = {queued} AND (run_at <= ?6) = ?5)) \
+                     ORDER BY id",
+                    $order,
+                    " LIMIT ?4"
+                )
+            };
+        }
+        static NEWEST: Rendered = Rendered::new(list!("<", " DESC"));
+        static OLDEST: Rendered = Rendered::new(list!(">", ""));
         let sql = if filter.newest_first {
             NEWEST.sql()
         } else {
