@@ -180,6 +180,21 @@ pub trait TaskStore: Send + Sync {
         lease: Duration,
     ) -> Result<Vec<Claimed>>;
 
+    /// [`claim_tasks`](Self::claim_tasks) for tasks of priority above `priority` only: how an
+    /// orchestrator whose local queue of claimed tasks is full takes a more urgent task ahead
+    /// of the ones waiting there (and gives the lowest of those back). The default claims
+    /// nothing: the local queue then keeps its tasks in order until it drains.
+    async fn claim_tasks_above(
+        &self,
+        engine: &str,
+        limit: usize,
+        lease: Duration,
+        priority: i32,
+    ) -> Result<Vec<Claimed>> {
+        let _ = (engine, limit, lease, priority);
+        Ok(Vec::new())
+    }
+
     /// Whether this backend implements [`create_claimed`](Self::create_claimed). Read once,
     /// when an orchestrator is built; `false` (the default) and the orchestrator never calls
     /// it. (With `MockTaskStore`, expect this call.)

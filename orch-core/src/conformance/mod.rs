@@ -79,6 +79,7 @@ checks!(
     idempotency_key_returns_first_task,
     tasks_are_found_by_idempotency_key,
     claim_order_priority_then_fifo,
+    claims_above_a_priority_take_only_more_urgent_tasks,
     claim_skips_tasks_not_yet_due,
     claim_is_per_core_and_bounded,
     claim_leases_and_logs,

@@ -123,6 +123,42 @@ pub(super) async fn claim_order_priority_then_fifo(b: SharedBackend) -> CheckRes
     Ok(())
 }
 
+pub(super) async fn claims_above_a_priority_take_only_more_urgent_tasks(
+    b: SharedBackend,
+) -> CheckResult {
+    let mut ids = Vec::new();
+    for priority in [i32::MIN, 0, 5, 9, 9] {
+        ids.push(create(&b, TaskSpec::new("c").priority(priority)).await?.id);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let none = ok!(b.claim_tasks_above("c", 10, LEASE, 9).await);
+    ensure!(none.is_empty(), "nothing is above 9, got {none:?}");
+    let urgent: Vec<TaskId> = ok!(b.claim_tasks_above("c", 10, LEASE, 0).await)
+        .into_iter()
+        .map(|c| c.task.id)
+        .collect();
+    ensure!(
+        urgent == [ids[3], ids[4], ids[2]],
+        "above 0: {urgent:?}, expected {:?}",
+        [ids[3], ids[4], ids[2]]
+    );
+    // The bound counts, and the lowest priority there is can be claimed above `i32::MIN`
+    // only by a plain claim.
+    let none = ok!(b.claim_tasks_above("c", 10, LEASE, 0).await);
+    ensure!(none.is_empty(), "claimed twice: {none:?}");
+    let one = ok!(b.claim_tasks_above("c", 1, LEASE, i32::MIN).await);
+    ensure!(
+        one.len() == 1 && one[0].task.id == ids[1],
+        "above i32::MIN: {one:?}"
+    );
+    let rest = ok!(b.claim_tasks("c", 10, LEASE).await);
+    ensure!(
+        rest.len() == 1 && rest[0].task.id == ids[0],
+        "the plain claim takes the lowest priority: {rest:?}"
+    );
+    Ok(())
+}
+
 pub(super) async fn claim_skips_tasks_not_yet_due(b: SharedBackend) -> CheckResult {
     let later = create(
         &b,

@@ -63,6 +63,13 @@ impl ReadyQueue {
         Some(id)
     }
 
+    /// The priority of the first task in claim order.
+    fn top_priority(&self) -> Option<i32> {
+        self.by_priority
+            .first_key_value()
+            .map(|(Reverse(priority), _)| *priority)
+    }
+
     fn earliest_run_at(&self) -> Option<i64> {
         self.by_priority
             .values()
@@ -465,6 +472,57 @@ impl TaskTables {
 }
 
 impl MemoryBackend {
+    /// Claims up to `limit` due tasks of `engine` in claim order, of priority above `above`
+    /// when given (`claim_tasks` and `claim_tasks_above`).
+    fn claim_above(
+        &self,
+        engine: &str,
+        limit: usize,
+        lease: Duration,
+        above: Option<i32>,
+    ) -> Result<Vec<Claimed>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = clock::now();
+        let change = rules::claim(lease);
+        let claimed = self.with_state(|tables, events| {
+            let Some(number) = tables.engine_number(engine) else {
+                return Vec::new();
+            };
+            let queues = &mut tables.engines[number as usize];
+            queues.promote(&tables.records, now);
+            let mut picked = Vec::with_capacity(limit.min(64));
+            while picked.len() < limit {
+                if let Some(floor) = above
+                    && queues.ready.top_priority().is_none_or(|top| top <= floor)
+                {
+                    break;
+                }
+                match queues.ready.pop() {
+                    Some(raw_id) => picked.push(id_of(raw_id)),
+                    None => break,
+                }
+            }
+            let mut claimed = Vec::with_capacity(picked.len());
+            for id in picked {
+                let lease_token = LeaseToken::new();
+                let borrowed = Cow::Borrowed(&change);
+                let task = tables.change(events, id, borrowed, Some(lease_token), true, now, |t| {
+                    t.clone()
+                });
+                if let Ok(task) = task {
+                    claimed.push(Claimed { task, lease_token });
+                }
+            }
+            claimed
+        });
+        if !claimed.is_empty() {
+            self.wake_events();
+        }
+        Ok(claimed)
+    }
+
     fn with_state<T>(&self, f: impl FnOnce(&mut TaskTables, &mut EventLogState) -> T) -> T {
         let mut state = self.state.lock();
         let state = &mut *state;
@@ -691,41 +749,17 @@ impl TaskStore for MemoryBackend {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let now = clock::now();
-        let change = rules::claim(lease);
-        let claimed = self.with_state(|tables, events| {
-            let Some(number) = tables.engine_number(engine) else {
-                return Vec::new();
-            };
-            let queues = &mut tables.engines[number as usize];
-            queues.promote(&tables.records, now);
-            let mut picked = Vec::with_capacity(limit.min(64));
-            while picked.len() < limit {
-                match queues.ready.pop() {
-                    Some(raw_id) => picked.push(id_of(raw_id)),
-                    None => break,
-                }
-            }
-            let mut claimed = Vec::with_capacity(picked.len());
-            for id in picked {
-                let lease_token = LeaseToken::new();
-                let borrowed = Cow::Borrowed(&change);
-                let task = tables.change(events, id, borrowed, Some(lease_token), true, now, |t| {
-                    t.clone()
-                });
-                if let Ok(task) = task {
-                    claimed.push(Claimed { task, lease_token });
-                }
-            }
-            claimed
-        });
-        if !claimed.is_empty() {
-            self.wake_events();
-        }
-        Ok(claimed)
+        self.claim_above(engine, limit, lease, None)
+    }
+
+    async fn claim_tasks_above(
+        &self,
+        engine: &str,
+        limit: usize,
+        lease: Duration,
+        priority: i32,
+    ) -> Result<Vec<Claimed>> {
+        self.claim_above(engine, limit, lease, Some(priority))
     }
 
     async fn next_run_at(&self, engine: &str) -> Result<Option<DateTime<Utc>>> {

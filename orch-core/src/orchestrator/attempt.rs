@@ -232,6 +232,7 @@ fn judge(
     engine
         .stats
         .record(took, matches!(returned, Some(Some(Ok(Ok(_))))));
+    engine.note_attempt(took);
     if let Some(transition) = engine.breaker.record(task.id, verdict, error) {
         control::breaker_moved(inner, engine, transition);
     }
@@ -246,6 +247,10 @@ async fn execute(
     slot: Slot,
     claim_span: &tracing::Span,
 ) -> Option<AttemptOutcome> {
+    // Stopped while it waited in the local queue (cancelled, lease lost, given back).
+    if running.cancel.is_cancelled() {
+        return stopped(running);
+    }
     let retry = &inner.config.retry;
     let processor = engine.processor();
     if let Err(error) = processor.validate(&task.payload) {

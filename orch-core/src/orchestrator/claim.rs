@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -11,12 +12,13 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::attempts::Running;
 use super::breaker::Admit;
 use super::report::Report;
 use super::{Engine, Inner, control};
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::model::{AttemptOutcome, AttemptReport, Claimed, NewTask, Task};
+use crate::model::{AttemptOutcome, AttemptReport, Claimed, NewTask, Task, TaskId};
 
 /// A concurrency slot: one permit of the engine's limit and one of the global limit.
 pub(super) struct Slot {
@@ -68,9 +70,9 @@ pub(super) fn try_acquire_slot(inner: &Inner, engine: &Engine) -> Option<Slot> {
     })
 }
 
-/// Adds to `slots` as many free slots as one claim call may fill.
-fn gather_slots(inner: &Inner, engine: &Engine, mut slots: Vec<Slot>) -> Vec<Slot> {
-    while slots.len() < inner.config.tuning.claim_batch {
+/// Adds to `slots` free slots until there are `count`, or no more are free.
+fn gather_slots(inner: &Inner, engine: &Engine, mut slots: Vec<Slot>, count: usize) -> Vec<Slot> {
+    while slots.len() < count {
         match try_acquire_slot(inner, engine) {
             Some(slot) => slots.push(slot),
             None => break,
@@ -79,26 +81,50 @@ fn gather_slots(inner: &Inner, engine: &Engine, mut slots: Vec<Slot>) -> Vec<Slo
     slots
 }
 
-/// Slots taken for one claim call, and the wake-up version read before it.
-struct ClaimRequest {
-    slots: Vec<Slot>,
-    seen: u64,
-    /// The claim of a quarantined engine's one probe attempt.
-    probe: bool,
+/// Slots free for this engine now (its own and the global ones).
+fn free_slots(inner: &Inner, engine: &Engine) -> usize {
+    engine
+        .limit
+        .slots
+        .available_permits()
+        .min(inner.global.available_permits())
 }
 
-/// One claim call for the slots of `request`.
+/// Waits until a slot of the engine is free (without keeping it), or `stop` fires.
+async fn slot_freed(inner: &Inner, engine: &Engine, stop: &CancellationToken) {
+    drop(acquire_slots(inner, engine, 1, stop).await);
+}
+
+/// What one claim call asks for, and the wake-up version read before it.
+struct ClaimRequest {
+    want: usize,
+    seen: u64,
+    /// The claim of a quarantined engine's one probe attempt, with the slot it runs in.
+    probe: Option<Slot>,
+    /// A claim of tasks above this priority only, for a full local queue.
+    above: Option<i32>,
+}
+
+/// One claim call for `request`.
 async fn claim(
     inner: Arc<Inner>,
     engine: Arc<str>,
     request: ClaimRequest,
 ) -> (Result<Vec<Claimed>>, ClaimRequest) {
-    let want = request.slots.len();
+    // Keeps a shutdown that begins meanwhile waiting for the tasks this call brings.
+    let _tracked = inner.attempts.tracker.token();
+    let want = request.want;
+    let lease = inner.config.lease;
     let claimed = async {
-        inner
-            .backend
-            .claim_tasks(&engine, want, inner.config.lease)
-            .await
+        match request.above {
+            Some(priority) => {
+                inner
+                    .backend
+                    .claim_tasks_above(&engine, want, lease, priority)
+                    .await
+            }
+            None => inner.backend.claim_tasks(&engine, want, lease).await,
+        }
     }
     .instrument(tracing::debug_span!("claim", engine = %engine, want))
     .await;
@@ -117,46 +143,238 @@ pub(super) fn start_attempts(
         // Registered before the attempt is spawned, so the lease keeper renews its lease
         // from the moment it was claimed, however long the attempt waits to be polled.
         let running = inner.attempts.register(task.task.id, task.lease_token);
-        // Boxed so spawning moves a pointer, not the attempt's whole (large) state.
-        inner.attempts.tracker.spawn(Box::pin(super::attempt::run(
-            inner.clone(),
-            engine.clone(),
-            task,
-            running,
-            slot,
-        )));
+        spawn_attempt(inner, engine, task, running, slot);
     }
+}
+
+/// Spawns the attempt of a claimed task whose attempt is registered.
+fn spawn_attempt(
+    inner: &Arc<Inner>,
+    engine: &Arc<Engine>,
+    task: Claimed,
+    running: Arc<Running>,
+    slot: Slot,
+) {
+    // Boxed so spawning moves a pointer, not the attempt's whole (large) state.
+    inner.attempts.tracker.spawn(Box::pin(super::attempt::run(
+        inner.clone(),
+        engine.clone(),
+        task,
+        running,
+        slot,
+    )));
+}
+
+/// The report that gives a claimed task back to the queue unrun (its attempt not counted).
+fn abandoned(task: &Claimed) -> Report {
+    Report::from(AttemptReport {
+        task_id: task.task.id,
+        lease_token: task.lease_token,
+        attempt: task.task.attempt,
+        outcome: AttemptOutcome::Abandoned,
+    })
 }
 
 /// Gives claimed tasks back to the queue unrun (their attempt not counted): the engine was
 /// paused or quarantined, or the node taken out of rotation, while the claim was under way.
 fn give_back(inner: &Inner, claimed: Vec<Claimed>) {
     for task in claimed {
-        let report = Report::from(AttemptReport {
-            task_id: task.task.id,
-            lease_token: task.lease_token,
-            attempt: task.task.attempt,
-            outcome: AttemptOutcome::Abandoned,
-        });
         // Without a reporter (the orchestrator is gone) the lease expires and the task is
         // rescued.
-        let _ = inner.reports.send(report);
+        let _ = inner.reports.send(abandoned(&task));
+    }
+}
+
+/// A claimed task in an engine's local queue, waiting for a slot; its attempt is registered
+/// (so its lease is renewed and a cancel reaches it).
+struct Waiting {
+    claimed: Claimed,
+    running: Arc<Running>,
+}
+
+impl Waiting {
+    /// Claim order: higher priority first, then earlier due time, then smaller id.
+    fn key(
+        &self,
+    ) -> (
+        i32,
+        std::cmp::Reverse<(chrono::DateTime<chrono::Utc>, TaskId)>,
+    ) {
+        let task = &self.claimed.task;
+        (task.priority, std::cmp::Reverse((task.run_at, task.id)))
+    }
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Waiting {}
+
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// An engine's local queue: tasks claimed ahead of free slots, best first. Whatever is still
+/// in it when it is dropped (shutdown, a panicking claim loop) is given back to the queue.
+struct LocalQueue {
+    inner: Arc<Inner>,
+    waiting: std::collections::BinaryHeap<Waiting>,
+    /// Held while tasks wait: shutdown waits for them to be given back.
+    tracked: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
+}
+
+impl LocalQueue {
+    fn new(inner: Arc<Inner>) -> Self {
+        LocalQueue {
+            inner,
+            waiting: std::collections::BinaryHeap::new(),
+            tracked: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// The lowest priority waiting.
+    fn lowest_priority(&self) -> Option<i32> {
+        self.waiting.iter().map(|w| w.claimed.task.priority).min()
+    }
+
+    /// Registers claimed tasks' attempts and queues them.
+    fn extend(&mut self, claimed: Vec<Claimed>) {
+        if claimed.is_empty() {
+            return;
+        }
+        if self.tracked.is_none() {
+            self.tracked = Some(self.inner.attempts.tracker.token());
+        }
+        for task in claimed {
+            let running = self.inner.attempts.register(task.task.id, task.lease_token);
+            self.waiting.push(Waiting {
+                claimed: task,
+                running,
+            });
+        }
+    }
+
+    /// The best waiting task.
+    fn pop(&mut self) -> Option<Waiting> {
+        let next = self.waiting.pop();
+        if self.waiting.is_empty() {
+            self.tracked = None;
+        }
+        next
+    }
+
+    /// Gives the lowest waiting tasks back until at most `keep` wait.
+    fn trim(&mut self, keep: usize) {
+        if self.waiting.len() <= keep {
+            return;
+        }
+        let mut all = std::mem::take(&mut self.waiting).into_sorted_vec();
+        // Ascending: the lowest first.
+        let surplus = all.len() - keep;
+        let rest = all.split_off(surplus);
+        self.waiting = rest.into();
+        self.give_back_these(all);
+    }
+
+    /// Gives every waiting task back.
+    fn give_back(&mut self) {
+        let all = std::mem::take(&mut self.waiting).into_vec();
+        self.give_back_these(all);
+        self.tracked = None;
+    }
+
+    fn give_back_these(&self, tasks: Vec<Waiting>) {
+        for waiting in tasks {
+            if self
+                .inner
+                .reports
+                .send(abandoned(&waiting.claimed))
+                .is_err()
+            {
+                // No reporter: the lease expires and the task is rescued.
+                self.inner
+                    .attempts
+                    .finished(waiting.claimed.task.id, waiting.claimed.lease_token);
+            }
+        }
+    }
+
+    /// Starts waiting tasks, best first, in the slots free now.
+    fn start_ready(&mut self, engine: &Arc<Engine>, slots: Vec<Slot>) {
+        let want = self.len();
+        let slots = gather_slots(&self.inner, engine, slots, want);
+        for slot in slots {
+            let Some(waiting) = self.pop() else { break };
+            spawn_attempt(&self.inner, engine, waiting.claimed, waiting.running, slot);
+        }
+    }
+}
+
+impl Drop for LocalQueue {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+/// Attempts shorter than this on average let an engine keep its whole local queue; longer
+/// ones, as many waiting tasks as it has slots.
+const SHORT_ATTEMPT: Duration = Duration::from_millis(10);
+
+/// How many claimed tasks the engine may keep waiting for a slot: [`Tuning::local_queue`]
+/// while its attempts are short (a claim's round trip is then worth many of them), else no
+/// more than its concurrency limit (tasks claimed far ahead of a slow engine would wait
+/// long, and another node could have run them). Until an attempt has finished, the limit.
+///
+/// [`Tuning::local_queue`]: super::Tuning::local_queue
+fn local_capacity(inner: &Inner, engine: &Engine) -> usize {
+    let configured = inner.config.tuning.local_queue;
+    let mean = engine.attempt_micros.load(Ordering::Acquire);
+    let short = mean > 0 && mean < SHORT_ATTEMPT.as_micros() as u64;
+    if short {
+        configured
+    } else {
+        configured.min(engine.limit.get())
     }
 }
 
 /// Claims and starts tasks of one engine until shutdown.
 ///
-/// Up to `claims_in_flight` claim calls run at once, each for the slots free when it started.
-/// A call that finds nothing makes the loop idle: no new call starts until the ones under way
-/// are back, and then it sleeps until the task signal changes (since the empty call began),
-/// the next delayed task is due, or the poll floor passes. On shutdown no new call starts; the
-/// ones under way are awaited and their tasks started (they are leased to us either way).
+/// Claims run ahead of the engine's free slots: up to `claims_in_flight` calls at once, each
+/// for what the free slots and the engine's local queue (see
+/// [`Tuning::local_queue`](super::Tuning::local_queue)) can take beyond what already waits
+/// and what the calls under way ask for. Claimed tasks start best first as slots free; the
+/// rest wait in the local queue, their leases renewed. A call that finds nothing makes the
+/// loop idle once nothing waits: no new call starts until the ones under way are back, and
+/// then it sleeps until the task signal changes (since the empty call began), the next delayed
+/// task is due, or the poll floor passes. While the local queue is full, a change of the task
+/// signal makes the loop claim tasks of higher priority than the lowest waiting one, which it
+/// gives back for each it got. On shutdown no new call starts; what waits and what the calls
+/// under way bring is given back unrun.
 ///
 /// The controls ([`control::admit`]) come first: while the engine is paused or quarantined,
-/// or the node is out of rotation, no call starts and the loop waits for a change of the
-/// controls (or the end of a quarantine's cool-down); tasks of a call that was under way when
-/// that began are given back unrun. A quarantined engine past its cool-down claims one task,
-/// its probe.
+/// or the node is out of rotation, no call starts, what waits is given back, and the loop
+/// waits for a change of the controls (or the end of a quarantine's cool-down); tasks of a
+/// call that was under way when that began are given back unrun. A quarantined engine past
+/// its cool-down claims one task, its probe, in a slot taken first.
 pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
     let stop = inner.stop_claiming.clone();
     let tuning = &inner.config.tuning;
@@ -165,8 +383,13 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
     let name = engine.name.clone();
     let max_in_flight = tuning.claims_in_flight.max(1);
     let mut in_flight: FuturesUnordered<_> = FuturesUnordered::new();
+    let mut local = LocalQueue::new(inner.clone());
+    // Tasks asked for by the calls under way.
+    let mut asked = 0usize;
     // The signal's version seen before a claim that came back empty.
     let mut empty: Option<u64> = None;
+    // The signal's version when the local queue was last looked at for more urgent tasks.
+    let mut urgent_seen = signal.version();
     // After a failed claim: no new call starts before this instant.
     let mut backoff: Option<tokio::time::Instant> = None;
     let mut stopping = false;
@@ -174,7 +397,10 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
         // Read before looking at the controls, so a change right after is not missed.
         let controls_seen = controls.version();
         let admit = control::admit(&inner, &engine);
-        if in_flight.is_empty() {
+        if stopping || admit != Admit::All {
+            local.give_back();
+        }
+        if in_flight.is_empty() && local.is_empty() {
             if stopping {
                 break;
             }
@@ -226,58 +452,135 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 continue;
             }
         }
-        let probe = admit == Admit::Probe;
-        let may_start = !stopping
-            && empty.is_none()
-            && backoff.is_none()
-            && in_flight.len() < max_in_flight
-            && match admit {
-                Admit::All => true,
-                Admit::Probe => in_flight.is_empty(),
-                Admit::Wait(_) => false,
+        let calm = !stopping && backoff.is_none() && in_flight.len() < max_in_flight;
+        if admit == Admit::All && calm {
+            // A change of the task signal since the last look (each change is looked at once).
+            let version = signal.version();
+            let signalled = version != urgent_seen;
+            urgent_seen = version;
+            if signalled && !local.is_empty() {
+                // Something changed since a call came back empty: worth another.
+                empty = None;
+            }
+            let capacity = local_capacity(&inner, &engine);
+            let room = (free_slots(&inner, &engine) + capacity).saturating_sub(local.len() + asked);
+            // The first call starts as soon as there is room for one task; another one, beside
+            // it, only once it can claim a good batch (else calls would split the work into
+            // crumbs): half a batch.
+            let worth = if in_flight.is_empty() {
+                1
+            } else {
+                tuning
+                    .claim_batch
+                    .min(engine.limit.get() + capacity)
+                    .min(inner.config.global_concurrency + capacity)
+                    .div_ceil(2)
+                    .max(1)
             };
-        // The first call starts as soon as one slot is free; another one, beside it, only once
-        // it can claim a good batch (else calls would split the work into crumbs): half a
-        // batch.
-        let wanted = if in_flight.is_empty() {
-            1
-        } else {
-            tuning
-                .claim_batch
-                .min(engine.limit.get())
-                .min(inner.config.global_concurrency)
-                .div_ceil(2)
-                .max(1)
-        };
+            if empty.is_none() && room >= worth {
+                let want = room.min(tuning.claim_batch);
+                asked += want;
+                // Read before claiming, so a task created after the claim still wakes us.
+                let seen = signal.version();
+                in_flight.push(claim(
+                    inner.clone(),
+                    name.clone(),
+                    ClaimRequest {
+                        want,
+                        seen,
+                        probe: None,
+                        above: None,
+                    },
+                ));
+                continue;
+            }
+            // The local queue is full and something changed: anything more urgent than the
+            // lowest waiting task?
+            if signalled
+                && capacity > 0
+                && local.len() >= capacity
+                && let Some(lowest) = local.lowest_priority()
+                && lowest < i32::MAX
+            {
+                let want = local.len().min(tuning.claim_batch);
+                asked += want;
+                in_flight.push(claim(
+                    inner.clone(),
+                    name.clone(),
+                    ClaimRequest {
+                        want,
+                        seen: version,
+                        probe: None,
+                        above: Some(lowest),
+                    },
+                ));
+                continue;
+            }
+        }
+        let may_start = !stopping && admit == Admit::All && !local.is_empty();
+        let may_probe = admit == Admit::Probe
+            && calm
+            && in_flight.is_empty()
+            && local.is_empty()
+            && empty.is_none();
+        // No room to claim for (every slot busy, the local queue off): look again when a slot
+        // frees.
+        let wait_for_slot = !stopping
+            && admit == Admit::All
+            && local.is_empty()
+            && free_slots(&inner, &engine) == 0;
+        // Tasks wait: look again when the task signal changes (see above).
+        let watch_signal = admit == Admit::All && calm && !local.is_empty();
         tokio::select! {
             biased;
             _ = stop.cancelled(), if !stopping => stopping = true,
             Some((claimed, request)) = in_flight.next(), if !in_flight.is_empty() => {
                 // (Names the types, which inference cannot see through the macro.)
                 let (claimed, request): (Result<Vec<Claimed>>, ClaimRequest) = (claimed, request);
-                let ClaimRequest { slots, seen, probe } = request;
-                if probe {
+                let ClaimRequest { want, seen, probe, above } = request;
+                asked = asked.saturating_sub(want);
+                if let Some(slot) = probe {
                     let task = claimed.as_ref().ok().and_then(|c| c.first()).map(|c| c.task.id);
                     engine.breaker.probe_claimed(task);
+                    match claimed {
+                        Ok(claimed) if claimed.is_empty() => {
+                            empty.get_or_insert(seen);
+                        }
+                        Ok(claimed) => start_attempts(&inner, &engine, claimed, vec![slot]),
+                        Err(error) => {
+                            tracing::warn!(engine = %name, %error, "claim failed; backing off");
+                            backoff = Some(tokio::time::Instant::now() + tuning.poll_interval);
+                        }
+                    }
+                    continue;
                 }
                 match claimed {
-                    Ok(claimed) if !probe
-                        && !claimed.is_empty()
-                        && control::admit(&inner, &engine) != Admit::All =>
+                    Ok(claimed) if !claimed.is_empty()
+                        && (stopping || control::admit(&inner, &engine) != Admit::All) =>
                     {
                         give_back(&inner, claimed);
                     }
                     Ok(claimed) if claimed.is_empty() => {
-                        // Keep the earliest version: a change since any empty call counts.
-                        empty.get_or_insert(seen);
+                        // A look for more urgent tasks finding none says nothing of the rest.
+                        if above.is_none() {
+                            // Keep the earliest version: a change since any empty call counts.
+                            empty.get_or_insert(seen);
+                        }
                     }
                     Ok(claimed) => {
                         // Work was found: whatever an earlier call saw, there may be more.
-                        empty = None;
+                        if above.is_none() {
+                            empty = None;
+                        }
                         inner.wakeups.events_appended();
-                        start_attempts(&inner, &engine, claimed, slots);
+                        local.extend(claimed);
+                        local.start_ready(&engine, Vec::new());
+                        if above.is_some() {
+                            // As many of the lowest go back as more urgent ones came.
+                            local.trim(local_capacity(&inner, &engine));
+                        }
                         // Let the attempts just spawned start (and quick ones finish, freeing
-                        // their slots) before the next call gathers slots.
+                        // their slots) before the next call is sized.
                         tokio::task::yield_now().await;
                     }
                     Err(error) => {
@@ -286,25 +589,35 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                     }
                 }
             }
-            slots = acquire_slots(&inner, &engine, wanted, &stop), if may_start => {
+            slots = acquire_slots(&inner, &engine, 1, &stop), if may_start => {
                 let Some(slots) = slots else {
                     stopping = true;
                     continue;
                 };
-                // The controls may have changed while the slots were awaited.
-                let admitted = match control::admit(&inner, &engine) {
-                    Admit::All => !probe,
-                    Admit::Probe => probe && engine.breaker.take_probe(),
-                    Admit::Wait(_) => false,
+                // The controls may have changed while the slot was awaited.
+                if control::admit(&inner, &engine) == Admit::All {
+                    local.start_ready(&engine, slots);
+                }
+            }
+            slots = acquire_slots(&inner, &engine, 1, &stop), if may_probe => {
+                let Some(mut slots) = slots else {
+                    stopping = true;
+                    continue;
                 };
-                if !admitted {
+                // The controls may have changed while the slot was awaited.
+                if control::admit(&inner, &engine) != Admit::Probe || !engine.breaker.take_probe() {
                     continue;
                 }
-                // Read before claiming, so a task created after the claim still wakes us.
                 let seen = signal.version();
-                let slots = if probe { slots } else { gather_slots(&inner, &engine, slots) };
-                in_flight.push(claim(inner.clone(), name.clone(), ClaimRequest { slots, seen, probe }));
+                asked += 1;
+                in_flight.push(claim(
+                    inner.clone(),
+                    name.clone(),
+                    ClaimRequest { want: 1, seen, probe: slots.pop(), above: None },
+                ));
             }
+            _ = slot_freed(&inner, &engine, &stop), if wait_for_slot => {}
+            _ = signal.changed_since(urgent_seen), if watch_signal => {}
         }
     }
 }

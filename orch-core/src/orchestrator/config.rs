@@ -89,6 +89,19 @@ pub struct Tuning {
     /// Most outcome batches being recorded at once (each one backend call of up to 128
     /// outcomes). Default 4.
     pub reports_in_flight: usize,
+    /// Most claimed tasks an engine keeps waiting for a free slot (its local queue), on top
+    /// of its running attempts. Claims then run ahead of the engines: with 10 slots a claim
+    /// can bring dozens of tasks and the next one travels while they run, so short tasks are
+    /// not held up by the database's round trips. The whole queue is used while the engine's
+    /// attempts take under 10 ms on average; for slower ones (and before the first attempt
+    /// ends) it holds no more tasks than the engine has slots, so tasks are not kept from
+    /// other nodes for long. Waiting tasks keep their leases renewed, start best first
+    /// (priority, then due time, then id, as claims order them), and are given back unrun
+    /// (their attempt not counted) on shutdown, pause or quarantine. While the queue is full,
+    /// a task of higher priority than the lowest waiting one is claimed as soon as the
+    /// backend signals new work, and the lowest waiting task given back. 0 turns the local
+    /// queue off (claims ask only for free slots). Default 64.
+    pub local_queue: usize,
     /// Events buffered per live subscriber before it lags (and catches up from the log).
     /// Default 4096.
     pub event_buffer: usize,
@@ -107,6 +120,7 @@ impl Default for Tuning {
             claim_batch: 64,
             claims_in_flight: 2,
             reports_in_flight: 4,
+            local_queue: 64,
             event_buffer: 4096,
             max_lock_waiters: 1024,
             control_refresh: Duration::from_secs(1),
@@ -136,6 +150,12 @@ impl Tuning {
     /// Sets how many outcome batches may be recorded at once.
     pub fn with_reports_in_flight(mut self, batches: usize) -> Self {
         self.reports_in_flight = batches;
+        self
+    }
+
+    /// Sets how many claimed tasks an engine may keep waiting for a slot (0: none).
+    pub fn with_local_queue(mut self, tasks: usize) -> Self {
+        self.local_queue = tasks;
         self
     }
 

@@ -42,7 +42,7 @@ mod workflows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -99,11 +99,31 @@ struct Engine {
     stats: EngineStats,
     /// Restarts of the claim loop after a panic.
     restarts: AtomicU64,
+    /// A moving average of its attempts' durations in microseconds (0: none yet), which sizes
+    /// its local queue (see `claim::local_capacity`).
+    attempt_micros: AtomicU64,
     /// The claim loop panicked and was not restarted.
     stopped: AtomicBool,
 }
 
 impl Engine {
+    /// Counts an attempt's duration into [`attempt_micros`](Self::attempt_micros): an
+    /// exponentially weighted average, each attempt weighing 1/16.
+    fn note_attempt(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .attempt_micros
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |mean| {
+                Some(if mean == 0 {
+                    took
+                } else {
+                    (mean.saturating_mul(15) / 16)
+                        .saturating_add(took / 16)
+                        .max(1)
+                })
+            });
+    }
+
     /// The processor of the version running.
     fn processor(&self) -> Arc<dyn Processor> {
         self.versions.read().current.processor.clone()
@@ -313,6 +333,7 @@ impl Orchestrator {
             breaker: Breaker::new(self.inner.config.healing.breaker().copied()),
             stats: EngineStats::new(),
             restarts: AtomicU64::new(0),
+            attempt_micros: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
         });
         {

@@ -120,6 +120,7 @@ mod controls;
 mod dispatcher;
 mod events;
 mod healing;
+mod local_queue;
 mod locks;
 mod model_based;
 mod monitor;

@@ -115,11 +115,12 @@ SELECT ins.*,
 FROM ins",
 );
 
-/// Leases up to `$2` available tasks of core `$1` in claim order for `$3` microseconds.
+/// Leases up to `$2` available tasks of core `$1` of priority above `$5` in claim order for
+/// `$3` microseconds.
 pub(super) static CLAIM_TASKS: Rendered = Rendered::new(concat!(
     "WITH picked AS (
     SELECT id FROM orch_tasks
-    WHERE status = {claim.from} AND core_id = $1 AND run_at <= now()
+    WHERE status = {claim.from} AND core_id = $1 AND run_at <= now() AND priority > $5::int8
     ORDER BY priority DESC, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED

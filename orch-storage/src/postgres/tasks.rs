@@ -731,6 +731,55 @@ impl PostgresBackend {
         ))
     }
 
+    /// Claims up to `limit` due tasks of `engine` in claim order, of priority above `above`
+    /// when given.
+    async fn claim_above(
+        &self,
+        operation: &'static str,
+        engine: &str,
+        limit: usize,
+        lease: Duration,
+        above: Option<i32>,
+    ) -> Result<Vec<Claimed>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let hint = self.event_hint();
+        let rows = sqlx::query(CLAIM_TASKS.sql())
+            .bind(engine)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(db_micros(lease))
+            .bind(&hint)
+            .bind(above.map_or(i64::from(i32::MIN) - 1, i64::from))
+            .fetch_all(&self.worker_pool)
+            .await
+            .map_err(db_err(operation))?;
+        if !rows.is_empty() {
+            self.deferred(&hint);
+        }
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut graph = Vec::new();
+        for row in &rows {
+            let (task, token) = task_from_row(operation, row)?;
+            let lease_token =
+                token.ok_or_else(|| corrupt(operation, "claimed task has no lease"))?;
+            let dependents: i32 = row
+                .try_get("dependents")
+                .map_err(|e| corrupt(operation, e))?;
+            if dependents > 0 || task.workflow_id.is_some() {
+                graph.push(task.id.0);
+            }
+            claimed.push(Claimed { task, lease_token });
+        }
+        if !graph.is_empty() {
+            self.remember_graph_claims(graph);
+        }
+        if !claimed.is_empty() {
+            self.wake_events();
+        }
+        Ok(claimed)
+    }
+
     /// Remembers claimed tasks that had dependents or a workflow (see `graph_claims`); the
     /// set is emptied when it reaches [`GRAPH_CLAIMS_MAX`] (outcomes never reported, of
     /// attempts whose leases were lost, must not make it grow for good).
@@ -1122,40 +1171,19 @@ impl TaskStore for PostgresBackend {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
-        const OP: &str = "claim_tasks";
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let hint = self.event_hint();
-        let rows = sqlx::query(CLAIM_TASKS.sql())
-            .bind(engine)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(db_micros(lease))
-            .bind(&hint)
-            .fetch_all(&self.worker_pool)
+        self.claim_above("claim_tasks", engine, limit, lease, None)
             .await
-            .map_err(db_err(OP))?;
-        if !rows.is_empty() {
-            self.deferred(&hint);
-        }
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut graph = Vec::new();
-        for row in &rows {
-            let (task, token) = task_from_row(OP, row)?;
-            let lease_token = token.ok_or_else(|| corrupt(OP, "claimed task has no lease"))?;
-            let dependents: i32 = row.try_get("dependents").map_err(|e| corrupt(OP, e))?;
-            if dependents > 0 || task.workflow_id.is_some() {
-                graph.push(task.id.0);
-            }
-            claimed.push(Claimed { task, lease_token });
-        }
-        if !graph.is_empty() {
-            self.remember_graph_claims(graph);
-        }
-        if !claimed.is_empty() {
-            self.wake_events();
-        }
-        Ok(claimed)
+    }
+
+    async fn claim_tasks_above(
+        &self,
+        engine: &str,
+        limit: usize,
+        lease: Duration,
+        priority: i32,
+    ) -> Result<Vec<Claimed>> {
+        self.claim_above("claim_tasks_above", engine, limit, lease, Some(priority))
+            .await
     }
 
     async fn next_run_at(&self, engine: &str) -> Result<Option<DateTime<Utc>>> {

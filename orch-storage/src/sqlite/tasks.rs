@@ -209,15 +209,16 @@ async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> 
     Ok(())
 }
 
-/// [`rules::claim`] as one write script: claims up to `?4` due tasks of engine `?3` at time
-/// `?1` with lease expiry `?2`, gives each a lease token starting with the batch's bytes
-/// `?5`, appends their events and returns them as one JSON array, all in claim order.
+/// [`rules::claim`] as one write script: claims up to `?4` due tasks of engine `?3` of
+/// priority above `?6` at time `?1` with lease expiry `?2`, gives each a lease token starting
+/// with the batch's bytes `?5`, appends their events and returns them as one JSON array, all
+/// in claim order.
 static CLAIM_SCRIPT: Rendered = Rendered::new(concat!(
     "BEGIN IMMEDIATE;
 UPDATE orch_tasks SET status = {claim.to}, attempt = attempt + 1, started_at = ?1,
     updated_at = ?1, lease_token = unhex(hex(?5) || hex(randomblob(8))), lease_expires_at = ?2
 WHERE id IN (SELECT id FROM orch_tasks WHERE status = {claim.from} AND core_id = ?3
-             AND run_at <= ?1 ORDER BY priority DESC, run_at, id LIMIT ?4);
+             AND run_at <= ?1 AND priority > ?6 ORDER BY priority DESC, run_at, id LIMIT ?4);
 INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data)
 SELECT {claim.event}, ?1, id, core_id, attempt, 'null' FROM orch_tasks
 WHERE lease_expires_at = ?2 AND substr(lease_token, 1, 8) = ?5
@@ -365,6 +366,54 @@ pub(super) async fn insert_events(
 }
 
 impl SqliteBackend {
+    /// Claims up to `limit` due tasks of `engine` in claim order, of priority above `above`
+    /// when given.
+    async fn claim_above(
+        &self,
+        engine: &str,
+        limit: usize,
+        lease: Duration,
+        above: Option<i32>,
+    ) -> Result<Vec<Claimed>> {
+        const OP: &str = "claim_tasks";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now();
+        let expires = truncate_micros(rules::after(now, lease));
+        // Eight random bytes shared by this batch's lease tokens (each ends in eight of its
+        // own): with the lease expiry, they find the batch again in the script's later
+        // statements, through the lease index.
+        let batch = Uuid::new_v4().as_bytes()[8..].to_vec();
+        let rows = self
+            .write_script(
+                OP,
+                sqlx::query(CLAIM_SCRIPT.sql())
+                    .bind(time_to_db(now))
+                    .bind(time_to_db(expires))
+                    .bind(engine.to_owned())
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .bind(batch)
+                    .bind(above.map_or(i64::from(i32::MIN) - 1, i64::from)),
+            )
+            .await?;
+        let [row] = rows.as_slice() else {
+            return Err(corrupt(OP, "the claim returned no batch"));
+        };
+        let tasks: String = row.try_get("tasks").map_err(|e| corrupt(OP, e))?;
+        let claimed = tasks_from_json(OP, &tasks)?
+            .into_iter()
+            .map(|(task, token)| {
+                let lease_token = token.ok_or_else(|| corrupt(OP, "claimed task has no lease"))?;
+                Ok(Claimed { task, lease_token })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !claimed.is_empty() {
+            self.wake_events();
+        }
+        Ok(claimed)
+    }
+
     /// [`TaskStore::finish_attempts`] for any batch, in one transaction.
     async fn finish_attempts_general(
         &self,
@@ -672,42 +721,17 @@ impl TaskStore for SqliteBackend {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
-        const OP: &str = "claim_tasks";
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let now = now();
-        let expires = truncate_micros(rules::after(now, lease));
-        // Eight random bytes shared by this batch's lease tokens (each ends in eight of its
-        // own): with the lease expiry, they find the batch again in the script's later
-        // statements, through the lease index.
-        let batch = Uuid::new_v4().as_bytes()[8..].to_vec();
-        let rows = self
-            .write_script(
-                OP,
-                sqlx::query(CLAIM_SCRIPT.sql())
-                    .bind(time_to_db(now))
-                    .bind(time_to_db(expires))
-                    .bind(engine.to_owned())
-                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                    .bind(batch),
-            )
-            .await?;
-        let [row] = rows.as_slice() else {
-            return Err(corrupt(OP, "the claim returned no batch"));
-        };
-        let tasks: String = row.try_get("tasks").map_err(|e| corrupt(OP, e))?;
-        let claimed = tasks_from_json(OP, &tasks)?
-            .into_iter()
-            .map(|(task, token)| {
-                let lease_token = token.ok_or_else(|| corrupt(OP, "claimed task has no lease"))?;
-                Ok(Claimed { task, lease_token })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if !claimed.is_empty() {
-            self.wake_events();
-        }
-        Ok(claimed)
+        self.claim_above(engine, limit, lease, None).await
+    }
+
+    async fn claim_tasks_above(
+        &self,
+        engine: &str,
+        limit: usize,
+        lease: Duration,
+        priority: i32,
+    ) -> Result<Vec<Claimed>> {
+        self.claim_above(engine, limit, lease, Some(priority)).await
     }
 
     async fn next_run_at(&self, engine: &str) -> Result<Option<DateTime<Utc>>> {

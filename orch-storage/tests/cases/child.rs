@@ -88,6 +88,8 @@ async fn run(role: &str) -> anyhow::Result<()> {
         #[cfg(feature = "sqlite")]
         "sqlite-crash" => super::crash::child().await,
         "lock-queue" => super::lock_queue::child().await,
+        #[cfg(feature = "sqlite")]
+        "local-queue" => super::local_queue::child().await,
         #[cfg(feature = "postgres")]
         "workflow-crash" => super::workflow_crash::child().await,
         other => bail!("unknown child role {other:?}"),

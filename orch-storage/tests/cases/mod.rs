@@ -11,6 +11,8 @@ pub(crate) mod child;
 mod controls;
 #[cfg(feature = "sqlite")]
 mod crash;
+#[cfg(feature = "sqlite")]
+pub(crate) mod local_queue;
 pub(crate) mod lock_queue;
 #[cfg(feature = "postgres")]
 mod multiprocess;
