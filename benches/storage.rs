@@ -3,7 +3,7 @@
 //! ```sh
 //! cargo bench --bench storage -- [--backend sqlite|postgres|all] [--tasks 50000] \
 //!     [--concurrency 64] [--batch 1000] [--samples 500] [--rounds 3] \
-//!     [--only single,batched,e2e,relaxed,pickup,idle,workflow] [--claims-in-flight N] \
+//!     [--only single,batched,e2e,relaxed,pickup,idle,workflow,method] [--claims-in-flight N] \
 //!     [--reports-in-flight N]
 //! ```
 //!
@@ -34,6 +34,13 @@
 //!   the next), dispatched in one call, the clock stopping when the workflow has ended; A and
 //!   B alternate for `--rounds` rounds on fresh databases of one server, with `--concurrency`
 //!   attempts at once.
+//! - the method other queues were measured with (`method`, not among the defaults; run it
+//!   with `--tasks 20000 --concurrency 10 --samples 200`): a producer of its own (an
+//!   orchestrator with no engines, over a second backend on the database) enqueues the tasks
+//!   one call each; an orchestrator drains them; the producer enqueues them again in calls of
+//!   `--batch`; they are drained again; last, the pickup latency of tasks the producer
+//!   dispatches one at a time onto the idle queue. Each drain's clock runs from the
+//!   orchestrator's build to its last outcome recorded.
 
 #[allow(
     dead_code,
@@ -60,8 +67,8 @@ use support::percentile;
 use support::pickup::pickup_latency;
 
 /// The measurements `--only` can name.
-const MEASUREMENTS: [&str; 7] = [
-    "single", "batched", "e2e", "relaxed", "pickup", "idle", "workflow",
+const MEASUREMENTS: [&str; 8] = [
+    "single", "batched", "e2e", "relaxed", "pickup", "idle", "workflow", "method",
 ];
 
 /// How long the `idle` measurement watches an orchestrator with nothing to do.
@@ -91,8 +98,8 @@ impl Settings {
     fn runs(&self, part: &str) -> bool {
         match &self.only {
             Some(only) => only.iter().any(|p| p == part),
-            // The workflow comparison runs only when named.
-            None => part != "workflow",
+            // The workflow comparison and the peers' method run only when named.
+            None => part != "workflow" && part != "method",
         }
     }
 
@@ -158,7 +165,7 @@ fn parse_args() -> anyhow::Result<Settings> {
                 println!(
                     "cargo bench --bench storage -- [--backend sqlite|postgres|all] [--tasks N] \
                      [--concurrency N] [--batch N] [--samples N] [--rounds N] \
-                     [--only single,batched,e2e,relaxed,pickup,idle,workflow] \
+                     [--only single,batched,e2e,relaxed,pickup,idle,workflow,method] \
                      [--claims-in-flight N] [--reports-in-flight N]"
                 );
                 std::process::exit(0);
@@ -363,6 +370,100 @@ async fn run_workflow(
     ))
 }
 
+/// Drains `n` stored tasks with an orchestrator of `settings.concurrency` attempts at once:
+/// tasks/s from its build to the last outcome recorded.
+async fn drain_stored(
+    backend: SharedBackend,
+    settings: &Settings,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let all_ran = Arc::new(tokio::sync::Notify::new());
+    let (count, done) = (ran.clone(), all_ran.clone());
+    let start = Instant::now();
+    let orch = Orchestrator::builder(backend)
+        .config(settings.config(settings.concurrency))
+        .engine(
+            support::drain::ENGINE,
+            processor_fn(move |_ctx, _input| {
+                if count.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    done.notify_one();
+                }
+                std::future::ready(Ok(serde_json::Value::Null))
+            }),
+        )
+        .build()
+        .await?;
+    tokio::time::timeout(Duration::from_secs(600), all_ran.notified())
+        .await
+        .context("the drain did not finish in 10 minutes")?;
+    // The last outcomes are recorded within milliseconds.
+    while orch.running_count() > 0 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = start.elapsed();
+    orch.shutdown(Duration::from_secs(5)).await;
+    let ran = ran.load(Ordering::Relaxed);
+    if ran != n {
+        bail!("{ran} attempts ran for {n} tasks");
+    }
+    Ok(rate(n, elapsed))
+}
+
+/// The method the peers were measured with (see BENCHMARKS.md): a producer of its own (an
+/// orchestrator with no engines over a second backend on the database) enqueues `--tasks` one
+/// call each, an orchestrator of `--concurrency` attempts at once drains them, the producer
+/// enqueues them again in calls of `--batch`, they are drained again, and last the pickup of
+/// tasks the producer dispatches one at a time onto the idle queue.
+async fn peers_method(source: &Source, settings: &Settings) -> anyhow::Result<()> {
+    let n = settings.tasks;
+    let (worker, producer) = source.fresh_pair(true, true).await?;
+    let producer = producer.context("no second backend")?;
+    let client = Orchestrator::builder(producer.clone())
+        .config(settings.config(1))
+        .build()
+        .await?;
+    let start = Instant::now();
+    for _ in 0..n {
+        client
+            .dispatch(TaskSpec::new(support::drain::ENGINE))
+            .await?;
+    }
+    let single = rate(n, start.elapsed());
+    let drained_single = drain_stored(worker.clone(), settings, n).await?;
+    let start = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let size = left.min(settings.batch);
+        let specs = (0..size)
+            .map(|_| TaskSpec::new(support::drain::ENGINE))
+            .collect();
+        client.dispatch_many(specs).await?;
+        left -= size;
+    }
+    let batched = rate(n, start.elapsed());
+    let drained_batched = drain_stored(worker.clone(), settings, n).await?;
+    client.shutdown(Duration::from_secs(5)).await;
+    let pickup = pickup_latency(
+        worker,
+        Some(producer),
+        settings.config(settings.concurrency),
+        settings.samples,
+    )
+    .await?;
+    let at = |sorted: &[f64], q| percentile(sorted, q).unwrap_or(f64::NAN);
+    println!(
+        "  the peers' method, {n} tasks, {} at once: single enqueue {single:.0}/s, drain \
+         {drained_single:.0}/s, batch enqueue ({} per call) {batched:.0}/s, drain \
+         {drained_batched:.0}/s, pickup from another client p50 {:.2} ms p95 {:.2} ms",
+        settings.concurrency,
+        settings.batch,
+        at(&pickup.pickup_ms, 0.50),
+        at(&pickup.pickup_ms, 0.95),
+    );
+    Ok(())
+}
+
 /// A (the flat end-to-end rate) and B (the layered workflow), alternating.
 async fn workflow_against_flat(source: &Source, settings: &Settings) -> anyhow::Result<()> {
     let tasks = WORKFLOW_WIDTH * WORKFLOW_LAYERS;
@@ -457,6 +558,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if postgres && settings.runs("workflow") {
             workflow_against_flat(&source, &settings).await?;
+        }
+        if settings.runs("method") {
+            peers_method(&source, &settings).await?;
         }
         if settings.runs("pickup") {
             for remote in [false, true] {

@@ -183,7 +183,8 @@ pub trait TaskStore: Send + Sync {
     /// [`claim_tasks`](Self::claim_tasks) for tasks of priority above `priority` only: how an
     /// orchestrator whose local queue of claimed tasks is full takes a more urgent task ahead
     /// of the ones waiting there (and gives the lowest of those back). The default claims
-    /// nothing: the local queue then keeps its tasks in order until it drains.
+    /// nothing: the local queue then keeps its tasks in order until it drains. (With
+    /// `MockTaskStore`, expect this call where a test fills a local queue.)
     async fn claim_tasks_above(
         &self,
         engine: &str,

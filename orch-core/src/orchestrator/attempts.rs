@@ -71,6 +71,9 @@ impl Running {
 /// The registered attempts and the tracker shutdown waits on.
 pub(super) struct Attempts {
     running: Mutex<IdMap<Arc<Running>>>,
+    /// Raised when an attempt is told to stop: a claim loop drops such attempts from its
+    /// local queue at once.
+    pub(super) stopped: crate::signal::ChangeSignal,
     /// Every attempt's future, and the direct starts that are about to register one.
     pub(super) tracker: TaskTracker,
 }
@@ -79,6 +82,7 @@ impl Attempts {
     pub(super) fn new() -> Self {
         Attempts {
             running: Mutex::new(IdMap::default()),
+            stopped: crate::signal::ChangeSignal::new(),
             tracker: TaskTracker::new(),
         }
     }
@@ -125,6 +129,7 @@ impl Attempts {
     pub(super) fn stop(&self, task_id: TaskId, cause: StopCause) {
         if let Some(running) = self.running.lock().get(&task_id) {
             running.stop(cause);
+            self.stopped.raise();
         }
     }
 
@@ -138,6 +143,7 @@ impl Attempts {
                     && !running.reporting.load(Ordering::Acquire) =>
             {
                 running.stop(StopCause::LeaseLost);
+                self.stopped.raise();
                 true
             }
             _ => false,

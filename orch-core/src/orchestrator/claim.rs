@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 use super::attempts::Running;
@@ -99,6 +100,9 @@ async fn slot_freed(inner: &Inner, engine: &Engine, stop: &CancellationToken) {
 struct ClaimRequest {
     want: usize,
     seen: u64,
+    /// Keeps a shutdown that begins meanwhile waiting until what the call brings is handled
+    /// (started, queued or given back).
+    _tracked: TaskTrackerToken,
     /// The claim of a quarantined engine's one probe attempt, with the slot it runs in.
     probe: Option<Slot>,
     /// A claim of tasks above this priority only, for a full local queue.
@@ -111,8 +115,6 @@ async fn claim(
     engine: Arc<str>,
     request: ClaimRequest,
 ) -> (Result<Vec<Claimed>>, ClaimRequest) {
-    // Keeps a shutdown that begins meanwhile waiting for the tasks this call brings.
-    let _tracked = inner.attempts.tracker.token();
     let want = request.want;
     let lease = inner.config.lease;
     let claimed = async {
@@ -231,7 +233,7 @@ struct LocalQueue {
     inner: Arc<Inner>,
     waiting: std::collections::BinaryHeap<Waiting>,
     /// Held while tasks wait: shutdown waits for them to be given back.
-    tracked: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
+    tracked: Option<TaskTrackerToken>,
 }
 
 impl LocalQueue {
@@ -251,9 +253,15 @@ impl LocalQueue {
         self.waiting.is_empty()
     }
 
-    /// The lowest priority waiting.
-    fn lowest_priority(&self) -> Option<i32> {
-        self.waiting.iter().map(|w| w.claimed.task.priority).min()
+    /// The lowest priority waiting, and how many tasks wait at it.
+    fn lowest_priority(&self) -> Option<(i32, usize)> {
+        let lowest = self.waiting.iter().map(|w| w.claimed.task.priority).min()?;
+        let at = self
+            .waiting
+            .iter()
+            .filter(|w| w.claimed.task.priority == lowest)
+            .count();
+        Some((lowest, at))
     }
 
     /// Registers claimed tasks' attempts and queues them.
@@ -293,6 +301,9 @@ impl LocalQueue {
         let rest = all.split_off(surplus);
         self.waiting = rest.into();
         self.give_back_these(all);
+        if self.waiting.is_empty() {
+            self.tracked = None;
+        }
     }
 
     /// Gives every waiting task back.
@@ -302,19 +313,37 @@ impl LocalQueue {
         self.tracked = None;
     }
 
+    /// Sends each task's abandoned report and forgets its attempt at once (the lease keeper
+    /// stops renewing it; if the report is lost, the lease expires and the task is rescued).
     fn give_back_these(&self, tasks: Vec<Waiting>) {
         for waiting in tasks {
-            if self
-                .inner
-                .reports
-                .send(abandoned(&waiting.claimed))
-                .is_err()
-            {
-                // No reporter: the lease expires and the task is rescued.
-                self.inner
-                    .attempts
-                    .finished(waiting.claimed.task.id, waiting.claimed.lease_token);
+            let Claimed { task, lease_token } = &waiting.claimed;
+            self.inner.attempts.finished(task.id, *lease_token);
+            if waiting.running.cancel.is_cancelled() {
+                // Cancelled, resolved or its lease lost: nothing to give back.
+                continue;
             }
+            let _ = self.inner.reports.send(abandoned(&waiting.claimed));
+        }
+    }
+
+    /// Drops the waiting tasks that were stopped while they waited (cancelled, resolved, lease
+    /// lost): they would only take a slot and a place in the queue.
+    fn drop_stopped(&mut self) {
+        if !self.waiting.iter().any(|w| w.running.cancel.is_cancelled()) {
+            return;
+        }
+        let (stopped, live): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+            .into_vec()
+            .into_iter()
+            .partition(|w| w.running.cancel.is_cancelled());
+        self.waiting = live.into();
+        for waiting in stopped {
+            let Claimed { task, lease_token } = &waiting.claimed;
+            self.inner.attempts.finished(task.id, *lease_token);
+        }
+        if self.waiting.is_empty() {
+            self.tracked = None;
         }
     }
 
@@ -343,18 +372,26 @@ const SHORT_ATTEMPT: Duration = Duration::from_millis(10);
 /// while its attempts are short (a claim's round trip is then worth many of them), else no
 /// more than its concurrency limit (tasks claimed far ahead of a slow engine would wait
 /// long, and another node could have run them). Until an attempt has finished, the limit.
+/// When the capacity shrinks (attempts grew slower, the limit was lowered), the tasks already
+/// waiting stay (giving them back to claim others would only churn); no claim is made until
+/// fewer wait.
 ///
 /// [`Tuning::local_queue`]: super::Tuning::local_queue
 fn local_capacity(inner: &Inner, engine: &Engine) -> usize {
     let configured = inner.config.tuning.local_queue;
     let mean = engine.attempt_micros.load(Ordering::Acquire);
-    let short = mean > 0 && mean < SHORT_ATTEMPT.as_micros() as u64;
+    let short = mean > 0 && u128::from(mean) < SHORT_ATTEMPT.as_micros();
     if short {
         configured
     } else {
         configured.min(engine.limit.get())
     }
 }
+
+/// Shortest time between two looks for tasks more urgent than a full local queue's lowest:
+/// the task signal changes with every task created or requeued anywhere, and most such looks
+/// find nothing.
+const URGENT_LOOK_EVERY: Duration = Duration::from_millis(20);
 
 /// Claims and starts tasks of one engine until shutdown.
 ///
@@ -366,15 +403,16 @@ fn local_capacity(inner: &Inner, engine: &Engine) -> usize {
 /// loop idle once nothing waits: no new call starts until the ones under way are back, and
 /// then it sleeps until the task signal changes (since the empty call began), the next delayed
 /// task is due, or the poll floor passes. While the local queue is full, a change of the task
-/// signal makes the loop claim tasks of higher priority than the lowest waiting one, which it
-/// gives back for each it got. On shutdown no new call starts; what waits and what the calls
-/// under way bring is given back unrun.
+/// signal makes the loop claim tasks of higher priority than the lowest waiting one (at most
+/// every [`URGENT_LOOK_EVERY`]), giving back as many of the lowest as it got. On shutdown no
+/// new call starts; what waits and what the calls under way bring is given back unrun.
 ///
 /// The controls ([`control::admit`]) come first: while the engine is paused or quarantined,
-/// or the node is out of rotation, no call starts, what waits is given back, and the loop
-/// waits for a change of the controls (or the end of a quarantine's cool-down); tasks of a
-/// call that was under way when that began are given back unrun. A quarantined engine past
-/// its cool-down claims one task, its probe, in a slot taken first.
+/// or the node is out of rotation, no call starts, what waits is given back as soon as the
+/// controls change, and the loop waits for a change of the controls (or the end of a
+/// quarantine's cool-down); tasks of a call that was under way when that began are given back
+/// unrun. A quarantined engine past its cool-down claims one task, its probe, in a slot taken
+/// first, and starts it.
 pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
     let stop = inner.stop_claiming.clone();
     let tuning = &inner.config.tuning;
@@ -388,17 +426,31 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
     let mut asked = 0usize;
     // The signal's version seen before a claim that came back empty.
     let mut empty: Option<u64> = None;
-    // The signal's version when the local queue was last looked at for more urgent tasks.
+    // The signal's version when the local queue last looked for more urgent tasks, and the
+    // earliest instant of the next look.
     let mut urgent_seen = signal.version();
+    let mut next_urgent_look = tokio::time::Instant::now();
     // After a failed claim: no new call starts before this instant.
     let mut backoff: Option<tokio::time::Instant> = None;
     let mut stopping = false;
+    let claim_request = |want: usize, seen: u64, above: Option<i32>| ClaimRequest {
+        want,
+        seen,
+        _tracked: inner.attempts.tracker.token(),
+        probe: None,
+        above,
+    };
     loop {
         // Read before looking at the controls, so a change right after is not missed.
         let controls_seen = controls.version();
+        let stops_seen = inner.attempts.stopped.version();
         let admit = control::admit(&inner, &engine);
         if stopping || admit != Admit::All {
             local.give_back();
+        }
+        local.drop_stopped();
+        if backoff.is_some_and(|until| tokio::time::Instant::now() >= until) && !local.is_empty() {
+            backoff = None;
         }
         if in_flight.is_empty() && local.is_empty() {
             if stopping {
@@ -452,18 +504,20 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 continue;
             }
         }
+        if let Some(seen) = empty
+            && signal.version() != seen
+        {
+            // Something changed since a call came back empty: worth another.
+            empty = None;
+        }
         let calm = !stopping && backoff.is_none() && in_flight.len() < max_in_flight;
+        // The local queue is full and the task signal changed: a look for more urgent tasks
+        // is due now, or later (`next_urgent_look`).
+        let mut urgent_waits = false;
         if admit == Admit::All && calm {
-            // A change of the task signal since the last look (each change is looked at once).
-            let version = signal.version();
-            let signalled = version != urgent_seen;
-            urgent_seen = version;
-            if signalled && !local.is_empty() {
-                // Something changed since a call came back empty: worth another.
-                empty = None;
-            }
             let capacity = local_capacity(&inner, &engine);
-            let room = (free_slots(&inner, &engine) + capacity).saturating_sub(local.len() + asked);
+            let free = free_slots(&inner, &engine);
+            let room = (free + capacity).saturating_sub(local.len() + asked);
             // The first call starts as soon as there is room for one task; another one, beside
             // it, only once it can claim a good batch (else calls would split the work into
             // crumbs): half a batch.
@@ -482,39 +536,37 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 asked += want;
                 // Read before claiming, so a task created after the claim still wakes us.
                 let seen = signal.version();
+                urgent_seen = seen;
                 in_flight.push(claim(
                     inner.clone(),
                     name.clone(),
-                    ClaimRequest {
-                        want,
-                        seen,
-                        probe: None,
-                        above: None,
-                    },
+                    claim_request(want, seen, None),
                 ));
                 continue;
             }
-            // The local queue is full and something changed: anything more urgent than the
-            // lowest waiting task?
-            if signalled
-                && capacity > 0
+            let version = signal.version();
+            if capacity > 0
                 && local.len() >= capacity
-                && let Some(lowest) = local.lowest_priority()
+                && version != urgent_seen
+                && let Some((lowest, at_lowest)) = local.lowest_priority()
                 && lowest < i32::MAX
             {
-                let want = local.len().min(tuning.claim_batch);
-                asked += want;
-                in_flight.push(claim(
-                    inner.clone(),
-                    name.clone(),
-                    ClaimRequest {
-                        want,
-                        seen: version,
-                        probe: None,
-                        above: Some(lowest),
-                    },
-                ));
-                continue;
+                if tokio::time::Instant::now() >= next_urgent_look {
+                    urgent_seen = version;
+                    next_urgent_look = tokio::time::Instant::now() + URGENT_LOOK_EVERY;
+                    let want = at_lowest.min(tuning.claim_batch);
+                    asked += want;
+                    in_flight.push(claim(
+                        inner.clone(),
+                        name.clone(),
+                        claim_request(want, version, Some(lowest)),
+                    ));
+                    continue;
+                }
+                urgent_waits = true;
+            } else {
+                // Nothing to look for: this change is seen.
+                urgent_seen = version;
             }
         }
         let may_start = !stopping && admit == Admit::All && !local.is_empty();
@@ -529,15 +581,17 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
             && admit == Admit::All
             && local.is_empty()
             && free_slots(&inner, &engine) == 0;
-        // Tasks wait: look again when the task signal changes (see above).
-        let watch_signal = admit == Admit::All && calm && !local.is_empty();
+        // Tasks wait: look again when the task signal changes (see above), when the controls
+        // change (a pause gives them back), or when a backoff ends.
+        let watch = !stopping && !local.is_empty();
+        let backoff_until = backoff;
         tokio::select! {
             biased;
             _ = stop.cancelled(), if !stopping => stopping = true,
             Some((claimed, request)) = in_flight.next(), if !in_flight.is_empty() => {
                 // (Names the types, which inference cannot see through the macro.)
                 let (claimed, request): (Result<Vec<Claimed>>, ClaimRequest) = (claimed, request);
-                let ClaimRequest { want, seen, probe, above } = request;
+                let ClaimRequest { want, seen, probe, above, _tracked } = request;
                 asked = asked.saturating_sub(want);
                 if let Some(slot) = probe {
                     let task = claimed.as_ref().ok().and_then(|c| c.first()).map(|c| c.task.id);
@@ -573,11 +627,13 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                             empty = None;
                         }
                         inner.wakeups.events_appended();
+                        let held = local.len();
                         local.extend(claimed);
                         local.start_ready(&engine, Vec::new());
                         if above.is_some() {
-                            // As many of the lowest go back as more urgent ones came.
-                            local.trim(local_capacity(&inner, &engine));
+                            // As many of the lowest go back as more urgent ones came (and did
+                            // not start at once).
+                            local.trim(held);
                         }
                         // Let the attempts just spawned start (and quick ones finish, freeing
                         // their slots) before the next call is sized.
@@ -610,14 +666,19 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 }
                 let seen = signal.version();
                 asked += 1;
-                in_flight.push(claim(
-                    inner.clone(),
-                    name.clone(),
-                    ClaimRequest { want: 1, seen, probe: slots.pop(), above: None },
-                ));
+                let mut request = claim_request(1, seen, None);
+                request.probe = slots.pop();
+                in_flight.push(claim(inner.clone(), name.clone(), request));
             }
             _ = slot_freed(&inner, &engine, &stop), if wait_for_slot => {}
-            _ = signal.changed_since(urgent_seen), if watch_signal => {}
+            // Only while calm: then every change is seen above (claimed for, looked at, or
+            // waiting for the next look).
+            _ = signal.changed_since(urgent_seen), if watch && calm && !urgent_waits => {}
+            _ = tokio::time::sleep_until(next_urgent_look), if watch && urgent_waits => {}
+            _ = controls.changed_since(controls_seen), if watch => {}
+            _ = inner.attempts.stopped.changed_since(stops_seen), if watch => {}
+            _ = async { if let Some(until) = backoff_until { tokio::time::sleep_until(until).await } },
+                if watch && backoff_until.is_some() => {}
         }
     }
 }

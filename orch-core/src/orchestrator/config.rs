@@ -94,13 +94,17 @@ pub struct Tuning {
     /// can bring dozens of tasks and the next one travels while they run, so short tasks are
     /// not held up by the database's round trips. The whole queue is used while the engine's
     /// attempts take under 10 ms on average; for slower ones (and before the first attempt
-    /// ends) it holds no more tasks than the engine has slots, so tasks are not kept from
-    /// other nodes for long. Waiting tasks keep their leases renewed, start best first
+    /// ends) claims fill it only up to as many tasks as the engine has slots, so tasks are not
+    /// kept from other nodes for long. Waiting tasks keep their leases renewed, start best first
     /// (priority, then due time, then id, as claims order them), and are given back unrun
     /// (their attempt not counted) on shutdown, pause or quarantine. While the queue is full,
     /// a task of higher priority than the lowest waiting one is claimed as soon as the
-    /// backend signals new work, and the lowest waiting task given back. 0 turns the local
-    /// queue off (claims ask only for free slots). Default 64.
+    /// backend signals new work, and the lowest waiting task given back. A process that dies
+    /// with tasks waiting leaves them leased: they are rescued when their leases expire, and
+    /// as for a running task the claim counted as an attempt, so a task on its last attempt
+    /// (every task with `max_attempts` 1) then fails without having run. Where that matters
+    /// more than throughput, 0 turns the local queue off (claims ask only for free slots).
+    /// Default 64.
     pub local_queue: usize,
     /// Events buffered per live subscriber before it lags (and catches up from the log).
     /// Default 4096.

@@ -268,7 +268,8 @@ impl Orchestrator {
         names
     }
 
-    /// Attempts running in this process right now.
+    /// Attempts this process holds right now: running, and claimed and waiting for a slot in
+    /// an engine's local queue (see [`Tuning::local_queue`]).
     pub fn running_count(&self) -> usize {
         self.inner.attempts.count()
     }

@@ -2,7 +2,8 @@
 //! a bug) is restarted after a delay that doubles while it keeps panicking, when
 //! [`Healing::restart`](super::Healing::restart) is on; with it off the engine is marked
 //! stopped. Either way the panic is recorded as an event. Slots the loop held are released
-//! as it unwinds; tasks it had claimed but not started are rescued when their lease expires.
+//! as it unwinds, and the tasks waiting in its local queue are given back; tasks of claims
+//! it had under way are rescued when their lease expires.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -280,3 +280,73 @@ async fn orch_with_engine(backend: SharedBackend, order: Arc<Mutex<Vec<String>>>
         .unwrap();
     orch
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_gives_waiting_tasks_back_at_once() {
+    let Setup {
+        backend,
+        orch,
+        order,
+        gate,
+    } = setup(config()).await;
+    let mut waiting = Vec::new();
+    for name in ["a", "b"] {
+        waiting.push(dispatch(&orch, name, 0).await);
+    }
+    for id in &waiting {
+        until_status(&backend, *id, TaskStatus::Running).await;
+    }
+    assert!(
+        orch.pause_engine("work", "test", "maintenance")
+            .await
+            .unwrap()
+    );
+    // Back in the queue while the held attempt still runs, not when it ends.
+    for id in &waiting {
+        until_status(&backend, *id, TaskStatus::Queued).await;
+        assert_eq!(backend.get_task(*id).await.unwrap().unwrap().attempt, 0);
+    }
+    assert_eq!(orch.running_count(), 1);
+    gate.add_permits(1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        *order.lock(),
+        ["warm", "block"],
+        "a paused engine started a task"
+    );
+    assert!(orch.resume_engine("work", "test", "done").await.unwrap());
+    for id in &waiting {
+        let done = orch.wait_for(*id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!((done.status, done.attempt), (TaskStatus::Succeeded, 1));
+    }
+    orch.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_task_cancelled_never_runs() {
+    let Setup {
+        backend,
+        orch,
+        order,
+        gate,
+    } = setup(config()).await;
+    let a = dispatch(&orch, "a", 0).await;
+    let b = dispatch(&orch, "b", 0).await;
+    for id in [a, b] {
+        until_status(&backend, id, TaskStatus::Running).await;
+    }
+    let cancelled = orch.cancel(a).await.unwrap();
+    assert_eq!(cancelled.status, TaskStatus::Cancelled);
+    // Its place is free: the process holds the held attempt and b.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(orch.running_count(), 2);
+    gate.add_permits(1);
+    let done = orch.wait_for(b, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    assert_eq!(*order.lock(), ["warm", "block", "b"]);
+    assert_eq!(
+        backend.get_task(a).await.unwrap().unwrap().status,
+        TaskStatus::Cancelled
+    );
+    orch.shutdown(Duration::from_secs(1)).await;
+}

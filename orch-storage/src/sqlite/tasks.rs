@@ -370,12 +370,12 @@ impl SqliteBackend {
     /// when given.
     async fn claim_above(
         &self,
+        operation: &'static str,
         engine: &str,
         limit: usize,
         lease: Duration,
         above: Option<i32>,
     ) -> Result<Vec<Claimed>> {
-        const OP: &str = "claim_tasks";
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -387,7 +387,7 @@ impl SqliteBackend {
         let batch = Uuid::new_v4().as_bytes()[8..].to_vec();
         let rows = self
             .write_script(
-                OP,
+                operation,
                 sqlx::query(CLAIM_SCRIPT.sql())
                     .bind(time_to_db(now))
                     .bind(time_to_db(expires))
@@ -398,13 +398,14 @@ impl SqliteBackend {
             )
             .await?;
         let [row] = rows.as_slice() else {
-            return Err(corrupt(OP, "the claim returned no batch"));
+            return Err(corrupt(operation, "the claim returned no batch"));
         };
-        let tasks: String = row.try_get("tasks").map_err(|e| corrupt(OP, e))?;
-        let claimed = tasks_from_json(OP, &tasks)?
+        let tasks: String = row.try_get("tasks").map_err(|e| corrupt(operation, e))?;
+        let claimed = tasks_from_json(operation, &tasks)?
             .into_iter()
             .map(|(task, token)| {
-                let lease_token = token.ok_or_else(|| corrupt(OP, "claimed task has no lease"))?;
+                let lease_token =
+                    token.ok_or_else(|| corrupt(operation, "claimed task has no lease"))?;
                 Ok(Claimed { task, lease_token })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -721,7 +722,8 @@ impl TaskStore for SqliteBackend {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
-        self.claim_above(engine, limit, lease, None).await
+        self.claim_above("claim_tasks", engine, limit, lease, None)
+            .await
     }
 
     async fn claim_tasks_above(
@@ -731,7 +733,8 @@ impl TaskStore for SqliteBackend {
         lease: Duration,
         priority: i32,
     ) -> Result<Vec<Claimed>> {
-        self.claim_above(engine, limit, lease, Some(priority)).await
+        self.claim_above("claim_tasks_above", engine, limit, lease, Some(priority))
+            .await
     }
 
     async fn next_run_at(&self, engine: &str) -> Result<Option<DateTime<Utc>>> {
