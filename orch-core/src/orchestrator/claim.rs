@@ -264,6 +264,25 @@ impl LocalQueue {
         Some((lowest, at))
     }
 
+    /// Starts claimed tasks (in claim order, as the backend returns them) in the slots free
+    /// now when nothing waits, and queues the rest (registering their attempts).
+    fn take(&mut self, engine: &Arc<Engine>, claimed: Vec<Claimed>) {
+        if !self.is_empty() {
+            self.extend(claimed);
+            self.start_ready(engine, Vec::new());
+            return;
+        }
+        let slots = gather_slots(&self.inner, engine, Vec::new(), claimed.len());
+        let mut claimed = claimed.into_iter();
+        start_attempts(
+            &self.inner,
+            engine,
+            claimed.by_ref().take(slots.len()).collect(),
+            slots,
+        );
+        self.extend(claimed.collect());
+    }
+
     /// Registers claimed tasks' attempts and queues them.
     fn extend(&mut self, claimed: Vec<Claimed>) {
         if claimed.is_empty() {
@@ -429,6 +448,9 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
     // The signal's version when the local queue last looked for more urgent tasks, and the
     // earliest instant of the next look.
     let mut urgent_seen = signal.version();
+    // The version of `Attempts::stopped` when the local queue was last looked at for stopped
+    // tasks.
+    let mut stops_checked = inner.attempts.stopped.version();
     let mut next_urgent_look = tokio::time::Instant::now();
     // After a failed claim: no new call starts before this instant.
     let mut backoff: Option<tokio::time::Instant> = None;
@@ -444,11 +466,15 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
         // Read before looking at the controls, so a change right after is not missed.
         let controls_seen = controls.version();
         let stops_seen = inner.attempts.stopped.version();
+        let stopped_since = stops_seen != stops_checked;
+        stops_checked = stops_seen;
         let admit = control::admit(&inner, &engine);
         if stopping || admit != Admit::All {
             local.give_back();
         }
-        local.drop_stopped();
+        if stopped_since {
+            local.drop_stopped();
+        }
         if backoff.is_some_and(|until| tokio::time::Instant::now() >= until) && !local.is_empty() {
             backoff = None;
         }
@@ -628,8 +654,7 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                         }
                         inner.wakeups.events_appended();
                         let held = local.len();
-                        local.extend(claimed);
-                        local.start_ready(&engine, Vec::new());
+                        local.take(&engine, claimed);
                         if above.is_some() {
                             // As many of the lowest go back as more urgent ones came (and did
                             // not start at once).
