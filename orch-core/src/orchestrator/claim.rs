@@ -187,29 +187,36 @@ fn give_back(inner: &Inner, claimed: Vec<Claimed>) {
     }
 }
 
+/// Claim order: higher priority first, then earlier due time, then smaller id.
+type ClaimKey = (i32, std::cmp::Reverse<(i64, TaskId)>);
+
 /// A claimed task in an engine's local queue, waiting for a slot; its attempt is registered
-/// (so its lease is renewed and a cancel reaches it).
+/// (so its lease is renewed and a cancel reaches it). Small (the task is boxed, its order
+/// key kept beside it), so the heap moves little.
 struct Waiting {
-    claimed: Claimed,
+    key: ClaimKey,
+    claimed: Box<Claimed>,
     running: Arc<Running>,
 }
 
 impl Waiting {
-    /// Claim order: higher priority first, then earlier due time, then smaller id.
-    fn key(
-        &self,
-    ) -> (
-        i32,
-        std::cmp::Reverse<(chrono::DateTime<chrono::Utc>, TaskId)>,
-    ) {
-        let task = &self.claimed.task;
-        (task.priority, std::cmp::Reverse((task.run_at, task.id)))
+    fn new(claimed: Claimed, running: Arc<Running>) -> Self {
+        let task = &claimed.task;
+        let key = (
+            task.priority,
+            std::cmp::Reverse((task.run_at.timestamp_micros(), task.id)),
+        );
+        Waiting {
+            key,
+            claimed: Box::new(claimed),
+            running,
+        }
     }
 }
 
 impl PartialEq for Waiting {
     fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
+        self.key == other.key
     }
 }
 
@@ -223,7 +230,7 @@ impl PartialOrd for Waiting {
 
 impl Ord for Waiting {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key().cmp(&other.key())
+        self.key.cmp(&other.key)
     }
 }
 
@@ -255,12 +262,8 @@ impl LocalQueue {
 
     /// The lowest priority waiting, and how many tasks wait at it.
     fn lowest_priority(&self) -> Option<(i32, usize)> {
-        let lowest = self.waiting.iter().map(|w| w.claimed.task.priority).min()?;
-        let at = self
-            .waiting
-            .iter()
-            .filter(|w| w.claimed.task.priority == lowest)
-            .count();
+        let lowest = self.waiting.iter().map(|w| w.key.0).min()?;
+        let at = self.waiting.iter().filter(|w| w.key.0 == lowest).count();
         Some((lowest, at))
     }
 
@@ -293,10 +296,7 @@ impl LocalQueue {
         }
         for task in claimed {
             let running = self.inner.attempts.register(task.task.id, task.lease_token);
-            self.waiting.push(Waiting {
-                claimed: task,
-                running,
-            });
+            self.waiting.push(Waiting::new(task, running));
         }
     }
 
@@ -336,7 +336,7 @@ impl LocalQueue {
     /// stops renewing it; if the report is lost, the lease expires and the task is rescued).
     fn give_back_these(&self, tasks: Vec<Waiting>) {
         for waiting in tasks {
-            let Claimed { task, lease_token } = &waiting.claimed;
+            let Claimed { task, lease_token } = &*waiting.claimed;
             self.inner.attempts.finished(task.id, *lease_token);
             if waiting.running.cancel.is_cancelled() {
                 // Cancelled, resolved or its lease lost: nothing to give back.
@@ -358,7 +358,7 @@ impl LocalQueue {
             .partition(|w| w.running.cancel.is_cancelled());
         self.waiting = live.into();
         for waiting in stopped {
-            let Claimed { task, lease_token } = &waiting.claimed;
+            let Claimed { task, lease_token } = &*waiting.claimed;
             self.inner.attempts.finished(task.id, *lease_token);
         }
         if self.waiting.is_empty() {
@@ -372,7 +372,7 @@ impl LocalQueue {
         let slots = gather_slots(&self.inner, engine, slots, want);
         for slot in slots {
             let Some(waiting) = self.pop() else { break };
-            spawn_attempt(&self.inner, engine, waiting.claimed, waiting.running, slot);
+            spawn_attempt(&self.inner, engine, *waiting.claimed, waiting.running, slot);
         }
     }
 }
@@ -398,7 +398,7 @@ const SHORT_ATTEMPT: Duration = Duration::from_millis(10);
 /// [`Tuning::local_queue`]: super::Tuning::local_queue
 fn local_capacity(inner: &Inner, engine: &Engine) -> usize {
     let configured = inner.config.tuning.local_queue;
-    let mean = engine.attempt_micros.load(Ordering::Acquire);
+    let mean = engine.attempt_micros.load(Ordering::Relaxed);
     let short = mean > 0 && u128::from(mean) < SHORT_ATTEMPT.as_micros();
     if short {
         configured

@@ -108,20 +108,22 @@ struct Engine {
 
 impl Engine {
     /// Counts an attempt's duration into [`attempt_micros`](Self::attempt_micros): an
-    /// exponentially weighted average, each attempt weighing 1/16.
+    /// exponentially weighted average, each attempt weighing 1/16. Two attempts ending at
+    /// once may count as one (a plain load and store, no compare-and-swap loop on the hot
+    /// path): it only sizes a queue.
     fn note_attempt(&self, took: Duration) {
         let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
-        let _ = self
-            .attempt_micros
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |mean| {
-                Some(if mean == 0 {
-                    took
-                } else {
-                    (mean.saturating_mul(15) / 16)
-                        .saturating_add(took / 16)
-                        .max(1)
-                })
-            });
+        let mean = self.attempt_micros.load(Ordering::Relaxed);
+        let next = if mean == 0 {
+            took
+        } else {
+            (mean.saturating_mul(15) / 16)
+                .saturating_add(took / 16)
+                .max(1)
+        };
+        if next != mean {
+            self.attempt_micros.store(next, Ordering::Relaxed);
+        }
     }
 
     /// The processor of the version running.
