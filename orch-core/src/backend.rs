@@ -196,6 +196,15 @@ pub trait TaskStore: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Whether a claim costs this backend a round trip (to a database file or server), so
+    /// that claiming ahead of the free slots into a local queue pays (see
+    /// [`Tuning::local_queue`](crate::Tuning::local_queue)). Read once, when an orchestrator
+    /// is built. The default is `true`; the in-memory backend answers `false`: its claims
+    /// cost less than the queue's own bookkeeping.
+    fn claims_take_a_round_trip(&self) -> bool {
+        true
+    }
+
     /// Whether this backend implements [`create_claimed`](Self::create_claimed). Read once,
     /// when an orchestrator is built; `false` (the default) and the orchestrator never calls
     /// it. (With `MockTaskStore`, expect this call.)

@@ -579,6 +579,10 @@ impl MemoryBackend {
 
 #[async_trait]
 impl TaskStore for MemoryBackend {
+    fn claims_take_a_round_trip(&self) -> bool {
+        false
+    }
+
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>> {
         if tasks.iter().any(|task| !task.dependencies.is_empty()) {
             return Ok(self.create_graph(tasks, None)?.tasks);

@@ -150,13 +150,20 @@ impl Attempts {
         }
     }
 
-    /// Stops every attempt; returns how many.
+    /// Stops every attempt whose outcome is not being recorded already; returns how many.
     pub(super) fn stop_all(&self, cause: StopCause) -> usize {
         let running = self.running.lock();
+        let mut stopped = 0;
         for attempt in running.values() {
-            attempt.stop(cause);
+            if !attempt.reporting.load(Ordering::Acquire) {
+                attempt.stop(cause);
+                stopped += 1;
+            }
         }
-        running.len()
+        if stopped > 0 {
+            self.stopped.raise();
+        }
+        stopped
     }
 
     /// The leases to renew.

@@ -23,6 +23,9 @@ use crate::registry::DefaultPluginRegistry;
 use crate::schedule::Schedule;
 use crate::trace::TracePropagator;
 
+/// `Tuning::local_queue` where a claim costs the backend a round trip.
+const DEFAULT_LOCAL_QUEUE: usize = 64;
+
 /// Collects engines, handlers and schedules, then starts an [`Orchestrator`].
 ///
 /// ```
@@ -161,6 +164,13 @@ impl OrchestratorBuilder {
             global: Arc::new(Semaphore::new(config.global_concurrency)),
             lock_waiters: Arc::new(Semaphore::new(config.tuning.max_lock_waiters)),
             direct_start: backend.creates_claimed(),
+            local_queue: config.tuning.local_queue.unwrap_or(
+                if backend.claims_take_a_round_trip() {
+                    DEFAULT_LOCAL_QUEUE
+                } else {
+                    0
+                },
+            ),
             backend,
             engines: RwLock::new(HashMap::new()),
             attempts: Attempts::new(),

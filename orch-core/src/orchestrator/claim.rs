@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
-use super::attempts::Running;
+use super::attempts::{Running, StopCause};
 use super::breaker::Admit;
 use super::report::Report;
 use super::{Engine, Inner, control};
@@ -332,22 +332,36 @@ impl LocalQueue {
         self.tracked = None;
     }
 
-    /// Sends each task's abandoned report and forgets its attempt at once (the lease keeper
-    /// stops renewing it; if the report is lost, the lease expires and the task is rescued).
+    /// Sends each task's abandoned report; a task stopped as cancelled or with its lease lost
+    /// is only forgotten.
     fn give_back_these(&self, tasks: Vec<Waiting>) {
         for waiting in tasks {
             let Claimed { task, lease_token } = &*waiting.claimed;
-            self.inner.attempts.finished(task.id, *lease_token);
-            if waiting.running.cancel.is_cancelled() {
-                // Cancelled, resolved or its lease lost: nothing to give back.
+            if matches!(
+                waiting.running.cause(),
+                StopCause::Cancelled | StopCause::LeaseLost
+            ) {
+                self.inner.attempts.finished(task.id, *lease_token);
                 continue;
             }
-            let _ = self.inner.reports.send(abandoned(&waiting.claimed));
+            // Registered (its lease renewed) until the report is recorded, as an attempt's
+            // outcome is; no longer counted among the attempts a shutdown stops.
+            waiting.running.mark_reporting();
+            if self
+                .inner
+                .reports
+                .send(abandoned(&waiting.claimed))
+                .is_err()
+            {
+                // No reporter: the lease expires and the task is rescued.
+                self.inner.attempts.finished(task.id, *lease_token);
+            }
         }
     }
 
-    /// Drops the waiting tasks that were stopped while they waited (cancelled, resolved, lease
-    /// lost): they would only take a slot and a place in the queue.
+    /// Takes the waiting tasks that were stopped while they waited out of the queue: given
+    /// back when stopped as abandoned (a shutdown's deadline), else (cancelled, resolved,
+    /// lease lost) forgotten. They would only take a slot and a place in the queue.
     fn drop_stopped(&mut self) {
         if !self.waiting.iter().any(|w| w.running.cancel.is_cancelled()) {
             return;
@@ -357,10 +371,7 @@ impl LocalQueue {
             .into_iter()
             .partition(|w| w.running.cancel.is_cancelled());
         self.waiting = live.into();
-        for waiting in stopped {
-            let Claimed { task, lease_token } = &*waiting.claimed;
-            self.inner.attempts.finished(task.id, *lease_token);
-        }
+        self.give_back_these(stopped);
         if self.waiting.is_empty() {
             self.tracked = None;
         }
@@ -397,7 +408,7 @@ const SHORT_ATTEMPT: Duration = Duration::from_millis(10);
 ///
 /// [`Tuning::local_queue`]: super::Tuning::local_queue
 fn local_capacity(inner: &Inner, engine: &Engine) -> usize {
-    let configured = inner.config.tuning.local_queue;
+    let configured = inner.local_queue;
     let mean = engine.attempt_micros.load(Ordering::Relaxed);
     let short = mean > 0 && u128::from(mean) < SHORT_ATTEMPT.as_micros();
     if short {
@@ -422,9 +433,11 @@ const URGENT_LOOK_EVERY: Duration = Duration::from_millis(20);
 /// loop idle once nothing waits: no new call starts until the ones under way are back, and
 /// then it sleeps until the task signal changes (since the empty call began), the next delayed
 /// task is due, or the poll floor passes. While the local queue is full, a change of the task
-/// signal makes the loop claim tasks of higher priority than the lowest waiting one (at most
-/// every [`URGENT_LOOK_EVERY`]), giving back as many of the lowest as it got. On shutdown no
-/// new call starts; what waits and what the calls under way bring is given back unrun.
+/// signal (or the poll floor) makes the loop claim tasks of higher priority than the lowest
+/// waiting one (at most every [`URGENT_LOOK_EVERY`]), giving back as many of the lowest as it
+/// got and could not start at once. On shutdown no new call starts; what waits and what the
+/// calls under way bring is given back unrun (what waits when shutdown's deadline stops every
+/// attempt too).
 ///
 /// The controls ([`control::admit`]) come first: while the engine is paused or quarantined,
 /// or the node is out of rotation, no call starts, what waits is given back as soon as the
@@ -452,6 +465,8 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
     // tasks.
     let mut stops_checked = inner.attempts.stopped.version();
     let mut next_urgent_look = tokio::time::Instant::now();
+    // While tasks wait, when to look again without a signal (the poll floor).
+    let mut next_poll = tokio::time::Instant::now() + tuning.poll_interval;
     // After a failed claim: no new call starts before this instant.
     let mut backoff: Option<tokio::time::Instant> = None;
     let mut stopping = false;
@@ -530,8 +545,11 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 continue;
             }
         }
+        // The poll floor holds while tasks wait too (a delayed task come due raises no
+        // signal, nor does another process's work on a backend without change signals).
+        let polled = !local.is_empty() && tokio::time::Instant::now() >= next_poll;
         if let Some(seen) = empty
-            && signal.version() != seen
+            && (polled || signal.version() != seen)
         {
             // Something changed since a call came back empty: worth another.
             empty = None;
@@ -563,6 +581,7 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 // Read before claiming, so a task created after the claim still wakes us.
                 let seen = signal.version();
                 urgent_seen = seen;
+                next_poll = tokio::time::Instant::now() + tuning.poll_interval;
                 in_flight.push(claim(
                     inner.clone(),
                     name.clone(),
@@ -573,15 +592,15 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
             let version = signal.version();
             if capacity > 0
                 && local.len() >= capacity
-                && version != urgent_seen
+                && (polled || version != urgent_seen)
                 && let Some((lowest, at_lowest)) = local.lowest_priority()
                 && lowest < i32::MAX
             {
                 if tokio::time::Instant::now() >= next_urgent_look {
                     urgent_seen = version;
                     next_urgent_look = tokio::time::Instant::now() + URGENT_LOOK_EVERY;
+                    next_poll = tokio::time::Instant::now() + tuning.poll_interval;
                     let want = at_lowest.min(tuning.claim_batch);
-                    asked += want;
                     in_flight.push(claim(
                         inner.clone(),
                         name.clone(),
@@ -591,8 +610,11 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 }
                 urgent_waits = true;
             } else {
-                // Nothing to look for: this change is seen.
+                // Nothing to look for: this change (and this poll) is seen.
                 urgent_seen = version;
+                if polled {
+                    next_poll = tokio::time::Instant::now() + tuning.poll_interval;
+                }
             }
         }
         let may_start = !stopping && admit == Admit::All && !local.is_empty();
@@ -618,7 +640,10 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 // (Names the types, which inference cannot see through the macro.)
                 let (claimed, request): (Result<Vec<Claimed>>, ClaimRequest) = (claimed, request);
                 let ClaimRequest { want, seen, probe, above, _tracked } = request;
-                asked = asked.saturating_sub(want);
+                if above.is_none() {
+                    // (A look for more urgent tasks is not counted: it makes its own room.)
+                    asked = asked.saturating_sub(want);
+                }
                 if let Some(slot) = probe {
                     let task = claimed.as_ref().ok().and_then(|c| c.first()).map(|c| c.task.id);
                     engine.breaker.probe_claimed(task);
@@ -658,7 +683,7 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                         if above.is_some() {
                             // As many of the lowest go back as more urgent ones came (and did
                             // not start at once).
-                            local.trim(held);
+                            local.trim(held.max(local_capacity(&inner, &engine)));
                         }
                         // Let the attempts just spawned start (and quick ones finish, freeing
                         // their slots) before the next call is sized.
@@ -701,6 +726,7 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
             _ = signal.changed_since(urgent_seen), if watch && calm && !urgent_waits => {}
             _ = tokio::time::sleep_until(next_urgent_look), if watch && urgent_waits => {}
             _ = controls.changed_since(controls_seen), if watch => {}
+            _ = tokio::time::sleep_until(next_poll), if watch && calm && !urgent_waits => {}
             _ = inner.attempts.stopped.changed_since(stops_seen), if watch => {}
             _ = async { if let Some(until) = backoff_until { tokio::time::sleep_until(until).await } },
                 if watch && backoff_until.is_some() => {}

@@ -94,18 +94,23 @@ pub struct Tuning {
     /// can bring dozens of tasks and the next one travels while they run, so short tasks are
     /// not held up by the database's round trips. The whole queue is used while the engine's
     /// attempts take under 10 ms on average; for slower ones (and before the first attempt
-    /// ends) claims fill it only up to as many tasks as the engine has slots, so tasks are not
-    /// kept from other nodes for long. Waiting tasks keep their leases renewed, start best first
-    /// (priority, then due time, then id, as claims order them), and are given back unrun
-    /// (their attempt not counted) on shutdown, pause or quarantine. While the queue is full,
-    /// a task of higher priority than the lowest waiting one is claimed as soon as the
-    /// backend signals new work, and the lowest waiting task given back. A process that dies
-    /// with tasks waiting leaves them leased: they are rescued when their leases expire, and
-    /// as for a running task the claim counted as an attempt, so a task on its last attempt
-    /// (every task with `max_attempts` 1) then fails without having run. Where that matters
-    /// more than throughput, 0 turns the local queue off (claims ask only for free slots).
-    /// Default 64.
-    pub local_queue: usize,
+    /// ends) claims fill it only up to as many tasks as the engine has slots. What already
+    /// waits stays when that bound shrinks. Waiting tasks keep their leases renewed, start
+    /// best first (priority, then due time, then id, as claims order them), and are given
+    /// back unrun (their attempt not counted) on shutdown, pause, quarantine or when the node
+    /// is taken out of rotation. While the queue is full, a task of higher priority than the
+    /// lowest waiting one is claimed within about 20 ms of the backend signalling new work
+    /// (or within `poll_interval`), and as many of the lowest waiting tasks given back (on
+    /// backends that implement
+    /// [`claim_tasks_above`](crate::backend::TaskStore::claim_tasks_above): the three of this
+    /// workspace do). A process that dies with tasks waiting leaves them leased: they are
+    /// rescued when their leases expire, and as for a running task the claim counted as an
+    /// attempt, so a task on its last attempt (every task with `max_attempts` 1) then fails
+    /// without having run. Where that matters more than throughput, `Some(0)` turns the local
+    /// queue off (claims ask only for free slots). `None` (the default): 64 where a claim
+    /// costs the backend a round trip (SQLite, PostgreSQL), 0 in memory
+    /// ([`claims_take_a_round_trip`](crate::backend::TaskStore::claims_take_a_round_trip)).
+    pub local_queue: Option<usize>,
     /// Events buffered per live subscriber before it lags (and catches up from the log).
     /// Default 4096.
     pub event_buffer: usize,
@@ -124,7 +129,7 @@ impl Default for Tuning {
             claim_batch: 64,
             claims_in_flight: 2,
             reports_in_flight: 4,
-            local_queue: 64,
+            local_queue: None,
             event_buffer: 4096,
             max_lock_waiters: 1024,
             control_refresh: Duration::from_secs(1),
@@ -159,7 +164,7 @@ impl Tuning {
 
     /// Sets how many claimed tasks an engine may keep waiting for a slot (0: none).
     pub fn with_local_queue(mut self, tasks: usize) -> Self {
-        self.local_queue = tasks;
+        self.local_queue = Some(tasks);
         self
     }
 

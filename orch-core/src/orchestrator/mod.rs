@@ -147,6 +147,8 @@ pub(crate) struct Inner {
     wakeups: Wakeups,
     /// Whether the backend stores tasks already claimed (read once, at build).
     direct_start: bool,
+    /// `Tuning::local_queue` resolved against the backend (read once, at build).
+    local_queue: usize,
     events: EventLog,
     locks: LockManager,
     plugins: DefaultPluginRegistry,

@@ -1,6 +1,7 @@
 //! The local queue of claimed tasks: tasks claimed ahead of an engine's free slots start in
 //! priority order with the tasks still stored, keep their leases while they wait, and go back
-//! to the queue unrun when the orchestrator shuts down.
+//! to the queue unrun when the orchestrator shuts down. (The in-memory backend has no local
+//! queue by default; these tests ask for one.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,12 @@ fn engine(order: Arc<Mutex<Vec<String>>>, gate: Arc<Semaphore>) -> impl orch_cor
             Ok(Value::Null)
         }
     })
+}
+
+/// The test config with a local queue of 64 (in memory the default is none: claims there
+/// cost less than the queue).
+fn queued() -> OrchestratorConfig {
+    config().with_tuning(Tuning::default().with_local_queue(64))
 }
 
 fn task(name: &str, priority: i32) -> TaskSpec {
@@ -103,7 +110,7 @@ async fn a_more_urgent_stored_task_starts_before_the_waiting_ones() {
         orch,
         order,
         gate,
-    } = setup(config()).await;
+    } = setup(queued()).await;
     let mut lows = Vec::new();
     for name in ["low1", "low2", "low3"] {
         lows.push(dispatch(&orch, name, 0).await);
@@ -195,7 +202,7 @@ async fn tasks_of_the_same_priority_are_not_given_back_while_the_queue_is_full()
 #[tokio::test(start_paused = true)]
 async fn waiting_tasks_keep_their_leases() {
     // Leases of 2 s, the rescuer looking every 200 ms, and tasks waiting 30 s for the slot.
-    let config = config()
+    let config = queued()
         .with_lease(Duration::from_secs(2))
         .with_rescue_interval(Duration::from_millis(200));
     let backend = backend();
@@ -247,7 +254,7 @@ async fn shutdown_gives_waiting_tasks_back_and_another_orchestrator_runs_them() 
         orch,
         order,
         gate: _gate,
-    } = setup(config()).await;
+    } = setup(queued()).await;
     let mut waiting = Vec::new();
     for name in ["a", "b", "c"] {
         waiting.push(dispatch(&orch, name, 0).await);
@@ -288,7 +295,7 @@ async fn a_pause_gives_waiting_tasks_back_at_once() {
         orch,
         order,
         gate,
-    } = setup(config()).await;
+    } = setup(queued()).await;
     let mut waiting = Vec::new();
     for name in ["a", "b"] {
         waiting.push(dispatch(&orch, name, 0).await);
@@ -329,7 +336,7 @@ async fn a_waiting_task_cancelled_never_runs() {
         orch,
         order,
         gate,
-    } = setup(config()).await;
+    } = setup(queued()).await;
     let a = dispatch(&orch, "a", 0).await;
     let b = dispatch(&orch, "b", 0).await;
     for id in [a, b] {
@@ -349,4 +356,30 @@ async fn a_waiting_task_cancelled_never_runs() {
         TaskStatus::Cancelled
     );
     orch.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_with_no_time_left_still_gives_waiting_tasks_back() {
+    let Setup {
+        backend,
+        orch,
+        order: _,
+        gate: _gate,
+    } = setup(queued()).await;
+    let waiting = [dispatch(&orch, "a", 0).await, dispatch(&orch, "b", 0).await];
+    for id in waiting {
+        until_status(&backend, id, TaskStatus::Running).await;
+    }
+    // The deadline passes before the claim loop runs again: the waiting tasks are stopped
+    // as abandoned with the held attempt, and still go back unrun.
+    let report = orch.shutdown(Duration::ZERO).await;
+    assert_eq!(report.abandoned, 3, "{report:?}");
+    for id in waiting {
+        let task = backend.get_task(id).await.unwrap().unwrap();
+        assert_eq!(
+            (task.status, task.attempt),
+            (TaskStatus::Queued, 0),
+            "{task:?}"
+        );
+    }
 }
