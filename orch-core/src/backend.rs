@@ -200,7 +200,7 @@ pub trait TaskStore: Send + Sync {
     /// that claiming ahead of the free slots into a local queue pays (see
     /// [`Tuning::local_queue`](crate::Tuning::local_queue)). Read once, when an orchestrator
     /// is built. The default is `true`; the in-memory backend answers `false`: its claims
-    /// cost less than the queue's own bookkeeping.
+    /// cost less than the queue's own bookkeeping. (With `MockTaskStore`, expect this call.)
     fn claims_take_a_round_trip(&self) -> bool {
         true
     }

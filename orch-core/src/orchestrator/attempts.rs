@@ -155,7 +155,9 @@ impl Attempts {
         let running = self.running.lock();
         let mut stopped = 0;
         for attempt in running.values() {
-            if !attempt.reporting.load(Ordering::Acquire) {
+            // Not an attempt whose outcome is being recorded, nor one already stopped for
+            // another cause (cancelled, lease lost): it is forgotten, not given back.
+            if !attempt.reporting.load(Ordering::Acquire) && !attempt.cancel.is_cancelled() {
                 attempt.stop(cause);
                 stopped += 1;
             }

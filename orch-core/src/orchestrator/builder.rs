@@ -164,13 +164,13 @@ impl OrchestratorBuilder {
             global: Arc::new(Semaphore::new(config.global_concurrency)),
             lock_waiters: Arc::new(Semaphore::new(config.tuning.max_lock_waiters)),
             direct_start: backend.creates_claimed(),
-            local_queue: config.tuning.local_queue.unwrap_or(
+            local_queue: config.tuning.local_queue.unwrap_or_else(|| {
                 if backend.claims_take_a_round_trip() {
                     DEFAULT_LOCAL_QUEUE
                 } else {
                     0
-                },
-            ),
+                }
+            }),
             backend,
             engines: RwLock::new(HashMap::new()),
             attempts: Attempts::new(),

@@ -683,7 +683,9 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                         if above.is_some() {
                             // As many of the lowest go back as more urgent ones came (and did
                             // not start at once).
-                            local.trim(held.max(local_capacity(&inner, &engine)));
+                            // Room left for the regular claims under way counts as taken.
+                            let bound = local_capacity(&inner, &engine).saturating_sub(asked);
+                            local.trim(held.max(bound));
                         }
                         // Let the attempts just spawned start (and quick ones finish, freeing
                         // their slots) before the next call is sized.

@@ -100,7 +100,7 @@ pub struct Tuning {
     /// back unrun (their attempt not counted) on shutdown, pause, quarantine or when the node
     /// is taken out of rotation. While the queue is full, a task of higher priority than the
     /// lowest waiting one is claimed within about 20 ms of the backend signalling new work
-    /// (or within `poll_interval`), and as many of the lowest waiting tasks given back (on
+    /// (or within `poll_interval`), and the lowest waiting tasks given back to keep the bound (on
     /// backends that implement
     /// [`claim_tasks_above`](crate::backend::TaskStore::claim_tasks_above): the three of this
     /// workspace do). A process that dies with tasks waiting leaves them leased: they are

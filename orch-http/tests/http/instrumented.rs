@@ -185,6 +185,20 @@ impl TaskStore for Instrumented {
     ) -> Result<Vec<Claimed>> {
         self.inner.claim_tasks(engine, limit, lease).await
     }
+    async fn claim_tasks_above(
+        &self,
+        engine: &str,
+        limit: usize,
+        lease: Duration,
+        priority: i32,
+    ) -> Result<Vec<Claimed>> {
+        self.inner
+            .claim_tasks_above(engine, limit, lease, priority)
+            .await
+    }
+    fn claims_take_a_round_trip(&self) -> bool {
+        self.inner.claims_take_a_round_trip()
+    }
     fn creates_claimed(&self) -> bool {
         self.inner.creates_claimed()
     }

@@ -119,6 +119,26 @@ impl TaskStore for Wrapped {
         }
         self.inner.claim_tasks(engine, limit, lease).await
     }
+    async fn claim_tasks_above(
+        &self,
+        engine: &str,
+        limit: usize,
+        lease: Duration,
+        priority: i32,
+    ) -> Result<Vec<Claimed>> {
+        let left =
+            self.claims_before_failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if left.is_err() {
+            return Err(unreachable("claim_tasks_above"));
+        }
+        self.inner
+            .claim_tasks_above(engine, limit, lease, priority)
+            .await
+    }
+    fn claims_take_a_round_trip(&self) -> bool {
+        self.inner.claims_take_a_round_trip()
+    }
     async fn next_run_at(&self, engine: &str) -> Result<Option<DateTime<Utc>>> {
         self.inner.next_run_at(engine).await
     }
