@@ -356,8 +356,8 @@ impl Settings {
     /// (`JWT_SECRET`, `WEBHOOK_SECRET`, `DATABASE_URL`, `ENABLE_MONITORING`,
     /// `ENABLE_SELF_HEALING`, `SLACK_WEBHOOK_URL`, `SMTP_SERVER`, `ORCH_LISTEN`,
     /// `ORCH_LOG`, `DEBUG_MODE`, `ORCH_TRUSTED_PROXIES`, `ORCH_TLS_CERT`, `ORCH_TLS_KEY`,
-    /// `ORCH_METRICS_TOKEN`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`). `env` looks a
-    /// variable up.
+    /// `ORCH_METRICS_TOKEN`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+    /// `OTEL_SERVICE_NAME`). `env` looks a variable up.
     pub fn from_yaml(
         yaml: &str,
         env: &dyn Fn(&str) -> Option<String>,

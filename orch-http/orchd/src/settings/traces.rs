@@ -1,5 +1,7 @@
 //! `tracing:` where orchd sends its spans (OpenTelemetry over OTLP/HTTP), turned into a
-//! validated [`TraceExport`]; `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_SERVICE_NAME` win.
+//! validated [`TraceExport`]; `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the full URL, as the
+//! OpenTelemetry specification has it), `OTEL_EXPORTER_OTLP_ENDPOINT` and
+//! `OTEL_SERVICE_NAME` win.
 
 use orch_http::config::ConfigError;
 use serde::Deserialize;
@@ -19,8 +21,13 @@ pub const TRACES_PATH: &str = "/v1/traces";
 #[serde(default, deny_unknown_fields)]
 pub struct TracingSettings {
     /// The receiver's base URL (`http://collector:4318`; `/v1/traces` is appended unless the
-    /// URL ends with it). `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
+    /// URL ends with it). `OTEL_EXPORTER_OTLP_ENDPOINT` wins, and
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` over both.
     pub otlp_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the full URL spans are posted to, used as it is
+    /// (nothing appended). Read from the environment only.
+    #[serde(skip)]
+    pub traces_endpoint: Option<String>,
     /// The `service.name` of every span (default `orchd`). `OTEL_SERVICE_NAME` wins.
     pub service_name: Option<String>,
     /// The share of new traces recorded, from 0 to 1 (default 1). A trace that arrives with
@@ -31,7 +38,8 @@ pub struct TracingSettings {
 /// Where and how spans are exported: [`Settings::trace_export`]'s answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceExport {
-    /// The full URL spans are posted to (ends with `/v1/traces`).
+    /// The full URL spans are posted to: the configured endpoint with `/v1/traces`, or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it is.
     pub traces_url: String,
     /// `service.name`.
     pub service_name: String,
@@ -97,10 +105,12 @@ impl Settings {
                 "must be a non-empty name without control characters",
             ));
         }
-        let Some(endpoint) = tracing.otlp_endpoint.as_deref() else {
-            return Ok(None);
+        let (endpoint, key, as_is) = match (&tracing.traces_endpoint, &tracing.otlp_endpoint) {
+            (Some(url), _) => (url.as_str(), "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", true),
+            (None, Some(url)) => (url.as_str(), "tracing.otlp_endpoint", false),
+            (None, None) => return Ok(None),
         };
-        let refuse = |reason: String| ConfigError::new("tracing.otlp_endpoint", reason);
+        let refuse = |reason: String| ConfigError::new(key, reason);
         // Never quoted whole: a URL may carry credentials.
         let url = reqwest::Url::parse(endpoint.trim())
             .map_err(|e| refuse(format!("the value is not a URL ({e})")))?;
@@ -116,7 +126,9 @@ impl Settings {
             )));
         }
         let base = url.as_str().trim_end_matches('/');
-        let traces_url = if base.ends_with(TRACES_PATH) {
+        let traces_url = if as_is {
+            url.as_str().to_owned()
+        } else if base.ends_with(TRACES_PATH) {
             base.to_owned()
         } else {
             format!("{base}{TRACES_PATH}")
@@ -129,6 +141,11 @@ impl Settings {
     }
 
     pub(super) fn apply_tracing_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
+        if let Some(endpoint) =
+            env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.trim().is_empty())
+        {
+            self.tracing.traces_endpoint = Some(endpoint);
+        }
         if let Some(endpoint) = env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.trim().is_empty())
         {
             self.tracing.otlp_endpoint = Some(endpoint);

@@ -45,6 +45,7 @@ pub(crate) fn orchd(dir: &Path) -> Command {
         .env_remove("WEBHOOK_SECRET")
         .env_remove("DATABASE_URL")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env_remove("OTEL_SERVICE_NAME")
         .env("ORCH_CONFIG", dir.join("orchd.yaml"));
     command

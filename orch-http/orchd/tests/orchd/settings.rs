@@ -283,3 +283,54 @@ fn session_cookies_are_secure_under_tls_or_behind_proxies_unless_told() {
     ));
     assert!(secure("server:\n  secure_cookies: true\n"));
 }
+
+#[test]
+fn the_traces_endpoint_variable_is_the_full_url_and_wins() {
+    let yaml = "tracing:\n  otlp_endpoint: http://from-file:4318\n";
+    let export = |pairs: &'static [(&'static str, &'static str)]| {
+        Settings::from_yaml(yaml, &env(pairs))
+            .unwrap()
+            .trace_export()
+            .map(|export| export.map(|e| e.traces_url))
+    };
+    // The file's base URL gets the traces path; the general variable wins over the file.
+    assert_eq!(
+        export(&[]).unwrap().as_deref(),
+        Some("http://from-file:4318/v1/traces")
+    );
+    assert_eq!(
+        export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4318")])
+            .unwrap()
+            .as_deref(),
+        Some("http://general:4318/v1/traces")
+    );
+    // The traces variable is used as it is, over both.
+    assert_eq!(
+        export(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://traces:8443/ingest/spans"
+            ),
+        ])
+        .unwrap()
+        .as_deref(),
+        Some("https://traces:8443/ingest/spans")
+    );
+    // Alone, it turns export on.
+    let alone = Settings::from_yaml(
+        "",
+        &env(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://traces:4318/v1/traces",
+        )]),
+    )
+    .unwrap()
+    .trace_export()
+    .unwrap()
+    .map(|e| e.traces_url);
+    assert_eq!(alone.as_deref(), Some("http://traces:4318/v1/traces"));
+    // A bad one is named by its variable.
+    let err = export(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "traces:4318")]).unwrap_err();
+    assert_eq!(err.key, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+}
