@@ -210,3 +210,40 @@ async fn the_database_and_backups_are_private_even_in_an_existing_directory() {
     stop(daemon);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `orchd migrate` on a SQLite data directory under a running daemon stops at once, naming
+/// it, and changes nothing; once the daemon is stopped it migrates.
+#[test]
+fn migrate_refuses_a_data_directory_a_daemon_runs_on() {
+    let dir = workdir();
+    let mut daemon = serve(&dir);
+    let stdout = daemon.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    assert!(lines.any(|line| line.contains("listening on")));
+    let drain = std::thread::spawn(move || lines.count());
+    let refused = orchd(&dir).envs(SECRETS).arg("migrate").output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "migrate ran under a daemon");
+    assert!(
+        stderr.contains("orchd is running") && stderr.contains("stop it before migrating"),
+        "{stderr}"
+    );
+    let pid = daemon.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(daemon.wait().unwrap().success());
+    let _ = drain.join();
+    let migrated = orchd(&dir).envs(SECRETS).arg("migrate").output().unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    assert!(String::from_utf8_lossy(&migrated.stdout).contains("schema version"));
+    let _ = std::fs::remove_dir_all(dir);
+}

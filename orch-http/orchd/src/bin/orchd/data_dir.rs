@@ -1,10 +1,10 @@
 //! The data directory: private to the daemon's user (0700, and 0600 for the database, its
 //! `-wal` and `-shm` files, secrets and backups, even when the directory existed before), and
-//! held by one process at a time. `orchd serve` and `orchd restore` take an exclusive lock on
-//! `<data dir>/orchd.lock` before they read or write anything there, and keep it until they
-//! exit (the kernel drops it when the process dies, however it dies): a second daemon on the
-//! same directory, or a restore under a running daemon, stops at once saying which process
-//! holds it.
+//! held by one process at a time. `orchd serve`, `orchd restore` and `orchd migrate` (on
+//! SQLite) take an exclusive lock on `<data dir>/orchd.lock` before they read or write
+//! anything there, and keep it until they exit (the kernel drops it when the process dies,
+//! however it dies): a second daemon on the same directory, or a restore or a migration under
+//! a running daemon, stops at once saying which process holds it.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -110,6 +110,18 @@ pub(crate) fn lock_for_serve(dir: &Path) -> Result<DataDirLock> {
     lock(dir).or_else(|held| match held {
         Held::By(pid) => bail!(
             "another orchd{} runs on {}: one daemon per data directory",
+            pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+            dir.display()
+        ),
+        Held::Failed(error) => Err(error),
+    })
+}
+
+/// [`lock`] for `orchd migrate` on SQLite: a running daemon must be stopped first.
+pub(crate) fn lock_for_migrate(dir: &Path) -> Result<DataDirLock> {
+    lock(dir).or_else(|held| match held {
+        Held::By(pid) => bail!(
+            "orchd is running{} on {}: stop it before migrating its database",
             pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
             dir.display()
         ),

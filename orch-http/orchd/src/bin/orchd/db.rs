@@ -81,8 +81,7 @@ pub(crate) fn location(global: &GlobalArgs, settings: &Settings) -> String {
 /// Opens (and migrates) the database.
 pub(crate) async fn open(global: &GlobalArgs, settings: &Settings) -> Result<Db> {
     let location = location(global, settings);
-    let is_url = location.contains("://") || location.starts_with("sqlite:");
-    if !is_url || location.starts_with("sqlite:") {
+    if is_sqlite(&location) {
         let options = settings
             .sqlite_options()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -111,10 +110,23 @@ pub(crate) async fn open(global: &GlobalArgs, settings: &Settings) -> Result<Db>
     Ok(Db::Postgres(Arc::new(db), location))
 }
 
-/// `orchd migrate`.
+/// Whether the database in force is a SQLite file (not a PostgreSQL URL).
+fn is_sqlite(location: &str) -> bool {
+    let is_url = location.contains("://") || location.starts_with("sqlite:");
+    !is_url || location.starts_with("sqlite:")
+}
+
+/// `orchd migrate`. On SQLite it takes the data directory's lock first: a daemon running on
+/// it (perhaps an older version, whose queries a newer schema could break) must be stopped.
+/// PostgreSQL is shared by daemons on other hosts; its migrations run under their own lock.
 pub(crate) async fn migrate(global: GlobalArgs) -> Result<ExitCode> {
     let settings = crate::setup::settings(&global)?;
     crate::setup::ensure_data_dir(&global.data_dir)?;
+    let _data_dir_lock = if is_sqlite(&location(&global, &settings)) {
+        Some(crate::data_dir::lock_for_migrate(&global.data_dir)?)
+    } else {
+        None
+    };
     let db = open(&global, &settings).await?;
     match &db {
         Db::Sqlite(sqlite, _) => {
