@@ -262,9 +262,11 @@ impl LocalQueue {
 
     /// The lowest priority waiting, and how many tasks wait at it.
     fn lowest_priority(&self) -> Option<(i32, usize)> {
-        let lowest = self.waiting.iter().map(|w| w.key.0).min()?;
-        let at = self.waiting.iter().filter(|w| w.key.0 == lowest).count();
-        Some((lowest, at))
+        self.waiting.iter().fold(None, |lowest, w| match lowest {
+            Some((p, n)) if p < w.key.0 => Some((p, n)),
+            Some((p, n)) if p == w.key.0 => Some((p, n + 1)),
+            _ => Some((w.key.0, 1)),
+        })
     }
 
     /// Starts claimed tasks (in claim order, as the backend returns them) in the slots free
@@ -300,12 +302,17 @@ impl LocalQueue {
         }
     }
 
-    /// The best waiting task.
-    fn pop(&mut self) -> Option<Waiting> {
-        let next = self.waiting.pop();
+    /// Lets a shutdown go on once nothing waits.
+    fn untrack_if_empty(&mut self) {
         if self.waiting.is_empty() {
             self.tracked = None;
         }
+    }
+
+    /// The best waiting task.
+    fn pop(&mut self) -> Option<Waiting> {
+        let next = self.waiting.pop();
+        self.untrack_if_empty();
         next
     }
 
@@ -320,16 +327,14 @@ impl LocalQueue {
         let rest = all.split_off(surplus);
         self.waiting = rest.into();
         self.give_back_these(all);
-        if self.waiting.is_empty() {
-            self.tracked = None;
-        }
+        self.untrack_if_empty();
     }
 
     /// Gives every waiting task back.
     fn give_back(&mut self) {
         let all = std::mem::take(&mut self.waiting).into_vec();
         self.give_back_these(all);
-        self.tracked = None;
+        self.untrack_if_empty();
     }
 
     /// Sends each task's abandoned report; a task stopped as cancelled or with its lease lost
@@ -372,9 +377,7 @@ impl LocalQueue {
             .partition(|w| w.running.cancel.is_cancelled());
         self.waiting = live.into();
         self.give_back_these(stopped);
-        if self.waiting.is_empty() {
-            self.tracked = None;
-        }
+        self.untrack_if_empty();
     }
 
     /// Starts waiting tasks, best first, in the slots free now.
@@ -555,12 +558,12 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
             empty = None;
         }
         let calm = !stopping && backoff.is_none() && in_flight.len() < max_in_flight;
+        let free = free_slots(&inner, &engine);
         // The local queue is full and the task signal changed: a look for more urgent tasks
         // is due now, or later (`next_urgent_look`).
         let mut urgent_waits = false;
         if admit == Admit::All && calm {
             let capacity = local_capacity(&inner, &engine);
-            let free = free_slots(&inner, &engine);
             let room = (free + capacity).saturating_sub(local.len() + asked);
             // The first call starts as soon as there is room for one task; another one, beside
             // it, only once it can claim a good batch (else calls would split the work into
@@ -625,10 +628,7 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
             && empty.is_none();
         // No room to claim for (every slot busy, the local queue off): look again when a slot
         // frees.
-        let wait_for_slot = !stopping
-            && admit == Admit::All
-            && local.is_empty()
-            && free_slots(&inner, &engine) == 0;
+        let wait_for_slot = !stopping && admit == Admit::All && local.is_empty() && free == 0;
         // Tasks wait: look again when the task signal changes (see above), when the controls
         // change (a pause gives them back), or when a backoff ends.
         let watch = !stopping && !local.is_empty();
@@ -647,17 +647,13 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 if let Some(slot) = probe {
                     let task = claimed.as_ref().ok().and_then(|c| c.first()).map(|c| c.task.id);
                     engine.breaker.probe_claimed(task);
-                    match claimed {
-                        Ok(claimed) if claimed.is_empty() => {
-                            empty.get_or_insert(seen);
-                        }
-                        Ok(claimed) => start_attempts(&inner, &engine, claimed, vec![slot]),
-                        Err(error) => {
-                            tracing::warn!(engine = %name, %error, "claim failed; backing off");
-                            backoff = Some(tokio::time::Instant::now() + tuning.poll_interval);
-                        }
+                    if let Ok(found) = &claimed
+                        && !found.is_empty()
+                    {
+                        // The probe runs whatever the controls say now (it is their test).
+                        start_attempts(&inner, &engine, claimed.unwrap_or_default(), vec![slot]);
+                        continue;
                     }
-                    continue;
                 }
                 match claimed {
                     Ok(claimed) if !claimed.is_empty()
