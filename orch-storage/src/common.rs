@@ -114,6 +114,12 @@ pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
     None
 }
 
+/// The priority floor a claim statement compares with (`priority > floor`): `above`, or
+/// below every `i32` priority when there is none.
+pub(crate) fn priority_floor(above: Option<i32>) -> i64 {
+    above.map_or(i64::from(i32::MIN) - 1, i64::from)
+}
+
 /// A duration in whole microseconds, saturating (the unit both schemas store).
 pub(crate) fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)

@@ -31,7 +31,8 @@ pub(crate) struct Wrapped {
     gate: tokio::sync::watch::Sender<bool>,
     /// `create_tasks` calls waiting at the gate now.
     pub(crate) at_gate: AtomicU64,
-    /// `claim_tasks` calls that succeed before every later one fails as a database would.
+    /// Claim calls (`claim_tasks`, `claim_tasks_above`) that succeed before every later one
+    /// fails as a database would.
     pub(crate) claims_before_failing: AtomicU64,
     /// While `true`, `create_tasks` and `last_event_seq` fail as when the database cannot be
     /// reached.
@@ -53,6 +54,14 @@ impl Wrapped {
             unreachable: std::sync::atomic::AtomicBool::new(false),
             creates: AtomicU64::new(0),
         })
+    }
+
+    /// Counts a claim call down `claims_before_failing`; fails once none is left.
+    fn count_claim(&self, operation: &'static str) -> Result<()> {
+        self.claims_before_failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .map(|_| ())
+            .map_err(|_| unreachable(operation))
     }
 
     /// Closes (`true`) or opens the gate `create_tasks` calls wait at.
@@ -111,12 +120,7 @@ impl TaskStore for Wrapped {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
-        let left =
-            self.claims_before_failing
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if left.is_err() {
-            return Err(unreachable("claim_tasks"));
-        }
+        self.count_claim("claim_tasks")?;
         self.inner.claim_tasks(engine, limit, lease).await
     }
     async fn claim_tasks_above(
@@ -126,12 +130,7 @@ impl TaskStore for Wrapped {
         lease: Duration,
         priority: i32,
     ) -> Result<Vec<Claimed>> {
-        let left =
-            self.claims_before_failing
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if left.is_err() {
-            return Err(unreachable("claim_tasks_above"));
-        }
+        self.count_claim("claim_tasks_above")?;
         self.inner
             .claim_tasks_above(engine, limit, lease, priority)
             .await

@@ -750,7 +750,7 @@ impl PostgresBackend {
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(db_micros(lease))
             .bind(&hint)
-            .bind(above.map_or(i64::from(i32::MIN) - 1, i64::from))
+            .bind(crate::common::priority_floor(above))
             .fetch_all(&self.worker_pool)
             .await
             .map_err(db_err(operation))?;

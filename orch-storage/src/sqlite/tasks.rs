@@ -394,7 +394,7 @@ impl SqliteBackend {
                     .bind(engine.to_owned())
                     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                     .bind(batch)
-                    .bind(above.map_or(i64::from(i32::MIN) - 1, i64::from)),
+                    .bind(crate::common::priority_floor(above)),
             )
             .await?;
         let [row] = rows.as_slice() else {
