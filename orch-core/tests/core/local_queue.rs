@@ -99,6 +99,27 @@ async fn setup(config: OrchestratorConfig) -> Setup {
     }
 }
 
+/// Waits (on the paused clock) until every task is `running`: claimed, here waiting in the
+/// local queue.
+async fn until_running(b: &SharedBackend, ids: impl IntoIterator<Item = TaskId>) {
+    for id in ids {
+        until_status(b, id, TaskStatus::Running).await;
+    }
+}
+
+/// Waits for each task to end, and checks it succeeded at its first attempt (ran once).
+async fn succeeded_once(orch: &Orchestrator, ids: impl IntoIterator<Item = TaskId>) {
+    for id in ids {
+        let done = orch.wait_for(id, Duration::from_secs(120)).await.unwrap();
+        assert_eq!(
+            (done.status, done.attempt),
+            (TaskStatus::Succeeded, 1),
+            "{} did not succeed at its one attempt",
+            done.id
+        );
+    }
+}
+
 async fn dispatch(orch: &Orchestrator, name: &str, priority: i32) -> TaskId {
     orch.dispatch(task(name, priority)).await.unwrap().id
 }
@@ -116,17 +137,11 @@ async fn a_more_urgent_stored_task_starts_before_the_waiting_ones() {
         lows.push(dispatch(&orch, name, 0).await);
     }
     // Claimed ahead of the busy slot: they wait in the local queue.
-    for id in &lows {
-        until_status(&backend, *id, TaskStatus::Running).await;
-    }
+    until_running(&backend, lows.clone()).await;
     let high = dispatch(&orch, "high", 10).await;
     until_status(&backend, high, TaskStatus::Running).await;
     gate.add_permits(1);
-    for id in lows.iter().chain([&high]) {
-        let done = orch.wait_for(*id, Duration::from_secs(30)).await.unwrap();
-        assert_eq!(done.status, TaskStatus::Succeeded);
-        assert_eq!(done.attempt, 1, "{} ran more than once", done.id);
-    }
+    succeeded_once(&orch, lows.into_iter().chain([high])).await;
     assert_eq!(
         *order.lock(),
         ["warm", "block", "high", "low1", "low2", "low3"]
@@ -159,11 +174,7 @@ async fn a_full_local_queue_gives_its_lowest_task_back_for_a_more_urgent_one() {
     assert_eq!(backend.get_task(low2).await.unwrap().unwrap().attempt, 0);
 
     gate.add_permits(1);
-    for id in [low1, low2, low3, high] {
-        let done = orch.wait_for(id, Duration::from_secs(30)).await.unwrap();
-        assert_eq!(done.status, TaskStatus::Succeeded);
-        assert_eq!(done.attempt, 1, "{} ran more than once", done.id);
-    }
+    succeeded_once(&orch, [low1, low2, low3, high]).await;
     let order = order.lock().clone();
     assert_eq!(order[..4], ["warm", "block", "high", "low1"], "{order:?}");
     assert_eq!(order.len(), 6, "{order:?}");
@@ -191,10 +202,7 @@ async fn tasks_of_the_same_priority_are_not_given_back_while_the_queue_is_full()
         TaskStatus::Queued
     );
     gate.add_permits(1);
-    for id in [first, second] {
-        let done = orch.wait_for(id, Duration::from_secs(30)).await.unwrap();
-        assert_eq!(done.attempt, 1);
-    }
+    succeeded_once(&orch, [first, second]).await;
     assert_eq!(*order.lock(), ["warm", "block", "first", "second"]);
     orch.shutdown(Duration::from_secs(1)).await;
 }
@@ -218,9 +226,7 @@ async fn waiting_tasks_keep_their_leases() {
         .unwrap()
         .id;
     let waiting = [dispatch(&orch, "a", 0).await, dispatch(&orch, "b", 0).await];
-    for id in waiting {
-        until_status(&backend, id, TaskStatus::Running).await;
-    }
+    until_running(&backend, waiting).await;
     let claimed: Vec<_> = {
         let mut tasks = Vec::new();
         for id in waiting {
@@ -238,11 +244,8 @@ async fn waiting_tasks_keep_their_leases() {
             "the lease of a waiting task was not renewed: {now:?}"
         );
     }
-    for id in [slow].into_iter().chain(waiting) {
-        let done = orch.wait_for(id, Duration::from_secs(120)).await.unwrap();
-        assert_eq!(done.status, TaskStatus::Succeeded);
-        assert_eq!(done.attempt, 1, "{} was rescued and ran again", done.id);
-    }
+    // A rescued task would have run again, at attempt 2.
+    succeeded_once(&orch, [slow].into_iter().chain(waiting)).await;
     assert_eq!(*order.lock(), ["warm", "slow", "a", "b"]);
     orch.shutdown(Duration::from_secs(1)).await;
 }
@@ -259,9 +262,7 @@ async fn shutdown_gives_waiting_tasks_back_and_another_orchestrator_runs_them() 
     for name in ["a", "b", "c"] {
         waiting.push(dispatch(&orch, name, 0).await);
     }
-    for id in &waiting {
-        until_status(&backend, *id, TaskStatus::Running).await;
-    }
+    until_running(&backend, waiting.clone()).await;
     let report = orch.shutdown(Duration::from_millis(100)).await;
     // The held task was abandoned at the deadline; the waiting ones went back unrun.
     assert_eq!(report.abandoned, 1);
@@ -273,11 +274,7 @@ async fn shutdown_gives_waiting_tasks_back_and_another_orchestrator_runs_them() 
     assert_eq!(*order.lock(), ["warm", "block"]);
 
     let other = orch_with_engine(backend.clone(), order.clone()).await;
-    for id in &waiting {
-        let done = other.wait_for(*id, Duration::from_secs(30)).await.unwrap();
-        assert_eq!(done.status, TaskStatus::Succeeded);
-        assert_eq!(done.attempt, 1);
-    }
+    succeeded_once(&other, waiting).await;
     other.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -300,9 +297,7 @@ async fn a_pause_gives_waiting_tasks_back_at_once() {
     for name in ["a", "b"] {
         waiting.push(dispatch(&orch, name, 0).await);
     }
-    for id in &waiting {
-        until_status(&backend, *id, TaskStatus::Running).await;
-    }
+    until_running(&backend, waiting.clone()).await;
     assert!(
         orch.pause_engine("work", "test", "maintenance")
             .await
@@ -322,10 +317,7 @@ async fn a_pause_gives_waiting_tasks_back_at_once() {
         "a paused engine started a task"
     );
     assert!(orch.resume_engine("work", "test", "done").await.unwrap());
-    for id in &waiting {
-        let done = orch.wait_for(*id, Duration::from_secs(30)).await.unwrap();
-        assert_eq!((done.status, done.attempt), (TaskStatus::Succeeded, 1));
-    }
+    succeeded_once(&orch, waiting).await;
     orch.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -339,9 +331,7 @@ async fn a_waiting_task_cancelled_never_runs() {
     } = setup(queued()).await;
     let a = dispatch(&orch, "a", 0).await;
     let b = dispatch(&orch, "b", 0).await;
-    for id in [a, b] {
-        until_status(&backend, id, TaskStatus::Running).await;
-    }
+    until_running(&backend, [a, b]).await;
     let cancelled = orch.cancel(a).await.unwrap();
     assert_eq!(cancelled.status, TaskStatus::Cancelled);
     // Its place is free: the process holds the held attempt and b.
@@ -367,9 +357,7 @@ async fn a_shutdown_with_no_time_left_still_gives_waiting_tasks_back() {
         gate: _gate,
     } = setup(queued()).await;
     let waiting = [dispatch(&orch, "a", 0).await, dispatch(&orch, "b", 0).await];
-    for id in waiting {
-        until_status(&backend, id, TaskStatus::Running).await;
-    }
+    until_running(&backend, waiting).await;
     // The deadline passes before the claim loop runs again: the waiting tasks are stopped
     // as abandoned with the held attempt, and still go back unrun.
     let report = orch.shutdown(Duration::ZERO).await;
