@@ -31,9 +31,9 @@ use crate::error::Result;
 pub use crate::model::graph::plan_tasks;
 pub use crate::model::rules;
 pub use crate::model::{
-    AttemptOutcome, AttemptReport, Claimed, Created, CreatedWorkflow, HeldLease, LockAttempt,
-    LockRequest, LockTurn, LockWaiter, LockWaiterId, NewDependency, NewLockWaiter, NewTask,
-    NewWorkflow, QueueDepth, check_name,
+    AttemptOutcome, AttemptReport, Claimed, Created, CreatedWorkflow, EngineRoom, HeldLease,
+    LockAttempt, LockRequest, LockTurn, LockWaiter, LockWaiterId, NewDependency, NewLockWaiter,
+    NewTask, NewWorkflow, QueueDepth, check_name,
 };
 use crate::model::{
     EngineCounts, Event, LockInfo, NewEvent, ParentTask, Resolution, Task, TaskFilter, TaskId,
@@ -256,6 +256,35 @@ pub trait TaskStore: Send + Sync {
     /// task's new state or the error.
     async fn finish_attempts(&self, reports: Vec<AttemptReport>)
     -> Result<Vec<Result<TaskStatus>>>;
+
+    /// Whether this backend implements
+    /// [`finish_attempts_and_claim`](Self::finish_attempts_and_claim). Read once, when an
+    /// orchestrator is built; `false` (the default) and the orchestrator only ever calls
+    /// [`finish_attempts`](Self::finish_attempts). (With `MockTaskStore`, expect this call.)
+    fn claims_released_tasks(&self) -> bool {
+        false
+    }
+
+    /// [`finish_attempts`](Self::finish_attempts) that also claims, in the same atomic step,
+    /// tasks those ends release: of each engine named in `room`, up to its number of the
+    /// released tasks that are due, best first in claim order, each by [`rules::claim`]
+    /// (leased `lease` from now) right after its [`rules::release`] (both events, in that
+    /// order). Released tasks beyond the room, of other engines, or not due yet stay `queued`
+    /// for any worker. Returns the statuses as `finish_attempts` does, and the tasks claimed.
+    ///
+    /// An orchestrator calls it, when [`claims_released_tasks`](Self::claims_released_tasks)
+    /// says so, with the room its engines' free slots and local queues have: a task that
+    /// waited for the ones just finished then starts without a claim's round trip. The
+    /// default claims nothing.
+    async fn finish_attempts_and_claim(
+        &self,
+        reports: Vec<AttemptReport>,
+        room: Vec<EngineRoom>,
+        lease: Duration,
+    ) -> Result<(Vec<Result<TaskStatus>>, Vec<Claimed>)> {
+        let _ = (room, lease);
+        Ok((self.finish_attempts(reports).await?, Vec::new()))
+    }
 
     /// Cancels a `waiting`, `queued` or `running` task by [`rules::cancel`] (dropping any
     /// lease); [`Error::IllegalTransition`](crate::Error::IllegalTransition) for a finished

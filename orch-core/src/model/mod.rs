@@ -18,8 +18,9 @@ pub use lock::{
 };
 pub use stats::{EngineCounts, QueueDepth};
 pub use task::{
-    AttemptOutcome, AttemptReport, Claimed, Created, HeldLease, LeaseToken, NewTask, Resolution,
-    RetryPolicy, Task, TaskFilter, TaskId, TaskSpec, TaskStatus, check_json, check_name, limits,
+    AttemptOutcome, AttemptReport, Claimed, Created, EngineRoom, HeldLease, LeaseToken, NewTask,
+    Resolution, RetryPolicy, Task, TaskFilter, TaskId, TaskSpec, TaskStatus, check_json,
+    check_name, limits,
 };
 pub use trace::{TraceContext, check_traceparent, check_tracestate};
 pub use workflow::{

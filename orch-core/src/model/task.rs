@@ -723,6 +723,16 @@ pub struct Claimed {
     pub lease_token: LeaseToken,
 }
 
+/// How many tasks of one engine a caller can take now (see
+/// [`TaskStore::finish_attempts_and_claim`](crate::backend::TaskStore::finish_attempts_and_claim)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineRoom {
+    /// The engine's name.
+    pub engine: String,
+    /// Most tasks of it to claim.
+    pub limit: usize,
+}
+
 /// How one attempt ended, as reported by the lease holder.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {

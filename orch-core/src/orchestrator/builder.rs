@@ -164,6 +164,8 @@ impl OrchestratorBuilder {
             global: Arc::new(Semaphore::new(config.global_concurrency)),
             lock_waiters: Arc::new(Semaphore::new(config.tuning.max_lock_waiters)),
             direct_start: backend.creates_claimed(),
+            claims_released: backend.claims_released_tasks(),
+            handed_outcomes: Default::default(),
             local_queue: config.tuning.local_queue.unwrap_or_else(|| {
                 if backend.claims_take_a_round_trip() {
                     DEFAULT_LOCAL_QUEUE

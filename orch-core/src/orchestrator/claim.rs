@@ -187,6 +187,98 @@ fn give_back(inner: &Inner, claimed: Vec<Claimed>) {
     }
 }
 
+/// Keeps an engine's inbox of handed tasks open while its claim loop runs: when the loop
+/// ends (also by a panic), the inbox closes and what is still in it is given back.
+struct Inbox {
+    inner: Arc<Inner>,
+    engine: Arc<Engine>,
+}
+
+impl Inbox {
+    fn open(inner: &Arc<Inner>, engine: &Arc<Engine>) -> Self {
+        *engine.handed.lock() = Some(Vec::new());
+        Inbox {
+            inner: inner.clone(),
+            engine: engine.clone(),
+        }
+    }
+
+    /// The tasks handed since the last look.
+    fn take(&self) -> Vec<Claimed> {
+        self.engine
+            .handed
+            .lock()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let left = self.engine.handed.lock().take().unwrap_or_default();
+        self.engine.held.store(0, Ordering::Relaxed);
+        give_back(&self.inner, left);
+    }
+}
+
+/// The room each engine has for tasks an outcome's statement claims for it
+/// ([`TaskStore::finish_attempts_and_claim`](crate::backend::TaskStore::finish_attempts_and_claim)):
+/// what its free slots and local queue could take beyond what its claim loop holds, asks for
+/// and has been handed. None while claims stop (shutdown), nor for an engine paused,
+/// quarantined, out of rotation or without a running claim loop.
+pub(super) fn room_for_handed(inner: &Inner) -> Vec<crate::model::EngineRoom> {
+    if inner.stop_claiming.is_cancelled() {
+        return Vec::new();
+    }
+    inner
+        .engines
+        .read()
+        .values()
+        .filter_map(|engine| {
+            if control::admit(inner, engine) != Admit::All {
+                return None;
+            }
+            let handed = engine.handed.lock().as_ref().map(Vec::len)?;
+            let held = engine.held.load(Ordering::Relaxed) + handed;
+            let room =
+                (free_slots(inner, engine) + local_capacity(inner, engine)).saturating_sub(held);
+            (room > 0).then(|| crate::model::EngineRoom {
+                engine: engine.name.to_string(),
+                limit: room,
+            })
+        })
+        .collect()
+}
+
+/// Hands tasks an outcome's statement claimed to their engines' claim loops; returns the
+/// ones no claim loop can take (it ended meanwhile), to be given back.
+pub(super) fn hand_over(inner: &Inner, claimed: Vec<Claimed>) -> Vec<Claimed> {
+    let mut unwanted = Vec::new();
+    let engines = inner.engines.read();
+    let mut raised: Vec<&Arc<Engine>> = Vec::new();
+    for task in claimed {
+        let Some(engine) = engines.get(task.task.engine.as_str()) else {
+            unwanted.push(task);
+            continue;
+        };
+        match engine.handed.lock().as_mut() {
+            Some(inbox) => inbox.push(task),
+            None => {
+                unwanted.push(task);
+                continue;
+            }
+        }
+        if !raised.iter().any(|e| Arc::ptr_eq(e, engine)) {
+            raised.push(engine);
+        }
+    }
+    for engine in raised {
+        engine.handed_signal.raise();
+    }
+    unwanted
+}
+
 /// Claim order: higher priority first, then earlier due time, then smaller id.
 type ClaimKey = (i32, std::cmp::Reverse<(i64, TaskId)>);
 
@@ -456,6 +548,8 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
     let name = engine.name.clone();
     let max_in_flight = tuning.claims_in_flight.max(1);
     let mut in_flight: FuturesUnordered<_> = FuturesUnordered::new();
+    // Declared before the local queue, so it closes after the queue is given back.
+    let inbox = Inbox::open(&inner, &engine);
     let mut local = LocalQueue::new(inner.clone());
     // Tasks asked for by the calls under way.
     let mut asked = 0usize;
@@ -486,10 +580,17 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
         let stops_seen = inner.attempts.stopped.version();
         let stopped_since = stops_seen != stops_checked;
         stops_checked = stops_seen;
+        let handed_seen = engine.handed_signal.version();
         let admit = control::admit(&inner, &engine);
+        let handed = inbox.take();
         if stopping || admit != Admit::All {
             local.give_back();
+            give_back(&inner, handed);
+        } else if !handed.is_empty() {
+            inner.wakeups.events_appended();
+            local.take(&engine, handed);
         }
+        engine.held.store(local.len() + asked, Ordering::Relaxed);
         if stopped_since {
             local.drop_stopped();
         }
@@ -510,6 +611,7 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 tokio::select! {
                     _ = controls.changed_since(controls_seen) => {}
                     _ = cool_down => {}
+                    _ = engine.handed_signal.changed_since(handed_seen) => {}
                     _ = stop.cancelled() => break,
                 }
                 // Whatever was found before, look again once let through.
@@ -519,6 +621,10 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
             if let Some(until) = backoff.take() {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => {}
+                    _ = engine.handed_signal.changed_since(handed_seen) => {
+                        // Not through yet: the backoff holds for claims.
+                        backoff = Some(until);
+                    }
                     _ = stop.cancelled() => break,
                 }
                 continue;
@@ -539,6 +645,10 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
                 tokio::select! {
                     _ = signal.changed_since(seen) => {}
                     _ = tokio::time::sleep(sleep_for) => {}
+                    _ = engine.handed_signal.changed_since(handed_seen) => {
+                        // Handed tasks say nothing of the queue: still idle.
+                        empty = Some(seen);
+                    }
                     _ = stop.cancelled() => {
                         engine.idle.store(false, Ordering::Release);
                         break;
@@ -726,6 +836,7 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
             _ = controls.changed_since(controls_seen), if watch => {}
             _ = tokio::time::sleep_until(next_poll), if watch && calm && !urgent_waits => {}
             _ = inner.attempts.stopped.changed_since(stops_seen), if watch => {}
+            _ = engine.handed_signal.changed_since(handed_seen), if !stopping => {}
             _ = async { if let Some(until) = backoff_until { tokio::time::sleep_until(until).await } },
                 if watch && backoff_until.is_some() => {}
         }

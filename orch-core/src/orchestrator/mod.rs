@@ -104,6 +104,15 @@ struct Engine {
     attempt_micros: AtomicU64,
     /// The claim loop panicked and was not restarted.
     stopped: AtomicBool,
+    /// Tasks an outcome's statement claimed for this engine
+    /// ([`TaskStore::finish_attempts_and_claim`](crate::backend::TaskStore::finish_attempts_and_claim)),
+    /// for its claim loop to take; `None` while no claim loop runs.
+    handed: parking_lot::Mutex<Option<Vec<crate::model::Claimed>>>,
+    /// Raised when tasks are handed to the claim loop.
+    handed_signal: crate::signal::ChangeSignal,
+    /// What the claim loop holds or expects: tasks waiting in its local queue and asked for by
+    /// its claims under way (how much room is left for handed tasks).
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl Engine {
@@ -149,6 +158,10 @@ pub(crate) struct Inner {
     direct_start: bool,
     /// `Tuning::local_queue` resolved against the backend (read once, at build).
     local_queue: usize,
+    /// Whether outcomes' statements may claim the tasks they release (read once, at build).
+    claims_released: bool,
+    /// Outcomes of handed tasks the reporter's next batch waits for.
+    handed_outcomes: parking_lot::Mutex<report::Awaited>,
     events: EventLog,
     locks: LockManager,
     plugins: DefaultPluginRegistry,
@@ -340,6 +353,9 @@ impl Orchestrator {
             restarts: AtomicU64::new(0),
             attempt_micros: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            handed: parking_lot::Mutex::new(None),
+            handed_signal: crate::signal::ChangeSignal::new(),
+            held: std::sync::atomic::AtomicUsize::new(0),
         });
         {
             let mut engines = self.inner.engines.write();

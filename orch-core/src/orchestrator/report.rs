@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Inner;
 use crate::error::Error;
-use crate::model::{AttemptReport, TaskStatus};
+use crate::model::{AttemptReport, TaskId, TaskStatus};
 
 /// An attempt's outcome, waiting to be recorded.
 pub(super) struct Report {
@@ -56,6 +56,76 @@ const REPORT_BATCH: usize = 128;
 /// Outcomes that must be waiting before a batch starts beside one under way.
 const REPORT_BESIDE: usize = 32;
 
+/// How long the next batch may wait for the outcomes of tasks the last batches claimed and
+/// handed to this process's engines: a task released by an outcome and run at once reports
+/// within a fraction of a millisecond, and its outcome then shares the next batch with its
+/// siblings' instead of a batch of its own.
+const HANDED_HOLD: Duration = Duration::from_millis(1);
+
+/// Most handed tasks whose outcomes are tracked (attempts that never report, their leases
+/// lost, must not make the set grow for good).
+const HANDED_TRACKED: usize = 100_000;
+
+/// Tasks outcome batches claimed and handed to this process's engines whose outcomes have not
+/// come: the outcomes of such tasks are recorded one batch at a time (the backend records
+/// them one statement at a time anyway), and the next batch waits a moment for those of the
+/// tasks the latest batch handed, so that siblings share a batch.
+#[derive(Default)]
+pub(super) struct Awaited {
+    /// Every handed task whose outcome has not come.
+    ids: std::collections::HashSet<TaskId>,
+    /// Those the latest batch handed, which the next batch waits for until `until`.
+    latest: std::collections::HashSet<TaskId>,
+    until: Option<tokio::time::Instant>,
+}
+
+impl Awaited {
+    /// Expects the outcomes of `ids`, handed just now.
+    fn expect(&mut self, ids: &[TaskId]) {
+        let now = tokio::time::Instant::now();
+        if self.ids.len() + ids.len() > HANDED_TRACKED {
+            self.ids.clear();
+        }
+        if self.until.is_none_or(|until| until <= now) {
+            // Those still expected are past their wait.
+            self.latest.clear();
+        }
+        self.ids.extend(ids);
+        self.latest.extend(ids);
+        self.until = Some(now + HANDED_HOLD);
+    }
+
+    /// Notes the outcomes that came; whether any was of a handed task.
+    fn came(&mut self, reports: &[Report]) -> bool {
+        if self.ids.is_empty() {
+            return false;
+        }
+        let mut any = false;
+        for report in reports {
+            any |= self.ids.remove(&report.attempt.task_id);
+            self.latest.remove(&report.attempt.task_id);
+        }
+        if self.latest.is_empty() {
+            self.until = None;
+        }
+        any
+    }
+
+    /// Forgets tasks that were handed but could not be taken.
+    fn forget(&mut self, ids: impl IntoIterator<Item = TaskId>) {
+        for id in ids {
+            self.ids.remove(&id);
+            self.latest.remove(&id);
+        }
+    }
+
+    /// Until when the next batch waits, if it does.
+    fn hold(&self) -> Option<tokio::time::Instant> {
+        self.until
+            .filter(|until| !self.latest.is_empty() && *until > tokio::time::Instant::now())
+    }
+}
+
 /// Records outcomes in batches until `stop` fires, then records what is left and ends.
 ///
 /// A batch starts as soon as there is an outcome and no batch is being recorded; while some
@@ -71,14 +141,29 @@ pub(super) async fn reporter(
     let mut in_flight = FuturesUnordered::new();
     let mut pending: Vec<Report> = Vec::new();
     let mut open = true;
+    // Whether outcomes waiting include one of a handed task: then no batch starts beside
+    // one under way.
+    let mut handed_waiting = false;
     while open || !in_flight.is_empty() || !pending.is_empty() {
+        // Outcomes of tasks just handed to this process's engines are on their way: the
+        // first batch waits for them a moment (not once stopping).
+        let hold = if open {
+            inner.handed_outcomes.lock().hold()
+        } else {
+            None
+        };
         while !pending.is_empty()
-            && (in_flight.is_empty()
-                || (pending.len() >= REPORT_BESIDE && in_flight.len() < max_in_flight))
+            && ((in_flight.is_empty() && hold.is_none())
+                || (!handed_waiting
+                    && pending.len() >= REPORT_BESIDE
+                    && in_flight.len() < max_in_flight))
         {
             let rest = pending.split_off(pending.len().min(REPORT_BATCH));
             let batch = std::mem::replace(&mut pending, rest);
             in_flight.push(record(&inner, batch));
+        }
+        if pending.is_empty() {
+            handed_waiting = false;
         }
         // Enough gathered to fill every batch that could start: leave the rest in the channel.
         let room = (REPORT_BATCH * max_in_flight).saturating_sub(pending.len());
@@ -88,8 +173,13 @@ pub(super) async fn reporter(
             received = reports.recv_many(&mut pending, room), if open && room > 0 => {
                 if received == 0 {
                     open = false;
+                } else {
+                    let start = pending.len() - received;
+                    handed_waiting |= inner.handed_outcomes.lock().came(&pending[start..]);
                 }
             }
+            _ = async { if let Some(until) = hold { tokio::time::sleep_until(until).await } },
+                if hold.is_some() && !pending.is_empty() => {}
             _ = stop.cancelled(), if open => {
                 // Closed first: a report sent from now on is recorded by its sender.
                 reports.close();
@@ -100,6 +190,55 @@ pub(super) async fn reporter(
             }
         }
     }
+}
+
+/// Ends the attempts of `batch` with one backend call; where the backend can, the same call
+/// claims tasks those ends release, for the engines served here with room for them, and
+/// hands them to their claim loops.
+async fn finish(
+    inner: &Inner,
+    batch: Vec<AttemptReport>,
+) -> crate::Result<Vec<crate::Result<TaskStatus>>> {
+    if !inner.claims_released {
+        return inner.backend.finish_attempts(batch).await;
+    }
+    // A shutdown that begins meanwhile waits until the tasks claimed are handed over or given
+    // back.
+    let _tracked = inner.attempts.tracker.token();
+    let room = super::claim::room_for_handed(inner);
+    if room.is_empty() {
+        return inner.backend.finish_attempts(batch).await;
+    }
+    let (statuses, claimed) = inner
+        .backend
+        .finish_attempts_and_claim(batch, room, inner.config.lease)
+        .await?;
+    if !claimed.is_empty() {
+        let ids: Vec<TaskId> = claimed.iter().map(|task| task.task.id).collect();
+        inner.handed_outcomes.lock().expect(&ids);
+        let unwanted = super::claim::hand_over(inner, claimed);
+        if !unwanted.is_empty() {
+            inner
+                .handed_outcomes
+                .lock()
+                .forget(unwanted.iter().map(|task| task.task.id));
+            let reports: Vec<AttemptReport> = unwanted
+                .iter()
+                .map(|task| AttemptReport {
+                    task_id: task.task.id,
+                    lease_token: task.lease_token,
+                    attempt: task.task.attempt,
+                    outcome: crate::model::AttemptOutcome::Abandoned,
+                })
+                .collect();
+            // Straight to the backend: the reporter may be closing. Should this fail, the
+            // leases expire and the tasks are rescued.
+            if let Err(error) = inner.backend.finish_attempts(reports).await {
+                tracing::warn!(%error, count = unwanted.len(), "giving back tasks claimed for an engine that stopped claiming failed; their leases will expire");
+            }
+        }
+    }
+    Ok(statuses)
 }
 
 /// Records a batch of outcomes with one backend call, and forgets their attempts.
@@ -116,14 +255,14 @@ pub(super) async fn record(inner: &Inner, batch: Vec<Report>) {
     let batch: Vec<AttemptReport> = batch.into_iter().map(|report| report.attempt).collect();
     // A failed call (a dropped connection, a deadlock victim) is retried a few times: the
     // attempts stay registered meanwhile, so their leases keep being renewed.
-    let mut result = inner.backend.finish_attempts(batch.clone()).await;
+    let mut result = finish(inner, batch.clone()).await;
     let mut delay = Duration::from_millis(50);
     for _ in 0..6 {
         let Err(error) = &result else { break };
         tracing::warn!(%error, count = batch.len(), "recording attempt outcomes failed; retrying");
         tokio::time::sleep(delay).await;
         delay *= 2;
-        result = inner.backend.finish_attempts(batch.clone()).await;
+        result = finish(inner, batch.clone()).await;
     }
     match result {
         Ok(statuses) => {

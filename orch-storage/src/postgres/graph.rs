@@ -66,10 +66,13 @@ pub(super) static CREATE_GRAPH: Rendered = Rendered::new(concat!(
     WHERE NOT EXISTS (SELECT 1 FROM stood_in s WHERE s.new_id = i.id)
         AND NOT EXISTS (SELECT 1 FROM earlier)
 ), edges AS (
+    -- The dependencies of the tasks stored (every child is a task of the call).
     SELECT e.child_id, e.position, coalesce(s.existing_id, e.parent_id) AS parent_id,
            e.parent_id AS named_parent, e.on_failure
-    FROM edge_in e JOIN stored c ON c.id = e.child_id
+    FROM edge_in e
     LEFT JOIN stood_in s ON s.new_id = e.parent_id
+    WHERE NOT EXISTS (SELECT 1 FROM earlier)
+        AND NOT EXISTS (SELECT 1 FROM stood_in x WHERE x.new_id = e.child_id)
 ), outside AS (
     SELECT DISTINCT parent_id AS id FROM edges
     WHERE parent_id NOT IN (SELECT id FROM stored)
@@ -83,19 +86,27 @@ pub(super) static CREATE_GRAPH: Rendered = Rendered::new(concat!(
         AND NOT EXISTS (SELECT 1 FROM orch_tasks t WHERE t.id = e.parent_id)
     ORDER BY e.child_id, e.position
     LIMIT 1
-), child_state AS (
+), edge_count AS (
+    SELECT child_id, count(*) AS n FROM edges GROUP BY child_id
+), outside_state AS (
+    -- What the parents outside the call, already stored, mean at once: those finished in a
+    -- way that lets the child run no longer hold it back; the first (in the child's order)
+    -- whose failure ends it marks it.
     SELECT e.child_id,
-        count(*) FILTER (WHERE p.id IS NULL OR p.status NOT IN ({terminal})
-            OR (p.status <> {success.to} AND e.on_failure <> {policy.run_anyway}))
-            AS waiting_for,
+        count(*) FILTER (WHERE p.status IN ({terminal})
+            AND (p.status = {success.to} OR e.on_failure = {policy.run_anyway})) AS satisfied,
         (array_agg(jsonb_build_object(
              'parent', e.parent_id, 'status', p.status, 'position', e.position,
              'to', CASE WHEN e.on_failure = {policy.fail} THEN {ends.fail} ELSE {ends.cancel} END)
              ORDER BY e.position)
          FILTER (WHERE p.status IN ({terminal}) AND p.status <> {success.to}
              AND e.on_failure <> {policy.run_anyway}))[1] AS doom
-    FROM edges e LEFT JOIN parents p ON p.id = e.parent_id
+    FROM edges e JOIN parents p ON p.id = e.parent_id
     GROUP BY e.child_id
+), child_state AS (
+    -- A child waits for each parent but those.
+    SELECT c.child_id, c.n - coalesce(o.satisfied, 0) AS waiting_for, o.doom
+    FROM edge_count c LEFT JOIN outside_state o ON o.child_id = c.child_id
 ), dependents AS (
     SELECT parent_id AS id, count(*) AS n FROM edges GROUP BY parent_id
 ), rows AS (

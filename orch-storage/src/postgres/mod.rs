@@ -65,6 +65,10 @@ use crate::common::{corrupt, db_err, from_micros, to_u32};
 /// Connections per process unless told otherwise.
 const DEFAULT_POOL_SIZE: u32 = 10;
 
+/// Smallest pool that keeps one connection for the statements recording outcomes of tasks
+/// that end others' waits (they run one at a time; a connection of their own plans them once).
+const GRAPH_CONNECTION_MIN_POOL: u32 = 4;
+
 /// Most events numbered per sequencer statement.
 const NUMBERING_BATCH: i64 = 10_000;
 
@@ -256,6 +260,9 @@ pub struct PostgresBackend {
     /// Outcomes of such tasks, recorded one statement at a time (see
     /// `PostgresBackend::finish_in_graph`).
     graph_outcomes: tasks::GraphOutcomes,
+    /// The pool is large enough to keep one connection for the outcomes of tasks that end
+    /// others' waits (see `GraphOutcomes`).
+    keeps_graph_connection: bool,
 }
 
 impl PostgresBackend {
@@ -359,6 +366,7 @@ impl PostgresBackend {
             separate_worker_pool: !settings.durable_worker_commits,
             graph_claims: std::sync::Mutex::new(std::collections::HashSet::new()),
             graph_outcomes: tasks::GraphOutcomes::default(),
+            keeps_graph_connection: pool_size >= GRAPH_CONNECTION_MIN_POOL,
         })
     }
 
@@ -375,6 +383,8 @@ impl PostgresBackend {
 
     /// Closes every connection. Later calls fail.
     pub async fn close(&self) {
+        // The kept connection first: a pool's close waits for every connection out of it.
+        self.graph_outcomes.close().await;
         self.listener_pool.close().await;
         self.hint_pool.close().await;
         self.worker_pool.close().await;

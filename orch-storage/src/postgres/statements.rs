@@ -153,7 +153,10 @@ FROM claimed ORDER BY priority DESC, run_at, id"
 /// (NULL: none), `$14` when one was. A task named twice is changed by the first entry whose
 /// guard holds. Returns one row per entry, in input order: the task as changed (NULL columns
 /// when its guard did not hold), whether the task exists, and on every row how many waiting
-/// tasks were released and how many are marked to end.
+/// tasks were released (and left queued) and how many are marked to end; then one row per
+/// released task claimed at once (`handed`): of each engine in `$17`, up to its number in `$18`
+/// of the released tasks that are due, in claim order, leased for `$19` microseconds (by the
+/// claim rule, with its event after the release's).
 ///
 /// Locks: every task row the statement changes (the entries and their waiting children) is
 /// locked first, in ascending id order (`locked`), then workflow rows in ascending id order:
@@ -197,7 +200,9 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
     ) AS d
     WHERE probe.held AND probe.snap_dependents > 0
 ), locked AS MATERIALIZED (
-    SELECT t.id, t.status FROM orch_tasks t
+    SELECT t.id, t.status, t.waiting_for, t.doom IS NULL AS clean, t.core_id, t.priority,
+           t.run_at
+    FROM orch_tasks t
     WHERE t.id = ANY (ARRAY(SELECT id FROM probe UNION SELECT id FROM kids))
     ORDER BY t.id
     FOR UPDATE
@@ -263,21 +268,43 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
          FILTER (WHERE e.parent_status <> {success.to}
                  AND e.on_failure <> {policy.run_anyway}))[1] AS doom
     FROM edges e GROUP BY e.child_id
+), plan AS MATERIALIZED (
+    -- Each waiting child's count-down (the state as locked, the newest, not as the snapshot
+    -- had it), and whether it is released and claimed at once for the caller (`hand`): of
+    -- each engine in `$17`, up to its number in `$18` of the released tasks that are due, in
+    -- claim order.
+    SELECT k.child_id, k.satisfied, k.doom, r.releases,
+        r.releases AND w.n IS NOT NULL AND l.run_at <= now()
+        AND row_number() OVER (
+            PARTITION BY r.releases AND w.n IS NOT NULL AND l.run_at <= now(), l.core_id
+            ORDER BY l.priority DESC, l.id) <= w.n AS hand
+    FROM per_child k JOIN locked l ON l.id = k.child_id
+    CROSS JOIN LATERAL (
+        SELECT l.clean AND k.doom IS NULL AND l.waiting_for <= k.satisfied AS releases
+    ) AS r
+    LEFT JOIN unnest($17::text[], $18::int4[]) AS w(core_id, n) ON w.core_id = l.core_id
+    WHERE l.status = {release.from} AND k.child_id NOT IN (SELECT id FROM input)
 ), children AS (
     UPDATE orch_tasks c SET
         waiting_for = greatest(c.waiting_for - k.satisfied, 0),
         doom = coalesce(c.doom, k.doom),
-        status = CASE WHEN c.doom IS NULL AND k.doom IS NULL AND c.waiting_for <= k.satisfied
-                      THEN {release.to} ELSE c.status END,
-        run_at = CASE WHEN c.doom IS NULL AND k.doom IS NULL AND c.waiting_for <= k.satisfied
-                      THEN greatest(c.run_at, now()) ELSE c.run_at END,
-        updated_at = now()
-    FROM per_child k
-    -- The state as locked (the newest), not as the snapshot had it.
+        status = CASE WHEN NOT k.releases THEN c.status
+                      WHEN k.hand THEN {claim.to} ELSE {release.to} END,
+        run_at = CASE WHEN k.releases THEN greatest(c.run_at, now()) ELSE c.run_at END,
+        updated_at = now(),
+        -- What a claim sets, for the handed tasks.
+        attempt = CASE WHEN k.hand THEN c.attempt + 1 ELSE c.attempt END,
+        started_at = CASE WHEN k.hand THEN now() ELSE c.started_at END,
+        lease_token = CASE WHEN k.hand THEN gen_random_uuid() ELSE c.lease_token END,
+        lease_expires_at = CASE WHEN k.hand THEN now() + $19::int8 * interval '1 microsecond'
+                                ELSE c.lease_expires_at END
+    FROM plan k
     WHERE c.id = k.child_id
-        AND k.child_id IN (SELECT id FROM locked WHERE status = {release.from})
-        AND k.child_id NOT IN (SELECT id FROM input)
-    RETURNING c.id, c.core_id, c.attempt, c.status, c.doom IS NOT NULL AS doomed
+    RETURNING c.*, c.doom IS NOT NULL AS doomed
+), let_go AS (
+    -- Released, or released and claimed (handed); numbered for their events.
+    SELECT c.*, row_number() OVER (ORDER BY c.id) AS n
+    FROM children c WHERE c.status IN ({release.to}, {claim.to})
 ), released AS (
     SELECT * FROM children WHERE status = {release.to}
 ), wf_delta AS (
@@ -312,9 +339,13 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
         FROM t CROSS JOIN LATERAL jsonb_array_elements(t.events::jsonb)
             WITH ORDINALITY AS e(value, n)
         UNION ALL
-        SELECT {release.event}, r.id, r.core_id, r.attempt, 'null'::jsonb, 1,
-               row_number() OVER (ORDER BY r.id), 0
-        FROM released r
+        SELECT {release.event}, r.id, r.core_id,
+               r.attempt - CASE WHEN r.status = {claim.to} THEN 1 ELSE 0 END, 'null'::jsonb, 1,
+               r.n, 0
+        FROM let_go r
+        UNION ALL
+        SELECT {claim.event}, h.id, h.core_id, h.attempt, 'null'::jsonb, 1, h.n, 1
+        FROM let_go h WHERE h.status = {claim.to}
         UNION ALL
         SELECT CASE WHEN w.status = 'succeeded' THEN {workflow.succeeded}
                     ELSE {workflow.failed} END,
@@ -330,8 +361,9 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
 SELECT t.id, t.core_id, t.status, t.priority, t.timeout_us, t.max_attempts, t.attempt,
        t.run_at, t.created_at, t.updated_at, t.started_at, t.finished_at, t.lease_expires_at,
        t.payload, t.metadata, t.result, t.error, t.idempotency_key, t.locks, t.lease_token,
-       t.workflow_id, t.waiting_for, t.traceparent, t.tracestate,
+       t.workflow_id, t.waiting_for, t.traceparent, t.tracestate, t.dependents,
        t.id IS NOT NULL OR EXISTS (SELECT 1 FROM orch_tasks x WHERE x.id = input.id) AS found,
+       false AS handed, input.ord,
        (SELECT count(*) FROM released) AS released,
        (SELECT count(*) FROM children WHERE doomed) AS doomed,
        (SELECT orch_raise('40001', 'a task gained a dependent while it ended')
@@ -342,7 +374,14 @@ SELECT t.id, t.core_id, t.status, t.priority, t.timeout_us, t.max_attempts, t.at
             AND ($13::text IS NOT NULL OR EXISTS (SELECT 1 FROM released)))
            AS notified
 FROM input LEFT JOIN t ON t.ord = input.ord
-ORDER BY input.ord"
+UNION ALL
+SELECT h.id, h.core_id, h.status, h.priority, h.timeout_us, h.max_attempts, h.attempt,
+       h.run_at, h.created_at, h.updated_at, h.started_at, h.finished_at, h.lease_expires_at,
+       h.payload, h.metadata, h.result, h.error, h.idempotency_key, h.locks, h.lease_token,
+       h.workflow_id, h.waiting_for, h.traceparent, h.tracestate, h.dependents,
+       true, true, h.n, NULL, NULL, NULL, NULL
+FROM let_go h WHERE h.status = {claim.to}
+ORDER BY handed, ord"
 ));
 
 /// The leases that expired by the database clock, oldest first, at most `$1`: what a rescue

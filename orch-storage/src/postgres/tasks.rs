@@ -5,13 +5,14 @@
 //! [`APPLY_CHANGES`] as parameters, guarded by the state it was computed from.
 
 use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orch_core::backend::{
-    AttemptOutcome, AttemptReport, ChangeSignal, Claimed, CreatedWorkflow, HeldLease, NewTask,
-    NewWorkflow, QueueDepth, TaskStore, rules,
+    AttemptOutcome, AttemptReport, ChangeSignal, Claimed, CreatedWorkflow, EngineRoom, HeldLease,
+    NewTask, NewWorkflow, QueueDepth, TaskStore, rules,
 };
 use orch_core::{
     Created, EngineCounts, Error, LeaseToken, ParentTask, Resolution, Result, Task, TaskFilter,
@@ -61,11 +62,19 @@ struct GraphQueue {
 #[derive(Default)]
 pub(super) struct GraphOutcomes {
     queue: std::sync::Mutex<GraphQueue>,
-    /// Held by the caller whose statement runs.
-    turn: tokio::sync::Mutex<()>,
+    /// Held by the caller whose statement runs, with the connection the statements run on
+    /// (kept between turns, so it plans the statement once), when the pool can spare one.
+    turn: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>>,
 }
 
 impl GraphOutcomes {
+    /// Closes the kept connection (once its statement is done).
+    pub(super) async fn close(&self) {
+        if let Some(conn) = self.turn.lock().await.take() {
+            let _ = conn.close().await;
+        }
+    }
+
     fn lock_queue(&self) -> std::sync::MutexGuard<'_, GraphQueue> {
         self.queue
             .lock()
@@ -411,6 +420,8 @@ pub(super) fn rerun_pause(n: u32) -> Duration {
 pub(super) enum Applied {
     /// The task as changed.
     Changed(Box<Task>),
+    /// The task's new state, when the caller asked for no more (`HandOff::statuses_only`).
+    Status(TaskStatus),
     /// The guard did not hold (or the task is gone: `exists` is false).
     Refused { exists: bool },
 }
@@ -467,24 +478,45 @@ impl PostgresBackend {
         pool: &PgPool,
         entries: Vec<Entry>,
     ) -> Result<Vec<Applied>> {
-        let (applied, doomed) = self.apply_changes_once(operation, pool, entries).await?;
+        Ok(self
+            .apply_changes_claiming(operation, pool, None, entries, &HandOff::default())
+            .await?
+            .0)
+    }
+
+    /// [`apply_changes`](Self::apply_changes) that claims, in the same statement, released
+    /// tasks as `hand` allows; returns them too.
+    async fn apply_changes_claiming(
+        &self,
+        operation: &'static str,
+        pool: &PgPool,
+        conn: Option<&mut PgConnection>,
+        entries: Vec<Entry>,
+        hand: &HandOff,
+    ) -> Result<(Vec<Applied>, Vec<Claimed>)> {
+        let (applied, doomed, claimed) = self
+            .apply_changes_once(operation, pool, conn, entries, hand)
+            .await?;
         if doomed > 0 {
             self.settle(operation, pool, usize::MAX).await?;
         }
-        Ok(applied)
+        Ok((applied, claimed))
     }
 
-    /// Runs [`APPLY_CHANGES`] on `pool` (again while it asks to be); answers in input order,
-    /// and how many waiting tasks are marked to end.
+    /// Runs [`APPLY_CHANGES`] on `conn`, or else on `pool` (again while it asks to be);
+    /// answers in input order, how many waiting tasks are marked to end, and the released
+    /// tasks claimed as `hand` allows.
     async fn apply_changes_once(
         &self,
         operation: &'static str,
         pool: &PgPool,
+        mut conn: Option<&mut PgConnection>,
         entries: Vec<Entry>,
-    ) -> Result<(Vec<Applied>, i64)> {
+        hand: &HandOff,
+    ) -> Result<(Vec<Applied>, i64, Vec<Claimed>)> {
         let n = entries.len();
         if n == 0 {
-            return Ok((Vec::new(), 0));
+            return Ok((Vec::new(), 0, Vec::new()));
         }
         let mut ids = Vec::with_capacity(n);
         let mut from = Vec::with_capacity(n);
@@ -537,7 +569,7 @@ impl PostgresBackend {
         let released_payload = self.notify_payload(true);
         let mut reruns = 0;
         let rows = loop {
-            let attempt = sqlx::query(APPLY_CHANGES.sql())
+            let query = sqlx::query(APPLY_CHANGES.sql())
                 .bind(&ids)
                 .bind(&from)
                 .bind(&tokens)
@@ -554,8 +586,13 @@ impl PostgresBackend {
                 .bind(&released_payload)
                 .bind(&doomed)
                 .bind(&not_due)
-                .fetch_all(pool)
-                .await;
+                .bind(&hand.engines)
+                .bind(&hand.limits)
+                .bind(hand.lease_us);
+            let attempt = match conn.as_deref_mut() {
+                Some(conn) => query.fetch_all(conn).await,
+                None => query.fetch_all(pool).await,
+            };
             match attempt {
                 Ok(rows) => break rows,
                 Err(error) if asks_to_rerun(&error) && reruns < RERUNS => {
@@ -565,25 +602,50 @@ impl PostgresBackend {
                 Err(error) => return Err(db_err(operation)(error)),
             }
         };
-        if rows.len() != n {
+        let get = |e: sqlx::Error| corrupt(operation, e);
+        let mut handed = Vec::new();
+        let mut graph = Vec::new();
+        for row in &rows[n.min(rows.len())..] {
+            let is_handed: bool = row.try_get("handed").map_err(get)?;
+            let (task, token) = task_from_row(operation, row)?;
+            let lease_token = token
+                .filter(|_| is_handed)
+                .ok_or_else(|| corrupt(operation, "a handed task without a lease"))?;
+            let dependents: i32 = row.try_get("dependents").map_err(get)?;
+            if dependents > 0 || task.workflow_id.is_some() {
+                graph.push(task.id.0);
+            }
+            handed.push(Claimed { task, lease_token });
+        }
+        if rows.len() != n + handed.len() {
             return Err(Error::backend(
                 operation,
                 format!("{} answers for {n} changes", rows.len()),
             ));
         }
+        if !graph.is_empty() {
+            self.remember_graph_claims(graph);
+        }
         let mut out = Vec::with_capacity(n);
         let (mut requeued, mut changed) = (false, false);
         let (mut released, mut marked) = (0i64, 0i64);
-        for row in &rows {
-            let get = |e: sqlx::Error| corrupt(operation, e);
+        for row in &rows[..n] {
             released = row.try_get("released").map_err(get)?;
             marked = row.try_get("doomed").map_err(get)?;
             let id: Option<Uuid> = row.try_get("id").map_err(get)?;
             if id.is_some() {
-                let (task, _) = task_from_row(operation, row)?;
-                requeued |= task.status == TaskStatus::Queued;
                 changed = true;
-                out.push(Applied::Changed(Box::new(task)));
+                if hand.statuses_only {
+                    let status: String = row.try_get("status").map_err(get)?;
+                    let status =
+                        TaskStatus::from_str(&status).map_err(|e| corrupt(operation, e))?;
+                    requeued |= status == TaskStatus::Queued;
+                    out.push(Applied::Status(status));
+                } else {
+                    let (task, _) = task_from_row(operation, row)?;
+                    requeued |= task.status == TaskStatus::Queued;
+                    out.push(Applied::Changed(Box::new(task)));
+                }
             } else {
                 let exists: bool = row.try_get("found").map_err(get)?;
                 out.push(Applied::Refused { exists });
@@ -598,7 +660,7 @@ impl PostgresBackend {
         if requeued || released > 0 {
             self.wake_tasks();
         }
-        Ok((out, marked))
+        Ok((out, marked, handed))
     }
 
     /// Ends up to `limit` waiting tasks marked to end by a parent's failure, each by
@@ -651,10 +713,12 @@ impl PostgresBackend {
                 entry.doomed = true;
                 entries.push(entry);
             }
-            let (applied, _) = self.apply_changes_once(operation, pool, entries).await?;
+            let (applied, _, _) = self
+                .apply_changes_once(operation, pool, None, entries, &HandOff::default())
+                .await?;
             let changed = applied
                 .iter()
-                .filter(|applied| matches!(applied, Applied::Changed(_)))
+                .filter(|applied| matches!(applied, Applied::Changed(_) | Applied::Status(_)))
                 .count() as u64;
             if changed == 0 {
                 // Each changed meanwhile (another process ended it): the next pass sees.
@@ -719,6 +783,7 @@ impl PostgresBackend {
                 .pop()
             {
                 Some(Applied::Changed(task)) => return Ok(*task),
+                Some(Applied::Status(_)) => return Err(corrupt(operation, "a state, not a task")),
                 Some(Applied::Refused { exists: false }) => return Err(Error::TaskNotFound(id)),
                 // Changed since it was read: decide again on what it is now.
                 Some(Applied::Refused { exists: true }) => continue,
@@ -890,7 +955,8 @@ impl PostgresBackend {
     async fn finish_in_graph(
         &self,
         reports: Vec<AttemptReport>,
-    ) -> Result<Vec<Result<TaskStatus>>> {
+        hand: &HandOff,
+    ) -> Result<(Vec<Result<TaskStatus>>, Vec<Claimed>)> {
         let (sender, mut answer) = tokio::sync::oneshot::channel();
         let ours = {
             let mut queue = self.graph_outcomes.lock_queue();
@@ -904,10 +970,10 @@ impl PostgresBackend {
             outcomes: &self.graph_outcomes,
             number: ours,
         };
-        let _turn = self.graph_outcomes.turn.lock().await;
+        let mut turn = self.graph_outcomes.turn.lock().await;
         match answer.try_recv() {
             // Recorded by the statement of a caller whose turn came first.
-            Ok(result) => return result,
+            Ok(result) => return result.map(|statuses| (statuses, Vec::new())),
             Err(tokio::sync::oneshot::error::TryRecvError::Closed) => return Err(interrupted()),
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
         }
@@ -934,12 +1000,26 @@ impl PostgresBackend {
             all.extend(batch);
             senders.push((number, sender));
         }
-        match self.finish_batch(all).await {
-            Ok(answers) => {
+        if turn.is_none() && self.keeps_graph_connection {
+            // None when the pool is busy: this turn runs on the pool.
+            *turn = self.worker_pool.try_acquire();
+        }
+        let result = self
+            .finish_batch_claiming(all, turn.as_deref_mut(), hand)
+            .await;
+        if result.is_err()
+            && let Some(conn) = turn.take()
+        {
+            // Maybe broken: closed rather than kept or given back.
+            let _ = conn.close().await;
+        }
+        let claimed = match result {
+            Ok((answers, claimed)) => {
                 let mut answers = answers.into_iter();
                 for (size, (_, sender)) in sizes.into_iter().zip(senders) {
                     let _ = sender.send(Ok(answers.by_ref().take(size).collect()));
                 }
+                claimed
             }
             Err(error) => {
                 // The others get a copy; this caller its own error, with its cause.
@@ -950,13 +1030,28 @@ impl PostgresBackend {
                 }
                 return Err(error);
             }
-        }
-        answer.try_recv().unwrap_or_else(|_| Err(interrupted()))
+        };
+        let statuses = answer.try_recv().unwrap_or_else(|_| Err(interrupted()))?;
+        Ok((statuses, claimed))
     }
 
     /// [`TaskStore::finish_attempts`] in general: each report's [`rules::end_attempt`]
     /// through [`APPLY_CHANGES`].
     async fn finish_batch(&self, reports: Vec<AttemptReport>) -> Result<Vec<Result<TaskStatus>>> {
+        Ok(self
+            .finish_batch_claiming(reports, None, &HandOff::statuses_only())
+            .await?
+            .0)
+    }
+
+    /// [`finish_batch`](Self::finish_batch) that claims, in the same statement, released
+    /// tasks as `hand` allows.
+    async fn finish_batch_claiming(
+        &self,
+        reports: Vec<AttemptReport>,
+        conn: Option<&mut PgConnection>,
+        hand: &HandOff,
+    ) -> Result<(Vec<Result<TaskStatus>>, Vec<Claimed>)> {
         let ids: Vec<TaskId> = reports.iter().map(|report| report.task_id).collect();
         let entries = reports
             .into_iter()
@@ -970,18 +1065,81 @@ impl PostgresBackend {
                 change: rules::end_attempt(report.attempt, report.outcome),
             })
             .collect();
-        let applied = self
-            .apply_changes("finish_attempts", &self.worker_pool, entries)
+        let (applied, claimed) = self
+            .apply_changes_claiming("finish_attempts", &self.worker_pool, conn, entries, hand)
             .await?;
-        Ok(ids
+        let statuses = ids
             .into_iter()
             .zip(applied)
             .map(|(id, applied)| match applied {
                 Applied::Changed(task) => Ok(task.status),
+                Applied::Status(status) => Ok(status),
                 Applied::Refused { exists: true } => Err(Error::LeaseLost(id)),
                 Applied::Refused { exists: false } => Err(Error::TaskNotFound(id)),
             })
-            .collect())
+            .collect();
+        Ok((statuses, claimed))
+    }
+
+    /// [`TaskStore::finish_attempts`], claiming released tasks as `hand` allows.
+    async fn finish_claiming(
+        &self,
+        reports: Vec<AttemptReport>,
+        hand: &HandOff,
+    ) -> Result<(Vec<Result<TaskStatus>>, Vec<Claimed>)> {
+        if reports.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut ids = HashSet::with_capacity(reports.len());
+        let simple = reports.iter().all(|report| {
+            matches!(report.outcome, AttemptOutcome::Succeeded { .. }) && ids.insert(report.task_id)
+        });
+        // Forgotten whichever way the outcome goes; one of a task that ends others' waits
+        // skips the statement for plain successes, which would refuse the batch.
+        let in_graph = self.forget_graph_claims(&reports);
+        if in_graph {
+            self.finish_in_graph(reports, hand).await
+        } else if simple {
+            // Releases nothing: no task of the batch has dependents.
+            Ok((self.finish_successes(reports).await?, Vec::new()))
+        } else {
+            self.finish_batch_claiming(reports, None, hand).await
+        }
+    }
+}
+
+/// Released tasks an outcome's statement may claim at once for its caller (`APPLY_CHANGES`'s
+/// `$17` to `$19`): none by default; and whether the caller needs only the changed tasks'
+/// states ([`Applied::Status`]), not the whole tasks.
+#[derive(Debug, Default)]
+pub(super) struct HandOff {
+    engines: Vec<String>,
+    limits: Vec<i32>,
+    lease_us: i64,
+    statuses_only: bool,
+}
+
+impl HandOff {
+    fn new(room: Vec<EngineRoom>, lease: Duration) -> Self {
+        let (engines, limits) = room
+            .into_iter()
+            .filter(|room| room.limit > 0)
+            .map(|room| (room.engine, i32::try_from(room.limit).unwrap_or(i32::MAX)))
+            .unzip();
+        HandOff {
+            engines,
+            limits,
+            lease_us: db_micros(lease),
+            statuses_only: true,
+        }
+    }
+
+    /// No task claimed; the changed tasks' states only.
+    fn statuses_only() -> Self {
+        HandOff {
+            statuses_only: true,
+            ..HandOff::default()
+        }
     }
 }
 
@@ -1260,23 +1418,24 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
         &self,
         reports: Vec<AttemptReport>,
     ) -> Result<Vec<Result<TaskStatus>>> {
-        if reports.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut ids = HashSet::with_capacity(reports.len());
-        let simple = reports.iter().all(|report| {
-            matches!(report.outcome, AttemptOutcome::Succeeded { .. }) && ids.insert(report.task_id)
-        });
-        // Forgotten whichever way the outcome goes; one of a task that ends others' waits
-        // skips the statement for plain successes, which would refuse the batch.
-        let in_graph = self.forget_graph_claims(&reports);
-        if in_graph {
-            self.finish_in_graph(reports).await
-        } else if simple {
-            self.finish_successes(reports).await
-        } else {
-            self.finish_batch(reports).await
-        }
+        Ok(self
+            .finish_claiming(reports, &HandOff::statuses_only())
+            .await?
+            .0)
+    }
+
+    fn claims_released_tasks(&self) -> bool {
+        true
+    }
+
+    async fn finish_attempts_and_claim(
+        &self,
+        reports: Vec<AttemptReport>,
+        room: Vec<EngineRoom>,
+        lease: Duration,
+    ) -> Result<(Vec<Result<TaskStatus>>, Vec<Claimed>)> {
+        self.finish_claiming(reports, &HandOff::new(room, lease))
+            .await
     }
 
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
@@ -1404,7 +1563,8 @@ WHERE id = ANY($1::uuid[]) AND status = {running} AND id NOT IN (SELECT id FROM 
             .into_iter()
             .filter_map(|applied| match applied {
                 Applied::Changed(task) => Some(*task),
-                Applied::Refused { .. } => None,
+                // (States only are not asked for here.)
+                Applied::Refused { .. } | Applied::Status(_) => None,
             })
             .collect())
     }
