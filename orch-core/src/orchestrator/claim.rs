@@ -222,16 +222,31 @@ impl Drop for Inbox {
     }
 }
 
+/// The room granted to the outcome statements under way, per engine: counted against the
+/// engine's room (by the claim loop and by the next grant) until the statement's answer is
+/// handed over.
+pub(super) struct Granted(Vec<(Arc<Engine>, usize)>);
+
+impl Drop for Granted {
+    fn drop(&mut self) {
+        for (engine, room) in &self.0 {
+            engine.granted.fetch_sub(*room, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The room each engine has for tasks an outcome's statement claims for it
 /// ([`TaskStore::finish_attempts_and_claim`](crate::backend::TaskStore::finish_attempts_and_claim)):
-/// what its free slots and local queue could take beyond what its claim loop holds, asks for
-/// and has been handed. None while claims stop (shutdown), nor for an engine paused,
-/// quarantined, out of rotation or without a running claim loop.
-pub(super) fn room_for_handed(inner: &Inner) -> Vec<crate::model::EngineRoom> {
+/// what its free slots and local queue could take beyond what its claim loop holds and asks
+/// for, what it has been handed and what statements under way may hand it. None while claims
+/// stop (shutdown), nor for an engine paused, quarantined, out of rotation or without a
+/// running claim loop. The grant counts until the returned guard drops.
+pub(super) fn room_for_handed(inner: &Inner) -> (Vec<crate::model::EngineRoom>, Granted) {
+    let mut granted = Granted(Vec::new());
     if inner.stop_claiming.is_cancelled() {
-        return Vec::new();
+        return (Vec::new(), granted);
     }
-    inner
+    let room = inner
         .engines
         .read()
         .values()
@@ -240,15 +255,23 @@ pub(super) fn room_for_handed(inner: &Inner) -> Vec<crate::model::EngineRoom> {
                 return None;
             }
             let handed = engine.handed.lock().as_ref().map(Vec::len)?;
-            let held = engine.held.load(Ordering::Relaxed) + handed;
+            let held = engine.held.load(Ordering::Relaxed)
+                + handed
+                + engine.granted.load(Ordering::Relaxed);
             let room =
                 (free_slots(inner, engine) + local_capacity(inner, engine)).saturating_sub(held);
-            (room > 0).then(|| crate::model::EngineRoom {
+            if room == 0 {
+                return None;
+            }
+            engine.granted.fetch_add(room, Ordering::Relaxed);
+            granted.0.push((engine.clone(), room));
+            Some(crate::model::EngineRoom {
                 engine: engine.name.to_string(),
                 limit: room,
             })
         })
-        .collect()
+        .collect();
+    (room, granted)
 }
 
 /// Hands tasks an outcome's statement claimed to their engines' claim loops; returns the
@@ -674,7 +697,9 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
         let mut urgent_waits = false;
         if admit == Admit::All && calm {
             let capacity = local_capacity(&inner, &engine);
-            let room = (free + capacity).saturating_sub(local.len() + asked);
+            // What outcome statements under way may hand this engine counts as asked for.
+            let granted = engine.granted.load(Ordering::Relaxed);
+            let room = (free + capacity).saturating_sub(local.len() + asked + granted);
             // The first call starts as soon as there is room for one task; another one, beside
             // it, only once it can claim a good batch (else calls would split the work into
             // crumbs): half a batch.

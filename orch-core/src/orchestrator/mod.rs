@@ -113,6 +113,9 @@ struct Engine {
     /// What the claim loop holds or expects: tasks waiting in its local queue and asked for by
     /// its claims under way (how much room is left for handed tasks).
     held: std::sync::atomic::AtomicUsize,
+    /// Room granted to outcome statements under way, which may hand it tasks (see
+    /// `claim::room_for_handed`).
+    granted: std::sync::atomic::AtomicUsize,
 }
 
 impl Engine {
@@ -356,6 +359,7 @@ impl Orchestrator {
             handed: parking_lot::Mutex::new(None),
             handed_signal: crate::signal::ChangeSignal::new(),
             held: std::sync::atomic::AtomicUsize::new(0),
+            granted: std::sync::atomic::AtomicUsize::new(0),
         });
         {
             let mut engines = self.inner.engines.write();

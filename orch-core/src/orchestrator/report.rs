@@ -67,9 +67,9 @@ const HANDED_HOLD: Duration = Duration::from_millis(1);
 const HANDED_TRACKED: usize = 100_000;
 
 /// Tasks outcome batches claimed and handed to this process's engines whose outcomes have not
-/// come: the outcomes of such tasks are recorded one batch at a time (the backend records
-/// them one statement at a time anyway), and the next batch waits a moment for those of the
-/// tasks the latest batch handed, so that siblings share a batch.
+/// come: while outcomes of such tasks wait, batches start beside one under way only when full
+/// (the backend records them one statement at a time anyway), and the next batch waits a
+/// moment for those of the tasks the latest batch handed, so that siblings share a batch.
 #[derive(Default)]
 pub(super) struct Awaited {
     /// Every handed task whose outcome has not come.
@@ -131,7 +131,10 @@ impl Awaited {
 /// A batch starts as soon as there is an outcome and no batch is being recorded; while some
 /// are, outcomes gather, and another batch starts beside them only once [`REPORT_BESIDE`] are
 /// waiting, up to `reports_in_flight` at once. Light load gets prompt single calls; heavy load
-/// gets good batches in parallel.
+/// gets good batches in parallel. Outcomes of tasks the last batches handed to this process's
+/// engines change two things (see [`Awaited`]): the first batch waits up to [`HANDED_HOLD`] for
+/// those of the latest hand-over, and while such outcomes wait, a batch starts beside another
+/// only once it is full ([`REPORT_BATCH`]).
 pub(super) async fn reporter(
     inner: std::sync::Arc<Inner>,
     mut reports: mpsc::UnboundedReceiver<Report>,
@@ -152,11 +155,17 @@ pub(super) async fn reporter(
         } else {
             None
         };
+        // With outcomes of handed tasks waiting, a batch starts beside one under way only when
+        // it is full: the backend records those one statement at a time, and smaller batches
+        // beside would split siblings' outcomes over several statements.
+        let beside = if handed_waiting {
+            REPORT_BATCH
+        } else {
+            REPORT_BESIDE
+        };
         while !pending.is_empty()
             && ((in_flight.is_empty() && hold.is_none())
-                || (!handed_waiting
-                    && pending.len() >= REPORT_BESIDE
-                    && in_flight.len() < max_in_flight))
+                || (pending.len() >= beside && in_flight.len() < max_in_flight))
         {
             let rest = pending.split_off(pending.len().min(REPORT_BATCH));
             let batch = std::mem::replace(&mut pending, rest);
@@ -205,7 +214,7 @@ async fn finish(
     // A shutdown that begins meanwhile waits until the tasks claimed are handed over or given
     // back.
     let _tracked = inner.attempts.tracker.token();
-    let room = super::claim::room_for_handed(inner);
+    let (room, granted) = super::claim::room_for_handed(inner);
     if room.is_empty() {
         return inner.backend.finish_attempts(batch).await;
     }
@@ -213,6 +222,8 @@ async fn finish(
         .backend
         .finish_attempts_and_claim(batch, room, inner.config.lease)
         .await?;
+    // Handed over below: counted in the engines' inboxes from there.
+    drop(granted);
     if !claimed.is_empty() {
         let ids: Vec<TaskId> = claimed.iter().map(|task| task.task.id).collect();
         inner.handed_outcomes.lock().expect(&ids);

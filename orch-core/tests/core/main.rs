@@ -119,6 +119,7 @@ mod conformance;
 mod controls;
 mod dispatcher;
 mod events;
+mod handoff;
 mod healing;
 mod local_queue;
 mod locks;

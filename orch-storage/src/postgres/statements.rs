@@ -153,10 +153,10 @@ FROM claimed ORDER BY priority DESC, run_at, id"
 /// (NULL: none), `$14` when one was. A task named twice is changed by the first entry whose
 /// guard holds. Returns one row per entry, in input order: the task as changed (NULL columns
 /// when its guard did not hold), whether the task exists, and on every row how many waiting
-/// tasks were released (and left queued) and how many are marked to end; then one row per
-/// released task claimed at once (`handed`): of each engine in `$17`, up to its number in `$18`
-/// of the released tasks that are due, in claim order, leased for `$19` microseconds (by the
-/// claim rule, with its event after the release's).
+/// tasks were released (and left queued) and how many are marked to end; then, in claim
+/// order, one row per released task claimed at once (`handed`): of each engine in `$17`, up
+/// to its number in `$18` of the released tasks that are due, leased for `$19` microseconds
+/// (by the claim rule, with its event after the release's).
 ///
 /// Locks: every task row the statement changes (the entries and their waiting children) is
 /// locked first, in ascending id order (`locked`), then workflow rows in ascending id order:
@@ -302,8 +302,10 @@ pub(super) static APPLY_CHANGES: Rendered = Rendered::new(concat!(
     WHERE c.id = k.child_id
     RETURNING c.*, c.doom IS NOT NULL AS doomed
 ), let_go AS (
-    -- Released, or released and claimed (handed); numbered for their events.
-    SELECT c.*, row_number() OVER (ORDER BY c.id) AS n
+    -- Released, or released and claimed (handed); numbered for their events (`n`) and in
+    -- claim order (`claim_order`).
+    SELECT c.*, row_number() OVER (ORDER BY c.id) AS n,
+           row_number() OVER (ORDER BY c.priority DESC, c.id) AS claim_order
     FROM children c WHERE c.status IN ({release.to}, {claim.to})
 ), released AS (
     SELECT * FROM children WHERE status = {release.to}
@@ -379,7 +381,7 @@ SELECT h.id, h.core_id, h.status, h.priority, h.timeout_us, h.max_attempts, h.at
        h.run_at, h.created_at, h.updated_at, h.started_at, h.finished_at, h.lease_expires_at,
        h.payload, h.metadata, h.result, h.error, h.idempotency_key, h.locks, h.lease_token,
        h.workflow_id, h.waiting_for, h.traceparent, h.tracestate, h.dependents,
-       true, true, h.n, NULL, NULL, NULL, NULL
+       true, true, h.claim_order, NULL, NULL, NULL, NULL
 FROM let_go h WHERE h.status = {claim.to}
 ORDER BY handed, ord"
 ));

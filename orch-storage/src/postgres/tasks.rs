@@ -65,11 +65,14 @@ pub(super) struct GraphOutcomes {
     /// Held by the caller whose statement runs, with the connection the statements run on
     /// (kept between turns, so it plans the statement once), when the pool can spare one.
     turn: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>>,
+    /// The backend is closing: no connection is kept any more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl GraphOutcomes {
     /// Closes the kept connection (once its statement is done).
     pub(super) async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(conn) = self.turn.lock().await.take() {
             let _ = conn.close().await;
         }
@@ -497,8 +500,16 @@ impl PostgresBackend {
         let (applied, doomed, claimed) = self
             .apply_changes_once(operation, pool, conn, entries, hand)
             .await?;
-        if doomed > 0 {
-            self.settle(operation, pool, usize::MAX).await?;
+        if doomed > 0
+            && let Err(error) = self.settle(operation, pool, usize::MAX).await
+        {
+            if claimed.is_empty() {
+                return Err(error);
+            }
+            // The changes are stored and tasks are claimed for the caller: they must reach it
+            // (else nothing would run them until their leases expire). The tasks marked to end
+            // are ended by the next sweep (`settle_dependents`).
+            tracing::warn!(%error, "ending the tasks a parent's failure ends failed; the next sweep ends them");
         }
         Ok((applied, claimed))
     }
@@ -1000,18 +1011,30 @@ impl PostgresBackend {
             all.extend(batch);
             senders.push((number, sender));
         }
-        if turn.is_none() && self.keeps_graph_connection {
+        let closed = || {
+            self.graph_outcomes
+                .closed
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        // Out of the turn while the statement runs: should this call be dropped meanwhile, the
+        // connection goes back to the pool (which checks it) rather than being kept.
+        let mut conn = match turn.take() {
+            Some(conn) => Some(conn),
             // None when the pool is busy: this turn runs on the pool.
-            *turn = self.worker_pool.try_acquire();
-        }
+            None if self.keeps_graph_connection && !closed() => self.worker_pool.try_acquire(),
+            None => None,
+        };
         let result = self
-            .finish_batch_claiming(all, turn.as_deref_mut(), hand)
+            .finish_batch_claiming(all, conn.as_deref_mut(), hand)
             .await;
-        if result.is_err()
-            && let Some(conn) = turn.take()
-        {
+        match conn {
+            Some(conn) if result.is_ok() && !closed() => *turn = Some(conn),
             // Maybe broken: closed rather than kept or given back.
-            let _ = conn.close().await;
+            Some(conn) if result.is_err() => {
+                let _ = conn.close().await;
+            }
+            // The backend is closing: back to the pool, which closes it.
+            _ => {}
         }
         let claimed = match result {
             Ok((answers, claimed)) => {

@@ -256,6 +256,211 @@ mod postgres {
         Ok(n)
     }
 
+    /// The statement recording an outcome claims the tasks it releases as the caller's room
+    /// allows: of the engines named, up to each one's number, most urgent first, only those
+    /// due; the others stay queued for any worker. A task claimed so has `task.released` then
+    /// `task.started`, runs as attempt 1 under a lease its holder ends it with, and no other
+    /// backend's claim gets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outcome_claims_the_tasks_it_releases_as_the_room_allows() -> anyhow::Result<()> {
+        use orch_core::backend::EngineRoom;
+        let Some((a, b, _url)) = two().await? else {
+            return Ok(());
+        };
+        let specs = vec![
+            TaskSpec::new("parent"),
+            TaskSpec::new("fast").priority(1).after(Step(0)),
+            TaskSpec::new("fast").priority(5).after(Step(0)),
+            TaskSpec::new("fast").priority(3).after(Step(0)),
+            TaskSpec::new("fast")
+                .priority(9)
+                .delay(Duration::from_secs(3600))
+                .after(Step(0)),
+            TaskSpec::new("other").after(Step(0)),
+        ];
+        let tasks = a.create_tasks(plan_tasks(specs, None)?).await?;
+        let id = |i: usize| tasks[i].task.id;
+        let parent = a.claim_tasks("parent", 1, MINUTE).await?;
+        ensure!(parent.len() == 1);
+        let room = vec![
+            EngineRoom {
+                engine: "fast".to_owned(),
+                limit: 2,
+            },
+            EngineRoom {
+                engine: "absent".to_owned(),
+                limit: 5,
+            },
+        ];
+        let (statuses, handed) = a
+            .finish_attempts_and_claim(vec![success(&parent[0])], room, MINUTE)
+            .await?;
+        ensure!(
+            matches!(statuses.as_slice(), [Ok(TaskStatus::Succeeded)]),
+            "{statuses:?}"
+        );
+        let mut got: Vec<TaskId> = handed.iter().map(|c| c.task.id).collect();
+        got.sort();
+        let mut want = vec![id(2), id(3)];
+        want.sort();
+        ensure!(got == want, "handed {got:?}, want the priorities 5 and 3");
+        for claimed in &handed {
+            ensure!(
+                claimed.task.status == TaskStatus::Running && claimed.task.attempt == 1,
+                "{:?}",
+                claimed.task
+            );
+            let stored = a.get_task(claimed.task.id).await?.context("vanished")?;
+            ensure!(stored.status == TaskStatus::Running && stored.attempt == 1);
+            let kinds: Vec<EventKind> = a
+                .read_task_events(claimed.task.id, 0, 100)
+                .await?
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            ensure!(
+                kinds
+                    == [
+                        EventKind::TaskWaiting,
+                        EventKind::TaskReleased,
+                        EventKind::TaskStarted
+                    ],
+                "{kinds:?}"
+            );
+        }
+        for left in [1, 4, 5] {
+            ensure!(status(&a, id(left)).await? == TaskStatus::Queued);
+        }
+        // Another process's claim finds the released tasks left, due ones only.
+        let theirs = b.claim_tasks("fast", 10, MINUTE).await?;
+        ensure!(
+            theirs.len() == 1 && theirs[0].task.id == id(1),
+            "{theirs:?}"
+        );
+        ensure!(b.claim_tasks("other", 10, MINUTE).await?.len() == 1);
+        // The holder ends what it was handed with its lease.
+        let ended = a
+            .finish_attempts(handed.iter().map(success).collect())
+            .await?;
+        ensure!(
+            ended.iter().all(|e| matches!(e, Ok(TaskStatus::Succeeded))),
+            "{ended:?}"
+        );
+        // No room: nothing is claimed.
+        let lone = a
+            .create_tasks(plan_tasks(
+                vec![
+                    TaskSpec::new("parent2"),
+                    TaskSpec::new("fast").after(Step(0)),
+                ],
+                None,
+            )?)
+            .await?;
+        let parent = a.claim_tasks("parent2", 1, MINUTE).await?;
+        let (_, handed) = a
+            .finish_attempts_and_claim(vec![success(&parent[0])], Vec::new(), MINUTE)
+            .await?;
+        ensure!(handed.is_empty(), "{handed:?}");
+        ensure!(status(&a, lone[1].task.id).await? == TaskStatus::Queued);
+        Ok(())
+    }
+
+    /// Tasks an outcome claimed reach the caller even when ending the tasks another outcome
+    /// of the same statement marked to end fails afterwards (the changes are stored by then;
+    /// the next sweep ends the marked ones): otherwise nothing would run them until their
+    /// leases expired, and a task on its last attempt would fail unrun.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_claimed_by_an_outcome_reach_the_caller_when_ending_marked_ones_fails()
+    -> anyhow::Result<()> {
+        use orch_core::backend::EngineRoom;
+        let Some((a, _b, url)) = two().await? else {
+            return Ok(());
+        };
+        let specs = vec![
+            TaskSpec::new("parent"),
+            TaskSpec::new("parent"),
+            TaskSpec::new("doomed").after_with(Step(0), OnParentFailure::Fail),
+            TaskSpec::new("fast").after(Step(1)),
+        ];
+        let tasks = a.create_tasks(plan_tasks(specs, None)?).await?;
+        let mut parents = a.claim_tasks("parent", 2, MINUTE).await?;
+        parents.sort_by_key(|c| if c.task.id == tasks[0].task.id { 0 } else { 1 });
+        // Ending the marked task fails (as a dropped connection would).
+        let mut admin = sqlx::PgConnection::connect(&url).await?;
+        sqlx::raw_sql(
+            "CREATE FUNCTION t_refuse() RETURNS trigger AS $$ BEGIN \
+             RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER t_refuse BEFORE UPDATE ON orch_tasks FOR EACH ROW \
+             WHEN (NEW.core_id = 'doomed' AND NEW.status <> 'waiting') \
+             EXECUTE FUNCTION t_refuse();",
+        )
+        .execute(&mut admin)
+        .await?;
+        let failed = AttemptReport {
+            outcome: AttemptOutcome::Failed {
+                error: "no".to_owned(),
+                retry_in: None,
+            },
+            ..success(&parents[0])
+        };
+        let room = vec![EngineRoom {
+            engine: "fast".to_owned(),
+            limit: 5,
+        }];
+        let (statuses, handed) = a
+            .finish_attempts_and_claim(vec![failed, success(&parents[1])], room, MINUTE)
+            .await?;
+        ensure!(
+            matches!(
+                statuses.as_slice(),
+                [Ok(TaskStatus::Failed), Ok(TaskStatus::Succeeded)]
+            ),
+            "{statuses:?}"
+        );
+        ensure!(
+            handed.len() == 1 && handed[0].task.id == tasks[3].task.id,
+            "{handed:?}"
+        );
+        // Once ending it works again, the sweep ends the marked task.
+        sqlx::query("DROP TRIGGER t_refuse ON orch_tasks")
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        a.settle_dependents(100).await?;
+        ensure!(status(&a, tasks[2].task.id).await? == TaskStatus::Failed);
+        Ok(())
+    }
+
+    /// A backend that keeps a connection for the outcome statements of tasks with dependents
+    /// closes (the pool's close waits for every connection out of it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backend_keeping_a_connection_for_outcomes_closes() -> anyhow::Result<()> {
+        let Some(url) = crate::support::postgres::fresh_database().await? else {
+            return Ok(());
+        };
+        let backend = Arc::new(PostgresBackend::connect(&url).await?);
+        let shared: SharedBackend = backend.clone();
+        let tasks = shared
+            .create_tasks(plan_tasks(
+                vec![
+                    TaskSpec::new("parent"),
+                    TaskSpec::new("child").after(Step(0)),
+                ],
+                None,
+            )?)
+            .await?;
+        let parent = shared.claim_tasks("parent", 1, MINUTE).await?;
+        // The connections used so far are back in the pool (returned in the background), so
+        // the outcome's statement finds an idle one to keep.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shared.finish_attempts(vec![success(&parent[0])]).await?;
+        ensure!(status(&shared, tasks[1].task.id).await? == TaskStatus::Queued);
+        tokio::time::timeout(Duration::from_secs(30), backend.close())
+            .await
+            .context("closing the backend hung")?;
+        Ok(())
+    }
+
     /// Parents of shared children end at once, a few per statement, from two backends, with
     /// every update of a child slowed down so the statements overlap: each
     /// child waits for a different subset of the parents (so statements meet the shared
