@@ -223,8 +223,10 @@ impl Drop for Inbox {
 }
 
 /// The room granted to the outcome statements under way, per engine: counted against the
-/// engine's room (by the claim loop and by the next grant) until the statement's answer is
-/// handed over.
+/// room of the next grant until the statement's answer is handed over (so statements side by
+/// side do not each get it whole). The claim loop does not count it: most such statements
+/// hand nothing, and its claims would stall behind them; a hand-over racing a claim may leave
+/// the local queue over its bound by what the statement handed, until it drains.
 pub(super) struct Granted(Vec<(Arc<Engine>, usize)>);
 
 impl Drop for Granted {
@@ -697,9 +699,9 @@ pub(super) async fn claim_loop(inner: Arc<Inner>, engine: Arc<Engine>) {
         let mut urgent_waits = false;
         if admit == Admit::All && calm {
             let capacity = local_capacity(&inner, &engine);
-            // What outcome statements under way may hand this engine counts as asked for.
-            let granted = engine.granted.load(Ordering::Relaxed);
-            let room = (free + capacity).saturating_sub(local.len() + asked + granted);
+            // (Room granted to outcome statements under way is not counted: most hand
+            // nothing, and claims would stall behind them.)
+            let room = (free + capacity).saturating_sub(local.len() + asked);
             // The first call starts as soon as there is room for one task; another one, beside
             // it, only once it can claim a good batch (else calls would split the work into
             // crumbs): half a batch.
