@@ -87,7 +87,11 @@ pub struct Tuning {
     /// millisecond or more (PostgreSQL), this keeps the engines fed. Default 2.
     pub claims_in_flight: usize,
     /// Most outcome batches being recorded at once (each one backend call of up to 128
-    /// outcomes). Default 4.
+    /// outcomes). Default 4. On a backend that claims the tasks outcomes release
+    /// ([`claims_released_tasks`](crate::backend::TaskStore::claims_released_tasks):
+    /// PostgreSQL), outcomes of tasks handed over that way are recorded one batch at a time
+    /// unless a full batch waits, and the first batch after a hand-over waits up to 1 ms for
+    /// the outcomes of the tasks handed, so that siblings share a batch.
     pub reports_in_flight: usize,
     /// Most claimed tasks an engine keeps waiting for a free slot (its local queue), on top
     /// of its running attempts. Claims then run ahead of the engines: with 10 slots a claim
@@ -110,6 +114,10 @@ pub struct Tuning {
     /// queue off (claims ask only for free slots). `None` (the default): 64 where a claim
     /// costs the backend a round trip (SQLite, PostgreSQL), 0 in memory
     /// ([`claims_take_a_round_trip`](crate::backend::TaskStore::claims_take_a_round_trip)).
+    /// Tasks an outcome releases and the backend claims for this process at once
+    /// ([`finish_attempts_and_claim`](crate::backend::TaskStore::finish_attempts_and_claim))
+    /// come within the room the free slots and this queue have; one racing a claim may leave
+    /// the queue over its bound by what it brought until the queue drains.
     pub local_queue: Option<usize>,
     /// Events buffered per live subscriber before it lags (and catches up from the log).
     /// Default 4096.

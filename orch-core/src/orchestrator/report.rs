@@ -144,8 +144,8 @@ pub(super) async fn reporter(
     let mut in_flight = FuturesUnordered::new();
     let mut pending: Vec<Report> = Vec::new();
     let mut open = true;
-    // Whether outcomes waiting include one of a handed task: then no batch starts beside
-    // one under way.
+    // Whether outcomes waiting include one of a handed task (until none waits): then a batch
+    // starts beside one under way only when full.
     let mut handed_waiting = false;
     while open || !in_flight.is_empty() || !pending.is_empty() {
         // Outcomes of tasks just handed to this process's engines are on their way: the

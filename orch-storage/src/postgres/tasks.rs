@@ -503,12 +503,10 @@ impl PostgresBackend {
         if doomed > 0
             && let Err(error) = self.settle(operation, pool, usize::MAX).await
         {
-            if claimed.is_empty() {
-                return Err(error);
-            }
-            // The changes are stored and tasks are claimed for the caller: they must reach it
-            // (else nothing would run them until their leases expire). The tasks marked to end
-            // are ended by the next sweep (`settle_dependents`).
+            // The changes are stored (and tasks may be claimed for the caller, which must
+            // reach it, else nothing would run them until their leases expire): the caller
+            // hears of them. The tasks marked to end are ended by the next sweep
+            // (`settle_dependents`).
             tracing::warn!(%error, "ending the tasks a parent's failure ends failed; the next sweep ends them");
         }
         Ok((applied, claimed))
