@@ -90,8 +90,9 @@ pub struct Tuning {
     /// outcomes). Default 4. On a backend that claims the tasks outcomes release
     /// ([`claims_released_tasks`](crate::backend::TaskStore::claims_released_tasks):
     /// PostgreSQL), outcomes of tasks handed over that way are recorded one batch at a time
-    /// unless a full batch waits, and the first batch after a hand-over waits up to 1 ms for
-    /// the outcomes of the tasks handed, so that siblings share a batch.
+    /// unless a full batch waits, and the first batch after a hand-over waits for the
+    /// outcomes of the tasks handed while they keep coming (1 ms for the first, 0.5 ms after
+    /// each, 5 ms at most), so that siblings share a batch.
     pub reports_in_flight: usize,
     /// Most claimed tasks an engine keeps waiting for a free slot (its local queue), on top
     /// of its running attempts. Claims then run ahead of the engines: with 10 slots a claim

@@ -56,11 +56,21 @@ const REPORT_BATCH: usize = 128;
 /// Outcomes that must be waiting before a batch starts beside one under way.
 const REPORT_BESIDE: usize = 32;
 
-/// How long the next batch may wait for the outcomes of tasks the last batches claimed and
-/// handed to this process's engines: a task released by an outcome and run at once reports
-/// within a fraction of a millisecond, and its outcome then shares the next batch with its
-/// siblings' instead of a batch of its own.
-const HANDED_HOLD: Duration = Duration::from_millis(1);
+/// How long the next batch waits for the outcomes of the tasks the latest outcome batch
+/// claimed and handed to this process's engines: a task released by an outcome and run at
+/// once reports within a fraction of a millisecond, and its outcome then shares the next batch
+/// with its siblings' instead of a batch of its own. The wait ends when all have come; else
+/// [`HANDED_QUIET`] after the last one came (at least [`HANDED_FIRST`] after the hand-over, so
+/// the first can come), and never later than [`HANDED_MOST`] after the hand-over: outcomes of
+/// tasks that take longer cost a short wait once, while a busy machine's stragglers still
+/// join their siblings.
+const HANDED_FIRST: Duration = Duration::from_millis(1);
+
+/// See [`HANDED_FIRST`].
+const HANDED_QUIET: Duration = Duration::from_micros(500);
+
+/// See [`HANDED_FIRST`].
+const HANDED_MOST: Duration = Duration::from_millis(5);
 
 /// Most handed tasks whose outcomes are tracked (attempts that never report, their leases
 /// lost, must not make the set grow for good).
@@ -74,9 +84,12 @@ const HANDED_TRACKED: usize = 100_000;
 pub(super) struct Awaited {
     /// Every handed task whose outcome has not come.
     ids: std::collections::HashSet<TaskId>,
-    /// Those the latest batch handed, which the next batch waits for until `until`.
+    /// Those the latest batch handed, which the next batch waits for (see [`HANDED_FIRST`]).
     latest: std::collections::HashSet<TaskId>,
-    until: Option<tokio::time::Instant>,
+    /// When the latest batch handed them.
+    handed_at: Option<tokio::time::Instant>,
+    /// When the last of them came.
+    last_came: Option<tokio::time::Instant>,
 }
 
 impl Awaited {
@@ -86,13 +99,14 @@ impl Awaited {
         if self.ids.len() + ids.len() > HANDED_TRACKED {
             self.ids.clear();
         }
-        if self.until.is_none_or(|until| until <= now) {
+        if self.hold().is_none() {
             // Those still expected are past their wait.
             self.latest.clear();
         }
         self.ids.extend(ids);
         self.latest.extend(ids);
-        self.until = Some(now + HANDED_HOLD);
+        self.handed_at = Some(now);
+        self.last_came = None;
     }
 
     /// Notes the outcomes that came; whether any was of a handed task.
@@ -100,13 +114,13 @@ impl Awaited {
         if self.ids.is_empty() {
             return false;
         }
-        let mut any = false;
+        let (mut any, mut latest) = (false, false);
         for report in reports {
             any |= self.ids.remove(&report.attempt.task_id);
-            self.latest.remove(&report.attempt.task_id);
+            latest |= self.latest.remove(&report.attempt.task_id);
         }
-        if self.latest.is_empty() {
-            self.until = None;
+        if latest {
+            self.last_came = Some(tokio::time::Instant::now());
         }
         any
     }
@@ -119,10 +133,14 @@ impl Awaited {
         }
     }
 
-    /// Until when the next batch waits, if it does.
+    /// Until when the next batch waits, if it does (see [`HANDED_FIRST`]).
     fn hold(&self) -> Option<tokio::time::Instant> {
-        self.until
-            .filter(|until| !self.latest.is_empty() && *until > tokio::time::Instant::now())
+        let handed_at = self.handed_at.filter(|_| !self.latest.is_empty())?;
+        let quiet = self.last_came.map_or(handed_at + HANDED_FIRST, |came| {
+            (came + HANDED_QUIET).max(handed_at + HANDED_FIRST)
+        });
+        let until = quiet.min(handed_at + HANDED_MOST);
+        (until > tokio::time::Instant::now()).then_some(until)
     }
 }
 
@@ -132,8 +150,8 @@ impl Awaited {
 /// are, outcomes gather, and another batch starts beside them only once [`REPORT_BESIDE`] are
 /// waiting, up to `reports_in_flight` at once. Light load gets prompt single calls; heavy load
 /// gets good batches in parallel. Outcomes of tasks the last batches handed to this process's
-/// engines change two things (see [`Awaited`]): the first batch waits up to [`HANDED_HOLD`] for
-/// those of the latest hand-over, and while such outcomes wait, a batch starts beside another
+/// engines change two things (see [`Awaited`]): the first batch waits a moment for
+/// those of the latest hand-over (see [`HANDED_FIRST`]), and while such outcomes wait, a batch starts beside another
 /// only once it is full ([`REPORT_BATCH`]).
 pub(super) async fn reporter(
     inner: std::sync::Arc<Inner>,
