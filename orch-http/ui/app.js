@@ -589,7 +589,8 @@ async function taskView(main, id, scope) {
           field("Timeout", `${task.timeout} s`), field("Created", when(task.created_at)), field("Starts", when(task.estimated_start)),
           field("Started", when(task.started_at)), field("Finished", when(task.finished_at)),
           field("Idempotency key", task.idempotency_key), field("Locks", task.locks.join(", ") || null),
-          field("Workflow", task.workflow_id), task.waiting_for ? field("Waiting for", `${task.waiting_for} task(s)`) : null)),
+          field("Workflow", task.workflow_id ? h("a", { href: `#/workflows/${task.workflow_id}`, class: "mono", "data-key": "workflow" }, task.workflow_id) : null),
+          task.waiting_for ? field("Waiting for", `${task.waiting_for} task(s)`) : null)),
         h("section", { class: "panel" }, h("h2", {}, "Timeline"), timelineOf(events.events))),
       h("h2", {}, "Payload"), h("pre", {}, JSON.stringify(task.payload, null, 2)),
       task.result !== null && task.result !== undefined ? [h("h2", {}, "Result"), h("pre", { "data-testid": "task-result" }, JSON.stringify(task.result, null, 2))] : null,
@@ -601,6 +602,76 @@ async function taskView(main, id, scope) {
   const again = scope.debounce(() => render().catch(() => {}), 200);
   const plain = id.replace(/^task-/, "").toLowerCase();
   scope.live((event) => { if (event.task_id && String(event.task_id).replace(/^task-/, "").toLowerCase() === plain) again(); });
+}
+
+// ---- a workflow ----------------------------------------------------------------------------
+
+/** Most tasks of a workflow the page draws (pages of the API's 1,000). */
+const WORKFLOW_SHOWN = 3000;
+const plainId = (id) => String(id).replace(/^task-/, "").toLowerCase();
+
+/** The workflow's tasks by level: a task one below the deepest of its parents shown. */
+function levelsOf(tasks) {
+  const level = new Map();
+  const levels = [];
+  for (const t of tasks) {
+    // Topological order: every parent shown comes first.
+    const depth = t.depends_on.reduce((d, p) => Math.max(d, (level.get(plainId(p.task)) ?? -1) + 1), 0);
+    level.set(plainId(t.task.task_id), depth);
+    (levels[depth] ||= []).push(t);
+  }
+  return levels;
+}
+
+async function workflowView(main, id, scope) {
+  const body = h("div", { "data-testid": "workflow-detail" });
+  main.append(h("p", {}, h("a", { href: "#/tasks" }, "← Tasks")), body);
+  const ours = new Set();
+  const render = async () => {
+    let detail;
+    const tasks = [];
+    let offset = 0;
+    do {
+      detail = await api("GET", `/workflows/${encodeURIComponent(id)}?limit=1000&offset=${offset}`);
+      tasks.push(...detail.tasks);
+      offset = detail.next_offset;
+    } while (offset !== null && offset !== undefined && tasks.length < WORKFLOW_SHOWN);
+    const wf = detail.workflow;
+    ours.clear();
+    for (const t of tasks) ours.add(plainId(t.task.task_id));
+    const steps = new Map(tasks.map((t) => [plainId(t.task.task_id), t.step]));
+    const actions = [];
+    if (can.operate()) {
+      if (wf.status === "running") actions.push(h("button", { class: "secondary", "data-key": "cancel-workflow", onclick: () => act("Cancelled what had not run", () => api("POST", `/workflows/${wf.workflow_id}/cancel`)).then(render) }, "Cancel what has not run"));
+      if (wf.status === "failed" || wf.status === "partly") actions.push(h("button", { "data-key": "retry-workflow", onclick: () => act("Retrying the failed part", () => api("POST", `/workflows/${wf.workflow_id}/retry`)).then(render) }, "Retry the failed part"));
+    }
+    const chip = (t) => {
+      const parents = t.depends_on.map((p) => {
+        const step = steps.get(plainId(p.task));
+        return `${step === undefined ? p.task : `step ${step}`}${p.on_failure === "fail" ? "" : ` (${p.on_failure.replace("_", " ")})`}`;
+      });
+      return h("a", { href: `#/tasks/${t.task.task_id}`, class: `chip ${t.task.status}`, "data-step": t.step, "data-status": t.task.status,
+        title: `${t.task.core_id}: ${t.task.status}${parents.length ? `; after ${parents.join(", ")}` : ""}` },
+        h("span", { class: "mono" }, `step ${t.step}`), " ", t.task.core_id);
+    };
+    const field = (name, value) => [h("dt", {}, name), h("dd", {}, value ?? "—")];
+    fill(body,
+      h("h1", {}, "Workflow ", h("span", { class: "mono" }, wf.workflow_id), " ", h("span", { "data-testid": "workflow-status" }, badge(wf.status))),
+      actions.length ? h("div", { class: "actions" }, actions) : null,
+      h("dl", { class: "fields panel" },
+        field("Tasks", wf.task_count), field("Succeeded", wf.succeeded), field("Not finished", wf.unfinished),
+        field("Dispatched", when(wf.created_at)), field("Finished", when(wf.finished_at)), field("Idempotency key", wf.idempotency_key)),
+      h("h2", {}, "Graph"),
+      h("p", { class: "muted" }, "Each row holds the tasks one step below the deepest task they wait for; hover a task for what it waits for.",
+        tasks.length < wf.task_count ? ` The first ${tasks.length} of ${wf.task_count} tasks.` : ""),
+      h("div", { class: "graph", "data-testid": "workflow-graph" },
+        levelsOf(tasks).map((row, i) => h("div", { class: "level", "data-level": i }, h("span", { class: "muted" }, `${i}`), row.map(chip)))));
+  };
+  await render();
+  const again = scope.debounce(() => render().catch(() => {}), 300);
+  scope.live((event) => {
+    if ((event.task_id && ours.has(plainId(event.task_id))) || (event.data && event.data.workflow_id === id)) again();
+  });
 }
 
 function eventsView(main, scope) {
@@ -794,6 +865,7 @@ async function route() {
     if (path === "#/" || path === "#") await overviewView(view, scope);
     else if (path === "#/tasks") await tasksView(view, params, scope);
     else if (path.startsWith("#/tasks/")) await taskView(view, decodeURIComponent(path.slice(8)), scope);
+    else if (path.startsWith("#/workflows/")) await workflowView(view, decodeURIComponent(path.slice(12)), scope);
     else if (path === "#/events") eventsView(view, scope);
     else if (path === "#/engines") await enginesView(view, scope);
     else if (path === "#/locks") await locksView(view, scope);

@@ -281,6 +281,47 @@ def operator_journey(browser, orchd, screenshots, errors):
     expect(page.get_by_test_id("totals").locator("[data-state=cancelled]")).to_have_text("3")
     screenshot(page, os.path.join(screenshots, "dashboard-overview.png"))
 
+    # A workflow (a diamond; one branch an external worker fails, the last task runs anyway):
+    # its page draws the graph by level, follows it live to its end, and retries the failed
+    # part; a task's detail links to it.
+    flow = orchd.call("POST", "/workflows", {"tasks": [
+        {"core_id": "echo", "payload": {"n": 1}},
+        {"core_id": "echo", "payload": {"n": 2}, "depends_on": [{"step": 0}]},
+        {"core_id": "e2e-worker", "max_attempts": 1, "payload": {"branch": 2},
+         "depends_on": [{"step": 0}]},
+        {"core_id": "echo", "payload": {"n": 3},
+         "depends_on": [{"step": 1}, {"step": 2, "on_failure": "run_anyway"}]},
+    ]}, expect_status=201)
+    workflow_id = flow["workflow"]["workflow_id"]
+    branch = flow["tasks"][2]["task_id"]
+    page.goto(f"{orchd.base}/ui#/tasks/{flow['tasks'][3]['task_id']}")
+    page.locator("[data-key=workflow]").click()
+    expect(page).to_have_url(re.compile(f"#/workflows/{workflow_id}$"))
+    graph = page.get_by_test_id("workflow-graph")
+    expect(graph.locator(".level")).to_have_count(3)
+    expect(graph.locator("[data-level='1'] .chip")).to_have_count(2)
+    expect(graph.locator("[data-level='2'] [data-step='3']")).to_be_visible()
+    workflow_status = page.get_by_test_id("workflow-status")
+    expect(workflow_status).to_have_text("running")
+    claimed = claim_one(orchd, "e2e-worker")
+    assert claimed["task"]["task_id"] == branch
+    orchd.call("PUT", f"/jobs/{branch}/status",
+               {"lease_token": claimed["lease_token"], "status": "failed",
+                "error": "branch 2 failed", "retryable": False})
+    expect(workflow_status).to_have_text("partly", timeout=15000)
+    expect(graph.locator("[data-step='2']")).to_have_attribute("data-status", "failed")
+    expect(graph.locator("[data-step='3']")).to_have_attribute("data-status", "succeeded")
+    screenshot(page, os.path.join(screenshots, "dashboard-workflow.png"))
+    page.locator("[data-key=retry-workflow]").click()
+    expect(workflow_status).to_have_text("running")
+    claimed = claim_one(orchd, "e2e-worker")
+    assert claimed["task"]["task_id"] == branch
+    orchd.call("PUT", f"/jobs/{branch}/status",
+               {"lease_token": claimed["lease_token"], "status": "succeeded", "result": {}})
+    expect(workflow_status).to_have_text("succeeded", timeout=15000)
+    graph.locator("[data-step='2']").click()
+    expect(page.get_by_test_id("timeline")).to_contain_text("task.reopened")
+
     # A narrow window: nothing wider than the window, the list still there.
     page.set_viewport_size({"width": 420, "height": 800})
     page.get_by_role("link", name="Tasks", exact=True).click()
