@@ -168,7 +168,7 @@ fn spawn_attempt(
 }
 
 /// The report that gives a claimed task back to the queue unrun (its attempt not counted).
-fn abandoned(task: &Claimed) -> Report {
+pub(super) fn abandoned(task: &Claimed) -> Report {
     Report::from(AttemptReport {
         task_id: task.task.id,
         lease_token: task.lease_token,

@@ -253,12 +253,7 @@ async fn finish(
                 .forget(unwanted.iter().map(|task| task.task.id));
             let reports: Vec<AttemptReport> = unwanted
                 .iter()
-                .map(|task| AttemptReport {
-                    task_id: task.task.id,
-                    lease_token: task.lease_token,
-                    attempt: task.task.attempt,
-                    outcome: crate::model::AttemptOutcome::Abandoned,
-                })
+                .map(|task| super::claim::abandoned(task).attempt)
                 .collect();
             // Straight to the backend: the reporter may be closing. Should this fail, the
             // leases expire and the tasks are rescued.
