@@ -77,6 +77,7 @@ use workflows::*;
 checks!(
     create_and_get,
     idempotency_key_returns_first_task,
+    a_batch_returns_what_it_stores,
     tasks_are_found_by_idempotency_key,
     claim_order_priority_then_fifo,
     claims_above_a_priority_take_only_more_urgent_tasks,

@@ -47,6 +47,76 @@ pub(super) async fn create_and_get(b: SharedBackend) -> CheckResult {
     Ok(())
 }
 
+/// A batch hands back each task as stored, whatever its fields: delays, start times,
+/// priorities, payloads, locks and trace contexts, and one `task.queued` event each.
+pub(super) async fn a_batch_returns_what_it_stores(b: SharedBackend) -> CheckResult {
+    use crate::model::TraceContext;
+    let context = TraceContext::new(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        Some("vendor=one".to_owned()),
+    )
+    .map_err(|e| e.to_string())?;
+    // Whole microseconds, as every backend keeps them.
+    let now = chrono::Utc::now() + chrono::Duration::seconds(90);
+    let at = chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+    let specs = vec![
+        TaskSpec::new("batch").priority(3).payload(json!({"n": 1})),
+        TaskSpec::new("batch")
+            .delay(Duration::from_millis(1_500))
+            .metadata(json!({"m": [1, 2]})),
+        TaskSpec::new("batch").run_at(at).lock("b").lock("a"),
+        TaskSpec::new("batch")
+            .run_at(at)
+            .delay(Duration::from_secs(3_600))
+            .timeout(Duration::from_micros(1_234_567)),
+        TaskSpec::new("other")
+            .max_attempts(5)
+            .trace_context(context),
+        TaskSpec::new("batch").delay(Duration::from_secs(365 * 24 * 3600)),
+    ];
+    let created = ok!(b
+        .create_tasks(specs.into_iter().map(new_task).collect())
+        .await);
+    ensure!(
+        created.len() == 6,
+        "expected 6 results, got {}",
+        created.len()
+    );
+    for c in &created {
+        ensure!(c.created, "task {} not created", c.task.id);
+        let got = ok!(b.get_task(c.task.id).await).ok_or("created task not found")?;
+        ensure!(
+            got == c.task,
+            "create_tasks returned {:?}, get_task {got:?}",
+            c.task
+        );
+        ensure!(
+            events_of(&b, c.task.id).await? == [EventKind::TaskQueued],
+            "expected one task.queued event for {}",
+            c.task.id
+        );
+    }
+    let (soon, later) = (&created[1].task, &created[3].task);
+    ensure!(
+        soon.run_at - soon.created_at == chrono::Duration::milliseconds(1_500),
+        "a delay of 1.5 s gave run_at {} for created_at {}",
+        soon.run_at,
+        soon.created_at
+    );
+    ensure!(
+        created[2].task.run_at == at,
+        "run_at {} for a start at {at}",
+        created[2].task.run_at
+    );
+    ensure!(
+        later.run_at - later.created_at == chrono::Duration::seconds(3_600),
+        "the later of a delay and a start time is when it runs: {} for {}",
+        later.run_at,
+        later.created_at
+    );
+    Ok(())
+}
+
 pub(super) async fn idempotency_key_returns_first_task(b: SharedBackend) -> CheckResult {
     let first = create(&b, TaskSpec::new("c").idempotency_key("k1")).await?;
     let batch = ok!(b

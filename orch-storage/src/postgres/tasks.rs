@@ -24,8 +24,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::statements::{
-    APPLY_CHANGES, CLAIM_TASKS, CREATE_CLAIMED, CREATE_TASK, CREATE_TASKS, EXPIRED_LEASES,
-    FINISH_SUCCESSES,
+    APPLY_CHANGES, CLAIM_TASKS, CREATE_CLAIMED, CREATE_TASK, CREATE_TASKS, CREATE_TASKS_UNKEYED,
+    EXPIRED_LEASES, FINISH_SUCCESSES,
 };
 use super::{PostgresBackend, count, db_micros, task_from_row, tasks_from_rows};
 use crate::common::{corrupt, db_err, from_micros, micros};
@@ -295,6 +295,52 @@ async fn create_batch(
         .map_err(db_err(OP))
 }
 
+/// [`CREATE_TASKS_UNKEYED`]: a batch without idempotency keys; returns the statement's time.
+async fn create_unkeyed(
+    conn: &mut PgConnection,
+    tasks: &[NewTask],
+    notify_payload: &str,
+) -> Result<DateTime<Utc>> {
+    const OP: &str = "create_tasks";
+    let columns = TaskColumns::of(tasks)?;
+    let row = columns
+        .bind(sqlx::query(CREATE_TASKS_UNKEYED.sql()))
+        .bind(notify_payload)
+        .bind(&columns.traceparents)
+        .bind(&columns.tracestates)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err(OP))?;
+    row.try_get("at").map_err(|e| corrupt(OP, e))
+}
+
+/// Every task of a batch as stored by a statement at `at`: created then, due after its delay
+/// (capped as the database took it) or at its start time, whichever is later, just as the
+/// statement computed it.
+fn all_stored(tasks: Vec<NewTask>, at: DateTime<Utc>) -> Vec<Created> {
+    tasks
+        .into_iter()
+        .map(|mut new| {
+            let delayed = chrono::Duration::microseconds(db_micros(new.delay));
+            let after_delay = at
+                .checked_add_signed(delayed)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            // The start time as bound: whole microseconds.
+            let start = new.not_before.map(|start| {
+                DateTime::from_timestamp_micros(start.timestamp_micros()).unwrap_or(start)
+            });
+            let run_at = start.map_or(after_delay, |start| start.max(after_delay));
+            // As stored: the timeout in whole microseconds.
+            new.timeout = from_micros(micros(new.timeout));
+            let (task, _) = rules::create(new, at, run_at);
+            Created {
+                task,
+                created: true,
+            }
+        })
+        .collect()
+}
+
 /// Inserts `tasks` in order on `conn` (alone, or inside the caller's transaction), each with
 /// its `task.queued` event, and sends `notify_payload` on the wake-up channel if any was
 /// stored; a task whose idempotency key exists is returned instead, not stored. Also returns
@@ -310,6 +356,10 @@ pub(super) async fn insert_tasks(
     }
     let rows = match tasks.as_slice() {
         [task] => create_one(conn, task, &notify_payload).await?,
+        _ if tasks.iter().all(|task| task.idempotency_key.is_none()) => {
+            let at = create_unkeyed(conn, &tasks, &notify_payload).await?;
+            return Ok((all_stored(tasks, at), true));
+        }
         _ => create_batch(conn, &tasks, &notify_payload).await?,
     };
     // The database gave each inserted task its times; the rest is what was sent.
