@@ -41,6 +41,12 @@
 //!   `--batch`; they are drained again; last, the pickup latency of tasks the producer
 //!   dispatches one at a time onto the idle queue. Each drain's clock runs from the
 //!   orchestrator's build to its last outcome recorded.
+//! - the queue beside long transactions on PostgreSQL (`horizon`, not among the defaults; run
+//!   it with `--concurrency 32`): a producer offers `--offered` tasks a second while
+//!   REPEATABLE READ readers, then an idle transaction, hold the MVCC horizon back for
+//!   `--phase-secs` each (see `storage/horizon.rs`); `steady`, the same producer and ten
+//!   minutes with nothing beside (offer more than the queue takes: its top rate, minute by
+//!   minute).
 
 #[allow(
     dead_code,
@@ -50,6 +56,9 @@
 #[path = "../orch-storage/tests/support/postgres.rs"]
 mod pg;
 mod support;
+
+#[path = "storage/horizon.rs"]
+mod horizon;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,8 +76,9 @@ use support::percentile;
 use support::pickup::pickup_latency;
 
 /// The measurements `--only` can name.
-const MEASUREMENTS: [&str; 8] = [
-    "single", "batched", "e2e", "relaxed", "pickup", "idle", "workflow", "method",
+const MEASUREMENTS: [&str; 10] = [
+    "single", "batched", "e2e", "relaxed", "pickup", "idle", "workflow", "method", "horizon",
+    "steady",
 ];
 
 /// How long the `idle` measurement watches an orchestrator with nothing to do.
@@ -92,14 +102,20 @@ struct Settings {
     reports_in_flight: Option<usize>,
     /// Which measurements to run (all by default).
     only: Option<Vec<String>>,
+    /// Tasks a second the producer offers in the `horizon` scenario, and each phase's length.
+    offered: u64,
+    phase_secs: u64,
+    /// `PostgresOptions::slow_claim` (the default when `None`).
+    slow_claim: Option<Duration>,
 }
 
 impl Settings {
     fn runs(&self, part: &str) -> bool {
         match &self.only {
             Some(only) => only.iter().any(|p| p == part),
-            // The workflow comparison and the peers' method run only when named.
-            None => part != "workflow" && part != "method",
+            // The workflow comparison, the peers' method and the long transactions run only
+            // when named.
+            None => !["workflow", "method", "horizon", "steady"].contains(&part),
         }
     }
 
@@ -131,6 +147,9 @@ fn parse_args() -> anyhow::Result<Settings> {
         claims_in_flight: None,
         reports_in_flight: None,
         only: None,
+        offered: 800,
+        phase_secs: 240,
+        slow_claim: None,
     };
     let mut flags = Flags::from_env();
     while let Some(flag) = flags.next_flag() {
@@ -148,6 +167,11 @@ fn parse_args() -> anyhow::Result<Settings> {
             "--batch" => settings.batch = flags.value(&flag)?,
             "--samples" => settings.samples = flags.value(&flag)?,
             "--rounds" => settings.rounds = flags.value(&flag)?,
+            "--offered" => settings.offered = flags.value(&flag)?,
+            "--phase-secs" => settings.phase_secs = flags.value(&flag)?,
+            "--slow-claim-ms" => {
+                settings.slow_claim = Some(Duration::from_millis(flags.value(&flag)?));
+            }
             "--claims-in-flight" => settings.claims_in_flight = Some(flags.value(&flag)?),
             "--reports-in-flight" => settings.reports_in_flight = Some(flags.value(&flag)?),
             "--only" => {
@@ -165,8 +189,9 @@ fn parse_args() -> anyhow::Result<Settings> {
                 println!(
                     "cargo bench --bench storage -- [--backend sqlite|postgres|all] [--tasks N] \
                      [--concurrency N] [--batch N] [--samples N] [--rounds N] \
-                     [--only single,batched,e2e,relaxed,pickup,idle,workflow,method] \
-                     [--claims-in-flight N] [--reports-in-flight N]"
+                     [--only single,batched,e2e,relaxed,pickup,idle,workflow,method,horizon,steady] \
+                     [--claims-in-flight N] [--reports-in-flight N] [--offered N] \
+                     [--phase-secs N] [--slow-claim-ms N]"
                 );
                 std::process::exit(0);
             }
@@ -185,19 +210,22 @@ enum Source {
     Sqlite(tempfile::TempDir, AtomicUsize),
     Postgres {
         admin_url: String,
+        /// `PostgresOptions::slow_claim` of its backends (the default when `None`).
+        slow_claim: Option<Duration>,
         /// Keeps the throwaway server alive (stopped on drop).
         _server: Option<pg::PrivateServer>,
     },
 }
 
 impl Source {
-    async fn new(kind: &str) -> anyhow::Result<Source> {
+    async fn new(kind: &str, slow_claim: Option<Duration>) -> anyhow::Result<Source> {
         if kind == "sqlite" {
             return Ok(Source::Sqlite(tempfile::tempdir()?, AtomicUsize::new(0)));
         }
         if let Ok(url) = std::env::var("ORCH_BENCH_DATABASE_URL") {
             return Ok(Source::Postgres {
                 admin_url: url,
+                slow_claim,
                 _server: None,
             });
         }
@@ -211,6 +239,7 @@ impl Source {
         .context("no PostgreSQL: put initdb/pg_ctl on PATH or set ORCH_BENCH_DATABASE_URL")?;
         Ok(Source::Postgres {
             admin_url: server.admin_url.clone(),
+            slow_claim,
             _server: Some(server),
         })
     }
@@ -240,7 +269,26 @@ impl Source {
                 };
                 (first, other)
             }
-            Source::Postgres { admin_url, .. } => {
+            Source::Postgres { .. } => {
+                let (first, other, _) = self.fresh_postgres(durable, second).await?;
+                (first, other)
+            }
+        })
+    }
+
+    /// On PostgreSQL: a fresh database's backend, another one with `second`, and its URL.
+    async fn fresh_postgres(
+        &self,
+        durable: bool,
+        second: bool,
+    ) -> anyhow::Result<(SharedBackend, Option<SharedBackend>, String)> {
+        Ok(match self {
+            Source::Sqlite(..) => bail!("a PostgreSQL measurement on SQLite"),
+            Source::Postgres {
+                admin_url,
+                slow_claim,
+                ..
+            } => {
                 let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
                 let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(admin_url)
                     .await
@@ -252,6 +300,10 @@ impl Source {
                 let options = PostgresOptions::default()
                     .with_pool_size(16)
                     .with_durable_worker_commits(durable);
+                let options = match slow_claim {
+                    Some(slow) => options.with_slow_claim(*slow),
+                    None => options,
+                };
                 let url = format!("{base}/{name}");
                 let first: SharedBackend =
                     Arc::new(PostgresBackend::connect_with(&url, options.clone()).await?);
@@ -262,7 +314,7 @@ impl Source {
                 } else {
                     None
                 };
-                (first, other)
+                (first, other, url)
             }
         })
     }
@@ -511,7 +563,7 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, usize::from)
     );
     for &kind in &settings.backends {
-        let source = Source::new(kind).await?;
+        let source = Source::new(kind, settings.slow_claim).await?;
         let postgres = kind == "postgres";
         println!("{kind}:");
         if settings.runs("single") {
@@ -561,6 +613,24 @@ async fn main() -> anyhow::Result<()> {
         }
         if settings.runs("method") {
             peers_method(&source, &settings).await?;
+        }
+        for (part, plan) in [
+            ("horizon", horizon::Plan::LongTransactions),
+            ("steady", horizon::Plan::Steady),
+        ] {
+            if postgres && settings.runs(part) {
+                let (worker, producer, url) = source.fresh_postgres(true, true).await?;
+                horizon::run(
+                    worker,
+                    producer.context("no second backend")?,
+                    &url,
+                    settings.config(settings.concurrency),
+                    settings.offered,
+                    Duration::from_secs(settings.phase_secs),
+                    plan,
+                )
+                .await?;
+            }
         }
         if settings.runs("pickup") {
             for remote in [false, true] {

@@ -384,6 +384,45 @@ mod postgres_only {
         Ok(())
     }
 
+    /// A backend whose claims resume after the last task claimed whenever it can (every claim
+    /// from the head counts as slow): within one backend, nothing it does leaves a task where
+    /// a resumed claim cannot see it.
+    async fn always_resuming() -> SharedBackend {
+        let url = match crate::support::postgres::fresh_database().await {
+            Ok(Some(url)) => url,
+            other => panic!("no database: {other:?}"),
+        };
+        let options = orch_storage::PostgresOptions::default().with_slow_claim(Duration::ZERO);
+        match PostgresBackend::connect_with(&url, options).await {
+            Ok(backend) => Arc::new(backend) as SharedBackend,
+            Err(e) => panic!("cannot connect: {e}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_with_claims_resuming() -> anyhow::Result<()> {
+        if crate::support::postgres::fresh_database().await?.is_none() {
+            return Ok(());
+        }
+        orch_core::conformance::assert_conformance("postgres, claims resuming", always_resuming)
+            .await;
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn agrees_with_the_model_with_claims_resuming() -> anyhow::Result<()> {
+        if crate::support::postgres::fresh_database().await?.is_none() {
+            return Ok(());
+        }
+        orch_core::conformance::assert_model_conformance(
+            "postgres, claims resuming",
+            model_cases(),
+            always_resuming,
+        )
+        .await;
+        Ok(())
+    }
+
     /// Two clients of one database (as two processes would be) share the queue and the log.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_clients_share_queue_and_event_log() -> anyhow::Result<()> {

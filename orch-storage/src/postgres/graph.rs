@@ -727,6 +727,7 @@ impl PostgresBackend {
             self.wake_events();
         }
         if queued > 0 {
+            self.claim_floors.clear();
             self.wake_tasks();
         }
         drop(conn);

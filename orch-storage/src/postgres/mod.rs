@@ -116,6 +116,21 @@ pub struct PostgresOptions {
     /// up"), backing off from 100 ms to 2 s between tries. Default 30 s; zero tries once.
     /// Errors that waiting cannot fix (a wrong password, a missing database) fail at once.
     pub startup_wait: Duration,
+    /// A claim slower than this (its statement, from the head of the claim index) makes the
+    /// engine's next claims resume after the last task it claimed, with a claim from the head
+    /// again after a quarter of a second or twenty times as long as the last one took,
+    /// whichever is longer (at most 5 s), while claims from the head stay slow. Default 5 ms;
+    /// `Duration::MAX` never resumes.
+    ///
+    /// What it is for: a claimed task's entry stays in the claim index, pointing at a row
+    /// version no transaction needs, until vacuum removes it, and a transaction holding an old
+    /// snapshot (a long report, a `REPEATABLE READ` reader, a forgotten `BEGIN`) keeps vacuum
+    /// from removing any. A claim from the head then visits every task claimed since that
+    /// snapshot began, and grows slower with each; a resumed claim starts past them. What a
+    /// resumed claim cannot see, the next claim from the head finds: a task more urgent than
+    /// the last claimed, a task given back, a task whose transaction began before the last
+    /// claim and committed after it.
+    pub slow_claim: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -127,6 +142,7 @@ impl Default for PostgresOptions {
             statement_timeout: Some(Duration::from_secs(60)),
             application_name: "orch".to_owned(),
             startup_wait: Duration::from_secs(30),
+            slow_claim: Duration::from_millis(5),
         }
     }
 }
@@ -165,6 +181,12 @@ impl PostgresOptions {
     /// Sets [`startup_wait`](Self::startup_wait).
     pub fn with_startup_wait(mut self, wait: Duration) -> Self {
         self.startup_wait = wait;
+        self
+    }
+
+    /// Sets [`slow_claim`](Self::slow_claim).
+    pub fn with_slow_claim(mut self, slow: Duration) -> Self {
+        self.slow_claim = slow;
         self
     }
 }
@@ -257,6 +279,9 @@ pub struct PostgresBackend {
     /// not remembered here (a dependent added since the claim, the set cleared) is still
     /// recorded rightly, one statement later.
     graph_claims: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    /// Where each engine's claims resume while claims from the head of the index are slow
+    /// (see `ClaimFloors`).
+    claim_floors: tasks::ClaimFloors,
     /// Outcomes of such tasks, recorded one statement at a time (see
     /// `PostgresBackend::finish_in_graph`).
     graph_outcomes: tasks::GraphOutcomes,
@@ -365,6 +390,7 @@ impl PostgresBackend {
             _listener: listener,
             separate_worker_pool: !settings.durable_worker_commits,
             graph_claims: std::sync::Mutex::new(std::collections::HashSet::new()),
+            claim_floors: tasks::ClaimFloors::new(settings.slow_claim),
             graph_outcomes: tasks::GraphOutcomes::default(),
             keeps_graph_connection: pool_size >= GRAPH_CONNECTION_MIN_POOL,
         })

@@ -1,6 +1,7 @@
 //! The SQL of the PostgreSQL task queue: one statement per transition (or per batch), each
 //! writing its own events and, where other processes should hear of it, sending one
-//! `pg_notify` (its payload parameter NULL when the statement must not notify).
+//! `pg_notify` (its payload parameter NULL when the statement must not notify; the statements
+//! that create tasks always notify).
 //!
 //! The statements apply orch-core's task rules: [`APPLY_CHANGES`] takes each change's fields
 //! as parameters (the caller computes them with the rules); the others, which apply one
@@ -8,6 +9,34 @@
 //! kinds through rule placeholders that [`Rendered`] fills in from the rules.
 
 use crate::rule_sql::Rendered;
+
+/// The claim rule applied to the tasks of a CTE `picked` (their ids), for [`CLAIM_TASKS`] and
+/// [`CLAIM_TASKS_AFTER`]: leased for `$3` microseconds, with their events; returns them in
+/// claim order.
+macro_rules! claim_picked {
+    () => {
+        concat!(
+            "claimed AS (
+    UPDATE orch_tasks t SET status = {claim.to}, attempt = t.attempt + 1, started_at = now(),
+        updated_at = now(), lease_token = gen_random_uuid(),
+        lease_expires_at = now() + $3::int8 * interval '1 microsecond'
+    FROM picked WHERE t.id = picked.id
+    RETURNING t.*
+), ev AS (
+    ",
+            insert_events!(
+                "SELECT {claim.event}::text AS kind, id AS task_id, core_id, attempt, 'null'::jsonb AS data,
+           row_number() OVER (ORDER BY priority DESC, run_at, id) AS o
+    FROM claimed"
+            ),
+            "
+)
+SELECT claimed.*,
+       (SELECT 1 FROM pg_notify('orch_changes', $4) WHERE $4::text IS NOT NULL) AS notified
+FROM claimed ORDER BY priority DESC, run_at, id"
+        )
+    };
+}
 
 /// Inserts a batch in input order, skipping tasks whose idempotency key exists, and appends a
 /// `task.queued` event per inserted task; returns the id and database times of each inserted
@@ -69,7 +98,9 @@ FROM ins"
 /// stored: a plain insert straight from the arrays, the events cut from the same arrays in
 /// rows of 256, and one row back, the statement's time (each task's `run_at` follows from it,
 /// its delay and its start time). About 1.45 times as fast per 1,000 tasks as the general
-/// statement, which sorts and joins what it inserted to write the events.
+/// statement, which sorts and joins what it inserted to write the events. Takes the
+/// parameters of [`CREATE_TASKS`] (`$10`, the keys, all NULL here, goes unread). Never
+/// called with no tasks.
 pub(super) static CREATE_TASKS_UNKEYED: Rendered = Rendered::new(
     "\
 WITH ins AS (
@@ -91,8 +122,9 @@ WITH ins AS (
     INSERT INTO orch_event_batches (n, at, kinds, task_ids, core_ids, attempts, data)
     SELECT m, now(), array_fill({created.event}::text, ARRAY[m]), $1[lo:lo + m - 1],
            $2[lo:lo + m - 1], array_fill(0, ARRAY[m]), to_jsonb(array_fill(NULL::int, ARRAY[m]))
-    FROM (SELECT g * 256 + 1 AS lo, least(256, cardinality($1::uuid[]) - g * 256) AS m
-          FROM generate_series(0, (cardinality($1::uuid[]) - 1) / 256) AS g) AS chunks
+    FROM (SELECT g + 1 AS lo, least(256, cardinality($1::uuid[]) - g) AS m
+          FROM generate_series(0, cardinality($1::uuid[]) - 1, 256) AS g) AS chunks
+    ORDER BY lo
 )
 SELECT now() AS at, (SELECT 1 FROM pg_notify('orch_changes', $12)) AS notified",
 );
@@ -156,22 +188,35 @@ pub(super) static CLAIM_TASKS: Rendered = Rendered::new(concat!(
     ORDER BY priority DESC, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE orch_tasks t SET status = {claim.to}, attempt = t.attempt + 1, started_at = now(),
-        updated_at = now(), lease_token = gen_random_uuid(),
-        lease_expires_at = now() + $3::int8 * interval '1 microsecond'
-    FROM picked WHERE t.id = picked.id
-    RETURNING t.*
-), ev AS (
-    ",
-    insert_events!("SELECT {claim.event}::text AS kind, id AS task_id, core_id, attempt, 'null'::jsonb AS data,
-           row_number() OVER (ORDER BY priority DESC, run_at, id) AS o
-    FROM claimed"),
-    "
-)
-SELECT claimed.*,
-       (SELECT 1 FROM pg_notify('orch_changes', $4) WHERE $4::text IS NOT NULL) AS notified
-FROM claimed ORDER BY priority DESC, run_at, id"
+), ",
+    claim_picked!()
+));
+
+/// [`CLAIM_TASKS`] resuming after the task it last claimed, of priority `$6`, due at `$7`,
+/// id `$8`: tasks of that priority after it in claim order, then tasks of lower priorities.
+/// The index walk starts past the entries of the tasks claimed before it, which stay in the
+/// claim index, pointing at row versions no transaction needs, until vacuum removes them, and
+/// a transaction holding an old snapshot keeps vacuum from removing them: a claim from the
+/// head of the index would visit every one of them.
+pub(super) static CLAIM_TASKS_AFTER: Rendered = Rendered::new(concat!(
+    "WITH level AS (
+    SELECT id, priority, run_at FROM orch_tasks
+    WHERE status = {claim.from} AND core_id = $1 AND run_at <= now() AND priority > $5::int8
+        AND priority = $6::int4 AND (run_at, id) > ($7::timestamptz, $8::uuid)
+    ORDER BY run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), lower AS (
+    SELECT id, priority, run_at FROM orch_tasks
+    WHERE status = {claim.from} AND core_id = $1 AND run_at <= now() AND priority > $5::int8
+        AND priority < $6::int4
+    ORDER BY priority DESC, run_at, id
+    LIMIT greatest($2 - (SELECT count(*) FROM level), 0)
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM level UNION ALL SELECT id FROM lower
+), ",
+    claim_picked!()
 ));
 
 /// Applies changes decided by orch-core's rules, several tasks in one statement, with what

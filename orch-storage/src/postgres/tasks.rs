@@ -24,8 +24,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::statements::{
-    APPLY_CHANGES, CLAIM_TASKS, CREATE_CLAIMED, CREATE_TASK, CREATE_TASKS, CREATE_TASKS_UNKEYED,
-    EXPIRED_LEASES, FINISH_SUCCESSES,
+    APPLY_CHANGES, CLAIM_TASKS, CLAIM_TASKS_AFTER, CREATE_CLAIMED, CREATE_TASK, CREATE_TASKS,
+    CREATE_TASKS_UNKEYED, EXPIRED_LEASES, FINISH_SUCCESSES,
 };
 use super::{PostgresBackend, count, db_micros, task_from_row, tasks_from_rows};
 use crate::common::{corrupt, db_err, from_micros, micros};
@@ -56,6 +56,135 @@ type GraphJob = (
 struct GraphQueue {
     jobs: std::collections::VecDeque<GraphJob>,
     last_number: u64,
+}
+
+/// While claims resume, the least time between two claims from the head (which find what the
+/// resumed ones cannot see: a more urgent task, a task whose transaction began before the last
+/// claim and committed after it, a task given back), and the multiple of the last one's
+/// duration that must pass as well, so they take a small share of the database (up to
+/// [`HEAD_CLAIM_AT_LEAST_EVERY`]).
+const HEAD_CLAIM_EVERY: Duration = Duration::from_millis(250);
+const HEAD_CLAIM_SHARE: u32 = 20;
+const HEAD_CLAIM_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
+
+/// Per engine, where its claims resume while claims from the head of the index are slow
+/// (slower than `slow`: see [`PostgresOptions::slow_claim`](super::PostgresOptions)).
+pub(super) struct ClaimFloors {
+    slow: Duration,
+    floors: std::sync::Mutex<Floors>,
+}
+
+/// The floors, and how many times they were cleared: a claim that began before a clear sets
+/// no floor when it ends (what made the clear may have come too late for its snapshot).
+#[derive(Default)]
+struct Floors {
+    by_engine: HashMap<String, Floor>,
+    clears: u64,
+}
+
+/// The last task an engine claimed (claim order: priority, run_at, id), if any, and when its
+/// next claim from the head is due. Only kept while claims from the head are slow.
+struct Floor {
+    last: Option<(i32, DateTime<Utc>, Uuid)>,
+    head_due: std::time::Instant,
+}
+
+impl ClaimFloors {
+    pub(super) fn new(slow: Duration) -> Self {
+        ClaimFloors {
+            slow,
+            floors: std::sync::Mutex::new(Floors::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Floors> {
+        self.floors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Where the next regular claim of `engine` resumes, if it resumes, and the count of
+    /// clears to hand back when it ends.
+    fn resume(&self, engine: &str) -> (Option<(i32, DateTime<Utc>, Uuid)>, u64) {
+        let floors = self.lock();
+        let resume = floors
+            .by_engine
+            .get(engine)
+            .filter(|floor| std::time::Instant::now() < floor.head_due)
+            .and_then(|floor| floor.last);
+        (resume, floors.clears)
+    }
+
+    /// A claim from the head that began after `clears` clears took `took`: claims resume
+    /// after it while that is slow.
+    fn after_head(
+        &self,
+        engine: &str,
+        clears: u64,
+        took: Duration,
+        last: Option<(i32, DateTime<Utc>, Uuid)>,
+    ) {
+        let mut floors = self.lock();
+        if took < self.slow || floors.clears != clears {
+            floors.by_engine.remove(engine);
+            return;
+        }
+        let floors = &mut floors.by_engine;
+        let wait = HEAD_CLAIM_EVERY
+            .max(took.saturating_mul(HEAD_CLAIM_SHARE))
+            .min(HEAD_CLAIM_AT_LEAST_EVERY);
+        let floor = floors.entry(engine.to_owned()).or_insert(Floor {
+            last: None,
+            head_due: std::time::Instant::now(),
+        });
+        floor.head_due = std::time::Instant::now() + wait;
+        if last.is_some() {
+            floor.last = last;
+        }
+    }
+
+    /// Tasks before the floors in claim order may be queued now (given back, requeued,
+    /// released, stored by a graph): the next claims start from the head.
+    pub(super) fn clear(&self) {
+        let mut floors = self.lock();
+        floors.clears = floors.clears.wrapping_add(1);
+        floors.by_engine.clear();
+    }
+
+    /// Tasks were stored: an engine whose floor one of them precedes in claim order (more
+    /// urgent, or due earlier) claims from the head next.
+    fn created(&self, created: &[Created]) {
+        let mut floors = self.lock();
+        if floors.by_engine.is_empty() {
+            return;
+        }
+        let floors = &mut floors.by_engine;
+        for task in created.iter().filter(|c| c.created).map(|c| &c.task) {
+            let precedes = floors
+                .get(&task.engine)
+                .and_then(|floor| floor.last)
+                .is_some_and(|(priority, run_at, id)| {
+                    task.priority > priority
+                        || (task.priority == priority && (task.run_at, task.id.0) < (run_at, id))
+                });
+            if precedes {
+                floors.remove(&task.engine);
+            }
+        }
+    }
+
+    /// A resumed claim that began after `clears` clears claimed up to `last`.
+    fn after_resumed(&self, engine: &str, clears: u64, last: Option<(i32, DateTime<Utc>, Uuid)>) {
+        let mut floors = self.lock();
+        if floors.clears != clears {
+            return;
+        }
+        if let Some(floor) = floors.by_engine.get_mut(engine)
+            && last.is_some()
+        {
+            floor.last = last;
+        }
+    }
 }
 
 /// The queue and the turn of [`PostgresBackend::finish_in_graph`].
@@ -201,7 +330,8 @@ async fn create_one(
         .map_err(db_err(OP))
 }
 
-/// New tasks' columns, one array each, as [`CREATE_TASKS`] and the graph statement take them.
+/// New tasks' columns, one array each, as [`CREATE_TASKS`], [`CREATE_TASKS_UNKEYED`] and the
+/// graph statement take them.
 pub(super) struct TaskColumns<'a> {
     ids: Vec<Uuid>,
     core_ids: Vec<&'a str>,
@@ -325,7 +455,9 @@ fn all_stored(tasks: Vec<NewTask>, at: DateTime<Utc>) -> Vec<Created> {
             let after_delay = at
                 .checked_add_signed(delayed)
                 .unwrap_or(DateTime::<Utc>::MAX_UTC);
-            // The start time as bound: whole microseconds.
+            // The start time as bound: whole microseconds (sqlx counts them from 2000; before
+            // then it may round the other way, but such a start is long past and loses to
+            // `at` anyway).
             let start = new.not_before.map(|start| {
                 DateTime::from_timestamp_micros(start.timestamp_micros()).unwrap_or(start)
             });
@@ -494,6 +626,7 @@ impl PostgresBackend {
             stored,
         } = graph;
         if stored {
+            self.claim_floors.clear();
             self.wake_tasks();
             self.wake_events();
         }
@@ -717,6 +850,7 @@ impl PostgresBackend {
             self.wake_events();
         }
         if requeued || released > 0 {
+            self.claim_floors.clear();
             self.wake_tasks();
         }
         Ok((out, marked, handed))
@@ -869,15 +1003,30 @@ impl PostgresBackend {
             return Ok(Vec::new());
         }
         let hint = self.event_hint();
-        let rows = sqlx::query(CLAIM_TASKS.sql())
+        // A look for more urgent tasks always starts from the head.
+        let (resume, clears) = match above {
+            None => self.claim_floors.resume(engine),
+            Some(_) => (None, 0),
+        };
+        let started = std::time::Instant::now();
+        let query = match resume {
+            Some(_) => sqlx::query(CLAIM_TASKS_AFTER.sql()),
+            None => sqlx::query(CLAIM_TASKS.sql()),
+        };
+        let mut query = query
             .bind(engine)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(db_micros(lease))
             .bind(&hint)
-            .bind(crate::common::priority_floor(above))
+            .bind(crate::common::priority_floor(above));
+        if let Some((priority, run_at, id)) = resume {
+            query = query.bind(priority).bind(run_at).bind(id);
+        }
+        let rows = query
             .fetch_all(&self.worker_pool)
             .await
             .map_err(db_err(operation))?;
+        let took = started.elapsed();
         if !rows.is_empty() {
             self.deferred(&hint);
         }
@@ -897,6 +1046,16 @@ impl PostgresBackend {
         }
         if !graph.is_empty() {
             self.remember_graph_claims(graph);
+        }
+        if above.is_none() {
+            // Claimed in claim order: the last is where the next claim resumes.
+            let last = claimed
+                .last()
+                .map(|c| (c.task.priority, c.task.run_at, c.task.id.0));
+            match resume {
+                Some(_) => self.claim_floors.after_resumed(engine, clears, last),
+                None => self.claim_floors.after_head(engine, clears, took, last),
+            }
         }
         if !claimed.is_empty() {
             self.wake_events();
@@ -1231,6 +1390,7 @@ impl TaskStore for PostgresBackend {
         }
         let (out, stored) = insert_tasks(&mut conn, tasks, self.notify_payload(true)).await?;
         if stored {
+            self.claim_floors.created(&out);
             self.wake_tasks();
             self.wake_events();
         }
@@ -1715,9 +1875,11 @@ mod tests {
     fn every_statement_follows_the_rules() {
         for statement in [
             &CREATE_TASKS,
+            &CREATE_TASKS_UNKEYED,
             &CREATE_TASK,
             &CREATE_CLAIMED,
             &CLAIM_TASKS,
+            &CLAIM_TASKS_AFTER,
             &EXPIRED_LEASES,
             &FINISH_SUCCESSES,
         ] {

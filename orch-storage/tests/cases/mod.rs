@@ -8,6 +8,8 @@
 
 pub(crate) mod batch;
 pub(crate) mod child;
+#[cfg(feature = "postgres")]
+mod claim_resume;
 mod controls;
 #[cfg(feature = "sqlite")]
 mod crash;
