@@ -116,20 +116,25 @@ pub struct PostgresOptions {
     /// up"), backing off from 100 ms to 2 s between tries. Default 30 s; zero tries once.
     /// Errors that waiting cannot fix (a wrong password, a missing database) fail at once.
     pub startup_wait: Duration,
-    /// A claim slower than this (its statement, from the head of the claim index) makes the
-    /// engine's next claims resume after the last task it claimed, with a claim from the head
-    /// again after a quarter of a second or twenty times as long as the last one took,
-    /// whichever is longer (at most 5 s), while claims from the head stay slow. Default 5 ms;
-    /// `Duration::MAX` never resumes.
+    /// A claim from the head of the claim index slower than this (its round trip, from when
+    /// it has a connection) makes the engine's next claims resume after the last task it
+    /// claimed, with a claim from the head again after a quarter of a second or twenty times
+    /// as long as the last one took, whichever is longer (at most 5 s), while claims from the
+    /// head stay slow. Default 5 ms; `Duration::MAX` never resumes.
     ///
     /// What it is for: a claimed task's entry stays in the claim index, pointing at a row
     /// version no transaction needs, until vacuum removes it, and a transaction holding an old
     /// snapshot (a long report, a `REPEATABLE READ` reader, a forgotten `BEGIN`) keeps vacuum
     /// from removing any. A claim from the head then visits every task claimed since that
-    /// snapshot began, and grows slower with each; a resumed claim starts past them. What a
-    /// resumed claim cannot see, the next claim from the head finds: a task more urgent than
-    /// the last claimed, a task given back, a task whose transaction began before the last
-    /// claim and committed after it.
+    /// snapshot began, and grows slower with each; a resumed claim starts past them.
+    ///
+    /// What a resumed claim takes is always claimable (queued, due, of the engine), but it
+    /// may come out of claim order: until the next claim from the head, a resumed claim does
+    /// not see a task before the last one claimed that another client made claimable (more
+    /// urgent, given back, requeued), a task dispatched inside an application's transaction
+    /// (`dispatch_in`) that began before the last claim, or a task a concurrent claim held
+    /// locked. What this backend itself stores, gives back or requeues before a claim begins,
+    /// the claim sees.
     pub slow_claim: Duration,
 }
 

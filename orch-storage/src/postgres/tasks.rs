@@ -106,13 +106,25 @@ impl ClaimFloors {
     /// Where the next regular claim of `engine` resumes, if it resumes, and the count of
     /// clears to hand back when it ends.
     fn resume(&self, engine: &str) -> (Option<(i32, DateTime<Utc>, Uuid)>, u64) {
+        let mut floors = self.lock();
+        let clears = floors.clears;
+        let Some(floor) = floors.by_engine.get_mut(engine) else {
+            return (None, clears);
+        };
+        let now = std::time::Instant::now();
+        if now < floor.head_due {
+            return (floor.last, clears);
+        }
+        // This claim goes from the head; the others that start before it ends still resume.
+        floor.head_due = now + HEAD_CLAIM_EVERY;
+        (None, clears)
+    }
+
+    /// When the next claim from the head is due, while `engine`'s claims resume.
+    fn head_due(&self, engine: &str) -> Option<std::time::Instant> {
         let floors = self.lock();
-        let resume = floors
-            .by_engine
-            .get(engine)
-            .filter(|floor| std::time::Instant::now() < floor.head_due)
-            .and_then(|floor| floor.last);
-        (resume, floors.clears)
+        let floor = floors.by_engine.get(engine)?;
+        (std::time::Instant::now() < floor.head_due).then_some(floor.head_due)
     }
 
     /// A claim from the head that began after `clears` clears took `took`: claims resume
@@ -130,6 +142,11 @@ impl ClaimFloors {
             return;
         }
         let floors = &mut floors.by_engine;
+        // A slow claim that found nothing leaves an existing floor's place as it was, and
+        // makes none (no entry for an engine that never claimed here).
+        if last.is_none() && !floors.contains_key(engine) {
+            return;
+        }
         let wait = HEAD_CLAIM_EVERY
             .max(took.saturating_mul(HEAD_CLAIM_SHARE))
             .min(HEAD_CLAIM_AT_LEAST_EVERY);
@@ -163,9 +180,8 @@ impl ClaimFloors {
             let precedes = floors
                 .get(&task.engine)
                 .and_then(|floor| floor.last)
-                .is_some_and(|(priority, run_at, id)| {
-                    task.priority > priority
-                        || (task.priority == priority && (task.run_at, task.id.0) < (run_at, id))
+                .is_some_and(|floor| {
+                    claim_order_after(floor, (task.priority, task.run_at, task.id.0))
                 });
             if precedes {
                 floors.remove(&task.engine);
@@ -179,12 +195,21 @@ impl ClaimFloors {
         if floors.clears != clears {
             return;
         }
+        // Only forward: a resumed claim that ends after a claim from the head (which set the
+        // floor where it stopped) must not move it back.
         if let Some(floor) = floors.by_engine.get_mut(engine)
-            && last.is_some()
+            && let Some(last) = last
+            && floor.last.is_none_or(|at| claim_order_after(last, at))
         {
-            floor.last = last;
+            floor.last = Some(last);
         }
     }
+}
+
+/// Whether the task at `a` comes after the one at `b` in claim order (priority first, higher
+/// first; then due time, then id).
+fn claim_order_after(a: (i32, DateTime<Utc>, Uuid), b: (i32, DateTime<Utc>, Uuid)) -> bool {
+    a.0 < b.0 || (a.0 == b.0 && (a.1, a.2) > (b.1, b.2))
 }
 
 /// The queue and the turn of [`PostgresBackend::finish_in_graph`].
@@ -1008,6 +1033,13 @@ impl PostgresBackend {
             None => self.claim_floors.resume(engine),
             Some(_) => (None, 0),
         };
+        // Timed from when the claim has its connection: a wait for the pool says nothing of
+        // the index.
+        let mut conn = self
+            .worker_pool
+            .acquire()
+            .await
+            .map_err(db_err(operation))?;
         let started = std::time::Instant::now();
         let query = match resume {
             Some(_) => sqlx::query(CLAIM_TASKS_AFTER.sql()),
@@ -1023,10 +1055,11 @@ impl PostgresBackend {
             query = query.bind(priority).bind(run_at).bind(id);
         }
         let rows = query
-            .fetch_all(&self.worker_pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_err(operation))?;
         let took = started.elapsed();
+        drop(conn);
         if !rows.is_empty() {
             self.deferred(&hint);
         }
@@ -1579,11 +1612,25 @@ impl TaskStore for PostgresBackend {
         static NEXT_RUN_AT: Rendered = Rendered::new(
             "SELECT min(run_at) FROM orch_tasks WHERE status = {queued} AND core_id = $1",
         );
-        sqlx::query_scalar(NEXT_RUN_AT.sql())
+        let next: Option<DateTime<Utc>> = sqlx::query_scalar(NEXT_RUN_AT.sql())
             .bind(engine)
             .fetch_one(&self.pool)
             .await
-            .map_err(db_err("next_run_at"))
+            .map_err(db_err("next_run_at"))?;
+        // A task due now that a claim just did not find, while the engine's claims resume, is
+        // one a resumed claim cannot see: it waits for the next claim from the head (asking
+        // sooner would only repeat the empty claim).
+        if let Some(at) = next
+            && at <= Utc::now()
+            && let Some(due) = self.claim_floors.head_due(engine)
+        {
+            let wait = due.saturating_duration_since(std::time::Instant::now());
+            let head = chrono::Duration::from_std(wait)
+                .ok()
+                .and_then(|wait| Utc::now().checked_add_signed(wait));
+            return Ok(head.or(next));
+        }
+        Ok(next)
     }
 
     async fn renew_leases(

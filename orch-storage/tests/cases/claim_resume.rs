@@ -1,8 +1,8 @@
 //! Claims on PostgreSQL that resume after the last task claimed (`PostgresOptions::slow_claim`):
 //! a resumed claim starts past the claimed tasks, and the next claim from the head finds what a
 //! resumed one cannot see (a more urgent task, a task given back, by another client); no task
-//! is claimed twice or left behind. (Within one backend nothing is missed at all: the suites
-//! run with claims always resuming, in `storage.rs`.)
+//! is claimed twice or left behind. (What one backend itself does before a claim begins, the
+//! claim sees: the suites run with claims always resuming, in `storage.rs`.)
 //!
 //! (That claims resume only while claims from the head are slow, beside a transaction holding
 //! an old snapshot, is measured by the storage bench's `horizon` scenario, not tested.)
