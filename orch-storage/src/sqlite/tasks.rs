@@ -173,9 +173,6 @@ const TASKS_PER_INSERT: usize = 500;
 /// Inserts new task rows in [`rules::CREATED`]'s state, several per statement.
 async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> {
     const OP: &str = "create_tasks";
-    // Rendered once: rendering the whole statement cost more than building it.
-    static ROW: Rendered =
-        Rendered::new("(?, ?, {created}, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     for chunk in tasks.chunks(TASKS_PER_INSERT) {
         let mut sql = String::from(
             "INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, \
@@ -186,10 +183,10 @@ async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> 
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(ROW.sql());
+            sql.push_str("(?, ?, {created}, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         }
         // Built only from the fixed fragments above: nothing from the caller is spliced in.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(render(&sql)));
         for task in chunk {
             query = query
                 .bind(task.id.0)
