@@ -13,10 +13,12 @@
 //! 4. idle in transaction: one transaction takes a transaction id and then waits, idle, to the
 //!    end of the phase.
 //!
-//! For each phase: the completions a second over the phase against the first phase's, the
-//! slowest 10-second window against the first phase's rate, and the deepest queue (dispatched
-//! but not yet started) seen at any second. Dead row versions of `orch_tasks` at the end of
-//! each phase come from `pg_stat_user_tables`.
+//! For each phase: the attempts started a second over the phase (the engine's calls; their
+//! outcomes are recorded in batches right after) against the first phase's, the slowest
+//! 10-second window against the first phase's rate, and the deepest queue (dispatched but not
+//! yet started) seen at any second. Dead row versions of `orch_tasks` at the end of each phase
+//! come from `pg_stat_user_tables`; the CPU of the machine's `postgres` processes alive at
+//! the phase's end (one that exited within it, an autovacuum worker say, is not counted).
 //!
 //! `--only steady` runs ten phases of a minute with nothing beside the queue instead: offered
 //! more than it takes, the queue runs at its top rate, and each minute is set against the
