@@ -132,7 +132,6 @@ pub(crate) fn from_micros(value: i64) -> Duration {
 }
 
 /// `at` truncated to whole microseconds, the precision both databases keep.
-#[cfg(feature = "sqlite")]
 pub(crate) fn truncate_micros(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
 }

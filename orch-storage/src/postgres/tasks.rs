@@ -28,7 +28,7 @@ use super::statements::{
     CREATE_TASKS_UNKEYED, EXPIRED_LEASES, FINISH_SUCCESSES,
 };
 use super::{PostgresBackend, count, db_micros, task_from_row, tasks_from_rows};
-use crate::common::{corrupt, db_err, from_micros, micros};
+use crate::common::{corrupt, db_err, from_micros, micros, truncate_micros};
 use crate::rule_sql::Rendered;
 
 /// How many times a change computed from a task's state is tried again when the task changed
@@ -67,6 +67,9 @@ const HEAD_CLAIM_EVERY: Duration = Duration::from_millis(250);
 const HEAD_CLAIM_SHARE: u32 = 20;
 const HEAD_CLAIM_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
 
+/// Where a task stands in claim order: priority (higher first), due time, id.
+type ClaimKey = (i32, DateTime<Utc>, Uuid);
+
 /// Per engine, where its claims resume while claims from the head of the index are slow
 /// (slower than `slow`: see [`PostgresOptions::slow_claim`](super::PostgresOptions)).
 pub(super) struct ClaimFloors {
@@ -85,7 +88,7 @@ struct Floors {
 /// The last task an engine claimed (claim order: priority, run_at, id), if any, and when its
 /// next claim from the head is due. Only kept while claims from the head are slow.
 struct Floor {
-    last: Option<(i32, DateTime<Utc>, Uuid)>,
+    last: Option<ClaimKey>,
     head_due: std::time::Instant,
 }
 
@@ -105,7 +108,7 @@ impl ClaimFloors {
 
     /// Where the next regular claim of `engine` resumes, if it resumes, and the count of
     /// clears to hand back when it ends.
-    fn resume(&self, engine: &str) -> (Option<(i32, DateTime<Utc>, Uuid)>, u64) {
+    fn resume(&self, engine: &str) -> (Option<ClaimKey>, u64) {
         let mut floors = self.lock();
         let clears = floors.clears;
         let Some(floor) = floors.by_engine.get_mut(engine) else {
@@ -129,13 +132,7 @@ impl ClaimFloors {
 
     /// A claim from the head that began after `clears` clears took `took`: claims resume
     /// after it while that is slow.
-    fn after_head(
-        &self,
-        engine: &str,
-        clears: u64,
-        took: Duration,
-        last: Option<(i32, DateTime<Utc>, Uuid)>,
-    ) {
+    fn after_head(&self, engine: &str, clears: u64, took: Duration, last: Option<ClaimKey>) {
         let mut floors = self.lock();
         if took < self.slow || floors.clears != clears {
             floors.by_engine.remove(engine);
@@ -190,7 +187,7 @@ impl ClaimFloors {
     }
 
     /// A resumed claim that began after `clears` clears claimed up to `last`.
-    fn after_resumed(&self, engine: &str, clears: u64, last: Option<(i32, DateTime<Utc>, Uuid)>) {
+    fn after_resumed(&self, engine: &str, clears: u64, last: Option<ClaimKey>) {
         let mut floors = self.lock();
         if floors.clears != clears {
             return;
@@ -208,7 +205,7 @@ impl ClaimFloors {
 
 /// Whether the task at `a` comes after the one at `b` in claim order (priority first, higher
 /// first; then due time, then id).
-fn claim_order_after(a: (i32, DateTime<Utc>, Uuid), b: (i32, DateTime<Utc>, Uuid)) -> bool {
+fn claim_order_after(a: ClaimKey, b: ClaimKey) -> bool {
     a.0 < b.0 || (a.0 == b.0 && (a.1, a.2) > (b.1, b.2))
 }
 
@@ -432,16 +429,18 @@ impl<'a> TaskColumns<'a> {
     }
 }
 
-/// [`CREATE_TASKS`]: a batch, one array per column.
+/// A batch statement taking one array per column ([`CREATE_TASKS`] or
+/// [`CREATE_TASKS_UNKEYED`]).
 async fn create_batch(
     conn: &mut PgConnection,
     tasks: &[NewTask],
     notify_payload: &str,
+    statement: &'static Rendered,
 ) -> Result<Vec<sqlx::postgres::PgRow>> {
     const OP: &str = "create_tasks";
     let columns = TaskColumns::of(tasks)?;
     columns
-        .bind(sqlx::query(CREATE_TASKS.sql()))
+        .bind(sqlx::query(statement.sql()))
         .bind(notify_payload)
         .bind(&columns.traceparents)
         .bind(&columns.tracestates)
@@ -450,52 +449,40 @@ async fn create_batch(
         .map_err(db_err(OP))
 }
 
-/// [`CREATE_TASKS_UNKEYED`]: a batch without idempotency keys; returns the statement's time.
+/// [`CREATE_TASKS_UNKEYED`]: a batch without idempotency keys, every task stored by one
+/// statement; each is returned as stored (the statement returns only its time).
 async fn create_unkeyed(
     conn: &mut PgConnection,
-    tasks: &[NewTask],
+    tasks: Vec<NewTask>,
     notify_payload: &str,
-) -> Result<DateTime<Utc>> {
+) -> Result<Vec<Created>> {
     const OP: &str = "create_tasks";
-    let columns = TaskColumns::of(tasks)?;
-    let row = columns
-        .bind(sqlx::query(CREATE_TASKS_UNKEYED.sql()))
-        .bind(notify_payload)
-        .bind(&columns.traceparents)
-        .bind(&columns.tracestates)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_err(OP))?;
-    row.try_get("at").map_err(|e| corrupt(OP, e))
-}
-
-/// Every task of a batch as stored by a statement at `at`: created then, due after its delay
-/// (capped as the database took it) or at its start time, whichever is later, just as the
-/// statement computed it.
-fn all_stored(tasks: Vec<NewTask>, at: DateTime<Utc>) -> Vec<Created> {
-    tasks
+    let rows = create_batch(conn, &tasks, notify_payload, &CREATE_TASKS_UNKEYED).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| corrupt(OP, "the batch statement returned no row"))?;
+    let at: DateTime<Utc> = row.try_get("at").map_err(|e| corrupt(OP, e))?;
+    Ok(tasks
         .into_iter()
         .map(|mut new| {
-            let delayed = chrono::Duration::microseconds(db_micros(new.delay));
-            let after_delay = at
-                .checked_add_signed(delayed)
-                .unwrap_or(DateTime::<Utc>::MAX_UTC);
-            // The start time as bound: whole microseconds (sqlx counts them from 2000; before
-            // then it may round the other way, but such a start is long past and loses to
-            // `at` anyway).
-            let start = new.not_before.map(|start| {
-                DateTime::from_timestamp_micros(start.timestamp_micros()).unwrap_or(start)
-            });
-            let run_at = start.map_or(after_delay, |start| start.max(after_delay));
-            // As stored: the timeout in whole microseconds.
-            new.timeout = from_micros(micros(new.timeout));
-            let (task, _) = rules::create(new, at, run_at);
-            Created {
-                task,
-                created: true,
-            }
+            // As the statement took it: the delay in whole microseconds, capped; the start
+            // time in whole microseconds, as is the result.
+            new.delay = from_micros(db_micros(new.delay));
+            let run_at = truncate_micros(rules::first_run_at(&new, at));
+            stored(new, at, run_at)
         })
-        .collect()
+        .collect())
+}
+
+/// A new task as stored at `created_at`, due at `run_at`.
+fn stored(mut new: NewTask, created_at: DateTime<Utc>, run_at: DateTime<Utc>) -> Created {
+    // As stored: the timeout in whole microseconds.
+    new.timeout = from_micros(micros(new.timeout));
+    let (task, _) = rules::create(new, created_at, run_at);
+    Created {
+        task,
+        created: true,
+    }
 }
 
 /// Inserts `tasks` in order on `conn` (alone, or inside the caller's transaction), each with
@@ -514,10 +501,9 @@ pub(super) async fn insert_tasks(
     let rows = match tasks.as_slice() {
         [task] => create_one(conn, task, &notify_payload).await?,
         _ if tasks.iter().all(|task| task.idempotency_key.is_none()) => {
-            let at = create_unkeyed(conn, &tasks, &notify_payload).await?;
-            return Ok((all_stored(tasks, at), true));
+            return Ok((create_unkeyed(conn, tasks, &notify_payload).await?, true));
         }
-        _ => create_batch(conn, &tasks, &notify_payload).await?,
+        _ => create_batch(conn, &tasks, &notify_payload, &CREATE_TASKS).await?,
     };
     // The database gave each inserted task its times; the rest is what was sent.
     let mut inserted: HashMap<Uuid, (DateTime<Utc>, DateTime<Utc>)> =
@@ -548,15 +534,9 @@ pub(super) async fn insert_tasks(
         }
     }
     let mut out = Vec::with_capacity(tasks.len());
-    for mut new in tasks {
+    for new in tasks {
         if let Some(&(run_at, created_at)) = inserted.get(&new.id.0) {
-            // As stored: the timeout in whole microseconds.
-            new.timeout = from_micros(micros(new.timeout));
-            let (task, _) = rules::create(new, created_at, run_at);
-            out.push(Created {
-                task,
-                created: true,
-            });
+            out.push(stored(new, created_at, run_at));
             continue;
         }
         let task = new
