@@ -300,8 +300,8 @@ impl Source {
                 let options = PostgresOptions::default()
                     .with_pool_size(16)
                     .with_durable_worker_commits(durable);
-                let options = match slow_claim {
-                    Some(slow) => options.with_slow_claim(*slow),
+                let options = match *slow_claim {
+                    Some(slow) => options.with_slow_claim(slow),
                     None => options,
                 };
                 let url = format!("{base}/{name}");

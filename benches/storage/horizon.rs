@@ -46,7 +46,7 @@ enum Beside {
 
 /// One phase's figures.
 struct Phase {
-    name: &'static str,
+    name: String,
     /// Completions a second in each second of the phase.
     per_second: Vec<u64>,
     /// The deepest queue seen at a second's end.
@@ -58,8 +58,13 @@ struct Phase {
 }
 
 impl Phase {
+    /// Attempts started over the phase.
+    fn started(&self) -> u64 {
+        self.per_second.iter().sum()
+    }
+
     fn rate(&self) -> f64 {
-        self.per_second.iter().sum::<u64>() as f64 / self.per_second.len().max(1) as f64
+        self.started() as f64 / self.per_second.len().max(1) as f64
     }
 
     /// The slowest 10-second window's rate.
@@ -143,26 +148,16 @@ pub(crate) async fn run(
         .await
         .context("connecting to PostgreSQL")?;
     let mut phases = Vec::new();
-    const MINUTES: [&str; 10] = [
-        "minute 1",
-        "minute 2",
-        "minute 3",
-        "minute 4",
-        "minute 5",
-        "minute 6",
-        "minute 7",
-        "minute 8",
-        "minute 9",
-        "minute 10",
-    ];
-    let phases_planned: Vec<(&'static str, Beside)> = match plan {
+    let phases_planned: Vec<(String, Beside)> = match plan {
         Plan::LongTransactions => vec![
-            ("clean", Beside::Nothing),
-            ("4 REPEATABLE READ readers", Beside::Readers),
-            ("recovery", Beside::Nothing),
-            ("1 idle transaction", Beside::IdleTransaction),
+            ("clean".to_owned(), Beside::Nothing),
+            ("4 REPEATABLE READ readers".to_owned(), Beside::Readers),
+            ("recovery".to_owned(), Beside::Nothing),
+            ("1 idle transaction".to_owned(), Beside::IdleTransaction),
         ],
-        Plan::Steady => MINUTES.iter().map(|m| (*m, Beside::Nothing)).collect(),
+        Plan::Steady => (1..=10)
+            .map(|minute| (format!("minute {minute}"), Beside::Nothing))
+            .collect(),
     };
     for (name, beside) in phases_planned {
         let mut held = Vec::new();
@@ -239,8 +234,7 @@ pub(crate) async fn run(
             100.0 * phase.slowest_window() / first,
             phase.deepest,
             phase.dead,
-            phase.server_cpu.as_secs_f64() * 1e6
-                / phase.per_second.iter().sum::<u64>().max(1) as f64,
+            phase.server_cpu.as_secs_f64() * 1e6 / phase.started().max(1) as f64,
         );
     }
     stop.notify_one();

@@ -342,7 +342,7 @@ mod sqlite_only {
 
 #[cfg(feature = "postgres")]
 mod postgres_only {
-    use orch_storage::PostgresBackend;
+    use orch_storage::{PostgresBackend, PostgresOptions};
 
     use super::*;
 
@@ -351,15 +351,8 @@ mod postgres_only {
         if crate::support::postgres::fresh_database().await?.is_none() {
             return Ok(());
         }
-        orch_core::conformance::assert_conformance("postgres", || async {
-            let url = match crate::support::postgres::fresh_database().await {
-                Ok(Some(url)) => url,
-                other => panic!("no database for a conformance check: {other:?}"),
-            };
-            match PostgresBackend::connect(&url).await {
-                Ok(backend) => Arc::new(backend) as SharedBackend,
-                Err(e) => panic!("cannot connect: {e}"),
-            }
+        orch_core::conformance::assert_conformance("postgres", || {
+            fresh_backend(PostgresOptions::default())
         })
         .await;
         Ok(())
@@ -370,33 +363,30 @@ mod postgres_only {
         if crate::support::postgres::fresh_database().await?.is_none() {
             return Ok(());
         }
-        orch_core::conformance::assert_model_conformance("postgres", model_cases(), || async {
-            let url = match crate::support::postgres::fresh_database().await {
-                Ok(Some(url)) => url,
-                other => panic!("no database for a model run: {other:?}"),
-            };
-            match PostgresBackend::connect(&url).await {
-                Ok(backend) => Arc::new(backend) as SharedBackend,
-                Err(e) => panic!("cannot connect: {e}"),
-            }
+        orch_core::conformance::assert_model_conformance("postgres", model_cases(), || {
+            fresh_backend(PostgresOptions::default())
         })
         .await;
         Ok(())
+    }
+
+    /// A backend with `options` on a fresh database of its own.
+    async fn fresh_backend(options: PostgresOptions) -> SharedBackend {
+        let url = match crate::support::postgres::fresh_database().await {
+            Ok(Some(url)) => url,
+            other => panic!("no database: {other:?}"),
+        };
+        match PostgresBackend::connect_with(&url, options).await {
+            Ok(backend) => Arc::new(backend) as SharedBackend,
+            Err(e) => panic!("cannot connect: {e}"),
+        }
     }
 
     /// A backend whose claims resume after the last task claimed whenever it can (every claim
     /// from the head counts as slow): within one backend, nothing it does leaves a task where
     /// a resumed claim cannot see it.
     async fn always_resuming() -> SharedBackend {
-        let url = match crate::support::postgres::fresh_database().await {
-            Ok(Some(url)) => url,
-            other => panic!("no database: {other:?}"),
-        };
-        let options = orch_storage::PostgresOptions::default().with_slow_claim(Duration::ZERO);
-        match PostgresBackend::connect_with(&url, options).await {
-            Ok(backend) => Arc::new(backend) as SharedBackend,
-            Err(e) => panic!("cannot connect: {e}"),
-        }
+        fresh_backend(PostgresOptions::default().with_slow_claim(Duration::ZERO)).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
