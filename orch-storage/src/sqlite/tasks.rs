@@ -127,8 +127,10 @@ pub(super) async fn insert_tasks(
         insert_events(conn, OP, &graph.events, now).await?;
         return Ok(graph.created);
     }
-    let mut events = Vec::with_capacity(tasks.len());
     let mut out = Vec::with_capacity(tasks.len());
+    // The rowid before the first row stored: the rows after it are this call's, in the order
+    // they were stored, and their events are made from them in one statement.
+    let mut before = None;
     // Without idempotency keys nothing needs looking up: rows go in several per statement.
     let keyed = tasks.iter().any(|t| t.idempotency_key.is_some());
     let mut pending = Vec::new();
@@ -149,30 +151,52 @@ pub(super) async fn insert_tasks(
             }
         }
         let run_at = truncate_micros(rules::first_run_at(&new, now));
-        let (task, event) = rules::create(new, now, run_at);
+        let (task, _) = rules::create(new, now, run_at);
         if keyed {
             // Stored now, so a later task of the batch with the same key finds it.
-            insert_rows(conn, std::slice::from_ref(&task)).await?;
+            let stored = insert_rows(conn, std::slice::from_ref(&task)).await?;
+            before = before.or(stored);
         } else {
             pending.push(task.clone());
         }
-        events.push(event);
         out.push(Created {
             task,
             created: true,
         });
     }
-    insert_rows(conn, &pending).await?;
-    insert_events(conn, OP, &events, now).await?;
+    let stored = insert_rows(conn, &pending).await?;
+    if let Some(before) = before.or(stored) {
+        sqlx::query(CREATED_EVENTS.sql())
+            .bind(time_to_db(now))
+            .bind(before)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err(OP))?;
+    }
     Ok(out)
 }
+
+/// The event [`rules::create`] makes (`data` null: [`rule_sql`](crate::rule_sql) checks it)
+/// for each task stored after rowid `?2`, at time `?1`, in the order the tasks were stored.
+static CREATED_EVENTS: Rendered = Rendered::new(
+    "INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data) \
+     SELECT {created.event}, ?1, id, core_id, attempt, 'null' FROM orch_tasks \
+     WHERE rowid > ?2 ORDER BY rowid",
+);
 
 /// Most tasks per multi-row insert (14 parameters each, under SQLite's 32,766).
 const TASKS_PER_INSERT: usize = 500;
 
-/// Inserts new task rows in [`rules::CREATED`]'s state, several per statement.
-async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> {
+/// Inserts new task rows in [`rules::CREATED`]'s state, several per statement; returns the
+/// rowid just before the first one (none when `tasks` is empty).
+///
+/// The rows get consecutive rowids, each greater than any before it: SQLite gives a row
+/// without an explicit rowid the largest rowid in the table plus one (it picks at random only
+/// once the largest integer is taken), and the caller's write transaction keeps every other
+/// writer out.
+async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<Option<i64>> {
     const OP: &str = "create_tasks";
+    let mut before = None;
     for chunk in tasks.chunks(TASKS_PER_INSERT) {
         let mut sql = String::from(
             "INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, \
@@ -204,9 +228,12 @@ async fn insert_rows(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> 
                 .bind(task.traceparent.clone())
                 .bind(task.tracestate.clone());
         }
-        query.execute(&mut *conn).await.map_err(db_err(OP))?;
+        let done = query.execute(&mut *conn).await.map_err(db_err(OP))?;
+        // At most TASKS_PER_INSERT rows.
+        let rows = done.rows_affected() as i64;
+        before = before.or(Some(done.last_insert_rowid() - rows));
     }
-    Ok(())
+    Ok(before)
 }
 
 /// [`rules::claim`] as one write script: claims up to `?4` due tasks of engine `?3` of
