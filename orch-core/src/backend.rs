@@ -417,6 +417,17 @@ pub trait EventStore: Send + Sync {
     /// The highest sequence number appended so far (0 when empty).
     async fn last_event_seq(&self) -> Result<u64>;
 
+    /// Where a reader that wants only what comes next may start reading, found cheaply: every
+    /// event appended after this call returns gets a greater sequence number. Unlike
+    /// [`last_event_seq`](Self::last_event_seq) it need not cover what was appended before:
+    /// on a backend that numbers events when they are first read (PostgreSQL), events that
+    /// nobody has read yet may get greater numbers too, and are not numbered here (a backlog
+    /// of them would make this call as slow as the backlog is long). An orchestrator starts
+    /// its event tail here. The default is `last_event_seq`.
+    async fn tail_start_seq(&self) -> Result<u64> {
+        self.last_event_seq().await
+    }
+
     /// Deletes events appended before `before`; returns how many.
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64>;
 

@@ -183,9 +183,12 @@ impl EventLog {
         }
     }
 
-    /// Sets the starting point of the tail to the log's current end.
+    /// Sets the starting point of the tail to the log's current end, as the store finds it
+    /// cheaply ([`EventStore::tail_start_seq`]): no event appended from now on is missed.
+    /// Older events numbered after it may be published too; subscribers skip them (their
+    /// cursor starts at the exact end) and a caller waiting for a task rereads the task.
     pub(crate) async fn start_at_end(&self) -> Result<()> {
-        let seq = self.inner.store.last_event_seq().await?;
+        let seq = self.inner.store.tail_start_seq().await?;
         self.inner.published.store(seq, Ordering::Release);
         Ok(())
     }

@@ -45,6 +45,23 @@ pub(super) async fn events_are_ordered_and_replayable(b: SharedBackend) -> Check
     Ok(())
 }
 
+pub(super) async fn the_tail_starts_below_what_comes_next(b: SharedBackend) -> CheckResult {
+    create(&b, TaskSpec::new("c")).await?;
+    let start = ok!(b.tail_start_seq().await);
+    let last = ok!(b.last_event_seq().await);
+    ensure!(
+        start <= last,
+        "tail_start_seq {start} is past the last event, {last}"
+    );
+    let created = create(&b, TaskSpec::new("c")).await?;
+    let events = ok!(b.read_task_events(created.id, 0, 10).await);
+    ensure!(
+        events.len() == 1 && events[0].seq > start,
+        "the next event {events:?} is not after tail_start_seq {start}"
+    );
+    Ok(())
+}
+
 pub(super) async fn events_are_read_by_task(b: SharedBackend) -> CheckResult {
     let start = ok!(b.last_event_seq().await);
     // Ten tasks created in one call (one statement, whose events a backend may store

@@ -103,6 +103,7 @@ checks!(
     list_filters_and_pages,
     events_are_ordered_and_replayable,
     events_are_read_by_task,
+    the_tail_starts_below_what_comes_next,
     concurrent_claims_never_overlap,
     lock_grant_release_and_fencing,
     lock_expiry_and_extend,

@@ -192,11 +192,13 @@ impl EventStore for PostgresBackend {
     async fn last_event_seq(&self) -> Result<u64> {
         const OP: &str = "last_event_seq";
         self.number_committed(OP).await?;
-        let last: i64 = sqlx::query_scalar("SELECT last FROM orch_event_counter WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err(OP))?;
-        Ok(count(last))
+        self.last_numbered(OP).await
+    }
+
+    /// The counter as it stands: what was numbered so far. Events committed later are
+    /// numbered above it; events not yet numbered are left for the first reader.
+    async fn tail_start_seq(&self) -> Result<u64> {
+        self.last_numbered("tail_start_seq").await
     }
 
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
@@ -226,6 +228,17 @@ impl EventStore for PostgresBackend {
 
     fn event_wakeups(&self) -> Option<ChangeSignal> {
         Some(self.event_wakeups.clone())
+    }
+}
+
+impl PostgresBackend {
+    /// The event counter: the highest sequence number given so far.
+    async fn last_numbered(&self, operation: &'static str) -> Result<u64> {
+        let last: i64 = sqlx::query_scalar("SELECT last FROM orch_event_counter WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err(operation))?;
+        Ok(count(last))
     }
 }
 

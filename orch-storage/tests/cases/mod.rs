@@ -13,6 +13,8 @@ mod claim_resume;
 mod controls;
 #[cfg(feature = "sqlite")]
 mod crash;
+#[cfg(feature = "postgres")]
+mod event_backlog;
 #[cfg(feature = "sqlite")]
 pub(crate) mod local_queue;
 pub(crate) mod lock_queue;

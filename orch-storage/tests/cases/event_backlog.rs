@@ -1,0 +1,90 @@
+//! An orchestrator that starts on a PostgreSQL database with events nobody has read yet (a
+//! worker restarted after a busy day with no event consumer): PostgreSQL numbers events when
+//! they are first read, and starting the event tail does not number that backlog (it starts
+//! from the counter, `EventStore::tail_start_seq`). What comes next still reaches waiters and
+//! subscribers, and a subscriber sees no event from before it subscribed.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use orch_core::backend::{EventStore, TaskStore};
+use orch_core::{EventKind, Orchestrator, TaskSpec, TaskStatus};
+use orch_storage::PostgresBackend;
+use sqlx::Connection as _;
+
+use crate::support::postgres::fresh_database;
+
+/// Event rows not numbered yet.
+async fn unnumbered(url: &str) -> anyhow::Result<i64> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM orch_event_batches WHERE seq IS NULL")
+            .fetch_one(&mut conn)
+            .await?,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_on_an_unread_backlog_numbers_none_of_it_and_misses_nothing_after()
+-> anyhow::Result<()> {
+    let Some(url) = fresh_database().await? else {
+        return Ok(());
+    };
+    let backend = std::sync::Arc::new(PostgresBackend::connect(&url).await?);
+    // The backlog: a hundred tasks dispatched one call each (a hundred event rows), of an
+    // engine nobody runs here.
+    for _ in 0..100 {
+        backend
+            .create_tasks(vec![TaskSpec::new("elsewhere").into_new_task()?])
+            .await?;
+    }
+    let backlog = unnumbered(&url).await?;
+    ensure!(backlog >= 100, "{backlog} unnumbered event rows");
+    let numbered_before = backend.tail_start_seq().await?;
+
+    let orch = Orchestrator::builder(backend.clone())
+        .engine(
+            "here",
+            orch_core::processor_fn(|_ctx, _input| async { Ok(serde_json::Value::Null) }),
+        )
+        .build()
+        .await?;
+    ensure!(
+        unnumbered(&url).await? == backlog,
+        "starting the orchestrator numbered the backlog"
+    );
+
+    // A caller waiting for a task: the tail, started below the backlog, still publishes the
+    // task's end.
+    let task = tokio::time::timeout(
+        Duration::from_secs(30),
+        orch.dispatch_and_wait(TaskSpec::new("here")),
+    )
+    .await
+    .context("the wait for a task did not end")??;
+    ensure!(task.status == TaskStatus::Succeeded, "{task:?}");
+
+    // A subscriber from now on: its first event is the next task's, not one of the backlog
+    // (numbered only now, above where the tail started).
+    let mut events = orch.events().subscribe().await?;
+    ensure!(
+        unnumbered(&url).await? == 0,
+        "subscribing numbers what committed before"
+    );
+    let next = orch.dispatch(TaskSpec::new("elsewhere")).await?;
+    let first = tokio::time::timeout(Duration::from_secs(30), events.next())
+        .await
+        .context("no event reached the subscriber")?
+        .context("the subscription ended")??;
+    ensure!(
+        first.task_id == Some(next.id) && first.kind == EventKind::TaskQueued,
+        "the subscriber's first event is {first:?}"
+    );
+    ensure!(
+        first.seq > numbered_before + 100,
+        "event {} numbered below the backlog's",
+        first.seq
+    );
+    orch.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
