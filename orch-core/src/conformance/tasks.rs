@@ -71,7 +71,7 @@ pub(super) async fn a_batch_returns_what_it_stores(b: SharedBackend) -> CheckRes
             .timeout(Duration::from_micros(1_234_567)),
         TaskSpec::new("other")
             .max_attempts(5)
-            .trace_context(context),
+            .trace_context(context.clone()),
         TaskSpec::new("batch").delay(Duration::from_secs(365 * 24 * 3600)),
     ];
     let created = ok!(b
@@ -114,6 +114,53 @@ pub(super) async fn a_batch_returns_what_it_stores(b: SharedBackend) -> CheckRes
         later.run_at,
         later.created_at
     );
+    // Tasks that share every setting but their ids (which a backend may send once for the
+    // whole batch): each is stored with them.
+    let alike = || {
+        TaskSpec::new("alike")
+            .priority(-2)
+            .payload(json!({"same": true}))
+            .metadata(json!({"m": 1}))
+            .lock("x")
+            .timeout(Duration::from_micros(7_654_321))
+            .max_attempts(4)
+            .run_at(at)
+            .delay(Duration::from_secs(60))
+            .trace_context(context.clone())
+    };
+    let created = ok!(b
+        .create_tasks((0..3).map(|_| new_task(alike())).collect())
+        .await);
+    ensure!(
+        created.len() == 3,
+        "expected 3 results, got {}",
+        created.len()
+    );
+    for c in &created {
+        let got = ok!(b.get_task(c.task.id).await).ok_or("created task not found")?;
+        ensure!(
+            got == c.task,
+            "create_tasks returned {:?}, get_task {got:?}",
+            c.task
+        );
+        ensure!(
+            got.priority == -2
+                && got.payload == json!({"same": true})
+                && got.metadata == json!({"m": 1})
+                && got.locks == ["x"]
+                && got.timeout == Duration::from_micros(7_654_321)
+                && got.max_attempts == 4
+                && (got.run_at - at).abs() < chrono::Duration::microseconds(1)
+                && got.traceparent.as_deref() == Some(context.traceparent())
+                && got.tracestate.as_deref() == Some("vendor=one"),
+            "a task of a batch of alike tasks was stored as {got:?}"
+        );
+        ensure!(
+            events_of(&b, c.task.id).await? == [EventKind::TaskQueued],
+            "expected one task.queued event for {}",
+            c.task.id
+        );
+    }
     Ok(())
 }
 

@@ -429,24 +429,33 @@ impl<'a> TaskColumns<'a> {
     }
 }
 
-/// A batch statement taking one array per column ([`CREATE_TASKS`] or
-/// [`CREATE_TASKS_UNKEYED`]).
+/// [`CREATE_TASKS`]: one array per column.
 async fn create_batch(
     conn: &mut PgConnection,
     tasks: &[NewTask],
     notify_payload: &str,
-    statement: &'static Rendered,
 ) -> Result<Vec<sqlx::postgres::PgRow>> {
     const OP: &str = "create_tasks";
     let columns = TaskColumns::of(tasks)?;
     columns
-        .bind(sqlx::query(statement.sql()))
+        .bind(sqlx::query(CREATE_TASKS.sql()))
         .bind(notify_payload)
         .bind(&columns.traceparents)
         .bind(&columns.tracestates)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err(OP))
+}
+
+/// A column of a batch as [`CREATE_TASKS_UNKEYED`] takes it: every task's value, or, when
+/// every task has the same one, no values and that one alone.
+fn shared<T: PartialEq>(values: &[T]) -> (&[T], Option<&T>) {
+    match values.split_first() {
+        Some((first, rest)) if rest.iter().all(|value| value == first) => {
+            (&values[..0], Some(first))
+        }
+        _ => (values, None),
+    }
 }
 
 /// [`CREATE_TASKS_UNKEYED`]: a batch without idempotency keys, every task stored by one
@@ -457,10 +466,46 @@ async fn create_unkeyed(
     notify_payload: &str,
 ) -> Result<Vec<Created>> {
     const OP: &str = "create_tasks";
-    let rows = create_batch(conn, &tasks, notify_payload, &CREATE_TASKS_UNKEYED).await?;
-    let row = rows
-        .first()
-        .ok_or_else(|| corrupt(OP, "the batch statement returned no row"))?;
+    let c = TaskColumns::of(&tasks)?;
+    let (core_ids, core_id) = shared(&c.core_ids);
+    let (priorities, priority) = shared(&c.priorities);
+    let (timeouts, timeout) = shared(&c.timeouts);
+    let (max_attempts, most_attempts) = shared(&c.max_attempts);
+    let (not_befores, not_before) = shared(&c.not_before);
+    let (delays, delay) = shared(&c.delays);
+    let (payloads, payload) = shared(&c.payloads);
+    let (metadatas, metadata) = shared(&c.metadata);
+    let (locks, lock_list) = shared(&c.locks);
+    let (traceparents, traceparent) = shared(&c.traceparents);
+    let (tracestates, tracestate) = shared(&c.tracestates);
+    let row = sqlx::query(CREATE_TASKS_UNKEYED.sql())
+        .bind(&c.ids)
+        .bind(core_ids)
+        .bind(core_id.copied())
+        .bind(priorities)
+        .bind(priority.copied())
+        .bind(timeouts)
+        .bind(timeout.copied())
+        .bind(max_attempts)
+        .bind(most_attempts.copied())
+        .bind(not_befores)
+        .bind(not_before.copied().flatten())
+        .bind(delays)
+        .bind(delay.copied())
+        .bind(payloads)
+        .bind(payload.map(String::as_str))
+        .bind(metadatas)
+        .bind(metadata.map(String::as_str))
+        .bind(locks)
+        .bind(lock_list.map(String::as_str))
+        .bind(traceparents)
+        .bind(traceparent.copied().flatten())
+        .bind(tracestates)
+        .bind(tracestate.copied().flatten())
+        .bind(notify_payload)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err(OP))?;
     let at: DateTime<Utc> = row.try_get("at").map_err(|e| corrupt(OP, e))?;
     Ok(tasks
         .into_iter()
@@ -503,7 +548,7 @@ pub(super) async fn insert_tasks(
         _ if tasks.iter().all(|task| task.idempotency_key.is_none()) => {
             return Ok((create_unkeyed(conn, tasks, &notify_payload).await?, true));
         }
-        _ => create_batch(conn, &tasks, &notify_payload, &CREATE_TASKS).await?,
+        _ => create_batch(conn, &tasks, &notify_payload).await?,
     };
     // The database gave each inserted task its times; the rest is what was sent.
     let mut inserted: HashMap<Uuid, (DateTime<Utc>, DateTime<Utc>)> =
