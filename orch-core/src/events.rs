@@ -87,7 +87,8 @@ impl EventLog {
                 next_waiter: AtomicU64::new(0),
                 closed: CancellationToken::new(),
                 listener_added: Notify::new(),
-                idle: AtomicBool::new(false),
+                // Nobody listens yet.
+                idle: AtomicBool::new(true),
             }),
         }
     }
@@ -116,8 +117,12 @@ impl EventLog {
     pub async fn subscribe(&self) -> Result<Subscription> {
         let receiver = self.inner.sender.subscribe();
         let last = self.inner.store.last_event_seq().await?;
-        if self.inner.idle.load(Ordering::Acquire) {
-            // The tail skipped publishing while nobody listened: start it from here.
+        // The tail skipped publishing while nobody listened (or has not started, below an
+        // unread backlog: see `start_at_end`): start it from here. Not while a caller waits
+        // for a task: its terminal event may lie below `last`, and only the tail delivers it.
+        if self.inner.idle.load(Ordering::Acquire)
+            && self.inner.waiter_count.load(Ordering::Acquire) == 0
+        {
             self.inner.published.fetch_max(last, Ordering::AcqRel);
         }
         self.inner.listener_added.notify_one();
@@ -185,8 +190,10 @@ impl EventLog {
 
     /// Sets the starting point of the tail to the log's current end, as the store finds it
     /// cheaply ([`EventStore::tail_start_seq`]): no event appended from now on is missed.
-    /// Older events numbered after it may be published too; subscribers skip them (their
-    /// cursor starts at the exact end) and a caller waiting for a task rereads the task.
+    /// Older events numbered after it (a backlog nobody had read) may be published too: the
+    /// first subscriber moves the start past them, unless a caller already waits for a task,
+    /// and then the tail reads through them once; subscribers skip them (their cursor starts
+    /// at the exact end) and a caller waiting for a task rereads the task.
     pub(crate) async fn start_at_end(&self) -> Result<()> {
         let seq = self.inner.store.tail_start_seq().await?;
         self.inner.published.store(seq, Ordering::Release);

@@ -59,6 +59,53 @@ pub(super) async fn the_tail_starts_below_what_comes_next(b: SharedBackend) -> C
         events.len() == 1 && events[0].seq > start,
         "the next event {events:?} is not after tail_start_seq {start}"
     );
+    // With every event read (so numbered, where a backend numbers them when read): the start
+    // is the last one.
+    let last = ok!(b.last_event_seq().await);
+    let start = ok!(b.tail_start_seq().await);
+    ensure!(
+        start == last,
+        "tail_start_seq {start} with every event read, up to {last}"
+    );
+    Ok(())
+}
+
+pub(super) async fn a_large_batch_logs_its_tasks_in_order(b: SharedBackend) -> CheckResult {
+    let start = ok!(b.last_event_seq().await);
+    // More than a backend may store in one statement (SQLite: 500 rows; PostgreSQL: events in
+    // rows of 256).
+    let created = ok!(b
+        .create_tasks(
+            (0..1_100)
+                .map(|_| new_task(TaskSpec::new("many")))
+                .collect()
+        )
+        .await);
+    let mut events = Vec::new();
+    loop {
+        let after = events.last().map_or(start, |e: &crate::model::Event| e.seq);
+        let page = ok!(b.read_events(after, 500).await);
+        if page.is_empty() {
+            break;
+        }
+        events.extend(page);
+    }
+    ensure!(
+        events.len() == created.len(),
+        "{} events for {} tasks",
+        events.len(),
+        created.len()
+    );
+    for (event, c) in events.iter().zip(&created) {
+        ensure!(
+            event.kind == EventKind::TaskQueued
+                && event.task_id == Some(c.task.id)
+                && event.engine.as_deref() == Some("many")
+                && event.attempt == Some(0),
+            "event {event:?} for task {}",
+            c.task.id
+        );
+    }
     Ok(())
 }
 

@@ -104,6 +104,7 @@ checks!(
     events_are_ordered_and_replayable,
     events_are_read_by_task,
     the_tail_starts_below_what_comes_next,
+    a_large_batch_logs_its_tasks_in_order,
     concurrent_claims_never_overlap,
     lock_grant_release_and_fencing,
     lock_expiry_and_extend,

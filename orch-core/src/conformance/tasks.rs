@@ -137,6 +137,7 @@ pub(super) async fn a_batch_returns_what_it_stores(b: SharedBackend) -> CheckRes
         created.len()
     );
     for c in &created {
+        ensure!(c.created, "task {} not created", c.task.id);
         let got = ok!(b.get_task(c.task.id).await).ok_or("created task not found")?;
         ensure!(
             got == c.task,

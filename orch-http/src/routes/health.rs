@@ -184,7 +184,7 @@ fn component_of(alert: &Alert) -> &'static str {
 
 async fn compute(check: &HealthInner, orch: &Orchestrator, metrics: &Metrics) -> HealthReport {
     const PROBE: Duration = Duration::from_secs(2);
-    let database = tokio::time::timeout(PROBE, orch.backend().last_event_seq()).await;
+    let database = tokio::time::timeout(PROBE, orch.backend().tail_start_seq()).await;
     let database_ok = matches!(database, Ok(Ok(_)));
     let running = tokio::time::timeout(
         PROBE,
@@ -339,7 +339,7 @@ pub async fn ready(State(check): State<HealthCheck>, State(orch): State<Orchestr
     const PROBE: Duration = Duration::from_secs(2);
     let check = &*check.inner;
     let mut checks = BTreeMap::new();
-    let database = match tokio::time::timeout(PROBE, orch.backend().last_event_seq()).await {
+    let database = match tokio::time::timeout(PROBE, orch.backend().tail_start_seq()).await {
         Ok(Ok(_)) => "ok".to_owned(),
         Ok(Err(error)) => {
             // The driver's text (hosts, users, why a login failed) goes to the log, not to

@@ -202,9 +202,11 @@ impl EventStore for PostgresBackend {
     }
 
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        // Unnumbered events stay until numbered, so no reader misses them: what has committed
+        // is numbered first (where no reader ever comes, this pass is what numbers the log).
+        self.number_committed("prune_events").await?;
         // In batches of one statement each, so no single statement locks or writes much (in no
         // particular order: every event older than `before` is gone when the loop ends).
-        // Unnumbered events stay until numbered, so no reader misses them.
         let mut total = 0;
         loop {
             let (rows, events): (i64, i64) = sqlx::query_as(

@@ -17,8 +17,9 @@
 //!   transitions insert events unnumbered and never contend on the log; readers number what
 //!   has committed, one pass at a time, so a reader's cursor never skips an event that
 //!   committed late. Sequence numbers strictly increase in visibility order and rarely skip a
-//!   value. An orchestrator starting up reads only the counter (`tail_start_seq`), so a backlog
-//!   nobody has read is numbered by its first reader, not by every start.
+//!   value. An orchestrator starting up reads only the counter (`tail_start_seq`): a backlog
+//!   nobody has read is numbered by its first reader or by the next pruning pass, not while
+//!   the orchestrator starts.
 //! - No explicit transaction of its own: every operation is one statement, so a cancelled call
 //!   can never leave a connection idle inside a transaction holding locks. The one exception is
 //!   the application's: [`PostgresBackend::dispatch_in`] runs in a transaction the caller owns.

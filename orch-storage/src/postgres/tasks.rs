@@ -352,8 +352,8 @@ async fn create_one(
         .map_err(db_err(OP))
 }
 
-/// New tasks' columns, one array each, as [`CREATE_TASKS`], [`CREATE_TASKS_UNKEYED`] and the
-/// graph statement take them.
+/// New tasks' columns, one array each, as [`CREATE_TASKS`] and the graph statement take them
+/// ([`CREATE_TASKS_UNKEYED`] takes a column the tasks share as one value instead).
 pub(super) struct TaskColumns<'a> {
     ids: Vec<Uuid>,
     core_ids: Vec<&'a str>,

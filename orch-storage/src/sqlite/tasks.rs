@@ -1088,7 +1088,7 @@ mod tests {
     /// follow, or a misspelt placeholder, fails here).
     #[test]
     fn every_statement_follows_the_rules() {
-        for statement in [&CLAIM_SCRIPT, &FINISH_SUCCESSES_SCRIPT] {
+        for statement in [&CLAIM_SCRIPT, &FINISH_SUCCESSES_SCRIPT, &CREATED_EVENTS] {
             assert!(!statement.sql().contains('{'));
         }
     }
