@@ -91,10 +91,18 @@ const fmtRate = (n) =>
   Math.round(n).toLocaleString("en-US", { maximumFractionDigits: 0 });
 const fmtMs = (n) => n.toFixed(1);
 
-// nearest-rank percentile on a sorted array
+// The value at quantile p (0-100) of a sorted array, as orch's bench takes it: the element
+// at round((n - 1) * p / 100).
 function percentile(sorted, p) {
-  const rank = Math.ceil((p / 100) * sorted.length);
-  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1];
+  const index = Math.round(((sorted.length - 1) * p) / 100);
+  return sorted[Math.min(sorted.length - 1, index)];
+}
+
+// Rejects after `ms` with `message`; the timer does not keep the process alive.
+function deadline(ms, message) {
+  return new Promise((_, reject) => {
+    setTimeout(() => reject(new Error(message)), ms).unref();
+  });
 }
 
 // ----------------------------------------------------------------- worker --
@@ -175,8 +183,14 @@ async function drain(utils) {
     onDrained = resolve;
   });
   const t0 = performance.now();
-  const { runner } = await startWorker();
-  await drained;
+  const { runner, listening } = await startWorker();
+  listening.catch((error) => {
+    console.error(`worker LISTEN failed: ${error}`);
+  });
+  await Promise.race([
+    drained,
+    deadline(600_000, "the drain did not finish in 10 minutes"),
+  ]);
   const elapsed = performance.now() - t0;
   onDrained = null;
   drainTarget = Infinity;
@@ -192,8 +206,11 @@ async function pickup(utils) {
   const { runner, listening } = await startWorker();
   await listening;
   await sleep(PICKUP_GAP_MS);
+  // As orch's bench does: 20 unmeasured rounds first, so that the first samples do not pay
+  // for opening the worker's connections.
+  const WARMUP = 20;
   const latencies = [];
-  for (let i = 0; i < SAMPLES; i++) {
+  for (let i = 0; i < WARMUP + SAMPLES; i++) {
     const picked = new Promise((resolve) => {
       onPickup = (n) => n === i && resolve();
     });
@@ -201,11 +218,9 @@ async function pickup(utils) {
     await utils.addJob(TASK, { sample: i });
     await Promise.race([
       picked,
-      sleep(10_000).then(() => {
-        throw new Error(`pickup sample ${i} not picked up within 10 s`);
-      }),
+      deadline(10_000, `pickup sample ${i} not picked up within 10 s`),
     ]);
-    latencies.push(pickupStart.get(i) - t0);
+    if (i >= WARMUP) latencies.push(pickupStart.get(i) - t0);
     await sleep(PICKUP_GAP_MS);
   }
   onPickup = null;
