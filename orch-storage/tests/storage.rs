@@ -154,7 +154,7 @@ mod sqlite_only {
             .context("file backend has no path")?
             .to_path_buf();
         ensure!(path.is_file(), "{} not created", path.display());
-        ensure!(backend.schema_version().await? == 7);
+        ensure!(backend.schema_version().await? == 8);
         let wal = path.with_extension("db-wal");
         let backend: SharedBackend = Arc::new(backend);
         let task = create(&backend, vec![spec("work").payload(json!({"n": 1}))]).await?;
@@ -173,7 +173,7 @@ mod sqlite_only {
             found.as_ref() == Some(&task[0]),
             "backup lacks the task: {found:?}"
         );
-        ensure!(restored.schema_version().await? == 7);
+        ensure!(restored.schema_version().await? == 8);
         // The file, its WAL and the backup are the owner's alone, whatever the umask.
         #[cfg(unix)]
         for file in [&path, &wal, &copy] {

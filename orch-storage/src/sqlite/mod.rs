@@ -447,6 +447,11 @@ fn migrator() -> Migrator {
             "lock expiry",
             include_str!("../../migrations/sqlite/0007_lock_expiry.sql"),
         ),
+        (
+            8,
+            "partial idempotency index",
+            include_str!("../../migrations/sqlite/0008_partial_idempotency_index.sql"),
+        ),
     ])
 }
 

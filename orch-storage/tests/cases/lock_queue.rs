@@ -246,7 +246,7 @@ async fn a_sqlite_file_before_the_queue_upgrades_with_its_locks() -> anyhow::Res
     conn.close().await?;
 
     let upgraded = orch_storage::SqliteBackend::open(path.to_str().context("utf-8")?).await?;
-    ensure!(upgraded.schema_version().await? == 7);
+    ensure!(upgraded.schema_version().await? == 8);
     upgrades_with_its_locks(Arc::new(upgraded)).await
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use orch_core::backend::{AttemptOutcome, AttemptReport, Claimed, plan_tasks};
+use orch_core::backend::{AttemptOutcome, AttemptReport, Claimed, TaskStore as _, plan_tasks};
 use orch_core::{
     EventKind, OnParentFailure, SharedBackend, Step, TaskId, TaskSpec, TaskStatus, Workflow,
     WorkflowStatus,
@@ -152,9 +152,38 @@ async fn a_sqlite_file_before_workflows_upgrades_with_its_tasks() -> anyhow::Res
         .execute(&mut conn)
         .await?;
     }
+    // A finished task dispatched with an idempotency key: the key still holds after the
+    // upgrade (version 8 keeps keys unique through a partial index instead of the column's
+    // constraint).
+    let keyed = TaskId::new();
+    sqlx::query(
+        "INSERT INTO orch_tasks (id, core_id, status, priority, timeout_us, max_attempts, \
+         attempt, run_at, created_at, updated_at, finished_at, payload, metadata, \
+         idempotency_key) VALUES (?, 'old', 'succeeded', 1, 1000000, 3, 1, ?, ?, ?, ?, 'null', \
+         'null', 'old-key')",
+    )
+    .bind(keyed.0)
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(&mut conn)
+    .await?;
     conn.close().await?;
     let upgraded = orch_storage::SqliteBackend::open(path.to_str().context("utf-8")?).await?;
-    ensure!(upgraded.schema_version().await? == 7);
+    ensure!(upgraded.schema_version().await? == 8);
+    let again = upgraded
+        .create_tasks(vec![
+            TaskSpec::new("old")
+                .idempotency_key("old-key")
+                .into_new_task()?,
+        ])
+        .await?;
+    ensure!(
+        !again[0].created && again[0].task.id == keyed,
+        "the old key gave {:?}",
+        again[0]
+    );
     upgraded_keeps_its_tasks(Arc::new(upgraded), queued, (running, token), done).await
 }
 
