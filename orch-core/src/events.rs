@@ -216,9 +216,9 @@ impl EventLog {
                     _ = stop.cancelled() => break,
                     _ = inner.listener_added.notified() => {}
                 }
-                inner.idle.store(false, Ordering::Release);
                 continue;
             }
+            inner.idle.store(false, Ordering::Release);
             let seen = inner.signal.version();
             if let Err(error) = self.publish_pending().await {
                 tracing::warn!(%error, "event tail: reading the log failed; retrying");
@@ -455,5 +455,49 @@ mod tests {
         assert_eq!(log.waiter_count.load(Ordering::Acquire), 0);
         assert!(log.waiters.lock().is_empty());
         orch.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// A subscriber arriving while the tail has not run yet moves its start to the log's end,
+    /// but not past the end of a task a caller already waits for: the caller still hears of
+    /// it.
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_does_not_move_the_tail_past_what_a_caller_waits_for() {
+        use crate::backend::EventStore as _;
+        use crate::model::{EventKind, NewEvent, TaskId};
+
+        use super::EventLog;
+
+        let store = Arc::new(MemoryBackend::new());
+        let log = EventLog::new(store.clone(), 64, crate::backend::ChangeSignal::new(), true);
+        log.start_at_end().await.unwrap();
+        let task = TaskId::new();
+        let waiting = log.wait_terminal(task);
+        // The task ends before anyone else listens, and the tail has not run.
+        store
+            .append_event(NewEvent::for_task(
+                EventKind::TaskSucceeded,
+                task,
+                "engine",
+                serde_json::Value::Null,
+            ))
+            .await
+            .unwrap();
+        let _subscriber = log.subscribe().await.unwrap();
+        assert_eq!(
+            log.published(),
+            0,
+            "the tail's start moved past the task's end"
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tail = tokio::spawn(log.clone().run_tail(Duration::from_secs(1), stop.clone()));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the caller never heard that its task ended");
+        // With nobody waiting, a subscriber moves the start of an idle tail to the end.
+        stop.cancel();
+        tail.await.unwrap();
+        let idle = EventLog::new(store.clone(), 64, crate::backend::ChangeSignal::new(), true);
+        let _subscriber = idle.subscribe().await.unwrap();
+        assert_eq!(idle.published(), store.last_event_seq().await.unwrap());
     }
 }
