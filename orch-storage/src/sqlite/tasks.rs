@@ -152,19 +152,24 @@ pub(super) async fn insert_tasks(
         }
         let run_at = truncate_micros(rules::first_run_at(&new, now));
         let (task, _) = rules::create(new, now, run_at);
-        if keyed {
-            // Stored now, so a later task of the batch with the same key finds it.
-            let stored = insert_rows(conn, std::slice::from_ref(&task)).await?;
-            before = before.or(stored);
-        } else {
-            pending.push(task.clone());
+        if !keyed {
+            // No task of the batch has a key, so none was found: every one is stored, below.
+            pending.push(task);
+            continue;
         }
+        // Stored now, so a later task of the batch with the same key finds it.
+        let stored = insert_rows(conn, std::slice::from_ref(&task)).await?;
+        before = before.or(stored);
         out.push(Created {
             task,
             created: true,
         });
     }
     let stored = insert_rows(conn, &pending).await?;
+    out.extend(pending.into_iter().map(|task| Created {
+        task,
+        created: true,
+    }));
     if let Some(before) = before.or(stored) {
         sqlx::query(CREATED_EVENTS.sql())
             .bind(time_to_db(now))
