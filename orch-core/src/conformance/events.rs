@@ -81,15 +81,7 @@ pub(super) async fn a_large_batch_logs_its_tasks_in_order(b: SharedBackend) -> C
                 .collect()
         )
         .await);
-    let mut events = Vec::new();
-    loop {
-        let after = events.last().map_or(start, |e: &crate::model::Event| e.seq);
-        let page = ok!(b.read_events(after, 500).await);
-        if page.is_empty() {
-            break;
-        }
-        events.extend(page);
-    }
+    let events = events_after(&b, start).await?;
     ensure!(
         events.len() == created.len(),
         "{} events for {} tasks",

@@ -221,6 +221,19 @@ async fn claim_one(
         .ok_or_else(|| format!("nothing to claim on core {core}"))
 }
 
+/// Every event of the log after `after`, in order.
+async fn events_after(b: &SharedBackend, after: u64) -> Result<Vec<crate::model::Event>, String> {
+    let mut all = Vec::new();
+    loop {
+        let after = all.last().map_or(after, |e: &crate::model::Event| e.seq);
+        let batch = ok!(b.read_events(after, 1000).await);
+        if batch.is_empty() {
+            return Ok(all);
+        }
+        all.extend(batch);
+    }
+}
+
 async fn events_of(b: &SharedBackend, id: TaskId) -> Result<Vec<EventKind>, String> {
     let mut kinds = Vec::new();
     let mut after = 0;

@@ -49,6 +49,26 @@ pub(super) async fn create_and_get(b: SharedBackend) -> CheckResult {
 
 /// A batch hands back each task as stored, whatever its fields: delays, start times,
 /// priorities, payloads, locks and trace contexts, and one `task.queued` event each.
+/// Each task of a batch as `create_tasks` returned it: created, stored as returned, with one
+/// `task.queued` event.
+async fn stored_as_returned(b: &SharedBackend, created: &[crate::Created]) -> CheckResult {
+    for c in created {
+        ensure!(c.created, "task {} not created", c.task.id);
+        let got = ok!(b.get_task(c.task.id).await).ok_or("created task not found")?;
+        ensure!(
+            got == c.task,
+            "create_tasks returned {:?}, get_task {got:?}",
+            c.task
+        );
+        ensure!(
+            events_of(b, c.task.id).await? == [EventKind::TaskQueued],
+            "expected one task.queued event for {}",
+            c.task.id
+        );
+    }
+    Ok(())
+}
+
 pub(super) async fn a_batch_returns_what_it_stores(b: SharedBackend) -> CheckResult {
     use crate::model::TraceContext;
     let context = TraceContext::new(
@@ -82,20 +102,7 @@ pub(super) async fn a_batch_returns_what_it_stores(b: SharedBackend) -> CheckRes
         "expected 6 results, got {}",
         created.len()
     );
-    for c in &created {
-        ensure!(c.created, "task {} not created", c.task.id);
-        let got = ok!(b.get_task(c.task.id).await).ok_or("created task not found")?;
-        ensure!(
-            got == c.task,
-            "create_tasks returned {:?}, get_task {got:?}",
-            c.task
-        );
-        ensure!(
-            events_of(&b, c.task.id).await? == [EventKind::TaskQueued],
-            "expected one task.queued event for {}",
-            c.task.id
-        );
-    }
+    stored_as_returned(&b, &created).await?;
     let (soon, later) = (&created[1].task, &created[3].task);
     ensure!(
         soon.run_at - soon.created_at == chrono::Duration::milliseconds(1_500),
@@ -136,14 +143,8 @@ pub(super) async fn a_batch_returns_what_it_stores(b: SharedBackend) -> CheckRes
         "expected 3 results, got {}",
         created.len()
     );
-    for c in &created {
-        ensure!(c.created, "task {} not created", c.task.id);
-        let got = ok!(b.get_task(c.task.id).await).ok_or("created task not found")?;
-        ensure!(
-            got == c.task,
-            "create_tasks returned {:?}, get_task {got:?}",
-            c.task
-        );
+    stored_as_returned(&b, &created).await?;
+    for got in created.iter().map(|c| &c.task) {
         ensure!(
             got.priority == -2
                 && got.payload == json!({"same": true})
@@ -155,11 +156,6 @@ pub(super) async fn a_batch_returns_what_it_stores(b: SharedBackend) -> CheckRes
                 && got.traceparent.as_deref() == Some(context.traceparent())
                 && got.tracestate.as_deref() == Some("vendor=one"),
             "a task of a batch of alike tasks was stored as {got:?}"
-        );
-        ensure!(
-            events_of(&b, c.task.id).await? == [EventKind::TaskQueued],
-            "expected one task.queued event for {}",
-            c.task.id
         );
     }
     Ok(())

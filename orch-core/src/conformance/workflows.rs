@@ -64,19 +64,6 @@ fn failure() -> AttemptOutcome {
     }
 }
 
-/// Every event of the log, in order.
-async fn all_events(b: &SharedBackend) -> Result<Vec<crate::model::Event>, String> {
-    let mut all = Vec::new();
-    loop {
-        let after = all.last().map_or(0, |e: &crate::model::Event| e.seq);
-        let batch = ok!(b.read_events(after, 1000).await);
-        if batch.is_empty() {
-            return Ok(all);
-        }
-        all.extend(batch);
-    }
-}
-
 /// A task with a parent waits (not claimable, counted as waiting) and is released, queued,
 /// by the step that records its parent's success.
 pub(super) async fn dependent_waits_until_its_parent_succeeds(b: SharedBackend) -> CheckResult {
@@ -201,7 +188,7 @@ pub(super) async fn diamond_runs_in_order(b: SharedBackend) -> CheckResult {
         "workflow at the end {info:?}"
     );
     // From the log: each task started after each of its parents succeeded, and one end event.
-    let events = all_events(&b).await?;
+    let events = events_after(&b, 0).await?;
     let seq = |kind: EventKind, task: TaskId| {
         events
             .iter()
@@ -374,7 +361,7 @@ pub(super) async fn failure_policies_and_their_cascades(b: SharedBackend) -> Che
             && failed.attempt == 0,
         "the failed child: {failed:?}"
     );
-    let events = all_events(&b).await?;
+    let events = events_after(&b, 0).await?;
     let failed_event = events
         .iter()
         .find(|e| e.task_id == Some(ids[4]) && e.kind == EventKind::TaskFailed)
@@ -783,7 +770,7 @@ pub(super) async fn cancelling_a_workflow_cancels_what_has_not_run(
         info.status == WorkflowStatus::Partly && info.succeeded == 1,
         "at the end: {info:?}"
     );
-    let ends: Vec<_> = all_events(&b)
+    let ends: Vec<_> = events_after(&b, 0)
         .await?
         .into_iter()
         .filter(|e| e.kind.is_workflow_end())
@@ -854,7 +841,7 @@ pub(super) async fn retrying_a_workflow_reopens_the_failed_part(b: SharedBackend
         info.status == WorkflowStatus::Succeeded && info.succeeded == 3,
         "after the retry ran: {info:?}"
     );
-    let ends: Vec<EventKind> = all_events(&b)
+    let ends: Vec<EventKind> = events_after(&b, 0)
         .await?
         .into_iter()
         .filter(|e| e.kind.is_workflow_end())

@@ -15,14 +15,19 @@ use sqlx::Connection as _;
 
 use crate::support::postgres::fresh_database;
 
+/// The count `query` reads (one `count(*)`).
+async fn count(url: &str, query: &'static str) -> anyhow::Result<i64> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    Ok(sqlx::query_scalar(query).fetch_one(&mut conn).await?)
+}
+
 /// Event rows not numbered yet.
 async fn unnumbered(url: &str) -> anyhow::Result<i64> {
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM orch_event_batches WHERE seq IS NULL")
-            .fetch_one(&mut conn)
-            .await?,
+    count(
+        url,
+        "SELECT count(*) FROM orch_event_batches WHERE seq IS NULL",
     )
+    .await
 }
 
 /// A hundred tasks dispatched one call each (a hundred event rows), of an engine nobody runs
@@ -107,10 +112,7 @@ async fn pruning_removes_events_nobody_read() -> anyhow::Result<()> {
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
     let pruned = backend.prune_events(later).await?;
     ensure!(pruned >= 100, "pruned {pruned} events of an unread backlog");
-    let mut conn = sqlx::PgConnection::connect(&url).await?;
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM orch_event_batches")
-        .fetch_one(&mut conn)
-        .await?;
+    let left = count(&url, "SELECT count(*) FROM orch_event_batches").await?;
     ensure!(left == 0, "{left} event rows left after pruning them all");
     Ok(())
 }
