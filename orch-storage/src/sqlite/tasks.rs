@@ -171,22 +171,34 @@ pub(super) async fn insert_tasks(
         created: true,
     }));
     if let Some(before) = before.or(stored) {
-        sqlx::query(CREATED_EVENTS.sql())
+        let created = out.iter().filter(|c| c.created).count() as i64;
+        let logged = sqlx::query(CREATED_EVENTS.sql())
             .bind(time_to_db(now))
             .bind(before)
+            .bind(before.saturating_add(created))
             .execute(&mut *conn)
             .await
             .map_err(db_err(OP))?;
+        if logged.rows_affected() as i64 != created {
+            // The rows did not get consecutive rowids (a file whose largest rowid is taken):
+            // fail rather than log other tasks' events (`create_tasks` then rolls back).
+            return Err(Error::backend(
+                OP,
+                "the new tasks did not get consecutive rowids (the table's largest rowid is \
+                 taken), so their events cannot be logged",
+            ));
+        }
     }
     Ok(out)
 }
 
 /// The event [`rules::create`] makes (`data` null: [`rule_sql`](crate::rule_sql) checks it)
-/// for each task stored after rowid `?2`, at time `?1`, in the order the tasks were stored.
+/// for each task stored in rowids `?2` (excluded) to `?3`, at time `?1`, in the order the
+/// tasks were stored.
 static CREATED_EVENTS: Rendered = Rendered::new(
     "INSERT INTO orch_events (kind, at, task_id, core_id, attempt, data) \
      SELECT {created.event}, ?1, id, core_id, attempt, 'null' FROM orch_tasks \
-     WHERE rowid > ?2 ORDER BY rowid",
+     WHERE rowid > ?2 AND rowid <= ?3 ORDER BY rowid",
 );
 
 /// Most tasks per multi-row insert (14 parameters each, under SQLite's 32,766).

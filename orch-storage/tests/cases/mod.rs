@@ -26,6 +26,8 @@ mod prune;
 #[cfg(feature = "postgres")]
 mod restart;
 #[cfg(feature = "sqlite")]
+mod sqlite_rowids;
+#[cfg(feature = "sqlite")]
 mod sqlite_wakeups;
 mod task_locks;
 mod transactional;
